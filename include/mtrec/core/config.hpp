@@ -1,0 +1,33 @@
+// mtrec: build configuration shared by every header.
+#pragma once
+
+#define MTREC_VERSION_MAJOR 0
+#define MTREC_VERSION_MINOR 1
+#define MTREC_VERSION_PATCH 0
+
+// Eigen must never start its own threads: its GEMM blocking depends on the
+// thread count, which would break bitwise determinism. mtrec parallelises
+// GEMM itself over fixed row blocks (kernels/cpu.hpp).
+#ifndef EIGEN_DONT_PARALLELIZE
+#define EIGEN_DONT_PARALLELIZE
+#endif
+
+#include <Eigen/Core>
+
+#if defined(_OPENMP)
+#include <omp.h>
+#define MTREC_HAS_OPENMP 1
+#else
+#define MTREC_HAS_OPENMP 0
+#endif
+
+#define MTREC_PRAGMA(x) _Pragma(#x)
+#if MTREC_HAS_OPENMP
+#define MTREC_OMP(x) MTREC_PRAGMA(omp x)
+#else
+#define MTREC_OMP(x)
+#endif
+
+#ifndef MTREC_WITH_CUDA
+#define MTREC_WITH_CUDA 0
+#endif

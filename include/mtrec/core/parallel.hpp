@@ -1,0 +1,71 @@
+// mtrec: deterministic parallel loops.
+//
+// Work is cut into chunks whose boundaries depend on the problem size only,
+// never on the thread count. Each chunk is computed the same way whichever
+// thread runs it, and reductions combine per-chunk partials in chunk order,
+// so results are bitwise identical for 1, 2 or 64 threads.
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+
+#include "mtrec/core/config.hpp"
+#include "mtrec/core/tensor.hpp"
+
+namespace mtrec {
+
+// Threads used by mtrec's parallel loops (OpenMP's setting; 1 without OpenMP).
+inline int num_threads() {
+#if MTREC_HAS_OPENMP
+  return omp_get_max_threads();
+#else
+  return 1;
+#endif
+}
+
+inline void set_num_threads(int n) {
+  check(n >= 1, "set_num_threads", "expected a thread count >= 1 but got ", n);
+#if MTREC_HAS_OPENMP
+  omp_set_num_threads(n);
+#endif
+}
+
+inline bool in_parallel_region() {
+#if MTREC_HAS_OPENMP
+  return omp_in_parallel() != 0;
+#else
+  return false;
+#endif
+}
+
+// Calls fn(begin, end) for consecutive chunks [begin, end) of [0, n) of size
+// `chunk` (the last may be shorter). Chunks run in parallel when there are at
+// least two of them and `parallel` is true; nested calls run serially.
+template <class Fn>
+inline void parallel_chunks(index_t n, index_t chunk, Fn&& fn, bool parallel = true) {
+  if (n <= 0) return;
+  chunk = std::max<index_t>(chunk, 1);
+  const index_t n_chunks = (n + chunk - 1) / chunk;
+  if (n_chunks == 1 || !parallel || in_parallel_region() || num_threads() == 1) {
+    for (index_t c = 0; c < n_chunks; ++c) fn(c * chunk, std::min(n, (c + 1) * chunk));
+    return;
+  }
+  MTREC_OMP(parallel for schedule(static))
+  for (index_t c = 0; c < n_chunks; ++c) fn(c * chunk, std::min(n, (c + 1) * chunk));
+}
+
+// Calls fn(i) for each i in [0, n), in parallel when the total work
+// (n * cost_per_item, in rough flops) is worth a fork.
+template <class Fn>
+inline void parallel_for(index_t n, double cost_per_item, Fn&& fn) {
+  constexpr double kMinWorkPerFork = 32768.0;
+  const bool worth = static_cast<double>(n) * cost_per_item >= kMinWorkPerFork;
+  if (n <= 1 || !worth || in_parallel_region() || num_threads() == 1) {
+    for (index_t i = 0; i < n; ++i) fn(i);
+    return;
+  }
+  MTREC_OMP(parallel for schedule(static))
+  for (index_t i = 0; i < n; ++i) fn(i);
+}
+
+}  // namespace mtrec

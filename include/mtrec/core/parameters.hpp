@@ -1,0 +1,220 @@
+// mtrec: one flat block for every parameter, its gradient and its touched rows.
+//
+// Layers register their parameters with add() while they are constructed;
+// allocate() then lays them out in one contiguous buffer, dense parameters
+// first and embedding tables after them, and initialises them from the seed.
+// An optimizer updates all dense parameters with one loop over
+// [0, dense_size()), and each embedding table only on the rows that the
+// backward passes marked as touched since the last zero_grad().
+//
+// Gradient convention: backward passes ADD into grad() (+=); zero_grad()
+// clears them (dense block by memset, tables row by row).
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "mtrec/core/error.hpp"
+#include "mtrec/core/rng.hpp"
+#include "mtrec/core/tensor.hpp"
+
+namespace mtrec {
+
+using ParamId = int;
+
+// How a parameter is initialised.
+struct Init {
+  enum class Kind { Zeros, Ones, Constant, Uniform, Normal };
+  Kind kind = Kind::Zeros;
+  double a = 0, b = 0;  // Constant: a; Uniform: [a, b); Normal: mean a, std b
+
+  static Init zeros() { return {Kind::Zeros, 0, 0}; }
+  static Init ones() { return {Kind::Ones, 1, 0}; }
+  static Init constant(double v) { return {Kind::Constant, v, 0}; }
+  static Init uniform(double lo, double hi) { return {Kind::Uniform, lo, hi}; }
+  static Init normal(double mean, double std) { return {Kind::Normal, mean, std}; }
+};
+
+enum class ParamKind {
+  Dense,  // updated in full every step
+  Table,  // embedding table (rows, dim): updated only on touched rows
+};
+
+struct ParamInfo {
+  std::string name;
+  Shape shape;
+  ParamKind kind = ParamKind::Dense;
+  Init init;
+  index_t offset = 0;  // into values()/grads(), set by allocate()
+  index_t size = 0;
+};
+
+// The rows of one table touched since the last zero_grad(), in first-touch order.
+struct TouchedRows {
+  std::vector<std::uint8_t> flag;  // (rows)
+  std::vector<index_t> rows;
+
+  void mark(index_t r) {
+    if (!flag[static_cast<std::size_t>(r)]) {
+      flag[static_cast<std::size_t>(r)] = 1;
+      rows.push_back(r);
+    }
+  }
+  void clear() {
+    for (index_t r : rows) flag[static_cast<std::size_t>(r)] = 0;
+    rows.clear();
+  }
+};
+
+inline std::uint64_t hash_name(const std::string& s) {
+  std::uint64_t h = 1469598103934665603ull;  // FNV-1a, then mixed
+  for (unsigned char c : s) h = (h ^ c) * 1099511628211ull;
+  return mix64(h);
+}
+
+template <class T>
+class ParameterStore {
+ public:
+  explicit ParameterStore(std::uint64_t seed = 0) : seed_(seed) {}
+  ParameterStore(const ParameterStore&) = delete;  // layers hold a pointer to their store
+  ParameterStore& operator=(const ParameterStore&) = delete;
+
+  // Registers a parameter; returns its id. Names must be unique.
+  ParamId add(const std::string& name, Shape shape, Init init, ParamKind kind = ParamKind::Dense) {
+    check(!allocated_, "ParameterStore::add", "cannot add '", name, "' after allocate()");
+    check(shape.numel() > 0, "ParameterStore::add", "parameter '", name, "' expected a non-empty shape but got ",
+          shape);
+    check(kind != ParamKind::Table || shape.rank == 2, "ParameterStore::add", "table '", name,
+          "' expected rank 2 (rows, dim) but got ", shape);
+    check(index_.find(name) == index_.end(), "ParameterStore::add", "a parameter named '", name,
+          "' already exists");
+    ParamInfo p;
+    p.name = name;
+    p.shape = shape;
+    p.kind = kind;
+    p.init = init;
+    p.size = shape.numel();
+    infos_.push_back(p);
+    index_[name] = static_cast<ParamId>(infos_.size() - 1);
+    return static_cast<ParamId>(infos_.size() - 1);
+  }
+
+  // Lays out and initialises every registered parameter; grads start at zero.
+  void allocate() {
+    check(!allocated_, "ParameterStore::allocate", "already allocated");
+    constexpr index_t kAlign = 16;  // 64 bytes of float: every parameter starts on a cache line
+    index_t off = 0;
+    for (int pass = 0; pass < 2; ++pass) {
+      const ParamKind want = pass == 0 ? ParamKind::Dense : ParamKind::Table;
+      for (auto& p : infos_) {
+        if (p.kind != want) continue;
+        p.offset = off;
+        off += (p.size + kAlign - 1) / kAlign * kAlign;
+      }
+      if (pass == 0) dense_size_ = off;
+    }
+    values_.resize({std::max<index_t>(off, 1)});
+    grads_.resize({std::max<index_t>(off, 1)});
+    values_.zero();
+    grads_.zero();
+    touched_.assign(infos_.size(), TouchedRows{});
+    for (std::size_t i = 0; i < infos_.size(); ++i) {
+      const auto& p = infos_[i];
+      if (p.kind == ParamKind::Table) touched_[i].flag.assign(static_cast<std::size_t>(p.shape[0]), 0);
+      initialise(static_cast<ParamId>(i));
+    }
+    allocated_ = true;
+  }
+
+  // Re-draws one parameter from its Init (e.g. to re-seed a layer).
+  void initialise(ParamId id) {
+    const ParamInfo& p = info(id);
+    T* w = values_.data() + p.offset;
+    const RandomStream rs(seed_, hash_name(p.name));
+    for (index_t i = 0; i < p.size; ++i) {
+      switch (p.init.kind) {
+        case Init::Kind::Zeros: w[i] = T(0); break;
+        case Init::Kind::Ones: w[i] = T(1); break;
+        case Init::Kind::Constant: w[i] = T(p.init.a); break;
+        case Init::Kind::Uniform: w[i] = T(p.init.a + (p.init.b - p.init.a) * rs.uniform(std::uint64_t(i))); break;
+        case Init::Kind::Normal: w[i] = T(p.init.a + p.init.b * rs.normal(std::uint64_t(i))); break;
+      }
+    }
+  }
+
+  bool allocated() const { return allocated_; }
+  std::uint64_t seed() const { return seed_; }
+  int count() const { return static_cast<int>(infos_.size()); }
+  const ParamInfo& info(ParamId id) const {
+    check(id >= 0 && id < count(), "ParameterStore::info", "parameter id ", id, " out of range [0, ", count(), ")");
+    return infos_[static_cast<std::size_t>(id)];
+  }
+  const std::vector<ParamInfo>& infos() const { return infos_; }
+  ParamId find(const std::string& name) const {
+    auto it = index_.find(name);
+    check(it != index_.end(), "ParameterStore::find", "no parameter named '", name, "'");
+    return it->second;
+  }
+  bool contains(const std::string& name) const { return index_.count(name) != 0; }
+
+  T* value(ParamId id) { return values_.data() + checked(id).offset; }
+  const T* value(ParamId id) const { return values_.data() + checked(id).offset; }
+  T* grad(ParamId id) { return grads_.data() + checked(id).offset; }
+  const T* grad(ParamId id) const { return grads_.data() + checked(id).offset; }
+  TensorView<T> value_view(ParamId id) { return {value(id), info(id).shape}; }
+  ConstView<T> value_view(ParamId id) const { return {value(id), info(id).shape}; }
+  TensorView<T> grad_view(ParamId id) { return {grad(id), info(id).shape}; }
+  ConstView<T> grad_view(ParamId id) const { return {grad(id), info(id).shape}; }
+
+  // The flat block. Dense parameters occupy [0, dense_size()).
+  T* values() { return values_.data(); }
+  const T* values() const { return values_.data(); }
+  T* grads() { return grads_.data(); }
+  const T* grads() const { return grads_.data(); }
+  index_t size() const { return allocated_ ? values_.numel() : 0; }
+  index_t dense_size() const { return dense_size_; }
+
+  TouchedRows& touched(ParamId id) { return touched_[static_cast<std::size_t>(checked_table(id))]; }
+  const TouchedRows& touched(ParamId id) const { return touched_[static_cast<std::size_t>(checked_table(id))]; }
+
+  // Clears every gradient: the dense block at once, each table on its touched rows.
+  void zero_grad() {
+    check(allocated_, "ParameterStore::zero_grad", "allocate() has not been called");
+    if (dense_size_) std::memset(static_cast<void*>(grads_.data()), 0, sizeof(T) * static_cast<std::size_t>(dense_size_));
+    for (std::size_t i = 0; i < infos_.size(); ++i) {
+      const auto& p = infos_[i];
+      if (p.kind != ParamKind::Table) continue;
+      const index_t dim = p.shape[1];
+      for (index_t r : touched_[i].rows)
+        std::memset(static_cast<void*>(grads_.data() + p.offset + r * dim), 0, sizeof(T) * static_cast<std::size_t>(dim));
+      touched_[i].clear();
+    }
+  }
+
+ private:
+  const ParamInfo& checked(ParamId id) const {
+    const ParamInfo& p = info(id);
+    check(allocated_, "ParameterStore", "parameter '", p.name, "' used before allocate()");
+    return p;
+  }
+  ParamId checked_table(ParamId id) const {
+    check(checked(id).kind == ParamKind::Table, "ParameterStore::touched", "parameter '", info(id).name,
+          "' is not an embedding table");
+    return id;
+  }
+
+  std::uint64_t seed_;
+  bool allocated_ = false;
+  std::vector<ParamInfo> infos_;
+  std::unordered_map<std::string, ParamId> index_;
+  Tensor<T> values_, grads_;
+  index_t dense_size_ = 0;
+  std::vector<TouchedRows> touched_;
+};
+
+}  // namespace mtrec

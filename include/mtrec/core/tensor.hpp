@@ -1,0 +1,239 @@
+// mtrec: contiguous row-major tensors and non-owning views.
+//
+// Tensor<T> owns a 64-byte aligned buffer; resize() reallocates only when the
+// new size exceeds the capacity, so a workspace reused across steps stops
+// allocating after the first one. TensorView<T> / TensorView<const T> are
+// (pointer, shape) pairs that never own memory. as_matrix() maps a view into
+// Eigen as a row-major matrix without copying.
+#pragma once
+
+#include <algorithm>
+#include <array>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <initializer_list>
+#include <new>
+#include <sstream>
+#include <string>
+#include <type_traits>
+
+#include "mtrec/core/config.hpp"
+#include "mtrec/core/error.hpp"
+
+namespace mtrec {
+
+using index_t = std::int64_t;
+
+// Up to 4 dimensions; row-major (last dimension contiguous).
+struct Shape {
+  static constexpr int kMaxRank = 4;
+  std::array<index_t, kMaxRank> dims{{0, 0, 0, 0}};
+  int rank = 0;
+
+  Shape() = default;
+  Shape(std::initializer_list<index_t> d) {
+    if (d.size() > static_cast<std::size_t>(kMaxRank))
+      fail("Shape", "rank ", d.size(), " exceeds the maximum of ", kMaxRank);
+    for (index_t v : d) {
+      if (v < 0) fail("Shape", "negative dimension ", v);
+      dims[rank++] = v;
+    }
+  }
+  index_t operator[](int i) const { return dims[i]; }
+  index_t numel() const {
+    index_t n = 1;
+    for (int i = 0; i < rank; ++i) n *= dims[i];
+    return rank == 0 ? 0 : n;
+  }
+  // Rows when viewed as a matrix: product of all but the last dimension.
+  index_t rows() const { return rank == 0 ? 0 : numel() / std::max<index_t>(dims[rank - 1], 1); }
+  index_t cols() const { return rank == 0 ? 0 : dims[rank - 1]; }
+  bool operator==(const Shape& o) const {
+    if (rank != o.rank) return false;
+    for (int i = 0; i < rank; ++i)
+      if (dims[i] != o.dims[i]) return false;
+    return true;
+  }
+  bool operator!=(const Shape& o) const { return !(*this == o); }
+  std::string str() const {
+    std::ostringstream os;
+    os << '(';
+    for (int i = 0; i < rank; ++i) os << (i ? ", " : "") << dims[i];
+    os << ')';
+    return os.str();
+  }
+};
+
+inline std::ostream& operator<<(std::ostream& os, const Shape& s) { return os << s.str(); }
+
+template <class T>
+struct TensorView {
+  T* data = nullptr;
+  Shape shape;
+
+  TensorView() = default;
+  TensorView(T* d, Shape s) : data(d), shape(s) {}
+  // A mutable view converts to a const view.
+  template <class U, class = std::enable_if_t<std::is_same<const U, T>::value && !std::is_same<U, T>::value>>
+  TensorView(const TensorView<U>& o) : data(o.data), shape(o.shape) {}
+
+  bool empty() const { return data == nullptr || shape.numel() == 0; }
+  index_t numel() const { return shape.numel(); }
+  index_t dim(int i) const { return shape[i]; }
+  int rank() const { return shape.rank; }
+  index_t rows() const { return shape.rows(); }
+  index_t cols() const { return shape.cols(); }
+  T& operator[](index_t i) const { return data[i]; }
+  T* row(index_t r) const { return data + r * shape.cols(); }
+  // The same memory under another shape with the same element count.
+  TensorView reshaped(Shape s) const {
+    check(s.numel() == shape.numel(), "TensorView::reshaped", "cannot view ", shape, " (", shape.numel(),
+          " elements) as ", s, " (", s.numel(), " elements)");
+    return TensorView(data, s);
+  }
+};
+
+template <class T>
+using ConstView = TensorView<const T>;
+
+namespace detail {
+constexpr std::size_t kAlignment = 64;
+
+template <class T>
+struct AlignedDelete {
+  void operator()(T* p) const { ::operator delete[](p, std::align_val_t(kAlignment)); }
+};
+}  // namespace detail
+
+template <class T>
+class Tensor {
+  static_assert(std::is_trivially_copyable<T>::value, "Tensor holds trivially copyable scalars");
+
+ public:
+  Tensor() = default;
+  explicit Tensor(Shape s) { resize(s); }
+  Tensor(Shape s, T fill_value) {
+    resize(s);
+    fill(fill_value);
+  }
+  Tensor(const Tensor& o) { *this = o; }
+  Tensor(Tensor&& o) noexcept { swap(o); }
+  Tensor& operator=(const Tensor& o) {
+    if (this != &o) {
+      resize(o.shape_);
+      if (o.numel()) std::memcpy(data_, o.data_, sizeof(T) * static_cast<std::size_t>(o.numel()));
+    }
+    return *this;
+  }
+  Tensor& operator=(Tensor&& o) noexcept {
+    swap(o);
+    return *this;
+  }
+  ~Tensor() { release(); }
+
+  void swap(Tensor& o) noexcept {
+    std::swap(data_, o.data_);
+    std::swap(capacity_, o.capacity_);
+    std::swap(shape_, o.shape_);
+  }
+
+  // Sets the shape; the contents are unspecified afterwards. Allocates only
+  // when the element count exceeds the capacity.
+  void resize(Shape s) {
+    const index_t n = s.numel();
+    if (n > capacity_) {
+      release();
+      data_ = static_cast<T*>(::operator new[](sizeof(T) * static_cast<std::size_t>(n),
+                                               std::align_val_t(detail::kAlignment)));
+      capacity_ = n;
+    }
+    shape_ = s;
+  }
+  void fill(T v) { std::fill(data_, data_ + numel(), v); }
+  void zero() {
+    if (numel()) std::memset(static_cast<void*>(data_), 0, sizeof(T) * static_cast<std::size_t>(numel()));
+  }
+
+  T* data() { return data_; }
+  const T* data() const { return data_; }
+  const Shape& shape() const { return shape_; }
+  index_t numel() const { return shape_.numel(); }
+  index_t dim(int i) const { return shape_[i]; }
+  index_t capacity() const { return capacity_; }
+  T& operator[](index_t i) { return data_[i]; }
+  const T& operator[](index_t i) const { return data_[i]; }
+
+  TensorView<T> view() { return {data_, shape_}; }
+  ConstView<T> view() const { return {data_, shape_}; }
+  ConstView<T> cview() const { return {data_, shape_}; }
+  operator TensorView<T>() { return view(); }
+  operator ConstView<T>() const { return view(); }
+
+ private:
+  void release() {
+    if (data_) ::operator delete[](data_, std::align_val_t(detail::kAlignment));
+    data_ = nullptr;
+    capacity_ = 0;
+  }
+  T* data_ = nullptr;
+  index_t capacity_ = 0;
+  Shape shape_;
+};
+
+// ---- Eigen interop: row-major maps over our buffers, never copies ----------
+
+template <class T>
+using RowMatrix = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+template <class T>
+using MatrixMap = Eigen::Map<RowMatrix<T>>;
+template <class T>
+using ConstMatrixMap = Eigen::Map<const RowMatrix<T>>;
+
+// (rows, cols) = (product of leading dims, last dim).
+template <class T>
+inline MatrixMap<T> as_matrix(TensorView<T> v) {
+  return MatrixMap<T>(v.data, v.rows(), v.cols());
+}
+template <class T>
+inline ConstMatrixMap<T> as_matrix(TensorView<const T> v) {
+  return ConstMatrixMap<T>(v.data, v.rows(), v.cols());
+}
+template <class T>
+inline MatrixMap<T> as_matrix(Tensor<T>& t) {
+  return as_matrix(t.view());
+}
+template <class T>
+inline ConstMatrixMap<T> as_matrix(const Tensor<T>& t) {
+  return as_matrix(t.view());
+}
+
+// ---- shape checks shared by every layer ----------------------------------
+
+// Throws unless `v` has exactly the dimensions `expected`; a -1 entry matches
+// any size. The message names the operation, the tensor and both shapes.
+template <class T>
+inline void check_shape(const char* op, const char* name, const TensorView<T>& v,
+                        std::initializer_list<index_t> expected) {
+  bool ok = v.shape.rank == static_cast<int>(expected.size());
+  int i = 0;
+  for (index_t e : expected) {
+    if (!ok) break;
+    ok = e < 0 || e == v.shape.dims[i];
+    ++i;
+  }
+  if (!ok) {
+    std::ostringstream want;
+    want << '(';
+    i = 0;
+    for (index_t e : expected) {
+      want << (i++ ? ", " : "");
+      if (e < 0) want << '*'; else want << e;
+    }
+    want << ')';
+    fail(op, name, " expected shape ", want.str(), " but got ", v.shape);
+  }
+  if (v.shape.numel() > 0 && v.data == nullptr) fail(op, name, " has shape ", v.shape, " but no data");
+}
+
+}  // namespace mtrec

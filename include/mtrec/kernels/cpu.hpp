@@ -1,0 +1,517 @@
+// mtrec: CPU kernels — xsimd vectors, OpenMP over fixed chunks, Eigen GEMM.
+//
+// Same names and arguments as kernels/reference.hpp, with the `cpu` tag.
+// Tails shorter than a vector are padded into a full vector, so every element
+// goes through the same vector math whatever the chunking: results do not
+// depend on the thread count.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <type_traits>
+#include <utility>
+
+#include <xsimd/xsimd.hpp>
+
+#include "mtrec/core/parallel.hpp"
+#include "mtrec/core/rng.hpp"
+#include "mtrec/core/tensor.hpp"
+#include "mtrec/kernels/device.hpp"
+#include "mtrec/kernels/reference.hpp"
+
+namespace mtrec {
+namespace kernels {
+
+namespace simd {
+
+template <class T>
+using batch = xsimd::batch<T>;
+
+// Elements per parallel chunk of an elementwise kernel: big enough to hide
+// the fork, a multiple of every vector width.
+constexpr index_t kChunk = 16384;
+
+template <class T>
+inline batch<T> load_partial(const T* p, index_t r) {
+  alignas(64) T buf[batch<T>::size] = {};
+  for (index_t j = 0; j < r; ++j) buf[j] = p[j];
+  return batch<T>::load_aligned(buf);
+}
+template <class T>
+inline void store_partial(T* p, const batch<T>& v, index_t r) {
+  alignas(64) T buf[batch<T>::size];
+  v.store_aligned(buf);
+  for (index_t j = 0; j < r; ++j) p[j] = buf[j];
+}
+
+// y[i] = f(in0[i], in1[i], ...) over [0, n), vectorised, parallel over chunks.
+template <class T, class F, class... In>
+inline void map(T* y, index_t n, F f, const In*... in) {
+  constexpr index_t W = batch<T>::size;
+  parallel_chunks(n, kChunk, [&](index_t b, index_t e) {
+    index_t i = b;
+    for (; i + W <= e; i += W) f(batch<T>::load_unaligned(in + i)...).store_unaligned(y + i);
+    if (i < e) store_partial(y + i, f(load_partial(in + i, e - i)...), e - i);
+  });
+}
+
+template <class T>
+inline T hsum(const batch<T>& v) {
+  return xsimd::hadd(v);
+}
+template <class T>
+inline T hmax(const batch<T>& v) {
+  alignas(64) T buf[batch<T>::size];
+  v.store_aligned(buf);
+  T m = buf[0];
+  for (std::size_t j = 1; j < batch<T>::size; ++j) m = buf[j] > m ? buf[j] : m;
+  return m;
+}
+
+// Sum of a row, in vector lanes then across lanes (a fixed order).
+template <class T>
+inline T row_sum(const T* x, index_t n) {
+  constexpr index_t W = batch<T>::size;
+  batch<T> acc(T(0));
+  index_t i = 0;
+  for (; i + W <= n; i += W) acc += batch<T>::load_unaligned(x + i);
+  if (i < n) acc += load_partial(x + i, n - i);
+  return hsum(acc);
+}
+
+template <class T>
+inline batch<T> gelu_value(const batch<T>& x, GeluMode mode) {
+  if (mode == GeluMode::Erf) return T(0.5) * x * (T(1) + xsimd::erf(x * T(0.70710678118654752440)));
+  const batch<T> u = T(0.79788456080286535588) * (x + T(0.044715) * x * x * x);
+  return T(0.5) * x * (T(1) + xsimd::tanh(u));
+}
+template <class T>
+inline batch<T> gelu_derivative(const batch<T>& x, GeluMode mode) {
+  if (mode == GeluMode::Erf) {
+    const batch<T> cdf = T(0.5) * (T(1) + xsimd::erf(x * T(0.70710678118654752440)));
+    const batch<T> pdf = T(0.39894228040143267794) * xsimd::exp(T(-0.5) * x * x);
+    return cdf + x * pdf;
+  }
+  const batch<T> u = T(0.79788456080286535588) * (x + T(0.044715) * x * x * x);
+  const batch<T> t = xsimd::tanh(u);
+  const batch<T> du = T(0.79788456080286535588) * (T(1) + T(3 * 0.044715) * x * x);
+  return T(0.5) * (T(1) + t) + T(0.5) * x * (T(1) - t * t) * du;
+}
+
+}  // namespace simd
+
+// ---- GEMM ------------------------------------------------------------------
+
+namespace detail {
+template <class T>
+using StridedMap = Eigen::Map<const RowMatrix<T>, Eigen::Unaligned, Eigen::OuterStride<>>;
+template <class T>
+using StridedMutMap = Eigen::Map<RowMatrix<T>, Eigen::Unaligned, Eigen::OuterStride<>>;
+
+template <class T, class LhsExpr, class RhsExpr>
+inline void gemm_assign(StridedMutMap<T> c, const LhsExpr& a, const RhsExpr& b, T alpha, T beta) {
+  if (beta == T(0)) {
+    if (alpha == T(1))
+      c.noalias() = a * b;
+    else
+      c.noalias() = alpha * (a * b);
+  } else {
+    if (beta != T(1)) c *= beta;
+    if (alpha == T(1))
+      c.noalias() += a * b;
+    else
+      c.noalias() += alpha * (a * b);
+  }
+}
+
+// One block of C, computed by Eigen single-threaded.
+template <class T>
+inline void gemm_block(Trans ta, Trans tb, index_t M, index_t N, index_t K, T alpha, const T* A, index_t lda,
+                       const T* B, index_t ldb, T beta, T* C, index_t ldc) {
+  StridedMutMap<T> c(C, M, N, Eigen::OuterStride<>(ldc));
+  if (K == 0) {
+    if (beta == T(0))
+      c.setZero();
+    else
+      c *= beta;
+    return;
+  }
+  // op(A) is (M,K): stored (M,K) when N, (K,M) when T.
+  const StridedMap<T> a(A, ta == Trans::N ? M : K, ta == Trans::N ? K : M, Eigen::OuterStride<>(lda));
+  const StridedMap<T> b(B, tb == Trans::N ? K : N, tb == Trans::N ? N : K, Eigen::OuterStride<>(ldb));
+  if (ta == Trans::N && tb == Trans::N) gemm_assign<T>(c, a, b, alpha, beta);
+  if (ta == Trans::N && tb == Trans::T) gemm_assign<T>(c, a, b.transpose(), alpha, beta);
+  if (ta == Trans::T && tb == Trans::N) gemm_assign<T>(c, a.transpose(), b, alpha, beta);
+  if (ta == Trans::T && tb == Trans::T) gemm_assign<T>(c, a.transpose(), b.transpose(), alpha, beta);
+}
+}  // namespace detail
+
+// C (M,N) = alpha * op(A) * op(B) + beta * C. Large products are cut into
+// blocks of C rows (or columns) whose size depends on the shape only; each
+// block runs Eigen's single-threaded GEMM with the full K, so the result is
+// the same for every thread count.
+template <class T>
+inline void gemm(cpu_t, Trans ta, Trans tb, index_t M, index_t N, index_t K, T alpha, const T* A, index_t lda,
+                 const T* B, index_t ldb, T beta, T* C, index_t ldc) {
+  if (M <= 0 || N <= 0) return;
+  const double flops = 2.0 * double(M) * double(N) * double(K);
+  constexpr double kParallelFlops = 1 << 20;
+  const bool split_rows = M >= N;
+  const index_t extent = split_rows ? M : N;
+  // ~16 blocks of at least 64 rows/cols, rounded to a multiple of 16.
+  index_t block = std::max<index_t>(64, ((extent + 15) / 16 + 15) / 16 * 16);
+  if (flops < kParallelFlops) block = extent;
+  parallel_chunks(extent, block, [&](index_t b, index_t e) {
+    if (split_rows) {
+      const T* a = ta == Trans::N ? A + b * lda : A + b;
+      detail::gemm_block<T>(ta, tb, e - b, N, K, alpha, a, lda, B, ldb, beta, C + b * ldc, ldc);
+    } else {
+      const T* bb = tb == Trans::N ? B + b : B + b * ldb;
+      detail::gemm_block<T>(ta, tb, M, e - b, K, alpha, A, lda, bb, ldb, beta, C + b, ldc);
+    }
+  });
+}
+
+// ---- bias and column sums --------------------------------------------------
+
+// y (rows,cols) += b (cols)
+template <class T>
+inline void bias_add(cpu_t, T* y, const T* b, index_t rows, index_t cols) {
+  constexpr index_t W = simd::batch<T>::size;
+  parallel_chunks(rows, std::max<index_t>(1, simd::kChunk / std::max<index_t>(cols, 1)), [&](index_t r0, index_t r1) {
+    for (index_t r = r0; r < r1; ++r) {
+      T* yr = y + r * cols;
+      index_t c = 0;
+      for (; c + W <= cols; c += W)
+        (simd::batch<T>::load_unaligned(yr + c) + simd::batch<T>::load_unaligned(b + c)).store_unaligned(yr + c);
+      for (; c < cols; ++c) yr[c] += b[c];
+    }
+  });
+}
+
+// db (cols) += sum over rows of dy (rows,cols); rows are summed in order, so
+// columns are split across threads, never rows.
+template <class T>
+inline void column_sum_add(cpu_t, T* db, const T* dy, index_t rows, index_t cols) {
+  constexpr index_t W = simd::batch<T>::size;
+  const index_t col_block = std::max<index_t>(W * 4, (simd::kChunk / std::max<index_t>(rows, 1)) / W * W);
+  parallel_chunks(cols, col_block, [&](index_t c0, index_t c1) {
+    index_t c = c0;
+    for (; c + W <= c1; c += W) {
+      simd::batch<T> acc(T(0));
+      for (index_t r = 0; r < rows; ++r) acc += simd::batch<T>::load_unaligned(dy + r * cols + c);
+      (acc + simd::batch<T>::load_unaligned(db + c)).store_unaligned(db + c);
+    }
+    for (; c < c1; ++c) {
+      T acc = 0;
+      for (index_t r = 0; r < rows; ++r) acc += dy[r * cols + c];
+      db[c] += acc;
+    }
+  });
+}
+
+// ---- activations -------------------------------------------------------------
+
+template <class T>
+inline void relu_forward(cpu_t, T* y, const T* x, index_t n) {
+  simd::map(y, n, [](const simd::batch<T>& v) { return xsimd::max(v, simd::batch<T>(T(0))); }, x);
+}
+template <class T>
+inline void relu_backward(cpu_t, T* dx, const T* dy, const T* x, index_t n) {
+  simd::map(
+      dx, n,
+      [](const simd::batch<T>& g, const simd::batch<T>& v) {
+        return xsimd::select(v > simd::batch<T>(T(0)), g, simd::batch<T>(T(0)));
+      },
+      dy, x);
+}
+
+template <class T>
+inline void gelu_forward(cpu_t, T* y, const T* x, index_t n, GeluMode mode = GeluMode::Erf) {
+  simd::map(y, n, [mode](const simd::batch<T>& v) { return simd::gelu_value(v, mode); }, x);
+}
+template <class T>
+inline void gelu_backward(cpu_t, T* dx, const T* dy, const T* x, index_t n, GeluMode mode = GeluMode::Erf) {
+  simd::map(
+      dx, n, [mode](const simd::batch<T>& g, const simd::batch<T>& v) { return g * simd::gelu_derivative(v, mode); },
+      dy, x);
+}
+
+template <class T>
+inline void sigmoid_forward(cpu_t, T* y, const T* x, index_t n) {
+  simd::map(y, n, [](const simd::batch<T>& v) { return T(1) / (T(1) + xsimd::exp(-v)); }, x);
+}
+template <class T>
+inline void sigmoid_backward(cpu_t, T* dx, const T* dy, const T* y, index_t n) {
+  simd::map(
+      dx, n, [](const simd::batch<T>& g, const simd::batch<T>& s) { return g * s * (T(1) - s); }, dy, y);
+}
+
+// ---- row kernels -------------------------------------------------------------
+
+namespace detail {
+inline index_t rows_per_chunk(index_t cols) { return std::max<index_t>(1, simd::kChunk / std::max<index_t>(cols, 1) / 4); }
+}  // namespace detail
+
+// One row of softmax; also used by the fused attention kernel.
+template <class T>
+inline void softmax_row(T* yr, const T* xr, index_t cols) {
+  using B = simd::batch<T>;
+  constexpr index_t W = B::size;
+  B vmax(-std::numeric_limits<T>::infinity());
+  index_t c = 0;
+  for (; c + W <= cols; c += W) vmax = xsimd::max(vmax, B::load_unaligned(xr + c));
+  T mx = simd::hmax(vmax);
+  for (; c < cols; ++c) mx = xr[c] > mx ? xr[c] : mx;
+  const B bmx(mx);
+  B acc(T(0));
+  c = 0;
+  for (; c + W <= cols; c += W) {
+    const B e = xsimd::exp(B::load_unaligned(xr + c) - bmx);
+    e.store_unaligned(yr + c);
+    acc += e;
+  }
+  if (c < cols) {
+    // Padded lanes get exp(-inf) = 0 so they add nothing to the sum.
+    alignas(64) T buf[W];
+    for (index_t j = 0; j < W; ++j) buf[j] = c + j < cols ? xr[c + j] : -std::numeric_limits<T>::infinity();
+    const B e = xsimd::exp(B::load_aligned(buf) - bmx);
+    acc += e;
+    simd::store_partial(yr + c, e, cols - c);
+  }
+  const B inv(T(1) / simd::hsum(acc));
+  c = 0;
+  for (; c + W <= cols; c += W) (B::load_unaligned(yr + c) * inv).store_unaligned(yr + c);
+  for (; c < cols; ++c) yr[c] *= inv.get(0);
+}
+
+template <class T>
+inline void softmax_forward(cpu_t, T* y, const T* x, index_t rows, index_t cols) {
+  parallel_chunks(rows, detail::rows_per_chunk(cols), [&](index_t r0, index_t r1) {
+    for (index_t r = r0; r < r1; ++r) softmax_row(y + r * cols, x + r * cols, cols);
+  });
+}
+
+template <class T>
+inline void softmax_backward(cpu_t, T* dx, const T* dy, const T* y, index_t rows, index_t cols) {
+  using B = simd::batch<T>;
+  constexpr index_t W = B::size;
+  parallel_chunks(rows, detail::rows_per_chunk(cols), [&](index_t r0, index_t r1) {
+    for (index_t r = r0; r < r1; ++r) {
+      const T* g = dy + r * cols;
+      const T* s = y + r * cols;
+      T* d = dx + r * cols;
+      B acc(T(0));
+      index_t c = 0;
+      for (; c + W <= cols; c += W) acc += B::load_unaligned(g + c) * B::load_unaligned(s + c);
+      if (c < cols) acc += simd::load_partial(g + c, cols - c) * simd::load_partial(s + c, cols - c);
+      const B dot(simd::hsum(acc));
+      c = 0;
+      for (; c + W <= cols; c += W)
+        (B::load_unaligned(s + c) * (B::load_unaligned(g + c) - dot)).store_unaligned(d + c);
+      if (c < cols)
+        simd::store_partial(d + c, simd::load_partial(s + c, cols - c) * (simd::load_partial(g + c, cols - c) - dot),
+                            cols - c);
+    }
+  });
+}
+
+template <class T>
+inline void layernorm_forward(cpu_t, T* y, T* mean, T* rstd, const T* x, const T* gamma, const T* beta, index_t rows,
+                              index_t cols, T eps) {
+  using B = simd::batch<T>;
+  constexpr index_t W = B::size;
+  parallel_chunks(rows, detail::rows_per_chunk(cols), [&](index_t r0, index_t r1) {
+    for (index_t r = r0; r < r1; ++r) {
+      const T* xr = x + r * cols;
+      T* yr = y + r * cols;
+      const T m = simd::row_sum(xr, cols) / T(cols);
+      const B bm(m);
+      B acc(T(0));
+      index_t c = 0;
+      for (; c + W <= cols; c += W) {
+        const B d = B::load_unaligned(xr + c) - bm;
+        acc += d * d;
+      }
+      T var = simd::hsum(acc);
+      for (; c < cols; ++c) var += (xr[c] - m) * (xr[c] - m);
+      const T rs = T(1) / std::sqrt(var / T(cols) + eps);
+      const B brs(rs);
+      c = 0;
+      for (; c + W <= cols; c += W)
+        ((B::load_unaligned(xr + c) - bm) * brs * B::load_unaligned(gamma + c) + B::load_unaligned(beta + c))
+            .store_unaligned(yr + c);
+      for (; c < cols; ++c) yr[c] = (xr[c] - m) * rs * gamma[c] + beta[c];
+      mean[r] = m;
+      rstd[r] = rs;
+    }
+  });
+}
+
+// dx written; dgamma, dbeta accumulated. The parameter sums run over rows in
+// order (split across threads by columns), so they are deterministic.
+template <class T>
+inline void layernorm_backward(cpu_t, T* dx, T* dgamma, T* dbeta, const T* dy, const T* x, const T* mean,
+                               const T* rstd, const T* gamma, index_t rows, index_t cols) {
+  using B = simd::batch<T>;
+  constexpr index_t W = B::size;
+  parallel_chunks(rows, detail::rows_per_chunk(cols), [&](index_t r0, index_t r1) {
+    for (index_t r = r0; r < r1; ++r) {
+      const T* xr = x + r * cols;
+      const T* g = dy + r * cols;
+      T* d = dx + r * cols;
+      const B bm(mean[r]), brs(rstd[r]);
+      B acc_g(T(0)), acc_gx(T(0));
+      index_t c = 0;
+      for (; c + W <= cols; c += W) {
+        const B xhat = (B::load_unaligned(xr + c) - bm) * brs;
+        const B gg = B::load_unaligned(g + c) * B::load_unaligned(gamma + c);
+        acc_g += gg;
+        acc_gx += gg * xhat;
+      }
+      T sg = simd::hsum(acc_g), sgx = simd::hsum(acc_gx);
+      for (index_t cc = c; cc < cols; ++cc) {
+        const T xhat = (xr[cc] - mean[r]) * rstd[r];
+        const T gg = g[cc] * gamma[cc];
+        sg += gg;
+        sgx += gg * xhat;
+      }
+      const B mg(sg / T(cols)), mgx(sgx / T(cols));
+      c = 0;
+      for (; c + W <= cols; c += W) {
+        const B xhat = (B::load_unaligned(xr + c) - bm) * brs;
+        const B gg = B::load_unaligned(g + c) * B::load_unaligned(gamma + c);
+        (brs * (gg - mg - xhat * mgx)).store_unaligned(d + c);
+      }
+      for (; c < cols; ++c) {
+        const T xhat = (xr[c] - mean[r]) * rstd[r];
+        d[c] = rstd[r] * (g[c] * gamma[c] - mg.get(0) - xhat * mgx.get(0));
+      }
+    }
+  });
+  const index_t col_block = std::max<index_t>(W * 4, (simd::kChunk / std::max<index_t>(rows, 1)) / W * W);
+  parallel_chunks(cols, col_block, [&](index_t c0, index_t c1) {
+    for (index_t c = c0; c < c1; ++c) {
+      T sg = 0, sb = 0;
+      for (index_t r = 0; r < rows; ++r) {
+        const T gy = dy[r * cols + c];
+        sg += gy * (x[r * cols + c] - mean[r]) * rstd[r];
+        sb += gy;
+      }
+      dgamma[c] += sg;
+      dbeta[c] += sb;
+    }
+  });
+}
+
+// ---- dropout, residual, Adam ------------------------------------------------
+
+namespace detail {
+// Vector form of reference's dropout_keep for float lanes (int32 hashing).
+template <class T>
+inline void dropout_apply(T* y, const T* x, index_t n, double p, std::uint64_t key, std::uint64_t offset) {
+  const std::uint32_t th = kernels::detail::dropout_threshold(p);
+  const T scale = T(1.0 / (1.0 - p));
+  if constexpr (std::is_same<T, float>::value) {
+    using BU = xsimd::batch<std::uint32_t>;
+    using BI = xsimd::batch<std::int32_t>;
+    using BF = xsimd::batch<float>;
+    constexpr index_t W = BF::size;
+    static_assert(BU::size == BF::size, "float and uint32 lanes must match");
+    const BU khi(static_cast<std::uint32_t>(key >> 32)), klo(static_cast<std::uint32_t>(key));
+    alignas(64) std::uint32_t lane[W];
+    for (index_t j = 0; j < W; ++j) lane[j] = static_cast<std::uint32_t>(j);
+    const BU lanes = BU::load_aligned(lane);
+    auto hash = [](BU h) {
+      h ^= h >> 16;
+      h *= BU(0x7FEB352Du);
+      h ^= h >> 15;
+      h *= BU(0x846CA68Bu);
+      h ^= h >> 16;
+      return h;
+    };
+    const BF bth(static_cast<float>(th));
+    const BF bscale(scale), zero(0.f);
+    parallel_chunks(n, simd::kChunk, [&](index_t b, index_t e) {
+      for (index_t i = b; i < e; i += W) {
+        const BU ctr = BU(static_cast<std::uint32_t>(offset + std::uint64_t(i))) + lanes;
+        const BU h = hash(hash(ctr ^ khi) ^ klo);
+        // 24-bit values are exact in float, so the float compare equals the
+        // integer compare of the reference.
+        const BF h24 = xsimd::to_float(xsimd::bitwise_cast<BI>(h >> 8));
+        const auto keep = h24 >= bth;
+        const index_t r = std::min<index_t>(W, e - i);
+        const BF v = r == W ? BF::load_unaligned(x + i) : simd::load_partial(x + i, r);
+        const BF out = xsimd::select(keep, v * bscale, zero);
+        if (r == W)
+          out.store_unaligned(y + i);
+        else
+          simd::store_partial(y + i, out, r);
+      }
+    });
+  } else {
+    parallel_chunks(n, simd::kChunk, [&](index_t b, index_t e) {
+      for (index_t i = b; i < e; ++i)
+        y[i] = kernels::detail::dropout_keep(key, offset + std::uint64_t(i), th) ? x[i] * scale : T(0);
+    });
+  }
+}
+}  // namespace detail
+
+template <class T>
+inline void dropout_forward(cpu_t, T* y, const T* x, index_t n, double p, std::uint64_t key, std::uint64_t offset = 0) {
+  detail::dropout_apply(y, x, n, p, key, offset);
+}
+template <class T>
+inline void dropout_backward(cpu_t, T* dx, const T* dy, index_t n, double p, std::uint64_t key,
+                             std::uint64_t offset = 0) {
+  detail::dropout_apply(dx, dy, n, p, key, offset);
+}
+
+template <class T>
+inline void residual_add(cpu_t, T* y, const T* a, const T* b, index_t n) {
+  simd::map(y, n, [](const simd::batch<T>& u, const simd::batch<T>& v) { return u + v; }, a, b);
+}
+
+template <class T>
+inline void adam_update(cpu_t, T* w, T* m, T* v, const T* g, index_t n, const AdamStep<T>& s) {
+  using B = simd::batch<T>;
+  constexpr index_t W = B::size;
+  const B b1(s.beta1), b2(s.beta2), c1(T(1) - s.beta1), c2(T(1) - s.beta2), eps(s.eps);
+  const B step(s.lr / s.bias_correction1), inv_sqrt_bc2(T(1) / std::sqrt(s.bias_correction2));
+  const B wd(s.weight_decay), decay(T(1) - s.lr * s.weight_decay);
+  auto one = [&](B wv, B mv, B vv, B gv, B& wo, B& mo, B& vo) {
+    if (s.decoupled)
+      wv = wv * decay;
+    else
+      gv = gv + wd * wv;
+    mo = b1 * mv + c1 * gv;
+    vo = b2 * vv + c2 * gv * gv;
+    wo = wv - step * mo / (xsimd::sqrt(vo) * inv_sqrt_bc2 + eps);
+  };
+  parallel_chunks(n, simd::kChunk, [&](index_t b, index_t e) {
+    index_t i = b;
+    for (; i + W <= e; i += W) {
+      B wo, mo, vo;
+      one(B::load_unaligned(w + i), B::load_unaligned(m + i), B::load_unaligned(v + i), B::load_unaligned(g + i), wo,
+          mo, vo);
+      wo.store_unaligned(w + i);
+      mo.store_unaligned(m + i);
+      vo.store_unaligned(v + i);
+    }
+    if (i < e) {
+      const index_t r = e - i;
+      B wo, mo, vo;
+      one(simd::load_partial(w + i, r), simd::load_partial(m + i, r), simd::load_partial(v + i, r),
+          simd::load_partial(g + i, r), wo, mo, vo);
+      simd::store_partial(w + i, wo, r);
+      simd::store_partial(m + i, mo, r);
+      simd::store_partial(v + i, vo, r);
+    }
+  });
+}
+
+}  // namespace kernels
+}  // namespace mtrec

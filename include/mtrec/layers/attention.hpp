@@ -1,0 +1,166 @@
+// mtrec: multi-head self-attention with a key-padding mask given by lengths.
+//
+// Sequence b has lengths[b] valid positions at the front; the rest is
+// padding. Queries attend only to valid keys. Output rows at padded positions
+// are exactly zero, so a sequence that is all padding gives zeros, never NaN.
+// Parameters follow torch.nn.MultiheadAttention: in_proj (3D, D) packs
+// W_q, W_k, W_v; out_proj (D, D).
+#pragma once
+
+#include <cmath>
+#include <cstring>
+#include <string>
+
+#include "mtrec/layers/linear.hpp"
+
+namespace mtrec {
+
+namespace detail {
+// Zeroes rows [from, T) of each sequence in x (B,T,C).
+template <class T>
+inline void zero_padded_rows(T* x, ConstView<index_t> lengths, index_t B, index_t Tl, index_t C) {
+  for (index_t b = 0; b < B; ++b) {
+    const index_t len = lengths[b];
+    if (len < Tl) std::memset(x + (b * Tl + len) * C, 0, sizeof(T) * static_cast<std::size_t>((Tl - len) * C));
+  }
+}
+template <class T>
+using Strided = Eigen::Map<RowMatrix<T>, Eigen::Unaligned, Eigen::OuterStride<>>;
+template <class T>
+using ConstStrided = Eigen::Map<const RowMatrix<T>, Eigen::Unaligned, Eigen::OuterStride<>>;
+}  // namespace detail
+
+template <class T>
+class MultiHeadAttention {
+ public:
+  struct Context {
+    ConstView<T> x;
+    ConstView<index_t> lengths;
+    index_t B = 0, T_len = 0;
+    Tensor<T> qkv;    // (B,T,3D) projected queries, keys, values
+    Tensor<T> probs;  // (B,H,T*T): head (b,h) keeps its (L,L) softmax compactly at the front
+    Tensor<T> heads;  // (B,T,D) per-head outputs, concatenated; the out_proj input
+    // backward workspaces
+    Tensor<T> d_y, d_heads, d_qkv, d_scores;
+  };
+
+  MultiHeadAttention() = default;
+  MultiHeadAttention(ParameterStore<T>& store, const std::string& name, index_t d_model, index_t heads)
+      : d_(d_model), h_(heads) {
+    check(d_model > 0 && heads > 0 && d_model % heads == 0, "MultiHeadAttention", "'", name,
+          "' expected d_model divisible by heads but got d_model=", d_model, " heads=", heads);
+    dh_ = d_model / heads;
+    in_proj_ = Linear<T>(store, name + ".in_proj", d_model, 3 * d_model);
+    out_proj_ = Linear<T>(store, name + ".out_proj", d_model, d_model);
+  }
+
+  // y (B,T,D) = MHA(x (B,T,D)) with keys masked past lengths (B)
+  void forward(Context& ctx, ConstView<T> x, ConstView<index_t> lengths, TensorView<T> y) const {
+    const char* op = "MultiHeadAttention::forward";
+    check_shape(op, "x", x, {-1, -1, d_});
+    const index_t B = x.dim(0), Tl = x.dim(1);
+    check_lengths(op, lengths, B, Tl);
+    check_shape(op, "y", y, {B, Tl, d_});
+    forward_impl(ctx, x, lengths, y.data);
+  }
+
+  // dx (B,T,D) written; in_proj and out_proj gradients accumulated
+  void backward(Context& ctx, ConstView<T> dy, TensorView<T> dx) const {
+    const char* op = "MultiHeadAttention::backward";
+    check_shape(op, "dy", dy, {ctx.B, ctx.T_len, d_});
+    check_shape(op, "dx", dx, {ctx.B, ctx.T_len, d_});
+    backward_impl(ctx, dy.data, dx.data);
+  }
+
+  void forward_impl(Context& ctx, ConstView<T> x, ConstView<index_t> lengths, T* y) const {
+    const index_t B = x.dim(0), Tl = x.dim(1), n = B * Tl, D = d_, dh = dh_;
+    ctx.x = x;
+    ctx.lengths = lengths;
+    ctx.B = B;
+    ctx.T_len = Tl;
+    ctx.qkv.resize({B, Tl, 3 * D});
+    ctx.probs.resize({B, h_, Tl * Tl});
+    ctx.heads.resize({B, Tl, D});
+    in_proj_.forward_impl(x.data, ctx.qkv.data(), n);
+    const T scale = T(1) / std::sqrt(T(dh));
+    const T* qkv = ctx.qkv.data();
+    T* heads = ctx.heads.data();
+    T* probs = ctx.probs.data();
+    parallel_for(B * h_, double(Tl) * double(Tl) * double(dh) * 4.0, [&](index_t bh) {
+      const index_t b = bh / h_, hd = bh % h_, L = lengths[b];
+      T* out = heads + b * Tl * D + hd * dh;
+      detail::Strided<T> O(out, Tl, dh, Eigen::OuterStride<>(D));
+      if (L == 0) {
+        O.setZero();
+        return;
+      }
+      const T* base = qkv + b * Tl * 3 * D + hd * dh;
+      const detail::ConstStrided<T> Q(base, L, dh, Eigen::OuterStride<>(3 * D));
+      const detail::ConstStrided<T> K(base + D, L, dh, Eigen::OuterStride<>(3 * D));
+      const detail::ConstStrided<T> V(base + 2 * D, L, dh, Eigen::OuterStride<>(3 * D));
+      T* p = probs + bh * Tl * Tl;
+      MatrixMap<T> P(p, L, L);
+      P.noalias() = (Q * K.transpose()) * scale;  // scores (L,L)
+      kernels::softmax_forward(kernels::backend{}, p, p, L, L);
+      O.topRows(L).noalias() = P * V;  // (L,dh)
+      O.bottomRows(Tl - L).setZero();
+    });
+    out_proj_.forward_impl(heads, y, n);
+    detail::zero_padded_rows(y, lengths, B, Tl, D);
+  }
+
+  void backward_impl(Context& ctx, const T* dy, T* dx) const {
+    const index_t B = ctx.B, Tl = ctx.T_len, n = B * Tl, D = d_, dh = dh_;
+    ctx.d_y.resize({B, Tl, D});
+    ctx.d_heads.resize({B, Tl, D});
+    ctx.d_qkv.resize({B, Tl, 3 * D});
+    ctx.d_scores.resize({B, h_, Tl * Tl});
+    // Padded output rows are constant zero: their incoming gradient is dropped.
+    std::memcpy(ctx.d_y.data(), dy, sizeof(T) * static_cast<std::size_t>(n * D));
+    detail::zero_padded_rows(ctx.d_y.data(), ctx.lengths, B, Tl, D);
+    out_proj_.backward_impl(ctx.heads.data(), ctx.d_y.data(), ctx.d_heads.data(), n);
+    const T scale = T(1) / std::sqrt(T(dh));
+    const T* qkv = ctx.qkv.data();
+    const T* d_heads = ctx.d_heads.data();
+    T* d_qkv = ctx.d_qkv.data();
+    const T* probs = ctx.probs.data();
+    T* d_scores = ctx.d_scores.data();
+    parallel_for(B * h_, double(Tl) * double(Tl) * double(dh) * 8.0, [&](index_t bh) {
+      const index_t b = bh / h_, hd = bh % h_, L = ctx.lengths[b];
+      T* dbase = d_qkv + b * Tl * 3 * D + hd * dh;
+      detail::Strided<T> dQ(dbase, Tl, dh, Eigen::OuterStride<>(3 * D));
+      detail::Strided<T> dK(dbase + D, Tl, dh, Eigen::OuterStride<>(3 * D));
+      detail::Strided<T> dV(dbase + 2 * D, Tl, dh, Eigen::OuterStride<>(3 * D));
+      dQ.bottomRows(Tl - L).setZero();
+      dK.bottomRows(Tl - L).setZero();
+      dV.bottomRows(Tl - L).setZero();
+      if (L == 0) return;
+      const T* base = qkv + b * Tl * 3 * D + hd * dh;
+      const detail::ConstStrided<T> Q(base, L, dh, Eigen::OuterStride<>(3 * D));
+      const detail::ConstStrided<T> K(base + D, L, dh, Eigen::OuterStride<>(3 * D));
+      const detail::ConstStrided<T> V(base + 2 * D, L, dh, Eigen::OuterStride<>(3 * D));
+      const detail::ConstStrided<T> dO(d_heads + b * Tl * D + hd * dh, L, dh, Eigen::OuterStride<>(D));
+      const T* p = probs + bh * Tl * Tl;
+      T* ds = d_scores + bh * Tl * Tl;
+      const ConstMatrixMap<T> P(p, L, L);
+      MatrixMap<T> dS(ds, L, L);
+      dS.noalias() = dO * V.transpose();  // dP (L,L)
+      kernels::softmax_backward(kernels::backend{}, ds, ds, p, L, L);
+      dQ.topRows(L).noalias() = (dS * K) * scale;
+      dK.topRows(L).noalias() = (dS.transpose() * Q) * scale;
+      dV.topRows(L).noalias() = P.transpose() * dO;
+    });
+    in_proj_.backward_impl(ctx.x.data, d_qkv, dx, n);
+  }
+
+  index_t d_model() const { return d_; }
+  index_t heads() const { return h_; }
+  const Linear<T>& in_proj() const { return in_proj_; }
+  const Linear<T>& out_proj() const { return out_proj_; }
+
+ private:
+  index_t d_ = 0, h_ = 0, dh_ = 0;
+  Linear<T> in_proj_, out_proj_;
+};
+
+}  // namespace mtrec

@@ -1,0 +1,86 @@
+// mtrec: what every layer shares — the run mode and argument checks.
+//
+// Conventions for every layer in include/mtrec/layers/:
+//  * forward(ctx, inputs..., outputs...) checks its arguments, then computes.
+//    It is const: layers hold only configuration and parameter ids, so one
+//    layer can run forward in many threads, each with its own Context.
+//  * The Context keeps what backward needs: views of the forward's inputs and
+//    outputs (keep those buffers unchanged until backward) and buffers the
+//    layer owns. Buffers grow on first use and are reused afterwards, so a
+//    steady-state step does not allocate.
+//  * backward(ctx, d_outputs..., d_inputs...) WRITES input gradients (an
+//    empty view skips one) and ADDS parameter gradients into the store.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <string>
+
+#include "mtrec/core/error.hpp"
+#include "mtrec/core/parameters.hpp"
+#include "mtrec/core/rng.hpp"
+#include "mtrec/core/tensor.hpp"
+#include "mtrec/kernels/cpu.hpp"
+#include "mtrec/kernels/device.hpp"
+
+namespace mtrec {
+
+// Training or evaluation, and the counters that make dropout reproducible:
+// the mask of a dropout layer is a function of (seed, layer, step) only.
+struct Mode {
+  bool training = false;
+  std::uint64_t seed = 0;
+  std::uint64_t step = 0;
+
+  static Mode eval() { return {}; }
+  static Mode train(std::uint64_t step, std::uint64_t seed = 0) { return {true, seed, step}; }
+};
+
+enum class Activation { Identity, ReLU, GELU, GELUTanh, Sigmoid };
+
+inline const char* activation_name(Activation a) {
+  switch (a) {
+    case Activation::Identity: return "identity";
+    case Activation::ReLU: return "relu";
+    case Activation::GELU: return "gelu";
+    case Activation::GELUTanh: return "gelu_tanh";
+    case Activation::Sigmoid: return "sigmoid";
+  }
+  return "?";
+}
+
+// v viewed as a matrix must be (rows, cols); rows < 0 accepts any row count.
+template <class T>
+inline void check_matrix(const char* op, const char* name, const TensorView<T>& v, index_t rows, index_t cols) {
+  const bool ok = v.rank() >= 1 && v.cols() == cols && (rows < 0 || v.rows() == rows);
+  if (!ok) {
+    if (rows < 0)
+      fail(op, name, " expected last dimension ", cols, " but got shape ", v.shape);
+    else
+      fail(op, name, " expected ", rows, " rows of ", cols, " (any leading shape) but got shape ", v.shape);
+  }
+  if (v.numel() > 0 && v.data == nullptr) fail(op, name, " has shape ", v.shape, " but no data");
+}
+
+// Sequence lengths (B) must lie in [0, T].
+inline void check_lengths(const char* op, ConstView<index_t> lengths, index_t B, index_t T) {
+  check_shape(op, "lengths", lengths, {B});
+  for (index_t b = 0; b < B; ++b)
+    if (lengths[b] < 0 || lengths[b] > T)
+      fail(op, "lengths[", b, "] expected in [0, ", T, "] but got ", lengths[b]);
+}
+
+// Throws if any value is NaN or infinite.
+template <class T>
+inline void check_finite(const char* op, const char* name, ConstView<T> v) {
+  for (index_t i = 0; i < v.numel(); ++i)
+    if (!std::isfinite(v[i])) fail(op, name, "[", i, "] expected a finite value but got ", v[i]);
+}
+
+// Kaiming-uniform bound of PyTorch's nn.Linear: U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
+inline Init linear_init(index_t fan_in) {
+  const double b = 1.0 / std::sqrt(double(std::max<index_t>(fan_in, 1)));
+  return Init::uniform(-b, b);
+}
+
+}  // namespace mtrec

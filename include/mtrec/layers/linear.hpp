@@ -1,0 +1,66 @@
+// mtrec: Linear — y = x W^T + b, with W stored (out, in) as in PyTorch.
+#pragma once
+
+#include <string>
+
+#include "mtrec/layers/common.hpp"
+
+namespace mtrec {
+
+template <class T>
+class Linear {
+ public:
+  struct Context {
+    ConstView<T> x;  // (N, in): the forward input
+  };
+
+  Linear() = default;
+  Linear(ParameterStore<T>& store, const std::string& name, index_t in, index_t out, bool bias = true)
+      : store_(&store), in_(in), out_(out) {
+    check(in > 0 && out > 0, "Linear", "'", name, "' expected positive sizes but got in=", in, " out=", out);
+    weight_ = store.add(name + ".weight", {out, in}, linear_init(in));
+    if (bias) bias_ = store.add(name + ".bias", {out}, linear_init(in));
+  }
+
+  // y (N,out) = x (N,in) W^T + b; x and y may have any leading shape.
+  void forward(Context& ctx, ConstView<T> x, TensorView<T> y) const {
+    check_matrix("Linear::forward", "x", x, -1, in_);
+    check_matrix("Linear::forward", "y", y, x.rows(), out_);
+    ctx.x = x;
+    forward_impl(x.data, y.data, x.rows());
+  }
+
+  // dx (N,in) = dy W  (skipped if dx is empty);  dW += dy^T x;  db += sum_n dy
+  void backward(const Context& ctx, ConstView<T> dy, TensorView<T> dx) const {
+    check_matrix("Linear::backward", "dy", dy, ctx.x.rows(), out_);
+    if (!dx.empty()) check_matrix("Linear::backward", "dx", dx, ctx.x.rows(), in_);
+    backward_impl(ctx.x.data, dy.data, dx.empty() ? nullptr : dx.data, ctx.x.rows());
+  }
+
+  // Unchecked forms for composite layers that already validated shapes.
+  void forward_impl(const T* x, T* y, index_t n) const {
+    const T* w = store_->value(weight_);
+    kernels::gemm(kernels::backend{}, kernels::Trans::N, kernels::Trans::T, n, out_, in_, T(1), x, in_, w, in_, T(0),
+                  y, out_);
+    if (bias_ >= 0) kernels::bias_add(kernels::backend{}, y, store_->value(bias_), n, out_);
+  }
+  void backward_impl(const T* x, const T* dy, T* dx, index_t n) const {
+    const T* w = store_->value(weight_);
+    if (dx) kernels::gemm(kernels::backend{}, kernels::Trans::N, kernels::Trans::N, n, in_, out_, T(1), dy, out_, w, in_, T(0), dx, in_);
+    kernels::gemm(kernels::backend{}, kernels::Trans::T, kernels::Trans::N, out_, in_, n, T(1), dy, out_, x, in_, T(1),
+                  store_->grad(weight_), in_);
+    if (bias_ >= 0) kernels::column_sum_add(kernels::backend{}, store_->grad(bias_), dy, n, out_);
+  }
+
+  index_t in_features() const { return in_; }
+  index_t out_features() const { return out_; }
+  ParamId weight() const { return weight_; }
+  ParamId bias() const { return bias_; }  // -1 without bias
+
+ private:
+  ParameterStore<T>* store_ = nullptr;
+  index_t in_ = 0, out_ = 0;
+  ParamId weight_ = -1, bias_ = -1;
+};
+
+}  // namespace mtrec

@@ -1,0 +1,63 @@
+// mtrec: learned positional embedding, y[b,t] = x[b,t] + P[t].
+#pragma once
+
+#include <cstring>
+#include <string>
+
+#include "mtrec/layers/common.hpp"
+
+namespace mtrec {
+
+template <class T>
+class PositionalEmbedding {
+ public:
+  struct Context {
+    index_t B = 0, T_len = 0;
+  };
+
+  PositionalEmbedding() = default;
+  PositionalEmbedding(ParameterStore<T>& store, const std::string& name, index_t max_len, index_t dim,
+                      Init init = Init::normal(0.0, 0.02))
+      : store_(&store), max_len_(max_len), dim_(dim) {
+    check(max_len > 0 && dim > 0, "PositionalEmbedding", "'", name, "' expected positive max_len and dim but got ",
+          max_len, " and ", dim);
+    table_ = store.add(name + ".weight", {max_len, dim}, init);
+  }
+
+  // y (B,T,D) = x (B,T,D) + P[:T]; y may alias x
+  void forward(Context& ctx, ConstView<T> x, TensorView<T> y) const {
+    const char* op = "PositionalEmbedding::forward";
+    check_shape(op, "x", x, {-1, -1, dim_});
+    check(x.dim(1) <= max_len_, op, "sequence length ", x.dim(1), " exceeds max_len ", max_len_);
+    check_shape(op, "y", y, {x.dim(0), x.dim(1), dim_});
+    ctx.B = x.dim(0);
+    ctx.T_len = x.dim(1);
+    const T* p = store_->value(table_);
+    const index_t row = ctx.T_len * dim_;
+    parallel_for(ctx.B, double(row), [&](index_t b) {
+      kernels::residual_add(kernels::backend{}, y.data + b * row, x.data + b * row, p, row);
+    });
+  }
+  // dx = dy (skipped if dx is empty or aliases dy); dP[t] += sum_b dy[b,t]
+  void backward(const Context& ctx, ConstView<T> dy, TensorView<T> dx) const {
+    const char* op = "PositionalEmbedding::backward";
+    check_shape(op, "dy", dy, {ctx.B, ctx.T_len, dim_});
+    if (!dx.empty()) {
+      check_shape(op, "dx", dx, {ctx.B, ctx.T_len, dim_});
+      if (dx.data != dy.data) std::memcpy(dx.data, dy.data, sizeof(T) * static_cast<std::size_t>(dy.numel()));
+    }
+    // (T*D) columns summed over B rows, in order.
+    kernels::column_sum_add(kernels::backend{}, store_->grad(table_), dy.data, ctx.B, ctx.T_len * dim_);
+  }
+
+  index_t max_len() const { return max_len_; }
+  index_t dim() const { return dim_; }
+  ParamId weight() const { return table_; }
+
+ private:
+  ParameterStore<T>* store_ = nullptr;
+  index_t max_len_ = 0, dim_ = 0;
+  ParamId table_ = -1;
+};
+
+}  // namespace mtrec

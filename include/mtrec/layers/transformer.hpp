@@ -1,0 +1,219 @@
+// mtrec: pre-LN transformer encoder layer and stack.
+//
+//   r = x + Dropout(MHA(LN1(x)))
+//   y = r + Dropout(W2 Dropout(GELU(W1 LN2(r) + b1)) + b2)
+//
+// as torch.nn.TransformerEncoderLayer(norm_first=True, batch_first=True)
+// with a key-padding mask. Rows at padded positions of y are exactly zero.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "mtrec/layers/activation.hpp"
+#include "mtrec/layers/attention.hpp"
+#include "mtrec/layers/dropout.hpp"
+#include "mtrec/layers/layernorm.hpp"
+#include "mtrec/layers/linear.hpp"
+
+namespace mtrec {
+
+struct TransformerConfig {
+  index_t d_model = 64;
+  index_t heads = 4;
+  index_t ffn = 256;
+  double dropout = 0.1;
+  Activation activation = Activation::GELU;  // GELU, GELUTanh or ReLU
+  double layer_norm_eps = 1e-5;
+};
+
+template <class T>
+class TransformerEncoderLayer {
+ public:
+  struct Context {
+    ConstView<T> x;
+    ConstView<index_t> lengths;
+    index_t B = 0, T_len = 0;
+    typename LayerNorm<T>::Context ln1, ln2;
+    typename MultiHeadAttention<T>::Context mha;
+    typename Dropout<T>::Context drop_attn, drop_ffn, drop_out;
+    Tensor<T> h1, attn, r1, h2;  // (B,T,D)
+    Tensor<T> f1, g;             // (B,T,F): W1 output, activation (then dropout) output
+    Tensor<T> f2;                // (B,T,D)
+    Tensor<T> dD1, dD2, dD3, dF;  // backward workspaces
+  };
+
+  TransformerEncoderLayer() = default;
+  TransformerEncoderLayer(ParameterStore<T>& store, const std::string& name, const TransformerConfig& c) : c_(c) {
+    check(c.activation == Activation::GELU || c.activation == Activation::GELUTanh ||
+              c.activation == Activation::ReLU,
+          "TransformerEncoderLayer", "'", name, "' expected a GELU or ReLU activation but got ",
+          activation_name(c.activation));
+    check(c.ffn > 0, "TransformerEncoderLayer", "'", name, "' expected ffn > 0 but got ", c.ffn);
+    ln1_ = LayerNorm<T>(store, name + ".norm1", c.d_model, c.layer_norm_eps);
+    attn_ = MultiHeadAttention<T>(store, name + ".self_attn", c.d_model, c.heads);
+    ln2_ = LayerNorm<T>(store, name + ".norm2", c.d_model, c.layer_norm_eps);
+    lin1_ = Linear<T>(store, name + ".linear1", c.d_model, c.ffn);
+    lin2_ = Linear<T>(store, name + ".linear2", c.ffn, c.d_model);
+    drop_attn_ = Dropout<T>(name + ".dropout1", c.dropout);
+    drop_ffn_ = Dropout<T>(name + ".dropout", c.dropout);
+    drop_out_ = Dropout<T>(name + ".dropout2", c.dropout);
+  }
+
+  // y (B,T,D) = layer(x (B,T,D)), keys masked past lengths (B)
+  void forward(Context& ctx, ConstView<T> x, ConstView<index_t> lengths, TensorView<T> y, const Mode& mode) const {
+    const char* op = "TransformerEncoderLayer::forward";
+    check_shape(op, "x", x, {-1, -1, c_.d_model});
+    const index_t B = x.dim(0), Tl = x.dim(1);
+    check_lengths(op, lengths, B, Tl);
+    check_shape(op, "y", y, {B, Tl, c_.d_model});
+    forward_impl(ctx, x, lengths, y.data, mode);
+  }
+
+  // dx (B,T,D) written; all parameter gradients accumulated
+  void backward(Context& ctx, ConstView<T> dy, TensorView<T> dx) const {
+    const char* op = "TransformerEncoderLayer::backward";
+    check_shape(op, "dy", dy, {ctx.B, ctx.T_len, c_.d_model});
+    check_shape(op, "dx", dx, {ctx.B, ctx.T_len, c_.d_model});
+    backward_impl(ctx, dy.data, dx.data);
+  }
+
+  void forward_impl(Context& ctx, ConstView<T> x, ConstView<index_t> lengths, T* y, const Mode& mode) const {
+    const index_t B = x.dim(0), Tl = x.dim(1), n = B * Tl, D = c_.d_model, F = c_.ffn;
+    ctx.x = x;
+    ctx.lengths = lengths;
+    ctx.B = B;
+    ctx.T_len = Tl;
+    for (Tensor<T>* t : {&ctx.h1, &ctx.attn, &ctx.r1, &ctx.h2, &ctx.f2}) t->resize({B, Tl, D});
+    ctx.f1.resize({B, Tl, F});
+    ctx.g.resize({B, Tl, F});
+    ln1_.forward_impl(ctx.ln1, x, ctx.h1.data());
+    attn_.forward_impl(ctx.mha, ctx.h1.view(), lengths, ctx.attn.data());
+    drop_attn_.forward_impl(ctx.drop_attn, ctx.attn.data(), ctx.attn.data(), n * D, mode);
+    kernels::residual_add(kernels::backend{}, ctx.r1.data(), x.data, ctx.attn.data(), n * D);
+    ln2_.forward_impl(ctx.ln2, ctx.r1.view(), ctx.h2.data());
+    lin1_.forward_impl(ctx.h2.data(), ctx.f1.data(), n);
+    activation_forward(c_.activation, ctx.g.data(), ctx.f1.data(), n * F);
+    drop_ffn_.forward_impl(ctx.drop_ffn, ctx.g.data(), ctx.g.data(), n * F, mode);
+    lin2_.forward_impl(ctx.g.data(), ctx.f2.data(), n);
+    drop_out_.forward_impl(ctx.drop_out, ctx.f2.data(), ctx.f2.data(), n * D, mode);
+    kernels::residual_add(kernels::backend{}, y, ctx.r1.data(), ctx.f2.data(), n * D);
+    detail::zero_padded_rows(y, lengths, B, Tl, D);
+  }
+
+  void backward_impl(Context& ctx, const T* dy, T* dx) const {
+    const index_t B = ctx.B, Tl = ctx.T_len, n = B * Tl, D = c_.d_model, F = c_.ffn;
+    for (Tensor<T>* t : {&ctx.dD1, &ctx.dD2, &ctx.dD3}) t->resize({B, Tl, D});
+    ctx.dF.resize({B, Tl, F});
+    T *d1 = ctx.dD1.data(), *d2 = ctx.dD2.data(), *d3 = ctx.dD3.data(), *dF = ctx.dF.data();
+    std::memcpy(d1, dy, sizeof(T) * static_cast<std::size_t>(n * D));  // d1 = dy, padded rows dropped
+    detail::zero_padded_rows(d1, ctx.lengths, B, Tl, D);
+    drop_out_.backward_impl(ctx.drop_out, d1, d2);                    // d2 = d f2
+    lin2_.backward_impl(ctx.g.data(), d2, dF, n);                      // dF = d g
+    drop_ffn_.backward_impl(ctx.drop_ffn, dF, dF);
+    activation_backward(c_.activation, dF, dF, ctx.f1.data(), static_cast<const T*>(nullptr), n * F);  // dF = d f1
+    lin1_.backward_impl(ctx.h2.data(), dF, d2, n);                     // d2 = d h2
+    ln2_.backward_impl(ctx.ln2, d2, d3);                               // d3 = d r1 (LN2 path)
+    kernels::residual_add(kernels::backend{}, d3, d3, d1, n * D);      // d3 = d r1 (both paths)
+    drop_attn_.backward_impl(ctx.drop_attn, d3, d2);                   // d2 = d attn
+    attn_.backward_impl(ctx.mha, d2, d1);                              // d1 = d h1
+    ln1_.backward_impl(ctx.ln1, d1, dx);                               // dx = LN1 path
+    kernels::residual_add(kernels::backend{}, dx, dx, d3, n * D);      // + residual path
+  }
+
+  const TransformerConfig& config() const { return c_; }
+
+ private:
+  TransformerConfig c_;
+  LayerNorm<T> ln1_, ln2_;
+  MultiHeadAttention<T> attn_;
+  Linear<T> lin1_, lin2_;
+  Dropout<T> drop_attn_, drop_ffn_, drop_out_;
+};
+
+// A stack of pre-LN layers, optionally followed by a final LayerNorm (the
+// usual pre-LN arrangement; PyTorch's TransformerEncoder(norm=...)).
+template <class T>
+class TransformerEncoder {
+ public:
+  struct Context {
+    std::vector<typename TransformerEncoderLayer<T>::Context> layers;
+    typename LayerNorm<T>::Context final_ln;
+    std::vector<Tensor<T>> hidden;  // outputs of layers before the last stage
+    ConstView<index_t> lengths;
+    ConstView<T> x;
+    Tensor<T> d_a, d_b;
+  };
+
+  TransformerEncoder() = default;
+  TransformerEncoder(ParameterStore<T>& store, const std::string& name, const TransformerConfig& c, int num_layers,
+                     bool final_norm = true)
+      : c_(c), final_norm_(final_norm) {
+    check(num_layers >= 1, "TransformerEncoder", "'", name, "' expected at least one layer but got ", num_layers);
+    for (int i = 0; i < num_layers; ++i)
+      layers_.emplace_back(store, name + ".layers." + std::to_string(i), c);
+    if (final_norm) norm_ = LayerNorm<T>(store, name + ".norm", c.d_model, c.layer_norm_eps);
+  }
+
+  // y (B,T,D) = encoder(x (B,T,D)); padded rows of y are zero
+  void forward(Context& ctx, ConstView<T> x, ConstView<index_t> lengths, TensorView<T> y, const Mode& mode) const {
+    const char* op = "TransformerEncoder::forward";
+    check_shape(op, "x", x, {-1, -1, c_.d_model});
+    const index_t B = x.dim(0), Tl = x.dim(1);
+    check_lengths(op, lengths, B, Tl);
+    check_shape(op, "y", y, {B, Tl, c_.d_model});
+    const std::size_t L = layers_.size();
+    ctx.layers.resize(L);
+    ctx.hidden.resize(L);
+    ctx.lengths = lengths;
+    ctx.x = x;
+    ConstView<T> in = x;
+    for (std::size_t i = 0; i < L; ++i) {
+      const bool writes_y = i + 1 == L && !final_norm_;
+      T* out = y.data;
+      if (!writes_y) {
+        ctx.hidden[i].resize({B, Tl, c_.d_model});
+        out = ctx.hidden[i].data();
+      }
+      layers_[i].forward_impl(ctx.layers[i], in, lengths, out, mode);
+      in = ConstView<T>(out, x.shape);
+    }
+    if (final_norm_) {
+      norm_.forward_impl(ctx.final_ln, in, y.data);
+      detail::zero_padded_rows(y.data, lengths, B, Tl, c_.d_model);
+    }
+  }
+
+  // dx (B,T,D) written; all parameter gradients accumulated
+  void backward(Context& ctx, ConstView<T> dy, TensorView<T> dx) const {
+    const char* op = "TransformerEncoder::backward";
+    const index_t B = ctx.x.dim(0), Tl = ctx.x.dim(1), n = B * Tl, D = c_.d_model;
+    check_shape(op, "dy", dy, {B, Tl, D});
+    check_shape(op, "dx", dx, {B, Tl, D});
+    ctx.d_a.resize({B, Tl, D});
+    ctx.d_b.resize({B, Tl, D});
+    const T* g = dy.data;
+    if (final_norm_) {
+      std::memcpy(ctx.d_b.data(), dy.data, sizeof(T) * static_cast<std::size_t>(n * D));
+      detail::zero_padded_rows(ctx.d_b.data(), ctx.lengths, B, Tl, D);
+      norm_.backward_impl(ctx.final_ln, ctx.d_b.data(), ctx.d_a.data());
+      g = ctx.d_a.data();
+    }
+    for (std::size_t i = layers_.size(); i-- > 0;) {
+      T* out = i == 0 ? dx.data : (g == ctx.d_a.data() ? ctx.d_b.data() : ctx.d_a.data());
+      layers_[i].backward_impl(ctx.layers[i], g, out);
+      g = out;
+    }
+  }
+
+  const TransformerConfig& config() const { return c_; }
+  std::size_t num_layers() const { return layers_.size(); }
+
+ private:
+  TransformerConfig c_;
+  bool final_norm_ = true;
+  std::vector<TransformerEncoderLayer<T>> layers_;
+  LayerNorm<T> norm_;
+};
+
+}  // namespace mtrec

@@ -1,0 +1,198 @@
+// Every CPU kernel against its scalar reference, in one table of op cases
+// (the ggml test-backend-ops idea): each case is instantiated for both the
+// `reference` and the `cpu` device tag, run on sizes that are not multiples
+// of the SIMD width, and for float and double. The cpu result must also be
+// bitwise identical with 1 and 2 threads.
+#include "support/gradcheck.hpp"
+
+#include <vector>
+
+using namespace mtrec;
+using kernels::GeluMode;
+using kernels::Trans;
+
+namespace {
+
+// Inputs a..e and in/out buffers o1..o3 shared by every case.
+template <class T>
+struct Buffers {
+  index_t rows = 0, cols = 0, n = 0;
+  std::vector<T> a, b, c, d, e;  // inputs
+  std::vector<T> o1, o2, o3;     // outputs (some kernels accumulate: pre-filled)
+};
+
+template <class T>
+Buffers<T> make_buffers(index_t rows, index_t cols, std::uint64_t seed) {
+  Buffers<T> s;
+  s.rows = rows;
+  s.cols = cols;
+  s.n = rows * cols;
+  auto fill = [&](std::vector<T>& v, index_t n, std::uint64_t k, double lo, double hi) {
+    v.resize(static_cast<std::size_t>(n));
+    testing::fill_uniform(v.data(), n, seed * 31 + k, lo, hi);
+  };
+  // Large enough for every case, GEMM operands with K <= 19 included.
+  const index_t big = std::max({s.n, s.cols, 19 * (rows + cols)});
+  fill(s.a, big, 1, -4, 4);
+  fill(s.b, big, 2, -2, 2);
+  fill(s.c, big, 3, 0.05, 0.95);  // probabilities / positive values
+  fill(s.d, big, 4, 0.2, 3);      // positive (rstd, second moments)
+  fill(s.e, big, 5, -1, 1);
+  fill(s.o1, big, 6, -1, 1);
+  fill(s.o2, big, 7, 0, 1);
+  fill(s.o3, big, 8, 0, 1);
+  return s;
+}
+
+template <class T>
+using CaseFn = void (*)(Buffers<T>&);
+
+template <class T>
+struct OpCase {
+  const char* name;
+  CaseFn<T> reference;
+  CaseFn<T> cpu;
+  double tol_float;  // max |cpu - ref| / (1 + |ref|)
+};
+
+// Defines one op case for both device tags from a single body using `dev`.
+#define OP_CASE(NAME, TOL, BODY)                                                    \
+  OpCase<T> {                                                                       \
+    NAME, [](Buffers<T>& s) { const auto dev = kernels::reference; (void)dev; BODY; }, \
+        [](Buffers<T>& s) { const auto dev = kernels::cpu; (void)dev; BODY; }, TOL  \
+  }
+
+template <class T>
+std::vector<OpCase<T>> op_cases() {
+  return {
+      OP_CASE("bias_add", 1e-6, kernels::bias_add(dev, s.o1.data(), s.b.data(), s.rows, s.cols)),
+      OP_CASE("column_sum_add", 1e-5, kernels::column_sum_add(dev, s.o1.data(), s.a.data(), s.rows, s.cols)),
+      OP_CASE("relu_forward", 0, kernels::relu_forward(dev, s.o1.data(), s.a.data(), s.n)),
+      OP_CASE("relu_backward", 0, kernels::relu_backward(dev, s.o1.data(), s.b.data(), s.a.data(), s.n)),
+      OP_CASE("gelu_forward", 1e-6, kernels::gelu_forward(dev, s.o1.data(), s.a.data(), s.n)),
+      OP_CASE("gelu_backward", 1e-6, kernels::gelu_backward(dev, s.o1.data(), s.b.data(), s.a.data(), s.n)),
+      OP_CASE("gelu_tanh_forward", 1e-6, kernels::gelu_forward(dev, s.o1.data(), s.a.data(), s.n, GeluMode::Tanh)),
+      OP_CASE("gelu_tanh_backward", 1e-6,
+              kernels::gelu_backward(dev, s.o1.data(), s.b.data(), s.a.data(), s.n, GeluMode::Tanh)),
+      OP_CASE("sigmoid_forward", 1e-6, kernels::sigmoid_forward(dev, s.o1.data(), s.a.data(), s.n)),
+      OP_CASE("sigmoid_backward", 1e-6, kernels::sigmoid_backward(dev, s.o1.data(), s.b.data(), s.c.data(), s.n)),
+      OP_CASE("softmax_forward", 1e-6, kernels::softmax_forward(dev, s.o1.data(), s.a.data(), s.rows, s.cols)),
+      OP_CASE("softmax_backward", 1e-5,
+              kernels::softmax_backward(dev, s.o1.data(), s.b.data(), s.c.data(), s.rows, s.cols)),
+      OP_CASE("layernorm_forward", 1e-5,
+              kernels::layernorm_forward(dev, s.o1.data(), s.o2.data(), s.o3.data(), s.a.data(), s.b.data(),
+                                         s.e.data(), s.rows, s.cols, T(1e-5))),
+      OP_CASE("layernorm_backward", 1e-5,
+              kernels::layernorm_backward(dev, s.o1.data(), s.o2.data(), s.o3.data(), s.b.data(), s.a.data(),
+                                          s.e.data(), s.d.data(), s.c.data(), s.rows, s.cols)),
+      OP_CASE("dropout_forward", 0, kernels::dropout_forward(dev, s.o1.data(), s.a.data(), s.n, 0.3, 0xABCDEF12345ull, 17)),
+      OP_CASE("dropout_backward", 0, kernels::dropout_backward(dev, s.o1.data(), s.b.data(), s.n, 0.6, 99, 0)),
+      OP_CASE("residual_add", 0, kernels::residual_add(dev, s.o1.data(), s.a.data(), s.b.data(), s.n)),
+      OP_CASE("adam_update", 1e-6, {
+        kernels::AdamStep<T> st;
+        st.lr = T(0.01);
+        st.weight_decay = T(0.1);
+        st.bias_correction1 = T(1 - 0.9 * 0.9 * 0.9);
+        st.bias_correction2 = T(1 - 0.999 * 0.999 * 0.999);
+        kernels::adam_update(dev, s.o1.data(), s.o2.data(), s.o3.data(), s.b.data(), s.n, st);
+      }),
+      OP_CASE("adamw_update", 1e-6, {
+        kernels::AdamStep<T> st;
+        st.lr = T(0.01);
+        st.weight_decay = T(0.05);
+        st.decoupled = true;
+        st.bias_correction1 = T(0.1);
+        st.bias_correction2 = T(0.001);
+        kernels::adam_update(dev, s.o1.data(), s.o2.data(), s.o3.data(), s.b.data(), s.n, st);
+      }),
+      OP_CASE("gemm_NN", 1e-5,
+              kernels::gemm(dev, Trans::N, Trans::N, s.rows, s.cols, index_t(19), T(1), s.a.data(), index_t(19),
+                            s.b.data(), s.cols, T(0), s.o1.data(), s.cols)),
+      OP_CASE("gemm_NT_beta1", 1e-5,
+              kernels::gemm(dev, Trans::N, Trans::T, s.rows, s.cols, index_t(7), T(0.5), s.a.data(), index_t(7),
+                            s.b.data(), index_t(7), T(1), s.o1.data(), s.cols)),
+      OP_CASE("gemm_TN", 1e-5,
+              kernels::gemm(dev, Trans::T, Trans::N, s.rows, s.cols, index_t(5), T(1), s.a.data(), s.rows,
+                            s.b.data(), s.cols, T(0), s.o1.data(), s.cols)),
+      OP_CASE("gemm_TT_beta2", 1e-5,
+              kernels::gemm(dev, Trans::T, Trans::T, s.rows, s.cols, index_t(3), T(-1), s.a.data(), s.rows,
+                            s.b.data(), index_t(3), T(2), s.o1.data(), s.cols)),
+  };
+}
+
+// (rows, cols): odd widths around the 4/8/16-lane vector sizes, one size
+// that spans several parallel chunks, and one wide enough for parallel GEMM.
+const std::pair<index_t, index_t> kSizes[] = {{1, 1}, {3, 7}, {2, 17}, {5, 33}, {7, 100}, {33, 129}, {3, 40001}};
+
+template <class T>
+double max_rel_diff(const std::vector<T>& x, const std::vector<T>& y) {
+  double m = 0;
+  for (std::size_t i = 0; i < x.size(); ++i) m = std::max(m, std::fabs(double(x[i]) - double(y[i])) / (1.0 + std::fabs(double(y[i]))));
+  return m;
+}
+
+template <class T>
+void run_table() {
+  for (const auto& op : op_cases<T>()) {
+    for (const auto& sz : kSizes) {
+      // GEMM inputs are read up to max(M,N)*K elements; keep the sizes in bounds.
+      if (std::string(op.name).rfind("gemm", 0) == 0 && sz.first * sz.second > 5000) continue;
+      Buffers<T> ref = make_buffers<T>(sz.first, sz.second, 1);
+      op.reference(ref);
+      Buffers<T> one = make_buffers<T>(sz.first, sz.second, 1);
+      Buffers<T> two = make_buffers<T>(sz.first, sz.second, 1);
+      testing::with_threads(1, [&] { op.cpu(one); });
+      testing::with_threads(2, [&] { op.cpu(two); });
+      const double tol = std::is_same<T, float>::value ? op.tol_float : 1e-11;
+      CAPTURE(op.name, sz.first, sz.second, sizeof(T));
+      CHECK(max_rel_diff(one.o1, ref.o1) <= tol);
+      CHECK(max_rel_diff(one.o2, ref.o2) <= tol);
+      CHECK(max_rel_diff(one.o3, ref.o3) <= tol);
+      CHECK(testing::bitwise_equal(one.o1.data(), two.o1.data(), index_t(one.o1.size())));
+      CHECK(testing::bitwise_equal(one.o2.data(), two.o2.data(), index_t(one.o2.size())));
+      CHECK(testing::bitwise_equal(one.o3.data(), two.o3.data(), index_t(one.o3.size())));
+    }
+  }
+}
+
+}  // namespace
+
+TEST_CASE("kernels: cpu agrees with the scalar reference (float), bitwise across threads", "[kernels]") {
+  run_table<float>();
+}
+
+TEST_CASE("kernels: cpu agrees with the scalar reference (double), bitwise across threads", "[kernels]") {
+  run_table<double>();
+}
+
+TEST_CASE("kernels: large GEMM in every transposition, parallel blocks, 1 vs 2 threads", "[kernels][gemm]") {
+  for (Trans ta : {Trans::N, Trans::T})
+    for (Trans tb : {Trans::N, Trans::T}) {
+      const index_t M = 300, N = 129, K = 67;
+      std::vector<float> A(M * K), B(K * N), ref(M * N), one(M * N), two(M * N);
+      testing::fill_uniform(A.data(), M * K, 1);
+      testing::fill_uniform(B.data(), K * N, 2);
+      const index_t lda = ta == Trans::N ? K : M, ldb = tb == Trans::N ? N : K;
+      kernels::gemm(kernels::reference, ta, tb, M, N, K, 1.0f, A.data(), lda, B.data(), ldb, 0.0f, ref.data(), N);
+      testing::with_threads(1, [&] {
+        kernels::gemm(kernels::cpu, ta, tb, M, N, K, 1.0f, A.data(), lda, B.data(), ldb, 0.0f, one.data(), N);
+      });
+      testing::with_threads(2, [&] {
+        kernels::gemm(kernels::cpu, ta, tb, M, N, K, 1.0f, A.data(), lda, B.data(), ldb, 0.0f, two.data(), N);
+      });
+      CAPTURE(int(ta), int(tb));
+      CHECK(max_rel_diff(one, ref) < 1e-5);
+      CHECK(testing::bitwise_equal(one.data(), two.data(), M * N));
+    }
+}
+
+TEST_CASE("kernels: dropout keeps about 1 - p and matches the reference mask bit for bit", "[kernels][dropout]") {
+  const index_t n = 100003;
+  std::vector<float> x(n, 1.0f), y(n), r(n);
+  kernels::dropout_forward(kernels::cpu, y.data(), x.data(), n, 0.1, 5, 0);
+  kernels::dropout_forward(kernels::reference, r.data(), x.data(), n, 0.1, 5, 0);
+  CHECK(testing::bitwise_equal(y.data(), r.data(), n));
+  index_t kept = 0;
+  for (float v : y) kept += v != 0.0f;
+  CHECK(double(kept) / n == Approx(0.9).margin(0.005));
+}
