@@ -32,3 +32,7 @@
 #include "mtrec/layers/pooling.hpp"
 #include "mtrec/layers/positional.hpp"
 #include "mtrec/layers/transformer.hpp"
+#include "mtrec/model/config.hpp"
+#include "mtrec/model/features.hpp"
+#include "mtrec/model/multitask.hpp"
+#include "mtrec/train/losses.hpp"

@@ -1,0 +1,181 @@
+// mtrec: what a multi-task model is made of — its features, tasks and
+// architecture — as one plain struct, checked when the model is built.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "mtrec/model/features.hpp"
+
+namespace mtrec {
+
+enum class Architecture {
+  SingleTask,    // bottom MLP + one tower (exactly one task)
+  SharedBottom,  // bottom MLP shared by all tasks, one tower per task
+  MMoE,          // E shared expert MLPs, one softmax gate per task (Ma et al., KDD 2018)
+  PLE,           // stacked CGC levels of task and shared experts (Tang et al., RecSys 2020)
+  ESMM,          // pCTCVR = pCTR x pCVR over all impressions (Ma et al., SIGIR 2018)
+};
+
+enum class TaskType { Binary, Regression, MultiClass };
+
+enum class TaskLoss {
+  Default,       // BCE for binary, MSE for regression, cross-entropy for multi-class
+  BCE,
+  MSE,
+  Huber,
+  CrossEntropy,
+};
+
+struct TaskSpec {
+  std::string name;
+  TaskType type = TaskType::Binary;
+  index_t num_classes = 0;           // multi-class only (>= 2)
+  std::vector<index_t> tower = {32};  // hidden widths; the output layer (1 or C) is added
+  double weight = 1.0;               // lambda_k in L = sum_k lambda_k L_k
+  TaskLoss loss = TaskLoss::Default;
+  double huber_delta = 1.0;
+};
+
+struct ModelConfig {
+  FeatureSpec features;
+  std::vector<TaskSpec> tasks;
+  Architecture architecture = Architecture::MMoE;
+  std::vector<index_t> bottom = {128, 64};  // SingleTask and SharedBottom
+  index_t experts = 4;                       // MMoE
+  std::vector<index_t> expert = {64, 32};   // each expert MLP (MMoE, PLE)
+  int ple_levels = 2;
+  index_t ple_shared_experts = 2;
+  index_t ple_task_experts = 1;
+  Activation activation = Activation::ReLU;  // bottom, experts and towers
+  double dropout = 0.0;                      // after every hidden activation
+  double embedding_init_std = 0.01;
+  std::uint64_t seed = 0;
+};
+
+inline const char* architecture_name(Architecture a) {
+  switch (a) {
+    case Architecture::SingleTask: return "single";
+    case Architecture::SharedBottom: return "shared_bottom";
+    case Architecture::MMoE: return "mmoe";
+    case Architecture::PLE: return "ple";
+    case Architecture::ESMM: return "esmm";
+  }
+  return "?";
+}
+
+inline const char* task_type_name(TaskType t) {
+  switch (t) {
+    case TaskType::Binary: return "binary";
+    case TaskType::Regression: return "regression";
+    case TaskType::MultiClass: return "multiclass";
+  }
+  return "?";
+}
+
+// Columns of a task's raw output: 1, or C logits for a multi-class task.
+inline index_t task_output_width(const TaskSpec& t) { return t.type == TaskType::MultiClass ? t.num_classes : 1; }
+
+// One table's shape, as agreed by every field that uses it.
+struct TableSpec {
+  std::string name;
+  index_t rows = 0, dim = 0;
+  bool hashed = false;
+};
+
+// Checks the whole configuration and returns the embedding tables it needs,
+// in first-use order. Every problem is reported with the field or task name.
+inline std::vector<TableSpec> validate_config(const ModelConfig& c) {
+  const char* op = "ModelConfig";
+  const FeatureSpec& f = c.features;
+  check(!c.tasks.empty(), op, "expected at least one task");
+  check(!f.ids.empty() || !f.bags.empty() || !f.sequences.empty() || !f.dense.empty(), op,
+        "expected at least one feature");
+  std::vector<TableSpec> tables;
+  std::map<std::string, std::string> names;  // every field/task name must be unique
+  auto unique_name = [&](const std::string& n, const char* kind) {
+    check(!n.empty(), op, "a ", kind, " has an empty name");
+    check(names.emplace(n, kind).second, op, "name '", n, "' is used twice");
+  };
+  auto use_table = [&](const std::string& field, const std::string& table, index_t vocab, index_t buckets,
+                       index_t dim) {
+    const index_t rows = feature_rows(field, vocab, buckets);
+    check(dim > 0, op, "field '", field, "' expected dim > 0 but got ", dim);
+    const std::string t = table.empty() ? field : table;
+    for (auto& s : tables)
+      if (s.name == t) {
+        check(s.rows == rows && s.dim == dim && s.hashed == (buckets > 0), op, "field '", field, "' shares table '", t,
+              "' expected rows=", s.rows, " dim=", s.dim, (s.hashed ? " (hashed)" : ""), " but declares rows=", rows,
+              " dim=", dim, (buckets > 0 ? " (hashed)" : ""));
+        return;
+      }
+    tables.push_back({t, rows, dim, buckets > 0});
+  };
+  for (const auto& x : f.ids) {
+    unique_name(x.name, "ID field");
+    use_table(x.name, x.table, x.vocab, x.hash_buckets, x.dim);
+  }
+  for (const auto& x : f.bags) {
+    unique_name(x.name, "bag field");
+    use_table(x.name, x.table, x.vocab, x.hash_buckets, x.dim);
+  }
+  for (const auto& x : f.sequences) {
+    unique_name(x.name, "sequence field");
+    check(x.max_len > 0, op, "sequence '", x.name, "' expected max_len > 0 but got ", x.max_len);
+    check(x.layers >= 1, op, "sequence '", x.name, "' expected at least 1 encoder layer but got ", x.layers);
+    check(x.encoder.heads > 0 && x.encoder.d_model % x.encoder.heads == 0, op, "sequence '", x.name,
+          "' expected d_model divisible by heads but got d_model=", x.encoder.d_model, " heads=", x.encoder.heads);
+    use_table(x.name, x.table, x.vocab, x.hash_buckets, x.encoder.d_model);
+  }
+  for (const auto& x : f.dense) {
+    unique_name(x.name, "dense field");
+    check(x.dim > 0, op, "dense field '", x.name, "' expected dim > 0 but got ", x.dim);
+  }
+  for (const auto& t : c.tasks) {
+    unique_name(t.name, "task");
+    check(t.type != TaskType::MultiClass || t.num_classes >= 2, op, "multi-class task '", t.name,
+          "' expected num_classes >= 2 but got ", t.num_classes);
+    for (index_t w : t.tower) check(w > 0, op, "task '", t.name, "' expected positive tower widths but got ", w);
+    check(t.weight >= 0 && std::isfinite(t.weight), op, "task '", t.name, "' expected a finite weight >= 0 but got ",
+          t.weight);
+    const bool ok_loss =
+        t.loss == TaskLoss::Default ||
+        (t.type == TaskType::Binary && t.loss == TaskLoss::BCE) ||
+        (t.type == TaskType::Regression && (t.loss == TaskLoss::MSE || t.loss == TaskLoss::Huber)) ||
+        (t.type == TaskType::MultiClass && t.loss == TaskLoss::CrossEntropy);
+    check(ok_loss, op, "task '", t.name, "' of type ", task_type_name(t.type), " cannot use the requested loss");
+    check(t.huber_delta > 0, op, "task '", t.name, "' expected huber_delta > 0 but got ", t.huber_delta);
+  }
+  const auto K = c.tasks.size();
+  switch (c.architecture) {
+    case Architecture::SingleTask:
+      check(K == 1, op, "architecture 'single' expected exactly 1 task but got ", K);
+      [[fallthrough]];
+    case Architecture::SharedBottom:
+      check(!c.bottom.empty(), op, "architecture '", architecture_name(c.architecture), "' expected a bottom MLP");
+      break;
+    case Architecture::MMoE:
+      check(c.experts >= 1, op, "MMoE expected experts >= 1 but got ", c.experts);
+      check(!c.expert.empty(), op, "MMoE expected expert widths");
+      break;
+    case Architecture::PLE:
+      check(c.ple_levels >= 1, op, "PLE expected ple_levels >= 1 but got ", c.ple_levels);
+      check(c.ple_shared_experts >= 1 && c.ple_task_experts >= 1, op,
+            "PLE expected at least 1 shared and 1 task expert but got ", c.ple_shared_experts, " and ",
+            c.ple_task_experts);
+      check(!c.expert.empty(), op, "PLE expected expert widths");
+      break;
+    case Architecture::ESMM:
+      check(K == 2 && c.tasks[0].type == TaskType::Binary && c.tasks[1].type == TaskType::Binary, op,
+            "ESMM expected exactly 2 binary tasks (CTR, then CTCVR) but got ", K, " tasks");
+      break;
+  }
+  for (index_t w : c.bottom) check(w > 0, op, "bottom widths must be positive but got ", w);
+  for (index_t w : c.expert) check(w > 0, op, "expert widths must be positive but got ", w);
+  check(c.dropout >= 0 && c.dropout < 1, op, "dropout expected in [0, 1) but got ", c.dropout);
+  return tables;
+}
+
+}  // namespace mtrec

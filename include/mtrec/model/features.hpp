@@ -1,0 +1,174 @@
+// mtrec: the input features of a model, and the batches that carry them.
+//
+// A model is described by plain structs: which ID, bag, sequence and dense
+// fields it reads, and which tasks it predicts. Batch<T> holds the values of
+// those fields for B rows, in the order the features are declared. The same
+// struct serves as an in-memory dataset (B = all rows): gather() copies
+// selected rows into a reusable batch without reallocating once it is sized.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "mtrec/core/error.hpp"
+#include "mtrec/core/tensor.hpp"
+#include "mtrec/layers/common.hpp"
+#include "mtrec/layers/embedding.hpp"
+#include "mtrec/layers/pooling.hpp"
+#include "mtrec/layers/transformer.hpp"
+
+namespace mtrec {
+
+// A categorical field: one ID per row, looked up in an embedding table.
+struct IdFeature {
+  std::string name;
+  index_t vocab = 0;         // IDs in [0, vocab); or
+  index_t hash_buckets = 0;  // any 64-bit ID, hashed into this many rows (for unseen IDs)
+  index_t dim = 16;
+  std::string table;         // table name; empty = the field's own name. Fields naming one table share it.
+};
+
+// A multi-hot field: a variable-length bag of IDs per row, pooled.
+struct BagFeature {
+  std::string name;
+  index_t vocab = 0;
+  index_t hash_buckets = 0;
+  index_t dim = 16;
+  std::string table;
+  BagPooling pooling = BagPooling::Mean;
+  bool weighted = false;  // rows carry one weight per ID
+};
+
+// An ordered ID sequence (a user's recent items) or the tokens of a text
+// (an item's title words): embedded (dim = encoder d_model), plus a learned
+// position, encoded by a pre-LN transformer stack, then pooled.
+struct SequenceFeature {
+  std::string name;
+  index_t vocab = 0;
+  index_t hash_buckets = 0;
+  std::string table;  // may share an ID field's table (same rows, dim = d_model)
+  index_t max_len = 20;
+  TransformerConfig encoder;  // encoder.d_model is the embedding dim
+  int layers = 1;
+  SequencePoolMode pooling = SequencePoolMode::Mean;
+};
+
+// Numeric values, `dim` per row, used as given (standardise them upstream).
+struct DenseFeature {
+  std::string name;
+  index_t dim = 1;
+};
+
+struct FeatureSpec {
+  std::vector<IdFeature> ids;
+  std::vector<BagFeature> bags;
+  std::vector<SequenceFeature> sequences;  // behaviour sequences and token (text) fields
+  std::vector<DenseFeature> dense;
+};
+
+inline index_t feature_rows(const std::string& name, index_t vocab, index_t buckets) {
+  check((vocab > 0) != (buckets > 0), "FeatureSpec", "field '", name,
+        "' expected exactly one of vocab or hash_buckets > 0 but got vocab=", vocab, " hash_buckets=", buckets);
+  return vocab > 0 ? vocab : buckets;
+}
+
+// Values of every declared feature for `size` rows, plus labels.
+template <class T>
+struct Batch {
+  struct Bag {
+    std::vector<index_t> ids;      // (n) all bags' IDs, concatenated
+    std::vector<index_t> offsets;  // (size + 1) bag r is ids[offsets[r] .. offsets[r+1])
+    std::vector<T> weights;        // (n) if the field is weighted, else empty
+  };
+  struct Sequence {
+    std::vector<index_t> ids;      // (size, max_len) padded; entries past the length are ignored
+    std::vector<index_t> lengths;  // (size) valid positions, in [0, max_len]
+  };
+
+  index_t size = 0;
+  std::vector<std::vector<index_t>> ids;  // [id field] (size)
+  std::vector<Bag> bags;                  // [bag field]
+  std::vector<Sequence> sequences;        // [sequence field]
+  std::vector<std::vector<T>> dense;      // [dense field] (size, dim)
+  std::vector<std::vector<T>> labels;     // [task] (size); a multi-class label is the class id as a number
+  std::vector<std::vector<std::uint8_t>> label_mask;  // [task] (size) 1 = labelled; empty vector = all labelled
+  std::vector<T> weights;                 // (size) sample weights, or empty = 1
+  std::vector<index_t> groups;            // (size) optional group ids (e.g. user) for gAUC
+
+  // Shapes the containers for `spec`, `tasks` tasks and `n` rows (no values).
+  void shape_for(const FeatureSpec& spec, std::size_t tasks) {
+    ids.resize(spec.ids.size());
+    bags.resize(spec.bags.size());
+    sequences.resize(spec.sequences.size());
+    dense.resize(spec.dense.size());
+    labels.resize(tasks);
+    label_mask.resize(tasks);
+  }
+
+  // Copies rows src[rows[0..n)] into this batch, reusing capacity.
+  void gather(const Batch& src, const index_t* rows, index_t n) {
+    size = n;
+    ids.resize(src.ids.size());
+    for (std::size_t f = 0; f < src.ids.size(); ++f) {
+      ids[f].resize(static_cast<std::size_t>(n));
+      for (index_t i = 0; i < n; ++i) ids[f][i] = src.ids[f][static_cast<std::size_t>(rows[i])];
+    }
+    bags.resize(src.bags.size());
+    for (std::size_t f = 0; f < src.bags.size(); ++f) {
+      const Bag& s = src.bags[f];
+      Bag& d = bags[f];
+      d.offsets.resize(static_cast<std::size_t>(n + 1));
+      d.offsets[0] = 0;
+      for (index_t i = 0; i < n; ++i) {
+        const std::size_t r = static_cast<std::size_t>(rows[i]);
+        d.offsets[i + 1] = d.offsets[i] + (s.offsets[r + 1] - s.offsets[r]);
+      }
+      d.ids.resize(static_cast<std::size_t>(d.offsets[n]));
+      d.weights.resize(s.weights.empty() ? 0 : d.ids.size());
+      for (index_t i = 0; i < n; ++i) {
+        const std::size_t r = static_cast<std::size_t>(rows[i]);
+        const index_t len = s.offsets[r + 1] - s.offsets[r];
+        for (index_t j = 0; j < len; ++j) {
+          d.ids[d.offsets[i] + j] = s.ids[s.offsets[r] + j];
+          if (!s.weights.empty()) d.weights[d.offsets[i] + j] = s.weights[s.offsets[r] + j];
+        }
+      }
+    }
+    sequences.resize(src.sequences.size());
+    for (std::size_t f = 0; f < src.sequences.size(); ++f) {
+      const Sequence& s = src.sequences[f];
+      Sequence& d = sequences[f];
+      const index_t L = src.size ? index_t(s.ids.size()) / src.size : 0;
+      d.ids.resize(static_cast<std::size_t>(n * L));
+      d.lengths.resize(static_cast<std::size_t>(n));
+      for (index_t i = 0; i < n; ++i) {
+        const index_t r = rows[i];
+        std::copy(s.ids.begin() + r * L, s.ids.begin() + (r + 1) * L, d.ids.begin() + i * L);
+        d.lengths[i] = s.lengths[r];
+      }
+    }
+    dense.resize(src.dense.size());
+    for (std::size_t f = 0; f < src.dense.size(); ++f) {
+      const index_t dim = src.size ? index_t(src.dense[f].size()) / src.size : 0;
+      dense[f].resize(static_cast<std::size_t>(n * dim));
+      for (index_t i = 0; i < n; ++i)
+        std::copy(src.dense[f].begin() + rows[i] * dim, src.dense[f].begin() + (rows[i] + 1) * dim,
+                  dense[f].begin() + i * dim);
+    }
+    auto gather_vec = [&](auto& dst, const auto& s) {
+      dst.resize(s.empty() ? 0 : static_cast<std::size_t>(n));
+      if (!s.empty())
+        for (index_t i = 0; i < n; ++i) dst[i] = s[static_cast<std::size_t>(rows[i])];
+    };
+    labels.resize(src.labels.size());
+    label_mask.resize(src.label_mask.size());
+    for (std::size_t k = 0; k < src.labels.size(); ++k) gather_vec(labels[k], src.labels[k]);
+    for (std::size_t k = 0; k < src.label_mask.size(); ++k) gather_vec(label_mask[k], src.label_mask[k]);
+    gather_vec(weights, src.weights);
+    gather_vec(groups, src.groups);
+  }
+};
+
+}  // namespace mtrec

@@ -1,0 +1,807 @@
+// mtrec: the multi-task model — features -> trunk -> one tower per task.
+//
+//   X (B,F) = [ID embeddings | pooled bags | encoded+pooled sequences | dense]
+//   trunk:  SingleTask/SharedBottom  H = MLP_bottom(X), every tower reads H
+//           MMoE                     one CGC level with E shared experts, K gates
+//           PLE                      L CGC levels: per-task and shared experts,
+//                                    task gates, and a shared gate between levels
+//           ESMM                     both towers read X
+//   towers: MLP_k -> raw output (a logit, a value, or C logits)
+//
+// MMoE is exactly a one-level CGC whose experts are all shared, so both use
+// the same mixture code. Shared experts receive gradients from every task.
+//
+// Thread safety: forward/predict are const and keep all state in the caller's
+// Workspace, so one model serves many threads, one Workspace each.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "mtrec/layers/attention.hpp"
+#include "mtrec/layers/embedding.hpp"
+#include "mtrec/layers/linear.hpp"
+#include "mtrec/layers/mlp.hpp"
+#include "mtrec/layers/pooling.hpp"
+#include "mtrec/layers/positional.hpp"
+#include "mtrec/layers/transformer.hpp"
+#include "mtrec/model/config.hpp"
+#include "mtrec/train/losses.hpp"
+
+namespace mtrec {
+
+// Per-task loss values of one batch (unweighted, each a weighted mean over
+// its labelled rows; 0 for a task with no labelled row).
+struct TaskLosses {
+  std::vector<double> value;
+  std::vector<index_t> count;  // labelled rows per task
+};
+
+template <class T>
+class MultiTaskModel {
+  // A softmax gate mixing M expert outputs: out (B,De) = sum_m p_m * E_m.
+  struct Gate {
+    Linear<T> proj;  // in -> M
+    std::vector<int> experts;  // indices into the level's expert list
+  };
+  // One CGC level (Tang et al., 2020). Experts 0..K*Et-1 are task experts
+  // (task k owns k*Et .. k*Et+Et-1), then Es shared experts.
+  struct Level {
+    index_t in_dim = 0;
+    std::vector<MLP<T>> experts;
+    std::vector<Gate> task_gates;  // [k]
+    bool has_shared_gate = false;
+    Gate shared_gate;
+    std::vector<int> expert_input;  // per expert: task k reads its task input, -1 reads the shared input
+  };
+  struct SequenceEncoder {
+    Embedding<T> items;
+    PositionalEmbedding<T> position;
+    TransformerEncoder<T> encoder;
+    SequencePooling<T> pool;
+  };
+
+ public:
+  struct Workspace {
+    struct GateWs {
+      typename Linear<T>::Context proj;
+      Tensor<T> probs;  // (B,M)
+      Tensor<T> out, d_out;  // (B,De)
+      Tensor<T> d_probs;
+    };
+    struct LevelWs {
+      std::vector<typename MLP<T>::Context> expert;
+      std::vector<Tensor<T>> expert_out, d_expert_out;  // (B,De)
+      std::vector<GateWs> task_gate;
+      GateWs shared_gate;
+      std::vector<Tensor<T>> d_task_in;  // (B,in) per task
+      Tensor<T> d_shared_in;
+    };
+    struct SequenceWs {
+      Tensor<index_t> valid_ids;  // (n_valid) IDs of the valid positions, in (b,t) order
+      Tensor<T> compact, d_compact;  // (n_valid, D)
+      Tensor<T> emb, hidden, d_emb, d_hidden;  // (B,L,D)
+      Tensor<T> pooled, d_pooled;  // (B,D)
+      typename Embedding<T>::Context items;
+      typename PositionalEmbedding<T>::Context position;
+      typename TransformerEncoder<T>::Context encoder;
+      typename SequencePooling<T>::Context pool;
+    };
+    index_t B = 0;
+    Tensor<T> X, dX;  // (B,F)
+    std::vector<Tensor<index_t>> id_rows;   // hashed rows per ID field (B)
+    std::vector<Tensor<index_t>> bag_rows;  // hashed rows per bag field (n)
+    std::vector<Tensor<T>> id_emb, bag_emb, d_field;  // (B,dim)
+    std::vector<typename Embedding<T>::Context> id_ctx;
+    std::vector<typename EmbeddingBag<T>::Context> bag_ctx;
+    std::vector<SequenceWs> seq;
+    typename MLP<T>::Context bottom;
+    Tensor<T> H, dH;  // bottom output (B,Db)
+    std::vector<LevelWs> levels;
+    std::vector<typename MLP<T>::Context> tower;
+    std::vector<Tensor<T>> out, d_out, d_scaled, d_tower_in;  // per task
+    std::vector<Tensor<index_t>> class_ids;  // multi-class labels as ids
+    Tensor<T> esmm_d_ctr;                     // (B) ESMM: dL_ctcvr / d CTR logit
+    Mode mode;
+  };
+
+  explicit MultiTaskModel(const ModelConfig& config)
+      : config_(config), store_(std::make_unique<ParameterStore<T>>(config.seed)) {
+    tables_ = validate_config(config_);
+    build();
+    store_->allocate();
+  }
+  MultiTaskModel(const MultiTaskModel&) = delete;  // layers point into the store
+  MultiTaskModel& operator=(const MultiTaskModel&) = delete;
+
+  const ModelConfig& config() const { return config_; }
+  ParameterStore<T>& parameters() { return *store_; }
+  const ParameterStore<T>& parameters() const { return *store_; }
+  index_t feature_width() const { return feature_width_; }
+  std::size_t num_tasks() const { return config_.tasks.size(); }
+
+  // Parameters updated by every task (embeddings, encoders, bottom, experts)
+  // versus those of one task only (its tower and gates). PCGrad projects the
+  // shared part; GradNorm measures gradients on the last shared layer.
+  const std::vector<ParamId>& shared_parameters() const { return shared_params_; }
+  const std::vector<ParamId>& last_shared_layer() const { return last_shared_; }
+
+  // ---- forward -------------------------------------------------------------
+
+  // ws.out[k] (B, out_k) = raw outputs of every task (logits / values).
+  void forward(Workspace& ws, const Batch<T>& batch, const Mode& mode) const {
+    check_batch(batch);
+    const index_t B = batch.size;
+    ws.B = B;
+    ws.mode = mode;
+    prepare(ws, B);
+    features_forward(ws, batch, mode);
+    trunk_forward(ws, mode);
+    for (std::size_t k = 0; k < towers_.size(); ++k)
+      towers_[k].forward(ws.tower[k], tower_input(ws, k), ws.out[k].view(), mode);
+  }
+
+  // Per-task losses of ws.out against the batch labels. Fills ws.d_out[k] =
+  // dL_k / d out_k (unweighted). Labels are checked: NaN is rejected.
+  TaskLosses compute_losses(Workspace& ws, const Batch<T>& batch) const {
+    const char* op = "MultiTaskModel::compute_losses";
+    const index_t B = ws.B;
+    check(batch.size == B, op, "batch has ", batch.size, " rows but forward ran on ", B);
+    check(batch.labels.size() == num_tasks(), op, "expected labels for ", num_tasks(), " tasks but got ",
+          batch.labels.size());
+    TaskLosses r;
+    r.value.assign(num_tasks(), 0.0);
+    r.count.assign(num_tasks(), 0);
+    const T* w = batch.weights.empty() ? nullptr : batch.weights.data();
+    for (std::size_t k = 0; k < num_tasks(); ++k) {
+      const TaskSpec& t = config_.tasks[k];
+      check(batch.labels[k].size() == static_cast<std::size_t>(B), op, "task '", t.name, "' expected ", B,
+            " labels but got ", batch.labels[k].size());
+      const bool masked = !batch.label_mask.empty() && !batch.label_mask[k].empty();
+      if (masked)
+        check(batch.label_mask[k].size() == static_cast<std::size_t>(B), op, "task '", t.name, "' expected ", B,
+              " mask entries but got ", batch.label_mask[k].size());
+      const std::uint8_t* m = masked ? batch.label_mask[k].data() : nullptr;
+      const T* y = batch.labels[k].data();
+      for (index_t i = 0; i < B; ++i)
+        if ((!m || m[i]) && !std::isfinite(y[i]))
+          fail(op, "task '", t.name, "' label[", i, "] expected a finite value but got ", y[i]);
+      T* d = ws.d_out[k].data();
+      const T* o = ws.out[k].data();
+      LossResult lr;
+      if (config_.architecture == Architecture::ESMM && k == 1) {
+        ws.esmm_d_ctr.resize({B});
+        lr = esmm_ctcvr_loss(d, ws.esmm_d_ctr.data(), ws.out[0].data(), o, y, m, w, B);
+      } else if (t.type == TaskType::Binary) {
+        lr = bce_with_logits(d, o, y, m, w, B);
+      } else if (t.type == TaskType::Regression) {
+        lr = t.loss == TaskLoss::Huber ? huber(d, o, y, m, w, B, T(t.huber_delta)) : mse(d, o, y, m, w, B);
+      } else {
+        Tensor<index_t>& ids = ws.class_ids[k];
+        ids.resize({B});
+        for (index_t i = 0; i < B; ++i) {
+          if (m && !m[i]) {
+            ids[i] = 0;
+            continue;
+          }
+          if (y[i] != std::floor(y[i]) || y[i] < 0 || y[i] >= T(t.num_classes))
+            fail(op, "task '", t.name, "' label[", i, "] expected a class id in [0, ", t.num_classes, ") but got ",
+                 y[i]);
+          ids[i] = static_cast<index_t>(y[i]);
+        }
+        lr = softmax_cross_entropy(d, o, ids.data(), m, w, B, t.num_classes);
+      }
+      r.value[k] = lr.value;
+      r.count[k] = lr.count;
+    }
+    return r;
+  }
+
+  // Backward from sum_k coeff[k] * dL_k/d out_k (coeff[k] == 0 skips task k's
+  // tower). Parameter gradients accumulate into parameters().grads().
+  void backward(Workspace& ws, const Batch<T>& batch, const double* coeff) const {
+    const index_t B = ws.B;
+    (void)batch;
+    for (std::size_t k = 0; k < num_tasks(); ++k) {
+      ws.d_tower_in[k].resize({B, towers_[k].in_features()});
+      const index_t n = ws.out[k].numel();
+      T* ds = ws.d_scaled[k].data();
+      const T c = T(coeff[k]);
+      const T* d = ws.d_out[k].data();
+      for (index_t i = 0; i < n; ++i) ds[i] = c * d[i];
+      bool active = coeff[k] != 0.0;
+      if (config_.architecture == Architecture::ESMM && k == 0 && coeff[1] != 0.0) {
+        // pCTCVR = pCTR * pCVR: the CTCVR loss also reaches the CTR tower.
+        const T c1 = T(coeff[1]);
+        for (index_t i = 0; i < n; ++i) ds[i] += c1 * ws.esmm_d_ctr[i];
+        active = true;
+      }
+      if (active) towers_[k].backward(ws.tower[k], ws.d_scaled[k].view(), ws.d_tower_in[k].view());
+    }
+    trunk_backward(ws, coeff);
+    features_backward(ws, batch);
+  }
+
+  // out (B, C_total): probabilities for binary tasks, values for regression,
+  // class probabilities for multi-class; ESMM adds pCVR as a last column.
+  void predict(Workspace& ws, const Batch<T>& batch, Tensor<T>& out) const {
+    forward(ws, batch, Mode::eval());
+    const index_t B = ws.B, C = output_width();
+    out.resize({B, C});
+    index_t col = 0;
+    for (std::size_t k = 0; k < num_tasks(); ++k) {
+      const TaskSpec& t = config_.tasks[k];
+      const index_t w = task_output_width(t);
+      for (index_t i = 0; i < B; ++i) {
+        const T* o = ws.out[k].data() + i * w;
+        T* p = out.data() + i * C + col;
+        if (t.type == TaskType::Regression) {
+          p[0] = o[0];
+        } else if (t.type == TaskType::MultiClass) {
+          kernels::softmax_forward(kernels::backend{}, p, o, 1, w);
+        } else if (config_.architecture == Architecture::ESMM && k == 1) {
+          p[0] = sigmoid(ws.out[0].data()[i]) * sigmoid(o[0]);  // pCTCVR = pCTR * pCVR
+        } else {
+          p[0] = sigmoid(o[0]);
+        }
+      }
+      col += w;
+    }
+    if (config_.architecture == Architecture::ESMM)
+      for (index_t i = 0; i < B; ++i) out.data()[i * C + col] = sigmoid(ws.out[1].data()[i]);
+  }
+
+  // Names of predict()'s columns: the task name, "task:class" for multi-class.
+  std::vector<std::string> output_columns() const {
+    std::vector<std::string> cols;
+    for (const auto& t : config_.tasks) {
+      if (t.type == TaskType::MultiClass)
+        for (index_t c = 0; c < t.num_classes; ++c) cols.push_back(t.name + ":" + std::to_string(c));
+      else
+        cols.push_back(t.name);
+    }
+    if (config_.architecture == Architecture::ESMM) cols.push_back("cvr");
+    return cols;
+  }
+  index_t output_width() const {
+    index_t w = 0;
+    for (const auto& t : config_.tasks) w += task_output_width(t);
+    return w + (config_.architecture == Architecture::ESMM ? 1 : 0);
+  }
+
+ private:
+  static T sigmoid(T x) { return T(1) / (T(1) + std::exp(-x)); }
+
+  // ---- construction ----------------------------------------------------------
+
+  void build() {
+    ParameterStore<T>& s = *store_;
+    const FeatureSpec& f = config_.features;
+    const Init emb_init = Init::normal(0.0, config_.embedding_init_std);
+    auto table_of = [&](const std::string& field, const std::string& table) -> ParamId {
+      const std::string name = "emb." + (table.empty() ? field : table);
+      if (s.contains(name)) return s.find(name);
+      for (const auto& t : tables_)
+        if ("emb." + t.name == name) return make_embedding_table(s, name, t.rows, t.dim, emb_init);
+      fail("MultiTaskModel", "no table for field '", field, "'");
+    };
+    feature_width_ = 0;
+    for (const auto& x : f.ids) {
+      id_layers_.emplace_back(s, table_of(x.name, x.table));
+      feature_width_ += x.dim;
+    }
+    for (const auto& x : f.bags) {
+      bag_layers_.emplace_back(s, table_of(x.name, x.table), x.pooling);
+      feature_width_ += x.dim;
+    }
+    for (const auto& x : f.sequences) {
+      SequenceEncoder e;
+      e.items = Embedding<T>(s, table_of(x.name, x.table));
+      e.position = PositionalEmbedding<T>(s, "seq." + x.name + ".position", x.max_len, x.encoder.d_model);
+      e.encoder = TransformerEncoder<T>(s, "seq." + x.name + ".encoder", x.encoder, x.layers, true);
+      e.pool = SequencePooling<T>(x.pooling);
+      seq_layers_.push_back(std::move(e));
+      feature_width_ += x.encoder.d_model;
+    }
+    for (const auto& x : f.dense) feature_width_ += x.dim;
+
+    const MLPConfig hidden{{}, config_.activation, config_.dropout, true};
+    index_t trunk_width = feature_width_;
+    switch (config_.architecture) {
+      case Architecture::SingleTask:
+      case Architecture::SharedBottom: {
+        MLPConfig c = hidden;
+        c.hidden = config_.bottom;
+        bottom_ = MLP<T>(s, "bottom", feature_width_, c);
+        trunk_width = config_.bottom.back();
+        break;
+      }
+      case Architecture::MMoE: build_levels(1, 0, config_.experts); break;
+      case Architecture::PLE: build_levels(config_.ple_levels, config_.ple_task_experts, config_.ple_shared_experts); break;
+      case Architecture::ESMM: break;
+    }
+    if (!levels_.empty()) trunk_width = config_.expert.back();
+    for (std::size_t k = 0; k < num_tasks(); ++k) {
+      const TaskSpec& t = config_.tasks[k];
+      MLPConfig c = hidden;
+      c.hidden = t.tower;
+      c.hidden.push_back(task_output_width(t));
+      c.activate_output = false;
+      towers_.emplace_back(s, "tower." + t.name, trunk_width, c);
+    }
+    classify_parameters();
+  }
+
+  void build_levels(int L, index_t Et, index_t Es) {
+    ParameterStore<T>& s = *store_;
+    const index_t K = index_t(num_tasks());
+    MLPConfig c{config_.expert, config_.activation, config_.dropout, true};
+    index_t in = feature_width_;
+    for (int l = 0; l < L; ++l) {
+      Level lv;
+      lv.in_dim = in;
+      const std::string p = "level" + std::to_string(l) + ".";
+      for (index_t k = 0; k < K; ++k)
+        for (index_t j = 0; j < Et; ++j) {
+          lv.experts.emplace_back(s, p + "task_expert." + config_.tasks[k].name + "." + std::to_string(j), in, c);
+          lv.expert_input.push_back(int(k));
+        }
+      for (index_t j = 0; j < Es; ++j) {
+        lv.experts.emplace_back(s, p + "shared_expert." + std::to_string(j), in, c);
+        lv.expert_input.push_back(-1);
+      }
+      for (index_t k = 0; k < K; ++k) {
+        Gate g;
+        for (index_t j = 0; j < Et; ++j) g.experts.push_back(int(k * Et + j));
+        for (index_t j = 0; j < Es; ++j) g.experts.push_back(int(K * Et + j));
+        g.proj = Linear<T>(s, p + "gate." + config_.tasks[k].name, in, index_t(g.experts.size()));
+        lv.task_gates.push_back(std::move(g));
+      }
+      lv.has_shared_gate = l + 1 < L;
+      if (lv.has_shared_gate) {
+        for (index_t j = 0; j < K * Et + Es; ++j) lv.shared_gate.experts.push_back(int(j));
+        lv.shared_gate.proj = Linear<T>(s, p + "gate.shared", in, K * Et + Es);
+      }
+      levels_.push_back(std::move(lv));
+      in = config_.expert.back();
+    }
+  }
+
+  // Task-specific = towers, gates and task experts of the last level (their
+  // gradient comes from one task only); everything else is shared.
+  void classify_parameters() {
+    const ParameterStore<T>& s = *store_;
+    const std::string last_level = "level" + std::to_string(int(levels_.size()) - 1) + ".task_expert.";
+    for (ParamId id = 0; id < s.count(); ++id) {
+      const std::string& n = s.info(id).name;
+      const bool task_only = n.rfind("tower.", 0) == 0 || n.find(".gate.") != std::string::npos ||
+                             (!levels_.empty() && n.rfind(last_level, 0) == 0);
+      if (!task_only) shared_params_.push_back(id);
+    }
+    // The last shared layer: bottom's last Linear, or the last Linear of every
+    // shared expert of the last level.
+    if (!bottom_.layers().empty()) {
+      last_shared_.push_back(bottom_.layers().back().weight());
+    } else if (!levels_.empty()) {
+      const Level& lv = levels_.back();
+      for (std::size_t e = 0; e < lv.experts.size(); ++e)
+        if (lv.expert_input[e] < 0) last_shared_.push_back(lv.experts[e].layers().back().weight());
+    }
+  }
+
+  // ---- workspace -------------------------------------------------------------
+
+  void prepare(Workspace& ws, index_t B) const {
+    const FeatureSpec& f = config_.features;
+    ws.X.resize({B, feature_width_});
+    ws.dX.resize({B, feature_width_});
+    ws.id_rows.resize(f.ids.size());
+    ws.bag_rows.resize(f.bags.size());
+    ws.id_emb.resize(f.ids.size());
+    ws.bag_emb.resize(f.bags.size());
+    ws.id_ctx.resize(f.ids.size());
+    ws.bag_ctx.resize(f.bags.size());
+    ws.d_field.resize(std::max({f.ids.size(), f.bags.size(), std::size_t(1)}));
+    ws.seq.resize(f.sequences.size());
+    ws.levels.resize(levels_.size());
+    for (std::size_t l = 0; l < levels_.size(); ++l) {
+      const Level& lv = levels_[l];
+      auto& lw = ws.levels[l];
+      lw.expert.resize(lv.experts.size());
+      lw.expert_out.resize(lv.experts.size());
+      lw.d_expert_out.resize(lv.experts.size());
+      for (std::size_t e = 0; e < lv.experts.size(); ++e) {
+        lw.expert_out[e].resize({B, lv.experts[e].out_features()});
+        lw.d_expert_out[e].resize({B, lv.experts[e].out_features()});
+      }
+      lw.task_gate.resize(lv.task_gates.size());
+      lw.d_task_in.resize(num_tasks());
+      for (std::size_t k = 0; k < num_tasks(); ++k) lw.d_task_in[k].resize({B, lv.in_dim});
+      lw.d_shared_in.resize({B, lv.in_dim});
+    }
+    ws.H.resize({B, bottom_.layers().empty() ? 1 : bottom_.out_features()});
+    ws.dH.resize(ws.H.shape());
+    ws.tower.resize(num_tasks());
+    ws.out.resize(num_tasks());
+    ws.d_out.resize(num_tasks());
+    ws.d_scaled.resize(num_tasks());
+    ws.d_tower_in.resize(num_tasks());
+    ws.class_ids.resize(num_tasks());
+    for (std::size_t k = 0; k < num_tasks(); ++k) {
+      const index_t w = task_output_width(config_.tasks[k]);
+      ws.out[k].resize({B, w});
+      ws.d_out[k].resize({B, w});
+      ws.d_scaled[k].resize({B, w});
+    }
+  }
+
+  void check_batch(const Batch<T>& b) const {
+    const char* op = "MultiTaskModel::forward";
+    const FeatureSpec& f = config_.features;
+    check(b.size > 0, op, "expected a non-empty batch but got size ", b.size);
+    const std::size_t B = static_cast<std::size_t>(b.size);
+    check(b.ids.size() == f.ids.size() && b.bags.size() == f.bags.size() && b.sequences.size() == f.sequences.size() &&
+              b.dense.size() == f.dense.size(),
+          op, "batch expected ", f.ids.size(), " ID, ", f.bags.size(), " bag, ", f.sequences.size(), " sequence and ",
+          f.dense.size(), " dense fields but got ", b.ids.size(), ", ", b.bags.size(), ", ", b.sequences.size(), ", ",
+          b.dense.size());
+    for (std::size_t i = 0; i < f.ids.size(); ++i)
+      check(b.ids[i].size() == B, op, "ID field '", f.ids[i].name, "' expected ", B, " values but got ",
+            b.ids[i].size());
+    for (std::size_t i = 0; i < f.bags.size(); ++i) {
+      check(b.bags[i].offsets.size() == B + 1, op, "bag field '", f.bags[i].name, "' expected ", B + 1,
+            " offsets but got ", b.bags[i].offsets.size());
+      check(!f.bags[i].weighted || b.bags[i].weights.size() == b.bags[i].ids.size(), op, "weighted bag field '",
+            f.bags[i].name, "' expected ", b.bags[i].ids.size(), " weights but got ", b.bags[i].weights.size());
+    }
+    for (std::size_t i = 0; i < f.sequences.size(); ++i) {
+      const auto& s = b.sequences[i];
+      const std::size_t L = static_cast<std::size_t>(f.sequences[i].max_len);
+      check(s.ids.size() == B * L, op, "sequence field '", f.sequences[i].name, "' expected ", B, " x ", L,
+            " = ", B * L, " IDs but got ", s.ids.size());
+      check(s.lengths.size() == B, op, "sequence field '", f.sequences[i].name, "' expected ", B, " lengths but got ",
+            s.lengths.size());
+      for (std::size_t r = 0; r < B; ++r)
+        if (s.lengths[r] < 0 || s.lengths[r] > index_t(L))
+          fail(op, "sequence field '", f.sequences[i].name, "' length[", r, "] expected in [0, ", L, "] but got ",
+               s.lengths[r]);
+    }
+    for (std::size_t i = 0; i < f.dense.size(); ++i) {
+      check(b.dense[i].size() == B * static_cast<std::size_t>(f.dense[i].dim), op, "dense field '", f.dense[i].name,
+            "' expected ", B * f.dense[i].dim, " values but got ", b.dense[i].size());
+      for (std::size_t j = 0; j < b.dense[i].size(); ++j)
+        if (!std::isfinite(b.dense[i][j]))
+          fail(op, "dense field '", f.dense[i].name, "' value[", j, "] expected a finite value but got ", b.dense[i][j]);
+    }
+    check(b.weights.empty() || b.weights.size() == B, op, "expected ", B, " sample weights but got ", b.weights.size());
+    for (std::size_t j = 0; j < b.weights.size(); ++j)
+      if (!(b.weights[j] >= 0) || !std::isfinite(b.weights[j]))
+        fail(op, "sample weight[", j, "] expected a finite value >= 0 but got ", b.weights[j]);
+  }
+
+  // ---- features ----------------------------------------------------------------
+
+  // Writes a (B, w) block into columns [col, col + w) of X.
+  static void put_columns(Tensor<T>& X, index_t col, const T* src, index_t B, index_t w) {
+    const index_t F = X.dim(1);
+    for (index_t i = 0; i < B; ++i) std::memcpy(X.data() + i * F + col, src + i * w, sizeof(T) * std::size_t(w));
+  }
+  static void take_columns(T* dst, const Tensor<T>& X, index_t col, index_t B, index_t w) {
+    const index_t F = X.dim(1);
+    for (index_t i = 0; i < B; ++i) std::memcpy(dst + i * w, X.data() + i * F + col, sizeof(T) * std::size_t(w));
+  }
+
+  const TableSpec& table_spec(const std::string& field, const std::string& table) const {
+    const std::string n = table.empty() ? field : table;
+    for (const auto& t : tables_)
+      if (t.name == n) return t;
+    fail("MultiTaskModel", "no table '", n, "'");
+  }
+
+  // Rows for IDs of a field: the IDs themselves, or their hash buckets.
+  ConstView<index_t> rows_for(const std::vector<index_t>& ids, const TableSpec& t, Tensor<index_t>& buf) const {
+    if (!t.hashed) return ConstView<index_t>(ids.data(), {index_t(ids.size())});
+    buf.resize({index_t(ids.size())});
+    const std::uint64_t salt = hash_name(t.name);
+    for (std::size_t i = 0; i < ids.size(); ++i) buf[index_t(i)] = hash_bucket(std::uint64_t(ids[i]), t.rows, salt);
+    return buf.view();
+  }
+
+  void features_forward(Workspace& ws, const Batch<T>& b, const Mode& mode) const {
+    const FeatureSpec& f = config_.features;
+    const index_t B = b.size;
+    index_t col = 0;
+    for (std::size_t i = 0; i < f.ids.size(); ++i) {
+      const index_t d = f.ids[i].dim;
+      ws.id_emb[i].resize({B, d});
+      id_layers_[i].forward(ws.id_ctx[i], rows_for(b.ids[i], table_spec(f.ids[i].name, f.ids[i].table), ws.id_rows[i]),
+                            ws.id_emb[i].view());
+      put_columns(ws.X, col, ws.id_emb[i].data(), B, d);
+      col += d;
+    }
+    for (std::size_t i = 0; i < f.bags.size(); ++i) {
+      const index_t d = f.bags[i].dim;
+      const auto& bag = b.bags[i];
+      ws.bag_emb[i].resize({B, d});
+      ConstView<T> w = f.bags[i].weighted ? ConstView<T>(bag.weights.data(), {index_t(bag.weights.size())})
+                                          : ConstView<T>();
+      bag_layers_[i].forward(ws.bag_ctx[i], rows_for(bag.ids, table_spec(f.bags[i].name, f.bags[i].table), ws.bag_rows[i]),
+                             ConstView<index_t>(bag.offsets.data(), {B + 1}), w, ws.bag_emb[i].view());
+      put_columns(ws.X, col, ws.bag_emb[i].data(), B, d);
+      col += d;
+    }
+    for (std::size_t i = 0; i < f.sequences.size(); ++i) {
+      const SequenceFeature& sf = f.sequences[i];
+      const SequenceEncoder& enc = seq_layers_[i];
+      auto& sw = ws.seq[i];
+      const auto& s = b.sequences[i];
+      const index_t L = sf.max_len, D = sf.encoder.d_model;
+      const TableSpec& ts = table_spec(sf.name, sf.table);
+      // Only valid positions are looked up: padding never touches the table.
+      index_t n_valid = 0;
+      for (index_t r = 0; r < B; ++r) n_valid += s.lengths[r];
+      sw.valid_ids.resize({n_valid});
+      const std::uint64_t salt = hash_name(ts.name);
+      index_t v = 0;
+      for (index_t r = 0; r < B; ++r)
+        for (index_t t = 0; t < s.lengths[r]; ++t) {
+          const index_t id = s.ids[r * L + t];
+          sw.valid_ids[v++] = ts.hashed ? hash_bucket(std::uint64_t(id), ts.rows, salt) : id;
+        }
+      sw.compact.resize({n_valid, D});
+      sw.emb.resize({B, L, D});
+      sw.hidden.resize({B, L, D});
+      sw.pooled.resize({B, D});
+      enc.items.forward(sw.items, sw.valid_ids.view(), sw.compact.view());
+      sw.emb.zero();
+      v = 0;
+      for (index_t r = 0; r < B; ++r) {
+        const index_t len = s.lengths[r];
+        std::memcpy(sw.emb.data() + r * L * D, sw.compact.data() + v * D, sizeof(T) * std::size_t(len * D));
+        v += len;
+      }
+      ConstView<index_t> lengths(s.lengths.data(), {B});
+      enc.position.forward(sw.position, sw.emb.view(), sw.emb.view());
+      enc.encoder.forward(sw.encoder, sw.emb.view(), lengths, sw.hidden.view(), mode);
+      enc.pool.forward(sw.pool, sw.hidden.view(), lengths, sw.pooled.view());
+      put_columns(ws.X, col, sw.pooled.data(), B, D);
+      col += D;
+    }
+    for (std::size_t i = 0; i < f.dense.size(); ++i) {
+      put_columns(ws.X, col, b.dense[i].data(), B, f.dense[i].dim);
+      col += f.dense[i].dim;
+    }
+  }
+
+  void features_backward(Workspace& ws, const Batch<T>& b) const {
+    const FeatureSpec& f = config_.features;
+    const index_t B = ws.B;
+    index_t col = 0;
+    Tensor<T>& d = ws.d_field[0];
+    for (std::size_t i = 0; i < f.ids.size(); ++i) {
+      const index_t w = f.ids[i].dim;
+      d.resize({B, w});
+      take_columns(d.data(), ws.dX, col, B, w);
+      id_layers_[i].backward(ws.id_ctx[i], d.view());
+      col += w;
+    }
+    for (std::size_t i = 0; i < f.bags.size(); ++i) {
+      const index_t w = f.bags[i].dim;
+      d.resize({B, w});
+      take_columns(d.data(), ws.dX, col, B, w);
+      bag_layers_[i].backward(ws.bag_ctx[i], d.view());
+      col += w;
+    }
+    for (std::size_t i = 0; i < f.sequences.size(); ++i) {
+      const SequenceFeature& sf = f.sequences[i];
+      const SequenceEncoder& enc = seq_layers_[i];
+      auto& sw = ws.seq[i];
+      const index_t L = sf.max_len, D = sf.encoder.d_model;
+      sw.d_pooled.resize({B, D});
+      sw.d_hidden.resize({B, L, D});
+      sw.d_emb.resize({B, L, D});
+      take_columns(sw.d_pooled.data(), ws.dX, col, B, D);
+      enc.pool.backward(sw.pool, sw.d_pooled.view(), sw.d_hidden.view());
+      enc.encoder.backward(sw.encoder, sw.d_hidden.view(), sw.d_emb.view());
+      enc.position.backward(sw.position, sw.d_emb.view(), sw.d_emb.view());
+      sw.d_compact.resize(sw.compact.shape());
+      index_t v = 0;
+      const auto& lengths = b.sequences[i].lengths;
+      for (index_t r = 0; r < B; ++r) {
+        std::memcpy(sw.d_compact.data() + v * D, sw.d_emb.data() + r * L * D, sizeof(T) * std::size_t(lengths[r] * D));
+        v += lengths[r];
+      }
+      enc.items.backward(sw.items, sw.d_compact.view());
+      col += D;
+    }
+  }
+
+  // ---- trunk ---------------------------------------------------------------------
+
+  ConstView<T> tower_input(const Workspace& ws, std::size_t k) const {
+    switch (config_.architecture) {
+      case Architecture::SingleTask:
+      case Architecture::SharedBottom: return ws.H.view();
+      case Architecture::ESMM: return ws.X.view();
+      default: return ws.levels.back().task_gate[k].out.view();
+    }
+  }
+
+  void trunk_forward(Workspace& ws, const Mode& mode) const {
+    if (!bottom_.layers().empty()) bottom_.forward(ws.bottom, ws.X.view(), ws.H.view(), mode);
+    for (std::size_t l = 0; l < levels_.size(); ++l) {
+      const Level& lv = levels_[l];
+      auto& lw = ws.levels[l];
+      auto task_in = [&](std::size_t k) -> ConstView<T> {
+        return l == 0 ? ws.X.view() : ConstView<T>(ws.levels[l - 1].task_gate[k].out.view());
+      };
+      const ConstView<T> shared_in = l == 0 ? ws.X.view() : ConstView<T>(ws.levels[l - 1].shared_gate.out.view());
+      for (std::size_t e = 0; e < lv.experts.size(); ++e) {
+        const int src = lv.expert_input[e];
+        lv.experts[e].forward(lw.expert[e], src < 0 ? shared_in : task_in(std::size_t(src)), lw.expert_out[e].view(),
+                              mode);
+      }
+      for (std::size_t k = 0; k < lv.task_gates.size(); ++k) gate_forward(lv.task_gates[k], lw.task_gate[k], task_in(k), lw);
+      if (lv.has_shared_gate) gate_forward(lv.shared_gate, lw.shared_gate, shared_in, lw);
+    }
+  }
+
+  void gate_forward(const Gate& g, typename Workspace::GateWs& gw, ConstView<T> x,
+                    typename Workspace::LevelWs& lw) const {
+    const index_t B = x.rows(), M = index_t(g.experts.size()), De = config_.expert.back();
+    gw.probs.resize({B, M});
+    gw.out.resize({B, De});
+    g.proj.forward(gw.proj, x, gw.probs.view());
+    kernels::softmax_forward(kernels::backend{}, gw.probs.data(), gw.probs.data(), B, M);
+    parallel_for(B, double(M * De), [&](index_t i) {
+      T* o = gw.out.data() + i * De;
+      std::fill(o, o + De, T(0));
+      for (index_t m = 0; m < M; ++m) {
+        const T p = gw.probs[i * M + m];
+        const T* e = lw.expert_out[std::size_t(g.experts[std::size_t(m)])].data() + i * De;
+        for (index_t c = 0; c < De; ++c) o[c] += p * e[c];
+      }
+    });
+  }
+
+  // d experts += p_m * d_out; d_in += gate_proj^T (softmax' <d_out, E_m>)
+  void gate_backward(const Gate& g, typename Workspace::GateWs& gw, typename Workspace::LevelWs& lw, T* d_in,
+                     Tensor<T>& scratch) const {
+    const index_t B = gw.probs.dim(0), M = gw.probs.dim(1), De = config_.expert.back();
+    gw.d_probs.resize({B, M});
+    for (index_t m = 0; m < M; ++m) {
+      T* de = lw.d_expert_out[std::size_t(g.experts[std::size_t(m)])].data();
+      const T* e = lw.expert_out[std::size_t(g.experts[std::size_t(m)])].data();
+      parallel_for(B, double(De), [&](index_t i) {
+        const T p = gw.probs[i * M + m];
+        const T* d = gw.d_out.data() + i * De;
+        T dot = 0;
+        for (index_t c = 0; c < De; ++c) {
+          de[i * De + c] += p * d[c];
+          dot += d[c] * e[i * De + c];
+        }
+        gw.d_probs[i * M + m] = dot;
+      });
+    }
+    kernels::softmax_backward(kernels::backend{}, gw.d_probs.data(), gw.d_probs.data(), gw.probs.data(), B, M);
+    scratch.resize({B, g.proj.in_features()});
+    g.proj.backward(gw.proj, gw.d_probs.view(), scratch.view());
+    kernels::residual_add(kernels::backend{}, d_in, d_in, scratch.data(), scratch.numel());
+  }
+
+  void trunk_backward(Workspace& ws, const double* coeff) const {
+    const index_t B = ws.B;
+    switch (config_.architecture) {
+      case Architecture::SingleTask:
+      case Architecture::SharedBottom: {
+        ws.dH.zero();
+        for (std::size_t k = 0; k < num_tasks(); ++k)
+          if (coeff[k] != 0.0)
+            kernels::residual_add(kernels::backend{}, ws.dH.data(), ws.dH.data(), ws.d_tower_in[k].data(), ws.dH.numel());
+        bottom_.backward(ws.bottom, ws.dH.view(), ws.dX.view());
+        return;
+      }
+      case Architecture::ESMM:
+        ws.dX.zero();
+        for (std::size_t k = 0; k < num_tasks(); ++k)
+          if (coeff[k] != 0.0)
+            kernels::residual_add(kernels::backend{}, ws.dX.data(), ws.dX.data(), ws.d_tower_in[k].data(), ws.dX.numel());
+        return;
+      default: break;
+    }
+    // CGC levels, last to first. d of a level's gate outputs come from the
+    // towers (last level) or from the next level's inputs.
+    for (std::size_t l = levels_.size(); l-- > 0;) {
+      const Level& lv = levels_[l];
+      auto& lw = ws.levels[l];
+      for (std::size_t k = 0; k < num_tasks(); ++k) {
+        auto& gw = lw.task_gate[k];
+        gw.d_out.resize({B, config_.expert.back()});
+        const T* src = l + 1 == levels_.size() ? ws.d_tower_in[k].data() : ws.levels[l + 1].d_task_in[k].data();
+        if (l + 1 == levels_.size() && coeff[k] == 0.0)
+          gw.d_out.zero();
+        else
+          std::memcpy(gw.d_out.data(), src, sizeof(T) * std::size_t(gw.d_out.numel()));
+      }
+      if (lv.has_shared_gate) {
+        lw.shared_gate.d_out.resize({B, config_.expert.back()});
+        std::memcpy(lw.shared_gate.d_out.data(), ws.levels[l + 1].d_shared_in.data(),
+                    sizeof(T) * std::size_t(lw.shared_gate.d_out.numel()));
+      }
+      for (auto& t : lw.d_expert_out) t.zero();
+      for (auto& t : lw.d_task_in) t.zero();
+      lw.d_shared_in.zero();
+      Tensor<T>& scratch = ws.dH;  // free in MMoE/PLE
+      for (std::size_t k = 0; k < num_tasks(); ++k)
+        gate_backward(lv.task_gates[k], lw.task_gate[k], lw, lw.d_task_in[k].data(), scratch);
+      if (lv.has_shared_gate) gate_backward(lv.shared_gate, lw.shared_gate, lw, lw.d_shared_in.data(), scratch);
+      for (std::size_t e = 0; e < lv.experts.size(); ++e) {
+        const int src = lv.expert_input[e];
+        T* d_in = src < 0 ? lw.d_shared_in.data() : lw.d_task_in[std::size_t(src)].data();
+        scratch.resize({B, lv.in_dim});
+        lv.experts[e].backward(lw.expert[e], lw.d_expert_out[e].view(), scratch.view());
+        kernels::residual_add(kernels::backend{}, d_in, d_in, scratch.data(), scratch.numel());
+      }
+    }
+    // Level 0 reads X for every input.
+    auto& l0 = ws.levels[0];
+    std::memcpy(ws.dX.data(), l0.d_shared_in.data(), sizeof(T) * std::size_t(ws.dX.numel()));
+    for (std::size_t k = 0; k < num_tasks(); ++k)
+      kernels::residual_add(kernels::backend{}, ws.dX.data(), ws.dX.data(), l0.d_task_in[k].data(), ws.dX.numel());
+  }
+
+  // ESMM's CTCVR loss: BCE on p = sigmoid(a) sigmoid(b) over all impressions,
+  // computed in log space so that it stays finite for large |a|, |b|.
+  // Writes dL/db into d_cvr and dL/da into d_ctr (backward adds the latter to
+  // the CTR tower's gradient).
+  static LossResult esmm_ctcvr_loss(T* d_cvr, T* d_ctr, const T* a, const T* b, const T* y, const std::uint8_t* m,
+                                    const T* w, index_t n) {
+    double num = 0, den = 0;
+    index_t count = 0;
+    for (index_t i = 0; i < n; ++i)
+      if (!m || m[i]) {
+        den += w ? double(w[i]) : 1.0;
+        ++count;
+      }
+    LossResult r{0.0, den, count};
+    std::fill(d_cvr, d_cvr + n, T(0));
+    std::fill(d_ctr, d_ctr + n, T(0));
+    if (den <= 0) return r;
+    for (index_t i = 0; i < n; ++i) {
+      if (m && !m[i]) continue;
+      const double wi = (w ? double(w[i]) : 1.0) / den;
+      const double sa = 1 / (1 + std::exp(-double(a[i]))), sb = 1 / (1 + std::exp(-double(b[i])));
+      const double log_sa = -std::log1p(std::exp(-std::fabs(double(a[i])))) - std::max(-double(a[i]), 0.0);
+      const double log_sb = -std::log1p(std::exp(-std::fabs(double(b[i])))) - std::max(-double(b[i]), 0.0);
+      const double log_p = log_sa + log_sb;
+      const double p = std::exp(log_p);
+      const double log_1mp = std::log(-std::expm1(std::min(log_p, -1e-300)));
+      const double yi = double(y[i]);
+      num += wi * -(yi * log_p + (1 - yi) * log_1mp);
+      // dL/dlog_sx = -y + (1-y) p / (1-p);  dlog_sa/da = 1 - sa
+      const double g = -yi + (1 - yi) * p / std::max(1 - p, 1e-300);
+      d_cvr[i] = T(wi * g * (1 - sb));
+      d_ctr[i] = T(wi * g * (1 - sa));
+    }
+    r.value = num;
+    return r;
+  }
+
+  ModelConfig config_;
+  std::unique_ptr<ParameterStore<T>> store_;
+  std::vector<TableSpec> tables_;
+  index_t feature_width_ = 0;
+  std::vector<Embedding<T>> id_layers_;
+  std::vector<EmbeddingBag<T>> bag_layers_;
+  std::vector<SequenceEncoder> seq_layers_;
+  MLP<T> bottom_;
+  std::vector<Level> levels_;
+  std::vector<MLP<T>> towers_;
+  std::vector<ParamId> shared_params_, last_shared_;
+};
+
+}  // namespace mtrec
