@@ -10,6 +10,12 @@
 //   layers/    Linear, activations, Dropout, LayerNorm, MLP, Embedding,
 //              EmbeddingBag, PositionalEmbedding, MultiHeadAttention,
 //              TransformerEncoderLayer/Encoder, SequencePooling
+//   model/     feature specs, batches, MultiTaskModel (single, shared-bottom,
+//              MMoE, PLE, ESMM)
+//   train/     losses, metrics, optimizers and schedules, evaluate, Trainer
+//   io/        JSON, safetensors, atomic files, checkpoints
+//   serve/     top-K scoring of candidates
+//   data/      the MMoE paper's synthetic data
 #pragma once
 
 #include "mtrec/core/config.hpp"
@@ -35,4 +41,14 @@
 #include "mtrec/model/config.hpp"
 #include "mtrec/model/features.hpp"
 #include "mtrec/model/multitask.hpp"
+#include "mtrec/data/synthetic.hpp"
+#include "mtrec/io/atomic_file.hpp"
+#include "mtrec/io/checkpoint.hpp"
+#include "mtrec/io/json.hpp"
+#include "mtrec/io/safetensors.hpp"
+#include "mtrec/serve/topk.hpp"
+#include "mtrec/train/evaluate.hpp"
 #include "mtrec/train/losses.hpp"
+#include "mtrec/train/metrics.hpp"
+#include "mtrec/train/optimizer.hpp"
+#include "mtrec/train/trainer.hpp"

@@ -513,5 +513,81 @@ inline void adam_update(cpu_t, T* w, T* m, T* v, const T* g, index_t n, const Ad
   });
 }
 
+// ---- SGD, squared norm, scale ----------------------------------------------
+
+template <class T>
+inline void sgd_update(cpu_t, T* w, T* buf, const T* g, index_t n, T lr, T momentum, T weight_decay, bool nesterov) {
+  using B = simd::batch<T>;
+  constexpr index_t W = B::size;
+  const B blr(lr), bmu(momentum), bwd(weight_decay);
+  // Decided once, outside the loop: with momentum == 0 `buf` may be null.
+  const bool use_buf = momentum != T(0);
+  auto one = [&](B wv, B bv, B gv, B& wo, B& bo) {
+    gv = gv + bwd * wv;
+    if (use_buf) {
+      bo = bmu * bv + gv;
+      gv = nesterov ? gv + bmu * bo : bo;
+    }
+    wo = wv - blr * gv;
+  };
+  parallel_chunks(n, simd::kChunk, [&](index_t b, index_t e) {
+    index_t i = b;
+    const B zero(T(0));
+    for (; i + W <= e; i += W) {
+      B wo, bo = zero;  // bo is only written when use_buf
+      one(B::load_unaligned(w + i), use_buf ? B::load_unaligned(buf + i) : zero, B::load_unaligned(g + i), wo, bo);
+      wo.store_unaligned(w + i);
+      if (use_buf) bo.store_unaligned(buf + i);
+    }
+    if (i < e) {
+      const index_t r = e - i;
+      B wo, bo = zero;  // bo is only written when use_buf
+      one(simd::load_partial(w + i, r), use_buf ? simd::load_partial(buf + i, r) : zero, simd::load_partial(g + i, r),
+          wo, bo);
+      simd::store_partial(w + i, wo, r);
+      if (use_buf) simd::store_partial(buf + i, bo, r);
+    }
+  });
+}
+
+// Returns sum of x[i]^2 over [0, n) in double (floats are widened on load).
+// Each chunk of simd::kChunk elements gives one partial, summed in double
+// lanes then across lanes; partials are added in chunk order. Chunks go to
+// threads in groups of kPartials whose partials live on the stack, so the
+// result is the same for every thread count and nothing is allocated.
+template <class T>
+inline double sum_squares(cpu_t, const T* x, index_t n) {
+  using D = simd::batch<double>;
+  constexpr index_t W = D::size;
+  constexpr index_t kPartials = 64;
+  double partial[kPartials];
+  double total = 0;
+  const index_t n_chunks = (n + simd::kChunk - 1) / simd::kChunk;
+  for (index_t c0 = 0; c0 < n_chunks; c0 += kPartials) {
+    const index_t nc = std::min(kPartials, n_chunks - c0);
+    const T* xs = x + c0 * simd::kChunk;
+    const index_t len = std::min(n - c0 * simd::kChunk, nc * simd::kChunk);
+    parallel_chunks(len, simd::kChunk, [&](index_t b, index_t e) {
+      D acc(0.0);
+      index_t i = b;
+      for (; i + W <= e; i += W) {
+        const D v = D::load_unaligned(xs + i);
+        acc += v * v;
+      }
+      double s = simd::hsum(acc);
+      for (; i < e; ++i) s += double(xs[i]) * double(xs[i]);
+      partial[b / simd::kChunk] = s;
+    });
+    for (index_t c = 0; c < nc; ++c) total += partial[c];
+  }
+  return total;
+}
+
+template <class T>
+inline void scale(cpu_t, T* y, const T* x, index_t n, T alpha) {
+  const simd::batch<T> a(alpha);
+  simd::map(y, n, [a](const simd::batch<T>& v) { return a * v; }, x);
+}
+
 }  // namespace kernels
 }  // namespace mtrec

@@ -233,5 +233,38 @@ inline void adam_update(reference_t, T* w, T* m, T* v, const T* g, index_t n, co
   }
 }
 
+// One SGD step on n weights, torch.optim.SGD with dampening 0:
+//   g' = g + wd * w
+//   momentum != 0:  buf = momentum * buf + g';  g' = nesterov ? g' + momentum * buf : buf
+//   w -= lr * g'
+// With momentum == 0 `buf` is never read or written and may be null.
+// (torch starts buf as a copy of the first g'; momentum * 0 + g' is the same.)
+template <class T>
+inline void sgd_update(reference_t, T* w, T* buf, const T* g, index_t n, T lr, T momentum, T weight_decay,
+                       bool nesterov) {
+  for (index_t i = 0; i < n; ++i) {
+    T grad = g[i] + weight_decay * w[i];
+    if (momentum != T(0)) {
+      buf[i] = momentum * buf[i] + grad;
+      grad = nesterov ? grad + momentum * buf[i] : buf[i];
+    }
+    w[i] -= lr * grad;
+  }
+}
+
+// Returns sum of x[i]^2 over [0, n), accumulated in double.
+template <class T>
+inline double sum_squares(reference_t, const T* x, index_t n) {
+  double acc = 0;
+  for (index_t i = 0; i < n; ++i) acc += double(x[i]) * double(x[i]);
+  return acc;
+}
+
+// y (n) = alpha * x (y may alias x)
+template <class T>
+inline void scale(reference_t, T* y, const T* x, index_t n, T alpha) {
+  for (index_t i = 0; i < n; ++i) y[i] = alpha * x[i];
+}
+
 }  // namespace kernels
 }  // namespace mtrec

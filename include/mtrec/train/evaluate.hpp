@@ -1,0 +1,140 @@
+// mtrec: evaluating a model on a dataset — per-task metrics in one pass.
+#pragma once
+
+#include <cmath>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "mtrec/model/multitask.hpp"
+#include "mtrec/train/metrics.hpp"
+
+namespace mtrec {
+
+// Metrics of one task: binary -> auc, gauc (when groups are given), logloss,
+// accuracy; regression -> rmse, mae; multi-class -> accuracy, logloss; every
+// task -> loss (the training loss on its labelled rows) and count.
+struct TaskMetrics {
+  std::string task;
+  std::map<std::string, double> values;
+  double operator[](const std::string& k) const {
+    auto it = values.find(k);
+    check(it != values.end(), "TaskMetrics", "task '", task, "' has no metric '", k, "'");
+    return it->second;
+  }
+};
+
+struct Evaluation {
+  std::vector<TaskMetrics> tasks;
+  double loss = 0;  // sum_k lambda_k loss_k
+
+  const TaskMetrics& task(const std::string& name) const {
+    for (const auto& t : tasks)
+      if (t.task == name) return t;
+    fail("Evaluation::task", "no task named '", name, "'");
+  }
+  // "loss", or "<metric>:<task>" such as "auc:ctr" or "rmse:rating".
+  double metric(const std::string& spec) const {
+    if (spec == "loss") return loss;
+    const auto colon = spec.find(':');
+    check(colon != std::string::npos, "Evaluation::metric", "expected 'loss' or '<metric>:<task>' but got '", spec, "'");
+    return task(spec.substr(colon + 1))[spec.substr(0, colon)];
+  }
+};
+
+// True when a larger value of the metric is better.
+inline bool metric_higher_is_better(const std::string& spec) {
+  const std::string m = spec.substr(0, spec.find(':'));
+  return m == "auc" || m == "gauc" || m == "accuracy" || m == "f1" || m == "precision" || m == "recall";
+}
+
+// Runs the model in eval mode over `data` in batches and computes every
+// task's metrics on its labelled rows. A task with no labelled row gets only
+// count = 0.
+template <class T>
+inline Evaluation evaluate(const MultiTaskModel<T>& model, const Batch<T>& data, index_t batch_size = 1024) {
+  const char* op = "evaluate";
+  check(data.size > 0, op, "expected a non-empty dataset");
+  check(batch_size > 0, op, "expected batch_size > 0 but got ", batch_size);
+  const ModelConfig& cfg = model.config();
+  const std::size_t K = cfg.tasks.size();
+  const index_t N = data.size, C = model.output_width();
+  // Predictions and raw outputs for every row, then metrics on the whole set.
+  std::vector<T> pred(static_cast<std::size_t>(N * C));
+  std::vector<std::vector<T>> raw(K);
+  std::vector<double> loss_sum(K, 0.0), weight_sum(K, 0.0);
+  typename MultiTaskModel<T>::Workspace ws;
+  Batch<T> batch;
+  Tensor<T> out;
+  std::vector<index_t> rows;
+  for (index_t start = 0; start < N; start += batch_size) {
+    const index_t n = std::min(batch_size, N - start);
+    rows.resize(static_cast<std::size_t>(n));
+    for (index_t i = 0; i < n; ++i) rows[i] = start + i;
+    batch.gather(data, rows.data(), n);
+    model.predict(ws, batch, out);
+    std::copy(out.data(), out.data() + n * C, pred.begin() + start * C);
+    const TaskLosses l = model.compute_losses(ws, batch);
+    for (std::size_t k = 0; k < K; ++k) {
+      const index_t w = ws.out[k].dim(1);
+      raw[k].insert(raw[k].end(), ws.out[k].data(), ws.out[k].data() + n * w);
+      // Batch losses are weighted means: re-weight by the labelled weight.
+      double wsum = 0;
+      for (index_t i = 0; i < n; ++i) {
+        const bool on = batch.label_mask.empty() || batch.label_mask[k].empty() || batch.label_mask[k][i];
+        if (on) wsum += batch.weights.empty() ? 1.0 : double(batch.weights[i]);
+      }
+      loss_sum[k] += l.value[k] * wsum;
+      weight_sum[k] += wsum;
+    }
+  }
+  Evaluation ev;
+  index_t col = 0;
+  std::vector<T> column(static_cast<std::size_t>(N));
+  for (std::size_t k = 0; k < K; ++k) {
+    const TaskSpec& t = cfg.tasks[k];
+    TaskMetrics tm;
+    tm.task = t.name;
+    const std::uint8_t* mask = data.label_mask.empty() || data.label_mask[k].empty() ? nullptr : data.label_mask[k].data();
+    index_t count = 0;
+    for (index_t i = 0; i < N; ++i) count += !mask || mask[i];
+    tm.values["count"] = double(count);
+    const index_t w = task_output_width(t);
+    if (count > 0) {
+      tm.values["loss"] = weight_sum[k] > 0 ? loss_sum[k] / weight_sum[k] : 0.0;
+      ev.loss += t.weight * tm.values["loss"];
+      const T* y = data.labels[k].data();
+      if (t.type == TaskType::MultiClass) {
+        std::vector<index_t> ids(static_cast<std::size_t>(N), 0);
+        for (index_t i = 0; i < N; ++i)
+          if (!mask || mask[i]) ids[i] = index_t(y[i]);
+        tm.values["accuracy"] = multiclass_accuracy(raw[k].data(), ids.data(), N, w, mask);
+        tm.values["logloss"] = tm.values["loss"];
+      } else {
+        for (index_t i = 0; i < N; ++i) column[i] = pred[i * C + col];
+        if (t.type == TaskType::Regression) {
+          tm.values["rmse"] = rmse(column.data(), y, N, mask);
+          tm.values["mae"] = mae(column.data(), y, N, mask);
+        } else {
+          index_t pos = 0;
+          for (index_t i = 0; i < N; ++i) pos += (!mask || mask[i]) && y[i] >= T(0.5);
+          if (pos > 0 && pos < count) tm.values["auc"] = auc(column.data(), y, N, mask);
+          if (!data.groups.empty()) {
+            try {
+              tm.values["gauc"] = gauc(column.data(), y, data.groups.data(), N, mask);
+            } catch (const Error&) {
+              // no group has both classes: gAUC is undefined for this data
+            }
+          }
+          tm.values["logloss"] = logloss(column.data(), y, N, mask);
+          tm.values["accuracy"] = accuracy(column.data(), y, N, 0.5, mask);
+        }
+      }
+    }
+    col += w;
+    ev.tasks.push_back(std::move(tm));
+  }
+  return ev;
+}
+
+}  // namespace mtrec
