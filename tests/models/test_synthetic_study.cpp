@@ -1,0 +1,85 @@
+// The MMoE paper's synthetic study (Ma et al., KDD 2018, §3.2), small enough
+// for a unit test: shared-bottom (113 units) vs MMoE (8 experts x 16) on two
+// regression tasks at task correlation 0.5 and 1.0, mean over 2 seeds.
+#include "support/gradcheck.hpp"
+
+using namespace mtrec;
+
+namespace {
+
+struct StudyLoss {
+  double shared_bottom = 0, mmoe = 0;
+};
+
+StudyLoss run_study(double correlation) {
+  SyntheticSpec spec;
+  spec.rows = 8000;
+  spec.correlation = correlation;
+  spec.seed = 7;
+  spec.sample_seed = 1;
+  const Batch<float> train = make_mmoe_synthetic<float>(spec);
+  spec.rows = 2000;
+  spec.sample_seed = 2;
+  const Batch<float> test = make_mmoe_synthetic<float>(spec);
+  StudyLoss out;
+  for (std::uint64_t seed : {1, 2}) {
+    for (Architecture arch : {Architecture::SharedBottom, Architecture::MMoE}) {
+      ModelConfig c;
+      c.features = mmoe_synthetic_features(100);
+      c.architecture = arch;
+      c.seed = seed;
+      c.tasks = {{"y1", TaskType::Regression, 0, {8}}, {"y2", TaskType::Regression, 0, {8}}};
+      c.bottom = {113};
+      c.experts = 8;
+      c.expert = {16};
+      MultiTaskModel<float> model(c);
+      TrainConfig t;
+      t.epochs = 8;
+      t.batch_size = 128;
+      t.optimizer = OptimizerConfig::adam(3e-3);
+      t.schedule = ScheduleKind::WarmupCosine;
+      t.warmup_fraction = 0.02;
+      t.seed = seed;
+      t.progress = false;
+      Trainer<float> trainer(model, t);
+      trainer.fit(train);
+      const double loss = evaluate(model, test).loss / 2;  // mean of the two tasks' MSE
+      (arch == Architecture::MMoE ? out.mmoe : out.shared_bottom) += loss / 2;
+    }
+  }
+  return out;
+}
+
+// Each correlation is trained once per test binary, single-threaded (the
+// models are small: threads would only add synchronisation).
+const StudyLoss& study(double correlation) {
+  static StudyLoss at_half, at_one;
+  static bool have_half = false, have_one = false;
+  StudyLoss& r = correlation == 0.5 ? at_half : at_one;
+  bool& have = correlation == 0.5 ? have_half : have_one;
+  if (!have) testing::with_threads(1, [&] { r = run_study(correlation); });
+  have = true;
+  return r;
+}
+
+}  // namespace
+
+TEST_CASE("MMoE synthetic study: at correlation 0.5 MMoE reaches a lower test loss than shared-bottom",
+          "[study][training]") {
+  const StudyLoss& r = study(0.5);
+  INFO("test MSE at correlation 0.5: shared-bottom " << r.shared_bottom << ", MMoE " << r.mmoe);
+  CHECK(r.mmoe < 0.8 * r.shared_bottom);
+}
+
+// The paper also reports that the gap closes as the tasks become identical.
+// With the paper's model sizes our shared-bottom is limited by its single
+// hidden layer even on one task, so MMoE's lead does not shrink at 1.0 here
+// (see the README's synthetic-study notes). This case runs and reports the
+// numbers; [!mayfail] keeps it from failing the suite until that changes.
+TEST_CASE("MMoE synthetic study: the gap is smaller at correlation 1.0 (paper claim, not reproduced)",
+          "[study][training][!mayfail]") {
+  const StudyLoss &low = study(0.5), &high = study(1.0);
+  INFO("gap (shared-bottom - MMoE) at 0.5: " << low.shared_bottom - low.mmoe << ", at 1.0: "
+                                              << high.shared_bottom - high.mmoe);
+  CHECK(high.shared_bottom - high.mmoe < low.shared_bottom - low.mmoe);
+}
