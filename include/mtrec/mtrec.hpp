@@ -15,7 +15,8 @@
 //   train/     losses, metrics, optimizers and schedules, evaluate, Trainer
 //   io/        JSON, safetensors, atomic files, checkpoints
 //   serve/     top-K scoring of candidates
-//   data/      the MMoE paper's synthetic data
+//   data/      CSV reading and tabular encoding (mtrec-train), the MMoE
+//              paper's synthetic data
 #pragma once
 
 #include "mtrec/core/config.hpp"
@@ -41,7 +42,9 @@
 #include "mtrec/model/config.hpp"
 #include "mtrec/model/features.hpp"
 #include "mtrec/model/multitask.hpp"
+#include "mtrec/data/csv.hpp"
 #include "mtrec/data/synthetic.hpp"
+#include "mtrec/data/tabular.hpp"
 #include "mtrec/io/atomic_file.hpp"
 #include "mtrec/io/checkpoint.hpp"
 #include "mtrec/io/json.hpp"

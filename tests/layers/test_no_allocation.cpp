@@ -91,3 +91,30 @@ TEST_CASE("workspaces: a steady-state training step does not allocate", "[alloca
   g_counting = false;
   CHECK(g_allocations.load() == 1);
 }
+
+#include "models/model_fixtures.hpp"
+
+TEST_CASE("workspaces: a steady-state Trainer::train_step does not allocate (every architecture)", "[allocation]") {
+  for (Architecture arch : {Architecture::SharedBottom, Architecture::MMoE, Architecture::PLE, Architecture::ESMM}) {
+    for (Weighting weighting : {Weighting::Fixed, Weighting::Uncertainty, Weighting::GradNorm}) {
+      const ModelConfig c = testing::tiny_config(arch);
+      MultiTaskModel<float> model(c);
+      const Batch<float> batch = testing::tiny_batch<float>(c, 24, 5);
+      TrainConfig t;
+      t.progress = false;
+      t.clip_norm = 1.0;
+      t.accumulation = 2;
+      t.weighting = weighting;
+      t.optimizer = OptimizerConfig::adamw(1e-3, 0.01);
+      if (weighting == Weighting::GradNorm && arch == Architecture::ESMM) continue;  // no shared layer
+      Trainer<float> trainer(model, t);
+      for (int i = 0; i < 4; ++i) trainer.train_step(batch);  // sizes every buffer
+      g_allocations = 0;
+      g_counting = true;
+      for (int i = 0; i < 4; ++i) trainer.train_step(batch);
+      g_counting = false;
+      CAPTURE(architecture_name(arch), weighting_name(weighting));
+      CHECK(g_allocations.load() == 0);
+    }
+  }
+}

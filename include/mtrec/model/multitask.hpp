@@ -106,6 +106,7 @@ class MultiTaskModel {
     std::vector<Tensor<T>> out, d_out, d_scaled, d_tower_in;  // per task
     std::vector<Tensor<index_t>> class_ids;  // multi-class labels as ids
     Tensor<T> esmm_d_ctr;                     // (B) ESMM: dL_ctcvr / d CTR logit
+    TaskLosses losses;                        // the last compute_losses() result
     Mode mode;
   };
 
@@ -146,14 +147,15 @@ class MultiTaskModel {
   }
 
   // Per-task losses of ws.out against the batch labels. Fills ws.d_out[k] =
-  // dL_k / d out_k (unweighted). Labels are checked: NaN is rejected.
-  TaskLosses compute_losses(Workspace& ws, const Batch<T>& batch) const {
+  // dL_k / d out_k (unweighted). Labels are checked: NaN is rejected. The
+  // result lives in the workspace (no allocation once warm).
+  const TaskLosses& compute_losses(Workspace& ws, const Batch<T>& batch) const {
     const char* op = "MultiTaskModel::compute_losses";
     const index_t B = ws.B;
     check(batch.size == B, op, "batch has ", batch.size, " rows but forward ran on ", B);
     check(batch.labels.size() == num_tasks(), op, "expected labels for ", num_tasks(), " tasks but got ",
           batch.labels.size());
-    TaskLosses r;
+    TaskLosses& r = ws.losses;
     r.value.assign(num_tasks(), 0.0);
     r.count.assign(num_tasks(), 0);
     const T* w = batch.weights.empty() ? nullptr : batch.weights.data();

@@ -74,7 +74,7 @@ inline Evaluation evaluate(const MultiTaskModel<T>& model, const Batch<T>& data,
     batch.gather(data, rows.data(), n);
     model.predict(ws, batch, out);
     std::copy(out.data(), out.data() + n * C, pred.begin() + start * C);
-    const TaskLosses l = model.compute_losses(ws, batch);
+    const TaskLosses& l = model.compute_losses(ws, batch);
     for (std::size_t k = 0; k < K; ++k) {
       const index_t w = ws.out[k].dim(1);
       raw[k].insert(raw[k].end(), ws.out[k].data(), ws.out[k].data() + n * w);

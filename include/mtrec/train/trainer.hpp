@@ -130,8 +130,9 @@ class Trainer {
   const TrainConfig& config() const { return cfg_; }
 
   // The weights applied to each task's loss at this point of training.
-  std::vector<double> task_weights() const {
-    std::vector<double> w(model_->num_tasks());
+  const std::vector<double>& task_weights() const {
+    std::vector<double>& w = weights_;
+    w.resize(model_->num_tasks());
     for (std::size_t k = 0; k < w.size(); ++k) {
       const double lambda = model_->config().tasks[k].weight;
       switch (cfg_.weighting) {
@@ -171,9 +172,9 @@ class Trainer {
       for (index_t s = 0; s < steps_per_epoch; ++s) {
         const index_t start = s * B, n = std::min(B, N - start);
         batch_.gather(train, order.data() + start, n);
-        const TaskLosses l = train_step(batch_);
+        const TaskLosses& l = train_step(batch_);
         double combined = 0;
-        const auto w = task_weights();
+        const auto& w = task_weights();
         for (std::size_t k = 0; k < l.value.size(); ++k) {
           combined += w[k] * l.value[k];
           rec.train_task_loss[k] += l.value[k] * double(n);
@@ -229,17 +230,17 @@ class Trainer {
 
   // One micro-batch: forward, losses, combined backward; steps the optimizer
   // every `accumulation` micro-batches. Returns the per-task losses.
-  TaskLosses train_step(const Batch<T>& batch) {
+  const TaskLosses& train_step(const Batch<T>& batch) {
     MultiTaskModel<T>& m = *model_;
     const Mode mode = Mode::train(std::uint64_t(state_.step), cfg_.seed);
     m.forward(ws_, batch, mode);
-    const TaskLosses l = m.compute_losses(ws_, batch);
+    const TaskLosses& l = m.compute_losses(ws_, batch);
     const std::size_t K = m.num_tasks();
     const double acc = 1.0 / double(cfg_.accumulation);
     switch (cfg_.weighting) {
       case Weighting::Fixed:
       case Weighting::Uncertainty: {
-        const auto w = task_weights();
+        const auto& w = task_weights();
         for (std::size_t k = 0; k < K; ++k) coeff_[k] = w[k] * acc;
         m.backward(ws_, batch, coeff_.data());
         if (cfg_.weighting == Weighting::Uncertainty) uncertainty_update(l);
@@ -330,7 +331,8 @@ class Trainer {
     const std::size_t K = m.num_tasks();
     auto& st = m.parameters();
     if (state_.initial_loss.empty()) state_.initial_loss = l.value;
-    const auto w = task_weights();
+    gn_weights_ = task_weights();  // a copy: the weights change below (reuses capacity)
+    const auto& w = gn_weights_;
     std::vector<double>& norms = scratch_;
     norms.assign(K, 0.0);
     for (std::size_t k = 0; k < K; ++k) {
@@ -382,7 +384,7 @@ class Trainer {
     MultiTaskModel<T>& m = *model_;
     const std::size_t K = m.num_tasks();
     auto& st = m.parameters();
-    const auto w = task_weights();
+    const auto& w = task_weights();
     // Shared coordinates: the dense shared parameters, then each shared
     // table's touched rows in first-touch order. Saved per task; rows first
     // touched by a later task are zero for earlier ones.
@@ -547,6 +549,8 @@ class Trainer {
   typename MultiTaskModel<T>::Workspace ws_;
   Batch<T> batch_;
   std::vector<double> coeff_, scratch_;
+  mutable std::vector<double> weights_;
+  std::vector<double> gn_weights_;
   std::vector<T> grad_saved_;
   std::vector<ParamId> dense_shared_, tables_shared_;
   std::vector<std::vector<double>> task_grads_;

@@ -1,0 +1,748 @@
+// mtrec: from CSV columns to a model — declared columns, preprocessing
+// learned from the training rows, and batches for any file with the same
+// columns.
+//
+//   data::TabularSchema s;
+//   s.features = {data::parse_feature_flag(data::ColumnKind::Id, "user", "--id"),
+//                 data::parse_feature_flag(data::ColumnKind::Bag, "genres:|", "--bag")};
+//   s.tasks = {data::parse_task_flag("click:binary", "--task")};
+//   data::TabularEncoder enc(s);
+//   enc.fit(train_table);                      // vocabularies, mean/std, classes
+//   Batch<float> train = enc.transform<float>(train_table, nullptr, true);
+//   ModelConfig c;
+//   c.features = enc.feature_spec(16, encoder_config);
+//   c.tasks = enc.task_specs({32});
+//
+// What is learned from the training rows only, so that validation and test
+// rows are encoded exactly as unseen data would be at serving time:
+//   id (vocabulary), bag, seq, text   token -> row; row 0 is the OOV row for
+//                                     tokens never seen (or seen fewer than
+//                                     min_count times) in training
+//   id with buckets                   nothing: FNV-1a of the text, then the
+//                                     model's own salted hash into the buckets
+//   dense                             mean and std: x -> (x - mean) / std
+//   regression task                   mean and std of the labels: the model
+//                                     learns standardised targets (one scale
+//                                     for every task and a well-placed output
+//                                     bias at initialisation); target(k)
+//                                     maps predictions and errors back
+//   multiclass task                   the class names, sorted (numerically
+//                                     when all are numbers); unknown classes
+//                                     outside training are an error
+// An empty task cell means "no label": the row is masked for that task.
+// An empty id cell is the OOV row (a hashed id hashes "" like any value);
+// an empty bag, seq or text cell is an empty list. Dense cells must hold a
+// finite number in every row.
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include "mtrec/data/csv.hpp"
+#include "mtrec/io/json.hpp"
+#include "mtrec/model/config.hpp"
+
+namespace mtrec {
+namespace data {
+
+enum class ColumnKind { Id, Bag, Sequence, Text, Dense };
+
+// The flag that declares the kind ("id" for --id).
+inline const char* column_kind_name(ColumnKind k) {
+  switch (k) {
+    case ColumnKind::Id: return "id";
+    case ColumnKind::Bag: return "bag";
+    case ColumnKind::Sequence: return "seq";
+    case ColumnKind::Text: return "text";
+    case ColumnKind::Dense: return "dense";
+  }
+  return "?";
+}
+
+struct FeatureColumn {
+  ColumnKind kind = ColumnKind::Id;
+  std::string column;
+  index_t buckets = 0;  // Id: > 0 hashes the values into this many rows; 0 = a vocabulary
+  char sep = '|';       // Bag, Sequence: the item separator
+  index_t max_len = 0;  // Sequence (keeps the last max_len items), Text (the first max_len words)
+
+  // How it was declared, for messages: "--seq history:|:50".
+  std::string flag() const {
+    std::string s = std::string("--") + column_kind_name(kind) + " " + column;
+    if (kind == ColumnKind::Id && buckets > 0) s += ":" + std::to_string(buckets);
+    if (kind == ColumnKind::Bag || kind == ColumnKind::Sequence) s += std::string(":") + sep;
+    if (kind == ColumnKind::Sequence || kind == ColumnKind::Text) s += ":" + std::to_string(max_len);
+    return s;
+  }
+};
+
+struct TaskColumn {
+  std::string column;
+  TaskType type = TaskType::Binary;
+  double weight = 1.0;
+  std::string flag() const { return "--task " + column + ":" + task_type_name(type); }
+};
+
+struct TabularSchema {
+  std::vector<FeatureColumn> features;
+  std::vector<TaskColumn> tasks;
+  index_t min_count = 1;  // tokens seen fewer times in training go to the OOV row
+};
+
+constexpr index_t kDefaultSequenceLength = 50;
+constexpr index_t kDefaultTextLength = 20;
+
+// ---- flag syntax -----------------------------------------------------------------------
+//
+// Column names end at the first ':' (so they cannot contain one):
+//   --id COL[:buckets]   --bag COL:SEP   --seq COL:SEP[:maxlen]   --text COL[:maxlen]
+//   --dense COL          --task COL:binary|regression|multiclass[:weight]
+// SEP is one character, or one of the words tab, space, comma, pipe,
+// semicolon, colon (for characters a shell makes awkward).
+
+namespace detail {
+[[noreturn]] inline void bad_flag(const char* flag, std::string_view text, const std::string& why) {
+  fail("parse_flag", flag, " '", text, "': ", why);
+}
+inline index_t positive_count(const char* flag, std::string_view text, std::string_view v, const char* what) {
+  long long x = 0;
+  if (!parse_integer(v, x) || x < 1)
+    bad_flag(flag, text, std::string("expected ") + what + " to be an integer >= 1 but got '" + std::string(v) + "'");
+  return index_t(x);
+}
+// Splits "COL:rest" at the first ':'.
+inline std::pair<std::string_view, std::string_view> split_column(const char* flag, std::string_view text,
+                                                                  bool rest_required) {
+  const std::size_t c = text.find(':');
+  const std::string_view col = text.substr(0, c);
+  if (col.empty()) bad_flag(flag, text, "expected a column name before ':'");
+  if (c == std::string_view::npos) {
+    if (rest_required) bad_flag(flag, text, "expected COL:SEP (a column name, ':' and a separator)");
+    return {col, {}};
+  }
+  return {col, text.substr(c + 1)};
+}
+// Reads SEP at the front of `rest` and returns what follows it.
+inline std::string_view take_separator(const char* flag, std::string_view text, std::string_view rest, char& sep) {
+  static const std::pair<const char*, char> names[] = {{"tab", '\t'},   {"space", ' '},     {"comma", ','},
+                                                        {"pipe", '|'},   {"semicolon", ';'}, {"colon", ':'}};
+  for (const auto& n : names) {
+    const std::string_view w(n.first);
+    if (rest.substr(0, w.size()) == w && (rest.size() == w.size() || rest[w.size()] == ':')) {
+      sep = n.second;
+      return rest.substr(w.size());
+    }
+  }
+  if (rest.empty() || (rest.size() > 1 && rest[1] != ':'))
+    bad_flag(flag, text, "expected one separator character (or tab, space, comma, pipe, semicolon, colon) after '" +
+                             std::string(text.substr(0, text.size() - rest.size())) + "'");
+  if (rest[0] == '"' || rest[0] == '\n' || rest[0] == '\r') bad_flag(flag, text, "a quote or line break cannot separate items");
+  sep = rest[0];
+  return rest.substr(1);
+}
+}  // namespace detail
+
+// Parses the argument of --id, --bag, --seq, --text or --dense; `flag` names
+// it in messages.
+inline FeatureColumn parse_feature_flag(ColumnKind kind, std::string_view text, const char* flag) {
+  FeatureColumn f;
+  f.kind = kind;
+  const bool needs_sep = kind == ColumnKind::Bag || kind == ColumnKind::Sequence;
+  const auto parts = detail::split_column(flag, text, needs_sep);
+  f.column = std::string(parts.first);
+  std::string_view rest = parts.second;
+  switch (kind) {
+    case ColumnKind::Id:
+      if (!rest.empty() || text.find(':') != std::string_view::npos)
+        f.buckets = detail::positive_count(flag, text, rest, "the hash bucket count");
+      break;
+    case ColumnKind::Bag:
+      rest = detail::take_separator(flag, text, rest, f.sep);
+      if (!rest.empty()) detail::bad_flag(flag, text, "expected COL:SEP with nothing after the separator");
+      break;
+    case ColumnKind::Sequence:
+      rest = detail::take_separator(flag, text, rest, f.sep);
+      f.max_len = kDefaultSequenceLength;
+      if (!rest.empty()) f.max_len = detail::positive_count(flag, text, rest.substr(1), "maxlen");
+      break;
+    case ColumnKind::Text:
+      f.max_len = kDefaultTextLength;
+      if (text.find(':') != std::string_view::npos) f.max_len = detail::positive_count(flag, text, rest, "maxlen");
+      break;
+    case ColumnKind::Dense:
+      if (text.find(':') != std::string_view::npos)
+        detail::bad_flag(flag, text, "expected just a column name (column names cannot contain ':')");
+      break;
+  }
+  return f;
+}
+
+// Parses the argument of --task: COL:binary|regression|multiclass[:weight].
+inline TaskColumn parse_task_flag(std::string_view text, const char* flag) {
+  TaskColumn t;
+  const auto parts = detail::split_column(flag, text, true);
+  t.column = std::string(parts.first);
+  const std::string_view rest = parts.second;
+  const std::size_t c = rest.find(':');
+  const std::string_view type = rest.substr(0, c);
+  if (type == "binary") t.type = TaskType::Binary;
+  else if (type == "regression") t.type = TaskType::Regression;
+  else if (type == "multiclass") t.type = TaskType::MultiClass;
+  else detail::bad_flag(flag, text, "expected the type binary, regression or multiclass but got '" + std::string(type) + "'");
+  if (c != std::string_view::npos) {
+    const std::string_view w = rest.substr(c + 1);
+    if (!parse_number(w, t.weight) || t.weight < 0)
+      detail::bad_flag(flag, text, "expected a weight >= 0 but got '" + std::string(w) + "'");
+  }
+  return t;
+}
+
+// ---- the encoder ---------------------------------------------------------------------------
+
+class TabularEncoder {
+ public:
+  TabularEncoder() = default;
+  explicit TabularEncoder(TabularSchema schema) : schema_(std::move(schema)) {
+    const char* op = "TabularEncoder";
+    check(!schema_.features.empty(), op, "expected at least one feature column (--id, --bag, --seq, --text or --dense)");
+    check(!schema_.tasks.empty(), op, "expected at least one task column (--task)");
+    check(schema_.min_count >= 1, op, "expected min_count >= 1 but got ", schema_.min_count);
+    std::vector<std::pair<std::string, std::string>> seen;  // column, flag
+    auto claim = [&](const std::string& col, const std::string& flag) {
+      for (const auto& s : seen)
+        check(s.first != col, op, "column '", col, "' is declared twice (", s.second, " and ", flag,
+              "); each column can be one feature or one task");
+      seen.emplace_back(col, flag);
+    };
+    for (const auto& f : schema_.features) {
+      check(!f.column.empty(), op, "a feature has an empty column name");
+      check(f.buckets >= 0, op, f.flag(), ": expected buckets >= 0 but got ", f.buckets);
+      if (f.kind == ColumnKind::Sequence || f.kind == ColumnKind::Text)
+        check(f.max_len >= 1, op, f.flag(), ": expected maxlen >= 1 but got ", f.max_len);
+      check(f.buckets == 0 || f.kind == ColumnKind::Id, op, f.flag(), ": only --id columns can be hashed");
+      claim(f.column, f.flag());
+    }
+    for (const auto& t : schema_.tasks) {
+      check(!t.column.empty(), op, "a task has an empty column name");
+      check(t.weight >= 0 && std::isfinite(t.weight), op, t.flag(), ": expected a finite weight >= 0 but got ",
+            t.weight);
+      claim(t.column, t.flag());
+    }
+    features_.resize(schema_.features.size());
+    tasks_.resize(schema_.tasks.size());
+  }
+
+  const TabularSchema& schema() const { return schema_; }
+  bool fitted() const { return fitted_; }
+
+  // Learns the preprocessing from `rows` of `train` (every row when null):
+  // vocabularies, dense mean/std, regression label mean/std, class names.
+  // Also checks every value it reads, so a bad cell fails here, before any
+  // training, with its file, line and column.
+  void fit(const CsvTable& train, const std::vector<std::size_t>* rows = nullptr) {
+    const char* op = "TabularEncoder::fit";
+    check(!schema_.features.empty(), op, "the encoder has no schema");
+    const std::size_t n = rows ? rows->size() : train.rows();
+    check(n > 0, op, "'", train.source(), "' has no training rows (only a header?)");
+    auto row_at = [&](std::size_t i) { return rows ? (*rows)[i] : i; };
+    std::string scratch;
+    std::vector<std::string_view> items;
+    for (std::size_t f = 0; f < schema_.features.size(); ++f) {
+      const FeatureColumn& fc = schema_.features[f];
+      FeatureState& st = features_[f];
+      const std::size_t col = train.require_column(fc.column, fc.flag());
+      st = FeatureState{};
+      if (fc.kind == ColumnKind::Dense) {
+        std::vector<double> x(n);
+        for (std::size_t i = 0; i < n; ++i) x[i] = dense_value(train, row_at(i), col, op);
+        st.stats = Standardizer::fit(x);
+        continue;
+      }
+      if (fc.kind == ColumnKind::Id && fc.buckets > 0) continue;
+      // Count every token, then keep those seen min_count times (in
+      // first-seen order, so the result does not depend on hashing).
+      Vocabulary all;
+      std::vector<std::size_t> counts(1, 0);
+      auto count = [&](std::string_view tok) {
+        const index_t r = all.add(tok);
+        if (std::size_t(r) >= counts.size()) counts.push_back(0);
+        ++counts[std::size_t(r)];
+      };
+      for (std::size_t i = 0; i < n; ++i) {
+        const std::string_view cell = train.cell(row_at(i), col);
+        switch (fc.kind) {
+          case ColumnKind::Id:
+            if (!cell.empty()) count(cell);
+            break;
+          case ColumnKind::Bag: for_each_item(cell, fc.sep, count); break;
+          case ColumnKind::Sequence:
+            // Only the items the model will see (the last max_len).
+            last_items(cell, fc.sep, fc.max_len, items);
+            for (const auto& it : items) count(it);
+            break;
+          case ColumnKind::Text: for_each_word(cell, std::size_t(fc.max_len), scratch, count); break;
+          case ColumnKind::Dense: break;
+        }
+      }
+      if (schema_.min_count <= 1) {
+        st.vocab = std::move(all);
+      } else {
+        for (index_t r = 1; r < all.rows(); ++r)
+          if (counts[std::size_t(r)] >= std::size_t(schema_.min_count)) st.vocab.add(all.token(r));
+      }
+    }
+    for (std::size_t k = 0; k < schema_.tasks.size(); ++k) {
+      const TaskColumn& tc = schema_.tasks[k];
+      TaskState& st = tasks_[k];
+      st = TaskState{};
+      const std::size_t col = train.require_column(tc.column, tc.flag());
+      std::vector<double> y;
+      Vocabulary classes;
+      for (std::size_t i = 0; i < n; ++i) {
+        const std::size_t r = row_at(i);
+        const std::string_view cell = csv_trim(train.cell(r, col));
+        if (cell.empty()) continue;
+        if (tc.type == TaskType::MultiClass) {
+          classes.add(cell);
+          y.push_back(0);
+        } else {
+          y.push_back(tc.type == TaskType::Binary ? binary_label(train, r, col, op) : number_label(train, r, col, op));
+        }
+      }
+      check(!y.empty(), op, "'", train.source(), "': task column '", tc.column, "' (", tc.flag(),
+            ") has no label in any of the ", n, " training rows");
+      if (tc.type == TaskType::Regression) st.target = Standardizer::fit(y);
+      if (tc.type == TaskType::MultiClass) {
+        st.classes = sorted_classes(classes.tokens());
+        check(st.classes.size() >= 2, op, "'", train.source(), "': multiclass task '", tc.column,
+              "' expected at least 2 classes in the training rows but found ", st.classes.size(),
+              st.classes.empty() ? std::string() : " ('" + st.classes[0] + "')");
+        st.class_index = Vocabulary::from_tokens(st.classes);
+      }
+    }
+    fitted_ = true;
+  }
+
+  // Encodes `rows` of `t` (every row when null) in that order. With
+  // `labels`, the task columns must exist and their cells are checked; for
+  // prediction (labels = false) they are not read and may be absent.
+  template <class T>
+  Batch<T> transform(const CsvTable& t, const std::vector<std::size_t>* rows, bool labels) const {
+    const char* op = "TabularEncoder::transform";
+    check(fitted_, op, "the encoder was not fitted (call fit() or load it from JSON)");
+    const std::size_t n = rows ? rows->size() : t.rows();
+    auto row_at = [&](std::size_t i) { return rows ? (*rows)[i] : i; };
+    Batch<T> b;
+    b.size = index_t(n);
+    std::size_t n_ids = 0, n_bags = 0, n_seqs = 0, n_dense = 0;
+    for (const auto& f : schema_.features) {
+      n_ids += f.kind == ColumnKind::Id;
+      n_bags += f.kind == ColumnKind::Bag;
+      n_seqs += f.kind == ColumnKind::Sequence || f.kind == ColumnKind::Text;
+      n_dense += f.kind == ColumnKind::Dense;
+    }
+    b.ids.resize(n_ids);
+    b.bags.resize(n_bags);
+    b.sequences.resize(n_seqs);
+    b.dense.resize(n_dense);
+    std::size_t gi = 0, gb = 0, gs = 0, gd = 0;
+    std::string scratch;
+    std::vector<std::string_view> items;
+    for (std::size_t f = 0; f < schema_.features.size(); ++f) {
+      const FeatureColumn& fc = schema_.features[f];
+      const FeatureState& st = features_[f];
+      const std::size_t col = t.require_column(fc.column, fc.flag());
+      switch (fc.kind) {
+        case ColumnKind::Id: {
+          auto& out = b.ids[gi++];
+          out.resize(n);
+          for (std::size_t i = 0; i < n; ++i) {
+            const std::string_view cell = t.cell(row_at(i), col);
+            out[i] = fc.buckets > 0 ? index_t(hash_string(cell)) : cell.empty() ? Vocabulary::kOov : st.vocab.find(cell);
+          }
+          break;
+        }
+        case ColumnKind::Bag: {
+          auto& bag = b.bags[gb++];
+          bag.offsets.resize(n + 1);
+          bag.offsets[0] = 0;
+          bag.ids.reserve(n * 2);
+          for (std::size_t i = 0; i < n; ++i) {
+            for_each_item(t.cell(row_at(i), col), fc.sep, [&](std::string_view s) { bag.ids.push_back(st.vocab.find(s)); });
+            bag.offsets[i + 1] = index_t(bag.ids.size());
+          }
+          break;
+        }
+        case ColumnKind::Sequence:
+        case ColumnKind::Text: {
+          auto& seq = b.sequences[gs++];
+          const std::size_t L = std::size_t(fc.max_len);
+          seq.ids.assign(n * L, 0);
+          seq.lengths.resize(n);
+          for (std::size_t i = 0; i < n; ++i) {
+            index_t* dst = seq.ids.data() + i * L;
+            const std::string_view cell = t.cell(row_at(i), col);
+            index_t len = 0;
+            if (fc.kind == ColumnKind::Sequence) {
+              last_items(cell, fc.sep, fc.max_len, items);
+              for (const auto& it : items) dst[len++] = st.vocab.find(it);
+            } else {
+              for_each_word(cell, L, scratch, [&](std::string_view w) { dst[len++] = st.vocab.find(w); });
+            }
+            seq.lengths[i] = len;
+          }
+          break;
+        }
+        case ColumnKind::Dense: {
+          auto& out = b.dense[gd++];
+          out.resize(n);
+          for (std::size_t i = 0; i < n; ++i) out[i] = T(st.stats.apply(dense_value(t, row_at(i), col, op)));
+          break;
+        }
+      }
+    }
+    const std::size_t K = schema_.tasks.size();
+    b.labels.resize(K);
+    b.label_mask.resize(K);
+    if (!labels) {
+      // Predictions only: no labels, every row "labelled" with 0 so that a
+      // batch built here is still well formed for evaluate()/compute_losses().
+      for (std::size_t k = 0; k < K; ++k) b.labels[k].assign(n, T(0));
+      return b;
+    }
+    for (std::size_t k = 0; k < K; ++k) {
+      const TaskColumn& tc = schema_.tasks[k];
+      const TaskState& st = tasks_[k];
+      const std::size_t col = t.require_column(tc.column, tc.flag());
+      auto& y = b.labels[k];
+      auto& m = b.label_mask[k];
+      y.assign(n, T(0));
+      m.assign(n, 0);
+      for (std::size_t i = 0; i < n; ++i) {
+        const std::size_t r = row_at(i);
+        const std::string_view cell = csv_trim(t.cell(r, col));
+        if (cell.empty()) continue;
+        m[i] = 1;
+        switch (tc.type) {
+          case TaskType::Binary: y[i] = T(binary_label(t, r, col, op)); break;
+          case TaskType::Regression: y[i] = T(st.target.apply(number_label(t, r, col, op))); break;
+          case TaskType::MultiClass: {
+            const index_t c = st.class_index.find(cell);
+            if (c == Vocabulary::kOov)
+              t.fail_cell(op, r, col, "class ", detail::shown(cell), " of task '", tc.column,
+                          "' was not seen in the training data (known classes: ", class_list(st.classes), ")");
+            y[i] = T(c - 1);
+            break;
+          }
+        }
+      }
+    }
+    return b;
+  }
+
+  // The model's features: ids and bags embed in `dim` columns, sequences
+  // and texts use `encoder` (its d_model is the embedding width).
+  FeatureSpec feature_spec(index_t dim, const TransformerConfig& encoder, int encoder_layers = 1) const {
+    check(fitted_, "TabularEncoder::feature_spec", "the encoder was not fitted");
+    FeatureSpec s;
+    for (std::size_t f = 0; f < schema_.features.size(); ++f) {
+      const FeatureColumn& fc = schema_.features[f];
+      const index_t rows = features_[f].vocab.rows();
+      switch (fc.kind) {
+        case ColumnKind::Id:
+          s.ids.push_back({fc.column, fc.buckets > 0 ? 0 : rows, fc.buckets, dim, ""});
+          break;
+        case ColumnKind::Bag: s.bags.push_back({fc.column, rows, 0, dim, "", BagPooling::Mean, false}); break;
+        case ColumnKind::Sequence:
+        case ColumnKind::Text: {
+          SequenceFeature q;
+          q.name = fc.column;
+          q.vocab = rows;
+          q.max_len = fc.max_len;
+          q.encoder = encoder;
+          q.layers = encoder_layers;
+          q.pooling = SequencePoolMode::Mean;
+          s.sequences.push_back(q);
+          break;
+        }
+        case ColumnKind::Dense: s.dense.push_back({fc.column, 1}); break;
+      }
+    }
+    return s;
+  }
+
+  // The model's tasks, named after their columns, each with `tower`.
+  std::vector<TaskSpec> task_specs(const std::vector<index_t>& tower) const {
+    check(fitted_, "TabularEncoder::task_specs", "the encoder was not fitted");
+    std::vector<TaskSpec> out;
+    for (std::size_t k = 0; k < schema_.tasks.size(); ++k) {
+      TaskSpec t;
+      t.name = schema_.tasks[k].column;
+      t.type = schema_.tasks[k].type;
+      t.num_classes = t.type == TaskType::MultiClass ? index_t(tasks_[k].classes.size()) : 0;
+      t.tower = tower;
+      t.weight = schema_.tasks[k].weight;
+      out.push_back(t);
+    }
+    return out;
+  }
+
+  // Learned state, by the schema's feature / task index.
+  const Vocabulary& vocabulary(std::size_t feature) const { return features_.at(feature).vocab; }
+  const Standardizer& dense_stats(std::size_t feature) const { return features_.at(feature).stats; }
+  // Regression: the label standardisation (invert() maps a prediction back).
+  const Standardizer& target(std::size_t task) const { return tasks_.at(task).target; }
+  // Multiclass: class names; class id c (the model's output column) is classes[c].
+  const std::vector<std::string>& classes(std::size_t task) const { return tasks_.at(task).classes; }
+
+  // ---- persistence ---------------------------------------------------------------------------
+
+  // Everything needed to encode new files: the schema and the learned state.
+  json::Value to_json() const {
+    using json::Value;
+    check(fitted_, "TabularEncoder::to_json", "the encoder was not fitted");
+    Value j = Value::object();
+    j.set("format", "mtrec.tabular");
+    j.set("version", 1);
+    j.set("min_count", schema_.min_count);
+    Value feats = Value::array();
+    for (std::size_t f = 0; f < schema_.features.size(); ++f) {
+      const FeatureColumn& fc = schema_.features[f];
+      Value o = Value::object();
+      o.set("kind", column_kind_name(fc.kind));
+      o.set("column", fc.column);
+      if (fc.kind == ColumnKind::Id) o.set("buckets", fc.buckets);
+      if (fc.kind == ColumnKind::Bag || fc.kind == ColumnKind::Sequence) o.set("sep", std::string(1, fc.sep));
+      if (fc.kind == ColumnKind::Sequence || fc.kind == ColumnKind::Text) o.set("max_len", fc.max_len);
+      if (fc.kind == ColumnKind::Dense) {
+        o.set("mean", features_[f].stats.mean);
+        o.set("std", features_[f].stats.sd);
+      } else if (!(fc.kind == ColumnKind::Id && fc.buckets > 0)) {
+        o.set("vocab", strings_json(features_[f].vocab.tokens()));
+      }
+      feats.push_back(std::move(o));
+    }
+    j.set("features", std::move(feats));
+    Value tasks = Value::array();
+    for (std::size_t k = 0; k < schema_.tasks.size(); ++k) {
+      const TaskColumn& tc = schema_.tasks[k];
+      Value o = Value::object();
+      o.set("column", tc.column);
+      o.set("type", task_type_name(tc.type));
+      o.set("weight", tc.weight);
+      if (tc.type == TaskType::Regression) {
+        o.set("mean", tasks_[k].target.mean);
+        o.set("std", tasks_[k].target.sd);
+      }
+      if (tc.type == TaskType::MultiClass) o.set("classes", strings_json(tasks_[k].classes));
+      tasks.push_back(std::move(o));
+    }
+    j.set("tasks", std::move(tasks));
+    return j;
+  }
+
+  static TabularEncoder from_json(const json::Value& j) {
+    const char* op = "TabularEncoder::from_json";
+    check(j.is_object() && j.contains("format") && j.at("format").is_string() &&
+              j.at("format").as_string() == "mtrec.tabular",
+          op, "expected an object with format = mtrec.tabular");
+    check(j.at("version").as_int() == 1, op, "expected version 1 but got ", j.at("version").as_int());
+    TabularSchema s;
+    s.min_count = index_t(j.at("min_count").as_int());
+    for (const auto& o : j.at("features").as_array()) {
+      FeatureColumn fc;
+      const std::string& kind = o.at("kind").as_string();
+      bool known = false;
+      for (ColumnKind k : {ColumnKind::Id, ColumnKind::Bag, ColumnKind::Sequence, ColumnKind::Text, ColumnKind::Dense})
+        if (kind == column_kind_name(k)) {
+          fc.kind = k;
+          known = true;
+        }
+      check(known, op, "unknown feature kind '", kind, "'");
+      fc.column = o.at("column").as_string();
+      if (fc.kind == ColumnKind::Id) fc.buckets = index_t(o.at("buckets").as_int());
+      if (fc.kind == ColumnKind::Bag || fc.kind == ColumnKind::Sequence) {
+        const std::string& sep = o.at("sep").as_string();
+        check(sep.size() == 1, op, "feature '", fc.column, "' expected a one-character separator but got '", sep, "'");
+        fc.sep = sep[0];
+      }
+      if (fc.kind == ColumnKind::Sequence || fc.kind == ColumnKind::Text) fc.max_len = index_t(o.at("max_len").as_int());
+      s.features.push_back(fc);
+    }
+    for (const auto& o : j.at("tasks").as_array()) {
+      TaskColumn tc;
+      tc.column = o.at("column").as_string();
+      const std::string& type = o.at("type").as_string();
+      if (type == "binary") tc.type = TaskType::Binary;
+      else if (type == "regression") tc.type = TaskType::Regression;
+      else if (type == "multiclass") tc.type = TaskType::MultiClass;
+      else fail(op, "task '", tc.column, "' has unknown type '", type, "'");
+      tc.weight = o.at("weight").as_double();
+      s.tasks.push_back(tc);
+    }
+    TabularEncoder e(s);
+    const auto& feats = j.at("features").as_array();
+    for (std::size_t f = 0; f < s.features.size(); ++f) {
+      const FeatureColumn& fc = s.features[f];
+      if (fc.kind == ColumnKind::Dense) {
+        e.features_[f].stats.mean = feats[f].at("mean").as_double();
+        e.features_[f].stats.sd = feats[f].at("std").as_double();
+        check(e.features_[f].stats.sd > 0, op, "feature '", fc.column, "' expected std > 0");
+      } else if (!(fc.kind == ColumnKind::Id && fc.buckets > 0)) {
+        e.features_[f].vocab = Vocabulary::from_tokens(strings_from(feats[f].at("vocab")));
+      }
+    }
+    const auto& tasks = j.at("tasks").as_array();
+    for (std::size_t k = 0; k < s.tasks.size(); ++k) {
+      if (s.tasks[k].type == TaskType::Regression) {
+        e.tasks_[k].target.mean = tasks[k].at("mean").as_double();
+        e.tasks_[k].target.sd = tasks[k].at("std").as_double();
+        check(e.tasks_[k].target.sd > 0, op, "task '", s.tasks[k].column, "' expected std > 0");
+      }
+      if (s.tasks[k].type == TaskType::MultiClass) {
+        e.tasks_[k].classes = strings_from(tasks[k].at("classes"));
+        e.tasks_[k].class_index = Vocabulary::from_tokens(e.tasks_[k].classes);
+      }
+    }
+    e.fitted_ = true;
+    return e;
+  }
+
+ private:
+  struct FeatureState {
+    Vocabulary vocab;    // id (unhashed), bag, seq, text
+    Standardizer stats;  // dense
+  };
+  struct TaskState {
+    Standardizer target;               // regression
+    std::vector<std::string> classes;  // multiclass, sorted
+    Vocabulary class_index;            // class name -> index + 1
+  };
+
+  static std::string_view csv_trim(std::string_view s) { return detail::trim(s); }
+
+  // The last `max_len` items of a list, in order (a user's most recent).
+  static void last_items(std::string_view cell, char sep, index_t max_len, std::vector<std::string_view>& out) {
+    out.clear();
+    for_each_item(cell, sep, [&](std::string_view s) { out.push_back(s); });
+    if (out.size() > std::size_t(max_len)) out.erase(out.begin(), out.end() - std::ptrdiff_t(max_len));
+  }
+
+  static double dense_value(const CsvTable& t, std::size_t r, std::size_t col, const char* op) {
+    const std::string_view cell = t.cell(r, col);
+    double v = 0;
+    if (!parse_number(cell, v))
+      t.fail_cell(op, r, col, "expected a finite number but got ",
+                  detail::trim(cell).empty() ? std::string("an empty cell (dense columns need a value in every row)")
+                                             : detail::shown(cell));
+    return v;
+  }
+  static double number_label(const CsvTable& t, std::size_t r, std::size_t col, const char* op) {
+    double v = 0;
+    if (!parse_number(t.cell(r, col), v))
+      t.fail_cell(op, r, col, "expected a finite number as the regression label but got ", detail::shown(t.cell(r, col)));
+    return v;
+  }
+  // 0/1 (any number equal to 0 or 1, so "1.0" too) or true/false in any case.
+  static double binary_label(const CsvTable& t, std::size_t r, std::size_t col, const char* op) {
+    const std::string_view s = detail::trim(t.cell(r, col));
+    double v = -1;
+    if (parse_number(s, v) && (v == 0 || v == 1)) return v;
+    std::string lower(s);
+    for (char& c : lower) c = (c >= 'A' && c <= 'Z') ? char(c + 32) : c;
+    if (lower == "true") return 1;
+    if (lower == "false") return 0;
+    t.fail_cell(op, r, col, "expected a binary label 0, 1, true or false but got ", detail::shown(s));
+  }
+
+  // Numeric order when every class is a number ("2" < "10"), else byte order.
+  static std::vector<std::string> sorted_classes(std::vector<std::string> c) {
+    bool numeric = true;
+    std::vector<std::pair<double, std::string>> keyed;
+    for (const auto& s : c) {
+      double v = 0;
+      if (!parse_number(s, v)) {
+        numeric = false;
+        break;
+      }
+      keyed.emplace_back(v, s);
+    }
+    if (numeric) {
+      std::stable_sort(keyed.begin(), keyed.end(),
+                       [](const auto& a, const auto& b) { return a.first < b.first || (a.first == b.first && a.second < b.second); });
+      for (std::size_t i = 0; i < c.size(); ++i) c[i] = keyed[i].second;
+    } else {
+      std::sort(c.begin(), c.end());
+    }
+    return c;
+  }
+  static std::string class_list(const std::vector<std::string>& c) {
+    std::string s;
+    for (std::size_t i = 0; i < c.size() && i < 10; ++i) s += (i ? ", '" : "'") + c[i] + "'";
+    if (c.size() > 10) s += ", ... (" + std::to_string(c.size()) + " in all)";
+    return s;
+  }
+
+  // JSON strings must be UTF-8; a token that is not (a Latin-1 file, say)
+  // is stored as {"hex": "..."} so that any byte string round-trips.
+  static bool valid_utf8(std::string_view s) {
+    for (std::size_t i = 0; i < s.size();) {
+      const std::size_t n = json::detail::utf8_sequence_length(s, i);
+      if (n == 0) return false;
+      i += n;
+    }
+    return true;
+  }
+  static json::Value strings_json(const std::vector<std::string>& v) {
+    static const char* hex = "0123456789abcdef";
+    json::Value a = json::Value::array();
+    for (const auto& s : v) {
+      if (valid_utf8(s)) {
+        a.push_back(s);
+        continue;
+      }
+      std::string h;
+      for (unsigned char c : s) {
+        h += hex[c >> 4];
+        h += hex[c & 15];
+      }
+      json::Value o = json::Value::object();
+      o.set("hex", h);
+      a.push_back(std::move(o));
+    }
+    return a;
+  }
+  static std::vector<std::string> strings_from(const json::Value& v) {
+    std::vector<std::string> out;
+    out.reserve(v.size());
+    for (const auto& x : v.as_array()) {
+      if (x.is_string()) {
+        out.push_back(x.as_string());
+        continue;
+      }
+      const std::string& h = x.at("hex").as_string();
+      check(h.size() % 2 == 0, "TabularEncoder::from_json", "expected an even number of hex digits but got '", h, "'");
+      std::string s;
+      auto nib = [&](char c) -> int {
+        if (c >= '0' && c <= '9') return c - '0';
+        if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+        fail("TabularEncoder::from_json", "expected hex digits but got '", h, "'");
+      };
+      for (std::size_t i = 0; i < h.size(); i += 2) s += char(nib(h[i]) * 16 + nib(h[i + 1]));
+      out.push_back(std::move(s));
+    }
+    return out;
+  }
+
+  TabularSchema schema_;
+  std::vector<FeatureState> features_;
+  std::vector<TaskState> tasks_;
+  bool fitted_ = false;
+};
+
+}  // namespace data
+}  // namespace mtrec
