@@ -457,25 +457,10 @@ json::Value metrics_json(const Evaluation& ev, const data::TabularEncoder& enc) 
 
 // ---- checkpoint with preprocessing -----------------------------------------------------------
 
-// save_checkpoint's file (same tensors and metadata, so load_checkpoint
-// reads it) plus the encoder as one more metadata entry.
+// A regular checkpoint (load_checkpoint reads it) with the encoder as one
+// more metadata entry.
 void save_model(const std::string& path, const MultiTaskModel<float>& model, const data::TabularEncoder& enc) {
-  const ParameterStore<float>& st = model.parameters();
-  std::vector<TensorRecord> records;
-  records.reserve(std::size_t(st.count()));
-  for (ParamId id = 0; id < st.count(); ++id) {
-    const auto& info = st.info(id);
-    std::vector<std::int64_t> shape(info.shape.dims.begin(), info.shape.dims.begin() + info.shape.rank);
-    records.push_back(TensorRecord::of(info.name, st.value(id), shape));
-  }
-  std::map<std::string, std::string> meta;
-  meta["format"] = "mtrec.checkpoint";
-  meta["version"] = std::to_string(MTREC_VERSION_MAJOR) + "." + std::to_string(MTREC_VERSION_MINOR) + "." +
-                    std::to_string(MTREC_VERSION_PATCH);
-  meta["dtype"] = "F32";
-  meta["config"] = config_to_json(model.config()).dump();
-  meta[kPreprocessingKey] = enc.to_json().dump();
-  save_safetensors(path, records, meta);
+  save_checkpoint<float>(path, model, nullptr, {{kPreprocessingKey, enc.to_json().dump()}});
 }
 
 struct Loaded {

@@ -259,8 +259,11 @@ inline std::vector<double> doubles_from(const json::Value& v) {
 
 // Writes the model (and, if given, the trainer's optimizer and state) to
 // `path` atomically. Call between steps (gradients are not saved).
+// `extra_metadata` adds application entries (e.g. mtrec-train's
+// preprocessing); it may not replace the entries above.
 template <class T>
-inline void save_checkpoint(const std::string& path, const MultiTaskModel<T>& model, Trainer<T>* trainer = nullptr) {
+inline void save_checkpoint(const std::string& path, const MultiTaskModel<T>& model, Trainer<T>* trainer = nullptr,
+                            const std::map<std::string, std::string>& extra_metadata = {}) {
   const ParameterStore<T>& st = model.parameters();
   std::vector<TensorRecord> records;
   for (ParamId id = 0; id < st.count(); ++id) {
@@ -291,6 +294,9 @@ inline void save_checkpoint(const std::string& path, const MultiTaskModel<T>& mo
     t.set("initial_loss", detail::doubles_json(ts.initial_loss));
     meta["trainer"] = t.dump();
   }
+  for (const auto& kv : extra_metadata)
+    check(meta.emplace(kv.first, kv.second).second, "save_checkpoint", "extra metadata key '", kv.first,
+          "' is reserved by the checkpoint format");
   save_safetensors(path, records, meta);
 }
 
