@@ -17,6 +17,7 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <mutex>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -147,6 +148,9 @@ int main(int argc, char** argv) {
     const mtrec::ModelConfig& cfg = model->config();
     if (score_column.empty()) score_column = model->output_columns().front();
     const auto item_fields = split(item_fields_arg, ',');
+    // Checked here, on the main thread, so a bad field is a clean error.
+    const mtrec::TopKScorer<float> probe(*model, item_fields, score_column);
+    (void)probe;
     // Requests are generated up front so that only scoring is timed.
     const int pool = int(std::min<long long>(requests, 64));
     std::vector<mtrec::Batch<float>> users, items;
@@ -155,27 +159,37 @@ int main(int argc, char** argv) {
       items.push_back(random_rows(cfg, candidates, 5000 + std::uint64_t(r)));
     }
     std::vector<std::vector<double>> latency(static_cast<std::size_t>(threads));
+    for (auto& l : latency) l.reserve(static_cast<std::size_t>(requests));  // no allocation while timing
     std::atomic<long long> next{0};
     std::atomic<double> checksum{0};
+    std::mutex error_mutex;
+    std::string worker_error;
     const auto t0 = std::chrono::steady_clock::now();
     std::vector<std::thread> workers;
     for (int t = 0; t < threads; ++t)
       workers.emplace_back([&, t] {
-        mtrec::set_num_threads(1);  // one core per request; concurrency comes from the serving threads
-        mtrec::TopKScorer<float> scorer(*model, item_fields, score_column);
-        double local = 0;
-        for (long long r = next++; r < requests; r = next++) {
-          const auto s0 = std::chrono::steady_clock::now();
-          const auto& top = scorer.score(users[std::size_t(r % pool)], items[std::size_t(r % pool)], k);
-          const auto s1 = std::chrono::steady_clock::now();
-          latency[std::size_t(t)].push_back(std::chrono::duration<double, std::milli>(s1 - s0).count());
-          local += top.front().score;
-        }
-        double cur = checksum.load();
-        while (!checksum.compare_exchange_weak(cur, cur + local)) {
+        try {
+          mtrec::set_num_threads(1);  // one core per request; concurrency comes from the serving threads
+          mtrec::TopKScorer<float> scorer(*model, item_fields, score_column);
+          double local = 0;
+          for (long long r = next++; r < requests; r = next++) {
+            const auto s0 = std::chrono::steady_clock::now();
+            const auto& top = scorer.score(users[std::size_t(r % pool)], items[std::size_t(r % pool)], k);
+            const auto s1 = std::chrono::steady_clock::now();
+            latency[std::size_t(t)].push_back(std::chrono::duration<double, std::milli>(s1 - s0).count());
+            local += top.front().score;
+          }
+          double cur = checksum.load();
+          while (!checksum.compare_exchange_weak(cur, cur + local)) {
+          }
+        } catch (const std::exception& e) {
+          std::lock_guard<std::mutex> lock(error_mutex);
+          if (worker_error.empty()) worker_error = e.what();
+          next = requests;  // stop the other threads
         }
       });
     for (auto& w : workers) w.join();
+    if (!worker_error.empty()) throw mtrec::Error("serve", worker_error);
     const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     std::vector<double> all;
     for (const auto& l : latency) all.insert(all.end(), l.begin(), l.end());

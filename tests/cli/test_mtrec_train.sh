@@ -3,6 +3,7 @@
 #
 #   bash tests/cli/test_mtrec_train.sh PATH/TO/mtrec-train SCRATCH_DIR
 #
+# Optional third argument: the serve binary, smoke-tested on the saved checkpoint.
 # Generates a small CSV with a learnable signal, trains with --split, --save
 # and --curve, checks the JSON summary, predicts from the checkpoint alone,
 # and checks that malformed inputs fail with a message naming the file and
@@ -12,8 +13,8 @@
 # count, and a busy CI machine makes spinning OpenMP threads slow.
 set -u
 
-if [ $# -ne 2 ]; then
-  echo "usage: $0 MTREC_TRAIN_BINARY SCRATCH_DIR" >&2
+if [ $# -lt 2 ] || [ $# -gt 3 ]; then
+  echo "usage: $0 MTREC_TRAIN_BINARY SCRATCH_DIR [SERVE_BINARY]" >&2
   exit 2
 fi
 BIN=$1
@@ -240,6 +241,19 @@ for input in bad_number ragged empty; do
 done
 "$BIN" --load "$DIR/model.safetensors" --predict "$DIR/data.csv" --threads 1 >/dev/null 2>"$DIR/predict_err.txt"
 expect "--predict without --out is a command-line error (exit 2)" test $? -eq 2
+
+# The serving example answers top-K requests from the checkpoint mtrec-train wrote.
+SERVE="${3:-}"
+if [ -n "$SERVE" ]; then
+  "$SERVE" --load "$DIR/model.safetensors" --item-fields item,genres,title --threads 2 --requests 200 \
+    --candidates 50 --k 5 >"$DIR/serve.out" 2>"$DIR/serve.err"
+  rc=$?
+  expect "serve answers 200 top-5 requests from the checkpoint and reports p50/p99/throughput as JSON" \
+    python3 -c 'import json,sys; j=json.loads(open(sys.argv[1]).read().strip().splitlines()[-1]); sys.exit(0 if sys.argv[2]=="0" and j["requests"]==200 and 0<j["p50_ms"]<=j["p99_ms"] and j["requests_per_s"]>0 else 1)' "$DIR/serve.out" "$rc"
+  "$SERVE" --load "$DIR/model.safetensors" --item-fields nope >/dev/null 2>"$DIR/serve.err"
+  rc=$?
+  expect "serve rejects an unknown item field, naming it" test "$rc" -ne 0 -a -n "$(grep -F "'nope'" "$DIR/serve.err")"
+fi
 
 echo "$((checks - failures))/$checks checks passed"
 [ "$failures" -eq 0 ]
