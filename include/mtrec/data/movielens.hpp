@@ -1,0 +1,613 @@
+// mtrec: MovieLens — reading the standard CSVs, the per-user temporal split,
+// and turning (user, movie, history) into model rows.
+//
+//   ratings.csv  userId,movieId,rating,timestamp
+//   movies.csv   movieId,title,genres          (genres separated by '|')
+//
+// Columns are found by name in the header row, so extra columns or another
+// column order are accepted; a missing column, a short row, a bad number or
+// an unterminated quote is an error naming the file and the line.
+//
+// Features (names as in the FeatureSpec; index 0 of every vocabulary is
+// "unknown", so a request can name a user, movie, genre or word the model
+// never saw):
+//   user     ID      the user's index
+//   movie    ID      the movie's index (table "movie")
+//   genres   bag     the movie's genres, mean-pooled
+//   title    seq     the movie's title as lower-cased words, transformer-encoded
+//   history  seq     the user's previous <= history_len movies, most recent
+//                    first, transformer-encoded over the movie table
+//
+// Everything a server needs to build the same rows (the vocabularies, each
+// movie's genre and word indices, the lengths, the rating offset) is kept in
+// MovieLensFeatures, which round-trips through JSON; save_movielens_checkpoint
+// stores that JSON in the checkpoint's metadata under "movielens".
+#pragma once
+
+#include <algorithm>
+#include <cctype>
+#include <cerrno>
+#include <cmath>
+#include <cstdint>
+#include <cstdlib>
+#include <fstream>
+#include <map>
+#include <string>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+#include "mtrec/core/error.hpp"
+#include "mtrec/io/checkpoint.hpp"
+#include "mtrec/io/json.hpp"
+#include "mtrec/io/safetensors.hpp"
+#include "mtrec/model/config.hpp"
+#include "mtrec/model/features.hpp"
+
+namespace mtrec {
+namespace movielens {
+
+// ---- CSV ----------------------------------------------------------------------
+
+// Splits one CSV record (RFC 4180 quoting: a quoted field may hold commas and
+// doubled quotes). Records never span lines in MovieLens, so an unterminated
+// quote is an error rather than a continuation.
+inline std::vector<std::string> split_csv(const std::string& line, const std::string& file, std::size_t lineno) {
+  std::vector<std::string> out;
+  std::string field;
+  std::size_t i = 0;
+  const std::size_t n = line.size();
+  for (;;) {
+    field.clear();
+    if (i < n && line[i] == '"') {
+      ++i;
+      for (;;) {
+        if (i >= n) fail("movielens::read_csv", file, " line ", lineno, ": expected a closing quote but the line ended");
+        if (line[i] == '"') {
+          if (i + 1 < n && line[i + 1] == '"') {
+            field += '"';
+            i += 2;
+            continue;
+          }
+          ++i;
+          break;
+        }
+        field += line[i++];
+      }
+      if (i < n && line[i] != ',')
+        fail("movielens::read_csv", file, " line ", lineno, ": expected ',' after a quoted field but got '", line[i],
+             "'");
+    } else {
+      while (i < n && line[i] != ',') field += line[i++];
+    }
+    out.push_back(field);
+    if (i >= n) break;
+    ++i;  // the comma
+  }
+  return out;
+}
+
+// A CSV file read whole: the header's column positions and the data rows,
+// each with its 1-based line number for error messages.
+struct CsvTable {
+  std::string file;
+  std::vector<std::string> header;
+  std::vector<std::vector<std::string>> rows;
+  std::vector<std::size_t> lines;
+
+  // Position of a column, or an error naming the file and what it has.
+  std::size_t column(const std::string& name) const {
+    for (std::size_t c = 0; c < header.size(); ++c)
+      if (header[c] == name) return c;
+    std::string have;
+    for (const auto& h : header) have += (have.empty() ? "" : ",") + h;
+    fail("movielens::read_csv", file, " line 1: expected a column '", name, "' in the header but got '", have, "'");
+  }
+};
+
+inline CsvTable read_csv(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  check(bool(in), "movielens::read_csv", "cannot open '", path, "' (expected the MovieLens CSV there)");
+  CsvTable t;
+  t.file = path;
+  std::string line;
+  std::size_t lineno = 0;
+  while (std::getline(in, line)) {
+    ++lineno;
+    if (!line.empty() && line.back() == '\r') line.pop_back();  // CRLF files
+    if (lineno == 1 && line.size() >= 3 && line.compare(0, 3, "\xEF\xBB\xBF") == 0) line.erase(0, 3);  // UTF-8 BOM
+    if (line.empty()) continue;
+    auto fields = split_csv(line, path, lineno);
+    if (t.header.empty()) {
+      t.header = std::move(fields);
+      continue;
+    }
+    check(fields.size() == t.header.size(), "movielens::read_csv", path, " line ", lineno, ": expected ",
+          t.header.size(), " fields as in the header but got ", fields.size());
+    t.rows.push_back(std::move(fields));
+    t.lines.push_back(lineno);
+  }
+  check(!t.header.empty(), "movielens::read_csv", path, ": expected a header row but the file is empty");
+  check(!t.rows.empty(), "movielens::read_csv", path, ": expected data rows after the header but found none");
+  return t;
+}
+
+namespace detail {
+inline std::int64_t parse_int(const std::string& s, const CsvTable& t, std::size_t r, const char* col) {
+  char* end = nullptr;
+  errno = 0;
+  const long long v = s.empty() ? 0 : std::strtoll(s.c_str(), &end, 10);
+  if (s.empty() || errno != 0 || *end != '\0')
+    fail("movielens::read_csv", t.file, " line ", t.lines[r], ": column '", col, "' expected an integer but got '", s,
+         "'");
+  return std::int64_t(v);
+}
+inline double parse_double(const std::string& s, const CsvTable& t, std::size_t r, const char* col) {
+  char* end = nullptr;
+  errno = 0;
+  const double v = s.empty() ? 0.0 : std::strtod(s.c_str(), &end);
+  if (s.empty() || errno != 0 || *end != '\0' || !std::isfinite(v))
+    fail("movielens::read_csv", t.file, " line ", t.lines[r], ": column '", col, "' expected a number but got '", s,
+         "'");
+  return v;
+}
+}  // namespace detail
+
+struct Rating {
+  std::int64_t user = 0, movie = 0;  // raw MovieLens IDs
+  double rating = 0;                 // 0.5 .. 5 in steps of 0.5
+  std::int64_t timestamp = 0;        // seconds since 1970
+  std::size_t line = 0;              // line in ratings.csv, for error messages
+};
+
+struct Movie {
+  std::int64_t movie = 0;
+  std::string title;                // "Toy Story (1995)"
+  std::vector<std::string> genres;  // "(no genres listed)" is kept as a genre of its own
+};
+
+inline std::vector<Rating> read_ratings(const std::string& path) {
+  const CsvTable t = read_csv(path);
+  const std::size_t cu = t.column("userId"), cm = t.column("movieId"), cr = t.column("rating"),
+                    ct = t.column("timestamp");
+  std::vector<Rating> out;
+  out.reserve(t.rows.size());
+  for (std::size_t r = 0; r < t.rows.size(); ++r) {
+    Rating x;
+    x.user = detail::parse_int(t.rows[r][cu], t, r, "userId");
+    x.movie = detail::parse_int(t.rows[r][cm], t, r, "movieId");
+    x.rating = detail::parse_double(t.rows[r][cr], t, r, "rating");
+    x.timestamp = detail::parse_int(t.rows[r][ct], t, r, "timestamp");
+    x.line = t.lines[r];
+    check(x.rating >= 0 && x.rating <= 5, "movielens::read_ratings", path, " line ", t.lines[r],
+          ": expected a rating in [0, 5] but got ", x.rating);
+    out.push_back(x);
+  }
+  return out;
+}
+
+inline std::vector<Movie> read_movies(const std::string& path) {
+  const CsvTable t = read_csv(path);
+  const std::size_t cm = t.column("movieId"), ct = t.column("title"), cg = t.column("genres");
+  std::vector<Movie> out;
+  out.reserve(t.rows.size());
+  std::unordered_map<std::int64_t, std::size_t> seen;
+  for (std::size_t r = 0; r < t.rows.size(); ++r) {
+    Movie m;
+    m.movie = detail::parse_int(t.rows[r][cm], t, r, "movieId");
+    const auto ins = seen.emplace(m.movie, t.lines[r]);
+    check(ins.second, "movielens::read_movies", path, " line ", t.lines[r], ": movieId ", m.movie,
+          " expected once but was already on line ", ins.first->second);
+    m.title = t.rows[r][ct];
+    const std::string& g = t.rows[r][cg];
+    std::size_t s = 0;
+    while (s <= g.size()) {
+      const std::size_t e = std::min(g.find('|', s), g.size());
+      if (e > s) m.genres.push_back(g.substr(s, e - s));
+      s = e + 1;
+    }
+    out.push_back(std::move(m));
+  }
+  return out;
+}
+
+// ---- text ---------------------------------------------------------------------
+
+// The words of a title: maximal runs of ASCII letters and digits, lower-cased,
+// with every byte >= 0x80 counted as a letter so that UTF-8 words such as
+// "léon" stay whole. The release year "(1995)" becomes the word "1995",
+// which is how the model sees the year. dslabs writes a missing title as
+// "NA": that, like an empty title, has no words.
+inline std::vector<std::string> title_words(const std::string& title) {
+  std::vector<std::string> words;
+  if (title == "NA") return words;
+  std::string w;
+  for (char ch : title) {
+    const unsigned char c = static_cast<unsigned char>(ch);
+    if (c >= 0x80 || std::isalnum(c)) {
+      w += c < 0x80 ? char(std::tolower(c)) : ch;
+    } else if (!w.empty()) {
+      words.push_back(w);
+      w.clear();
+    }
+  }
+  if (!w.empty()) words.push_back(w);
+  return words;
+}
+
+// ---- vocabularies ---------------------------------------------------------------
+
+// Raw keys -> dense indices 1..n in insertion order; 0 is "unknown".
+template <class K>
+class Vocabulary {
+ public:
+  index_t add(const K& key) {
+    auto it = index_.find(key);
+    if (it != index_.end()) return it->second;
+    keys_.push_back(key);
+    const index_t i = index_t(keys_.size());
+    index_.emplace(key, i);
+    return i;
+  }
+  index_t operator()(const K& key) const {
+    auto it = index_.find(key);
+    return it == index_.end() ? 0 : it->second;
+  }
+  bool contains(const K& key) const { return index_.count(key) != 0; }
+  index_t size() const { return index_t(keys_.size()) + 1; }  // rows of the table, with "unknown"
+  const std::vector<K>& keys() const { return keys_; }         // keys()[i - 1] has index i
+
+ private:
+  std::vector<K> keys_;
+  std::unordered_map<K, index_t> index_;
+};
+
+// ---- features -------------------------------------------------------------------
+
+struct FeatureOptions {
+  index_t history_len = 50;   // previous movies per row
+  index_t title_len = 12;     // title words kept (98% of titles have at most 12)
+  index_t min_word_count = 2; // a word in fewer titles is "unknown": a one-title word is only a movie ID again
+};
+
+// Sizes of the model around the features.
+struct ModelShape {
+  index_t user_dim = 32;
+  index_t genre_dim = 16;
+  TransformerConfig title;    // its d_model is the word embedding dim
+  int title_layers = 1;
+  TransformerConfig history;  // its d_model is also the movie embedding dim (shared table)
+  int history_layers = 1;
+};
+
+class MovieLensFeatures {
+ public:
+  // Vocabularies from the catalogue (every movie of movies.csv, so a movie
+  // rated only in the test period still has its title and genres) and from
+  // the users of ratings.csv. Ratings of a movie missing from movies.csv are
+  // an error: the file pair is inconsistent.
+  static MovieLensFeatures build(const std::vector<Movie>& movies, const std::vector<Rating>& ratings,
+                                 const FeatureOptions& opt = {}) {
+    const char* op = "MovieLensFeatures::build";
+    check(opt.history_len >= 1 && opt.title_len >= 1, op, "expected history_len and title_len >= 1 but got ",
+          opt.history_len, " and ", opt.title_len);
+    MovieLensFeatures f;
+    f.opt_ = opt;
+    std::map<std::string, index_t> word_titles;  // sorted: the vocabulary does not depend on hash order
+    for (const auto& m : movies) {
+      f.movies_.add(m.movie);
+      for (const auto& g : m.genres) f.genres_.add(g);
+      auto w = title_words(m.title);
+      std::sort(w.begin(), w.end());
+      w.erase(std::unique(w.begin(), w.end()), w.end());
+      for (const auto& x : w) ++word_titles[x];
+    }
+    for (const auto& kv : word_titles)
+      if (kv.second >= opt.min_word_count) f.words_.add(kv.first);
+    f.movie_genres_.assign(std::size_t(f.movies_.size()), {});
+    f.movie_words_.assign(std::size_t(f.movies_.size()), {});
+    for (const auto& m : movies) {
+      const index_t i = f.movies_(m.movie);
+      for (const auto& g : m.genres) f.movie_genres_[std::size_t(i)].push_back(f.genres_(g));
+      auto& w = f.movie_words_[std::size_t(i)];
+      for (const auto& x : title_words(m.title))
+        if (index_t(w.size()) < opt.title_len) w.push_back(f.words_(x));
+    }
+    std::vector<std::int64_t> users;
+    for (std::size_t r = 0; r < ratings.size(); ++r) {
+      check(f.movies_.contains(ratings[r].movie), op, "ratings.csv line ", ratings[r].line, ": movieId ",
+            ratings[r].movie, " expected in movies.csv but it is not listed there");
+      users.push_back(ratings[r].user);
+    }
+    std::sort(users.begin(), users.end());
+    for (auto u : users) f.users_.add(u);
+    return f;
+  }
+
+  const FeatureOptions& options() const { return opt_; }
+  const Vocabulary<std::int64_t>& users() const { return users_; }
+  const Vocabulary<std::int64_t>& movies() const { return movies_; }
+  const Vocabulary<std::string>& genres() const { return genres_; }
+  const Vocabulary<std::string>& words() const { return words_; }
+
+  // The features in Batch order: ids {user, movie}, bags {genres},
+  // sequences {title, history}. The movie field and the history share the
+  // table "movie", so the movie embedding dim is the history's d_model.
+  FeatureSpec spec(const ModelShape& s) const {
+    FeatureSpec f;
+    f.ids = {{"user", users_.size(), 0, s.user_dim, ""}, {"movie", movies_.size(), 0, s.history.d_model, "movie"}};
+    f.bags = {{"genres", genres_.size(), 0, s.genre_dim, "", BagPooling::Mean, false}};
+    SequenceFeature title;
+    title.name = "title";
+    title.vocab = words_.size();
+    title.max_len = opt_.title_len;
+    title.encoder = s.title;
+    title.layers = s.title_layers;
+    SequenceFeature hist;
+    hist.name = "history";
+    hist.vocab = movies_.size();
+    hist.table = "movie";
+    hist.max_len = opt_.history_len;
+    hist.encoder = s.history;
+    hist.layers = s.history_layers;
+    f.sequences = {title, hist};
+    return f;
+  }
+
+  // Shapes an empty batch for these features and `tasks` tasks.
+  template <class T>
+  void start(Batch<T>& b, std::size_t tasks) const {
+    b = Batch<T>();
+    b.ids.resize(2);
+    b.bags.resize(1);
+    b.bags[0].offsets = {0};
+    b.sequences.resize(2);
+    b.labels.resize(tasks);
+  }
+
+  // Appends one row: a user, a movie, and the user's previous movies, most
+  // recent first (history[0] is the movie rated just before; only the first
+  // history_len are used). IDs are raw MovieLens IDs; unknown ones map to 0.
+  template <class T>
+  void append(Batch<T>& b, std::int64_t user, std::int64_t movie, const std::int64_t* history,
+              std::size_t history_size) const {
+    check(b.ids.size() == 2 && b.bags.size() == 1 && b.sequences.size() == 2 && !b.bags[0].offsets.empty(),
+          "MovieLensFeatures::append", "expected a batch shaped by start() (2 ID, 1 bag, 2 sequence fields)");
+    const index_t m = movies_(movie);
+    b.ids[0].push_back(users_(user));
+    b.ids[1].push_back(m);
+    auto& bag = b.bags[0];
+    for (index_t g : movie_genres_[std::size_t(m)]) bag.ids.push_back(g);
+    bag.offsets.push_back(index_t(bag.ids.size()));
+    auto put = [](typename Batch<T>::Sequence& s, index_t L, const auto& get, index_t n) {
+      n = std::min(n, L);
+      for (index_t t = 0; t < L; ++t) s.ids.push_back(t < n ? get(t) : 0);
+      s.lengths.push_back(n);
+    };
+    const auto& words = movie_words_[std::size_t(m)];
+    put(b.sequences[0], opt_.title_len, [&](index_t t) { return words[std::size_t(t)]; }, index_t(words.size()));
+    put(b.sequences[1], opt_.history_len, [&](index_t t) { return movies_(history[t]); }, index_t(history_size));
+    ++b.size;
+  }
+
+  // Everything above as JSON (for the checkpoint metadata), and back.
+  json::Value to_json() const {
+    using json::Value;
+    Value j = Value::object();
+    j.set("format", "mtrec.movielens.features");
+    j.set("version", 1);
+    j.set("history_len", opt_.history_len);
+    j.set("title_len", opt_.title_len);
+    j.set("min_word_count", opt_.min_word_count);
+    auto arr = [](const auto& keys) {
+      Value a = Value::array();
+      for (const auto& k : keys) a.push_back(k);
+      return a;
+    };
+    j.set("users", arr(users_.keys()));
+    j.set("movies", arr(movies_.keys()));
+    j.set("genres", arr(genres_.keys()));
+    j.set("words", arr(words_.keys()));
+    Value mg = Value::array(), mw = Value::array();
+    for (index_t i = 1; i < movies_.size(); ++i) {
+      mg.push_back(arr(movie_genres_[std::size_t(i)]));
+      mw.push_back(arr(movie_words_[std::size_t(i)]));
+    }
+    j.set("movie_genres", mg);
+    j.set("movie_words", mw);
+    return j;
+  }
+
+  static MovieLensFeatures from_json(const json::Value& j) {
+    const char* op = "MovieLensFeatures::from_json";
+    check(j.is_object() && j.contains("format") && j.at("format").is_string() &&
+              j.at("format").as_string() == "mtrec.movielens.features",
+          op, "expected format 'mtrec.movielens.features'");
+    check(j.at("version").as_int() == 1, op, "expected version 1 but got ", j.at("version").as_int());
+    MovieLensFeatures f;
+    f.opt_.history_len = index_t(j.at("history_len").as_int());
+    f.opt_.title_len = index_t(j.at("title_len").as_int());
+    f.opt_.min_word_count = index_t(j.at("min_word_count").as_int());
+    for (const auto& x : j.at("users").as_array()) f.users_.add(x.as_int());
+    for (const auto& x : j.at("movies").as_array()) f.movies_.add(x.as_int());
+    for (const auto& x : j.at("genres").as_array()) f.genres_.add(x.as_string());
+    for (const auto& x : j.at("words").as_array()) f.words_.add(x.as_string());
+    const auto& mg = j.at("movie_genres").as_array();
+    const auto& mw = j.at("movie_words").as_array();
+    check(index_t(mg.size()) == f.movies_.size() - 1 && index_t(mw.size()) == f.movies_.size() - 1, op, "expected ",
+          f.movies_.size() - 1, " movie_genres and movie_words entries but got ", mg.size(), " and ", mw.size());
+    f.movie_genres_.assign(std::size_t(f.movies_.size()), {});
+    f.movie_words_.assign(std::size_t(f.movies_.size()), {});
+    auto ids = [&](const json::Value& a, index_t limit, const char* what) {
+      std::vector<index_t> v;
+      for (const auto& x : a.as_array()) {
+        const index_t i = index_t(x.as_int());
+        check(i >= 0 && i < limit, op, what, " index expected in [0, ", limit, ") but got ", i);
+        v.push_back(i);
+      }
+      return v;
+    };
+    for (std::size_t i = 0; i < mg.size(); ++i) {
+      f.movie_genres_[i + 1] = ids(mg[i], f.genres_.size(), "genre");
+      f.movie_words_[i + 1] = ids(mw[i], f.words_.size(), "word");
+      check(index_t(f.movie_words_[i + 1].size()) <= f.opt_.title_len, op, "movie ", f.movies_.keys()[i],
+            " has more than title_len = ", f.opt_.title_len, " words");
+    }
+    return f;
+  }
+
+ private:
+  FeatureOptions opt_;
+  Vocabulary<std::int64_t> users_, movies_;
+  Vocabulary<std::string> genres_, words_;
+  std::vector<std::vector<index_t>> movie_genres_, movie_words_;  // by movie index; [0] (unknown) is empty
+};
+
+// ---- split ----------------------------------------------------------------------
+
+enum class Part : std::uint8_t { Train, Valid, Test };
+
+// Each user's ratings in timeline order (timestamp, then movieId), with the
+// part each one falls in. The last 10% (at least 1) of a user's timeline is
+// test, the 10% before (at least 1) validation, the rest train; 10% of n is
+// floor(n / 10). A user with fewer than 3 ratings cannot give one to each part
+// and is kept whole in train (ml-latest-small has at least 20 per user).
+struct Timeline {
+  std::vector<Rating> ratings;  // grouped by user (ascending ID), each user in timeline order
+  std::vector<Part> part;       // per rating
+  std::vector<std::size_t> user_begin;  // ratings of user u: [user_begin[u], user_begin[u + 1])
+};
+
+inline Timeline split_by_time(std::vector<Rating> ratings, double valid_fraction = 0.1, double test_fraction = 0.1) {
+  check(valid_fraction >= 0 && test_fraction >= 0 && valid_fraction + test_fraction < 1, "movielens::split_by_time",
+        "expected fractions >= 0 with a sum below 1 but got valid=", valid_fraction, " test=", test_fraction);
+  std::sort(ratings.begin(), ratings.end(), [](const Rating& a, const Rating& b) {
+    if (a.user != b.user) return a.user < b.user;
+    if (a.timestamp != b.timestamp) return a.timestamp < b.timestamp;
+    return a.movie < b.movie;
+  });
+  Timeline t;
+  t.ratings = std::move(ratings);
+  t.part.assign(t.ratings.size(), Part::Train);
+  for (std::size_t i = 0; i < t.ratings.size(); ++i)
+    if (i == 0 || t.ratings[i].user != t.ratings[i - 1].user) t.user_begin.push_back(i);
+  t.user_begin.push_back(t.ratings.size());
+  for (std::size_t u = 0; u + 1 < t.user_begin.size(); ++u) {
+    const std::size_t b = t.user_begin[u], n = t.user_begin[u + 1] - b;
+    if (n < 3) continue;
+    const std::size_t n_test = std::max<std::size_t>(1, std::size_t(std::floor(double(n) * test_fraction + 1e-9)));
+    const std::size_t n_valid = std::max<std::size_t>(1, std::size_t(std::floor(double(n) * valid_fraction + 1e-9)));
+    if (n_test + n_valid >= n) continue;  // unreachable for fractions of 0.1; keeps every part non-empty otherwise
+    for (std::size_t i = n - n_test - n_valid; i < n - n_test; ++i) t.part[b + i] = Part::Valid;
+    for (std::size_t i = n - n_test; i < n; ++i) t.part[b + i] = Part::Test;
+  }
+  return t;
+}
+
+// The three parts as batches with two labels: [0] rating - rating_offset
+// (regression), [1] like = rating >= 4 (binary). Each row's history is the
+// user's previous movies in the timeline, whichever part they are in (a test
+// row sees the train and validation movies before it), never the row's own
+// movie or a later one. rating_offset is the mean train rating: the model
+// regresses the deviation from it, and adding it back gives the rating; the
+// RMSE is the same either way.
+template <class T>
+struct Datasets {
+  Batch<T> train, valid, test;
+  double rating_offset = 0;
+};
+
+template <class T>
+inline Datasets<T> make_datasets(const MovieLensFeatures& f, const Timeline& t) {
+  Datasets<T> d;
+  double sum = 0;
+  std::size_t n = 0;
+  for (std::size_t i = 0; i < t.ratings.size(); ++i)
+    if (t.part[i] == Part::Train) {
+      sum += t.ratings[i].rating;
+      ++n;
+    }
+  check(n > 0, "movielens::make_datasets", "expected some training ratings but the split has none");
+  d.rating_offset = sum / double(n);
+  Batch<T>* out[3] = {&d.train, &d.valid, &d.test};
+  for (auto* b : out) f.start(*b, 2);
+  const index_t H = f.options().history_len;
+  std::vector<std::int64_t> hist;
+  for (std::size_t u = 0; u + 1 < t.user_begin.size(); ++u) {
+    const std::size_t b = t.user_begin[u], e = t.user_begin[u + 1];
+    for (std::size_t i = b; i < e; ++i) {
+      hist.clear();
+      for (std::size_t j = i; j > b && index_t(hist.size()) < H; --j) hist.push_back(t.ratings[j - 1].movie);
+      Batch<T>& dst = *out[int(t.part[i])];
+      const Rating& r = t.ratings[i];
+      f.append(dst, r.user, r.movie, hist.data(), hist.size());
+      dst.labels[0].push_back(T(r.rating - d.rating_offset));
+      dst.labels[1].push_back(T(r.rating >= 4.0 ? 1 : 0));
+      dst.groups.push_back(f.users()(r.user));
+    }
+  }
+  return d;
+}
+
+// A copy of `b` carrying only the labels of the listed tasks (for the
+// single-task baselines, which train on one label of the same rows).
+template <class T>
+inline Batch<T> select_tasks(const Batch<T>& b, const std::vector<std::size_t>& tasks) {
+  Batch<T> out = b;
+  out.labels.clear();
+  out.label_mask.clear();
+  for (std::size_t k : tasks) {
+    check(k < b.labels.size(), "movielens::select_tasks", "task ", k, " expected below ", b.labels.size());
+    out.labels.push_back(b.labels[k]);
+    if (!b.label_mask.empty()) out.label_mask.push_back(b.label_mask[k]);
+  }
+  return out;
+}
+
+// ---- checkpoints ----------------------------------------------------------------
+
+// save_checkpoint, plus metadata "movielens" = the features' JSON with
+// "rating_offset" added: one file holds all a server needs. The file is
+// written by save_checkpoint and then rewritten (atomically) with the extra
+// metadata, so it stays loadable by load_checkpoint.
+template <class T>
+inline void save_movielens_checkpoint(const std::string& path, const MultiTaskModel<T>& model,
+                                      const MovieLensFeatures& f, double rating_offset) {
+  save_checkpoint(path, model);
+  const SafetensorsFile file = SafetensorsFile::load(path);
+  std::vector<TensorRecord> records;
+  std::vector<std::vector<std::uint8_t>> data;
+  const auto names = file.names();
+  data.reserve(names.size());
+  for (const auto& name : names) {
+    const auto& info = file.info(name);
+    data.emplace_back(std::size_t(info.nbytes()));
+    file.read_raw(name, data.back().data(), data.back().size());
+    TensorRecord r;
+    r.name = name;
+    r.dtype = info.dtype;
+    r.shape = info.shape;
+    r.data = data.back().data();
+    r.nbytes = data.back().size();
+    records.push_back(std::move(r));
+  }
+  auto meta = file.metadata();
+  json::Value j = f.to_json();
+  j.set("rating_offset", rating_offset);
+  meta["movielens"] = j.dump();
+  save_safetensors(path, records, meta);
+}
+
+// The features and rating offset stored by save_movielens_checkpoint.
+inline MovieLensFeatures load_movielens_features(const std::string& path, double* rating_offset = nullptr) {
+  const SafetensorsFile file = SafetensorsFile::load(path);
+  auto it = file.metadata().find("movielens");
+  check(it != file.metadata().end(), "load_movielens_features", "'", path,
+        "' has no 'movielens' metadata (expected a file written by save_movielens_checkpoint)");
+  const json::Value j = json::parse(it->second);
+  if (rating_offset) *rating_offset = j.at("rating_offset").as_double();
+  return MovieLensFeatures::from_json(j);
+}
+
+}  // namespace movielens
+}  // namespace mtrec
