@@ -52,14 +52,14 @@ struct Options {
   bool quiet = false;
   // features
   index_t history_len = 50, title_len = 12;
-  index_t user_dim = 32, genre_dim = 8, d_model = 16, heads = 2, ffn = 32;
+  index_t user_dim = 32, genre_dim = 8, d_model = 32, heads = 2, ffn = 64;
   int layers = 1;
   double attn_dropout = 0.1;
   // trunk and towers
   index_t experts = 4;
   std::vector<index_t> expert = {128, 64}, bottom = {128, 64}, tower = {32};
   double dropout = 0.2;
-  double init_std = 0.1;
+  double init_std = 0.01;
   // training
   index_t batch = 512;
   double lr = 2e-3, weight_decay = 0.01;

@@ -2980,6 +2980,36 @@ struct Batch {
   }
 };
 
+// A seeded train/validation/test split of an in-memory dataset. Each part
+// keeps the rows in their original order; `valid` or `test` may be empty.
+template <class T>
+struct DatasetSplit {
+  Batch<T> train, valid, test;
+};
+
+template <class T>
+inline DatasetSplit<T> split_dataset(const Batch<T>& all, double train, double valid, double test, std::uint64_t seed) {
+  const char* op = "split_dataset";
+  check(all.size > 0, op, "expected a non-empty dataset");
+  check(train > 0 && valid >= 0 && test >= 0 && std::fabs(train + valid + test - 1.0) <= 1e-6, op,
+        "expected fractions >= 0 (train > 0) summing to 1 but got ", train, ",", valid, ",", test);
+  const index_t n = all.size;
+  std::vector<index_t> perm(static_cast<std::size_t>(n));
+  for (index_t i = 0; i < n; ++i) perm[i] = i;
+  shuffle_indices(perm.data(), std::uint64_t(n), seed, 0x5B17);
+  const index_t b1 = std::min<index_t>(n, index_t(std::llround(train * double(n))));
+  const index_t b2 = test == 0 ? n : std::max<index_t>(b1, std::min<index_t>(n, index_t(std::llround((train + valid) * double(n)))));
+  DatasetSplit<T> out;
+  auto take = [&](Batch<T>& dst, index_t from, index_t to) {
+    std::sort(perm.begin() + from, perm.begin() + to);
+    dst.gather(all, perm.data() + from, to - from);
+  };
+  take(out.train, 0, b1);
+  take(out.valid, b1, b2);
+  take(out.test, b2, n);
+  return out;
+}
+
 }  // namespace mtrec
 // ==== end mtrec/model/features.hpp ============================================
 

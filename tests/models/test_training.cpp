@@ -1,6 +1,9 @@
 // Training behaviour: loss goes down, loss weighting strategies, ESMM, masks.
 #include "models/model_fixtures.hpp"
 
+#include <cstdio>
+#include <fstream>
+
 using namespace mtrec;
 
 namespace {
@@ -255,4 +258,54 @@ TEST_CASE("bad input: configuration errors name the field or task", "[bad-input]
   c = testing::tiny_config(Architecture::ESMM);
   c.tasks[1].type = TaskType::Regression;
   testing::require_error([&] { MultiTaskModel<float> m(c); }, {"ESMM", "2 binary tasks"});
+}
+
+TEST_CASE("split_dataset: seeded, disjoint, complete, in row order", "[training][data]") {
+  const ModelConfig c = testing::tiny_config(Architecture::MMoE);
+  Batch<float> all = testing::tiny_batch<float>(c, 100, 3);
+  for (index_t i = 0; i < 100; ++i) all.dense[0][i] = float(i);  // "age" = row number, to trace rows
+  const DatasetSplit<float> a = split_dataset(all, 0.8, 0.1, 0.1, 5), b = split_dataset(all, 0.8, 0.1, 0.1, 5);
+  CHECK(a.train.size == 80);
+  CHECK(a.valid.size == 10);
+  CHECK(a.test.size == 10);
+  std::vector<int> seen(100, 0);
+  for (const Batch<float>* part : {&a.train, &a.valid, &a.test})
+    for (index_t i = 0; i < part->size; ++i) {
+      ++seen[std::size_t(part->dense[0][i])];
+      if (i > 0) CHECK(part->dense[0][i] > part->dense[0][i - 1]);
+    }
+  for (int s : seen) CHECK(s == 1);
+  CHECK(a.test.dense[0] == b.test.dense[0]);
+  CHECK(split_dataset(all, 0.8, 0.1, 0.1, 6).test.dense[0] != a.test.dense[0]);
+  testing::require_error([&] { split_dataset(all, 0.8, 0.3, 0.1, 1); }, {"split_dataset", "summing to 1"});
+}
+
+TEST_CASE("trainer: early stopping restores the best epoch and the CSV log has one row per epoch",
+          "[training]") {
+  const ModelConfig c = testing::tiny_config(Architecture::SharedBottom);
+  MultiTaskModel<float> model(c);
+  const Batch<float> train = testing::tiny_batch<float>(c, 64, 1), valid = testing::tiny_batch<float>(c, 32, 2);
+  TrainConfig t = quiet(30, 3e-2);  // a high lr on tiny data: validation loss turns up quickly
+  t.patience = 2;
+  t.monitor = "loss";
+  t.csv_log = "/tmp/mtrec_test_log_" + std::to_string(::getpid()) + ".csv";
+  Trainer<float> trainer(model, t);
+  const History h = trainer.fit(train, &valid);
+  REQUIRE(h.stopped_early);
+  const int run = int(h.epochs.size());
+  CHECK(run == h.best_epoch + t.patience);
+  // The restored weights are the best epoch's: evaluating again gives its loss.
+  CHECK(evaluate(model, valid).loss == Approx(h.best_value).epsilon(1e-6));
+  std::ifstream f(t.csv_log);
+  std::string header, line;
+  std::getline(f, header);
+  CHECK(header.rfind("epoch,train_loss,lr,seconds,train_loss:ctr", 0) == 0);
+  CHECK(header.find("valid_auc:ctr") != std::string::npos);
+  int rows = 0;
+  while (std::getline(f, line)) {
+    ++rows;
+    CHECK(line.rfind(std::to_string(rows) + ",", 0) == 0);
+  }
+  CHECK(rows == run);
+  std::remove(t.csv_log.c_str());
 }
