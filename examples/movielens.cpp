@@ -32,7 +32,7 @@
 #include <string>
 #include <vector>
 
-#if defined(__linux__)
+#if defined(__unix__) || defined(__APPLE__)
 #include <unistd.h>
 #endif
 
@@ -168,6 +168,13 @@ Options parse_args(int argc, char** argv) {
   }
   if (o.epochs < 1) usage_error("--epochs expected at least 1");
   if (o.threads < 1) usage_error("--threads expected at least 1");
+#if defined(__unix__) || defined(__APPLE__)
+  if (!o.save.empty()) {  // fail now, not after minutes of training
+    const auto slash = o.save.find_last_of('/');
+    const std::string dir = slash == std::string::npos ? "." : slash == 0 ? "/" : o.save.substr(0, slash);
+    if (::access(dir.c_str(), W_OK) != 0) usage_error("--save: cannot write into the folder '" + dir + "'");
+  }
+#endif
   if (o.schedule != "constant" && o.schedule != "cosine" && o.schedule != "linear")
     usage_error("--schedule expected constant, cosine or linear, got '" + o.schedule + "'");
   if (o.models.find("mmoe") == std::string::npos && o.models.find("single") == std::string::npos)

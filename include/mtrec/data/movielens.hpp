@@ -29,6 +29,7 @@
 #include <cerrno>
 #include <cmath>
 #include <cstdint>
+#include <cstdio>
 #include <cstdlib>
 #include <fstream>
 #include <map>
@@ -567,14 +568,26 @@ inline Batch<T> select_tasks(const Batch<T>& b, const std::vector<std::size_t>& 
 // ---- checkpoints ----------------------------------------------------------------
 
 // save_checkpoint, plus metadata "movielens" = the features' JSON with
-// "rating_offset" added: one file holds all a server needs. The file is
-// written by save_checkpoint and then rewritten (atomically) with the extra
-// metadata, so it stays loadable by load_checkpoint.
+// "rating_offset" added: one file holds all a server needs, and
+// load_checkpoint reads it as any checkpoint. save_checkpoint takes no extra
+// metadata, so its output goes to a scratch file beside `path`, is read back,
+// and is written to `path` (atomically) with the metadata added: `path` is
+// never left holding a checkpoint without it.
 template <class T>
 inline void save_movielens_checkpoint(const std::string& path, const MultiTaskModel<T>& model,
                                       const MovieLensFeatures& f, double rating_offset) {
-  save_checkpoint(path, model);
-  const SafetensorsFile file = SafetensorsFile::load(path);
+  const std::string scratch = path + ".without-movielens";
+  save_checkpoint(scratch, model);
+  const SafetensorsFile file = [&] {
+    try {
+      SafetensorsFile loaded = SafetensorsFile::load(scratch);
+      std::remove(scratch.c_str());
+      return loaded;
+    } catch (...) {
+      std::remove(scratch.c_str());
+      throw;
+    }
+  }();
   std::vector<TensorRecord> records;
   std::vector<std::vector<std::uint8_t>> data;
   const auto names = file.names();
