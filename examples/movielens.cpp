@@ -208,14 +208,19 @@ double seconds_since(std::chrono::steady_clock::time_point t) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
 }
 
+TaskSpec task(const Options& o, const char* name, TaskType type, double weight, TaskLoss loss) {
+  TaskSpec t;
+  t.name = name;
+  t.type = type;
+  t.tower = o.tower;
+  t.weight = weight;
+  t.loss = loss;
+  return t;
+}
 TaskSpec rating_task(const Options& o) {
-  TaskSpec t{"rating", TaskType::Regression, 0, o.tower, o.rating_weight, TaskLoss::MSE, 1.0};
-  return t;
+  return task(o, "rating", TaskType::Regression, o.rating_weight, TaskLoss::MSE);
 }
-TaskSpec like_task(const Options& o) {
-  TaskSpec t{"like", TaskType::Binary, 0, o.tower, o.like_weight, TaskLoss::BCE, 1.0};
-  return t;
-}
+TaskSpec like_task(const Options& o) { return task(o, "like", TaskType::Binary, o.like_weight, TaskLoss::BCE); }
 
 ModelConfig model_config(const Options& o, const ml::MovieLensFeatures& f, Architecture arch,
                          std::vector<TaskSpec> tasks, std::uint64_t seed) {
@@ -385,8 +390,8 @@ int main(int argc, char** argv) {
       std::fprintf(stderr,
                  "data: %zu ratings, %lld users, %lld movies, %lld genres, %lld title words; train %lld, valid %lld, "
                  "test %lld rows; train mean rating %.4f (%.1f s)\n",
-                 ratings.size(), (long long)features.users().size() - 1, (long long)features.movies().size() - 1,
-                 (long long)features.genres().size() - 1, (long long)features.words().size() - 1,
+                 ratings.size(), (long long)features.users().size(), (long long)features.movies().size(),
+                 (long long)features.genres().size(), (long long)features.words().size(),
                  (long long)d.train.size, (long long)d.valid.size, (long long)d.test.size, d.rating_offset,
                  load_seconds);
 

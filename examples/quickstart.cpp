@@ -31,8 +31,9 @@ ModelConfig study_model(Architecture arch, std::uint64_t seed) {
   c.architecture = arch;
   c.seed = seed;
   c.tasks = {{"y1", TaskType::Regression, 0, {8}}, {"y2", TaskType::Regression, 0, {8}}};
-  c.bottom = {113};        // shared-bottom: one hidden layer of 113 units (the paper's size)
-  c.experts = 8;           // MMoE: 8 experts of 16 units (~ the same parameter count)
+  c.bottom = {64, 32};     // shared-bottom: two hidden layers (8.4k weights); see the README for why
+                           // not the paper's one 113-unit layer
+  c.experts = 8;           // MMoE: 8 experts of 16 units (12.8k weights)
   c.expert = {16};
   c.ple_levels = 2;        // PLE: 2 CGC levels, 2 shared + 2 task experts of 16 units each
   c.ple_shared_experts = 2;

@@ -1193,17 +1193,29 @@ inline void gemm_block(Trans ta, Trans tb, index_t M, index_t N, index_t K, T al
 // blocks of C rows (or columns) whose size depends on the shape only; each
 // block runs Eigen's single-threaded GEMM with the full K, so the result is
 // the same for every thread count.
+//
+// Every block packs the whole of op(B) again, so blocks are kept large: about
+// kGemmBlockRows rows each (2 to 16 blocks, sizes rounded to a multiple of
+// 16). 512-row products thus run as 2 blocks rather than 8, and n = 2048 as 8
+// rather than 16.
+namespace detail {
+constexpr index_t kGemmBlockRows = 256;
+inline index_t gemm_block_extent(index_t extent, double flops) {
+  constexpr double kParallelFlops = 1 << 20;
+  if (flops < kParallelFlops) return extent;
+  const index_t blocks = std::min<index_t>(16, std::max<index_t>(2, extent / kGemmBlockRows));
+  return std::max<index_t>(16, ((extent + blocks - 1) / blocks + 15) / 16 * 16);
+}
+}  // namespace detail
+
 template <class T>
 inline void gemm(cpu_t, Trans ta, Trans tb, index_t M, index_t N, index_t K, T alpha, const T* A, index_t lda,
                  const T* B, index_t ldb, T beta, T* C, index_t ldc) {
   if (M <= 0 || N <= 0) return;
   const double flops = 2.0 * double(M) * double(N) * double(K);
-  constexpr double kParallelFlops = 1 << 20;
   const bool split_rows = M >= N;
   const index_t extent = split_rows ? M : N;
-  // ~16 blocks of at least 64 rows/cols, rounded to a multiple of 16.
-  index_t block = std::max<index_t>(64, ((extent + 15) / 16 + 15) / 16 * 16);
-  if (flops < kParallelFlops) block = extent;
+  const index_t block = detail::gemm_block_extent(extent, flops);
   parallel_chunks(extent, block, [&](index_t b, index_t e) {
     if (split_rows) {
       const T* a = ta == Trans::N ? A + b * lda : A + b;
@@ -1391,60 +1403,127 @@ inline void layernorm_forward(cpu_t, T* y, T* mean, T* rstd, const T* x, const T
   });
 }
 
-// dx written; dgamma, dbeta accumulated. The parameter sums run over rows in
-// order (split across threads by columns), so they are deterministic.
+namespace detail {
+// layernorm_backward works on at most kLnParts chunks of rows (their bounds
+// depend on the row and column counts only) and on column tiles of
+// ln_tile<T>() values, so each chunk's partial dgamma/dbeta fit in a stack
+// array (kLnParts * 2 * 1 KiB = 64 KiB).
+constexpr index_t kLnParts = 32;
+template <class T>
+constexpr index_t ln_tile() {
+  return index_t(1024 / sizeof(T));  // 256 floats, 128 doubles: a multiple of every vector width
+}
+
+// dx for one row: two passes over the row (sums, then dx). With Acc (the
+// fused path: the whole row is one tile) the second pass also adds dy * xhat
+// and dy into the chunk's partials pg and pb.
+template <bool Acc, class T>
+inline void layernorm_backward_row(T* d, const T* xr, const T* g, const T* gamma, T mean, T rstd, index_t cols, T* pg,
+                                   T* pb) {
+  using B = simd::batch<T>;
+  constexpr index_t W = B::size;
+  const B bm(mean), brs(rstd);
+  B acc_g(T(0)), acc_gx(T(0));
+  index_t c = 0;
+  for (; c + W <= cols; c += W) {
+    const B xhat = (B::load_unaligned(xr + c) - bm) * brs;
+    const B gg = B::load_unaligned(g + c) * B::load_unaligned(gamma + c);
+    acc_g += gg;
+    acc_gx += gg * xhat;
+  }
+  T sg = simd::hsum(acc_g), sgx = simd::hsum(acc_gx);
+  for (index_t cc = c; cc < cols; ++cc) {
+    const T xhat = (xr[cc] - mean) * rstd;
+    const T gg = g[cc] * gamma[cc];
+    sg += gg;
+    sgx += gg * xhat;
+  }
+  const B mg(sg / T(cols)), mgx(sgx / T(cols));
+  c = 0;
+  for (; c + W <= cols; c += W) {
+    const B xhat = (B::load_unaligned(xr + c) - bm) * brs;
+    const B gy = B::load_unaligned(g + c);
+    (brs * (gy * B::load_unaligned(gamma + c) - mg - xhat * mgx)).store_unaligned(d + c);
+    if (Acc) {
+      (B::load_aligned(pg + c) + gy * xhat).store_aligned(pg + c);
+      (B::load_aligned(pb + c) + gy).store_aligned(pb + c);
+    }
+  }
+  for (; c < cols; ++c) {
+    const T xhat = (xr[c] - mean) * rstd;
+    d[c] = rstd * (g[c] * gamma[c] - mg.get(0) - xhat * mgx.get(0));
+    if (Acc) {
+      pg[c] += g[c] * xhat;
+      pb[c] += g[c];
+    }
+  }
+}
+}  // namespace detail
+
+// dx written; dgamma, dbeta accumulated. Rows are cut into at most
+// detail::kLnParts chunks (bounds from rows and cols only). Each chunk sums
+// dy * xhat and dy over its rows, row by row, into per-chunk partials
+// (contiguous, vectorised over the columns); the partials are then added in
+// chunk order, so the result is the same for every thread count. When a row
+// fits one column tile the partial sums ride along the dx pass; wider rows
+// take one more pass per column tile.
 template <class T>
 inline void layernorm_backward(cpu_t, T* dx, T* dgamma, T* dbeta, const T* dy, const T* x, const T* mean,
                                const T* rstd, const T* gamma, index_t rows, index_t cols) {
   using B = simd::batch<T>;
   constexpr index_t W = B::size;
-  parallel_chunks(rows, detail::rows_per_chunk(cols), [&](index_t r0, index_t r1) {
-    for (index_t r = r0; r < r1; ++r) {
-      const T* xr = x + r * cols;
-      const T* g = dy + r * cols;
-      T* d = dx + r * cols;
-      const B bm(mean[r]), brs(rstd[r]);
-      B acc_g(T(0)), acc_gx(T(0));
-      index_t c = 0;
-      for (; c + W <= cols; c += W) {
-        const B xhat = (B::load_unaligned(xr + c) - bm) * brs;
-        const B gg = B::load_unaligned(g + c) * B::load_unaligned(gamma + c);
-        acc_g += gg;
-        acc_gx += gg * xhat;
+  constexpr index_t kTile = detail::ln_tile<T>();
+  constexpr index_t kParts = detail::kLnParts;
+  static_assert(kTile % W == 0, "the column tile must be a multiple of the vector width");
+  if (rows <= 0 || cols <= 0) return;
+  const index_t chunk = std::max(detail::rows_per_chunk(cols), (rows + kParts - 1) / kParts);
+  const index_t n_chunks = (rows + chunk - 1) / chunk;
+  alignas(64) T part[kParts][2][kTile];
+  const bool fused = cols <= kTile;
+  for (index_t t0 = 0; t0 < cols; t0 += kTile) {
+    const index_t tw = std::min(kTile, cols - t0);
+    const index_t twv = (tw + W - 1) / W * W;  // partial rows padded to whole vectors
+    parallel_chunks(rows, chunk, [&](index_t r0, index_t r1) {
+      T* pg = part[r0 / chunk][0];
+      T* pb = part[r0 / chunk][1];
+      std::fill(pg, pg + twv, T(0));
+      std::fill(pb, pb + twv, T(0));
+      for (index_t r = r0; r < r1; ++r) {
+        const T* xr = x + r * cols;
+        const T* g = dy + r * cols;
+        if (fused) {
+          detail::layernorm_backward_row<true>(dx + r * cols, xr, g, gamma, mean[r], rstd[r], cols, pg, pb);
+          continue;
+        }
+        if (t0 == 0)
+          detail::layernorm_backward_row<false>(dx + r * cols, xr, g, gamma, mean[r], rstd[r], cols, pg, pb);
+        const B bm(mean[r]), brs(rstd[r]);
+        for (index_t c = 0; c < twv; c += W) {
+          const index_t left = tw - c;
+          const B gy = left >= W ? B::load_unaligned(g + t0 + c) : simd::load_partial(g + t0 + c, left);
+          const B xv = left >= W ? B::load_unaligned(xr + t0 + c) : simd::load_partial(xr + t0 + c, left);
+          (B::load_aligned(pg + c) + gy * ((xv - bm) * brs)).store_aligned(pg + c);
+          (B::load_aligned(pb + c) + gy).store_aligned(pb + c);
+        }
       }
-      T sg = simd::hsum(acc_g), sgx = simd::hsum(acc_gx);
-      for (index_t cc = c; cc < cols; ++cc) {
-        const T xhat = (xr[cc] - mean[r]) * rstd[r];
-        const T gg = g[cc] * gamma[cc];
-        sg += gg;
-        sgx += gg * xhat;
+    });
+    // Chunk partials, in chunk order, then into the accumulated gradients.
+    for (index_t c = 0; c < twv; c += W) {
+      B sg = B::load_aligned(part[0][0] + c), sb = B::load_aligned(part[0][1] + c);
+      for (index_t k = 1; k < n_chunks; ++k) {
+        sg += B::load_aligned(part[k][0] + c);
+        sb += B::load_aligned(part[k][1] + c);
       }
-      const B mg(sg / T(cols)), mgx(sgx / T(cols));
-      c = 0;
-      for (; c + W <= cols; c += W) {
-        const B xhat = (B::load_unaligned(xr + c) - bm) * brs;
-        const B gg = B::load_unaligned(g + c) * B::load_unaligned(gamma + c);
-        (brs * (gg - mg - xhat * mgx)).store_unaligned(d + c);
-      }
-      for (; c < cols; ++c) {
-        const T xhat = (xr[c] - mean[r]) * rstd[r];
-        d[c] = rstd[r] * (g[c] * gamma[c] - mg.get(0) - xhat * mgx.get(0));
+      const index_t left = tw - c;
+      if (left >= W) {
+        (B::load_unaligned(dgamma + t0 + c) + sg).store_unaligned(dgamma + t0 + c);
+        (B::load_unaligned(dbeta + t0 + c) + sb).store_unaligned(dbeta + t0 + c);
+      } else {
+        simd::store_partial(dgamma + t0 + c, simd::load_partial(dgamma + t0 + c, left) + sg, left);
+        simd::store_partial(dbeta + t0 + c, simd::load_partial(dbeta + t0 + c, left) + sb, left);
       }
     }
-  });
-  const index_t col_block = std::max<index_t>(W * 4, (simd::kChunk / std::max<index_t>(rows, 1)) / W * W);
-  parallel_chunks(cols, col_block, [&](index_t c0, index_t c1) {
-    for (index_t c = c0; c < c1; ++c) {
-      T sg = 0, sb = 0;
-      for (index_t r = 0; r < rows; ++r) {
-        const T gy = dy[r * cols + c];
-        sg += gy * (x[r * cols + c] - mean[r]) * rstd[r];
-        sb += gy;
-      }
-      dgamma[c] += sg;
-      dbeta[c] += sb;
-    }
-  });
+  }
 }
 
 // ---- dropout, residual, Adam ------------------------------------------------
@@ -1860,6 +1939,36 @@ inline void zero_padded_rows(T* x, ConstView<index_t> lengths, index_t B, index_
     if (len < Tl) std::memset(x + (b * Tl + len) * C, 0, sizeof(T) * static_cast<std::size_t>((Tl - len) * C));
   }
 }
+// True when every value in rows [lengths[b], T) of each sequence in x (B,T,C)
+// is zero (+0 or -0; NaN is not). Reads the padded rows only.
+template <class T>
+inline bool padded_rows_are_zero(const T* x, ConstView<index_t> lengths, index_t B, index_t Tl, index_t C) {
+  for (index_t b = 0; b < B; ++b) {
+    const T* p = x + (b * Tl + lengths[b]) * C;
+    const index_t n = (Tl - lengths[b]) * C;
+    bool zero = true;
+    for (index_t i = 0; i < n; ++i) zero &= p[i] == T(0);
+    if (!zero) return false;
+  }
+  return true;
+}
+// dy (B,T,C) with its padded rows' gradient dropped: dy itself when those
+// rows already hold zeros (a layer below wrote them so), else a copy in `ws`
+// with the valid rows copied and the padded rows zeroed. `ws` is sized either
+// way, so that which path a step takes never decides whether it allocates.
+template <class T>
+inline const T* drop_padded_gradient(const T* dy, Tensor<T>& ws, ConstView<index_t> lengths, index_t B, index_t Tl,
+                                     index_t C) {
+  ws.resize({B, Tl, C});
+  if (padded_rows_are_zero(dy, lengths, B, Tl, C)) return dy;
+  T* out = ws.data();
+  for (index_t b = 0; b < B; ++b) {
+    const index_t len = lengths[b], base = b * Tl * C;
+    if (len > 0) std::memcpy(out + base, dy + base, sizeof(T) * static_cast<std::size_t>(len * C));
+    if (len < Tl) std::memset(out + base + len * C, 0, sizeof(T) * static_cast<std::size_t>((Tl - len) * C));
+  }
+  return out;
+}
 template <class T>
 using Strided = Eigen::Map<RowMatrix<T>, Eigen::Unaligned, Eigen::OuterStride<>>;
 template <class T>
@@ -1877,7 +1986,8 @@ class MultiHeadAttention {
     Tensor<T> probs;  // (B,H,T*T): head (b,h) keeps its (L,L) softmax compactly at the front
     Tensor<T> heads;  // (B,T,D) per-head outputs, concatenated; the out_proj input
     // backward workspaces
-    Tensor<T> d_y, d_heads, d_qkv, d_scores;
+    Tensor<T> d_y;  // dy with padded rows zeroed, used only when dy's are not zero already
+    Tensor<T> d_heads, d_qkv, d_scores;
   };
 
   MultiHeadAttention() = default;
@@ -1924,12 +2034,12 @@ class MultiHeadAttention {
     T* probs = ctx.probs.data();
     parallel_for(B * h_, double(Tl) * double(Tl) * double(dh) * 4.0, [&](index_t bh) {
       const index_t b = bh / h_, hd = bh % h_, L = lengths[b];
-      T* out = heads + b * Tl * D + hd * dh;
-      detail::Strided<T> O(out, Tl, dh, Eigen::OuterStride<>(D));
-      if (L == 0) {
-        O.setZero();
-        return;
-      }
+      // Padded rows of the out_proj input: zero (finite), one contiguous block
+      // per sequence, written by the sequence's first head.
+      if (hd == 0 && L < Tl)
+        std::memset(heads + (b * Tl + L) * D, 0, sizeof(T) * static_cast<std::size_t>((Tl - L) * D));
+      if (L == 0) return;
+      detail::Strided<T> O(heads + b * Tl * D + hd * dh, L, dh, Eigen::OuterStride<>(D));
       const T* base = qkv + b * Tl * 3 * D + hd * dh;
       const detail::ConstStrided<T> Q(base, L, dh, Eigen::OuterStride<>(3 * D));
       const detail::ConstStrided<T> K(base + D, L, dh, Eigen::OuterStride<>(3 * D));
@@ -1938,8 +2048,7 @@ class MultiHeadAttention {
       MatrixMap<T> P(p, L, L);
       P.noalias() = (Q * K.transpose()) * scale;  // scores (L,L)
       kernels::softmax_forward(kernels::backend{}, p, p, L, L);
-      O.topRows(L).noalias() = P * V;  // (L,dh)
-      O.bottomRows(Tl - L).setZero();
+      O.noalias() = P * V;  // (L,dh)
     });
     out_proj_.forward_impl(heads, y, n);
     detail::zero_padded_rows(y, lengths, B, Tl, D);
@@ -1947,14 +2056,13 @@ class MultiHeadAttention {
 
   void backward_impl(Context& ctx, const T* dy, T* dx) const {
     const index_t B = ctx.B, Tl = ctx.T_len, n = B * Tl, D = d_, dh = dh_;
-    ctx.d_y.resize({B, Tl, D});
     ctx.d_heads.resize({B, Tl, D});
     ctx.d_qkv.resize({B, Tl, 3 * D});
     ctx.d_scores.resize({B, h_, Tl * Tl});
-    // Padded output rows are constant zero: their incoming gradient is dropped.
-    std::memcpy(ctx.d_y.data(), dy, sizeof(T) * static_cast<std::size_t>(n * D));
-    detail::zero_padded_rows(ctx.d_y.data(), ctx.lengths, B, Tl, D);
-    out_proj_.backward_impl(ctx.heads.data(), ctx.d_y.data(), ctx.d_heads.data(), n);
+    // Padded output rows are constant zero: their incoming gradient is dropped
+    // (no copy when it is zero already, as inside a transformer layer).
+    const T* d_y = detail::drop_padded_gradient(dy, ctx.d_y, ctx.lengths, B, Tl, D);
+    out_proj_.backward_impl(ctx.heads.data(), d_y, ctx.d_heads.data(), n);
     const T scale = T(1) / std::sqrt(T(dh));
     const T* qkv = ctx.qkv.data();
     const T* d_heads = ctx.d_heads.data();
@@ -1963,14 +2071,14 @@ class MultiHeadAttention {
     T* d_scores = ctx.d_scores.data();
     parallel_for(B * h_, double(Tl) * double(Tl) * double(dh) * 8.0, [&](index_t bh) {
       const index_t b = bh / h_, hd = bh % h_, L = ctx.lengths[b];
-      T* dbase = d_qkv + b * Tl * 3 * D + hd * dh;
-      detail::Strided<T> dQ(dbase, Tl, dh, Eigen::OuterStride<>(3 * D));
-      detail::Strided<T> dK(dbase + D, Tl, dh, Eigen::OuterStride<>(3 * D));
-      detail::Strided<T> dV(dbase + 2 * D, Tl, dh, Eigen::OuterStride<>(3 * D));
-      dQ.bottomRows(Tl - L).setZero();
-      dK.bottomRows(Tl - L).setZero();
-      dV.bottomRows(Tl - L).setZero();
+      // Padded rows of d_qkv: zero, one contiguous block per sequence.
+      if (hd == 0 && L < Tl)
+        std::memset(d_qkv + (b * Tl + L) * 3 * D, 0, sizeof(T) * static_cast<std::size_t>((Tl - L) * 3 * D));
       if (L == 0) return;
+      T* dbase = d_qkv + b * Tl * 3 * D + hd * dh;
+      detail::Strided<T> dQ(dbase, L, dh, Eigen::OuterStride<>(3 * D));
+      detail::Strided<T> dK(dbase + D, L, dh, Eigen::OuterStride<>(3 * D));
+      detail::Strided<T> dV(dbase + 2 * D, L, dh, Eigen::OuterStride<>(3 * D));
       const T* base = qkv + b * Tl * 3 * D + hd * dh;
       const detail::ConstStrided<T> Q(base, L, dh, Eigen::OuterStride<>(3 * D));
       const detail::ConstStrided<T> K(base + D, L, dh, Eigen::OuterStride<>(3 * D));
@@ -1982,9 +2090,9 @@ class MultiHeadAttention {
       MatrixMap<T> dS(ds, L, L);
       dS.noalias() = dO * V.transpose();  // dP (L,L)
       kernels::softmax_backward(kernels::backend{}, ds, ds, p, L, L);
-      dQ.topRows(L).noalias() = (dS * K) * scale;
-      dK.topRows(L).noalias() = (dS.transpose() * Q) * scale;
-      dV.topRows(L).noalias() = P.transpose() * dO;
+      dQ.noalias() = (dS * K) * scale;
+      dK.noalias() = (dS.transpose() * Q) * scale;
+      dV.noalias() = P.transpose() * dO;
     });
     in_proj_.backward_impl(ctx.x.data, d_qkv, dx, n);
   }
@@ -2088,6 +2196,15 @@ inline ParamId make_embedding_table(ParameterStore<T>& store, const std::string&
 }
 
 namespace detail {
+// A hint to fetch the cache line at p for reading (no-op where unsupported).
+inline void prefetch_read(const void* p) {
+#if defined(__GNUC__) || defined(__clang__)
+  __builtin_prefetch(p, 0, 3);
+#else
+  (void)p;
+#endif
+}
+
 template <class T>
 inline void check_ids(const char* op, const ParameterStore<T>& store, ParamId table, const index_t* ids, index_t n) {
   const index_t rows = store.info(table).shape[0];
@@ -2212,21 +2329,7 @@ class EmbeddingBag {
     ctx.ids = ids;
     ctx.offsets = offsets;
     ctx.weights = weights;
-    const T* w = store_->value(table_);
-    parallel_for(B, double(dim_) * double(n) / double(std::max<index_t>(B, 1)), [&](index_t b) {
-      T* yb = y.data + b * dim_;
-      std::memset(yb, 0, sizeof(T) * static_cast<std::size_t>(dim_));
-      const index_t s = offsets[b], e = offsets[b + 1];
-      for (index_t i = s; i < e; ++i) {
-        const T* row = w + ids[i] * dim_;
-        const T a = weights.empty() ? T(1) : weights[i];
-        for (index_t c = 0; c < dim_; ++c) yb[c] += a * row[c];
-      }
-      if (pooling_ == BagPooling::Mean && e > s) {
-        const T inv = T(1) / T(e - s);
-        for (index_t c = 0; c < dim_; ++c) yb[c] *= inv;
-      }
-    });
+    pool_bags(ids.data, offsets.data, weights.empty() ? nullptr : weights.data, y.data, B);
   }
 
   // table.grad[ids[i]] += scale_i * dy[bag(i)]; dweights (n) written if given
@@ -2267,6 +2370,104 @@ class EmbeddingBag {
   BagPooling pooling() const { return pooling_; }
 
  private:
+  // Bags per parallel chunk (a fixed count: bags are independent, so the
+  // split never changes a result) and how many IDs ahead rows are prefetched.
+  static constexpr index_t kBagsPerChunk = 64;
+  static constexpr index_t kPrefetchAhead = 16;
+
+  // y (B,dim): bag b = sum over its IDs, in order, of (weight *) row, then
+  // times 1/length for the mean: per column the same additions, in the same
+  // order, as the scalar loop `y[c] = 0; y[c] += a * row[c]`, so a bag's
+  // result never depends on which thread runs it. Columns go in register
+  // blocks of up to 4 vectors; the rows kPrefetchAhead IDs ahead (across
+  // bags) are prefetched while the current bag is summed.
+  void pool_bags(const index_t* ids, const index_t* offsets, const T* weights, T* y, index_t B) const {
+    if (weights)
+      pool_bags_impl<true>(ids, offsets, weights, y, B);
+    else
+      pool_bags_impl<false>(ids, offsets, weights, y, B);
+  }
+
+  template <bool Weighted>
+  void pool_bags_impl(const index_t* ids, const index_t* offsets, const T* weights, T* y, index_t B) const {
+    using V = xsimd::batch<T>;
+    constexpr index_t W = V::size;
+    const T* w = store_->value(table_);
+    const index_t dim = dim_;
+    const index_t row_bytes = dim * index_t(sizeof(T));
+    const bool mean = pooling_ == BagPooling::Mean;
+    parallel_chunks(B, kBagsPerChunk, [&](index_t b0, index_t b1) {
+      const index_t i_end = offsets[b1];
+      auto prefetch_row = [&](index_t i) {
+        if (i >= i_end) return;
+        const char* row = reinterpret_cast<const char*>(w + ids[i] * dim);
+        for (index_t off = 0; off < row_bytes; off += 64) detail::prefetch_read(row + off);
+      };
+      for (index_t i = offsets[b0]; i < offsets[b0] + kPrefetchAhead; ++i) prefetch_row(i);
+      for (index_t b = b0; b < b1; ++b) {
+        T* yb = y + b * dim;
+        const index_t s = offsets[b], e = offsets[b + 1];
+        const bool scale = mean && e > s;
+        const T inv = scale ? T(1) / T(e - s) : T(1);
+        index_t c = 0;
+        bool first = true;  // the first column block issues the prefetches
+        for (; c + 4 * W <= dim; c += 4 * W) {
+          V a0(T(0)), a1(T(0)), a2(T(0)), a3(T(0));
+          for (index_t i = s; i < e; ++i) {
+            if (first) prefetch_row(i + kPrefetchAhead);
+            const T* row = w + ids[i] * dim + c;
+            if (Weighted) {
+              const V a(weights[i]);
+              a0 = a0 + a * V::load_unaligned(row);
+              a1 = a1 + a * V::load_unaligned(row + W);
+              a2 = a2 + a * V::load_unaligned(row + 2 * W);
+              a3 = a3 + a * V::load_unaligned(row + 3 * W);
+            } else {
+              a0 = a0 + V::load_unaligned(row);
+              a1 = a1 + V::load_unaligned(row + W);
+              a2 = a2 + V::load_unaligned(row + 2 * W);
+              a3 = a3 + V::load_unaligned(row + 3 * W);
+            }
+          }
+          if (scale) {
+            const V vinv(inv);
+            a0 = a0 * vinv;
+            a1 = a1 * vinv;
+            a2 = a2 * vinv;
+            a3 = a3 * vinv;
+          }
+          a0.store_unaligned(yb + c);
+          a1.store_unaligned(yb + c + W);
+          a2.store_unaligned(yb + c + 2 * W);
+          a3.store_unaligned(yb + c + 3 * W);
+          first = false;
+        }
+        for (; c + W <= dim; c += W) {
+          V acc(T(0));
+          for (index_t i = s; i < e; ++i) {
+            if (first) prefetch_row(i + kPrefetchAhead);
+            const V row = V::load_unaligned(w + ids[i] * dim + c);
+            acc = Weighted ? acc + V(weights[i]) * row : acc + row;
+          }
+          if (scale) acc = acc * V(inv);
+          acc.store_unaligned(yb + c);
+          first = false;
+        }
+        for (; c < dim; ++c) {
+          T acc = T(0);
+          for (index_t i = s; i < e; ++i) {
+            if (first) prefetch_row(i + kPrefetchAhead);
+            const T v = w[ids[i] * dim + c];
+            acc = Weighted ? acc + weights[i] * v : acc + v;
+          }
+          if (scale) acc *= inv;
+          yb[c] = acc;
+          first = false;
+        }
+      }
+    });
+  }
+
   ParameterStore<T>* store_ = nullptr;
   ParamId table_ = -1;
   index_t rows_ = 0, dim_ = 0;
@@ -2700,15 +2901,16 @@ class TransformerEncoderLayer {
     for (Tensor<T>* t : {&ctx.dD1, &ctx.dD2, &ctx.dD3}) t->resize({B, Tl, D});
     ctx.dF.resize({B, Tl, F});
     T *d1 = ctx.dD1.data(), *d2 = ctx.dD2.data(), *d3 = ctx.dD3.data(), *dF = ctx.dF.data();
-    std::memcpy(d1, dy, sizeof(T) * static_cast<std::size_t>(n * D));  // d1 = dy, padded rows dropped
-    detail::zero_padded_rows(d1, ctx.lengths, B, Tl, D);
-    drop_out_.backward_impl(ctx.drop_out, d1, d2);                    // d2 = d f2
+    // g = dy with padded rows dropped: dy itself when they are zero already
+    // (the layer above wrote them so), else a copy in d1.
+    const T* g = detail::drop_padded_gradient(dy, ctx.dD1, ctx.lengths, B, Tl, D);
+    drop_out_.backward_impl(ctx.drop_out, g, d2);                     // d2 = d f2
     lin2_.backward_impl(ctx.g.data(), d2, dF, n);                      // dF = d g
     drop_ffn_.backward_impl(ctx.drop_ffn, dF, dF);
     activation_backward(c_.activation, dF, dF, ctx.f1.data(), static_cast<const T*>(nullptr), n * F);  // dF = d f1
     lin1_.backward_impl(ctx.h2.data(), dF, d2, n);                     // d2 = d h2
     ln2_.backward_impl(ctx.ln2, d2, d3);                               // d3 = d r1 (LN2 path)
-    kernels::residual_add(kernels::backend{}, d3, d3, d1, n * D);      // d3 = d r1 (both paths)
+    kernels::residual_add(kernels::backend{}, d3, d3, g, n * D);       // d3 = d r1 (both paths)
     drop_attn_.backward_impl(ctx.drop_attn, d3, d2);                   // d2 = d attn
     attn_.backward_impl(ctx.mha, d2, d1);                              // d1 = d h1
     ln1_.backward_impl(ctx.ln1, d1, dx);                               // dx = LN1 path
@@ -2781,16 +2983,17 @@ class TransformerEncoder {
   // dx (B,T,D) written; all parameter gradients accumulated
   void backward(Context& ctx, ConstView<T> dy, TensorView<T> dx) const {
     const char* op = "TransformerEncoder::backward";
-    const index_t B = ctx.x.dim(0), Tl = ctx.x.dim(1), n = B * Tl, D = c_.d_model;
+    const index_t B = ctx.x.dim(0), Tl = ctx.x.dim(1), D = c_.d_model;
     check_shape(op, "dy", dy, {B, Tl, D});
     check_shape(op, "dx", dx, {B, Tl, D});
     ctx.d_a.resize({B, Tl, D});
     ctx.d_b.resize({B, Tl, D});
     const T* g = dy.data;
     if (final_norm_) {
-      std::memcpy(ctx.d_b.data(), dy.data, sizeof(T) * static_cast<std::size_t>(n * D));
-      detail::zero_padded_rows(ctx.d_b.data(), ctx.lengths, B, Tl, D);
-      norm_.backward_impl(ctx.final_ln, ctx.d_b.data(), ctx.d_a.data());
+      // Padded rows of y are constant zero: their gradient is dropped (a copy
+      // into d_b only when dy's padded rows are not zero already).
+      norm_.backward_impl(ctx.final_ln, detail::drop_padded_gradient(dy.data, ctx.d_b, ctx.lengths, B, Tl, D),
+                          ctx.d_a.data());
       g = ctx.d_a.data();
     }
     for (std::size_t i = layers_.size(); i-- > 0;) {
@@ -3023,7 +3226,9 @@ enum class Architecture {
   ESMM,          // pCTCVR = pCTR x pCVR over all impressions (Ma et al., SIGIR 2018)
 };
 
-enum class TaskType { Binary, Regression, MultiClass };
+// Retrieval: the label is a target item's row in a table; the tower outputs a
+// query vector scored against that table (in-batch sampled softmax).
+enum class TaskType { Binary, Regression, MultiClass, Retrieval };
 
 enum class TaskLoss {
   Default,       // BCE for binary, MSE for regression, cross-entropy for multi-class
@@ -3031,6 +3236,9 @@ enum class TaskLoss {
   MSE,
   Huber,
   CrossEntropy,
+  BPR,             // binary: pairwise -log sigmoid(s_pos - s_neg) over the batch's (positive, negative)
+                   // pairs, within each group when the batch has groups (e.g. per user)
+  SampledSoftmax,  // retrieval (its default): softmax over the batch's targets, the others as negatives
 };
 
 struct TaskSpec {
@@ -3041,6 +3249,14 @@ struct TaskSpec {
   double weight = 1.0;               // lambda_k in L = sum_k lambda_k L_k
   TaskLoss loss = TaskLoss::Default;
   double huber_delta = 1.0;
+  // Retrieval tasks only. target_table names the table the labels index:
+  // either one the features already use (item-item p(i|j), sharing the item
+  // embeddings), or a new one of target_vocab x target_dim. The model fills
+  // in target_vocab/target_dim of a shared table. Scores are <q, e_i> / temperature.
+  std::string target_table;
+  index_t target_vocab = 0;
+  index_t target_dim = 0;
+  double temperature = 1.0;
 };
 
 struct ModelConfig {
@@ -3075,12 +3291,18 @@ inline const char* task_type_name(TaskType t) {
     case TaskType::Binary: return "binary";
     case TaskType::Regression: return "regression";
     case TaskType::MultiClass: return "multiclass";
+    case TaskType::Retrieval: return "retrieval";
   }
   return "?";
 }
 
 // Columns of a task's raw output: 1, or C logits for a multi-class task.
-inline index_t task_output_width(const TaskSpec& t) { return t.type == TaskType::MultiClass ? t.num_classes : 1; }
+// A retrieval task outputs its query vector (target_dim columns).
+inline index_t task_output_width(const TaskSpec& t) {
+  if (t.type == TaskType::MultiClass) return t.num_classes;
+  if (t.type == TaskType::Retrieval) return t.target_dim;
+  return 1;
+}
 
 // One table's shape, as agreed by every field that uses it.
 struct TableSpec {
@@ -3146,11 +3368,33 @@ inline std::vector<TableSpec> validate_config(const ModelConfig& c) {
           t.weight);
     const bool ok_loss =
         t.loss == TaskLoss::Default ||
-        (t.type == TaskType::Binary && t.loss == TaskLoss::BCE) ||
+        (t.type == TaskType::Binary && (t.loss == TaskLoss::BCE || t.loss == TaskLoss::BPR)) ||
+        (t.type == TaskType::Retrieval && t.loss == TaskLoss::SampledSoftmax) ||
         (t.type == TaskType::Regression && (t.loss == TaskLoss::MSE || t.loss == TaskLoss::Huber)) ||
         (t.type == TaskType::MultiClass && t.loss == TaskLoss::CrossEntropy);
     check(ok_loss, op, "task '", t.name, "' of type ", task_type_name(t.type), " cannot use the requested loss");
     check(t.huber_delta > 0, op, "task '", t.name, "' expected huber_delta > 0 but got ", t.huber_delta);
+    if (t.type == TaskType::Retrieval) {
+      check(!t.target_table.empty(), op, "retrieval task '", t.name, "' expected a target_table");
+      check(std::isfinite(t.temperature) && t.temperature > 0, op, "retrieval task '", t.name,
+            "' expected a finite temperature > 0 but got ", t.temperature);
+      const TableSpec* shared = nullptr;
+      for (const auto& ts : tables)
+        if (ts.name == t.target_table) shared = &ts;
+      if (shared) {
+        check(!shared->hashed, op, "retrieval task '", t.name, "' target table '", t.target_table,
+              "' is hashed; labels must index a vocabulary table");
+        check(t.target_vocab == 0 || t.target_vocab == shared->rows, op, "retrieval task '", t.name,
+              "' target_vocab expected 0 or the table's ", shared->rows, " rows but got ", t.target_vocab);
+        check(t.target_dim == 0 || t.target_dim == shared->dim, op, "retrieval task '", t.name,
+              "' target_dim expected 0 or the table's dim ", shared->dim, " but got ", t.target_dim);
+      } else {
+        check(t.target_vocab > 0 && t.target_dim > 0, op, "retrieval task '", t.name, "' has a new target table '",
+              t.target_table, "': expected target_vocab > 0 and target_dim > 0 but got ", t.target_vocab, " and ",
+              t.target_dim);
+        tables.push_back({t.target_table, t.target_vocab, t.target_dim, false});
+      }
+    }
   }
   const auto K = c.tasks.size();
   switch (c.architecture) {
@@ -3174,6 +3418,9 @@ inline std::vector<TableSpec> validate_config(const ModelConfig& c) {
     case Architecture::ESMM:
       check(K == 2 && c.tasks[0].type == TaskType::Binary && c.tasks[1].type == TaskType::Binary, op,
             "ESMM expected exactly 2 binary tasks (CTR, then CTCVR) but got ", K, " tasks");
+      for (const auto& t : c.tasks)
+        check(t.loss == TaskLoss::Default || t.loss == TaskLoss::BCE, op, "ESMM task '", t.name,
+              "' expected the BCE loss");
       break;
   }
   for (index_t w : c.bottom) check(w > 0, op, "bottom widths must be positive but got ", w);
@@ -3691,6 +3938,19 @@ class MultiTaskModel {
     std::vector<typename MLP<T>::Context> tower;
     std::vector<Tensor<T>> out, d_out, d_scaled, d_tower_in;  // per task
     std::vector<Tensor<index_t>> class_ids;  // multi-class labels as ids
+    // BPR tasks: the batch's (positive, negative) row pairs and their scores.
+    struct PairWs {
+      Tensor<index_t> order, pos, neg;  // order (B): labelled rows sorted by (group, label)
+      Tensor<T> s_pos, s_neg, d_pos, d_neg, weight;  // (P)
+    };
+    // Retrieval tasks: the target rows' embeddings are the keys.
+    struct RetrievalWs {
+      Tensor<index_t> rows;    // (B) target row per batch row (0 where unlabelled)
+      Tensor<T> keys, d_keys;  // (B,D)
+      InBatchSoftmaxWorkspace<T> softmax;
+    };
+    std::vector<PairWs> pairs;
+    std::vector<RetrievalWs> retrieval;
     Tensor<T> esmm_d_ctr;                     // (B) ESMM: dL_ctcvr / d CTR logit
     TaskLosses losses;                        // the last compute_losses() result
     Mode mode;
@@ -3764,6 +4024,10 @@ class MultiTaskModel {
       if (config_.architecture == Architecture::ESMM && k == 1) {
         ws.esmm_d_ctr.resize({B});
         lr = esmm_ctcvr_loss(d, ws.esmm_d_ctr.data(), ws.out[0].data(), o, y, m, w, B);
+      } else if (t.type == TaskType::Binary && t.loss == TaskLoss::BPR) {
+        lr = bpr_task_loss(ws.pairs[k], d, o, y, m, w, batch.groups, B, t);
+      } else if (t.type == TaskType::Retrieval) {
+        lr = retrieval_task_loss(ws.retrieval[k], d, o, y, m, w, B, k);
       } else if (t.type == TaskType::Binary) {
         lr = bce_with_logits(d, o, y, m, w, B);
       } else if (t.type == TaskType::Regression) {
@@ -3793,7 +4057,6 @@ class MultiTaskModel {
   // tower). Parameter gradients accumulate into parameters().grads().
   void backward(Workspace& ws, const Batch<T>& batch, const double* coeff) const {
     const index_t B = ws.B;
-    (void)batch;
     for (std::size_t k = 0; k < num_tasks(); ++k) {
       ws.d_tower_in[k].resize({B, towers_[k].in_features()});
       const index_t n = ws.out[k].numel();
@@ -3809,6 +4072,7 @@ class MultiTaskModel {
         active = true;
       }
       if (active) towers_[k].backward(ws.tower[k], ws.d_scaled[k].view(), ws.d_tower_in[k].view());
+      if (config_.tasks[k].type == TaskType::Retrieval && coeff[k] != 0.0) retrieval_keys_backward(ws, batch, k, c);
     }
     trunk_backward(ws, coeff);
     features_backward(ws, batch);
@@ -3829,6 +4093,8 @@ class MultiTaskModel {
         T* p = out.data() + i * C + col;
         if (t.type == TaskType::Regression) {
           p[0] = o[0];
+        } else if (t.type == TaskType::Retrieval) {
+          for (index_t j = 0; j < w; ++j) p[j] = o[j];  // the query vector
         } else if (t.type == TaskType::MultiClass) {
           kernels::softmax_forward(kernels::backend{}, p, o, 1, w);
         } else if (config_.architecture == Architecture::ESMM && k == 1) {
@@ -3843,12 +4109,15 @@ class MultiTaskModel {
       for (index_t i = 0; i < B; ++i) out.data()[i * C + col] = sigmoid(ws.out[1].data()[i]);
   }
 
-  // Names of predict()'s columns: the task name, "task:class" for multi-class.
+  // Names of predict()'s columns: the task name, "task:class" for multi-class,
+  // "task:q<j>" for a retrieval task's query vector.
   std::vector<std::string> output_columns() const {
     std::vector<std::string> cols;
     for (const auto& t : config_.tasks) {
       if (t.type == TaskType::MultiClass)
         for (index_t c = 0; c < t.num_classes; ++c) cols.push_back(t.name + ":" + std::to_string(c));
+      else if (t.type == TaskType::Retrieval)
+        for (index_t j = 0; j < t.target_dim; ++j) cols.push_back(t.name + ":q" + std::to_string(j));
       else
         cols.push_back(t.name);
     }
@@ -3861,8 +4130,130 @@ class MultiTaskModel {
     return w + (config_.architecture == Architecture::ESMM ? 1 : 0);
   }
 
+ // A retrieval task's target table (rows, dim): score a query q against it
+  // as <q, row> / temperature. Shares storage with the model.
+  ConstView<T> target_table(std::size_t k) const {
+    check(k < num_tasks() && config_.tasks[k].type == TaskType::Retrieval, "MultiTaskModel::target_table",
+          "task ", k, " is not a retrieval task");
+    const ParamId id = target_table_[k];
+    return ConstView<T>(store_->value(id), store_->info(id).shape);
+  }
+
  private:
   static T sigmoid(T x) { return T(1) / (T(1) + std::exp(-x)); }
+
+  // ---- ranking and retrieval losses -------------------------------------------
+
+  // BPR over every (positive, negative) pair of labelled rows in the batch,
+  // within each group when the batch has groups. A pair weighs w_pos * w_neg.
+  // d (B) = dL/d score, written. Cost O(pairs): give groups on large batches.
+  LossResult bpr_task_loss(typename Workspace::PairWs& pw, T* d, const T* score, const T* y, const std::uint8_t* m,
+                           const T* w, const std::vector<index_t>& groups, index_t B, const TaskSpec& t) const {
+    const char* op = "MultiTaskModel::compute_losses";
+    const bool grouped = !groups.empty();
+    check(!grouped || groups.size() == static_cast<std::size_t>(B), op, "task '", t.name, "' expected ", B,
+          " groups but got ", groups.size());
+    pw.order.resize({B});
+    index_t n = 0, npos = 0;
+    for (index_t i = 0; i < B; ++i) {
+      if (m && !m[i]) continue;
+      if (y[i] != T(0) && y[i] != T(1))
+        fail(op, "BPR task '", t.name, "' label[", i, "] expected 0 or 1 but got ", y[i]);
+      pw.order[n++] = i;
+      npos += y[i] == T(1);
+    }
+    // Sort by (group, label, row): std::sort works in place, so no allocation.
+    index_t* ord = pw.order.data();
+    std::sort(ord, ord + n, [&](index_t a, index_t b) {
+      const index_t ga = grouped ? groups[a] : 0, gb = grouped ? groups[b] : 0;
+      if (ga != gb) return ga < gb;
+      if (y[a] != y[b]) return y[a] > y[b];  // positives first
+      return a < b;
+    });
+    index_t P = 0;
+    for (int pass = 0; pass < 2; ++pass) {  // pass 0 counts the pairs, pass 1 fills them
+      index_t p = 0;
+      for (index_t g0 = 0; g0 < n;) {
+        index_t g1 = g0;
+        while (g1 < n && (!grouped || groups[ord[g1]] == groups[ord[g0]])) ++g1;
+        index_t split = g0;
+        while (split < g1 && y[ord[split]] == T(1)) ++split;
+        for (index_t a = g0; a < split; ++a)
+          for (index_t b = split; b < g1; ++b, ++p) {
+            if (pass == 0) continue;
+            const index_t i = ord[a], j = ord[b];
+            pw.pos[p] = i;
+            pw.neg[p] = j;
+            pw.s_pos[p] = score[i];
+            pw.s_neg[p] = score[j];
+            pw.weight[p] = w ? w[i] * w[j] : T(1);
+          }
+        g0 = g1;
+      }
+      if (pass == 0) {
+        P = p;
+        for (Tensor<index_t>* x : {&pw.pos, &pw.neg}) x->resize({P});
+        for (Tensor<T>* x : {&pw.s_pos, &pw.s_neg, &pw.d_pos, &pw.d_neg, &pw.weight}) x->resize({P});
+      }
+    }
+    (void)npos;
+    for (index_t i = 0; i < B; ++i) d[i] = T(0);
+    if (P == 0) return LossResult{};
+    LossResult r = bpr(pw.d_pos.data(), pw.d_neg.data(), pw.s_pos.data(), pw.s_neg.data(),
+                       static_cast<const std::uint8_t*>(nullptr), pw.weight.data(), P);
+    for (index_t p = 0; p < P; ++p) {  // fixed order: deterministic
+      d[pw.pos[p]] += pw.d_pos[p];
+      d[pw.neg[p]] += pw.d_neg[p];
+    }
+    return r;
+  }
+
+  // In-batch sampled softmax: row i's query (the tower output) against the
+  // target embeddings of every labelled row; its own target is the positive.
+  // d (B,D) = dL/dq written; rw.d_keys = dL/d key, scattered in backward.
+  LossResult retrieval_task_loss(typename Workspace::RetrievalWs& rw, T* d, const T* q, const T* y,
+                                 const std::uint8_t* m, const T* w, index_t B, std::size_t k) const {
+    const char* op = "MultiTaskModel::compute_losses";
+    const TaskSpec& t = config_.tasks[k];
+    const ParamId table = target_table_[k];
+    const index_t rows = store_->info(table).shape[0], D = t.target_dim;
+    rw.rows.resize({B});
+    rw.keys.resize({B, D});
+    rw.d_keys.resize({B, D});
+    const T* e = store_->value(table);
+    for (index_t i = 0; i < B; ++i) {
+      index_t r = 0;
+      if (!m || m[i]) {
+        if (y[i] != std::floor(y[i]) || y[i] < 0 || y[i] >= T(rows))
+          fail(op, "retrieval task '", t.name, "' label[", i, "] expected a row of table '", t.target_table,
+               "' in [0, ", rows, ") but got ", y[i]);
+        r = static_cast<index_t>(y[i]);
+      }
+      rw.rows[i] = r;
+      std::memcpy(rw.keys.data() + i * D, e + r * D, sizeof(T) * static_cast<std::size_t>(D));
+    }
+    return in_batch_softmax(d, rw.d_keys.data(), q, rw.keys.data(), B, D, t.temperature,
+                            static_cast<const T*>(nullptr), m, w, &rw.softmax);
+  }
+
+  // table.grad[target row of i] += c * dL/d key_i for the labelled rows only:
+  // an unlabelled row's placeholder row is neither updated nor marked touched.
+  void retrieval_keys_backward(Workspace& ws, const Batch<T>& batch, std::size_t k, T c) const {
+    const auto& rw = ws.retrieval[k];
+    const ParamId table = target_table_[k];
+    const index_t D = config_.tasks[k].target_dim;
+    const bool masked = !batch.label_mask.empty() && !batch.label_mask[k].empty();
+    T* g = store_->grad(table);
+    TouchedRows& touched = store_->touched(table);
+    for (index_t i = 0; i < ws.B; ++i) {
+      if (masked && !batch.label_mask[k][std::size_t(i)]) continue;
+      const index_t r = rw.rows[i];
+      touched.mark(r);
+      T* gr = g + r * D;
+      const T* dk = rw.d_keys.data() + i * D;
+      for (index_t j = 0; j < D; ++j) gr[j] += c * dk[j];
+    }
+  }
 
   // ---- construction ----------------------------------------------------------
 
@@ -3913,6 +4304,14 @@ class MultiTaskModel {
       case Architecture::ESMM: break;
     }
     if (!levels_.empty()) trunk_width = config_.expert.back();
+    target_table_.assign(num_tasks(), ParamId(-1));
+    for (std::size_t k = 0; k < num_tasks(); ++k) {
+      TaskSpec& t = config_.tasks[k];
+      if (t.type != TaskType::Retrieval) continue;
+      target_table_[k] = table_of(t.name, t.target_table);
+      t.target_vocab = s.info(target_table_[k]).shape[0];  // filled in for a shared table
+      t.target_dim = s.info(target_table_[k]).shape[1];
+    }
     for (std::size_t k = 0; k < num_tasks(); ++k) {
       const TaskSpec& t = config_.tasks[k];
       MLPConfig c = hidden;
@@ -3964,10 +4363,25 @@ class MultiTaskModel {
   void classify_parameters() {
     const ParameterStore<T>& s = *store_;
     const std::string last_level = "level" + std::to_string(int(levels_.size()) - 1) + ".task_expert.";
+    // A target table that no feature reads and only one retrieval task scores
+    // against belongs to that task alone.
+    auto target_only = [&](ParamId id) {
+      int users = 0;
+      for (ParamId t : target_table_) users += t == id;
+      if (users != 1) return false;
+      const FeatureSpec& f = config_.features;
+      auto reads = [&](const std::string& field, const std::string& table) {
+        return "emb." + (table.empty() ? field : table) == s.info(id).name;
+      };
+      for (const auto& x : f.ids) if (reads(x.name, x.table)) return false;
+      for (const auto& x : f.bags) if (reads(x.name, x.table)) return false;
+      for (const auto& x : f.sequences) if (reads(x.name, x.table)) return false;
+      return true;
+    };
     for (ParamId id = 0; id < s.count(); ++id) {
       const std::string& n = s.info(id).name;
       const bool task_only = n.rfind("tower.", 0) == 0 || n.find(".gate.") != std::string::npos ||
-                             (!levels_.empty() && n.rfind(last_level, 0) == 0);
+                             (!levels_.empty() && n.rfind(last_level, 0) == 0) || target_only(id);
       if (!task_only) shared_params_.push_back(id);
     }
     // The last shared layer: bottom's last Linear, or the last Linear of every
@@ -4019,6 +4433,8 @@ class MultiTaskModel {
     ws.d_scaled.resize(num_tasks());
     ws.d_tower_in.resize(num_tasks());
     ws.class_ids.resize(num_tasks());
+    ws.pairs.resize(num_tasks());
+    ws.retrieval.resize(num_tasks());
     for (std::size_t k = 0; k < num_tasks(); ++k) {
       const index_t w = task_output_width(config_.tasks[k]);
       ws.out[k].resize({B, w});
@@ -4145,11 +4561,13 @@ class MultiTaskModel {
       sw.hidden.resize({B, L, D});
       sw.pooled.resize({B, D});
       enc.items.forward(sw.items, sw.valid_ids.view(), sw.compact.view());
-      sw.emb.zero();
       v = 0;
-      for (index_t r = 0; r < B; ++r) {
+      for (index_t r = 0; r < B; ++r) {  // valid positions copied, padded ones zeroed
         const index_t len = s.lengths[r];
-        std::memcpy(sw.emb.data() + r * L * D, sw.compact.data() + v * D, sizeof(T) * std::size_t(len * D));
+        T* row = sw.emb.data() + r * L * D;
+        // len may be 0 (then compact can be empty, data() null): memcpy must not see it.
+        if (len > 0) std::memcpy(row, sw.compact.data() + v * D, sizeof(T) * std::size_t(len * D));
+        if (len < L) std::memset(static_cast<void*>(row + len * D), 0, sizeof(T) * std::size_t((L - len) * D));
         v += len;
       }
       ConstView<index_t> lengths(s.lengths.data(), {B});
@@ -4200,7 +4618,8 @@ class MultiTaskModel {
       index_t v = 0;
       const auto& lengths = b.sequences[i].lengths;
       for (index_t r = 0; r < B; ++r) {
-        std::memcpy(sw.d_compact.data() + v * D, sw.d_emb.data() + r * L * D, sizeof(T) * std::size_t(lengths[r] * D));
+        if (lengths[r] > 0)
+          std::memcpy(sw.d_compact.data() + v * D, sw.d_emb.data() + r * L * D, sizeof(T) * std::size_t(lengths[r] * D));
         v += lengths[r];
       }
       enc.items.backward(sw.items, sw.d_compact.view());
@@ -4389,6 +4808,7 @@ class MultiTaskModel {
   MLP<T> bottom_;
   std::vector<Level> levels_;
   std::vector<MLP<T>> towers_;
+  std::vector<ParamId> target_table_;  // per task: a retrieval task's target table, else -1
   std::vector<ParamId> shared_params_, last_shared_;
 };
 
@@ -7671,8 +8091,11 @@ inline double hit_rate_at_k(const S* scores, const R* relevance, const index_t* 
 namespace mtrec {
 
 // Metrics of one task: binary -> auc, gauc (when groups are given), logloss,
-// accuracy; regression -> rmse, mae; multi-class -> accuracy, logloss; every
-// task -> loss (the training loss on its labelled rows) and count.
+// accuracy; regression -> rmse, mae; multi-class -> accuracy, logloss;
+// retrieval -> hit_rate@10, ndcg@10 (the target ranked against every row of
+// its table, not only the batch); every task -> loss (the training loss on
+// its labelled rows; in-batch losses such as BPR and sampled softmax depend on
+// the batch size) and count.
 struct TaskMetrics {
   std::string task;
   std::map<std::string, double> values;
@@ -7704,7 +8127,37 @@ struct Evaluation {
 // True when a larger value of the metric is better.
 inline bool metric_higher_is_better(const std::string& spec) {
   const std::string m = spec.substr(0, spec.find(':'));
-  return m == "auc" || m == "gauc" || m == "accuracy" || m == "f1" || m == "precision" || m == "recall";
+  return m == "auc" || m == "gauc" || m == "accuracy" || m == "f1" || m == "precision" || m == "recall" ||
+         m.rfind("hit_rate@", 0) == 0 || m.rfind("ndcg@", 0) == 0;
+}
+
+// rank (N) = 1-based rank of row i's target y[i] among all `rows` rows of
+// `table` (rows,D) scored by <q_i, e_j>; a tie counts against the target, so a
+// constant model ranks no better than last. Unlabelled rows get rank 0.
+template <class T>
+inline void retrieval_ranks(index_t* rank, const T* q, const T* table, index_t rows, index_t D, const T* y,
+                            const std::uint8_t* mask, index_t N) {
+  // Queries per block: the (block, rows) score buffer stays under ~16 MB.
+  const index_t block = std::max<index_t>(1, std::min<index_t>(256, (index_t(1) << 22) / std::max<index_t>(rows, 1)));
+  std::vector<T> scores(static_cast<std::size_t>(std::min(block, N) * rows));
+  for (index_t start = 0; start < N; start += block) {
+    const index_t n = std::min(block, N - start);
+    // scores (n, rows) = Q (n,D) E^T
+    kernels::gemm(kernels::backend{}, kernels::Trans::N, kernels::Trans::T, n, rows, D, T(1), q + start * D, D, table,
+                  D, T(0), scores.data(), rows);
+    parallel_for(n, double(rows), [&](index_t i) {
+      const index_t r = start + i;
+      if (mask && !mask[r]) {
+        rank[r] = 0;
+        return;
+      }
+      const index_t target = index_t(y[r]);
+      const T* s = scores.data() + i * rows;
+      index_t above = 0;
+      for (index_t j = 0; j < rows; ++j) above += j != target && s[j] >= s[target];
+      rank[r] = 1 + above;
+    });
+  }
 }
 
 // Runs the model in eval mode over `data` in batches and computes every
@@ -7763,7 +8216,19 @@ inline Evaluation evaluate(const MultiTaskModel<T>& model, const Batch<T>& data,
       tm.values["loss"] = weight_sum[k] > 0 ? loss_sum[k] / weight_sum[k] : 0.0;
       ev.loss += t.weight * tm.values["loss"];
       const T* y = data.labels[k].data();
-      if (t.type == TaskType::MultiClass) {
+      if (t.type == TaskType::Retrieval) {
+        const ConstView<T> table = model.target_table(k);
+        std::vector<index_t> rank(static_cast<std::size_t>(N));
+        retrieval_ranks(rank.data(), raw[k].data(), table.data, table.dim(0), table.dim(1), y, mask, N);
+        double hits = 0, gain = 0;
+        for (index_t i = 0; i < N; ++i)
+          if ((!mask || mask[i]) && rank[i] <= 10) {
+            hits += 1;
+            gain += 1.0 / std::log2(double(rank[i]) + 1.0);
+          }
+        tm.values["hit_rate@10"] = hits / double(count);
+        tm.values["ndcg@10"] = gain / double(count);
+      } else if (t.type == TaskType::MultiClass) {
         std::vector<index_t> ids(static_cast<std::size_t>(N), 0);
         for (index_t i = 0; i < N; ++i)
           if (!mask || mask[i]) ids[i] = index_t(y[i]);
@@ -8772,9 +9237,10 @@ struct EnumNames;
 MTREC_ENUM_NAMES(Architecture, {Architecture::SingleTask, "single"}, {Architecture::SharedBottom, "shared_bottom"},
                  {Architecture::MMoE, "mmoe"}, {Architecture::PLE, "ple"}, {Architecture::ESMM, "esmm"})
 MTREC_ENUM_NAMES(TaskType, {TaskType::Binary, "binary"}, {TaskType::Regression, "regression"},
-                 {TaskType::MultiClass, "multiclass"})
+                 {TaskType::MultiClass, "multiclass"}, {TaskType::Retrieval, "retrieval"})
 MTREC_ENUM_NAMES(TaskLoss, {TaskLoss::Default, "default"}, {TaskLoss::BCE, "bce"}, {TaskLoss::MSE, "mse"},
-                 {TaskLoss::Huber, "huber"}, {TaskLoss::CrossEntropy, "cross_entropy"})
+                 {TaskLoss::Huber, "huber"}, {TaskLoss::CrossEntropy, "cross_entropy"},
+                 {TaskLoss::BPR, "bpr"}, {TaskLoss::SampledSoftmax, "sampled_softmax"})
 MTREC_ENUM_NAMES(Activation, {Activation::Identity, "identity"}, {Activation::ReLU, "relu"},
                  {Activation::GELU, "gelu"}, {Activation::GELUTanh, "gelu_tanh"}, {Activation::Sigmoid, "sigmoid"})
 MTREC_ENUM_NAMES(BagPooling, {BagPooling::Sum, "sum"}, {BagPooling::Mean, "mean"})
@@ -8879,6 +9345,12 @@ inline json::Value config_to_json(const ModelConfig& c) {
     o.set("weight", t.weight);
     o.set("loss", enum_name(t.loss));
     o.set("huber_delta", t.huber_delta);
+    if (t.type == TaskType::Retrieval) {
+      o.set("target_table", t.target_table);
+      o.set("target_vocab", t.target_vocab);
+      o.set("target_dim", t.target_dim);
+      o.set("temperature", t.temperature);
+    }
     tasks.push_back(o);
   }
   j.set("tasks", tasks);
@@ -8939,6 +9411,12 @@ inline ModelConfig config_from_json(const json::Value& j) {
     t.weight = o.at("weight").as_double();
     t.loss = enum_from<TaskLoss>(o.at("loss"), "task loss");
     t.huber_delta = o.at("huber_delta").as_double();
+    if (t.type == TaskType::Retrieval) {
+      t.target_table = o.at("target_table").as_string();
+      t.target_vocab = index_t(o.at("target_vocab").as_int());
+      t.target_dim = index_t(o.at("target_dim").as_int());
+      t.temperature = o.at("temperature").as_double();
+    }
     c.tasks.push_back(t);
   }
   c.bottom = detail::widths_from(j.at("bottom"));

@@ -196,3 +196,51 @@ TEST_CASE("kernels: dropout keeps about 1 - p and matches the reference mask bit
   for (float v : y) kept += v != 0.0f;
   CHECK(double(kept) / n == Approx(0.9).margin(0.005));
 }
+
+TEST_CASE("kernels: layernorm_backward over many rows (chunked parameter sums), 1 vs 2 threads", "[kernels][layernorm]") {
+  // The op table's sizes fit one row chunk; these span many chunks, the fused
+  // path (a row within one column tile) and the tiled path (wider rows).
+  const std::pair<index_t, index_t> sizes[] = {{5000, 64}, {2049, 33}, {700, 300}, {97, 1000}};
+  for (const auto& sz : sizes) {
+    const index_t rows = sz.first, cols = sz.second, n = rows * cols;
+    std::vector<float> x(n), dy(n), gamma(cols), mean(rows), rstd(rows);
+    testing::fill_uniform(x.data(), n, 1, -3, 3);
+    testing::fill_uniform(dy.data(), n, 2, -1, 1);
+    testing::fill_uniform(gamma.data(), cols, 3, 0.5, 1.5);
+    for (index_t r = 0; r < rows; ++r) {
+      double m = 0, v = 0;
+      for (index_t c = 0; c < cols; ++c) m += x[r * cols + c];
+      m /= double(cols);
+      for (index_t c = 0; c < cols; ++c) v += (x[r * cols + c] - m) * (x[r * cols + c] - m);
+      mean[r] = float(m);
+      rstd[r] = float(1.0 / std::sqrt(v / double(cols) + 1e-5));
+    }
+    struct Out {
+      std::vector<float> dx, dg, db;
+    };
+    auto run = [&](auto dev) {
+      Out o{std::vector<float>(n), std::vector<float>(cols, 0.25f), std::vector<float>(cols, -0.5f)};
+      kernels::layernorm_backward(dev, o.dx.data(), o.dg.data(), o.db.data(), dy.data(), x.data(), mean.data(),
+                                  rstd.data(), gamma.data(), rows, cols);
+      return o;
+    };
+    const Out ref = run(kernels::reference);
+    Out one, two;
+    testing::with_threads(1, [&] { one = run(kernels::cpu); });
+    testing::with_threads(2, [&] { two = run(kernels::cpu); });
+    CAPTURE(rows, cols);
+    CHECK(max_rel_diff(one.dx, ref.dx) <= 1e-5);
+    // Sums of thousands of float terms: a looser, scale-aware bound.
+    double scale = std::sqrt(double(rows));
+    double mg = 0, mb = 0;
+    for (index_t c = 0; c < cols; ++c) {
+      mg = std::max(mg, std::fabs(double(one.dg[c]) - double(ref.dg[c])) / scale);
+      mb = std::max(mb, std::fabs(double(one.db[c]) - double(ref.db[c])) / scale);
+    }
+    CHECK(mg <= 1e-4);
+    CHECK(mb <= 1e-4);
+    CHECK(testing::bitwise_equal(one.dx.data(), two.dx.data(), n));
+    CHECK(testing::bitwise_equal(one.dg.data(), two.dg.data(), cols));
+    CHECK(testing::bitwise_equal(one.db.data(), two.db.data(), cols));
+  }
+}

@@ -90,3 +90,39 @@ TEST_CASE("bad input: MultiHeadAttention heads must divide d_model", "[bad-input
   testing::require_error([&] { MultiHeadAttention<float>(store, "mha", 6, 4); },
                          {"MultiHeadAttention", "d_model=6", "heads=4"});
 }
+
+TEST_CASE("MultiHeadAttention backward: the gradient of padded output rows is dropped, copied or not",
+          "[attention]") {
+  // dy with garbage in the padded rows takes the copying path; the same dy
+  // with those rows zero is used in place. Both must give the same dx and
+  // parameter gradients, bit for bit.
+  ParameterStore<float> store(3);
+  MultiHeadAttention<float> mha(store, "mha", 8, 2);
+  store.allocate();
+  testing::randomise_parameters(store, 4);
+  const index_t B = 5, T = 6, D = 8;
+  Tensor<float> x({B, T, D}), y({B, T, D}), dy({B, T, D}), dy0({B, T, D}), dx({B, T, D}), dx0({B, T, D});
+  testing::fill_uniform(x, 5);
+  testing::fill_uniform(dy, 6);
+  Tensor<index_t> len = lengths_of({6, 3, 0, 1, 5});
+  dy0 = dy;
+  for (index_t b = 0; b < B; ++b)
+    for (index_t t = len[b]; t < T; ++t)
+      for (index_t c = 0; c < D; ++c) {
+        dy0[(b * T + t) * D + c] = 0.f;
+        dy[(b * T + t) * D + c] = t % 2 ? std::numeric_limits<float>::quiet_NaN() : 3.f;
+      }
+  MultiHeadAttention<float>::Context ctx;
+  mha.forward(ctx, x.view(), len.view(), y.view());
+  mha.backward(ctx, dy.view(), dx.view());
+  const std::vector<float> g1(store.grads(), store.grads() + store.size());
+  store.zero_grad();
+  mha.backward(ctx, dy0.view(), dx0.view());
+  const std::vector<float> g0(store.grads(), store.grads() + store.size());
+  CHECK(testing::bitwise_equal(dx.data(), dx0.data(), dx.numel()));
+  CHECK(testing::bitwise_equal(g1.data(), g0.data(), index_t(g1.size())));
+  for (index_t b = 0; b < B; ++b)
+    for (index_t t = len[b]; t < T; ++t)
+      for (index_t c = 0; c < D; ++c) CHECK(dx[(b * T + t) * D + c] == 0.f);
+  for (float v : g1) CHECK(std::isfinite(v));
+}

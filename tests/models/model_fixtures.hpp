@@ -7,6 +7,20 @@
 
 namespace testing {
 
+// A TaskSpec from its common fields (the retrieval fields keep their defaults).
+inline mtrec::TaskSpec task(std::string name, mtrec::TaskType type, mtrec::index_t num_classes,
+                            std::vector<mtrec::index_t> tower, double weight, mtrec::TaskLoss loss, double huber_delta) {
+  mtrec::TaskSpec t;
+  t.name = std::move(name);
+  t.type = type;
+  t.num_classes = num_classes;
+  t.tower = std::move(tower);
+  t.weight = weight;
+  t.loss = loss;
+  t.huber_delta = huber_delta;
+  return t;
+}
+
 // user (vocab), item (hashed, shared by the history sequence... no: history
 // shares the 'movie' table), genres bag (weighted), history sequence sharing
 // the movie table, title tokens, two dense values.
@@ -45,13 +59,13 @@ inline mtrec::ModelConfig tiny_config(mtrec::Architecture arch, bool with_multic
   c.ple_shared_experts = 2;
   c.ple_task_experts = 1;
   c.dropout = 0.2;
-  TaskSpec ctr{"ctr", TaskType::Binary, 0, {3}, 1.0, TaskLoss::Default, 1.0};
-  TaskSpec rating{"rating", TaskType::Regression, 0, {3}, 0.7, TaskLoss::Huber, 0.5};
-  TaskSpec genre{"genre", TaskType::MultiClass, 3, {3}, 0.4, TaskLoss::Default, 1.0};
+  TaskSpec ctr = task("ctr", TaskType::Binary, 0, {3}, 1.0, TaskLoss::Default, 1.0);
+  TaskSpec rating = task("rating", TaskType::Regression, 0, {3}, 0.7, TaskLoss::Huber, 0.5);
+  TaskSpec genre = task("genre", TaskType::MultiClass, 3, {3}, 0.4, TaskLoss::Default, 1.0);
   if (arch == Architecture::SingleTask) {
     c.tasks = {rating};
   } else if (arch == Architecture::ESMM) {
-    TaskSpec ctcvr{"ctcvr", TaskType::Binary, 0, {3}, 0.8, TaskLoss::Default, 1.0};
+    TaskSpec ctcvr = task("ctcvr", TaskType::Binary, 0, {3}, 0.8, TaskLoss::Default, 1.0);
     c.tasks = {ctr, ctcvr};
   } else {
     c.tasks = {ctr, rating};
@@ -101,8 +115,11 @@ inline mtrec::Batch<T> tiny_batch(const mtrec::ModelConfig& c, mtrec::index_t B,
   for (std::size_t t = 0; t < c.tasks.size(); ++t) {
     for (index_t i = 0; i < B; ++i) {
       const auto& task = c.tasks[t];
-      T y = task.type == TaskType::Binary ? T(unif() < 0.4) : task.type == TaskType::Regression ? T(4 * unif() - 1)
-                                                                                                    : T(below(task.num_classes));
+      // Retrieval labels need the resolved config (model.config()) when the target table is shared.
+      T y = task.type == TaskType::Binary       ? T(unif() < 0.4)
+            : task.type == TaskType::Regression ? T(4 * unif() - 1)
+            : task.type == TaskType::Retrieval  ? T(below(task.target_vocab))
+                                                : T(below(task.num_classes));
       b.labels[t].push_back(y);
       b.label_mask[t].push_back(std::uint8_t((i + t) % 5 != 0));  // ~20% missing
     }

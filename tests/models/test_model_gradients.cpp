@@ -6,10 +6,12 @@ using namespace mtrec;
 
 namespace {
 
-void check_model_gradient(Architecture arch) {
-  const ModelConfig cfg = testing::tiny_config(arch);
-  MultiTaskModel<double> model(cfg);
-  const Batch<double> batch = testing::tiny_batch<double>(cfg, 7, 11);
+void check_model_gradient(const ModelConfig& config, index_t B, bool grouped) {
+  MultiTaskModel<double> model(config);
+  const ModelConfig& cfg = model.config();  // retrieval tasks' target shapes filled in
+  Batch<double> batch = testing::tiny_batch<double>(cfg, B, 11);
+  if (grouped)
+    for (index_t i = 0; i < B; ++i) batch.groups.push_back(i % 3);
   MultiTaskModel<double>::Workspace ws;
   const Mode mode = Mode::train(5, 2);  // dropout on, fixed masks
   std::vector<double> coeff;
@@ -44,6 +46,8 @@ void check_model_gradient(Architecture arch) {
   CHECK(norm > 0);
 }
 
+void check_model_gradient(Architecture arch) { check_model_gradient(testing::tiny_config(arch), 7, false); }
+
 }  // namespace
 
 TEST_CASE("gradient: whole model, single-task", "[gradient][model]") { check_model_gradient(Architecture::SingleTask); }
@@ -51,3 +55,21 @@ TEST_CASE("gradient: whole model, shared-bottom", "[gradient][model]") { check_m
 TEST_CASE("gradient: whole model, MMoE", "[gradient][model]") { check_model_gradient(Architecture::MMoE); }
 TEST_CASE("gradient: whole model, PLE (2 levels)", "[gradient][model]") { check_model_gradient(Architecture::PLE); }
 TEST_CASE("gradient: whole model, ESMM", "[gradient][model]") { check_model_gradient(Architecture::ESMM); }
+
+// BPR over in-group pairs, and two retrieval tasks: one scoring against the
+// movie table the features also read (item-item), one against its own table.
+TEST_CASE("gradient: whole model, BPR and in-batch sampled-softmax retrieval tasks", "[gradient][model]") {
+  ModelConfig c = testing::tiny_config(Architecture::MMoE, false);
+  c.tasks[0].loss = TaskLoss::BPR;
+  TaskSpec next = testing::task("next_movie", TaskType::Retrieval, 0, {3}, 0.6, TaskLoss::Default, 1.0);
+  next.target_table = "movie";
+  next.temperature = 0.5;
+  TaskSpec tag = testing::task("tag", TaskType::Retrieval, 0, {2}, 0.9, TaskLoss::SampledSoftmax, 1.0);
+  tag.target_table = "tag_out";
+  tag.target_vocab = 6;
+  tag.target_dim = 3;
+  c.tasks.push_back(next);
+  c.tasks.push_back(tag);
+  SECTION("pairs within groups") { check_model_gradient(c, 11, true); }
+  SECTION("pairs over the whole batch") { check_model_gradient(c, 9, false); }
+}

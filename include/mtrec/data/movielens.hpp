@@ -4,11 +4,13 @@
 //   ratings.csv  userId,movieId,rating,timestamp
 //   movies.csv   movieId,title,genres          (genres separated by '|')
 //
-// Columns are found by name in the header row, so extra columns or another
-// column order are accepted; a missing column, a short row, a bad number or
-// an unterminated quote is an error naming the file and the line.
+// The files are read with data::CsvTable (data/csv.hpp), and its number
+// parsing, tokenizer and Vocabulary are reused here. Columns are found by
+// name in the header row, so extra columns or another column order are
+// accepted; a missing column, a short row, a bad number or an unterminated
+// quote is an error naming the file and the line (and the column).
 //
-// Features (names as in the FeatureSpec; index 0 of every vocabulary is
+// Features (names as in the FeatureSpec; row 0 of every vocabulary is
 // "unknown", so a request can name a user, movie, genre or word the model
 // never saw):
 //   user     ID      the user's index
@@ -25,20 +27,19 @@
 #pragma once
 
 #include <algorithm>
-#include <cctype>
-#include <cerrno>
+#include <charconv>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
-#include <cstdlib>
-#include <fstream>
 #include <map>
 #include <string>
+#include <string_view>
 #include <unordered_map>
 #include <utility>
 #include <vector>
 
 #include "mtrec/core/error.hpp"
+#include "mtrec/data/csv.hpp"
 #include "mtrec/io/checkpoint.hpp"
 #include "mtrec/io/json.hpp"
 #include "mtrec/io/safetensors.hpp"
@@ -50,106 +51,35 @@ namespace movielens {
 
 // ---- CSV ----------------------------------------------------------------------
 
-// Splits one CSV record (RFC 4180 quoting: a quoted field may hold commas and
-// doubled quotes). Records never span lines in MovieLens, so an unterminated
-// quote is an error rather than a continuation.
-inline std::vector<std::string> split_csv(const std::string& line, const std::string& file, std::size_t lineno) {
-  std::vector<std::string> out;
-  std::string field;
-  std::size_t i = 0;
-  const std::size_t n = line.size();
-  for (;;) {
-    field.clear();
-    if (i < n && line[i] == '"') {
-      ++i;
-      for (;;) {
-        if (i >= n) fail("movielens::read_csv", file, " line ", lineno, ": expected a closing quote but the line ended");
-        if (line[i] == '"') {
-          if (i + 1 < n && line[i + 1] == '"') {
-            field += '"';
-            i += 2;
-            continue;
-          }
-          ++i;
-          break;
-        }
-        field += line[i++];
-      }
-      if (i < n && line[i] != ',')
-        fail("movielens::read_csv", file, " line ", lineno, ": expected ',' after a quoted field but got '", line[i],
-             "'");
-    } else {
-      while (i < n && line[i] != ',') field += line[i++];
-    }
-    out.push_back(field);
-    if (i >= n) break;
-    ++i;  // the comma
-  }
-  return out;
-}
-
-// A CSV file read whole: the header's column positions and the data rows,
-// each with its 1-based line number for error messages.
-struct CsvTable {
-  std::string file;
-  std::vector<std::string> header;
-  std::vector<std::vector<std::string>> rows;
-  std::vector<std::size_t> lines;
-
-  // Position of a column, or an error naming the file and what it has.
-  std::size_t column(const std::string& name) const {
-    for (std::size_t c = 0; c < header.size(); ++c)
-      if (header[c] == name) return c;
-    std::string have;
-    for (const auto& h : header) have += (have.empty() ? "" : ",") + h;
-    fail("movielens::read_csv", file, " line 1: expected a column '", name, "' in the header but got '", have, "'");
-  }
-};
-
-inline CsvTable read_csv(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  check(bool(in), "movielens::read_csv", "cannot open '", path, "' (expected the MovieLens CSV there)");
-  CsvTable t;
-  t.file = path;
-  std::string line;
-  std::size_t lineno = 0;
-  while (std::getline(in, line)) {
-    ++lineno;
-    if (!line.empty() && line.back() == '\r') line.pop_back();  // CRLF files
-    if (lineno == 1 && line.size() >= 3 && line.compare(0, 3, "\xEF\xBB\xBF") == 0) line.erase(0, 3);  // UTF-8 BOM
-    if (line.empty()) continue;
-    auto fields = split_csv(line, path, lineno);
-    if (t.header.empty()) {
-      t.header = std::move(fields);
-      continue;
-    }
-    check(fields.size() == t.header.size(), "movielens::read_csv", path, " line ", lineno, ": expected ",
-          t.header.size(), " fields as in the header but got ", fields.size());
-    t.rows.push_back(std::move(fields));
-    t.lines.push_back(lineno);
-  }
-  check(!t.header.empty(), "movielens::read_csv", path, ": expected a header row but the file is empty");
-  check(!t.rows.empty(), "movielens::read_csv", path, ": expected data rows after the header but found none");
+namespace detail {
+// data::CsvTable::read_file plus the two rules MovieLens adds: there must be
+// data rows, and a record never spans lines. RFC 4180 lets a quoted field
+// run on over line breaks, so a quote left open reads on into the next lines;
+// when that does not already fail in CsvTable (it names the line where the
+// runaway field stops), the cell holds a line break, and that is reported here
+// on the row's own line, where the quote opened.
+inline data::CsvTable read_table(const std::string& path) {
+  data::CsvTable t = data::CsvTable::read_file(path);
+  check(t.rows() > 0, "movielens::read_csv", "'", path, "' line ", t.header_line(),
+        ": expected data rows after the header but found none");
+  for (std::size_t r = 0; r < t.rows(); ++r)
+    for (std::size_t c = 0; c < t.cols(); ++c)
+      if (t.cell(r, c).find('\n') != std::string_view::npos)
+        t.fail_cell("movielens::read_csv", r, c, "expected a closing quote on the line (MovieLens records never ",
+                    "span lines) but the quote runs on into the next line");
   return t;
 }
 
-namespace detail {
-inline std::int64_t parse_int(const std::string& s, const CsvTable& t, std::size_t r, const char* col) {
-  char* end = nullptr;
-  errno = 0;
-  const long long v = s.empty() ? 0 : std::strtoll(s.c_str(), &end, 10);
-  if (s.empty() || errno != 0 || *end != '\0')
-    fail("movielens::read_csv", t.file, " line ", t.lines[r], ": column '", col, "' expected an integer but got '", s,
-         "'");
+inline std::int64_t int_cell(const data::CsvTable& t, std::size_t r, std::size_t c, const char* op) {
+  long long v = 0;
+  if (!data::parse_integer(t.cell(r, c), v))
+    t.fail_cell(op, r, c, "expected an integer but got ", data::detail::shown(t.cell(r, c)));
   return std::int64_t(v);
 }
-inline double parse_double(const std::string& s, const CsvTable& t, std::size_t r, const char* col) {
-  char* end = nullptr;
-  errno = 0;
-  const double v = s.empty() ? 0.0 : std::strtod(s.c_str(), &end);
-  if (s.empty() || errno != 0 || *end != '\0' || !std::isfinite(v))
-    fail("movielens::read_csv", t.file, " line ", t.lines[r], ": column '", col, "' expected a number but got '", s,
-         "'");
+inline double number_cell(const data::CsvTable& t, std::size_t r, std::size_t c, const char* op) {
+  double v = 0;
+  if (!data::parse_number(t.cell(r, c), v))
+    t.fail_cell(op, r, c, "expected a number but got ", data::detail::shown(t.cell(r, c)));
   return v;
 }
 }  // namespace detail
@@ -168,45 +98,41 @@ struct Movie {
 };
 
 inline std::vector<Rating> read_ratings(const std::string& path) {
-  const CsvTable t = read_csv(path);
-  const std::size_t cu = t.column("userId"), cm = t.column("movieId"), cr = t.column("rating"),
-                    ct = t.column("timestamp");
+  const char* op = "movielens::read_ratings";
+  const data::CsvTable t = detail::read_table(path);
+  const std::size_t cu = t.require_column("userId", op), cm = t.require_column("movieId", op),
+                    cr = t.require_column("rating", op), ct = t.require_column("timestamp", op);
   std::vector<Rating> out;
-  out.reserve(t.rows.size());
-  for (std::size_t r = 0; r < t.rows.size(); ++r) {
+  out.reserve(t.rows());
+  for (std::size_t r = 0; r < t.rows(); ++r) {
     Rating x;
-    x.user = detail::parse_int(t.rows[r][cu], t, r, "userId");
-    x.movie = detail::parse_int(t.rows[r][cm], t, r, "movieId");
-    x.rating = detail::parse_double(t.rows[r][cr], t, r, "rating");
-    x.timestamp = detail::parse_int(t.rows[r][ct], t, r, "timestamp");
-    x.line = t.lines[r];
-    check(x.rating >= 0 && x.rating <= 5, "movielens::read_ratings", path, " line ", t.lines[r],
-          ": expected a rating in [0, 5] but got ", x.rating);
+    x.user = detail::int_cell(t, r, cu, op);
+    x.movie = detail::int_cell(t, r, cm, op);
+    x.rating = detail::number_cell(t, r, cr, op);
+    x.timestamp = detail::int_cell(t, r, ct, op);
+    x.line = t.line(r);
+    if (!(x.rating >= 0 && x.rating <= 5)) t.fail_cell(op, r, cr, "expected a rating in [0, 5] but got ", x.rating);
     out.push_back(x);
   }
   return out;
 }
 
 inline std::vector<Movie> read_movies(const std::string& path) {
-  const CsvTable t = read_csv(path);
-  const std::size_t cm = t.column("movieId"), ct = t.column("title"), cg = t.column("genres");
+  const char* op = "movielens::read_movies";
+  const data::CsvTable t = detail::read_table(path);
+  const std::size_t cm = t.require_column("movieId", op), ct = t.require_column("title", op),
+                    cg = t.require_column("genres", op);
   std::vector<Movie> out;
-  out.reserve(t.rows.size());
+  out.reserve(t.rows());
   std::unordered_map<std::int64_t, std::size_t> seen;
-  for (std::size_t r = 0; r < t.rows.size(); ++r) {
+  for (std::size_t r = 0; r < t.rows(); ++r) {
     Movie m;
-    m.movie = detail::parse_int(t.rows[r][cm], t, r, "movieId");
-    const auto ins = seen.emplace(m.movie, t.lines[r]);
-    check(ins.second, "movielens::read_movies", path, " line ", t.lines[r], ": movieId ", m.movie,
-          " expected once but was already on line ", ins.first->second);
-    m.title = t.rows[r][ct];
-    const std::string& g = t.rows[r][cg];
-    std::size_t s = 0;
-    while (s <= g.size()) {
-      const std::size_t e = std::min(g.find('|', s), g.size());
-      if (e > s) m.genres.push_back(g.substr(s, e - s));
-      s = e + 1;
-    }
+    m.movie = detail::int_cell(t, r, cm, op);
+    const auto ins = seen.emplace(m.movie, t.line(r));
+    if (!ins.second)
+      t.fail_cell(op, r, cm, "movieId ", m.movie, " expected once but was already on line ", ins.first->second);
+    m.title = std::string(t.cell(r, ct));
+    m.genres = data::split_items(t.cell(r, cg), '|');
     out.push_back(std::move(m));
   }
   return out;
@@ -214,53 +140,49 @@ inline std::vector<Movie> read_movies(const std::string& path) {
 
 // ---- text ---------------------------------------------------------------------
 
-// The words of a title: maximal runs of ASCII letters and digits, lower-cased,
-// with every byte >= 0x80 counted as a letter so that UTF-8 words such as
-// "léon" stay whole. The release year "(1995)" becomes the word "1995",
-// which is how the model sees the year. dslabs writes a missing title as
-// "NA": that, like an empty title, has no words.
+// The words of a title: data::tokenize_words (maximal runs of ASCII letters
+// and digits, lower-cased, with every byte >= 0x80 counted as a letter so
+// that UTF-8 words such as "léon" stay whole). The release year "(1995)"
+// becomes the word "1995", which is how the model sees the year. The one
+// MovieLens rule on top: dslabs writes a missing title as "NA", which, like
+// an empty title, has no words.
 inline std::vector<std::string> title_words(const std::string& title) {
-  std::vector<std::string> words;
-  if (title == "NA") return words;
-  std::string w;
-  for (char ch : title) {
-    const unsigned char c = static_cast<unsigned char>(ch);
-    if (c >= 0x80 || std::isalnum(c)) {
-      w += c < 0x80 ? char(std::tolower(c)) : ch;
-    } else if (!w.empty()) {
-      words.push_back(w);
-      w.clear();
-    }
-  }
-  if (!w.empty()) words.push_back(w);
-  return words;
+  if (title == "NA") return {};
+  return data::tokenize_words(title);
 }
 
 // ---- vocabularies ---------------------------------------------------------------
 
-// Raw keys -> dense indices 1..n in insertion order; 0 is "unknown".
-template <class K>
-class Vocabulary {
+// Genres and title words use data::Vocabulary as it is (row 0 = unknown,
+// rows 1..n in insertion order). Users and movies are integer IDs, which
+// data::Vocabulary (strings) does not take: IdVocabulary keys it by the
+// ID's decimal text (one text per ID, and a lookup allocates nothing), with
+// the same interface and the IDs themselves kept for the JSON.
+class IdVocabulary {
  public:
-  index_t add(const K& key) {
-    auto it = index_.find(key);
-    if (it != index_.end()) return it->second;
-    keys_.push_back(key);
-    const index_t i = index_t(keys_.size());
-    index_.emplace(key, i);
-    return i;
+  index_t add(std::int64_t id) {
+    char buf[24];
+    const index_t r = vocab_.add(key(id, buf));
+    if (std::size_t(r) > ids_.size()) ids_.push_back(id);
+    return r;
   }
-  index_t operator()(const K& key) const {
-    auto it = index_.find(key);
-    return it == index_.end() ? 0 : it->second;
+  // The row of `id`, or data::Vocabulary::kOov (0) when it is not in the vocabulary.
+  index_t find(std::int64_t id) const {
+    char buf[24];
+    return vocab_.find(key(id, buf));
   }
-  bool contains(const K& key) const { return index_.count(key) != 0; }
-  index_t size() const { return index_t(keys_.size()) + 1; }  // rows of the table, with "unknown"
-  const std::vector<K>& keys() const { return keys_; }         // keys()[i - 1] has index i
+  bool contains(std::int64_t id) const { return find(id) != data::Vocabulary::kOov; }
+  std::size_t size() const { return ids_.size(); }   // distinct IDs
+  index_t rows() const { return vocab_.rows(); }     // embedding rows, "unknown" included
+  const std::vector<std::int64_t>& ids() const { return ids_; }  // ids()[r - 1] has row r
 
  private:
-  std::vector<K> keys_;
-  std::unordered_map<K, index_t> index_;
+  static std::string_view key(std::int64_t id, char (&buf)[24]) {
+    const auto res = std::to_chars(buf, buf + sizeof buf, id);
+    return std::string_view(buf, std::size_t(res.ptr - buf));
+  }
+  data::Vocabulary vocab_;
+  std::vector<std::int64_t> ids_;
 };
 
 // ---- features -------------------------------------------------------------------
@@ -305,14 +227,14 @@ class MovieLensFeatures {
     }
     for (const auto& kv : word_titles)
       if (kv.second >= opt.min_word_count) f.words_.add(kv.first);
-    f.movie_genres_.assign(std::size_t(f.movies_.size()), {});
-    f.movie_words_.assign(std::size_t(f.movies_.size()), {});
+    f.movie_genres_.assign(std::size_t(f.movies_.rows()), {});
+    f.movie_words_.assign(std::size_t(f.movies_.rows()), {});
     for (const auto& m : movies) {
-      const index_t i = f.movies_(m.movie);
-      for (const auto& g : m.genres) f.movie_genres_[std::size_t(i)].push_back(f.genres_(g));
+      const index_t i = f.movies_.find(m.movie);
+      for (const auto& g : m.genres) f.movie_genres_[std::size_t(i)].push_back(f.genres_.find(g));
       auto& w = f.movie_words_[std::size_t(i)];
       for (const auto& x : title_words(m.title))
-        if (index_t(w.size()) < opt.title_len) w.push_back(f.words_(x));
+        if (index_t(w.size()) < opt.title_len) w.push_back(f.words_.find(x));
     }
     std::vector<std::int64_t> users;
     for (std::size_t r = 0; r < ratings.size(); ++r) {
@@ -326,27 +248,29 @@ class MovieLensFeatures {
   }
 
   const FeatureOptions& options() const { return opt_; }
-  const Vocabulary<std::int64_t>& users() const { return users_; }
-  const Vocabulary<std::int64_t>& movies() const { return movies_; }
-  const Vocabulary<std::string>& genres() const { return genres_; }
-  const Vocabulary<std::string>& words() const { return words_; }
+  // The vocabularies: rows() counts the table rows ("unknown" included),
+  // size() the distinct keys.
+  const IdVocabulary& users() const { return users_; }
+  const IdVocabulary& movies() const { return movies_; }
+  const data::Vocabulary& genres() const { return genres_; }
+  const data::Vocabulary& words() const { return words_; }
 
   // The features in Batch order: ids {user, movie}, bags {genres},
   // sequences {title, history}. The movie field and the history share the
   // table "movie", so the movie embedding dim is the history's d_model.
   FeatureSpec spec(const ModelShape& s) const {
     FeatureSpec f;
-    f.ids = {{"user", users_.size(), 0, s.user_dim, ""}, {"movie", movies_.size(), 0, s.history.d_model, "movie"}};
-    f.bags = {{"genres", genres_.size(), 0, s.genre_dim, "", BagPooling::Mean, false}};
+    f.ids = {{"user", users_.rows(), 0, s.user_dim, ""}, {"movie", movies_.rows(), 0, s.history.d_model, "movie"}};
+    f.bags = {{"genres", genres_.rows(), 0, s.genre_dim, "", BagPooling::Mean, false}};
     SequenceFeature title;
     title.name = "title";
-    title.vocab = words_.size();
+    title.vocab = words_.rows();
     title.max_len = opt_.title_len;
     title.encoder = s.title;
     title.layers = s.title_layers;
     SequenceFeature hist;
     hist.name = "history";
-    hist.vocab = movies_.size();
+    hist.vocab = movies_.rows();
     hist.table = "movie";
     hist.max_len = opt_.history_len;
     hist.encoder = s.history;
@@ -374,8 +298,8 @@ class MovieLensFeatures {
               std::size_t history_size) const {
     check(b.ids.size() == 2 && b.bags.size() == 1 && b.sequences.size() == 2 && !b.bags[0].offsets.empty(),
           "MovieLensFeatures::append", "expected a batch shaped by start() (2 ID, 1 bag, 2 sequence fields)");
-    const index_t m = movies_(movie);
-    b.ids[0].push_back(users_(user));
+    const index_t m = movies_.find(movie);
+    b.ids[0].push_back(users_.find(user));
     b.ids[1].push_back(m);
     auto& bag = b.bags[0];
     for (index_t g : movie_genres_[std::size_t(m)]) bag.ids.push_back(g);
@@ -387,7 +311,7 @@ class MovieLensFeatures {
     };
     const auto& words = movie_words_[std::size_t(m)];
     put(b.sequences[0], opt_.title_len, [&](index_t t) { return words[std::size_t(t)]; }, index_t(words.size()));
-    put(b.sequences[1], opt_.history_len, [&](index_t t) { return movies_(history[t]); }, index_t(history_size));
+    put(b.sequences[1], opt_.history_len, [&](index_t t) { return movies_.find(history[t]); }, index_t(history_size));
     ++b.size;
   }
 
@@ -405,12 +329,12 @@ class MovieLensFeatures {
       for (const auto& k : keys) a.push_back(k);
       return a;
     };
-    j.set("users", arr(users_.keys()));
-    j.set("movies", arr(movies_.keys()));
-    j.set("genres", arr(genres_.keys()));
-    j.set("words", arr(words_.keys()));
+    j.set("users", arr(users_.ids()));
+    j.set("movies", arr(movies_.ids()));
+    j.set("genres", arr(genres_.tokens()));
+    j.set("words", arr(words_.tokens()));
     Value mg = Value::array(), mw = Value::array();
-    for (index_t i = 1; i < movies_.size(); ++i) {
+    for (index_t i = 1; i < movies_.rows(); ++i) {
       mg.push_back(arr(movie_genres_[std::size_t(i)]));
       mw.push_back(arr(movie_words_[std::size_t(i)]));
     }
@@ -429,16 +353,16 @@ class MovieLensFeatures {
     f.opt_.history_len = index_t(j.at("history_len").as_int());
     f.opt_.title_len = index_t(j.at("title_len").as_int());
     f.opt_.min_word_count = index_t(j.at("min_word_count").as_int());
-    for (const auto& x : j.at("users").as_array()) f.users_.add(x.as_int());
-    for (const auto& x : j.at("movies").as_array()) f.movies_.add(x.as_int());
-    for (const auto& x : j.at("genres").as_array()) f.genres_.add(x.as_string());
-    for (const auto& x : j.at("words").as_array()) f.words_.add(x.as_string());
+    f.users_ = id_vocabulary(j.at("users"), "users");
+    f.movies_ = id_vocabulary(j.at("movies"), "movies");
+    f.genres_ = data::Vocabulary::from_tokens(strings(j.at("genres")));
+    f.words_ = data::Vocabulary::from_tokens(strings(j.at("words")));
     const auto& mg = j.at("movie_genres").as_array();
     const auto& mw = j.at("movie_words").as_array();
-    check(index_t(mg.size()) == f.movies_.size() - 1 && index_t(mw.size()) == f.movies_.size() - 1, op, "expected ",
-          f.movies_.size() - 1, " movie_genres and movie_words entries but got ", mg.size(), " and ", mw.size());
-    f.movie_genres_.assign(std::size_t(f.movies_.size()), {});
-    f.movie_words_.assign(std::size_t(f.movies_.size()), {});
+    check(mg.size() == f.movies_.size() && mw.size() == f.movies_.size(), op, "expected ", f.movies_.size(),
+          " movie_genres and movie_words entries but got ", mg.size(), " and ", mw.size());
+    f.movie_genres_.assign(std::size_t(f.movies_.rows()), {});
+    f.movie_words_.assign(std::size_t(f.movies_.rows()), {});
     auto ids = [&](const json::Value& a, index_t limit, const char* what) {
       std::vector<index_t> v;
       for (const auto& x : a.as_array()) {
@@ -449,18 +373,34 @@ class MovieLensFeatures {
       return v;
     };
     for (std::size_t i = 0; i < mg.size(); ++i) {
-      f.movie_genres_[i + 1] = ids(mg[i], f.genres_.size(), "genre");
-      f.movie_words_[i + 1] = ids(mw[i], f.words_.size(), "word");
-      check(index_t(f.movie_words_[i + 1].size()) <= f.opt_.title_len, op, "movie ", f.movies_.keys()[i],
+      f.movie_genres_[i + 1] = ids(mg[i], f.genres_.rows(), "genre");
+      f.movie_words_[i + 1] = ids(mw[i], f.words_.rows(), "word");
+      check(index_t(f.movie_words_[i + 1].size()) <= f.opt_.title_len, op, "movie ", f.movies_.ids()[i],
             " has more than title_len = ", f.opt_.title_len, " words");
     }
     return f;
   }
 
  private:
+  // from_json: the vocabularies as saved (keys of rows 1, 2, ...; distinct).
+  static IdVocabulary id_vocabulary(const json::Value& a, const char* what) {
+    IdVocabulary v;
+    for (const auto& x : a.as_array()) {
+      const std::int64_t id = x.as_int();
+      const index_t row = v.rows();
+      check(v.add(id) == row, "MovieLensFeatures::from_json", "expected distinct ", what, " but ", id, " appears twice");
+    }
+    return v;
+  }
+  static std::vector<std::string> strings(const json::Value& a) {
+    std::vector<std::string> v;
+    for (const auto& x : a.as_array()) v.push_back(x.as_string());
+    return v;
+  }
+
   FeatureOptions opt_;
-  Vocabulary<std::int64_t> users_, movies_;
-  Vocabulary<std::string> genres_, words_;
+  IdVocabulary users_, movies_;
+  data::Vocabulary genres_, words_;
   std::vector<std::vector<index_t>> movie_genres_, movie_words_;  // by movie index; [0] (unknown) is empty
 };
 
@@ -544,7 +484,7 @@ inline Datasets<T> make_datasets(const MovieLensFeatures& f, const Timeline& t) 
       f.append(dst, r.user, r.movie, hist.data(), hist.size());
       dst.labels[0].push_back(T(r.rating - d.rating_offset));
       dst.labels[1].push_back(T(r.rating >= 4.0 ? 1 : 0));
-      dst.groups.push_back(f.users()(r.user));
+      dst.groups.push_back(f.users().find(r.user));
     }
   }
   return d;

@@ -43,9 +43,10 @@ struct EnumNames;
 MTREC_ENUM_NAMES(Architecture, {Architecture::SingleTask, "single"}, {Architecture::SharedBottom, "shared_bottom"},
                  {Architecture::MMoE, "mmoe"}, {Architecture::PLE, "ple"}, {Architecture::ESMM, "esmm"})
 MTREC_ENUM_NAMES(TaskType, {TaskType::Binary, "binary"}, {TaskType::Regression, "regression"},
-                 {TaskType::MultiClass, "multiclass"})
+                 {TaskType::MultiClass, "multiclass"}, {TaskType::Retrieval, "retrieval"})
 MTREC_ENUM_NAMES(TaskLoss, {TaskLoss::Default, "default"}, {TaskLoss::BCE, "bce"}, {TaskLoss::MSE, "mse"},
-                 {TaskLoss::Huber, "huber"}, {TaskLoss::CrossEntropy, "cross_entropy"})
+                 {TaskLoss::Huber, "huber"}, {TaskLoss::CrossEntropy, "cross_entropy"},
+                 {TaskLoss::BPR, "bpr"}, {TaskLoss::SampledSoftmax, "sampled_softmax"})
 MTREC_ENUM_NAMES(Activation, {Activation::Identity, "identity"}, {Activation::ReLU, "relu"},
                  {Activation::GELU, "gelu"}, {Activation::GELUTanh, "gelu_tanh"}, {Activation::Sigmoid, "sigmoid"})
 MTREC_ENUM_NAMES(BagPooling, {BagPooling::Sum, "sum"}, {BagPooling::Mean, "mean"})
@@ -150,6 +151,12 @@ inline json::Value config_to_json(const ModelConfig& c) {
     o.set("weight", t.weight);
     o.set("loss", enum_name(t.loss));
     o.set("huber_delta", t.huber_delta);
+    if (t.type == TaskType::Retrieval) {
+      o.set("target_table", t.target_table);
+      o.set("target_vocab", t.target_vocab);
+      o.set("target_dim", t.target_dim);
+      o.set("temperature", t.temperature);
+    }
     tasks.push_back(o);
   }
   j.set("tasks", tasks);
@@ -210,6 +217,12 @@ inline ModelConfig config_from_json(const json::Value& j) {
     t.weight = o.at("weight").as_double();
     t.loss = enum_from<TaskLoss>(o.at("loss"), "task loss");
     t.huber_delta = o.at("huber_delta").as_double();
+    if (t.type == TaskType::Retrieval) {
+      t.target_table = o.at("target_table").as_string();
+      t.target_vocab = index_t(o.at("target_vocab").as_int());
+      t.target_dim = index_t(o.at("target_dim").as_int());
+      t.temperature = o.at("temperature").as_double();
+    }
     c.tasks.push_back(t);
   }
   c.bottom = detail::widths_from(j.at("bottom"));

@@ -152,17 +152,29 @@ inline void gemm_block(Trans ta, Trans tb, index_t M, index_t N, index_t K, T al
 // blocks of C rows (or columns) whose size depends on the shape only; each
 // block runs Eigen's single-threaded GEMM with the full K, so the result is
 // the same for every thread count.
+//
+// Every block packs the whole of op(B) again, so blocks are kept large: about
+// kGemmBlockRows rows each (2 to 16 blocks, sizes rounded to a multiple of
+// 16). 512-row products thus run as 2 blocks rather than 8, and n = 2048 as 8
+// rather than 16.
+namespace detail {
+constexpr index_t kGemmBlockRows = 256;
+inline index_t gemm_block_extent(index_t extent, double flops) {
+  constexpr double kParallelFlops = 1 << 20;
+  if (flops < kParallelFlops) return extent;
+  const index_t blocks = std::min<index_t>(16, std::max<index_t>(2, extent / kGemmBlockRows));
+  return std::max<index_t>(16, ((extent + blocks - 1) / blocks + 15) / 16 * 16);
+}
+}  // namespace detail
+
 template <class T>
 inline void gemm(cpu_t, Trans ta, Trans tb, index_t M, index_t N, index_t K, T alpha, const T* A, index_t lda,
                  const T* B, index_t ldb, T beta, T* C, index_t ldc) {
   if (M <= 0 || N <= 0) return;
   const double flops = 2.0 * double(M) * double(N) * double(K);
-  constexpr double kParallelFlops = 1 << 20;
   const bool split_rows = M >= N;
   const index_t extent = split_rows ? M : N;
-  // ~16 blocks of at least 64 rows/cols, rounded to a multiple of 16.
-  index_t block = std::max<index_t>(64, ((extent + 15) / 16 + 15) / 16 * 16);
-  if (flops < kParallelFlops) block = extent;
+  const index_t block = detail::gemm_block_extent(extent, flops);
   parallel_chunks(extent, block, [&](index_t b, index_t e) {
     if (split_rows) {
       const T* a = ta == Trans::N ? A + b * lda : A + b;
@@ -350,60 +362,127 @@ inline void layernorm_forward(cpu_t, T* y, T* mean, T* rstd, const T* x, const T
   });
 }
 
-// dx written; dgamma, dbeta accumulated. The parameter sums run over rows in
-// order (split across threads by columns), so they are deterministic.
+namespace detail {
+// layernorm_backward works on at most kLnParts chunks of rows (their bounds
+// depend on the row and column counts only) and on column tiles of
+// ln_tile<T>() values, so each chunk's partial dgamma/dbeta fit in a stack
+// array (kLnParts * 2 * 1 KiB = 64 KiB).
+constexpr index_t kLnParts = 32;
+template <class T>
+constexpr index_t ln_tile() {
+  return index_t(1024 / sizeof(T));  // 256 floats, 128 doubles: a multiple of every vector width
+}
+
+// dx for one row: two passes over the row (sums, then dx). With Acc (the
+// fused path: the whole row is one tile) the second pass also adds dy * xhat
+// and dy into the chunk's partials pg and pb.
+template <bool Acc, class T>
+inline void layernorm_backward_row(T* d, const T* xr, const T* g, const T* gamma, T mean, T rstd, index_t cols, T* pg,
+                                   T* pb) {
+  using B = simd::batch<T>;
+  constexpr index_t W = B::size;
+  const B bm(mean), brs(rstd);
+  B acc_g(T(0)), acc_gx(T(0));
+  index_t c = 0;
+  for (; c + W <= cols; c += W) {
+    const B xhat = (B::load_unaligned(xr + c) - bm) * brs;
+    const B gg = B::load_unaligned(g + c) * B::load_unaligned(gamma + c);
+    acc_g += gg;
+    acc_gx += gg * xhat;
+  }
+  T sg = simd::hsum(acc_g), sgx = simd::hsum(acc_gx);
+  for (index_t cc = c; cc < cols; ++cc) {
+    const T xhat = (xr[cc] - mean) * rstd;
+    const T gg = g[cc] * gamma[cc];
+    sg += gg;
+    sgx += gg * xhat;
+  }
+  const B mg(sg / T(cols)), mgx(sgx / T(cols));
+  c = 0;
+  for (; c + W <= cols; c += W) {
+    const B xhat = (B::load_unaligned(xr + c) - bm) * brs;
+    const B gy = B::load_unaligned(g + c);
+    (brs * (gy * B::load_unaligned(gamma + c) - mg - xhat * mgx)).store_unaligned(d + c);
+    if (Acc) {
+      (B::load_aligned(pg + c) + gy * xhat).store_aligned(pg + c);
+      (B::load_aligned(pb + c) + gy).store_aligned(pb + c);
+    }
+  }
+  for (; c < cols; ++c) {
+    const T xhat = (xr[c] - mean) * rstd;
+    d[c] = rstd * (g[c] * gamma[c] - mg.get(0) - xhat * mgx.get(0));
+    if (Acc) {
+      pg[c] += g[c] * xhat;
+      pb[c] += g[c];
+    }
+  }
+}
+}  // namespace detail
+
+// dx written; dgamma, dbeta accumulated. Rows are cut into at most
+// detail::kLnParts chunks (bounds from rows and cols only). Each chunk sums
+// dy * xhat and dy over its rows, row by row, into per-chunk partials
+// (contiguous, vectorised over the columns); the partials are then added in
+// chunk order, so the result is the same for every thread count. When a row
+// fits one column tile the partial sums ride along the dx pass; wider rows
+// take one more pass per column tile.
 template <class T>
 inline void layernorm_backward(cpu_t, T* dx, T* dgamma, T* dbeta, const T* dy, const T* x, const T* mean,
                                const T* rstd, const T* gamma, index_t rows, index_t cols) {
   using B = simd::batch<T>;
   constexpr index_t W = B::size;
-  parallel_chunks(rows, detail::rows_per_chunk(cols), [&](index_t r0, index_t r1) {
-    for (index_t r = r0; r < r1; ++r) {
-      const T* xr = x + r * cols;
-      const T* g = dy + r * cols;
-      T* d = dx + r * cols;
-      const B bm(mean[r]), brs(rstd[r]);
-      B acc_g(T(0)), acc_gx(T(0));
-      index_t c = 0;
-      for (; c + W <= cols; c += W) {
-        const B xhat = (B::load_unaligned(xr + c) - bm) * brs;
-        const B gg = B::load_unaligned(g + c) * B::load_unaligned(gamma + c);
-        acc_g += gg;
-        acc_gx += gg * xhat;
+  constexpr index_t kTile = detail::ln_tile<T>();
+  constexpr index_t kParts = detail::kLnParts;
+  static_assert(kTile % W == 0, "the column tile must be a multiple of the vector width");
+  if (rows <= 0 || cols <= 0) return;
+  const index_t chunk = std::max(detail::rows_per_chunk(cols), (rows + kParts - 1) / kParts);
+  const index_t n_chunks = (rows + chunk - 1) / chunk;
+  alignas(64) T part[kParts][2][kTile];
+  const bool fused = cols <= kTile;
+  for (index_t t0 = 0; t0 < cols; t0 += kTile) {
+    const index_t tw = std::min(kTile, cols - t0);
+    const index_t twv = (tw + W - 1) / W * W;  // partial rows padded to whole vectors
+    parallel_chunks(rows, chunk, [&](index_t r0, index_t r1) {
+      T* pg = part[r0 / chunk][0];
+      T* pb = part[r0 / chunk][1];
+      std::fill(pg, pg + twv, T(0));
+      std::fill(pb, pb + twv, T(0));
+      for (index_t r = r0; r < r1; ++r) {
+        const T* xr = x + r * cols;
+        const T* g = dy + r * cols;
+        if (fused) {
+          detail::layernorm_backward_row<true>(dx + r * cols, xr, g, gamma, mean[r], rstd[r], cols, pg, pb);
+          continue;
+        }
+        if (t0 == 0)
+          detail::layernorm_backward_row<false>(dx + r * cols, xr, g, gamma, mean[r], rstd[r], cols, pg, pb);
+        const B bm(mean[r]), brs(rstd[r]);
+        for (index_t c = 0; c < twv; c += W) {
+          const index_t left = tw - c;
+          const B gy = left >= W ? B::load_unaligned(g + t0 + c) : simd::load_partial(g + t0 + c, left);
+          const B xv = left >= W ? B::load_unaligned(xr + t0 + c) : simd::load_partial(xr + t0 + c, left);
+          (B::load_aligned(pg + c) + gy * ((xv - bm) * brs)).store_aligned(pg + c);
+          (B::load_aligned(pb + c) + gy).store_aligned(pb + c);
+        }
       }
-      T sg = simd::hsum(acc_g), sgx = simd::hsum(acc_gx);
-      for (index_t cc = c; cc < cols; ++cc) {
-        const T xhat = (xr[cc] - mean[r]) * rstd[r];
-        const T gg = g[cc] * gamma[cc];
-        sg += gg;
-        sgx += gg * xhat;
+    });
+    // Chunk partials, in chunk order, then into the accumulated gradients.
+    for (index_t c = 0; c < twv; c += W) {
+      B sg = B::load_aligned(part[0][0] + c), sb = B::load_aligned(part[0][1] + c);
+      for (index_t k = 1; k < n_chunks; ++k) {
+        sg += B::load_aligned(part[k][0] + c);
+        sb += B::load_aligned(part[k][1] + c);
       }
-      const B mg(sg / T(cols)), mgx(sgx / T(cols));
-      c = 0;
-      for (; c + W <= cols; c += W) {
-        const B xhat = (B::load_unaligned(xr + c) - bm) * brs;
-        const B gg = B::load_unaligned(g + c) * B::load_unaligned(gamma + c);
-        (brs * (gg - mg - xhat * mgx)).store_unaligned(d + c);
-      }
-      for (; c < cols; ++c) {
-        const T xhat = (xr[c] - mean[r]) * rstd[r];
-        d[c] = rstd[r] * (g[c] * gamma[c] - mg.get(0) - xhat * mgx.get(0));
+      const index_t left = tw - c;
+      if (left >= W) {
+        (B::load_unaligned(dgamma + t0 + c) + sg).store_unaligned(dgamma + t0 + c);
+        (B::load_unaligned(dbeta + t0 + c) + sb).store_unaligned(dbeta + t0 + c);
+      } else {
+        simd::store_partial(dgamma + t0 + c, simd::load_partial(dgamma + t0 + c, left) + sg, left);
+        simd::store_partial(dbeta + t0 + c, simd::load_partial(dbeta + t0 + c, left) + sb, left);
       }
     }
-  });
-  const index_t col_block = std::max<index_t>(W * 4, (simd::kChunk / std::max<index_t>(rows, 1)) / W * W);
-  parallel_chunks(cols, col_block, [&](index_t c0, index_t c1) {
-    for (index_t c = c0; c < c1; ++c) {
-      T sg = 0, sb = 0;
-      for (index_t r = 0; r < rows; ++r) {
-        const T gy = dy[r * cols + c];
-        sg += gy * (x[r * cols + c] - mean[r]) * rstd[r];
-        sb += gy;
-      }
-      dgamma[c] += sg;
-      dbeta[c] += sb;
-    }
-  });
+  }
 }
 
 // ---- dropout, residual, Adam ------------------------------------------------

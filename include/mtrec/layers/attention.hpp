@@ -24,6 +24,36 @@ inline void zero_padded_rows(T* x, ConstView<index_t> lengths, index_t B, index_
     if (len < Tl) std::memset(x + (b * Tl + len) * C, 0, sizeof(T) * static_cast<std::size_t>((Tl - len) * C));
   }
 }
+// True when every value in rows [lengths[b], T) of each sequence in x (B,T,C)
+// is zero (+0 or -0; NaN is not). Reads the padded rows only.
+template <class T>
+inline bool padded_rows_are_zero(const T* x, ConstView<index_t> lengths, index_t B, index_t Tl, index_t C) {
+  for (index_t b = 0; b < B; ++b) {
+    const T* p = x + (b * Tl + lengths[b]) * C;
+    const index_t n = (Tl - lengths[b]) * C;
+    bool zero = true;
+    for (index_t i = 0; i < n; ++i) zero &= p[i] == T(0);
+    if (!zero) return false;
+  }
+  return true;
+}
+// dy (B,T,C) with its padded rows' gradient dropped: dy itself when those
+// rows already hold zeros (a layer below wrote them so), else a copy in `ws`
+// with the valid rows copied and the padded rows zeroed. `ws` is sized either
+// way, so that which path a step takes never decides whether it allocates.
+template <class T>
+inline const T* drop_padded_gradient(const T* dy, Tensor<T>& ws, ConstView<index_t> lengths, index_t B, index_t Tl,
+                                     index_t C) {
+  ws.resize({B, Tl, C});
+  if (padded_rows_are_zero(dy, lengths, B, Tl, C)) return dy;
+  T* out = ws.data();
+  for (index_t b = 0; b < B; ++b) {
+    const index_t len = lengths[b], base = b * Tl * C;
+    if (len > 0) std::memcpy(out + base, dy + base, sizeof(T) * static_cast<std::size_t>(len * C));
+    if (len < Tl) std::memset(out + base + len * C, 0, sizeof(T) * static_cast<std::size_t>((Tl - len) * C));
+  }
+  return out;
+}
 template <class T>
 using Strided = Eigen::Map<RowMatrix<T>, Eigen::Unaligned, Eigen::OuterStride<>>;
 template <class T>
@@ -41,7 +71,8 @@ class MultiHeadAttention {
     Tensor<T> probs;  // (B,H,T*T): head (b,h) keeps its (L,L) softmax compactly at the front
     Tensor<T> heads;  // (B,T,D) per-head outputs, concatenated; the out_proj input
     // backward workspaces
-    Tensor<T> d_y, d_heads, d_qkv, d_scores;
+    Tensor<T> d_y;  // dy with padded rows zeroed, used only when dy's are not zero already
+    Tensor<T> d_heads, d_qkv, d_scores;
   };
 
   MultiHeadAttention() = default;
@@ -88,12 +119,12 @@ class MultiHeadAttention {
     T* probs = ctx.probs.data();
     parallel_for(B * h_, double(Tl) * double(Tl) * double(dh) * 4.0, [&](index_t bh) {
       const index_t b = bh / h_, hd = bh % h_, L = lengths[b];
-      T* out = heads + b * Tl * D + hd * dh;
-      detail::Strided<T> O(out, Tl, dh, Eigen::OuterStride<>(D));
-      if (L == 0) {
-        O.setZero();
-        return;
-      }
+      // Padded rows of the out_proj input: zero (finite), one contiguous block
+      // per sequence, written by the sequence's first head.
+      if (hd == 0 && L < Tl)
+        std::memset(heads + (b * Tl + L) * D, 0, sizeof(T) * static_cast<std::size_t>((Tl - L) * D));
+      if (L == 0) return;
+      detail::Strided<T> O(heads + b * Tl * D + hd * dh, L, dh, Eigen::OuterStride<>(D));
       const T* base = qkv + b * Tl * 3 * D + hd * dh;
       const detail::ConstStrided<T> Q(base, L, dh, Eigen::OuterStride<>(3 * D));
       const detail::ConstStrided<T> K(base + D, L, dh, Eigen::OuterStride<>(3 * D));
@@ -102,8 +133,7 @@ class MultiHeadAttention {
       MatrixMap<T> P(p, L, L);
       P.noalias() = (Q * K.transpose()) * scale;  // scores (L,L)
       kernels::softmax_forward(kernels::backend{}, p, p, L, L);
-      O.topRows(L).noalias() = P * V;  // (L,dh)
-      O.bottomRows(Tl - L).setZero();
+      O.noalias() = P * V;  // (L,dh)
     });
     out_proj_.forward_impl(heads, y, n);
     detail::zero_padded_rows(y, lengths, B, Tl, D);
@@ -111,14 +141,13 @@ class MultiHeadAttention {
 
   void backward_impl(Context& ctx, const T* dy, T* dx) const {
     const index_t B = ctx.B, Tl = ctx.T_len, n = B * Tl, D = d_, dh = dh_;
-    ctx.d_y.resize({B, Tl, D});
     ctx.d_heads.resize({B, Tl, D});
     ctx.d_qkv.resize({B, Tl, 3 * D});
     ctx.d_scores.resize({B, h_, Tl * Tl});
-    // Padded output rows are constant zero: their incoming gradient is dropped.
-    std::memcpy(ctx.d_y.data(), dy, sizeof(T) * static_cast<std::size_t>(n * D));
-    detail::zero_padded_rows(ctx.d_y.data(), ctx.lengths, B, Tl, D);
-    out_proj_.backward_impl(ctx.heads.data(), ctx.d_y.data(), ctx.d_heads.data(), n);
+    // Padded output rows are constant zero: their incoming gradient is dropped
+    // (no copy when it is zero already, as inside a transformer layer).
+    const T* d_y = detail::drop_padded_gradient(dy, ctx.d_y, ctx.lengths, B, Tl, D);
+    out_proj_.backward_impl(ctx.heads.data(), d_y, ctx.d_heads.data(), n);
     const T scale = T(1) / std::sqrt(T(dh));
     const T* qkv = ctx.qkv.data();
     const T* d_heads = ctx.d_heads.data();
@@ -127,14 +156,14 @@ class MultiHeadAttention {
     T* d_scores = ctx.d_scores.data();
     parallel_for(B * h_, double(Tl) * double(Tl) * double(dh) * 8.0, [&](index_t bh) {
       const index_t b = bh / h_, hd = bh % h_, L = ctx.lengths[b];
-      T* dbase = d_qkv + b * Tl * 3 * D + hd * dh;
-      detail::Strided<T> dQ(dbase, Tl, dh, Eigen::OuterStride<>(3 * D));
-      detail::Strided<T> dK(dbase + D, Tl, dh, Eigen::OuterStride<>(3 * D));
-      detail::Strided<T> dV(dbase + 2 * D, Tl, dh, Eigen::OuterStride<>(3 * D));
-      dQ.bottomRows(Tl - L).setZero();
-      dK.bottomRows(Tl - L).setZero();
-      dV.bottomRows(Tl - L).setZero();
+      // Padded rows of d_qkv: zero, one contiguous block per sequence.
+      if (hd == 0 && L < Tl)
+        std::memset(d_qkv + (b * Tl + L) * 3 * D, 0, sizeof(T) * static_cast<std::size_t>((Tl - L) * 3 * D));
       if (L == 0) return;
+      T* dbase = d_qkv + b * Tl * 3 * D + hd * dh;
+      detail::Strided<T> dQ(dbase, L, dh, Eigen::OuterStride<>(3 * D));
+      detail::Strided<T> dK(dbase + D, L, dh, Eigen::OuterStride<>(3 * D));
+      detail::Strided<T> dV(dbase + 2 * D, L, dh, Eigen::OuterStride<>(3 * D));
       const T* base = qkv + b * Tl * 3 * D + hd * dh;
       const detail::ConstStrided<T> Q(base, L, dh, Eigen::OuterStride<>(3 * D));
       const detail::ConstStrided<T> K(base + D, L, dh, Eigen::OuterStride<>(3 * D));
@@ -146,9 +175,9 @@ class MultiHeadAttention {
       MatrixMap<T> dS(ds, L, L);
       dS.noalias() = dO * V.transpose();  // dP (L,L)
       kernels::softmax_backward(kernels::backend{}, ds, ds, p, L, L);
-      dQ.topRows(L).noalias() = (dS * K) * scale;
-      dK.topRows(L).noalias() = (dS.transpose() * Q) * scale;
-      dV.topRows(L).noalias() = P.transpose() * dO;
+      dQ.noalias() = (dS * K) * scale;
+      dK.noalias() = (dS.transpose() * Q) * scale;
+      dV.noalias() = P.transpose() * dO;
     });
     in_proj_.backward_impl(ctx.x.data, d_qkv, dx, n);
   }

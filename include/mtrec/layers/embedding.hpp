@@ -28,6 +28,15 @@ inline ParamId make_embedding_table(ParameterStore<T>& store, const std::string&
 }
 
 namespace detail {
+// A hint to fetch the cache line at p for reading (no-op where unsupported).
+inline void prefetch_read(const void* p) {
+#if defined(__GNUC__) || defined(__clang__)
+  __builtin_prefetch(p, 0, 3);
+#else
+  (void)p;
+#endif
+}
+
 template <class T>
 inline void check_ids(const char* op, const ParameterStore<T>& store, ParamId table, const index_t* ids, index_t n) {
   const index_t rows = store.info(table).shape[0];
@@ -152,21 +161,7 @@ class EmbeddingBag {
     ctx.ids = ids;
     ctx.offsets = offsets;
     ctx.weights = weights;
-    const T* w = store_->value(table_);
-    parallel_for(B, double(dim_) * double(n) / double(std::max<index_t>(B, 1)), [&](index_t b) {
-      T* yb = y.data + b * dim_;
-      std::memset(yb, 0, sizeof(T) * static_cast<std::size_t>(dim_));
-      const index_t s = offsets[b], e = offsets[b + 1];
-      for (index_t i = s; i < e; ++i) {
-        const T* row = w + ids[i] * dim_;
-        const T a = weights.empty() ? T(1) : weights[i];
-        for (index_t c = 0; c < dim_; ++c) yb[c] += a * row[c];
-      }
-      if (pooling_ == BagPooling::Mean && e > s) {
-        const T inv = T(1) / T(e - s);
-        for (index_t c = 0; c < dim_; ++c) yb[c] *= inv;
-      }
-    });
+    pool_bags(ids.data, offsets.data, weights.empty() ? nullptr : weights.data, y.data, B);
   }
 
   // table.grad[ids[i]] += scale_i * dy[bag(i)]; dweights (n) written if given
@@ -207,6 +202,104 @@ class EmbeddingBag {
   BagPooling pooling() const { return pooling_; }
 
  private:
+  // Bags per parallel chunk (a fixed count: bags are independent, so the
+  // split never changes a result) and how many IDs ahead rows are prefetched.
+  static constexpr index_t kBagsPerChunk = 64;
+  static constexpr index_t kPrefetchAhead = 16;
+
+  // y (B,dim): bag b = sum over its IDs, in order, of (weight *) row, then
+  // times 1/length for the mean: per column the same additions, in the same
+  // order, as the scalar loop `y[c] = 0; y[c] += a * row[c]`, so a bag's
+  // result never depends on which thread runs it. Columns go in register
+  // blocks of up to 4 vectors; the rows kPrefetchAhead IDs ahead (across
+  // bags) are prefetched while the current bag is summed.
+  void pool_bags(const index_t* ids, const index_t* offsets, const T* weights, T* y, index_t B) const {
+    if (weights)
+      pool_bags_impl<true>(ids, offsets, weights, y, B);
+    else
+      pool_bags_impl<false>(ids, offsets, weights, y, B);
+  }
+
+  template <bool Weighted>
+  void pool_bags_impl(const index_t* ids, const index_t* offsets, const T* weights, T* y, index_t B) const {
+    using V = xsimd::batch<T>;
+    constexpr index_t W = V::size;
+    const T* w = store_->value(table_);
+    const index_t dim = dim_;
+    const index_t row_bytes = dim * index_t(sizeof(T));
+    const bool mean = pooling_ == BagPooling::Mean;
+    parallel_chunks(B, kBagsPerChunk, [&](index_t b0, index_t b1) {
+      const index_t i_end = offsets[b1];
+      auto prefetch_row = [&](index_t i) {
+        if (i >= i_end) return;
+        const char* row = reinterpret_cast<const char*>(w + ids[i] * dim);
+        for (index_t off = 0; off < row_bytes; off += 64) detail::prefetch_read(row + off);
+      };
+      for (index_t i = offsets[b0]; i < offsets[b0] + kPrefetchAhead; ++i) prefetch_row(i);
+      for (index_t b = b0; b < b1; ++b) {
+        T* yb = y + b * dim;
+        const index_t s = offsets[b], e = offsets[b + 1];
+        const bool scale = mean && e > s;
+        const T inv = scale ? T(1) / T(e - s) : T(1);
+        index_t c = 0;
+        bool first = true;  // the first column block issues the prefetches
+        for (; c + 4 * W <= dim; c += 4 * W) {
+          V a0(T(0)), a1(T(0)), a2(T(0)), a3(T(0));
+          for (index_t i = s; i < e; ++i) {
+            if (first) prefetch_row(i + kPrefetchAhead);
+            const T* row = w + ids[i] * dim + c;
+            if (Weighted) {
+              const V a(weights[i]);
+              a0 = a0 + a * V::load_unaligned(row);
+              a1 = a1 + a * V::load_unaligned(row + W);
+              a2 = a2 + a * V::load_unaligned(row + 2 * W);
+              a3 = a3 + a * V::load_unaligned(row + 3 * W);
+            } else {
+              a0 = a0 + V::load_unaligned(row);
+              a1 = a1 + V::load_unaligned(row + W);
+              a2 = a2 + V::load_unaligned(row + 2 * W);
+              a3 = a3 + V::load_unaligned(row + 3 * W);
+            }
+          }
+          if (scale) {
+            const V vinv(inv);
+            a0 = a0 * vinv;
+            a1 = a1 * vinv;
+            a2 = a2 * vinv;
+            a3 = a3 * vinv;
+          }
+          a0.store_unaligned(yb + c);
+          a1.store_unaligned(yb + c + W);
+          a2.store_unaligned(yb + c + 2 * W);
+          a3.store_unaligned(yb + c + 3 * W);
+          first = false;
+        }
+        for (; c + W <= dim; c += W) {
+          V acc(T(0));
+          for (index_t i = s; i < e; ++i) {
+            if (first) prefetch_row(i + kPrefetchAhead);
+            const V row = V::load_unaligned(w + ids[i] * dim + c);
+            acc = Weighted ? acc + V(weights[i]) * row : acc + row;
+          }
+          if (scale) acc = acc * V(inv);
+          acc.store_unaligned(yb + c);
+          first = false;
+        }
+        for (; c < dim; ++c) {
+          T acc = T(0);
+          for (index_t i = s; i < e; ++i) {
+            if (first) prefetch_row(i + kPrefetchAhead);
+            const T v = w[ids[i] * dim + c];
+            acc = Weighted ? acc + weights[i] * v : acc + v;
+          }
+          if (scale) acc *= inv;
+          yb[c] = acc;
+          first = false;
+        }
+      }
+    });
+  }
+
   ParameterStore<T>* store_ = nullptr;
   ParamId table_ = -1;
   index_t rows_ = 0, dim_ = 0;

@@ -106,15 +106,16 @@ class TransformerEncoderLayer {
     for (Tensor<T>* t : {&ctx.dD1, &ctx.dD2, &ctx.dD3}) t->resize({B, Tl, D});
     ctx.dF.resize({B, Tl, F});
     T *d1 = ctx.dD1.data(), *d2 = ctx.dD2.data(), *d3 = ctx.dD3.data(), *dF = ctx.dF.data();
-    std::memcpy(d1, dy, sizeof(T) * static_cast<std::size_t>(n * D));  // d1 = dy, padded rows dropped
-    detail::zero_padded_rows(d1, ctx.lengths, B, Tl, D);
-    drop_out_.backward_impl(ctx.drop_out, d1, d2);                    // d2 = d f2
+    // g = dy with padded rows dropped: dy itself when they are zero already
+    // (the layer above wrote them so), else a copy in d1.
+    const T* g = detail::drop_padded_gradient(dy, ctx.dD1, ctx.lengths, B, Tl, D);
+    drop_out_.backward_impl(ctx.drop_out, g, d2);                     // d2 = d f2
     lin2_.backward_impl(ctx.g.data(), d2, dF, n);                      // dF = d g
     drop_ffn_.backward_impl(ctx.drop_ffn, dF, dF);
     activation_backward(c_.activation, dF, dF, ctx.f1.data(), static_cast<const T*>(nullptr), n * F);  // dF = d f1
     lin1_.backward_impl(ctx.h2.data(), dF, d2, n);                     // d2 = d h2
     ln2_.backward_impl(ctx.ln2, d2, d3);                               // d3 = d r1 (LN2 path)
-    kernels::residual_add(kernels::backend{}, d3, d3, d1, n * D);      // d3 = d r1 (both paths)
+    kernels::residual_add(kernels::backend{}, d3, d3, g, n * D);       // d3 = d r1 (both paths)
     drop_attn_.backward_impl(ctx.drop_attn, d3, d2);                   // d2 = d attn
     attn_.backward_impl(ctx.mha, d2, d1);                              // d1 = d h1
     ln1_.backward_impl(ctx.ln1, d1, dx);                               // dx = LN1 path
@@ -187,16 +188,17 @@ class TransformerEncoder {
   // dx (B,T,D) written; all parameter gradients accumulated
   void backward(Context& ctx, ConstView<T> dy, TensorView<T> dx) const {
     const char* op = "TransformerEncoder::backward";
-    const index_t B = ctx.x.dim(0), Tl = ctx.x.dim(1), n = B * Tl, D = c_.d_model;
+    const index_t B = ctx.x.dim(0), Tl = ctx.x.dim(1), D = c_.d_model;
     check_shape(op, "dy", dy, {B, Tl, D});
     check_shape(op, "dx", dx, {B, Tl, D});
     ctx.d_a.resize({B, Tl, D});
     ctx.d_b.resize({B, Tl, D});
     const T* g = dy.data;
     if (final_norm_) {
-      std::memcpy(ctx.d_b.data(), dy.data, sizeof(T) * static_cast<std::size_t>(n * D));
-      detail::zero_padded_rows(ctx.d_b.data(), ctx.lengths, B, Tl, D);
-      norm_.backward_impl(ctx.final_ln, ctx.d_b.data(), ctx.d_a.data());
+      // Padded rows of y are constant zero: their gradient is dropped (a copy
+      // into d_b only when dy's padded rows are not zero already).
+      norm_.backward_impl(ctx.final_ln, detail::drop_padded_gradient(dy.data, ctx.d_b, ctx.lengths, B, Tl, D),
+                          ctx.d_a.data());
       g = ctx.d_a.data();
     }
     for (std::size_t i = layers_.size(); i-- > 0;) {

@@ -2,6 +2,7 @@
 // architecture — as one plain struct, checked when the model is built.
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 #include <map>
 #include <string>
@@ -19,7 +20,9 @@ enum class Architecture {
   ESMM,          // pCTCVR = pCTR x pCVR over all impressions (Ma et al., SIGIR 2018)
 };
 
-enum class TaskType { Binary, Regression, MultiClass };
+// Retrieval: the label is a target item's row in a table; the tower outputs a
+// query vector scored against that table (in-batch sampled softmax).
+enum class TaskType { Binary, Regression, MultiClass, Retrieval };
 
 enum class TaskLoss {
   Default,       // BCE for binary, MSE for regression, cross-entropy for multi-class
@@ -27,6 +30,9 @@ enum class TaskLoss {
   MSE,
   Huber,
   CrossEntropy,
+  BPR,             // binary: pairwise -log sigmoid(s_pos - s_neg) over the batch's (positive, negative)
+                   // pairs, within each group when the batch has groups (e.g. per user)
+  SampledSoftmax,  // retrieval (its default): softmax over the batch's targets, the others as negatives
 };
 
 struct TaskSpec {
@@ -37,6 +43,14 @@ struct TaskSpec {
   double weight = 1.0;               // lambda_k in L = sum_k lambda_k L_k
   TaskLoss loss = TaskLoss::Default;
   double huber_delta = 1.0;
+  // Retrieval tasks only. target_table names the table the labels index:
+  // either one the features already use (item-item p(i|j), sharing the item
+  // embeddings), or a new one of target_vocab x target_dim. The model fills
+  // in target_vocab/target_dim of a shared table. Scores are <q, e_i> / temperature.
+  std::string target_table;
+  index_t target_vocab = 0;
+  index_t target_dim = 0;
+  double temperature = 1.0;
 };
 
 struct ModelConfig {
@@ -71,12 +85,18 @@ inline const char* task_type_name(TaskType t) {
     case TaskType::Binary: return "binary";
     case TaskType::Regression: return "regression";
     case TaskType::MultiClass: return "multiclass";
+    case TaskType::Retrieval: return "retrieval";
   }
   return "?";
 }
 
 // Columns of a task's raw output: 1, or C logits for a multi-class task.
-inline index_t task_output_width(const TaskSpec& t) { return t.type == TaskType::MultiClass ? t.num_classes : 1; }
+// A retrieval task outputs its query vector (target_dim columns).
+inline index_t task_output_width(const TaskSpec& t) {
+  if (t.type == TaskType::MultiClass) return t.num_classes;
+  if (t.type == TaskType::Retrieval) return t.target_dim;
+  return 1;
+}
 
 // One table's shape, as agreed by every field that uses it.
 struct TableSpec {
@@ -142,11 +162,33 @@ inline std::vector<TableSpec> validate_config(const ModelConfig& c) {
           t.weight);
     const bool ok_loss =
         t.loss == TaskLoss::Default ||
-        (t.type == TaskType::Binary && t.loss == TaskLoss::BCE) ||
+        (t.type == TaskType::Binary && (t.loss == TaskLoss::BCE || t.loss == TaskLoss::BPR)) ||
+        (t.type == TaskType::Retrieval && t.loss == TaskLoss::SampledSoftmax) ||
         (t.type == TaskType::Regression && (t.loss == TaskLoss::MSE || t.loss == TaskLoss::Huber)) ||
         (t.type == TaskType::MultiClass && t.loss == TaskLoss::CrossEntropy);
     check(ok_loss, op, "task '", t.name, "' of type ", task_type_name(t.type), " cannot use the requested loss");
     check(t.huber_delta > 0, op, "task '", t.name, "' expected huber_delta > 0 but got ", t.huber_delta);
+    if (t.type == TaskType::Retrieval) {
+      check(!t.target_table.empty(), op, "retrieval task '", t.name, "' expected a target_table");
+      check(std::isfinite(t.temperature) && t.temperature > 0, op, "retrieval task '", t.name,
+            "' expected a finite temperature > 0 but got ", t.temperature);
+      const TableSpec* shared = nullptr;
+      for (const auto& ts : tables)
+        if (ts.name == t.target_table) shared = &ts;
+      if (shared) {
+        check(!shared->hashed, op, "retrieval task '", t.name, "' target table '", t.target_table,
+              "' is hashed; labels must index a vocabulary table");
+        check(t.target_vocab == 0 || t.target_vocab == shared->rows, op, "retrieval task '", t.name,
+              "' target_vocab expected 0 or the table's ", shared->rows, " rows but got ", t.target_vocab);
+        check(t.target_dim == 0 || t.target_dim == shared->dim, op, "retrieval task '", t.name,
+              "' target_dim expected 0 or the table's dim ", shared->dim, " but got ", t.target_dim);
+      } else {
+        check(t.target_vocab > 0 && t.target_dim > 0, op, "retrieval task '", t.name, "' has a new target table '",
+              t.target_table, "': expected target_vocab > 0 and target_dim > 0 but got ", t.target_vocab, " and ",
+              t.target_dim);
+        tables.push_back({t.target_table, t.target_vocab, t.target_dim, false});
+      }
+    }
   }
   const auto K = c.tasks.size();
   switch (c.architecture) {
@@ -170,6 +212,9 @@ inline std::vector<TableSpec> validate_config(const ModelConfig& c) {
     case Architecture::ESMM:
       check(K == 2 && c.tasks[0].type == TaskType::Binary && c.tasks[1].type == TaskType::Binary, op,
             "ESMM expected exactly 2 binary tasks (CTR, then CTCVR) but got ", K, " tasks");
+      for (const auto& t : c.tasks)
+        check(t.loss == TaskLoss::Default || t.loss == TaskLoss::BCE, op, "ESMM task '", t.name,
+              "' expected the BCE loss");
       break;
   }
   for (index_t w : c.bottom) check(w > 0, op, "bottom widths must be positive but got ", w);

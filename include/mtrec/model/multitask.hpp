@@ -105,6 +105,19 @@ class MultiTaskModel {
     std::vector<typename MLP<T>::Context> tower;
     std::vector<Tensor<T>> out, d_out, d_scaled, d_tower_in;  // per task
     std::vector<Tensor<index_t>> class_ids;  // multi-class labels as ids
+    // BPR tasks: the batch's (positive, negative) row pairs and their scores.
+    struct PairWs {
+      Tensor<index_t> order, pos, neg;  // order (B): labelled rows sorted by (group, label)
+      Tensor<T> s_pos, s_neg, d_pos, d_neg, weight;  // (P)
+    };
+    // Retrieval tasks: the target rows' embeddings are the keys.
+    struct RetrievalWs {
+      Tensor<index_t> rows;    // (B) target row per batch row (0 where unlabelled)
+      Tensor<T> keys, d_keys;  // (B,D)
+      InBatchSoftmaxWorkspace<T> softmax;
+    };
+    std::vector<PairWs> pairs;
+    std::vector<RetrievalWs> retrieval;
     Tensor<T> esmm_d_ctr;                     // (B) ESMM: dL_ctcvr / d CTR logit
     TaskLosses losses;                        // the last compute_losses() result
     Mode mode;
@@ -178,6 +191,10 @@ class MultiTaskModel {
       if (config_.architecture == Architecture::ESMM && k == 1) {
         ws.esmm_d_ctr.resize({B});
         lr = esmm_ctcvr_loss(d, ws.esmm_d_ctr.data(), ws.out[0].data(), o, y, m, w, B);
+      } else if (t.type == TaskType::Binary && t.loss == TaskLoss::BPR) {
+        lr = bpr_task_loss(ws.pairs[k], d, o, y, m, w, batch.groups, B, t);
+      } else if (t.type == TaskType::Retrieval) {
+        lr = retrieval_task_loss(ws.retrieval[k], d, o, y, m, w, B, k);
       } else if (t.type == TaskType::Binary) {
         lr = bce_with_logits(d, o, y, m, w, B);
       } else if (t.type == TaskType::Regression) {
@@ -207,7 +224,6 @@ class MultiTaskModel {
   // tower). Parameter gradients accumulate into parameters().grads().
   void backward(Workspace& ws, const Batch<T>& batch, const double* coeff) const {
     const index_t B = ws.B;
-    (void)batch;
     for (std::size_t k = 0; k < num_tasks(); ++k) {
       ws.d_tower_in[k].resize({B, towers_[k].in_features()});
       const index_t n = ws.out[k].numel();
@@ -223,6 +239,7 @@ class MultiTaskModel {
         active = true;
       }
       if (active) towers_[k].backward(ws.tower[k], ws.d_scaled[k].view(), ws.d_tower_in[k].view());
+      if (config_.tasks[k].type == TaskType::Retrieval && coeff[k] != 0.0) retrieval_keys_backward(ws, batch, k, c);
     }
     trunk_backward(ws, coeff);
     features_backward(ws, batch);
@@ -243,6 +260,8 @@ class MultiTaskModel {
         T* p = out.data() + i * C + col;
         if (t.type == TaskType::Regression) {
           p[0] = o[0];
+        } else if (t.type == TaskType::Retrieval) {
+          for (index_t j = 0; j < w; ++j) p[j] = o[j];  // the query vector
         } else if (t.type == TaskType::MultiClass) {
           kernels::softmax_forward(kernels::backend{}, p, o, 1, w);
         } else if (config_.architecture == Architecture::ESMM && k == 1) {
@@ -257,12 +276,15 @@ class MultiTaskModel {
       for (index_t i = 0; i < B; ++i) out.data()[i * C + col] = sigmoid(ws.out[1].data()[i]);
   }
 
-  // Names of predict()'s columns: the task name, "task:class" for multi-class.
+  // Names of predict()'s columns: the task name, "task:class" for multi-class,
+  // "task:q<j>" for a retrieval task's query vector.
   std::vector<std::string> output_columns() const {
     std::vector<std::string> cols;
     for (const auto& t : config_.tasks) {
       if (t.type == TaskType::MultiClass)
         for (index_t c = 0; c < t.num_classes; ++c) cols.push_back(t.name + ":" + std::to_string(c));
+      else if (t.type == TaskType::Retrieval)
+        for (index_t j = 0; j < t.target_dim; ++j) cols.push_back(t.name + ":q" + std::to_string(j));
       else
         cols.push_back(t.name);
     }
@@ -275,8 +297,130 @@ class MultiTaskModel {
     return w + (config_.architecture == Architecture::ESMM ? 1 : 0);
   }
 
+ // A retrieval task's target table (rows, dim): score a query q against it
+  // as <q, row> / temperature. Shares storage with the model.
+  ConstView<T> target_table(std::size_t k) const {
+    check(k < num_tasks() && config_.tasks[k].type == TaskType::Retrieval, "MultiTaskModel::target_table",
+          "task ", k, " is not a retrieval task");
+    const ParamId id = target_table_[k];
+    return ConstView<T>(store_->value(id), store_->info(id).shape);
+  }
+
  private:
   static T sigmoid(T x) { return T(1) / (T(1) + std::exp(-x)); }
+
+  // ---- ranking and retrieval losses -------------------------------------------
+
+  // BPR over every (positive, negative) pair of labelled rows in the batch,
+  // within each group when the batch has groups. A pair weighs w_pos * w_neg.
+  // d (B) = dL/d score, written. Cost O(pairs): give groups on large batches.
+  LossResult bpr_task_loss(typename Workspace::PairWs& pw, T* d, const T* score, const T* y, const std::uint8_t* m,
+                           const T* w, const std::vector<index_t>& groups, index_t B, const TaskSpec& t) const {
+    const char* op = "MultiTaskModel::compute_losses";
+    const bool grouped = !groups.empty();
+    check(!grouped || groups.size() == static_cast<std::size_t>(B), op, "task '", t.name, "' expected ", B,
+          " groups but got ", groups.size());
+    pw.order.resize({B});
+    index_t n = 0, npos = 0;
+    for (index_t i = 0; i < B; ++i) {
+      if (m && !m[i]) continue;
+      if (y[i] != T(0) && y[i] != T(1))
+        fail(op, "BPR task '", t.name, "' label[", i, "] expected 0 or 1 but got ", y[i]);
+      pw.order[n++] = i;
+      npos += y[i] == T(1);
+    }
+    // Sort by (group, label, row): std::sort works in place, so no allocation.
+    index_t* ord = pw.order.data();
+    std::sort(ord, ord + n, [&](index_t a, index_t b) {
+      const index_t ga = grouped ? groups[a] : 0, gb = grouped ? groups[b] : 0;
+      if (ga != gb) return ga < gb;
+      if (y[a] != y[b]) return y[a] > y[b];  // positives first
+      return a < b;
+    });
+    index_t P = 0;
+    for (int pass = 0; pass < 2; ++pass) {  // pass 0 counts the pairs, pass 1 fills them
+      index_t p = 0;
+      for (index_t g0 = 0; g0 < n;) {
+        index_t g1 = g0;
+        while (g1 < n && (!grouped || groups[ord[g1]] == groups[ord[g0]])) ++g1;
+        index_t split = g0;
+        while (split < g1 && y[ord[split]] == T(1)) ++split;
+        for (index_t a = g0; a < split; ++a)
+          for (index_t b = split; b < g1; ++b, ++p) {
+            if (pass == 0) continue;
+            const index_t i = ord[a], j = ord[b];
+            pw.pos[p] = i;
+            pw.neg[p] = j;
+            pw.s_pos[p] = score[i];
+            pw.s_neg[p] = score[j];
+            pw.weight[p] = w ? w[i] * w[j] : T(1);
+          }
+        g0 = g1;
+      }
+      if (pass == 0) {
+        P = p;
+        for (Tensor<index_t>* x : {&pw.pos, &pw.neg}) x->resize({P});
+        for (Tensor<T>* x : {&pw.s_pos, &pw.s_neg, &pw.d_pos, &pw.d_neg, &pw.weight}) x->resize({P});
+      }
+    }
+    (void)npos;
+    for (index_t i = 0; i < B; ++i) d[i] = T(0);
+    if (P == 0) return LossResult{};
+    LossResult r = bpr(pw.d_pos.data(), pw.d_neg.data(), pw.s_pos.data(), pw.s_neg.data(),
+                       static_cast<const std::uint8_t*>(nullptr), pw.weight.data(), P);
+    for (index_t p = 0; p < P; ++p) {  // fixed order: deterministic
+      d[pw.pos[p]] += pw.d_pos[p];
+      d[pw.neg[p]] += pw.d_neg[p];
+    }
+    return r;
+  }
+
+  // In-batch sampled softmax: row i's query (the tower output) against the
+  // target embeddings of every labelled row; its own target is the positive.
+  // d (B,D) = dL/dq written; rw.d_keys = dL/d key, scattered in backward.
+  LossResult retrieval_task_loss(typename Workspace::RetrievalWs& rw, T* d, const T* q, const T* y,
+                                 const std::uint8_t* m, const T* w, index_t B, std::size_t k) const {
+    const char* op = "MultiTaskModel::compute_losses";
+    const TaskSpec& t = config_.tasks[k];
+    const ParamId table = target_table_[k];
+    const index_t rows = store_->info(table).shape[0], D = t.target_dim;
+    rw.rows.resize({B});
+    rw.keys.resize({B, D});
+    rw.d_keys.resize({B, D});
+    const T* e = store_->value(table);
+    for (index_t i = 0; i < B; ++i) {
+      index_t r = 0;
+      if (!m || m[i]) {
+        if (y[i] != std::floor(y[i]) || y[i] < 0 || y[i] >= T(rows))
+          fail(op, "retrieval task '", t.name, "' label[", i, "] expected a row of table '", t.target_table,
+               "' in [0, ", rows, ") but got ", y[i]);
+        r = static_cast<index_t>(y[i]);
+      }
+      rw.rows[i] = r;
+      std::memcpy(rw.keys.data() + i * D, e + r * D, sizeof(T) * static_cast<std::size_t>(D));
+    }
+    return in_batch_softmax(d, rw.d_keys.data(), q, rw.keys.data(), B, D, t.temperature,
+                            static_cast<const T*>(nullptr), m, w, &rw.softmax);
+  }
+
+  // table.grad[target row of i] += c * dL/d key_i for the labelled rows only:
+  // an unlabelled row's placeholder row is neither updated nor marked touched.
+  void retrieval_keys_backward(Workspace& ws, const Batch<T>& batch, std::size_t k, T c) const {
+    const auto& rw = ws.retrieval[k];
+    const ParamId table = target_table_[k];
+    const index_t D = config_.tasks[k].target_dim;
+    const bool masked = !batch.label_mask.empty() && !batch.label_mask[k].empty();
+    T* g = store_->grad(table);
+    TouchedRows& touched = store_->touched(table);
+    for (index_t i = 0; i < ws.B; ++i) {
+      if (masked && !batch.label_mask[k][std::size_t(i)]) continue;
+      const index_t r = rw.rows[i];
+      touched.mark(r);
+      T* gr = g + r * D;
+      const T* dk = rw.d_keys.data() + i * D;
+      for (index_t j = 0; j < D; ++j) gr[j] += c * dk[j];
+    }
+  }
 
   // ---- construction ----------------------------------------------------------
 
@@ -327,6 +471,14 @@ class MultiTaskModel {
       case Architecture::ESMM: break;
     }
     if (!levels_.empty()) trunk_width = config_.expert.back();
+    target_table_.assign(num_tasks(), ParamId(-1));
+    for (std::size_t k = 0; k < num_tasks(); ++k) {
+      TaskSpec& t = config_.tasks[k];
+      if (t.type != TaskType::Retrieval) continue;
+      target_table_[k] = table_of(t.name, t.target_table);
+      t.target_vocab = s.info(target_table_[k]).shape[0];  // filled in for a shared table
+      t.target_dim = s.info(target_table_[k]).shape[1];
+    }
     for (std::size_t k = 0; k < num_tasks(); ++k) {
       const TaskSpec& t = config_.tasks[k];
       MLPConfig c = hidden;
@@ -378,10 +530,25 @@ class MultiTaskModel {
   void classify_parameters() {
     const ParameterStore<T>& s = *store_;
     const std::string last_level = "level" + std::to_string(int(levels_.size()) - 1) + ".task_expert.";
+    // A target table that no feature reads and only one retrieval task scores
+    // against belongs to that task alone.
+    auto target_only = [&](ParamId id) {
+      int users = 0;
+      for (ParamId t : target_table_) users += t == id;
+      if (users != 1) return false;
+      const FeatureSpec& f = config_.features;
+      auto reads = [&](const std::string& field, const std::string& table) {
+        return "emb." + (table.empty() ? field : table) == s.info(id).name;
+      };
+      for (const auto& x : f.ids) if (reads(x.name, x.table)) return false;
+      for (const auto& x : f.bags) if (reads(x.name, x.table)) return false;
+      for (const auto& x : f.sequences) if (reads(x.name, x.table)) return false;
+      return true;
+    };
     for (ParamId id = 0; id < s.count(); ++id) {
       const std::string& n = s.info(id).name;
       const bool task_only = n.rfind("tower.", 0) == 0 || n.find(".gate.") != std::string::npos ||
-                             (!levels_.empty() && n.rfind(last_level, 0) == 0);
+                             (!levels_.empty() && n.rfind(last_level, 0) == 0) || target_only(id);
       if (!task_only) shared_params_.push_back(id);
     }
     // The last shared layer: bottom's last Linear, or the last Linear of every
@@ -433,6 +600,8 @@ class MultiTaskModel {
     ws.d_scaled.resize(num_tasks());
     ws.d_tower_in.resize(num_tasks());
     ws.class_ids.resize(num_tasks());
+    ws.pairs.resize(num_tasks());
+    ws.retrieval.resize(num_tasks());
     for (std::size_t k = 0; k < num_tasks(); ++k) {
       const index_t w = task_output_width(config_.tasks[k]);
       ws.out[k].resize({B, w});
@@ -559,11 +728,13 @@ class MultiTaskModel {
       sw.hidden.resize({B, L, D});
       sw.pooled.resize({B, D});
       enc.items.forward(sw.items, sw.valid_ids.view(), sw.compact.view());
-      sw.emb.zero();
       v = 0;
-      for (index_t r = 0; r < B; ++r) {
+      for (index_t r = 0; r < B; ++r) {  // valid positions copied, padded ones zeroed
         const index_t len = s.lengths[r];
-        std::memcpy(sw.emb.data() + r * L * D, sw.compact.data() + v * D, sizeof(T) * std::size_t(len * D));
+        T* row = sw.emb.data() + r * L * D;
+        // len may be 0 (then compact can be empty, data() null): memcpy must not see it.
+        if (len > 0) std::memcpy(row, sw.compact.data() + v * D, sizeof(T) * std::size_t(len * D));
+        if (len < L) std::memset(static_cast<void*>(row + len * D), 0, sizeof(T) * std::size_t((L - len) * D));
         v += len;
       }
       ConstView<index_t> lengths(s.lengths.data(), {B});
@@ -614,7 +785,8 @@ class MultiTaskModel {
       index_t v = 0;
       const auto& lengths = b.sequences[i].lengths;
       for (index_t r = 0; r < B; ++r) {
-        std::memcpy(sw.d_compact.data() + v * D, sw.d_emb.data() + r * L * D, sizeof(T) * std::size_t(lengths[r] * D));
+        if (lengths[r] > 0)
+          std::memcpy(sw.d_compact.data() + v * D, sw.d_emb.data() + r * L * D, sizeof(T) * std::size_t(lengths[r] * D));
         v += lengths[r];
       }
       enc.items.backward(sw.items, sw.d_compact.view());
@@ -803,6 +975,7 @@ class MultiTaskModel {
   MLP<T> bottom_;
   std::vector<Level> levels_;
   std::vector<MLP<T>> towers_;
+  std::vector<ParamId> target_table_;  // per task: a retrieval task's target table, else -1
   std::vector<ParamId> shared_params_, last_shared_;
 };
 

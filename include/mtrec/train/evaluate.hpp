@@ -1,7 +1,9 @@
 // mtrec: evaluating a model on a dataset — per-task metrics in one pass.
 #pragma once
 
+#include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <map>
 #include <string>
 #include <vector>
@@ -12,8 +14,11 @@
 namespace mtrec {
 
 // Metrics of one task: binary -> auc, gauc (when groups are given), logloss,
-// accuracy; regression -> rmse, mae; multi-class -> accuracy, logloss; every
-// task -> loss (the training loss on its labelled rows) and count.
+// accuracy; regression -> rmse, mae; multi-class -> accuracy, logloss;
+// retrieval -> hit_rate@10, ndcg@10 (the target ranked against every row of
+// its table, not only the batch); every task -> loss (the training loss on
+// its labelled rows; in-batch losses such as BPR and sampled softmax depend on
+// the batch size) and count.
 struct TaskMetrics {
   std::string task;
   std::map<std::string, double> values;
@@ -45,7 +50,37 @@ struct Evaluation {
 // True when a larger value of the metric is better.
 inline bool metric_higher_is_better(const std::string& spec) {
   const std::string m = spec.substr(0, spec.find(':'));
-  return m == "auc" || m == "gauc" || m == "accuracy" || m == "f1" || m == "precision" || m == "recall";
+  return m == "auc" || m == "gauc" || m == "accuracy" || m == "f1" || m == "precision" || m == "recall" ||
+         m.rfind("hit_rate@", 0) == 0 || m.rfind("ndcg@", 0) == 0;
+}
+
+// rank (N) = 1-based rank of row i's target y[i] among all `rows` rows of
+// `table` (rows,D) scored by <q_i, e_j>; a tie counts against the target, so a
+// constant model ranks no better than last. Unlabelled rows get rank 0.
+template <class T>
+inline void retrieval_ranks(index_t* rank, const T* q, const T* table, index_t rows, index_t D, const T* y,
+                            const std::uint8_t* mask, index_t N) {
+  // Queries per block: the (block, rows) score buffer stays under ~16 MB.
+  const index_t block = std::max<index_t>(1, std::min<index_t>(256, (index_t(1) << 22) / std::max<index_t>(rows, 1)));
+  std::vector<T> scores(static_cast<std::size_t>(std::min(block, N) * rows));
+  for (index_t start = 0; start < N; start += block) {
+    const index_t n = std::min(block, N - start);
+    // scores (n, rows) = Q (n,D) E^T
+    kernels::gemm(kernels::backend{}, kernels::Trans::N, kernels::Trans::T, n, rows, D, T(1), q + start * D, D, table,
+                  D, T(0), scores.data(), rows);
+    parallel_for(n, double(rows), [&](index_t i) {
+      const index_t r = start + i;
+      if (mask && !mask[r]) {
+        rank[r] = 0;
+        return;
+      }
+      const index_t target = index_t(y[r]);
+      const T* s = scores.data() + i * rows;
+      index_t above = 0;
+      for (index_t j = 0; j < rows; ++j) above += j != target && s[j] >= s[target];
+      rank[r] = 1 + above;
+    });
+  }
 }
 
 // Runs the model in eval mode over `data` in batches and computes every
@@ -104,7 +139,19 @@ inline Evaluation evaluate(const MultiTaskModel<T>& model, const Batch<T>& data,
       tm.values["loss"] = weight_sum[k] > 0 ? loss_sum[k] / weight_sum[k] : 0.0;
       ev.loss += t.weight * tm.values["loss"];
       const T* y = data.labels[k].data();
-      if (t.type == TaskType::MultiClass) {
+      if (t.type == TaskType::Retrieval) {
+        const ConstView<T> table = model.target_table(k);
+        std::vector<index_t> rank(static_cast<std::size_t>(N));
+        retrieval_ranks(rank.data(), raw[k].data(), table.data, table.dim(0), table.dim(1), y, mask, N);
+        double hits = 0, gain = 0;
+        for (index_t i = 0; i < N; ++i)
+          if ((!mask || mask[i]) && rank[i] <= 10) {
+            hits += 1;
+            gain += 1.0 / std::log2(double(rank[i]) + 1.0);
+          }
+        tm.values["hit_rate@10"] = hits / double(count);
+        tm.values["ndcg@10"] = gain / double(count);
+      } else if (t.type == TaskType::MultiClass) {
         std::vector<index_t> ids(static_cast<std::size_t>(N), 0);
         for (index_t i = 0; i < N; ++i)
           if (!mask || mask[i]) ids[i] = index_t(y[i]);

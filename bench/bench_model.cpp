@@ -1,0 +1,149 @@
+// mtrec whole-model benchmarks on the workloads of bench/workloads.hpp:
+//
+//   BM_model_train/<workload>/omp:<threads>   one Trainer::train_step at the
+//       workload's batch: forward, losses (BCE + MSE), backward, Adam (lr 1e-3,
+//       lazy row-wise for tables) and zero_grad.
+//   BM_model_predict/<workload>/batch:<B>/omp:<threads>   MultiTaskModel::predict
+//       (forward in eval mode + sigmoid) at batch 1, 16, 256.
+//
+// Models, trainers, workspaces and batches are built once per process (the
+// large model has ~60M parameters) and warmed up before timing, so the timed
+// loop is the steady state (no allocation). Real time throughout.
+//
+//   OMP_WAIT_POLICY=passive mtrec_bench --benchmark_filter=BM_model --benchmark_min_time=0.3
+#include <benchmark/benchmark.h>
+
+#include <mtrec/mtrec.hpp>
+
+#include <algorithm>
+#include <cstdlib>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "workloads.hpp"
+
+namespace {
+
+using mtrec::index_t;
+using mtrec_bench::Workload;
+
+struct ModelSetup {
+  const Workload* w;
+  mtrec::ModelConfig config;
+  std::unique_ptr<mtrec::MultiTaskModel<float>> model;
+  std::unique_ptr<mtrec::Trainer<float>> trainer;
+  std::map<index_t, mtrec::Batch<float>> batches;  // by size
+  std::map<index_t, std::unique_ptr<mtrec::MultiTaskModel<float>::Workspace>> ws;
+  mtrec::Tensor<float> out;
+
+  explicit ModelSetup(const Workload& wl) : w(&wl), config(mtrec_bench::make_config(wl)) {
+    model = std::make_unique<mtrec::MultiTaskModel<float>>(config);
+    mtrec::TrainConfig t;
+    t.progress = false;
+    t.batch_size = wl.batch;
+    t.optimizer = mtrec::OptimizerConfig::adam(1e-3);
+    trainer = std::make_unique<mtrec::Trainer<float>>(*model, t);
+  }
+  const mtrec::Batch<float>& batch(index_t B) {
+    auto it = batches.find(B);
+    if (it == batches.end()) it = batches.emplace(B, mtrec_bench::make_batch(*w, config, B, 7 + std::uint64_t(B))).first;
+    return it->second;
+  }
+  mtrec::MultiTaskModel<float>::Workspace& workspace(index_t B) {
+    auto& p = ws[B];
+    if (!p) p = std::make_unique<mtrec::MultiTaskModel<float>::Workspace>();
+    return *p;
+  }
+};
+
+ModelSetup& setup(const Workload& w) {
+  static std::map<std::string, std::unique_ptr<ModelSetup>> cache;
+  auto& p = cache[w.name];
+  if (!p) p = std::make_unique<ModelSetup>(w);
+  return *p;
+}
+
+// Sets the OpenMP thread count for one benchmark, restores it after.
+struct ThreadScope {
+  int saved;
+  explicit ThreadScope(int n) : saved(mtrec::num_threads()) { mtrec::set_num_threads(n); }
+  ~ThreadScope() { mtrec::set_num_threads(saved); }
+};
+
+void BM_model_train(benchmark::State& state, const Workload* w) {
+  ThreadScope threads(int(state.range(0)));
+  ModelSetup& s = setup(*w);
+  const mtrec::Batch<float>& batch = s.batch(w->batch);
+  for (int i = 0; i < 3; ++i) s.trainer->train_step(batch);  // sizes every buffer, touches the Adam state
+  double loss = 0;
+  for (auto _ : state) {
+    // (Not DoNotOptimize(loss): with GCC, google/benchmark 1.7's DoNotOptimize
+    // on a double lvalue can corrupt it, google/benchmark#903.)
+    const mtrec::TaskLosses& l = s.trainer->train_step(batch);
+    benchmark::DoNotOptimize(l.value.data());
+    loss = l.value[0];
+  }
+  state.SetItemsProcessed(state.iterations() * w->batch);  // samples/s
+  state.counters["loss0"] = loss;
+}
+
+void BM_model_predict(benchmark::State& state, const Workload* w) {
+  const index_t B = state.range(0);
+  ThreadScope threads(int(state.range(1)));
+  ModelSetup& s = setup(*w);
+  const mtrec::Batch<float>& batch = s.batch(B);
+  auto& ws = s.workspace(B);
+  for (int i = 0; i < 3; ++i) s.model->predict(ws, batch, s.out);
+  for (auto _ : state) {
+    s.model->predict(ws, batch, s.out);
+    benchmark::DoNotOptimize(s.out.data());
+    benchmark::ClobberMemory();
+  }
+  state.SetItemsProcessed(state.iterations() * B);
+}
+
+// Thread counts of the model benchmarks: MTREC_BENCH_THREADS="2" by default
+// (a comma list, e.g. "1,2"); the ref workload's training step and batch-256
+// inference are also registered at 1 thread for the scaling measurement.
+std::vector<int> bench_threads() {
+  std::vector<int> out;
+  const char* env = std::getenv("MTREC_BENCH_THREADS");
+  const std::string s = env && *env ? env : "2";
+  std::size_t pos = 0;
+  while (pos < s.size()) {
+    const std::size_t comma = s.find(',', pos);
+    const int n = std::atoi(s.substr(pos, comma == std::string::npos ? std::string::npos : comma - pos).c_str());
+    if (n >= 1) out.push_back(n);
+    if (comma == std::string::npos) break;
+    pos = comma + 1;
+  }
+  if (out.empty()) out.push_back(2);
+  return out;
+}
+
+// Registered at static-initialisation time, one entry per workload.
+const bool registered = [] {
+  const std::vector<int> threads = bench_threads();
+  for (const Workload& w : mtrec_bench::workloads()) {
+    const bool ref = std::string(w.name) == "ref";
+    std::vector<int> train_threads = threads, predict256_threads = threads;
+    if (ref && std::find(threads.begin(), threads.end(), 1) == threads.end()) {
+      train_threads.push_back(1);
+      predict256_threads.push_back(1);
+    }
+    auto* t = benchmark::RegisterBenchmark((std::string("BM_model_train/") + w.name).c_str(), BM_model_train, &w);
+    t->ArgName("omp")->UseRealTime()->Unit(benchmark::kMillisecond);
+    for (int n : train_threads) t->Arg(n);
+    auto* p = benchmark::RegisterBenchmark((std::string("BM_model_predict/") + w.name).c_str(), BM_model_predict, &w);
+    p->ArgNames({"batch", "omp"})->UseRealTime()->Unit(benchmark::kMillisecond);
+    for (int n : threads)
+      for (index_t B : {1, 16, 256}) p->Args({B, n});
+    for (int n : predict256_threads)
+      if (std::find(threads.begin(), threads.end(), n) == threads.end()) p->Args({256, n});
+  }
+  return true;
+}();
+
+}  // namespace

@@ -1,0 +1,277 @@
+#!/usr/bin/python3
+"""mtrec vs PyTorch eager on the three workloads of bench/workloads.hpp.
+
+Builds the same models in PyTorch (nn.Embedding per field, nn.EmbeddingBag
+mean, learned position nn.Embedding, nn.TransformerEncoderLayer(norm_first=True,
+activation='gelu', dropout=0, batch_first=True) with src_key_padding_mask and a
+final LayerNorm, masked mean pooling, MMoE with softmax gates, towers, BCE + MSE,
+torch.optim.Adam lr 1e-3), times a training step at the workload's batch and
+inference at batch 1, 16 and 256 (warm-up, then the median of --reps), runs
+mtrec's benchmark binary for the same measures in the same invocation, and
+prints a side-by-side table.
+
+    OMP_WAIT_POLICY=passive /usr/bin/python3 bench/compare_pytorch.py \
+        --bench build-bench/bench/mtrec_bench --threads 2
+
+Both sides use --threads threads (torch.set_num_threads, OpenBLAS threads; the
+mtrec binary gets MTREC_BENCH_THREADS) and OMP_WAIT_POLICY=passive unless it
+is already set. Note: torch's Adam is dense (every embedding row is updated
+every step, nn.Embedding's default dense gradients), mtrec's Adam is lazy
+(only the rows touched by the batch).
+"""
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+WORKLOADS = {
+    # name: batch, id fields, rows, dim, T, d_model, heads, ffn, layers, experts, expert hidden, tower, tasks
+    "small": dict(batch=64, fields=8, rows=10000, dim=16, T=20, d_model=32, heads=2, ffn=64, layers=1,
+                  experts=4, hidden=(128, 64), tower=32, tasks=2),
+    "ref": dict(batch=512, fields=8, rows=50000, dim=32, T=50, d_model=64, heads=4, ffn=128, layers=2,
+                experts=4, hidden=(256, 128), tower=64, tasks=2),
+    "large": dict(batch=2048, fields=16, rows=100000, dim=32, T=100, d_model=64, heads=4, ffn=256, layers=2,
+                  experts=8, hidden=(512, 256), tower=64, tasks=3),
+}
+BAG_VOCAB, BAG_LEN = 32, 4
+INFER_BATCHES = (1, 16, 256)
+
+
+def parse_args():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--bench", default="build-bench/bench/mtrec_bench", help="mtrec_bench binary")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--workloads", default="small,ref,large", help="comma list of small, ref, large")
+    ap.add_argument("--reps", type=int, default=0, help="timed repetitions per torch measure (0: automatic)")
+    ap.add_argument("--quick", action="store_true", help="fewer repetitions on both sides (a smoke run)")
+    ap.add_argument("--min-time", type=float, default=0.0, help="mtrec --benchmark_min_time (0: automatic)")
+    ap.add_argument("--json", default="", help="also write the results as JSON to this path")
+    return ap.parse_args()
+
+
+ARGS = parse_args()
+# Environment for torch's OpenMP and OpenBLAS pools: must be set before import.
+os.environ.setdefault("OMP_WAIT_POLICY", "passive")
+os.environ["OMP_NUM_THREADS"] = str(ARGS.threads)
+os.environ["OPENBLAS_NUM_THREADS"] = str(ARGS.threads)
+
+import torch  # noqa: E402
+import torch.nn as nn  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+
+def blas_libraries():
+    """BLAS/LAPACK shared objects mapped into this process (after importing torch)."""
+    libs = set()
+    try:
+        with open("/proc/self/maps") as f:
+            for line in f:
+                path = line.split()[-1] if len(line.split()) >= 6 else ""
+                base = os.path.basename(path).lower()
+                if any(k in base for k in ("blas", "lapack", "mkl", "blis")):
+                    libs.add(os.path.realpath(path))
+    except OSError:
+        pass
+    return sorted(libs)
+
+
+def blas_summary():
+    libs = blas_libraries()
+    name = "unknown"
+    joined = " ".join(libs).lower()
+    if "openblas" in joined:
+        name = "OpenBLAS" + (" (pthread)" if "pthread" in joined else " (openmp)" if "openmp" in joined else "")
+    elif "mkl" in joined:
+        name = "MKL"
+    elif "blis" in joined:
+        name = "BLIS"
+    elif libs:
+        name = "reference BLAS"
+    cfg = torch.__config__.show()
+    info = [l.strip() for l in cfg.splitlines() if "BLAS_INFO" in l or "MKL-DNN" in l or "CPU capability" in l]
+    blas_info = ""
+    for part in cfg.replace("\n", ",").split(","):
+        if "BLAS_INFO" in part:
+            blas_info = part.strip()
+    return name, libs, blas_info, info
+
+
+class Model(nn.Module):
+    def __init__(self, w):
+        super().__init__()
+        self.w = w
+        self.fields = nn.ModuleList(nn.Embedding(w["rows"], w["dim"]) for _ in range(w["fields"]))
+        self.bag = nn.EmbeddingBag(BAG_VOCAB, w["dim"], mode="mean")
+        self.items = nn.Embedding(w["rows"], w["d_model"])
+        self.pos = nn.Embedding(w["T"], w["d_model"])
+        layer = nn.TransformerEncoderLayer(w["d_model"], w["heads"], w["ffn"], dropout=0.0, activation="gelu",
+                                           batch_first=True, norm_first=True)
+        try:
+            self.encoder = nn.TransformerEncoder(layer, w["layers"], norm=nn.LayerNorm(w["d_model"]),
+                                                 enable_nested_tensor=False)
+        except TypeError:
+            self.encoder = nn.TransformerEncoder(layer, w["layers"], norm=nn.LayerNorm(w["d_model"]))
+        in_dim = w["fields"] * w["dim"] + w["dim"] + w["d_model"]
+        h1, h2 = w["hidden"]
+        self.experts = nn.ModuleList(
+            nn.Sequential(nn.Linear(in_dim, h1), nn.ReLU(), nn.Linear(h1, h2), nn.ReLU()) for _ in range(w["experts"]))
+        self.gates = nn.ModuleList(nn.Linear(in_dim, w["experts"]) for _ in range(w["tasks"]))
+        self.towers = nn.ModuleList(
+            nn.Sequential(nn.Linear(h2, w["tower"]), nn.ReLU(), nn.Linear(w["tower"], 1)) for _ in range(w["tasks"]))
+        self.register_buffer("positions", torch.arange(w["T"]), persistent=False)
+
+    def forward(self, b):
+        parts = [emb(b["ids"][:, f]) for f, emb in enumerate(self.fields)]
+        parts.append(self.bag(b["bag_ids"], b["bag_offsets"]))
+        x = self.items(b["seq_ids"]) + self.pos(self.positions)
+        h = self.encoder(x, src_key_padding_mask=b["pad_mask"])
+        valid = (~b["pad_mask"]).unsqueeze(-1).to(h.dtype)
+        parts.append((h * valid).sum(1) / b["lengths"].unsqueeze(-1).to(h.dtype))
+        X = torch.cat(parts, 1)
+        E = torch.stack([e(X) for e in self.experts], 1)  # (B, E, h2)
+        outs = []
+        for gate, tower in zip(self.gates, self.towers):
+            g = torch.softmax(gate(X), -1).unsqueeze(-1)
+            outs.append(tower((g * E).sum(1)).squeeze(-1))
+        return outs
+
+
+def make_batch(w, B, seed):
+    g = torch.Generator().manual_seed(seed)
+    T = w["T"]
+    lengths = torch.randint(1, T + 1, (B,), generator=g)
+    pad_mask = torch.arange(T).unsqueeze(0) >= lengths.unsqueeze(1)
+    seq_ids = torch.randint(0, w["rows"], (B, T), generator=g).masked_fill(pad_mask, 0)
+    labels = [torch.randint(0, 2, (B,), generator=g).float() if k == 0 else torch.randn(B, generator=g)
+              for k in range(w["tasks"])]
+    return dict(ids=torch.randint(0, w["rows"], (B, w["fields"]), generator=g),
+                bag_ids=torch.randint(0, BAG_VOCAB, (B * BAG_LEN,), generator=g),
+                bag_offsets=torch.arange(0, B * BAG_LEN, BAG_LEN),
+                seq_ids=seq_ids, lengths=lengths, pad_mask=pad_mask, labels=labels)
+
+
+def loss_fn(outs, labels):
+    loss = F.binary_cross_entropy_with_logits(outs[0], labels[0])
+    for o, y in zip(outs[1:], labels[1:]):
+        loss = loss + F.mse_loss(o, y)
+    return loss
+
+
+def timed(fn, warmup, reps):
+    for _ in range(warmup):
+        fn()
+    ts = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t0)
+    return statistics.median(ts) * 1e3
+
+
+def torch_measures(name, w, quick, reps_arg):
+    torch.manual_seed(1)
+    model = Model(w)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    res = {}
+    train_batch = make_batch(w, w["batch"], 7)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        loss = loss_fn(model(train_batch), train_batch["labels"])
+        loss.backward()
+        opt.step()
+
+    model.train()
+    reps = reps_arg or (3 if quick else (5 if name == "large" else 10))
+    res["train step"] = timed(step, 2 if quick else 3, reps)
+    model.eval()
+    for B in INFER_BATCHES:
+        b = make_batch(w, B, 100 + B)
+
+        def infer():
+            with torch.inference_mode():
+                outs = model(b)
+                return torch.sigmoid(outs[0])
+
+        r = reps_arg or (5 if quick else (50 if B <= 16 else 10))
+        res["infer b%d" % B] = timed(infer, 2 if quick else 5, r)
+    return res
+
+
+def mtrec_measures(bench, threads, names, quick, min_time):
+    filt = "BM_model_(train|predict)/(%s)/.*omp:%d/" % ("|".join(names), threads)
+    mt = min_time or (0.05 if quick else 0.3)
+    cmd = [bench, "--benchmark_filter=" + filt, "--benchmark_format=json", "--benchmark_min_time=%g" % mt]
+    if not quick:
+        cmd += ["--benchmark_repetitions=3", "--benchmark_report_aggregates_only=true"]
+    env = dict(os.environ)
+    env["MTREC_BENCH_THREADS"] = str(threads)
+    env["OMP_NUM_THREADS"] = str(threads)
+    print("# running: MTREC_BENCH_THREADS=%d OMP_WAIT_POLICY=%s %s" % (threads, env["OMP_WAIT_POLICY"], " ".join(
+        "'%s'" % c if "(" in c else c for c in cmd)), flush=True)
+    out = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, env=env).stdout
+    data = json.loads(out)
+    res = {}
+    for b in data["benchmarks"]:
+        if b.get("run_type") == "aggregate" and b.get("aggregate_name") != "median":
+            continue
+        name = b.get("run_name", b["name"])
+        scale = {"ns": 1e-6, "us": 1e-3, "ms": 1.0, "s": 1e3}[b.get("time_unit", "ns")]
+        ms = b["real_time"] * scale
+        parts = name.split("/")
+        wl = parts[1]
+        if parts[0] == "BM_model_train":
+            res[(wl, "train step")] = ms
+        else:
+            B = int(parts[2].split(":")[1])
+            res[(wl, "infer b%d" % B)] = ms
+    return res, data.get("context", {})
+
+
+def main():
+    names = [n.strip() for n in ARGS.workloads.split(",") if n.strip()]
+    for n in names:
+        if n not in WORKLOADS:
+            sys.exit("unknown workload '%s' (expected small, ref, large)" % n)
+    torch.set_num_threads(ARGS.threads)
+    blas, libs, blas_info, cfg_lines = blas_summary()
+    print("# torch %s, threads %d (torch.get_num_threads() = %d), OMP_WAIT_POLICY=%s" % (
+        torch.__version__, ARGS.threads, torch.get_num_threads(), os.environ.get("OMP_WAIT_POLICY")))
+    print("# torch BLAS: %s  [%s]  (%s)" % (blas, ", ".join(libs) or "none mapped", blas_info or "no BLAS_INFO"))
+    for l in cfg_lines:
+        if "BLAS_INFO" not in l:
+            print("#   " + l[:120])
+    mt, ctx = mtrec_measures(ARGS.bench, ARGS.threads, names, ARGS.quick, ARGS.min_time)
+    if ctx:
+        print("# mtrec peak probe: %s GFLOP/s FMA (%s), %s GB/s triad, %s threads" % (
+            ctx.get("mtrec_peak_fma_gflops", "?"), ctx.get("mtrec_peak_isa", "?"),
+            ctx.get("mtrec_peak_triad_gbs", "?"), ctx.get("mtrec_peak_threads", "?")))
+    rows = []
+    for n in names:
+        w = WORKLOADS[n]
+        print("# torch: timing %s ..." % n, flush=True)
+        tt = torch_measures(n, w, ARGS.quick, ARGS.reps)
+        for measure in ["train step"] + ["infer b%d" % B for B in INFER_BATCHES]:
+            m = mt.get((n, measure))
+            t = tt.get(measure)
+            label = measure + (" (b%d)" % w["batch"] if measure == "train step" else "")
+            rows.append((n, label, m, t, (t / m) if (m and t) else None))
+    print()
+    print("| workload | measure | mtrec ms | torch ms | speed-up (torch/mtrec) |")
+    print("|---|---|---:|---:|---:|")
+    for n, label, m, t, r in rows:
+        f = lambda v, d=3: ("%.*f" % (d, v)) if v is not None else "n/a"
+        print("| %s | %s | %s | %s | %s |" % (n, label, f(m), f(t), (f(r, 2) + "x") if r else "n/a"))
+    if ARGS.json:
+        with open(ARGS.json, "w") as fh:
+            json.dump(dict(threads=ARGS.threads, blas=blas, torch=torch.__version__, mtrec_context=ctx,
+                           rows=[dict(workload=n, measure=l, mtrec_ms=m, torch_ms=t, speedup=r)
+                                 for n, l, m, t, r in rows]), fh, indent=1)
+
+
+if __name__ == "__main__":
+    main()
