@@ -145,3 +145,72 @@ TEST_CASE("TransformerEncoder backward: padded rows of dy are dropped, in place 
       for (index_t i = (b * T + len[b]) * D; i < (b + 1) * T * D; ++i) CHECK(dx[i] == 0.f);
   }
 }
+
+// The stack runs on the packed valid rows; the standalone layers run on the
+// padded layout. Composing the standalone layers (and the final LayerNorm)
+// with the same parameters is an independent reference for both directions.
+TEST_CASE("TransformerEncoder (packed rows) equals its layers composed on the padded layout", "[transformer]") {
+  const TransformerConfig c = small_config(0.0);
+  const index_t B = 4, Tl = 5, D = c.d_model;
+  ParameterStore<double> store, ref_store;
+  TransformerEncoder<double> enc(store, "enc", c, 2, true);
+  TransformerEncoderLayer<double> l0(ref_store, "enc.layers.0", c), l1(ref_store, "enc.layers.1", c);
+  LayerNorm<double> norm(ref_store, "enc.norm", D, c.layer_norm_eps);
+  store.allocate();
+  ref_store.allocate();
+  REQUIRE(store.size() == ref_store.size());
+  for (ParamId id = 0; id < store.count(); ++id) REQUIRE(store.info(id).name == ref_store.info(id).name);
+  testing::randomise_parameters(store, 61);
+  std::copy(store.values(), store.values() + store.size(), ref_store.values());
+  Tensor<double> x({B, Tl, D}), dy({B, Tl, D});
+  testing::fill_uniform(x, 62);
+  testing::fill_uniform(dy, 63);
+  Tensor<index_t> len({B});
+  len[0] = 5;
+  len[1] = 0;
+  len[2] = 3;
+  len[3] = 1;
+  const Mode mode = Mode::eval();
+  // encoder
+  TransformerEncoder<double>::Context ctx;
+  Tensor<double> y({B, Tl, D}), dx({B, Tl, D});
+  store.zero_grad();
+  enc.forward(ctx, x.view(), len.view(), y.view(), mode);
+  enc.backward(ctx, dy.view(), dx.view());
+  // reference: padded layers, then LayerNorm, then padded rows zeroed
+  TransformerEncoderLayer<double>::Context c0, c1;
+  LayerNorm<double>::Context cn;
+  Tensor<double> h0({B, Tl, D}), h1({B, Tl, D}), ry({B, Tl, D}), g({B, Tl, D}), g1({B, Tl, D}), g0({B, Tl, D}),
+      rdx({B, Tl, D});
+  ref_store.zero_grad();
+  l0.forward(c0, x.view(), len.view(), h0.view(), mode);
+  l1.forward(c1, h0.view(), len.view(), h1.view(), mode);
+  norm.forward(cn, ConstView<double>(h1.data(), {B * Tl, D}), TensorView<double>(ry.data(), {B * Tl, D}));
+  g = dy;
+  for (index_t b = 0; b < B; ++b)
+    for (index_t t = len[b]; t < Tl; ++t)
+      for (index_t d = 0; d < D; ++d) {
+        ry[(b * Tl + t) * D + d] = 0;  // y's padded rows are zero...
+        g[(b * Tl + t) * D + d] = 0;   // ...so their gradient is dropped
+      }
+  norm.backward(cn, ConstView<double>(g.data(), {B * Tl, D}), TensorView<double>(g1.data(), {B * Tl, D}));
+  l1.backward(c1, g1.view(), g0.view());
+  l0.backward(c0, g0.view(), rdx.view());
+  for (index_t i = 0; i < y.numel(); ++i) {
+    CHECK(y[i] == Approx(ry[i]).margin(1e-12));
+    CHECK(dx[i] == Approx(rdx[i]).margin(1e-12));
+  }
+  for (std::size_t i = 0; i < store.size(); ++i) CHECK(store.grads()[i] == Approx(ref_store.grads()[i]).margin(1e-12));
+
+  SECTION("a batch whose sequences are all empty gives zeros both ways") {
+    for (index_t b = 0; b < B; ++b) len[b] = 0;
+    store.zero_grad();
+    enc.forward(ctx, x.view(), len.view(), y.view(), mode);
+    enc.backward(ctx, dy.view(), dx.view());
+    for (index_t i = 0; i < y.numel(); ++i) {
+      CHECK(y[i] == 0.0);
+      CHECK(dx[i] == 0.0);
+    }
+    for (std::size_t i = 0; i < store.size(); ++i) CHECK(store.grads()[i] == 0.0);
+  }
+}

@@ -5,6 +5,13 @@
 // are exactly zero, so a sequence that is all padding gives zeros, never NaN.
 // Parameters follow torch.nn.MultiheadAttention: in_proj (3D, D) packs
 // W_q, W_k, W_v; out_proj (D, D).
+//
+// Two layouts of the same computation (the *_rows functions):
+//   padded  x (B,T,D): sequence b starts at row b*T; its padded rows are
+//           carried along (projected, then zeroed) — the public API;
+//   packed  x (n,D) with n = sum(lengths): only the valid rows, sequence b
+//           starts at row starts[b]. TransformerEncoder uses it so that no
+//           projection or FFN work is spent on padding.
 #pragma once
 
 #include <cmath>
@@ -65,8 +72,11 @@ class MultiHeadAttention {
  public:
   struct Context {
     ConstView<T> x;
-    ConstView<index_t> lengths;
-    index_t B = 0, T_len = 0;
+    ConstView<index_t> lengths, starts;  // (B) valid lengths; first row of each sequence
+    index_t B = 0, T_len = 0;             // T_len: the padded length (padded), the longest sequence (packed)
+    index_t rows = 0;                     // rows of x: B*T (padded) or sum(lengths) (packed)
+    bool padded = true;
+    Tensor<index_t> padded_starts;        // b*T, for the padded layout
     Tensor<T> qkv;    // (B,T,3D) projected queries, keys, values
     Tensor<T> probs;  // (B,H,T*T): head (b,h) keeps its (L,L) softmax compactly at the front
     Tensor<T> heads;  // (B,T,D) per-head outputs, concatenated; the out_proj input
@@ -103,29 +113,43 @@ class MultiHeadAttention {
     backward_impl(ctx, dy.data, dx.data);
   }
 
+  // Padded layout: x (B,T,D).
   void forward_impl(Context& ctx, ConstView<T> x, ConstView<index_t> lengths, T* y) const {
-    const index_t B = x.dim(0), Tl = x.dim(1), n = B * Tl, D = d_, dh = dh_;
+    const index_t B = x.dim(0), Tl = x.dim(1);
+    ctx.padded_starts.resize({B});
+    for (index_t b = 0; b < B; ++b) ctx.padded_starts[b] = b * Tl;
+    forward_rows(ctx, ConstView<T>(x.data, {B * Tl, d_}), lengths, ctx.padded_starts.view(), Tl, true, y);
+  }
+
+  // x (n,D) in either layout (see the top of the file); y (n,D) written.
+  // T_max bounds every length (the padded T in the padded layout).
+  void forward_rows(Context& ctx, ConstView<T> x, ConstView<index_t> lengths, ConstView<index_t> starts, index_t T_max,
+                    bool padded, T* y) const {
+    const index_t B = lengths.numel(), Tl = T_max, n = x.rows(), D = d_, dh = dh_;
     ctx.x = x;
     ctx.lengths = lengths;
+    ctx.starts = starts;
     ctx.B = B;
     ctx.T_len = Tl;
-    ctx.qkv.resize({B, Tl, 3 * D});
+    ctx.rows = n;
+    ctx.padded = padded;
+    ctx.qkv.resize({n, 3 * D});
     ctx.probs.resize({B, h_, Tl * Tl});
-    ctx.heads.resize({B, Tl, D});
+    ctx.heads.resize({n, D});
     in_proj_.forward_impl(x.data, ctx.qkv.data(), n);
     const T scale = T(1) / std::sqrt(T(dh));
     const T* qkv = ctx.qkv.data();
     T* heads = ctx.heads.data();
     T* probs = ctx.probs.data();
     parallel_for(B * h_, double(Tl) * double(Tl) * double(dh) * 4.0, [&](index_t bh) {
-      const index_t b = bh / h_, hd = bh % h_, L = lengths[b];
+      const index_t b = bh / h_, hd = bh % h_, L = lengths[b], s0 = starts[b];
       // Padded rows of the out_proj input: zero (finite), one contiguous block
       // per sequence, written by the sequence's first head.
-      if (hd == 0 && L < Tl)
-        std::memset(heads + (b * Tl + L) * D, 0, sizeof(T) * static_cast<std::size_t>((Tl - L) * D));
+      if (padded && hd == 0 && L < Tl)
+        std::memset(heads + (s0 + L) * D, 0, sizeof(T) * static_cast<std::size_t>((Tl - L) * D));
       if (L == 0) return;
-      detail::Strided<T> O(heads + b * Tl * D + hd * dh, L, dh, Eigen::OuterStride<>(D));
-      const T* base = qkv + b * Tl * 3 * D + hd * dh;
+      detail::Strided<T> O(heads + s0 * D + hd * dh, L, dh, Eigen::OuterStride<>(D));
+      const T* base = qkv + s0 * 3 * D + hd * dh;
       const detail::ConstStrided<T> Q(base, L, dh, Eigen::OuterStride<>(3 * D));
       const detail::ConstStrided<T> K(base + D, L, dh, Eigen::OuterStride<>(3 * D));
       const detail::ConstStrided<T> V(base + 2 * D, L, dh, Eigen::OuterStride<>(3 * D));
@@ -136,17 +160,19 @@ class MultiHeadAttention {
       O.noalias() = P * V;  // (L,dh)
     });
     out_proj_.forward_impl(heads, y, n);
-    detail::zero_padded_rows(y, lengths, B, Tl, D);
+    if (padded) detail::zero_padded_rows(y, lengths, B, Tl, D);
   }
 
+  // dx (n,D) written, in the layout forward used.
   void backward_impl(Context& ctx, const T* dy, T* dx) const {
-    const index_t B = ctx.B, Tl = ctx.T_len, n = B * Tl, D = d_, dh = dh_;
-    ctx.d_heads.resize({B, Tl, D});
-    ctx.d_qkv.resize({B, Tl, 3 * D});
+    const index_t B = ctx.B, Tl = ctx.T_len, n = ctx.rows, D = d_, dh = dh_;
+    const bool padded = ctx.padded;
+    ctx.d_heads.resize({n, D});
+    ctx.d_qkv.resize({n, 3 * D});
     ctx.d_scores.resize({B, h_, Tl * Tl});
     // Padded output rows are constant zero: their incoming gradient is dropped
     // (no copy when it is zero already, as inside a transformer layer).
-    const T* d_y = detail::drop_padded_gradient(dy, ctx.d_y, ctx.lengths, B, Tl, D);
+    const T* d_y = padded ? detail::drop_padded_gradient(dy, ctx.d_y, ctx.lengths, B, Tl, D) : dy;
     out_proj_.backward_impl(ctx.heads.data(), d_y, ctx.d_heads.data(), n);
     const T scale = T(1) / std::sqrt(T(dh));
     const T* qkv = ctx.qkv.data();
@@ -155,20 +181,20 @@ class MultiHeadAttention {
     const T* probs = ctx.probs.data();
     T* d_scores = ctx.d_scores.data();
     parallel_for(B * h_, double(Tl) * double(Tl) * double(dh) * 8.0, [&](index_t bh) {
-      const index_t b = bh / h_, hd = bh % h_, L = ctx.lengths[b];
+      const index_t b = bh / h_, hd = bh % h_, L = ctx.lengths[b], s0 = ctx.starts[b];
       // Padded rows of d_qkv: zero, one contiguous block per sequence.
-      if (hd == 0 && L < Tl)
-        std::memset(d_qkv + (b * Tl + L) * 3 * D, 0, sizeof(T) * static_cast<std::size_t>((Tl - L) * 3 * D));
+      if (padded && hd == 0 && L < Tl)
+        std::memset(d_qkv + (s0 + L) * 3 * D, 0, sizeof(T) * static_cast<std::size_t>((Tl - L) * 3 * D));
       if (L == 0) return;
-      T* dbase = d_qkv + b * Tl * 3 * D + hd * dh;
+      T* dbase = d_qkv + s0 * 3 * D + hd * dh;
       detail::Strided<T> dQ(dbase, L, dh, Eigen::OuterStride<>(3 * D));
       detail::Strided<T> dK(dbase + D, L, dh, Eigen::OuterStride<>(3 * D));
       detail::Strided<T> dV(dbase + 2 * D, L, dh, Eigen::OuterStride<>(3 * D));
-      const T* base = qkv + b * Tl * 3 * D + hd * dh;
+      const T* base = qkv + s0 * 3 * D + hd * dh;
       const detail::ConstStrided<T> Q(base, L, dh, Eigen::OuterStride<>(3 * D));
       const detail::ConstStrided<T> K(base + D, L, dh, Eigen::OuterStride<>(3 * D));
       const detail::ConstStrided<T> V(base + 2 * D, L, dh, Eigen::OuterStride<>(3 * D));
-      const detail::ConstStrided<T> dO(d_heads + b * Tl * D + hd * dh, L, dh, Eigen::OuterStride<>(D));
+      const detail::ConstStrided<T> dO(d_heads + s0 * D + hd * dh, L, dh, Eigen::OuterStride<>(D));
       const T* p = probs + bh * Tl * Tl;
       T* ds = d_scores + bh * Tl * Tl;
       const ConstMatrixMap<T> P(p, L, L);

@@ -5,8 +5,16 @@
 //
 // as torch.nn.TransformerEncoderLayer(norm_first=True, batch_first=True)
 // with a key-padding mask. Rows at padded positions of y are exactly zero.
+//
+// The layer runs on either layout of attention.hpp: padded (its public API)
+// or packed (valid rows only). TransformerEncoder packs the valid rows once,
+// runs every layer packed — LayerNorm, projections and FFN then cost
+// O(sum(lengths)) instead of O(B*T) — and scatters the result back. Dropout
+// masks are indexed by packed position there, so they differ from the
+// standalone layer's masks on the same input (both are seeded and fixed).
 #pragma once
 
+#include <cstring>
 #include <string>
 #include <vector>
 
@@ -33,7 +41,9 @@ class TransformerEncoderLayer {
   struct Context {
     ConstView<T> x;
     ConstView<index_t> lengths;
-    index_t B = 0, T_len = 0;
+    index_t B = 0, T_len = 0, rows = 0;
+    bool padded = true;
+    Tensor<index_t> padded_starts;
     typename LayerNorm<T>::Context ln1, ln2;
     typename MultiHeadAttention<T>::Context mha;
     typename Dropout<T>::Context drop_attn, drop_ffn, drop_out;
@@ -78,17 +88,30 @@ class TransformerEncoderLayer {
     backward_impl(ctx, dy.data, dx.data);
   }
 
+  // Padded layout: x (B,T,D).
   void forward_impl(Context& ctx, ConstView<T> x, ConstView<index_t> lengths, T* y, const Mode& mode) const {
-    const index_t B = x.dim(0), Tl = x.dim(1), n = B * Tl, D = c_.d_model, F = c_.ffn;
+    const index_t B = x.dim(0), Tl = x.dim(1);
+    ctx.padded_starts.resize({B});
+    for (index_t b = 0; b < B; ++b) ctx.padded_starts[b] = b * Tl;
+    forward_rows(ctx, ConstView<T>(x.data, {B * Tl, c_.d_model}), lengths, ctx.padded_starts.view(), Tl, true, y,
+                 mode);
+  }
+
+  // x (n,D) in either layout; y (n,D) written (padded rows zero when padded).
+  void forward_rows(Context& ctx, ConstView<T> x, ConstView<index_t> lengths, ConstView<index_t> starts,
+                    index_t T_max, bool padded, T* y, const Mode& mode) const {
+    const index_t B = lengths.numel(), Tl = T_max, n = x.rows(), D = c_.d_model, F = c_.ffn;
     ctx.x = x;
     ctx.lengths = lengths;
     ctx.B = B;
     ctx.T_len = Tl;
-    for (Tensor<T>* t : {&ctx.h1, &ctx.attn, &ctx.r1, &ctx.h2, &ctx.f2}) t->resize({B, Tl, D});
-    ctx.f1.resize({B, Tl, F});
-    ctx.g.resize({B, Tl, F});
+    ctx.rows = n;
+    ctx.padded = padded;
+    for (Tensor<T>* t : {&ctx.h1, &ctx.attn, &ctx.r1, &ctx.h2, &ctx.f2}) t->resize({n, D});
+    ctx.f1.resize({n, F});
+    ctx.g.resize({n, F});
     ln1_.forward_impl(ctx.ln1, x, ctx.h1.data());
-    attn_.forward_impl(ctx.mha, ctx.h1.view(), lengths, ctx.attn.data());
+    attn_.forward_rows(ctx.mha, ctx.h1.view(), lengths, starts, Tl, padded, ctx.attn.data());
     drop_attn_.forward_impl(ctx.drop_attn, ctx.attn.data(), ctx.attn.data(), n * D, mode);
     kernels::residual_add(kernels::backend{}, ctx.r1.data(), x.data, ctx.attn.data(), n * D);
     ln2_.forward_impl(ctx.ln2, ctx.r1.view(), ctx.h2.data());
@@ -98,17 +121,18 @@ class TransformerEncoderLayer {
     lin2_.forward_impl(ctx.g.data(), ctx.f2.data(), n);
     drop_out_.forward_impl(ctx.drop_out, ctx.f2.data(), ctx.f2.data(), n * D, mode);
     kernels::residual_add(kernels::backend{}, y, ctx.r1.data(), ctx.f2.data(), n * D);
-    detail::zero_padded_rows(y, lengths, B, Tl, D);
+    if (padded) detail::zero_padded_rows(y, lengths, B, Tl, D);
   }
 
+  // dx (n,D) written, in the layout forward used.
   void backward_impl(Context& ctx, const T* dy, T* dx) const {
-    const index_t B = ctx.B, Tl = ctx.T_len, n = B * Tl, D = c_.d_model, F = c_.ffn;
-    for (Tensor<T>* t : {&ctx.dD1, &ctx.dD2, &ctx.dD3}) t->resize({B, Tl, D});
-    ctx.dF.resize({B, Tl, F});
+    const index_t B = ctx.B, Tl = ctx.T_len, n = ctx.rows, D = c_.d_model, F = c_.ffn;
+    for (Tensor<T>* t : {&ctx.dD1, &ctx.dD2, &ctx.dD3}) t->resize({n, D});
+    ctx.dF.resize({n, F});
     T *d1 = ctx.dD1.data(), *d2 = ctx.dD2.data(), *d3 = ctx.dD3.data(), *dF = ctx.dF.data();
     // g = dy with padded rows dropped: dy itself when they are zero already
-    // (the layer above wrote them so), else a copy in d1.
-    const T* g = detail::drop_padded_gradient(dy, ctx.dD1, ctx.lengths, B, Tl, D);
+    // (the layer above wrote them so), else a copy in d1. Packed: no padding.
+    const T* g = ctx.padded ? detail::drop_padded_gradient(dy, ctx.dD1, ctx.lengths, B, Tl, D) : dy;
     drop_out_.backward_impl(ctx.drop_out, g, d2);                     // d2 = d f2
     lin2_.backward_impl(ctx.g.data(), d2, dF, n);                      // dF = d g
     drop_ffn_.backward_impl(ctx.drop_ffn, dF, dF);
@@ -140,10 +164,13 @@ class TransformerEncoder {
   struct Context {
     std::vector<typename TransformerEncoderLayer<T>::Context> layers;
     typename LayerNorm<T>::Context final_ln;
-    std::vector<Tensor<T>> hidden;  // outputs of layers before the last stage
+    std::vector<Tensor<T>> hidden;  // packed outputs of every layer (n,D)
     ConstView<index_t> lengths;
     ConstView<T> x;
-    Tensor<T> d_a, d_b;
+    Tensor<index_t> starts;         // (B) first packed row of each sequence
+    index_t rows = 0;               // n = sum(lengths)
+    Tensor<T> packed, normed;       // (n,D) packed input, final-LayerNorm output
+    Tensor<T> d_a, d_b;             // (n,D)
   };
 
   TransformerEncoder() = default;
@@ -156,55 +183,85 @@ class TransformerEncoder {
     if (final_norm) norm_ = LayerNorm<T>(store, name + ".norm", c.d_model, c.layer_norm_eps);
   }
 
-  // y (B,T,D) = encoder(x (B,T,D)); padded rows of y are zero
+  // y (B,T,D) = encoder(x (B,T,D)); padded rows of y are zero. The valid
+  // rows are packed once, every layer runs on them, the result is scattered back.
   void forward(Context& ctx, ConstView<T> x, ConstView<index_t> lengths, TensorView<T> y, const Mode& mode) const {
     const char* op = "TransformerEncoder::forward";
-    check_shape(op, "x", x, {-1, -1, c_.d_model});
+    const index_t D = c_.d_model;
+    check_shape(op, "x", x, {-1, -1, D});
     const index_t B = x.dim(0), Tl = x.dim(1);
     check_lengths(op, lengths, B, Tl);
-    check_shape(op, "y", y, {B, Tl, c_.d_model});
+    check_shape(op, "y", y, {B, Tl, D});
     const std::size_t L = layers_.size();
     ctx.layers.resize(L);
     ctx.hidden.resize(L);
     ctx.lengths = lengths;
     ctx.x = x;
-    ConstView<T> in = x;
-    for (std::size_t i = 0; i < L; ++i) {
-      const bool writes_y = i + 1 == L && !final_norm_;
-      T* out = y.data;
-      if (!writes_y) {
-        ctx.hidden[i].resize({B, Tl, c_.d_model});
-        out = ctx.hidden[i].data();
-      }
-      layers_[i].forward_impl(ctx.layers[i], in, lengths, out, mode);
-      in = ConstView<T>(out, x.shape);
+    ctx.starts.resize({B});
+    index_t n = 0;
+    for (index_t b = 0; b < B; ++b) {
+      ctx.starts[b] = n;
+      n += lengths[b];
     }
-    if (final_norm_) {
-      norm_.forward_impl(ctx.final_ln, in, y.data);
-      detail::zero_padded_rows(y.data, lengths, B, Tl, c_.d_model);
+    ctx.rows = n;
+    ctx.packed.resize({n, D});
+    for (index_t b = 0; b < B; ++b)
+      if (lengths[b] > 0)
+        std::memcpy(ctx.packed.data() + ctx.starts[b] * D, x.data + b * Tl * D,
+                    sizeof(T) * static_cast<std::size_t>(lengths[b] * D));
+    const T* out = ctx.packed.data();
+    if (n > 0) {  // every sequence empty: nothing to encode, y is all zeros
+      ConstView<T> in(ctx.packed.data(), {n, D});
+      for (std::size_t i = 0; i < L; ++i) {
+        ctx.hidden[i].resize({n, D});
+        layers_[i].forward_rows(ctx.layers[i], in, lengths, ctx.starts.view(), Tl, false, ctx.hidden[i].data(), mode);
+        in = ConstView<T>(ctx.hidden[i].data(), {n, D});
+      }
+      out = in.data;
+      if (final_norm_) {
+        ctx.normed.resize({n, D});
+        norm_.forward_impl(ctx.final_ln, in, ctx.normed.data());
+        out = ctx.normed.data();
+      }
+    }
+    for (index_t b = 0; b < B; ++b) {  // scatter back; padded rows zero
+      const index_t len = lengths[b];
+      T* yb = y.data + b * Tl * D;
+      if (len > 0) std::memcpy(yb, out + ctx.starts[b] * D, sizeof(T) * static_cast<std::size_t>(len * D));
+      if (len < Tl) std::memset(static_cast<void*>(yb + len * D), 0, sizeof(T) * static_cast<std::size_t>((Tl - len) * D));
     }
   }
 
-  // dx (B,T,D) written; all parameter gradients accumulated
+  // dx (B,T,D) written (zero at padded positions: y's padded rows are
+  // constant, so their gradient is dropped); all parameter gradients accumulated
   void backward(Context& ctx, ConstView<T> dy, TensorView<T> dx) const {
     const char* op = "TransformerEncoder::backward";
-    const index_t B = ctx.x.dim(0), Tl = ctx.x.dim(1), D = c_.d_model;
+    const index_t B = ctx.x.dim(0), Tl = ctx.x.dim(1), D = c_.d_model, n = ctx.rows;
     check_shape(op, "dy", dy, {B, Tl, D});
     check_shape(op, "dx", dx, {B, Tl, D});
-    ctx.d_a.resize({B, Tl, D});
-    ctx.d_b.resize({B, Tl, D});
-    const T* g = dy.data;
-    if (final_norm_) {
-      // Padded rows of y are constant zero: their gradient is dropped (a copy
-      // into d_b only when dy's padded rows are not zero already).
-      norm_.backward_impl(ctx.final_ln, detail::drop_padded_gradient(dy.data, ctx.d_b, ctx.lengths, B, Tl, D),
-                          ctx.d_a.data());
-      g = ctx.d_a.data();
+    ctx.d_a.resize({n, D});
+    ctx.d_b.resize({n, D});
+    const ConstView<index_t> lengths = ctx.lengths;
+    T* g = ctx.d_a.data();  // packed dy
+    for (index_t b = 0; b < B; ++b)
+      if (lengths[b] > 0)
+        std::memcpy(g + ctx.starts[b] * D, dy.data + b * Tl * D, sizeof(T) * static_cast<std::size_t>(lengths[b] * D));
+    if (n > 0) {
+      if (final_norm_) {
+        norm_.backward_impl(ctx.final_ln, ctx.d_a.data(), ctx.d_b.data());
+        g = ctx.d_b.data();
+      }
+      for (std::size_t i = layers_.size(); i-- > 0;) {
+        T* other = g == ctx.d_a.data() ? ctx.d_b.data() : ctx.d_a.data();
+        layers_[i].backward_impl(ctx.layers[i], g, other);
+        g = other;
+      }
     }
-    for (std::size_t i = layers_.size(); i-- > 0;) {
-      T* out = i == 0 ? dx.data : (g == ctx.d_a.data() ? ctx.d_b.data() : ctx.d_a.data());
-      layers_[i].backward_impl(ctx.layers[i], g, out);
-      g = out;
+    for (index_t b = 0; b < B; ++b) {
+      const index_t len = lengths[b];
+      T* xb = dx.data + b * Tl * D;
+      if (len > 0) std::memcpy(xb, g + ctx.starts[b] * D, sizeof(T) * static_cast<std::size_t>(len * D));
+      if (len < Tl) std::memset(static_cast<void*>(xb + len * D), 0, sizeof(T) * static_cast<std::size_t>((Tl - len) * D));
     }
   }
 
