@@ -422,6 +422,7 @@ std::string task_metric(const ModelConfig& c, std::size_t k, const Batch<float>&
     case TaskType::Binary: return (pos > 0 && pos < count ? "auc:" : "logloss:") + t.name;
     case TaskType::Regression: return "rmse:" + t.name;
     case TaskType::MultiClass: return "accuracy:" + t.name;
+    case TaskType::Retrieval: return "hit_rate@10:" + t.name;
   }
   return {};
 }

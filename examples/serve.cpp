@@ -1,7 +1,7 @@
 // mtrec serving example: load a checkpoint and answer top-K requests from
 // several threads at once, reporting latency percentiles and throughput.
 //
-//   serve --load model.safetensors --item-fields movieId,genres,title \
+//   serve --load model.safetensors --item-fields movieId,genres,title
 //         [--threads 4] [--requests 2000] [--candidates 200] [--k 10] [--score like]
 //
 // A request is one user and N candidate items. The model is rebuilt from the

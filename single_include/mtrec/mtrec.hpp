@@ -6824,6 +6824,8 @@ class TabularEncoder {
             y[i] = T(c - 1);
             break;
           }
+          case TaskType::Retrieval:  // never parsed from flags: the CLI offers binary|regression|multiclass
+            fail(op, "task '", tc.column, "': retrieval tasks are not supported by the CSV encoder");
         }
       }
     }
