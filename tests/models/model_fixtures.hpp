@@ -74,6 +74,25 @@ inline mtrec::ModelConfig tiny_config(mtrec::Architecture arch, bool with_multic
   return c;
 }
 
+// The tiny config with ranking and retrieval tasks: ctr (BPR), rating,
+// next_movie (retrieval on the movie table the features also read) and tag
+// (retrieval on its own 6 x 3 table). Dropout stays as in tiny_config.
+inline mtrec::ModelConfig tiny_ranking_config(mtrec::Architecture arch) {
+  using namespace mtrec;
+  ModelConfig c = tiny_config(arch, false);
+  c.tasks[0].loss = TaskLoss::BPR;
+  TaskSpec next = task("next_movie", TaskType::Retrieval, 0, {3}, 0.6, TaskLoss::Default, 1.0);
+  next.target_table = "movie";
+  next.temperature = 0.5;
+  TaskSpec tag = task("tag", TaskType::Retrieval, 0, {2}, 0.9, TaskLoss::SampledSoftmax, 1.0);
+  tag.target_table = "tag_out";
+  tag.target_vocab = 6;
+  tag.target_dim = 3;
+  c.tasks.push_back(next);
+  c.tasks.push_back(tag);
+  return c;
+}
+
 // B rows of random data for the tiny config; every task has some missing labels.
 template <class T>
 inline mtrec::Batch<T> tiny_batch(const mtrec::ModelConfig& c, mtrec::index_t B, std::uint64_t seed) {

@@ -59,17 +59,7 @@ TEST_CASE("gradient: whole model, ESMM", "[gradient][model]") { check_model_grad
 // BPR over in-group pairs, and two retrieval tasks: one scoring against the
 // movie table the features also read (item-item), one against its own table.
 TEST_CASE("gradient: whole model, BPR and in-batch sampled-softmax retrieval tasks", "[gradient][model]") {
-  ModelConfig c = testing::tiny_config(Architecture::MMoE, false);
-  c.tasks[0].loss = TaskLoss::BPR;
-  TaskSpec next = testing::task("next_movie", TaskType::Retrieval, 0, {3}, 0.6, TaskLoss::Default, 1.0);
-  next.target_table = "movie";
-  next.temperature = 0.5;
-  TaskSpec tag = testing::task("tag", TaskType::Retrieval, 0, {2}, 0.9, TaskLoss::SampledSoftmax, 1.0);
-  tag.target_table = "tag_out";
-  tag.target_vocab = 6;
-  tag.target_dim = 3;
-  c.tasks.push_back(next);
-  c.tasks.push_back(tag);
+  const ModelConfig c = testing::tiny_ranking_config(Architecture::MMoE);
   SECTION("pairs within groups") { check_model_gradient(c, 11, true); }
   SECTION("pairs over the whole batch") { check_model_gradient(c, 9, false); }
 }

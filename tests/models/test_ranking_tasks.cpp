@@ -12,23 +12,12 @@ using namespace mtrec;
 
 namespace {
 
-// ctr (BPR), rating, next_movie (retrieval on the shared movie table) and tag
-// (retrieval on its own 6 x 3 table), on the tiny feature set.
+// The fixture's ranking config without dropout (the losses are compared in eval mode).
 ModelConfig ranking_config(Architecture arch = Architecture::MMoE) {
-  ModelConfig c = testing::tiny_config(arch, false);
+  ModelConfig c = testing::tiny_ranking_config(arch);
   c.dropout = 0;
   c.features.sequences[0].encoder.dropout = 0;
   c.features.sequences[1].encoder.dropout = 0;
-  c.tasks[0].loss = TaskLoss::BPR;
-  TaskSpec next = testing::task("next_movie", TaskType::Retrieval, 0, {3}, 0.6, TaskLoss::Default, 1.0);
-  next.target_table = "movie";
-  next.temperature = 0.5;
-  TaskSpec tag = testing::task("tag", TaskType::Retrieval, 0, {2}, 0.9, TaskLoss::SampledSoftmax, 1.0);
-  tag.target_table = "tag_out";
-  tag.target_vocab = 6;
-  tag.target_dim = 3;
-  c.tasks.push_back(next);
-  c.tasks.push_back(tag);
   return c;
 }
 
