@@ -321,13 +321,12 @@ class MultiTaskModel {
     check(!grouped || groups.size() == static_cast<std::size_t>(B), op, "task '", t.name, "' expected ", B,
           " groups but got ", groups.size());
     pw.order.resize({B});
-    index_t n = 0, npos = 0;
+    index_t n = 0;
     for (index_t i = 0; i < B; ++i) {
       if (m && !m[i]) continue;
       if (y[i] != T(0) && y[i] != T(1))
         fail(op, "BPR task '", t.name, "' label[", i, "] expected 0 or 1 but got ", y[i]);
       pw.order[n++] = i;
-      npos += y[i] == T(1);
     }
     // Sort by (group, label, row): std::sort works in place, so no allocation.
     index_t* ord = pw.order.data();
@@ -363,7 +362,6 @@ class MultiTaskModel {
         for (Tensor<T>* x : {&pw.s_pos, &pw.s_neg, &pw.d_pos, &pw.d_neg, &pw.weight}) x->resize({P});
       }
     }
-    (void)npos;
     for (index_t i = 0; i < B; ++i) d[i] = T(0);
     if (P == 0) return LossResult{};
     LossResult r = bpr(pw.d_pos.data(), pw.d_neg.data(), pw.s_pos.data(), pw.s_neg.data(),
