@@ -402,12 +402,17 @@ inline void parallel_chunks(index_t n, index_t chunk, Fn&& fn, bool parallel = t
   for (index_t c = 0; c < n_chunks; ++c) fn(c * chunk, std::min(n, (c + 1) * chunk));
 }
 
+// Work (in rough flops) below which a loop stays on the calling thread. On
+// this class of 2-vCPU VM, waking the OpenMP team costs ~5 us while its
+// threads spin and 25-40 us once they sleep (OMP_WAIT_POLICY=passive): about
+// what 4 MFLOP of small matrix work takes on one core.
+constexpr double kForkFlops = 4e6;
+
 // Calls fn(i) for each i in [0, n), in parallel when the total work
 // (n * cost_per_item, in rough flops) is worth a fork.
 template <class Fn>
 inline void parallel_for(index_t n, double cost_per_item, Fn&& fn) {
-  constexpr double kMinWorkPerFork = 32768.0;
-  const bool worth = static_cast<double>(n) * cost_per_item >= kMinWorkPerFork;
+  const bool worth = static_cast<double>(n) * cost_per_item >= kForkFlops;
   if (n <= 1 || !worth || in_parallel_region() || num_threads() == 1) {
     for (index_t i = 0; i < n; ++i) fn(i);
     return;
@@ -732,7 +737,7 @@ class ParameterStore {
 // ==== end mtrec/core/parameters.hpp ===========================================
 
 // ==== begin mtrec/kernels/cpu.hpp =============================================
-// mtrec: CPU kernels — xsimd vectors, OpenMP over fixed chunks, Eigen GEMM.
+// mtrec: CPU kernels — xsimd vectors, OpenMP over fixed chunks, packed GEMM.
 //
 // Same names and arguments as kernels/reference.hpp, with the `cpu` tag.
 // Tails shorter than a vector are padded into a full vector, so every element
@@ -742,6 +747,31 @@ class ParameterStore {
 #include <limits>
 
 #include <xsimd/xsimd.hpp>
+
+// ==== begin mtrec/kernels/cpu_gemm.hpp ========================================
+// mtrec: the CPU GEMM — packed panels and an xsimd register-tile kernel.
+//
+// C (M,N) = alpha * op(A) (M,K) * op(B) (K,N) + beta * C, all row-major.
+//
+// Why our own: recommender products are short and wide (25..2048 rows, 64..512
+// columns, K of 64..352), where Eigen's general product spends much of its
+// time packing and zeroing, and its register tile reaches ~60% of the FMA
+// peak on large squares. This is the usual three-level scheme:
+//
+//   for each K block of kKc
+//     pack op(B) in column panels of NR = 2 vectors, k-major: bp[k*NR + j]
+//     (the last panel zero-padded)
+//     for each row block of kMc rows
+//       pack op(A) in row panels of MR, k-major: ap[k*MR + r]   (L2)
+//       for each column panel (L1), for each row panel:
+//         an MR x NR tile of accumulators in registers,
+//         one broadcast of A and NR/W loads of B per k, then the epilogue
+//         C = alpha*acc + beta*C (beta only on the first K block, then +=).
+//
+// Determinism: every C element is the sum over k in increasing order, split
+// at K-block bounds that depend on K only, with the same vector lane math
+// wherever the element sits in a tile. So the row/column split across
+// threads may depend on the thread count and results stay bitwise equal.
 
 // ==== begin mtrec/kernels/device.hpp ==========================================
 // mtrec: device tags — the one seam between layers and kernels.
@@ -796,6 +826,215 @@ struct AdamStep {
 }  // namespace kernels
 }  // namespace mtrec
 // ==== end mtrec/kernels/device.hpp ============================================
+
+namespace mtrec {
+namespace kernels {
+namespace gemm_detail {
+
+template <class T>
+using vec = xsimd::batch<T>;
+
+// Rows of the register tile: 12 x 2 vectors = 24 accumulators with 32 vector
+// registers (AVX-512); 6 x 2 = 12 with 16 (AVX2 and narrower).
+constexpr index_t kMr = sizeof(vec<float>) >= 64 ? 12 : 6;
+constexpr index_t kKc = 256;       // K block: a packed B panel (kKc x 2 vectors) is 32 KB, in L1
+constexpr index_t kMc = 16 * kMr;  // row block: its packed A (kMc x kKc) is <= 192 KB, in L2
+
+template <class T>
+struct Workspace {
+  Tensor<T> a;  // packed op(A) block: kMc x kKc
+  Tensor<T> b;  // packed op(B) K block: kKc x N rounded up to NR
+};
+
+// One per thread; grows to the largest block seen, then never allocates again.
+template <class T>
+inline Workspace<T>& workspace() {
+  thread_local Workspace<T> ws;
+  return ws;
+}
+
+// dst[k * ldd + r] = src[r * lds + k] for r < rows, k < cols: the transposing
+// copy both packs need when K runs along the stored rows.
+template <class T>
+inline void transpose_copy(T* dst, index_t ldd, const T* src, index_t lds, index_t rows, index_t cols) {
+  for (index_t r = 0; r < rows; ++r)
+    for (index_t k = 0; k < cols; ++k) dst[k * ldd + r] = src[r * lds + k];
+}
+
+#if defined(__AVX512F__)
+// Same for float with AVX-512: 16 x 16 blocks transposed in registers (four
+// rounds of shuffles), ~10x faster than the scalar loop; edges go scalar.
+inline void transpose_16x16(__m512 r[16]) {
+  __m512 t[16], u[16];
+  for (int i = 0; i < 8; ++i) {
+    t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+  }
+  for (int i = 0; i < 4; ++i) {
+    u[4 * i] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], 0x44);
+    u[4 * i + 1] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], 0xEE);
+    u[4 * i + 2] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0x44);
+    u[4 * i + 3] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0xEE);
+  }
+  // u[4q + c] holds, in 128-bit lane L, element c of rows 4q..4q+3 for columns 4L..4L+3
+  for (int h = 0; h < 2; ++h)
+    for (int c = 0; c < 4; ++c) {
+      t[8 * h + c] = _mm512_shuffle_f32x4(u[8 * h + c], u[8 * h + 4 + c], 0x88);
+      t[8 * h + 4 + c] = _mm512_shuffle_f32x4(u[8 * h + c], u[8 * h + 4 + c], 0xDD);
+    }
+  for (int c = 0; c < 8; ++c) {
+    r[c] = _mm512_shuffle_f32x4(t[c], t[8 + c], 0x88);
+    r[8 + c] = _mm512_shuffle_f32x4(t[c], t[8 + c], 0xDD);
+  }
+}
+
+inline void transpose_copy(float* dst, index_t ldd, const float* src, index_t lds, index_t rows, index_t cols) {
+  for (index_t r0 = 0; r0 < rows; r0 += 16) {
+    const index_t nr = std::min<index_t>(16, rows - r0);
+    const __mmask16 lanes = static_cast<__mmask16>((1u << nr) - 1u);
+    index_t k0 = 0;
+    for (; k0 + 16 <= cols; k0 += 16) {
+      __m512 v[16];
+      for (int i = 0; i < 16; ++i)
+        v[i] = i < nr ? _mm512_loadu_ps(src + (r0 + i) * lds + k0) : _mm512_setzero_ps();
+      transpose_16x16(v);
+      for (int k = 0; k < 16; ++k) _mm512_mask_storeu_ps(dst + (k0 + k) * ldd + r0, lanes, v[k]);
+    }
+    if (k0 < cols) transpose_copy<float>(dst + k0 * ldd + r0, ldd, src + r0 * lds + k0, lds, nr, cols - k0);
+  }
+}
+#endif
+
+// ap (kc, mr) k-major  <-  op(A) rows [i0, i0+mr), columns [k0, k0+kc)
+template <class T>
+inline void pack_a(T* ap, Trans ta, const T* A, index_t lda, index_t i0, index_t mr, index_t k0, index_t kc) {
+  if (ta == Trans::N) {
+    transpose_copy(ap, mr, A + i0 * lda + k0, lda, mr, kc);
+  } else {
+    for (index_t k = 0; k < kc; ++k) std::memcpy(ap + k * mr, A + (k0 + k) * lda + i0, sizeof(T) * std::size_t(mr));
+  }
+}
+
+// bp (kc, nrp) k-major  <-  op(B) rows [k0, k0+kc), columns [j0, j0+nr); columns nr..nrp zero
+template <class T>
+inline void pack_b(T* bp, index_t nrp, Trans tb, const T* B, index_t ldb, index_t j0, index_t nr, index_t k0,
+                   index_t kc) {
+  if (tb == Trans::N) {
+    for (index_t k = 0; k < kc; ++k) {
+      const T* src = B + (k0 + k) * ldb + j0;
+      T* dst = bp + k * nrp;
+      std::memcpy(dst, src, sizeof(T) * static_cast<std::size_t>(nr));
+      for (index_t j = nr; j < nrp; ++j) dst[j] = T(0);
+    }
+  } else {
+    if (nr < nrp)
+      for (index_t k = 0; k < kc; ++k)
+        for (index_t j = nr; j < nrp; ++j) bp[k * nrp + j] = T(0);
+    transpose_copy(bp, nrp, B + j0 * ldb + k0, ldb, nr, kc);
+  }
+}
+
+// c = alpha * acc + beta * c over the first `cols` lanes (beta == 0: c is not read)
+template <class T>
+inline void store_tile_vec(T* c, const vec<T>& acc, index_t cols, T alpha, T beta) {
+  constexpr index_t W = vec<T>::size;
+  if (cols >= W) {
+    vec<T> out = alpha == T(1) ? acc : acc * vec<T>(alpha);
+    if (beta != T(0)) out = xsimd::fma(vec<T>(beta), vec<T>::load_unaligned(c), out);
+    out.store_unaligned(c);
+    return;
+  }
+  alignas(64) T buf[W];
+  acc.store_aligned(buf);
+  for (index_t j = 0; j < cols; ++j) {
+    const T v = alpha == T(1) ? buf[j] : alpha * buf[j];
+    c[j] = beta != T(0) ? beta * c[j] + v : v;
+  }
+}
+
+// The register tile: C[MR rows, NV vectors] from packed panels ap (kc, MR), bp (kc, NV*W).
+template <class T, int MR, int NV>
+inline void micro_kernel(index_t kc, const T* ap, const T* bp, T* c, index_t ldc, index_t cols, T alpha, T beta) {
+  constexpr index_t W = vec<T>::size;
+  vec<T> acc[MR][NV];
+#pragma GCC unroll 16
+  for (int r = 0; r < MR; ++r)
+#pragma GCC unroll 2
+    for (int v = 0; v < NV; ++v) acc[r][v] = vec<T>(T(0));
+  for (index_t k = 0; k < kc; ++k) {
+    vec<T> b[NV];
+#pragma GCC unroll 2
+    for (int v = 0; v < NV; ++v) b[v] = vec<T>::load_aligned(bp + (k * NV + v) * W);
+#pragma GCC unroll 16
+    for (int r = 0; r < MR; ++r) {
+      const vec<T> a(ap[k * MR + r]);
+#pragma GCC unroll 2
+      for (int v = 0; v < NV; ++v) acc[r][v] = xsimd::fma(a, b[v], acc[r][v]);
+    }
+  }
+#pragma GCC unroll 16
+  for (int r = 0; r < MR; ++r)
+#pragma GCC unroll 2
+    for (int v = 0; v < NV; ++v)
+      if (cols > v * W) store_tile_vec(c + r * ldc + v * W, acc[r][v], cols - v * W, alpha, beta);
+}
+
+template <class T, int NV, int... MRs>
+inline void micro_dispatch(std::integer_sequence<int, MRs...>, index_t mr, index_t kc, const T* ap, const T* bp, T* c,
+                           index_t ldc, index_t cols, T alpha, T beta) {
+  using Fn = void (*)(index_t, const T*, const T*, T*, index_t, index_t, T, T);
+  static constexpr Fn table[] = {&micro_kernel<T, MRs + 1, NV>...};
+  table[mr - 1](kc, ap, bp, c, ldc, cols, alpha, beta);
+}
+
+// One block of C (M rows, N columns), single-threaded.
+template <class T>
+inline void gemm_block(Trans ta, Trans tb, index_t M, index_t N, index_t K, T alpha, const T* A, index_t lda,
+                       const T* B, index_t ldb, T beta, T* C, index_t ldc) {
+  constexpr index_t W = vec<T>::size, NR = 2 * W;
+  if (K == 0) {
+    for (index_t i = 0; i < M; ++i)
+      for (index_t j = 0; j < N; ++j) C[i * ldc + j] = beta == T(0) ? T(0) : beta * C[i * ldc + j];
+    return;
+  }
+  Workspace<T>& ws = workspace<T>();
+  const index_t kc_max = std::min(K, kKc);
+  const index_t mc_max = std::min((M + kMr - 1) / kMr * kMr, kMc);
+  const index_t n_pad = (N + NR - 1) / NR * NR;
+  if (ws.a.numel() < mc_max * kc_max) ws.a.resize({mc_max * kc_max});
+  if (ws.b.numel() < kc_max * n_pad) ws.b.resize({kc_max * n_pad});
+  T* ap = ws.a.data();
+  T* bp = ws.b.data();
+  constexpr auto rows = std::make_integer_sequence<int, int(kMr)>{};
+  for (index_t k0 = 0; k0 < K; k0 += kKc) {
+    const index_t kc = std::min(kKc, K - k0);
+    const T beta_k = k0 == 0 ? beta : T(1);
+    for (index_t j0 = 0; j0 < N; j0 += NR) {
+      const index_t nr = std::min(NR, N - j0);
+      pack_b(bp + j0 * kc, nr > W ? NR : W, tb, B, ldb, j0, nr, k0, kc);
+    }
+    for (index_t i0 = 0; i0 < M; i0 += kMc) {
+      const index_t mc = std::min(kMc, M - i0);
+      for (index_t ii = 0; ii < mc; ii += kMr) pack_a(ap + ii * kc, ta, A, lda, i0 + ii, std::min(kMr, mc - ii), k0, kc);
+      for (index_t j0 = 0; j0 < N; j0 += NR) {
+        const index_t nr = std::min(NR, N - j0);
+        for (index_t ii = 0; ii < mc; ii += kMr) {
+          const index_t mr = std::min(kMr, mc - ii);
+          T* c = C + (i0 + ii) * ldc + j0;
+          if (nr > W)
+            micro_dispatch<T, 2>(rows, mr, kc, ap + ii * kc, bp + j0 * kc, c, ldc, nr, alpha, beta_k);
+          else
+            micro_dispatch<T, 1>(rows, mr, kc, ap + ii * kc, bp + j0 * kc, c, ldc, nr, alpha, beta_k);
+        }
+      }
+    }
+  }
+}
+
+}  // namespace gemm_detail
+}  // namespace kernels
+}  // namespace mtrec
+// ==== end mtrec/kernels/cpu_gemm.hpp ==========================================
 
 // ==== begin mtrec/kernels/reference.hpp =======================================
 // mtrec: scalar reference kernels.
@@ -1070,9 +1309,20 @@ namespace simd {
 template <class T>
 using batch = xsimd::batch<T>;
 
-// Elements per parallel chunk of an elementwise kernel: big enough to hide
-// the fork, a multiple of every vector width.
+// Elements per chunk of an elementwise kernel, a multiple of every vector
+// width. Chunk bounds depend on n only (reductions sum per-chunk partials).
 constexpr index_t kChunk = 16384;
+
+// Waking the OpenMP team costs ~5 us (spinning threads) to ~25 us (passive
+// wait policy) here, about what a streaming kernel does to 64K elements, so
+// smaller kernels stay on the calling thread.
+constexpr index_t kForkElems = index_t(1) << 16;
+
+// parallel_chunks, forking only when `work` elements are worth it.
+template <class Fn>
+inline void chunks(index_t work, index_t n, index_t chunk, Fn&& fn) {
+  parallel_chunks(n, chunk, std::forward<Fn>(fn), work >= kForkElems);
+}
 
 template <class T>
 inline batch<T> load_partial(const T* p, index_t r) {
@@ -1091,7 +1341,7 @@ inline void store_partial(T* p, const batch<T>& v, index_t r) {
 template <class T, class F, class... In>
 inline void map(T* y, index_t n, F f, const In*... in) {
   constexpr index_t W = batch<T>::size;
-  parallel_chunks(n, kChunk, [&](index_t b, index_t e) {
+  chunks(n, n, kChunk, [&](index_t b, index_t e) {
     index_t i = b;
     for (; i + W <= e; i += W) f(batch<T>::load_unaligned(in + i)...).store_unaligned(y + i);
     if (i < e) store_partial(y + i, f(load_partial(in + i, e - i)...), e - i);
@@ -1189,20 +1439,21 @@ inline void gemm_block(Trans ta, Trans tb, index_t M, index_t N, index_t K, T al
 }
 }  // namespace detail
 
-// C (M,N) = alpha * op(A) * op(B) + beta * C. Large products are cut into
-// blocks of C rows (or columns) whose size depends on the shape only; each
-// block runs Eigen's single-threaded GEMM with the full K, so the result is
-// the same for every thread count.
+// C (M,N) = alpha * op(A) * op(B) + beta * C.
 //
-// Every block packs the whole of op(B) again, so blocks are kept large: about
-// kGemmBlockRows rows each (2 to 16 blocks, sizes rounded to a multiple of
-// 16). 512-row products thus run as 2 blocks rather than 8, and n = 2048 as 8
-// rather than 16.
+// Matrix-matrix shapes run our packed register-tile GEMM (kernels/cpu_gemm.hpp);
+// its results do not depend on how C is split, so large products are simply
+// cut into one block of rows (or columns) per thread. Products under
+// kForkFlops (core/parallel.hpp) run on the calling thread.
+//
+// Matrix-vector shapes (one row, or fewer columns than half a vector) go to
+// Eigen, whose GEMV streams A without packing. Eigen's blocking depends on the
+// block size, so there the blocks are fixed by the shape: about
+// kGemmBlockRows rows each (2 to 16 blocks, multiples of 16).
 namespace detail {
 constexpr index_t kGemmBlockRows = 256;
 inline index_t gemm_block_extent(index_t extent, double flops) {
-  constexpr double kParallelFlops = 1 << 20;
-  if (flops < kParallelFlops) return extent;
+  if (flops < kForkFlops) return extent;
   const index_t blocks = std::min<index_t>(16, std::max<index_t>(2, extent / kGemmBlockRows));
   return std::max<index_t>(16, ((extent + blocks - 1) / blocks + 15) / 16 * 16);
 }
@@ -1212,18 +1463,28 @@ template <class T>
 inline void gemm(cpu_t, Trans ta, Trans tb, index_t M, index_t N, index_t K, T alpha, const T* A, index_t lda,
                  const T* B, index_t ldb, T beta, T* C, index_t ldc) {
   if (M <= 0 || N <= 0) return;
+  constexpr index_t W = simd::batch<T>::size;
   const double flops = 2.0 * double(M) * double(N) * double(K);
   const bool split_rows = M >= N;
   const index_t extent = split_rows ? M : N;
-  const index_t block = detail::gemm_block_extent(extent, flops);
+  const bool packed = M > 1 && 2 * N >= W;
+  index_t block = extent;
+  if (!packed) {
+    block = detail::gemm_block_extent(extent, flops);
+  } else if (flops >= kForkFlops && num_threads() > 1) {
+    const index_t unit = split_rows ? gemm_detail::kMr : 2 * W;
+    const index_t per_thread = (extent + num_threads() - 1) / num_threads();
+    block = std::max(unit, (per_thread + unit - 1) / unit * unit);
+  }
   parallel_chunks(extent, block, [&](index_t b, index_t e) {
-    if (split_rows) {
-      const T* a = ta == Trans::N ? A + b * lda : A + b;
-      detail::gemm_block<T>(ta, tb, e - b, N, K, alpha, a, lda, B, ldb, beta, C + b * ldc, ldc);
-    } else {
-      const T* bb = tb == Trans::N ? B + b : B + b * ldb;
-      detail::gemm_block<T>(ta, tb, M, e - b, K, alpha, A, lda, bb, ldb, beta, C + b, ldc);
-    }
+    const index_t m = split_rows ? e - b : M, n = split_rows ? N : e - b;
+    const T* a = !split_rows ? A : ta == Trans::N ? A + b * lda : A + b;
+    const T* bb = split_rows ? B : tb == Trans::N ? B + b : B + b * ldb;
+    T* c = split_rows ? C + b * ldc : C + b;
+    if (packed)
+      gemm_detail::gemm_block<T>(ta, tb, m, n, K, alpha, a, lda, bb, ldb, beta, c, ldc);
+    else
+      detail::gemm_block<T>(ta, tb, m, n, K, alpha, a, lda, bb, ldb, beta, c, ldc);
   });
 }
 
@@ -1233,7 +1494,7 @@ inline void gemm(cpu_t, Trans ta, Trans tb, index_t M, index_t N, index_t K, T a
 template <class T>
 inline void bias_add(cpu_t, T* y, const T* b, index_t rows, index_t cols) {
   constexpr index_t W = simd::batch<T>::size;
-  parallel_chunks(rows, std::max<index_t>(1, simd::kChunk / std::max<index_t>(cols, 1)), [&](index_t r0, index_t r1) {
+  simd::chunks(rows * cols, rows, std::max<index_t>(1, simd::kChunk / std::max<index_t>(cols, 1)), [&](index_t r0, index_t r1) {
     for (index_t r = r0; r < r1; ++r) {
       T* yr = y + r * cols;
       index_t c = 0;
@@ -1250,7 +1511,7 @@ template <class T>
 inline void column_sum_add(cpu_t, T* db, const T* dy, index_t rows, index_t cols) {
   constexpr index_t W = simd::batch<T>::size;
   const index_t col_block = std::max<index_t>(W * 4, (simd::kChunk / std::max<index_t>(rows, 1)) / W * W);
-  parallel_chunks(cols, col_block, [&](index_t c0, index_t c1) {
+  simd::chunks(rows * cols, cols, col_block, [&](index_t c0, index_t c1) {
     index_t c = c0;
     for (; c + W <= c1; c += W) {
       simd::batch<T> acc(T(0));
@@ -1342,7 +1603,7 @@ inline void softmax_row(T* yr, const T* xr, index_t cols) {
 
 template <class T>
 inline void softmax_forward(cpu_t, T* y, const T* x, index_t rows, index_t cols) {
-  parallel_chunks(rows, detail::rows_per_chunk(cols), [&](index_t r0, index_t r1) {
+  simd::chunks(rows * cols, rows, detail::rows_per_chunk(cols), [&](index_t r0, index_t r1) {
     for (index_t r = r0; r < r1; ++r) softmax_row(y + r * cols, x + r * cols, cols);
   });
 }
@@ -1351,7 +1612,7 @@ template <class T>
 inline void softmax_backward(cpu_t, T* dx, const T* dy, const T* y, index_t rows, index_t cols) {
   using B = simd::batch<T>;
   constexpr index_t W = B::size;
-  parallel_chunks(rows, detail::rows_per_chunk(cols), [&](index_t r0, index_t r1) {
+  simd::chunks(rows * cols, rows, detail::rows_per_chunk(cols), [&](index_t r0, index_t r1) {
     for (index_t r = r0; r < r1; ++r) {
       const T* g = dy + r * cols;
       const T* s = y + r * cols;
@@ -1376,7 +1637,7 @@ inline void layernorm_forward(cpu_t, T* y, T* mean, T* rstd, const T* x, const T
                               index_t cols, T eps) {
   using B = simd::batch<T>;
   constexpr index_t W = B::size;
-  parallel_chunks(rows, detail::rows_per_chunk(cols), [&](index_t r0, index_t r1) {
+  simd::chunks(rows * cols, rows, detail::rows_per_chunk(cols), [&](index_t r0, index_t r1) {
     for (index_t r = r0; r < r1; ++r) {
       const T* xr = x + r * cols;
       T* yr = y + r * cols;
@@ -1483,7 +1744,7 @@ inline void layernorm_backward(cpu_t, T* dx, T* dgamma, T* dbeta, const T* dy, c
   for (index_t t0 = 0; t0 < cols; t0 += kTile) {
     const index_t tw = std::min(kTile, cols - t0);
     const index_t twv = (tw + W - 1) / W * W;  // partial rows padded to whole vectors
-    parallel_chunks(rows, chunk, [&](index_t r0, index_t r1) {
+    simd::chunks(rows * cols, rows, chunk, [&](index_t r0, index_t r1) {
       T* pg = part[r0 / chunk][0];
       T* pb = part[r0 / chunk][1];
       std::fill(pg, pg + twv, T(0));
@@ -1554,7 +1815,7 @@ inline void dropout_apply(T* y, const T* x, index_t n, double p, std::uint64_t k
     };
     const BF bth(static_cast<float>(th));
     const BF bscale(scale), zero(0.f);
-    parallel_chunks(n, simd::kChunk, [&](index_t b, index_t e) {
+    simd::chunks(n, n, simd::kChunk, [&](index_t b, index_t e) {
       for (index_t i = b; i < e; i += W) {
         const BU ctr = BU(static_cast<std::uint32_t>(offset + std::uint64_t(i))) + lanes;
         const BU h = hash(hash(ctr ^ khi) ^ klo);
@@ -1572,7 +1833,7 @@ inline void dropout_apply(T* y, const T* x, index_t n, double p, std::uint64_t k
       }
     });
   } else {
-    parallel_chunks(n, simd::kChunk, [&](index_t b, index_t e) {
+    simd::chunks(n, n, simd::kChunk, [&](index_t b, index_t e) {
       for (index_t i = b; i < e; ++i)
         y[i] = kernels::detail::dropout_keep(key, offset + std::uint64_t(i), th) ? x[i] * scale : T(0);
     });
@@ -1611,7 +1872,7 @@ inline void adam_update(cpu_t, T* w, T* m, T* v, const T* g, index_t n, const Ad
     vo = b2 * vv + c2 * gv * gv;
     wo = wv - step * mo / (xsimd::sqrt(vo) * inv_sqrt_bc2 + eps);
   };
-  parallel_chunks(n, simd::kChunk, [&](index_t b, index_t e) {
+  simd::chunks(n, n, simd::kChunk, [&](index_t b, index_t e) {
     index_t i = b;
     for (; i + W <= e; i += W) {
       B wo, mo, vo;
@@ -1650,7 +1911,7 @@ inline void sgd_update(cpu_t, T* w, T* buf, const T* g, index_t n, T lr, T momen
     }
     wo = wv - blr * gv;
   };
-  parallel_chunks(n, simd::kChunk, [&](index_t b, index_t e) {
+  simd::chunks(n, n, simd::kChunk, [&](index_t b, index_t e) {
     index_t i = b;
     const B zero(T(0));
     for (; i + W <= e; i += W) {
@@ -1687,7 +1948,7 @@ inline double sum_squares(cpu_t, const T* x, index_t n) {
     const index_t nc = std::min(kPartials, n_chunks - c0);
     const T* xs = x + c0 * simd::kChunk;
     const index_t len = std::min(n - c0 * simd::kChunk, nc * simd::kChunk);
-    parallel_chunks(len, simd::kChunk, [&](index_t b, index_t e) {
+    simd::chunks(len, len, simd::kChunk, [&](index_t b, index_t e) {
       D acc(0.0);
       index_t i = b;
       for (; i + W <= e; i += W) {

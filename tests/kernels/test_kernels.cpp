@@ -186,6 +186,87 @@ TEST_CASE("kernels: large GEMM in every transposition, parallel blocks, 1 vs 2 t
     }
 }
 
+// The packed GEMM's edges: K over several K blocks (beta applied once), row
+// and column remainders of every size class, leading dimensions wider than
+// the operands (padding must not be read), alpha/beta other than 0/1, and
+// shapes on the matrix-vector path (M = 1, N < half a vector).
+template <class T>
+void check_gemm_edges(double tol) {
+  struct Shape { index_t M, N, K; };
+  const Shape shapes[] = {{1, 70, 33},   {2, 3, 600},   {13, 17, 257}, {25, 192, 64},
+                          {37, 33, 600}, {205, 48, 9},  {12, 64, 512}, {3, 200, 1}};
+  for (const Shape& s : shapes)
+    for (Trans ta : {Trans::N, Trans::T})
+      for (Trans tb : {Trans::N, Trans::T}) {
+        const index_t pad = 3;
+        const index_t lda = (ta == Trans::N ? s.K : s.M) + pad, ldb = (tb == Trans::N ? s.N : s.K) + pad;
+        const index_t ldc = s.N + pad;
+        const index_t a_rows = ta == Trans::N ? s.M : s.K, b_rows = tb == Trans::N ? s.K : s.N;
+        std::vector<T> A(a_rows * lda), B(b_rows * ldb), C0(s.M * ldc);
+        testing::fill_uniform(A.data(), index_t(A.size()), 3);
+        testing::fill_uniform(B.data(), index_t(B.size()), 4);
+        testing::fill_uniform(C0.data(), index_t(C0.size()), 5);
+        for (T beta : {T(0), T(1), T(0.5)}) {
+          const T alpha = beta == T(1) ? T(1) : T(-1.5);
+          std::vector<T> ref = C0, one = C0, two = C0;
+          if (beta == T(0))  // beta = 0 must not read C: poison it
+            for (std::vector<T>* c : {&one, &two})
+              std::fill(c->begin(), c->end(), std::numeric_limits<T>::quiet_NaN());
+          kernels::gemm(kernels::reference, ta, tb, s.M, s.N, s.K, alpha, A.data(), lda, B.data(), ldb, beta,
+                        ref.data(), ldc);
+          testing::with_threads(1, [&] {
+            kernels::gemm(kernels::cpu, ta, tb, s.M, s.N, s.K, alpha, A.data(), lda, B.data(), ldb, beta,
+                          one.data(), ldc);
+          });
+          testing::with_threads(2, [&] {
+            kernels::gemm(kernels::cpu, ta, tb, s.M, s.N, s.K, alpha, A.data(), lda, B.data(), ldb, beta,
+                          two.data(), ldc);
+          });
+          // the padding columns of C are untouched
+          for (index_t i = 0; i < s.M; ++i)
+            for (index_t j = s.N; j < ldc; ++j)
+              if (beta != T(0)) CHECK(one[i * ldc + j] == C0[i * ldc + j]);
+          std::vector<T> ref_v, one_v;
+          for (index_t i = 0; i < s.M; ++i)
+            for (index_t j = 0; j < s.N; ++j) {
+              ref_v.push_back(ref[i * ldc + j]);
+              one_v.push_back(one[i * ldc + j]);
+            }
+          CAPTURE(s.M, s.N, s.K, int(ta), int(tb), double(beta), sizeof(T));
+          CHECK(max_rel_diff(one_v, ref_v) < tol);
+          CHECK(testing::bitwise_equal(one.data(), two.data(), index_t(one.size())));
+        }
+      }
+}
+
+TEST_CASE("kernels: packed GEMM edges (K blocks, remainders, strides, alpha/beta) vs the reference", "[kernels][gemm]") {
+  check_gemm_edges<float>(2e-5);
+  check_gemm_edges<double>(1e-12);
+}
+
+// Products big enough to fork: 1 vs 2 threads split C differently and must agree bit for bit.
+TEST_CASE("kernels: forked packed GEMM equals the single-threaded one bit for bit", "[kernels][gemm]") {
+  const index_t M = 517, N = 203, K = 300;
+  std::vector<float> A(M * K), B(K * N), ref(M * N), one(M * N), two(M * N), wide_one(N * M), wide_two(N * M);
+  testing::fill_uniform(A.data(), M * K, 6);
+  testing::fill_uniform(B.data(), K * N, 7);
+  kernels::gemm(kernels::reference, Trans::N, Trans::N, M, N, K, 1.0f, A.data(), K, B.data(), N, 0.0f, ref.data(), N);
+  testing::with_threads(1, [&] {
+    kernels::gemm(kernels::cpu, Trans::N, Trans::N, M, N, K, 1.0f, A.data(), K, B.data(), N, 0.0f, one.data(), N);
+    // (N,M) = B^T A^T: more columns than rows, so the split is by columns
+    kernels::gemm(kernels::cpu, Trans::T, Trans::T, N, M, K, 1.0f, B.data(), N, A.data(), K, 0.0f, wide_one.data(), M);
+  });
+  testing::with_threads(2, [&] {
+    kernels::gemm(kernels::cpu, Trans::N, Trans::N, M, N, K, 1.0f, A.data(), K, B.data(), N, 0.0f, two.data(), N);
+    kernels::gemm(kernels::cpu, Trans::T, Trans::T, N, M, K, 1.0f, B.data(), N, A.data(), K, 0.0f, wide_two.data(), M);
+  });
+  CHECK(max_rel_diff(one, ref) < 2e-5);
+  CHECK(testing::bitwise_equal(one.data(), two.data(), M * N));
+  CHECK(testing::bitwise_equal(wide_one.data(), wide_two.data(), N * M));
+  for (index_t i = 0; i < M; i += 37)
+    for (index_t j = 0; j < N; j += 11) CHECK(wide_one[j * M + i] == one[i * N + j]);
+}
+
 TEST_CASE("kernels: dropout keeps about 1 - p and matches the reference mask bit for bit", "[kernels][dropout]") {
   const index_t n = 100003;
   std::vector<float> x(n, 1.0f), y(n), r(n);

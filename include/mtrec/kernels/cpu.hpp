@@ -1,4 +1,4 @@
-// mtrec: CPU kernels — xsimd vectors, OpenMP over fixed chunks, Eigen GEMM.
+// mtrec: CPU kernels — xsimd vectors, OpenMP over fixed chunks, packed GEMM.
 //
 // Same names and arguments as kernels/reference.hpp, with the `cpu` tag.
 // Tails shorter than a vector are padded into a full vector, so every element
@@ -18,6 +18,7 @@
 #include "mtrec/core/parallel.hpp"
 #include "mtrec/core/rng.hpp"
 #include "mtrec/core/tensor.hpp"
+#include "mtrec/kernels/cpu_gemm.hpp"
 #include "mtrec/kernels/device.hpp"
 #include "mtrec/kernels/reference.hpp"
 
@@ -29,9 +30,20 @@ namespace simd {
 template <class T>
 using batch = xsimd::batch<T>;
 
-// Elements per parallel chunk of an elementwise kernel: big enough to hide
-// the fork, a multiple of every vector width.
+// Elements per chunk of an elementwise kernel, a multiple of every vector
+// width. Chunk bounds depend on n only (reductions sum per-chunk partials).
 constexpr index_t kChunk = 16384;
+
+// Waking the OpenMP team costs ~5 us (spinning threads) to ~25 us (passive
+// wait policy) here, about what a streaming kernel does to 64K elements, so
+// smaller kernels stay on the calling thread.
+constexpr index_t kForkElems = index_t(1) << 16;
+
+// parallel_chunks, forking only when `work` elements are worth it.
+template <class Fn>
+inline void chunks(index_t work, index_t n, index_t chunk, Fn&& fn) {
+  parallel_chunks(n, chunk, std::forward<Fn>(fn), work >= kForkElems);
+}
 
 template <class T>
 inline batch<T> load_partial(const T* p, index_t r) {
@@ -50,7 +62,7 @@ inline void store_partial(T* p, const batch<T>& v, index_t r) {
 template <class T, class F, class... In>
 inline void map(T* y, index_t n, F f, const In*... in) {
   constexpr index_t W = batch<T>::size;
-  parallel_chunks(n, kChunk, [&](index_t b, index_t e) {
+  chunks(n, n, kChunk, [&](index_t b, index_t e) {
     index_t i = b;
     for (; i + W <= e; i += W) f(batch<T>::load_unaligned(in + i)...).store_unaligned(y + i);
     if (i < e) store_partial(y + i, f(load_partial(in + i, e - i)...), e - i);
@@ -148,20 +160,21 @@ inline void gemm_block(Trans ta, Trans tb, index_t M, index_t N, index_t K, T al
 }
 }  // namespace detail
 
-// C (M,N) = alpha * op(A) * op(B) + beta * C. Large products are cut into
-// blocks of C rows (or columns) whose size depends on the shape only; each
-// block runs Eigen's single-threaded GEMM with the full K, so the result is
-// the same for every thread count.
+// C (M,N) = alpha * op(A) * op(B) + beta * C.
 //
-// Every block packs the whole of op(B) again, so blocks are kept large: about
-// kGemmBlockRows rows each (2 to 16 blocks, sizes rounded to a multiple of
-// 16). 512-row products thus run as 2 blocks rather than 8, and n = 2048 as 8
-// rather than 16.
+// Matrix-matrix shapes run our packed register-tile GEMM (kernels/cpu_gemm.hpp);
+// its results do not depend on how C is split, so large products are simply
+// cut into one block of rows (or columns) per thread. Products under
+// kForkFlops (core/parallel.hpp) run on the calling thread.
+//
+// Matrix-vector shapes (one row, or fewer columns than half a vector) go to
+// Eigen, whose GEMV streams A without packing. Eigen's blocking depends on the
+// block size, so there the blocks are fixed by the shape: about
+// kGemmBlockRows rows each (2 to 16 blocks, multiples of 16).
 namespace detail {
 constexpr index_t kGemmBlockRows = 256;
 inline index_t gemm_block_extent(index_t extent, double flops) {
-  constexpr double kParallelFlops = 1 << 20;
-  if (flops < kParallelFlops) return extent;
+  if (flops < kForkFlops) return extent;
   const index_t blocks = std::min<index_t>(16, std::max<index_t>(2, extent / kGemmBlockRows));
   return std::max<index_t>(16, ((extent + blocks - 1) / blocks + 15) / 16 * 16);
 }
@@ -171,18 +184,28 @@ template <class T>
 inline void gemm(cpu_t, Trans ta, Trans tb, index_t M, index_t N, index_t K, T alpha, const T* A, index_t lda,
                  const T* B, index_t ldb, T beta, T* C, index_t ldc) {
   if (M <= 0 || N <= 0) return;
+  constexpr index_t W = simd::batch<T>::size;
   const double flops = 2.0 * double(M) * double(N) * double(K);
   const bool split_rows = M >= N;
   const index_t extent = split_rows ? M : N;
-  const index_t block = detail::gemm_block_extent(extent, flops);
+  const bool packed = M > 1 && 2 * N >= W;
+  index_t block = extent;
+  if (!packed) {
+    block = detail::gemm_block_extent(extent, flops);
+  } else if (flops >= kForkFlops && num_threads() > 1) {
+    const index_t unit = split_rows ? gemm_detail::kMr : 2 * W;
+    const index_t per_thread = (extent + num_threads() - 1) / num_threads();
+    block = std::max(unit, (per_thread + unit - 1) / unit * unit);
+  }
   parallel_chunks(extent, block, [&](index_t b, index_t e) {
-    if (split_rows) {
-      const T* a = ta == Trans::N ? A + b * lda : A + b;
-      detail::gemm_block<T>(ta, tb, e - b, N, K, alpha, a, lda, B, ldb, beta, C + b * ldc, ldc);
-    } else {
-      const T* bb = tb == Trans::N ? B + b : B + b * ldb;
-      detail::gemm_block<T>(ta, tb, M, e - b, K, alpha, A, lda, bb, ldb, beta, C + b, ldc);
-    }
+    const index_t m = split_rows ? e - b : M, n = split_rows ? N : e - b;
+    const T* a = !split_rows ? A : ta == Trans::N ? A + b * lda : A + b;
+    const T* bb = split_rows ? B : tb == Trans::N ? B + b : B + b * ldb;
+    T* c = split_rows ? C + b * ldc : C + b;
+    if (packed)
+      gemm_detail::gemm_block<T>(ta, tb, m, n, K, alpha, a, lda, bb, ldb, beta, c, ldc);
+    else
+      detail::gemm_block<T>(ta, tb, m, n, K, alpha, a, lda, bb, ldb, beta, c, ldc);
   });
 }
 
@@ -192,7 +215,7 @@ inline void gemm(cpu_t, Trans ta, Trans tb, index_t M, index_t N, index_t K, T a
 template <class T>
 inline void bias_add(cpu_t, T* y, const T* b, index_t rows, index_t cols) {
   constexpr index_t W = simd::batch<T>::size;
-  parallel_chunks(rows, std::max<index_t>(1, simd::kChunk / std::max<index_t>(cols, 1)), [&](index_t r0, index_t r1) {
+  simd::chunks(rows * cols, rows, std::max<index_t>(1, simd::kChunk / std::max<index_t>(cols, 1)), [&](index_t r0, index_t r1) {
     for (index_t r = r0; r < r1; ++r) {
       T* yr = y + r * cols;
       index_t c = 0;
@@ -209,7 +232,7 @@ template <class T>
 inline void column_sum_add(cpu_t, T* db, const T* dy, index_t rows, index_t cols) {
   constexpr index_t W = simd::batch<T>::size;
   const index_t col_block = std::max<index_t>(W * 4, (simd::kChunk / std::max<index_t>(rows, 1)) / W * W);
-  parallel_chunks(cols, col_block, [&](index_t c0, index_t c1) {
+  simd::chunks(rows * cols, cols, col_block, [&](index_t c0, index_t c1) {
     index_t c = c0;
     for (; c + W <= c1; c += W) {
       simd::batch<T> acc(T(0));
@@ -301,7 +324,7 @@ inline void softmax_row(T* yr, const T* xr, index_t cols) {
 
 template <class T>
 inline void softmax_forward(cpu_t, T* y, const T* x, index_t rows, index_t cols) {
-  parallel_chunks(rows, detail::rows_per_chunk(cols), [&](index_t r0, index_t r1) {
+  simd::chunks(rows * cols, rows, detail::rows_per_chunk(cols), [&](index_t r0, index_t r1) {
     for (index_t r = r0; r < r1; ++r) softmax_row(y + r * cols, x + r * cols, cols);
   });
 }
@@ -310,7 +333,7 @@ template <class T>
 inline void softmax_backward(cpu_t, T* dx, const T* dy, const T* y, index_t rows, index_t cols) {
   using B = simd::batch<T>;
   constexpr index_t W = B::size;
-  parallel_chunks(rows, detail::rows_per_chunk(cols), [&](index_t r0, index_t r1) {
+  simd::chunks(rows * cols, rows, detail::rows_per_chunk(cols), [&](index_t r0, index_t r1) {
     for (index_t r = r0; r < r1; ++r) {
       const T* g = dy + r * cols;
       const T* s = y + r * cols;
@@ -335,7 +358,7 @@ inline void layernorm_forward(cpu_t, T* y, T* mean, T* rstd, const T* x, const T
                               index_t cols, T eps) {
   using B = simd::batch<T>;
   constexpr index_t W = B::size;
-  parallel_chunks(rows, detail::rows_per_chunk(cols), [&](index_t r0, index_t r1) {
+  simd::chunks(rows * cols, rows, detail::rows_per_chunk(cols), [&](index_t r0, index_t r1) {
     for (index_t r = r0; r < r1; ++r) {
       const T* xr = x + r * cols;
       T* yr = y + r * cols;
@@ -442,7 +465,7 @@ inline void layernorm_backward(cpu_t, T* dx, T* dgamma, T* dbeta, const T* dy, c
   for (index_t t0 = 0; t0 < cols; t0 += kTile) {
     const index_t tw = std::min(kTile, cols - t0);
     const index_t twv = (tw + W - 1) / W * W;  // partial rows padded to whole vectors
-    parallel_chunks(rows, chunk, [&](index_t r0, index_t r1) {
+    simd::chunks(rows * cols, rows, chunk, [&](index_t r0, index_t r1) {
       T* pg = part[r0 / chunk][0];
       T* pb = part[r0 / chunk][1];
       std::fill(pg, pg + twv, T(0));
@@ -513,7 +536,7 @@ inline void dropout_apply(T* y, const T* x, index_t n, double p, std::uint64_t k
     };
     const BF bth(static_cast<float>(th));
     const BF bscale(scale), zero(0.f);
-    parallel_chunks(n, simd::kChunk, [&](index_t b, index_t e) {
+    simd::chunks(n, n, simd::kChunk, [&](index_t b, index_t e) {
       for (index_t i = b; i < e; i += W) {
         const BU ctr = BU(static_cast<std::uint32_t>(offset + std::uint64_t(i))) + lanes;
         const BU h = hash(hash(ctr ^ khi) ^ klo);
@@ -531,7 +554,7 @@ inline void dropout_apply(T* y, const T* x, index_t n, double p, std::uint64_t k
       }
     });
   } else {
-    parallel_chunks(n, simd::kChunk, [&](index_t b, index_t e) {
+    simd::chunks(n, n, simd::kChunk, [&](index_t b, index_t e) {
       for (index_t i = b; i < e; ++i)
         y[i] = kernels::detail::dropout_keep(key, offset + std::uint64_t(i), th) ? x[i] * scale : T(0);
     });
@@ -570,7 +593,7 @@ inline void adam_update(cpu_t, T* w, T* m, T* v, const T* g, index_t n, const Ad
     vo = b2 * vv + c2 * gv * gv;
     wo = wv - step * mo / (xsimd::sqrt(vo) * inv_sqrt_bc2 + eps);
   };
-  parallel_chunks(n, simd::kChunk, [&](index_t b, index_t e) {
+  simd::chunks(n, n, simd::kChunk, [&](index_t b, index_t e) {
     index_t i = b;
     for (; i + W <= e; i += W) {
       B wo, mo, vo;
@@ -609,7 +632,7 @@ inline void sgd_update(cpu_t, T* w, T* buf, const T* g, index_t n, T lr, T momen
     }
     wo = wv - blr * gv;
   };
-  parallel_chunks(n, simd::kChunk, [&](index_t b, index_t e) {
+  simd::chunks(n, n, simd::kChunk, [&](index_t b, index_t e) {
     index_t i = b;
     const B zero(T(0));
     for (; i + W <= e; i += W) {
@@ -646,7 +669,7 @@ inline double sum_squares(cpu_t, const T* x, index_t n) {
     const index_t nc = std::min(kPartials, n_chunks - c0);
     const T* xs = x + c0 * simd::kChunk;
     const index_t len = std::min(n - c0 * simd::kChunk, nc * simd::kChunk);
-    parallel_chunks(len, simd::kChunk, [&](index_t b, index_t e) {
+    simd::chunks(len, len, simd::kChunk, [&](index_t b, index_t e) {
       D acc(0.0);
       index_t i = b;
       for (; i + W <= e; i += W) {
