@@ -911,7 +911,10 @@ inline void pack_a(T* ap, Trans ta, const T* A, index_t lda, index_t i0, index_t
   if (ta == Trans::N) {
     transpose_copy(ap, mr, A + i0 * lda + k0, lda, mr, kc);
   } else {
-    for (index_t k = 0; k < kc; ++k) std::memcpy(ap + k * mr, A + (k0 + k) * lda + i0, sizeof(T) * std::size_t(mr));
+    for (index_t k = 0; k < kc; ++k) {  // (rows of <= kMr: a loop, not a memcpy call)
+      const T* src = A + (k0 + k) * lda + i0;
+      for (index_t r = 0; r < mr; ++r) ap[k * mr + r] = src[r];
+    }
   }
 }
 
@@ -920,11 +923,16 @@ template <class T>
 inline void pack_b(T* bp, index_t nrp, Trans tb, const T* B, index_t ldb, index_t j0, index_t nr, index_t k0,
                    index_t kc) {
   if (tb == Trans::N) {
+    constexpr index_t W = vec<T>::size;
     for (index_t k = 0; k < kc; ++k) {
       const T* src = B + (k0 + k) * ldb + j0;
       T* dst = bp + k * nrp;
-      std::memcpy(dst, src, sizeof(T) * static_cast<std::size_t>(nr));
-      for (index_t j = nr; j < nrp; ++j) dst[j] = T(0);
+      if (nr == nrp) {  // whole vectors: bp is aligned, B rows need not be
+        for (index_t j = 0; j < nrp; j += W) vec<T>::load_unaligned(src + j).store_aligned(dst + j);
+      } else {
+        for (index_t j = 0; j < nr; ++j) dst[j] = src[j];
+        for (index_t j = nr; j < nrp; ++j) dst[j] = T(0);
+      }
     }
   } else {
     if (nr < nrp)
@@ -3237,6 +3245,30 @@ class TransformerEncoderLayer {
   Dropout<T> drop_attn_, drop_ffn_, drop_out_;
 };
 
+// Copies between the padded (B,Tl,D) layout and the packed one (valid rows
+// only, sequence b starting at row starts[b]). Sequences are copied in
+// parallel when the batch is big enough (pure copies: no result depends on it).
+//   packed (sum lengths, D) <- padded rows t < lengths[b]
+template <class T>
+inline void pack_sequences(T* packed, const T* padded, const index_t* lengths, const index_t* starts, index_t B,
+                           index_t Tl, index_t D) {
+  parallel_for(B, 8.0 * double(Tl * D), [&](index_t b) {
+    if (lengths[b] > 0)
+      std::memcpy(packed + starts[b] * D, padded + b * Tl * D, sizeof(T) * static_cast<std::size_t>(lengths[b] * D));
+  });
+}
+//   padded (B,Tl,D) <- packed; rows t >= lengths[b] are zeroed
+template <class T>
+inline void unpack_sequences(T* padded, const T* packed, const index_t* lengths, const index_t* starts, index_t B,
+                             index_t Tl, index_t D) {
+  parallel_for(B, 8.0 * double(Tl * D), [&](index_t b) {
+    const index_t len = lengths[b];
+    T* row = padded + b * Tl * D;
+    if (len > 0) std::memcpy(row, packed + starts[b] * D, sizeof(T) * static_cast<std::size_t>(len * D));
+    if (len < Tl) std::memset(static_cast<void*>(row + len * D), 0, sizeof(T) * static_cast<std::size_t>((Tl - len) * D));
+  });
+}
+
 // A stack of pre-LN layers, optionally followed by a final LayerNorm (the
 // usual pre-LN arrangement; PyTorch's TransformerEncoder(norm=...)).
 template <class T>
@@ -3286,10 +3318,7 @@ class TransformerEncoder {
     }
     ctx.rows = n;
     ctx.packed.resize({n, D});
-    for (index_t b = 0; b < B; ++b)
-      if (lengths[b] > 0)
-        std::memcpy(ctx.packed.data() + ctx.starts[b] * D, x.data + b * Tl * D,
-                    sizeof(T) * static_cast<std::size_t>(lengths[b] * D));
+    pack_sequences(ctx.packed.data(), x.data, lengths.data, ctx.starts.data(), B, Tl, D);
     const T* out = ctx.packed.data();
     if (n > 0) {  // every sequence empty: nothing to encode, y is all zeros
       ConstView<T> in(ctx.packed.data(), {n, D});
@@ -3305,12 +3334,7 @@ class TransformerEncoder {
         out = ctx.normed.data();
       }
     }
-    for (index_t b = 0; b < B; ++b) {  // scatter back; padded rows zero
-      const index_t len = lengths[b];
-      T* yb = y.data + b * Tl * D;
-      if (len > 0) std::memcpy(yb, out + ctx.starts[b] * D, sizeof(T) * static_cast<std::size_t>(len * D));
-      if (len < Tl) std::memset(static_cast<void*>(yb + len * D), 0, sizeof(T) * static_cast<std::size_t>((Tl - len) * D));
-    }
+    unpack_sequences(y.data, out, lengths.data, ctx.starts.data(), B, Tl, D);  // padded rows zero
   }
 
   // dx (B,T,D) written (zero at padded positions: y's padded rows are
@@ -3324,9 +3348,7 @@ class TransformerEncoder {
     ctx.d_b.resize({n, D});
     const ConstView<index_t> lengths = ctx.lengths;
     T* g = ctx.d_a.data();  // packed dy
-    for (index_t b = 0; b < B; ++b)
-      if (lengths[b] > 0)
-        std::memcpy(g + ctx.starts[b] * D, dy.data + b * Tl * D, sizeof(T) * static_cast<std::size_t>(lengths[b] * D));
+    pack_sequences(g, dy.data, lengths.data, ctx.starts.data(), B, Tl, D);
     if (n > 0) {
       if (final_norm_) {
         norm_.backward_impl(ctx.final_ln, ctx.d_a.data(), ctx.d_b.data());
@@ -3338,12 +3360,7 @@ class TransformerEncoder {
         g = other;
       }
     }
-    for (index_t b = 0; b < B; ++b) {
-      const index_t len = lengths[b];
-      T* xb = dx.data + b * Tl * D;
-      if (len > 0) std::memcpy(xb, g + ctx.starts[b] * D, sizeof(T) * static_cast<std::size_t>(len * D));
-      if (len < Tl) std::memset(static_cast<void*>(xb + len * D), 0, sizeof(T) * static_cast<std::size_t>((Tl - len) * D));
-    }
+    unpack_sequences(dx.data, g, lengths.data, ctx.starts.data(), B, Tl, D);
   }
 
   const TransformerConfig& config() const { return c_; }
@@ -4259,6 +4276,7 @@ class MultiTaskModel {
     };
     struct SequenceWs {
       Tensor<index_t> valid_ids;  // (n_valid) IDs of the valid positions, in (b,t) order
+      Tensor<index_t> starts;     // (B) first row of each sequence in compact
       Tensor<T> compact, d_compact;  // (n_valid, D)
       Tensor<T> emb, hidden, d_emb, d_hidden;  // (B,L,D)
       Tensor<T> pooled, d_pooled;  // (B,D)
@@ -4901,16 +4919,15 @@ class MultiTaskModel {
       sw.emb.resize({B, L, D});
       sw.hidden.resize({B, L, D});
       sw.pooled.resize({B, D});
-      enc.items.forward(sw.items, sw.valid_ids.view(), sw.compact.view());
+      sw.starts.resize({B});
       v = 0;
-      for (index_t r = 0; r < B; ++r) {  // valid positions copied, padded ones zeroed
-        const index_t len = s.lengths[r];
-        T* row = sw.emb.data() + r * L * D;
-        // len may be 0 (then compact can be empty, data() null): memcpy must not see it.
-        if (len > 0) std::memcpy(row, sw.compact.data() + v * D, sizeof(T) * std::size_t(len * D));
-        if (len < L) std::memset(static_cast<void*>(row + len * D), 0, sizeof(T) * std::size_t((L - len) * D));
-        v += len;
+      for (index_t r = 0; r < B; ++r) {
+        sw.starts[r] = v;
+        v += s.lengths[r];
       }
+      enc.items.forward(sw.items, sw.valid_ids.view(), sw.compact.view());
+      // valid positions copied, padded ones zeroed (an empty sequence copies nothing)
+      unpack_sequences(sw.emb.data(), sw.compact.data(), s.lengths.data(), sw.starts.data(), B, L, D);
       ConstView<index_t> lengths(s.lengths.data(), {B});
       enc.position.forward(sw.position, sw.emb.view(), sw.emb.view());
       enc.encoder.forward(sw.encoder, sw.emb.view(), lengths, sw.hidden.view(), mode);
@@ -4956,13 +4973,7 @@ class MultiTaskModel {
       enc.encoder.backward(sw.encoder, sw.d_hidden.view(), sw.d_emb.view());
       enc.position.backward(sw.position, sw.d_emb.view(), sw.d_emb.view());
       sw.d_compact.resize(sw.compact.shape());
-      index_t v = 0;
-      const auto& lengths = b.sequences[i].lengths;
-      for (index_t r = 0; r < B; ++r) {
-        if (lengths[r] > 0)
-          std::memcpy(sw.d_compact.data() + v * D, sw.d_emb.data() + r * L * D, sizeof(T) * std::size_t(lengths[r] * D));
-        v += lengths[r];
-      }
+      pack_sequences(sw.d_compact.data(), sw.d_emb.data(), b.sequences[i].lengths.data(), sw.starts.data(), B, L, D);
       enc.items.backward(sw.items, sw.d_compact.view());
       col += D;
     }
@@ -8856,14 +8867,31 @@ class Optimizer {
       return;
     }
     update(index_t(0), s.dense_size());
-    for (int id = 0; id < s.count(); ++id) {
-      const ParamInfo& p = s.info(id);
-      if (p.kind != ParamKind::Table) continue;
-      const std::vector<index_t>& rows = s.touched(id).rows;
-      const index_t dim = p.shape[1];
-      parallel_for(static_cast<index_t>(rows.size()), 16.0 * double(dim), [&](index_t i) {
-        update(p.offset + rows[static_cast<std::size_t>(i)] * dim, dim);
-      });
+    // Every table's touched rows in one parallel region (tables are disjoint
+    // and rows independent, so `nowait` is safe and the split changes nothing).
+    double work = 0;
+    for (int id = 0; id < s.count(); ++id)
+      if (s.info(id).kind == ParamKind::Table)
+        work += 16.0 * double(s.touched(id).rows.size()) * double(s.info(id).shape[1]);
+    auto tables = [&](bool worksharing) {
+      for (int id = 0; id < s.count(); ++id) {
+        const ParamInfo& p = s.info(id);
+        if (p.kind != ParamKind::Table) continue;
+        const index_t* rows = s.touched(id).rows.data();
+        const index_t n = static_cast<index_t>(s.touched(id).rows.size()), dim = p.shape[1];
+        if (worksharing) {
+          MTREC_OMP(for schedule(static) nowait)
+          for (index_t i = 0; i < n; ++i) update(p.offset + rows[i] * dim, dim);
+        } else {
+          for (index_t i = 0; i < n; ++i) update(p.offset + rows[i] * dim, dim);
+        }
+      }
+    };
+    if (work >= kForkFlops && num_threads() > 1 && !in_parallel_region()) {
+      MTREC_OMP(parallel)
+      tables(true);
+    } else {
+      tables(false);
     }
   }
 

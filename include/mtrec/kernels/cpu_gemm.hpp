@@ -116,7 +116,10 @@ inline void pack_a(T* ap, Trans ta, const T* A, index_t lda, index_t i0, index_t
   if (ta == Trans::N) {
     transpose_copy(ap, mr, A + i0 * lda + k0, lda, mr, kc);
   } else {
-    for (index_t k = 0; k < kc; ++k) std::memcpy(ap + k * mr, A + (k0 + k) * lda + i0, sizeof(T) * std::size_t(mr));
+    for (index_t k = 0; k < kc; ++k) {  // (rows of <= kMr: a loop, not a memcpy call)
+      const T* src = A + (k0 + k) * lda + i0;
+      for (index_t r = 0; r < mr; ++r) ap[k * mr + r] = src[r];
+    }
   }
 }
 
@@ -125,11 +128,16 @@ template <class T>
 inline void pack_b(T* bp, index_t nrp, Trans tb, const T* B, index_t ldb, index_t j0, index_t nr, index_t k0,
                    index_t kc) {
   if (tb == Trans::N) {
+    constexpr index_t W = vec<T>::size;
     for (index_t k = 0; k < kc; ++k) {
       const T* src = B + (k0 + k) * ldb + j0;
       T* dst = bp + k * nrp;
-      std::memcpy(dst, src, sizeof(T) * static_cast<std::size_t>(nr));
-      for (index_t j = nr; j < nrp; ++j) dst[j] = T(0);
+      if (nr == nrp) {  // whole vectors: bp is aligned, B rows need not be
+        for (index_t j = 0; j < nrp; j += W) vec<T>::load_unaligned(src + j).store_aligned(dst + j);
+      } else {
+        for (index_t j = 0; j < nr; ++j) dst[j] = src[j];
+        for (index_t j = nr; j < nrp; ++j) dst[j] = T(0);
+      }
     }
   } else {
     if (nr < nrp)

@@ -156,6 +156,30 @@ class TransformerEncoderLayer {
   Dropout<T> drop_attn_, drop_ffn_, drop_out_;
 };
 
+// Copies between the padded (B,Tl,D) layout and the packed one (valid rows
+// only, sequence b starting at row starts[b]). Sequences are copied in
+// parallel when the batch is big enough (pure copies: no result depends on it).
+//   packed (sum lengths, D) <- padded rows t < lengths[b]
+template <class T>
+inline void pack_sequences(T* packed, const T* padded, const index_t* lengths, const index_t* starts, index_t B,
+                           index_t Tl, index_t D) {
+  parallel_for(B, 8.0 * double(Tl * D), [&](index_t b) {
+    if (lengths[b] > 0)
+      std::memcpy(packed + starts[b] * D, padded + b * Tl * D, sizeof(T) * static_cast<std::size_t>(lengths[b] * D));
+  });
+}
+//   padded (B,Tl,D) <- packed; rows t >= lengths[b] are zeroed
+template <class T>
+inline void unpack_sequences(T* padded, const T* packed, const index_t* lengths, const index_t* starts, index_t B,
+                             index_t Tl, index_t D) {
+  parallel_for(B, 8.0 * double(Tl * D), [&](index_t b) {
+    const index_t len = lengths[b];
+    T* row = padded + b * Tl * D;
+    if (len > 0) std::memcpy(row, packed + starts[b] * D, sizeof(T) * static_cast<std::size_t>(len * D));
+    if (len < Tl) std::memset(static_cast<void*>(row + len * D), 0, sizeof(T) * static_cast<std::size_t>((Tl - len) * D));
+  });
+}
+
 // A stack of pre-LN layers, optionally followed by a final LayerNorm (the
 // usual pre-LN arrangement; PyTorch's TransformerEncoder(norm=...)).
 template <class T>
@@ -205,10 +229,7 @@ class TransformerEncoder {
     }
     ctx.rows = n;
     ctx.packed.resize({n, D});
-    for (index_t b = 0; b < B; ++b)
-      if (lengths[b] > 0)
-        std::memcpy(ctx.packed.data() + ctx.starts[b] * D, x.data + b * Tl * D,
-                    sizeof(T) * static_cast<std::size_t>(lengths[b] * D));
+    pack_sequences(ctx.packed.data(), x.data, lengths.data, ctx.starts.data(), B, Tl, D);
     const T* out = ctx.packed.data();
     if (n > 0) {  // every sequence empty: nothing to encode, y is all zeros
       ConstView<T> in(ctx.packed.data(), {n, D});
@@ -224,12 +245,7 @@ class TransformerEncoder {
         out = ctx.normed.data();
       }
     }
-    for (index_t b = 0; b < B; ++b) {  // scatter back; padded rows zero
-      const index_t len = lengths[b];
-      T* yb = y.data + b * Tl * D;
-      if (len > 0) std::memcpy(yb, out + ctx.starts[b] * D, sizeof(T) * static_cast<std::size_t>(len * D));
-      if (len < Tl) std::memset(static_cast<void*>(yb + len * D), 0, sizeof(T) * static_cast<std::size_t>((Tl - len) * D));
-    }
+    unpack_sequences(y.data, out, lengths.data, ctx.starts.data(), B, Tl, D);  // padded rows zero
   }
 
   // dx (B,T,D) written (zero at padded positions: y's padded rows are
@@ -243,9 +259,7 @@ class TransformerEncoder {
     ctx.d_b.resize({n, D});
     const ConstView<index_t> lengths = ctx.lengths;
     T* g = ctx.d_a.data();  // packed dy
-    for (index_t b = 0; b < B; ++b)
-      if (lengths[b] > 0)
-        std::memcpy(g + ctx.starts[b] * D, dy.data + b * Tl * D, sizeof(T) * static_cast<std::size_t>(lengths[b] * D));
+    pack_sequences(g, dy.data, lengths.data, ctx.starts.data(), B, Tl, D);
     if (n > 0) {
       if (final_norm_) {
         norm_.backward_impl(ctx.final_ln, ctx.d_a.data(), ctx.d_b.data());
@@ -257,12 +271,7 @@ class TransformerEncoder {
         g = other;
       }
     }
-    for (index_t b = 0; b < B; ++b) {
-      const index_t len = lengths[b];
-      T* xb = dx.data + b * Tl * D;
-      if (len > 0) std::memcpy(xb, g + ctx.starts[b] * D, sizeof(T) * static_cast<std::size_t>(len * D));
-      if (len < Tl) std::memset(static_cast<void*>(xb + len * D), 0, sizeof(T) * static_cast<std::size_t>((Tl - len) * D));
-    }
+    unpack_sequences(dx.data, g, lengths.data, ctx.starts.data(), B, Tl, D);
   }
 
   const TransformerConfig& config() const { return c_; }

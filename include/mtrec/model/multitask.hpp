@@ -83,6 +83,7 @@ class MultiTaskModel {
     };
     struct SequenceWs {
       Tensor<index_t> valid_ids;  // (n_valid) IDs of the valid positions, in (b,t) order
+      Tensor<index_t> starts;     // (B) first row of each sequence in compact
       Tensor<T> compact, d_compact;  // (n_valid, D)
       Tensor<T> emb, hidden, d_emb, d_hidden;  // (B,L,D)
       Tensor<T> pooled, d_pooled;  // (B,D)
@@ -725,16 +726,15 @@ class MultiTaskModel {
       sw.emb.resize({B, L, D});
       sw.hidden.resize({B, L, D});
       sw.pooled.resize({B, D});
-      enc.items.forward(sw.items, sw.valid_ids.view(), sw.compact.view());
+      sw.starts.resize({B});
       v = 0;
-      for (index_t r = 0; r < B; ++r) {  // valid positions copied, padded ones zeroed
-        const index_t len = s.lengths[r];
-        T* row = sw.emb.data() + r * L * D;
-        // len may be 0 (then compact can be empty, data() null): memcpy must not see it.
-        if (len > 0) std::memcpy(row, sw.compact.data() + v * D, sizeof(T) * std::size_t(len * D));
-        if (len < L) std::memset(static_cast<void*>(row + len * D), 0, sizeof(T) * std::size_t((L - len) * D));
-        v += len;
+      for (index_t r = 0; r < B; ++r) {
+        sw.starts[r] = v;
+        v += s.lengths[r];
       }
+      enc.items.forward(sw.items, sw.valid_ids.view(), sw.compact.view());
+      // valid positions copied, padded ones zeroed (an empty sequence copies nothing)
+      unpack_sequences(sw.emb.data(), sw.compact.data(), s.lengths.data(), sw.starts.data(), B, L, D);
       ConstView<index_t> lengths(s.lengths.data(), {B});
       enc.position.forward(sw.position, sw.emb.view(), sw.emb.view());
       enc.encoder.forward(sw.encoder, sw.emb.view(), lengths, sw.hidden.view(), mode);
@@ -780,13 +780,7 @@ class MultiTaskModel {
       enc.encoder.backward(sw.encoder, sw.d_hidden.view(), sw.d_emb.view());
       enc.position.backward(sw.position, sw.d_emb.view(), sw.d_emb.view());
       sw.d_compact.resize(sw.compact.shape());
-      index_t v = 0;
-      const auto& lengths = b.sequences[i].lengths;
-      for (index_t r = 0; r < B; ++r) {
-        if (lengths[r] > 0)
-          std::memcpy(sw.d_compact.data() + v * D, sw.d_emb.data() + r * L * D, sizeof(T) * std::size_t(lengths[r] * D));
-        v += lengths[r];
-      }
+      pack_sequences(sw.d_compact.data(), sw.d_emb.data(), b.sequences[i].lengths.data(), sw.starts.data(), B, L, D);
       enc.items.backward(sw.items, sw.d_compact.view());
       col += D;
     }

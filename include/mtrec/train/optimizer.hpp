@@ -260,14 +260,31 @@ class Optimizer {
       return;
     }
     update(index_t(0), s.dense_size());
-    for (int id = 0; id < s.count(); ++id) {
-      const ParamInfo& p = s.info(id);
-      if (p.kind != ParamKind::Table) continue;
-      const std::vector<index_t>& rows = s.touched(id).rows;
-      const index_t dim = p.shape[1];
-      parallel_for(static_cast<index_t>(rows.size()), 16.0 * double(dim), [&](index_t i) {
-        update(p.offset + rows[static_cast<std::size_t>(i)] * dim, dim);
-      });
+    // Every table's touched rows in one parallel region (tables are disjoint
+    // and rows independent, so `nowait` is safe and the split changes nothing).
+    double work = 0;
+    for (int id = 0; id < s.count(); ++id)
+      if (s.info(id).kind == ParamKind::Table)
+        work += 16.0 * double(s.touched(id).rows.size()) * double(s.info(id).shape[1]);
+    auto tables = [&](bool worksharing) {
+      for (int id = 0; id < s.count(); ++id) {
+        const ParamInfo& p = s.info(id);
+        if (p.kind != ParamKind::Table) continue;
+        const index_t* rows = s.touched(id).rows.data();
+        const index_t n = static_cast<index_t>(s.touched(id).rows.size()), dim = p.shape[1];
+        if (worksharing) {
+          MTREC_OMP(for schedule(static) nowait)
+          for (index_t i = 0; i < n; ++i) update(p.offset + rows[i] * dim, dim);
+        } else {
+          for (index_t i = 0; i < n; ++i) update(p.offset + rows[i] * dim, dim);
+        }
+      }
+    };
+    if (work >= kForkFlops && num_threads() > 1 && !in_parallel_region()) {
+      MTREC_OMP(parallel)
+      tables(true);
+    } else {
+      tables(false);
     }
   }
 
