@@ -762,7 +762,8 @@ class ParameterStore {
 //     pack op(B) in column panels of NR = 2 vectors, k-major: bp[k*NR + j]
 //     (the last panel zero-padded)
 //     for each row block of kMc rows
-//       pack op(A) in row panels of MR, k-major: ap[k*MR + r]   (L2)
+//       pack op(A) in row panels of MR, k-major: ap[k*MR + r]   (L2;
+//       op(A) = A^T is that layout already and is read in place)
 //       for each column panel (L1), for each row panel:
 //         an MR x NR tile of accumulators in registers,
 //         one broadcast of A and NR/W loads of B per k, then the epilogue
@@ -905,17 +906,11 @@ inline void transpose_copy(float* dst, index_t ldd, const float* src, index_t ld
 }
 #endif
 
-// ap (kc, mr) k-major  <-  op(A) rows [i0, i0+mr), columns [k0, k0+kc)
+// ap (kc, mr) k-major  <-  A rows [i0, i0+mr), columns [k0, k0+kc) (op(A) = A;
+// for op(A) = A^T the stored rows are the panel already and are read in place)
 template <class T>
-inline void pack_a(T* ap, Trans ta, const T* A, index_t lda, index_t i0, index_t mr, index_t k0, index_t kc) {
-  if (ta == Trans::N) {
-    transpose_copy(ap, mr, A + i0 * lda + k0, lda, mr, kc);
-  } else {
-    for (index_t k = 0; k < kc; ++k) {  // (rows of <= kMr: a loop, not a memcpy call)
-      const T* src = A + (k0 + k) * lda + i0;
-      for (index_t r = 0; r < mr; ++r) ap[k * mr + r] = src[r];
-    }
-  }
+inline void pack_a(T* ap, const T* A, index_t lda, index_t i0, index_t mr, index_t k0, index_t kc) {
+  transpose_copy(ap, mr, A + i0 * lda + k0, lda, mr, kc);
 }
 
 // bp (kc, nrp) k-major  <-  op(B) rows [k0, k0+kc), columns [j0, j0+nr); columns nr..nrp zero
@@ -960,9 +955,12 @@ inline void store_tile_vec(T* c, const vec<T>& acc, index_t cols, T alpha, T bet
   }
 }
 
-// The register tile: C[MR rows, NV vectors] from packed panels ap (kc, MR), bp (kc, NV*W).
+// The register tile: C[MR rows, NV vectors] from an A panel read as
+// ap[k * aks + r] (packed: aks = MR; op(A) = A^T read in place: aks = lda)
+// and a packed B panel bp (kc, NV*W).
 template <class T, int MR, int NV>
-inline void micro_kernel(index_t kc, const T* ap, const T* bp, T* c, index_t ldc, index_t cols, T alpha, T beta) {
+inline void micro_kernel(index_t kc, const T* ap, index_t aks, const T* bp, T* c, index_t ldc, index_t cols, T alpha,
+                         T beta) {
   constexpr index_t W = vec<T>::size;
   vec<T> acc[MR][NV];
 #pragma GCC unroll 16
@@ -975,7 +973,7 @@ inline void micro_kernel(index_t kc, const T* ap, const T* bp, T* c, index_t ldc
     for (int v = 0; v < NV; ++v) b[v] = vec<T>::load_aligned(bp + (k * NV + v) * W);
 #pragma GCC unroll 16
     for (int r = 0; r < MR; ++r) {
-      const vec<T> a(ap[k * MR + r]);
+      const vec<T> a(ap[k * aks + r]);
 #pragma GCC unroll 2
       for (int v = 0; v < NV; ++v) acc[r][v] = xsimd::fma(a, b[v], acc[r][v]);
     }
@@ -988,11 +986,11 @@ inline void micro_kernel(index_t kc, const T* ap, const T* bp, T* c, index_t ldc
 }
 
 template <class T, int NV, int... MRs>
-inline void micro_dispatch(std::integer_sequence<int, MRs...>, index_t mr, index_t kc, const T* ap, const T* bp, T* c,
-                           index_t ldc, index_t cols, T alpha, T beta) {
-  using Fn = void (*)(index_t, const T*, const T*, T*, index_t, index_t, T, T);
+inline void micro_dispatch(std::integer_sequence<int, MRs...>, index_t mr, index_t kc, const T* ap, index_t aks,
+                           const T* bp, T* c, index_t ldc, index_t cols, T alpha, T beta) {
+  using Fn = void (*)(index_t, const T*, index_t, const T*, T*, index_t, index_t, T, T);
   static constexpr Fn table[] = {&micro_kernel<T, MRs + 1, NV>...};
-  table[mr - 1](kc, ap, bp, c, ldc, cols, alpha, beta);
+  table[mr - 1](kc, ap, aks, bp, c, ldc, cols, alpha, beta);
 }
 
 // One block of C (M rows, N columns), single-threaded.
@@ -1023,16 +1021,21 @@ inline void gemm_block(Trans ta, Trans tb, index_t M, index_t N, index_t K, T al
     }
     for (index_t i0 = 0; i0 < M; i0 += kMc) {
       const index_t mc = std::min(kMc, M - i0);
-      for (index_t ii = 0; ii < mc; ii += kMr) pack_a(ap + ii * kc, ta, A, lda, i0 + ii, std::min(kMr, mc - ii), k0, kc);
+      // op(A) = A^T already has the panel layout (k-major rows): read in place
+      if (ta == Trans::N)
+        for (index_t ii = 0; ii < mc; ii += kMr) pack_a(ap + ii * kc, A, lda, i0 + ii, std::min(kMr, mc - ii), k0, kc);
       for (index_t j0 = 0; j0 < N; j0 += NR) {
         const index_t nr = std::min(NR, N - j0);
         for (index_t ii = 0; ii < mc; ii += kMr) {
           const index_t mr = std::min(kMr, mc - ii);
           T* c = C + (i0 + ii) * ldc + j0;
+          const bool in_place = ta == Trans::T;
+          const T* a = in_place ? A + k0 * lda + i0 + ii : ap + ii * kc;
+          const index_t aks = in_place ? lda : mr;
           if (nr > W)
-            micro_dispatch<T, 2>(rows, mr, kc, ap + ii * kc, bp + j0 * kc, c, ldc, nr, alpha, beta_k);
+            micro_dispatch<T, 2>(rows, mr, kc, a, aks, bp + j0 * kc, c, ldc, nr, alpha, beta_k);
           else
-            micro_dispatch<T, 1>(rows, mr, kc, ap + ii * kc, bp + j0 * kc, c, ldc, nr, alpha, beta_k);
+            micro_dispatch<T, 1>(rows, mr, kc, a, aks, bp + j0 * kc, c, ldc, nr, alpha, beta_k);
         }
       }
     }
@@ -2245,10 +2248,6 @@ inline const T* drop_padded_gradient(const T* dy, Tensor<T>& ws, ConstView<index
   }
   return out;
 }
-template <class T>
-using Strided = Eigen::Map<RowMatrix<T>, Eigen::Unaligned, Eigen::OuterStride<>>;
-template <class T>
-using ConstStrided = Eigen::Map<const RowMatrix<T>, Eigen::Unaligned, Eigen::OuterStride<>>;
 }  // namespace detail
 
 template <class T>
@@ -2332,16 +2331,15 @@ class MultiHeadAttention {
       if (padded && hd == 0 && L < Tl)
         std::memset(heads + (s0 + L) * D, 0, sizeof(T) * static_cast<std::size_t>((Tl - L) * D));
       if (L == 0) return;
-      detail::Strided<T> O(heads + s0 * D + hd * dh, L, dh, Eigen::OuterStride<>(D));
-      const T* base = qkv + s0 * 3 * D + hd * dh;
-      const detail::ConstStrided<T> Q(base, L, dh, Eigen::OuterStride<>(3 * D));
-      const detail::ConstStrided<T> K(base + D, L, dh, Eigen::OuterStride<>(3 * D));
-      const detail::ConstStrided<T> V(base + 2 * D, L, dh, Eigen::OuterStride<>(3 * D));
-      T* p = probs + bh * Tl * Tl;
-      MatrixMap<T> P(p, L, L);
-      P.noalias() = (Q * K.transpose()) * scale;  // scores (L,L)
-      kernels::softmax_forward(kernels::backend{}, p, p, L, L);
-      O.noalias() = P * V;  // (L,dh)
+      using kernels::Trans;
+      const auto dev = kernels::backend{};
+      T* O = heads + s0 * D + hd * dh;  // (L,dh), row stride D
+      const T* Q = qkv + s0 * 3 * D + hd * dh;  // (L,dh), row stride 3D; K and V follow at +D, +2D
+      const T *K = Q + D, *V = Q + 2 * D;
+      T* P = probs + bh * Tl * Tl;  // (L,L)
+      kernels::gemm(dev, Trans::N, Trans::T, L, L, dh, scale, Q, 3 * D, K, 3 * D, T(0), P, L);  // scores
+      kernels::softmax_forward(dev, P, P, L, L);
+      kernels::gemm(dev, Trans::N, Trans::N, L, dh, L, T(1), P, L, V, 3 * D, T(0), O, D);  // O = P V
     });
     out_proj_.forward_impl(heads, y, n);
     if (padded) detail::zero_padded_rows(y, lengths, B, Tl, D);
@@ -2370,24 +2368,21 @@ class MultiHeadAttention {
       if (padded && hd == 0 && L < Tl)
         std::memset(d_qkv + (s0 + L) * 3 * D, 0, sizeof(T) * static_cast<std::size_t>((Tl - L) * 3 * D));
       if (L == 0) return;
-      T* dbase = d_qkv + s0 * 3 * D + hd * dh;
-      detail::Strided<T> dQ(dbase, L, dh, Eigen::OuterStride<>(3 * D));
-      detail::Strided<T> dK(dbase + D, L, dh, Eigen::OuterStride<>(3 * D));
-      detail::Strided<T> dV(dbase + 2 * D, L, dh, Eigen::OuterStride<>(3 * D));
-      const T* base = qkv + s0 * 3 * D + hd * dh;
-      const detail::ConstStrided<T> Q(base, L, dh, Eigen::OuterStride<>(3 * D));
-      const detail::ConstStrided<T> K(base + D, L, dh, Eigen::OuterStride<>(3 * D));
-      const detail::ConstStrided<T> V(base + 2 * D, L, dh, Eigen::OuterStride<>(3 * D));
-      const detail::ConstStrided<T> dO(d_heads + s0 * D + hd * dh, L, dh, Eigen::OuterStride<>(D));
-      const T* p = probs + bh * Tl * Tl;
-      T* ds = d_scores + bh * Tl * Tl;
-      const ConstMatrixMap<T> P(p, L, L);
-      MatrixMap<T> dS(ds, L, L);
-      dS.noalias() = dO * V.transpose();  // dP (L,L)
-      kernels::softmax_backward(kernels::backend{}, ds, ds, p, L, L);
-      dQ.noalias() = (dS * K) * scale;
-      dK.noalias() = (dS.transpose() * Q) * scale;
-      dV.noalias() = P.transpose() * dO;
+      using kernels::Trans;
+      const auto dev = kernels::backend{};
+      const index_t ld = 3 * D;  // row stride of q/k/v and of their gradients
+      T* dQ = d_qkv + s0 * 3 * D + hd * dh;
+      T *dK = dQ + D, *dV = dQ + 2 * D;
+      const T* Q = qkv + s0 * 3 * D + hd * dh;
+      const T *K = Q + D, *V = Q + 2 * D;
+      const T* dO = d_heads + s0 * D + hd * dh;  // (L,dh), row stride D
+      const T* P = probs + bh * Tl * Tl;
+      T* dS = d_scores + bh * Tl * Tl;
+      kernels::gemm(dev, Trans::N, Trans::T, L, L, dh, T(1), dO, D, V, ld, T(0), dS, L);  // dP = dO V^T
+      kernels::softmax_backward(dev, dS, dS, P, L, L);                                  // dS
+      kernels::gemm(dev, Trans::N, Trans::N, L, dh, L, scale, dS, L, K, ld, T(0), dQ, ld);  // dQ = s dS K
+      kernels::gemm(dev, Trans::T, Trans::N, L, dh, L, scale, dS, L, Q, ld, T(0), dK, ld);  // dK = s dS^T Q
+      kernels::gemm(dev, Trans::T, Trans::N, L, dh, L, T(1), P, L, dO, D, T(0), dV, ld);    // dV = P^T dO
     });
     in_proj_.backward_impl(ctx.x.data, d_qkv, dx, n);
   }

@@ -61,10 +61,6 @@ inline const T* drop_padded_gradient(const T* dy, Tensor<T>& ws, ConstView<index
   }
   return out;
 }
-template <class T>
-using Strided = Eigen::Map<RowMatrix<T>, Eigen::Unaligned, Eigen::OuterStride<>>;
-template <class T>
-using ConstStrided = Eigen::Map<const RowMatrix<T>, Eigen::Unaligned, Eigen::OuterStride<>>;
 }  // namespace detail
 
 template <class T>
@@ -148,16 +144,15 @@ class MultiHeadAttention {
       if (padded && hd == 0 && L < Tl)
         std::memset(heads + (s0 + L) * D, 0, sizeof(T) * static_cast<std::size_t>((Tl - L) * D));
       if (L == 0) return;
-      detail::Strided<T> O(heads + s0 * D + hd * dh, L, dh, Eigen::OuterStride<>(D));
-      const T* base = qkv + s0 * 3 * D + hd * dh;
-      const detail::ConstStrided<T> Q(base, L, dh, Eigen::OuterStride<>(3 * D));
-      const detail::ConstStrided<T> K(base + D, L, dh, Eigen::OuterStride<>(3 * D));
-      const detail::ConstStrided<T> V(base + 2 * D, L, dh, Eigen::OuterStride<>(3 * D));
-      T* p = probs + bh * Tl * Tl;
-      MatrixMap<T> P(p, L, L);
-      P.noalias() = (Q * K.transpose()) * scale;  // scores (L,L)
-      kernels::softmax_forward(kernels::backend{}, p, p, L, L);
-      O.noalias() = P * V;  // (L,dh)
+      using kernels::Trans;
+      const auto dev = kernels::backend{};
+      T* O = heads + s0 * D + hd * dh;  // (L,dh), row stride D
+      const T* Q = qkv + s0 * 3 * D + hd * dh;  // (L,dh), row stride 3D; K and V follow at +D, +2D
+      const T *K = Q + D, *V = Q + 2 * D;
+      T* P = probs + bh * Tl * Tl;  // (L,L)
+      kernels::gemm(dev, Trans::N, Trans::T, L, L, dh, scale, Q, 3 * D, K, 3 * D, T(0), P, L);  // scores
+      kernels::softmax_forward(dev, P, P, L, L);
+      kernels::gemm(dev, Trans::N, Trans::N, L, dh, L, T(1), P, L, V, 3 * D, T(0), O, D);  // O = P V
     });
     out_proj_.forward_impl(heads, y, n);
     if (padded) detail::zero_padded_rows(y, lengths, B, Tl, D);
@@ -186,24 +181,21 @@ class MultiHeadAttention {
       if (padded && hd == 0 && L < Tl)
         std::memset(d_qkv + (s0 + L) * 3 * D, 0, sizeof(T) * static_cast<std::size_t>((Tl - L) * 3 * D));
       if (L == 0) return;
-      T* dbase = d_qkv + s0 * 3 * D + hd * dh;
-      detail::Strided<T> dQ(dbase, L, dh, Eigen::OuterStride<>(3 * D));
-      detail::Strided<T> dK(dbase + D, L, dh, Eigen::OuterStride<>(3 * D));
-      detail::Strided<T> dV(dbase + 2 * D, L, dh, Eigen::OuterStride<>(3 * D));
-      const T* base = qkv + s0 * 3 * D + hd * dh;
-      const detail::ConstStrided<T> Q(base, L, dh, Eigen::OuterStride<>(3 * D));
-      const detail::ConstStrided<T> K(base + D, L, dh, Eigen::OuterStride<>(3 * D));
-      const detail::ConstStrided<T> V(base + 2 * D, L, dh, Eigen::OuterStride<>(3 * D));
-      const detail::ConstStrided<T> dO(d_heads + s0 * D + hd * dh, L, dh, Eigen::OuterStride<>(D));
-      const T* p = probs + bh * Tl * Tl;
-      T* ds = d_scores + bh * Tl * Tl;
-      const ConstMatrixMap<T> P(p, L, L);
-      MatrixMap<T> dS(ds, L, L);
-      dS.noalias() = dO * V.transpose();  // dP (L,L)
-      kernels::softmax_backward(kernels::backend{}, ds, ds, p, L, L);
-      dQ.noalias() = (dS * K) * scale;
-      dK.noalias() = (dS.transpose() * Q) * scale;
-      dV.noalias() = P.transpose() * dO;
+      using kernels::Trans;
+      const auto dev = kernels::backend{};
+      const index_t ld = 3 * D;  // row stride of q/k/v and of their gradients
+      T* dQ = d_qkv + s0 * 3 * D + hd * dh;
+      T *dK = dQ + D, *dV = dQ + 2 * D;
+      const T* Q = qkv + s0 * 3 * D + hd * dh;
+      const T *K = Q + D, *V = Q + 2 * D;
+      const T* dO = d_heads + s0 * D + hd * dh;  // (L,dh), row stride D
+      const T* P = probs + bh * Tl * Tl;
+      T* dS = d_scores + bh * Tl * Tl;
+      kernels::gemm(dev, Trans::N, Trans::T, L, L, dh, T(1), dO, D, V, ld, T(0), dS, L);  // dP = dO V^T
+      kernels::softmax_backward(dev, dS, dS, P, L, L);                                  // dS
+      kernels::gemm(dev, Trans::N, Trans::N, L, dh, L, scale, dS, L, K, ld, T(0), dQ, ld);  // dQ = s dS K
+      kernels::gemm(dev, Trans::T, Trans::N, L, dh, L, scale, dS, L, Q, ld, T(0), dK, ld);  // dK = s dS^T Q
+      kernels::gemm(dev, Trans::T, Trans::N, L, dh, L, T(1), P, L, dO, D, T(0), dV, ld);    // dV = P^T dO
     });
     in_proj_.backward_impl(ctx.x.data, d_qkv, dx, n);
   }
