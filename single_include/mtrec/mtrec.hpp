@@ -402,17 +402,36 @@ inline void parallel_chunks(index_t n, index_t chunk, Fn&& fn, bool parallel = t
   for (index_t c = 0; c < n_chunks; ++c) fn(c * chunk, std::min(n, (c + 1) * chunk));
 }
 
-// Work (in rough flops) below which a loop stays on the calling thread. On
-// this class of 2-vCPU VM, waking the OpenMP team costs ~5 us while its
-// threads spin and 25-40 us once they sleep (OMP_WAIT_POLICY=passive): about
-// what 4 MFLOP of small matrix work takes on one core.
-constexpr double kForkFlops = 4e6;
+// Work (in rough flops) below which a loop stays on the calling thread.
+// Waking the OpenMP team costs ~5 us while its threads spin, but 25-90 us on
+// this class of 2-vCPU VM once they sleep (OMP_WAIT_POLICY=passive, or
+// between requests in a server): measured, a batch-256 inference of the
+// small benchmark workload ran faster on one thread than with 25 forks. At
+// ~200 GFLOP/s per core, 20 MFLOP is ~100 us: a fork is then worth it.
+constexpr double kForkFlops = 2e7;
+
+namespace detail {
+inline double& fork_scale() {
+  static double scale = 1.0;
+  return scale;
+}
+}  // namespace detail
+
+// Multiplies every fork threshold (1 by default; set it before work starts,
+// not while loops run). 0 forks whenever a loop has two chunks: the tests use
+// it so that small problems go through the parallel paths and the 1-vs-2
+// thread determinism checks mean something.
+inline void set_fork_threshold_scale(double scale) {
+  check(scale >= 0, "set_fork_threshold_scale", "expected a scale >= 0 but got ", scale);
+  detail::fork_scale() = scale;
+}
+inline double fork_threshold_scale() { return detail::fork_scale(); }
 
 // Calls fn(i) for each i in [0, n), in parallel when the total work
 // (n * cost_per_item, in rough flops) is worth a fork.
 template <class Fn>
 inline void parallel_for(index_t n, double cost_per_item, Fn&& fn) {
-  const bool worth = static_cast<double>(n) * cost_per_item >= kForkFlops;
+  const bool worth = static_cast<double>(n) * cost_per_item >= kForkFlops * detail::fork_scale();
   if (n <= 1 || !worth || in_parallel_region() || num_threads() == 1) {
     for (index_t i = 0; i < n; ++i) fn(i);
     return;
@@ -1324,15 +1343,16 @@ using batch = xsimd::batch<T>;
 // width. Chunk bounds depend on n only (reductions sum per-chunk partials).
 constexpr index_t kChunk = 16384;
 
-// Waking the OpenMP team costs ~5 us (spinning threads) to ~25 us (passive
-// wait policy) here, about what a streaming kernel does to 64K elements, so
-// smaller kernels stay on the calling thread.
-constexpr index_t kForkElems = index_t(1) << 16;
+// Streaming kernels fork only above kForkElems elements (1 MB of floats,
+// tens of microseconds of work): the fork itself costs 5-90 us (see
+// kForkFlops in core/parallel.hpp).
+constexpr index_t kForkElems = index_t(1) << 18;
+inline bool worth_forking(index_t elems) { return double(elems) >= double(kForkElems) * mtrec::detail::fork_scale(); }
 
 // parallel_chunks, forking only when `work` elements are worth it.
 template <class Fn>
 inline void chunks(index_t work, index_t n, index_t chunk, Fn&& fn) {
-  parallel_chunks(n, chunk, std::forward<Fn>(fn), work >= kForkElems);
+  parallel_chunks(n, chunk, std::forward<Fn>(fn), worth_forking(work));
 }
 
 template <class T>
@@ -1464,7 +1484,7 @@ inline void gemm_block(Trans ta, Trans tb, index_t M, index_t N, index_t K, T al
 namespace detail {
 constexpr index_t kGemmBlockRows = 256;
 inline index_t gemm_block_extent(index_t extent, double flops) {
-  if (flops < kForkFlops) return extent;
+  if (flops < kForkFlops * mtrec::detail::fork_scale()) return extent;
   const index_t blocks = std::min<index_t>(16, std::max<index_t>(2, extent / kGemmBlockRows));
   return std::max<index_t>(16, ((extent + blocks - 1) / blocks + 15) / 16 * 16);
 }
@@ -1482,7 +1502,7 @@ inline void gemm(cpu_t, Trans ta, Trans tb, index_t M, index_t N, index_t K, T a
   index_t block = extent;
   if (!packed) {
     block = detail::gemm_block_extent(extent, flops);
-  } else if (flops >= kForkFlops && num_threads() > 1) {
+  } else if (flops >= kForkFlops * mtrec::detail::fork_scale() && num_threads() > 1) {
     const index_t unit = split_rows ? gemm_detail::kMr : 2 * W;
     const index_t per_thread = (extent + num_threads() - 1) / num_threads();
     block = std::max(unit, (per_thread + unit - 1) / unit * unit);
@@ -2562,10 +2582,13 @@ class Embedding {
  private:
   void gather(const index_t* ids, T* y, index_t n) const {
     const T* w = store_->value(table_);
-    parallel_chunks(n, 256, [&](index_t b, index_t e) {
-      for (index_t i = b; i < e; ++i)
-        std::memcpy(y + i * dim_, w + ids[i] * dim_, sizeof(T) * static_cast<std::size_t>(dim_));
-    });
+    parallel_chunks(
+        n, 256,
+        [&](index_t b, index_t e) {
+          for (index_t i = b; i < e; ++i)
+            std::memcpy(y + i * dim_, w + ids[i] * dim_, sizeof(T) * static_cast<std::size_t>(dim_));
+        },
+        kernels::simd::worth_forking(n * dim_));
   }
 
   ParameterStore<T>* store_ = nullptr;
@@ -2686,6 +2709,7 @@ class EmbeddingBag {
     const index_t dim = dim_;
     const index_t row_bytes = dim * index_t(sizeof(T));
     const bool mean = pooling_ == BagPooling::Mean;
+    const bool fork = kernels::simd::worth_forking(offsets[B] * dim);  // rows gathered x dim
     parallel_chunks(B, kBagsPerChunk, [&](index_t b0, index_t b1) {
       const index_t i_end = offsets[b1];
       auto prefetch_row = [&](index_t i) {
@@ -2755,7 +2779,7 @@ class EmbeddingBag {
           first = false;
         }
       }
-    });
+    }, fork);
   }
 
   ParameterStore<T>* store_ = nullptr;
@@ -8882,7 +8906,7 @@ class Optimizer {
         }
       }
     };
-    if (work >= kForkFlops && num_threads() > 1 && !in_parallel_region()) {
+    if (work >= kForkFlops * detail::fork_scale() && num_threads() > 1 && !in_parallel_region()) {
       MTREC_OMP(parallel)
       tables(true);
     } else {

@@ -102,8 +102,11 @@ inline bool bitwise_equal(const T* a, const T* b, index_t n) {
 template <class Fn>
 inline void with_threads(int n, Fn&& fn) {
   const int before = mtrec::num_threads();
+  const double scale = mtrec::fork_threshold_scale();
   mtrec::set_num_threads(n);
+  mtrec::set_fork_threshold_scale(0);  // test-sized problems fork too
   fn();
+  mtrec::set_fork_threshold_scale(scale);
   mtrec::set_num_threads(before);
 }
 

@@ -54,17 +54,36 @@ inline void parallel_chunks(index_t n, index_t chunk, Fn&& fn, bool parallel = t
   for (index_t c = 0; c < n_chunks; ++c) fn(c * chunk, std::min(n, (c + 1) * chunk));
 }
 
-// Work (in rough flops) below which a loop stays on the calling thread. On
-// this class of 2-vCPU VM, waking the OpenMP team costs ~5 us while its
-// threads spin and 25-40 us once they sleep (OMP_WAIT_POLICY=passive): about
-// what 4 MFLOP of small matrix work takes on one core.
-constexpr double kForkFlops = 4e6;
+// Work (in rough flops) below which a loop stays on the calling thread.
+// Waking the OpenMP team costs ~5 us while its threads spin, but 25-90 us on
+// this class of 2-vCPU VM once they sleep (OMP_WAIT_POLICY=passive, or
+// between requests in a server): measured, a batch-256 inference of the
+// small benchmark workload ran faster on one thread than with 25 forks. At
+// ~200 GFLOP/s per core, 20 MFLOP is ~100 us: a fork is then worth it.
+constexpr double kForkFlops = 2e7;
+
+namespace detail {
+inline double& fork_scale() {
+  static double scale = 1.0;
+  return scale;
+}
+}  // namespace detail
+
+// Multiplies every fork threshold (1 by default; set it before work starts,
+// not while loops run). 0 forks whenever a loop has two chunks: the tests use
+// it so that small problems go through the parallel paths and the 1-vs-2
+// thread determinism checks mean something.
+inline void set_fork_threshold_scale(double scale) {
+  check(scale >= 0, "set_fork_threshold_scale", "expected a scale >= 0 but got ", scale);
+  detail::fork_scale() = scale;
+}
+inline double fork_threshold_scale() { return detail::fork_scale(); }
 
 // Calls fn(i) for each i in [0, n), in parallel when the total work
 // (n * cost_per_item, in rough flops) is worth a fork.
 template <class Fn>
 inline void parallel_for(index_t n, double cost_per_item, Fn&& fn) {
-  const bool worth = static_cast<double>(n) * cost_per_item >= kForkFlops;
+  const bool worth = static_cast<double>(n) * cost_per_item >= kForkFlops * detail::fork_scale();
   if (n <= 1 || !worth || in_parallel_region() || num_threads() == 1) {
     for (index_t i = 0; i < n; ++i) fn(i);
     return;

@@ -34,15 +34,16 @@ using batch = xsimd::batch<T>;
 // width. Chunk bounds depend on n only (reductions sum per-chunk partials).
 constexpr index_t kChunk = 16384;
 
-// Waking the OpenMP team costs ~5 us (spinning threads) to ~25 us (passive
-// wait policy) here, about what a streaming kernel does to 64K elements, so
-// smaller kernels stay on the calling thread.
-constexpr index_t kForkElems = index_t(1) << 16;
+// Streaming kernels fork only above kForkElems elements (1 MB of floats,
+// tens of microseconds of work): the fork itself costs 5-90 us (see
+// kForkFlops in core/parallel.hpp).
+constexpr index_t kForkElems = index_t(1) << 18;
+inline bool worth_forking(index_t elems) { return double(elems) >= double(kForkElems) * mtrec::detail::fork_scale(); }
 
 // parallel_chunks, forking only when `work` elements are worth it.
 template <class Fn>
 inline void chunks(index_t work, index_t n, index_t chunk, Fn&& fn) {
-  parallel_chunks(n, chunk, std::forward<Fn>(fn), work >= kForkElems);
+  parallel_chunks(n, chunk, std::forward<Fn>(fn), worth_forking(work));
 }
 
 template <class T>
@@ -174,7 +175,7 @@ inline void gemm_block(Trans ta, Trans tb, index_t M, index_t N, index_t K, T al
 namespace detail {
 constexpr index_t kGemmBlockRows = 256;
 inline index_t gemm_block_extent(index_t extent, double flops) {
-  if (flops < kForkFlops) return extent;
+  if (flops < kForkFlops * mtrec::detail::fork_scale()) return extent;
   const index_t blocks = std::min<index_t>(16, std::max<index_t>(2, extent / kGemmBlockRows));
   return std::max<index_t>(16, ((extent + blocks - 1) / blocks + 15) / 16 * 16);
 }
@@ -192,7 +193,7 @@ inline void gemm(cpu_t, Trans ta, Trans tb, index_t M, index_t N, index_t K, T a
   index_t block = extent;
   if (!packed) {
     block = detail::gemm_block_extent(extent, flops);
-  } else if (flops >= kForkFlops && num_threads() > 1) {
+  } else if (flops >= kForkFlops * mtrec::detail::fork_scale() && num_threads() > 1) {
     const index_t unit = split_rows ? gemm_detail::kMr : 2 * W;
     const index_t per_thread = (extent + num_threads() - 1) / num_threads();
     block = std::max(unit, (per_thread + unit - 1) / unit * unit);

@@ -104,10 +104,13 @@ class Embedding {
  private:
   void gather(const index_t* ids, T* y, index_t n) const {
     const T* w = store_->value(table_);
-    parallel_chunks(n, 256, [&](index_t b, index_t e) {
-      for (index_t i = b; i < e; ++i)
-        std::memcpy(y + i * dim_, w + ids[i] * dim_, sizeof(T) * static_cast<std::size_t>(dim_));
-    });
+    parallel_chunks(
+        n, 256,
+        [&](index_t b, index_t e) {
+          for (index_t i = b; i < e; ++i)
+            std::memcpy(y + i * dim_, w + ids[i] * dim_, sizeof(T) * static_cast<std::size_t>(dim_));
+        },
+        kernels::simd::worth_forking(n * dim_));
   }
 
   ParameterStore<T>* store_ = nullptr;
@@ -228,6 +231,7 @@ class EmbeddingBag {
     const index_t dim = dim_;
     const index_t row_bytes = dim * index_t(sizeof(T));
     const bool mean = pooling_ == BagPooling::Mean;
+    const bool fork = kernels::simd::worth_forking(offsets[B] * dim);  // rows gathered x dim
     parallel_chunks(B, kBagsPerChunk, [&](index_t b0, index_t b1) {
       const index_t i_end = offsets[b1];
       auto prefetch_row = [&](index_t i) {
@@ -297,7 +301,7 @@ class EmbeddingBag {
           first = false;
         }
       }
-    });
+    }, fork);
   }
 
   ParameterStore<T>* store_ = nullptr;
