@@ -427,11 +427,14 @@ inline void set_fork_threshold_scale(double scale) {
 }
 inline double fork_threshold_scale() { return detail::fork_scale(); }
 
+// Whether `flops` of work is worth waking the OpenMP team.
+inline bool worth_forking_flops(double flops) { return flops >= kForkFlops * detail::fork_scale(); }
+
 // Calls fn(i) for each i in [0, n), in parallel when the total work
 // (n * cost_per_item, in rough flops) is worth a fork.
 template <class Fn>
 inline void parallel_for(index_t n, double cost_per_item, Fn&& fn) {
-  const bool worth = static_cast<double>(n) * cost_per_item >= kForkFlops * detail::fork_scale();
+  const bool worth = worth_forking_flops(static_cast<double>(n) * cost_per_item);
   if (n <= 1 || !worth || in_parallel_region() || num_threads() == 1) {
     for (index_t i = 0; i < n; ++i) fn(i);
     return;
@@ -792,6 +795,10 @@ class ParameterStore {
 // at K-block bounds that depend on K only, with the same vector lane math
 // wherever the element sits in a tile. So the row/column split across
 // threads may depend on the thread count and results stay bitwise equal.
+
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
 
 // ==== begin mtrec/kernels/device.hpp ==========================================
 // mtrec: device tags — the one seam between layers and kernels.
@@ -1484,7 +1491,7 @@ inline void gemm_block(Trans ta, Trans tb, index_t M, index_t N, index_t K, T al
 namespace detail {
 constexpr index_t kGemmBlockRows = 256;
 inline index_t gemm_block_extent(index_t extent, double flops) {
-  if (flops < kForkFlops * mtrec::detail::fork_scale()) return extent;
+  if (!worth_forking_flops(flops)) return extent;
   const index_t blocks = std::min<index_t>(16, std::max<index_t>(2, extent / kGemmBlockRows));
   return std::max<index_t>(16, ((extent + blocks - 1) / blocks + 15) / 16 * 16);
 }
@@ -1502,7 +1509,7 @@ inline void gemm(cpu_t, Trans ta, Trans tb, index_t M, index_t N, index_t K, T a
   index_t block = extent;
   if (!packed) {
     block = detail::gemm_block_extent(extent, flops);
-  } else if (flops >= kForkFlops * mtrec::detail::fork_scale() && num_threads() > 1) {
+  } else if (worth_forking_flops(flops) && num_threads() > 1) {
     const index_t unit = split_rows ? gemm_detail::kMr : 2 * W;
     const index_t per_thread = (extent + num_threads() - 1) / num_threads();
     block = std::max(unit, (per_thread + unit - 1) / unit * unit);
@@ -8906,7 +8913,7 @@ class Optimizer {
         }
       }
     };
-    if (work >= kForkFlops * detail::fork_scale() && num_threads() > 1 && !in_parallel_region()) {
+    if (worth_forking_flops(work) && num_threads() > 1 && !in_parallel_region()) {
       MTREC_OMP(parallel)
       tables(true);
     } else {

@@ -79,11 +79,14 @@ inline void set_fork_threshold_scale(double scale) {
 }
 inline double fork_threshold_scale() { return detail::fork_scale(); }
 
+// Whether `flops` of work is worth waking the OpenMP team.
+inline bool worth_forking_flops(double flops) { return flops >= kForkFlops * detail::fork_scale(); }
+
 // Calls fn(i) for each i in [0, n), in parallel when the total work
 // (n * cost_per_item, in rough flops) is worth a fork.
 template <class Fn>
 inline void parallel_for(index_t n, double cost_per_item, Fn&& fn) {
-  const bool worth = static_cast<double>(n) * cost_per_item >= kForkFlops * detail::fork_scale();
+  const bool worth = worth_forking_flops(static_cast<double>(n) * cost_per_item);
   if (n <= 1 || !worth || in_parallel_region() || num_threads() == 1) {
     for (index_t i = 0; i < n; ++i) fn(i);
     return;

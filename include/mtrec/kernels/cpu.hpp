@@ -175,7 +175,7 @@ inline void gemm_block(Trans ta, Trans tb, index_t M, index_t N, index_t K, T al
 namespace detail {
 constexpr index_t kGemmBlockRows = 256;
 inline index_t gemm_block_extent(index_t extent, double flops) {
-  if (flops < kForkFlops * mtrec::detail::fork_scale()) return extent;
+  if (!worth_forking_flops(flops)) return extent;
   const index_t blocks = std::min<index_t>(16, std::max<index_t>(2, extent / kGemmBlockRows));
   return std::max<index_t>(16, ((extent + blocks - 1) / blocks + 15) / 16 * 16);
 }
@@ -193,7 +193,7 @@ inline void gemm(cpu_t, Trans ta, Trans tb, index_t M, index_t N, index_t K, T a
   index_t block = extent;
   if (!packed) {
     block = detail::gemm_block_extent(extent, flops);
-  } else if (flops >= kForkFlops * mtrec::detail::fork_scale() && num_threads() > 1) {
+  } else if (worth_forking_flops(flops) && num_threads() > 1) {
     const index_t unit = split_rows ? gemm_detail::kMr : 2 * W;
     const index_t per_thread = (extent + num_threads() - 1) / num_threads();
     block = std::max(unit, (per_thread + unit - 1) / unit * unit);

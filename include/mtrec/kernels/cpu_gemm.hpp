@@ -25,8 +25,11 @@
 #pragma once
 
 #include <algorithm>
-#include <cstring>
+#include <utility>
 
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
 #include <xsimd/xsimd.hpp>
 
 #include "mtrec/core/parallel.hpp"

@@ -280,7 +280,7 @@ class Optimizer {
         }
       }
     };
-    if (work >= kForkFlops * detail::fork_scale() && num_threads() > 1 && !in_parallel_region()) {
+    if (worth_forking_flops(work) && num_threads() > 1 && !in_parallel_region()) {
       MTREC_OMP(parallel)
       tables(true);
     } else {
