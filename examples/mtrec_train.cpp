@@ -18,6 +18,9 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <climits>
+#include <new>
+
 #include <algorithm>
 #include <charconv>
 #include <chrono>
@@ -50,8 +53,19 @@ Usage:
 
 Input files are CSV with a header row (RFC 4180: quoted fields may contain
 commas, line breaks and doubled quotes ""; CRLF line ends are accepted; empty
-lines are skipped). Values may be strings or integers. Column names must not
-contain ':'.
+lines are skipped; a UTF-8 byte-order mark is skipped). Values may be strings
+or integers. Column names must not contain ':' and must be valid UTF-8.
+
+Missing values: an empty cell, or a cell that is (after trimming blanks) one
+of NA, N/A, NaN, nan, null, NULL, is missing. In a task column it means no
+label; in an --id column the OOV row; in --bag/--seq/--text an empty list; in
+a --dense column an error naming the file, line and column, unless the column
+is declared COL:impute.
+  --na-values LIST         comma-separated markers that replace the default
+                           set (the empty cell is always missing), e.g.
+                           --na-values 'NA,-999' or --na-values '' (only the
+                           empty cell). Saved in the checkpoint and applied
+                           when predicting.
 
 Feature columns (at least one; each column once):
   --id COL[:BUCKETS]       categorical ID. With BUCKETS: hashed into that many
@@ -67,8 +81,13 @@ Feature columns (at least one; each column once):
   --text COL[:MAXLEN]      text: lower-cased words (split on ASCII characters
                            other than letters and digits), the FIRST MAXLEN
                            (default 20), encoded like --seq
-  --dense COL              number, standardised with the training mean and
-                           std (std 0 -> 1); every row needs a value
+  --dense COL[:impute]     number, standardised with the training mean and
+                           std (std 0 -> 1); values must be within float
+                           range (|x| <= 3.4e38). Without :impute every row
+                           needs a value; with it a missing value takes the
+                           training mean and a second input, COL is_missing
+                           (1 or 0), tells the model; both are saved with
+                           the preprocessing and applied when predicting
   --min-count N            tokens (id/bag/seq/text values) seen fewer than N
                            times in training go to the OOV row (default 1)
   SEP is one character or a name: tab, space, comma, pipe, semicolon, colon
@@ -167,7 +186,12 @@ Output:
 
   Exit status: 0 success, 1 bad data or a failure, 2 bad command line. Errors
   name the file, line and column (or the flag). Output files are written
-  atomically: a failed run leaves none half-written.
+  atomically: a failed run leaves none half-written. Integer flags are range
+  checked, never truncated: --epochs, --patience up to 2147483647, --batch up
+  to 16777216, --threads up to 1024, --dim up to 65536, --experts up to 1024,
+  layer widths up to 1048576. A model whose parameters, gradients and Adam
+  state would not fit in this machine's memory is refused before anything is
+  allocated, naming the flag and the bytes.
 
 Example:
   mtrec-train --train data.csv --id user --id item:100000 --bag 'genres:|' \
@@ -216,11 +240,20 @@ struct Options {
   std::vector<std::string> training_flags;  // given flags that only make sense when training
 };
 
-long long int_value(const std::string& flag, const std::string& v, long long lo) {
+// An integer flag in [lo, hi]: a value outside is an error, never truncated
+// to the type that holds it.
+long long int_value(const std::string& flag, const std::string& v, long long lo, long long hi) {
   long long x = 0;
-  if (!data::parse_integer(v, x) || x < lo) usage_fail("flag ", flag, " expects an integer >= ", lo, " but got '", v, "'");
+  if (!data::parse_integer(v, x) || x < lo || x > hi)
+    usage_fail("flag ", flag, " expects an integer in [", lo, ", ", hi, "] but got '", v, "'");
   return x;
 }
+constexpr long long kMaxInt = INT_MAX;
+constexpr long long kMaxBatch = 1LL << 24;
+constexpr long long kMaxThreads = 1024;
+constexpr long long kMaxDim = 1LL << 16;
+constexpr long long kMaxWidth = 1LL << 20;
+constexpr long long kMaxExperts = 1024;
 double number_value(const std::string& flag, const std::string& v, double lo, bool strict) {
   double x = 0;
   if (!data::parse_number(v, x) || (strict ? x <= lo : x < lo))
@@ -233,7 +266,7 @@ std::vector<index_t> widths_value(const std::string& flag, const std::string& v)
   while (start <= v.size()) {
     std::size_t end = v.find(',', start);
     if (end == std::string::npos) end = v.size();
-    w.push_back(index_t(int_value(flag, v.substr(start, end - start), 1)));
+    w.push_back(index_t(int_value(flag, v.substr(start, end - start), 1, kMaxWidth)));
     start = end + 1;
   }
   return w;
@@ -263,7 +296,7 @@ Options parse_args(int argc, char** argv, bool& help) {
         "--id", "--bag", "--seq", "--text", "--dense", "--min-count", "--task", "--model", "--experts", "--dim",
         "--bottom", "--expert-layers", "--tower", "--dropout", "--epochs", "--batch", "--lr", "--weight-decay",
         "--weighting", "--patience", "--seed", "--threads", "--quiet", "--train", "--valid", "--test", "--split",
-        "--save", "--load", "--predict", "--out", "--curve", "--keep"};
+        "--save", "--load", "--predict", "--out", "--curve", "--keep", "--na-values"};
     if (!flags.count(arg)) usage_fail("unknown flag '", arg, "' (run mtrec-train --help for the list)");
     const bool repeatable = arg == "--id" || arg == "--bag" || arg == "--seq" || arg == "--text" || arg == "--dense" ||
                             arg == "--task" || arg == "--keep";
@@ -290,22 +323,25 @@ Options parse_args(int argc, char** argv, bool& help) {
     } catch (const Error& e) {
       usage_fail(e.what());
     }
-    if (arg == "--min-count") o.schema.min_count = index_t(int_value(arg, value, 1));
+    if (arg == "--min-count") o.schema.min_count = index_t(int_value(arg, value, 1, LLONG_MAX));
+    else if (arg == "--na-values") {
+      o.schema.na_values = data::parse_na_values(value);
+    }
     else if (arg == "--model") {
       static const std::set<std::string> models = {"single", "shared_bottom", "mmoe", "ple", "esmm"};
       if (!models.count(value))
         usage_fail("flag --model expects single, shared_bottom, mmoe, ple or esmm but got '", value, "'");
       o.model = value;
-    } else if (arg == "--experts") o.experts = index_t(int_value(arg, value, 1));
-    else if (arg == "--dim") o.dim = index_t(int_value(arg, value, 1));
+    } else if (arg == "--experts") o.experts = index_t(int_value(arg, value, 1, kMaxExperts));
+    else if (arg == "--dim") o.dim = index_t(int_value(arg, value, 1, kMaxDim));
     else if (arg == "--bottom") o.bottom = widths_value(arg, value);
     else if (arg == "--expert-layers") o.expert = widths_value(arg, value);
     else if (arg == "--tower") o.tower = widths_value(arg, value);
     else if (arg == "--dropout") {
       o.dropout = number_value(arg, value, 0, false);
       if (o.dropout >= 1) usage_fail("flag --dropout expects a number in [0, 1) but got '", value, "'");
-    } else if (arg == "--epochs") o.epochs = int(int_value(arg, value, 1));
-    else if (arg == "--batch") o.batch = index_t(int_value(arg, value, 1));
+    } else if (arg == "--epochs") o.epochs = int(int_value(arg, value, 1, kMaxInt));
+    else if (arg == "--batch") o.batch = index_t(int_value(arg, value, 1, kMaxBatch));
     else if (arg == "--lr") o.lr = number_value(arg, value, 0, true);
     else if (arg == "--weight-decay") o.weight_decay = number_value(arg, value, 0, false);
     else if (arg == "--weighting") {
@@ -314,14 +350,14 @@ Options parse_args(int argc, char** argv, bool& help) {
       else if (value == "gradnorm") o.weighting = Weighting::GradNorm;
       else if (value == "pcgrad") o.weighting = Weighting::PCGrad;
       else usage_fail("flag --weighting expects fixed, uncertainty, gradnorm or pcgrad but got '", value, "'");
-    } else if (arg == "--patience") o.patience = int(int_value(arg, value, 0));
+    } else if (arg == "--patience") o.patience = int(int_value(arg, value, 0, kMaxInt));
     else if (arg == "--seed") {
       unsigned long long u = 0;
       const auto r = std::from_chars(value.data(), value.data() + value.size(), u, 10);
       if (r.ec != std::errc() || r.ptr != value.data() + value.size() || value.empty())
         usage_fail("flag --seed expects an integer in [0, 2^64) but got '", value, "'");
       o.seed = u;
-    } else if (arg == "--threads") o.threads = int(int_value(arg, value, 1));
+    } else if (arg == "--threads") o.threads = int(int_value(arg, value, 1, kMaxThreads));
     else if (arg == "--train") o.train = value;
     else if (arg == "--valid") o.valid = value;
     else if (arg == "--test") o.test = value;
@@ -401,6 +437,13 @@ void validate_options(const Options& o) {
     usage_fail("flag --patience needs validation data (--valid FILE, or --split with a validation fraction > 0)");
   if (o.patience > 0 && !o.split.empty() && data::parse_split(o.split).valid == 0)
     usage_fail("flag --patience needs validation data but --split ", o.split, " has a validation fraction of 0");
+  // The declarations themselves (a column declared twice, a column name
+  // that is not UTF-8, ...), before any file is read.
+  try {
+    data::TabularEncoder probe(o.schema);
+  } catch (const Error& e) {
+    usage_fail(e.what());
+  }
 }
 
 // ---- what to monitor ----------------------------------------------------------------------
@@ -482,9 +525,14 @@ Loaded load_model(const std::string& path) {
   check(pre != meta.end(), op, "'", path, "' has no '", kPreprocessingKey,
         "' metadata: it was not written by mtrec-train --save, so there is no preprocessing to apply to CSV files");
   Loaded l;
-  l.model = std::make_unique<MultiTaskModel<float>>(config_from_json(json::parse(cfg->second)));
-  load_parameters(*l.model, f);
-  l.encoder = data::TabularEncoder::from_json(json::parse(pre->second));
+  // The library's loader: the config is range-checked and compared with the
+  // file's tensors before anything is allocated, and non-finite weights are refused.
+  l.model = load_checkpoint<float>(f, path);
+  try {
+    l.encoder = data::TabularEncoder::from_json(json::parse(pre->second));
+  } catch (const Error& e) {
+    fail(op, "'", path, "': metadata '", kPreprocessingKey, "': ", e.what());
+  }
   const auto& tasks = l.model->config().tasks;
   check(tasks.size() == l.encoder.schema().tasks.size(), op, "'", path, "': the model has ", tasks.size(),
         " tasks but the preprocessing ", l.encoder.schema().tasks.size());
@@ -492,6 +540,111 @@ Loaded load_model(const std::string& path) {
     check(tasks[k].name == l.encoder.schema().tasks[k].column, op, "'", path, "': task ", k + 1, " is '", tasks[k].name,
           "' in the model but '", l.encoder.schema().tasks[k].column, "' in the preprocessing");
   return l;
+}
+
+// ---- memory ----------------------------------------------------------------------------------
+
+std::string fmt(const char* f, double v);
+
+// Bytes per parameter while training: the float value, its gradient and
+// Adam's two moments.
+constexpr double kTrainingBytesPerParameter = 4.0 * sizeof(float);
+
+double physical_memory_bytes() {
+  const long pages = ::sysconf(_SC_PHYS_PAGES), page = ::sysconf(_SC_PAGESIZE);
+  return pages > 0 && page > 0 ? double(pages) * double(page) : 64.0 * (1ull << 30);
+}
+
+// The parameters of a model, estimated from its configuration without
+// building it (in double: no overflow whatever the flags), by the part of the
+// model they belong to and the flag that sizes that part.
+struct SizeEstimate {
+  double total = 0, largest = 0;
+  std::string largest_flag, largest_what;
+  void add(double n, const std::string& flag, const std::string& what) {
+    total += n;
+    if (n > largest) largest = n, largest_flag = flag, largest_what = what;
+  }
+};
+
+double mlp_parameters(double in, const std::vector<index_t>& widths) {
+  double n = 0;
+  for (index_t w : widths) n += in * double(w) + double(w), in = double(w);
+  return n;
+}
+
+SizeEstimate estimate_parameters(const Options& o, const ModelConfig& cfg) {
+  SizeEstimate e;
+  const FeatureSpec& f = cfg.features;
+  const std::string dim = " (with --dim " + std::to_string(o.dim) + ")";
+  auto flag_of = [&](const std::string& column) {
+    for (const auto& fc : o.schema.features)
+      if (fc.column == column) return "flag " + fc.flag() + dim;
+    return "flag --dim " + std::to_string(o.dim);
+  };
+  double F = 0;  // the width of the feature vector
+  for (const auto& x : f.ids) {
+    e.add(double(x.hash_buckets > 0 ? x.hash_buckets : x.vocab) * double(x.dim), flag_of(x.name), "embedding table '" + x.name + "'");
+    F += double(x.dim);
+  }
+  for (const auto& x : f.bags) {
+    e.add(double(x.hash_buckets > 0 ? x.hash_buckets : x.vocab) * double(x.dim), flag_of(x.name), "embedding table '" + x.name + "'");
+    F += double(x.dim);
+  }
+  for (const auto& x : f.sequences) {
+    const double d = double(x.encoder.d_model), ffn = double(x.encoder.ffn);
+    e.add(double(x.hash_buckets > 0 ? x.hash_buckets : x.vocab) * d, flag_of(x.name), "embedding table '" + x.name + "'");
+    e.add(double(x.layers) * (4 * d * d + 2 * d * ffn + 9 * d + ffn), "flag --dim " + std::to_string(o.dim),
+          "transformer encoder of '" + x.name + "' (d_model --dim, feed-forward 4 x --dim)");
+    F += d;
+  }
+  for (const auto& x : f.dense) F += double(x.dim);
+  const double K = double(cfg.tasks.size());
+  double tower_in = F;
+  const std::string layers = "flags --bottom / --expert-layers / --experts (with --dim " + std::to_string(o.dim) + ")";
+  switch (cfg.architecture) {
+    case Architecture::SingleTask:
+    case Architecture::SharedBottom:
+      e.add(mlp_parameters(F, cfg.bottom), layers, "bottom MLP");
+      tower_in = double(cfg.bottom.back());
+      break;
+    case Architecture::MMoE:
+      e.add(double(cfg.experts) * mlp_parameters(F, cfg.expert) + K * (F + 1) * double(cfg.experts), layers,
+            "experts and gates");
+      tower_in = double(cfg.expert.back());
+      break;
+    case Architecture::PLE: {
+      double in = F, n = 0;
+      const double experts = double(cfg.ple_shared_experts) + K * double(cfg.ple_task_experts);
+      for (int l = 0; l < cfg.ple_levels; ++l, in = double(cfg.expert.back()))
+        n += experts * mlp_parameters(in, cfg.expert) + (K + 1) * (in + 1) * experts;
+      e.add(n, layers, "experts and gates");
+      tower_in = double(cfg.expert.back());
+      break;
+    }
+    default: break;  // ESMM: the towers read the features directly
+  }
+  double towers = 0;
+  for (const auto& t : cfg.tasks) {
+    const double out = t.type == TaskType::MultiClass ? double(t.num_classes) : 1.0;
+    towers += mlp_parameters(tower_in, t.tower) + (double(t.tower.empty() ? tower_in : double(t.tower.back())) + 1) * out;
+  }
+  e.add(towers, "flag --tower", "task towers");
+  return e;
+}
+
+// Refuses, before anything is allocated, a model whose training state would
+// not fit in this machine's memory, naming the flag behind its largest part
+// and the bytes asked for. Returns the bytes of the parameters.
+double check_model_size(const Options& o, const ModelConfig& cfg) {
+  const SizeEstimate e = estimate_parameters(o, cfg);
+  const double bytes = e.total * sizeof(float), training = e.total * kTrainingBytesPerParameter;
+  const double limit = physical_memory_bytes();
+  if (training <= limit) return bytes;
+  fail("build_model", e.largest_flag, ": the model needs about ", fmt("%.0f", e.total), " parameters (",
+       fmt("%.0f", e.largest), " in its ", e.largest_what, "): ", fmt("%.0f", bytes), " bytes, and ",
+       fmt("%.0f", training), " bytes with gradients and Adam state, more than the ", fmt("%.0f", limit),
+       " bytes of memory of this machine; use fewer hash buckets, a smaller --dim or narrower layers");
 }
 
 // ---- predictions ----------------------------------------------------------------------------
@@ -725,7 +878,8 @@ int run_predict_only(const Options& o) {
   json::Value j = json::Value::object();
   j.set("model", architecture_name(l.model->config().architecture));
   j.set("predicted", in.batch.size);
-  j.set("out", o.out);
+  // JSON text must be UTF-8; a path need not be.
+  j.set("out", data::detail::invalid_utf8_at(o.out) == std::string_view::npos ? o.out : data::detail::escaped(o.out));
   j.set("seconds", seconds_since(t0));
   std::cout << j.dump() << std::endl;
   return 0;
@@ -773,7 +927,15 @@ int run_train(const Options& o) {
   cfg.expert = o.expert;
   cfg.dropout = o.dropout;
   cfg.seed = o.seed;
-  MultiTaskModel<float> model(cfg);
+  const double param_bytes = check_model_size(o, cfg);
+  std::unique_ptr<MultiTaskModel<float>> model_ptr;
+  try {
+    model_ptr = std::make_unique<MultiTaskModel<float>>(cfg);
+  } catch (const std::bad_alloc&) {
+    fail("build_model", "could not allocate the model's ", fmt("%.0f", param_bytes),
+         " bytes of parameters (flags --dim ", o.dim, ", --id COL:BUCKETS, layer widths)");
+  }
+  MultiTaskModel<float>& model = *model_ptr;
 
   const Batch<float>* valid_ptr = valid.size > 0 ? &valid : nullptr;
   TrainConfig tc;
@@ -844,6 +1006,11 @@ int main(int argc, char** argv) {
   } catch (const UsageError& e) {
     std::cerr << "mtrec-train: error: " << e.what() << "\n(run mtrec-train --help for usage)" << std::endl;
     return 2;
+  } catch (const std::bad_alloc&) {
+    std::cerr << "mtrec-train: error: out of memory (std::bad_alloc); try fewer hash buckets, a smaller --dim or "
+                 "--batch, or narrower layers"
+              << std::endl;
+    return 1;
   } catch (const std::exception& e) {
     std::cerr << "mtrec-train: error: " << e.what() << std::endl;
     return 1;

@@ -16,6 +16,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstdio>
+#include <typeinfo>
 #include <cstdlib>
 #include <mutex>
 #include <sstream>
@@ -203,6 +204,9 @@ int main(int argc, char** argv) {
                 threads, requests, candidates, k, p50, p99, rps);
   } catch (const mtrec::Error& e) {
     std::fprintf(stderr, "serve: %s\n", e.what());
+    return 1;
+  } catch (const std::exception& e) {  // never abort: a library bug still gets a message and exit 1
+    std::fprintf(stderr, "serve: unexpected error (%s): %s\n", typeid(e).name(), e.what());
     return 1;
   }
   return 0;

@@ -156,15 +156,22 @@ struct Shape {
   Shape(std::initializer_list<index_t> d) {
     if (d.size() > static_cast<std::size_t>(kMaxRank))
       fail("Shape", "rank ", d.size(), " exceeds the maximum of ", kMaxRank);
+    index_t n = 1;
     for (index_t v : d) {
       if (v < 0) fail("Shape", "negative dimension ", v);
+      if (__builtin_mul_overflow(n, v, &n))
+        fail("Shape", "the element count of a shape with dimension ", v, " after ", rank,
+             " others overflows a 64-bit signed integer");
       dims[rank++] = v;
     }
   }
   index_t operator[](int i) const { return dims[i]; }
+  // Overflow-checked: a shape whose element count exceeds INT64_MAX (only
+  // possible when `dims` is written directly) throws instead of wrapping.
   index_t numel() const {
     index_t n = 1;
-    for (int i = 0; i < rank; ++i) n *= dims[i];
+    for (int i = 0; i < rank; ++i)
+      if (__builtin_mul_overflow(n, dims[i], &n)) overflow();
     return rank == 0 ? 0 : n;
   }
   // Rows when viewed as a matrix: product of all but the last dimension.
@@ -177,6 +184,11 @@ struct Shape {
     return true;
   }
   bool operator!=(const Shape& o) const { return !(*this == o); }
+  [[noreturn]] void overflow() const {
+    std::ostringstream os;
+    for (int i = 0; i < rank; ++i) os << (i ? " x " : "") << dims[i];
+    fail("Shape::numel", "the element count ", os.str(), " overflows a 64-bit signed integer");
+  }
   std::string str() const {
     std::ostringstream os;
     os << '(';
@@ -264,6 +276,9 @@ class Tensor {
   void resize(Shape s) {
     const index_t n = s.numel();
     if (n > capacity_) {
+      if (std::size_t(n) > std::size_t(PTRDIFF_MAX) / sizeof(T))
+        fail("Tensor::resize", "shape ", s, " needs ", n, " elements of ", sizeof(T),
+             " bytes, more than the address space holds");
       release();
       data_ = static_cast<T*>(::operator new[](sizeof(T) * static_cast<std::size_t>(n),
                                                std::align_val_t(detail::kAlignment)));
@@ -460,6 +475,7 @@ inline void parallel_for(index_t n, double cost_per_item, Fn&& fn) {
 // clears them (dense block by memset, tables row by row).
 
 #include <cmath>
+#include <limits>
 #include <unordered_map>
 #include <vector>
 
@@ -622,11 +638,28 @@ class ParameterStore {
   ParameterStore(const ParameterStore&) = delete;  // layers hold a pointer to their store
   ParameterStore& operator=(const ParameterStore&) = delete;
 
+  // Bounds what add() accepts: at most `max_count` parameters holding at most
+  // `max_elements` elements in total; `source` says where the bounds come from
+  // (load_checkpoint: the file). A configuration that asks for more fails at
+  // the add() that crosses a bound, before anything is allocated.
+  void set_limits(index_t max_count, index_t max_elements, std::string source) {
+    max_count_ = max_count;
+    max_elements_ = max_elements;
+    limit_source_ = std::move(source);
+  }
+
   // Registers a parameter; returns its id. Names must be unique.
   ParamId add(const std::string& name, Shape shape, Init init, ParamKind kind = ParamKind::Dense) {
     check(!allocated_, "ParameterStore::add", "cannot add '", name, "' after allocate()");
     check(shape.numel() > 0, "ParameterStore::add", "parameter '", name, "' expected a non-empty shape but got ",
           shape);
+    check(index_t(infos_.size()) < max_count_, "ParameterStore::add", "parameter '", name, "' would be number ",
+          infos_.size() + 1, " but ", limit_source_, " holds at most ", max_count_);
+    index_t total = 0;
+    check(!__builtin_add_overflow(elements_, shape.numel(), &total) && total <= max_elements_, "ParameterStore::add",
+          "parameter '", name, "' ", shape, " would bring the parameters to more than the ", max_elements_,
+          " elements that ", limit_source_, " holds");
+    elements_ = total;
     check(kind != ParamKind::Table || shape.rank == 2, "ParameterStore::add", "table '", name,
           "' expected rank 2 (rows, dim) but got ", shape);
     check(index_.find(name) == index_.end(), "ParameterStore::add", "a parameter named '", name,
@@ -748,6 +781,9 @@ class ParameterStore {
 
   std::uint64_t seed_;
   bool allocated_ = false;
+  index_t max_count_ = std::numeric_limits<index_t>::max(), max_elements_ = std::numeric_limits<index_t>::max();
+  index_t elements_ = 0;
+  std::string limit_source_;
   std::vector<ParamInfo> infos_;
   std::unordered_map<std::string, ParamId> index_;
   Tensor<T> values_, grads_;
@@ -766,7 +802,7 @@ class ParameterStore {
 // goes through the same vector math whatever the chunking: results do not
 // depend on the thread count.
 
-#include <limits>
+#include <atomic>
 
 #include <xsimd/xsimd.hpp>
 
@@ -1286,9 +1322,12 @@ inline void residual_add(reference_t, T* y, const T* a, const T* b, index_t n) {
 //   m = b1 m + (1 - b1) g';  v = b2 v + (1 - b2) g'^2
 //   w -= (lr / bc1) * m / (sqrt(v) / sqrt(bc2) + eps)
 template <class T>
-inline void adam_update(reference_t, T* w, T* m, T* v, const T* g, index_t n, const AdamStep<T>& s) {
+// Returns true when every updated weight is finite (the trainer's check that
+// an update did not overflow, at no extra pass over the weights).
+inline bool adam_update(reference_t, T* w, T* m, T* v, const T* g, index_t n, const AdamStep<T>& s) {
   const T step = s.lr / s.bias_correction1;
   const T inv_sqrt_bc2 = T(1) / std::sqrt(s.bias_correction2);
+  bool finite = true;
   for (index_t i = 0; i < n; ++i) {
     T grad = g[i];
     if (s.decoupled)
@@ -1298,7 +1337,9 @@ inline void adam_update(reference_t, T* w, T* m, T* v, const T* g, index_t n, co
     m[i] = s.beta1 * m[i] + (T(1) - s.beta1) * grad;
     v[i] = s.beta2 * v[i] + (T(1) - s.beta2) * grad * grad;
     w[i] -= step * m[i] / (std::sqrt(v[i]) * inv_sqrt_bc2 + s.eps);
+    finite = finite && std::isfinite(w[i]);
   }
+  return finite;
 }
 
 // One SGD step on n weights, torch.optim.SGD with dampening 0:
@@ -1307,9 +1348,11 @@ inline void adam_update(reference_t, T* w, T* m, T* v, const T* g, index_t n, co
 //   w -= lr * g'
 // With momentum == 0 `buf` is never read or written and may be null.
 // (torch starts buf as a copy of the first g'; momentum * 0 + g' is the same.)
+// Returns true when every updated weight is finite.
 template <class T>
-inline void sgd_update(reference_t, T* w, T* buf, const T* g, index_t n, T lr, T momentum, T weight_decay,
+inline bool sgd_update(reference_t, T* w, T* buf, const T* g, index_t n, T lr, T momentum, T weight_decay,
                        bool nesterov) {
+  bool finite = true;
   for (index_t i = 0; i < n; ++i) {
     T grad = g[i] + weight_decay * w[i];
     if (momentum != T(0)) {
@@ -1317,7 +1360,17 @@ inline void sgd_update(reference_t, T* w, T* buf, const T* g, index_t n, T lr, T
       grad = nesterov ? grad + momentum * buf[i] : buf[i];
     }
     w[i] -= lr * grad;
+    finite = finite && std::isfinite(w[i]);
   }
+  return finite;
+}
+
+// True when every x[i] over [0, n) is finite (no NaN, no +-Inf).
+template <class T>
+inline bool all_finite(reference_t, const T* x, index_t n) {
+  for (index_t i = 0; i < n; ++i)
+    if (!std::isfinite(x[i])) return false;
+  return true;
 }
 
 // Returns sum of x[i]^2 over [0, n), accumulated in double.
@@ -1361,6 +1414,17 @@ template <class Fn>
 inline void chunks(index_t work, index_t n, index_t chunk, Fn&& fn) {
   parallel_chunks(n, chunk, std::forward<Fn>(fn), worth_forking(work));
 }
+
+// "Every value was finite", cleared by any chunk (on any thread) that saw one
+// that was not: an atomic, written only on that rare path.
+class FiniteFlag {
+ public:
+  void clear() { ok_.store(false, std::memory_order_relaxed); }
+  bool get() const { return ok_.load(std::memory_order_relaxed); }
+
+ private:
+  std::atomic<bool> ok_{true};
+};
 
 template <class T>
 inline batch<T> load_partial(const T* p, index_t r) {
@@ -1895,7 +1959,7 @@ inline void residual_add(cpu_t, T* y, const T* a, const T* b, index_t n) {
 }
 
 template <class T>
-inline void adam_update(cpu_t, T* w, T* m, T* v, const T* g, index_t n, const AdamStep<T>& s) {
+inline bool adam_update(cpu_t, T* w, T* m, T* v, const T* g, index_t n, const AdamStep<T>& s) {
   using B = simd::batch<T>;
   constexpr index_t W = B::size;
   const B b1(s.beta1), b2(s.beta2), c1(T(1) - s.beta1), c2(T(1) - s.beta2), eps(s.eps);
@@ -1910,8 +1974,10 @@ inline void adam_update(cpu_t, T* w, T* m, T* v, const T* g, index_t n, const Ad
     vo = b2 * vv + c2 * gv * gv;
     wo = wv - step * mo / (xsimd::sqrt(vo) * inv_sqrt_bc2 + eps);
   };
+  simd::FiniteFlag finite;
   simd::chunks(n, n, simd::kChunk, [&](index_t b, index_t e) {
     index_t i = b;
+    typename B::batch_bool_type bad(false);
     for (; i + W <= e; i += W) {
       B wo, mo, vo;
       one(B::load_unaligned(w + i), B::load_unaligned(m + i), B::load_unaligned(v + i), B::load_unaligned(g + i), wo,
@@ -1919,23 +1985,27 @@ inline void adam_update(cpu_t, T* w, T* m, T* v, const T* g, index_t n, const Ad
       wo.store_unaligned(w + i);
       mo.store_unaligned(m + i);
       vo.store_unaligned(v + i);
+      bad = bad | !xsimd::isfinite(wo);
     }
     if (i < e) {
       const index_t r = e - i;
       B wo, mo, vo;
       one(simd::load_partial(w + i, r), simd::load_partial(m + i, r), simd::load_partial(v + i, r),
-          simd::load_partial(g + i, r), wo, mo, vo);
+          simd::load_partial(g + i, r), wo, mo, vo);  // padded lanes compute 0: finite
       simd::store_partial(w + i, wo, r);
       simd::store_partial(m + i, mo, r);
       simd::store_partial(v + i, vo, r);
+      bad = bad | !xsimd::isfinite(wo);
     }
+    if (xsimd::any(bad)) finite.clear();
   });
+  return finite.get();
 }
 
 // ---- SGD, squared norm, scale ----------------------------------------------
 
 template <class T>
-inline void sgd_update(cpu_t, T* w, T* buf, const T* g, index_t n, T lr, T momentum, T weight_decay, bool nesterov) {
+inline bool sgd_update(cpu_t, T* w, T* buf, const T* g, index_t n, T lr, T momentum, T weight_decay, bool nesterov) {
   using B = simd::batch<T>;
   constexpr index_t W = B::size;
   const B blr(lr), bmu(momentum), bwd(weight_decay);
@@ -1949,14 +2019,17 @@ inline void sgd_update(cpu_t, T* w, T* buf, const T* g, index_t n, T lr, T momen
     }
     wo = wv - blr * gv;
   };
+  simd::FiniteFlag finite;
   simd::chunks(n, n, simd::kChunk, [&](index_t b, index_t e) {
     index_t i = b;
     const B zero(T(0));
+    typename B::batch_bool_type bad(false);
     for (; i + W <= e; i += W) {
       B wo, bo = zero;  // bo is only written when use_buf
       one(B::load_unaligned(w + i), use_buf ? B::load_unaligned(buf + i) : zero, B::load_unaligned(g + i), wo, bo);
       wo.store_unaligned(w + i);
       if (use_buf) bo.store_unaligned(buf + i);
+      bad = bad | !xsimd::isfinite(wo);
     }
     if (i < e) {
       const index_t r = e - i;
@@ -1965,8 +2038,40 @@ inline void sgd_update(cpu_t, T* w, T* buf, const T* g, index_t n, T lr, T momen
           wo, bo);
       simd::store_partial(w + i, wo, r);
       if (use_buf) simd::store_partial(buf + i, bo, r);
+      bad = bad | !xsimd::isfinite(wo);
     }
+    if (xsimd::any(bad)) finite.clear();
   });
+  return finite.get();
+}
+
+// True when every x[i] over [0, n) is finite. v - v is 0 for a finite v and
+// NaN for NaN or +-Inf, so one subtraction and one add per vector: a pass at
+// memory speed. Chunks run in parallel only when n is worth a fork, so a
+// call per embedding row costs no thread wake-up.
+template <class T>
+inline bool all_finite(cpu_t, const T* x, index_t n) {
+  using B = simd::batch<T>;
+  constexpr index_t W = B::size;
+  auto span = [x](index_t b, index_t e) {
+    B a0(T(0)), a1(T(0));
+    index_t i = b;
+    for (; i + 2 * W <= e; i += 2 * W) {
+      const B u = B::load_unaligned(x + i), v = B::load_unaligned(x + i + W);
+      a0 += u - u;
+      a1 += v - v;
+    }
+    T tail = T(0);
+    for (; i < e; ++i) tail += x[i] - x[i];
+    const B s = a0 + a1;
+    return !xsimd::any(xsimd::isnan(s)) && tail == tail;  // (not s != s: xsimd compares ordered)
+  };
+  if (n <= simd::kChunk) return span(0, n);
+  simd::FiniteFlag finite;
+  simd::chunks(n, n, simd::kChunk, [&](index_t b, index_t e) {
+    if (!span(b, e)) finite.clear();
+  });
+  return finite.get();
 }
 
 // Returns sum of x[i]^2 over [0, n) in double (floats are widened on load).
@@ -3505,8 +3610,48 @@ struct Batch {
     label_mask.resize(tasks);
   }
 
-  // Copies rows src[rows[0..n)] into this batch, reusing capacity.
+  // Copies rows src[rows[0..n)] into this batch, reusing capacity. Every row
+  // index must be in [0, src.size), and src's containers must hold src.size
+  // rows (checked, so that a bad index or a malformed source is an error).
   void gather(const Batch& src, const index_t* rows, index_t n) {
+    const char* op = "Batch::gather";
+    check(n >= 0, op, "expected n >= 0 rows but got ", n);
+    check(n == 0 || rows != nullptr, op, "expected ", n, " row indices but got a null pointer");
+    check(&src != this, op, "cannot gather a batch into itself");
+    for (index_t i = 0; i < n; ++i)
+      if (rows[i] < 0 || rows[i] >= src.size)
+        fail(op, "row index ", rows[i], " at position ", i, " expected in [0, ", src.size, ")");
+    const std::size_t N = static_cast<std::size_t>(src.size);
+    for (std::size_t f = 0; f < src.ids.size(); ++f)
+      check(src.ids[f].size() == N, op, "source ID field ", f, " expected ", N, " values but has ", src.ids[f].size());
+    for (std::size_t f = 0; f < src.bags.size(); ++f) {
+      const Bag& b = src.bags[f];
+      check(b.offsets.size() == N + 1, op, "source bag field ", f, " expected ", N + 1, " offsets but has ",
+            b.offsets.size());
+      check(b.weights.empty() || b.weights.size() == b.ids.size(), op, "source bag field ", f, " expected ",
+            b.ids.size(), " weights but has ", b.weights.size());
+      for (index_t i = 0; i < n; ++i) {  // only the rows gathered: O(n), not O(src.size), per call
+        const std::size_t r = static_cast<std::size_t>(rows[i]);
+        check(b.offsets[r] >= 0 && b.offsets[r] <= b.offsets[r + 1] && b.offsets[r + 1] <= index_t(b.ids.size()), op,
+              "source bag field ", f, " offsets[", r, "..", r + 1, "] = ", b.offsets[r], "..", b.offsets[r + 1],
+              " expected a non-decreasing range within its ", b.ids.size(), " IDs");
+      }
+    }
+    for (std::size_t f = 0; f < src.sequences.size(); ++f) {
+      const Sequence& q = src.sequences[f];
+      check(q.lengths.size() == N && (N == 0 || q.ids.size() % N == 0), op, "source sequence field ", f,
+            " expected ", N, " lengths and a multiple of ", N, " IDs but has ", q.lengths.size(), " and ", q.ids.size());
+    }
+    for (std::size_t f = 0; f < src.dense.size(); ++f)
+      check(N == 0 || src.dense[f].size() % N == 0, op, "source dense field ", f, " expected a multiple of ", N,
+            " values but has ", src.dense[f].size());
+    auto check_per_row = [&](std::size_t have, const char* what, std::size_t k) {
+      check(have == 0 || have == N, op, "source ", what, " ", k, " expected ", N, " entries (or none) but has ", have);
+    };
+    for (std::size_t k = 0; k < src.labels.size(); ++k) check_per_row(src.labels[k].size(), "labels of task", k);
+    for (std::size_t k = 0; k < src.label_mask.size(); ++k) check_per_row(src.label_mask[k].size(), "label mask of task", k);
+    check_per_row(src.weights.size(), "sample weights", 0);
+    check_per_row(src.groups.size(), "group ids", 0);
     size = n;
     ids.resize(src.ids.size());
     for (std::size_t f = 0; f < src.ids.size(); ++f) {
@@ -3697,12 +3842,95 @@ struct TableSpec {
   bool hashed = false;
 };
 
+// Upper bounds of a configuration. They are far beyond any model that fits a
+// machine, and low enough that the arithmetic on them cannot overflow and
+// that a hostile file (see load_checkpoint) cannot make the model's
+// bookkeeping, as opposed to its parameters, large. Each check names its limit.
+struct ConfigLimits {
+  static constexpr index_t max_rows = index_t(1) << 40;     // vocab, hash_buckets, target_vocab
+  static constexpr index_t max_dim = index_t(1) << 16;      // dim, d_model, target_dim
+  static constexpr index_t max_width = index_t(1) << 20;    // MLP widths, ffn
+  static constexpr index_t max_depth = 64;                  // MLP layers, encoder layers
+  static constexpr index_t max_heads = 1024;
+  static constexpr index_t max_len = index_t(1) << 20;      // sequence max_len
+  static constexpr index_t max_classes = index_t(1) << 24;  // num_classes
+  static constexpr index_t max_experts = 1024;              // experts of one MMoE/PLE level, in total
+  static constexpr index_t max_levels = 16;                 // ple_levels
+  static constexpr index_t max_tasks = 1024;
+  static constexpr index_t max_features = 4096;             // fields of each kind
+  static constexpr index_t max_parameters = index_t(1) << 42;  // elements of all parameters together
+};
+
 // Checks the whole configuration and returns the embedding tables it needs,
 // in first-use order. Every problem is reported with the field or task name.
 inline std::vector<TableSpec> validate_config(const ModelConfig& c) {
   const char* op = "ModelConfig";
   const FeatureSpec& f = c.features;
+  using L = ConfigLimits;
+  auto in_range = [&](index_t v, index_t lo, index_t hi, const std::string& where, const char* field) {
+    check(v >= lo && v <= hi, op, where, field, " expected in [", lo, ", ", hi, "] but got ", v);
+  };
+  auto finite_in = [&](double v, double lo, double hi, bool lo_open, const std::string& where, const char* field) {
+    const bool ok = std::isfinite(v) && (lo_open ? v > lo : v >= lo) && v <= hi;
+    check(ok, op, where, field, " expected a finite value in ", lo_open ? "(" : "[", lo, ", ", hi, "] but got ", v);
+  };
+  auto widths = [&](const std::vector<index_t>& w, const std::string& where, const char* field) {
+    check(index_t(w.size()) <= L::max_depth, op, where, field, " expected at most ", L::max_depth,
+          " layers but got ", w.size());
+    for (index_t x : w) in_range(x, 1, L::max_width, where, field);
+  };
   check(!c.tasks.empty(), op, "expected at least one task");
+  check(index_t(c.tasks.size()) <= L::max_tasks, op, "expected at most ", L::max_tasks, " tasks but got ",
+        c.tasks.size());
+  for (std::size_t n : {f.ids.size(), f.bags.size(), f.sequences.size(), f.dense.size()})
+    check(index_t(n) <= L::max_features, op, "expected at most ", L::max_features, " fields of each kind but got ", n);
+  for (const auto& x : f.ids) {
+    const std::string w = "ID field '" + x.name + "' ";
+    in_range(x.vocab, 0, L::max_rows, w, "vocab");
+    in_range(x.hash_buckets, 0, L::max_rows, w, "hash_buckets");
+    in_range(x.dim, 1, L::max_dim, w, "dim");
+  }
+  for (const auto& x : f.bags) {
+    const std::string w = "bag field '" + x.name + "' ";
+    in_range(x.vocab, 0, L::max_rows, w, "vocab");
+    in_range(x.hash_buckets, 0, L::max_rows, w, "hash_buckets");
+    in_range(x.dim, 1, L::max_dim, w, "dim");
+  }
+  for (const auto& x : f.sequences) {
+    const std::string w = "sequence '" + x.name + "' ";
+    in_range(x.vocab, 0, L::max_rows, w, "vocab");
+    in_range(x.hash_buckets, 0, L::max_rows, w, "hash_buckets");
+    in_range(x.max_len, 1, L::max_len, w, "max_len");
+    in_range(x.layers, 1, L::max_depth, w, "layers");
+    in_range(x.encoder.d_model, 1, L::max_dim, w, "d_model");
+    in_range(x.encoder.heads, 1, L::max_heads, w, "heads");
+    in_range(x.encoder.ffn, 1, L::max_width, w, "ffn");
+    finite_in(x.encoder.dropout, 0, 0.999999, false, w, "encoder dropout");
+    finite_in(x.encoder.layer_norm_eps, 0, 1, true, w, "layer_norm_eps");
+  }
+  for (const auto& x : f.dense) in_range(x.dim, 1, L::max_dim, "dense field '" + x.name + "' ", "dim");
+  for (const auto& t : c.tasks) {
+    const std::string w = "task '" + t.name + "' ";
+    widths(t.tower, w, "tower");
+    if (t.type == TaskType::MultiClass) in_range(t.num_classes, 0, L::max_classes, w, "num_classes");  // >= 2: checked below
+    if (t.type == TaskType::Retrieval) {
+      in_range(t.target_vocab, 0, L::max_rows, w, "target_vocab");
+      in_range(t.target_dim, 0, L::max_dim, w, "target_dim");
+    }
+    finite_in(t.huber_delta, 0, 1e30, true, w, "huber_delta");
+  }
+  widths(c.bottom, "", "bottom");
+  widths(c.expert, "", "expert");
+  if (c.architecture == Architecture::MMoE) in_range(c.experts, 1, L::max_experts, "MMoE ", "experts");
+  if (c.architecture == Architecture::PLE) {
+    in_range(c.ple_levels, 1, L::max_levels, "PLE ", "ple_levels");
+    in_range(c.ple_shared_experts, 1, L::max_experts, "PLE ", "ple_shared_experts");
+    in_range(c.ple_task_experts, 1, L::max_experts, "PLE ", "ple_task_experts");
+    const index_t per_level = c.ple_task_experts * index_t(c.tasks.size()) + c.ple_shared_experts;
+    check(per_level <= L::max_experts, op, "PLE expected at most ", L::max_experts,
+          " experts per level (ple_task_experts x tasks + ple_shared_experts) but got ", per_level);
+  }
+  finite_in(c.embedding_init_std, 0, 1e6, false, "", "embedding_init_std");
   check(!f.ids.empty() || !f.bags.empty() || !f.sequences.empty() || !f.dense.empty(), op,
         "expected at least one feature");
   std::vector<TableSpec> tables;
@@ -3812,6 +4040,13 @@ inline std::vector<TableSpec> validate_config(const ModelConfig& c) {
   for (index_t w : c.bottom) check(w > 0, op, "bottom widths must be positive but got ", w);
   for (index_t w : c.expert) check(w > 0, op, "expert widths must be positive but got ", w);
   check(c.dropout >= 0 && c.dropout < 1, op, "dropout expected in [0, 1) but got ", c.dropout);
+  index_t table_elements = 0;
+  for (const auto& t : tables) {
+    table_elements += t.rows * t.dim;  // each below 2^56: no overflow for max_features x 4 tables
+    check(table_elements <= L::max_parameters, op, "the embedding tables expected at most ", L::max_parameters,
+          " elements in total but table '", t.name, "' (", t.rows, " x ", t.dim, ") brings them to ",
+          table_elements);
+  }
   return tables;
 }
 
@@ -4301,6 +4536,7 @@ class MultiTaskModel {
       Tensor<T> d_shared_in;
     };
     struct SequenceWs {
+      Tensor<index_t> lengths;    // (B) a copy of the batch's lengths: forward and backward agree on it
       Tensor<index_t> valid_ids;  // (n_valid) IDs of the valid positions, in (b,t) order
       Tensor<index_t> starts;     // (B) first row of each sequence in compact
       Tensor<T> compact, d_compact;  // (n_valid, D)
@@ -4341,15 +4577,31 @@ class MultiTaskModel {
     Tensor<T> esmm_d_ctr;                     // (B) ESMM: dL_ctcvr / d CTR logit
     TaskLosses losses;                        // the last compute_losses() result
     Mode mode;
+    // What this workspace holds, so that compute_losses and backward refuse a
+    // workspace of another model, or one without a (complete) forward.
+    std::uint64_t owner = 0;                  // the instance id of the model whose forward completed; 0 = none
+    const void* batch = nullptr;              // the batch that forward read (backward must get the same one)
+    bool has_losses = false;                  // compute_losses ran after that forward
   };
 
   explicit MultiTaskModel(const ModelConfig& config)
-      : config_(config), store_(std::make_unique<ParameterStore<T>>(config.seed)) {
+      : config_(config), store_(std::make_unique<ParameterStore<T>>(config.seed)), id_(next_instance_id()) {
     tables_ = validate_config(config_);
     build();
     store_->allocate();
   }
+
+  // The parameters (names, shapes, kinds) that `config` creates, without
+  // allocating them. At most `max_tensors` parameters of at most
+  // `max_elements` elements in total are accepted (`source` names where the
+  // bounds come from), so a configuration read from an untrusted file cannot
+  // make this, or the model built afterwards, larger than the file backs.
+  static std::vector<ParamInfo> parameter_plan(const ModelConfig& config, index_t max_tensors, index_t max_elements,
+                                               const std::string& source) {
+    return MultiTaskModel(config, max_tensors, max_elements, source).store_->infos();
+  }
   MultiTaskModel(const MultiTaskModel&) = delete;  // layers point into the store
+  std::uint64_t instance_id() const { return id_; }
   MultiTaskModel& operator=(const MultiTaskModel&) = delete;
 
   const ModelConfig& config() const { return config_; }
@@ -4367,7 +4619,11 @@ class MultiTaskModel {
   // ---- forward -------------------------------------------------------------
 
   // ws.out[k] (B, out_k) = raw outputs of every task (logits / values).
+  // The batch must stay unchanged until the last backward of this forward.
   void forward(Workspace& ws, const Batch<T>& batch, const Mode& mode) const {
+    ws.owner = 0;  // a forward that throws leaves a workspace backward refuses
+    ws.batch = nullptr;
+    ws.has_losses = false;
     check_batch(batch);
     const index_t B = batch.size;
     ws.B = B;
@@ -4377,6 +4633,8 @@ class MultiTaskModel {
     trunk_forward(ws, mode);
     for (std::size_t k = 0; k < towers_.size(); ++k)
       towers_[k].forward(ws.tower[k], tower_input(ws, k), ws.out[k].view(), mode);
+    ws.owner = id_;
+    ws.batch = &batch;
   }
 
   // Per-task losses of ws.out against the batch labels. Fills ws.d_out[k] =
@@ -4384,8 +4642,9 @@ class MultiTaskModel {
   // result lives in the workspace (no allocation once warm).
   const TaskLosses& compute_losses(Workspace& ws, const Batch<T>& batch) const {
     const char* op = "MultiTaskModel::compute_losses";
+    check_workspace(op, ws, batch);
     const index_t B = ws.B;
-    check(batch.size == B, op, "batch has ", batch.size, " rows but forward ran on ", B);
+    ws.has_losses = false;
     check(batch.labels.size() == num_tasks(), op, "expected labels for ", num_tasks(), " tasks but got ",
           batch.labels.size());
     TaskLosses& r = ws.losses;
@@ -4437,12 +4696,20 @@ class MultiTaskModel {
       r.value[k] = lr.value;
       r.count[k] = lr.count;
     }
+    ws.has_losses = true;
     return r;
   }
 
   // Backward from sum_k coeff[k] * dL_k/d out_k (coeff[k] == 0 skips task k's
   // tower). Parameter gradients accumulate into parameters().grads().
   void backward(Workspace& ws, const Batch<T>& batch, const double* coeff) const {
+    const char* op = "MultiTaskModel::backward";
+    check_workspace(op, ws, batch);
+    check(ws.has_losses, op, "expected compute_losses() after forward() and before backward()");
+    check(coeff != nullptr, op, "expected ", num_tasks(), " task coefficients but got a null pointer");
+    for (std::size_t k = 0; k < num_tasks(); ++k)
+      check(std::isfinite(coeff[k]), op, "coeff[", k, "] (task '", config_.tasks[k].name,
+            "') expected a finite value but got ", coeff[k]);
     const index_t B = ws.B;
     for (std::size_t k = 0; k < num_tasks(); ++k) {
       ws.d_tower_in[k].resize({B, towers_[k].in_features()});
@@ -4462,7 +4729,7 @@ class MultiTaskModel {
       if (config_.tasks[k].type == TaskType::Retrieval && coeff[k] != 0.0) retrieval_keys_backward(ws, batch, k, c);
     }
     trunk_backward(ws, coeff);
-    features_backward(ws, batch);
+    features_backward(ws);
   }
 
   // out (B, C_total): probabilities for binary tasks, values for regression,
@@ -4494,6 +4761,103 @@ class MultiTaskModel {
     }
     if (config_.architecture == Architecture::ESMM)
       for (index_t i = 0; i < B; ++i) out.data()[i * C + col] = sigmoid(ws.out[1].data()[i]);
+  }
+
+  // Checks a whole data set once, before training or evaluating on it:
+  // field shapes, ID ranges of vocabulary tables, sequence lengths, bag
+  // offsets, finite dense values and weights, and every labelled row's label
+  // (finite; a class id for multi-class; 0/1 for BPR; [0, 1] for BCE; a table
+  // row for retrieval). A bad value is reported by its row in `data`
+  // (`what` names the data set: "training data", "validation data").
+  void validate(const Batch<T>& data, const std::string& what = "data") const {
+    const char* op = "MultiTaskModel::validate";
+    try {
+      check_batch(data);
+    } catch (const Error& e) {
+      fail(op, what, ": ", e.what());
+    }
+    const FeatureSpec& f = config_.features;
+    const index_t N = data.size;
+    auto ids_in_range = [&](const char* kind, const std::string& field, const std::string& table, const index_t* ids,
+                            index_t n, auto row_of) {
+      const TableSpec& t = table_spec(field, table);
+      if (t.hashed) return;  // any ID hashes into the table
+      for (index_t j = 0; j < n; ++j)
+        if (ids[j] < 0 || ids[j] >= t.rows)
+          fail(op, what, " row ", row_of(j), ": ", kind, " '", field, "' ID ", ids[j], " expected in [0, ", t.rows,
+               ") (table '", t.name, "')");
+    };
+    for (std::size_t i = 0; i < f.ids.size(); ++i)
+      ids_in_range("ID field", f.ids[i].name, f.ids[i].table, data.ids[i].data(), N, [](index_t j) { return j; });
+    for (std::size_t i = 0; i < f.bags.size(); ++i) {
+      const auto& b = data.bags[i];
+      const std::string& name = f.bags[i].name;
+      check(b.offsets[0] == 0, op, what, ": bag field '", name, "' offsets[0] expected 0 but got ", b.offsets[0]);
+      for (index_t r = 0; r < N; ++r)
+        check(b.offsets[r + 1] >= b.offsets[r], op, what, " row ", r, ": bag field '", name,
+              "' offsets expected non-decreasing but offsets[", r + 1, "] = ", b.offsets[r + 1], " < offsets[", r,
+              "] = ", b.offsets[r]);
+      check(b.offsets[N] == index_t(b.ids.size()), op, what, ": bag field '", name, "' offsets[", N,
+            "] expected to equal its ", b.ids.size(), " IDs but got ", b.offsets[N]);
+      index_t r = 0;
+      auto row_of = [&](index_t j) {
+        while (r < N && b.offsets[r + 1] <= j) ++r;
+        return r;
+      };
+      ids_in_range("bag field", name, f.bags[i].table, b.ids.data(), index_t(b.ids.size()), row_of);
+      r = 0;
+      for (std::size_t j = 0; j < b.weights.size(); ++j)
+        if (!std::isfinite(b.weights[j]))
+          fail(op, what, " row ", row_of(index_t(j)), ": bag field '", name, "' weight expected a finite value but got ",
+               b.weights[j]);
+    }
+    for (std::size_t i = 0; i < f.sequences.size(); ++i) {
+      const SequenceFeature& sf = f.sequences[i];
+      const TableSpec& t = table_spec(sf.name, sf.table);
+      if (t.hashed) continue;
+      const auto& sq = data.sequences[i];
+      for (index_t r = 0; r < N; ++r)
+        for (index_t p = 0; p < sq.lengths[r]; ++p) {
+          const index_t id = sq.ids[std::size_t(r * sf.max_len + p)];
+          if (id < 0 || id >= t.rows)
+            fail(op, what, " row ", r, ": sequence '", sf.name, "' position ", p, " ID ", id, " expected in [0, ",
+                 t.rows, ") (table '", t.name, "')");
+        }
+    }
+    check(data.groups.empty() || data.groups.size() == std::size_t(N), op, what, ": expected ", N,
+          " group ids but got ", data.groups.size());
+    check(data.labels.size() == num_tasks(), op, what, ": expected labels for ", num_tasks(), " tasks but got ",
+          data.labels.size());
+    check(data.label_mask.empty() || data.label_mask.size() == num_tasks(), op, what, ": expected label masks for ",
+          num_tasks(), " tasks (or none) but got ", data.label_mask.size());
+    for (std::size_t k = 0; k < num_tasks(); ++k) {
+      const TaskSpec& t = config_.tasks[k];
+      const auto& y = data.labels[k];
+      check(y.size() == std::size_t(N), op, what, ": task '", t.name, "' expected ", N, " labels but got ", y.size());
+      const bool masked = !data.label_mask.empty() && !data.label_mask[k].empty();
+      check(!masked || data.label_mask[k].size() == std::size_t(N), op, what, ": task '", t.name, "' expected ", N,
+            " mask entries but got ", data.label_mask[k].size());
+      const index_t target_rows = t.type == TaskType::Retrieval ? store_->info(target_table_[k]).shape[0] : 0;
+      const bool esmm = config_.architecture == Architecture::ESMM;
+      for (index_t r = 0; r < N; ++r) {
+        if (masked && !data.label_mask[k][std::size_t(r)]) continue;
+        const T v = y[std::size_t(r)];
+        check(std::isfinite(v), op, what, " row ", r, ": task '", t.name, "' label expected a finite value but got ", v);
+        const bool integral = v == std::floor(v);
+        if (t.type == TaskType::MultiClass)
+          check(integral && v >= 0 && v < T(t.num_classes), op, what, " row ", r, ": task '", t.name,
+                "' label expected a class id in [0, ", t.num_classes, ") but got ", v);
+        else if (t.type == TaskType::Retrieval)
+          check(integral && v >= 0 && v < T(target_rows), op, what, " row ", r, ": retrieval task '", t.name,
+                "' label expected a row of table '", t.target_table, "' in [0, ", target_rows, ") but got ", v);
+        else if (t.type == TaskType::Binary && t.loss == TaskLoss::BPR)
+          check(v == T(0) || v == T(1), op, what, " row ", r, ": BPR task '", t.name, "' label expected 0 or 1 but got ",
+                v);
+        else if (t.type == TaskType::Binary && !esmm)
+          check(v >= 0 && v <= 1, op, what, " row ", r, ": binary task '", t.name, "' label expected in [0, 1] but got ",
+                v);
+      }
+    }
   }
 
   // Names of predict()'s columns: the task name, "task:class" for multi-class,
@@ -4528,6 +4892,27 @@ class MultiTaskModel {
 
  private:
   static T sigmoid(T x) { return T(1) / (T(1) + std::exp(-x)); }
+
+  static std::uint64_t next_instance_id() {
+    static std::atomic<std::uint64_t> next{1};
+    return next++;
+  }
+  // Planning only: registers the parameters under bounds, allocates nothing.
+  MultiTaskModel(const ModelConfig& config, index_t max_tensors, index_t max_elements, const std::string& source)
+      : config_(config), store_(std::make_unique<ParameterStore<T>>(config.seed)), id_(0) {
+    tables_ = validate_config(config_);
+    store_->set_limits(max_tensors, max_elements, source);
+    build();
+  }
+
+  // The workspace holds a completed forward of this model on `batch`.
+  void check_workspace(const char* op, const Workspace& ws, const Batch<T>& batch) const {
+    check(ws.owner != 0, op, "the workspace holds no completed forward(); call forward() first");
+    check(ws.owner == id_, op, "the workspace holds a forward() of another model (instance ", ws.owner,
+          ", this is instance ", id_, "); use one workspace per model");
+    check(ws.batch == static_cast<const void*>(&batch) && batch.size == ws.B, op,
+          "expected the batch that forward() ran on (", ws.B, " rows) but got another batch of ", batch.size, " rows");
+  }
 
   // ---- ranking and retrieval losses -------------------------------------------
 
@@ -4862,14 +5247,16 @@ class MultiTaskModel {
     for (std::size_t i = 0; i < f.dense.size(); ++i) {
       check(b.dense[i].size() == B * static_cast<std::size_t>(f.dense[i].dim), op, "dense field '", f.dense[i].name,
             "' expected ", B * f.dense[i].dim, " values but got ", b.dense[i].size());
+      const std::size_t dim = static_cast<std::size_t>(f.dense[i].dim);
       for (std::size_t j = 0; j < b.dense[i].size(); ++j)
         if (!std::isfinite(b.dense[i][j]))
-          fail(op, "dense field '", f.dense[i].name, "' value[", j, "] expected a finite value but got ", b.dense[i][j]);
+          fail(op, "dense field '", f.dense[i].name, "' row ", j / dim, " column ", j % dim,
+               " expected a finite value but got ", b.dense[i][j]);
     }
     check(b.weights.empty() || b.weights.size() == B, op, "expected ", B, " sample weights but got ", b.weights.size());
     for (std::size_t j = 0; j < b.weights.size(); ++j)
       if (!(b.weights[j] >= 0) || !std::isfinite(b.weights[j]))
-        fail(op, "sample weight[", j, "] expected a finite value >= 0 but got ", b.weights[j]);
+        fail(op, "sample weight of row ", j, " expected a finite value >= 0 but got ", b.weights[j]);
   }
 
   // ---- features ----------------------------------------------------------------
@@ -4930,6 +5317,8 @@ class MultiTaskModel {
       const auto& s = b.sequences[i];
       const index_t L = sf.max_len, D = sf.encoder.d_model;
       const TableSpec& ts = table_spec(sf.name, sf.table);
+      sw.lengths.resize({B});
+      std::copy(s.lengths.begin(), s.lengths.end(), sw.lengths.data());
       // Only valid positions are looked up: padding never touches the table.
       index_t n_valid = 0;
       for (index_t r = 0; r < B; ++r) n_valid += s.lengths[r];
@@ -4953,8 +5342,8 @@ class MultiTaskModel {
       }
       enc.items.forward(sw.items, sw.valid_ids.view(), sw.compact.view());
       // valid positions copied, padded ones zeroed (an empty sequence copies nothing)
-      unpack_sequences(sw.emb.data(), sw.compact.data(), s.lengths.data(), sw.starts.data(), B, L, D);
-      ConstView<index_t> lengths(s.lengths.data(), {B});
+      unpack_sequences(sw.emb.data(), sw.compact.data(), sw.lengths.data(), sw.starts.data(), B, L, D);
+      ConstView<index_t> lengths(sw.lengths.data(), {B});
       enc.position.forward(sw.position, sw.emb.view(), sw.emb.view());
       enc.encoder.forward(sw.encoder, sw.emb.view(), lengths, sw.hidden.view(), mode);
       enc.pool.forward(sw.pool, sw.hidden.view(), lengths, sw.pooled.view());
@@ -4967,7 +5356,7 @@ class MultiTaskModel {
     }
   }
 
-  void features_backward(Workspace& ws, const Batch<T>& b) const {
+  void features_backward(Workspace& ws) const {
     const FeatureSpec& f = config_.features;
     const index_t B = ws.B;
     index_t col = 0;
@@ -4999,7 +5388,7 @@ class MultiTaskModel {
       enc.encoder.backward(sw.encoder, sw.d_hidden.view(), sw.d_emb.view());
       enc.position.backward(sw.position, sw.d_emb.view(), sw.d_emb.view());
       sw.d_compact.resize(sw.compact.shape());
-      pack_sequences(sw.d_compact.data(), sw.d_emb.data(), b.sequences[i].lengths.data(), sw.starts.data(), B, L, D);
+      pack_sequences(sw.d_compact.data(), sw.d_emb.data(), sw.lengths.data(), sw.starts.data(), B, L, D);
       enc.items.backward(sw.items, sw.d_compact.view());
       col += D;
     }
@@ -5188,6 +5577,7 @@ class MultiTaskModel {
   std::vector<MLP<T>> towers_;
   std::vector<ParamId> target_table_;  // per task: a retrieval task's target table, else -1
   std::vector<ParamId> shared_params_, last_shared_;
+  std::uint64_t id_ = 0;  // unique per model instance in this process (0: planning only)
 };
 
 }  // namespace mtrec
@@ -5215,8 +5605,12 @@ class MultiTaskModel {
 //
 // The whole file is read into one buffer and cells are (offset, length)
 // pairs into it: a quoted field is unescaped in place (the unescaped text is
-// never longer), so reading allocates the buffer and two index vectors, sized
-// up front from a count of line breaks. No regex, no per-cell strings.
+// never longer), so reading allocates the buffer and two index vectors. The
+// vectors grow with the records actually read: what is reserved up front is
+// bounded by the bytes left after the header (a record of C fields takes at
+// least C - 1 delimiters and a line break), never by columns x line breaks,
+// which a wide header followed by many blank lines makes huge. No regex, no
+// per-cell strings.
 
 #include <charconv>
 #include <string_view>
@@ -5238,11 +5632,27 @@ class MultiTaskModel {
 //
 // The new file gets mode 0666 & ~umask, like any newly created file; the
 // mode of a file it replaces is not carried over.
+//
+// Stale temporary files. A writer that is killed (SIGKILL, OOM killer, power
+// loss) cannot remove its temporary file, and a checkpoint-sized leftover per
+// kill adds up. So the constructor and commit() first remove the leftovers of
+// the SAME target: files in the target's directory named exactly
+// `<basename>.tmp.<pid>.<n>` (decimal <pid> > 0 and <n>) whose <pid> is not a
+// live process (kill(pid, 0) fails with ESRCH). Kept: every other name, the
+// files of live processes (this one included; a process of another user
+// answers EPERM and counts as live; so does a zombie that its parent has not
+// reaped yet), and anything that cannot be checked. Cleanup is best effort and
+// never throws; io::remove_stale_temp_files(path) runs it on demand and says
+// how many files it removed. Limits: a pid reused by an unrelated process
+// keeps its stale file until that process ends, and writers in another pid
+// namespace (a container sharing the directory) look dead from here: do not
+// point writers in different pid namespaces at the same target.
 
-#include <atomic>
 #include <cerrno>
 
+#include <dirent.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -5264,12 +5674,70 @@ inline std::string parent_directory(const std::string& path) {
   if (slash == 0) return "/";
   return path.substr(0, slash);
 }
+
+inline std::string base_name(const std::string& path) {
+  const std::size_t slash = path.find_last_of('/');
+  return slash == std::string::npos ? path : path.substr(slash + 1);
+}
+
+// If `name` is exactly `<base>.tmp.<pid>.<n>` (both decimal, pid > 0 and
+// within pid_t), stores the pid and returns true.
+inline bool parse_temp_name(const std::string& name, const std::string& base, long long& pid) {
+  const std::string prefix = base + ".tmp.";
+  if (name.size() <= prefix.size() || name.compare(0, prefix.size(), prefix) != 0) return false;
+  const std::size_t dot = name.find('.', prefix.size());
+  if (dot == std::string::npos) return false;
+  const std::size_t pid_len = dot - prefix.size(), n_len = name.size() - dot - 1;
+  if (pid_len == 0 || pid_len > 10 || n_len == 0 || n_len > 20) return false;
+  auto digits = [&](std::size_t from, std::size_t len) {
+    for (std::size_t i = from; i < from + len; ++i)
+      if (name[i] < '0' || name[i] > '9') return false;
+    return true;
+  };
+  if (!digits(prefix.size(), pid_len) || !digits(dot + 1, n_len)) return false;
+  long long v = 0;
+  for (std::size_t i = prefix.size(); i < dot; ++i) v = v * 10 + (name[i] - '0');
+  // kill(0, ...) and kill(-1, ...) address groups of processes: never valid here.
+  if (v <= 0 || v > 0x7fffffffLL) return false;
+  pid = v;
+  return true;
+}
 }  // namespace detail
+
+// Removes the temporary files that killed AtomicFileWriters of `path` left
+// behind (see the header comment for exactly which). Best effort, never
+// throws; returns how many files it removed.
+inline std::size_t remove_stale_temp_files(const std::string& path) noexcept {
+  try {
+    const std::string base = detail::base_name(path);
+    if (base.empty()) return 0;
+    const std::string dir = detail::parent_directory(path);
+    DIR* d = ::opendir(dir.c_str());
+    if (!d) return 0;
+    std::vector<std::string> stale;
+    const long long self = ::getpid();
+    while (const dirent* e = ::readdir(d)) {
+      const std::string name = e->d_name;
+      long long pid = 0;
+      if (!detail::parse_temp_name(name, base, pid) || pid == self) continue;
+      if (::kill(static_cast<pid_t>(pid), 0) == -1 && errno == ESRCH) stale.push_back(name);
+    }
+    (void)::closedir(d);
+    std::size_t removed = 0;
+    const std::string sep = dir == "/" ? "" : "/";
+    for (const std::string& name : stale)
+      if (::unlink((dir + sep + name).c_str()) == 0) ++removed;
+    return removed;
+  } catch (...) {  // std::bad_alloc: cleanup is optional
+    return 0;
+  }
+}
 
 class AtomicFileWriter {
  public:
   explicit AtomicFileWriter(std::string path) : path_(std::move(path)) {
     check(!path_.empty(), "AtomicFileWriter", "empty path");
+    (void)remove_stale_temp_files(path_);
     // O_EXCL: never write into a file someone else created under our name
     // (a stale temporary from a crashed process with the same pid, say).
     for (int attempt = 0; attempt < 100; ++attempt) {
@@ -5322,6 +5790,8 @@ class AtomicFileWriter {
     if (::rename(temp_.c_str(), path_.c_str()) != 0)
       fail_and_abort("AtomicFileWriter::commit", "renaming the temporary file over it", errno);
     temp_.clear();  // now the target: abort() must not remove it
+    // Writers killed while this one wrote (the constructor cleaned up before).
+    (void)remove_stale_temp_files(path_);
     // Make the rename itself durable. Best effort: the file is complete and
     // in place already, and a failure here cannot be rolled back.
     const int dfd = ::open(detail::parent_directory(path_).c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
@@ -5540,8 +6010,6 @@ class CsvTable {
     const std::size_t n = buf_.size();
     std::size_t pos = 0, line = 1;
     if (n >= 3 && std::memcmp(buf_.data(), "\xEF\xBB\xBF", 3) == 0) pos = 3;
-    // Records, plus a guess of how many, to size the index vectors once.
-    const std::size_t line_breaks = std::size_t(std::count(buf_.begin() + std::ptrdiff_t(pos), buf_.end(), '\n'));
     std::vector<std::size_t> fb;      // fields of the current record: begin
     std::vector<std::uint32_t> fs;    // and size
     bool have_header = false;
@@ -5617,9 +6085,15 @@ class CsvTable {
         cols_ = fb.size();
         header_.reserve(cols_);
         for (std::size_t i = 0; i < cols_; ++i) header_.emplace_back(b + fb[i], fs[i]);
-        begin_.reserve((line_breaks + 1) * cols_);
-        size_.reserve((line_breaks + 1) * cols_);
-        line_.reserve(line_breaks + 1);
+        // A record of cols_ fields takes at least cols_ bytes (cols_ - 1
+        // delimiters and a line break, or one character and a line break
+        // when cols_ is 1, as blank lines are skipped), so the bytes left
+        // bound the records: the reservation is at most about 12 bytes per
+        // byte of the file, however many line breaks it has.
+        const std::size_t bound = (n - pos) / std::max<std::size_t>(cols_, 2) + 1;
+        line_.reserve(bound);
+        begin_.reserve(bound * cols_);
+        size_.reserve(bound * cols_);
         continue;
       }
       if (fb.size() != cols_) {
@@ -5818,6 +6292,12 @@ class Vocabulary {
 // x -> (x - mean) / std with the mean and population standard deviation of
 // the training values; a constant column (std 0) keeps std 1, so it becomes
 // all zeros instead of dividing by zero.
+//
+// fit() uses Welford's one-pass update on the values divided by a power of
+// two at or above their largest magnitude, so neither the sum nor the squared deviations can
+// overflow for any finite input (1e200 included) and a large common offset
+// (timestamps, say) loses no precision to cancellation. A non-finite input is
+// an error, never a silent std of 1.
 struct Standardizer {
   double mean = 0.0;
   double sd = 1.0;  // never 0
@@ -5825,13 +6305,29 @@ struct Standardizer {
   static Standardizer fit(const double* x, std::size_t n) {
     Standardizer s;
     if (n == 0) return s;
-    double sum = 0;
-    for (std::size_t i = 0; i < n; ++i) sum += x[i];
-    s.mean = sum / double(n);
-    double ss = 0;  // two passes: no cancellation for large means
-    for (std::size_t i = 0; i < n; ++i) ss += (x[i] - s.mean) * (x[i] - s.mean);
-    const double sd = std::sqrt(ss / double(n));
-    s.sd = sd > 0 && std::isfinite(sd) ? sd : 1.0;
+    double scale = 0;
+    for (std::size_t i = 0; i < n; ++i) {
+      check(std::isfinite(x[i]), "Standardizer::fit", "expected finite values but value #", i + 1, " is ", x[i]);
+      scale = std::max(scale, std::fabs(x[i]));
+    }
+    if (scale == 0) return Standardizer{0.0, 1.0};
+    // A power of two at or above the largest magnitude: dividing by it and
+    // multiplying back are exact.
+    int e = 0;
+    std::frexp(scale, &e);
+    scale = std::ldexp(1.0, std::min(e, 1023));  // 2^1023: the scaled values stay within [-2, 2]
+    double m = 0, m2 = 0;  // mean and sum of squared deviations of x / scale: |m| <= 2, m2 <= 4n
+    for (std::size_t i = 0; i < n; ++i) {
+      const double v = x[i] / scale;
+      const double d = v - m;
+      m += d / double(i + 1);
+      m2 += d * (v - m);
+    }
+    s.mean = m * scale;
+    const double sd = std::sqrt(std::max(0.0, m2) / double(n)) * scale;
+    s.sd = sd > 0 ? sd : 1.0;
+    check(std::isfinite(s.mean) && std::isfinite(s.sd), "Standardizer::fit", "expected a finite mean and std but got ",
+          s.mean, " and ", s.sd);
     return s;
   }
   static Standardizer fit(const std::vector<double>& x) { return fit(x.data(), x.size()); }
@@ -6036,10 +6532,24 @@ inline FeatureSpec mmoe_synthetic_features(index_t dim) {
 //   multiclass task                   the class names, sorted (numerically
 //                                     when all are numbers); unknown classes
 //                                     outside training are an error
-// An empty task cell means "no label": the row is masked for that task.
-// An empty id cell is the OOV row (a hashed id hashes "" like any value);
-// an empty bag, seq or text cell is an empty list. Dense cells must hold a
-// finite number in every row.
+// Missing values: a cell that is empty or, after trimming blanks, equal to
+// one of the schema's na_values (by default NA, N/A, NaN, nan, null, NULL,
+// as pandas and R write them) is missing:
+//   task                              no label: the row is masked for that
+//                                     task (not treated as 0)
+//   id                                the OOV row 0 (a hashed id hashes ""
+//                                     for every missing marker, so "NA" and
+//                                     "" are the same missing value)
+//   bag, seq, text                    an empty list
+//   dense                             an error naming the file, line and
+//                                     column, unless the column is declared
+//                                     with impute (--dense COL:impute): then
+//                                     the training mean (0 once standardised)
+//                                     and a second input column is_missing
+//                                     (1 for a missing cell, else 0), at
+//                                     training and at prediction time alike
+// Dense values and regression labels must be finite and within float range
+// (|x| <= 3.4e38): the model computes in float.
 
 // ==== begin mtrec/io/json.hpp =================================================
 // mtrec: a small, strict JSON value type (RFC 8259) for configs and
@@ -6751,6 +7261,7 @@ struct FeatureColumn {
   index_t buckets = 0;  // Id: > 0 hashes the values into this many rows; 0 = a vocabulary
   char sep = '|';       // Bag, Sequence: the item separator
   index_t max_len = 0;  // Sequence (keeps the last max_len items), Text (the first max_len words)
+  bool impute = false;  // Dense: a missing cell takes the training mean, plus an is_missing input column
 
   // How it was declared, for messages: "--seq history:|:50".
   std::string flag() const {
@@ -6758,6 +7269,7 @@ struct FeatureColumn {
     if (kind == ColumnKind::Id && buckets > 0) s += ":" + std::to_string(buckets);
     if (kind == ColumnKind::Bag || kind == ColumnKind::Sequence) s += std::string(":") + sep;
     if (kind == ColumnKind::Sequence || kind == ColumnKind::Text) s += ":" + std::to_string(max_len);
+    if (kind == ColumnKind::Dense && impute) s += ":impute";
     return s;
   }
 };
@@ -6769,14 +7281,36 @@ struct TaskColumn {
   std::string flag() const { return "--task " + column + ":" + task_type_name(type); }
 };
 
+// The cell texts that mean "missing" besides the empty cell (which always
+// does): what pandas' read_csv and R's read.csv/write.csv use for NA.
+inline std::vector<std::string> default_na_values() { return {"NA", "N/A", "NaN", "nan", "null", "NULL"}; }
+
 struct TabularSchema {
   std::vector<FeatureColumn> features;
   std::vector<TaskColumn> tasks;
   index_t min_count = 1;  // tokens seen fewer times in training go to the OOV row
+  // Cells that mean "missing" (compared after trimming blanks, case
+  // sensitive); the empty cell is missing whatever this holds.
+  std::vector<std::string> na_values = default_na_values();
 };
+
+// Parses the argument of --na-values: a comma-separated list that replaces
+// the default set ("" = only the empty cell is missing). Items are trimmed of
+// blanks; empty items are skipped.
+inline std::vector<std::string> parse_na_values(std::string_view text) {
+  std::vector<std::string> out;
+  for_each_item(text, ',', [&](std::string_view s) {
+    if (std::find(out.begin(), out.end(), s) == out.end()) out.emplace_back(s);
+  });
+  return out;
+}
 
 constexpr index_t kDefaultSequenceLength = 50;
 constexpr index_t kDefaultTextLength = 20;
+// Upper bounds of the counts in flags, checked when the flag is parsed (a
+// larger value is an error, never truncated): far beyond what fits a machine.
+constexpr index_t kMaxHashBuckets = index_t(1) << 40;
+constexpr index_t kMaxLength = index_t(1) << 20;
 
 // ---- flag syntax -----------------------------------------------------------------------
 //
@@ -6790,11 +7324,38 @@ namespace detail {
 [[noreturn]] inline void bad_flag(const char* flag, std::string_view text, const std::string& why) {
   fail("parse_flag", flag, " '", text, "': ", why);
 }
-inline index_t positive_count(const char* flag, std::string_view text, std::string_view v, const char* what) {
+inline index_t positive_count(const char* flag, std::string_view text, std::string_view v, const char* what,
+                              index_t hi) {
   long long x = 0;
-  if (!parse_integer(v, x) || x < 1)
-    bad_flag(flag, text, std::string("expected ") + what + " to be an integer >= 1 but got '" + std::string(v) + "'");
+  if (!parse_integer(v, x) || x < 1 || x > hi)
+    bad_flag(flag, text, std::string("expected ") + what + " to be an integer >= 1 and <= " + std::to_string(hi) +
+                             " but got '" + std::string(v) + "'");
   return index_t(x);
+}
+// A string for a message, with bytes that are not printable ASCII written as
+// \xHH (so a message about bad UTF-8 is itself valid text).
+inline std::string escaped(std::string_view s) {
+  static const char* hex = "0123456789ABCDEF";
+  std::string o;
+  for (unsigned char c : s) {
+    if (c >= 0x20 && c < 0x7F && c != '\\') {
+      o += char(c);
+    } else {
+      o += "\\x";
+      o += hex[c >> 4];
+      o += hex[c & 15];
+    }
+  }
+  return o;
+}
+// The byte offset of the first invalid UTF-8 sequence of s, or npos.
+inline std::size_t invalid_utf8_at(std::string_view s) {
+  for (std::size_t i = 0; i < s.size();) {
+    const std::size_t n = json::detail::utf8_sequence_length(s, i);
+    if (n == 0) return i;
+    i += n;
+  }
+  return std::string_view::npos;
 }
 // Splits "COL:rest" at the first ':'.
 inline std::pair<std::string_view, std::string_view> split_column(const char* flag, std::string_view text,
@@ -6840,7 +7401,7 @@ inline FeatureColumn parse_feature_flag(ColumnKind kind, std::string_view text, 
   switch (kind) {
     case ColumnKind::Id:
       if (!rest.empty() || text.find(':') != std::string_view::npos)
-        f.buckets = detail::positive_count(flag, text, rest, "the hash bucket count");
+        f.buckets = detail::positive_count(flag, text, rest, "the hash bucket count", kMaxHashBuckets);
       break;
     case ColumnKind::Bag:
       rest = detail::take_separator(flag, text, rest, f.sep);
@@ -6849,15 +7410,20 @@ inline FeatureColumn parse_feature_flag(ColumnKind kind, std::string_view text, 
     case ColumnKind::Sequence:
       rest = detail::take_separator(flag, text, rest, f.sep);
       f.max_len = kDefaultSequenceLength;
-      if (!rest.empty()) f.max_len = detail::positive_count(flag, text, rest.substr(1), "maxlen");
+      if (!rest.empty()) f.max_len = detail::positive_count(flag, text, rest.substr(1), "maxlen", kMaxLength);
       break;
     case ColumnKind::Text:
       f.max_len = kDefaultTextLength;
-      if (text.find(':') != std::string_view::npos) f.max_len = detail::positive_count(flag, text, rest, "maxlen");
+      if (text.find(':') != std::string_view::npos)
+        f.max_len = detail::positive_count(flag, text, rest, "maxlen", kMaxLength);
       break;
     case ColumnKind::Dense:
-      if (text.find(':') != std::string_view::npos)
-        detail::bad_flag(flag, text, "expected just a column name (column names cannot contain ':')");
+      if (text.find(':') != std::string_view::npos) {
+        if (rest != "impute")
+          detail::bad_flag(flag, text, "expected COL or COL:impute (column names cannot contain ':') but got '" +
+                                           std::string(rest) + "' after the column name");
+        f.impute = true;
+      }
       break;
   }
   return f;
@@ -6900,8 +7466,19 @@ class TabularEncoder {
               "); each column can be one feature or one task");
       seen.emplace_back(col, flag);
     };
+    // Column names go into the checkpoint's JSON metadata, which must be
+    // UTF-8: a bad name fails here, before any file is read or any training.
+    auto utf8 = [&](const std::string& s, const std::string& what) {
+      const std::size_t at = detail::invalid_utf8_at(s);
+      if (at != std::string_view::npos)
+        fail(op, what, " '", detail::escaped(s), "' is not valid UTF-8 (byte #", at + 1, " is 0x",
+             detail::escaped(std::string_view(s).substr(at, 1)).substr(2),
+             "); names and missing-value markers are stored in the checkpoint's JSON metadata, which must be UTF-8");
+    };
     for (const auto& f : schema_.features) {
       check(!f.column.empty(), op, "a feature has an empty column name");
+      utf8(f.column, detail::escaped(f.flag()) + ": column name");
+      check(!f.impute || f.kind == ColumnKind::Dense, op, f.flag(), ": only --dense columns can be imputed");
       check(f.buckets >= 0, op, f.flag(), ": expected buckets >= 0 but got ", f.buckets);
       if (f.kind == ColumnKind::Sequence || f.kind == ColumnKind::Text)
         check(f.max_len >= 1, op, f.flag(), ": expected maxlen >= 1 but got ", f.max_len);
@@ -6910,12 +7487,24 @@ class TabularEncoder {
     }
     for (const auto& t : schema_.tasks) {
       check(!t.column.empty(), op, "a task has an empty column name");
+      utf8(t.column, detail::escaped(t.flag()) + ": column name");
       check(t.weight >= 0 && std::isfinite(t.weight), op, t.flag(), ": expected a finite weight >= 0 but got ",
             t.weight);
       claim(t.column, t.flag());
     }
+    for (const auto& v : schema_.na_values) utf8(v, "missing-value marker");
     features_.resize(schema_.features.size());
     tasks_.resize(schema_.tasks.size());
+  }
+
+  // Whether a cell means "missing": empty or one of the na_values, after
+  // trimming blanks.
+  bool is_missing(std::string_view cell) const {
+    cell = detail::trim(cell);
+    if (cell.empty()) return true;
+    for (const auto& v : schema_.na_values)
+      if (cell == v) return true;
+    return false;
   }
 
   const TabularSchema& schema() const { return schema_; }
@@ -6939,8 +7528,15 @@ class TabularEncoder {
       const std::size_t col = train.require_column(fc.column, fc.flag());
       st = FeatureState{};
       if (fc.kind == ColumnKind::Dense) {
-        std::vector<double> x(n);
-        for (std::size_t i = 0; i < n; ++i) x[i] = dense_value(train, row_at(i), col, op);
+        std::vector<double> x;
+        x.reserve(n);
+        for (std::size_t i = 0; i < n; ++i) {
+          const std::size_t r = row_at(i);
+          if (fc.impute && is_missing(train.cell(r, col))) continue;
+          x.push_back(dense_value(train, r, col, fc, op));
+        }
+        check(!x.empty(), op, "'", train.source(), "': dense column '", fc.column, "' (", fc.flag(),
+              ") has no value in any of the ", n, " training rows, so there is no mean to impute");
         st.stats = Standardizer::fit(x);
         continue;
       }
@@ -6956,10 +7552,9 @@ class TabularEncoder {
       };
       for (std::size_t i = 0; i < n; ++i) {
         const std::string_view cell = train.cell(row_at(i), col);
+        if (is_missing(cell)) continue;  // the OOV row, or an empty list
         switch (fc.kind) {
-          case ColumnKind::Id:
-            if (!cell.empty()) count(cell);
-            break;
+          case ColumnKind::Id: count(cell); break;
           case ColumnKind::Bag: for_each_item(cell, fc.sep, count); break;
           case ColumnKind::Sequence:
             // Only the items the model will see (the last max_len).
@@ -6987,7 +7582,7 @@ class TabularEncoder {
       for (std::size_t i = 0; i < n; ++i) {
         const std::size_t r = row_at(i);
         const std::string_view cell = csv_trim(train.cell(r, col));
-        if (cell.empty()) continue;
+        if (is_missing(cell)) continue;
         if (tc.type == TaskType::MultiClass) {
           classes.add(cell);
           y.push_back(0);
@@ -7044,7 +7639,10 @@ class TabularEncoder {
           out.resize(n);
           for (std::size_t i = 0; i < n; ++i) {
             const std::string_view cell = t.cell(row_at(i), col);
-            out[i] = fc.buckets > 0 ? index_t(hash_string(cell)) : cell.empty() ? Vocabulary::kOov : st.vocab.find(cell);
+            const bool missing = is_missing(cell);
+            out[i] = fc.buckets > 0 ? index_t(hash_string(missing ? std::string_view() : cell))
+                     : missing      ? Vocabulary::kOov
+                                    : st.vocab.find(cell);
           }
           break;
         }
@@ -7054,7 +7652,9 @@ class TabularEncoder {
           bag.offsets[0] = 0;
           bag.ids.reserve(n * 2);
           for (std::size_t i = 0; i < n; ++i) {
-            for_each_item(t.cell(row_at(i), col), fc.sep, [&](std::string_view s) { bag.ids.push_back(st.vocab.find(s)); });
+            const std::string_view cell = t.cell(row_at(i), col);
+            if (!is_missing(cell))
+              for_each_item(cell, fc.sep, [&](std::string_view s) { bag.ids.push_back(st.vocab.find(s)); });
             bag.offsets[i + 1] = index_t(bag.ids.size());
           }
           break;
@@ -7069,7 +7669,9 @@ class TabularEncoder {
             index_t* dst = seq.ids.data() + i * L;
             const std::string_view cell = t.cell(row_at(i), col);
             index_t len = 0;
-            if (fc.kind == ColumnKind::Sequence) {
+            if (is_missing(cell)) {
+              // an empty list
+            } else if (fc.kind == ColumnKind::Sequence) {
               last_items(cell, fc.sep, fc.max_len, items);
               for (const auto& it : items) dst[len++] = st.vocab.find(it);
             } else {
@@ -7081,8 +7683,20 @@ class TabularEncoder {
         }
         case ColumnKind::Dense: {
           auto& out = b.dense[gd++];
-          out.resize(n);
-          for (std::size_t i = 0; i < n; ++i) out[i] = T(st.stats.apply(dense_value(t, row_at(i), col, op)));
+          if (!fc.impute) {
+            out.resize(n);
+            for (std::size_t i = 0; i < n; ++i) out[i] = T(st.stats.apply(dense_value(t, row_at(i), col, fc, op)));
+            break;
+          }
+          // Two columns per row: the standardised value (the training mean,
+          // 0, when missing) and is_missing.
+          out.resize(2 * n);
+          for (std::size_t i = 0; i < n; ++i) {
+            const std::size_t r = row_at(i);
+            const bool missing = is_missing(t.cell(r, col));
+            out[2 * i] = missing ? T(0) : T(st.stats.apply(dense_value(t, r, col, fc, op)));
+            out[2 * i + 1] = missing ? T(1) : T(0);
+          }
           break;
         }
       }
@@ -7107,7 +7721,7 @@ class TabularEncoder {
       for (std::size_t i = 0; i < n; ++i) {
         const std::size_t r = row_at(i);
         const std::string_view cell = csv_trim(t.cell(r, col));
-        if (cell.empty()) continue;
+        if (is_missing(cell)) continue;
         m[i] = 1;
         switch (tc.type) {
           case TaskType::Binary: y[i] = T(binary_label(t, r, col, op)); break;
@@ -7153,7 +7767,7 @@ class TabularEncoder {
           s.sequences.push_back(q);
           break;
         }
-        case ColumnKind::Dense: s.dense.push_back({fc.column, 1}); break;
+        case ColumnKind::Dense: s.dense.push_back({fc.column, fc.impute ? 2 : 1}); break;
       }
     }
     return s;
@@ -7191,8 +7805,9 @@ class TabularEncoder {
     check(fitted_, "TabularEncoder::to_json", "the encoder was not fitted");
     Value j = Value::object();
     j.set("format", "mtrec.tabular");
-    j.set("version", 1);
+    j.set("version", 2);
     j.set("min_count", schema_.min_count);
+    j.set("na_values", strings_json(schema_.na_values));
     Value feats = Value::array();
     for (std::size_t f = 0; f < schema_.features.size(); ++f) {
       const FeatureColumn& fc = schema_.features[f];
@@ -7205,6 +7820,7 @@ class TabularEncoder {
       if (fc.kind == ColumnKind::Dense) {
         o.set("mean", features_[f].stats.mean);
         o.set("std", features_[f].stats.sd);
+        o.set("impute", fc.impute);
       } else if (!(fc.kind == ColumnKind::Id && fc.buckets > 0)) {
         o.set("vocab", strings_json(features_[f].vocab.tokens()));
       }
@@ -7234,9 +7850,12 @@ class TabularEncoder {
     check(j.is_object() && j.contains("format") && j.at("format").is_string() &&
               j.at("format").as_string() == "mtrec.tabular",
           op, "expected an object with format = mtrec.tabular");
-    check(j.at("version").as_int() == 1, op, "expected version 1 but got ", j.at("version").as_int());
+    // Version 1 (before missing values): only the empty cell was missing.
+    const std::int64_t version = j.at("version").as_int();
+    check(version == 1 || version == 2, op, "expected version 1 or 2 but got ", version);
     TabularSchema s;
     s.min_count = index_t(j.at("min_count").as_int());
+    s.na_values = version >= 2 ? strings_from(j.at("na_values")) : std::vector<std::string>{};
     for (const auto& o : j.at("features").as_array()) {
       FeatureColumn fc;
       const std::string& kind = o.at("kind").as_string();
@@ -7255,6 +7874,7 @@ class TabularEncoder {
         fc.sep = sep[0];
       }
       if (fc.kind == ColumnKind::Sequence || fc.kind == ColumnKind::Text) fc.max_len = index_t(o.at("max_len").as_int());
+      if (fc.kind == ColumnKind::Dense && version >= 2) fc.impute = o.at("impute").as_bool();
       s.features.push_back(fc);
     }
     for (const auto& o : j.at("tasks").as_array()) {
@@ -7275,7 +7895,9 @@ class TabularEncoder {
       if (fc.kind == ColumnKind::Dense) {
         e.features_[f].stats.mean = feats[f].at("mean").as_double();
         e.features_[f].stats.sd = feats[f].at("std").as_double();
-        check(e.features_[f].stats.sd > 0, op, "feature '", fc.column, "' expected std > 0");
+        check(std::isfinite(e.features_[f].stats.mean) && e.features_[f].stats.sd > 0 &&
+                  std::isfinite(e.features_[f].stats.sd),
+              op, "feature '", fc.column, "' expected a finite mean and a finite std > 0");
       } else if (!(fc.kind == ColumnKind::Id && fc.buckets > 0)) {
         e.features_[f].vocab = Vocabulary::from_tokens(strings_from(feats[f].at("vocab")));
       }
@@ -7316,19 +7938,28 @@ class TabularEncoder {
     if (out.size() > std::size_t(max_len)) out.erase(out.begin(), out.end() - std::ptrdiff_t(max_len));
   }
 
-  static double dense_value(const CsvTable& t, std::size_t r, std::size_t col, const char* op) {
+  // A number the model can take: finite and within float range (the model
+  // computes in float; 1e200 would become inf there).
+  static bool float_range(double v) { return std::fabs(v) <= double(std::numeric_limits<float>::max()); }
+
+  double dense_value(const CsvTable& t, std::size_t r, std::size_t col, const FeatureColumn& fc, const char* op) const {
     const std::string_view cell = t.cell(r, col);
     double v = 0;
-    if (!parse_number(cell, v))
-      t.fail_cell(op, r, col, "expected a finite number but got ",
-                  detail::trim(cell).empty() ? std::string("an empty cell (dense columns need a value in every row)")
-                                             : detail::shown(cell));
+    if (is_missing(cell))
+      t.fail_cell(op, r, col, "missing value ",
+                  detail::trim(cell).empty() ? std::string("(an empty cell)") : detail::shown(detail::trim(cell)),
+                  " in dense column; dense columns need a value in every row (declare --dense ", fc.column,
+                  ":impute to use the training mean and an is_missing indicator)");
+    if (!parse_number(cell, v) || !float_range(v))
+      t.fail_cell(op, r, col, "expected a finite number within float range (|x| <= ",
+                  std::numeric_limits<float>::max(), ") but got ", detail::shown(detail::trim(cell)));
     return v;
   }
   static double number_label(const CsvTable& t, std::size_t r, std::size_t col, const char* op) {
     double v = 0;
-    if (!parse_number(t.cell(r, col), v))
-      t.fail_cell(op, r, col, "expected a finite number as the regression label but got ", detail::shown(t.cell(r, col)));
+    if (!parse_number(t.cell(r, col), v) || !float_range(v))
+      t.fail_cell(op, r, col, "expected a finite number within float range (|x| <= ", std::numeric_limits<float>::max(),
+                  ") as the regression label but got ", detail::shown(detail::trim(t.cell(r, col))));
     return v;
   }
   // 0/1 (any number equal to 0 or 1, so "1.0" too) or true/false in any case.
@@ -7836,9 +8467,17 @@ class SafetensorsFile {
 
   template <class T>
   std::vector<T> read_vector(const std::string& name) const {
-    std::vector<T> v(static_cast<std::size_t>(info(name).numel()));
-    read<T>(name, v.data(), v.size());
-    return v;
+    const std::size_t n = static_cast<std::size_t>(info(name).numel());
+    if constexpr (std::is_same<T, bool>::value) {
+      // std::vector<bool> packs bits and has no data(): read into bools, then copy.
+      std::unique_ptr<bool[]> tmp(new bool[n ? n : 1]);
+      read<bool>(name, tmp.get(), n);
+      return std::vector<bool>(tmp.get(), tmp.get() + n);
+    } else {
+      std::vector<T> v(n);
+      read<T>(name, v.data(), v.size());
+      return v;
+    }
   }
 
  private:
@@ -8471,7 +9110,7 @@ inline double hit_rate_at_k(const S* scores, const R* relevance, const index_t* 
 namespace mtrec {
 
 // Metrics of one task: binary -> auc, gauc (when groups are given), logloss,
-// accuracy; regression -> rmse, mae; multi-class -> accuracy, logloss;
+// accuracy, precision, recall, f1 (the last four at evaluate()'s threshold); regression -> rmse, mae; multi-class -> accuracy, logloss;
 // retrieval -> hit_rate@10, ndcg@10 (the target ranked against every row of
 // its table, not only the batch); every task -> loss (the training loss on
 // its labelled rows; in-batch losses such as BPR and sampled softmax depend on
@@ -8544,10 +9183,13 @@ inline void retrieval_ranks(index_t* rank, const T* q, const T* table, index_t r
 // task's metrics on its labelled rows. A task with no labelled row gets only
 // count = 0.
 template <class T>
-inline Evaluation evaluate(const MultiTaskModel<T>& model, const Batch<T>& data, index_t batch_size = 1024) {
+inline Evaluation evaluate(const MultiTaskModel<T>& model, const Batch<T>& data, index_t batch_size = 1024,
+                           double threshold = 0.5) {
   const char* op = "evaluate";
   check(data.size > 0, op, "expected a non-empty dataset");
   check(batch_size > 0, op, "expected batch_size > 0 but got ", batch_size);
+  check(std::isfinite(threshold) && threshold > 0 && threshold < 1, op, "expected threshold in (0, 1) but got ",
+        threshold);
   const ModelConfig& cfg = model.config();
   const std::size_t K = cfg.tasks.size();
   const index_t N = data.size, C = model.output_width();
@@ -8631,7 +9273,11 @@ inline Evaluation evaluate(const MultiTaskModel<T>& model, const Batch<T>& data,
             }
           }
           tm.values["logloss"] = logloss(column.data(), y, N, mask);
-          tm.values["accuracy"] = accuracy(column.data(), y, N, 0.5, mask);
+          tm.values["accuracy"] = accuracy(column.data(), y, N, threshold, mask);
+          const PRF1 prf = precision_recall_f1(column.data(), y, N, threshold, mask);
+          tm.values["precision"] = prf.precision;
+          tm.values["recall"] = prf.recall;
+          tm.values["f1"] = prf.f1;
         }
       }
     }
@@ -8796,21 +9442,25 @@ class Optimizer {
   index_t step_count() const { return t_; }
 
   // One update with the config's learning rate.
-  void step() { step(cfg_.lr); }
+  bool step() { return step(cfg_.lr); }
 
   // One update from the current gradients with learning rate `lr` (e.g. a
   // schedule's value, LRSchedule::at(step_count())). lr = 0 is allowed (the
-  // end of a schedule decaying to 0): the state still advances.
-  void step(double lr) {
+  // end of a schedule decaying to 0): the state still advances. Returns true
+  // when every weight it updated is finite (checked inside the update
+  // kernels, so it costs no extra pass over the weights).
+  bool step(double lr) {
     check(std::isfinite(lr) && lr >= 0, "Optimizer::step", "expected lr >= 0 (finite) but got ", lr);
     ParameterStore<T>& s = *store_;
     ++t_;
+    kernels::simd::FiniteFlag finite;
     if (cfg_.kind == OptimizerConfig::Kind::SGD) {
       const T tlr = T(lr), mu = T(cfg_.momentum), wd = T(cfg_.weight_decay);
       T* buf = buf_.numel() ? buf_.data() : nullptr;
       update_block([&](index_t off, index_t n) {
-        kernels::sgd_update(kernels::backend{}, s.values() + off, buf ? buf + off : nullptr, s.grads() + off, n, tlr,
-                            mu, wd, cfg_.nesterov);
+        if (!kernels::sgd_update(kernels::backend{}, s.values() + off, buf ? buf + off : nullptr, s.grads() + off, n,
+                                 tlr, mu, wd, cfg_.nesterov))
+          finite.clear();
       });
     } else {
       // Bias corrections in double, like PyTorch (Python floats), then cast.
@@ -8824,10 +9474,12 @@ class Optimizer {
       st.bias_correction1 = T(1.0 - std::pow(cfg_.beta1, double(t_)));
       st.bias_correction2 = T(1.0 - std::pow(cfg_.beta2, double(t_)));
       update_block([&](index_t off, index_t n) {
-        kernels::adam_update(kernels::backend{}, s.values() + off, m_.data() + off, v_.data() + off, s.grads() + off, n,
-                             st);
+        if (!kernels::adam_update(kernels::backend{}, s.values() + off, m_.data() + off, v_.data() + off,
+                                  s.grads() + off, n, st))
+          finite.clear();
       });
     }
+    return finite.get();
   }
 
   // The state buffers by name, each a flat view of store.size() elements.
@@ -9100,6 +9752,15 @@ inline const char* weighting_name(Weighting w) {
 
 enum class ScheduleKind { Constant, WarmupLinear, WarmupCosine };
 
+// What the trainer does with a step whose loss or gradients are not finite
+// (NaN or +-Inf). Either way the update is never applied: the parameters and
+// the optimizer state stay at the last good step.
+enum class OnNonFinite {
+  Stop,  // throw an mtrec::Error naming the epoch, step and value (fit first restores the best epoch's weights)
+  Skip,  // drop the step's gradients and go on (History::skipped_steps counts them); an epoch of only
+         // skipped steps stops as Stop does
+};
+
 struct TrainConfig {
   int epochs = 10;
   index_t batch_size = 256;
@@ -9119,6 +9780,12 @@ struct TrainConfig {
   bool progress = true;          // a progress bar on a terminal, else one line per epoch
   std::ostream* log = &std::cerr;
   std::string csv_log;           // path of a per-epoch CSV, rewritten atomically each epoch
+  OnNonFinite on_nonfinite = OnNonFinite::Stop;
+  // Optimizer steps of one run of the schedule. 0: fit() derives it from its
+  // data (epochs x steps per epoch / accumulation). train_step() used without
+  // fit() needs it for a decaying schedule (a constant one needs nothing).
+  index_t total_updates = 0;
+  double threshold = 0.5;        // decision threshold of the binary accuracy/precision/recall/f1 metrics
 };
 
 struct EpochRecord {
@@ -9138,6 +9805,7 @@ struct History {
   double best_value = 0;
   bool stopped_early = false;
   double train_seconds = 0;
+  index_t skipped_steps = 0;  // optimizer steps dropped for non-finite loss or gradients (OnNonFinite::Skip)
 };
 
 // Training state beyond the parameters and optimizer: what a checkpoint
@@ -9145,7 +9813,14 @@ struct History {
 struct TrainerState {
   int epoch = 0;           // epochs completed
   index_t step = 0;        // micro-batches seen
-  index_t updates = 0;     // optimizer steps taken (the schedule position)
+  index_t updates = 0;     // optimizer steps taken, skipped ones included
+  // The current run of fit(): cfg.epochs epochs from run_start_epoch, its
+  // schedule counted from run_start_update. A run whose epochs are all done,
+  // or that stopped early (run_finished), makes the next fit() start a new
+  // run; otherwise fit() finishes it (resuming from a checkpoint).
+  int run_start_epoch = 0;
+  index_t run_start_update = 0;
+  bool run_finished = false;
   std::vector<double> log_var;        // uncertainty weighting s_k
   std::vector<double> log_var_m, log_var_v;  // their Adam moments
   std::vector<double> gradnorm_w;     // GradNorm weights
@@ -9171,6 +9846,14 @@ class Trainer {
             "GradNorm needs a shared layer and at least 2 tasks; architecture '",
             architecture_name(model.config().architecture), "' with ", K, " task(s) has none");
     if (cfg_.weighting == Weighting::PCGrad) check(K >= 2, op, "PCGrad needs at least 2 tasks but got ", K);
+    check(cfg_.on_nonfinite == OnNonFinite::Stop || cfg_.on_nonfinite == OnNonFinite::Skip, op,
+          "expected on_nonfinite Stop or Skip but got ", int(cfg_.on_nonfinite));
+    check(cfg_.total_updates >= 0, op, "expected total_updates >= 0 but got ", cfg_.total_updates);
+    check(std::isfinite(cfg_.threshold) && cfg_.threshold > 0 && cfg_.threshold < 1, op,
+          "expected threshold in (0, 1) but got ", cfg_.threshold);
+    check(std::isfinite(cfg_.min_lr) && cfg_.min_lr >= 0, op, "expected min_lr >= 0 (finite) but got ", cfg_.min_lr);
+    check_monitor(model.config(), cfg_.monitor);
+    make_schedule(std::max<index_t>(cfg_.total_updates, 1000)).validate();  // a bad lr fails here, not at a step
     state_.log_var.assign(K, 0.0);
     state_.log_var_m.assign(K, 0.0);
     state_.log_var_v.assign(K, 0.0);
@@ -9179,6 +9862,7 @@ class Trainer {
   }
 
   Optimizer<T>& optimizer() { return opt_; }
+  std::size_t num_tasks() const { return model_->num_tasks(); }
   TrainerState& state() { return state_; }
   const TrainConfig& config() const { return cfg_; }
 
@@ -9197,115 +9881,194 @@ class Trainer {
     return w;
   }
 
-  // Trains for the remaining epochs (cfg.epochs - state().epoch), validating
-  // on `valid` after each epoch when it is non-empty.
+  // Trains one run of cfg.epochs epochs, validating on `valid` after each
+  // epoch when it is non-empty. Both data sets are validated in full first
+  // (MultiTaskModel::validate), so a bad value is reported by its row.
+  //  - The first fit() starts a run; a trainer restored with
+  //    load_training_state() in the middle of a run finishes that run.
+  //  - A fit() after a finished run (its epochs all done, or stopped early)
+  //    starts a new one: cfg.epochs more epochs, with the learning-rate
+  //    schedule started again from its beginning. Optimizer moments and
+  //    loss-weighting state carry over, as in a Keras `fit` called twice.
   History fit(const Batch<T>& train, const Batch<T>* valid = nullptr) {
     const char* op = "Trainer::fit";
     check(train.size > 0, op, "expected a non-empty training set");
+    model_->validate(train, "training data");
+    const bool has_valid = valid && valid->size > 0;
+    if (has_valid) model_->validate(*valid, "validation data");
     const index_t N = train.size, B = std::min(cfg_.batch_size, N);
     const index_t steps_per_epoch = (N + B - 1) / B;
-    const index_t total_updates =
+    if (state_.run_finished || state_.epoch >= state_.run_start_epoch + cfg_.epochs) {
+      state_.run_start_epoch = state_.epoch;
+      state_.run_start_update = state_.updates;
+      state_.run_finished = false;
+    }
+    const index_t derived =
         std::max<index_t>(1, (index_t(cfg_.epochs) * steps_per_epoch + cfg_.accumulation - 1) / cfg_.accumulation);
-    schedule_ = make_schedule(total_updates);
+    schedule_ = make_schedule(cfg_.total_updates > 0 ? cfg_.total_updates : derived);
+    schedule_ready_ = true;
     History h;
     const auto t0 = std::chrono::steady_clock::now();
     std::vector<index_t> order(static_cast<std::size_t>(N));
     std::vector<T> best_values;
     int since_best = 0;
     const bool tty = cfg_.progress && is_terminal();
-    for (int epoch = state_.epoch; epoch < cfg_.epochs; ++epoch) {
-      const auto e0 = std::chrono::steady_clock::now();
-      for (index_t i = 0; i < N; ++i) order[i] = i;
-      shuffle_indices(order.data(), std::uint64_t(N), cfg_.seed, 0xE0C0 + std::uint64_t(epoch));
-      EpochRecord rec;
-      rec.epoch = epoch + 1;
-      rec.train_task_loss.assign(model_->num_tasks(), 0.0);
-      double loss_sum = 0;
-      index_t seen = 0;
-      for (index_t s = 0; s < steps_per_epoch; ++s) {
-        const index_t start = s * B, n = std::min(B, N - start);
-        batch_.gather(train, order.data() + start, n);
-        const TaskLosses& l = train_step(batch_);
-        double combined = 0;
-        const auto& w = task_weights();
-        for (std::size_t k = 0; k < l.value.size(); ++k) {
-          combined += w[k] * l.value[k];
-          rec.train_task_loss[k] += l.value[k] * double(n);
+    const int end_epoch = state_.run_start_epoch + cfg_.epochs;
+    const index_t skipped_before = skipped_;
+    try {
+      for (int epoch = state_.epoch; epoch < end_epoch; ++epoch) {
+        const auto e0 = std::chrono::steady_clock::now();
+        for (index_t i = 0; i < N; ++i) order[i] = i;
+        shuffle_indices(order.data(), std::uint64_t(N), cfg_.seed, 0xE0C0 + std::uint64_t(epoch));
+        EpochRecord rec;
+        rec.epoch = epoch + 1;
+        rec.train_task_loss.assign(model_->num_tasks(), 0.0);
+        double loss_sum = 0;
+        index_t seen = 0, good = 0;
+        const index_t skipped_at_start = skipped_;
+        for (index_t s = 0; s < steps_per_epoch; ++s) {
+          const index_t start = s * B, n = std::min(B, N - start);
+          batch_.gather(train, order.data() + start, n);
+          where_epoch_ = epoch + 1;
+          where_step_ = s + 1;
+          const TaskLosses& l = train_step(batch_);
+          seen += n;
+          if (!last_step_finite_) continue;  // skipped: not part of the epoch's mean loss
+          double combined = 0;
+          const auto& w = task_weights();
+          for (std::size_t k = 0; k < l.value.size(); ++k) {
+            combined += w[k] * l.value[k];
+            rec.train_task_loss[k] += l.value[k] * double(n);
+          }
+          loss_sum += combined * double(n);
+          good += n;
+          if (tty) progress_bar(epoch, seen, N, loss_sum / double(good), e0);
         }
-        if (!std::isfinite(combined))
-          fail(op, "the loss became ", combined, " at epoch ", epoch + 1, " step ", s + 1,
-               " (try a lower learning rate or clip_norm)");
-        loss_sum += combined * double(n);
-        seen += n;
-        if (tty) progress_bar(epoch, seen, N, loss_sum / double(seen), e0);
-      }
-      flush_partial_accumulation();
-      rec.train_loss = loss_sum / double(seen);
-      for (double& v : rec.train_task_loss) v /= double(seen);
-      rec.lr = schedule_.at(std::max<index_t>(0, state_.updates - 1));
-      rec.task_weights = task_weights();
-      if (valid && valid->size > 0) {
-        rec.valid = evaluate(*model_, *valid, std::max<index_t>(B, 256));
-        rec.monitored = rec.valid.metric(cfg_.monitor);
-      } else {
-        rec.monitored = rec.train_loss;
-      }
-      rec.seconds = seconds_since(e0);
-      state_.epoch = epoch + 1;
-      const bool higher = valid && valid->size > 0 && metric_higher_is_better(cfg_.monitor);
-      const bool improved = h.best_epoch < 0 || (higher ? rec.monitored > h.best_value : rec.monitored < h.best_value);
-      if (improved) {
-        h.best_epoch = rec.epoch;
-        h.best_value = rec.monitored;
-        since_best = 0;
-        if (cfg_.patience > 0 && cfg_.restore_best) {
-          const auto& st = model_->parameters();
-          best_values.assign(st.values(), st.values() + st.size());
+        flush_partial_accumulation();
+        if (good == 0)
+          fail(op, "every step of epoch ", epoch + 1, " had a non-finite loss or gradient (", skipped_ - skipped_at_start,
+               " skipped); stopping (try a lower learning rate or clip_norm)");
+        rec.train_loss = loss_sum / double(good);
+        for (double& v : rec.train_task_loss) v /= double(good);
+        rec.lr = lr_at(std::max<index_t>(0, state_.updates - 1));
+        rec.task_weights = task_weights();
+        if (has_valid) {
+          rec.valid = evaluate(*model_, *valid, std::max<index_t>(B, 256), cfg_.threshold);
+          rec.monitored = rec.valid.metric(cfg_.monitor);
+        } else {
+          rec.monitored = rec.train_loss;
         }
-      } else {
-        ++since_best;
+        rec.seconds = seconds_since(e0);
+        state_.epoch = epoch + 1;
+        const bool higher = has_valid && metric_higher_is_better(cfg_.monitor);
+        const bool improved =
+            h.best_epoch < 0 || (higher ? rec.monitored > h.best_value : rec.monitored < h.best_value);
+        if (improved) {
+          h.best_epoch = rec.epoch;
+          h.best_value = rec.monitored;
+          since_best = 0;
+          if (cfg_.patience > 0 && cfg_.restore_best) {
+            const auto& st = model_->parameters();
+            best_values.assign(st.values(), st.values() + st.size());
+          }
+        } else {
+          ++since_best;
+        }
+        h.epochs.push_back(rec);
+        report_epoch(rec, tty);
+        write_csv(h);
+        if (cfg_.patience > 0 && since_best >= cfg_.patience) {
+          h.stopped_early = true;
+          break;
+        }
       }
-      h.epochs.push_back(rec);
-      report_epoch(rec, tty);
-      write_csv(h);
-      if (cfg_.patience > 0 && since_best >= cfg_.patience) {
-        h.stopped_early = true;
-        break;
+    } catch (const Error& e) {
+      where_epoch_ = 0;
+      // Training stopped (a non-finite step, or a bad value): the in-memory
+      // model is at its last good update; with early stopping, go back to the
+      // best epoch's weights as a finished run would. A later fit() goes on
+      // with this run.
+      if (!best_values.empty()) {
+        std::copy(best_values.begin(), best_values.end(), model_->parameters().values());
+        fail(op, e.what(), " [the weights of the best epoch ", h.best_epoch, " were restored]");
       }
+      throw;
     }
+    state_.run_finished = h.stopped_early;  // a run that ran all its epochs is finished by its epoch count
+    where_epoch_ = 0;
     if (cfg_.patience > 0 && cfg_.restore_best && !best_values.empty()) {
       auto& st = model_->parameters();
       std::copy(best_values.begin(), best_values.end(), st.values());
     }
+    h.skipped_steps = skipped_ - skipped_before;
     h.train_seconds = seconds_since(t0);
     return h;
   }
 
   // One micro-batch: forward, losses, combined backward; steps the optimizer
-  // every `accumulation` micro-batches. Returns the per-task losses.
+  // every `accumulation` micro-batches at the schedule's learning rate (from
+  // the first call: without fit(), the schedule spans cfg.total_updates
+  // steps). Returns the per-task losses. A non-finite loss or gradient is
+  // handled by cfg.on_nonfinite before any update is applied.
   const TaskLosses& train_step(const Batch<T>& batch) {
+    const char* op = "Trainer::train_step";
+    if (!schedule_ready_) {
+      const bool decays = cfg_.schedule != ScheduleKind::Constant;
+      check(!decays || cfg_.total_updates > 0, op, "a decaying learning-rate schedule needs its length: set "
+            "TrainConfig::total_updates, or train with fit()");
+      schedule_ = make_schedule(cfg_.total_updates > 0 ? cfg_.total_updates : 1);
+      schedule_ready_ = true;
+    }
     MultiTaskModel<T>& m = *model_;
+    if (pending_ == 0) {  // a new accumulation group: what a skipped group must give back
+      saved_.log_var = state_.log_var;
+      saved_.log_var_m = state_.log_var_m;
+      saved_.log_var_v = state_.log_var_v;
+      saved_.gradnorm_w = state_.gradnorm_w;
+      saved_.initial_loss = state_.initial_loss;
+    }
     const Mode mode = Mode::train(std::uint64_t(state_.step), cfg_.seed);
     m.forward(ws_, batch, mode);
     const TaskLosses& l = m.compute_losses(ws_, batch);
     const std::size_t K = m.num_tasks();
     const double acc = 1.0 / double(cfg_.accumulation);
-    switch (cfg_.weighting) {
-      case Weighting::Fixed:
-      case Weighting::Uncertainty: {
-        const auto& w = task_weights();
-        for (std::size_t k = 0; k < K; ++k) coeff_[k] = w[k] * acc;
-        m.backward(ws_, batch, coeff_.data());
-        if (cfg_.weighting == Weighting::Uncertainty) uncertainty_update(l);
-        break;
+    last_step_finite_ = true;
+    for (std::size_t k = 0; k < K; ++k)
+      if (!std::isfinite(l.value[k])) {
+        last_step_finite_ = false;
+        nonfinite_what_ = "task '" + m.config().tasks[k].name + "' loss is " + std::to_string(l.value[k]);
       }
-      case Weighting::GradNorm: gradnorm_backward(batch, l, acc); break;
-      case Weighting::PCGrad: pcgrad_backward(batch, l, acc); break;
+    if (last_step_finite_) {
+      switch (cfg_.weighting) {
+        case Weighting::Fixed:
+        case Weighting::Uncertainty: {
+          const auto& w = task_weights();
+          for (std::size_t k = 0; k < K; ++k) coeff_[k] = w[k] * acc;
+          m.backward(ws_, batch, coeff_.data());
+          if (cfg_.weighting == Weighting::Uncertainty) uncertainty_update(l);
+          break;
+        }
+        case Weighting::GradNorm: gradnorm_backward(batch, l, acc); break;
+        case Weighting::PCGrad: pcgrad_backward(batch, l, acc); break;
+      }
+    } else {
+      group_bad_ = true;  // the backward is not run: its gradients would be NaN too
+      group_what_ = nonfinite_what_;
     }
     ++state_.step;
     if (++pending_ == cfg_.accumulation) apply_update();
+    if (group_bad_) last_step_finite_ = false;
     return l;
   }
+
+  // The learning rate the next optimizer step will use.
+  double current_lr() const {
+    if (schedule_ready_) return lr_at(state_.updates);
+    return make_schedule(std::max<index_t>(cfg_.total_updates, 1)).at(std::max<index_t>(0, state_.updates - state_.run_start_update));
+  }
+
+  // Steps skipped for non-finite values so far (OnNonFinite::Skip).
+  index_t skipped_steps() const { return skipped_; }
 
  private:
   static bool is_terminal() {
@@ -9329,13 +10092,116 @@ class Trainer {
     }
   }
 
+  // The learning rate of optimizer step `update` (counted over the whole
+  // trainer's life): the schedule restarts with each run of fit().
+  double lr_at(index_t update) const { return schedule_.at(std::max<index_t>(0, update - state_.run_start_update)); }
+
+  // Where the current step is, for error messages.
+  std::string step_where() const {
+    std::ostringstream os;
+    if (where_epoch_ > 0) os << "epoch " << where_epoch_ << " step " << where_step_ << ", ";
+    os << "optimizer step " << state_.updates + 1;
+    return os.str();
+  }
+
+  // The guarded update: the gradient norm (which clipping needs anyway) must
+  // be finite and no micro-batch of the group may have had a non-finite loss,
+  // else nothing is applied (cfg.on_nonfinite decides what follows). After
+  // the update, the optimizer reports whether every weight it wrote is finite
+  // (checked inside its kernels): an update that overflows them (an lr far
+  // too high) stops training, whatever on_nonfinite says.
   void apply_update() {
     auto& store = model_->parameters();
-    if (cfg_.clip_norm > 0) clip_grad_norm(store, cfg_.clip_norm);
-    opt_.step(schedule_.at(state_.updates));
+    // With clipping, the norm that scales the gradients (grad_norm, whose
+    // fixed summation order keeps runs bitwise equal at any thread count)
+    // must be finite; without, kernels::all_finite over the same values, one
+    // pass at memory speed (measured: docs/reliability.md).
+    const bool clip = cfg_.clip_norm > 0;
+    const double norm = group_bad_ || !clip ? 0.0 : grad_norm(store);
+    const bool finite_grads = !group_bad_ && (clip ? std::isfinite(norm) : touched_finite(store, store.grads()));
+    if (!finite_grads) {
+      const std::string what = group_bad_ ? group_what_
+                               : clip    ? "the gradient norm is " + std::to_string(norm)
+                                         : std::string("a gradient is not finite (the gradient norm is nan or inf)");
+      store.zero_grad();
+      pending_ = 0;
+      group_bad_ = false;
+      // The loss-weighting state learned from this group is dropped too.
+      state_.log_var = saved_.log_var;
+      state_.log_var_m = saved_.log_var_m;
+      state_.log_var_v = saved_.log_var_v;
+      state_.gradnorm_w = saved_.gradnorm_w;
+      state_.initial_loss = saved_.initial_loss;
+      ++state_.updates;  // the schedule moves on, as for torch's GradScaler-skipped steps
+      if (cfg_.on_nonfinite == OnNonFinite::Stop)
+        fail("Trainer", "non-finite training step at ", step_where(), ": ", what,
+             "; the update was not applied and the model keeps the weights of the last good step (try a lower "
+             "learning rate or clip_norm, or on_nonfinite = skip)");
+      ++skipped_;
+      last_step_finite_ = false;
+      if (cfg_.log && cfg_.progress)
+        *cfg_.log << "warning: skipped a non-finite training step at " << step_where() << ": " << what << '\n';
+      return;
+    }
+    if (clip && norm > 0) {
+      const double coef = cfg_.clip_norm / (norm + 1e-6);
+      if (coef < 1.0) scale_grads(store, coef);
+    }
+    const bool finite = opt_.step(lr_at(state_.updates));
     store.zero_grad();
     ++state_.updates;
     pending_ = 0;
+    if (!finite)
+      fail("Trainer", "the update at ", step_where(), " made some of the model's weights non-finite: the learning "
+           "rate ", lr_at(state_.updates - 1), " is too high for these gradients; the model is not usable, retrain "
+           "with a lower learning rate or clip_norm");
+  }
+
+  // Every value an update reads in `block` (the store's grads()) is finite:
+  // the dense part and the touched rows of every table.
+  static bool touched_finite(const ParameterStore<T>& store, const T* block) {
+    if (!kernels::all_finite(kernels::backend{}, block, store.dense_size())) return false;
+    for (int id = 0; id < store.count(); ++id) {
+      const ParamInfo& p = store.info(id);
+      if (p.kind != ParamKind::Table) continue;
+      const index_t dim = p.shape[1];
+      const T* v = block + p.offset;
+      for (index_t r : store.touched(id).rows)
+        if (!kernels::all_finite(kernels::backend{}, v + r * dim, dim)) return false;
+    }
+    return true;
+  }
+
+  // "loss", or "<metric>:<task>" with a metric that evaluate() reports for
+  // that task's type (checked here, not when the first epoch ends).
+  static void check_monitor(const ModelConfig& c, const std::string& spec) {
+    const char* op = "Trainer";
+    if (spec == "loss") return;
+    const auto colon = spec.find(':');
+    check(colon != std::string::npos, op, "monitor expected 'loss' or '<metric>:<task>' but got '", spec, "'");
+    const std::string metric = spec.substr(0, colon), task = spec.substr(colon + 1);
+    const TaskSpec* t = nullptr;
+    std::string names;
+    for (const auto& x : c.tasks) {
+      if (x.name == task) t = &x;
+      names += (names.empty() ? "" : ", ") + x.name;
+    }
+    check(t != nullptr, op, "monitor '", spec, "' names task '", task, "' but the model's tasks are {", names, "}");
+    std::vector<std::string> known = {"loss"};
+    switch (t->type) {
+      case TaskType::Binary:
+        known.insert(known.end(), {"auc", "gauc", "logloss", "accuracy", "precision", "recall", "f1"});
+        break;
+      case TaskType::Regression: known.insert(known.end(), {"rmse", "mae"}); break;
+      case TaskType::MultiClass: known.insert(known.end(), {"accuracy", "logloss"}); break;
+      case TaskType::Retrieval: known.insert(known.end(), {"hit_rate@10", "ndcg@10"}); break;
+    }
+    std::string list;
+    for (const auto& k : known) {
+      if (k == metric) return;
+      list += (list.empty() ? "" : ", ") + k;
+    }
+    fail(op, "monitor '", spec, "': a ", task_type_name(t->type), " task reports {", list, "} but not '", metric, "'");
   }
   // An epoch whose length is not a multiple of `accumulation` still applies
   // its last gradients (scaled for a full group, like PyTorch loops that step
@@ -9347,7 +10213,7 @@ class Trainer {
   // Kendall et al.: d/ds_k [0.5 e^{-s_k} lambda_k L_k + 0.5 s_k], one Adam step
   // (same lr and betas as the model) on tasks labelled in this batch.
   void uncertainty_update(const TaskLosses& l) {
-    const double lr = schedule_.at(state_.updates), b1 = 0.9, b2 = 0.999, eps = 1e-8;
+    const double lr = lr_at(state_.updates), b1 = 0.9, b2 = 0.999, eps = 1e-8;
     const double t = double(state_.step + 1);
     for (std::size_t k = 0; k < l.value.size(); ++k) {
       if (l.count[k] == 0) continue;
@@ -9611,6 +10477,14 @@ class Trainer {
   std::vector<double> saved_shared_;
   std::vector<index_t> saved_rows_;
   int pending_ = 0;
+  bool schedule_ready_ = false;   // schedule_ is built from cfg (fit or the first train_step)
+  bool group_bad_ = false;        // a micro-batch of the pending accumulation group had a non-finite loss
+  bool last_step_finite_ = true;  // the last train_step's loss and update were finite
+  std::string group_what_, nonfinite_what_;
+  TrainerState saved_;            // loss-weighting state at the start of the pending group
+  index_t skipped_ = 0;
+  int where_epoch_ = 0;
+  index_t where_step_ = 0;
   mutable std::chrono::steady_clock::time_point last_draw_{};
 };
 
@@ -9658,7 +10532,8 @@ inline E enum_from(const json::Value& v, const char* what) {
     if (s == p.second) return p.first;
     known += (known.empty() ? "" : ", ") + std::string(p.second);
   }
-  fail("config_from_json", what, " expected one of {", known, "} but got '", s, "'");
+  fail("config_from_json", "key '", what, "' expected one of {", known, "} but got '",
+       s.size() > 40 ? s.substr(0, 37) + "..." : s, "'");
 }
 
 inline json::Value widths_json(const std::vector<index_t>& v) {
@@ -9764,71 +10639,172 @@ inline json::Value config_to_json(const ModelConfig& c) {
   return j;
 }
 
-// The inverse of config_to_json; every field is required.
+namespace detail {
+
+// Typed, range-checked access to the config JSON. Every error names the key
+// by its path (features.sequences[0].layers), the expected range and the
+// value found, so a damaged or hostile checkpoint says what is wrong.
+struct ConfigReader {
+  static constexpr const char* op = "config_from_json";
+  static std::string shown(const json::Value& v) {
+    std::string d = v.dump();
+    if (d.size() > 64) d = d.substr(0, 61) + "...";
+    return d;
+  }
+  static const json::Value& at(const json::Value& o, const char* key, const std::string& where) {
+    check(o.is_object(), op, where.empty() ? std::string("the config") : "'" + where + "'",
+          " expected an object but got ", shown(o));
+    const json::Value* v = o.find(key);
+    check(v != nullptr, op, "missing key '", where.empty() ? std::string(key) : where + "." + key, "'");
+    return *v;
+  }
+  static std::string key(const std::string& where, const char* k) { return where.empty() ? std::string(k) : where + "." + k; }
+  static std::string str(const json::Value& o, const char* k, const std::string& where) {
+    const json::Value& v = at(o, k, where);
+    check(v.is_string(), op, "key '", key(where, k), "' expected a string but got ", shown(v));
+    return v.as_string();
+  }
+  static bool boolean(const json::Value& o, const char* k, const std::string& where) {
+    const json::Value& v = at(o, k, where);
+    check(v.is_bool(), op, "key '", key(where, k), "' expected true or false but got ", shown(v));
+    return v.as_bool();
+  }
+  static std::int64_t integer(const json::Value& o, const char* k, const std::string& where, std::int64_t lo,
+                              std::int64_t hi) {
+    const json::Value& v = at(o, k, where);
+    check(v.is_int() && v.as_int() >= lo && v.as_int() <= hi, op, "key '", key(where, k), "' expected an integer in [",
+          lo, ", ", hi, "] but got ", shown(v));
+    return v.as_int();
+  }
+  static double number(const json::Value& o, const char* k, const std::string& where) {
+    const json::Value& v = at(o, k, where);
+    check(v.is_number() && std::isfinite(v.as_double()), op, "key '", key(where, k), "' expected a finite number but got ",
+          shown(v));
+    return v.as_double();
+  }
+  static const json::Array& array(const json::Value& o, const char* k, const std::string& where, std::size_t max) {
+    const json::Value& v = at(o, k, where);
+    check(v.is_array() && v.size() <= max, op, "key '", key(where, k), "' expected an array of at most ", max,
+          " elements but got ", v.is_array() ? std::to_string(v.size()) + " elements" : shown(v));
+    return v.as_array();
+  }
+  static std::vector<index_t> widths(const json::Value& o, const char* k, const std::string& where) {
+    std::vector<index_t> out;
+    const auto& a = array(o, k, where, std::size_t(ConfigLimits::max_depth));
+    for (std::size_t i = 0; i < a.size(); ++i) {
+      const json::Value& x = a[i];
+      check(x.is_int() && x.as_int() >= 1 && x.as_int() <= ConfigLimits::max_width, op, "key '", key(where, k), "[", i,
+            "]' expected an integer in [1, ", ConfigLimits::max_width, "] but got ", shown(x));
+      out.push_back(index_t(x.as_int()));
+    }
+    return out;
+  }
+  template <class E>
+  static E enumeration(const json::Value& o, const char* k, const std::string& where) {
+    const json::Value& v = at(o, k, where);
+    check(v.is_string(), op, "key '", key(where, k), "' expected a string but got ", shown(v));
+    return enum_from<E>(v, key(where, k).c_str());
+  }
+  static std::string item(const char* list, std::size_t i) { return std::string(list) + "[" + std::to_string(i) + "]"; }
+};
+
+// A decimal string holding a 64-bit unsigned integer, overflow-checked.
+inline std::uint64_t parse_u64(const std::string& s, const char* op, const std::string& what) {
+  check(!s.empty() && s.size() <= 20 && s.find_first_not_of("0123456789") == std::string::npos, op, what,
+        " expected a decimal string of at most 20 digits but got '", s.size() > 40 ? s.substr(0, 37) + "..." : s, "'");
+  std::uint64_t v = 0;
+  for (char c : s)
+    check(!__builtin_mul_overflow(v, std::uint64_t(10), &v) && !__builtin_add_overflow(v, std::uint64_t(c - '0'), &v),
+          op, what, " expected a value of at most 18446744073709551615 but got '", s, "'");
+  return v;
+}
+
+}  // namespace detail
+
+// The inverse of config_to_json; every field is required, and every number is
+// range-checked before it is narrowed (see ConfigLimits).
 inline ModelConfig config_from_json(const json::Value& j) {
-  using detail::enum_from;
+  using R = detail::ConfigReader;
+  using L = ConfigLimits;
+  const std::int64_t rows = L::max_rows, dims = L::max_dim;
   ModelConfig c;
-  c.architecture = enum_from<Architecture>(j.at("architecture"), "architecture");
-  const json::Value& f = j.at("features");
-  for (const auto& o : f.at("ids").as_array())
-    c.features.ids.push_back({o.at("name").as_string(), index_t(o.at("vocab").as_int()),
-                              index_t(o.at("hash_buckets").as_int()), index_t(o.at("dim").as_int()),
-                              o.at("table").as_string()});
-  for (const auto& o : f.at("bags").as_array())
-    c.features.bags.push_back({o.at("name").as_string(), index_t(o.at("vocab").as_int()),
-                               index_t(o.at("hash_buckets").as_int()), index_t(o.at("dim").as_int()),
-                               o.at("table").as_string(), enum_from<BagPooling>(o.at("pooling"), "bag pooling"),
-                               o.at("weighted").as_bool()});
-  for (const auto& o : f.at("sequences").as_array()) {
+  c.architecture = R::enumeration<Architecture>(j, "architecture", "");
+  const json::Value& f = R::at(j, "features", "");
+  const std::size_t max_fields = std::size_t(L::max_features);
+  const auto& ids = R::array(f, "ids", "features", max_fields);
+  for (std::size_t i = 0; i < ids.size(); ++i) {
+    const std::string w = R::item("features.ids", i);
+    const json::Value& o = ids[i];
+    c.features.ids.push_back({R::str(o, "name", w), R::integer(o, "vocab", w, 0, rows),
+                              R::integer(o, "hash_buckets", w, 0, rows), R::integer(o, "dim", w, 1, dims),
+                              R::str(o, "table", w)});
+  }
+  const auto& bags = R::array(f, "bags", "features", max_fields);
+  for (std::size_t i = 0; i < bags.size(); ++i) {
+    const std::string w = R::item("features.bags", i);
+    const json::Value& o = bags[i];
+    c.features.bags.push_back({R::str(o, "name", w), R::integer(o, "vocab", w, 0, rows),
+                               R::integer(o, "hash_buckets", w, 0, rows), R::integer(o, "dim", w, 1, dims),
+                               R::str(o, "table", w), R::enumeration<BagPooling>(o, "pooling", w),
+                               R::boolean(o, "weighted", w)});
+  }
+  const auto& seqs = R::array(f, "sequences", "features", max_fields);
+  for (std::size_t i = 0; i < seqs.size(); ++i) {
+    const std::string w = R::item("features.sequences", i);
+    const json::Value& o = seqs[i];
     SequenceFeature s;
-    s.name = o.at("name").as_string();
-    s.vocab = index_t(o.at("vocab").as_int());
-    s.hash_buckets = index_t(o.at("hash_buckets").as_int());
-    s.table = o.at("table").as_string();
-    s.max_len = index_t(o.at("max_len").as_int());
-    s.layers = int(o.at("layers").as_int());
-    s.pooling = enum_from<SequencePoolMode>(o.at("pooling"), "sequence pooling");
-    const json::Value& e = o.at("encoder");
-    s.encoder.d_model = index_t(e.at("d_model").as_int());
-    s.encoder.heads = index_t(e.at("heads").as_int());
-    s.encoder.ffn = index_t(e.at("ffn").as_int());
-    s.encoder.dropout = e.at("dropout").as_double();
-    s.encoder.activation = enum_from<Activation>(e.at("activation"), "encoder activation");
-    s.encoder.layer_norm_eps = e.at("layer_norm_eps").as_double();
+    s.name = R::str(o, "name", w);
+    s.vocab = R::integer(o, "vocab", w, 0, rows);
+    s.hash_buckets = R::integer(o, "hash_buckets", w, 0, rows);
+    s.table = R::str(o, "table", w);
+    s.max_len = R::integer(o, "max_len", w, 1, L::max_len);
+    s.layers = int(R::integer(o, "layers", w, 1, L::max_depth));
+    s.pooling = R::enumeration<SequencePoolMode>(o, "pooling", w);
+    const std::string we = w + ".encoder";
+    const json::Value& e = R::at(o, "encoder", w);
+    s.encoder.d_model = R::integer(e, "d_model", we, 1, dims);
+    s.encoder.heads = R::integer(e, "heads", we, 1, L::max_heads);
+    s.encoder.ffn = R::integer(e, "ffn", we, 1, L::max_width);
+    s.encoder.dropout = R::number(e, "dropout", we);
+    s.encoder.activation = R::enumeration<Activation>(e, "activation", we);
+    s.encoder.layer_norm_eps = R::number(e, "layer_norm_eps", we);
     c.features.sequences.push_back(s);
   }
-  for (const auto& o : f.at("dense").as_array())
-    c.features.dense.push_back({o.at("name").as_string(), index_t(o.at("dim").as_int())});
-  for (const auto& o : j.at("tasks").as_array()) {
+  const auto& dense = R::array(f, "dense", "features", max_fields);
+  for (std::size_t i = 0; i < dense.size(); ++i) {
+    const std::string w = R::item("features.dense", i);
+    c.features.dense.push_back({R::str(dense[i], "name", w), R::integer(dense[i], "dim", w, 1, dims)});
+  }
+  const auto& tasks = R::array(j, "tasks", "", std::size_t(L::max_tasks));
+  for (std::size_t i = 0; i < tasks.size(); ++i) {
+    const std::string w = R::item("tasks", i);
+    const json::Value& o = tasks[i];
     TaskSpec t;
-    t.name = o.at("name").as_string();
-    t.type = enum_from<TaskType>(o.at("type"), "task type");
-    t.num_classes = index_t(o.at("num_classes").as_int());
-    t.tower = detail::widths_from(o.at("tower"));
-    t.weight = o.at("weight").as_double();
-    t.loss = enum_from<TaskLoss>(o.at("loss"), "task loss");
-    t.huber_delta = o.at("huber_delta").as_double();
+    t.name = R::str(o, "name", w);
+    t.type = R::enumeration<TaskType>(o, "type", w);
+    t.num_classes = R::integer(o, "num_classes", w, 0, L::max_classes);
+    t.tower = R::widths(o, "tower", w);
+    t.weight = R::number(o, "weight", w);
+    t.loss = R::enumeration<TaskLoss>(o, "loss", w);
+    t.huber_delta = R::number(o, "huber_delta", w);
     if (t.type == TaskType::Retrieval) {
-      t.target_table = o.at("target_table").as_string();
-      t.target_vocab = index_t(o.at("target_vocab").as_int());
-      t.target_dim = index_t(o.at("target_dim").as_int());
-      t.temperature = o.at("temperature").as_double();
+      t.target_table = R::str(o, "target_table", w);
+      t.target_vocab = R::integer(o, "target_vocab", w, 0, rows);
+      t.target_dim = R::integer(o, "target_dim", w, 0, dims);
+      t.temperature = R::number(o, "temperature", w);
     }
     c.tasks.push_back(t);
   }
-  c.bottom = detail::widths_from(j.at("bottom"));
-  c.experts = index_t(j.at("experts").as_int());
-  c.expert = detail::widths_from(j.at("expert"));
-  c.ple_levels = int(j.at("ple_levels").as_int());
-  c.ple_shared_experts = index_t(j.at("ple_shared_experts").as_int());
-  c.ple_task_experts = index_t(j.at("ple_task_experts").as_int());
-  c.activation = enum_from<Activation>(j.at("activation"), "activation");
-  c.dropout = j.at("dropout").as_double();
-  c.embedding_init_std = j.at("embedding_init_std").as_double();
-  const std::string& seed = j.at("seed").as_string();
-  check(!seed.empty() && seed.find_first_not_of("0123456789") == std::string::npos, "config_from_json",
-        "seed expected a decimal string but got '", seed, "'");
-  c.seed = std::stoull(seed);
+  c.bottom = R::widths(j, "bottom", "");
+  c.experts = R::integer(j, "experts", "", 0, L::max_experts);
+  c.expert = R::widths(j, "expert", "");
+  c.ple_levels = int(R::integer(j, "ple_levels", "", 0, L::max_levels));
+  c.ple_shared_experts = R::integer(j, "ple_shared_experts", "", 0, L::max_experts);
+  c.ple_task_experts = R::integer(j, "ple_task_experts", "", 0, L::max_experts);
+  c.activation = R::enumeration<Activation>(j, "activation", "");
+  c.dropout = R::number(j, "dropout", "");
+  c.embedding_init_std = R::number(j, "embedding_init_std", "");
+  c.seed = detail::parse_u64(R::str(j, "seed", ""), "config_from_json", "key 'seed'");
   return c;
 }
 
@@ -9861,14 +10837,62 @@ inline std::vector<double> doubles_from(const json::Value& v) {
 }
 }  // namespace detail
 
+// Options of save_checkpoint and load_checkpoint.
+struct CheckpointOptions {
+  // Non-finite weights (NaN, +-Inf) mean a diverged run: save_checkpoint
+  // refuses to write them and load_checkpoint refuses to return them, naming
+  // the tensor, unless this is set (to inspect a diverged model, say).
+  bool allow_nonfinite = false;
+};
+
+namespace detail {
+// The first non-finite element of `n` values, or -1.
+template <class T>
+inline index_t first_nonfinite(const T* v, index_t n, index_t* count) {
+  index_t first = -1, c = 0;
+  for (index_t i = 0; i < n; ++i)
+    if (!std::isfinite(v[i])) {
+      if (first < 0) first = i;
+      ++c;
+    }
+  *count += c;
+  return first;
+}
+// Throws when any parameter of `st` is non-finite: names the first tensor,
+// the element and the count of non-finite weights in the whole model.
+template <class T>
+inline void check_finite_parameters(const ParameterStore<T>& st, const char* op, const std::string& where,
+                                    const char* hint) {
+  index_t count = 0, first = -1;
+  ParamId first_id = -1;
+  for (ParamId id = 0; id < st.count(); ++id) {
+    const index_t i = first_nonfinite(st.value(id), st.info(id).size, &count);
+    if (i >= 0 && first_id < 0) {
+      first_id = id;
+      first = i;
+    }
+  }
+  if (count == 0) return;
+  fail(op, where, ": ", count, " of the model's weights are not finite (the first: tensor '", st.info(first_id).name,
+       "' element ", first, " = ", st.value(first_id)[first], "); ", hint);
+}
+}  // namespace detail
+
 // Writes the model (and, if given, the trainer's optimizer and state) to
 // `path` atomically. Call between steps (gradients are not saved).
 // `extra_metadata` adds application entries (e.g. mtrec-train's
-// preprocessing); it may not replace the entries above.
+// preprocessing); it may not replace the entries above. Refuses a model with
+// non-finite weights or optimizer state unless options.allow_nonfinite.
 template <class T>
 inline void save_checkpoint(const std::string& path, const MultiTaskModel<T>& model, Trainer<T>* trainer = nullptr,
-                            const std::map<std::string, std::string>& extra_metadata = {}) {
+                            const std::map<std::string, std::string>& extra_metadata = {},
+                            const CheckpointOptions& options = {}) {
+  const char* op = "save_checkpoint";
   const ParameterStore<T>& st = model.parameters();
+  if (!options.allow_nonfinite)
+    detail::check_finite_parameters(st, op, "'" + path + "'",
+                                    "refusing to save a diverged model (set CheckpointOptions::allow_nonfinite to "
+                                    "save it anyway)");
   std::vector<TensorRecord> records;
   for (ParamId id = 0; id < st.count(); ++id) {
     const auto& info = st.info(id);
@@ -9884,12 +10908,22 @@ inline void save_checkpoint(const std::string& path, const MultiTaskModel<T>& mo
   std::vector<std::pair<std::string, ConstView<T>>> opt_state;
   if (trainer) {
     opt_state = trainer->optimizer().state();
-    for (const auto& s : opt_state) records.push_back(TensorRecord::of(s.first, s.second.data, {s.second.numel()}));
+    for (const auto& s : opt_state) {
+      index_t count = 0;
+      const index_t i = detail::first_nonfinite(s.second.data, s.second.numel(), &count);
+      check(options.allow_nonfinite || count == 0, op, "'", path, "': ", count, " elements of optimizer state '",
+            s.first, "' are not finite (the first: element ", i,
+            "); refusing to save it (set CheckpointOptions::allow_nonfinite to save it anyway)");
+      records.push_back(TensorRecord::of(s.first, s.second.data, {s.second.numel()}));
+    }
     const TrainerState& ts = trainer->state();
     json::Value t = json::Value::object();
     t.set("epoch", ts.epoch);
     t.set("step", ts.step);
     t.set("updates", ts.updates);
+    t.set("run_start_epoch", ts.run_start_epoch);
+    t.set("run_start_update", ts.run_start_update);
+    t.set("run_finished", ts.run_finished);
     t.set("optimizer_step", trainer->optimizer().step_count());
     t.set("log_var", detail::doubles_json(ts.log_var));
     t.set("log_var_m", detail::doubles_json(ts.log_var_m));
@@ -9899,7 +10933,7 @@ inline void save_checkpoint(const std::string& path, const MultiTaskModel<T>& mo
     meta["trainer"] = t.dump();
   }
   for (const auto& kv : extra_metadata)
-    check(meta.emplace(kv.first, kv.second).second, "save_checkpoint", "extra metadata key '", kv.first,
+    check(meta.emplace(kv.first, kv.second).second, op, "extra metadata key '", kv.first,
           "' is reserved by the checkpoint format");
   save_safetensors(path, records, meta);
 }
@@ -9920,52 +10954,146 @@ inline void load_parameters(MultiTaskModel<T>& model, const SafetensorsFile& f) 
   }
 }
 
-// Rebuilds a model from a checkpoint: its configuration from the metadata,
-// then its parameters.
+// Rebuilds a model from an open checkpoint (`source` names it in errors).
+// Untrusted files are safe to load: the configuration is range-checked
+// (ConfigLimits), then the parameters it would create are listed without
+// allocating anything and compared with the file's tensor table (names,
+// shapes, counts), so the memory a file can make this allocate is bounded
+// by the tensors it actually holds. Every failure is an mtrec::Error that
+// names the file, the key or tensor, and the value.
 template <class T>
-inline std::unique_ptr<MultiTaskModel<T>> load_checkpoint(const std::string& path) {
-  const SafetensorsFile f = SafetensorsFile::load(path);
+inline std::unique_ptr<MultiTaskModel<T>> load_checkpoint(const SafetensorsFile& f, const std::string& source,
+                                                          const CheckpointOptions& options = {}) {
+  const char* op = "load_checkpoint";
+  const std::string where = "'" + source + "'";
   auto it = f.metadata().find("format");
-  check(it != f.metadata().end() && it->second == "mtrec.checkpoint", "load_checkpoint", "'", path,
-        "' expected metadata format = mtrec.checkpoint but got ",
-        it == f.metadata().end() ? std::string("none") : "'" + it->second + "'");
+  check(it != f.metadata().end() && it->second == "mtrec.checkpoint", op, where,
+        " expected metadata format = mtrec.checkpoint but got ",
+        it == f.metadata().end() ? std::string("none") : "'" + it->second.substr(0, 64) + "'");
   auto cfg = f.metadata().find("config");
-  check(cfg != f.metadata().end(), "load_checkpoint", "'", path, "' has no 'config' metadata");
-  auto model = std::make_unique<MultiTaskModel<T>>(config_from_json(json::parse(cfg->second)));
-  load_parameters(*model, f);
+  check(cfg != f.metadata().end(), op, where, " has no 'config' metadata");
+  ModelConfig config;
+  try {
+    config = config_from_json(json::parse(cfg->second));
+    validate_config(config);
+  } catch (const Error& e) {
+    fail(op, where, ": metadata 'config': ", e.what());
+  }
+  // The file's parameter tensors (everything but the optimizer state) bound the plan.
+  index_t tensors = 0, elements = 0;
+  for (const auto& t : f.tensors()) {
+    if (t.name.rfind("optimizer.", 0) == 0) continue;
+    ++tensors;
+    const std::uint64_t n = t.numel();  // <= the file's size: the reader checked the data offsets
+    check(n <= std::uint64_t(std::numeric_limits<index_t>::max() - elements), op, where, " holds too many elements");
+    elements += index_t(n);
+  }
+  std::vector<ParamInfo> plan;
+  try {
+    plan = MultiTaskModel<T>::parameter_plan(config, tensors, elements,
+                                             where + " (" + std::to_string(tensors) + " parameter tensors, " +
+                                                 std::to_string(elements) + " elements)");
+  } catch (const Error& e) {
+    fail(op, where, ": metadata 'config' does not match the file's tensors: ", e.what());
+  }
+  for (const auto& p : plan) {
+    check(f.has(p.name), op, where, " has no tensor '", p.name, "' that its config needs");
+    std::vector<std::int64_t> want(p.shape.dims.begin(), p.shape.dims.begin() + p.shape.rank);
+    const auto& have = f.info(p.name).shape;
+    check(have == want, op, where, ": tensor '", p.name, "' expected shape ", p.shape, " (from the config) but the file has ",
+          safetensors::detail::shape_str(have));
+    const auto dt = f.info(p.name).dtype;
+    check(dt == safetensors::Dtype::F32 || dt == safetensors::Dtype::F64, op, where, ": tensor '", p.name,
+          "' expected dtype F32 or F64 but has ", safetensors::dtype_name(dt));
+  }
+  check(index_t(plan.size()) == tensors, op, where, " holds ", tensors, " parameter tensors but its config creates ",
+        plan.size());
+  auto model = std::make_unique<MultiTaskModel<T>>(config);
+  try {
+    load_parameters(*model, f);
+  } catch (const Error& e) {
+    fail(op, where, ": ", e.what());
+  }
+  if (!options.allow_nonfinite)
+    detail::check_finite_parameters(model->parameters(), op, where,
+                                    "the checkpoint holds a diverged model (set CheckpointOptions::allow_nonfinite "
+                                    "to load it anyway)");
   return model;
 }
 
+// Rebuilds a model from a checkpoint file: its configuration from the
+// metadata, then its parameters (see the overload above).
+template <class T>
+inline std::unique_ptr<MultiTaskModel<T>> load_checkpoint(const std::string& path, const CheckpointOptions& options = {}) {
+  const SafetensorsFile f = SafetensorsFile::load(path);
+  return load_checkpoint<T>(f, path, options);
+}
+
 // Restores the optimizer and trainer state saved with save_checkpoint(...,
-// trainer) into a trainer built on a model loaded from the same file.
+// trainer) into a trainer built on a model loaded from the same file. Checks
+// everything before changing anything: on an error the trainer is untouched.
 template <class T>
 inline void load_training_state(const std::string& path, Trainer<T>& trainer) {
+  const char* op = "load_training_state";
+  const std::string where = "'" + path + "'";
   const SafetensorsFile f = SafetensorsFile::load(path);
   auto it = f.metadata().find("trainer");
-  check(it != f.metadata().end(), "load_training_state", "'", path, "' was saved without training state");
-  const json::Value t = json::parse(it->second);
+  check(it != f.metadata().end(), op, where, " was saved without training state");
+  const std::size_t K = trainer.num_tasks();
+  TrainerState ts;
+  index_t optimizer_step = 0;
+  try {
+    using R = detail::ConfigReader;
+    const json::Value t = json::parse(it->second);
+    const std::int64_t big = std::int64_t(1) << 62;
+    ts.epoch = int(R::integer(t, "epoch", "trainer", 0, std::numeric_limits<int>::max()));
+    ts.step = R::integer(t, "step", "trainer", 0, big);
+    ts.updates = R::integer(t, "updates", "trainer", 0, big);
+    // Absent in checkpoints of mtrec <= 0.1.0 (one fit per trainer): the run started at 0.
+    if (t.contains("run_start_epoch")) {
+      ts.run_start_epoch = int(R::integer(t, "run_start_epoch", "trainer", 0, ts.epoch));
+      ts.run_start_update = R::integer(t, "run_start_update", "trainer", 0, ts.updates);
+      ts.run_finished = R::boolean(t, "run_finished", "trainer");
+    }
+    optimizer_step = R::integer(t, "optimizer_step", "trainer", 0, big);
+    auto doubles = [&](const char* key, std::vector<double>& out, bool may_be_empty) {
+      const auto& a = R::array(t, key, "trainer", K);
+      check(a.size() == K || (may_be_empty && a.empty()), op, "key 'trainer.", key, "' expected ", K,
+            " values (one per task of this trainer's model) but got ", a.size());
+      out.clear();
+      for (std::size_t i = 0; i < a.size(); ++i) {
+        check(a[i].is_number() && std::isfinite(a[i].as_double()), op, "key 'trainer.", key, "[", i,
+              "]' expected a finite number but got ", R::shown(a[i]));
+        out.push_back(a[i].as_double());
+      }
+    };
+    doubles("log_var", ts.log_var, false);
+    doubles("log_var_m", ts.log_var_m, false);
+    doubles("log_var_v", ts.log_var_v, false);
+    doubles("gradnorm_w", ts.gradnorm_w, false);
+    doubles("initial_loss", ts.initial_loss, true);
+  } catch (const Error& e) {
+    fail(op, where, ": metadata 'trainer': ", e.what());
+  }
   std::vector<Tensor<T>> buffers;
   std::vector<std::pair<std::string, ConstView<T>>> views;
-  for (const auto& s : trainer.optimizer().state()) {
-    check(f.has(s.first), "load_training_state", "'", path, "' has no optimizer tensor '", s.first, "'");
-    buffers.emplace_back(Shape{s.second.numel()});
-    detail::read_as(f, s.first, buffers.back().data(), std::size_t(s.second.numel()));
+  try {
+    for (const auto& s : trainer.optimizer().state()) {
+      check(f.has(s.first), op, "no optimizer tensor '", s.first, "'");
+      buffers.emplace_back(Shape{s.second.numel()});
+      detail::read_as(f, s.first, buffers.back().data(), std::size_t(s.second.numel()));
+      index_t bad = 0;
+      const index_t i = detail::first_nonfinite(buffers.back().data(), s.second.numel(), &bad);
+      check(bad == 0, op, "optimizer tensor '", s.first, "' holds ", bad, " non-finite values (the first at element ", i,
+            ")");
+    }
+  } catch (const Error& e) {
+    fail(op, where, ": ", e.what());
   }
   std::size_t i = 0;
   for (const auto& s : trainer.optimizer().state()) views.push_back({s.first, buffers[i++].view()});
-  trainer.optimizer().load_state(index_t(t.at("optimizer_step").as_int()), views);
-  TrainerState& ts = trainer.state();
-  ts.epoch = int(t.at("epoch").as_int());
-  ts.step = index_t(t.at("step").as_int());
-  ts.updates = index_t(t.at("updates").as_int());
-  ts.log_var = detail::doubles_from(t.at("log_var"));
-  ts.log_var_m = detail::doubles_from(t.at("log_var_m"));
-  ts.log_var_v = detail::doubles_from(t.at("log_var_v"));
-  ts.gradnorm_w = detail::doubles_from(t.at("gradnorm_w"));
-  ts.initial_loss = detail::doubles_from(t.at("initial_loss"));
-  const std::size_t K = trainer.state().gradnorm_w.size();
-  check(ts.log_var.size() == K || K == 0, "load_training_state", "expected ", K, " task weights but got ",
-        ts.log_var.size());
+  trainer.optimizer().load_state(optimizer_step, views);
+  trainer.state() = ts;
 }
 
 }  // namespace mtrec
@@ -10018,11 +11146,9 @@ class TopKScorer {
     check(user.size == 1, op, "expected a one-row user batch but got ", user.size, " rows");
     check(candidates.size > 0, op, "expected at least one candidate");
     check(k > 0, op, "expected k > 0 but got ", k);
+    check_user(op, user, candidates);
     batch_ = candidates;  // reuses capacity after the first request
     const index_t N = candidates.size;
-    check(user.ids.size() == batch_.ids.size() && user.bags.size() == batch_.bags.size() &&
-              user.sequences.size() == batch_.sequences.size() && user.dense.size() == batch_.dense.size(),
-          op, "user and candidate batches declare different features");
     for (std::size_t f = 0; f < user_ids_.size(); ++f)
       if (user_ids_[f]) std::fill(batch_.ids[f].begin(), batch_.ids[f].end(), user.ids[f].at(0));
     for (std::size_t f = 0; f < user_dense_.size(); ++f)
@@ -10067,6 +11193,52 @@ class TopKScorer {
   }
 
  private:
+  // The user-side fields of the one-row user batch: every container the
+  // scorer copies from holds exactly one row (bags: offsets {0, n} over n IDs
+  // and, when weighted, n weights), so the copies below stay in bounds.
+  void check_user(const char* op, const Batch<T>& user, const Batch<T>& candidates) const {
+    const FeatureSpec& f = model_->config().features;
+    check(user.ids.size() == f.ids.size() && user.bags.size() == f.bags.size() &&
+              user.sequences.size() == f.sequences.size() && user.dense.size() == f.dense.size(),
+          op, "user batch expected ", f.ids.size(), " ID, ", f.bags.size(), " bag, ", f.sequences.size(),
+          " sequence and ", f.dense.size(), " dense fields but got ", user.ids.size(), ", ", user.bags.size(), ", ",
+          user.sequences.size(), ", ", user.dense.size());
+    check(candidates.ids.size() == f.ids.size() && candidates.bags.size() == f.bags.size() &&
+              candidates.sequences.size() == f.sequences.size() && candidates.dense.size() == f.dense.size(),
+          op, "candidate batch expected ", f.ids.size(), " ID, ", f.bags.size(), " bag, ", f.sequences.size(),
+          " sequence and ", f.dense.size(), " dense fields but got ", candidates.ids.size(), ", ",
+          candidates.bags.size(), ", ", candidates.sequences.size(), ", ", candidates.dense.size());
+    for (std::size_t i = 0; i < f.ids.size(); ++i)
+      if (user_ids_[i])
+        check(user.ids[i].size() == 1, op, "user ID field '", f.ids[i].name, "' expected 1 value but got ",
+              user.ids[i].size());
+    for (std::size_t i = 0; i < f.bags.size(); ++i) {
+      if (!user_bags_[i]) continue;
+      const auto& b = user.bags[i];
+      const std::string& name = f.bags[i].name;
+      check(b.offsets.size() == 2, op, "user bag field '", name, "' expected 2 offsets but got ", b.offsets.size());
+      check(b.offsets[0] == 0 && b.offsets[1] == index_t(b.ids.size()), op, "user bag field '", name,
+            "' expected offsets {0, ", b.ids.size(), "} but got {", b.offsets[0], ", ", b.offsets[1], "}");
+      if (f.bags[i].weighted)
+        check(b.weights.size() == b.ids.size(), op, "weighted user bag field '", name, "' expected ", b.ids.size(),
+              " weights but got ", b.weights.size());
+      else
+        check(b.weights.empty(), op, "unweighted user bag field '", name, "' expected no weights but got ",
+              b.weights.size());
+    }
+    for (std::size_t i = 0; i < f.sequences.size(); ++i) {
+      if (!user_seqs_[i]) continue;
+      const auto& q = user.sequences[i];
+      const index_t L = f.sequences[i].max_len;
+      check(q.lengths.size() == 1 && q.ids.size() == std::size_t(L), op, "user sequence field '",
+            f.sequences[i].name, "' expected 1 length and ", L, " IDs but got ", q.lengths.size(), " and ", q.ids.size());
+    }
+    for (std::size_t i = 0; i < f.dense.size(); ++i)
+      if (user_dense_[i])
+        check(user.dense[i].size() == std::size_t(f.dense[i].dim), op, "user dense field '", f.dense[i].name,
+              "' expected ", f.dense[i].dim, " values but got ", user.dense[i].size());
+  }
+
   const MultiTaskModel<T>* model_;
   std::vector<bool> user_ids_, user_bags_, user_seqs_, user_dense_;
   index_t column_ = 0;

@@ -94,7 +94,8 @@ import sys
 t = open(sys.argv[1]).read()
 flags = ["--id", "--bag", "--seq", "--text", "--dense", "--task", "--model", "--experts", "--dim", "--epochs",
          "--batch", "--lr", "--weight-decay", "--patience", "--seed", "--threads", "--weighting", "--train",
-         "--valid", "--test", "--split", "--save", "--load", "--predict", "--out", "--curve", "Example"]
+         "--valid", "--test", "--split", "--save", "--load", "--predict", "--out", "--curve", "--na-values",
+         "COL:impute", "Example"]
 missing = [f for f in flags if f not in t]
 if missing:
     print("  missing from --help:", missing)

@@ -13,6 +13,8 @@
 #endif
 
 #include <chrono>
+#include <cmath>
+#include <limits>
 #include <set>
 #include <string>
 #include <vector>
@@ -496,4 +498,196 @@ TEST_CASE("encoder: the JSON form round-trips and encodes identically", "[csv][e
   const auto j = latin.to_json();
   CHECK(j.dump().find("\"hex\":\"636166e9\"") != std::string::npos);
   CHECK(data::TabularEncoder::from_json(j).vocabulary(0).tokens() == Strings{"caf\xE9", "x"});
+}
+
+// ---- hostile and messy inputs --------------------------------------------------------------------
+
+TEST_CASE("csv: a wide header followed by many blank lines reserves for the data, not columns x lines", "[csv]") {
+  // 100k columns and 100k blank lines (about 790 KB): reserving columns x
+  // line breaks cells asked for about 120 GB and failed with std::bad_alloc.
+  std::string text;
+  for (int c = 0; c < 100000; ++c) text += (c ? ",c" : "c") + std::to_string(c);
+  text += std::string(100000, '\n');
+  const CsvTable t = CsvTable::parse(std::move(text), "wide.csv");
+  CHECK(t.cols() == 100000);
+  CHECK(t.rows() == 0);
+  // Rows after many blank lines still land on the right line.
+  const CsvTable u = CsvTable::parse("a,b\n" + std::string(50000, '\n') + "1,2\n", "blank.csv");
+  REQUIRE(u.rows() == 1);
+  CHECK(u.line(0) == 50002);
+  CHECK(u.cell(0, 1) == "2");
+}
+
+TEST_CASE("standardizer: huge finite values and large offsets (Welford on scaled values)", "[csv][dense]") {
+  // Two passes over raw values overflowed the squared deviations to inf, and
+  // fit() then silently used std 1.
+  const auto h = data::Standardizer::fit({1e200, -1e200});
+  CHECK(h.mean == 0);
+  CHECK(h.sd == Approx(1e200));
+  const auto h2 = data::Standardizer::fit({1e300, 3e300});
+  CHECK(h2.mean == Approx(2e300));
+  CHECK(h2.sd == Approx(1e300));
+  CHECK(std::isfinite(h2.apply(3e300)));
+  CHECK(h2.apply(3e300) == Approx(1));
+  // A large common offset loses no precision (timestamps, say).
+  const auto t = data::Standardizer::fit({1e9 + 1, 1e9 + 2, 1e9 + 3, 1e9 + 4});
+  CHECK(t.mean == Approx(1e9 + 2.5));
+  CHECK(t.sd == Approx(1.118033988749895).epsilon(1e-6));
+  CHECK(data::Standardizer::fit({0, 0}).sd == 1);
+  CHECK(data::Standardizer::fit({1e200, 1e200, 1e200}).sd == 1);
+  testing::require_error([] { data::Standardizer::fit({1, std::numeric_limits<double>::infinity()}); },
+                         {"Standardizer::fit", "finite", "#2"});
+}
+
+namespace {
+data::TabularSchema small_schema(const char* dense = "age") {
+  data::TabularSchema s;
+  s.features = {data::parse_feature_flag(data::ColumnKind::Id, "user", "--id"),
+                data::parse_feature_flag(data::ColumnKind::Id, "item:8", "--id"),
+                data::parse_feature_flag(data::ColumnKind::Bag, "genres:|", "--bag"),
+                data::parse_feature_flag(data::ColumnKind::Dense, dense, "--dense")};
+  s.tasks = {data::parse_task_flag("click:binary", "--task"), data::parse_task_flag("rating:regression", "--task"),
+             data::parse_task_flag("cls:multiclass", "--task")};
+  return s;
+}
+}  // namespace
+
+TEST_CASE("encoder: values beyond float range are errors naming the file, line and column", "[csv][encoder]") {
+  const std::string h = "user,item,genres,age,click,rating,cls\n";
+  const std::string ok = "u1,i1,A,20,1,3,a\nu2,i2,B,30,0,4,b\n";
+  testing::require_error([&] { data::TabularEncoder(small_schema()).fit(CsvTable::parse(h + ok + "u3,i1,A,1e200,1,3,a\n", "big.csv")); },
+                         {"'big.csv' line 4, column 'age' (#4)", "float range", "'1e200'"});
+  testing::require_error([&] { data::TabularEncoder(small_schema()).fit(CsvTable::parse(h + ok + "u3,i1,A,2,1,-1e39,a\n", "big.csv")); },
+                         {"'big.csv' line 4, column 'rating' (#6)", "float range", "'-1e39'"});
+  testing::require_error([&] { data::TabularEncoder(small_schema()).fit(CsvTable::parse(h + ok + "u3,i1,A,1e400,1,3,a\n", "big.csv")); },
+                         {"'big.csv' line 4, column 'age'", "'1e400'"});
+  data::TabularEncoder enc(small_schema());
+  enc.fit(CsvTable::parse(h + ok, "t.csv"));
+  testing::require_error([&] { enc.transform<float>(CsvTable::parse(h + "u1,i1,A,-4e38,1,3,a\n", "p.csv"), nullptr, false); },
+                         {"'p.csv' line 2, column 'age'", "float range", "'-4e38'"});
+  // The largest float itself is fine.
+  const Batch<float> b = enc.transform<float>(CsvTable::parse(h + "u1,i1,A,3.4e38,1,3,a\n", "p.csv"), nullptr, false);
+  CHECK(std::isfinite(b.dense[0][0]));
+}
+
+TEST_CASE("encoder: NA, NaN, N/A, null and the empty cell are missing values", "[csv][encoder]") {
+  const std::string h = "user,item,genres,age,click,rating,cls\n";
+  const CsvTable train = CsvTable::parse(h +
+                                             "u1,i1,A|B,20,1,3,a\n"
+                                             "NA,NA,NA,30,NA,NaN,N/A\n"
+                                             "u2,i2,B,40,null,,null\n"
+                                             " N/A ,i1,NaN,50,0, NA ,b\n",
+                                         "na.csv");
+  data::TabularEncoder enc(small_schema());
+  enc.fit(train);
+  CHECK(enc.vocabulary(0).tokens() == Strings{"u1", "u2"});  // missing is not a token
+  CHECK(enc.vocabulary(2).tokens() == Strings{"A", "B"});
+  CHECK(enc.classes(2) == Strings{"a", "b"});
+  CHECK(enc.target(1).mean == 3);  // the only label
+  const Batch<float> b = enc.transform<float>(train, nullptr, true);
+  CHECK(b.ids[0] == std::vector<index_t>{1, 0, 2, 0});  // missing -> the OOV row
+  CHECK(b.ids[1][1] == index_t(data::hash_string("")));  // a hashed missing id hashes "" like an empty cell
+  CHECK(b.bags[0].offsets == std::vector<index_t>{0, 2, 2, 3, 3});  // missing -> an empty bag
+  CHECK(b.label_mask[0] == std::vector<std::uint8_t>{1, 0, 0, 1});
+  CHECK(b.label_mask[1] == std::vector<std::uint8_t>{1, 0, 0, 0});
+  CHECK(b.label_mask[2] == std::vector<std::uint8_t>{1, 0, 0, 1});
+  // In a dense column (without impute) missing is an error naming the row.
+  testing::require_error(
+      [&] { enc.transform<float>(CsvTable::parse(h + "u1,i1,A,1,1,3,a\nu1,i1,A,NA,1,3,a\n", "gap.csv"), nullptr, true); },
+      {"'gap.csv' line 3, column 'age' (#4)", "missing value 'NA'", "--dense age:impute"});
+  testing::require_error(
+      [&] { data::TabularEncoder(small_schema()).fit(CsvTable::parse(h + "u1,i1,A,null,1,3,a\n", "gap.csv")); },
+      {"'gap.csv' line 2, column 'age'", "missing value 'null'"});
+}
+
+TEST_CASE("encoder: na_values replace the default set", "[csv][encoder]") {
+  CHECK(data::parse_na_values("NA,-999, ?") == Strings{"NA", "-999", "?"});
+  CHECK(data::parse_na_values("").empty());
+  CHECK(data::default_na_values() == Strings{"NA", "N/A", "NaN", "nan", "null", "NULL"});
+  const std::string h = "user,item,genres,age,click,rating,cls\n";
+  data::TabularSchema s = small_schema();
+  s.na_values = data::parse_na_values("-999");
+  data::TabularEncoder enc(s);
+  testing::require_error([&] { enc.fit(CsvTable::parse(h + "u1,i1,A,-999,1,3,a\n", "c.csv")); },
+                         {"line 2, column 'age'", "missing value '-999'"});
+  testing::require_error([&] { enc.fit(CsvTable::parse(h + "u1,i1,A,NA,1,3,a\n", "c.csv")); },
+                         {"line 2, column 'age'", "expected a finite number", "'NA'"});  // NA is a value now
+  enc.fit(CsvTable::parse(h + "NA,i1,A,1,-999,3,a\nu2,i1,A,2,1,3,b\n", "c.csv"));
+  CHECK(enc.vocabulary(0).tokens() == Strings{"NA", "u2"});
+  CHECK(enc.transform<float>(CsvTable::parse(h + "u2,i1,A,1,-999,,a\n", "c.csv"), nullptr, true).label_mask[0][0] == 0);
+}
+
+TEST_CASE("encoder: --dense COL:impute uses the training mean and an is_missing column, at predict time too", "[csv][encoder]") {
+  auto f = data::parse_feature_flag(data::ColumnKind::Dense, "age:impute", "--dense");
+  CHECK((f.column == "age" && f.impute && f.flag() == "--dense age:impute"));
+  testing::require_error([] { data::parse_feature_flag(data::ColumnKind::Dense, "age:mean", "--dense"); },
+                         {"--dense 'age:mean'", "COL:impute"});
+  const std::string h = "user,item,genres,age,click,rating,cls\n";
+  const CsvTable train = CsvTable::parse(h +
+                                             "u1,i1,A,20,1,3,a\n"
+                                             "u1,i1,A,NA,1,3,a\n"
+                                             "u1,i1,A,40,0,3,b\n"
+                                             "u1,i1,A,,0,3,b\n",
+                                         "imp.csv");
+  data::TabularEncoder enc(small_schema("age:impute"));
+  enc.fit(train);
+  CHECK(enc.dense_stats(3).mean == 30);  // of the values present
+  CHECK(enc.dense_stats(3).sd == 10);
+  const Batch<float> b = enc.transform<float>(train, nullptr, true);
+  // Two columns per row: the standardised value (0 = the mean when missing), is_missing.
+  CHECK(b.dense[0] == std::vector<float>{-1, 0, 0, 1, 1, 0, 0, 1});
+  TransformerConfig tf;
+  tf.d_model = 4;
+  CHECK(enc.feature_spec(4, tf).dense[0].dim == 2);
+  // Saved with the preprocessing; the loaded encoder imputes the same way.
+  const std::string text = enc.to_json().dump();
+  CHECK(text.find("\"impute\":true") != std::string::npos);
+  CHECK(text.find("\"na_values\":[\"NA\",\"N/A\",\"NaN\",\"nan\",\"null\",\"NULL\"]") != std::string::npos);
+  const data::TabularEncoder back = data::TabularEncoder::from_json(json::parse(text));
+  CHECK(back.schema().features[3].impute);
+  const CsvTable pred = CsvTable::parse("user,item,genres,age\nu1,i1,A,null\nu1,i1,A,50\n", "pred.csv");
+  CHECK(back.transform<float>(pred, nullptr, false).dense[0] == std::vector<float>{0, 1, 2, 0});
+  // No value at all in training: no mean to impute.
+  testing::require_error(
+      [&] { data::TabularEncoder(small_schema("age:impute")).fit(CsvTable::parse(h + "u1,i1,A,NA,1,3,a\n", "none.csv")); },
+      {"'none.csv'", "dense column 'age'", "no value"});
+}
+
+TEST_CASE("encoder: version 1 preprocessing (before missing values) keeps its meaning", "[csv][encoder]") {
+  const data::TabularEncoder v1 = data::TabularEncoder::from_json(json::parse(
+      R"({"format":"mtrec.tabular","version":1,"min_count":1,)"
+      R"("features":[{"kind":"id","column":"u","buckets":0,"vocab":["NA","b"]},{"kind":"dense","column":"x","mean":1.0,"std":2.0}],)"
+      R"("tasks":[{"column":"y","type":"binary","weight":1.0}]})"));
+  CHECK(v1.schema().na_values.empty());
+  const Batch<float> b = v1.transform<float>(CsvTable::parse("u,x,y\nNA,3,\n", "v1.csv"), nullptr, true);
+  CHECK(b.ids[0][0] == 1);  // "NA" was a token then
+  CHECK(b.label_mask[0][0] == 0);
+  testing::require_error([&] { data::TabularEncoder::from_json(json::parse(R"({"format":"mtrec.tabular","version":3})")); },
+                         {"version 1 or 2", "got 3"});
+}
+
+TEST_CASE("encoder: column names and missing-value markers must be valid UTF-8, checked when declared", "[csv][encoder]") {
+  data::TabularSchema s;
+  s.features = {data::parse_feature_flag(data::ColumnKind::Dense, "caf\xE9", "--dense")};
+  s.tasks = {data::parse_task_flag("y:binary", "--task")};
+  testing::require_error([&] { data::TabularEncoder e(s); }, {"--dense caf\\xE9", "'caf\\xE9'", "not valid UTF-8", "byte #4"});
+  s.features = {data::parse_feature_flag(data::ColumnKind::Dense, "x", "--dense")};
+  s.tasks = {data::parse_task_flag("\xC3(:binary", "--task")};
+  testing::require_error([&] { data::TabularEncoder e(s); }, {"--task \\xC3(:binary", "not valid UTF-8", "byte #1"});
+  s.tasks = {data::parse_task_flag("y:binary", "--task")};
+  s.na_values = {"\xFF"};
+  testing::require_error([&] { data::TabularEncoder e(s); }, {"missing-value marker", "not valid UTF-8"});
+  s.na_values = {"caf\xC3\xA9"};  // UTF-8 "café" is fine
+  data::TabularEncoder ok(s);
+}
+
+TEST_CASE("flags: counts beyond their limits are errors, not truncated", "[csv][flags]") {
+  using data::ColumnKind;
+  testing::require_error([] { data::parse_feature_flag(ColumnKind::Id, "item:99999999999999", "--id"); },
+                         {"--id 'item:99999999999999'", "<= 1099511627776"});
+  testing::require_error([] { data::parse_feature_flag(ColumnKind::Id, "item:99999999999999999999", "--id"); },
+                         {"--id 'item:99999999999999999999'", "hash bucket count"});
+  testing::require_error([] { data::parse_feature_flag(ColumnKind::Text, "title:4294967297", "--text"); },
+                         {"--text 'title:4294967297'", "<= 1048576"});
+  CHECK(data::parse_feature_flag(ColumnKind::Id, "item:1099511627776", "--id").buckets == (index_t(1) << 40));
 }

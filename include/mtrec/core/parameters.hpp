@@ -15,6 +15,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <limits>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -84,11 +85,28 @@ class ParameterStore {
   ParameterStore(const ParameterStore&) = delete;  // layers hold a pointer to their store
   ParameterStore& operator=(const ParameterStore&) = delete;
 
+  // Bounds what add() accepts: at most `max_count` parameters holding at most
+  // `max_elements` elements in total; `source` says where the bounds come from
+  // (load_checkpoint: the file). A configuration that asks for more fails at
+  // the add() that crosses a bound, before anything is allocated.
+  void set_limits(index_t max_count, index_t max_elements, std::string source) {
+    max_count_ = max_count;
+    max_elements_ = max_elements;
+    limit_source_ = std::move(source);
+  }
+
   // Registers a parameter; returns its id. Names must be unique.
   ParamId add(const std::string& name, Shape shape, Init init, ParamKind kind = ParamKind::Dense) {
     check(!allocated_, "ParameterStore::add", "cannot add '", name, "' after allocate()");
     check(shape.numel() > 0, "ParameterStore::add", "parameter '", name, "' expected a non-empty shape but got ",
           shape);
+    check(index_t(infos_.size()) < max_count_, "ParameterStore::add", "parameter '", name, "' would be number ",
+          infos_.size() + 1, " but ", limit_source_, " holds at most ", max_count_);
+    index_t total = 0;
+    check(!__builtin_add_overflow(elements_, shape.numel(), &total) && total <= max_elements_, "ParameterStore::add",
+          "parameter '", name, "' ", shape, " would bring the parameters to more than the ", max_elements_,
+          " elements that ", limit_source_, " holds");
+    elements_ = total;
     check(kind != ParamKind::Table || shape.rank == 2, "ParameterStore::add", "table '", name,
           "' expected rank 2 (rows, dim) but got ", shape);
     check(index_.find(name) == index_.end(), "ParameterStore::add", "a parameter named '", name,
@@ -210,6 +228,9 @@ class ParameterStore {
 
   std::uint64_t seed_;
   bool allocated_ = false;
+  index_t max_count_ = std::numeric_limits<index_t>::max(), max_elements_ = std::numeric_limits<index_t>::max();
+  index_t elements_ = 0;
+  std::string limit_source_;
   std::vector<ParamInfo> infos_;
   std::unordered_map<std::string, ParamId> index_;
   Tensor<T> values_, grads_;

@@ -35,15 +35,22 @@ struct Shape {
   Shape(std::initializer_list<index_t> d) {
     if (d.size() > static_cast<std::size_t>(kMaxRank))
       fail("Shape", "rank ", d.size(), " exceeds the maximum of ", kMaxRank);
+    index_t n = 1;
     for (index_t v : d) {
       if (v < 0) fail("Shape", "negative dimension ", v);
+      if (__builtin_mul_overflow(n, v, &n))
+        fail("Shape", "the element count of a shape with dimension ", v, " after ", rank,
+             " others overflows a 64-bit signed integer");
       dims[rank++] = v;
     }
   }
   index_t operator[](int i) const { return dims[i]; }
+  // Overflow-checked: a shape whose element count exceeds INT64_MAX (only
+  // possible when `dims` is written directly) throws instead of wrapping.
   index_t numel() const {
     index_t n = 1;
-    for (int i = 0; i < rank; ++i) n *= dims[i];
+    for (int i = 0; i < rank; ++i)
+      if (__builtin_mul_overflow(n, dims[i], &n)) overflow();
     return rank == 0 ? 0 : n;
   }
   // Rows when viewed as a matrix: product of all but the last dimension.
@@ -56,6 +63,11 @@ struct Shape {
     return true;
   }
   bool operator!=(const Shape& o) const { return !(*this == o); }
+  [[noreturn]] void overflow() const {
+    std::ostringstream os;
+    for (int i = 0; i < rank; ++i) os << (i ? " x " : "") << dims[i];
+    fail("Shape::numel", "the element count ", os.str(), " overflows a 64-bit signed integer");
+  }
   std::string str() const {
     std::ostringstream os;
     os << '(';
@@ -143,6 +155,9 @@ class Tensor {
   void resize(Shape s) {
     const index_t n = s.numel();
     if (n > capacity_) {
+      if (std::size_t(n) > std::size_t(PTRDIFF_MAX) / sizeof(T))
+        fail("Tensor::resize", "shape ", s, " needs ", n, " elements of ", sizeof(T),
+             " bytes, more than the address space holds");
       release();
       data_ = static_cast<T*>(::operator new[](sizeof(T) * static_cast<std::size_t>(n),
                                                std::align_val_t(detail::kAlignment)));

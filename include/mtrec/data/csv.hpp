@@ -19,8 +19,12 @@
 //
 // The whole file is read into one buffer and cells are (offset, length)
 // pairs into it: a quoted field is unescaped in place (the unescaped text is
-// never longer), so reading allocates the buffer and two index vectors, sized
-// up front from a count of line breaks. No regex, no per-cell strings.
+// never longer), so reading allocates the buffer and two index vectors. The
+// vectors grow with the records actually read: what is reserved up front is
+// bounded by the bytes left after the header (a record of C fields takes at
+// least C - 1 delimiters and a line break), never by columns x line breaks,
+// which a wide header followed by many blank lines makes huge. No regex, no
+// per-cell strings.
 #pragma once
 
 #include <algorithm>
@@ -180,8 +184,6 @@ class CsvTable {
     const std::size_t n = buf_.size();
     std::size_t pos = 0, line = 1;
     if (n >= 3 && std::memcmp(buf_.data(), "\xEF\xBB\xBF", 3) == 0) pos = 3;
-    // Records, plus a guess of how many, to size the index vectors once.
-    const std::size_t line_breaks = std::size_t(std::count(buf_.begin() + std::ptrdiff_t(pos), buf_.end(), '\n'));
     std::vector<std::size_t> fb;      // fields of the current record: begin
     std::vector<std::uint32_t> fs;    // and size
     bool have_header = false;
@@ -257,9 +259,15 @@ class CsvTable {
         cols_ = fb.size();
         header_.reserve(cols_);
         for (std::size_t i = 0; i < cols_; ++i) header_.emplace_back(b + fb[i], fs[i]);
-        begin_.reserve((line_breaks + 1) * cols_);
-        size_.reserve((line_breaks + 1) * cols_);
-        line_.reserve(line_breaks + 1);
+        // A record of cols_ fields takes at least cols_ bytes (cols_ - 1
+        // delimiters and a line break, or one character and a line break
+        // when cols_ is 1, as blank lines are skipped), so the bytes left
+        // bound the records: the reservation is at most about 12 bytes per
+        // byte of the file, however many line breaks it has.
+        const std::size_t bound = (n - pos) / std::max<std::size_t>(cols_, 2) + 1;
+        line_.reserve(bound);
+        begin_.reserve(bound * cols_);
+        size_.reserve(bound * cols_);
         continue;
       }
       if (fb.size() != cols_) {
@@ -458,6 +466,12 @@ class Vocabulary {
 // x -> (x - mean) / std with the mean and population standard deviation of
 // the training values; a constant column (std 0) keeps std 1, so it becomes
 // all zeros instead of dividing by zero.
+//
+// fit() uses Welford's one-pass update on the values divided by a power of
+// two at or above their largest magnitude, so neither the sum nor the squared deviations can
+// overflow for any finite input (1e200 included) and a large common offset
+// (timestamps, say) loses no precision to cancellation. A non-finite input is
+// an error, never a silent std of 1.
 struct Standardizer {
   double mean = 0.0;
   double sd = 1.0;  // never 0
@@ -465,13 +479,29 @@ struct Standardizer {
   static Standardizer fit(const double* x, std::size_t n) {
     Standardizer s;
     if (n == 0) return s;
-    double sum = 0;
-    for (std::size_t i = 0; i < n; ++i) sum += x[i];
-    s.mean = sum / double(n);
-    double ss = 0;  // two passes: no cancellation for large means
-    for (std::size_t i = 0; i < n; ++i) ss += (x[i] - s.mean) * (x[i] - s.mean);
-    const double sd = std::sqrt(ss / double(n));
-    s.sd = sd > 0 && std::isfinite(sd) ? sd : 1.0;
+    double scale = 0;
+    for (std::size_t i = 0; i < n; ++i) {
+      check(std::isfinite(x[i]), "Standardizer::fit", "expected finite values but value #", i + 1, " is ", x[i]);
+      scale = std::max(scale, std::fabs(x[i]));
+    }
+    if (scale == 0) return Standardizer{0.0, 1.0};
+    // A power of two at or above the largest magnitude: dividing by it and
+    // multiplying back are exact.
+    int e = 0;
+    std::frexp(scale, &e);
+    scale = std::ldexp(1.0, std::min(e, 1023));  // 2^1023: the scaled values stay within [-2, 2]
+    double m = 0, m2 = 0;  // mean and sum of squared deviations of x / scale: |m| <= 2, m2 <= 4n
+    for (std::size_t i = 0; i < n; ++i) {
+      const double v = x[i] / scale;
+      const double d = v - m;
+      m += d / double(i + 1);
+      m2 += d * (v - m);
+    }
+    s.mean = m * scale;
+    const double sd = std::sqrt(std::max(0.0, m2) / double(n)) * scale;
+    s.sd = sd > 0 ? sd : 1.0;
+    check(std::isfinite(s.mean) && std::isfinite(s.sd), "Standardizer::fit", "expected a finite mean and std but got ",
+          s.mean, " and ", s.sd);
     return s;
   }
   static Standardizer fit(const std::vector<double>& x) { return fit(x.data(), x.size()); }

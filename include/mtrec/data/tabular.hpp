@@ -29,14 +29,30 @@
 //   multiclass task                   the class names, sorted (numerically
 //                                     when all are numbers); unknown classes
 //                                     outside training are an error
-// An empty task cell means "no label": the row is masked for that task.
-// An empty id cell is the OOV row (a hashed id hashes "" like any value);
-// an empty bag, seq or text cell is an empty list. Dense cells must hold a
-// finite number in every row.
+// Missing values: a cell that is empty or, after trimming blanks, equal to
+// one of the schema's na_values (by default NA, N/A, NaN, nan, null, NULL,
+// as pandas and R write them) is missing:
+//   task                              no label: the row is masked for that
+//                                     task (not treated as 0)
+//   id                                the OOV row 0 (a hashed id hashes ""
+//                                     for every missing marker, so "NA" and
+//                                     "" are the same missing value)
+//   bag, seq, text                    an empty list
+//   dense                             an error naming the file, line and
+//                                     column, unless the column is declared
+//                                     with impute (--dense COL:impute): then
+//                                     the training mean (0 once standardised)
+//                                     and a second input column is_missing
+//                                     (1 for a missing cell, else 0), at
+//                                     training and at prediction time alike
+// Dense values and regression labels must be finite and within float range
+// (|x| <= 3.4e38): the model computes in float.
 #pragma once
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
+#include <limits>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -69,6 +85,7 @@ struct FeatureColumn {
   index_t buckets = 0;  // Id: > 0 hashes the values into this many rows; 0 = a vocabulary
   char sep = '|';       // Bag, Sequence: the item separator
   index_t max_len = 0;  // Sequence (keeps the last max_len items), Text (the first max_len words)
+  bool impute = false;  // Dense: a missing cell takes the training mean, plus an is_missing input column
 
   // How it was declared, for messages: "--seq history:|:50".
   std::string flag() const {
@@ -76,6 +93,7 @@ struct FeatureColumn {
     if (kind == ColumnKind::Id && buckets > 0) s += ":" + std::to_string(buckets);
     if (kind == ColumnKind::Bag || kind == ColumnKind::Sequence) s += std::string(":") + sep;
     if (kind == ColumnKind::Sequence || kind == ColumnKind::Text) s += ":" + std::to_string(max_len);
+    if (kind == ColumnKind::Dense && impute) s += ":impute";
     return s;
   }
 };
@@ -87,14 +105,36 @@ struct TaskColumn {
   std::string flag() const { return "--task " + column + ":" + task_type_name(type); }
 };
 
+// The cell texts that mean "missing" besides the empty cell (which always
+// does): what pandas' read_csv and R's read.csv/write.csv use for NA.
+inline std::vector<std::string> default_na_values() { return {"NA", "N/A", "NaN", "nan", "null", "NULL"}; }
+
 struct TabularSchema {
   std::vector<FeatureColumn> features;
   std::vector<TaskColumn> tasks;
   index_t min_count = 1;  // tokens seen fewer times in training go to the OOV row
+  // Cells that mean "missing" (compared after trimming blanks, case
+  // sensitive); the empty cell is missing whatever this holds.
+  std::vector<std::string> na_values = default_na_values();
 };
+
+// Parses the argument of --na-values: a comma-separated list that replaces
+// the default set ("" = only the empty cell is missing). Items are trimmed of
+// blanks; empty items are skipped.
+inline std::vector<std::string> parse_na_values(std::string_view text) {
+  std::vector<std::string> out;
+  for_each_item(text, ',', [&](std::string_view s) {
+    if (std::find(out.begin(), out.end(), s) == out.end()) out.emplace_back(s);
+  });
+  return out;
+}
 
 constexpr index_t kDefaultSequenceLength = 50;
 constexpr index_t kDefaultTextLength = 20;
+// Upper bounds of the counts in flags, checked when the flag is parsed (a
+// larger value is an error, never truncated): far beyond what fits a machine.
+constexpr index_t kMaxHashBuckets = index_t(1) << 40;
+constexpr index_t kMaxLength = index_t(1) << 20;
 
 // ---- flag syntax -----------------------------------------------------------------------
 //
@@ -108,11 +148,38 @@ namespace detail {
 [[noreturn]] inline void bad_flag(const char* flag, std::string_view text, const std::string& why) {
   fail("parse_flag", flag, " '", text, "': ", why);
 }
-inline index_t positive_count(const char* flag, std::string_view text, std::string_view v, const char* what) {
+inline index_t positive_count(const char* flag, std::string_view text, std::string_view v, const char* what,
+                              index_t hi) {
   long long x = 0;
-  if (!parse_integer(v, x) || x < 1)
-    bad_flag(flag, text, std::string("expected ") + what + " to be an integer >= 1 but got '" + std::string(v) + "'");
+  if (!parse_integer(v, x) || x < 1 || x > hi)
+    bad_flag(flag, text, std::string("expected ") + what + " to be an integer >= 1 and <= " + std::to_string(hi) +
+                             " but got '" + std::string(v) + "'");
   return index_t(x);
+}
+// A string for a message, with bytes that are not printable ASCII written as
+// \xHH (so a message about bad UTF-8 is itself valid text).
+inline std::string escaped(std::string_view s) {
+  static const char* hex = "0123456789ABCDEF";
+  std::string o;
+  for (unsigned char c : s) {
+    if (c >= 0x20 && c < 0x7F && c != '\\') {
+      o += char(c);
+    } else {
+      o += "\\x";
+      o += hex[c >> 4];
+      o += hex[c & 15];
+    }
+  }
+  return o;
+}
+// The byte offset of the first invalid UTF-8 sequence of s, or npos.
+inline std::size_t invalid_utf8_at(std::string_view s) {
+  for (std::size_t i = 0; i < s.size();) {
+    const std::size_t n = json::detail::utf8_sequence_length(s, i);
+    if (n == 0) return i;
+    i += n;
+  }
+  return std::string_view::npos;
 }
 // Splits "COL:rest" at the first ':'.
 inline std::pair<std::string_view, std::string_view> split_column(const char* flag, std::string_view text,
@@ -158,7 +225,7 @@ inline FeatureColumn parse_feature_flag(ColumnKind kind, std::string_view text, 
   switch (kind) {
     case ColumnKind::Id:
       if (!rest.empty() || text.find(':') != std::string_view::npos)
-        f.buckets = detail::positive_count(flag, text, rest, "the hash bucket count");
+        f.buckets = detail::positive_count(flag, text, rest, "the hash bucket count", kMaxHashBuckets);
       break;
     case ColumnKind::Bag:
       rest = detail::take_separator(flag, text, rest, f.sep);
@@ -167,15 +234,20 @@ inline FeatureColumn parse_feature_flag(ColumnKind kind, std::string_view text, 
     case ColumnKind::Sequence:
       rest = detail::take_separator(flag, text, rest, f.sep);
       f.max_len = kDefaultSequenceLength;
-      if (!rest.empty()) f.max_len = detail::positive_count(flag, text, rest.substr(1), "maxlen");
+      if (!rest.empty()) f.max_len = detail::positive_count(flag, text, rest.substr(1), "maxlen", kMaxLength);
       break;
     case ColumnKind::Text:
       f.max_len = kDefaultTextLength;
-      if (text.find(':') != std::string_view::npos) f.max_len = detail::positive_count(flag, text, rest, "maxlen");
+      if (text.find(':') != std::string_view::npos)
+        f.max_len = detail::positive_count(flag, text, rest, "maxlen", kMaxLength);
       break;
     case ColumnKind::Dense:
-      if (text.find(':') != std::string_view::npos)
-        detail::bad_flag(flag, text, "expected just a column name (column names cannot contain ':')");
+      if (text.find(':') != std::string_view::npos) {
+        if (rest != "impute")
+          detail::bad_flag(flag, text, "expected COL or COL:impute (column names cannot contain ':') but got '" +
+                                           std::string(rest) + "' after the column name");
+        f.impute = true;
+      }
       break;
   }
   return f;
@@ -218,8 +290,19 @@ class TabularEncoder {
               "); each column can be one feature or one task");
       seen.emplace_back(col, flag);
     };
+    // Column names go into the checkpoint's JSON metadata, which must be
+    // UTF-8: a bad name fails here, before any file is read or any training.
+    auto utf8 = [&](const std::string& s, const std::string& what) {
+      const std::size_t at = detail::invalid_utf8_at(s);
+      if (at != std::string_view::npos)
+        fail(op, what, " '", detail::escaped(s), "' is not valid UTF-8 (byte #", at + 1, " is 0x",
+             detail::escaped(std::string_view(s).substr(at, 1)).substr(2),
+             "); names and missing-value markers are stored in the checkpoint's JSON metadata, which must be UTF-8");
+    };
     for (const auto& f : schema_.features) {
       check(!f.column.empty(), op, "a feature has an empty column name");
+      utf8(f.column, detail::escaped(f.flag()) + ": column name");
+      check(!f.impute || f.kind == ColumnKind::Dense, op, f.flag(), ": only --dense columns can be imputed");
       check(f.buckets >= 0, op, f.flag(), ": expected buckets >= 0 but got ", f.buckets);
       if (f.kind == ColumnKind::Sequence || f.kind == ColumnKind::Text)
         check(f.max_len >= 1, op, f.flag(), ": expected maxlen >= 1 but got ", f.max_len);
@@ -228,12 +311,24 @@ class TabularEncoder {
     }
     for (const auto& t : schema_.tasks) {
       check(!t.column.empty(), op, "a task has an empty column name");
+      utf8(t.column, detail::escaped(t.flag()) + ": column name");
       check(t.weight >= 0 && std::isfinite(t.weight), op, t.flag(), ": expected a finite weight >= 0 but got ",
             t.weight);
       claim(t.column, t.flag());
     }
+    for (const auto& v : schema_.na_values) utf8(v, "missing-value marker");
     features_.resize(schema_.features.size());
     tasks_.resize(schema_.tasks.size());
+  }
+
+  // Whether a cell means "missing": empty or one of the na_values, after
+  // trimming blanks.
+  bool is_missing(std::string_view cell) const {
+    cell = detail::trim(cell);
+    if (cell.empty()) return true;
+    for (const auto& v : schema_.na_values)
+      if (cell == v) return true;
+    return false;
   }
 
   const TabularSchema& schema() const { return schema_; }
@@ -257,8 +352,15 @@ class TabularEncoder {
       const std::size_t col = train.require_column(fc.column, fc.flag());
       st = FeatureState{};
       if (fc.kind == ColumnKind::Dense) {
-        std::vector<double> x(n);
-        for (std::size_t i = 0; i < n; ++i) x[i] = dense_value(train, row_at(i), col, op);
+        std::vector<double> x;
+        x.reserve(n);
+        for (std::size_t i = 0; i < n; ++i) {
+          const std::size_t r = row_at(i);
+          if (fc.impute && is_missing(train.cell(r, col))) continue;
+          x.push_back(dense_value(train, r, col, fc, op));
+        }
+        check(!x.empty(), op, "'", train.source(), "': dense column '", fc.column, "' (", fc.flag(),
+              ") has no value in any of the ", n, " training rows, so there is no mean to impute");
         st.stats = Standardizer::fit(x);
         continue;
       }
@@ -274,10 +376,9 @@ class TabularEncoder {
       };
       for (std::size_t i = 0; i < n; ++i) {
         const std::string_view cell = train.cell(row_at(i), col);
+        if (is_missing(cell)) continue;  // the OOV row, or an empty list
         switch (fc.kind) {
-          case ColumnKind::Id:
-            if (!cell.empty()) count(cell);
-            break;
+          case ColumnKind::Id: count(cell); break;
           case ColumnKind::Bag: for_each_item(cell, fc.sep, count); break;
           case ColumnKind::Sequence:
             // Only the items the model will see (the last max_len).
@@ -305,7 +406,7 @@ class TabularEncoder {
       for (std::size_t i = 0; i < n; ++i) {
         const std::size_t r = row_at(i);
         const std::string_view cell = csv_trim(train.cell(r, col));
-        if (cell.empty()) continue;
+        if (is_missing(cell)) continue;
         if (tc.type == TaskType::MultiClass) {
           classes.add(cell);
           y.push_back(0);
@@ -362,7 +463,10 @@ class TabularEncoder {
           out.resize(n);
           for (std::size_t i = 0; i < n; ++i) {
             const std::string_view cell = t.cell(row_at(i), col);
-            out[i] = fc.buckets > 0 ? index_t(hash_string(cell)) : cell.empty() ? Vocabulary::kOov : st.vocab.find(cell);
+            const bool missing = is_missing(cell);
+            out[i] = fc.buckets > 0 ? index_t(hash_string(missing ? std::string_view() : cell))
+                     : missing      ? Vocabulary::kOov
+                                    : st.vocab.find(cell);
           }
           break;
         }
@@ -372,7 +476,9 @@ class TabularEncoder {
           bag.offsets[0] = 0;
           bag.ids.reserve(n * 2);
           for (std::size_t i = 0; i < n; ++i) {
-            for_each_item(t.cell(row_at(i), col), fc.sep, [&](std::string_view s) { bag.ids.push_back(st.vocab.find(s)); });
+            const std::string_view cell = t.cell(row_at(i), col);
+            if (!is_missing(cell))
+              for_each_item(cell, fc.sep, [&](std::string_view s) { bag.ids.push_back(st.vocab.find(s)); });
             bag.offsets[i + 1] = index_t(bag.ids.size());
           }
           break;
@@ -387,7 +493,9 @@ class TabularEncoder {
             index_t* dst = seq.ids.data() + i * L;
             const std::string_view cell = t.cell(row_at(i), col);
             index_t len = 0;
-            if (fc.kind == ColumnKind::Sequence) {
+            if (is_missing(cell)) {
+              // an empty list
+            } else if (fc.kind == ColumnKind::Sequence) {
               last_items(cell, fc.sep, fc.max_len, items);
               for (const auto& it : items) dst[len++] = st.vocab.find(it);
             } else {
@@ -399,8 +507,20 @@ class TabularEncoder {
         }
         case ColumnKind::Dense: {
           auto& out = b.dense[gd++];
-          out.resize(n);
-          for (std::size_t i = 0; i < n; ++i) out[i] = T(st.stats.apply(dense_value(t, row_at(i), col, op)));
+          if (!fc.impute) {
+            out.resize(n);
+            for (std::size_t i = 0; i < n; ++i) out[i] = T(st.stats.apply(dense_value(t, row_at(i), col, fc, op)));
+            break;
+          }
+          // Two columns per row: the standardised value (the training mean,
+          // 0, when missing) and is_missing.
+          out.resize(2 * n);
+          for (std::size_t i = 0; i < n; ++i) {
+            const std::size_t r = row_at(i);
+            const bool missing = is_missing(t.cell(r, col));
+            out[2 * i] = missing ? T(0) : T(st.stats.apply(dense_value(t, r, col, fc, op)));
+            out[2 * i + 1] = missing ? T(1) : T(0);
+          }
           break;
         }
       }
@@ -425,7 +545,7 @@ class TabularEncoder {
       for (std::size_t i = 0; i < n; ++i) {
         const std::size_t r = row_at(i);
         const std::string_view cell = csv_trim(t.cell(r, col));
-        if (cell.empty()) continue;
+        if (is_missing(cell)) continue;
         m[i] = 1;
         switch (tc.type) {
           case TaskType::Binary: y[i] = T(binary_label(t, r, col, op)); break;
@@ -471,7 +591,7 @@ class TabularEncoder {
           s.sequences.push_back(q);
           break;
         }
-        case ColumnKind::Dense: s.dense.push_back({fc.column, 1}); break;
+        case ColumnKind::Dense: s.dense.push_back({fc.column, fc.impute ? 2 : 1}); break;
       }
     }
     return s;
@@ -509,8 +629,9 @@ class TabularEncoder {
     check(fitted_, "TabularEncoder::to_json", "the encoder was not fitted");
     Value j = Value::object();
     j.set("format", "mtrec.tabular");
-    j.set("version", 1);
+    j.set("version", 2);
     j.set("min_count", schema_.min_count);
+    j.set("na_values", strings_json(schema_.na_values));
     Value feats = Value::array();
     for (std::size_t f = 0; f < schema_.features.size(); ++f) {
       const FeatureColumn& fc = schema_.features[f];
@@ -523,6 +644,7 @@ class TabularEncoder {
       if (fc.kind == ColumnKind::Dense) {
         o.set("mean", features_[f].stats.mean);
         o.set("std", features_[f].stats.sd);
+        o.set("impute", fc.impute);
       } else if (!(fc.kind == ColumnKind::Id && fc.buckets > 0)) {
         o.set("vocab", strings_json(features_[f].vocab.tokens()));
       }
@@ -552,9 +674,12 @@ class TabularEncoder {
     check(j.is_object() && j.contains("format") && j.at("format").is_string() &&
               j.at("format").as_string() == "mtrec.tabular",
           op, "expected an object with format = mtrec.tabular");
-    check(j.at("version").as_int() == 1, op, "expected version 1 but got ", j.at("version").as_int());
+    // Version 1 (before missing values): only the empty cell was missing.
+    const std::int64_t version = j.at("version").as_int();
+    check(version == 1 || version == 2, op, "expected version 1 or 2 but got ", version);
     TabularSchema s;
     s.min_count = index_t(j.at("min_count").as_int());
+    s.na_values = version >= 2 ? strings_from(j.at("na_values")) : std::vector<std::string>{};
     for (const auto& o : j.at("features").as_array()) {
       FeatureColumn fc;
       const std::string& kind = o.at("kind").as_string();
@@ -573,6 +698,7 @@ class TabularEncoder {
         fc.sep = sep[0];
       }
       if (fc.kind == ColumnKind::Sequence || fc.kind == ColumnKind::Text) fc.max_len = index_t(o.at("max_len").as_int());
+      if (fc.kind == ColumnKind::Dense && version >= 2) fc.impute = o.at("impute").as_bool();
       s.features.push_back(fc);
     }
     for (const auto& o : j.at("tasks").as_array()) {
@@ -593,7 +719,9 @@ class TabularEncoder {
       if (fc.kind == ColumnKind::Dense) {
         e.features_[f].stats.mean = feats[f].at("mean").as_double();
         e.features_[f].stats.sd = feats[f].at("std").as_double();
-        check(e.features_[f].stats.sd > 0, op, "feature '", fc.column, "' expected std > 0");
+        check(std::isfinite(e.features_[f].stats.mean) && e.features_[f].stats.sd > 0 &&
+                  std::isfinite(e.features_[f].stats.sd),
+              op, "feature '", fc.column, "' expected a finite mean and a finite std > 0");
       } else if (!(fc.kind == ColumnKind::Id && fc.buckets > 0)) {
         e.features_[f].vocab = Vocabulary::from_tokens(strings_from(feats[f].at("vocab")));
       }
@@ -634,19 +762,28 @@ class TabularEncoder {
     if (out.size() > std::size_t(max_len)) out.erase(out.begin(), out.end() - std::ptrdiff_t(max_len));
   }
 
-  static double dense_value(const CsvTable& t, std::size_t r, std::size_t col, const char* op) {
+  // A number the model can take: finite and within float range (the model
+  // computes in float; 1e200 would become inf there).
+  static bool float_range(double v) { return std::fabs(v) <= double(std::numeric_limits<float>::max()); }
+
+  double dense_value(const CsvTable& t, std::size_t r, std::size_t col, const FeatureColumn& fc, const char* op) const {
     const std::string_view cell = t.cell(r, col);
     double v = 0;
-    if (!parse_number(cell, v))
-      t.fail_cell(op, r, col, "expected a finite number but got ",
-                  detail::trim(cell).empty() ? std::string("an empty cell (dense columns need a value in every row)")
-                                             : detail::shown(cell));
+    if (is_missing(cell))
+      t.fail_cell(op, r, col, "missing value ",
+                  detail::trim(cell).empty() ? std::string("(an empty cell)") : detail::shown(detail::trim(cell)),
+                  " in dense column; dense columns need a value in every row (declare --dense ", fc.column,
+                  ":impute to use the training mean and an is_missing indicator)");
+    if (!parse_number(cell, v) || !float_range(v))
+      t.fail_cell(op, r, col, "expected a finite number within float range (|x| <= ",
+                  std::numeric_limits<float>::max(), ") but got ", detail::shown(detail::trim(cell)));
     return v;
   }
   static double number_label(const CsvTable& t, std::size_t r, std::size_t col, const char* op) {
     double v = 0;
-    if (!parse_number(t.cell(r, col), v))
-      t.fail_cell(op, r, col, "expected a finite number as the regression label but got ", detail::shown(t.cell(r, col)));
+    if (!parse_number(t.cell(r, col), v) || !float_range(v))
+      t.fail_cell(op, r, col, "expected a finite number within float range (|x| <= ", std::numeric_limits<float>::max(),
+                  ") as the regression label but got ", detail::shown(detail::trim(t.cell(r, col))));
     return v;
   }
   // 0/1 (any number equal to 0 or 1, so "1.0" too) or true/false in any case.

@@ -14,6 +14,21 @@
 //
 // The new file gets mode 0666 & ~umask, like any newly created file; the
 // mode of a file it replaces is not carried over.
+//
+// Stale temporary files. A writer that is killed (SIGKILL, OOM killer, power
+// loss) cannot remove its temporary file, and a checkpoint-sized leftover per
+// kill adds up. So the constructor and commit() first remove the leftovers of
+// the SAME target: files in the target's directory named exactly
+// `<basename>.tmp.<pid>.<n>` (decimal <pid> > 0 and <n>) whose <pid> is not a
+// live process (kill(pid, 0) fails with ESRCH). Kept: every other name, the
+// files of live processes (this one included; a process of another user
+// answers EPERM and counts as live; so does a zombie that its parent has not
+// reaped yet), and anything that cannot be checked. Cleanup is best effort and
+// never throws; io::remove_stale_temp_files(path) runs it on demand and says
+// how many files it removed. Limits: a pid reused by an unrelated process
+// keeps its stale file until that process ends, and writers in another pid
+// namespace (a container sharing the directory) look dead from here: do not
+// point writers in different pid namespaces at the same target.
 #pragma once
 
 #include <algorithm>
@@ -25,7 +40,9 @@
 #include <string>
 #include <vector>
 
+#include <dirent.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -49,12 +66,70 @@ inline std::string parent_directory(const std::string& path) {
   if (slash == 0) return "/";
   return path.substr(0, slash);
 }
+
+inline std::string base_name(const std::string& path) {
+  const std::size_t slash = path.find_last_of('/');
+  return slash == std::string::npos ? path : path.substr(slash + 1);
+}
+
+// If `name` is exactly `<base>.tmp.<pid>.<n>` (both decimal, pid > 0 and
+// within pid_t), stores the pid and returns true.
+inline bool parse_temp_name(const std::string& name, const std::string& base, long long& pid) {
+  const std::string prefix = base + ".tmp.";
+  if (name.size() <= prefix.size() || name.compare(0, prefix.size(), prefix) != 0) return false;
+  const std::size_t dot = name.find('.', prefix.size());
+  if (dot == std::string::npos) return false;
+  const std::size_t pid_len = dot - prefix.size(), n_len = name.size() - dot - 1;
+  if (pid_len == 0 || pid_len > 10 || n_len == 0 || n_len > 20) return false;
+  auto digits = [&](std::size_t from, std::size_t len) {
+    for (std::size_t i = from; i < from + len; ++i)
+      if (name[i] < '0' || name[i] > '9') return false;
+    return true;
+  };
+  if (!digits(prefix.size(), pid_len) || !digits(dot + 1, n_len)) return false;
+  long long v = 0;
+  for (std::size_t i = prefix.size(); i < dot; ++i) v = v * 10 + (name[i] - '0');
+  // kill(0, ...) and kill(-1, ...) address groups of processes: never valid here.
+  if (v <= 0 || v > 0x7fffffffLL) return false;
+  pid = v;
+  return true;
+}
 }  // namespace detail
+
+// Removes the temporary files that killed AtomicFileWriters of `path` left
+// behind (see the header comment for exactly which). Best effort, never
+// throws; returns how many files it removed.
+inline std::size_t remove_stale_temp_files(const std::string& path) noexcept {
+  try {
+    const std::string base = detail::base_name(path);
+    if (base.empty()) return 0;
+    const std::string dir = detail::parent_directory(path);
+    DIR* d = ::opendir(dir.c_str());
+    if (!d) return 0;
+    std::vector<std::string> stale;
+    const long long self = ::getpid();
+    while (const dirent* e = ::readdir(d)) {
+      const std::string name = e->d_name;
+      long long pid = 0;
+      if (!detail::parse_temp_name(name, base, pid) || pid == self) continue;
+      if (::kill(static_cast<pid_t>(pid), 0) == -1 && errno == ESRCH) stale.push_back(name);
+    }
+    (void)::closedir(d);
+    std::size_t removed = 0;
+    const std::string sep = dir == "/" ? "" : "/";
+    for (const std::string& name : stale)
+      if (::unlink((dir + sep + name).c_str()) == 0) ++removed;
+    return removed;
+  } catch (...) {  // std::bad_alloc: cleanup is optional
+    return 0;
+  }
+}
 
 class AtomicFileWriter {
  public:
   explicit AtomicFileWriter(std::string path) : path_(std::move(path)) {
     check(!path_.empty(), "AtomicFileWriter", "empty path");
+    (void)remove_stale_temp_files(path_);
     // O_EXCL: never write into a file someone else created under our name
     // (a stale temporary from a crashed process with the same pid, say).
     for (int attempt = 0; attempt < 100; ++attempt) {
@@ -107,6 +182,8 @@ class AtomicFileWriter {
     if (::rename(temp_.c_str(), path_.c_str()) != 0)
       fail_and_abort("AtomicFileWriter::commit", "renaming the temporary file over it", errno);
     temp_.clear();  // now the target: abort() must not remove it
+    // Writers killed while this one wrote (the constructor cleaned up before).
+    (void)remove_stale_temp_files(path_);
     // Make the rename itself durable. Best effort: the file is complete and
     // in place already, and a failure here cannot be rolled back.
     const int dfd = ::open(detail::parent_directory(path_).c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);

@@ -16,6 +16,9 @@
 // epoch, step, updates, optimizer step, loss-weighting state).
 #pragma once
 
+#include <cmath>
+#include <cstdint>
+#include <limits>
 #include <map>
 #include <memory>
 #include <string>
@@ -67,7 +70,8 @@ inline E enum_from(const json::Value& v, const char* what) {
     if (s == p.second) return p.first;
     known += (known.empty() ? "" : ", ") + std::string(p.second);
   }
-  fail("config_from_json", what, " expected one of {", known, "} but got '", s, "'");
+  fail("config_from_json", "key '", what, "' expected one of {", known, "} but got '",
+       s.size() > 40 ? s.substr(0, 37) + "..." : s, "'");
 }
 
 inline json::Value widths_json(const std::vector<index_t>& v) {
@@ -173,71 +177,172 @@ inline json::Value config_to_json(const ModelConfig& c) {
   return j;
 }
 
-// The inverse of config_to_json; every field is required.
+namespace detail {
+
+// Typed, range-checked access to the config JSON. Every error names the key
+// by its path (features.sequences[0].layers), the expected range and the
+// value found, so a damaged or hostile checkpoint says what is wrong.
+struct ConfigReader {
+  static constexpr const char* op = "config_from_json";
+  static std::string shown(const json::Value& v) {
+    std::string d = v.dump();
+    if (d.size() > 64) d = d.substr(0, 61) + "...";
+    return d;
+  }
+  static const json::Value& at(const json::Value& o, const char* key, const std::string& where) {
+    check(o.is_object(), op, where.empty() ? std::string("the config") : "'" + where + "'",
+          " expected an object but got ", shown(o));
+    const json::Value* v = o.find(key);
+    check(v != nullptr, op, "missing key '", where.empty() ? std::string(key) : where + "." + key, "'");
+    return *v;
+  }
+  static std::string key(const std::string& where, const char* k) { return where.empty() ? std::string(k) : where + "." + k; }
+  static std::string str(const json::Value& o, const char* k, const std::string& where) {
+    const json::Value& v = at(o, k, where);
+    check(v.is_string(), op, "key '", key(where, k), "' expected a string but got ", shown(v));
+    return v.as_string();
+  }
+  static bool boolean(const json::Value& o, const char* k, const std::string& where) {
+    const json::Value& v = at(o, k, where);
+    check(v.is_bool(), op, "key '", key(where, k), "' expected true or false but got ", shown(v));
+    return v.as_bool();
+  }
+  static std::int64_t integer(const json::Value& o, const char* k, const std::string& where, std::int64_t lo,
+                              std::int64_t hi) {
+    const json::Value& v = at(o, k, where);
+    check(v.is_int() && v.as_int() >= lo && v.as_int() <= hi, op, "key '", key(where, k), "' expected an integer in [",
+          lo, ", ", hi, "] but got ", shown(v));
+    return v.as_int();
+  }
+  static double number(const json::Value& o, const char* k, const std::string& where) {
+    const json::Value& v = at(o, k, where);
+    check(v.is_number() && std::isfinite(v.as_double()), op, "key '", key(where, k), "' expected a finite number but got ",
+          shown(v));
+    return v.as_double();
+  }
+  static const json::Array& array(const json::Value& o, const char* k, const std::string& where, std::size_t max) {
+    const json::Value& v = at(o, k, where);
+    check(v.is_array() && v.size() <= max, op, "key '", key(where, k), "' expected an array of at most ", max,
+          " elements but got ", v.is_array() ? std::to_string(v.size()) + " elements" : shown(v));
+    return v.as_array();
+  }
+  static std::vector<index_t> widths(const json::Value& o, const char* k, const std::string& where) {
+    std::vector<index_t> out;
+    const auto& a = array(o, k, where, std::size_t(ConfigLimits::max_depth));
+    for (std::size_t i = 0; i < a.size(); ++i) {
+      const json::Value& x = a[i];
+      check(x.is_int() && x.as_int() >= 1 && x.as_int() <= ConfigLimits::max_width, op, "key '", key(where, k), "[", i,
+            "]' expected an integer in [1, ", ConfigLimits::max_width, "] but got ", shown(x));
+      out.push_back(index_t(x.as_int()));
+    }
+    return out;
+  }
+  template <class E>
+  static E enumeration(const json::Value& o, const char* k, const std::string& where) {
+    const json::Value& v = at(o, k, where);
+    check(v.is_string(), op, "key '", key(where, k), "' expected a string but got ", shown(v));
+    return enum_from<E>(v, key(where, k).c_str());
+  }
+  static std::string item(const char* list, std::size_t i) { return std::string(list) + "[" + std::to_string(i) + "]"; }
+};
+
+// A decimal string holding a 64-bit unsigned integer, overflow-checked.
+inline std::uint64_t parse_u64(const std::string& s, const char* op, const std::string& what) {
+  check(!s.empty() && s.size() <= 20 && s.find_first_not_of("0123456789") == std::string::npos, op, what,
+        " expected a decimal string of at most 20 digits but got '", s.size() > 40 ? s.substr(0, 37) + "..." : s, "'");
+  std::uint64_t v = 0;
+  for (char c : s)
+    check(!__builtin_mul_overflow(v, std::uint64_t(10), &v) && !__builtin_add_overflow(v, std::uint64_t(c - '0'), &v),
+          op, what, " expected a value of at most 18446744073709551615 but got '", s, "'");
+  return v;
+}
+
+}  // namespace detail
+
+// The inverse of config_to_json; every field is required, and every number is
+// range-checked before it is narrowed (see ConfigLimits).
 inline ModelConfig config_from_json(const json::Value& j) {
-  using detail::enum_from;
+  using R = detail::ConfigReader;
+  using L = ConfigLimits;
+  const std::int64_t rows = L::max_rows, dims = L::max_dim;
   ModelConfig c;
-  c.architecture = enum_from<Architecture>(j.at("architecture"), "architecture");
-  const json::Value& f = j.at("features");
-  for (const auto& o : f.at("ids").as_array())
-    c.features.ids.push_back({o.at("name").as_string(), index_t(o.at("vocab").as_int()),
-                              index_t(o.at("hash_buckets").as_int()), index_t(o.at("dim").as_int()),
-                              o.at("table").as_string()});
-  for (const auto& o : f.at("bags").as_array())
-    c.features.bags.push_back({o.at("name").as_string(), index_t(o.at("vocab").as_int()),
-                               index_t(o.at("hash_buckets").as_int()), index_t(o.at("dim").as_int()),
-                               o.at("table").as_string(), enum_from<BagPooling>(o.at("pooling"), "bag pooling"),
-                               o.at("weighted").as_bool()});
-  for (const auto& o : f.at("sequences").as_array()) {
+  c.architecture = R::enumeration<Architecture>(j, "architecture", "");
+  const json::Value& f = R::at(j, "features", "");
+  const std::size_t max_fields = std::size_t(L::max_features);
+  const auto& ids = R::array(f, "ids", "features", max_fields);
+  for (std::size_t i = 0; i < ids.size(); ++i) {
+    const std::string w = R::item("features.ids", i);
+    const json::Value& o = ids[i];
+    c.features.ids.push_back({R::str(o, "name", w), R::integer(o, "vocab", w, 0, rows),
+                              R::integer(o, "hash_buckets", w, 0, rows), R::integer(o, "dim", w, 1, dims),
+                              R::str(o, "table", w)});
+  }
+  const auto& bags = R::array(f, "bags", "features", max_fields);
+  for (std::size_t i = 0; i < bags.size(); ++i) {
+    const std::string w = R::item("features.bags", i);
+    const json::Value& o = bags[i];
+    c.features.bags.push_back({R::str(o, "name", w), R::integer(o, "vocab", w, 0, rows),
+                               R::integer(o, "hash_buckets", w, 0, rows), R::integer(o, "dim", w, 1, dims),
+                               R::str(o, "table", w), R::enumeration<BagPooling>(o, "pooling", w),
+                               R::boolean(o, "weighted", w)});
+  }
+  const auto& seqs = R::array(f, "sequences", "features", max_fields);
+  for (std::size_t i = 0; i < seqs.size(); ++i) {
+    const std::string w = R::item("features.sequences", i);
+    const json::Value& o = seqs[i];
     SequenceFeature s;
-    s.name = o.at("name").as_string();
-    s.vocab = index_t(o.at("vocab").as_int());
-    s.hash_buckets = index_t(o.at("hash_buckets").as_int());
-    s.table = o.at("table").as_string();
-    s.max_len = index_t(o.at("max_len").as_int());
-    s.layers = int(o.at("layers").as_int());
-    s.pooling = enum_from<SequencePoolMode>(o.at("pooling"), "sequence pooling");
-    const json::Value& e = o.at("encoder");
-    s.encoder.d_model = index_t(e.at("d_model").as_int());
-    s.encoder.heads = index_t(e.at("heads").as_int());
-    s.encoder.ffn = index_t(e.at("ffn").as_int());
-    s.encoder.dropout = e.at("dropout").as_double();
-    s.encoder.activation = enum_from<Activation>(e.at("activation"), "encoder activation");
-    s.encoder.layer_norm_eps = e.at("layer_norm_eps").as_double();
+    s.name = R::str(o, "name", w);
+    s.vocab = R::integer(o, "vocab", w, 0, rows);
+    s.hash_buckets = R::integer(o, "hash_buckets", w, 0, rows);
+    s.table = R::str(o, "table", w);
+    s.max_len = R::integer(o, "max_len", w, 1, L::max_len);
+    s.layers = int(R::integer(o, "layers", w, 1, L::max_depth));
+    s.pooling = R::enumeration<SequencePoolMode>(o, "pooling", w);
+    const std::string we = w + ".encoder";
+    const json::Value& e = R::at(o, "encoder", w);
+    s.encoder.d_model = R::integer(e, "d_model", we, 1, dims);
+    s.encoder.heads = R::integer(e, "heads", we, 1, L::max_heads);
+    s.encoder.ffn = R::integer(e, "ffn", we, 1, L::max_width);
+    s.encoder.dropout = R::number(e, "dropout", we);
+    s.encoder.activation = R::enumeration<Activation>(e, "activation", we);
+    s.encoder.layer_norm_eps = R::number(e, "layer_norm_eps", we);
     c.features.sequences.push_back(s);
   }
-  for (const auto& o : f.at("dense").as_array())
-    c.features.dense.push_back({o.at("name").as_string(), index_t(o.at("dim").as_int())});
-  for (const auto& o : j.at("tasks").as_array()) {
+  const auto& dense = R::array(f, "dense", "features", max_fields);
+  for (std::size_t i = 0; i < dense.size(); ++i) {
+    const std::string w = R::item("features.dense", i);
+    c.features.dense.push_back({R::str(dense[i], "name", w), R::integer(dense[i], "dim", w, 1, dims)});
+  }
+  const auto& tasks = R::array(j, "tasks", "", std::size_t(L::max_tasks));
+  for (std::size_t i = 0; i < tasks.size(); ++i) {
+    const std::string w = R::item("tasks", i);
+    const json::Value& o = tasks[i];
     TaskSpec t;
-    t.name = o.at("name").as_string();
-    t.type = enum_from<TaskType>(o.at("type"), "task type");
-    t.num_classes = index_t(o.at("num_classes").as_int());
-    t.tower = detail::widths_from(o.at("tower"));
-    t.weight = o.at("weight").as_double();
-    t.loss = enum_from<TaskLoss>(o.at("loss"), "task loss");
-    t.huber_delta = o.at("huber_delta").as_double();
+    t.name = R::str(o, "name", w);
+    t.type = R::enumeration<TaskType>(o, "type", w);
+    t.num_classes = R::integer(o, "num_classes", w, 0, L::max_classes);
+    t.tower = R::widths(o, "tower", w);
+    t.weight = R::number(o, "weight", w);
+    t.loss = R::enumeration<TaskLoss>(o, "loss", w);
+    t.huber_delta = R::number(o, "huber_delta", w);
     if (t.type == TaskType::Retrieval) {
-      t.target_table = o.at("target_table").as_string();
-      t.target_vocab = index_t(o.at("target_vocab").as_int());
-      t.target_dim = index_t(o.at("target_dim").as_int());
-      t.temperature = o.at("temperature").as_double();
+      t.target_table = R::str(o, "target_table", w);
+      t.target_vocab = R::integer(o, "target_vocab", w, 0, rows);
+      t.target_dim = R::integer(o, "target_dim", w, 0, dims);
+      t.temperature = R::number(o, "temperature", w);
     }
     c.tasks.push_back(t);
   }
-  c.bottom = detail::widths_from(j.at("bottom"));
-  c.experts = index_t(j.at("experts").as_int());
-  c.expert = detail::widths_from(j.at("expert"));
-  c.ple_levels = int(j.at("ple_levels").as_int());
-  c.ple_shared_experts = index_t(j.at("ple_shared_experts").as_int());
-  c.ple_task_experts = index_t(j.at("ple_task_experts").as_int());
-  c.activation = enum_from<Activation>(j.at("activation"), "activation");
-  c.dropout = j.at("dropout").as_double();
-  c.embedding_init_std = j.at("embedding_init_std").as_double();
-  const std::string& seed = j.at("seed").as_string();
-  check(!seed.empty() && seed.find_first_not_of("0123456789") == std::string::npos, "config_from_json",
-        "seed expected a decimal string but got '", seed, "'");
-  c.seed = std::stoull(seed);
+  c.bottom = R::widths(j, "bottom", "");
+  c.experts = R::integer(j, "experts", "", 0, L::max_experts);
+  c.expert = R::widths(j, "expert", "");
+  c.ple_levels = int(R::integer(j, "ple_levels", "", 0, L::max_levels));
+  c.ple_shared_experts = R::integer(j, "ple_shared_experts", "", 0, L::max_experts);
+  c.ple_task_experts = R::integer(j, "ple_task_experts", "", 0, L::max_experts);
+  c.activation = R::enumeration<Activation>(j, "activation", "");
+  c.dropout = R::number(j, "dropout", "");
+  c.embedding_init_std = R::number(j, "embedding_init_std", "");
+  c.seed = detail::parse_u64(R::str(j, "seed", ""), "config_from_json", "key 'seed'");
   return c;
 }
 
@@ -270,14 +375,62 @@ inline std::vector<double> doubles_from(const json::Value& v) {
 }
 }  // namespace detail
 
+// Options of save_checkpoint and load_checkpoint.
+struct CheckpointOptions {
+  // Non-finite weights (NaN, +-Inf) mean a diverged run: save_checkpoint
+  // refuses to write them and load_checkpoint refuses to return them, naming
+  // the tensor, unless this is set (to inspect a diverged model, say).
+  bool allow_nonfinite = false;
+};
+
+namespace detail {
+// The first non-finite element of `n` values, or -1.
+template <class T>
+inline index_t first_nonfinite(const T* v, index_t n, index_t* count) {
+  index_t first = -1, c = 0;
+  for (index_t i = 0; i < n; ++i)
+    if (!std::isfinite(v[i])) {
+      if (first < 0) first = i;
+      ++c;
+    }
+  *count += c;
+  return first;
+}
+// Throws when any parameter of `st` is non-finite: names the first tensor,
+// the element and the count of non-finite weights in the whole model.
+template <class T>
+inline void check_finite_parameters(const ParameterStore<T>& st, const char* op, const std::string& where,
+                                    const char* hint) {
+  index_t count = 0, first = -1;
+  ParamId first_id = -1;
+  for (ParamId id = 0; id < st.count(); ++id) {
+    const index_t i = first_nonfinite(st.value(id), st.info(id).size, &count);
+    if (i >= 0 && first_id < 0) {
+      first_id = id;
+      first = i;
+    }
+  }
+  if (count == 0) return;
+  fail(op, where, ": ", count, " of the model's weights are not finite (the first: tensor '", st.info(first_id).name,
+       "' element ", first, " = ", st.value(first_id)[first], "); ", hint);
+}
+}  // namespace detail
+
 // Writes the model (and, if given, the trainer's optimizer and state) to
 // `path` atomically. Call between steps (gradients are not saved).
 // `extra_metadata` adds application entries (e.g. mtrec-train's
-// preprocessing); it may not replace the entries above.
+// preprocessing); it may not replace the entries above. Refuses a model with
+// non-finite weights or optimizer state unless options.allow_nonfinite.
 template <class T>
 inline void save_checkpoint(const std::string& path, const MultiTaskModel<T>& model, Trainer<T>* trainer = nullptr,
-                            const std::map<std::string, std::string>& extra_metadata = {}) {
+                            const std::map<std::string, std::string>& extra_metadata = {},
+                            const CheckpointOptions& options = {}) {
+  const char* op = "save_checkpoint";
   const ParameterStore<T>& st = model.parameters();
+  if (!options.allow_nonfinite)
+    detail::check_finite_parameters(st, op, "'" + path + "'",
+                                    "refusing to save a diverged model (set CheckpointOptions::allow_nonfinite to "
+                                    "save it anyway)");
   std::vector<TensorRecord> records;
   for (ParamId id = 0; id < st.count(); ++id) {
     const auto& info = st.info(id);
@@ -293,12 +446,22 @@ inline void save_checkpoint(const std::string& path, const MultiTaskModel<T>& mo
   std::vector<std::pair<std::string, ConstView<T>>> opt_state;
   if (trainer) {
     opt_state = trainer->optimizer().state();
-    for (const auto& s : opt_state) records.push_back(TensorRecord::of(s.first, s.second.data, {s.second.numel()}));
+    for (const auto& s : opt_state) {
+      index_t count = 0;
+      const index_t i = detail::first_nonfinite(s.second.data, s.second.numel(), &count);
+      check(options.allow_nonfinite || count == 0, op, "'", path, "': ", count, " elements of optimizer state '",
+            s.first, "' are not finite (the first: element ", i,
+            "); refusing to save it (set CheckpointOptions::allow_nonfinite to save it anyway)");
+      records.push_back(TensorRecord::of(s.first, s.second.data, {s.second.numel()}));
+    }
     const TrainerState& ts = trainer->state();
     json::Value t = json::Value::object();
     t.set("epoch", ts.epoch);
     t.set("step", ts.step);
     t.set("updates", ts.updates);
+    t.set("run_start_epoch", ts.run_start_epoch);
+    t.set("run_start_update", ts.run_start_update);
+    t.set("run_finished", ts.run_finished);
     t.set("optimizer_step", trainer->optimizer().step_count());
     t.set("log_var", detail::doubles_json(ts.log_var));
     t.set("log_var_m", detail::doubles_json(ts.log_var_m));
@@ -308,7 +471,7 @@ inline void save_checkpoint(const std::string& path, const MultiTaskModel<T>& mo
     meta["trainer"] = t.dump();
   }
   for (const auto& kv : extra_metadata)
-    check(meta.emplace(kv.first, kv.second).second, "save_checkpoint", "extra metadata key '", kv.first,
+    check(meta.emplace(kv.first, kv.second).second, op, "extra metadata key '", kv.first,
           "' is reserved by the checkpoint format");
   save_safetensors(path, records, meta);
 }
@@ -329,52 +492,146 @@ inline void load_parameters(MultiTaskModel<T>& model, const SafetensorsFile& f) 
   }
 }
 
-// Rebuilds a model from a checkpoint: its configuration from the metadata,
-// then its parameters.
+// Rebuilds a model from an open checkpoint (`source` names it in errors).
+// Untrusted files are safe to load: the configuration is range-checked
+// (ConfigLimits), then the parameters it would create are listed without
+// allocating anything and compared with the file's tensor table (names,
+// shapes, counts), so the memory a file can make this allocate is bounded
+// by the tensors it actually holds. Every failure is an mtrec::Error that
+// names the file, the key or tensor, and the value.
 template <class T>
-inline std::unique_ptr<MultiTaskModel<T>> load_checkpoint(const std::string& path) {
-  const SafetensorsFile f = SafetensorsFile::load(path);
+inline std::unique_ptr<MultiTaskModel<T>> load_checkpoint(const SafetensorsFile& f, const std::string& source,
+                                                          const CheckpointOptions& options = {}) {
+  const char* op = "load_checkpoint";
+  const std::string where = "'" + source + "'";
   auto it = f.metadata().find("format");
-  check(it != f.metadata().end() && it->second == "mtrec.checkpoint", "load_checkpoint", "'", path,
-        "' expected metadata format = mtrec.checkpoint but got ",
-        it == f.metadata().end() ? std::string("none") : "'" + it->second + "'");
+  check(it != f.metadata().end() && it->second == "mtrec.checkpoint", op, where,
+        " expected metadata format = mtrec.checkpoint but got ",
+        it == f.metadata().end() ? std::string("none") : "'" + it->second.substr(0, 64) + "'");
   auto cfg = f.metadata().find("config");
-  check(cfg != f.metadata().end(), "load_checkpoint", "'", path, "' has no 'config' metadata");
-  auto model = std::make_unique<MultiTaskModel<T>>(config_from_json(json::parse(cfg->second)));
-  load_parameters(*model, f);
+  check(cfg != f.metadata().end(), op, where, " has no 'config' metadata");
+  ModelConfig config;
+  try {
+    config = config_from_json(json::parse(cfg->second));
+    validate_config(config);
+  } catch (const Error& e) {
+    fail(op, where, ": metadata 'config': ", e.what());
+  }
+  // The file's parameter tensors (everything but the optimizer state) bound the plan.
+  index_t tensors = 0, elements = 0;
+  for (const auto& t : f.tensors()) {
+    if (t.name.rfind("optimizer.", 0) == 0) continue;
+    ++tensors;
+    const std::uint64_t n = t.numel();  // <= the file's size: the reader checked the data offsets
+    check(n <= std::uint64_t(std::numeric_limits<index_t>::max() - elements), op, where, " holds too many elements");
+    elements += index_t(n);
+  }
+  std::vector<ParamInfo> plan;
+  try {
+    plan = MultiTaskModel<T>::parameter_plan(config, tensors, elements,
+                                             where + " (" + std::to_string(tensors) + " parameter tensors, " +
+                                                 std::to_string(elements) + " elements)");
+  } catch (const Error& e) {
+    fail(op, where, ": metadata 'config' does not match the file's tensors: ", e.what());
+  }
+  for (const auto& p : plan) {
+    check(f.has(p.name), op, where, " has no tensor '", p.name, "' that its config needs");
+    std::vector<std::int64_t> want(p.shape.dims.begin(), p.shape.dims.begin() + p.shape.rank);
+    const auto& have = f.info(p.name).shape;
+    check(have == want, op, where, ": tensor '", p.name, "' expected shape ", p.shape, " (from the config) but the file has ",
+          safetensors::detail::shape_str(have));
+    const auto dt = f.info(p.name).dtype;
+    check(dt == safetensors::Dtype::F32 || dt == safetensors::Dtype::F64, op, where, ": tensor '", p.name,
+          "' expected dtype F32 or F64 but has ", safetensors::dtype_name(dt));
+  }
+  check(index_t(plan.size()) == tensors, op, where, " holds ", tensors, " parameter tensors but its config creates ",
+        plan.size());
+  auto model = std::make_unique<MultiTaskModel<T>>(config);
+  try {
+    load_parameters(*model, f);
+  } catch (const Error& e) {
+    fail(op, where, ": ", e.what());
+  }
+  if (!options.allow_nonfinite)
+    detail::check_finite_parameters(model->parameters(), op, where,
+                                    "the checkpoint holds a diverged model (set CheckpointOptions::allow_nonfinite "
+                                    "to load it anyway)");
   return model;
 }
 
+// Rebuilds a model from a checkpoint file: its configuration from the
+// metadata, then its parameters (see the overload above).
+template <class T>
+inline std::unique_ptr<MultiTaskModel<T>> load_checkpoint(const std::string& path, const CheckpointOptions& options = {}) {
+  const SafetensorsFile f = SafetensorsFile::load(path);
+  return load_checkpoint<T>(f, path, options);
+}
+
 // Restores the optimizer and trainer state saved with save_checkpoint(...,
-// trainer) into a trainer built on a model loaded from the same file.
+// trainer) into a trainer built on a model loaded from the same file. Checks
+// everything before changing anything: on an error the trainer is untouched.
 template <class T>
 inline void load_training_state(const std::string& path, Trainer<T>& trainer) {
+  const char* op = "load_training_state";
+  const std::string where = "'" + path + "'";
   const SafetensorsFile f = SafetensorsFile::load(path);
   auto it = f.metadata().find("trainer");
-  check(it != f.metadata().end(), "load_training_state", "'", path, "' was saved without training state");
-  const json::Value t = json::parse(it->second);
+  check(it != f.metadata().end(), op, where, " was saved without training state");
+  const std::size_t K = trainer.num_tasks();
+  TrainerState ts;
+  index_t optimizer_step = 0;
+  try {
+    using R = detail::ConfigReader;
+    const json::Value t = json::parse(it->second);
+    const std::int64_t big = std::int64_t(1) << 62;
+    ts.epoch = int(R::integer(t, "epoch", "trainer", 0, std::numeric_limits<int>::max()));
+    ts.step = R::integer(t, "step", "trainer", 0, big);
+    ts.updates = R::integer(t, "updates", "trainer", 0, big);
+    // Absent in checkpoints of mtrec <= 0.1.0 (one fit per trainer): the run started at 0.
+    if (t.contains("run_start_epoch")) {
+      ts.run_start_epoch = int(R::integer(t, "run_start_epoch", "trainer", 0, ts.epoch));
+      ts.run_start_update = R::integer(t, "run_start_update", "trainer", 0, ts.updates);
+      ts.run_finished = R::boolean(t, "run_finished", "trainer");
+    }
+    optimizer_step = R::integer(t, "optimizer_step", "trainer", 0, big);
+    auto doubles = [&](const char* key, std::vector<double>& out, bool may_be_empty) {
+      const auto& a = R::array(t, key, "trainer", K);
+      check(a.size() == K || (may_be_empty && a.empty()), op, "key 'trainer.", key, "' expected ", K,
+            " values (one per task of this trainer's model) but got ", a.size());
+      out.clear();
+      for (std::size_t i = 0; i < a.size(); ++i) {
+        check(a[i].is_number() && std::isfinite(a[i].as_double()), op, "key 'trainer.", key, "[", i,
+              "]' expected a finite number but got ", R::shown(a[i]));
+        out.push_back(a[i].as_double());
+      }
+    };
+    doubles("log_var", ts.log_var, false);
+    doubles("log_var_m", ts.log_var_m, false);
+    doubles("log_var_v", ts.log_var_v, false);
+    doubles("gradnorm_w", ts.gradnorm_w, false);
+    doubles("initial_loss", ts.initial_loss, true);
+  } catch (const Error& e) {
+    fail(op, where, ": metadata 'trainer': ", e.what());
+  }
   std::vector<Tensor<T>> buffers;
   std::vector<std::pair<std::string, ConstView<T>>> views;
-  for (const auto& s : trainer.optimizer().state()) {
-    check(f.has(s.first), "load_training_state", "'", path, "' has no optimizer tensor '", s.first, "'");
-    buffers.emplace_back(Shape{s.second.numel()});
-    detail::read_as(f, s.first, buffers.back().data(), std::size_t(s.second.numel()));
+  try {
+    for (const auto& s : trainer.optimizer().state()) {
+      check(f.has(s.first), op, "no optimizer tensor '", s.first, "'");
+      buffers.emplace_back(Shape{s.second.numel()});
+      detail::read_as(f, s.first, buffers.back().data(), std::size_t(s.second.numel()));
+      index_t bad = 0;
+      const index_t i = detail::first_nonfinite(buffers.back().data(), s.second.numel(), &bad);
+      check(bad == 0, op, "optimizer tensor '", s.first, "' holds ", bad, " non-finite values (the first at element ", i,
+            ")");
+    }
+  } catch (const Error& e) {
+    fail(op, where, ": ", e.what());
   }
   std::size_t i = 0;
   for (const auto& s : trainer.optimizer().state()) views.push_back({s.first, buffers[i++].view()});
-  trainer.optimizer().load_state(index_t(t.at("optimizer_step").as_int()), views);
-  TrainerState& ts = trainer.state();
-  ts.epoch = int(t.at("epoch").as_int());
-  ts.step = index_t(t.at("step").as_int());
-  ts.updates = index_t(t.at("updates").as_int());
-  ts.log_var = detail::doubles_from(t.at("log_var"));
-  ts.log_var_m = detail::doubles_from(t.at("log_var_m"));
-  ts.log_var_v = detail::doubles_from(t.at("log_var_v"));
-  ts.gradnorm_w = detail::doubles_from(t.at("gradnorm_w"));
-  ts.initial_loss = detail::doubles_from(t.at("initial_loss"));
-  const std::size_t K = trainer.state().gradnorm_w.size();
-  check(ts.log_var.size() == K || K == 0, "load_training_state", "expected ", K, " task weights but got ",
-        ts.log_var.size());
+  trainer.optimizer().load_state(optimizer_step, views);
+  trainer.state() = ts;
 }
 
 }  // namespace mtrec

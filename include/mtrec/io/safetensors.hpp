@@ -51,6 +51,7 @@
 #include <cstdint>
 #include <cstring>
 #include <map>
+#include <memory>
 #include <string>
 #include <string_view>
 #include <type_traits>
@@ -399,9 +400,17 @@ class SafetensorsFile {
 
   template <class T>
   std::vector<T> read_vector(const std::string& name) const {
-    std::vector<T> v(static_cast<std::size_t>(info(name).numel()));
-    read<T>(name, v.data(), v.size());
-    return v;
+    const std::size_t n = static_cast<std::size_t>(info(name).numel());
+    if constexpr (std::is_same<T, bool>::value) {
+      // std::vector<bool> packs bits and has no data(): read into bools, then copy.
+      std::unique_ptr<bool[]> tmp(new bool[n ? n : 1]);
+      read<bool>(name, tmp.get(), n);
+      return std::vector<bool>(tmp.get(), tmp.get() + n);
+    } else {
+      std::vector<T> v(n);
+      read<T>(name, v.data(), v.size());
+      return v;
+    }
   }
 
  private:

@@ -7,6 +7,7 @@
 #pragma once
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <limits>
@@ -45,6 +46,17 @@ template <class Fn>
 inline void chunks(index_t work, index_t n, index_t chunk, Fn&& fn) {
   parallel_chunks(n, chunk, std::forward<Fn>(fn), worth_forking(work));
 }
+
+// "Every value was finite", cleared by any chunk (on any thread) that saw one
+// that was not: an atomic, written only on that rare path.
+class FiniteFlag {
+ public:
+  void clear() { ok_.store(false, std::memory_order_relaxed); }
+  bool get() const { return ok_.load(std::memory_order_relaxed); }
+
+ private:
+  std::atomic<bool> ok_{true};
+};
 
 template <class T>
 inline batch<T> load_partial(const T* p, index_t r) {
@@ -579,7 +591,7 @@ inline void residual_add(cpu_t, T* y, const T* a, const T* b, index_t n) {
 }
 
 template <class T>
-inline void adam_update(cpu_t, T* w, T* m, T* v, const T* g, index_t n, const AdamStep<T>& s) {
+inline bool adam_update(cpu_t, T* w, T* m, T* v, const T* g, index_t n, const AdamStep<T>& s) {
   using B = simd::batch<T>;
   constexpr index_t W = B::size;
   const B b1(s.beta1), b2(s.beta2), c1(T(1) - s.beta1), c2(T(1) - s.beta2), eps(s.eps);
@@ -594,8 +606,10 @@ inline void adam_update(cpu_t, T* w, T* m, T* v, const T* g, index_t n, const Ad
     vo = b2 * vv + c2 * gv * gv;
     wo = wv - step * mo / (xsimd::sqrt(vo) * inv_sqrt_bc2 + eps);
   };
+  simd::FiniteFlag finite;
   simd::chunks(n, n, simd::kChunk, [&](index_t b, index_t e) {
     index_t i = b;
+    typename B::batch_bool_type bad(false);
     for (; i + W <= e; i += W) {
       B wo, mo, vo;
       one(B::load_unaligned(w + i), B::load_unaligned(m + i), B::load_unaligned(v + i), B::load_unaligned(g + i), wo,
@@ -603,23 +617,27 @@ inline void adam_update(cpu_t, T* w, T* m, T* v, const T* g, index_t n, const Ad
       wo.store_unaligned(w + i);
       mo.store_unaligned(m + i);
       vo.store_unaligned(v + i);
+      bad = bad | !xsimd::isfinite(wo);
     }
     if (i < e) {
       const index_t r = e - i;
       B wo, mo, vo;
       one(simd::load_partial(w + i, r), simd::load_partial(m + i, r), simd::load_partial(v + i, r),
-          simd::load_partial(g + i, r), wo, mo, vo);
+          simd::load_partial(g + i, r), wo, mo, vo);  // padded lanes compute 0: finite
       simd::store_partial(w + i, wo, r);
       simd::store_partial(m + i, mo, r);
       simd::store_partial(v + i, vo, r);
+      bad = bad | !xsimd::isfinite(wo);
     }
+    if (xsimd::any(bad)) finite.clear();
   });
+  return finite.get();
 }
 
 // ---- SGD, squared norm, scale ----------------------------------------------
 
 template <class T>
-inline void sgd_update(cpu_t, T* w, T* buf, const T* g, index_t n, T lr, T momentum, T weight_decay, bool nesterov) {
+inline bool sgd_update(cpu_t, T* w, T* buf, const T* g, index_t n, T lr, T momentum, T weight_decay, bool nesterov) {
   using B = simd::batch<T>;
   constexpr index_t W = B::size;
   const B blr(lr), bmu(momentum), bwd(weight_decay);
@@ -633,14 +651,17 @@ inline void sgd_update(cpu_t, T* w, T* buf, const T* g, index_t n, T lr, T momen
     }
     wo = wv - blr * gv;
   };
+  simd::FiniteFlag finite;
   simd::chunks(n, n, simd::kChunk, [&](index_t b, index_t e) {
     index_t i = b;
     const B zero(T(0));
+    typename B::batch_bool_type bad(false);
     for (; i + W <= e; i += W) {
       B wo, bo = zero;  // bo is only written when use_buf
       one(B::load_unaligned(w + i), use_buf ? B::load_unaligned(buf + i) : zero, B::load_unaligned(g + i), wo, bo);
       wo.store_unaligned(w + i);
       if (use_buf) bo.store_unaligned(buf + i);
+      bad = bad | !xsimd::isfinite(wo);
     }
     if (i < e) {
       const index_t r = e - i;
@@ -649,8 +670,40 @@ inline void sgd_update(cpu_t, T* w, T* buf, const T* g, index_t n, T lr, T momen
           wo, bo);
       simd::store_partial(w + i, wo, r);
       if (use_buf) simd::store_partial(buf + i, bo, r);
+      bad = bad | !xsimd::isfinite(wo);
     }
+    if (xsimd::any(bad)) finite.clear();
   });
+  return finite.get();
+}
+
+// True when every x[i] over [0, n) is finite. v - v is 0 for a finite v and
+// NaN for NaN or +-Inf, so one subtraction and one add per vector: a pass at
+// memory speed. Chunks run in parallel only when n is worth a fork, so a
+// call per embedding row costs no thread wake-up.
+template <class T>
+inline bool all_finite(cpu_t, const T* x, index_t n) {
+  using B = simd::batch<T>;
+  constexpr index_t W = B::size;
+  auto span = [x](index_t b, index_t e) {
+    B a0(T(0)), a1(T(0));
+    index_t i = b;
+    for (; i + 2 * W <= e; i += 2 * W) {
+      const B u = B::load_unaligned(x + i), v = B::load_unaligned(x + i + W);
+      a0 += u - u;
+      a1 += v - v;
+    }
+    T tail = T(0);
+    for (; i < e; ++i) tail += x[i] - x[i];
+    const B s = a0 + a1;
+    return !xsimd::any(xsimd::isnan(s)) && tail == tail;  // (not s != s: xsimd compares ordered)
+  };
+  if (n <= simd::kChunk) return span(0, n);
+  simd::FiniteFlag finite;
+  simd::chunks(n, n, simd::kChunk, [&](index_t b, index_t e) {
+    if (!span(b, e)) finite.clear();
+  });
+  return finite.get();
 }
 
 // Returns sum of x[i]^2 over [0, n) in double (floats are widened on load).

@@ -218,9 +218,12 @@ inline void residual_add(reference_t, T* y, const T* a, const T* b, index_t n) {
 //   m = b1 m + (1 - b1) g';  v = b2 v + (1 - b2) g'^2
 //   w -= (lr / bc1) * m / (sqrt(v) / sqrt(bc2) + eps)
 template <class T>
-inline void adam_update(reference_t, T* w, T* m, T* v, const T* g, index_t n, const AdamStep<T>& s) {
+// Returns true when every updated weight is finite (the trainer's check that
+// an update did not overflow, at no extra pass over the weights).
+inline bool adam_update(reference_t, T* w, T* m, T* v, const T* g, index_t n, const AdamStep<T>& s) {
   const T step = s.lr / s.bias_correction1;
   const T inv_sqrt_bc2 = T(1) / std::sqrt(s.bias_correction2);
+  bool finite = true;
   for (index_t i = 0; i < n; ++i) {
     T grad = g[i];
     if (s.decoupled)
@@ -230,7 +233,9 @@ inline void adam_update(reference_t, T* w, T* m, T* v, const T* g, index_t n, co
     m[i] = s.beta1 * m[i] + (T(1) - s.beta1) * grad;
     v[i] = s.beta2 * v[i] + (T(1) - s.beta2) * grad * grad;
     w[i] -= step * m[i] / (std::sqrt(v[i]) * inv_sqrt_bc2 + s.eps);
+    finite = finite && std::isfinite(w[i]);
   }
+  return finite;
 }
 
 // One SGD step on n weights, torch.optim.SGD with dampening 0:
@@ -239,9 +244,11 @@ inline void adam_update(reference_t, T* w, T* m, T* v, const T* g, index_t n, co
 //   w -= lr * g'
 // With momentum == 0 `buf` is never read or written and may be null.
 // (torch starts buf as a copy of the first g'; momentum * 0 + g' is the same.)
+// Returns true when every updated weight is finite.
 template <class T>
-inline void sgd_update(reference_t, T* w, T* buf, const T* g, index_t n, T lr, T momentum, T weight_decay,
+inline bool sgd_update(reference_t, T* w, T* buf, const T* g, index_t n, T lr, T momentum, T weight_decay,
                        bool nesterov) {
+  bool finite = true;
   for (index_t i = 0; i < n; ++i) {
     T grad = g[i] + weight_decay * w[i];
     if (momentum != T(0)) {
@@ -249,7 +256,17 @@ inline void sgd_update(reference_t, T* w, T* buf, const T* g, index_t n, T lr, T
       grad = nesterov ? grad + momentum * buf[i] : buf[i];
     }
     w[i] -= lr * grad;
+    finite = finite && std::isfinite(w[i]);
   }
+  return finite;
+}
+
+// True when every x[i] over [0, n) is finite (no NaN, no +-Inf).
+template <class T>
+inline bool all_finite(reference_t, const T* x, index_t n) {
+  for (index_t i = 0; i < n; ++i)
+    if (!std::isfinite(x[i])) return false;
+  return true;
 }
 
 // Returns sum of x[i]^2 over [0, n), accumulated in double.

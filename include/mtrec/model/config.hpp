@@ -105,12 +105,95 @@ struct TableSpec {
   bool hashed = false;
 };
 
+// Upper bounds of a configuration. They are far beyond any model that fits a
+// machine, and low enough that the arithmetic on them cannot overflow and
+// that a hostile file (see load_checkpoint) cannot make the model's
+// bookkeeping, as opposed to its parameters, large. Each check names its limit.
+struct ConfigLimits {
+  static constexpr index_t max_rows = index_t(1) << 40;     // vocab, hash_buckets, target_vocab
+  static constexpr index_t max_dim = index_t(1) << 16;      // dim, d_model, target_dim
+  static constexpr index_t max_width = index_t(1) << 20;    // MLP widths, ffn
+  static constexpr index_t max_depth = 64;                  // MLP layers, encoder layers
+  static constexpr index_t max_heads = 1024;
+  static constexpr index_t max_len = index_t(1) << 20;      // sequence max_len
+  static constexpr index_t max_classes = index_t(1) << 24;  // num_classes
+  static constexpr index_t max_experts = 1024;              // experts of one MMoE/PLE level, in total
+  static constexpr index_t max_levels = 16;                 // ple_levels
+  static constexpr index_t max_tasks = 1024;
+  static constexpr index_t max_features = 4096;             // fields of each kind
+  static constexpr index_t max_parameters = index_t(1) << 42;  // elements of all parameters together
+};
+
 // Checks the whole configuration and returns the embedding tables it needs,
 // in first-use order. Every problem is reported with the field or task name.
 inline std::vector<TableSpec> validate_config(const ModelConfig& c) {
   const char* op = "ModelConfig";
   const FeatureSpec& f = c.features;
+  using L = ConfigLimits;
+  auto in_range = [&](index_t v, index_t lo, index_t hi, const std::string& where, const char* field) {
+    check(v >= lo && v <= hi, op, where, field, " expected in [", lo, ", ", hi, "] but got ", v);
+  };
+  auto finite_in = [&](double v, double lo, double hi, bool lo_open, const std::string& where, const char* field) {
+    const bool ok = std::isfinite(v) && (lo_open ? v > lo : v >= lo) && v <= hi;
+    check(ok, op, where, field, " expected a finite value in ", lo_open ? "(" : "[", lo, ", ", hi, "] but got ", v);
+  };
+  auto widths = [&](const std::vector<index_t>& w, const std::string& where, const char* field) {
+    check(index_t(w.size()) <= L::max_depth, op, where, field, " expected at most ", L::max_depth,
+          " layers but got ", w.size());
+    for (index_t x : w) in_range(x, 1, L::max_width, where, field);
+  };
   check(!c.tasks.empty(), op, "expected at least one task");
+  check(index_t(c.tasks.size()) <= L::max_tasks, op, "expected at most ", L::max_tasks, " tasks but got ",
+        c.tasks.size());
+  for (std::size_t n : {f.ids.size(), f.bags.size(), f.sequences.size(), f.dense.size()})
+    check(index_t(n) <= L::max_features, op, "expected at most ", L::max_features, " fields of each kind but got ", n);
+  for (const auto& x : f.ids) {
+    const std::string w = "ID field '" + x.name + "' ";
+    in_range(x.vocab, 0, L::max_rows, w, "vocab");
+    in_range(x.hash_buckets, 0, L::max_rows, w, "hash_buckets");
+    in_range(x.dim, 1, L::max_dim, w, "dim");
+  }
+  for (const auto& x : f.bags) {
+    const std::string w = "bag field '" + x.name + "' ";
+    in_range(x.vocab, 0, L::max_rows, w, "vocab");
+    in_range(x.hash_buckets, 0, L::max_rows, w, "hash_buckets");
+    in_range(x.dim, 1, L::max_dim, w, "dim");
+  }
+  for (const auto& x : f.sequences) {
+    const std::string w = "sequence '" + x.name + "' ";
+    in_range(x.vocab, 0, L::max_rows, w, "vocab");
+    in_range(x.hash_buckets, 0, L::max_rows, w, "hash_buckets");
+    in_range(x.max_len, 1, L::max_len, w, "max_len");
+    in_range(x.layers, 1, L::max_depth, w, "layers");
+    in_range(x.encoder.d_model, 1, L::max_dim, w, "d_model");
+    in_range(x.encoder.heads, 1, L::max_heads, w, "heads");
+    in_range(x.encoder.ffn, 1, L::max_width, w, "ffn");
+    finite_in(x.encoder.dropout, 0, 0.999999, false, w, "encoder dropout");
+    finite_in(x.encoder.layer_norm_eps, 0, 1, true, w, "layer_norm_eps");
+  }
+  for (const auto& x : f.dense) in_range(x.dim, 1, L::max_dim, "dense field '" + x.name + "' ", "dim");
+  for (const auto& t : c.tasks) {
+    const std::string w = "task '" + t.name + "' ";
+    widths(t.tower, w, "tower");
+    if (t.type == TaskType::MultiClass) in_range(t.num_classes, 0, L::max_classes, w, "num_classes");  // >= 2: checked below
+    if (t.type == TaskType::Retrieval) {
+      in_range(t.target_vocab, 0, L::max_rows, w, "target_vocab");
+      in_range(t.target_dim, 0, L::max_dim, w, "target_dim");
+    }
+    finite_in(t.huber_delta, 0, 1e30, true, w, "huber_delta");
+  }
+  widths(c.bottom, "", "bottom");
+  widths(c.expert, "", "expert");
+  if (c.architecture == Architecture::MMoE) in_range(c.experts, 1, L::max_experts, "MMoE ", "experts");
+  if (c.architecture == Architecture::PLE) {
+    in_range(c.ple_levels, 1, L::max_levels, "PLE ", "ple_levels");
+    in_range(c.ple_shared_experts, 1, L::max_experts, "PLE ", "ple_shared_experts");
+    in_range(c.ple_task_experts, 1, L::max_experts, "PLE ", "ple_task_experts");
+    const index_t per_level = c.ple_task_experts * index_t(c.tasks.size()) + c.ple_shared_experts;
+    check(per_level <= L::max_experts, op, "PLE expected at most ", L::max_experts,
+          " experts per level (ple_task_experts x tasks + ple_shared_experts) but got ", per_level);
+  }
+  finite_in(c.embedding_init_std, 0, 1e6, false, "", "embedding_init_std");
   check(!f.ids.empty() || !f.bags.empty() || !f.sequences.empty() || !f.dense.empty(), op,
         "expected at least one feature");
   std::vector<TableSpec> tables;
@@ -220,6 +303,13 @@ inline std::vector<TableSpec> validate_config(const ModelConfig& c) {
   for (index_t w : c.bottom) check(w > 0, op, "bottom widths must be positive but got ", w);
   for (index_t w : c.expert) check(w > 0, op, "expert widths must be positive but got ", w);
   check(c.dropout >= 0 && c.dropout < 1, op, "dropout expected in [0, 1) but got ", c.dropout);
+  index_t table_elements = 0;
+  for (const auto& t : tables) {
+    table_elements += t.rows * t.dim;  // each below 2^56: no overflow for max_features x 4 tables
+    check(table_elements <= L::max_parameters, op, "the embedding tables expected at most ", L::max_parameters,
+          " elements in total but table '", t.name, "' (", t.rows, " x ", t.dim, ") brings them to ",
+          table_elements);
+  }
   return tables;
 }
 

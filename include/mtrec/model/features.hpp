@@ -109,8 +109,48 @@ struct Batch {
     label_mask.resize(tasks);
   }
 
-  // Copies rows src[rows[0..n)] into this batch, reusing capacity.
+  // Copies rows src[rows[0..n)] into this batch, reusing capacity. Every row
+  // index must be in [0, src.size), and src's containers must hold src.size
+  // rows (checked, so that a bad index or a malformed source is an error).
   void gather(const Batch& src, const index_t* rows, index_t n) {
+    const char* op = "Batch::gather";
+    check(n >= 0, op, "expected n >= 0 rows but got ", n);
+    check(n == 0 || rows != nullptr, op, "expected ", n, " row indices but got a null pointer");
+    check(&src != this, op, "cannot gather a batch into itself");
+    for (index_t i = 0; i < n; ++i)
+      if (rows[i] < 0 || rows[i] >= src.size)
+        fail(op, "row index ", rows[i], " at position ", i, " expected in [0, ", src.size, ")");
+    const std::size_t N = static_cast<std::size_t>(src.size);
+    for (std::size_t f = 0; f < src.ids.size(); ++f)
+      check(src.ids[f].size() == N, op, "source ID field ", f, " expected ", N, " values but has ", src.ids[f].size());
+    for (std::size_t f = 0; f < src.bags.size(); ++f) {
+      const Bag& b = src.bags[f];
+      check(b.offsets.size() == N + 1, op, "source bag field ", f, " expected ", N + 1, " offsets but has ",
+            b.offsets.size());
+      check(b.weights.empty() || b.weights.size() == b.ids.size(), op, "source bag field ", f, " expected ",
+            b.ids.size(), " weights but has ", b.weights.size());
+      for (index_t i = 0; i < n; ++i) {  // only the rows gathered: O(n), not O(src.size), per call
+        const std::size_t r = static_cast<std::size_t>(rows[i]);
+        check(b.offsets[r] >= 0 && b.offsets[r] <= b.offsets[r + 1] && b.offsets[r + 1] <= index_t(b.ids.size()), op,
+              "source bag field ", f, " offsets[", r, "..", r + 1, "] = ", b.offsets[r], "..", b.offsets[r + 1],
+              " expected a non-decreasing range within its ", b.ids.size(), " IDs");
+      }
+    }
+    for (std::size_t f = 0; f < src.sequences.size(); ++f) {
+      const Sequence& q = src.sequences[f];
+      check(q.lengths.size() == N && (N == 0 || q.ids.size() % N == 0), op, "source sequence field ", f,
+            " expected ", N, " lengths and a multiple of ", N, " IDs but has ", q.lengths.size(), " and ", q.ids.size());
+    }
+    for (std::size_t f = 0; f < src.dense.size(); ++f)
+      check(N == 0 || src.dense[f].size() % N == 0, op, "source dense field ", f, " expected a multiple of ", N,
+            " values but has ", src.dense[f].size());
+    auto check_per_row = [&](std::size_t have, const char* what, std::size_t k) {
+      check(have == 0 || have == N, op, "source ", what, " ", k, " expected ", N, " entries (or none) but has ", have);
+    };
+    for (std::size_t k = 0; k < src.labels.size(); ++k) check_per_row(src.labels[k].size(), "labels of task", k);
+    for (std::size_t k = 0; k < src.label_mask.size(); ++k) check_per_row(src.label_mask[k].size(), "label mask of task", k);
+    check_per_row(src.weights.size(), "sample weights", 0);
+    check_per_row(src.groups.size(), "group ids", 0);
     size = n;
     ids.resize(src.ids.size());
     for (std::size_t f = 0; f < src.ids.size(); ++f) {

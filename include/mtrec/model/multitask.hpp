@@ -16,6 +16,7 @@
 #pragma once
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <memory>
@@ -82,6 +83,7 @@ class MultiTaskModel {
       Tensor<T> d_shared_in;
     };
     struct SequenceWs {
+      Tensor<index_t> lengths;    // (B) a copy of the batch's lengths: forward and backward agree on it
       Tensor<index_t> valid_ids;  // (n_valid) IDs of the valid positions, in (b,t) order
       Tensor<index_t> starts;     // (B) first row of each sequence in compact
       Tensor<T> compact, d_compact;  // (n_valid, D)
@@ -122,15 +124,31 @@ class MultiTaskModel {
     Tensor<T> esmm_d_ctr;                     // (B) ESMM: dL_ctcvr / d CTR logit
     TaskLosses losses;                        // the last compute_losses() result
     Mode mode;
+    // What this workspace holds, so that compute_losses and backward refuse a
+    // workspace of another model, or one without a (complete) forward.
+    std::uint64_t owner = 0;                  // the instance id of the model whose forward completed; 0 = none
+    const void* batch = nullptr;              // the batch that forward read (backward must get the same one)
+    bool has_losses = false;                  // compute_losses ran after that forward
   };
 
   explicit MultiTaskModel(const ModelConfig& config)
-      : config_(config), store_(std::make_unique<ParameterStore<T>>(config.seed)) {
+      : config_(config), store_(std::make_unique<ParameterStore<T>>(config.seed)), id_(next_instance_id()) {
     tables_ = validate_config(config_);
     build();
     store_->allocate();
   }
+
+  // The parameters (names, shapes, kinds) that `config` creates, without
+  // allocating them. At most `max_tensors` parameters of at most
+  // `max_elements` elements in total are accepted (`source` names where the
+  // bounds come from), so a configuration read from an untrusted file cannot
+  // make this, or the model built afterwards, larger than the file backs.
+  static std::vector<ParamInfo> parameter_plan(const ModelConfig& config, index_t max_tensors, index_t max_elements,
+                                               const std::string& source) {
+    return MultiTaskModel(config, max_tensors, max_elements, source).store_->infos();
+  }
   MultiTaskModel(const MultiTaskModel&) = delete;  // layers point into the store
+  std::uint64_t instance_id() const { return id_; }
   MultiTaskModel& operator=(const MultiTaskModel&) = delete;
 
   const ModelConfig& config() const { return config_; }
@@ -148,7 +166,11 @@ class MultiTaskModel {
   // ---- forward -------------------------------------------------------------
 
   // ws.out[k] (B, out_k) = raw outputs of every task (logits / values).
+  // The batch must stay unchanged until the last backward of this forward.
   void forward(Workspace& ws, const Batch<T>& batch, const Mode& mode) const {
+    ws.owner = 0;  // a forward that throws leaves a workspace backward refuses
+    ws.batch = nullptr;
+    ws.has_losses = false;
     check_batch(batch);
     const index_t B = batch.size;
     ws.B = B;
@@ -158,6 +180,8 @@ class MultiTaskModel {
     trunk_forward(ws, mode);
     for (std::size_t k = 0; k < towers_.size(); ++k)
       towers_[k].forward(ws.tower[k], tower_input(ws, k), ws.out[k].view(), mode);
+    ws.owner = id_;
+    ws.batch = &batch;
   }
 
   // Per-task losses of ws.out against the batch labels. Fills ws.d_out[k] =
@@ -165,8 +189,9 @@ class MultiTaskModel {
   // result lives in the workspace (no allocation once warm).
   const TaskLosses& compute_losses(Workspace& ws, const Batch<T>& batch) const {
     const char* op = "MultiTaskModel::compute_losses";
+    check_workspace(op, ws, batch);
     const index_t B = ws.B;
-    check(batch.size == B, op, "batch has ", batch.size, " rows but forward ran on ", B);
+    ws.has_losses = false;
     check(batch.labels.size() == num_tasks(), op, "expected labels for ", num_tasks(), " tasks but got ",
           batch.labels.size());
     TaskLosses& r = ws.losses;
@@ -218,12 +243,20 @@ class MultiTaskModel {
       r.value[k] = lr.value;
       r.count[k] = lr.count;
     }
+    ws.has_losses = true;
     return r;
   }
 
   // Backward from sum_k coeff[k] * dL_k/d out_k (coeff[k] == 0 skips task k's
   // tower). Parameter gradients accumulate into parameters().grads().
   void backward(Workspace& ws, const Batch<T>& batch, const double* coeff) const {
+    const char* op = "MultiTaskModel::backward";
+    check_workspace(op, ws, batch);
+    check(ws.has_losses, op, "expected compute_losses() after forward() and before backward()");
+    check(coeff != nullptr, op, "expected ", num_tasks(), " task coefficients but got a null pointer");
+    for (std::size_t k = 0; k < num_tasks(); ++k)
+      check(std::isfinite(coeff[k]), op, "coeff[", k, "] (task '", config_.tasks[k].name,
+            "') expected a finite value but got ", coeff[k]);
     const index_t B = ws.B;
     for (std::size_t k = 0; k < num_tasks(); ++k) {
       ws.d_tower_in[k].resize({B, towers_[k].in_features()});
@@ -243,7 +276,7 @@ class MultiTaskModel {
       if (config_.tasks[k].type == TaskType::Retrieval && coeff[k] != 0.0) retrieval_keys_backward(ws, batch, k, c);
     }
     trunk_backward(ws, coeff);
-    features_backward(ws, batch);
+    features_backward(ws);
   }
 
   // out (B, C_total): probabilities for binary tasks, values for regression,
@@ -275,6 +308,103 @@ class MultiTaskModel {
     }
     if (config_.architecture == Architecture::ESMM)
       for (index_t i = 0; i < B; ++i) out.data()[i * C + col] = sigmoid(ws.out[1].data()[i]);
+  }
+
+  // Checks a whole data set once, before training or evaluating on it:
+  // field shapes, ID ranges of vocabulary tables, sequence lengths, bag
+  // offsets, finite dense values and weights, and every labelled row's label
+  // (finite; a class id for multi-class; 0/1 for BPR; [0, 1] for BCE; a table
+  // row for retrieval). A bad value is reported by its row in `data`
+  // (`what` names the data set: "training data", "validation data").
+  void validate(const Batch<T>& data, const std::string& what = "data") const {
+    const char* op = "MultiTaskModel::validate";
+    try {
+      check_batch(data);
+    } catch (const Error& e) {
+      fail(op, what, ": ", e.what());
+    }
+    const FeatureSpec& f = config_.features;
+    const index_t N = data.size;
+    auto ids_in_range = [&](const char* kind, const std::string& field, const std::string& table, const index_t* ids,
+                            index_t n, auto row_of) {
+      const TableSpec& t = table_spec(field, table);
+      if (t.hashed) return;  // any ID hashes into the table
+      for (index_t j = 0; j < n; ++j)
+        if (ids[j] < 0 || ids[j] >= t.rows)
+          fail(op, what, " row ", row_of(j), ": ", kind, " '", field, "' ID ", ids[j], " expected in [0, ", t.rows,
+               ") (table '", t.name, "')");
+    };
+    for (std::size_t i = 0; i < f.ids.size(); ++i)
+      ids_in_range("ID field", f.ids[i].name, f.ids[i].table, data.ids[i].data(), N, [](index_t j) { return j; });
+    for (std::size_t i = 0; i < f.bags.size(); ++i) {
+      const auto& b = data.bags[i];
+      const std::string& name = f.bags[i].name;
+      check(b.offsets[0] == 0, op, what, ": bag field '", name, "' offsets[0] expected 0 but got ", b.offsets[0]);
+      for (index_t r = 0; r < N; ++r)
+        check(b.offsets[r + 1] >= b.offsets[r], op, what, " row ", r, ": bag field '", name,
+              "' offsets expected non-decreasing but offsets[", r + 1, "] = ", b.offsets[r + 1], " < offsets[", r,
+              "] = ", b.offsets[r]);
+      check(b.offsets[N] == index_t(b.ids.size()), op, what, ": bag field '", name, "' offsets[", N,
+            "] expected to equal its ", b.ids.size(), " IDs but got ", b.offsets[N]);
+      index_t r = 0;
+      auto row_of = [&](index_t j) {
+        while (r < N && b.offsets[r + 1] <= j) ++r;
+        return r;
+      };
+      ids_in_range("bag field", name, f.bags[i].table, b.ids.data(), index_t(b.ids.size()), row_of);
+      r = 0;
+      for (std::size_t j = 0; j < b.weights.size(); ++j)
+        if (!std::isfinite(b.weights[j]))
+          fail(op, what, " row ", row_of(index_t(j)), ": bag field '", name, "' weight expected a finite value but got ",
+               b.weights[j]);
+    }
+    for (std::size_t i = 0; i < f.sequences.size(); ++i) {
+      const SequenceFeature& sf = f.sequences[i];
+      const TableSpec& t = table_spec(sf.name, sf.table);
+      if (t.hashed) continue;
+      const auto& sq = data.sequences[i];
+      for (index_t r = 0; r < N; ++r)
+        for (index_t p = 0; p < sq.lengths[r]; ++p) {
+          const index_t id = sq.ids[std::size_t(r * sf.max_len + p)];
+          if (id < 0 || id >= t.rows)
+            fail(op, what, " row ", r, ": sequence '", sf.name, "' position ", p, " ID ", id, " expected in [0, ",
+                 t.rows, ") (table '", t.name, "')");
+        }
+    }
+    check(data.groups.empty() || data.groups.size() == std::size_t(N), op, what, ": expected ", N,
+          " group ids but got ", data.groups.size());
+    check(data.labels.size() == num_tasks(), op, what, ": expected labels for ", num_tasks(), " tasks but got ",
+          data.labels.size());
+    check(data.label_mask.empty() || data.label_mask.size() == num_tasks(), op, what, ": expected label masks for ",
+          num_tasks(), " tasks (or none) but got ", data.label_mask.size());
+    for (std::size_t k = 0; k < num_tasks(); ++k) {
+      const TaskSpec& t = config_.tasks[k];
+      const auto& y = data.labels[k];
+      check(y.size() == std::size_t(N), op, what, ": task '", t.name, "' expected ", N, " labels but got ", y.size());
+      const bool masked = !data.label_mask.empty() && !data.label_mask[k].empty();
+      check(!masked || data.label_mask[k].size() == std::size_t(N), op, what, ": task '", t.name, "' expected ", N,
+            " mask entries but got ", data.label_mask[k].size());
+      const index_t target_rows = t.type == TaskType::Retrieval ? store_->info(target_table_[k]).shape[0] : 0;
+      const bool esmm = config_.architecture == Architecture::ESMM;
+      for (index_t r = 0; r < N; ++r) {
+        if (masked && !data.label_mask[k][std::size_t(r)]) continue;
+        const T v = y[std::size_t(r)];
+        check(std::isfinite(v), op, what, " row ", r, ": task '", t.name, "' label expected a finite value but got ", v);
+        const bool integral = v == std::floor(v);
+        if (t.type == TaskType::MultiClass)
+          check(integral && v >= 0 && v < T(t.num_classes), op, what, " row ", r, ": task '", t.name,
+                "' label expected a class id in [0, ", t.num_classes, ") but got ", v);
+        else if (t.type == TaskType::Retrieval)
+          check(integral && v >= 0 && v < T(target_rows), op, what, " row ", r, ": retrieval task '", t.name,
+                "' label expected a row of table '", t.target_table, "' in [0, ", target_rows, ") but got ", v);
+        else if (t.type == TaskType::Binary && t.loss == TaskLoss::BPR)
+          check(v == T(0) || v == T(1), op, what, " row ", r, ": BPR task '", t.name, "' label expected 0 or 1 but got ",
+                v);
+        else if (t.type == TaskType::Binary && !esmm)
+          check(v >= 0 && v <= 1, op, what, " row ", r, ": binary task '", t.name, "' label expected in [0, 1] but got ",
+                v);
+      }
+    }
   }
 
   // Names of predict()'s columns: the task name, "task:class" for multi-class,
@@ -309,6 +439,27 @@ class MultiTaskModel {
 
  private:
   static T sigmoid(T x) { return T(1) / (T(1) + std::exp(-x)); }
+
+  static std::uint64_t next_instance_id() {
+    static std::atomic<std::uint64_t> next{1};
+    return next++;
+  }
+  // Planning only: registers the parameters under bounds, allocates nothing.
+  MultiTaskModel(const ModelConfig& config, index_t max_tensors, index_t max_elements, const std::string& source)
+      : config_(config), store_(std::make_unique<ParameterStore<T>>(config.seed)), id_(0) {
+    tables_ = validate_config(config_);
+    store_->set_limits(max_tensors, max_elements, source);
+    build();
+  }
+
+  // The workspace holds a completed forward of this model on `batch`.
+  void check_workspace(const char* op, const Workspace& ws, const Batch<T>& batch) const {
+    check(ws.owner != 0, op, "the workspace holds no completed forward(); call forward() first");
+    check(ws.owner == id_, op, "the workspace holds a forward() of another model (instance ", ws.owner,
+          ", this is instance ", id_, "); use one workspace per model");
+    check(ws.batch == static_cast<const void*>(&batch) && batch.size == ws.B, op,
+          "expected the batch that forward() ran on (", ws.B, " rows) but got another batch of ", batch.size, " rows");
+  }
 
   // ---- ranking and retrieval losses -------------------------------------------
 
@@ -643,14 +794,16 @@ class MultiTaskModel {
     for (std::size_t i = 0; i < f.dense.size(); ++i) {
       check(b.dense[i].size() == B * static_cast<std::size_t>(f.dense[i].dim), op, "dense field '", f.dense[i].name,
             "' expected ", B * f.dense[i].dim, " values but got ", b.dense[i].size());
+      const std::size_t dim = static_cast<std::size_t>(f.dense[i].dim);
       for (std::size_t j = 0; j < b.dense[i].size(); ++j)
         if (!std::isfinite(b.dense[i][j]))
-          fail(op, "dense field '", f.dense[i].name, "' value[", j, "] expected a finite value but got ", b.dense[i][j]);
+          fail(op, "dense field '", f.dense[i].name, "' row ", j / dim, " column ", j % dim,
+               " expected a finite value but got ", b.dense[i][j]);
     }
     check(b.weights.empty() || b.weights.size() == B, op, "expected ", B, " sample weights but got ", b.weights.size());
     for (std::size_t j = 0; j < b.weights.size(); ++j)
       if (!(b.weights[j] >= 0) || !std::isfinite(b.weights[j]))
-        fail(op, "sample weight[", j, "] expected a finite value >= 0 but got ", b.weights[j]);
+        fail(op, "sample weight of row ", j, " expected a finite value >= 0 but got ", b.weights[j]);
   }
 
   // ---- features ----------------------------------------------------------------
@@ -711,6 +864,8 @@ class MultiTaskModel {
       const auto& s = b.sequences[i];
       const index_t L = sf.max_len, D = sf.encoder.d_model;
       const TableSpec& ts = table_spec(sf.name, sf.table);
+      sw.lengths.resize({B});
+      std::copy(s.lengths.begin(), s.lengths.end(), sw.lengths.data());
       // Only valid positions are looked up: padding never touches the table.
       index_t n_valid = 0;
       for (index_t r = 0; r < B; ++r) n_valid += s.lengths[r];
@@ -734,8 +889,8 @@ class MultiTaskModel {
       }
       enc.items.forward(sw.items, sw.valid_ids.view(), sw.compact.view());
       // valid positions copied, padded ones zeroed (an empty sequence copies nothing)
-      unpack_sequences(sw.emb.data(), sw.compact.data(), s.lengths.data(), sw.starts.data(), B, L, D);
-      ConstView<index_t> lengths(s.lengths.data(), {B});
+      unpack_sequences(sw.emb.data(), sw.compact.data(), sw.lengths.data(), sw.starts.data(), B, L, D);
+      ConstView<index_t> lengths(sw.lengths.data(), {B});
       enc.position.forward(sw.position, sw.emb.view(), sw.emb.view());
       enc.encoder.forward(sw.encoder, sw.emb.view(), lengths, sw.hidden.view(), mode);
       enc.pool.forward(sw.pool, sw.hidden.view(), lengths, sw.pooled.view());
@@ -748,7 +903,7 @@ class MultiTaskModel {
     }
   }
 
-  void features_backward(Workspace& ws, const Batch<T>& b) const {
+  void features_backward(Workspace& ws) const {
     const FeatureSpec& f = config_.features;
     const index_t B = ws.B;
     index_t col = 0;
@@ -780,7 +935,7 @@ class MultiTaskModel {
       enc.encoder.backward(sw.encoder, sw.d_hidden.view(), sw.d_emb.view());
       enc.position.backward(sw.position, sw.d_emb.view(), sw.d_emb.view());
       sw.d_compact.resize(sw.compact.shape());
-      pack_sequences(sw.d_compact.data(), sw.d_emb.data(), b.sequences[i].lengths.data(), sw.starts.data(), B, L, D);
+      pack_sequences(sw.d_compact.data(), sw.d_emb.data(), sw.lengths.data(), sw.starts.data(), B, L, D);
       enc.items.backward(sw.items, sw.d_compact.view());
       col += D;
     }
@@ -969,6 +1124,7 @@ class MultiTaskModel {
   std::vector<MLP<T>> towers_;
   std::vector<ParamId> target_table_;  // per task: a retrieval task's target table, else -1
   std::vector<ParamId> shared_params_, last_shared_;
+  std::uint64_t id_ = 0;  // unique per model instance in this process (0: planning only)
 };
 
 }  // namespace mtrec

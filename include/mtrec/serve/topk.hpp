@@ -51,11 +51,9 @@ class TopKScorer {
     check(user.size == 1, op, "expected a one-row user batch but got ", user.size, " rows");
     check(candidates.size > 0, op, "expected at least one candidate");
     check(k > 0, op, "expected k > 0 but got ", k);
+    check_user(op, user, candidates);
     batch_ = candidates;  // reuses capacity after the first request
     const index_t N = candidates.size;
-    check(user.ids.size() == batch_.ids.size() && user.bags.size() == batch_.bags.size() &&
-              user.sequences.size() == batch_.sequences.size() && user.dense.size() == batch_.dense.size(),
-          op, "user and candidate batches declare different features");
     for (std::size_t f = 0; f < user_ids_.size(); ++f)
       if (user_ids_[f]) std::fill(batch_.ids[f].begin(), batch_.ids[f].end(), user.ids[f].at(0));
     for (std::size_t f = 0; f < user_dense_.size(); ++f)
@@ -100,6 +98,52 @@ class TopKScorer {
   }
 
  private:
+  // The user-side fields of the one-row user batch: every container the
+  // scorer copies from holds exactly one row (bags: offsets {0, n} over n IDs
+  // and, when weighted, n weights), so the copies below stay in bounds.
+  void check_user(const char* op, const Batch<T>& user, const Batch<T>& candidates) const {
+    const FeatureSpec& f = model_->config().features;
+    check(user.ids.size() == f.ids.size() && user.bags.size() == f.bags.size() &&
+              user.sequences.size() == f.sequences.size() && user.dense.size() == f.dense.size(),
+          op, "user batch expected ", f.ids.size(), " ID, ", f.bags.size(), " bag, ", f.sequences.size(),
+          " sequence and ", f.dense.size(), " dense fields but got ", user.ids.size(), ", ", user.bags.size(), ", ",
+          user.sequences.size(), ", ", user.dense.size());
+    check(candidates.ids.size() == f.ids.size() && candidates.bags.size() == f.bags.size() &&
+              candidates.sequences.size() == f.sequences.size() && candidates.dense.size() == f.dense.size(),
+          op, "candidate batch expected ", f.ids.size(), " ID, ", f.bags.size(), " bag, ", f.sequences.size(),
+          " sequence and ", f.dense.size(), " dense fields but got ", candidates.ids.size(), ", ",
+          candidates.bags.size(), ", ", candidates.sequences.size(), ", ", candidates.dense.size());
+    for (std::size_t i = 0; i < f.ids.size(); ++i)
+      if (user_ids_[i])
+        check(user.ids[i].size() == 1, op, "user ID field '", f.ids[i].name, "' expected 1 value but got ",
+              user.ids[i].size());
+    for (std::size_t i = 0; i < f.bags.size(); ++i) {
+      if (!user_bags_[i]) continue;
+      const auto& b = user.bags[i];
+      const std::string& name = f.bags[i].name;
+      check(b.offsets.size() == 2, op, "user bag field '", name, "' expected 2 offsets but got ", b.offsets.size());
+      check(b.offsets[0] == 0 && b.offsets[1] == index_t(b.ids.size()), op, "user bag field '", name,
+            "' expected offsets {0, ", b.ids.size(), "} but got {", b.offsets[0], ", ", b.offsets[1], "}");
+      if (f.bags[i].weighted)
+        check(b.weights.size() == b.ids.size(), op, "weighted user bag field '", name, "' expected ", b.ids.size(),
+              " weights but got ", b.weights.size());
+      else
+        check(b.weights.empty(), op, "unweighted user bag field '", name, "' expected no weights but got ",
+              b.weights.size());
+    }
+    for (std::size_t i = 0; i < f.sequences.size(); ++i) {
+      if (!user_seqs_[i]) continue;
+      const auto& q = user.sequences[i];
+      const index_t L = f.sequences[i].max_len;
+      check(q.lengths.size() == 1 && q.ids.size() == std::size_t(L), op, "user sequence field '",
+            f.sequences[i].name, "' expected 1 length and ", L, " IDs but got ", q.lengths.size(), " and ", q.ids.size());
+    }
+    for (std::size_t i = 0; i < f.dense.size(); ++i)
+      if (user_dense_[i])
+        check(user.dense[i].size() == std::size_t(f.dense[i].dim), op, "user dense field '", f.dense[i].name,
+              "' expected ", f.dense[i].dim, " values but got ", user.dense[i].size());
+  }
+
   const MultiTaskModel<T>* model_;
   std::vector<bool> user_ids_, user_bags_, user_seqs_, user_dense_;
   index_t column_ = 0;

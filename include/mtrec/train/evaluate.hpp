@@ -14,7 +14,7 @@
 namespace mtrec {
 
 // Metrics of one task: binary -> auc, gauc (when groups are given), logloss,
-// accuracy; regression -> rmse, mae; multi-class -> accuracy, logloss;
+// accuracy, precision, recall, f1 (the last four at evaluate()'s threshold); regression -> rmse, mae; multi-class -> accuracy, logloss;
 // retrieval -> hit_rate@10, ndcg@10 (the target ranked against every row of
 // its table, not only the batch); every task -> loss (the training loss on
 // its labelled rows; in-batch losses such as BPR and sampled softmax depend on
@@ -87,10 +87,13 @@ inline void retrieval_ranks(index_t* rank, const T* q, const T* table, index_t r
 // task's metrics on its labelled rows. A task with no labelled row gets only
 // count = 0.
 template <class T>
-inline Evaluation evaluate(const MultiTaskModel<T>& model, const Batch<T>& data, index_t batch_size = 1024) {
+inline Evaluation evaluate(const MultiTaskModel<T>& model, const Batch<T>& data, index_t batch_size = 1024,
+                           double threshold = 0.5) {
   const char* op = "evaluate";
   check(data.size > 0, op, "expected a non-empty dataset");
   check(batch_size > 0, op, "expected batch_size > 0 but got ", batch_size);
+  check(std::isfinite(threshold) && threshold > 0 && threshold < 1, op, "expected threshold in (0, 1) but got ",
+        threshold);
   const ModelConfig& cfg = model.config();
   const std::size_t K = cfg.tasks.size();
   const index_t N = data.size, C = model.output_width();
@@ -174,7 +177,11 @@ inline Evaluation evaluate(const MultiTaskModel<T>& model, const Batch<T>& data,
             }
           }
           tm.values["logloss"] = logloss(column.data(), y, N, mask);
-          tm.values["accuracy"] = accuracy(column.data(), y, N, 0.5, mask);
+          tm.values["accuracy"] = accuracy(column.data(), y, N, threshold, mask);
+          const PRF1 prf = precision_recall_f1(column.data(), y, N, threshold, mask);
+          tm.values["precision"] = prf.precision;
+          tm.values["recall"] = prf.recall;
+          tm.values["f1"] = prf.f1;
         }
       }
     }

@@ -163,21 +163,25 @@ class Optimizer {
   index_t step_count() const { return t_; }
 
   // One update with the config's learning rate.
-  void step() { step(cfg_.lr); }
+  bool step() { return step(cfg_.lr); }
 
   // One update from the current gradients with learning rate `lr` (e.g. a
   // schedule's value, LRSchedule::at(step_count())). lr = 0 is allowed (the
-  // end of a schedule decaying to 0): the state still advances.
-  void step(double lr) {
+  // end of a schedule decaying to 0): the state still advances. Returns true
+  // when every weight it updated is finite (checked inside the update
+  // kernels, so it costs no extra pass over the weights).
+  bool step(double lr) {
     check(std::isfinite(lr) && lr >= 0, "Optimizer::step", "expected lr >= 0 (finite) but got ", lr);
     ParameterStore<T>& s = *store_;
     ++t_;
+    kernels::simd::FiniteFlag finite;
     if (cfg_.kind == OptimizerConfig::Kind::SGD) {
       const T tlr = T(lr), mu = T(cfg_.momentum), wd = T(cfg_.weight_decay);
       T* buf = buf_.numel() ? buf_.data() : nullptr;
       update_block([&](index_t off, index_t n) {
-        kernels::sgd_update(kernels::backend{}, s.values() + off, buf ? buf + off : nullptr, s.grads() + off, n, tlr,
-                            mu, wd, cfg_.nesterov);
+        if (!kernels::sgd_update(kernels::backend{}, s.values() + off, buf ? buf + off : nullptr, s.grads() + off, n,
+                                 tlr, mu, wd, cfg_.nesterov))
+          finite.clear();
       });
     } else {
       // Bias corrections in double, like PyTorch (Python floats), then cast.
@@ -191,10 +195,12 @@ class Optimizer {
       st.bias_correction1 = T(1.0 - std::pow(cfg_.beta1, double(t_)));
       st.bias_correction2 = T(1.0 - std::pow(cfg_.beta2, double(t_)));
       update_block([&](index_t off, index_t n) {
-        kernels::adam_update(kernels::backend{}, s.values() + off, m_.data() + off, v_.data() + off, s.grads() + off, n,
-                             st);
+        if (!kernels::adam_update(kernels::backend{}, s.values() + off, m_.data() + off, v_.data() + off,
+                                  s.grads() + off, n, st))
+          finite.clear();
       });
     }
+    return finite.get();
   }
 
   // The state buffers by name, each a flat view of store.size() elements.

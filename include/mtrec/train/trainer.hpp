@@ -47,6 +47,15 @@ inline const char* weighting_name(Weighting w) {
 
 enum class ScheduleKind { Constant, WarmupLinear, WarmupCosine };
 
+// What the trainer does with a step whose loss or gradients are not finite
+// (NaN or +-Inf). Either way the update is never applied: the parameters and
+// the optimizer state stay at the last good step.
+enum class OnNonFinite {
+  Stop,  // throw an mtrec::Error naming the epoch, step and value (fit first restores the best epoch's weights)
+  Skip,  // drop the step's gradients and go on (History::skipped_steps counts them); an epoch of only
+         // skipped steps stops as Stop does
+};
+
 struct TrainConfig {
   int epochs = 10;
   index_t batch_size = 256;
@@ -66,6 +75,12 @@ struct TrainConfig {
   bool progress = true;          // a progress bar on a terminal, else one line per epoch
   std::ostream* log = &std::cerr;
   std::string csv_log;           // path of a per-epoch CSV, rewritten atomically each epoch
+  OnNonFinite on_nonfinite = OnNonFinite::Stop;
+  // Optimizer steps of one run of the schedule. 0: fit() derives it from its
+  // data (epochs x steps per epoch / accumulation). train_step() used without
+  // fit() needs it for a decaying schedule (a constant one needs nothing).
+  index_t total_updates = 0;
+  double threshold = 0.5;        // decision threshold of the binary accuracy/precision/recall/f1 metrics
 };
 
 struct EpochRecord {
@@ -85,6 +100,7 @@ struct History {
   double best_value = 0;
   bool stopped_early = false;
   double train_seconds = 0;
+  index_t skipped_steps = 0;  // optimizer steps dropped for non-finite loss or gradients (OnNonFinite::Skip)
 };
 
 // Training state beyond the parameters and optimizer: what a checkpoint
@@ -92,7 +108,14 @@ struct History {
 struct TrainerState {
   int epoch = 0;           // epochs completed
   index_t step = 0;        // micro-batches seen
-  index_t updates = 0;     // optimizer steps taken (the schedule position)
+  index_t updates = 0;     // optimizer steps taken, skipped ones included
+  // The current run of fit(): cfg.epochs epochs from run_start_epoch, its
+  // schedule counted from run_start_update. A run whose epochs are all done,
+  // or that stopped early (run_finished), makes the next fit() start a new
+  // run; otherwise fit() finishes it (resuming from a checkpoint).
+  int run_start_epoch = 0;
+  index_t run_start_update = 0;
+  bool run_finished = false;
   std::vector<double> log_var;        // uncertainty weighting s_k
   std::vector<double> log_var_m, log_var_v;  // their Adam moments
   std::vector<double> gradnorm_w;     // GradNorm weights
@@ -118,6 +141,14 @@ class Trainer {
             "GradNorm needs a shared layer and at least 2 tasks; architecture '",
             architecture_name(model.config().architecture), "' with ", K, " task(s) has none");
     if (cfg_.weighting == Weighting::PCGrad) check(K >= 2, op, "PCGrad needs at least 2 tasks but got ", K);
+    check(cfg_.on_nonfinite == OnNonFinite::Stop || cfg_.on_nonfinite == OnNonFinite::Skip, op,
+          "expected on_nonfinite Stop or Skip but got ", int(cfg_.on_nonfinite));
+    check(cfg_.total_updates >= 0, op, "expected total_updates >= 0 but got ", cfg_.total_updates);
+    check(std::isfinite(cfg_.threshold) && cfg_.threshold > 0 && cfg_.threshold < 1, op,
+          "expected threshold in (0, 1) but got ", cfg_.threshold);
+    check(std::isfinite(cfg_.min_lr) && cfg_.min_lr >= 0, op, "expected min_lr >= 0 (finite) but got ", cfg_.min_lr);
+    check_monitor(model.config(), cfg_.monitor);
+    make_schedule(std::max<index_t>(cfg_.total_updates, 1000)).validate();  // a bad lr fails here, not at a step
     state_.log_var.assign(K, 0.0);
     state_.log_var_m.assign(K, 0.0);
     state_.log_var_v.assign(K, 0.0);
@@ -126,6 +157,7 @@ class Trainer {
   }
 
   Optimizer<T>& optimizer() { return opt_; }
+  std::size_t num_tasks() const { return model_->num_tasks(); }
   TrainerState& state() { return state_; }
   const TrainConfig& config() const { return cfg_; }
 
@@ -144,115 +176,194 @@ class Trainer {
     return w;
   }
 
-  // Trains for the remaining epochs (cfg.epochs - state().epoch), validating
-  // on `valid` after each epoch when it is non-empty.
+  // Trains one run of cfg.epochs epochs, validating on `valid` after each
+  // epoch when it is non-empty. Both data sets are validated in full first
+  // (MultiTaskModel::validate), so a bad value is reported by its row.
+  //  - The first fit() starts a run; a trainer restored with
+  //    load_training_state() in the middle of a run finishes that run.
+  //  - A fit() after a finished run (its epochs all done, or stopped early)
+  //    starts a new one: cfg.epochs more epochs, with the learning-rate
+  //    schedule started again from its beginning. Optimizer moments and
+  //    loss-weighting state carry over, as in a Keras `fit` called twice.
   History fit(const Batch<T>& train, const Batch<T>* valid = nullptr) {
     const char* op = "Trainer::fit";
     check(train.size > 0, op, "expected a non-empty training set");
+    model_->validate(train, "training data");
+    const bool has_valid = valid && valid->size > 0;
+    if (has_valid) model_->validate(*valid, "validation data");
     const index_t N = train.size, B = std::min(cfg_.batch_size, N);
     const index_t steps_per_epoch = (N + B - 1) / B;
-    const index_t total_updates =
+    if (state_.run_finished || state_.epoch >= state_.run_start_epoch + cfg_.epochs) {
+      state_.run_start_epoch = state_.epoch;
+      state_.run_start_update = state_.updates;
+      state_.run_finished = false;
+    }
+    const index_t derived =
         std::max<index_t>(1, (index_t(cfg_.epochs) * steps_per_epoch + cfg_.accumulation - 1) / cfg_.accumulation);
-    schedule_ = make_schedule(total_updates);
+    schedule_ = make_schedule(cfg_.total_updates > 0 ? cfg_.total_updates : derived);
+    schedule_ready_ = true;
     History h;
     const auto t0 = std::chrono::steady_clock::now();
     std::vector<index_t> order(static_cast<std::size_t>(N));
     std::vector<T> best_values;
     int since_best = 0;
     const bool tty = cfg_.progress && is_terminal();
-    for (int epoch = state_.epoch; epoch < cfg_.epochs; ++epoch) {
-      const auto e0 = std::chrono::steady_clock::now();
-      for (index_t i = 0; i < N; ++i) order[i] = i;
-      shuffle_indices(order.data(), std::uint64_t(N), cfg_.seed, 0xE0C0 + std::uint64_t(epoch));
-      EpochRecord rec;
-      rec.epoch = epoch + 1;
-      rec.train_task_loss.assign(model_->num_tasks(), 0.0);
-      double loss_sum = 0;
-      index_t seen = 0;
-      for (index_t s = 0; s < steps_per_epoch; ++s) {
-        const index_t start = s * B, n = std::min(B, N - start);
-        batch_.gather(train, order.data() + start, n);
-        const TaskLosses& l = train_step(batch_);
-        double combined = 0;
-        const auto& w = task_weights();
-        for (std::size_t k = 0; k < l.value.size(); ++k) {
-          combined += w[k] * l.value[k];
-          rec.train_task_loss[k] += l.value[k] * double(n);
+    const int end_epoch = state_.run_start_epoch + cfg_.epochs;
+    const index_t skipped_before = skipped_;
+    try {
+      for (int epoch = state_.epoch; epoch < end_epoch; ++epoch) {
+        const auto e0 = std::chrono::steady_clock::now();
+        for (index_t i = 0; i < N; ++i) order[i] = i;
+        shuffle_indices(order.data(), std::uint64_t(N), cfg_.seed, 0xE0C0 + std::uint64_t(epoch));
+        EpochRecord rec;
+        rec.epoch = epoch + 1;
+        rec.train_task_loss.assign(model_->num_tasks(), 0.0);
+        double loss_sum = 0;
+        index_t seen = 0, good = 0;
+        const index_t skipped_at_start = skipped_;
+        for (index_t s = 0; s < steps_per_epoch; ++s) {
+          const index_t start = s * B, n = std::min(B, N - start);
+          batch_.gather(train, order.data() + start, n);
+          where_epoch_ = epoch + 1;
+          where_step_ = s + 1;
+          const TaskLosses& l = train_step(batch_);
+          seen += n;
+          if (!last_step_finite_) continue;  // skipped: not part of the epoch's mean loss
+          double combined = 0;
+          const auto& w = task_weights();
+          for (std::size_t k = 0; k < l.value.size(); ++k) {
+            combined += w[k] * l.value[k];
+            rec.train_task_loss[k] += l.value[k] * double(n);
+          }
+          loss_sum += combined * double(n);
+          good += n;
+          if (tty) progress_bar(epoch, seen, N, loss_sum / double(good), e0);
         }
-        if (!std::isfinite(combined))
-          fail(op, "the loss became ", combined, " at epoch ", epoch + 1, " step ", s + 1,
-               " (try a lower learning rate or clip_norm)");
-        loss_sum += combined * double(n);
-        seen += n;
-        if (tty) progress_bar(epoch, seen, N, loss_sum / double(seen), e0);
-      }
-      flush_partial_accumulation();
-      rec.train_loss = loss_sum / double(seen);
-      for (double& v : rec.train_task_loss) v /= double(seen);
-      rec.lr = schedule_.at(std::max<index_t>(0, state_.updates - 1));
-      rec.task_weights = task_weights();
-      if (valid && valid->size > 0) {
-        rec.valid = evaluate(*model_, *valid, std::max<index_t>(B, 256));
-        rec.monitored = rec.valid.metric(cfg_.monitor);
-      } else {
-        rec.monitored = rec.train_loss;
-      }
-      rec.seconds = seconds_since(e0);
-      state_.epoch = epoch + 1;
-      const bool higher = valid && valid->size > 0 && metric_higher_is_better(cfg_.monitor);
-      const bool improved = h.best_epoch < 0 || (higher ? rec.monitored > h.best_value : rec.monitored < h.best_value);
-      if (improved) {
-        h.best_epoch = rec.epoch;
-        h.best_value = rec.monitored;
-        since_best = 0;
-        if (cfg_.patience > 0 && cfg_.restore_best) {
-          const auto& st = model_->parameters();
-          best_values.assign(st.values(), st.values() + st.size());
+        flush_partial_accumulation();
+        if (good == 0)
+          fail(op, "every step of epoch ", epoch + 1, " had a non-finite loss or gradient (", skipped_ - skipped_at_start,
+               " skipped); stopping (try a lower learning rate or clip_norm)");
+        rec.train_loss = loss_sum / double(good);
+        for (double& v : rec.train_task_loss) v /= double(good);
+        rec.lr = lr_at(std::max<index_t>(0, state_.updates - 1));
+        rec.task_weights = task_weights();
+        if (has_valid) {
+          rec.valid = evaluate(*model_, *valid, std::max<index_t>(B, 256), cfg_.threshold);
+          rec.monitored = rec.valid.metric(cfg_.monitor);
+        } else {
+          rec.monitored = rec.train_loss;
         }
-      } else {
-        ++since_best;
+        rec.seconds = seconds_since(e0);
+        state_.epoch = epoch + 1;
+        const bool higher = has_valid && metric_higher_is_better(cfg_.monitor);
+        const bool improved =
+            h.best_epoch < 0 || (higher ? rec.monitored > h.best_value : rec.monitored < h.best_value);
+        if (improved) {
+          h.best_epoch = rec.epoch;
+          h.best_value = rec.monitored;
+          since_best = 0;
+          if (cfg_.patience > 0 && cfg_.restore_best) {
+            const auto& st = model_->parameters();
+            best_values.assign(st.values(), st.values() + st.size());
+          }
+        } else {
+          ++since_best;
+        }
+        h.epochs.push_back(rec);
+        report_epoch(rec, tty);
+        write_csv(h);
+        if (cfg_.patience > 0 && since_best >= cfg_.patience) {
+          h.stopped_early = true;
+          break;
+        }
       }
-      h.epochs.push_back(rec);
-      report_epoch(rec, tty);
-      write_csv(h);
-      if (cfg_.patience > 0 && since_best >= cfg_.patience) {
-        h.stopped_early = true;
-        break;
+    } catch (const Error& e) {
+      where_epoch_ = 0;
+      // Training stopped (a non-finite step, or a bad value): the in-memory
+      // model is at its last good update; with early stopping, go back to the
+      // best epoch's weights as a finished run would. A later fit() goes on
+      // with this run.
+      if (!best_values.empty()) {
+        std::copy(best_values.begin(), best_values.end(), model_->parameters().values());
+        fail(op, e.what(), " [the weights of the best epoch ", h.best_epoch, " were restored]");
       }
+      throw;
     }
+    state_.run_finished = h.stopped_early;  // a run that ran all its epochs is finished by its epoch count
+    where_epoch_ = 0;
     if (cfg_.patience > 0 && cfg_.restore_best && !best_values.empty()) {
       auto& st = model_->parameters();
       std::copy(best_values.begin(), best_values.end(), st.values());
     }
+    h.skipped_steps = skipped_ - skipped_before;
     h.train_seconds = seconds_since(t0);
     return h;
   }
 
   // One micro-batch: forward, losses, combined backward; steps the optimizer
-  // every `accumulation` micro-batches. Returns the per-task losses.
+  // every `accumulation` micro-batches at the schedule's learning rate (from
+  // the first call: without fit(), the schedule spans cfg.total_updates
+  // steps). Returns the per-task losses. A non-finite loss or gradient is
+  // handled by cfg.on_nonfinite before any update is applied.
   const TaskLosses& train_step(const Batch<T>& batch) {
+    const char* op = "Trainer::train_step";
+    if (!schedule_ready_) {
+      const bool decays = cfg_.schedule != ScheduleKind::Constant;
+      check(!decays || cfg_.total_updates > 0, op, "a decaying learning-rate schedule needs its length: set "
+            "TrainConfig::total_updates, or train with fit()");
+      schedule_ = make_schedule(cfg_.total_updates > 0 ? cfg_.total_updates : 1);
+      schedule_ready_ = true;
+    }
     MultiTaskModel<T>& m = *model_;
+    if (pending_ == 0) {  // a new accumulation group: what a skipped group must give back
+      saved_.log_var = state_.log_var;
+      saved_.log_var_m = state_.log_var_m;
+      saved_.log_var_v = state_.log_var_v;
+      saved_.gradnorm_w = state_.gradnorm_w;
+      saved_.initial_loss = state_.initial_loss;
+    }
     const Mode mode = Mode::train(std::uint64_t(state_.step), cfg_.seed);
     m.forward(ws_, batch, mode);
     const TaskLosses& l = m.compute_losses(ws_, batch);
     const std::size_t K = m.num_tasks();
     const double acc = 1.0 / double(cfg_.accumulation);
-    switch (cfg_.weighting) {
-      case Weighting::Fixed:
-      case Weighting::Uncertainty: {
-        const auto& w = task_weights();
-        for (std::size_t k = 0; k < K; ++k) coeff_[k] = w[k] * acc;
-        m.backward(ws_, batch, coeff_.data());
-        if (cfg_.weighting == Weighting::Uncertainty) uncertainty_update(l);
-        break;
+    last_step_finite_ = true;
+    for (std::size_t k = 0; k < K; ++k)
+      if (!std::isfinite(l.value[k])) {
+        last_step_finite_ = false;
+        nonfinite_what_ = "task '" + m.config().tasks[k].name + "' loss is " + std::to_string(l.value[k]);
       }
-      case Weighting::GradNorm: gradnorm_backward(batch, l, acc); break;
-      case Weighting::PCGrad: pcgrad_backward(batch, l, acc); break;
+    if (last_step_finite_) {
+      switch (cfg_.weighting) {
+        case Weighting::Fixed:
+        case Weighting::Uncertainty: {
+          const auto& w = task_weights();
+          for (std::size_t k = 0; k < K; ++k) coeff_[k] = w[k] * acc;
+          m.backward(ws_, batch, coeff_.data());
+          if (cfg_.weighting == Weighting::Uncertainty) uncertainty_update(l);
+          break;
+        }
+        case Weighting::GradNorm: gradnorm_backward(batch, l, acc); break;
+        case Weighting::PCGrad: pcgrad_backward(batch, l, acc); break;
+      }
+    } else {
+      group_bad_ = true;  // the backward is not run: its gradients would be NaN too
+      group_what_ = nonfinite_what_;
     }
     ++state_.step;
     if (++pending_ == cfg_.accumulation) apply_update();
+    if (group_bad_) last_step_finite_ = false;
     return l;
   }
+
+  // The learning rate the next optimizer step will use.
+  double current_lr() const {
+    if (schedule_ready_) return lr_at(state_.updates);
+    return make_schedule(std::max<index_t>(cfg_.total_updates, 1)).at(std::max<index_t>(0, state_.updates - state_.run_start_update));
+  }
+
+  // Steps skipped for non-finite values so far (OnNonFinite::Skip).
+  index_t skipped_steps() const { return skipped_; }
 
  private:
   static bool is_terminal() {
@@ -276,13 +387,116 @@ class Trainer {
     }
   }
 
+  // The learning rate of optimizer step `update` (counted over the whole
+  // trainer's life): the schedule restarts with each run of fit().
+  double lr_at(index_t update) const { return schedule_.at(std::max<index_t>(0, update - state_.run_start_update)); }
+
+  // Where the current step is, for error messages.
+  std::string step_where() const {
+    std::ostringstream os;
+    if (where_epoch_ > 0) os << "epoch " << where_epoch_ << " step " << where_step_ << ", ";
+    os << "optimizer step " << state_.updates + 1;
+    return os.str();
+  }
+
+  // The guarded update: the gradient norm (which clipping needs anyway) must
+  // be finite and no micro-batch of the group may have had a non-finite loss,
+  // else nothing is applied (cfg.on_nonfinite decides what follows). After
+  // the update, the optimizer reports whether every weight it wrote is finite
+  // (checked inside its kernels): an update that overflows them (an lr far
+  // too high) stops training, whatever on_nonfinite says.
   void apply_update() {
     auto& store = model_->parameters();
-    if (cfg_.clip_norm > 0) clip_grad_norm(store, cfg_.clip_norm);
-    opt_.step(schedule_.at(state_.updates));
+    // With clipping, the norm that scales the gradients (grad_norm, whose
+    // fixed summation order keeps runs bitwise equal at any thread count)
+    // must be finite; without, kernels::all_finite over the same values, one
+    // pass at memory speed (measured: docs/reliability.md).
+    const bool clip = cfg_.clip_norm > 0;
+    const double norm = group_bad_ || !clip ? 0.0 : grad_norm(store);
+    const bool finite_grads = !group_bad_ && (clip ? std::isfinite(norm) : touched_finite(store, store.grads()));
+    if (!finite_grads) {
+      const std::string what = group_bad_ ? group_what_
+                               : clip    ? "the gradient norm is " + std::to_string(norm)
+                                         : std::string("a gradient is not finite (the gradient norm is nan or inf)");
+      store.zero_grad();
+      pending_ = 0;
+      group_bad_ = false;
+      // The loss-weighting state learned from this group is dropped too.
+      state_.log_var = saved_.log_var;
+      state_.log_var_m = saved_.log_var_m;
+      state_.log_var_v = saved_.log_var_v;
+      state_.gradnorm_w = saved_.gradnorm_w;
+      state_.initial_loss = saved_.initial_loss;
+      ++state_.updates;  // the schedule moves on, as for torch's GradScaler-skipped steps
+      if (cfg_.on_nonfinite == OnNonFinite::Stop)
+        fail("Trainer", "non-finite training step at ", step_where(), ": ", what,
+             "; the update was not applied and the model keeps the weights of the last good step (try a lower "
+             "learning rate or clip_norm, or on_nonfinite = skip)");
+      ++skipped_;
+      last_step_finite_ = false;
+      if (cfg_.log && cfg_.progress)
+        *cfg_.log << "warning: skipped a non-finite training step at " << step_where() << ": " << what << '\n';
+      return;
+    }
+    if (clip && norm > 0) {
+      const double coef = cfg_.clip_norm / (norm + 1e-6);
+      if (coef < 1.0) scale_grads(store, coef);
+    }
+    const bool finite = opt_.step(lr_at(state_.updates));
     store.zero_grad();
     ++state_.updates;
     pending_ = 0;
+    if (!finite)
+      fail("Trainer", "the update at ", step_where(), " made some of the model's weights non-finite: the learning "
+           "rate ", lr_at(state_.updates - 1), " is too high for these gradients; the model is not usable, retrain "
+           "with a lower learning rate or clip_norm");
+  }
+
+  // Every value an update reads in `block` (the store's grads()) is finite:
+  // the dense part and the touched rows of every table.
+  static bool touched_finite(const ParameterStore<T>& store, const T* block) {
+    if (!kernels::all_finite(kernels::backend{}, block, store.dense_size())) return false;
+    for (int id = 0; id < store.count(); ++id) {
+      const ParamInfo& p = store.info(id);
+      if (p.kind != ParamKind::Table) continue;
+      const index_t dim = p.shape[1];
+      const T* v = block + p.offset;
+      for (index_t r : store.touched(id).rows)
+        if (!kernels::all_finite(kernels::backend{}, v + r * dim, dim)) return false;
+    }
+    return true;
+  }
+
+  // "loss", or "<metric>:<task>" with a metric that evaluate() reports for
+  // that task's type (checked here, not when the first epoch ends).
+  static void check_monitor(const ModelConfig& c, const std::string& spec) {
+    const char* op = "Trainer";
+    if (spec == "loss") return;
+    const auto colon = spec.find(':');
+    check(colon != std::string::npos, op, "monitor expected 'loss' or '<metric>:<task>' but got '", spec, "'");
+    const std::string metric = spec.substr(0, colon), task = spec.substr(colon + 1);
+    const TaskSpec* t = nullptr;
+    std::string names;
+    for (const auto& x : c.tasks) {
+      if (x.name == task) t = &x;
+      names += (names.empty() ? "" : ", ") + x.name;
+    }
+    check(t != nullptr, op, "monitor '", spec, "' names task '", task, "' but the model's tasks are {", names, "}");
+    std::vector<std::string> known = {"loss"};
+    switch (t->type) {
+      case TaskType::Binary:
+        known.insert(known.end(), {"auc", "gauc", "logloss", "accuracy", "precision", "recall", "f1"});
+        break;
+      case TaskType::Regression: known.insert(known.end(), {"rmse", "mae"}); break;
+      case TaskType::MultiClass: known.insert(known.end(), {"accuracy", "logloss"}); break;
+      case TaskType::Retrieval: known.insert(known.end(), {"hit_rate@10", "ndcg@10"}); break;
+    }
+    std::string list;
+    for (const auto& k : known) {
+      if (k == metric) return;
+      list += (list.empty() ? "" : ", ") + k;
+    }
+    fail(op, "monitor '", spec, "': a ", task_type_name(t->type), " task reports {", list, "} but not '", metric, "'");
   }
   // An epoch whose length is not a multiple of `accumulation` still applies
   // its last gradients (scaled for a full group, like PyTorch loops that step
@@ -294,7 +508,7 @@ class Trainer {
   // Kendall et al.: d/ds_k [0.5 e^{-s_k} lambda_k L_k + 0.5 s_k], one Adam step
   // (same lr and betas as the model) on tasks labelled in this batch.
   void uncertainty_update(const TaskLosses& l) {
-    const double lr = schedule_.at(state_.updates), b1 = 0.9, b2 = 0.999, eps = 1e-8;
+    const double lr = lr_at(state_.updates), b1 = 0.9, b2 = 0.999, eps = 1e-8;
     const double t = double(state_.step + 1);
     for (std::size_t k = 0; k < l.value.size(); ++k) {
       if (l.count[k] == 0) continue;
@@ -558,6 +772,14 @@ class Trainer {
   std::vector<double> saved_shared_;
   std::vector<index_t> saved_rows_;
   int pending_ = 0;
+  bool schedule_ready_ = false;   // schedule_ is built from cfg (fit or the first train_step)
+  bool group_bad_ = false;        // a micro-batch of the pending accumulation group had a non-finite loss
+  bool last_step_finite_ = true;  // the last train_step's loss and update were finite
+  std::string group_what_, nonfinite_what_;
+  TrainerState saved_;            // loss-weighting state at the start of the pending group
+  index_t skipped_ = 0;
+  int where_epoch_ = 0;
+  index_t where_step_ = 0;
   mutable std::chrono::steady_clock::time_point last_draw_{};
 };
 
