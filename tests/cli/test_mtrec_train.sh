@@ -254,6 +254,23 @@ if [ -n "$SERVE" ]; then
   "$SERVE" --load "$DIR/model.safetensors" --item-fields nope >/dev/null 2>"$DIR/serve.err"
   rc=$?
   expect "serve rejects an unknown item field, naming it" test "$rc" -ne 0 -a -n "$(grep -F "'nope'" "$DIR/serve.err")"
+  # A checkpoint whose config seed does not fit 64 bits: an error and exit 1 (it used to abort, exit 134).
+  python3 - "$DIR/model.safetensors" "$DIR/seed_1e25.safetensors" <<'EOF2'
+import json, struct, sys
+b = open(sys.argv[1], "rb").read()
+n = struct.unpack("<Q", b[:8])[0]
+h = json.loads(b[8:8 + n])
+cfg = json.loads(h["__metadata__"]["config"])
+cfg["seed"] = "1" + "0" * 25
+h["__metadata__"]["config"] = json.dumps(cfg)
+t = json.dumps(h).encode()
+t += b" " * (-len(t) % 8)
+open(sys.argv[2], "wb").write(struct.pack("<Q", len(t)) + t + b[8 + n:])
+EOF2
+  "$SERVE" --load "$DIR/seed_1e25.safetensors" --item-fields item >/dev/null 2>"$DIR/serve.err"
+  rc=$?
+  expect "serve refuses a checkpoint with a 26-digit seed with exit 1, naming the file and the key" \
+    test "$rc" -eq 1 -a -n "$(grep -F "key 'seed'" "$DIR/serve.err" | grep -F seed_1e25.safetensors)"
 fi
 
 echo "$((checks - failures))/$checks checks passed"
