@@ -3,20 +3,23 @@
 //   #include <mtrec/mtrec.hpp>
 //
 // Layout (each layer's forward and backward live in one header):
+// Folders, lowest first; a header includes only its own folder and the
+// folders listed above it (tools/check_layers.py checks this):
 //   core/      tensors and views, errors, counter-based RNG, parallel loops,
 //              the flat parameter store
+//   io/        JSON, safetensors, atomic files
 //   kernels/   device tags (the backend seam), scalar reference kernels,
-//              xsimd/OpenMP CPU kernels
+//              xsimd/OpenMP CPU kernels (Eigen is used here only)
 //   layers/    Linear, activations, Dropout, LayerNorm, MLP, Embedding,
 //              EmbeddingBag, PositionalEmbedding, MultiHeadAttention,
-//              TransformerEncoderLayer/Encoder, SequencePooling
+//              TransformerEncoderLayer/Encoder, SequencePooling, losses
 //   model/     feature specs, batches, MultiTaskModel (single, shared-bottom,
 //              MMoE, PLE, ESMM)
-//   train/     losses, metrics, optimizers and schedules, evaluate, Trainer
-//   io/        JSON, safetensors, atomic files, checkpoints
+//   train/     metrics, optimizers and schedules, evaluate, Trainer,
+//              checkpoints
 //   serve/     top-K scoring of candidates
-//   data/      CSV reading and tabular encoding (mtrec-train), the MMoE
-//              paper's synthetic data
+//   data/      CSV reading and tabular encoding (mtrec-train), MovieLens,
+//              the MMoE paper's synthetic data
 #pragma once
 
 #include "mtrec/core/config.hpp"
@@ -25,9 +28,18 @@
 #include "mtrec/core/parameters.hpp"
 #include "mtrec/core/rng.hpp"
 #include "mtrec/core/tensor.hpp"
+#include "mtrec/io/atomic_file.hpp"
+#include "mtrec/io/json.hpp"
+#include "mtrec/io/safetensors.hpp"
 #include "mtrec/kernels/cpu.hpp"
 #include "mtrec/kernels/device.hpp"
+#include "mtrec/kernels/eigen.hpp"
+#include "mtrec/kernels/embedding.hpp"
+#include "mtrec/kernels/loss.hpp"
+#include "mtrec/kernels/mixture.hpp"
 #include "mtrec/kernels/reference.hpp"
+#include "mtrec/kernels/rows.hpp"
+#include "mtrec/kernels/sequence.hpp"
 #include "mtrec/layers/activation.hpp"
 #include "mtrec/layers/attention.hpp"
 #include "mtrec/layers/common.hpp"
@@ -35,6 +47,7 @@
 #include "mtrec/layers/embedding.hpp"
 #include "mtrec/layers/layernorm.hpp"
 #include "mtrec/layers/linear.hpp"
+#include "mtrec/layers/losses.hpp"
 #include "mtrec/layers/mlp.hpp"
 #include "mtrec/layers/pooling.hpp"
 #include "mtrec/layers/positional.hpp"
@@ -42,16 +55,12 @@
 #include "mtrec/model/config.hpp"
 #include "mtrec/model/features.hpp"
 #include "mtrec/model/multitask.hpp"
-#include "mtrec/data/csv.hpp"
-#include "mtrec/data/synthetic.hpp"
-#include "mtrec/data/tabular.hpp"
-#include "mtrec/io/atomic_file.hpp"
-#include "mtrec/io/checkpoint.hpp"
-#include "mtrec/io/json.hpp"
-#include "mtrec/io/safetensors.hpp"
-#include "mtrec/serve/topk.hpp"
+#include "mtrec/train/checkpoint.hpp"
 #include "mtrec/train/evaluate.hpp"
-#include "mtrec/train/losses.hpp"
 #include "mtrec/train/metrics.hpp"
 #include "mtrec/train/optimizer.hpp"
 #include "mtrec/train/trainer.hpp"
+#include "mtrec/serve/topk.hpp"
+#include "mtrec/data/csv.hpp"
+#include "mtrec/data/synthetic.hpp"
+#include "mtrec/data/tabular.hpp"

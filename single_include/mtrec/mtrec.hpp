@@ -16,20 +16,23 @@
 //   #include <mtrec/mtrec.hpp>
 //
 // Layout (each layer's forward and backward live in one header):
+// Folders, lowest first; a header includes only its own folder and the
+// folders listed above it (tools/check_layers.py checks this):
 //   core/      tensors and views, errors, counter-based RNG, parallel loops,
 //              the flat parameter store
+//   io/        JSON, safetensors, atomic files
 //   kernels/   device tags (the backend seam), scalar reference kernels,
-//              xsimd/OpenMP CPU kernels
+//              xsimd/OpenMP CPU kernels (Eigen is used here only)
 //   layers/    Linear, activations, Dropout, LayerNorm, MLP, Embedding,
 //              EmbeddingBag, PositionalEmbedding, MultiHeadAttention,
-//              TransformerEncoderLayer/Encoder, SequencePooling
+//              TransformerEncoderLayer/Encoder, SequencePooling, losses
 //   model/     feature specs, batches, MultiTaskModel (single, shared-bottom,
 //              MMoE, PLE, ESMM)
-//   train/     losses, metrics, optimizers and schedules, evaluate, Trainer
-//   io/        JSON, safetensors, atomic files, checkpoints
+//   train/     metrics, optimizers and schedules, evaluate, Trainer,
+//              checkpoints
 //   serve/     top-K scoring of candidates
-//   data/      CSV reading and tabular encoding (mtrec-train), the MMoE
-//              paper's synthetic data
+//   data/      CSV reading and tabular encoding (mtrec-train), MovieLens,
+//              the MMoE paper's synthetic data
 
 // ==== begin mtrec/core/config.hpp =============================================
 // mtrec: build configuration shared by every header.
@@ -37,15 +40,6 @@
 #define MTREC_VERSION_MAJOR 0
 #define MTREC_VERSION_MINOR 1
 #define MTREC_VERSION_PATCH 0
-
-// Eigen must never start its own threads: its GEMM blocking depends on the
-// thread count, which would break bitwise determinism. mtrec parallelises
-// GEMM itself over fixed row blocks (kernels/cpu.hpp).
-#ifndef EIGEN_DONT_PARALLELIZE
-#define EIGEN_DONT_PARALLELIZE
-#endif
-
-#include <Eigen/Core>
 
 #if defined(_OPENMP)
 #include <omp.h>
@@ -132,8 +126,8 @@ inline void check(bool cond, const char* op, const Parts&... parts) {
 // Tensor<T> owns a 64-byte aligned buffer; resize() reallocates only when the
 // new size exceeds the capacity, so a workspace reused across steps stops
 // allocating after the first one. TensorView<T> / TensorView<const T> are
-// (pointer, shape) pairs that never own memory. as_matrix() maps a view into
-// Eigen as a row-major matrix without copying.
+// (pointer, shape) pairs that never own memory. Eigen maps over views are in
+// kernels/eigen.hpp: core/ does not depend on Eigen.
 
 #include <array>
 #include <cstddef>
@@ -230,6 +224,15 @@ struct TensorView {
 template <class T>
 using ConstView = TensorView<const T>;
 
+// Some rows of one table inside a flat parameter block: row i of the set is
+// the `dim` elements at offset + rows[i] * dim (kernels/rows.hpp).
+struct RowSet {
+  index_t offset = 0;             // of the table in the block
+  const index_t* rows = nullptr;  // (n) distinct rows
+  index_t n = 0;
+  index_t dim = 0;
+};
+
 namespace detail {
 constexpr std::size_t kAlignment = 64;
 
@@ -316,33 +319,6 @@ class Tensor {
   index_t capacity_ = 0;
   Shape shape_;
 };
-
-// ---- Eigen interop: row-major maps over our buffers, never copies ----------
-
-template <class T>
-using RowMatrix = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
-template <class T>
-using MatrixMap = Eigen::Map<RowMatrix<T>>;
-template <class T>
-using ConstMatrixMap = Eigen::Map<const RowMatrix<T>>;
-
-// (rows, cols) = (product of leading dims, last dim).
-template <class T>
-inline MatrixMap<T> as_matrix(TensorView<T> v) {
-  return MatrixMap<T>(v.data, v.rows(), v.cols());
-}
-template <class T>
-inline ConstMatrixMap<T> as_matrix(TensorView<const T> v) {
-  return ConstMatrixMap<T>(v.data, v.rows(), v.cols());
-}
-template <class T>
-inline MatrixMap<T> as_matrix(Tensor<T>& t) {
-  return as_matrix(t.view());
-}
-template <class T>
-inline ConstMatrixMap<T> as_matrix(const Tensor<T>& t) {
-  return as_matrix(t.view());
-}
 
 // ---- shape checks shared by every layer ----------------------------------
 
@@ -619,6 +595,11 @@ struct TouchedRows {
       rows.push_back(r);
     }
   }
+  // mark() for ids[0 .. n), in order: appends the rows not yet flagged in
+  // first-touch order and flags them.
+  void mark_all(const index_t* ids, index_t n) {
+    for (index_t i = 0; i < n; ++i) mark(ids[i]);
+  }
   void clear() {
     for (index_t r : rows) flag[static_cast<std::size_t>(r)] = 0;
     rows.clear();
@@ -694,6 +675,7 @@ class ParameterStore {
     values_.zero();
     grads_.zero();
     touched_.assign(infos_.size(), TouchedRows{});
+    row_sets_.reserve(infos_.size());
     for (std::size_t i = 0; i < infos_.size(); ++i) {
       const auto& p = infos_[i];
       if (p.kind == ParamKind::Table) touched_[i].flag.assign(static_cast<std::size_t>(p.shape[0]), 0);
@@ -753,6 +735,19 @@ class ParameterStore {
   TouchedRows& touched(ParamId id) { return touched_[static_cast<std::size_t>(checked_table(id))]; }
   const TouchedRows& touched(ParamId id) const { return touched_[static_cast<std::size_t>(checked_table(id))]; }
 
+  // One RowSet per table over its touched rows, as they are now (rebuilt at
+  // each call into a buffer sized at allocate(): no allocation). The sets
+  // stay valid until the next call or the next mark/zero_grad.
+  const std::vector<RowSet>& touched_row_sets() const {
+    row_sets_.clear();
+    for (std::size_t i = 0; i < infos_.size(); ++i) {
+      const auto& p = infos_[i];
+      if (p.kind != ParamKind::Table) continue;
+      row_sets_.push_back(RowSet{p.offset, touched_[i].rows.data(), index_t(touched_[i].rows.size()), p.shape[1]});
+    }
+    return row_sets_;
+  }
+
   // Clears every gradient: the dense block at once, each table on its touched rows.
   void zero_grad() {
     check(allocated_, "ParameterStore::zero_grad", "allocate() has not been called");
@@ -789,10 +784,1504 @@ class ParameterStore {
   Tensor<T> values_, grads_;
   index_t dense_size_ = 0;
   std::vector<TouchedRows> touched_;
+  mutable std::vector<RowSet> row_sets_;  // touched_row_sets()
 };
 
 }  // namespace mtrec
 // ==== end mtrec/core/parameters.hpp ===========================================
+
+// ==== begin mtrec/io/atomic_file.hpp ==========================================
+// mtrec: all-or-nothing file writes and whole-file reads (POSIX / Linux).
+//
+//   io::AtomicFileWriter w(path);   // creates path + ".tmp.<pid>.<n>" beside it
+//   w.write(bytes, n); ...
+//   w.commit();                     // fsync, close, rename over `path`
+//
+// A reader of `path` sees either the old file or the complete new one, never
+// a prefix: the data goes to a temporary file in the same directory (rename
+// is only atomic within one file system) and is fsync'ed before the rename,
+// so a crash right after commit() cannot leave a renamed-but-empty file.
+// If anything fails, or the writer is destroyed without commit() (an
+// exception unwinding through the caller), the temporary file is removed
+// and the target is untouched.
+//
+// The new file gets mode 0666 & ~umask, like any newly created file; the
+// mode of a file it replaces is not carried over.
+//
+// Stale temporary files. A writer that is killed (SIGKILL, OOM killer, power
+// loss) cannot remove its temporary file, and a checkpoint-sized leftover per
+// kill adds up. So the constructor and commit() first remove the leftovers of
+// the SAME target: files in the target's directory named exactly
+// `<basename>.tmp.<pid>.<n>` (decimal <pid> > 0 and <n>) whose <pid> is not a
+// live process (kill(pid, 0) fails with ESRCH). Kept: every other name, the
+// files of live processes (this one included; a process of another user
+// answers EPERM and counts as live; so does a zombie that its parent has not
+// reaped yet), and anything that cannot be checked. Cleanup is best effort and
+// never throws; io::remove_stale_temp_files(path) runs it on demand and says
+// how many files it removed. Limits: a pid reused by an unrelated process
+// keeps its stale file until that process ends, and writers in another pid
+// namespace (a container sharing the directory) look dead from here: do not
+// point writers in different pid namespaces at the same target.
+
+#include <atomic>
+#include <cerrno>
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+namespace mtrec {
+namespace io {
+
+namespace detail {
+inline std::string errno_text(int err) { return std::string(std::strerror(err)) + " (errno " + std::to_string(err) + ")"; }
+
+// Distinguishes temporary files of several writers in one process.
+inline std::atomic<std::uint64_t>& temp_counter() {
+  static std::atomic<std::uint64_t> n{0};
+  return n;
+}
+
+inline std::string parent_directory(const std::string& path) {
+  const std::size_t slash = path.find_last_of('/');
+  if (slash == std::string::npos) return ".";
+  if (slash == 0) return "/";
+  return path.substr(0, slash);
+}
+
+inline std::string base_name(const std::string& path) {
+  const std::size_t slash = path.find_last_of('/');
+  return slash == std::string::npos ? path : path.substr(slash + 1);
+}
+
+// If `name` is exactly `<base>.tmp.<pid>.<n>` (both decimal, pid > 0 and
+// within pid_t), stores the pid and returns true.
+inline bool parse_temp_name(const std::string& name, const std::string& base, long long& pid) {
+  const std::string prefix = base + ".tmp.";
+  if (name.size() <= prefix.size() || name.compare(0, prefix.size(), prefix) != 0) return false;
+  const std::size_t dot = name.find('.', prefix.size());
+  if (dot == std::string::npos) return false;
+  const std::size_t pid_len = dot - prefix.size(), n_len = name.size() - dot - 1;
+  if (pid_len == 0 || pid_len > 10 || n_len == 0 || n_len > 20) return false;
+  auto digits = [&](std::size_t from, std::size_t len) {
+    for (std::size_t i = from; i < from + len; ++i)
+      if (name[i] < '0' || name[i] > '9') return false;
+    return true;
+  };
+  if (!digits(prefix.size(), pid_len) || !digits(dot + 1, n_len)) return false;
+  long long v = 0;
+  for (std::size_t i = prefix.size(); i < dot; ++i) v = v * 10 + (name[i] - '0');
+  // kill(0, ...) and kill(-1, ...) address groups of processes: never valid here.
+  if (v <= 0 || v > 0x7fffffffLL) return false;
+  pid = v;
+  return true;
+}
+}  // namespace detail
+
+// Removes the temporary files that killed AtomicFileWriters of `path` left
+// behind (see the header comment for exactly which). Best effort, never
+// throws; returns how many files it removed.
+inline std::size_t remove_stale_temp_files(const std::string& path) noexcept {
+  try {
+    const std::string base = detail::base_name(path);
+    if (base.empty()) return 0;
+    const std::string dir = detail::parent_directory(path);
+    DIR* d = ::opendir(dir.c_str());
+    if (!d) return 0;
+    std::vector<std::string> stale;
+    const long long self = ::getpid();
+    while (const dirent* e = ::readdir(d)) {
+      const std::string name = e->d_name;
+      long long pid = 0;
+      if (!detail::parse_temp_name(name, base, pid) || pid == self) continue;
+      if (::kill(static_cast<pid_t>(pid), 0) == -1 && errno == ESRCH) stale.push_back(name);
+    }
+    (void)::closedir(d);
+    std::size_t removed = 0;
+    const std::string sep = dir == "/" ? "" : "/";
+    for (const std::string& name : stale)
+      if (::unlink((dir + sep + name).c_str()) == 0) ++removed;
+    return removed;
+  } catch (...) {  // std::bad_alloc: cleanup is optional
+    return 0;
+  }
+}
+
+class AtomicFileWriter {
+ public:
+  explicit AtomicFileWriter(std::string path) : path_(std::move(path)) {
+    check(!path_.empty(), "AtomicFileWriter", "empty path");
+    (void)remove_stale_temp_files(path_);
+    // O_EXCL: never write into a file someone else created under our name
+    // (a stale temporary from a crashed process with the same pid, say).
+    for (int attempt = 0; attempt < 100; ++attempt) {
+      temp_ = path_ + ".tmp." + std::to_string(::getpid()) + "." + std::to_string(detail::temp_counter()++);
+      fd_ = ::open(temp_.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
+      if (fd_ >= 0) return;
+      if (errno != EEXIST) break;
+    }
+    const int err = errno;
+    fail("AtomicFileWriter", "cannot write '", path_, "': creating the temporary file '", temp_,
+         "' failed: ", detail::errno_text(err));
+  }
+  AtomicFileWriter(const AtomicFileWriter&) = delete;
+  AtomicFileWriter& operator=(const AtomicFileWriter&) = delete;
+  ~AtomicFileWriter() { abort(); }
+
+  const std::string& path() const { return path_; }
+  const std::string& temp_path() const { return temp_; }
+
+  // Writes all n bytes (looping over partial writes and EINTR).
+  void write(const void* data, std::size_t n) {
+    check(fd_ >= 0, "AtomicFileWriter::write", "the writer for '", path_, "' is already committed or aborted");
+    const char* p = static_cast<const char*>(data);
+    while (n > 0) {
+      // Linux transfers at most 0x7ffff000 bytes per call; ask for no more.
+      const std::size_t chunk = n < (std::size_t(1) << 30) ? n : (std::size_t(1) << 30);
+      const ssize_t w = ::write(fd_, p, chunk);
+      if (w < 0) {
+        if (errno == EINTR) continue;
+        fail_and_abort("AtomicFileWriter::write", "writing", errno);
+      }
+      if (w == 0) fail_and_abort("AtomicFileWriter::write", "writing (no progress)", EIO);
+      p += w;
+      n -= std::size_t(w);
+      written_ += std::uint64_t(w);
+    }
+  }
+
+  std::uint64_t bytes_written() const { return written_; }
+
+  // fsync + close + rename over the target. After it returns, `path` holds
+  // exactly the bytes written.
+  void commit() {
+    check(fd_ >= 0, "AtomicFileWriter::commit", "the writer for '", path_, "' is already committed or aborted");
+    if (::fsync(fd_) != 0) fail_and_abort("AtomicFileWriter::commit", "fsync of the temporary file", errno);
+    // close() can report a deferred write error (NFS, quota): it counts.
+    const int rc = ::close(fd_);
+    fd_ = -1;
+    if (rc != 0) fail_and_abort("AtomicFileWriter::commit", "closing the temporary file", errno);
+    if (::rename(temp_.c_str(), path_.c_str()) != 0)
+      fail_and_abort("AtomicFileWriter::commit", "renaming the temporary file over it", errno);
+    temp_.clear();  // now the target: abort() must not remove it
+    // Writers killed while this one wrote (the constructor cleaned up before).
+    (void)remove_stale_temp_files(path_);
+    // Make the rename itself durable. Best effort: the file is complete and
+    // in place already, and a failure here cannot be rolled back.
+    const int dfd = ::open(detail::parent_directory(path_).c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dfd >= 0) {
+      (void)::fsync(dfd);
+      (void)::close(dfd);
+    }
+  }
+
+  // Closes and removes the temporary file; the target is untouched. Safe to
+  // call more than once and after commit().
+  void abort() noexcept {
+    if (fd_ >= 0) {
+      (void)::close(fd_);
+      fd_ = -1;
+    }
+    if (!temp_.empty()) {
+      (void)::unlink(temp_.c_str());
+      temp_.clear();
+    }
+  }
+
+ private:
+  [[noreturn]] void fail_and_abort(const char* op, const char* step, int err) {
+    const std::string temp = temp_;
+    abort();
+    fail(op, "cannot write '", path_, "': ", step, " ('", temp, "') failed: ", detail::errno_text(err));
+  }
+
+  std::string path_;
+  std::string temp_;
+  int fd_ = -1;
+  std::uint64_t written_ = 0;
+};
+
+// Reads a whole regular file. Errors start with `op` and name the path and
+// the errno text.
+inline std::vector<std::uint8_t> read_file_bytes(const std::string& path, const char* op = "read_file_bytes") {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) {
+    const int err = errno;
+    fail(op, "cannot open '", path, "': ", detail::errno_text(err));
+  }
+  struct Closer {
+    int fd;
+    ~Closer() { (void)::close(fd); }
+  } closer{fd};
+  struct stat st;
+  if (::fstat(fd, &st) != 0) {
+    const int err = errno;
+    fail(op, "cannot stat '", path, "': ", detail::errno_text(err));
+  }
+  check(S_ISREG(st.st_mode), op, "'", path, "' is not a regular file");
+  std::vector<std::uint8_t> bytes(static_cast<std::size_t>(st.st_size));
+  std::size_t got = 0;
+  while (got < bytes.size()) {
+    const std::size_t chunk = std::min<std::size_t>(bytes.size() - got, std::size_t(1) << 30);
+    const ssize_t r = ::read(fd, bytes.data() + got, chunk);
+    if (r < 0) {
+      if (errno == EINTR) continue;
+      const int err = errno;
+      fail(op, "cannot read '", path, "': ", detail::errno_text(err));
+    }
+    // The file shrank while we read it: a concurrent writer not using AtomicFileWriter.
+    if (r == 0)
+      fail(op, "'", path, "' ended after ", got, " bytes but its size was ", bytes.size(),
+           " (modified while reading?)");
+    got += std::size_t(r);
+  }
+  return bytes;
+}
+
+}  // namespace io
+}  // namespace mtrec
+// ==== end mtrec/io/atomic_file.hpp ============================================
+
+// ==== begin mtrec/io/json.hpp =================================================
+// mtrec: a small, strict JSON value type (RFC 8259) for configs and
+// checkpoint headers.
+//
+//   json::Value v = json::parse(R"({"lr": 0.001, "layers": [64, 32]})");
+//   double lr = v.at("lr").as_double();
+//   v.set("name", "mmoe");
+//   std::string text = v.dump();          // compact, deterministic
+//
+// Decisions:
+//   * Numbers keep their kind. A literal without '.', 'e' or 'E' that fits in
+//     int64 is an integer (exact over the whole int64 range, not only up to
+//     2^53); everything else is a double. dump() writes integers without a
+//     decimal point and doubles in the shortest form that reads back to the
+//     same bits (std::to_chars), with ".0" added when that form would look
+//     like an integer, so parse(dump(v)) == v including the kind.
+//   * Objects keep their members in insertion order (a vector of pairs), so a
+//     dump is deterministic and a writer controls the layout (the safetensors
+//     header puts "__metadata__" first and tensors in data order). Lookup is a
+//     linear scan: objects here are configs and headers, read once.
+//   * parse() is strict: no comments, no trailing commas, no NaN/Infinity, no
+//     leading zeros, no raw control characters in strings, strings must be
+//     valid UTF-8, \uXXXX escapes (surrogate pairs included) become UTF-8,
+//     lone surrogates are rejected, duplicate keys are rejected (RFC 8259
+//     leaves them undefined; for a checkpoint header a silent "last one wins"
+//     would hide corruption), nesting deeper than max_depth is rejected, and
+//     nothing but whitespace may follow the value. Every error names the byte
+//     offset and what was expected. Limiting the input size is the caller's
+//     job (the safetensors reader caps its header at 100 MB).
+//   * Numbers that overflow a double (1e400) are rejected; ones that
+//     underflow (1e-400) become +-0, as in every mainstream parser.
+
+#include <charconv>
+#include <string_view>
+#include <system_error>
+#include <variant>
+
+namespace mtrec {
+namespace json {
+
+// Declared before the Array/Object aliases: GCC -Wshadow would otherwise
+// flag the enumerators.
+enum class Type { Null, Bool, Int, Double, String, Array, Object };
+
+class Value;
+using Array = std::vector<Value>;
+// Members in insertion order. Keys are unique: set() replaces, parse()
+// rejects duplicates; code that appends through as_object() directly must
+// keep them unique itself (dump() does not check).
+using Object = std::vector<std::pair<std::string, Value>>;
+
+inline const char* type_name(Type t) {
+  switch (t) {
+    case Type::Null: return "null";
+    case Type::Bool: return "bool";
+    case Type::Int: return "integer";
+    case Type::Double: return "double";
+    case Type::String: return "string";
+    case Type::Array: return "array";
+    case Type::Object: return "object";
+  }
+  return "?";
+}
+
+// Default nesting limit of parse(): deep enough for any config, shallow
+// enough that the recursive parser cannot exhaust the stack.
+constexpr int kDefaultMaxDepth = 64;
+
+class Value {
+ public:
+  Value() = default;  // null
+  Value(std::nullptr_t) {}
+  Value(bool b) : v_(b) {}
+  // Any integer type except bool. Unsigned values above INT64_MAX do not fit.
+  template <class I, std::enable_if_t<std::is_integral<I>::value && !std::is_same<I, bool>::value, int> = 0>
+  Value(I i) : v_(to_int64(i)) {}
+  Value(double d) : v_(d) {}
+  Value(float f) : v_(double(f)) {}
+  Value(const char* s) : v_(std::string(s)) {}
+  // Other pointers would silently become a bool.
+  template <class P, std::enable_if_t<!std::is_same<std::remove_cv_t<P>, char>::value, int> = 0>
+  Value(P*) = delete;
+  Value(std::string s) : v_(std::move(s)) {}
+  Value(std::string_view s) : v_(std::string(s)) {}
+  Value(Array a) : v_(std::move(a)) {}
+  Value(Object o) : v_(std::move(o)) {}
+
+  static Value array() { return Value(Array{}); }
+  static Value object() { return Value(Object{}); }
+
+  Type type() const { return static_cast<Type>(v_.index()); }
+  bool is_null() const { return type() == Type::Null; }
+  bool is_bool() const { return type() == Type::Bool; }
+  bool is_int() const { return type() == Type::Int; }
+  bool is_double() const { return type() == Type::Double; }
+  bool is_number() const { return is_int() || is_double(); }
+  bool is_string() const { return type() == Type::String; }
+  bool is_array() const { return type() == Type::Array; }
+  bool is_object() const { return type() == Type::Object; }
+
+  // Typed access; a mismatch throws naming the expected and the actual type.
+  bool as_bool() const { return get<bool>("json::Value::as_bool", Type::Bool); }
+  // Only integers: 2.0 is a double, and a config that says 2.0 where an
+  // integer belongs is more likely a mistake than an intent.
+  std::int64_t as_int() const { return get<std::int64_t>("json::Value::as_int", Type::Int); }
+  // Integers convert (exactly up to 2^53).
+  double as_double() const {
+    if (is_int()) return double(std::get<std::int64_t>(v_));
+    return get<double>("json::Value::as_double", Type::Double);
+  }
+  const std::string& as_string() const { return get<std::string>("json::Value::as_string", Type::String); }
+  const Array& as_array() const { return get<Array>("json::Value::as_array", Type::Array); }
+  Array& as_array() { return get<Array>("json::Value::as_array", Type::Array); }
+  const Object& as_object() const { return get<Object>("json::Value::as_object", Type::Object); }
+  Object& as_object() { return get<Object>("json::Value::as_object", Type::Object); }
+
+  // Number of elements (array) or members (object).
+  std::size_t size() const {
+    if (is_array()) return std::get<Array>(v_).size();
+    if (is_object()) return std::get<Object>(v_).size();
+    fail("json::Value::size", "expected an array or an object, got ", type_name(type()));
+  }
+
+  // Object member by key: nullptr when absent (find) or an error naming the
+  // key and the keys present (at).
+  const Value* find(std::string_view key) const {
+    for (const auto& m : get<Object>("json::Value::find", Type::Object))
+      if (m.first == key) return &m.second;
+    return nullptr;
+  }
+  Value* find(std::string_view key) { return const_cast<Value*>(static_cast<const Value&>(*this).find(key)); }
+  bool contains(std::string_view key) const { return find(key) != nullptr; }
+  const Value& at(std::string_view key) const {
+    const Value* v = find(key);
+    if (!v) missing_key(key);
+    return *v;
+  }
+  Value& at(std::string_view key) { return const_cast<Value&>(static_cast<const Value&>(*this).at(key)); }
+
+  // Array element by index.
+  const Value& at(std::size_t i) const {
+    const Array& a = get<Array>("json::Value::at", Type::Array);
+    check(i < a.size(), "json::Value::at", "index ", i, " out of range for an array of ", a.size(), " elements");
+    return a[i];
+  }
+  Value& at(std::size_t i) { return const_cast<Value&>(static_cast<const Value&>(*this).at(i)); }
+  // Any integer type; without this, at(0) would be ambiguous between
+  // size_t and string_view (0 is a null pointer constant).
+  template <class I, std::enable_if_t<std::is_integral<I>::value && !std::is_same<I, bool>::value &&
+                                          !std::is_same<I, std::size_t>::value, int> = 0>
+  const Value& at(I i) const {
+    if constexpr (std::is_signed<I>::value) check(i >= 0, "json::Value::at", "negative index ", i);
+    return at(static_cast<std::size_t>(i));
+  }
+  template <class I, std::enable_if_t<std::is_integral<I>::value && !std::is_same<I, bool>::value &&
+                                          !std::is_same<I, std::size_t>::value, int> = 0>
+  Value& at(I i) {
+    return const_cast<Value&>(static_cast<const Value&>(*this).at(i));
+  }
+
+  // Sets a member: replaces the value of an existing key in place (keeping
+  // its position), appends a new key at the end. A null value becomes an
+  // empty object first, so `Value v; v.set("a", 1);` works.
+  Value& set(std::string key, Value value) {
+    if (is_null()) v_ = Object{};
+    Object& o = get<Object>("json::Value::set", Type::Object);
+    for (auto& m : o)
+      if (m.first == key) {
+        m.second = std::move(value);
+        return m.second;
+      }
+    o.emplace_back(std::move(key), std::move(value));
+    return o.back().second;
+  }
+  // Appends to an array (a null value becomes an empty array first).
+  Value& push_back(Value value) {
+    if (is_null()) v_ = Array{};
+    Array& a = get<Array>("json::Value::push_back", Type::Array);
+    a.push_back(std::move(value));
+    return a.back();
+  }
+
+  // Structural equality. Kinds must match (1 != 1.0). Objects compare as
+  // maps: member order does not matter. Doubles compare with ==, so NaN != NaN.
+  friend bool operator==(const Value& a, const Value& b) {
+    if (a.type() != b.type()) return false;
+    if (!a.is_object()) return a.v_ == b.v_;
+    const Object& x = std::get<Object>(a.v_);
+    const Object& y = std::get<Object>(b.v_);
+    if (x.size() != y.size()) return false;
+    for (const auto& m : x) {
+      const Value* other = b.find(m.first);
+      if (!other || !(m.second == *other)) return false;
+    }
+    return true;
+  }
+  friend bool operator!=(const Value& a, const Value& b) { return !(a == b); }
+
+  // Compact JSON (indent < 0), or pretty-printed with `indent` spaces per
+  // level. Throws for NaN/Inf (JSON has no spelling for them) and for strings
+  // that are not valid UTF-8 (the output would not be JSON).
+  std::string dump(int indent = -1) const {
+    std::string out;
+    dump_to(out, indent, 0);
+    return out;
+  }
+
+ private:
+  template <class I>
+  static std::int64_t to_int64(I i) {
+    if constexpr (std::is_unsigned<I>::value) {
+      check(static_cast<std::uint64_t>(i) <= std::uint64_t(std::numeric_limits<std::int64_t>::max()), "json::Value",
+            "unsigned integer ", i, " exceeds the int64 range of JSON integers (max ",
+            std::numeric_limits<std::int64_t>::max(), ")");
+    }
+    return static_cast<std::int64_t>(i);
+  }
+
+  template <class T>
+  const T& get(const char* op, Type want) const {
+    const T* p = std::get_if<T>(&v_);
+    if (!p) fail(op, "expected ", want == Type::Double ? "a number" : article(want), " but the value is ", article(type()));
+    return *p;
+  }
+  template <class T>
+  T& get(const char* op, Type want) {
+    return const_cast<T&>(static_cast<const Value&>(*this).get<T>(op, want));
+  }
+  static std::string article(Type t) {
+    switch (t) {
+      case Type::Null: return "null";
+      case Type::Int: return "an integer";
+      case Type::Double: return "a floating-point number";
+      case Type::Array: return "an array";
+      case Type::Object: return "an object";
+      default: return std::string("a ") + type_name(t);
+    }
+  }
+
+  [[noreturn]] void missing_key(std::string_view key) const {
+    std::string keys;
+    const Object& o = std::get<Object>(v_);
+    const std::size_t shown = std::min<std::size_t>(o.size(), 20);
+    for (std::size_t i = 0; i < shown; ++i) keys += (i ? ", \"" : "\"") + o[i].first + "\"";
+    if (o.size() > shown) keys += ", ... (" + std::to_string(o.size()) + " keys)";
+    fail("json::Value::at", "no key \"", key, "\" in the object; it has ", o.empty() ? std::string("no keys") : keys);
+  }
+
+  static void newline(std::string& out, int indent, int level) {
+    if (indent < 0) return;
+    out += '\n';
+    out.append(std::size_t(indent) * std::size_t(level), ' ');
+  }
+
+  void dump_to(std::string& out, int indent, int level) const;
+
+  std::variant<std::nullptr_t, bool, std::int64_t, double, std::string, Array, Object> v_;
+};
+
+namespace detail {
+
+// Length of the valid UTF-8 sequence starting at s[i] (1..4), or 0 when the
+// bytes there are not valid UTF-8 (overlong forms, UTF-16 surrogates and
+// code points above U+10FFFF are invalid, per RFC 3629).
+inline std::size_t utf8_sequence_length(std::string_view s, std::size_t i) {
+  const auto b = [&](std::size_t k) -> unsigned { return i + k < s.size() ? static_cast<unsigned char>(s[i + k]) : 0x100u; };
+  const unsigned c = b(0);
+  const auto cont = [&](std::size_t k, unsigned lo = 0x80, unsigned hi = 0xBF) { return b(k) >= lo && b(k) <= hi; };
+  if (c < 0x80) return 1;
+  if (c >= 0xC2 && c <= 0xDF) return cont(1) ? 2 : 0;
+  if (c == 0xE0) return cont(1, 0xA0, 0xBF) && cont(2) ? 3 : 0;
+  if ((c >= 0xE1 && c <= 0xEC) || c == 0xEE || c == 0xEF) return cont(1) && cont(2) ? 3 : 0;
+  if (c == 0xED) return cont(1, 0x80, 0x9F) && cont(2) ? 3 : 0;  // excludes U+D800..U+DFFF
+  if (c == 0xF0) return cont(1, 0x90, 0xBF) && cont(2) && cont(3) ? 4 : 0;
+  if (c >= 0xF1 && c <= 0xF3) return cont(1) && cont(2) && cont(3) ? 4 : 0;
+  if (c == 0xF4) return cont(1, 0x80, 0x8F) && cont(2) && cont(3) ? 4 : 0;  // up to U+10FFFF
+  return 0;
+}
+
+inline void append_utf8(std::string& out, std::uint32_t cp) {
+  if (cp < 0x80) {
+    out += char(cp);
+  } else if (cp < 0x800) {
+    out += char(0xC0 | (cp >> 6));
+    out += char(0x80 | (cp & 0x3F));
+  } else if (cp < 0x10000) {
+    out += char(0xE0 | (cp >> 12));
+    out += char(0x80 | ((cp >> 6) & 0x3F));
+    out += char(0x80 | (cp & 0x3F));
+  } else {
+    out += char(0xF0 | (cp >> 18));
+    out += char(0x80 | ((cp >> 12) & 0x3F));
+    out += char(0x80 | ((cp >> 6) & 0x3F));
+    out += char(0x80 | (cp & 0x3F));
+  }
+}
+
+inline void dump_string(std::string& out, std::string_view s) {
+  static const char* hex = "0123456789abcdef";
+  out += '"';
+  for (std::size_t i = 0; i < s.size();) {
+    const unsigned char c = static_cast<unsigned char>(s[i]);
+    if (c >= 0x80) {
+      const std::size_t n = utf8_sequence_length(s, i);
+      if (n == 0)
+        fail("json::Value::dump", "string is not valid UTF-8 at byte ", i, " (byte 0x", hex[c >> 4], hex[c & 15],
+             "); JSON text must be UTF-8");
+      out.append(s.substr(i, n));
+      i += n;
+      continue;
+    }
+    switch (c) {
+      case '"': out += "\\\""; break;
+      case '\\': out += "\\\\"; break;
+      case '\b': out += "\\b"; break;
+      case '\f': out += "\\f"; break;
+      case '\n': out += "\\n"; break;
+      case '\r': out += "\\r"; break;
+      case '\t': out += "\\t"; break;
+      default:
+        if (c < 0x20) {
+          out += "\\u00";
+          out += hex[c >> 4];
+          out += hex[c & 15];
+        } else {
+          out += char(c);
+        }
+    }
+    ++i;
+  }
+  out += '"';
+}
+
+inline void dump_double(std::string& out, double d) {
+  check(d == d && d - d == 0, "json::Value::dump", "cannot write ", d, ": JSON has no NaN or infinity");
+  char buf[64];
+  const auto r = std::to_chars(buf, buf + sizeof(buf), d);  // shortest round-trip form
+  std::string_view s(buf, std::size_t(r.ptr - buf));
+  out.append(s);
+  // "2" would read back as an integer; keep the kind.
+  if (s.find_first_of(".e") == std::string_view::npos) out += ".0";
+}
+
+}  // namespace detail
+
+inline void Value::dump_to(std::string& out, int indent, int level) const {
+  switch (type()) {
+    case Type::Null: out += "null"; return;
+    case Type::Bool: out += std::get<bool>(v_) ? "true" : "false"; return;
+    case Type::Int: {
+      char buf[24];
+      const auto r = std::to_chars(buf, buf + sizeof(buf), std::get<std::int64_t>(v_));
+      out.append(buf, r.ptr);
+      return;
+    }
+    case Type::Double: detail::dump_double(out, std::get<double>(v_)); return;
+    case Type::String: detail::dump_string(out, std::get<std::string>(v_)); return;
+    case Type::Array: {
+      const Array& a = std::get<Array>(v_);
+      out += '[';
+      for (std::size_t i = 0; i < a.size(); ++i) {
+        if (i) out += ',';
+        newline(out, indent, level + 1);
+        a[i].dump_to(out, indent, level + 1);
+      }
+      if (!a.empty()) newline(out, indent, level);
+      out += ']';
+      return;
+    }
+    case Type::Object: {
+      const Object& o = std::get<Object>(v_);
+      out += '{';
+      for (std::size_t i = 0; i < o.size(); ++i) {
+        if (i) out += ',';
+        newline(out, indent, level + 1);
+        detail::dump_string(out, o[i].first);
+        out += indent < 0 ? ":" : ": ";
+        o[i].second.dump_to(out, indent, level + 1);
+      }
+      if (!o.empty()) newline(out, indent, level);
+      out += '}';
+      return;
+    }
+  }
+}
+
+namespace detail {
+
+class Parser {
+ public:
+  Parser(std::string_view text, int max_depth) : s_(text), max_depth_(max_depth) {}
+
+  Value parse_document() {
+    skip_ws();
+    Value v = parse_value(0);
+    skip_ws();
+    if (i_ != s_.size()) error(i_, "expected the end of input after the value, found ", found(i_));
+    return v;
+  }
+
+ private:
+  template <class... P>
+  [[noreturn]] void error(std::size_t at, const P&... parts) const {
+    fail("json::parse", "at byte offset ", at, ": ", parts...);
+  }
+
+  // What is at position i, for "found ..." in messages.
+  std::string found(std::size_t i) const {
+    if (i >= s_.size()) return "the end of input";
+    const unsigned char c = static_cast<unsigned char>(s_[i]);
+    if (c >= 0x20 && c < 0x7F) return std::string("'") + char(c) + "'";
+    static const char* hex = "0123456789ABCDEF";
+    return std::string("byte 0x") + hex[c >> 4] + hex[c & 15];
+  }
+
+  void skip_ws() {
+    while (i_ < s_.size() && (s_[i_] == ' ' || s_[i_] == '\t' || s_[i_] == '\n' || s_[i_] == '\r')) ++i_;
+  }
+
+  Value parse_value(int depth) {
+    if (i_ >= s_.size()) error(i_, "expected a value, found the end of input");
+    switch (s_[i_]) {
+      case '{': return parse_object(depth + 1);
+      case '[': return parse_array(depth + 1);
+      case '"': return Value(parse_string());
+      case 't': return literal("true", Value(true));
+      case 'f': return literal("false", Value(false));
+      case 'n': return literal("null", Value());
+      default:
+        if (s_[i_] == '-' || (s_[i_] >= '0' && s_[i_] <= '9')) return parse_number();
+        error(i_, "expected a value (object, array, string, number, true, false or null), found ", found(i_));
+    }
+  }
+
+  Value literal(std::string_view word, Value v) {
+    if (s_.substr(i_, word.size()) != word) error(i_, "expected '", word, "', found ", found(i_));
+    i_ += word.size();
+    return v;
+  }
+
+  void enter(int depth) {
+    if (depth > max_depth_) error(i_, "nesting deeper than the limit of ", max_depth_, " arrays/objects");
+  }
+
+  Value parse_array(int depth) {
+    enter(depth);
+    ++i_;  // '['
+    Array a;
+    skip_ws();
+    if (i_ < s_.size() && s_[i_] == ']') {
+      ++i_;
+      return Value(std::move(a));
+    }
+    for (;;) {
+      skip_ws();
+      if (i_ < s_.size() && s_[i_] == ']') error(i_, "expected a value after ',' (trailing commas are not allowed)");
+      a.push_back(parse_value(depth));
+      skip_ws();
+      if (i_ < s_.size() && s_[i_] == ',') {
+        ++i_;
+        continue;
+      }
+      if (i_ < s_.size() && s_[i_] == ']') {
+        ++i_;
+        return Value(std::move(a));
+      }
+      error(i_, "expected ',' or ']' in an array, found ", found(i_));
+    }
+  }
+
+  Value parse_object(int depth) {
+    enter(depth);
+    ++i_;  // '{'
+    Object o;
+    std::vector<std::size_t> key_offsets;  // for the duplicate-key message
+    skip_ws();
+    if (i_ < s_.size() && s_[i_] == '}') {
+      ++i_;
+      return Value(std::move(o));
+    }
+    for (;;) {
+      skip_ws();
+      if (i_ >= s_.size() || s_[i_] != '"') {
+        if (i_ < s_.size() && s_[i_] == '}' && !o.empty())
+          error(i_, "expected a key after ',' (trailing commas are not allowed)");
+        error(i_, "expected a string key in an object, found ", found(i_));
+      }
+      key_offsets.push_back(i_);
+      std::string key = parse_string();
+      skip_ws();
+      if (i_ >= s_.size() || s_[i_] != ':') error(i_, "expected ':' after the key \"", key, "\", found ", found(i_));
+      ++i_;
+      skip_ws();
+      Value v = parse_value(depth);
+      o.emplace_back(std::move(key), std::move(v));
+      skip_ws();
+      if (i_ < s_.size() && s_[i_] == ',') {
+        ++i_;
+        continue;
+      }
+      if (i_ < s_.size() && s_[i_] == '}') {
+        ++i_;
+        break;
+      }
+      error(i_, "expected ',' or '}' in an object, found ", found(i_));
+    }
+    // Duplicate keys: sort member indices by key (O(n log n), no key copies;
+    // the vector no longer moves) and compare neighbours. Report the later
+    // occurrence of the first duplicated key in text order.
+    if (o.size() > 1) {
+      std::vector<std::size_t> idx(o.size());
+      for (std::size_t k = 0; k < idx.size(); ++k) idx[k] = k;
+      std::sort(idx.begin(), idx.end(), [&](std::size_t a, std::size_t b) {
+        return o[a].first != o[b].first ? o[a].first < o[b].first : a < b;
+      });
+      std::size_t worst = o.size();
+      for (std::size_t k = 1; k < idx.size(); ++k)
+        if (o[idx[k]].first == o[idx[k - 1]].first) worst = std::min(worst, idx[k]);
+      if (worst < o.size()) error(key_offsets[worst], "duplicate key \"", o[worst].first, "\" in an object");
+    }
+    return Value(std::move(o));
+  }
+
+  unsigned hex4(std::size_t at) {
+    if (at + 4 > s_.size()) error(at, "expected 4 hex digits after \\u, found the end of input");
+    unsigned v = 0;
+    for (std::size_t k = 0; k < 4; ++k) {
+      const char c = s_[at + k];
+      unsigned d;
+      if (c >= '0' && c <= '9') d = unsigned(c - '0');
+      else if (c >= 'a' && c <= 'f') d = unsigned(c - 'a' + 10);
+      else if (c >= 'A' && c <= 'F') d = unsigned(c - 'A' + 10);
+      else error(at + k, "expected a hex digit in a \\u escape, found ", found(at + k));
+      v = v * 16 + d;
+    }
+    return v;
+  }
+
+  std::string parse_string() {
+    const std::size_t start = i_;
+    ++i_;  // opening quote
+    std::string out;
+    for (;;) {
+      // Copy a run of ordinary ASCII bytes in one go.
+      std::size_t run = i_;
+      while (run < s_.size()) {
+        const unsigned char c = static_cast<unsigned char>(s_[run]);
+        if (c == '"' || c == '\\' || c < 0x20 || c >= 0x80) break;
+        ++run;
+      }
+      out.append(s_.substr(i_, run - i_));
+      i_ = run;
+      if (i_ >= s_.size()) error(start, "unterminated string (no closing '\"' before the end of input)");
+      const unsigned char c = static_cast<unsigned char>(s_[i_]);
+      if (c == '"') {
+        ++i_;
+        return out;
+      }
+      if (c < 0x20) error(i_, "raw control character ", found(i_), " in a string (must be escaped)");
+      if (c >= 0x80) {
+        const std::size_t n = utf8_sequence_length(s_, i_);
+        if (n == 0) error(i_, "invalid UTF-8 in a string at ", found(i_));
+        out.append(s_.substr(i_, n));
+        i_ += n;
+        continue;
+      }
+      // Backslash escape.
+      const std::size_t esc = i_;
+      if (i_ + 1 >= s_.size()) error(i_, "unterminated escape sequence at the end of input");
+      const char e = s_[i_ + 1];
+      i_ += 2;
+      switch (e) {
+        case '"': out += '"'; break;
+        case '\\': out += '\\'; break;
+        case '/': out += '/'; break;
+        case 'b': out += '\b'; break;
+        case 'f': out += '\f'; break;
+        case 'n': out += '\n'; break;
+        case 'r': out += '\r'; break;
+        case 't': out += '\t'; break;
+        case 'u': {
+          std::uint32_t cp = hex4(i_);
+          i_ += 4;
+          if (cp >= 0xDC00 && cp <= 0xDFFF)
+            error(esc, "lone low surrogate \\u", s_.substr(esc + 2, 4), " (not preceded by a high surrogate)");
+          if (cp >= 0xD800 && cp <= 0xDBFF) {
+            if (!(i_ + 1 < s_.size() && s_[i_] == '\\' && s_[i_ + 1] == 'u'))
+              error(esc, "lone high surrogate \\u", s_.substr(esc + 2, 4),
+                    " (expected a \\uDC00-\\uDFFF low surrogate to follow)");
+            const std::uint32_t lo = hex4(i_ + 2);
+            if (lo < 0xDC00 || lo > 0xDFFF)
+              error(esc, "high surrogate \\u", s_.substr(esc + 2, 4), " followed by \\u", s_.substr(i_ + 2, 4),
+                    ", which is not a low surrogate (\\uDC00-\\uDFFF)");
+            i_ += 6;
+            cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
+          }
+          append_utf8(out, cp);
+          break;
+        }
+        default:
+          error(esc, "invalid escape: backslash followed by ", found(esc + 1),
+                " (expected one of \\\" \\\\ \\/ \\b \\f \\n \\r \\t \\uXXXX)");
+      }
+    }
+  }
+
+  Value parse_number() {
+    const std::size_t start = i_;
+    const auto digit = [&](std::size_t k) { return k < s_.size() && s_[k] >= '0' && s_[k] <= '9'; };
+    std::size_t k = i_;
+    if (s_[k] == '-') ++k;
+    if (!digit(k)) error(k, "expected a digit after '-', found ", found(k));
+    const std::size_t int_begin = k;
+    if (s_[k] == '0') {
+      ++k;
+      if (digit(k)) error(int_begin, "leading zeros are not allowed in numbers");
+    } else {
+      while (digit(k)) ++k;
+    }
+    const std::size_t int_end = k;
+    bool is_integer = true;
+    if (k < s_.size() && s_[k] == '.') {
+      is_integer = false;
+      ++k;
+      if (!digit(k)) error(k, "expected a digit after the decimal point, found ", found(k));
+      while (digit(k)) ++k;
+    }
+    std::int64_t exp10 = 0;  // saturated value of the exponent, for the overflow/underflow decision
+    if (k < s_.size() && (s_[k] == 'e' || s_[k] == 'E')) {
+      is_integer = false;
+      ++k;
+      bool neg = false;
+      if (k < s_.size() && (s_[k] == '+' || s_[k] == '-')) neg = s_[k++] == '-';
+      if (!digit(k)) error(k, "expected a digit in the exponent, found ", found(k));
+      while (digit(k)) {
+        exp10 = std::min<std::int64_t>(exp10 * 10 + (s_[k] - '0'), 1000000);
+        ++k;
+      }
+      if (neg) exp10 = -exp10;
+    }
+    i_ = k;
+    const char* first = s_.data() + start;
+    const char* last = s_.data() + k;
+    if (is_integer) {
+      std::int64_t iv = 0;
+      const auto r = std::from_chars(first, last, iv);
+      if (r.ec == std::errc() && r.ptr == last) return Value(iv);
+      // Beyond int64: fall through to a double, as most parsers do.
+    }
+    double d = 0;
+    const auto r = std::from_chars(first, last, d);
+    if (r.ec == std::errc::result_out_of_range) {
+      // Decimal magnitude of the number: position of its first significant
+      // digit relative to the decimal point, plus the exponent.
+      std::int64_t mag = 0;
+      bool found_digit = false;
+      for (std::size_t p = int_begin; p < k && !found_digit; ++p) {
+        if (s_[p] == '.') continue;
+        if (s_[p] == 'e' || s_[p] == 'E') break;
+        if (s_[p] != '0') {
+          found_digit = true;
+          mag = p < int_end ? std::int64_t(int_end - p) : -std::int64_t(p - int_end - 1);
+        }
+      }
+      if (found_digit && mag + exp10 > 0)
+        error(start, "number ", s_.substr(start, k - start), " is out of the range of a double");
+      return Value(s_[start] == '-' ? -0.0 : 0.0);  // underflow
+    }
+    if (r.ec != std::errc() || r.ptr != last) error(start, "malformed number ", s_.substr(start, k - start));
+    return Value(d);
+  }
+
+  std::string_view s_;
+  std::size_t i_ = 0;
+  int max_depth_;
+};
+
+}  // namespace detail
+
+// Parses one JSON value (RFC 8259, strict; see the top of this file).
+// Throws mtrec::Error("json::parse", "at byte offset N: expected ...").
+inline Value parse(std::string_view text, int max_depth = kDefaultMaxDepth) {
+  return detail::Parser(text, max_depth).parse_document();
+}
+
+}  // namespace json
+}  // namespace mtrec
+// ==== end mtrec/io/json.hpp ===================================================
+
+// ==== begin mtrec/io/safetensors.hpp ==========================================
+// mtrec: safetensors checkpoints (https://github.com/huggingface/safetensors).
+//
+// The format:
+//   bytes [0, 8)        N, the header length, unsigned 64-bit little-endian
+//   bytes [8, 8 + N)    the header: a UTF-8 JSON object
+//                         { "__metadata__": {"key": "value", ...},          (optional)
+//                           "<tensor name>": { "dtype": "F32",
+//                                              "shape": [2, 3],
+//                                              "data_offsets": [begin, end] }, ... }
+//   bytes [8 + N, EOF)  the data buffer; each tensor occupies [begin, end)
+//                       of it, little-endian, row-major (C order)
+//
+//   std::vector<TensorRecord> ts = {TensorRecord::of("w", w.data(), {4, 3})};
+//   save_safetensors("model.safetensors", ts, {{"config", cfg.dump()}});
+//   auto f = SafetensorsFile::load("model.safetensors");
+//   f.read<float>("w", w.data(), 12);
+//
+// Writer: compact header with "__metadata__" first (omitted when empty, keys
+// sorted) and the tensors in the order given, each entry's fields in the
+// order dtype, shape, data_offsets, as the official writer does; the header
+// is padded with spaces to a multiple of 8 bytes so the data buffer starts
+// 8-byte aligned; tensors are packed contiguously in the order given. The
+// file is written atomically (io::AtomicFileWriter): the target is either the
+// old file or the complete new one.
+//
+// Reader: loads the whole file into memory and validates it the way the
+// official Rust reader does, plus a few stricter rules (marked "stricter"):
+//   * at least 8 bytes; N <= 100,000,000 (the official limit); 8 + N <= size;
+//   * the header starts with '{' and is strict JSON (json::parse: UTF-8,
+//     and, stricter, duplicate keys are rejected: serde keeps the last one);
+//   * "__metadata__" is null or an object whose values are all strings;
+//   * every other member is an object with exactly the fields dtype (a known
+//     name), shape (array of non-negative integers) and data_offsets (two
+//     non-negative integers, begin <= end) (stricter: unknown fields are an
+//     error, serde ignores them; no official writer produces them);
+//   * the element count does not overflow, end - begin == numel * dtype size;
+//   * sorted by offset, the tensors tile the data buffer exactly: the first
+//     starts at 0, each starts where the previous one ends (no overlap, no
+//     hole) and the last ends at the end of the file.
+// Every check runs before any tensor byte is touched, so no input makes the
+// reader read outside the file; every failure is an mtrec::Error naming the
+// file and the problem.
+//
+// Byte order: tensor bytes are copied as they are, so this assumes a
+// little-endian host (x86-64, AArch64 Linux); a big-endian build fails below.
+// The length prefix is encoded byte by byte and would not need it.
+
+#include <map>
+#include <memory>
+
+#if defined(__BYTE_ORDER__) && defined(__ORDER_LITTLE_ENDIAN__)
+#if __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
+#error "mtrec/io/safetensors.hpp copies tensor bytes as they are and needs a little-endian host"
+#endif
+#endif
+
+namespace mtrec {
+namespace safetensors {
+
+// The dtypes of whole-byte size from the official list. The sub-byte ones
+// (F4, F6_E2M3, F6_E3M2) are recognised and refused with their own message.
+enum class Dtype : std::uint8_t { BOOL, U8, I8, F8_E5M2, F8_E4M3, F8_E8M0, I16, U16, F16, BF16, I32, U32, F32, F64, I64, U64 };
+
+struct DtypeInfo {
+  Dtype dtype;
+  const char* name;
+  std::size_t size;  // bytes per element
+};
+
+inline const DtypeInfo* dtype_table(std::size_t& count) {
+  static const DtypeInfo table[] = {
+      {Dtype::BOOL, "BOOL", 1},       {Dtype::U8, "U8", 1},           {Dtype::I8, "I8", 1},
+      {Dtype::F8_E5M2, "F8_E5M2", 1}, {Dtype::F8_E4M3, "F8_E4M3", 1}, {Dtype::F8_E8M0, "F8_E8M0", 1},
+      {Dtype::I16, "I16", 2},         {Dtype::U16, "U16", 2},         {Dtype::F16, "F16", 2},
+      {Dtype::BF16, "BF16", 2},       {Dtype::I32, "I32", 4},         {Dtype::U32, "U32", 4},
+      {Dtype::F32, "F32", 4},         {Dtype::F64, "F64", 8},         {Dtype::I64, "I64", 8},
+      {Dtype::U64, "U64", 8}};
+  count = sizeof(table) / sizeof(table[0]);
+  return table;
+}
+
+inline const DtypeInfo& dtype_info(Dtype d) {
+  std::size_t n;
+  const DtypeInfo* t = dtype_table(n);
+  const auto i = static_cast<std::size_t>(d);
+  check(i < n, "safetensors::dtype_info", "invalid Dtype value ", i, " (expected 0..", n - 1, ")");
+  return t[i];
+}
+inline const char* dtype_name(Dtype d) { return dtype_info(d).name; }
+inline std::size_t dtype_size(Dtype d) { return dtype_info(d).size; }
+
+// The dtype spelled `name` ("F32"), or false.
+inline bool dtype_from_name(std::string_view name, Dtype& out) {
+  std::size_t n;
+  const DtypeInfo* t = dtype_table(n);
+  for (std::size_t i = 0; i < n; ++i)
+    if (name == t[i].name) {
+      out = t[i].dtype;
+      return true;
+    }
+  return false;
+}
+
+inline std::string dtype_names() {
+  std::size_t n;
+  const DtypeInfo* t = dtype_table(n);
+  std::string s;
+  for (std::size_t i = 0; i < n; ++i) s += (i ? ", " : "") + std::string(t[i].name);
+  return s;
+}
+
+// The dtype that stores C++ type T (float -> F32, ...). F16/BF16/F8 have no
+// C++ type here: write them from raw bytes (TensorRecord with a Dtype) and
+// read them with read_raw().
+template <class T>
+constexpr Dtype dtype_of() {
+  static_assert(std::is_arithmetic<T>::value, "dtype_of<T>: T must be an arithmetic type");
+  if constexpr (std::is_same<T, bool>::value) return Dtype::BOOL;
+  else if constexpr (std::is_same<T, float>::value) return Dtype::F32;
+  else if constexpr (std::is_same<T, double>::value) return Dtype::F64;
+  else if constexpr (std::is_integral<T>::value && std::is_signed<T>::value) {
+    static_assert(sizeof(T) == 1 || sizeof(T) == 2 || sizeof(T) == 4 || sizeof(T) == 8, "unsupported integer size");
+    return sizeof(T) == 1 ? Dtype::I8 : sizeof(T) == 2 ? Dtype::I16 : sizeof(T) == 4 ? Dtype::I32 : Dtype::I64;
+  } else if constexpr (std::is_integral<T>::value) {
+    static_assert(sizeof(T) == 1 || sizeof(T) == 2 || sizeof(T) == 4 || sizeof(T) == 8, "unsupported integer size");
+    return sizeof(T) == 1 ? Dtype::U8 : sizeof(T) == 2 ? Dtype::U16 : sizeof(T) == 4 ? Dtype::U32 : Dtype::U64;
+  } else {
+    static_assert(sizeof(T) == 0, "dtype_of<T>: no safetensors dtype for this type (long double?)");
+    return Dtype::U8;
+  }
+}
+
+// The official reader's limit on N; the writer refuses to exceed it too.
+constexpr std::uint64_t kMaxHeaderSize = 100000000;
+// The header is padded so the data buffer starts at a multiple of this.
+constexpr std::size_t kDataAlignment = 8;
+
+namespace detail {
+// numel and numel * elem_size, or false on a negative dimension or overflow.
+inline bool shape_bytes(const std::vector<std::int64_t>& shape, std::size_t elem_size, std::uint64_t& numel,
+                        std::uint64_t& nbytes) {
+  std::uint64_t n = 1;
+  for (std::int64_t d : shape) {
+    if (d < 0) return false;
+    if (__builtin_mul_overflow(n, static_cast<std::uint64_t>(d), &n)) return false;
+  }
+  std::uint64_t b;
+  if (__builtin_mul_overflow(n, static_cast<std::uint64_t>(elem_size), &b)) return false;
+  numel = n;
+  nbytes = b;
+  return true;
+}
+
+inline std::string shape_str(const std::vector<std::int64_t>& shape) {
+  std::string s = "[";
+  for (std::size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
+  return s + "]";
+}
+
+inline void put_u64_le(std::uint8_t* p, std::uint64_t v) {
+  for (int i = 0; i < 8; ++i) p[i] = static_cast<std::uint8_t>(v >> (8 * i));
+}
+inline std::uint64_t get_u64_le(const std::uint8_t* p) {
+  std::uint64_t v = 0;
+  for (int i = 7; i >= 0; --i) v = (v << 8) | p[i];
+  return v;
+}
+}  // namespace detail
+}  // namespace safetensors
+
+// One tensor to write. `data` must hold `nbytes` bytes, little-endian,
+// row-major; nbytes must equal numel(shape) * dtype_size(dtype). An empty
+// shape is a 0-d scalar (one element).
+struct TensorRecord {
+  std::string name;
+  safetensors::Dtype dtype = safetensors::Dtype::F32;
+  std::vector<std::int64_t> shape;
+  const void* data = nullptr;
+  std::size_t nbytes = 0;
+
+  // A record over `data` of C++ type T, with nbytes from the shape.
+  template <class T>
+  static TensorRecord of(std::string name, const T* data, std::vector<std::int64_t> shape) {
+    TensorRecord r;
+    r.name = std::move(name);
+    r.dtype = safetensors::dtype_of<T>();
+    r.shape = std::move(shape);
+    r.data = data;
+    std::uint64_t numel = 0, nbytes = 0;
+    check(safetensors::detail::shape_bytes(r.shape, sizeof(T), numel, nbytes), "TensorRecord::of", "tensor '",
+          r.name, "': shape ", safetensors::detail::shape_str(r.shape),
+          " has a negative dimension or more bytes than fit in 64 bits");
+    r.nbytes = static_cast<std::size_t>(nbytes);
+    return r;
+  }
+};
+
+namespace safetensors {
+namespace detail {
+
+// Validates the records and returns the padded header.
+inline std::string build_header(const std::vector<TensorRecord>& tensors,
+                                const std::map<std::string, std::string>& metadata, const char* op,
+                                std::uint64_t& data_size) {
+  json::Value header = json::Value::object();
+  if (!metadata.empty()) {
+    json::Value meta = json::Value::object();
+    // std::map iterates in key order, and keys are unique: append directly.
+    for (const auto& kv : metadata) meta.as_object().emplace_back(kv.first, json::Value(kv.second));
+    header.as_object().emplace_back("__metadata__", std::move(meta));
+  }
+  // Names must be unique: sort pointers and compare neighbours.
+  std::vector<const std::string*> names;
+  names.reserve(tensors.size());
+  std::uint64_t offset = 0;
+  for (std::size_t i = 0; i < tensors.size(); ++i) {
+    const TensorRecord& t = tensors[i];
+    check(!t.name.empty(), op, "tensor #", i, " has an empty name");
+    check(t.name != "__metadata__", op, "tensor #", i, " is named \"__metadata__\", which the format reserves");
+    const std::size_t esize = dtype_size(t.dtype);  // also checks the enum value
+    std::uint64_t numel = 0, nbytes = 0;
+    check(shape_bytes(t.shape, esize, numel, nbytes), op, "tensor '", t.name, "': shape ", shape_str(t.shape),
+          " has a negative dimension or more bytes than fit in 64 bits");
+    check(nbytes == t.nbytes, op, "tensor '", t.name, "': shape ", shape_str(t.shape), " of ", dtype_name(t.dtype),
+          " needs ", numel, " x ", esize, " = ", nbytes, " bytes, but the record says nbytes = ", t.nbytes);
+    check(t.data != nullptr || t.nbytes == 0, op, "tensor '", t.name, "': data is null but nbytes = ", t.nbytes);
+    check(!__builtin_add_overflow(offset, nbytes, &offset), op, "total tensor size overflows 64 bits");
+    names.push_back(&t.name);
+
+    json::Value shape = json::Value::array();
+    for (std::int64_t d : t.shape) shape.push_back(d);
+    json::Value entry = json::Value::object();
+    entry.as_object().emplace_back("dtype", json::Value(dtype_name(t.dtype)));
+    entry.as_object().emplace_back("shape", std::move(shape));
+    entry.as_object().emplace_back("data_offsets",
+                                   json::Value(json::Array{json::Value(offset - nbytes), json::Value(offset)}));
+    header.as_object().emplace_back(t.name, std::move(entry));
+  }
+  std::sort(names.begin(), names.end(), [](const std::string* a, const std::string* b) { return *a < *b; });
+  for (std::size_t i = 1; i < names.size(); ++i)
+    check(*names[i] != *names[i - 1], op, "two tensors are named '", *names[i], "'; names must be unique");
+
+  std::string text;
+  try {
+    text = header.dump();
+  } catch (const Error& e) {  // a name or metadata string that is not UTF-8
+    fail(op, "cannot encode the header: ", e.what());
+  }
+  text.append((kDataAlignment - text.size() % kDataAlignment) % kDataAlignment, ' ');
+  check(text.size() <= kMaxHeaderSize, op, "the header is ", text.size(), " bytes, over the limit of ",
+        kMaxHeaderSize, " bytes that readers accept");
+  data_size = offset;
+  return text;
+}
+
+}  // namespace detail
+}  // namespace safetensors
+
+// The complete file as bytes (for tests and in-memory use).
+inline std::vector<std::uint8_t> serialize_safetensors(const std::vector<TensorRecord>& tensors,
+                                                       const std::map<std::string, std::string>& metadata = {}) {
+  std::uint64_t data_size = 0;
+  const std::string header =
+      safetensors::detail::build_header(tensors, metadata, "serialize_safetensors", data_size);
+  std::vector<std::uint8_t> out(8 + header.size() + static_cast<std::size_t>(data_size));
+  safetensors::detail::put_u64_le(out.data(), header.size());
+  std::memcpy(out.data() + 8, header.data(), header.size());
+  std::size_t pos = 8 + header.size();
+  for (const TensorRecord& t : tensors) {
+    if (t.nbytes) std::memcpy(out.data() + pos, t.data, t.nbytes);
+    pos += t.nbytes;
+  }
+  return out;
+}
+
+// Writes the file atomically: a temporary file beside `path`, fsync, rename.
+// Records are validated before anything touches the disk; on any failure the
+// old file (if any) is left as it was and no temporary file remains.
+inline void save_safetensors(const std::string& path, const std::vector<TensorRecord>& tensors,
+                             const std::map<std::string, std::string>& metadata = {}) {
+  std::uint64_t data_size = 0;
+  const std::string header = safetensors::detail::build_header(tensors, metadata, "save_safetensors", data_size);
+  try {
+    io::AtomicFileWriter w(path);
+    std::uint8_t prefix[8];
+    safetensors::detail::put_u64_le(prefix, header.size());
+    w.write(prefix, 8);
+    w.write(header.data(), header.size());
+    for (const TensorRecord& t : tensors)
+      if (t.nbytes) w.write(t.data, t.nbytes);
+    w.commit();
+  } catch (const Error& e) {
+    // Keep the caller-facing operation name; the message already names the path and errno.
+    throw Error("save_safetensors", e.what());
+  }
+}
+
+// A loaded, validated safetensors file held in memory.
+class SafetensorsFile {
+ public:
+  struct TensorInfo {
+    std::string name;
+    safetensors::Dtype dtype = safetensors::Dtype::F32;
+    std::vector<std::int64_t> shape;  // empty: a 0-d scalar
+    std::uint64_t begin = 0, end = 0;  // [begin, end) within the data buffer
+    std::uint64_t numel() const {
+      std::uint64_t n = 1;
+      for (std::int64_t d : shape) n *= static_cast<std::uint64_t>(d);  // validated not to overflow
+      return n;
+    }
+    std::uint64_t nbytes() const { return end - begin; }
+  };
+
+  // Reads and validates a file. Errors name the path.
+  static SafetensorsFile load(const std::string& path) {
+    SafetensorsFile f;
+    f.source_ = "'" + path + "'";
+    f.bytes_ = io::read_file_bytes(path, "SafetensorsFile::load");
+    f.parse("SafetensorsFile::load");
+    return f;
+  }
+  // Validates bytes already in memory (what load() does after reading).
+  static SafetensorsFile from_bytes(std::vector<std::uint8_t> bytes) {
+    SafetensorsFile f;
+    f.source_ = "in-memory safetensors";
+    f.bytes_ = std::move(bytes);
+    f.parse("SafetensorsFile::from_bytes");
+    return f;
+  }
+
+  const std::map<std::string, std::string>& metadata() const { return metadata_; }
+  // Tensors in data order (for files from save_safetensors: the order written).
+  const std::vector<TensorInfo>& tensors() const { return tensors_; }
+  std::vector<std::string> names() const {
+    std::vector<std::string> n;
+    n.reserve(tensors_.size());
+    for (const auto& t : tensors_) n.push_back(t.name);
+    return n;
+  }
+  std::size_t size() const { return tensors_.size(); }
+  bool has(const std::string& name) const { return index_.count(name) != 0; }
+
+  const TensorInfo& info(const std::string& name) const { return tensors_[lookup("SafetensorsFile::info", name)]; }
+
+  // N (the header length) and where the data buffer starts in the file.
+  std::uint64_t header_size() const { return header_size_; }
+  std::uint64_t data_start() const { return 8 + header_size_; }
+
+  // The tensor's bytes inside the loaded file. No alignment guarantee beyond
+  // what the writer chose: copy out with read()/read_raw() to use as T.
+  const std::uint8_t* raw(const std::string& name) const {
+    const TensorInfo& t = tensors_[lookup("SafetensorsFile::raw", name)];
+    return bytes_.data() + data_start() + t.begin;
+  }
+
+  // Copies the bytes of any dtype; nbytes must match exactly.
+  void read_raw(const std::string& name, void* out, std::size_t nbytes) const {
+    const TensorInfo& t = tensors_[lookup("SafetensorsFile::read_raw", name)];
+    check(nbytes == t.nbytes(), "SafetensorsFile::read_raw", "tensor '", t.name, "' in ", source_, " has ",
+          t.nbytes(), " bytes (", safetensors::dtype_name(t.dtype), " ", safetensors::detail::shape_str(t.shape),
+          ") but the output holds ", nbytes);
+    if (nbytes) std::memcpy(out, bytes_.data() + data_start() + t.begin, nbytes);
+  }
+
+  // Copies into out[0, count); the dtype must be dtype_of<T>() and count the
+  // element count (no conversions: a silent F64 -> F32 narrowing in a
+  // checkpoint load is a bug waiting to happen).
+  template <class T>
+  void read(const std::string& name, T* out, std::size_t count) const {
+    const TensorInfo& t = tensors_[lookup("SafetensorsFile::read", name)];
+    constexpr safetensors::Dtype want = safetensors::dtype_of<T>();
+    check(t.dtype == want, "SafetensorsFile::read", "tensor '", t.name, "' in ", source_, " has dtype ",
+          safetensors::dtype_name(t.dtype), " but was read as ", safetensors::dtype_name(want));
+    check(count == t.numel(), "SafetensorsFile::read", "tensor '", t.name, "' in ", source_, " has ", t.numel(),
+          " elements (shape ", safetensors::detail::shape_str(t.shape), ") but the output holds ", count);
+    const std::uint8_t* src = bytes_.data() + data_start() + t.begin;
+    if constexpr (std::is_same<T, bool>::value) {
+      // A bool object holding anything but 0 or 1 is undefined behaviour.
+      for (std::size_t i = 0; i < count; ++i)
+        check(src[i] <= 1, "SafetensorsFile::read", "tensor '", t.name, "' in ", source_, ": BOOL element ", i,
+              " is ", unsigned(src[i]), ", not 0 or 1");
+    }
+    if (count) std::memcpy(out, src, count * sizeof(T));
+  }
+  void read_f32(const std::string& name, float* out, std::size_t count) const { read<float>(name, out, count); }
+
+  template <class T>
+  std::vector<T> read_vector(const std::string& name) const {
+    const std::size_t n = static_cast<std::size_t>(info(name).numel());
+    if constexpr (std::is_same<T, bool>::value) {
+      // std::vector<bool> packs bits and has no data(): read into bools, then copy.
+      std::unique_ptr<bool[]> tmp(new bool[n ? n : 1]);
+      read<bool>(name, tmp.get(), n);
+      return std::vector<bool>(tmp.get(), tmp.get() + n);
+    } else {
+      std::vector<T> v(n);
+      read<T>(name, v.data(), v.size());
+      return v;
+    }
+  }
+
+ private:
+  SafetensorsFile() = default;
+
+  std::size_t lookup(const char* op, const std::string& name) const {
+    const auto it = index_.find(name);
+    if (it != index_.end()) return it->second;
+    std::string have;
+    const std::size_t shown = std::min<std::size_t>(tensors_.size(), 10);
+    for (std::size_t i = 0; i < shown; ++i) have += (i ? ", '" : "'") + tensors_[i].name + "'";
+    if (tensors_.size() > shown) have += ", ...";
+    fail(op, "no tensor named '", name, "' in ", source_, " (it has ", tensors_.size(), " tensors",
+         tensors_.empty() ? "" : ": ", have, ")");
+  }
+
+  template <class... P>
+  [[noreturn]] void bad(const char* op, const P&... parts) const {
+    fail(op, source_, " is not a valid safetensors file: ", parts...);
+  }
+
+  void parse(const char* op) {
+    using namespace safetensors;
+    const std::uint64_t size = bytes_.size();
+    if (size < 8)
+      bad(op, "it is ", size, " bytes long, shorter than the 8-byte header length that starts the format");
+    const std::uint64_t n = safetensors::detail::get_u64_le(bytes_.data());
+    if (n > kMaxHeaderSize) bad(op, "header length ", n, " exceeds the limit of ", kMaxHeaderSize, " bytes");
+    if (n > size - 8)
+      bad(op, "header length ", n, " exceeds the ", size - 8, " bytes after the 8-byte length (truncated file?)");
+    header_size_ = n;
+    const std::uint64_t buffer_size = size - 8 - n;
+    const std::string_view text(reinterpret_cast<const char*>(bytes_.data() + 8), static_cast<std::size_t>(n));
+    if (text.empty() || text[0] != '{')
+      bad(op, "the header (file offset 8) must be a JSON object starting with '{', found ",
+          text.empty() ? std::string("an empty header")
+                       : "byte " + std::to_string(static_cast<unsigned>(static_cast<std::uint8_t>(text[0]))));
+
+    json::Value header;
+    try {
+      header = json::parse(text);
+    } catch (const Error& e) {
+      bad(op, "the header is not valid JSON (offsets count from the header start, file offset 8): ", e.what());
+    }
+    if (!header.is_object()) bad(op, "the header must be a JSON object");
+
+    std::vector<std::uint64_t> nbytes_list;
+    for (const auto& member : header.as_object()) {
+      const std::string& name = member.first;
+      const json::Value& v = member.second;
+      if (name == "__metadata__") {
+        if (v.is_null()) continue;  // serde reads null as "no metadata"
+        if (!v.is_object()) bad(op, "\"__metadata__\" must be an object of strings, got ", v.dump());
+        for (const auto& kv : v.as_object()) {
+          if (!kv.second.is_string())
+            bad(op, "\"__metadata__\" value of key \"", kv.first, "\" must be a string, got ", kv.second.dump());
+          metadata_.emplace(kv.first, kv.second.as_string());
+        }
+        continue;
+      }
+      if (!v.is_object()) bad(op, "entry of tensor '", name, "' must be an object, got ", v.dump());
+      for (const auto& field : v.as_object())
+        if (field.first != "dtype" && field.first != "shape" && field.first != "data_offsets")
+          bad(op, "tensor '", name, "' has an unknown field \"", field.first,
+              "\" (expected only dtype, shape, data_offsets)");
+      const json::Value* dtype = v.find("dtype");
+      const json::Value* shape = v.find("shape");
+      const json::Value* offsets = v.find("data_offsets");
+      if (!dtype) bad(op, "tensor '", name, "' has no \"dtype\"");
+      if (!shape) bad(op, "tensor '", name, "' has no \"shape\"");
+      if (!offsets) bad(op, "tensor '", name, "' has no \"data_offsets\"");
+
+      TensorInfo t;
+      t.name = name;
+      if (!dtype->is_string()) bad(op, "dtype of tensor '", name, "' must be a string, got ", dtype->dump());
+      const std::string& dn = dtype->as_string();
+      if (dn == "F4" || dn == "F6_E2M3" || dn == "F6_E3M2")
+        bad(op, "tensor '", name, "' has the sub-byte dtype ", dn, ", which mtrec does not support");
+      if (!dtype_from_name(dn, t.dtype))
+        bad(op, "tensor '", name, "' has the unknown dtype \"", dn, "\" (known: ", dtype_names(), ")");
+
+      if (!shape->is_array())
+        bad(op, "shape of tensor '", name, "' must be an array of non-negative integers, got ", shape->dump());
+      for (std::size_t k = 0; k < shape->size(); ++k) {
+        const json::Value& d = shape->at(k);
+        if (!d.is_int() || d.as_int() < 0)
+          bad(op, "shape of tensor '", name, "' must be an array of non-negative integers; element ", k, " is ",
+              d.dump());
+        t.shape.push_back(d.as_int());
+      }
+      std::uint64_t numel = 0, nbytes = 0;
+      if (!safetensors::detail::shape_bytes(t.shape, dtype_size(t.dtype), numel, nbytes))
+        bad(op, "shape ", safetensors::detail::shape_str(t.shape), " of tensor '", name, "' (", dn,
+            ") has more bytes than fit in 64 bits");
+
+      if (!offsets->is_array() || offsets->size() != 2)
+        bad(op, "data_offsets of tensor '", name, "' must be [begin, end], got ", offsets->dump());
+      for (std::size_t k = 0; k < 2; ++k)
+        if (!offsets->at(k).is_int() || offsets->at(k).as_int() < 0)
+          bad(op, "data_offsets of tensor '", name, "' must be two non-negative integers, got ", offsets->dump());
+      t.begin = static_cast<std::uint64_t>(offsets->at(0).as_int());
+      t.end = static_cast<std::uint64_t>(offsets->at(1).as_int());
+      if (t.begin > t.end)
+        bad(op, "data_offsets of tensor '", name, "' are [", t.begin, ", ", t.end, "]: begin is after end");
+      if (t.end > buffer_size)
+        bad(op, "data_offsets of tensor '", name, "' are [", t.begin, ", ", t.end, "], past the end of the ",
+            buffer_size, "-byte data buffer (offsets out of range; truncated file?)");
+      if (t.end - t.begin != nbytes)
+        bad(op, "tensor '", name, "' has data_offsets [", t.begin, ", ", t.end, "] (", t.end - t.begin,
+            " bytes) but its shape ", safetensors::detail::shape_str(t.shape), " of ", dn, " needs ", numel, " x ",
+            dtype_size(t.dtype), " = ", nbytes, " bytes");
+      tensors_.push_back(std::move(t));
+    }
+
+    // Coverage: sorted by (begin, end), stable so zero-byte tensors at one
+    // offset keep the header order, the tensors must tile [0, buffer_size).
+    std::stable_sort(tensors_.begin(), tensors_.end(), [](const TensorInfo& a, const TensorInfo& b) {
+      return a.begin != b.begin ? a.begin < b.begin : a.end < b.end;
+    });
+    std::uint64_t covered = 0;
+    const TensorInfo* prev = nullptr;
+    for (const TensorInfo& t : tensors_) {
+      if (t.begin < covered)
+        bad(op, "tensor '", t.name, "' starts at byte ", t.begin, " of the data buffer but tensor '", prev->name,
+            "' ends at byte ", covered, ": tensors overlap");
+      if (t.begin > covered)
+        bad(op, "tensor '", t.name, "' starts at byte ", t.begin, " of the data buffer but ",
+            prev ? "tensor '" + prev->name + "' ends" : std::string("the buffer starts"), " at byte ", covered,
+            ": a hole of ", t.begin - covered, " bytes (tensors must be contiguous)");
+      covered = t.end;
+      prev = &t;
+    }
+    if (covered != buffer_size)
+      bad(op, "the tensors cover ", covered, " bytes but the data buffer has ", buffer_size, " bytes: ",
+          buffer_size - covered, " trailing bytes belong to no tensor");
+
+    for (std::size_t i = 0; i < tensors_.size(); ++i) index_.emplace(tensors_[i].name, i);
+  }
+
+  std::string source_;
+  std::vector<std::uint8_t> bytes_;
+  std::uint64_t header_size_ = 0;
+  std::map<std::string, std::string> metadata_;
+  std::vector<TensorInfo> tensors_;
+  std::map<std::string, std::size_t> index_;
+};
+
+}  // namespace mtrec
+// ==== end mtrec/io/safetensors.hpp ============================================
 
 // ==== begin mtrec/kernels/cpu.hpp =============================================
 // mtrec: CPU kernels — xsimd vectors, OpenMP over fixed chunks, packed GEMM.
@@ -801,8 +2290,6 @@ class ParameterStore {
 // Tails shorter than a vector are padded into a full vector, so every element
 // goes through the same vector math whatever the chunking: results do not
 // depend on the thread count.
-
-#include <atomic>
 
 #include <xsimd/xsimd.hpp>
 
@@ -1109,6 +2596,52 @@ inline void gemm_block(Trans ta, Trans tb, index_t M, index_t N, index_t K, T al
 }  // namespace mtrec
 // ==== end mtrec/kernels/cpu_gemm.hpp ==========================================
 
+// ==== begin mtrec/kernels/eigen.hpp ===========================================
+// mtrec: Eigen interop — row-major maps over tensor views, never copies.
+//
+// Eigen is used by the CPU kernels only; core/ does not depend on it.
+
+// Eigen must never start its own threads: its GEMM blocking depends on the
+// thread count, which would break bitwise determinism. mtrec parallelises
+// GEMM itself over fixed row blocks (kernels/cpu.hpp).
+#ifndef EIGEN_DONT_PARALLELIZE
+#define EIGEN_DONT_PARALLELIZE
+#endif
+
+#include <Eigen/Core>
+
+namespace mtrec {
+
+// ---- Eigen interop: row-major maps over our buffers, never copies ----------
+
+template <class T>
+using RowMatrix = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+template <class T>
+using MatrixMap = Eigen::Map<RowMatrix<T>>;
+template <class T>
+using ConstMatrixMap = Eigen::Map<const RowMatrix<T>>;
+
+// (rows, cols) = (product of leading dims, last dim).
+template <class T>
+inline MatrixMap<T> as_matrix(TensorView<T> v) {
+  return MatrixMap<T>(v.data, v.rows(), v.cols());
+}
+template <class T>
+inline ConstMatrixMap<T> as_matrix(TensorView<const T> v) {
+  return ConstMatrixMap<T>(v.data, v.rows(), v.cols());
+}
+template <class T>
+inline MatrixMap<T> as_matrix(Tensor<T>& t) {
+  return as_matrix(t.view());
+}
+template <class T>
+inline ConstMatrixMap<T> as_matrix(const Tensor<T>& t) {
+  return as_matrix(t.view());
+}
+
+}  // namespace mtrec
+// ==== end mtrec/kernels/eigen.hpp =============================================
+
 // ==== begin mtrec/kernels/reference.hpp =======================================
 // mtrec: scalar reference kernels.
 //
@@ -1385,6 +2918,24 @@ inline double sum_squares(reference_t, const T* x, index_t n) {
 template <class T>
 inline void scale(reference_t, T* y, const T* x, index_t n, T alpha) {
   for (index_t i = 0; i < n; ++i) y[i] = alpha * x[i];
+}
+
+// y (n) = x (no overlap)
+template <class T>
+inline void copy(reference_t, T* y, const T* x, index_t n) {
+  for (index_t i = 0; i < n; ++i) y[i] = x[i];
+}
+
+// y (n) = value
+template <class T>
+inline void fill(reference_t, T* y, index_t n, T value) {
+  for (index_t i = 0; i < n; ++i) y[i] = value;
+}
+
+// y (n) += alpha * x
+template <class T>
+inline void axpy(reference_t, T* y, const T* x, index_t n, T alpha) {
+  for (index_t i = 0; i < n; ++i) y[i] += alpha * x[i];
 }
 
 }  // namespace kernels
@@ -2113,9 +3664,1601 @@ inline void scale(cpu_t, T* y, const T* x, index_t n, T alpha) {
   simd::map(y, n, [a](const simd::batch<T>& v) { return a * v; }, x);
 }
 
+template <class T>
+inline void copy(cpu_t, T* y, const T* x, index_t n) {
+  if (n > 0) std::memcpy(static_cast<void*>(y), static_cast<const void*>(x), sizeof(T) * std::size_t(n));
+}
+
+template <class T>
+inline void fill(cpu_t, T* y, index_t n, T value) {
+  if (n > 0 && value == T(0) && !std::signbit(value))
+    std::memset(static_cast<void*>(y), 0, sizeof(T) * std::size_t(n));
+  else
+    std::fill(y, y + n, value);
+}
+
+template <class T>
+inline void axpy(cpu_t, T* y, const T* x, index_t n, T alpha) {
+  const simd::batch<T> a(alpha);
+  simd::map(y, n, [a](const simd::batch<T>& yv, const simd::batch<T>& xv) { return yv + a * xv; }, y, x);
+}
+
 }  // namespace kernels
 }  // namespace mtrec
 // ==== end mtrec/kernels/cpu.hpp ===============================================
+
+// ==== begin mtrec/kernels/embedding.hpp =======================================
+// mtrec: embedding kernels — row gathers, scatter-adds and pooled bags.
+//
+// Each op has a `reference` overload (plain scalar loops, the ground truth)
+// and a `cpu` overload (xsimd + OpenMP), with the same name and arguments:
+// outputs first, then inputs, then sizes and options. Tables are row-major
+// (rows, dim); IDs are trusted to lie in [0, rows) (layers check them).
+//
+// Results are deterministic: every element of a gradient receives its
+// additions in ID order, whatever the thread count. The CPU kernels split
+// scatter-adds across threads by columns, never by IDs, and split only work
+// that is independent per bag or per ID (pooling, dweights) by bags.
+//
+// `touched` (nullable, one byte per table row): the scatter kernels set
+// touched[id] = 1 for every ID they add into; they never clear a flag.
+
+namespace mtrec {
+namespace kernels {
+
+// ---- reference -----------------------------------------------------------------
+
+// y (n,dim) = table[ids] (n)
+template <class T>
+inline void gather_rows(reference_t, T* y, const T* table, const index_t* ids, index_t n, index_t dim) {
+  for (index_t i = 0; i < n; ++i)
+    for (index_t c = 0; c < dim; ++c) y[i * dim + c] = table[ids[i] * dim + c];
+}
+
+// grad (rows,dim): grad[ids[i]] += dy[i] (n,dim) for i in order;
+// touched[ids[i]] = 1 if touched is given
+template <class T>
+inline void scatter_add_rows(reference_t, T* grad, std::uint8_t* touched, const T* dy, const index_t* ids, index_t n,
+                             index_t dim) {
+  for (index_t i = 0; i < n; ++i) {
+    const index_t r = ids[i];
+    if (touched) touched[r] = 1;
+    for (index_t c = 0; c < dim; ++c) grad[r * dim + c] += dy[i * dim + c];
+  }
+}
+
+// y (B,dim): bag b pools table[ids[i]] for i in [offsets[b], offsets[b+1]),
+// each times weights[i] if weights is given (nullable); mean divides by the
+// bag length. An empty bag gives a zero row. offsets has B+1 entries.
+template <class T>
+inline void embedding_bag_forward(reference_t, T* y, const T* table, const index_t* ids, const index_t* offsets,
+                                  const T* weights, index_t B, index_t dim, bool mean) {
+  for (index_t b = 0; b < B; ++b) {
+    T* yb = y + b * dim;
+    for (index_t c = 0; c < dim; ++c) yb[c] = T(0);
+    const index_t s = offsets[b], e = offsets[b + 1];
+    for (index_t i = s; i < e; ++i) {
+      const T a = weights ? weights[i] : T(1);
+      for (index_t c = 0; c < dim; ++c) yb[c] += a * table[ids[i] * dim + c];
+    }
+    if (mean && e > s) {
+      const T inv = T(1) / T(e - s);
+      for (index_t c = 0; c < dim; ++c) yb[c] *= inv;
+    }
+  }
+}
+
+// The backward of embedding_bag_forward, for dy (B,dim):
+//   grad_table[ids[i]] += weights[i] / len * dy[bag(i)]   (in ID order; / len for mean only)
+//   dweights[i] = <dy[bag(i)], table[ids[i]]> / len      (n; written if dweights is given)
+//   touched[ids[i]] = 1                                  (if touched is given)
+template <class T>
+inline void embedding_bag_backward(reference_t, T* grad_table, std::uint8_t* touched, T* dweights, const T* dy,
+                                   const T* table, const index_t* ids, const index_t* offsets, const T* weights,
+                                   index_t B, index_t dim, bool mean) {
+  for (index_t b = 0; b < B; ++b) {
+    const index_t s = offsets[b], e = offsets[b + 1];
+    const T inv = (mean && e > s) ? T(1) / T(e - s) : T(1);
+    const T* d = dy + b * dim;
+    for (index_t i = s; i < e; ++i) {
+      const index_t r = ids[i];
+      if (touched) touched[r] = 1;
+      const T a = (weights ? weights[i] : T(1)) * inv;
+      T* gr = grad_table + r * dim;
+      for (index_t c = 0; c < dim; ++c) gr[c] += a * d[c];
+      if (dweights) {
+        const T* row = table + r * dim;
+        T dot = 0;
+        for (index_t c = 0; c < dim; ++c) dot += d[c] * row[c];
+        dweights[i] = dot * inv;
+      }
+    }
+  }
+}
+
+// ---- cpu -------------------------------------------------------------------------
+
+namespace embedding_detail {
+
+// Bags per parallel chunk (a fixed count: bags are independent, so the
+// split never changes a result) and how many IDs ahead rows are prefetched.
+constexpr index_t kBagsPerChunk = 64;
+constexpr index_t kPrefetchAhead = 16;
+// IDs per parallel chunk of a row gather.
+constexpr index_t kRowsPerChunk = 256;
+
+// A scatter-add is bound by random row accesses: measured on 2 vCPUs, a
+// second thread saved 0-20% of a 2.6M-element backward (B=2048 bags of ~20
+// IDs, dim 64, ~0.5 ms) while a fork into a busy machine cost milliseconds.
+// So the scatter kernels fork only for kScatterForkFactor times the
+// streaming kernels' threshold (~8M elements, several ms of work).
+constexpr index_t kScatterForkFactor = 32;
+inline bool scatter_worth_forking(index_t elems) {
+  return double(elems) >= double(kScatterForkFactor) * double(simd::kForkElems) * mtrec::detail::fork_scale();
+}
+
+// A hint to fetch the cache line at p, for reading or for writing (no-op
+// where unsupported).
+inline void prefetch_read(const void* p) {
+#if defined(__GNUC__) || defined(__clang__)
+  __builtin_prefetch(p, 0, 3);
+#else
+  (void)p;
+#endif
+}
+inline void prefetch_write(const void* p) {
+#if defined(__GNUC__) || defined(__clang__)
+  __builtin_prefetch(p, 1, 3);
+#else
+  (void)p;
+#endif
+}
+
+// Column blocks of a scatter-add: at most `parts` of them (one per thread),
+// each a whole number of cache lines and of vectors, so that a column goes
+// through vector or scalar code depending on dim only (results never depend
+// on the split) and no two threads write the same cache line of a
+// line-aligned row.
+template <class T>
+inline index_t scatter_col_block(index_t dim, index_t parts) {
+  constexpr index_t W = xsimd::batch<T>::size;
+  constexpr index_t line = index_t(64 / sizeof(T)) > W ? index_t(64 / sizeof(T)) : W;
+  const index_t threads = std::max<index_t>(1, parts);
+  const index_t per = (dim + threads - 1) / threads;
+  return std::max(line, (per + line - 1) / line * line);
+}
+
+// gr[c0, c1) += a * d[c0, c1) (Scaled) or += d[c0, c1); c1 - c0 vectors
+// first, then the scalar tail.
+template <bool Scaled, class T>
+inline void add_row_span(T* gr, const T* d, T a, index_t c0, index_t c1) {
+  using V = xsimd::batch<T>;
+  constexpr index_t W = V::size;
+  index_t c = c0;
+  if (Scaled) {
+    const V va(a);
+    for (; c + W <= c1; c += W) (V::load_unaligned(gr + c) + va * V::load_unaligned(d + c)).store_unaligned(gr + c);
+    for (; c < c1; ++c) gr[c] += a * d[c];
+  } else {
+    for (; c + W <= c1; c += W) (V::load_unaligned(gr + c) + V::load_unaligned(d + c)).store_unaligned(gr + c);
+    for (; c < c1; ++c) gr[c] += d[c];
+  }
+}
+
+// Prefetches the columns [c0, c1) of row r of a (rows,dim) array for writing.
+template <class T>
+inline void prefetch_row_span(const T* base, index_t r, index_t dim, index_t c0, index_t c1) {
+  const char* p = reinterpret_cast<const char*>(base + r * dim + c0);
+  const index_t bytes = (c1 - c0) * index_t(sizeof(T));
+  for (index_t off = 0; off < bytes; off += 64) prefetch_write(p + off);
+}
+
+// <a, b> over dim values: four vector accumulators over blocks of 4
+// vectors, then single vectors, combined in a fixed order, then the scalar
+// tail. The order depends on dim only.
+template <class T>
+inline T dot(const T* a, const T* b, index_t dim) {
+  using V = xsimd::batch<T>;
+  constexpr index_t W = V::size;
+  V a0(T(0)), a1(T(0)), a2(T(0)), a3(T(0));
+  index_t c = 0;
+  for (; c + 4 * W <= dim; c += 4 * W) {
+    a0 = a0 + V::load_unaligned(a + c) * V::load_unaligned(b + c);
+    a1 = a1 + V::load_unaligned(a + c + W) * V::load_unaligned(b + c + W);
+    a2 = a2 + V::load_unaligned(a + c + 2 * W) * V::load_unaligned(b + c + 2 * W);
+    a3 = a3 + V::load_unaligned(a + c + 3 * W) * V::load_unaligned(b + c + 3 * W);
+  }
+  for (; c + W <= dim; c += W) a0 = a0 + V::load_unaligned(a + c) * V::load_unaligned(b + c);
+  T s = xsimd::hadd((a0 + a1) + (a2 + a3));
+  for (; c < dim; ++c) s += a[c] * b[c];
+  return s;
+}
+
+// y (B,dim): bag b = sum over its IDs, in order, of (weight *) row, then
+// times 1/length for the mean: per column the same additions, in the same
+// order, as the scalar loop `y[c] = 0; y[c] += a * row[c]`, so a bag's
+// result never depends on which thread runs it. Columns go in register
+// blocks of up to 4 vectors; the rows kPrefetchAhead IDs ahead (across
+// bags) are prefetched while the current bag is summed.
+template <bool Weighted, class T>
+inline void pool_bags(T* y, const T* w, const index_t* ids, const index_t* offsets, const T* weights, index_t B,
+                      index_t dim, bool mean) {
+  using V = xsimd::batch<T>;
+  constexpr index_t W = V::size;
+  const index_t row_bytes = dim * index_t(sizeof(T));
+  const bool fork = simd::worth_forking(offsets[B] * dim);  // rows gathered x dim
+  parallel_chunks(B, kBagsPerChunk, [&](index_t b0, index_t b1) {
+    const index_t i_end = offsets[b1];
+    auto prefetch_row = [&](index_t i) {
+      if (i >= i_end) return;
+      const char* row = reinterpret_cast<const char*>(w + ids[i] * dim);
+      for (index_t off = 0; off < row_bytes; off += 64) prefetch_read(row + off);
+    };
+    for (index_t i = offsets[b0]; i < offsets[b0] + kPrefetchAhead; ++i) prefetch_row(i);
+    for (index_t b = b0; b < b1; ++b) {
+      T* yb = y + b * dim;
+      const index_t s = offsets[b], e = offsets[b + 1];
+      const bool scale = mean && e > s;
+      const T inv = scale ? T(1) / T(e - s) : T(1);
+      index_t c = 0;
+      bool first = true;  // the first column block issues the prefetches
+      for (; c + 4 * W <= dim; c += 4 * W) {
+        V a0(T(0)), a1(T(0)), a2(T(0)), a3(T(0));
+        for (index_t i = s; i < e; ++i) {
+          if (first) prefetch_row(i + kPrefetchAhead);
+          const T* row = w + ids[i] * dim + c;
+          if (Weighted) {
+            const V a(weights[i]);
+            a0 = a0 + a * V::load_unaligned(row);
+            a1 = a1 + a * V::load_unaligned(row + W);
+            a2 = a2 + a * V::load_unaligned(row + 2 * W);
+            a3 = a3 + a * V::load_unaligned(row + 3 * W);
+          } else {
+            a0 = a0 + V::load_unaligned(row);
+            a1 = a1 + V::load_unaligned(row + W);
+            a2 = a2 + V::load_unaligned(row + 2 * W);
+            a3 = a3 + V::load_unaligned(row + 3 * W);
+          }
+        }
+        if (scale) {
+          const V vinv(inv);
+          a0 = a0 * vinv;
+          a1 = a1 * vinv;
+          a2 = a2 * vinv;
+          a3 = a3 * vinv;
+        }
+        a0.store_unaligned(yb + c);
+        a1.store_unaligned(yb + c + W);
+        a2.store_unaligned(yb + c + 2 * W);
+        a3.store_unaligned(yb + c + 3 * W);
+        first = false;
+      }
+      for (; c + W <= dim; c += W) {
+        V acc(T(0));
+        for (index_t i = s; i < e; ++i) {
+          if (first) prefetch_row(i + kPrefetchAhead);
+          const V row = V::load_unaligned(w + ids[i] * dim + c);
+          acc = Weighted ? acc + V(weights[i]) * row : acc + row;
+        }
+        if (scale) acc = acc * V(inv);
+        acc.store_unaligned(yb + c);
+        first = false;
+      }
+      for (; c < dim; ++c) {
+        T acc = T(0);
+        for (index_t i = s; i < e; ++i) {
+          if (first) prefetch_row(i + kPrefetchAhead);
+          const T v = w[ids[i] * dim + c];
+          acc = Weighted ? acc + weights[i] * v : acc + v;
+        }
+        if (scale) acc *= inv;
+        yb[c] = acc;
+        first = false;
+      }
+    }
+  }, fork);
+}
+
+}  // namespace embedding_detail
+
+// y (n,dim) = table[ids]: one row copy per ID, in fixed chunks of IDs.
+template <class T>
+inline void gather_rows(cpu_t, T* y, const T* table, const index_t* ids, index_t n, index_t dim) {
+  parallel_chunks(
+      n, embedding_detail::kRowsPerChunk,
+      [&](index_t b, index_t e) {
+        for (index_t i = b; i < e; ++i)
+          std::memcpy(y + i * dim, table + ids[i] * dim, sizeof(T) * static_cast<std::size_t>(dim));
+      },
+      simd::worth_forking(n * dim));
+}
+
+// grad[ids[i]] += dy[i] for i in order; touched[ids[i]] = 1 if given. When
+// worth a fork (embedding_detail::scatter_worth_forking) threads take blocks
+// of columns (embedding_detail::scatter_col_block), each walking every ID in
+// order, so every element gets its additions in ID order; the first block
+// sets the flags. Grad rows are prefetched kPrefetchAhead IDs ahead.
+template <class T>
+inline void scatter_add_rows(cpu_t, T* grad, std::uint8_t* touched, const T* dy, const index_t* ids, index_t n,
+                             index_t dim) {
+  namespace ed = embedding_detail;
+  if (n <= 0 || dim <= 0) return;
+  const bool fork = ed::scatter_worth_forking(n * dim) && !in_parallel_region() && num_threads() > 1;
+  parallel_chunks(
+      dim, fork ? ed::scatter_col_block<T>(dim, num_threads()) : dim,
+      [&](index_t c0, index_t c1) {
+        const bool flag = touched && c0 == 0;
+        for (index_t i = 0; i < std::min(n, ed::kPrefetchAhead); ++i) ed::prefetch_row_span(grad, ids[i], dim, c0, c1);
+        for (index_t i = 0; i < n; ++i) {
+          const index_t r = ids[i];
+          if (flag) touched[r] = 1;
+          if (i + ed::kPrefetchAhead < n) ed::prefetch_row_span(grad, ids[i + ed::kPrefetchAhead], dim, c0, c1);
+          ed::add_row_span<false>(grad + r * dim, dy + i * dim, T(1), c0, c1);
+        }
+      },
+      fork);
+}
+
+// y (B,dim) = the pooled bags, as the reference (bitwise equal to it when
+// unweighted: the same additions in the same order).
+template <class T>
+inline void embedding_bag_forward(cpu_t, T* y, const T* table, const index_t* ids, const index_t* offsets,
+                                  const T* weights, index_t B, index_t dim, bool mean) {
+  if (B <= 0) return;
+  if (weights)
+    embedding_detail::pool_bags<true>(y, table, ids, offsets, weights, B, dim, mean);
+  else
+    embedding_detail::pool_bags<false>(y, table, ids, offsets, weights, B, dim, mean);
+}
+
+// The backward of embedding_bag_forward, as K tasks (K = the thread count
+// when the work is worth a fork, see embedding_detail::scatter_worth_forking;
+// else 1): task k computes
+//  * dweights (if given) for the k-th of K equal ranges of bags: one
+//    vectorised dot product per ID (its order of additions depends on dim
+//    only), table rows prefetched ahead;
+//  * grad_table on the k-th block of columns (embedding_detail::
+//    scatter_col_block), walking every bag and ID in order, so every
+//    element gets its additions in ID order; the first block sets the
+//    touched flags.
+// How the work is split never changes a result.
+template <class T>
+inline void embedding_bag_backward(cpu_t, T* grad_table, std::uint8_t* touched, T* dweights, const T* dy,
+                                   const T* table, const index_t* ids, const index_t* offsets, const T* weights,
+                                   index_t B, index_t dim, bool mean) {
+  namespace ed = embedding_detail;
+  if (B <= 0 || dim <= 0) return;
+  const index_t n = offsets[B];
+  if (n <= 0) return;
+  const bool fork = ed::scatter_worth_forking(n * dim) && !in_parallel_region() && num_threads() > 1;
+  const index_t tasks = fork ? index_t(num_threads()) : 1;
+  const index_t col_block = tasks == 1 ? dim : ed::scatter_col_block<T>(dim, tasks);
+  const index_t row_bytes = dim * index_t(sizeof(T));
+  parallel_chunks(
+      tasks, 1,
+      [&](index_t k, index_t) {
+        if (dweights) {
+          const index_t b0 = B * k / tasks, b1 = B * (k + 1) / tasks;
+          const index_t i_end = offsets[b1];
+          auto prefetch_row = [&](index_t i) {
+            if (i >= i_end) return;
+            const char* row = reinterpret_cast<const char*>(table + ids[i] * dim);
+            for (index_t off = 0; off < row_bytes; off += 64) ed::prefetch_read(row + off);
+          };
+          for (index_t i = offsets[b0]; i < offsets[b0] + ed::kPrefetchAhead; ++i) prefetch_row(i);
+          for (index_t b = b0; b < b1; ++b) {
+            const index_t s = offsets[b], e = offsets[b + 1];
+            const T inv = (mean && e > s) ? T(1) / T(e - s) : T(1);
+            const T* d = dy + b * dim;
+            for (index_t i = s; i < e; ++i) {
+              prefetch_row(i + ed::kPrefetchAhead);
+              dweights[i] = ed::dot(d, table + ids[i] * dim, dim) * inv;
+            }
+          }
+        }
+        const index_t c0 = k * col_block, c1 = std::min(dim, c0 + col_block);
+        if (c0 >= dim) return;
+        const bool flag = touched && c0 == 0;
+        for (index_t i = 0; i < std::min(n, ed::kPrefetchAhead); ++i)
+          ed::prefetch_row_span(grad_table, ids[i], dim, c0, c1);
+        for (index_t b = 0; b < B; ++b) {
+          const index_t s = offsets[b], e = offsets[b + 1];
+          const T inv = (mean && e > s) ? T(1) / T(e - s) : T(1);
+          const T* d = dy + b * dim;
+          for (index_t i = s; i < e; ++i) {
+            const index_t r = ids[i];
+            if (flag) touched[r] = 1;
+            if (i + ed::kPrefetchAhead < n)
+              ed::prefetch_row_span(grad_table, ids[i + ed::kPrefetchAhead], dim, c0, c1);
+            const T a = (weights ? weights[i] : T(1)) * inv;
+            ed::add_row_span<true>(grad_table + r * dim, d, a, c0, c1);
+          }
+        }
+      },
+      fork);
+}
+
+}  // namespace kernels
+}  // namespace mtrec
+// ==== end mtrec/kernels/embedding.hpp =========================================
+
+// ==== begin mtrec/kernels/loss.hpp ============================================
+// mtrec: loss kernels — the numeric part of the training losses, and the
+// output transforms of MultiTaskModel::predict.
+//
+// The public, checked losses live in layers/losses.hpp: they validate labels,
+// weights and options, compute the denominator W = sum_i m_i w_i on the host,
+// and call these kernels for the rest. A kernel checks nothing. Every loss
+// kernel has the same contract:
+//  * n rows; mask (n) optional (nullptr = every row labelled; mask[i] == 0:
+//    row i is left out, its label is never read and its gradient is 0);
+//    weights (n) optional (nullptr = 1);
+//  * inv_weight_sum = 1 / W, precomputed by the caller. Row i's term and
+//    gradient are scaled by s_i = w_i * inv_weight_sum, so the returned value
+//    is the weighted mean sum_i m_i w_i l_i / W and the gradients are its
+//    derivatives. inv_weight_sum = 0 gives a value of 0 and zero gradients
+//    (for finite predictions);
+//  * gradients (nullable: nullptr skips them) are WRITTEN into every element,
+//    masked rows included; they must not overlap the inputs;
+//  * row terms are computed and summed in double whatever T, with the
+//    overflow-safe formulas below (exp is only taken of non-positive numbers).
+// `reference` sums the rows in order. `cpu` cuts [0, n) into at most 64
+// chunks whose bounds depend on n only, sums each chunk in order (chunks in
+// parallel when worth it) and adds the chunk sums in chunk order: the result
+// is bitwise identical for any thread count. Both compute every row the same
+// way, so they agree up to the rounding of the sum (exactly for n <= 64).
+// Nothing here allocates.
+
+namespace mtrec {
+namespace kernels {
+
+// What MultiTaskModel::predict writes for one task's output columns.
+enum class OutputKind {
+  Identity,  // the value itself (regression, the query vector of retrieval)
+  Sigmoid,   // 1 / (1 + exp(-x)), in T (binary tasks)
+  Softmax,   // softmax over the task's w columns (multi-class)
+};
+
+namespace detail {
+
+// T in a parameter that must not take part in template argument deduction:
+// gradient outputs and optional inputs are often passed as a bare nullptr.
+template <class T>
+struct loss_nondeduced {
+  using type = T;
+};
+template <class T>
+using loss_nd = typename loss_nondeduced<T>::type;
+
+// log(1 + exp(z)) without overflow: exp is only taken of a non-positive number.
+inline double loss_softplus(double z) { return std::max(z, 0.0) + std::log1p(std::exp(-std::fabs(z))); }
+
+// 1 / (1 + exp(-z)) without overflow for either sign.
+inline double loss_sigmoid(double z) {
+  if (z >= 0) return 1.0 / (1.0 + std::exp(-z));
+  const double e = std::exp(z);
+  return e / (1.0 + e);
+}
+
+inline bool loss_row_on(const std::uint8_t* mask, index_t i) { return mask == nullptr || mask[i] != 0; }
+
+// Scale of row i's term and gradient: d value / d l_i = w_i / W.
+template <class T>
+inline double loss_row_scale(const T* weights, index_t i, double inv_weight_sum) {
+  return (weights ? double(weights[i]) : 1.0) * inv_weight_sum;
+}
+
+// sum over i in [0, n) of row(i), in double, in row order (reference).
+template <class Row>
+inline double loss_row_sum_serial(index_t n, Row&& row) {
+  double total = 0;
+  for (index_t i = 0; i < n; ++i) total += row(i);
+  return total;
+}
+
+// sum over i in [0, n) of row(i), in double (cpu). [0, n) is cut into at most
+// kChunks chunks whose bounds depend on n only; each chunk sums its rows in
+// order and the chunk sums are added in chunk order, so the result does not
+// depend on which thread ran which chunk. Chunks run in parallel when
+// n * cost_per_row (rough flops) is worth a fork. row(i) must not throw.
+template <class Row>
+inline double loss_row_sum(index_t n, double cost_per_row, Row&& row) {
+  constexpr index_t kChunks = 64;
+  std::array<double, kChunks> partial{};
+  if (n <= 0) return 0.0;
+  const index_t chunk = (n + kChunks - 1) / kChunks;
+  const bool parallel = double(n) * cost_per_row >= 32768.0;
+  parallel_chunks(
+      n, chunk,
+      [&](index_t b, index_t e) {
+        double s = 0;
+        for (index_t i = b; i < e; ++i) s += row(i);
+        partial[b / chunk] = s;
+      },
+      parallel);
+  double total = 0;
+  for (double p : partial) total += p;  // unused chunks hold +0.0: adding it is exact
+  return total;
+}
+
+// ---- one row of each loss: writes its gradient, returns s_i * l_i ----------
+
+template <class T>
+inline double bce_row(T* dlogits, const T* logits, const T* labels, const std::uint8_t* mask, const T* weights,
+                      index_t i, double inv_weight_sum) {
+  if (!loss_row_on(mask, i)) {
+    if (dlogits) dlogits[i] = T(0);
+    return 0.0;
+  }
+  const double x = double(logits[i]), y = double(labels[i]);
+  const double s = loss_row_scale(weights, i, inv_weight_sum);
+  if (dlogits) dlogits[i] = T(s * (loss_sigmoid(x) - y));
+  return s * (std::max(x, 0.0) - x * y + std::log1p(std::exp(-std::fabs(x))));
+}
+
+// Regression rows: row_loss(r) and row_grad(r) of the residual r = p - y.
+template <class T, class Loss, class Grad>
+inline double regression_row(T* dpred, const T* pred, const T* target, const std::uint8_t* mask, const T* weights,
+                             index_t i, double inv_weight_sum, Loss&& row_loss, Grad&& row_grad) {
+  if (!loss_row_on(mask, i)) {
+    if (dpred) dpred[i] = T(0);
+    return 0.0;
+  }
+  const double res = double(pred[i]) - double(target[i]);
+  const double s = loss_row_scale(weights, i, inv_weight_sum);
+  if (dpred) dpred[i] = T(s * row_grad(res));
+  return s * row_loss(res);
+}
+
+template <class T>
+inline double mse_row(T* dpred, const T* pred, const T* target, const std::uint8_t* mask, const T* weights, index_t i,
+                      double inv_weight_sum) {
+  return regression_row(
+      dpred, pred, target, mask, weights, i, inv_weight_sum, [](double r) { return r * r; },
+      [](double r) { return 2.0 * r; });
+}
+
+template <class T>
+inline double huber_row(T* dpred, const T* pred, const T* target, const std::uint8_t* mask, const T* weights,
+                        index_t i, double inv_weight_sum, double delta) {
+  return regression_row(
+      dpred, pred, target, mask, weights, i, inv_weight_sum,
+      [delta](double r) { return std::fabs(r) < delta ? 0.5 * r * r : delta * (std::fabs(r) - 0.5 * delta); },
+      [delta](double r) { return std::fabs(r) <= delta ? r : (r > 0 ? delta : -delta); });
+}
+
+template <class T>
+inline double softmax_cross_entropy_row(T* dlogits, const T* logits, const index_t* labels, const std::uint8_t* mask,
+                                        const T* weights, index_t i, index_t C, double inv_weight_sum) {
+  T* g = dlogits ? dlogits + i * C : nullptr;
+  if (!loss_row_on(mask, i)) {
+    if (g) std::fill(g, g + C, T(0));
+    return 0.0;
+  }
+  const T* x = logits + i * C;
+  const index_t y = labels[i];
+  double m = double(x[0]);
+  for (index_t c = 1; c < C; ++c) m = std::max(m, double(x[c]));
+  double sum = 0;
+  for (index_t c = 0; c < C; ++c) sum += std::exp(double(x[c]) - m);
+  const double s = loss_row_scale(weights, i, inv_weight_sum);
+  if (g) {
+    const double s_over_sum = s / sum;
+    for (index_t c = 0; c < C; ++c) g[c] = T(s_over_sum * std::exp(double(x[c]) - m));
+    g[y] = T(s_over_sum * std::exp(double(x[y]) - m) - s);
+  }
+  // log(sum) - (x_y - m), not m + log(sum) - x_y: with logits ~1e4 the
+  // latter loses the loss's low digits to cancellation.
+  return s * (std::log(sum) - (double(x[y]) - m));
+}
+
+template <class T>
+inline double bpr_row(T* dpos, T* dneg, const T* pos, const T* neg, const std::uint8_t* mask, const T* weights,
+                      index_t i, double inv_weight_sum) {
+  if (!loss_row_on(mask, i)) {
+    if (dpos) dpos[i] = T(0);
+    if (dneg) dneg[i] = T(0);
+    return 0.0;
+  }
+  const double z = double(neg[i]) - double(pos[i]);
+  const double s = loss_row_scale(weights, i, inv_weight_sum);
+  const double g = s * loss_sigmoid(z);
+  if (dpos) dpos[i] = T(-g);
+  if (dneg) dneg[i] = T(g);
+  return s * loss_softplus(z);
+}
+
+// Row i of the in-batch softmax over S (n,n); overwrites row i only (with
+// dS_i when want_grad), and reads no other row.
+template <class T>
+inline double in_batch_softmax_row(T* S, const T* log_q_correction, const std::uint8_t* mask, const T* weights,
+                                   index_t i, index_t n, double inv_weight_sum, bool want_grad) {
+  T* Si = S + i * n;
+  if (!loss_row_on(mask, i)) {
+    if (want_grad) std::fill(Si, Si + n, T(0));
+    return 0.0;
+  }
+  auto z = [&](index_t j) { return double(Si[j]) - (log_q_correction ? double(log_q_correction[j]) : 0.0); };
+  double m = z(i);
+  for (index_t j = 0; j < n; ++j)
+    if (loss_row_on(mask, j)) m = std::max(m, z(j));
+  double sum = 0;
+  for (index_t j = 0; j < n; ++j)
+    if (loss_row_on(mask, j)) sum += std::exp(z(j) - m);
+  const double zii = z(i);
+  const double s = loss_row_scale(weights, i, inv_weight_sum);
+  if (want_grad) {
+    // dS_ij = s (softmax_ij - [i == j]), 0 in masked columns.
+    const double s_over_sum = s / sum;
+    for (index_t j = 0; j < n; ++j) Si[j] = loss_row_on(mask, j) ? T(s_over_sum * std::exp(z(j) - m)) : T(0);
+    Si[i] = T(s_over_sum * std::exp(zii - m) - s);
+  }
+  return s * (std::log(sum) - (zii - m));  // no cancellation against m (see softmax_cross_entropy_row)
+}
+
+// ESMM's CTCVR row: BCE on p = sigmoid(a) sigmoid(b) in log space, finite
+// for large |a|, |b| (the formulas of MultiTaskModel::esmm_ctcvr_loss).
+template <class T>
+inline double esmm_row(T* d_ctr, T* d_cvr, const T* ctr, const T* cvr, const T* labels, const std::uint8_t* mask,
+                       const T* weights, index_t i, double inv_weight_sum) {
+  if (!loss_row_on(mask, i)) {
+    if (d_ctr) d_ctr[i] = T(0);
+    if (d_cvr) d_cvr[i] = T(0);
+    return 0.0;
+  }
+  const double a = double(ctr[i]), b = double(cvr[i]);
+  const double wi = loss_row_scale(weights, i, inv_weight_sum);
+  const double sa = 1 / (1 + std::exp(-a)), sb = 1 / (1 + std::exp(-b));
+  const double log_sa = -std::log1p(std::exp(-std::fabs(a))) - std::max(-a, 0.0);
+  const double log_sb = -std::log1p(std::exp(-std::fabs(b))) - std::max(-b, 0.0);
+  const double log_p = log_sa + log_sb;
+  const double p = std::exp(log_p);
+  const double log_1mp = std::log(-std::expm1(std::min(log_p, -1e-300)));
+  const double yi = double(labels[i]);
+  // dL/dlog_sx = -y + (1-y) p / (1-p);  dlog_sa/da = 1 - sa
+  const double g = -yi + (1 - yi) * p / std::max(1 - p, 1e-300);
+  if (d_cvr) d_cvr[i] = T(wi * g * (1 - sb));
+  if (d_ctr) d_ctr[i] = T(wi * g * (1 - sa));
+  return wi * -(yi * log_p + (1 - yi) * log_1mp);
+}
+
+// MultiTaskModel::predict's sigmoid, in T.
+template <class T>
+inline T output_sigmoid(T x) {
+  return T(1) / (T(1) + std::exp(-x));
+}
+
+}  // namespace detail
+
+// ---- binary cross-entropy on logits --------------------------------------
+// l_i = max(x, 0) - x y + log1p(exp(-|x|)), dl/dx = sigmoid(x) - y; labels
+// may be soft (in [0, 1]). dlogits (n) written, or nullptr; returns the value.
+template <class T>
+inline double bce_with_logits_loss(reference_t, detail::loss_nd<T>* dlogits, const T* logits, const T* labels,
+                                   const std::uint8_t* mask, const detail::loss_nd<T>* weights, index_t n,
+                                   double inv_weight_sum) {
+  return detail::loss_row_sum_serial(
+      n, [&](index_t i) { return detail::bce_row(dlogits, logits, labels, mask, weights, i, inv_weight_sum); });
+}
+template <class T>
+inline double bce_with_logits_loss(cpu_t, detail::loss_nd<T>* dlogits, const T* logits, const T* labels,
+                                   const std::uint8_t* mask, const detail::loss_nd<T>* weights, index_t n,
+                                   double inv_weight_sum) {
+  return detail::loss_row_sum(
+      n, 40.0, [&](index_t i) { return detail::bce_row(dlogits, logits, labels, mask, weights, i, inv_weight_sum); });
+}
+
+// ---- regression ------------------------------------------------------------
+// mse: l_i = (p - y)^2, dl/dp = 2 (p - y). dpred (n) written, or nullptr.
+template <class T>
+inline double mse_loss(reference_t, detail::loss_nd<T>* dpred, const T* pred, const T* target,
+                       const std::uint8_t* mask, const detail::loss_nd<T>* weights, index_t n, double inv_weight_sum) {
+  return detail::loss_row_sum_serial(
+      n, [&](index_t i) { return detail::mse_row(dpred, pred, target, mask, weights, i, inv_weight_sum); });
+}
+template <class T>
+inline double mse_loss(cpu_t, detail::loss_nd<T>* dpred, const T* pred, const T* target, const std::uint8_t* mask,
+                       const detail::loss_nd<T>* weights, index_t n, double inv_weight_sum) {
+  return detail::loss_row_sum(
+      n, 10.0, [&](index_t i) { return detail::mse_row(dpred, pred, target, mask, weights, i, inv_weight_sum); });
+}
+
+// huber (torch.nn.HuberLoss): with r = p - y, l = r^2 / 2 if |r| < delta,
+// else delta (|r| - delta / 2); dl/dp = r inside, delta sign(r) outside.
+// dpred (n) written, or nullptr. delta > 0 (checked by the caller).
+template <class T>
+inline double huber_loss(reference_t, detail::loss_nd<T>* dpred, const T* pred, const T* target,
+                         const std::uint8_t* mask, const detail::loss_nd<T>* weights, index_t n, double inv_weight_sum,
+                         double delta) {
+  return detail::loss_row_sum_serial(
+      n, [&](index_t i) { return detail::huber_row(dpred, pred, target, mask, weights, i, inv_weight_sum, delta); });
+}
+template <class T>
+inline double huber_loss(cpu_t, detail::loss_nd<T>* dpred, const T* pred, const T* target, const std::uint8_t* mask,
+                         const detail::loss_nd<T>* weights, index_t n, double inv_weight_sum, double delta) {
+  return detail::loss_row_sum(n, 10.0, [&](index_t i) {
+    return detail::huber_row(dpred, pred, target, mask, weights, i, inv_weight_sum, delta);
+  });
+}
+
+// ---- softmax cross-entropy ------------------------------------------------
+// l_i = logsumexp(x_i) - x_i[y_i] (max subtracted), dl/dx_ic = softmax_ic -
+// [c == y_i]. labels (n) class ids in [0, C) on labelled rows (not read on
+// masked rows). logits (n,C); dlogits (n,C) written, or nullptr.
+template <class T>
+inline double softmax_cross_entropy_loss(reference_t, detail::loss_nd<T>* dlogits, const T* logits,
+                                         const index_t* labels, const std::uint8_t* mask,
+                                         const detail::loss_nd<T>* weights, index_t n, index_t C,
+                                         double inv_weight_sum) {
+  return detail::loss_row_sum_serial(n, [&](index_t i) {
+    return detail::softmax_cross_entropy_row(dlogits, logits, labels, mask, weights, i, C, inv_weight_sum);
+  });
+}
+template <class T>
+inline double softmax_cross_entropy_loss(cpu_t, detail::loss_nd<T>* dlogits, const T* logits, const index_t* labels,
+                                         const std::uint8_t* mask, const detail::loss_nd<T>* weights, index_t n,
+                                         index_t C, double inv_weight_sum) {
+  return detail::loss_row_sum(n, 20.0 * double(C), [&](index_t i) {
+    return detail::softmax_cross_entropy_row(dlogits, logits, labels, mask, weights, i, C, inv_weight_sum);
+  });
+}
+
+// ---- Bayesian personalised ranking -----------------------------------------
+// l_i = softplus(neg_i - pos_i); dl/dpos = -sigmoid(neg - pos) = -dl/dneg.
+// dpos (n), dneg (n) written, or nullptr.
+template <class T>
+inline double bpr_loss(reference_t, detail::loss_nd<T>* dpos, detail::loss_nd<T>* dneg, const T* pos, const T* neg,
+                       const std::uint8_t* mask, const detail::loss_nd<T>* weights, index_t n, double inv_weight_sum) {
+  return detail::loss_row_sum_serial(
+      n, [&](index_t i) { return detail::bpr_row(dpos, dneg, pos, neg, mask, weights, i, inv_weight_sum); });
+}
+template <class T>
+inline double bpr_loss(cpu_t, detail::loss_nd<T>* dpos, detail::loss_nd<T>* dneg, const T* pos, const T* neg,
+                       const std::uint8_t* mask, const detail::loss_nd<T>* weights, index_t n, double inv_weight_sum) {
+  return detail::loss_row_sum(
+      n, 40.0, [&](index_t i) { return detail::bpr_row(dpos, dneg, pos, neg, mask, weights, i, inv_weight_sum); });
+}
+
+// ---- in-batch sampled softmax: the row part ----------------------------------
+// S (n,n) holds the scores <q_i, k_j> / temperature on entry. With
+//   z_ij = S_ij - log_q_correction[j]   (log_q_correction (n) or nullptr)
+// row i's term is l_i = logsumexp_j z_ij - z_ii over the labelled columns j;
+// masked rows have no term and masked columns are no negatives. With
+// want_grad, S is overwritten by dvalue/dS (0 in masked rows and columns);
+// without, S is left as it was. Returns the value. (The GEMMs around it,
+// S = q k^T / t and dq = dS k / t, dk = dS^T q / t, are gemm calls.)
+template <class T>
+inline double in_batch_softmax_rows(reference_t, T* S, const detail::loss_nd<T>* log_q_correction,
+                                    const std::uint8_t* mask, const detail::loss_nd<T>* weights, index_t n,
+                                    double inv_weight_sum, bool want_grad) {
+  return detail::loss_row_sum_serial(n, [&](index_t i) {
+    return detail::in_batch_softmax_row(S, log_q_correction, mask, weights, i, n, inv_weight_sum, want_grad);
+  });
+}
+template <class T>
+inline double in_batch_softmax_rows(cpu_t, T* S, const detail::loss_nd<T>* log_q_correction,
+                                    const std::uint8_t* mask, const detail::loss_nd<T>* weights, index_t n,
+                                    double inv_weight_sum, bool want_grad) {
+  return detail::loss_row_sum(n, 30.0 * double(n), [&](index_t i) {
+    return detail::in_batch_softmax_row(S, log_q_correction, mask, weights, i, n, inv_weight_sum, want_grad);
+  });
+}
+
+// ---- ESMM: the CTCVR loss ----------------------------------------------------
+// pCTCVR_i = sigmoid(ctr_i) sigmoid(cvr_i), trained with BCE on labels (n)
+// (the click * conversion label, in [0, 1]) over the labelled impressions:
+//   l_i = -(y log p + (1 - y) log(1 - p)), in log space.
+// d_ctr (n) = dvalue/dctr, d_cvr (n) = dvalue/dcvr written, or nullptr.
+// Returns the value. (The CTR task's own BCE is bce_with_logits_loss.)
+template <class T>
+inline double esmm_loss(reference_t, detail::loss_nd<T>* d_ctr, detail::loss_nd<T>* d_cvr, const T* ctr_logits,
+                        const T* cvr_logits, const T* labels, const std::uint8_t* mask,
+                        const detail::loss_nd<T>* weights, index_t n, double inv_weight_sum) {
+  return detail::loss_row_sum_serial(n, [&](index_t i) {
+    return detail::esmm_row(d_ctr, d_cvr, ctr_logits, cvr_logits, labels, mask, weights, i, inv_weight_sum);
+  });
+}
+template <class T>
+inline double esmm_loss(cpu_t, detail::loss_nd<T>* d_ctr, detail::loss_nd<T>* d_cvr, const T* ctr_logits,
+                        const T* cvr_logits, const T* labels, const std::uint8_t* mask,
+                        const detail::loss_nd<T>* weights, index_t n, double inv_weight_sum) {
+  return detail::loss_row_sum(n, 80.0, [&](index_t i) {
+    return detail::esmm_row(d_ctr, d_cvr, ctr_logits, cvr_logits, labels, mask, weights, i, inv_weight_sum);
+  });
+}
+
+// ---- predict's output transforms -----------------------------------------------
+// out (B, ld_out): columns [col, col + w) of every row are written from
+// in (B, w); the other columns are left as they are.
+//   Identity: the values;  Sigmoid: 1 / (1 + exp(-x)) of each, in T;
+//   Softmax: softmax over the w values of each row.
+// The cpu softmax is softmax_row (the same as softmax_forward(cpu, ...)).
+template <class T>
+inline void output_transform(reference_t, T* out, index_t ld_out, index_t col, const T* in, index_t B, index_t w,
+                             OutputKind kind) {
+  for (index_t i = 0; i < B; ++i) {
+    T* p = out + i * ld_out + col;
+    const T* x = in + i * w;
+    if (kind == OutputKind::Softmax)
+      softmax_forward(reference, p, x, 1, w);
+    else
+      for (index_t j = 0; j < w; ++j) p[j] = kind == OutputKind::Sigmoid ? detail::output_sigmoid(x[j]) : x[j];
+  }
+}
+template <class T>
+inline void output_transform(cpu_t, T* out, index_t ld_out, index_t col, const T* in, index_t B, index_t w,
+                             OutputKind kind) {
+  simd::chunks(B * w, B, detail::rows_per_chunk(w), [&](index_t r0, index_t r1) {
+    for (index_t i = r0; i < r1; ++i) {
+      T* p = out + i * ld_out + col;
+      const T* x = in + i * w;
+      if (kind == OutputKind::Softmax)
+        softmax_row(p, x, w);
+      else if (kind == OutputKind::Sigmoid)
+        for (index_t j = 0; j < w; ++j) p[j] = detail::output_sigmoid(x[j]);
+      else
+        std::copy(x, x + w, p);
+    }
+  });
+}
+
+// out (B, ld_out): column col of row i = sigmoid(a_i) * sigmoid(b_i), each
+// sigmoid in T as in output_transform (ESMM's pCTCVR = pCTR * pCVR).
+// a (B), b (B).
+template <class T>
+inline void sigmoid_product(reference_t, T* out, index_t ld_out, index_t col, const T* a, const T* b, index_t B) {
+  for (index_t i = 0; i < B; ++i) out[i * ld_out + col] = detail::output_sigmoid(a[i]) * detail::output_sigmoid(b[i]);
+}
+template <class T>
+inline void sigmoid_product(cpu_t, T* out, index_t ld_out, index_t col, const T* a, const T* b, index_t B) {
+  simd::chunks(B, B, simd::kChunk, [&](index_t r0, index_t r1) {
+    for (index_t i = r0; i < r1; ++i)
+      out[i * ld_out + col] = detail::output_sigmoid(a[i]) * detail::output_sigmoid(b[i]);
+  });
+}
+
+}  // namespace kernels
+}  // namespace mtrec
+// ==== end mtrec/kernels/loss.hpp ==============================================
+
+// ==== begin mtrec/kernels/mixture.hpp =========================================
+// mtrec: kernels of the multi-task trunk — the MMoE/PLE gate mix and the
+// column copies that assemble the feature matrix — in both backends.
+//
+// The gate of task k mixes M expert outputs E_m (B,De) with its softmax
+// probabilities P (B,M):  out_i = sum_m P_im E_m,i.  Expert outputs live in
+// separate buffers, so the kernels take an array of M pointers (a host array
+// of device pointers, as cuBLAS's batched calls do).
+
+namespace mtrec {
+namespace kernels {
+
+// ---- reference ----------------------------------------------------------------
+
+// out (B,De) = sum_m probs[:, m] * experts[m] (B,De), m in order
+template <class T>
+inline void gate_mix_forward(reference_t, T* out, const T* const* experts, const T* probs, index_t B, index_t M,
+                             index_t De) {
+  for (index_t i = 0; i < B; ++i)
+    for (index_t c = 0; c < De; ++c) {
+      T acc = T(0);
+      for (index_t m = 0; m < M; ++m) acc += probs[i * M + m] * experts[m][i * De + c];
+      out[i * De + c] = acc;
+    }
+}
+
+// d_experts[m] (B,De) += probs[:, m] * d_out;  d_probs (B,M) = <d_out_i, experts[m]_i>  (written)
+template <class T>
+inline void gate_mix_backward(reference_t, T* const* d_experts, T* d_probs, const T* d_out, const T* const* experts,
+                              const T* probs, index_t B, index_t M, index_t De) {
+  for (index_t i = 0; i < B; ++i)
+    for (index_t m = 0; m < M; ++m) {
+      const T p = probs[i * M + m];
+      double dot = 0;
+      for (index_t c = 0; c < De; ++c) {
+        d_experts[m][i * De + c] += p * d_out[i * De + c];
+        dot += double(d_out[i * De + c]) * double(experts[m][i * De + c]);
+      }
+      d_probs[i * M + m] = T(dot);
+    }
+}
+
+// dst[r, dst_col + c] = src[r, src_col + c] for r < rows, c < width; row
+// strides ld_dst and ld_src (in elements). Puts a field's block into the
+// feature matrix and takes its gradient back out.
+template <class T>
+inline void copy_columns(reference_t, T* dst, index_t ld_dst, index_t dst_col, const T* src, index_t ld_src,
+                         index_t src_col, index_t rows, index_t width) {
+  for (index_t r = 0; r < rows; ++r)
+    for (index_t c = 0; c < width; ++c) dst[r * ld_dst + dst_col + c] = src[r * ld_src + src_col + c];
+}
+
+// ---- cpu ------------------------------------------------------------------------
+
+// Rows in parallel; within a row the same additions in the same order as the
+// reference (m = 0, 1, ...), vectorised over the columns.
+template <class T>
+inline void gate_mix_forward(cpu_t, T* out, const T* const* experts, const T* probs, index_t B, index_t M,
+                             index_t De) {
+  using V = simd::batch<T>;
+  constexpr index_t W = V::size;
+  parallel_for(B, double(M * De), [&](index_t i) {
+    T* o = out + i * De;
+    const T* p = probs + i * M;
+    index_t c = 0;
+    for (; c + W <= De; c += W) {
+      V acc(T(0));
+      for (index_t m = 0; m < M; ++m) acc = acc + V(p[m]) * V::load_unaligned(experts[m] + i * De + c);
+      acc.store_unaligned(o + c);
+    }
+    for (; c < De; ++c) {
+      T acc = T(0);
+      for (index_t m = 0; m < M; ++m) acc += p[m] * experts[m][i * De + c];
+      o[c] = acc;
+    }
+  });
+}
+
+template <class T>
+inline void gate_mix_backward(cpu_t, T* const* d_experts, T* d_probs, const T* d_out, const T* const* experts,
+                              const T* probs, index_t B, index_t M, index_t De) {
+  using V = simd::batch<T>;
+  constexpr index_t W = V::size;
+  parallel_for(B, double(2 * M * De), [&](index_t i) {
+    const T* d = d_out + i * De;
+    for (index_t m = 0; m < M; ++m) {
+      const T p = probs[i * M + m];
+      T* de = d_experts[m] + i * De;
+      const T* e = experts[m] + i * De;
+      const V vp(p);
+      V vdot(T(0));
+      index_t c = 0;
+      for (; c + W <= De; c += W) {
+        const V dv = V::load_unaligned(d + c);
+        (V::load_unaligned(de + c) + vp * dv).store_unaligned(de + c);
+        vdot = vdot + dv * V::load_unaligned(e + c);
+      }
+      T dot = xsimd::hadd(vdot);
+      for (; c < De; ++c) {
+        de[c] += p * d[c];
+        dot += d[c] * e[c];
+      }
+      d_probs[i * M + m] = dot;
+    }
+  });
+}
+
+template <class T>
+inline void copy_columns(cpu_t, T* dst, index_t ld_dst, index_t dst_col, const T* src, index_t ld_src, index_t src_col,
+                         index_t rows, index_t width) {
+  if (width <= 0) return;
+  parallel_chunks(
+      rows, 256,
+      [&](index_t b, index_t e) {
+        for (index_t r = b; r < e; ++r)
+          std::memcpy(dst + r * ld_dst + dst_col, src + r * ld_src + src_col, sizeof(T) * std::size_t(width));
+      },
+      simd::worth_forking(rows * width));
+}
+
+}  // namespace kernels
+}  // namespace mtrec
+// ==== end mtrec/kernels/mixture.hpp ===========================================
+
+// ==== begin mtrec/kernels/rows.hpp ============================================
+// mtrec: kernels over lists of table rows — the lazy (row-wise) optimizer
+// updates, and the norms, checks and scalings of the touched rows.
+//
+// A RowSet (core/tensor.hpp) names the rows of one table inside a flat parameter block: row r
+// of the set is the `dim` elements at offset + rows[r] * dim. One call covers
+// every table (an array of sets), so the cpu versions fork once per step, not
+// once per table. The rows of one set are distinct (a touched-row list).
+
+namespace mtrec {
+namespace kernels {
+
+namespace detail {
+inline double row_set_elements(const RowSet* sets, index_t n_sets) {
+  double e = 0;
+  for (index_t s = 0; s < n_sets; ++s) e += double(sets[s].n) * double(sets[s].dim);
+  return e;
+}
+// Calls fn(element offset, dim) for every row of every set; rows of all sets
+// in one parallel region when `fork` (rows are disjoint: order is irrelevant).
+template <class Fn>
+inline void for_each_row(const RowSet* sets, index_t n_sets, bool fork, Fn&& fn) {
+  auto body = [&](bool worksharing) {
+    for (index_t s = 0; s < n_sets; ++s) {
+      const RowSet& rs = sets[s];
+      if (worksharing) {
+        MTREC_OMP(for schedule(static) nowait)
+        for (index_t i = 0; i < rs.n; ++i) fn(rs.offset + rs.rows[i] * rs.dim, rs.dim);
+      } else {
+        for (index_t i = 0; i < rs.n; ++i) fn(rs.offset + rs.rows[i] * rs.dim, rs.dim);
+      }
+    }
+  };
+  if (fork && num_threads() > 1 && !in_parallel_region()) {
+    MTREC_OMP(parallel)
+    body(true);
+  } else {
+    body(false);
+  }
+}
+}  // namespace detail
+
+// ---- reference ----------------------------------------------------------------
+
+// adam_update (kernels/reference.hpp) on every listed row; returns true when
+// every updated weight is finite.
+template <class T>
+inline bool adam_update_rows(reference_t, T* w, T* m, T* v, const T* g, const RowSet* sets, index_t n_sets,
+                             const AdamStep<T>& st) {
+  bool finite = true;
+  for (index_t s = 0; s < n_sets; ++s)
+    for (index_t i = 0; i < sets[s].n; ++i) {
+      const index_t o = sets[s].offset + sets[s].rows[i] * sets[s].dim;
+      finite &= adam_update(reference, w + o, m + o, v + o, g + o, sets[s].dim, st);
+    }
+  return finite;
+}
+
+// sgd_update on every listed row (buf may be null when momentum == 0).
+template <class T>
+inline bool sgd_update_rows(reference_t, T* w, T* buf, const T* g, const RowSet* sets, index_t n_sets, T lr,
+                            T momentum, T weight_decay, bool nesterov) {
+  bool finite = true;
+  for (index_t s = 0; s < n_sets; ++s)
+    for (index_t i = 0; i < sets[s].n; ++i) {
+      const index_t o = sets[s].offset + sets[s].rows[i] * sets[s].dim;
+      finite &= sgd_update(reference, w + o, buf ? buf + o : nullptr, g + o, sets[s].dim, lr, momentum, weight_decay,
+                           nesterov);
+    }
+  return finite;
+}
+
+// Sum of x^2 over every listed row, in double, sets and rows in order.
+template <class T>
+inline double sum_squares_rows(reference_t, const T* x, const RowSet* sets, index_t n_sets) {
+  double acc = 0;
+  for (index_t s = 0; s < n_sets; ++s)
+    for (index_t i = 0; i < sets[s].n; ++i)
+      acc += sum_squares(reference, x + sets[s].offset + sets[s].rows[i] * sets[s].dim, sets[s].dim);
+  return acc;
+}
+
+// x *= alpha on every listed row.
+template <class T>
+inline void scale_rows(reference_t, T* x, const RowSet* sets, index_t n_sets, T alpha) {
+  for (index_t s = 0; s < n_sets; ++s)
+    for (index_t i = 0; i < sets[s].n; ++i) {
+      T* r = x + sets[s].offset + sets[s].rows[i] * sets[s].dim;
+      scale(reference, r, r, sets[s].dim, alpha);
+    }
+}
+
+// x = value on every listed row.
+template <class T>
+inline void fill_rows(reference_t, T* x, const RowSet* sets, index_t n_sets, T value) {
+  for (index_t s = 0; s < n_sets; ++s)
+    for (index_t i = 0; i < sets[s].n; ++i) fill(reference, x + sets[s].offset + sets[s].rows[i] * sets[s].dim, sets[s].dim, value);
+}
+
+// True when every element of every listed row is finite.
+template <class T>
+inline bool all_finite_rows(reference_t, const T* x, const RowSet* sets, index_t n_sets) {
+  for (index_t s = 0; s < n_sets; ++s)
+    for (index_t i = 0; i < sets[s].n; ++i)
+      if (!all_finite(reference, x + sets[s].offset + sets[s].rows[i] * sets[s].dim, sets[s].dim)) return false;
+  return true;
+}
+
+// ---- cpu ------------------------------------------------------------------------
+
+template <class T>
+inline bool adam_update_rows(cpu_t, T* w, T* m, T* v, const T* g, const RowSet* sets, index_t n_sets,
+                             const AdamStep<T>& st) {
+  simd::FiniteFlag finite;
+  detail::for_each_row(sets, n_sets, worth_forking_flops(16.0 * detail::row_set_elements(sets, n_sets)),
+                       [&](index_t o, index_t dim) {
+                         if (!adam_update(cpu, w + o, m + o, v + o, g + o, dim, st)) finite.clear();
+                       });
+  return finite.get();
+}
+
+template <class T>
+inline bool sgd_update_rows(cpu_t, T* w, T* buf, const T* g, const RowSet* sets, index_t n_sets, T lr, T momentum,
+                            T weight_decay, bool nesterov) {
+  simd::FiniteFlag finite;
+  detail::for_each_row(sets, n_sets, worth_forking_flops(8.0 * detail::row_set_elements(sets, n_sets)),
+                       [&](index_t o, index_t dim) {
+                         if (!sgd_update(cpu, w + o, buf ? buf + o : nullptr, g + o, dim, lr, momentum, weight_decay,
+                                         nesterov))
+                           finite.clear();
+                       });
+  return finite.get();
+}
+
+// Rows are summed in parts of ~16K elements whose bounds depend on the row
+// count and dim only; the parts are added in order, so the result is the
+// same bits for every thread count.
+template <class T>
+inline double sum_squares_rows(cpu_t, const T* x, const RowSet* sets, index_t n_sets) {
+  constexpr index_t kBatch = 64;
+  double total = 0;
+  for (index_t s = 0; s < n_sets; ++s) {
+    const RowSet& rs = sets[s];
+    if (rs.n == 0) continue;
+    const index_t per_part = std::max<index_t>(1, 16384 / std::max<index_t>(rs.dim, 1));
+    const index_t n_parts = (rs.n + per_part - 1) / per_part;
+    double partial[kBatch];
+    for (index_t k0 = 0; k0 < n_parts; k0 += kBatch) {
+      const index_t nk = std::min(kBatch, n_parts - k0);
+      parallel_chunks(nk, 1, [&](index_t b, index_t e) {
+        for (index_t k = b; k < e; ++k) {
+          double acc = 0;
+          const index_t i0 = (k0 + k) * per_part, i1 = std::min(rs.n, i0 + per_part);
+          for (index_t i = i0; i < i1; ++i) acc += sum_squares(cpu, x + rs.offset + rs.rows[i] * rs.dim, rs.dim);
+          partial[k] = acc;
+        }
+      });
+      for (index_t k = 0; k < nk; ++k) total += partial[k];
+    }
+  }
+  return total;
+}
+
+template <class T>
+inline void scale_rows(cpu_t, T* x, const RowSet* sets, index_t n_sets, T alpha) {
+  detail::for_each_row(sets, n_sets, worth_forking_flops(2.0 * detail::row_set_elements(sets, n_sets)),
+                       [&](index_t o, index_t dim) { scale(cpu, x + o, x + o, dim, alpha); });
+}
+
+template <class T>
+inline void fill_rows(cpu_t, T* x, const RowSet* sets, index_t n_sets, T value) {
+  for (index_t s = 0; s < n_sets; ++s)
+    for (index_t i = 0; i < sets[s].n; ++i) fill(cpu, x + sets[s].offset + sets[s].rows[i] * sets[s].dim, sets[s].dim, value);
+}
+
+template <class T>
+inline bool all_finite_rows(cpu_t, const T* x, const RowSet* sets, index_t n_sets) {
+  for (index_t s = 0; s < n_sets; ++s)
+    for (index_t i = 0; i < sets[s].n; ++i)
+      if (!all_finite(cpu, x + sets[s].offset + sets[s].rows[i] * sets[s].dim, sets[s].dim)) return false;
+  return true;
+}
+
+}  // namespace kernels
+}  // namespace mtrec
+// ==== end mtrec/kernels/rows.hpp ==============================================
+
+// ==== begin mtrec/kernels/sequence.hpp ========================================
+// mtrec: sequence kernels — masked pooling, packing, positional add, masked
+// rows, strided batched GEMM and variable-length multi-head attention.
+//
+// Both backends live here: `reference_t` (plain loops, the ground truth) and
+// `cpu_t` (xsimd + OpenMP), with the same names and arguments: outputs
+// first, then inputs, then sizes and options.
+//
+// A batch holds B sequences; sequence b has lengths[b] valid positions at its
+// front. Two layouts of rows of width D:
+//   padded  (B,T,D): sequence b owns rows [b*T, (b+1)*T); rows t >= lengths[b]
+//           are padding;
+//   packed  (n,D), n = sum(lengths): only the valid rows, sequence b at rows
+//           [starts[b], starts[b] + lengths[b]).
+// Kernels that take `starts` work on either (padded: starts[b] = b*T, see
+// padded_starts). Work is split over sequences (or sequence x head); every
+// output element is computed by one thread in a fixed order, so results do
+// not depend on the thread count. Nothing here allocates.
+
+namespace mtrec {
+namespace kernels {
+
+namespace detail {
+template <class T>
+inline void seq_zero(T* p, index_t n) {
+  if (n > 0) std::memset(static_cast<void*>(p), 0, sizeof(T) * static_cast<std::size_t>(n));
+}
+template <class T>
+inline void seq_copy(T* dst, const T* src, index_t n) {
+  if (n > 0 && dst != src) std::memcpy(static_cast<void*>(dst), src, sizeof(T) * static_cast<std::size_t>(n));
+}
+// Rough cost, in flops, of copying one element: parallel_for forks a copy
+// loop only above kForkFlops / 8 elements (~2.5M).
+constexpr double kSeqCopyCost = 8.0;
+}  // namespace detail
+
+// ---- sequence offsets --------------------------------------------------------
+
+// starts (B) = exclusive prefix sum of lengths (B): the packed layout.
+// Returns n = sum(lengths), the packed row count.
+inline index_t packed_starts(reference_t, index_t* starts, const index_t* lengths, index_t B) {
+  index_t n = 0;
+  for (index_t b = 0; b < B; ++b) {
+    starts[b] = n;
+    n += lengths[b];
+  }
+  return n;
+}
+inline index_t packed_starts(cpu_t, index_t* starts, const index_t* lengths, index_t B) {
+  return packed_starts(reference, starts, lengths, B);  // a scan over B integers
+}
+
+// starts (B) = b * T_len: the padded layout.
+inline void padded_starts(reference_t, index_t* starts, index_t B, index_t T_len) {
+  for (index_t b = 0; b < B; ++b) starts[b] = b * T_len;
+}
+inline void padded_starts(cpu_t, index_t* starts, index_t B, index_t T_len) { padded_starts(reference, starts, B, T_len); }
+
+// ---- masked pooling ----------------------------------------------------------
+
+// y (B,D) = mean of x (B,T,D) over t < lengths[b], or x[b,0] when `first`;
+// y[b] = 0 when lengths[b] == 0. Sums in double.
+template <class T>
+inline void sequence_pool_forward(reference_t, T* y, const T* x, const index_t* lengths, index_t B, index_t T_len,
+                                  index_t D, bool first) {
+  for (index_t b = 0; b < B; ++b) {
+    const index_t len = lengths[b];
+    const index_t valid = len == 0 ? 0 : first ? 1 : len;
+    for (index_t c = 0; c < D; ++c) {
+      double acc = 0;
+      for (index_t t = 0; t < valid; ++t) acc += double(x[(b * T_len + t) * D + c]);
+      y[b * D + c] = valid == 0 ? T(0) : T(acc / double(valid));
+    }
+  }
+}
+// dx (B,T,D) = dy (B,D) / lengths[b] at t < lengths[b] (first: dy at t = 0),
+// 0 elsewhere; every element of dx is written.
+template <class T>
+inline void sequence_pool_backward(reference_t, T* dx, const T* dy, const index_t* lengths, index_t B, index_t T_len,
+                                   index_t D, bool first) {
+  for (index_t b = 0; b < B; ++b) {
+    const index_t len = lengths[b];
+    const index_t valid = len == 0 ? 0 : first ? 1 : len;
+    for (index_t t = 0; t < T_len; ++t)
+      for (index_t c = 0; c < D; ++c)
+        dx[(b * T_len + t) * D + c] = t < valid ? T(double(dy[b * D + c]) / double(valid)) : T(0);
+  }
+}
+
+// Sums over t in order, in vector lanes (4 vectors of columns per pass over
+// the rows), then one multiply by 1/len.
+template <class T>
+inline void sequence_pool_forward(cpu_t, T* y, const T* x, const index_t* lengths, index_t B, index_t T_len, index_t D,
+                                  bool first) {
+  using V = simd::batch<T>;
+  constexpr index_t W = V::size;
+  constexpr index_t kTile = 4 * W;
+  parallel_for(B, double(T_len) * double(D), [&](index_t b) {
+    T* yb = y + b * D;
+    const T* xb = x + b * T_len * D;
+    const index_t len = lengths[b];
+    if (len == 0) return detail::seq_zero(yb, D);
+    if (first) return detail::seq_copy(yb, xb, D);
+    const V inv(T(1) / T(len));
+    for (index_t c0 = 0; c0 < D; c0 += kTile) {
+      const index_t tw = std::min(kTile, D - c0);
+      if (tw == kTile) {
+        V a0(T(0)), a1(T(0)), a2(T(0)), a3(T(0));
+        for (index_t t = 0; t < len; ++t) {
+          const T* r = xb + t * D + c0;
+          a0 += V::load_unaligned(r);
+          a1 += V::load_unaligned(r + W);
+          a2 += V::load_unaligned(r + 2 * W);
+          a3 += V::load_unaligned(r + 3 * W);
+        }
+        (a0 * inv).store_unaligned(yb + c0);
+        (a1 * inv).store_unaligned(yb + c0 + W);
+        (a2 * inv).store_unaligned(yb + c0 + 2 * W);
+        (a3 * inv).store_unaligned(yb + c0 + 3 * W);
+        continue;
+      }
+      for (index_t c = c0; c < c0 + tw; c += W) {
+        const index_t r = std::min(W, c0 + tw - c);
+        V acc(T(0));
+        for (index_t t = 0; t < len; ++t)
+          acc += r == W ? V::load_unaligned(xb + t * D + c) : simd::load_partial(xb + t * D + c, r);
+        if (r == W)
+          (acc * inv).store_unaligned(yb + c);
+        else
+          simd::store_partial(yb + c, acc * inv, r);
+      }
+    }
+  });
+}
+
+template <class T>
+inline void sequence_pool_backward(cpu_t, T* dx, const T* dy, const index_t* lengths, index_t B, index_t T_len,
+                                   index_t D, bool first) {
+  using V = simd::batch<T>;
+  constexpr index_t W = V::size;
+  parallel_for(B, double(T_len) * double(D), [&](index_t b) {
+    T* xb = dx + b * T_len * D;
+    const T* g = dy + b * D;
+    const index_t len = lengths[b];
+    const index_t valid = len == 0 ? 0 : first ? 1 : len;
+    if (valid > 0) {
+      const V s(first ? T(1) : T(1) / T(len));
+      for (index_t t = 0; t < valid; ++t) {
+        T* row = xb + t * D;
+        index_t c = 0;
+        for (; c + W <= D; c += W) (V::load_unaligned(g + c) * s).store_unaligned(row + c);
+        if (c < D) simd::store_partial(row + c, simd::load_partial(g + c, D - c) * s, D - c);
+      }
+    }
+    detail::seq_zero(xb + valid * D, (T_len - valid) * D);
+  });
+}
+
+// ---- packing -----------------------------------------------------------------
+
+// packed (n,D) <- rows t < lengths[b] of padded (B,T,D), sequence b to row starts[b]
+template <class T>
+inline void pack_sequences(reference_t, T* packed, const T* padded, const index_t* lengths, const index_t* starts,
+                           index_t B, index_t T_len, index_t D) {
+  for (index_t b = 0; b < B; ++b)
+    for (index_t i = 0; i < lengths[b] * D; ++i) packed[starts[b] * D + i] = padded[b * T_len * D + i];
+}
+// padded (B,T,D) <- packed (n,D); rows t >= lengths[b] are written as 0
+template <class T>
+inline void unpack_sequences(reference_t, T* padded, const T* packed, const index_t* lengths, const index_t* starts,
+                             index_t B, index_t T_len, index_t D) {
+  for (index_t b = 0; b < B; ++b)
+    for (index_t i = 0; i < T_len * D; ++i)
+      padded[b * T_len * D + i] = i < lengths[b] * D ? packed[starts[b] * D + i] : T(0);
+}
+
+// Sequences are copied in parallel when the batch is big enough (pure
+// copies: no result depends on it).
+template <class T>
+inline void pack_sequences(cpu_t, T* packed, const T* padded, const index_t* lengths, const index_t* starts, index_t B,
+                           index_t T_len, index_t D) {
+  parallel_for(B, detail::kSeqCopyCost * double(T_len * D), [&](index_t b) {
+    detail::seq_copy(packed + starts[b] * D, padded + b * T_len * D, lengths[b] * D);
+  });
+}
+template <class T>
+inline void unpack_sequences(cpu_t, T* padded, const T* packed, const index_t* lengths, const index_t* starts,
+                             index_t B, index_t T_len, index_t D) {
+  parallel_for(B, detail::kSeqCopyCost * double(T_len * D), [&](index_t b) {
+    T* row = padded + b * T_len * D;
+    detail::seq_copy(row, packed + starts[b] * D, lengths[b] * D);
+    detail::seq_zero(row + lengths[b] * D, (T_len - lengths[b]) * D);
+  });
+}
+
+// ---- padded rows ---------------------------------------------------------------
+
+// y (B,T,C) = x at rows t < lengths[b], 0 at the padded rows. y may be x: then
+// only the padded rows are written.
+template <class T>
+inline void mask_padded_rows(reference_t, T* y, const T* x, const index_t* lengths, index_t B, index_t T_len,
+                             index_t C) {
+  for (index_t b = 0; b < B; ++b)
+    for (index_t i = 0; i < T_len * C; ++i) {
+      const index_t k = b * T_len * C + i;
+      y[k] = i < lengths[b] * C ? x[k] : T(0);
+    }
+}
+template <class T>
+inline void mask_padded_rows(cpu_t, T* y, const T* x, const index_t* lengths, index_t B, index_t T_len, index_t C) {
+  parallel_for(B, detail::kSeqCopyCost * double(T_len * C), [&](index_t b) {
+    const index_t base = b * T_len * C, len = lengths[b];
+    detail::seq_copy(y + base, x + base, len * C);
+    detail::seq_zero(y + base + len * C, (T_len - len) * C);
+  });
+}
+
+// True when every value in the padded rows of x (B,T,C) is zero (+0 or -0;
+// NaN is not). Reads the padded rows only.
+template <class T>
+inline bool padded_rows_are_zero(reference_t, const T* x, const index_t* lengths, index_t B, index_t T_len,
+                                 index_t C) {
+  for (index_t b = 0; b < B; ++b)
+    for (index_t i = lengths[b] * C; i < T_len * C; ++i)
+      if (!(x[b * T_len * C + i] == T(0))) return false;
+  return true;
+}
+// One sequence at a time, stopping at the first that is not zero (a branch-free
+// loop over each sequence's padded block, which the compiler vectorises).
+template <class T>
+inline bool padded_rows_are_zero(cpu_t, const T* x, const index_t* lengths, index_t B, index_t T_len, index_t C) {
+  for (index_t b = 0; b < B; ++b) {
+    const T* p = x + (b * T_len + lengths[b]) * C;
+    const index_t n = (T_len - lengths[b]) * C;
+    bool zero = true;
+    for (index_t i = 0; i < n; ++i) zero &= p[i] == T(0);
+    if (!zero) return false;
+  }
+  return true;
+}
+
+// ---- positional add ------------------------------------------------------------
+
+// y (B,T,D) = x (B,T,D) + pos (T,D) broadcast over b; y may alias x
+template <class T>
+inline void positional_add(reference_t, T* y, const T* x, const T* pos, index_t B, index_t T_len, index_t D) {
+  const index_t row = T_len * D;
+  for (index_t b = 0; b < B; ++b)
+    for (index_t i = 0; i < row; ++i) y[b * row + i] = x[b * row + i] + pos[i];
+}
+// dx (B,T,D) = dy (skipped when dx is null or is dy); dpos (T,D) += sum over b of dy
+template <class T>
+inline void positional_add_backward(reference_t, T* dx, T* dpos, const T* dy, index_t B, index_t T_len, index_t D) {
+  if (dx && dx != dy)
+    for (index_t i = 0; i < B * T_len * D; ++i) dx[i] = dy[i];
+  column_sum_add(reference, dpos, dy, B, T_len * D);
+}
+
+template <class T>
+inline void positional_add(cpu_t, T* y, const T* x, const T* pos, index_t B, index_t T_len, index_t D) {
+  const index_t row = T_len * D;
+  parallel_for(B, double(row), [&](index_t b) { residual_add(cpu, y + b * row, x + b * row, pos, row); });
+}
+// (T*D) columns of dy summed over its B rows, in order (column_sum_add).
+template <class T>
+inline void positional_add_backward(cpu_t, T* dx, T* dpos, const T* dy, index_t B, index_t T_len, index_t D) {
+  const index_t n = B * T_len * D;
+  if (dx && dx != dy)
+    simd::chunks(n, n, simd::kChunk, [&](index_t b, index_t e) { detail::seq_copy(dx + b, dy + b, e - b); });
+  column_sum_add(cpu, dpos, dy, B, T_len * D);
+}
+
+// ---- strided batched GEMM ------------------------------------------------------
+
+// For i in [0, batch):
+//   C_i (M,N) = alpha * op(A_i) * op(B_i) + beta * C_i,
+// with A_i = A + i * strideA (leading dimension lda), likewise B_i and C_i:
+// cublasGemmStridedBatched, row-major. The C_i must not overlap.
+template <class T>
+inline void gemm_strided_batched(reference_t, Trans ta, Trans tb, index_t M, index_t N, index_t K, T alpha, const T* A,
+                                 index_t lda, index_t strideA, const T* B, index_t ldb, index_t strideB, T beta, T* C,
+                                 index_t ldc, index_t strideC, index_t batch) {
+  for (index_t i = 0; i < batch; ++i)
+    gemm(reference, ta, tb, M, N, K, alpha, A + i * strideA, lda, B + i * strideB, ldb, beta, C + i * strideC, ldc);
+}
+
+namespace detail {
+// gemm(cpu, ...) on the calling thread: the same kernels on the same blocks
+// (the packed GEMM on the whole product, Eigen on gemm_block_extent blocks),
+// so the same bits as gemm(cpu, ...) at any thread count.
+template <class T>
+inline void gemm_one_thread(Trans ta, Trans tb, index_t M, index_t N, index_t K, T alpha, const T* A, index_t lda,
+                            const T* B, index_t ldb, T beta, T* C, index_t ldc) {
+  if (M <= 0 || N <= 0) return;
+  constexpr index_t W = simd::batch<T>::size;
+  if (M > 1 && 2 * N >= W) return gemm_detail::gemm_block<T>(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+  const bool split_rows = M >= N;
+  const index_t extent = split_rows ? M : N;
+  const index_t block = gemm_block_extent(extent, 2.0 * double(M) * double(N) * double(K));
+  for (index_t b = 0; b < extent; b += block) {
+    const index_t e = std::min(extent, b + block);
+    const index_t m = split_rows ? e - b : M, n = split_rows ? N : e - b;
+    const T* a = !split_rows ? A : ta == Trans::N ? A + b * lda : A + b;
+    const T* bb = split_rows ? B : tb == Trans::N ? B + b : B + b * ldb;
+    T* c = split_rows ? C + b * ldc : C + b;
+    gemm_block<T>(ta, tb, m, n, K, alpha, a, lda, bb, ldb, beta, c, ldc);
+  }
+}
+}  // namespace detail
+
+// The batch items run in parallel (when their total work is worth a fork),
+// each on one thread; a single item is one gemm(cpu, ...), split over threads.
+// Either way each C element comes from the same kernel: bitwise identical
+// results at every thread count.
+template <class T>
+inline void gemm_strided_batched(cpu_t, Trans ta, Trans tb, index_t M, index_t N, index_t K, T alpha, const T* A,
+                                 index_t lda, index_t strideA, const T* B, index_t ldb, index_t strideB, T beta, T* C,
+                                 index_t ldc, index_t strideC, index_t batch) {
+  if (batch <= 0 || M <= 0 || N <= 0) return;
+  if (batch == 1) return gemm(cpu, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+  parallel_for(batch, 2.0 * double(M) * double(N) * double(K), [&](index_t i) {
+    detail::gemm_one_thread(ta, tb, M, N, K, alpha, A + i * strideA, lda, B + i * strideB, ldb, beta, C + i * strideC,
+                            ldc);
+  });
+}
+
+// ---- multi-head attention over variable-length sequences ----------------------
+//
+// qkv (n,3D) holds the projected queries, keys and values of every row
+// (columns [0,D), [D,2D), [2D,3D)); head h of each uses columns
+// [h*dh, (h+1)*dh), D = H*dh. Sequence b (rows from starts[b], lengths[b] = L
+// valid) attends over its own L rows only. probs (B,H,T*T): head (b,h) keeps
+// its (L,L) softmax compactly at offset (b*H + h)*T*T. `padded`: sequence b
+// owns T rows from starts[b] (the padded layout) and the rows past L of the
+// outputs are written as 0; otherwise (packed) it owns its L rows only.
+
+// out (n,D): per head, out = softmax(scale * Q K^T) V; probs saved.
+template <class T>
+inline void attention_forward(reference_t, T* out, T* probs, const T* qkv, const index_t* lengths,
+                              const index_t* starts, index_t B, index_t H, index_t T_len, index_t dh, T scale,
+                              bool padded) {
+  const index_t D = H * dh, ld = 3 * D, TT = T_len * T_len;
+  for (index_t b = 0; b < B; ++b) {
+    const index_t L = lengths[b], s0 = starts[b];
+    if (padded) detail::seq_zero(out + (s0 + L) * D, (T_len - L) * D);
+    if (L == 0) continue;
+    const T* Q = qkv + s0 * ld;  // head h: + h*dh; K and V follow at +D, +2D
+    T* P = probs + b * H * TT;   // head h: + h*TT
+    gemm_strided_batched(reference, Trans::N, Trans::T, L, L, dh, scale, Q, ld, dh, Q + D, ld, dh, T(0), P, L, TT, H);
+    for (index_t h = 0; h < H; ++h) softmax_forward(reference, P + h * TT, P + h * TT, L, L);
+    gemm_strided_batched(reference, Trans::N, Trans::N, L, dh, L, T(1), P, L, TT, Q + 2 * D, ld, dh, T(0),
+                         out + s0 * D, D, dh, H);
+  }
+}
+
+// d_qkv (n,3D) written from d_out (n,D); d_scores (B,H,T*T) is workspace.
+template <class T>
+inline void attention_backward(reference_t, T* d_qkv, T* d_scores, const T* d_out, const T* qkv, const T* probs,
+                               const index_t* lengths, const index_t* starts, index_t B, index_t H, index_t T_len,
+                               index_t dh, T scale, bool padded) {
+  const index_t D = H * dh, ld = 3 * D, TT = T_len * T_len;
+  for (index_t b = 0; b < B; ++b) {
+    const index_t L = lengths[b], s0 = starts[b];
+    if (padded) detail::seq_zero(d_qkv + (s0 + L) * ld, (T_len - L) * ld);
+    if (L == 0) continue;
+    const T* Q = qkv + s0 * ld;
+    const T *K = Q + D, *V = Q + 2 * D;
+    T* dQ = d_qkv + s0 * ld;
+    T *dK = dQ + D, *dV = dQ + 2 * D;
+    const T* dO = d_out + s0 * D;
+    const T* P = probs + b * H * TT;
+    T* dS = d_scores + b * H * TT;
+    gemm_strided_batched(reference, Trans::N, Trans::T, L, L, dh, T(1), dO, D, dh, V, ld, dh, T(0), dS, L, TT, H);
+    for (index_t h = 0; h < H; ++h) softmax_backward(reference, dS + h * TT, dS + h * TT, P + h * TT, L, L);
+    gemm_strided_batched(reference, Trans::N, Trans::N, L, dh, L, scale, dS, L, TT, K, ld, dh, T(0), dQ, ld, dh, H);
+    gemm_strided_batched(reference, Trans::T, Trans::N, L, dh, L, scale, dS, L, TT, Q, ld, dh, T(0), dK, ld, dh, H);
+    gemm_strided_batched(reference, Trans::T, Trans::N, L, dh, L, T(1), P, L, TT, dO, D, dh, T(0), dV, ld, dh, H);
+  }
+}
+
+// One task per (sequence, head), each on one thread: the score GEMM, the
+// row softmaxes and the value GEMM of that head.
+template <class T>
+inline void attention_forward(cpu_t, T* out, T* probs, const T* qkv, const index_t* lengths, const index_t* starts,
+                              index_t B, index_t H, index_t T_len, index_t dh, T scale, bool padded) {
+  const index_t D = H * dh, ld = 3 * D, TT = T_len * T_len;
+  parallel_for(B * H, double(T_len) * double(T_len) * double(dh) * 4.0, [&](index_t bh) {
+    const index_t b = bh / H, h = bh % H, L = lengths[b], s0 = starts[b];
+    // The padded rows of a sequence: one block, written by its first head.
+    if (padded && h == 0) detail::seq_zero(out + (s0 + L) * D, (T_len - L) * D);
+    if (L == 0) return;
+    const T* Q = qkv + s0 * ld + h * dh;  // (L,dh), row stride 3D
+    const T *K = Q + D, *V = Q + 2 * D;
+    T* P = probs + bh * TT;  // (L,L)
+    detail::gemm_one_thread(Trans::N, Trans::T, L, L, dh, scale, Q, ld, K, ld, T(0), P, L);  // scores
+    for (index_t r = 0; r < L; ++r) softmax_row(P + r * L, P + r * L, L);
+    detail::gemm_one_thread(Trans::N, Trans::N, L, dh, L, T(1), P, L, V, ld, T(0), out + s0 * D + h * dh, D);
+  });
+}
+
+template <class T>
+inline void attention_backward(cpu_t, T* d_qkv, T* d_scores, const T* d_out, const T* qkv, const T* probs,
+                               const index_t* lengths, const index_t* starts, index_t B, index_t H, index_t T_len,
+                               index_t dh, T scale, bool padded) {
+  const index_t D = H * dh, ld = 3 * D, TT = T_len * T_len;
+  parallel_for(B * H, double(T_len) * double(T_len) * double(dh) * 8.0, [&](index_t bh) {
+    const index_t b = bh / H, h = bh % H, L = lengths[b], s0 = starts[b];
+    if (padded && h == 0) detail::seq_zero(d_qkv + (s0 + L) * ld, (T_len - L) * ld);
+    if (L == 0) return;
+    T* dQ = d_qkv + s0 * ld + h * dh;
+    T *dK = dQ + D, *dV = dQ + 2 * D;
+    const T* Q = qkv + s0 * ld + h * dh;
+    const T *K = Q + D, *V = Q + 2 * D;
+    const T* dO = d_out + s0 * D + h * dh;  // (L,dh), row stride D
+    const T* P = probs + bh * TT;
+    T* dS = d_scores + bh * TT;
+    detail::gemm_one_thread(Trans::N, Trans::T, L, L, dh, T(1), dO, D, V, ld, T(0), dS, L);  // dP = dO V^T
+    softmax_backward(cpu, dS, dS, P, L, L);                                                   // dS
+    detail::gemm_one_thread(Trans::N, Trans::N, L, dh, L, scale, dS, L, K, ld, T(0), dQ, ld);  // dQ = s dS K
+    detail::gemm_one_thread(Trans::T, Trans::N, L, dh, L, scale, dS, L, Q, ld, T(0), dK, ld);  // dK = s dS^T Q
+    detail::gemm_one_thread(Trans::T, Trans::N, L, dh, L, T(1), P, L, dO, D, T(0), dV, ld);    // dV = P^T dO
+  });
+}
+
+}  // namespace kernels
+}  // namespace mtrec
+// ==== end mtrec/kernels/sequence.hpp ==========================================
 
 // ==== begin mtrec/layers/activation.hpp =======================================
 // mtrec: elementwise activations (ReLU, GELU erf/tanh, sigmoid, identity).
@@ -2342,27 +5485,6 @@ class Linear {
 namespace mtrec {
 
 namespace detail {
-// Zeroes rows [from, T) of each sequence in x (B,T,C).
-template <class T>
-inline void zero_padded_rows(T* x, ConstView<index_t> lengths, index_t B, index_t Tl, index_t C) {
-  for (index_t b = 0; b < B; ++b) {
-    const index_t len = lengths[b];
-    if (len < Tl) std::memset(x + (b * Tl + len) * C, 0, sizeof(T) * static_cast<std::size_t>((Tl - len) * C));
-  }
-}
-// True when every value in rows [lengths[b], T) of each sequence in x (B,T,C)
-// is zero (+0 or -0; NaN is not). Reads the padded rows only.
-template <class T>
-inline bool padded_rows_are_zero(const T* x, ConstView<index_t> lengths, index_t B, index_t Tl, index_t C) {
-  for (index_t b = 0; b < B; ++b) {
-    const T* p = x + (b * Tl + lengths[b]) * C;
-    const index_t n = (Tl - lengths[b]) * C;
-    bool zero = true;
-    for (index_t i = 0; i < n; ++i) zero &= p[i] == T(0);
-    if (!zero) return false;
-  }
-  return true;
-}
 // dy (B,T,C) with its padded rows' gradient dropped: dy itself when those
 // rows already hold zeros (a layer below wrote them so), else a copy in `ws`
 // with the valid rows copied and the padded rows zeroed. `ws` is sized either
@@ -2371,14 +5493,10 @@ template <class T>
 inline const T* drop_padded_gradient(const T* dy, Tensor<T>& ws, ConstView<index_t> lengths, index_t B, index_t Tl,
                                      index_t C) {
   ws.resize({B, Tl, C});
-  if (padded_rows_are_zero(dy, lengths, B, Tl, C)) return dy;
-  T* out = ws.data();
-  for (index_t b = 0; b < B; ++b) {
-    const index_t len = lengths[b], base = b * Tl * C;
-    if (len > 0) std::memcpy(out + base, dy + base, sizeof(T) * static_cast<std::size_t>(len * C));
-    if (len < Tl) std::memset(out + base + len * C, 0, sizeof(T) * static_cast<std::size_t>((Tl - len) * C));
-  }
-  return out;
+  const auto dev = kernels::backend{};
+  if (kernels::padded_rows_are_zero(dev, dy, lengths.data, B, Tl, C)) return dy;
+  kernels::mask_padded_rows(dev, ws.data(), dy, lengths.data, B, Tl, C);
+  return ws.data();
 }
 }  // namespace detail
 
@@ -2432,7 +5550,7 @@ class MultiHeadAttention {
   void forward_impl(Context& ctx, ConstView<T> x, ConstView<index_t> lengths, T* y) const {
     const index_t B = x.dim(0), Tl = x.dim(1);
     ctx.padded_starts.resize({B});
-    for (index_t b = 0; b < B; ++b) ctx.padded_starts[b] = b * Tl;
+    kernels::padded_starts(kernels::backend{}, ctx.padded_starts.data(), B, Tl);
     forward_rows(ctx, ConstView<T>(x.data, {B * Tl, d_}), lengths, ctx.padded_starts.view(), Tl, true, y);
   }
 
@@ -2440,7 +5558,7 @@ class MultiHeadAttention {
   // T_max bounds every length (the padded T in the padded layout).
   void forward_rows(Context& ctx, ConstView<T> x, ConstView<index_t> lengths, ConstView<index_t> starts, index_t T_max,
                     bool padded, T* y) const {
-    const index_t B = lengths.numel(), Tl = T_max, n = x.rows(), D = d_, dh = dh_;
+    const index_t B = lengths.numel(), Tl = T_max, n = x.rows(), D = d_;
     ctx.x = x;
     ctx.lengths = lengths;
     ctx.starts = starts;
@@ -2451,35 +5569,18 @@ class MultiHeadAttention {
     ctx.qkv.resize({n, 3 * D});
     ctx.probs.resize({B, h_, Tl * Tl});
     ctx.heads.resize({n, D});
+    const auto dev = kernels::backend{};
     in_proj_.forward_impl(x.data, ctx.qkv.data(), n);
-    const T scale = T(1) / std::sqrt(T(dh));
-    const T* qkv = ctx.qkv.data();
-    T* heads = ctx.heads.data();
-    T* probs = ctx.probs.data();
-    parallel_for(B * h_, double(Tl) * double(Tl) * double(dh) * 4.0, [&](index_t bh) {
-      const index_t b = bh / h_, hd = bh % h_, L = lengths[b], s0 = starts[b];
-      // Padded rows of the out_proj input: zero (finite), one contiguous block
-      // per sequence, written by the sequence's first head.
-      if (padded && hd == 0 && L < Tl)
-        std::memset(heads + (s0 + L) * D, 0, sizeof(T) * static_cast<std::size_t>((Tl - L) * D));
-      if (L == 0) return;
-      using kernels::Trans;
-      const auto dev = kernels::backend{};
-      T* O = heads + s0 * D + hd * dh;  // (L,dh), row stride D
-      const T* Q = qkv + s0 * 3 * D + hd * dh;  // (L,dh), row stride 3D; K and V follow at +D, +2D
-      const T *K = Q + D, *V = Q + 2 * D;
-      T* P = probs + bh * Tl * Tl;  // (L,L)
-      kernels::gemm(dev, Trans::N, Trans::T, L, L, dh, scale, Q, 3 * D, K, 3 * D, T(0), P, L);  // scores
-      kernels::softmax_forward(dev, P, P, L, L);
-      kernels::gemm(dev, Trans::N, Trans::N, L, dh, L, T(1), P, L, V, 3 * D, T(0), O, D);  // O = P V
-    });
-    out_proj_.forward_impl(heads, y, n);
-    if (padded) detail::zero_padded_rows(y, lengths, B, Tl, D);
+    // heads (n,D): per (sequence, head) softmax(Q K^T / sqrt(dh)) V; padded rows zero
+    kernels::attention_forward(dev, ctx.heads.data(), ctx.probs.data(), ctx.qkv.data(), lengths.data, starts.data, B,
+                               h_, Tl, dh_, T(1) / std::sqrt(T(dh_)), padded);
+    out_proj_.forward_impl(ctx.heads.data(), y, n);
+    if (padded) kernels::mask_padded_rows(dev, y, y, lengths.data, B, Tl, D);
   }
 
   // dx (n,D) written, in the layout forward used.
   void backward_impl(Context& ctx, const T* dy, T* dx) const {
-    const index_t B = ctx.B, Tl = ctx.T_len, n = ctx.rows, D = d_, dh = dh_;
+    const index_t B = ctx.B, Tl = ctx.T_len, n = ctx.rows, D = d_;
     const bool padded = ctx.padded;
     ctx.d_heads.resize({n, D});
     ctx.d_qkv.resize({n, 3 * D});
@@ -2488,35 +5589,10 @@ class MultiHeadAttention {
     // (no copy when it is zero already, as inside a transformer layer).
     const T* d_y = padded ? detail::drop_padded_gradient(dy, ctx.d_y, ctx.lengths, B, Tl, D) : dy;
     out_proj_.backward_impl(ctx.heads.data(), d_y, ctx.d_heads.data(), n);
-    const T scale = T(1) / std::sqrt(T(dh));
-    const T* qkv = ctx.qkv.data();
-    const T* d_heads = ctx.d_heads.data();
-    T* d_qkv = ctx.d_qkv.data();
-    const T* probs = ctx.probs.data();
-    T* d_scores = ctx.d_scores.data();
-    parallel_for(B * h_, double(Tl) * double(Tl) * double(dh) * 8.0, [&](index_t bh) {
-      const index_t b = bh / h_, hd = bh % h_, L = ctx.lengths[b], s0 = ctx.starts[b];
-      // Padded rows of d_qkv: zero, one contiguous block per sequence.
-      if (padded && hd == 0 && L < Tl)
-        std::memset(d_qkv + (s0 + L) * 3 * D, 0, sizeof(T) * static_cast<std::size_t>((Tl - L) * 3 * D));
-      if (L == 0) return;
-      using kernels::Trans;
-      const auto dev = kernels::backend{};
-      const index_t ld = 3 * D;  // row stride of q/k/v and of their gradients
-      T* dQ = d_qkv + s0 * 3 * D + hd * dh;
-      T *dK = dQ + D, *dV = dQ + 2 * D;
-      const T* Q = qkv + s0 * 3 * D + hd * dh;
-      const T *K = Q + D, *V = Q + 2 * D;
-      const T* dO = d_heads + s0 * D + hd * dh;  // (L,dh), row stride D
-      const T* P = probs + bh * Tl * Tl;
-      T* dS = d_scores + bh * Tl * Tl;
-      kernels::gemm(dev, Trans::N, Trans::T, L, L, dh, T(1), dO, D, V, ld, T(0), dS, L);  // dP = dO V^T
-      kernels::softmax_backward(dev, dS, dS, P, L, L);                                  // dS
-      kernels::gemm(dev, Trans::N, Trans::N, L, dh, L, scale, dS, L, K, ld, T(0), dQ, ld);  // dQ = s dS K
-      kernels::gemm(dev, Trans::T, Trans::N, L, dh, L, scale, dS, L, Q, ld, T(0), dK, ld);  // dK = s dS^T Q
-      kernels::gemm(dev, Trans::T, Trans::N, L, dh, L, T(1), P, L, dO, D, T(0), dV, ld);    // dV = P^T dO
-    });
-    in_proj_.backward_impl(ctx.x.data, d_qkv, dx, n);
+    kernels::attention_backward(kernels::backend{}, ctx.d_qkv.data(), ctx.d_scores.data(), ctx.d_heads.data(),
+                                ctx.qkv.data(), ctx.probs.data(), ctx.lengths.data, ctx.starts.data, B, h_, Tl, dh_,
+                                T(1) / std::sqrt(T(dh_)), padded);
+    in_proj_.backward_impl(ctx.x.data, ctx.d_qkv.data(), dx, n);
   }
 
   index_t d_model() const { return d_; }
@@ -2618,15 +5694,6 @@ inline ParamId make_embedding_table(ParameterStore<T>& store, const std::string&
 }
 
 namespace detail {
-// A hint to fetch the cache line at p for reading (no-op where unsupported).
-inline void prefetch_read(const void* p) {
-#if defined(__GNUC__) || defined(__clang__)
-  __builtin_prefetch(p, 0, 3);
-#else
-  (void)p;
-#endif
-}
-
 template <class T>
 inline void check_ids(const char* op, const ParameterStore<T>& store, ParamId table, const index_t* ids, index_t n) {
   const index_t rows = store.info(table).shape[0];
@@ -2663,7 +5730,7 @@ class Embedding {
     check_matrix("Embedding::forward", "y", y, ids.numel(), dim_);
     detail::check_ids("Embedding::forward", *store_, table_, ids.data, ids.numel());
     ctx.ids = ids;
-    gather(ids.data, y.data, ids.numel());
+    kernels::gather_rows(kernels::backend{}, y.data, store_->value(table_), ids.data, ids.numel(), dim_);
   }
   // Raw 64-bit IDs hashed into the table's rows (for IDs unseen in training).
   void forward_hashed(Context& ctx, ConstView<std::uint64_t> raw, TensorView<T> y, std::uint64_t salt = 0) const {
@@ -2671,20 +5738,15 @@ class Embedding {
     ctx.hashed.resize({raw.numel()});
     for (index_t i = 0; i < raw.numel(); ++i) ctx.hashed[i] = hash_bucket(raw[i], rows_, salt);
     ctx.ids = ctx.hashed.view();
-    gather(ctx.ids.data, y.data, raw.numel());
+    kernels::gather_rows(kernels::backend{}, y.data, store_->value(table_), ctx.ids.data, raw.numel(), dim_);
   }
   // table.grad[ids[i]] += dy[i]; marks the rows touched
   void backward(const Context& ctx, ConstView<T> dy) const {
     check_matrix("Embedding::backward", "dy", dy, ctx.ids.numel(), dim_);
-    T* g = store_->grad(table_);
     TouchedRows& touched = store_->touched(table_);
-    for (index_t i = 0; i < ctx.ids.numel(); ++i) {
-      const index_t r = ctx.ids[i];
-      touched.mark(r);
-      T* gr = g + r * dim_;
-      const T* d = dy.data + i * dim_;
-      for (index_t c = 0; c < dim_; ++c) gr[c] += d[c];
-    }
+    touched.mark_all(ctx.ids.data, ctx.ids.numel());  // first-touch order, before the kernel flags them
+    kernels::scatter_add_rows(kernels::backend{}, store_->grad(table_), touched.flag.data(), dy.data, ctx.ids.data,
+                              ctx.ids.numel(), dim_);
   }
 
   index_t rows() const { return rows_; }
@@ -2692,17 +5754,6 @@ class Embedding {
   ParamId table() const { return table_; }
 
  private:
-  void gather(const index_t* ids, T* y, index_t n) const {
-    const T* w = store_->value(table_);
-    parallel_chunks(
-        n, 256,
-        [&](index_t b, index_t e) {
-          for (index_t i = b; i < e; ++i)
-            std::memcpy(y + i * dim_, w + ids[i] * dim_, sizeof(T) * static_cast<std::size_t>(dim_));
-        },
-        kernels::simd::worth_forking(n * dim_));
-  }
-
   ParameterStore<T>* store_ = nullptr;
   ParamId table_ = -1;
   index_t rows_ = 0, dim_ = 0;
@@ -2754,7 +5805,8 @@ class EmbeddingBag {
     ctx.ids = ids;
     ctx.offsets = offsets;
     ctx.weights = weights;
-    pool_bags(ids.data, offsets.data, weights.empty() ? nullptr : weights.data, y.data, B);
+    kernels::embedding_bag_forward(kernels::backend{}, y.data, store_->value(table_), ids.data, offsets.data,
+                                   weights.empty() ? nullptr : weights.data, B, dim_, pooling_ == BagPooling::Mean);
   }
 
   // table.grad[ids[i]] += scale_i * dy[bag(i)]; dweights (n) written if given
@@ -2766,27 +5818,12 @@ class EmbeddingBag {
       check(!ctx.weights.empty(), op, "dweights given but forward had no weights");
       check_shape(op, "dweights", dweights, {n});
     }
-    T* g = store_->grad(table_);
-    const T* w = store_->value(table_);
     TouchedRows& touched = store_->touched(table_);
-    for (index_t b = 0; b < B; ++b) {
-      const index_t s = ctx.offsets[b], e = ctx.offsets[b + 1];
-      const T inv = (pooling_ == BagPooling::Mean && e > s) ? T(1) / T(e - s) : T(1);
-      const T* d = dy.data + b * dim_;
-      for (index_t i = s; i < e; ++i) {
-        const index_t r = ctx.ids[i];
-        touched.mark(r);
-        const T a = (ctx.weights.empty() ? T(1) : ctx.weights[i]) * inv;
-        T* gr = g + r * dim_;
-        for (index_t c = 0; c < dim_; ++c) gr[c] += a * d[c];
-        if (!dweights.empty()) {
-          const T* row = w + r * dim_;
-          T dot = 0;
-          for (index_t c = 0; c < dim_; ++c) dot += d[c] * row[c];
-          dweights[i] = dot * inv;
-        }
-      }
-    }
+    touched.mark_all(ctx.ids.data, n);  // first-touch order, before the kernel flags them
+    kernels::embedding_bag_backward(kernels::backend{}, store_->grad(table_), touched.flag.data(),
+                                    dweights.empty() ? nullptr : dweights.data, dy.data, store_->value(table_),
+                                    ctx.ids.data, ctx.offsets.data, ctx.weights.empty() ? nullptr : ctx.weights.data,
+                                    B, dim_, pooling_ == BagPooling::Mean);
   }
 
   index_t rows() const { return rows_; }
@@ -2795,105 +5832,6 @@ class EmbeddingBag {
   BagPooling pooling() const { return pooling_; }
 
  private:
-  // Bags per parallel chunk (a fixed count: bags are independent, so the
-  // split never changes a result) and how many IDs ahead rows are prefetched.
-  static constexpr index_t kBagsPerChunk = 64;
-  static constexpr index_t kPrefetchAhead = 16;
-
-  // y (B,dim): bag b = sum over its IDs, in order, of (weight *) row, then
-  // times 1/length for the mean: per column the same additions, in the same
-  // order, as the scalar loop `y[c] = 0; y[c] += a * row[c]`, so a bag's
-  // result never depends on which thread runs it. Columns go in register
-  // blocks of up to 4 vectors; the rows kPrefetchAhead IDs ahead (across
-  // bags) are prefetched while the current bag is summed.
-  void pool_bags(const index_t* ids, const index_t* offsets, const T* weights, T* y, index_t B) const {
-    if (weights)
-      pool_bags_impl<true>(ids, offsets, weights, y, B);
-    else
-      pool_bags_impl<false>(ids, offsets, weights, y, B);
-  }
-
-  template <bool Weighted>
-  void pool_bags_impl(const index_t* ids, const index_t* offsets, const T* weights, T* y, index_t B) const {
-    using V = xsimd::batch<T>;
-    constexpr index_t W = V::size;
-    const T* w = store_->value(table_);
-    const index_t dim = dim_;
-    const index_t row_bytes = dim * index_t(sizeof(T));
-    const bool mean = pooling_ == BagPooling::Mean;
-    const bool fork = kernels::simd::worth_forking(offsets[B] * dim);  // rows gathered x dim
-    parallel_chunks(B, kBagsPerChunk, [&](index_t b0, index_t b1) {
-      const index_t i_end = offsets[b1];
-      auto prefetch_row = [&](index_t i) {
-        if (i >= i_end) return;
-        const char* row = reinterpret_cast<const char*>(w + ids[i] * dim);
-        for (index_t off = 0; off < row_bytes; off += 64) detail::prefetch_read(row + off);
-      };
-      for (index_t i = offsets[b0]; i < offsets[b0] + kPrefetchAhead; ++i) prefetch_row(i);
-      for (index_t b = b0; b < b1; ++b) {
-        T* yb = y + b * dim;
-        const index_t s = offsets[b], e = offsets[b + 1];
-        const bool scale = mean && e > s;
-        const T inv = scale ? T(1) / T(e - s) : T(1);
-        index_t c = 0;
-        bool first = true;  // the first column block issues the prefetches
-        for (; c + 4 * W <= dim; c += 4 * W) {
-          V a0(T(0)), a1(T(0)), a2(T(0)), a3(T(0));
-          for (index_t i = s; i < e; ++i) {
-            if (first) prefetch_row(i + kPrefetchAhead);
-            const T* row = w + ids[i] * dim + c;
-            if (Weighted) {
-              const V a(weights[i]);
-              a0 = a0 + a * V::load_unaligned(row);
-              a1 = a1 + a * V::load_unaligned(row + W);
-              a2 = a2 + a * V::load_unaligned(row + 2 * W);
-              a3 = a3 + a * V::load_unaligned(row + 3 * W);
-            } else {
-              a0 = a0 + V::load_unaligned(row);
-              a1 = a1 + V::load_unaligned(row + W);
-              a2 = a2 + V::load_unaligned(row + 2 * W);
-              a3 = a3 + V::load_unaligned(row + 3 * W);
-            }
-          }
-          if (scale) {
-            const V vinv(inv);
-            a0 = a0 * vinv;
-            a1 = a1 * vinv;
-            a2 = a2 * vinv;
-            a3 = a3 * vinv;
-          }
-          a0.store_unaligned(yb + c);
-          a1.store_unaligned(yb + c + W);
-          a2.store_unaligned(yb + c + 2 * W);
-          a3.store_unaligned(yb + c + 3 * W);
-          first = false;
-        }
-        for (; c + W <= dim; c += W) {
-          V acc(T(0));
-          for (index_t i = s; i < e; ++i) {
-            if (first) prefetch_row(i + kPrefetchAhead);
-            const V row = V::load_unaligned(w + ids[i] * dim + c);
-            acc = Weighted ? acc + V(weights[i]) * row : acc + row;
-          }
-          if (scale) acc = acc * V(inv);
-          acc.store_unaligned(yb + c);
-          first = false;
-        }
-        for (; c < dim; ++c) {
-          T acc = T(0);
-          for (index_t i = s; i < e; ++i) {
-            if (first) prefetch_row(i + kPrefetchAhead);
-            const T v = w[ids[i] * dim + c];
-            acc = Weighted ? acc + weights[i] * v : acc + v;
-          }
-          if (scale) acc *= inv;
-          yb[c] = acc;
-          first = false;
-        }
-      }
-    }, fork);
-  }
-
   ParameterStore<T>* store_ = nullptr;
   ParamId table_ = -1;
   index_t rows_ = 0, dim_ = 0;
@@ -2963,6 +5901,304 @@ class LayerNorm {
 
 }  // namespace mtrec
 // ==== end mtrec/layers/layernorm.hpp ==========================================
+
+// ==== begin mtrec/layers/losses.hpp ===========================================
+// mtrec: training losses: value and gradient in one call, with label masks
+// and sample weights.
+//
+// Every loss here has the same contract:
+//  * n rows. mask (n) is optional: nullptr = every row is labelled;
+//    mask[i] == 0 = row i has no label for this task. Such a row is left out
+//    of the loss and gets a zero gradient. Its label is never read, so a
+//    missing label may hold any placeholder (NaN, -1, -100).
+//  * weights (n) is optional: nullptr = 1. Weights must be finite and >= 0.
+//  * value = sum_i m_i w_i l_i / sum_i m_i w_i, the weighted MEAN over the
+//    labelled rows (PyTorch's reduction='mean' with per-sample weights
+//    normalised by their sum). The gradients are those of this value.
+//  * If no row is labelled, or the labelled rows weigh 0 in total, the value
+//    is 0 and every gradient is 0. In a multi-task batch a task can have no
+//    labels at all; it must then add nothing, and never NaN, to the shared
+//    layers.
+//  * Gradients are WRITTEN (not accumulated) into every element of a
+//    non-null output, masked rows included; nullptr skips that output.
+//    Outputs must not overlap the inputs.
+//  * Labels, weights and options are checked before anything is written: a
+//    bad one throws mtrec::Error naming the loss, the row and the value.
+//    Predictions are not checked: a NaN or infinite prediction gives a NaN
+//    loss, which is how a diverging model should show up.
+//  * Row losses are computed and summed in double whatever T. Rows are cut
+//    into at most 64 chunks whose bounds depend on n only and the chunk sums
+//    are added in chunk order, so the results are bitwise identical for any
+//    thread count.
+// The checks and the denominator are computed here, on the host; the row
+// terms and gradients are the kernels of kernels/loss.hpp, called with
+// kernels::backend{}.
+
+namespace mtrec {
+
+// What every loss returns.
+struct LossResult {
+  double value = 0;       // the weighted mean (0 when weight_sum == 0)
+  double weight_sum = 0;  // sum of the weights of the labelled rows: the denominator
+  index_t count = 0;      // labelled rows (mask != 0), whatever their weight
+};
+
+namespace detail {
+
+// T in a parameter that must not take part in template argument deduction
+// (kernels/loss.hpp): a bare nullptr cannot deduce T, the required inputs do.
+using kernels::detail::loss_nd;
+
+using kernels::detail::loss_row_on;
+
+inline void loss_check_rows(const char* op, index_t n) { check(n >= 0, op, "expected n >= 0 but got ", n); }
+
+// A pointer may be null only when there is nothing to read behind it.
+template <class P>
+inline void loss_check_input(const char* op, const char* name, const P* p, index_t n) {
+  check(p != nullptr || n == 0, op, name, " is null but n = ", n);
+}
+
+// Pass 1 of every loss, before any output is written: checks the weights of
+// the labelled rows and calls check_label(i) on each of them; returns the
+// denominator and the labelled-row count (value is left 0).
+template <class T, class LabelCheck>
+inline LossResult loss_denominator(const char* op, const std::uint8_t* mask, const T* weights, index_t n,
+                                   LabelCheck&& check_label) {
+  LossResult r;
+  for (index_t i = 0; i < n; ++i) {
+    if (!loss_row_on(mask, i)) continue;
+    check_label(i);
+    double w = 1.0;
+    if (weights != nullptr) {
+      w = double(weights[i]);
+      if (!std::isfinite(w)) fail(op, "weights[", i, "] expected a finite value but got ", weights[i]);
+      if (w < 0) fail(op, "weights[", i, "] expected a non-negative value but got ", weights[i]);
+    }
+    r.weight_sum += w;
+    ++r.count;
+  }
+  return r;
+}
+
+template <class T>
+inline void loss_check_finite_label(const char* op, const char* name, const T* labels, index_t i) {
+  if (!std::isfinite(double(labels[i]))) fail(op, name, "[", i, "] expected a finite value but got ", labels[i]);
+}
+
+template <class T>
+inline void loss_zero(T* p, index_t count) {
+  if (p != nullptr) kernels::fill(kernels::backend{}, p, count, T(0));
+}
+
+}  // namespace detail
+
+// sum_i m_i w_i, the denominator of every loss here, with the same checks on
+// the weights (finite, >= 0). Useful to combine the losses of several batches
+// or tasks into one weighted mean.
+template <class T>
+inline double weighted_mean_denominator(const std::uint8_t* mask, const T* weights, index_t n) {
+  const char* op = "weighted_mean_denominator";
+  detail::loss_check_rows(op, n);
+  return detail::loss_denominator(op, mask, weights, n, [](index_t) {}).weight_sum;
+}
+
+// ---- binary cross-entropy on logits --------------------------------------
+
+// l_i = -(y log sigmoid(x) + (1 - y) log(1 - sigmoid(x))), written as
+// max(x, 0) - x y + log1p(exp(-|x|)) so that exp never overflows: finite for
+// any finite logit (|x| = 1e4 gives l = |x| for a wrong label, not inf).
+// Labels may be soft, in [0, 1]. dl/dx = sigmoid(x) - y.
+// dlogits (n) written, or nullptr
+template <class T>
+inline LossResult bce_with_logits(detail::loss_nd<T>* dlogits, const T* logits, const T* labels,
+                                  const std::uint8_t* mask, const detail::loss_nd<T>* weights, index_t n) {
+  const char* op = "bce_with_logits";
+  detail::loss_check_rows(op, n);
+  detail::loss_check_input(op, "logits", logits, n);
+  detail::loss_check_input(op, "labels", labels, n);
+  LossResult r = detail::loss_denominator(op, mask, weights, n, [&](index_t i) {
+    detail::loss_check_finite_label(op, "labels", labels, i);
+    if (labels[i] < T(0) || labels[i] > T(1))
+      fail(op, "labels[", i, "] expected a value in [0, 1] but got ", labels[i]);
+  });
+  if (!(r.weight_sum > 0)) {
+    detail::loss_zero(dlogits, n);
+    return r;
+  }
+  r.value = kernels::bce_with_logits_loss(kernels::backend{}, dlogits, logits, labels, mask, weights, n,
+                                          1.0 / r.weight_sum);
+  return r;
+}
+
+// ---- regression ------------------------------------------------------------
+
+namespace detail {
+// Shared by mse and huber: the checks and the denominator (pass 1).
+template <class T>
+inline LossResult loss_regression_denominator(const char* op, const T* pred, const T* target,
+                                              const std::uint8_t* mask, const T* weights, index_t n) {
+  loss_check_rows(op, n);
+  loss_check_input(op, "pred", pred, n);
+  loss_check_input(op, "target", target, n);
+  return loss_denominator(op, mask, weights, n, [&](index_t i) { loss_check_finite_label(op, "target", target, i); });
+}
+}  // namespace detail
+
+// l_i = (p - y)^2, as torch.nn.MSELoss (no 1/2); dl/dp = 2 (p - y).
+// dpred (n) written, or nullptr
+template <class T>
+inline LossResult mse(detail::loss_nd<T>* dpred, const T* pred, const T* target, const std::uint8_t* mask,
+                      const detail::loss_nd<T>* weights, index_t n) {
+  LossResult r = detail::loss_regression_denominator("mse", pred, target, mask, weights, n);
+  if (!(r.weight_sum > 0)) {
+    detail::loss_zero(dpred, n);
+    return r;
+  }
+  r.value = kernels::mse_loss(kernels::backend{}, dpred, pred, target, mask, weights, n, 1.0 / r.weight_sum);
+  return r;
+}
+
+// torch.nn.HuberLoss(delta): with r = p - y,
+//   l = r^2 / 2                   if |r| < delta
+//   l = delta (|r| - delta / 2)   otherwise.
+// dl/dp = r inside, delta * sign(r) outside (the two agree at |r| = delta).
+// dpred (n) written, or nullptr
+template <class T>
+inline LossResult huber(detail::loss_nd<T>* dpred, const T* pred, const T* target, const std::uint8_t* mask,
+                        const detail::loss_nd<T>* weights, index_t n, double delta = 1.0) {
+  check(std::isfinite(delta) && delta > 0, "huber", "expected a finite delta > 0 but got ", delta);
+  LossResult r = detail::loss_regression_denominator("huber", pred, target, mask, weights, n);
+  if (!(r.weight_sum > 0)) {
+    detail::loss_zero(dpred, n);
+    return r;
+  }
+  r.value = kernels::huber_loss(kernels::backend{}, dpred, pred, target, mask, weights, n, 1.0 / r.weight_sum, delta);
+  return r;
+}
+
+// ---- softmax cross-entropy ------------------------------------------------
+
+// l_i = logsumexp(x_i) - x_i[y_i], the max subtracted before exp so that no
+// logit overflows; dl/dx_ic = softmax(x_i)_c - [c == y_i].
+// Labels are class ids in [0, C), checked on labelled rows only (a masked row
+// may hold -100 as in PyTorch's ignore_index).
+// dlogits (n,C) written, or nullptr
+template <class T>
+inline LossResult softmax_cross_entropy(detail::loss_nd<T>* dlogits, const T* logits, const index_t* labels,
+                                        const std::uint8_t* mask, const detail::loss_nd<T>* weights, index_t n,
+                                        index_t C) {
+  const char* op = "softmax_cross_entropy";
+  detail::loss_check_rows(op, n);
+  check(C >= 1, op, "expected C >= 1 classes but got ", C);
+  detail::loss_check_input(op, "logits", logits, n);
+  detail::loss_check_input(op, "labels", labels, n);
+  LossResult r = detail::loss_denominator(op, mask, weights, n, [&](index_t i) {
+    if (labels[i] < 0 || labels[i] >= C)
+      fail(op, "labels[", i, "] expected a class id in [0, ", C, ") but got ", labels[i], " (C = ", C, ")");
+  });
+  if (!(r.weight_sum > 0)) {
+    detail::loss_zero(dlogits, n * C);
+    return r;
+  }
+  r.value = kernels::softmax_cross_entropy_loss(kernels::backend{}, dlogits, logits, labels, mask, weights, n, C,
+                                                1.0 / r.weight_sum);
+  return r;
+}
+
+// ---- Bayesian personalised ranking -----------------------------------------
+
+// l_i = -log sigmoid(pos_i - neg_i) = softplus(neg_i - pos_i), finite for any
+// finite scores. dl/dpos = -sigmoid(neg - pos), dl/dneg = +sigmoid(neg - pos).
+// dpos (n), dneg (n) written, or nullptr
+template <class T>
+inline LossResult bpr(detail::loss_nd<T>* dpos, detail::loss_nd<T>* dneg, const T* pos_scores, const T* neg_scores,
+                      const std::uint8_t* mask, const detail::loss_nd<T>* weights, index_t n) {
+  const char* op = "bpr";
+  detail::loss_check_rows(op, n);
+  detail::loss_check_input(op, "pos_scores", pos_scores, n);
+  detail::loss_check_input(op, "neg_scores", neg_scores, n);
+  LossResult r = detail::loss_denominator(op, mask, weights, n, [](index_t) {});
+  if (!(r.weight_sum > 0)) {
+    detail::loss_zero(dpos, n);
+    detail::loss_zero(dneg, n);
+    return r;
+  }
+  r.value =
+      kernels::bpr_loss(kernels::backend{}, dpos, dneg, pos_scores, neg_scores, mask, weights, n, 1.0 / r.weight_sum);
+  return r;
+}
+
+// ---- in-batch sampled softmax ------------------------------------------------
+
+// Reused by in_batch_softmax when passed in: the (n,n) logits, then their
+// gradient. It grows on first use and is reused afterwards.
+template <class T>
+struct InBatchSoftmaxWorkspace {
+  Tensor<T> scores;  // (n,n)
+};
+
+// Sampled-softmax retrieval loss with in-batch negatives (two-tower models;
+// also item-item pairs, with q and k both item embeddings). Row i is the
+// pair (q_i, k_i); every other labelled row's key is one of its negatives:
+//   z_ij = <q_i, k_j> / temperature - log_q_correction[j]
+//   l_i  = -log softmax_j(z_i)[i] = logsumexp_j(z_ij) - z_ii
+// log_q_correction (n) is the log sampling probability of item j (Yi et al.
+// 2019, "sampling-bias-corrected neural modelling"); it corrects the bias
+// toward popular items, which appear as negatives more often. nullptr = no
+// correction. It is subtracted from every column, the positive included.
+//
+// A masked row is removed from the batch altogether: it has no loss term and
+// its key is not a negative for the other rows, so dq_i = dk_i = 0 (padding
+// rows never leak into the loss). A labelled row of weight 0 still serves as
+// a negative: the weight scales the row's own term only.
+// Duplicate items in one batch (accidental hits) are not masked out.
+//
+// The (n,n) logit matrix is materialised (n = 16384 in float: 1 GiB); pass a
+// workspace to reuse it across steps.
+// dq (n,d), dk (n,d) written, or nullptr
+template <class T>
+inline LossResult in_batch_softmax(detail::loss_nd<T>* dq, detail::loss_nd<T>* dk, const T* q, const T* k, index_t n,
+                                   index_t d, double temperature, const detail::loss_nd<T>* log_q_correction,
+                                   const std::uint8_t* mask, const detail::loss_nd<T>* weights,
+                                   InBatchSoftmaxWorkspace<detail::loss_nd<T>>* workspace = nullptr) {
+  const char* op = "in_batch_softmax";
+  detail::loss_check_rows(op, n);
+  check(d >= 1, op, "expected d >= 1 but got ", d);
+  check(std::isfinite(temperature) && temperature > 0, op, "expected a finite temperature > 0 but got ", temperature);
+  detail::loss_check_input(op, "q", q, n);
+  detail::loss_check_input(op, "k", k, n);
+  LossResult r = detail::loss_denominator(op, mask, weights, n, [&](index_t i) {
+    if (log_q_correction) detail::loss_check_finite_label(op, "log_q_correction", log_q_correction, i);
+  });
+  if (!(r.weight_sum > 0)) {
+    detail::loss_zero(dq, n * d);
+    detail::loss_zero(dk, n * d);
+    return r;
+  }
+  InBatchSoftmaxWorkspace<T> local;
+  InBatchSoftmaxWorkspace<T>& ws = workspace ? *workspace : local;
+  ws.scores.resize({n, n});
+  T* S = ws.scores.data();
+  const T inv_t = T(1.0 / temperature);
+  // S (n,n) = q k^T / temperature
+  kernels::gemm(kernels::backend{}, kernels::Trans::N, kernels::Trans::T, n, n, d, inv_t, q, d, k, d, T(0), S, n);
+
+  const bool want_grad = dq != nullptr || dk != nullptr;
+  // Rows of S become dS (S's row i is overwritten by row i's gradient, which
+  // no other row reads).
+  r.value = kernels::in_batch_softmax_rows(kernels::backend{}, S, log_q_correction, mask, weights, n,
+                                           1.0 / r.weight_sum, want_grad);
+  // dq (n,d) = dS k / temperature;  dk (n,d) = dS^T q / temperature
+  if (dq)
+    kernels::gemm(kernels::backend{}, kernels::Trans::N, kernels::Trans::N, n, d, n, inv_t, S, n, k, d, T(0), dq, d);
+  if (dk)
+    kernels::gemm(kernels::backend{}, kernels::Trans::T, kernels::Trans::N, n, d, n, inv_t, S, n, q, d, T(0), dk, d);
+  return r;
+}
+
+}  // namespace mtrec
+// ==== end mtrec/layers/losses.hpp =============================================
 
 // ==== begin mtrec/layers/mlp.hpp ==============================================
 // mtrec: MLP — a stack of Linear -> activation -> dropout.
@@ -3123,21 +6359,8 @@ class SequencePooling {
     check_lengths(op, lengths, B, Tl);
     check_shape(op, "y", y, {B, D});
     ctx = {lengths, B, Tl, D};
-    parallel_for(B, double(Tl * D), [&](index_t b) {
-      T* yb = y.data + b * D;
-      std::memset(yb, 0, sizeof(T) * static_cast<std::size_t>(D));
-      const index_t len = lengths[b];
-      if (len == 0) return;
-      const T* xb = x.data + b * Tl * D;
-      if (mode_ == SequencePoolMode::First) {
-        std::memcpy(yb, xb, sizeof(T) * static_cast<std::size_t>(D));
-        return;
-      }
-      for (index_t t = 0; t < len; ++t)
-        for (index_t c = 0; c < D; ++c) yb[c] += xb[t * D + c];
-      const T inv = T(1) / T(len);
-      for (index_t c = 0; c < D; ++c) yb[c] *= inv;
-    });
+    kernels::sequence_pool_forward(kernels::backend{}, y.data, x.data, lengths.data, B, Tl, D,
+                                   mode_ == SequencePoolMode::First);
   }
 
   // dx (B,T,D) written: dy / len on valid positions (Mean) or dy at t = 0 (First), zero elsewhere
@@ -3145,18 +6368,8 @@ class SequencePooling {
     const char* op = "SequencePooling::backward";
     check_shape(op, "dy", dy, {ctx.B, ctx.D});
     check_shape(op, "dx", dx, {ctx.B, ctx.T_len, ctx.D});
-    const index_t Tl = ctx.T_len, D = ctx.D;
-    parallel_for(ctx.B, double(Tl * D), [&](index_t b) {
-      T* xb = dx.data + b * Tl * D;
-      std::memset(xb, 0, sizeof(T) * static_cast<std::size_t>(Tl * D));
-      const index_t len = ctx.lengths[b];
-      if (len == 0) return;
-      const T* g = dy.data + b * D;
-      const index_t valid = mode_ == SequencePoolMode::First ? 1 : len;
-      const T scale = mode_ == SequencePoolMode::First ? T(1) : T(1) / T(len);
-      for (index_t t = 0; t < valid; ++t)
-        for (index_t c = 0; c < D; ++c) xb[t * D + c] = g[c] * scale;
-    });
+    kernels::sequence_pool_backward(kernels::backend{}, dx.data, dy.data, ctx.lengths.data, ctx.B, ctx.T_len, ctx.D,
+                                    mode_ == SequencePoolMode::First);
   }
 
   SequencePoolMode mode() const { return mode_; }
@@ -3197,22 +6410,16 @@ class PositionalEmbedding {
     check_shape(op, "y", y, {x.dim(0), x.dim(1), dim_});
     ctx.B = x.dim(0);
     ctx.T_len = x.dim(1);
-    const T* p = store_->value(table_);
-    const index_t row = ctx.T_len * dim_;
-    parallel_for(ctx.B, double(row), [&](index_t b) {
-      kernels::residual_add(kernels::backend{}, y.data + b * row, x.data + b * row, p, row);
-    });
+    kernels::positional_add(kernels::backend{}, y.data, x.data, store_->value(table_), ctx.B, ctx.T_len, dim_);
   }
   // dx = dy (skipped if dx is empty or aliases dy); dP[t] += sum_b dy[b,t]
   void backward(const Context& ctx, ConstView<T> dy, TensorView<T> dx) const {
     const char* op = "PositionalEmbedding::backward";
     check_shape(op, "dy", dy, {ctx.B, ctx.T_len, dim_});
-    if (!dx.empty()) {
-      check_shape(op, "dx", dx, {ctx.B, ctx.T_len, dim_});
-      if (dx.data != dy.data) std::memcpy(dx.data, dy.data, sizeof(T) * static_cast<std::size_t>(dy.numel()));
-    }
-    // (T*D) columns summed over B rows, in order.
-    kernels::column_sum_add(kernels::backend{}, store_->grad(table_), dy.data, ctx.B, ctx.T_len * dim_);
+    if (!dx.empty()) check_shape(op, "dx", dx, {ctx.B, ctx.T_len, dim_});
+    // dP: (T*D) columns summed over B rows, in order.
+    kernels::positional_add_backward(kernels::backend{}, dx.empty() ? nullptr : dx.data, store_->grad(table_), dy.data,
+                                     ctx.B, ctx.T_len, dim_);
   }
 
   index_t max_len() const { return max_len_; }
@@ -3312,7 +6519,7 @@ class TransformerEncoderLayer {
   void forward_impl(Context& ctx, ConstView<T> x, ConstView<index_t> lengths, T* y, const Mode& mode) const {
     const index_t B = x.dim(0), Tl = x.dim(1);
     ctx.padded_starts.resize({B});
-    for (index_t b = 0; b < B; ++b) ctx.padded_starts[b] = b * Tl;
+    kernels::padded_starts(kernels::backend{}, ctx.padded_starts.data(), B, Tl);
     forward_rows(ctx, ConstView<T>(x.data, {B * Tl, c_.d_model}), lengths, ctx.padded_starts.view(), Tl, true, y,
                  mode);
   }
@@ -3341,7 +6548,7 @@ class TransformerEncoderLayer {
     lin2_.forward_impl(ctx.g.data(), ctx.f2.data(), n);
     drop_out_.forward_impl(ctx.drop_out, ctx.f2.data(), ctx.f2.data(), n * D, mode);
     kernels::residual_add(kernels::backend{}, y, ctx.r1.data(), ctx.f2.data(), n * D);
-    if (padded) detail::zero_padded_rows(y, lengths, B, Tl, D);
+    if (padded) kernels::mask_padded_rows(kernels::backend{}, y, y, lengths.data, B, Tl, D);
   }
 
   // dx (n,D) written, in the layout forward used.
@@ -3377,27 +6584,18 @@ class TransformerEncoderLayer {
 };
 
 // Copies between the padded (B,Tl,D) layout and the packed one (valid rows
-// only, sequence b starting at row starts[b]). Sequences are copied in
-// parallel when the batch is big enough (pure copies: no result depends on it).
+// only, sequence b starting at row starts[b]): kernels/sequence.hpp.
 //   packed (sum lengths, D) <- padded rows t < lengths[b]
 template <class T>
 inline void pack_sequences(T* packed, const T* padded, const index_t* lengths, const index_t* starts, index_t B,
                            index_t Tl, index_t D) {
-  parallel_for(B, 8.0 * double(Tl * D), [&](index_t b) {
-    if (lengths[b] > 0)
-      std::memcpy(packed + starts[b] * D, padded + b * Tl * D, sizeof(T) * static_cast<std::size_t>(lengths[b] * D));
-  });
+  kernels::pack_sequences(kernels::backend{}, packed, padded, lengths, starts, B, Tl, D);
 }
 //   padded (B,Tl,D) <- packed; rows t >= lengths[b] are zeroed
 template <class T>
 inline void unpack_sequences(T* padded, const T* packed, const index_t* lengths, const index_t* starts, index_t B,
                              index_t Tl, index_t D) {
-  parallel_for(B, 8.0 * double(Tl * D), [&](index_t b) {
-    const index_t len = lengths[b];
-    T* row = padded + b * Tl * D;
-    if (len > 0) std::memcpy(row, packed + starts[b] * D, sizeof(T) * static_cast<std::size_t>(len * D));
-    if (len < Tl) std::memset(static_cast<void*>(row + len * D), 0, sizeof(T) * static_cast<std::size_t>((Tl - len) * D));
-  });
+  kernels::unpack_sequences(kernels::backend{}, padded, packed, lengths, starts, B, Tl, D);
 }
 
 // A stack of pre-LN layers, optionally followed by a final LayerNorm (the
@@ -3442,14 +6640,11 @@ class TransformerEncoder {
     ctx.lengths = lengths;
     ctx.x = x;
     ctx.starts.resize({B});
-    index_t n = 0;
-    for (index_t b = 0; b < B; ++b) {
-      ctx.starts[b] = n;
-      n += lengths[b];
-    }
+    const auto dev = kernels::backend{};
+    const index_t n = kernels::packed_starts(dev, ctx.starts.data(), lengths.data, B);
     ctx.rows = n;
     ctx.packed.resize({n, D});
-    pack_sequences(ctx.packed.data(), x.data, lengths.data, ctx.starts.data(), B, Tl, D);
+    kernels::pack_sequences(dev, ctx.packed.data(), x.data, lengths.data, ctx.starts.data(), B, Tl, D);
     const T* out = ctx.packed.data();
     if (n > 0) {  // every sequence empty: nothing to encode, y is all zeros
       ConstView<T> in(ctx.packed.data(), {n, D});
@@ -3465,7 +6660,7 @@ class TransformerEncoder {
         out = ctx.normed.data();
       }
     }
-    unpack_sequences(y.data, out, lengths.data, ctx.starts.data(), B, Tl, D);  // padded rows zero
+    kernels::unpack_sequences(dev, y.data, out, lengths.data, ctx.starts.data(), B, Tl, D);  // padded rows zero
   }
 
   // dx (B,T,D) written (zero at padded positions: y's padded rows are
@@ -3477,9 +6672,10 @@ class TransformerEncoder {
     check_shape(op, "dx", dx, {B, Tl, D});
     ctx.d_a.resize({n, D});
     ctx.d_b.resize({n, D});
+    const auto dev = kernels::backend{};
     const ConstView<index_t> lengths = ctx.lengths;
     T* g = ctx.d_a.data();  // packed dy
-    pack_sequences(g, dy.data, lengths.data, ctx.starts.data(), B, Tl, D);
+    kernels::pack_sequences(dev, g, dy.data, lengths.data, ctx.starts.data(), B, Tl, D);
     if (n > 0) {
       if (final_norm_) {
         norm_.backward_impl(ctx.final_ln, ctx.d_a.data(), ctx.d_b.data());
@@ -3491,7 +6687,7 @@ class TransformerEncoder {
         g = other;
       }
     }
-    unpack_sequences(dx.data, g, lengths.data, ctx.starts.data(), B, Tl, D);
+    kernels::unpack_sequences(dev, dx.data, g, lengths.data, ctx.starts.data(), B, Tl, D);
   }
 
   const TransformerConfig& config() const { return c_; }
@@ -3510,8 +6706,6 @@ class TransformerEncoder {
 // ==== begin mtrec/model/config.hpp ============================================
 // mtrec: what a multi-task model is made of — its features, tasks and
 // architecture — as one plain struct, checked when the model is built.
-
-#include <map>
 
 // ==== begin mtrec/model/features.hpp ==========================================
 // mtrec: the input features of a model, and the batches that carry them.
@@ -4070,422 +7264,6 @@ inline std::vector<TableSpec> validate_config(const ModelConfig& c) {
 // Thread safety: forward/predict are const and keep all state in the caller's
 // Workspace, so one model serves many threads, one Workspace each.
 
-#include <memory>
-
-// ==== begin mtrec/train/losses.hpp ============================================
-// mtrec: training losses: value and gradient in one call, with label masks
-// and sample weights.
-//
-// Every loss here has the same contract:
-//  * n rows. mask (n) is optional: nullptr = every row is labelled;
-//    mask[i] == 0 = row i has no label for this task. Such a row is left out
-//    of the loss and gets a zero gradient. Its label is never read, so a
-//    missing label may hold any placeholder (NaN, -1, -100).
-//  * weights (n) is optional: nullptr = 1. Weights must be finite and >= 0.
-//  * value = sum_i m_i w_i l_i / sum_i m_i w_i, the weighted MEAN over the
-//    labelled rows (PyTorch's reduction='mean' with per-sample weights
-//    normalised by their sum). The gradients are those of this value.
-//  * If no row is labelled, or the labelled rows weigh 0 in total, the value
-//    is 0 and every gradient is 0. In a multi-task batch a task can have no
-//    labels at all; it must then add nothing, and never NaN, to the shared
-//    layers.
-//  * Gradients are WRITTEN (not accumulated) into every element of a
-//    non-null output, masked rows included; nullptr skips that output.
-//    Outputs must not overlap the inputs.
-//  * Labels, weights and options are checked before anything is written: a
-//    bad one throws mtrec::Error naming the loss, the row and the value.
-//    Predictions are not checked: a NaN or infinite prediction gives a NaN
-//    loss, which is how a diverging model should show up.
-//  * Row losses are computed and summed in double whatever T. Rows are cut
-//    into at most 64 chunks whose bounds depend on n only and the chunk sums
-//    are added in chunk order, so the results are bitwise identical for any
-//    thread count.
-
-namespace mtrec {
-
-// What every loss returns.
-struct LossResult {
-  double value = 0;       // the weighted mean (0 when weight_sum == 0)
-  double weight_sum = 0;  // sum of the weights of the labelled rows: the denominator
-  index_t count = 0;      // labelled rows (mask != 0), whatever their weight
-};
-
-namespace detail {
-
-// T in a parameter that must not take part in template argument deduction:
-// gradient outputs and optional inputs are often passed as a bare nullptr,
-// which cannot deduce T; T comes from the required inputs instead.
-template <class T>
-struct loss_nondeduced {
-  using type = T;
-};
-template <class T>
-using loss_nd = typename loss_nondeduced<T>::type;
-
-// log(1 + exp(z)) without overflow: exp is only taken of a non-positive number.
-inline double loss_softplus(double z) { return std::max(z, 0.0) + std::log1p(std::exp(-std::fabs(z))); }
-
-// 1 / (1 + exp(-z)) without overflow for either sign.
-inline double loss_sigmoid(double z) {
-  if (z >= 0) return 1.0 / (1.0 + std::exp(-z));
-  const double e = std::exp(z);
-  return e / (1.0 + e);
-}
-
-inline bool loss_row_on(const std::uint8_t* mask, index_t i) { return mask == nullptr || mask[i] != 0; }
-
-inline void loss_check_rows(const char* op, index_t n) { check(n >= 0, op, "expected n >= 0 but got ", n); }
-
-// A pointer may be null only when there is nothing to read behind it.
-template <class P>
-inline void loss_check_input(const char* op, const char* name, const P* p, index_t n) {
-  check(p != nullptr || n == 0, op, name, " is null but n = ", n);
-}
-
-// Pass 1 of every loss, before any output is written: checks the weights of
-// the labelled rows and calls check_label(i) on each of them; returns the
-// denominator and the labelled-row count (value is left 0).
-template <class T, class LabelCheck>
-inline LossResult loss_denominator(const char* op, const std::uint8_t* mask, const T* weights, index_t n,
-                                   LabelCheck&& check_label) {
-  LossResult r;
-  for (index_t i = 0; i < n; ++i) {
-    if (!loss_row_on(mask, i)) continue;
-    check_label(i);
-    double w = 1.0;
-    if (weights != nullptr) {
-      w = double(weights[i]);
-      if (!std::isfinite(w)) fail(op, "weights[", i, "] expected a finite value but got ", weights[i]);
-      if (w < 0) fail(op, "weights[", i, "] expected a non-negative value but got ", weights[i]);
-    }
-    r.weight_sum += w;
-    ++r.count;
-  }
-  return r;
-}
-
-template <class T>
-inline void loss_check_finite_label(const char* op, const char* name, const T* labels, index_t i) {
-  if (!std::isfinite(double(labels[i]))) fail(op, name, "[", i, "] expected a finite value but got ", labels[i]);
-}
-
-// sum over i in [0, n) of row(i), in double. [0, n) is cut into at most
-// kChunks chunks whose bounds depend on n only; each chunk sums its rows in
-// order and the chunk sums are added in chunk order, so the result does not
-// depend on which thread ran which chunk. Chunks run in parallel when
-// n * cost_per_row (rough flops) is worth a fork. row(i) must not throw.
-template <class Row>
-inline double loss_row_sum(index_t n, double cost_per_row, Row&& row) {
-  constexpr index_t kChunks = 64;
-  std::array<double, kChunks> partial{};
-  if (n <= 0) return 0.0;
-  const index_t chunk = (n + kChunks - 1) / kChunks;
-  const bool parallel = double(n) * cost_per_row >= 32768.0;
-  parallel_chunks(
-      n, chunk,
-      [&](index_t b, index_t e) {
-        double s = 0;
-        for (index_t i = b; i < e; ++i) s += row(i);
-        partial[b / chunk] = s;
-      },
-      parallel);
-  double total = 0;
-  for (double p : partial) total += p;  // unused chunks hold +0.0: adding it is exact
-  return total;
-}
-
-template <class T>
-inline void loss_zero(T* p, index_t count) {
-  if (p != nullptr) std::fill(p, p + count, T(0));
-}
-
-// Scale of row i's gradient: d value / d l_i = m_i w_i / W.
-template <class T>
-inline double loss_row_scale(const T* weights, index_t i, double inv_weight_sum) {
-  return (weights ? double(weights[i]) : 1.0) * inv_weight_sum;
-}
-
-}  // namespace detail
-
-// sum_i m_i w_i, the denominator of every loss here, with the same checks on
-// the weights (finite, >= 0). Useful to combine the losses of several batches
-// or tasks into one weighted mean.
-template <class T>
-inline double weighted_mean_denominator(const std::uint8_t* mask, const T* weights, index_t n) {
-  const char* op = "weighted_mean_denominator";
-  detail::loss_check_rows(op, n);
-  return detail::loss_denominator(op, mask, weights, n, [](index_t) {}).weight_sum;
-}
-
-// ---- binary cross-entropy on logits --------------------------------------
-
-// l_i = -(y log sigmoid(x) + (1 - y) log(1 - sigmoid(x))), written as
-// max(x, 0) - x y + log1p(exp(-|x|)) so that exp never overflows: finite for
-// any finite logit (|x| = 1e4 gives l = |x| for a wrong label, not inf).
-// Labels may be soft, in [0, 1]. dl/dx = sigmoid(x) - y.
-// dlogits (n) written, or nullptr
-template <class T>
-inline LossResult bce_with_logits(detail::loss_nd<T>* dlogits, const T* logits, const T* labels,
-                                  const std::uint8_t* mask, const detail::loss_nd<T>* weights, index_t n) {
-  const char* op = "bce_with_logits";
-  detail::loss_check_rows(op, n);
-  detail::loss_check_input(op, "logits", logits, n);
-  detail::loss_check_input(op, "labels", labels, n);
-  LossResult r = detail::loss_denominator(op, mask, weights, n, [&](index_t i) {
-    detail::loss_check_finite_label(op, "labels", labels, i);
-    if (labels[i] < T(0) || labels[i] > T(1))
-      fail(op, "labels[", i, "] expected a value in [0, 1] but got ", labels[i]);
-  });
-  if (!(r.weight_sum > 0)) {
-    detail::loss_zero(dlogits, n);
-    return r;
-  }
-  const double inv_w = 1.0 / r.weight_sum;
-  const double total = detail::loss_row_sum(n, 40.0, [&](index_t i) -> double {
-    if (!detail::loss_row_on(mask, i)) {
-      if (dlogits) dlogits[i] = T(0);
-      return 0.0;
-    }
-    const double x = double(logits[i]), y = double(labels[i]);
-    const double s = detail::loss_row_scale(weights, i, inv_w);
-    if (dlogits) dlogits[i] = T(s * (detail::loss_sigmoid(x) - y));
-    return s * (std::max(x, 0.0) - x * y + std::log1p(std::exp(-std::fabs(x))));
-  });
-  r.value = total;
-  return r;
-}
-
-// ---- regression ------------------------------------------------------------
-
-namespace detail {
-// Shared by mse and huber: row_loss(r) and row_grad(r) of the residual r = p - y.
-template <class T, class Loss, class Grad>
-inline LossResult loss_regression(const char* op, T* dpred, const T* pred, const T* target, const std::uint8_t* mask,
-                                  const T* weights, index_t n, Loss&& row_loss, Grad&& row_grad) {
-  loss_check_rows(op, n);
-  loss_check_input(op, "pred", pred, n);
-  loss_check_input(op, "target", target, n);
-  LossResult r =
-      loss_denominator(op, mask, weights, n, [&](index_t i) { loss_check_finite_label(op, "target", target, i); });
-  if (!(r.weight_sum > 0)) {
-    loss_zero(dpred, n);
-    return r;
-  }
-  const double inv_w = 1.0 / r.weight_sum;
-  r.value = loss_row_sum(n, 10.0, [&](index_t i) -> double {
-    if (!loss_row_on(mask, i)) {
-      if (dpred) dpred[i] = T(0);
-      return 0.0;
-    }
-    const double res = double(pred[i]) - double(target[i]);
-    const double s = loss_row_scale(weights, i, inv_w);
-    if (dpred) dpred[i] = T(s * row_grad(res));
-    return s * row_loss(res);
-  });
-  return r;
-}
-}  // namespace detail
-
-// l_i = (p - y)^2, as torch.nn.MSELoss (no 1/2); dl/dp = 2 (p - y).
-// dpred (n) written, or nullptr
-template <class T>
-inline LossResult mse(detail::loss_nd<T>* dpred, const T* pred, const T* target, const std::uint8_t* mask,
-                      const detail::loss_nd<T>* weights, index_t n) {
-  return detail::loss_regression(
-      "mse", dpred, pred, target, mask, weights, n, [](double r) { return r * r; }, [](double r) { return 2.0 * r; });
-}
-
-// torch.nn.HuberLoss(delta): with r = p - y,
-//   l = r^2 / 2                   if |r| < delta
-//   l = delta (|r| - delta / 2)   otherwise.
-// dl/dp = r inside, delta * sign(r) outside (the two agree at |r| = delta).
-// dpred (n) written, or nullptr
-template <class T>
-inline LossResult huber(detail::loss_nd<T>* dpred, const T* pred, const T* target, const std::uint8_t* mask,
-                        const detail::loss_nd<T>* weights, index_t n, double delta = 1.0) {
-  check(std::isfinite(delta) && delta > 0, "huber", "expected a finite delta > 0 but got ", delta);
-  return detail::loss_regression(
-      "huber", dpred, pred, target, mask, weights, n,
-      [delta](double r) { return std::fabs(r) < delta ? 0.5 * r * r : delta * (std::fabs(r) - 0.5 * delta); },
-      [delta](double r) { return std::fabs(r) <= delta ? r : (r > 0 ? delta : -delta); });
-}
-
-// ---- softmax cross-entropy ------------------------------------------------
-
-// l_i = logsumexp(x_i) - x_i[y_i], the max subtracted before exp so that no
-// logit overflows; dl/dx_ic = softmax(x_i)_c - [c == y_i].
-// Labels are class ids in [0, C), checked on labelled rows only (a masked row
-// may hold -100 as in PyTorch's ignore_index).
-// dlogits (n,C) written, or nullptr
-template <class T>
-inline LossResult softmax_cross_entropy(detail::loss_nd<T>* dlogits, const T* logits, const index_t* labels,
-                                        const std::uint8_t* mask, const detail::loss_nd<T>* weights, index_t n,
-                                        index_t C) {
-  const char* op = "softmax_cross_entropy";
-  detail::loss_check_rows(op, n);
-  check(C >= 1, op, "expected C >= 1 classes but got ", C);
-  detail::loss_check_input(op, "logits", logits, n);
-  detail::loss_check_input(op, "labels", labels, n);
-  LossResult r = detail::loss_denominator(op, mask, weights, n, [&](index_t i) {
-    if (labels[i] < 0 || labels[i] >= C)
-      fail(op, "labels[", i, "] expected a class id in [0, ", C, ") but got ", labels[i], " (C = ", C, ")");
-  });
-  if (!(r.weight_sum > 0)) {
-    detail::loss_zero(dlogits, n * C);
-    return r;
-  }
-  const double inv_w = 1.0 / r.weight_sum;
-  r.value = detail::loss_row_sum(n, 20.0 * double(C), [&](index_t i) -> double {
-    T* g = dlogits ? dlogits + i * C : nullptr;
-    if (!detail::loss_row_on(mask, i)) {
-      detail::loss_zero(g, C);
-      return 0.0;
-    }
-    const T* x = logits + i * C;
-    double m = double(x[0]);
-    for (index_t c = 1; c < C; ++c) m = std::max(m, double(x[c]));
-    double sum = 0;
-    for (index_t c = 0; c < C; ++c) sum += std::exp(double(x[c]) - m);
-    const double s = detail::loss_row_scale(weights, i, inv_w);
-    if (g) {
-      const double s_over_sum = s / sum;
-      for (index_t c = 0; c < C; ++c) g[c] = T(s_over_sum * std::exp(double(x[c]) - m));
-      g[labels[i]] = T(s_over_sum * std::exp(double(x[labels[i]]) - m) - s);
-    }
-    // log(sum) - (x_y - m), not m + log(sum) - x_y: with logits ~1e4 the
-    // latter loses the loss's low digits to cancellation.
-    return s * (std::log(sum) - (double(x[labels[i]]) - m));
-  });
-  return r;
-}
-
-// ---- Bayesian personalised ranking -----------------------------------------
-
-// l_i = -log sigmoid(pos_i - neg_i) = softplus(neg_i - pos_i), finite for any
-// finite scores. dl/dpos = -sigmoid(neg - pos), dl/dneg = +sigmoid(neg - pos).
-// dpos (n), dneg (n) written, or nullptr
-template <class T>
-inline LossResult bpr(detail::loss_nd<T>* dpos, detail::loss_nd<T>* dneg, const T* pos_scores, const T* neg_scores,
-                      const std::uint8_t* mask, const detail::loss_nd<T>* weights, index_t n) {
-  const char* op = "bpr";
-  detail::loss_check_rows(op, n);
-  detail::loss_check_input(op, "pos_scores", pos_scores, n);
-  detail::loss_check_input(op, "neg_scores", neg_scores, n);
-  LossResult r = detail::loss_denominator(op, mask, weights, n, [](index_t) {});
-  if (!(r.weight_sum > 0)) {
-    detail::loss_zero(dpos, n);
-    detail::loss_zero(dneg, n);
-    return r;
-  }
-  const double inv_w = 1.0 / r.weight_sum;
-  r.value = detail::loss_row_sum(n, 40.0, [&](index_t i) -> double {
-    if (!detail::loss_row_on(mask, i)) {
-      if (dpos) dpos[i] = T(0);
-      if (dneg) dneg[i] = T(0);
-      return 0.0;
-    }
-    const double z = double(neg_scores[i]) - double(pos_scores[i]);
-    const double s = detail::loss_row_scale(weights, i, inv_w);
-    const double g = s * detail::loss_sigmoid(z);
-    if (dpos) dpos[i] = T(-g);
-    if (dneg) dneg[i] = T(g);
-    return s * detail::loss_softplus(z);
-  });
-  return r;
-}
-
-// ---- in-batch sampled softmax ------------------------------------------------
-
-// Reused by in_batch_softmax when passed in: the (n,n) logits, then their
-// gradient. It grows on first use and is reused afterwards.
-template <class T>
-struct InBatchSoftmaxWorkspace {
-  Tensor<T> scores;  // (n,n)
-};
-
-// Sampled-softmax retrieval loss with in-batch negatives (two-tower models;
-// also item-item pairs, with q and k both item embeddings). Row i is the
-// pair (q_i, k_i); every other labelled row's key is one of its negatives:
-//   z_ij = <q_i, k_j> / temperature - log_q_correction[j]
-//   l_i  = -log softmax_j(z_i)[i] = logsumexp_j(z_ij) - z_ii
-// log_q_correction (n) is the log sampling probability of item j (Yi et al.
-// 2019, "sampling-bias-corrected neural modelling"); it corrects the bias
-// toward popular items, which appear as negatives more often. nullptr = no
-// correction. It is subtracted from every column, the positive included.
-//
-// A masked row is removed from the batch altogether: it has no loss term and
-// its key is not a negative for the other rows, so dq_i = dk_i = 0 (padding
-// rows never leak into the loss). A labelled row of weight 0 still serves as
-// a negative: the weight scales the row's own term only.
-// Duplicate items in one batch (accidental hits) are not masked out.
-//
-// The (n,n) logit matrix is materialised (n = 16384 in float: 1 GiB); pass a
-// workspace to reuse it across steps.
-// dq (n,d), dk (n,d) written, or nullptr
-template <class T>
-inline LossResult in_batch_softmax(detail::loss_nd<T>* dq, detail::loss_nd<T>* dk, const T* q, const T* k, index_t n,
-                                   index_t d, double temperature, const detail::loss_nd<T>* log_q_correction,
-                                   const std::uint8_t* mask, const detail::loss_nd<T>* weights,
-                                   InBatchSoftmaxWorkspace<detail::loss_nd<T>>* workspace = nullptr) {
-  const char* op = "in_batch_softmax";
-  detail::loss_check_rows(op, n);
-  check(d >= 1, op, "expected d >= 1 but got ", d);
-  check(std::isfinite(temperature) && temperature > 0, op, "expected a finite temperature > 0 but got ", temperature);
-  detail::loss_check_input(op, "q", q, n);
-  detail::loss_check_input(op, "k", k, n);
-  LossResult r = detail::loss_denominator(op, mask, weights, n, [&](index_t i) {
-    if (log_q_correction) detail::loss_check_finite_label(op, "log_q_correction", log_q_correction, i);
-  });
-  if (!(r.weight_sum > 0)) {
-    detail::loss_zero(dq, n * d);
-    detail::loss_zero(dk, n * d);
-    return r;
-  }
-  InBatchSoftmaxWorkspace<T> local;
-  InBatchSoftmaxWorkspace<T>& ws = workspace ? *workspace : local;
-  ws.scores.resize({n, n});
-  T* S = ws.scores.data();
-  const T inv_t = T(1.0 / temperature);
-  // S (n,n) = q k^T / temperature
-  kernels::gemm(kernels::backend{}, kernels::Trans::N, kernels::Trans::T, n, n, d, inv_t, q, d, k, d, T(0), S, n);
-
-  const bool want_grad = dq != nullptr || dk != nullptr;
-  const double inv_w = 1.0 / r.weight_sum;
-  r.value = detail::loss_row_sum(n, 30.0 * double(n), [&](index_t i) -> double {
-    T* Si = S + i * n;
-    if (!detail::loss_row_on(mask, i)) {
-      if (want_grad) std::fill(Si, Si + n, T(0));
-      return 0.0;
-    }
-    auto z = [&](index_t j) { return double(Si[j]) - (log_q_correction ? double(log_q_correction[j]) : 0.0); };
-    double m = z(i);
-    for (index_t j = 0; j < n; ++j)
-      if (detail::loss_row_on(mask, j)) m = std::max(m, z(j));
-    double sum = 0;
-    for (index_t j = 0; j < n; ++j)
-      if (detail::loss_row_on(mask, j)) sum += std::exp(z(j) - m);
-    const double zii = z(i);
-    const double s = detail::loss_row_scale(weights, i, inv_w);
-    if (want_grad) {
-      // dS_ij = s (softmax_ij - [i == j]), 0 in masked columns. Overwrites
-      // row i of S, which no other row reads.
-      const double s_over_sum = s / sum;
-      for (index_t j = 0; j < n; ++j) Si[j] = detail::loss_row_on(mask, j) ? T(s_over_sum * std::exp(z(j) - m)) : T(0);
-      Si[i] = T(s_over_sum * std::exp(zii - m) - s);
-    }
-    return s * (std::log(sum) - (zii - m));  // no cancellation against m (see softmax_cross_entropy)
-  });
-  // dq (n,d) = dS k / temperature;  dk (n,d) = dS^T q / temperature
-  if (dq)
-    kernels::gemm(kernels::backend{}, kernels::Trans::N, kernels::Trans::N, n, d, n, inv_t, S, n, k, d, T(0), dq, d);
-  if (dk)
-    kernels::gemm(kernels::backend{}, kernels::Trans::T, kernels::Trans::N, n, d, n, inv_t, S, n, q, d, T(0), dk, d);
-  return r;
-}
-
-}  // namespace mtrec
-// ==== end mtrec/train/losses.hpp ==============================================
-
 namespace mtrec {
 
 // Per-task loss values of one batch (unweighted, each a weighted mean over
@@ -4526,6 +7304,8 @@ class MultiTaskModel {
       Tensor<T> probs;  // (B,M)
       Tensor<T> out, d_out;  // (B,De)
       Tensor<T> d_probs;
+      std::vector<const T*> experts;  // (M) the mixed experts' outputs, for the gate-mix kernels
+      std::vector<T*> d_experts;      // (M) their gradients
     };
     struct LevelWs {
       std::vector<typename MLP<T>::Context> expert;
@@ -4551,6 +7331,7 @@ class MultiTaskModel {
     Tensor<T> X, dX;  // (B,F)
     std::vector<Tensor<index_t>> id_rows;   // hashed rows per ID field (B)
     std::vector<Tensor<index_t>> bag_rows;  // hashed rows per bag field (n)
+    std::vector<ConstView<index_t>> id_view, bag_view;  // the rows each field looks up (prepare_batch)
     std::vector<Tensor<T>> id_emb, bag_emb, d_field;  // (B,dim)
     std::vector<typename Embedding<T>::Context> id_ctx;
     std::vector<typename EmbeddingBag<T>::Context> bag_ctx;
@@ -4569,7 +7350,9 @@ class MultiTaskModel {
     // Retrieval tasks: the target rows' embeddings are the keys.
     struct RetrievalWs {
       Tensor<index_t> rows;    // (B) target row per batch row (0 where unlabelled)
+      Tensor<index_t> positions, targets;  // (n) the labelled batch rows and their target rows
       Tensor<T> keys, d_keys;  // (B,D)
+      Tensor<T> d_targets;     // (n,D) the labelled rows' key gradients, scaled
       InBatchSoftmaxWorkspace<T> softmax;
     };
     std::vector<PairWs> pairs;
@@ -4629,6 +7412,7 @@ class MultiTaskModel {
     ws.B = B;
     ws.mode = mode;
     prepare(ws, B);
+    prepare_batch(ws, batch);  // host: rows, valid IDs, sequence starts
     features_forward(ws, batch, mode);
     trunk_forward(ws, mode);
     for (std::size_t k = 0; k < towers_.size(); ++k)
@@ -4717,16 +7501,16 @@ class MultiTaskModel {
       T* ds = ws.d_scaled[k].data();
       const T c = T(coeff[k]);
       const T* d = ws.d_out[k].data();
-      for (index_t i = 0; i < n; ++i) ds[i] = c * d[i];
+      kernels::scale(kernels::backend{}, ds, d, n, c);  // ds (n) = c * d
       bool active = coeff[k] != 0.0;
       if (config_.architecture == Architecture::ESMM && k == 0 && coeff[1] != 0.0) {
         // pCTCVR = pCTR * pCVR: the CTCVR loss also reaches the CTR tower.
         const T c1 = T(coeff[1]);
-        for (index_t i = 0; i < n; ++i) ds[i] += c1 * ws.esmm_d_ctr[i];
+        kernels::axpy(kernels::backend{}, ds, ws.esmm_d_ctr.data(), n, c1);  // ds += c1 * dL_ctcvr/d ctr
         active = true;
       }
       if (active) towers_[k].backward(ws.tower[k], ws.d_scaled[k].view(), ws.d_tower_in[k].view());
-      if (config_.tasks[k].type == TaskType::Retrieval && coeff[k] != 0.0) retrieval_keys_backward(ws, batch, k, c);
+      if (config_.tasks[k].type == TaskType::Retrieval && coeff[k] != 0.0) retrieval_keys_backward(ws, k, c);
     }
     trunk_backward(ws, coeff);
     features_backward(ws);
@@ -4742,25 +7526,20 @@ class MultiTaskModel {
     for (std::size_t k = 0; k < num_tasks(); ++k) {
       const TaskSpec& t = config_.tasks[k];
       const index_t w = task_output_width(t);
-      for (index_t i = 0; i < B; ++i) {
-        const T* o = ws.out[k].data() + i * w;
-        T* p = out.data() + i * C + col;
-        if (t.type == TaskType::Regression) {
-          p[0] = o[0];
-        } else if (t.type == TaskType::Retrieval) {
-          for (index_t j = 0; j < w; ++j) p[j] = o[j];  // the query vector
-        } else if (t.type == TaskType::MultiClass) {
-          kernels::softmax_forward(kernels::backend{}, p, o, 1, w);
-        } else if (config_.architecture == Architecture::ESMM && k == 1) {
-          p[0] = sigmoid(ws.out[0].data()[i]) * sigmoid(o[0]);  // pCTCVR = pCTR * pCVR
-        } else {
-          p[0] = sigmoid(o[0]);
-        }
-      }
+      const T* o = ws.out[k].data();  // (B,w)
+      if (t.type == TaskType::Regression || t.type == TaskType::Retrieval)  // values; a retrieval query vector
+        kernels::output_transform(kernels::backend{}, out.data(), C, col, o, B, w, kernels::OutputKind::Identity);
+      else if (t.type == TaskType::MultiClass)
+        kernels::output_transform(kernels::backend{}, out.data(), C, col, o, B, w, kernels::OutputKind::Softmax);
+      else if (config_.architecture == Architecture::ESMM && k == 1)
+        kernels::sigmoid_product(kernels::backend{}, out.data(), C, col, ws.out[0].data(), o, B);  // pCTCVR = pCTR * pCVR
+      else
+        kernels::output_transform(kernels::backend{}, out.data(), C, col, o, B, w, kernels::OutputKind::Sigmoid);
       col += w;
     }
-    if (config_.architecture == Architecture::ESMM)
-      for (index_t i = 0; i < B; ++i) out.data()[i * C + col] = sigmoid(ws.out[1].data()[i]);
+    if (config_.architecture == Architecture::ESMM)  // pCVR
+      kernels::output_transform(kernels::backend{}, out.data(), C, col, ws.out[1].data(), B, 1,
+                                kernels::OutputKind::Sigmoid);
   }
 
   // Checks a whole data set once, before training or evaluating on it:
@@ -4891,7 +7670,6 @@ class MultiTaskModel {
   }
 
  private:
-  static T sigmoid(T x) { return T(1) / (T(1) + std::exp(-x)); }
 
   static std::uint64_t next_instance_id() {
     static std::atomic<std::uint64_t> next{1};
@@ -4990,7 +7768,12 @@ class MultiTaskModel {
     rw.rows.resize({B});
     rw.keys.resize({B, D});
     rw.d_keys.resize({B, D});
-    const T* e = store_->value(table);
+    // Batch preparation (host): the target row of every batch row (row 0 as
+    // a placeholder where unlabelled), and the labelled rows' positions and
+    // targets, which backward scatters into.
+    rw.positions.resize({B});
+    rw.targets.resize({B});
+    index_t n_lab = 0;
     for (index_t i = 0; i < B; ++i) {
       index_t r = 0;
       if (!m || m[i]) {
@@ -4998,31 +7781,32 @@ class MultiTaskModel {
           fail(op, "retrieval task '", t.name, "' label[", i, "] expected a row of table '", t.target_table,
                "' in [0, ", rows, ") but got ", y[i]);
         r = static_cast<index_t>(y[i]);
+        rw.positions[n_lab] = i;
+        rw.targets[n_lab++] = r;
       }
       rw.rows[i] = r;
-      std::memcpy(rw.keys.data() + i * D, e + r * D, sizeof(T) * static_cast<std::size_t>(D));
     }
+    rw.positions.resize({n_lab});
+    rw.targets.resize({n_lab});
+    kernels::gather_rows(kernels::backend{}, rw.keys.data(), store_->value(table), rw.rows.data(), B, D);  // keys (B,D)
     return in_batch_softmax(d, rw.d_keys.data(), q, rw.keys.data(), B, D, t.temperature,
                             static_cast<const T*>(nullptr), m, w, &rw.softmax);
   }
 
   // table.grad[target row of i] += c * dL/d key_i for the labelled rows only:
   // an unlabelled row's placeholder row is neither updated nor marked touched.
-  void retrieval_keys_backward(Workspace& ws, const Batch<T>& batch, std::size_t k, T c) const {
-    const auto& rw = ws.retrieval[k];
+  void retrieval_keys_backward(Workspace& ws, std::size_t k, T c) const {
+    auto& rw = ws.retrieval[k];
     const ParamId table = target_table_[k];
-    const index_t D = config_.tasks[k].target_dim;
-    const bool masked = !batch.label_mask.empty() && !batch.label_mask[k].empty();
-    T* g = store_->grad(table);
+    const index_t D = config_.tasks[k].target_dim, n = rw.targets.numel();
+    rw.d_targets.resize({n, D});
+    // d_targets (n,D) = c * d_keys[positions]; table.grad[targets] += d_targets
+    kernels::gather_rows(kernels::backend{}, rw.d_targets.data(), rw.d_keys.data(), rw.positions.data(), n, D);
+    kernels::scale(kernels::backend{}, rw.d_targets.data(), rw.d_targets.data(), n * D, c);
     TouchedRows& touched = store_->touched(table);
-    for (index_t i = 0; i < ws.B; ++i) {
-      if (masked && !batch.label_mask[k][std::size_t(i)]) continue;
-      const index_t r = rw.rows[i];
-      touched.mark(r);
-      T* gr = g + r * D;
-      const T* dk = rw.d_keys.data() + i * D;
-      for (index_t j = 0; j < D; ++j) gr[j] += c * dk[j];
-    }
+    touched.mark_all(rw.targets.data(), n);
+    kernels::scatter_add_rows(kernels::backend{}, store_->grad(table), touched.flag.data(), rw.d_targets.data(),
+                              rw.targets.data(), n, D);
   }
 
   // ---- construction ----------------------------------------------------------
@@ -5263,12 +8047,10 @@ class MultiTaskModel {
 
   // Writes a (B, w) block into columns [col, col + w) of X.
   static void put_columns(Tensor<T>& X, index_t col, const T* src, index_t B, index_t w) {
-    const index_t F = X.dim(1);
-    for (index_t i = 0; i < B; ++i) std::memcpy(X.data() + i * F + col, src + i * w, sizeof(T) * std::size_t(w));
+    kernels::copy_columns(kernels::backend{}, X.data(), X.dim(1), col, src, w, 0, B, w);
   }
   static void take_columns(T* dst, const Tensor<T>& X, index_t col, index_t B, index_t w) {
-    const index_t F = X.dim(1);
-    for (index_t i = 0; i < B; ++i) std::memcpy(dst + i * w, X.data() + i * F + col, sizeof(T) * std::size_t(w));
+    kernels::copy_columns(kernels::backend{}, dst, w, 0, X.data(), X.dim(1), col, B, w);
   }
 
   const TableSpec& table_spec(const std::string& field, const std::string& table) const {
@@ -5287,35 +8069,25 @@ class MultiTaskModel {
     return buf.view();
   }
 
-  void features_forward(Workspace& ws, const Batch<T>& b, const Mode& mode) const {
+  // Batch preparation, on the host, once per batch: everything that needs
+  // the raw batch or data-dependent control flow — hashing raw IDs into
+  // rows, the valid positions of each sequence and their starts in the
+  // packed layout. The numeric forward and backward then read only these
+  // workspace buffers and the batch's dense arrays.
+  void prepare_batch(Workspace& ws, const Batch<T>& b) const {
     const FeatureSpec& f = config_.features;
     const index_t B = b.size;
-    index_t col = 0;
-    for (std::size_t i = 0; i < f.ids.size(); ++i) {
-      const index_t d = f.ids[i].dim;
-      ws.id_emb[i].resize({B, d});
-      id_layers_[i].forward(ws.id_ctx[i], rows_for(b.ids[i], table_spec(f.ids[i].name, f.ids[i].table), ws.id_rows[i]),
-                            ws.id_emb[i].view());
-      put_columns(ws.X, col, ws.id_emb[i].data(), B, d);
-      col += d;
-    }
-    for (std::size_t i = 0; i < f.bags.size(); ++i) {
-      const index_t d = f.bags[i].dim;
-      const auto& bag = b.bags[i];
-      ws.bag_emb[i].resize({B, d});
-      ConstView<T> w = f.bags[i].weighted ? ConstView<T>(bag.weights.data(), {index_t(bag.weights.size())})
-                                          : ConstView<T>();
-      bag_layers_[i].forward(ws.bag_ctx[i], rows_for(bag.ids, table_spec(f.bags[i].name, f.bags[i].table), ws.bag_rows[i]),
-                             ConstView<index_t>(bag.offsets.data(), {B + 1}), w, ws.bag_emb[i].view());
-      put_columns(ws.X, col, ws.bag_emb[i].data(), B, d);
-      col += d;
-    }
+    ws.id_view.resize(f.ids.size());
+    for (std::size_t i = 0; i < f.ids.size(); ++i)
+      ws.id_view[i] = rows_for(b.ids[i], table_spec(f.ids[i].name, f.ids[i].table), ws.id_rows[i]);
+    ws.bag_view.resize(f.bags.size());
+    for (std::size_t i = 0; i < f.bags.size(); ++i)
+      ws.bag_view[i] = rows_for(b.bags[i].ids, table_spec(f.bags[i].name, f.bags[i].table), ws.bag_rows[i]);
     for (std::size_t i = 0; i < f.sequences.size(); ++i) {
       const SequenceFeature& sf = f.sequences[i];
-      const SequenceEncoder& enc = seq_layers_[i];
       auto& sw = ws.seq[i];
       const auto& s = b.sequences[i];
-      const index_t L = sf.max_len, D = sf.encoder.d_model;
+      const index_t L = sf.max_len;
       const TableSpec& ts = table_spec(sf.name, sf.table);
       sw.lengths.resize({B});
       std::copy(s.lengths.begin(), s.lengths.end(), sw.lengths.data());
@@ -5330,16 +8102,43 @@ class MultiTaskModel {
           const index_t id = s.ids[r * L + t];
           sw.valid_ids[v++] = ts.hashed ? hash_bucket(std::uint64_t(id), ts.rows, salt) : id;
         }
+      sw.starts.resize({B});
+      kernels::packed_starts(kernels::backend{}, sw.starts.data(), sw.lengths.data(), B);
+    }
+  }
+
+  void features_forward(Workspace& ws, const Batch<T>& b, const Mode& mode) const {
+    const FeatureSpec& f = config_.features;
+    const index_t B = b.size;
+    index_t col = 0;
+    for (std::size_t i = 0; i < f.ids.size(); ++i) {
+      const index_t d = f.ids[i].dim;
+      ws.id_emb[i].resize({B, d});
+      id_layers_[i].forward(ws.id_ctx[i], ws.id_view[i], ws.id_emb[i].view());
+      put_columns(ws.X, col, ws.id_emb[i].data(), B, d);
+      col += d;
+    }
+    for (std::size_t i = 0; i < f.bags.size(); ++i) {
+      const index_t d = f.bags[i].dim;
+      const auto& bag = b.bags[i];
+      ws.bag_emb[i].resize({B, d});
+      ConstView<T> w = f.bags[i].weighted ? ConstView<T>(bag.weights.data(), {index_t(bag.weights.size())})
+                                          : ConstView<T>();
+      bag_layers_[i].forward(ws.bag_ctx[i], ws.bag_view[i], ConstView<index_t>(bag.offsets.data(), {B + 1}), w,
+                             ws.bag_emb[i].view());
+      put_columns(ws.X, col, ws.bag_emb[i].data(), B, d);
+      col += d;
+    }
+    for (std::size_t i = 0; i < f.sequences.size(); ++i) {
+      const SequenceFeature& sf = f.sequences[i];
+      const SequenceEncoder& enc = seq_layers_[i];
+      auto& sw = ws.seq[i];
+      const index_t L = sf.max_len, D = sf.encoder.d_model;
+      const index_t n_valid = sw.valid_ids.numel();
       sw.compact.resize({n_valid, D});
       sw.emb.resize({B, L, D});
       sw.hidden.resize({B, L, D});
       sw.pooled.resize({B, D});
-      sw.starts.resize({B});
-      v = 0;
-      for (index_t r = 0; r < B; ++r) {
-        sw.starts[r] = v;
-        v += s.lengths[r];
-      }
       enc.items.forward(sw.items, sw.valid_ids.view(), sw.compact.view());
       // valid positions copied, padded ones zeroed (an empty sequence copies nothing)
       unpack_sequences(sw.emb.data(), sw.compact.data(), sw.lengths.data(), sw.starts.data(), B, L, D);
@@ -5431,15 +8230,9 @@ class MultiTaskModel {
     gw.out.resize({B, De});
     g.proj.forward(gw.proj, x, gw.probs.view());
     kernels::softmax_forward(kernels::backend{}, gw.probs.data(), gw.probs.data(), B, M);
-    parallel_for(B, double(M * De), [&](index_t i) {
-      T* o = gw.out.data() + i * De;
-      std::fill(o, o + De, T(0));
-      for (index_t m = 0; m < M; ++m) {
-        const T p = gw.probs[i * M + m];
-        const T* e = lw.expert_out[std::size_t(g.experts[std::size_t(m)])].data() + i * De;
-        for (index_t c = 0; c < De; ++c) o[c] += p * e[c];
-      }
-    });
+    gw.experts.resize(std::size_t(M));
+    for (index_t m = 0; m < M; ++m) gw.experts[std::size_t(m)] = lw.expert_out[std::size_t(g.experts[std::size_t(m)])].data();
+    kernels::gate_mix_forward(kernels::backend{}, gw.out.data(), gw.experts.data(), gw.probs.data(), B, M, De);  // out (B,De)
   }
 
   // d experts += p_m * d_out; d_in += gate_proj^T (softmax' <d_out, E_m>)
@@ -5447,20 +8240,10 @@ class MultiTaskModel {
                      Tensor<T>& scratch) const {
     const index_t B = gw.probs.dim(0), M = gw.probs.dim(1), De = config_.expert.back();
     gw.d_probs.resize({B, M});
-    for (index_t m = 0; m < M; ++m) {
-      T* de = lw.d_expert_out[std::size_t(g.experts[std::size_t(m)])].data();
-      const T* e = lw.expert_out[std::size_t(g.experts[std::size_t(m)])].data();
-      parallel_for(B, double(De), [&](index_t i) {
-        const T p = gw.probs[i * M + m];
-        const T* d = gw.d_out.data() + i * De;
-        T dot = 0;
-        for (index_t c = 0; c < De; ++c) {
-          de[i * De + c] += p * d[c];
-          dot += d[c] * e[i * De + c];
-        }
-        gw.d_probs[i * M + m] = dot;
-      });
-    }
+    gw.d_experts.resize(std::size_t(M));
+    for (index_t m = 0; m < M; ++m) gw.d_experts[std::size_t(m)] = lw.d_expert_out[std::size_t(g.experts[std::size_t(m)])].data();
+    kernels::gate_mix_backward(kernels::backend{}, gw.d_experts.data(), gw.d_probs.data(), gw.d_out.data(),
+                               gw.experts.data(), gw.probs.data(), B, M, De);
     kernels::softmax_backward(kernels::backend{}, gw.d_probs.data(), gw.d_probs.data(), gw.probs.data(), B, M);
     scratch.resize({B, g.proj.in_features()});
     g.proj.backward(gw.proj, gw.d_probs.view(), scratch.view());
@@ -5499,12 +8282,12 @@ class MultiTaskModel {
         if (l + 1 == levels_.size() && coeff[k] == 0.0)
           gw.d_out.zero();
         else
-          std::memcpy(gw.d_out.data(), src, sizeof(T) * std::size_t(gw.d_out.numel()));
+          kernels::copy(kernels::backend{}, gw.d_out.data(), src, gw.d_out.numel());
       }
       if (lv.has_shared_gate) {
         lw.shared_gate.d_out.resize({B, config_.expert.back()});
-        std::memcpy(lw.shared_gate.d_out.data(), ws.levels[l + 1].d_shared_in.data(),
-                    sizeof(T) * std::size_t(lw.shared_gate.d_out.numel()));
+        kernels::copy(kernels::backend{}, lw.shared_gate.d_out.data(), ws.levels[l + 1].d_shared_in.data(),
+                      lw.shared_gate.d_out.numel());
       }
       for (auto& t : lw.d_expert_out) t.zero();
       for (auto& t : lw.d_task_in) t.zero();
@@ -5523,7 +8306,7 @@ class MultiTaskModel {
     }
     // Level 0 reads X for every input.
     auto& l0 = ws.levels[0];
-    std::memcpy(ws.dX.data(), l0.d_shared_in.data(), sizeof(T) * std::size_t(ws.dX.numel()));
+    kernels::copy(kernels::backend{}, ws.dX.data(), l0.d_shared_in.data(), ws.dX.numel());
     for (std::size_t k = 0; k < num_tasks(); ++k)
       kernels::residual_add(kernels::backend{}, ws.dX.data(), ws.dX.data(), l0.d_task_in[k].data(), ws.dX.numel());
   }
@@ -5534,7 +8317,7 @@ class MultiTaskModel {
   // the CTR tower's gradient).
   static LossResult esmm_ctcvr_loss(T* d_cvr, T* d_ctr, const T* a, const T* b, const T* y, const std::uint8_t* m,
                                     const T* w, index_t n) {
-    double num = 0, den = 0;
+    double den = 0;  // host: the denominator, from the batch's mask and weights
     index_t count = 0;
     for (index_t i = 0; i < n; ++i)
       if (!m || m[i]) {
@@ -5542,26 +8325,12 @@ class MultiTaskModel {
         ++count;
       }
     LossResult r{0.0, den, count};
-    std::fill(d_cvr, d_cvr + n, T(0));
-    std::fill(d_ctr, d_ctr + n, T(0));
-    if (den <= 0) return r;
-    for (index_t i = 0; i < n; ++i) {
-      if (m && !m[i]) continue;
-      const double wi = (w ? double(w[i]) : 1.0) / den;
-      const double sa = 1 / (1 + std::exp(-double(a[i]))), sb = 1 / (1 + std::exp(-double(b[i])));
-      const double log_sa = -std::log1p(std::exp(-std::fabs(double(a[i])))) - std::max(-double(a[i]), 0.0);
-      const double log_sb = -std::log1p(std::exp(-std::fabs(double(b[i])))) - std::max(-double(b[i]), 0.0);
-      const double log_p = log_sa + log_sb;
-      const double p = std::exp(log_p);
-      const double log_1mp = std::log(-std::expm1(std::min(log_p, -1e-300)));
-      const double yi = double(y[i]);
-      num += wi * -(yi * log_p + (1 - yi) * log_1mp);
-      // dL/dlog_sx = -y + (1-y) p / (1-p);  dlog_sa/da = 1 - sa
-      const double g = -yi + (1 - yi) * p / std::max(1 - p, 1e-300);
-      d_cvr[i] = T(wi * g * (1 - sb));
-      d_ctr[i] = T(wi * g * (1 - sa));
+    if (den <= 0) {
+      kernels::fill(kernels::backend{}, d_cvr, n, T(0));
+      kernels::fill(kernels::backend{}, d_ctr, n, T(0));
+      return r;
     }
-    r.value = num;
+    r.value = kernels::esmm_loss(kernels::backend{}, d_ctr, d_cvr, a, b, y, m, w, n, 1.0 / den);
     return r;
   }
 
@@ -5583,2487 +8352,7 @@ class MultiTaskModel {
 }  // namespace mtrec
 // ==== end mtrec/model/multitask.hpp ===========================================
 
-// ==== begin mtrec/data/csv.hpp ================================================
-// mtrec: reading CSV files and the small pieces of preprocessing that turn
-// their cells into model inputs — numbers, word tokens, item lists,
-// vocabularies with an out-of-vocabulary row, standardisation, seeded splits.
-//
-//   data::CsvTable t = data::CsvTable::read_file("train.csv");
-//   const std::size_t age = t.require_column("age", "--dense age");
-//   double x;
-//   if (!data::parse_number(t.cell(r, age), x)) t.fail_cell("my_op", r, age, "expected a number");
-//
-// The reader follows RFC 4180: a header row, fields separated by commas,
-// fields in double quotes may contain commas, line breaks and doubled quotes
-// (""), and lines may end in CRLF. It is lenient where the RFC is silent and
-// real files differ: a UTF-8 byte-order mark is skipped, empty lines are
-// skipped (as pandas does; a one-column file writes an empty value as ""),
-// a quote inside an unquoted field is an ordinary character, and the last
-// line need not end in a line break. Anything else malformed — a row with
-// more or fewer fields than the header, text after a closing quote, a quote
-// that never closes — is an error naming the file, the line and the column.
-//
-// The whole file is read into one buffer and cells are (offset, length)
-// pairs into it: a quoted field is unescaped in place (the unescaped text is
-// never longer), so reading allocates the buffer and two index vectors. The
-// vectors grow with the records actually read: what is reserved up front is
-// bounded by the bytes left after the header (a record of C fields takes at
-// least C - 1 delimiters and a line break), never by columns x line breaks,
-// which a wide header followed by many blank lines makes huge. No regex, no
-// per-cell strings.
-
-#include <charconv>
-#include <string_view>
-
-// ==== begin mtrec/io/atomic_file.hpp ==========================================
-// mtrec: all-or-nothing file writes and whole-file reads (POSIX / Linux).
-//
-//   io::AtomicFileWriter w(path);   // creates path + ".tmp.<pid>.<n>" beside it
-//   w.write(bytes, n); ...
-//   w.commit();                     // fsync, close, rename over `path`
-//
-// A reader of `path` sees either the old file or the complete new one, never
-// a prefix: the data goes to a temporary file in the same directory (rename
-// is only atomic within one file system) and is fsync'ed before the rename,
-// so a crash right after commit() cannot leave a renamed-but-empty file.
-// If anything fails, or the writer is destroyed without commit() (an
-// exception unwinding through the caller), the temporary file is removed
-// and the target is untouched.
-//
-// The new file gets mode 0666 & ~umask, like any newly created file; the
-// mode of a file it replaces is not carried over.
-//
-// Stale temporary files. A writer that is killed (SIGKILL, OOM killer, power
-// loss) cannot remove its temporary file, and a checkpoint-sized leftover per
-// kill adds up. So the constructor and commit() first remove the leftovers of
-// the SAME target: files in the target's directory named exactly
-// `<basename>.tmp.<pid>.<n>` (decimal <pid> > 0 and <n>) whose <pid> is not a
-// live process (kill(pid, 0) fails with ESRCH). Kept: every other name, the
-// files of live processes (this one included; a process of another user
-// answers EPERM and counts as live; so does a zombie that its parent has not
-// reaped yet), and anything that cannot be checked. Cleanup is best effort and
-// never throws; io::remove_stale_temp_files(path) runs it on demand and says
-// how many files it removed. Limits: a pid reused by an unrelated process
-// keeps its stale file until that process ends, and writers in another pid
-// namespace (a container sharing the directory) look dead from here: do not
-// point writers in different pid namespaces at the same target.
-
-#include <cerrno>
-
-#include <dirent.h>
-#include <fcntl.h>
-#include <signal.h>
-#include <sys/stat.h>
-#include <unistd.h>
-
-namespace mtrec {
-namespace io {
-
-namespace detail {
-inline std::string errno_text(int err) { return std::string(std::strerror(err)) + " (errno " + std::to_string(err) + ")"; }
-
-// Distinguishes temporary files of several writers in one process.
-inline std::atomic<std::uint64_t>& temp_counter() {
-  static std::atomic<std::uint64_t> n{0};
-  return n;
-}
-
-inline std::string parent_directory(const std::string& path) {
-  const std::size_t slash = path.find_last_of('/');
-  if (slash == std::string::npos) return ".";
-  if (slash == 0) return "/";
-  return path.substr(0, slash);
-}
-
-inline std::string base_name(const std::string& path) {
-  const std::size_t slash = path.find_last_of('/');
-  return slash == std::string::npos ? path : path.substr(slash + 1);
-}
-
-// If `name` is exactly `<base>.tmp.<pid>.<n>` (both decimal, pid > 0 and
-// within pid_t), stores the pid and returns true.
-inline bool parse_temp_name(const std::string& name, const std::string& base, long long& pid) {
-  const std::string prefix = base + ".tmp.";
-  if (name.size() <= prefix.size() || name.compare(0, prefix.size(), prefix) != 0) return false;
-  const std::size_t dot = name.find('.', prefix.size());
-  if (dot == std::string::npos) return false;
-  const std::size_t pid_len = dot - prefix.size(), n_len = name.size() - dot - 1;
-  if (pid_len == 0 || pid_len > 10 || n_len == 0 || n_len > 20) return false;
-  auto digits = [&](std::size_t from, std::size_t len) {
-    for (std::size_t i = from; i < from + len; ++i)
-      if (name[i] < '0' || name[i] > '9') return false;
-    return true;
-  };
-  if (!digits(prefix.size(), pid_len) || !digits(dot + 1, n_len)) return false;
-  long long v = 0;
-  for (std::size_t i = prefix.size(); i < dot; ++i) v = v * 10 + (name[i] - '0');
-  // kill(0, ...) and kill(-1, ...) address groups of processes: never valid here.
-  if (v <= 0 || v > 0x7fffffffLL) return false;
-  pid = v;
-  return true;
-}
-}  // namespace detail
-
-// Removes the temporary files that killed AtomicFileWriters of `path` left
-// behind (see the header comment for exactly which). Best effort, never
-// throws; returns how many files it removed.
-inline std::size_t remove_stale_temp_files(const std::string& path) noexcept {
-  try {
-    const std::string base = detail::base_name(path);
-    if (base.empty()) return 0;
-    const std::string dir = detail::parent_directory(path);
-    DIR* d = ::opendir(dir.c_str());
-    if (!d) return 0;
-    std::vector<std::string> stale;
-    const long long self = ::getpid();
-    while (const dirent* e = ::readdir(d)) {
-      const std::string name = e->d_name;
-      long long pid = 0;
-      if (!detail::parse_temp_name(name, base, pid) || pid == self) continue;
-      if (::kill(static_cast<pid_t>(pid), 0) == -1 && errno == ESRCH) stale.push_back(name);
-    }
-    (void)::closedir(d);
-    std::size_t removed = 0;
-    const std::string sep = dir == "/" ? "" : "/";
-    for (const std::string& name : stale)
-      if (::unlink((dir + sep + name).c_str()) == 0) ++removed;
-    return removed;
-  } catch (...) {  // std::bad_alloc: cleanup is optional
-    return 0;
-  }
-}
-
-class AtomicFileWriter {
- public:
-  explicit AtomicFileWriter(std::string path) : path_(std::move(path)) {
-    check(!path_.empty(), "AtomicFileWriter", "empty path");
-    (void)remove_stale_temp_files(path_);
-    // O_EXCL: never write into a file someone else created under our name
-    // (a stale temporary from a crashed process with the same pid, say).
-    for (int attempt = 0; attempt < 100; ++attempt) {
-      temp_ = path_ + ".tmp." + std::to_string(::getpid()) + "." + std::to_string(detail::temp_counter()++);
-      fd_ = ::open(temp_.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
-      if (fd_ >= 0) return;
-      if (errno != EEXIST) break;
-    }
-    const int err = errno;
-    fail("AtomicFileWriter", "cannot write '", path_, "': creating the temporary file '", temp_,
-         "' failed: ", detail::errno_text(err));
-  }
-  AtomicFileWriter(const AtomicFileWriter&) = delete;
-  AtomicFileWriter& operator=(const AtomicFileWriter&) = delete;
-  ~AtomicFileWriter() { abort(); }
-
-  const std::string& path() const { return path_; }
-  const std::string& temp_path() const { return temp_; }
-
-  // Writes all n bytes (looping over partial writes and EINTR).
-  void write(const void* data, std::size_t n) {
-    check(fd_ >= 0, "AtomicFileWriter::write", "the writer for '", path_, "' is already committed or aborted");
-    const char* p = static_cast<const char*>(data);
-    while (n > 0) {
-      // Linux transfers at most 0x7ffff000 bytes per call; ask for no more.
-      const std::size_t chunk = n < (std::size_t(1) << 30) ? n : (std::size_t(1) << 30);
-      const ssize_t w = ::write(fd_, p, chunk);
-      if (w < 0) {
-        if (errno == EINTR) continue;
-        fail_and_abort("AtomicFileWriter::write", "writing", errno);
-      }
-      if (w == 0) fail_and_abort("AtomicFileWriter::write", "writing (no progress)", EIO);
-      p += w;
-      n -= std::size_t(w);
-      written_ += std::uint64_t(w);
-    }
-  }
-
-  std::uint64_t bytes_written() const { return written_; }
-
-  // fsync + close + rename over the target. After it returns, `path` holds
-  // exactly the bytes written.
-  void commit() {
-    check(fd_ >= 0, "AtomicFileWriter::commit", "the writer for '", path_, "' is already committed or aborted");
-    if (::fsync(fd_) != 0) fail_and_abort("AtomicFileWriter::commit", "fsync of the temporary file", errno);
-    // close() can report a deferred write error (NFS, quota): it counts.
-    const int rc = ::close(fd_);
-    fd_ = -1;
-    if (rc != 0) fail_and_abort("AtomicFileWriter::commit", "closing the temporary file", errno);
-    if (::rename(temp_.c_str(), path_.c_str()) != 0)
-      fail_and_abort("AtomicFileWriter::commit", "renaming the temporary file over it", errno);
-    temp_.clear();  // now the target: abort() must not remove it
-    // Writers killed while this one wrote (the constructor cleaned up before).
-    (void)remove_stale_temp_files(path_);
-    // Make the rename itself durable. Best effort: the file is complete and
-    // in place already, and a failure here cannot be rolled back.
-    const int dfd = ::open(detail::parent_directory(path_).c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (dfd >= 0) {
-      (void)::fsync(dfd);
-      (void)::close(dfd);
-    }
-  }
-
-  // Closes and removes the temporary file; the target is untouched. Safe to
-  // call more than once and after commit().
-  void abort() noexcept {
-    if (fd_ >= 0) {
-      (void)::close(fd_);
-      fd_ = -1;
-    }
-    if (!temp_.empty()) {
-      (void)::unlink(temp_.c_str());
-      temp_.clear();
-    }
-  }
-
- private:
-  [[noreturn]] void fail_and_abort(const char* op, const char* step, int err) {
-    const std::string temp = temp_;
-    abort();
-    fail(op, "cannot write '", path_, "': ", step, " ('", temp, "') failed: ", detail::errno_text(err));
-  }
-
-  std::string path_;
-  std::string temp_;
-  int fd_ = -1;
-  std::uint64_t written_ = 0;
-};
-
-// Reads a whole regular file. Errors start with `op` and name the path and
-// the errno text.
-inline std::vector<std::uint8_t> read_file_bytes(const std::string& path, const char* op = "read_file_bytes") {
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) {
-    const int err = errno;
-    fail(op, "cannot open '", path, "': ", detail::errno_text(err));
-  }
-  struct Closer {
-    int fd;
-    ~Closer() { (void)::close(fd); }
-  } closer{fd};
-  struct stat st;
-  if (::fstat(fd, &st) != 0) {
-    const int err = errno;
-    fail(op, "cannot stat '", path, "': ", detail::errno_text(err));
-  }
-  check(S_ISREG(st.st_mode), op, "'", path, "' is not a regular file");
-  std::vector<std::uint8_t> bytes(static_cast<std::size_t>(st.st_size));
-  std::size_t got = 0;
-  while (got < bytes.size()) {
-    const std::size_t chunk = std::min<std::size_t>(bytes.size() - got, std::size_t(1) << 30);
-    const ssize_t r = ::read(fd, bytes.data() + got, chunk);
-    if (r < 0) {
-      if (errno == EINTR) continue;
-      const int err = errno;
-      fail(op, "cannot read '", path, "': ", detail::errno_text(err));
-    }
-    // The file shrank while we read it: a concurrent writer not using AtomicFileWriter.
-    if (r == 0)
-      fail(op, "'", path, "' ended after ", got, " bytes but its size was ", bytes.size(),
-           " (modified while reading?)");
-    got += std::size_t(r);
-  }
-  return bytes;
-}
-
-}  // namespace io
-}  // namespace mtrec
-// ==== end mtrec/io/atomic_file.hpp ============================================
-
-namespace mtrec {
-namespace data {
-
-// ---- numbers -----------------------------------------------------------------
-
-namespace detail {
-inline bool is_blank(char c) { return c == ' ' || c == '\t'; }
-inline std::string_view trim(std::string_view s) {
-  while (!s.empty() && is_blank(s.front())) s.remove_prefix(1);
-  while (!s.empty() && is_blank(s.back())) s.remove_suffix(1);
-  return s;
-}
-// A cell quoted for a message: at most 40 characters, so that a runaway
-// quoted field does not flood the terminal.
-inline std::string shown(std::string_view s) {
-  if (s.size() <= 40) return "'" + std::string(s) + "'";
-  return "'" + std::string(s.substr(0, 37)) + "...' (" + std::to_string(s.size()) + " characters)";
-}
-}  // namespace detail
-
-// A finite decimal number, surrounding blanks allowed ("3", " -2.5e3 ",
-// "+1"). Rejects empty text, trailing characters, nan and inf: a non-finite
-// feature or label would only surface later as a NaN loss.
-inline bool parse_number(std::string_view s, double& out) {
-  s = detail::trim(s);
-  if (!s.empty() && s.front() == '+') {
-    s.remove_prefix(1);
-    if (s.empty() || s.front() == '-' || s.front() == '+') return false;
-  }
-  if (s.empty()) return false;
-  double v = 0;
-  const auto r = std::from_chars(s.data(), s.data() + s.size(), v, std::chars_format::general);
-  if (r.ec != std::errc() || r.ptr != s.data() + s.size() || !std::isfinite(v)) return false;
-  out = v;
-  return true;
-}
-
-// A decimal integer that fits in 64 bits, surrounding blanks allowed.
-inline bool parse_integer(std::string_view s, long long& out) {
-  s = detail::trim(s);
-  if (!s.empty() && s.front() == '+') {
-    s.remove_prefix(1);
-    if (s.empty() || s.front() == '-' || s.front() == '+') return false;
-  }
-  if (s.empty()) return false;
-  long long v = 0;
-  const auto r = std::from_chars(s.data(), s.data() + s.size(), v, 10);
-  if (r.ec != std::errc() || r.ptr != s.data() + s.size()) return false;
-  out = v;
-  return true;
-}
-
-// ---- the CSV table -------------------------------------------------------------
-
-class CsvTable {
- public:
-  static constexpr std::size_t npos = static_cast<std::size_t>(-1);
-
-  // Reads and parses a file; `source` in messages is the path.
-  static CsvTable read_file(const std::string& path, char delimiter = ',') {
-    const std::vector<std::uint8_t> bytes = io::read_file_bytes(path, "read_csv");
-    return parse(std::string(bytes.begin(), bytes.end()), path, delimiter);
-  }
-
-  // Parses text already in memory; `source` names it in messages.
-  static CsvTable parse(std::string text, std::string source = "<memory>", char delimiter = ',') {
-    check(delimiter != '"' && delimiter != '\n' && delimiter != '\r', "read_csv",
-          "expected a delimiter other than a quote or a line break but got ", int(delimiter));
-    CsvTable t;
-    t.source_ = std::move(source);
-    t.buf_ = std::move(text);
-    t.delim_ = delimiter;
-    t.parse_all();
-    return t;
-  }
-
-  const std::string& source() const { return source_; }
-  const std::vector<std::string>& header() const { return header_; }
-  std::size_t rows() const { return line_.size(); }
-  std::size_t cols() const { return cols_; }
-
-  // The unescaped text of a cell (a view into the table's buffer).
-  std::string_view cell(std::size_t row, std::size_t col) const {
-    const std::size_t i = row * cols_ + col;
-    return std::string_view(buf_.data() + begin_[i], size_[i]);
-  }
-  // The 1-based line of the file on which the row starts (the header is on
-  // line 1 unless empty lines precede it).
-  std::size_t line(std::size_t row) const { return line_[row]; }
-  std::size_t header_line() const { return header_line_; }
-
-  // Index of the column named `name`, or npos.
-  std::size_t find_column(std::string_view name) const {
-    std::size_t found = npos;
-    for (std::size_t c = 0; c < cols_; ++c)
-      if (header_[c] == name) {
-        check(found == npos, "read_csv", "'", source_, "' line ", header_line_, ": column name '", name,
-              "' appears twice in the header (columns #", found + 1, " and #", c + 1, ")");
-        found = c;
-      }
-    return found;
-  }
-  // Index of the column named `name`; `wanted_by` (a flag, say) explains
-  // why it must be there.
-  std::size_t require_column(std::string_view name, std::string_view wanted_by = {}) const {
-    const std::size_t c = find_column(name);
-    if (c != npos) return c;
-    std::string have;
-    for (const auto& h : header_) have += (have.empty() ? "'" : ", '") + h + "'";
-    fail("read_csv", "'", source_, "' line ", header_line_, " (header): no column '", name, "'",
-         wanted_by.empty() ? std::string() : " (needed by " + std::string(wanted_by) + ")",
-         "; the header has ", cols_, " columns: ", have);
-  }
-
-  // Throws Error(op, "'file' line L, column 'name' (#c): " + parts).
-  template <class... Parts>
-  [[noreturn]] void fail_cell(const char* op, std::size_t row, std::size_t col, const Parts&... parts) const {
-    fail(op, "'", source_, "' line ", line_[row], ", column '", header_[col], "' (#", col + 1, "): ", parts...);
-  }
-
- private:
-  template <class... Parts>
-  [[noreturn]] void fail_line(std::size_t line, const Parts&... parts) const {
-    fail("read_csv", "'", source_, "' line ", line, ": ", parts...);
-  }
-
-  // "column #3 'click'" once the header is known, else "column #3".
-  std::string column_desc(std::size_t field_no) const {
-    std::string s = "column #" + std::to_string(field_no);
-    if (field_no <= header_.size()) s += " '" + header_[field_no - 1] + "'";
-    return s;
-  }
-
-  bool line_end_at(std::size_t p) const {
-    const std::size_t n = buf_.size();
-    return p >= n || buf_[p] == '\n' || (buf_[p] == '\r' && (p + 1 == n || buf_[p + 1] == '\n'));
-  }
-
-  void parse_all() {
-    const std::size_t n = buf_.size();
-    std::size_t pos = 0, line = 1;
-    if (n >= 3 && std::memcmp(buf_.data(), "\xEF\xBB\xBF", 3) == 0) pos = 3;
-    std::vector<std::size_t> fb;      // fields of the current record: begin
-    std::vector<std::uint32_t> fs;    // and size
-    bool have_header = false;
-    char* b = &buf_[0];
-    while (pos < n) {
-      // Empty lines are skipped.
-      if (b[pos] == '\n') {
-        ++pos;
-        ++line;
-        continue;
-      }
-      if (b[pos] == '\r' && pos + 1 < n && b[pos + 1] == '\n') {
-        pos += 2;
-        ++line;
-        continue;
-      }
-      const std::size_t record_line = line;
-      fb.clear();
-      fs.clear();
-      for (;;) {
-        const std::size_t field_no = fb.size() + 1;
-        std::size_t start = pos, end = pos;
-        if (pos < n && b[pos] == '"') {
-          // Quoted: unescape in place; `end` trails `pos` once a "" is seen.
-          const std::size_t quote_line = line;
-          start = end = ++pos;
-          for (;;) {
-            if (pos >= n)
-              fail_line(quote_line, column_desc(field_no), " opens a quote that is never closed (reached the end of the file)");
-            const char c = b[pos];
-            if (c == '"') {
-              if (pos + 1 < n && b[pos + 1] == '"') {
-                b[end++] = '"';
-                pos += 2;
-                continue;
-              }
-              ++pos;
-              break;
-            }
-            if (c == '\n') ++line;
-            b[end++] = c;
-            ++pos;
-          }
-          if (!(pos >= n || b[pos] == delim_ || line_end_at(pos))) {
-            std::size_t e = pos;
-            while (e < n && e < pos + 20 && b[e] != '\n' && b[e] != '\r') ++e;
-            fail_line(line, column_desc(field_no), " has ", detail::shown(std::string_view(b + pos, e - pos)),
-                      " after its closing quote; expected '", delim_, "' or the end of the line");
-          }
-        } else {
-          while (pos < n && b[pos] != delim_ && b[pos] != '\n') ++pos;
-          end = pos;
-          if (end > start && b[end - 1] == '\r' && (pos >= n || b[pos] == '\n')) --end;  // CRLF
-        }
-        if (end - start > 0xFFFFFFFFull) fail_line(record_line, column_desc(field_no), " is larger than 4 GiB");
-        fb.push_back(start);
-        fs.push_back(std::uint32_t(end - start));
-        if (pos < n && b[pos] == delim_) {
-          ++pos;
-          continue;
-        }
-        // End of the record: skip its line break.
-        if (pos < n && b[pos] == '\r') ++pos;
-        if (pos < n && b[pos] == '\n') {
-          ++pos;
-          ++line;
-        }
-        break;
-      }
-      if (!have_header) {
-        have_header = true;
-        header_line_ = record_line;
-        cols_ = fb.size();
-        header_.reserve(cols_);
-        for (std::size_t i = 0; i < cols_; ++i) header_.emplace_back(b + fb[i], fs[i]);
-        // A record of cols_ fields takes at least cols_ bytes (cols_ - 1
-        // delimiters and a line break, or one character and a line break
-        // when cols_ is 1, as blank lines are skipped), so the bytes left
-        // bound the records: the reservation is at most about 12 bytes per
-        // byte of the file, however many line breaks it has.
-        const std::size_t bound = (n - pos) / std::max<std::size_t>(cols_, 2) + 1;
-        line_.reserve(bound);
-        begin_.reserve(bound * cols_);
-        size_.reserve(bound * cols_);
-        continue;
-      }
-      if (fb.size() != cols_) {
-        if (fb.size() < cols_)
-          fail_line(record_line, "expected ", cols_, " fields as in the header but got ", fb.size(), " (column #",
-                    fb.size() + 1, " '", header_[fb.size()], "' is missing)");
-        fail_line(record_line, "expected ", cols_, " fields as in the header but got ", fb.size(),
-                  " (extra field at column #", cols_ + 1, ")");
-      }
-      begin_.insert(begin_.end(), fb.begin(), fb.end());
-      size_.insert(size_.end(), fs.begin(), fs.end());
-      line_.push_back(record_line);
-    }
-    if (!have_header) fail("read_csv", "'", source_, "' line 1, column 1: the file is empty; expected a header row");
-  }
-
-  std::string source_;
-  std::string buf_;
-  char delim_ = ',';
-  std::vector<std::string> header_;
-  std::size_t cols_ = 0, header_line_ = 1;
-  std::vector<std::size_t> begin_;   // (rows * cols) offsets into buf_
-  std::vector<std::uint32_t> size_;  // (rows * cols)
-  std::vector<std::size_t> line_;    // (rows)
-};
-
-// Appends one field to a CSV line, quoted when it holds a delimiter, a
-// quote, a line break or surrounding blanks (which readers would trim).
-inline void append_csv_field(std::string& out, std::string_view s, char delimiter = ',') {
-  bool quote = !s.empty() && (detail::is_blank(s.front()) || detail::is_blank(s.back()));
-  for (char c : s)
-    if (c == delimiter || c == '"' || c == '\n' || c == '\r') {
-      quote = true;
-      break;
-    }
-  if (!quote) {
-    out.append(s.data(), s.size());
-    return;
-  }
-  out += '"';
-  for (char c : s) {
-    if (c == '"') out += '"';
-    out += c;
-  }
-  out += '"';
-}
-
-// ---- tokens and item lists -------------------------------------------------------
-
-namespace detail {
-inline bool is_word_byte(unsigned char c) {
-  // ASCII letters and digits, and every non-ASCII byte: only ASCII
-  // punctuation and space separate words, so UTF-8 words stay whole.
-  return (c >= '0' && c <= '9') || ((c | 0x20) >= 'a' && (c | 0x20) <= 'z') || c >= 0x80;
-}
-}  // namespace detail
-
-// Calls fn(word) for the lower-cased words of `text` — maximal runs of ASCII
-// letters, digits and non-ASCII bytes — up to `max_words` of them (0 = all).
-// `scratch` holds the lower-cased word passed to fn. Returns the count.
-template <class Fn>
-inline std::size_t for_each_word(std::string_view text, std::size_t max_words, std::string& scratch, Fn&& fn) {
-  std::size_t count = 0, i = 0;
-  const std::size_t n = text.size();
-  while (i < n && (max_words == 0 || count < max_words)) {
-    while (i < n && !detail::is_word_byte(static_cast<unsigned char>(text[i]))) ++i;
-    if (i >= n) break;
-    scratch.clear();
-    while (i < n && detail::is_word_byte(static_cast<unsigned char>(text[i]))) {
-      const char c = text[i++];
-      scratch += (c >= 'A' && c <= 'Z') ? char(c + ('a' - 'A')) : c;
-    }
-    fn(std::string_view(scratch));
-    ++count;
-  }
-  return count;
-}
-
-// The lower-cased words of `text`, at most max_words (0 = all).
-inline std::vector<std::string> tokenize_words(std::string_view text, std::size_t max_words = 0) {
-  std::vector<std::string> out;
-  std::string scratch;
-  for_each_word(text, max_words, scratch, [&](std::string_view w) { out.emplace_back(w); });
-  return out;
-}
-
-// Calls fn(item) for each item of a `sep`-separated list ("Action|Comedy"),
-// blanks around items trimmed; empty items are skipped, so an empty cell is
-// an empty list and "a||b" has two items.
-template <class Fn>
-inline void for_each_item(std::string_view cell, char sep, Fn&& fn) {
-  std::size_t start = 0;
-  while (start <= cell.size()) {
-    std::size_t end = cell.find(sep, start);
-    if (end == std::string_view::npos) end = cell.size();
-    const std::string_view item = detail::trim(cell.substr(start, end - start));
-    if (!item.empty()) fn(item);
-    start = end + 1;
-  }
-}
-
-inline std::vector<std::string> split_items(std::string_view cell, char sep) {
-  std::vector<std::string> out;
-  for_each_item(cell, sep, [&](std::string_view s) { out.emplace_back(s); });
-  return out;
-}
-
-// ---- vocabularies -------------------------------------------------------------------
-
-// 64-bit FNV-1a of the bytes: the raw ID of a string in a hashed field
-// (the model then mixes it with the table's salt into a bucket).
-inline std::uint64_t hash_string(std::string_view s) {
-  std::uint64_t h = 0xCBF29CE484222325ull;
-  for (unsigned char c : s) {
-    h ^= c;
-    h *= 0x100000001B3ull;
-  }
-  return h;
-}
-
-// Strings to embedding rows. Row 0 is reserved for values not in the
-// vocabulary (OOV); the i-th distinct token added gets row i + 1. An
-// open-addressing table of token indices: lookups by string_view allocate
-// nothing (std::unordered_map<std::string> would need a std::string per
-// lookup in C++17).
-class Vocabulary {
- public:
-  static constexpr index_t kOov = 0;
-
-  // The row of `token`, adding it if new.
-  index_t add(std::string_view token) {
-    if ((tokens_.size() + 1) * 2 > slots_.size()) grow();
-    const std::uint64_t h = hash_string(token);
-    std::size_t s = slot_of(token, h);
-    if (slots_[s] != 0) return index_t(slots_[s]);
-    tokens_.emplace_back(token);
-    hashes_.push_back(h);
-    slots_[s] = std::uint32_t(tokens_.size());
-    return index_t(tokens_.size());
-  }
-  // The row of `token`, or kOov when it is not in the vocabulary.
-  index_t find(std::string_view token) const {
-    if (slots_.empty()) return kOov;
-    return index_t(slots_[slot_of(token, hash_string(token))]);
-  }
-  bool contains(std::string_view token) const { return find(token) != kOov; }
-
-  std::size_t size() const { return tokens_.size(); }          // distinct tokens
-  index_t rows() const { return index_t(tokens_.size()) + 1; }  // embedding rows, OOV included
-  // The token of row r (1 <= r < rows()).
-  const std::string& token(index_t r) const {
-    check(r >= 1 && r < rows(), "Vocabulary::token", "expected a row in [1, ", rows(), ") but got ", r);
-    return tokens_[std::size_t(r - 1)];
-  }
-  // Tokens of rows 1, 2, ... in order.
-  const std::vector<std::string>& tokens() const { return tokens_; }
-
-  // Rebuilds a vocabulary from tokens() (the saved form); tokens must be distinct.
-  static Vocabulary from_tokens(const std::vector<std::string>& tokens) {
-    Vocabulary v;
-    for (const auto& t : tokens) {
-      const index_t before = v.rows();
-      check(v.add(t) == before, "Vocabulary::from_tokens", "expected distinct tokens but '", t, "' appears twice");
-    }
-    return v;
-  }
-
- private:
-  std::size_t slot_of(std::string_view token, std::uint64_t h) const {
-    const std::size_t mask = slots_.size() - 1;
-    for (std::size_t s = std::size_t(mix64(h)) & mask;; s = (s + 1) & mask) {
-      const std::uint32_t t = slots_[s];
-      if (t == 0 || (hashes_[t - 1] == h && tokens_[t - 1] == token)) return s;
-    }
-  }
-  void grow() {
-    check(tokens_.size() < 0x7FFFFFFFu, "Vocabulary::add", "more than 2^31 distinct tokens");
-    std::vector<std::uint32_t> old;
-    old.swap(slots_);
-    slots_.assign(std::max<std::size_t>(16, old.size() * 2), 0);
-    const std::size_t mask = slots_.size() - 1;
-    for (std::size_t t = 0; t < tokens_.size(); ++t) {
-      std::size_t s = std::size_t(mix64(hashes_[t])) & mask;
-      while (slots_[s] != 0) s = (s + 1) & mask;
-      slots_[s] = std::uint32_t(t + 1);
-    }
-  }
-
-  std::vector<std::string> tokens_;
-  std::vector<std::uint64_t> hashes_;
-  std::vector<std::uint32_t> slots_;  // 0 = empty, else token index + 1; a power of two, at most half full
-};
-
-// ---- standardisation ------------------------------------------------------------------
-
-// x -> (x - mean) / std with the mean and population standard deviation of
-// the training values; a constant column (std 0) keeps std 1, so it becomes
-// all zeros instead of dividing by zero.
-//
-// fit() uses Welford's one-pass update on the values divided by a power of
-// two at or above their largest magnitude, so neither the sum nor the squared deviations can
-// overflow for any finite input (1e200 included) and a large common offset
-// (timestamps, say) loses no precision to cancellation. A non-finite input is
-// an error, never a silent std of 1.
-struct Standardizer {
-  double mean = 0.0;
-  double sd = 1.0;  // never 0
-
-  static Standardizer fit(const double* x, std::size_t n) {
-    Standardizer s;
-    if (n == 0) return s;
-    double scale = 0;
-    for (std::size_t i = 0; i < n; ++i) {
-      check(std::isfinite(x[i]), "Standardizer::fit", "expected finite values but value #", i + 1, " is ", x[i]);
-      scale = std::max(scale, std::fabs(x[i]));
-    }
-    if (scale == 0) return Standardizer{0.0, 1.0};
-    // A power of two at or above the largest magnitude: dividing by it and
-    // multiplying back are exact.
-    int e = 0;
-    std::frexp(scale, &e);
-    scale = std::ldexp(1.0, std::min(e, 1023));  // 2^1023: the scaled values stay within [-2, 2]
-    double m = 0, m2 = 0;  // mean and sum of squared deviations of x / scale: |m| <= 2, m2 <= 4n
-    for (std::size_t i = 0; i < n; ++i) {
-      const double v = x[i] / scale;
-      const double d = v - m;
-      m += d / double(i + 1);
-      m2 += d * (v - m);
-    }
-    s.mean = m * scale;
-    const double sd = std::sqrt(std::max(0.0, m2) / double(n)) * scale;
-    s.sd = sd > 0 ? sd : 1.0;
-    check(std::isfinite(s.mean) && std::isfinite(s.sd), "Standardizer::fit", "expected a finite mean and std but got ",
-          s.mean, " and ", s.sd);
-    return s;
-  }
-  static Standardizer fit(const std::vector<double>& x) { return fit(x.data(), x.size()); }
-  double apply(double x) const { return (x - mean) / sd; }
-  double invert(double z) const { return z * sd + mean; }
-};
-
-// ---- splits -----------------------------------------------------------------------------
-
-struct SplitFractions {
-  double train = 1.0, valid = 0.0, test = 0.0;
-};
-
-// "0.8,0.1,0.1": three fractions in [0, 1], train > 0, summing to 1 within 1e-6.
-inline SplitFractions parse_split(std::string_view text) {
-  const char* op = "parse_split";
-  double v[3];
-  std::size_t k = 0, start = 0;
-  while (start <= text.size()) {
-    std::size_t end = text.find(',', start);
-    if (end == std::string_view::npos) end = text.size();
-    check(k < 3, op, "expected 3 comma-separated fractions (train,valid,test) but got more in '", text, "'");
-    check(parse_number(text.substr(start, end - start), v[k]), op, "fraction #", k + 1, " of '", text,
-          "' expected a number but got '", text.substr(start, end - start), "'");
-    check(v[k] >= 0 && v[k] <= 1, op, "fraction #", k + 1, " of '", text, "' expected in [0, 1] but got ", v[k]);
-    ++k;
-    start = end + 1;
-  }
-  check(k == 3, op, "expected 3 comma-separated fractions (train,valid,test) but got ", k, " in '", text, "'");
-  check(v[0] > 0, op, "expected a training fraction > 0 in '", text, "'");
-  const double sum = v[0] + v[1] + v[2];
-  check(std::fabs(sum - 1.0) <= 1e-6, op, "expected fractions summing to 1 (within 1e-6) but '", text, "' sums to ",
-        sum);
-  return {v[0], v[1], v[2]};
-}
-
-struct RowSplit {
-  std::vector<std::size_t> train, valid, test;  // each ascending (file order)
-};
-
-// A seeded random split of rows [0, n): a permutation (shuffle_indices,
-// so the same for a seed on every machine and thread count) cut at
-// round(train * n) and round((train + valid) * n). Cutting the cumulative
-// fractions keeps the three parts disjoint and complete whatever the
-// rounding; a fraction of 0 gives an empty part. Each part is then sorted so
-// that rows keep their file order.
-inline RowSplit split_rows(std::size_t n, const SplitFractions& f, std::uint64_t seed) {
-  const char* op = "split_rows";
-  check(f.train > 0 && f.valid >= 0 && f.test >= 0 && std::fabs(f.train + f.valid + f.test - 1.0) <= 1e-6, op,
-        "expected fractions >= 0 (train > 0) summing to 1 but got ", f.train, ",", f.valid, ",", f.test);
-  std::vector<std::size_t> perm(n);
-  for (std::size_t i = 0; i < n; ++i) perm[i] = i;
-  shuffle_indices(perm.data(), std::uint64_t(n), seed, 0x5B1D);
-  const auto cut = [&](double frac) {
-    return std::min<std::size_t>(n, std::size_t(std::llround(std::min(frac, 1.0) * double(n))));
-  };
-  const std::size_t b1 = cut(f.train);
-  std::size_t b2 = f.test == 0 ? n : std::max(b1, cut(f.train + f.valid));
-  if (f.valid == 0) b2 = b1;
-  RowSplit s;
-  s.train.assign(perm.begin(), perm.begin() + std::ptrdiff_t(b1));
-  s.valid.assign(perm.begin() + std::ptrdiff_t(b1), perm.begin() + std::ptrdiff_t(b2));
-  s.test.assign(perm.begin() + std::ptrdiff_t(b2), perm.end());
-  std::sort(s.train.begin(), s.train.end());
-  std::sort(s.valid.begin(), s.valid.end());
-  std::sort(s.test.begin(), s.test.end());
-  return s;
-}
-
-}  // namespace data
-}  // namespace mtrec
-// ==== end mtrec/data/csv.hpp ==================================================
-
-// ==== begin mtrec/data/synthetic.hpp ==========================================
-// mtrec: the synthetic two-task regression data of the MMoE paper
-// (Ma et al., KDD 2018, section 3.2), with a controlled task correlation.
-//
-//   u1, u2   orthogonal unit vectors in R^d
-//   w1 = c u1,  w2 = c (p u1 + sqrt(1 - p^2) u2)      p: the correlation score
-//   x ~ N(0, I_d)
-//   y_k = w_k.x + sum_{i<m} sin(alpha_i w_k.x + beta_i) + eps_k,  eps_k ~ N(0, 0.01)
-//
-// The paper leaves alpha_i, beta_i as "given parameters"; here they are drawn
-// once from N(0, 1) with the seed, so both tasks share the same sinusoids and
-// differ only through w_k. With p = 1 the tasks are identical up to noise.
-
-namespace mtrec {
-
-struct SyntheticSpec {
-  index_t rows = 10000;
-  index_t dim = 100;          // d
-  double correlation = 0.5;   // p in [-1, 1]
-  double scale = 1.0;         // c
-  int sinusoids = 10;         // m
-  double noise_std = 0.1;     // eps ~ N(0, noise_std^2); the paper's variance 0.01
-  std::uint64_t seed = 0;     // the task definition (u1, u2, alpha, beta)
-  std::uint64_t sample_seed = 1;  // the rows drawn
-};
-
-// A batch with one dense field "x" (dim d) and two regression labels.
-template <class T>
-inline Batch<T> make_mmoe_synthetic(const SyntheticSpec& s) {
-  const char* op = "make_mmoe_synthetic";
-  check(s.rows > 0 && s.dim >= 2, op, "expected rows > 0 and dim >= 2 but got rows=", s.rows, " dim=", s.dim);
-  check(s.correlation >= -1 && s.correlation <= 1, op, "expected correlation in [-1, 1] but got ", s.correlation);
-  const index_t d = s.dim;
-  // u1, u2: Gram-Schmidt on two Gaussian vectors.
-  RandomStream task(s.seed, 0x5A11);
-  std::vector<double> u1(static_cast<std::size_t>(d)), u2(static_cast<std::size_t>(d));
-  for (index_t i = 0; i < d; ++i) {
-    u1[i] = task.normal(std::uint64_t(i));
-    u2[i] = task.normal(std::uint64_t(d + i));
-  }
-  auto dot = [&](const std::vector<double>& a, const std::vector<double>& b) {
-    double r = 0;
-    for (index_t i = 0; i < d; ++i) r += a[i] * b[i];
-    return r;
-  };
-  const double n1 = std::sqrt(dot(u1, u1));
-  for (double& v : u1) v /= n1;
-  const double proj = dot(u1, u2);
-  for (index_t i = 0; i < d; ++i) u2[i] -= proj * u1[i];
-  const double n2 = std::sqrt(dot(u2, u2));
-  for (double& v : u2) v /= n2;
-  std::vector<double> w1(u1), w2(static_cast<std::size_t>(d));
-  const double p = s.correlation, q = std::sqrt(std::max(0.0, 1 - p * p));
-  for (index_t i = 0; i < d; ++i) {
-    w1[i] = s.scale * u1[i];
-    w2[i] = s.scale * (p * u1[i] + q * u2[i]);
-  }
-  std::vector<double> alpha(static_cast<std::size_t>(s.sinusoids)), beta(static_cast<std::size_t>(s.sinusoids));
-  for (int i = 0; i < s.sinusoids; ++i) {
-    alpha[i] = task.normal(std::uint64_t(2 * d + i));
-    beta[i] = task.normal(std::uint64_t(2 * d + s.sinusoids + i));
-  }
-  Batch<T> b;
-  b.size = s.rows;
-  b.dense.assign(1, std::vector<T>(static_cast<std::size_t>(s.rows * d)));
-  b.labels.assign(2, std::vector<T>(static_cast<std::size_t>(s.rows)));
-  b.label_mask.assign(2, {});
-  RandomStream rows(s.sample_seed, 0xDA7A);
-  for (index_t r = 0; r < s.rows; ++r) {
-    double z1 = 0, z2 = 0;
-    for (index_t i = 0; i < d; ++i) {
-      const double x = rows.normal(std::uint64_t(r * (d + 2) + i));
-      b.dense[0][r * d + i] = T(x);
-      z1 += w1[i] * x;
-      z2 += w2[i] * x;
-    }
-    double y1 = z1, y2 = z2;
-    for (int i = 0; i < s.sinusoids; ++i) {
-      y1 += std::sin(alpha[i] * z1 + beta[i]);
-      y2 += std::sin(alpha[i] * z2 + beta[i]);
-    }
-    y1 += s.noise_std * rows.normal(std::uint64_t(r * (d + 2) + d));
-    y2 += s.noise_std * rows.normal(std::uint64_t(r * (d + 2) + d + 1));
-    b.labels[0][r] = T(y1);
-    b.labels[1][r] = T(y2);
-  }
-  return b;
-}
-
-// The matching feature spec: one dense field "x" of width d.
-inline FeatureSpec mmoe_synthetic_features(index_t dim) {
-  FeatureSpec f;
-  f.dense = {{"x", dim}};
-  return f;
-}
-
-}  // namespace mtrec
-// ==== end mtrec/data/synthetic.hpp ============================================
-
-// ==== begin mtrec/data/tabular.hpp ============================================
-// mtrec: from CSV columns to a model — declared columns, preprocessing
-// learned from the training rows, and batches for any file with the same
-// columns.
-//
-//   data::TabularSchema s;
-//   s.features = {data::parse_feature_flag(data::ColumnKind::Id, "user", "--id"),
-//                 data::parse_feature_flag(data::ColumnKind::Bag, "genres:|", "--bag")};
-//   s.tasks = {data::parse_task_flag("click:binary", "--task")};
-//   data::TabularEncoder enc(s);
-//   enc.fit(train_table);                      // vocabularies, mean/std, classes
-//   Batch<float> train = enc.transform<float>(train_table, nullptr, true);
-//   ModelConfig c;
-//   c.features = enc.feature_spec(16, encoder_config);
-//   c.tasks = enc.task_specs({32});
-//
-// What is learned from the training rows only, so that validation and test
-// rows are encoded exactly as unseen data would be at serving time:
-//   id (vocabulary), bag, seq, text   token -> row; row 0 is the OOV row for
-//                                     tokens never seen (or seen fewer than
-//                                     min_count times) in training
-//   id with buckets                   nothing: FNV-1a of the text, then the
-//                                     model's own salted hash into the buckets
-//   dense                             mean and std: x -> (x - mean) / std
-//   regression task                   mean and std of the labels: the model
-//                                     learns standardised targets (one scale
-//                                     for every task and a well-placed output
-//                                     bias at initialisation); target(k)
-//                                     maps predictions and errors back
-//   multiclass task                   the class names, sorted (numerically
-//                                     when all are numbers); unknown classes
-//                                     outside training are an error
-// Missing values: a cell that is empty or, after trimming blanks, equal to
-// one of the schema's na_values (by default NA, N/A, NaN, nan, null, NULL,
-// as pandas and R write them) is missing:
-//   task                              no label: the row is masked for that
-//                                     task (not treated as 0)
-//   id                                the OOV row 0 (a hashed id hashes ""
-//                                     for every missing marker, so "NA" and
-//                                     "" are the same missing value)
-//   bag, seq, text                    an empty list
-//   dense                             an error naming the file, line and
-//                                     column, unless the column is declared
-//                                     with impute (--dense COL:impute): then
-//                                     the training mean (0 once standardised)
-//                                     and a second input column is_missing
-//                                     (1 for a missing cell, else 0), at
-//                                     training and at prediction time alike
-// Dense values and regression labels must be finite and within float range
-// (|x| <= 3.4e38): the model computes in float.
-
-// ==== begin mtrec/io/json.hpp =================================================
-// mtrec: a small, strict JSON value type (RFC 8259) for configs and
-// checkpoint headers.
-//
-//   json::Value v = json::parse(R"({"lr": 0.001, "layers": [64, 32]})");
-//   double lr = v.at("lr").as_double();
-//   v.set("name", "mmoe");
-//   std::string text = v.dump();          // compact, deterministic
-//
-// Decisions:
-//   * Numbers keep their kind. A literal without '.', 'e' or 'E' that fits in
-//     int64 is an integer (exact over the whole int64 range, not only up to
-//     2^53); everything else is a double. dump() writes integers without a
-//     decimal point and doubles in the shortest form that reads back to the
-//     same bits (std::to_chars), with ".0" added when that form would look
-//     like an integer, so parse(dump(v)) == v including the kind.
-//   * Objects keep their members in insertion order (a vector of pairs), so a
-//     dump is deterministic and a writer controls the layout (the safetensors
-//     header puts "__metadata__" first and tensors in data order). Lookup is a
-//     linear scan: objects here are configs and headers, read once.
-//   * parse() is strict: no comments, no trailing commas, no NaN/Infinity, no
-//     leading zeros, no raw control characters in strings, strings must be
-//     valid UTF-8, \uXXXX escapes (surrogate pairs included) become UTF-8,
-//     lone surrogates are rejected, duplicate keys are rejected (RFC 8259
-//     leaves them undefined; for a checkpoint header a silent "last one wins"
-//     would hide corruption), nesting deeper than max_depth is rejected, and
-//     nothing but whitespace may follow the value. Every error names the byte
-//     offset and what was expected. Limiting the input size is the caller's
-//     job (the safetensors reader caps its header at 100 MB).
-//   * Numbers that overflow a double (1e400) are rejected; ones that
-//     underflow (1e-400) become +-0, as in every mainstream parser.
-
-#include <system_error>
-#include <variant>
-
-namespace mtrec {
-namespace json {
-
-// Declared before the Array/Object aliases: GCC -Wshadow would otherwise
-// flag the enumerators.
-enum class Type { Null, Bool, Int, Double, String, Array, Object };
-
-class Value;
-using Array = std::vector<Value>;
-// Members in insertion order. Keys are unique: set() replaces, parse()
-// rejects duplicates; code that appends through as_object() directly must
-// keep them unique itself (dump() does not check).
-using Object = std::vector<std::pair<std::string, Value>>;
-
-inline const char* type_name(Type t) {
-  switch (t) {
-    case Type::Null: return "null";
-    case Type::Bool: return "bool";
-    case Type::Int: return "integer";
-    case Type::Double: return "double";
-    case Type::String: return "string";
-    case Type::Array: return "array";
-    case Type::Object: return "object";
-  }
-  return "?";
-}
-
-// Default nesting limit of parse(): deep enough for any config, shallow
-// enough that the recursive parser cannot exhaust the stack.
-constexpr int kDefaultMaxDepth = 64;
-
-class Value {
- public:
-  Value() = default;  // null
-  Value(std::nullptr_t) {}
-  Value(bool b) : v_(b) {}
-  // Any integer type except bool. Unsigned values above INT64_MAX do not fit.
-  template <class I, std::enable_if_t<std::is_integral<I>::value && !std::is_same<I, bool>::value, int> = 0>
-  Value(I i) : v_(to_int64(i)) {}
-  Value(double d) : v_(d) {}
-  Value(float f) : v_(double(f)) {}
-  Value(const char* s) : v_(std::string(s)) {}
-  // Other pointers would silently become a bool.
-  template <class P, std::enable_if_t<!std::is_same<std::remove_cv_t<P>, char>::value, int> = 0>
-  Value(P*) = delete;
-  Value(std::string s) : v_(std::move(s)) {}
-  Value(std::string_view s) : v_(std::string(s)) {}
-  Value(Array a) : v_(std::move(a)) {}
-  Value(Object o) : v_(std::move(o)) {}
-
-  static Value array() { return Value(Array{}); }
-  static Value object() { return Value(Object{}); }
-
-  Type type() const { return static_cast<Type>(v_.index()); }
-  bool is_null() const { return type() == Type::Null; }
-  bool is_bool() const { return type() == Type::Bool; }
-  bool is_int() const { return type() == Type::Int; }
-  bool is_double() const { return type() == Type::Double; }
-  bool is_number() const { return is_int() || is_double(); }
-  bool is_string() const { return type() == Type::String; }
-  bool is_array() const { return type() == Type::Array; }
-  bool is_object() const { return type() == Type::Object; }
-
-  // Typed access; a mismatch throws naming the expected and the actual type.
-  bool as_bool() const { return get<bool>("json::Value::as_bool", Type::Bool); }
-  // Only integers: 2.0 is a double, and a config that says 2.0 where an
-  // integer belongs is more likely a mistake than an intent.
-  std::int64_t as_int() const { return get<std::int64_t>("json::Value::as_int", Type::Int); }
-  // Integers convert (exactly up to 2^53).
-  double as_double() const {
-    if (is_int()) return double(std::get<std::int64_t>(v_));
-    return get<double>("json::Value::as_double", Type::Double);
-  }
-  const std::string& as_string() const { return get<std::string>("json::Value::as_string", Type::String); }
-  const Array& as_array() const { return get<Array>("json::Value::as_array", Type::Array); }
-  Array& as_array() { return get<Array>("json::Value::as_array", Type::Array); }
-  const Object& as_object() const { return get<Object>("json::Value::as_object", Type::Object); }
-  Object& as_object() { return get<Object>("json::Value::as_object", Type::Object); }
-
-  // Number of elements (array) or members (object).
-  std::size_t size() const {
-    if (is_array()) return std::get<Array>(v_).size();
-    if (is_object()) return std::get<Object>(v_).size();
-    fail("json::Value::size", "expected an array or an object, got ", type_name(type()));
-  }
-
-  // Object member by key: nullptr when absent (find) or an error naming the
-  // key and the keys present (at).
-  const Value* find(std::string_view key) const {
-    for (const auto& m : get<Object>("json::Value::find", Type::Object))
-      if (m.first == key) return &m.second;
-    return nullptr;
-  }
-  Value* find(std::string_view key) { return const_cast<Value*>(static_cast<const Value&>(*this).find(key)); }
-  bool contains(std::string_view key) const { return find(key) != nullptr; }
-  const Value& at(std::string_view key) const {
-    const Value* v = find(key);
-    if (!v) missing_key(key);
-    return *v;
-  }
-  Value& at(std::string_view key) { return const_cast<Value&>(static_cast<const Value&>(*this).at(key)); }
-
-  // Array element by index.
-  const Value& at(std::size_t i) const {
-    const Array& a = get<Array>("json::Value::at", Type::Array);
-    check(i < a.size(), "json::Value::at", "index ", i, " out of range for an array of ", a.size(), " elements");
-    return a[i];
-  }
-  Value& at(std::size_t i) { return const_cast<Value&>(static_cast<const Value&>(*this).at(i)); }
-  // Any integer type; without this, at(0) would be ambiguous between
-  // size_t and string_view (0 is a null pointer constant).
-  template <class I, std::enable_if_t<std::is_integral<I>::value && !std::is_same<I, bool>::value &&
-                                          !std::is_same<I, std::size_t>::value, int> = 0>
-  const Value& at(I i) const {
-    if constexpr (std::is_signed<I>::value) check(i >= 0, "json::Value::at", "negative index ", i);
-    return at(static_cast<std::size_t>(i));
-  }
-  template <class I, std::enable_if_t<std::is_integral<I>::value && !std::is_same<I, bool>::value &&
-                                          !std::is_same<I, std::size_t>::value, int> = 0>
-  Value& at(I i) {
-    return const_cast<Value&>(static_cast<const Value&>(*this).at(i));
-  }
-
-  // Sets a member: replaces the value of an existing key in place (keeping
-  // its position), appends a new key at the end. A null value becomes an
-  // empty object first, so `Value v; v.set("a", 1);` works.
-  Value& set(std::string key, Value value) {
-    if (is_null()) v_ = Object{};
-    Object& o = get<Object>("json::Value::set", Type::Object);
-    for (auto& m : o)
-      if (m.first == key) {
-        m.second = std::move(value);
-        return m.second;
-      }
-    o.emplace_back(std::move(key), std::move(value));
-    return o.back().second;
-  }
-  // Appends to an array (a null value becomes an empty array first).
-  Value& push_back(Value value) {
-    if (is_null()) v_ = Array{};
-    Array& a = get<Array>("json::Value::push_back", Type::Array);
-    a.push_back(std::move(value));
-    return a.back();
-  }
-
-  // Structural equality. Kinds must match (1 != 1.0). Objects compare as
-  // maps: member order does not matter. Doubles compare with ==, so NaN != NaN.
-  friend bool operator==(const Value& a, const Value& b) {
-    if (a.type() != b.type()) return false;
-    if (!a.is_object()) return a.v_ == b.v_;
-    const Object& x = std::get<Object>(a.v_);
-    const Object& y = std::get<Object>(b.v_);
-    if (x.size() != y.size()) return false;
-    for (const auto& m : x) {
-      const Value* other = b.find(m.first);
-      if (!other || !(m.second == *other)) return false;
-    }
-    return true;
-  }
-  friend bool operator!=(const Value& a, const Value& b) { return !(a == b); }
-
-  // Compact JSON (indent < 0), or pretty-printed with `indent` spaces per
-  // level. Throws for NaN/Inf (JSON has no spelling for them) and for strings
-  // that are not valid UTF-8 (the output would not be JSON).
-  std::string dump(int indent = -1) const {
-    std::string out;
-    dump_to(out, indent, 0);
-    return out;
-  }
-
- private:
-  template <class I>
-  static std::int64_t to_int64(I i) {
-    if constexpr (std::is_unsigned<I>::value) {
-      check(static_cast<std::uint64_t>(i) <= std::uint64_t(std::numeric_limits<std::int64_t>::max()), "json::Value",
-            "unsigned integer ", i, " exceeds the int64 range of JSON integers (max ",
-            std::numeric_limits<std::int64_t>::max(), ")");
-    }
-    return static_cast<std::int64_t>(i);
-  }
-
-  template <class T>
-  const T& get(const char* op, Type want) const {
-    const T* p = std::get_if<T>(&v_);
-    if (!p) fail(op, "expected ", want == Type::Double ? "a number" : article(want), " but the value is ", article(type()));
-    return *p;
-  }
-  template <class T>
-  T& get(const char* op, Type want) {
-    return const_cast<T&>(static_cast<const Value&>(*this).get<T>(op, want));
-  }
-  static std::string article(Type t) {
-    switch (t) {
-      case Type::Null: return "null";
-      case Type::Int: return "an integer";
-      case Type::Double: return "a floating-point number";
-      case Type::Array: return "an array";
-      case Type::Object: return "an object";
-      default: return std::string("a ") + type_name(t);
-    }
-  }
-
-  [[noreturn]] void missing_key(std::string_view key) const {
-    std::string keys;
-    const Object& o = std::get<Object>(v_);
-    const std::size_t shown = std::min<std::size_t>(o.size(), 20);
-    for (std::size_t i = 0; i < shown; ++i) keys += (i ? ", \"" : "\"") + o[i].first + "\"";
-    if (o.size() > shown) keys += ", ... (" + std::to_string(o.size()) + " keys)";
-    fail("json::Value::at", "no key \"", key, "\" in the object; it has ", o.empty() ? std::string("no keys") : keys);
-  }
-
-  static void newline(std::string& out, int indent, int level) {
-    if (indent < 0) return;
-    out += '\n';
-    out.append(std::size_t(indent) * std::size_t(level), ' ');
-  }
-
-  void dump_to(std::string& out, int indent, int level) const;
-
-  std::variant<std::nullptr_t, bool, std::int64_t, double, std::string, Array, Object> v_;
-};
-
-namespace detail {
-
-// Length of the valid UTF-8 sequence starting at s[i] (1..4), or 0 when the
-// bytes there are not valid UTF-8 (overlong forms, UTF-16 surrogates and
-// code points above U+10FFFF are invalid, per RFC 3629).
-inline std::size_t utf8_sequence_length(std::string_view s, std::size_t i) {
-  const auto b = [&](std::size_t k) -> unsigned { return i + k < s.size() ? static_cast<unsigned char>(s[i + k]) : 0x100u; };
-  const unsigned c = b(0);
-  const auto cont = [&](std::size_t k, unsigned lo = 0x80, unsigned hi = 0xBF) { return b(k) >= lo && b(k) <= hi; };
-  if (c < 0x80) return 1;
-  if (c >= 0xC2 && c <= 0xDF) return cont(1) ? 2 : 0;
-  if (c == 0xE0) return cont(1, 0xA0, 0xBF) && cont(2) ? 3 : 0;
-  if ((c >= 0xE1 && c <= 0xEC) || c == 0xEE || c == 0xEF) return cont(1) && cont(2) ? 3 : 0;
-  if (c == 0xED) return cont(1, 0x80, 0x9F) && cont(2) ? 3 : 0;  // excludes U+D800..U+DFFF
-  if (c == 0xF0) return cont(1, 0x90, 0xBF) && cont(2) && cont(3) ? 4 : 0;
-  if (c >= 0xF1 && c <= 0xF3) return cont(1) && cont(2) && cont(3) ? 4 : 0;
-  if (c == 0xF4) return cont(1, 0x80, 0x8F) && cont(2) && cont(3) ? 4 : 0;  // up to U+10FFFF
-  return 0;
-}
-
-inline void append_utf8(std::string& out, std::uint32_t cp) {
-  if (cp < 0x80) {
-    out += char(cp);
-  } else if (cp < 0x800) {
-    out += char(0xC0 | (cp >> 6));
-    out += char(0x80 | (cp & 0x3F));
-  } else if (cp < 0x10000) {
-    out += char(0xE0 | (cp >> 12));
-    out += char(0x80 | ((cp >> 6) & 0x3F));
-    out += char(0x80 | (cp & 0x3F));
-  } else {
-    out += char(0xF0 | (cp >> 18));
-    out += char(0x80 | ((cp >> 12) & 0x3F));
-    out += char(0x80 | ((cp >> 6) & 0x3F));
-    out += char(0x80 | (cp & 0x3F));
-  }
-}
-
-inline void dump_string(std::string& out, std::string_view s) {
-  static const char* hex = "0123456789abcdef";
-  out += '"';
-  for (std::size_t i = 0; i < s.size();) {
-    const unsigned char c = static_cast<unsigned char>(s[i]);
-    if (c >= 0x80) {
-      const std::size_t n = utf8_sequence_length(s, i);
-      if (n == 0)
-        fail("json::Value::dump", "string is not valid UTF-8 at byte ", i, " (byte 0x", hex[c >> 4], hex[c & 15],
-             "); JSON text must be UTF-8");
-      out.append(s.substr(i, n));
-      i += n;
-      continue;
-    }
-    switch (c) {
-      case '"': out += "\\\""; break;
-      case '\\': out += "\\\\"; break;
-      case '\b': out += "\\b"; break;
-      case '\f': out += "\\f"; break;
-      case '\n': out += "\\n"; break;
-      case '\r': out += "\\r"; break;
-      case '\t': out += "\\t"; break;
-      default:
-        if (c < 0x20) {
-          out += "\\u00";
-          out += hex[c >> 4];
-          out += hex[c & 15];
-        } else {
-          out += char(c);
-        }
-    }
-    ++i;
-  }
-  out += '"';
-}
-
-inline void dump_double(std::string& out, double d) {
-  check(d == d && d - d == 0, "json::Value::dump", "cannot write ", d, ": JSON has no NaN or infinity");
-  char buf[64];
-  const auto r = std::to_chars(buf, buf + sizeof(buf), d);  // shortest round-trip form
-  std::string_view s(buf, std::size_t(r.ptr - buf));
-  out.append(s);
-  // "2" would read back as an integer; keep the kind.
-  if (s.find_first_of(".e") == std::string_view::npos) out += ".0";
-}
-
-}  // namespace detail
-
-inline void Value::dump_to(std::string& out, int indent, int level) const {
-  switch (type()) {
-    case Type::Null: out += "null"; return;
-    case Type::Bool: out += std::get<bool>(v_) ? "true" : "false"; return;
-    case Type::Int: {
-      char buf[24];
-      const auto r = std::to_chars(buf, buf + sizeof(buf), std::get<std::int64_t>(v_));
-      out.append(buf, r.ptr);
-      return;
-    }
-    case Type::Double: detail::dump_double(out, std::get<double>(v_)); return;
-    case Type::String: detail::dump_string(out, std::get<std::string>(v_)); return;
-    case Type::Array: {
-      const Array& a = std::get<Array>(v_);
-      out += '[';
-      for (std::size_t i = 0; i < a.size(); ++i) {
-        if (i) out += ',';
-        newline(out, indent, level + 1);
-        a[i].dump_to(out, indent, level + 1);
-      }
-      if (!a.empty()) newline(out, indent, level);
-      out += ']';
-      return;
-    }
-    case Type::Object: {
-      const Object& o = std::get<Object>(v_);
-      out += '{';
-      for (std::size_t i = 0; i < o.size(); ++i) {
-        if (i) out += ',';
-        newline(out, indent, level + 1);
-        detail::dump_string(out, o[i].first);
-        out += indent < 0 ? ":" : ": ";
-        o[i].second.dump_to(out, indent, level + 1);
-      }
-      if (!o.empty()) newline(out, indent, level);
-      out += '}';
-      return;
-    }
-  }
-}
-
-namespace detail {
-
-class Parser {
- public:
-  Parser(std::string_view text, int max_depth) : s_(text), max_depth_(max_depth) {}
-
-  Value parse_document() {
-    skip_ws();
-    Value v = parse_value(0);
-    skip_ws();
-    if (i_ != s_.size()) error(i_, "expected the end of input after the value, found ", found(i_));
-    return v;
-  }
-
- private:
-  template <class... P>
-  [[noreturn]] void error(std::size_t at, const P&... parts) const {
-    fail("json::parse", "at byte offset ", at, ": ", parts...);
-  }
-
-  // What is at position i, for "found ..." in messages.
-  std::string found(std::size_t i) const {
-    if (i >= s_.size()) return "the end of input";
-    const unsigned char c = static_cast<unsigned char>(s_[i]);
-    if (c >= 0x20 && c < 0x7F) return std::string("'") + char(c) + "'";
-    static const char* hex = "0123456789ABCDEF";
-    return std::string("byte 0x") + hex[c >> 4] + hex[c & 15];
-  }
-
-  void skip_ws() {
-    while (i_ < s_.size() && (s_[i_] == ' ' || s_[i_] == '\t' || s_[i_] == '\n' || s_[i_] == '\r')) ++i_;
-  }
-
-  Value parse_value(int depth) {
-    if (i_ >= s_.size()) error(i_, "expected a value, found the end of input");
-    switch (s_[i_]) {
-      case '{': return parse_object(depth + 1);
-      case '[': return parse_array(depth + 1);
-      case '"': return Value(parse_string());
-      case 't': return literal("true", Value(true));
-      case 'f': return literal("false", Value(false));
-      case 'n': return literal("null", Value());
-      default:
-        if (s_[i_] == '-' || (s_[i_] >= '0' && s_[i_] <= '9')) return parse_number();
-        error(i_, "expected a value (object, array, string, number, true, false or null), found ", found(i_));
-    }
-  }
-
-  Value literal(std::string_view word, Value v) {
-    if (s_.substr(i_, word.size()) != word) error(i_, "expected '", word, "', found ", found(i_));
-    i_ += word.size();
-    return v;
-  }
-
-  void enter(int depth) {
-    if (depth > max_depth_) error(i_, "nesting deeper than the limit of ", max_depth_, " arrays/objects");
-  }
-
-  Value parse_array(int depth) {
-    enter(depth);
-    ++i_;  // '['
-    Array a;
-    skip_ws();
-    if (i_ < s_.size() && s_[i_] == ']') {
-      ++i_;
-      return Value(std::move(a));
-    }
-    for (;;) {
-      skip_ws();
-      if (i_ < s_.size() && s_[i_] == ']') error(i_, "expected a value after ',' (trailing commas are not allowed)");
-      a.push_back(parse_value(depth));
-      skip_ws();
-      if (i_ < s_.size() && s_[i_] == ',') {
-        ++i_;
-        continue;
-      }
-      if (i_ < s_.size() && s_[i_] == ']') {
-        ++i_;
-        return Value(std::move(a));
-      }
-      error(i_, "expected ',' or ']' in an array, found ", found(i_));
-    }
-  }
-
-  Value parse_object(int depth) {
-    enter(depth);
-    ++i_;  // '{'
-    Object o;
-    std::vector<std::size_t> key_offsets;  // for the duplicate-key message
-    skip_ws();
-    if (i_ < s_.size() && s_[i_] == '}') {
-      ++i_;
-      return Value(std::move(o));
-    }
-    for (;;) {
-      skip_ws();
-      if (i_ >= s_.size() || s_[i_] != '"') {
-        if (i_ < s_.size() && s_[i_] == '}' && !o.empty())
-          error(i_, "expected a key after ',' (trailing commas are not allowed)");
-        error(i_, "expected a string key in an object, found ", found(i_));
-      }
-      key_offsets.push_back(i_);
-      std::string key = parse_string();
-      skip_ws();
-      if (i_ >= s_.size() || s_[i_] != ':') error(i_, "expected ':' after the key \"", key, "\", found ", found(i_));
-      ++i_;
-      skip_ws();
-      Value v = parse_value(depth);
-      o.emplace_back(std::move(key), std::move(v));
-      skip_ws();
-      if (i_ < s_.size() && s_[i_] == ',') {
-        ++i_;
-        continue;
-      }
-      if (i_ < s_.size() && s_[i_] == '}') {
-        ++i_;
-        break;
-      }
-      error(i_, "expected ',' or '}' in an object, found ", found(i_));
-    }
-    // Duplicate keys: sort member indices by key (O(n log n), no key copies;
-    // the vector no longer moves) and compare neighbours. Report the later
-    // occurrence of the first duplicated key in text order.
-    if (o.size() > 1) {
-      std::vector<std::size_t> idx(o.size());
-      for (std::size_t k = 0; k < idx.size(); ++k) idx[k] = k;
-      std::sort(idx.begin(), idx.end(), [&](std::size_t a, std::size_t b) {
-        return o[a].first != o[b].first ? o[a].first < o[b].first : a < b;
-      });
-      std::size_t worst = o.size();
-      for (std::size_t k = 1; k < idx.size(); ++k)
-        if (o[idx[k]].first == o[idx[k - 1]].first) worst = std::min(worst, idx[k]);
-      if (worst < o.size()) error(key_offsets[worst], "duplicate key \"", o[worst].first, "\" in an object");
-    }
-    return Value(std::move(o));
-  }
-
-  unsigned hex4(std::size_t at) {
-    if (at + 4 > s_.size()) error(at, "expected 4 hex digits after \\u, found the end of input");
-    unsigned v = 0;
-    for (std::size_t k = 0; k < 4; ++k) {
-      const char c = s_[at + k];
-      unsigned d;
-      if (c >= '0' && c <= '9') d = unsigned(c - '0');
-      else if (c >= 'a' && c <= 'f') d = unsigned(c - 'a' + 10);
-      else if (c >= 'A' && c <= 'F') d = unsigned(c - 'A' + 10);
-      else error(at + k, "expected a hex digit in a \\u escape, found ", found(at + k));
-      v = v * 16 + d;
-    }
-    return v;
-  }
-
-  std::string parse_string() {
-    const std::size_t start = i_;
-    ++i_;  // opening quote
-    std::string out;
-    for (;;) {
-      // Copy a run of ordinary ASCII bytes in one go.
-      std::size_t run = i_;
-      while (run < s_.size()) {
-        const unsigned char c = static_cast<unsigned char>(s_[run]);
-        if (c == '"' || c == '\\' || c < 0x20 || c >= 0x80) break;
-        ++run;
-      }
-      out.append(s_.substr(i_, run - i_));
-      i_ = run;
-      if (i_ >= s_.size()) error(start, "unterminated string (no closing '\"' before the end of input)");
-      const unsigned char c = static_cast<unsigned char>(s_[i_]);
-      if (c == '"') {
-        ++i_;
-        return out;
-      }
-      if (c < 0x20) error(i_, "raw control character ", found(i_), " in a string (must be escaped)");
-      if (c >= 0x80) {
-        const std::size_t n = utf8_sequence_length(s_, i_);
-        if (n == 0) error(i_, "invalid UTF-8 in a string at ", found(i_));
-        out.append(s_.substr(i_, n));
-        i_ += n;
-        continue;
-      }
-      // Backslash escape.
-      const std::size_t esc = i_;
-      if (i_ + 1 >= s_.size()) error(i_, "unterminated escape sequence at the end of input");
-      const char e = s_[i_ + 1];
-      i_ += 2;
-      switch (e) {
-        case '"': out += '"'; break;
-        case '\\': out += '\\'; break;
-        case '/': out += '/'; break;
-        case 'b': out += '\b'; break;
-        case 'f': out += '\f'; break;
-        case 'n': out += '\n'; break;
-        case 'r': out += '\r'; break;
-        case 't': out += '\t'; break;
-        case 'u': {
-          std::uint32_t cp = hex4(i_);
-          i_ += 4;
-          if (cp >= 0xDC00 && cp <= 0xDFFF)
-            error(esc, "lone low surrogate \\u", s_.substr(esc + 2, 4), " (not preceded by a high surrogate)");
-          if (cp >= 0xD800 && cp <= 0xDBFF) {
-            if (!(i_ + 1 < s_.size() && s_[i_] == '\\' && s_[i_ + 1] == 'u'))
-              error(esc, "lone high surrogate \\u", s_.substr(esc + 2, 4),
-                    " (expected a \\uDC00-\\uDFFF low surrogate to follow)");
-            const std::uint32_t lo = hex4(i_ + 2);
-            if (lo < 0xDC00 || lo > 0xDFFF)
-              error(esc, "high surrogate \\u", s_.substr(esc + 2, 4), " followed by \\u", s_.substr(i_ + 2, 4),
-                    ", which is not a low surrogate (\\uDC00-\\uDFFF)");
-            i_ += 6;
-            cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
-          }
-          append_utf8(out, cp);
-          break;
-        }
-        default:
-          error(esc, "invalid escape: backslash followed by ", found(esc + 1),
-                " (expected one of \\\" \\\\ \\/ \\b \\f \\n \\r \\t \\uXXXX)");
-      }
-    }
-  }
-
-  Value parse_number() {
-    const std::size_t start = i_;
-    const auto digit = [&](std::size_t k) { return k < s_.size() && s_[k] >= '0' && s_[k] <= '9'; };
-    std::size_t k = i_;
-    if (s_[k] == '-') ++k;
-    if (!digit(k)) error(k, "expected a digit after '-', found ", found(k));
-    const std::size_t int_begin = k;
-    if (s_[k] == '0') {
-      ++k;
-      if (digit(k)) error(int_begin, "leading zeros are not allowed in numbers");
-    } else {
-      while (digit(k)) ++k;
-    }
-    const std::size_t int_end = k;
-    bool is_integer = true;
-    if (k < s_.size() && s_[k] == '.') {
-      is_integer = false;
-      ++k;
-      if (!digit(k)) error(k, "expected a digit after the decimal point, found ", found(k));
-      while (digit(k)) ++k;
-    }
-    std::int64_t exp10 = 0;  // saturated value of the exponent, for the overflow/underflow decision
-    if (k < s_.size() && (s_[k] == 'e' || s_[k] == 'E')) {
-      is_integer = false;
-      ++k;
-      bool neg = false;
-      if (k < s_.size() && (s_[k] == '+' || s_[k] == '-')) neg = s_[k++] == '-';
-      if (!digit(k)) error(k, "expected a digit in the exponent, found ", found(k));
-      while (digit(k)) {
-        exp10 = std::min<std::int64_t>(exp10 * 10 + (s_[k] - '0'), 1000000);
-        ++k;
-      }
-      if (neg) exp10 = -exp10;
-    }
-    i_ = k;
-    const char* first = s_.data() + start;
-    const char* last = s_.data() + k;
-    if (is_integer) {
-      std::int64_t iv = 0;
-      const auto r = std::from_chars(first, last, iv);
-      if (r.ec == std::errc() && r.ptr == last) return Value(iv);
-      // Beyond int64: fall through to a double, as most parsers do.
-    }
-    double d = 0;
-    const auto r = std::from_chars(first, last, d);
-    if (r.ec == std::errc::result_out_of_range) {
-      // Decimal magnitude of the number: position of its first significant
-      // digit relative to the decimal point, plus the exponent.
-      std::int64_t mag = 0;
-      bool found_digit = false;
-      for (std::size_t p = int_begin; p < k && !found_digit; ++p) {
-        if (s_[p] == '.') continue;
-        if (s_[p] == 'e' || s_[p] == 'E') break;
-        if (s_[p] != '0') {
-          found_digit = true;
-          mag = p < int_end ? std::int64_t(int_end - p) : -std::int64_t(p - int_end - 1);
-        }
-      }
-      if (found_digit && mag + exp10 > 0)
-        error(start, "number ", s_.substr(start, k - start), " is out of the range of a double");
-      return Value(s_[start] == '-' ? -0.0 : 0.0);  // underflow
-    }
-    if (r.ec != std::errc() || r.ptr != last) error(start, "malformed number ", s_.substr(start, k - start));
-    return Value(d);
-  }
-
-  std::string_view s_;
-  std::size_t i_ = 0;
-  int max_depth_;
-};
-
-}  // namespace detail
-
-// Parses one JSON value (RFC 8259, strict; see the top of this file).
-// Throws mtrec::Error("json::parse", "at byte offset N: expected ...").
-inline Value parse(std::string_view text, int max_depth = kDefaultMaxDepth) {
-  return detail::Parser(text, max_depth).parse_document();
-}
-
-}  // namespace json
-}  // namespace mtrec
-// ==== end mtrec/io/json.hpp ===================================================
-
-namespace mtrec {
-namespace data {
-
-enum class ColumnKind { Id, Bag, Sequence, Text, Dense };
-
-// The flag that declares the kind ("id" for --id).
-inline const char* column_kind_name(ColumnKind k) {
-  switch (k) {
-    case ColumnKind::Id: return "id";
-    case ColumnKind::Bag: return "bag";
-    case ColumnKind::Sequence: return "seq";
-    case ColumnKind::Text: return "text";
-    case ColumnKind::Dense: return "dense";
-  }
-  return "?";
-}
-
-struct FeatureColumn {
-  ColumnKind kind = ColumnKind::Id;
-  std::string column;
-  index_t buckets = 0;  // Id: > 0 hashes the values into this many rows; 0 = a vocabulary
-  char sep = '|';       // Bag, Sequence: the item separator
-  index_t max_len = 0;  // Sequence (keeps the last max_len items), Text (the first max_len words)
-  bool impute = false;  // Dense: a missing cell takes the training mean, plus an is_missing input column
-
-  // How it was declared, for messages: "--seq history:|:50".
-  std::string flag() const {
-    std::string s = std::string("--") + column_kind_name(kind) + " " + column;
-    if (kind == ColumnKind::Id && buckets > 0) s += ":" + std::to_string(buckets);
-    if (kind == ColumnKind::Bag || kind == ColumnKind::Sequence) s += std::string(":") + sep;
-    if (kind == ColumnKind::Sequence || kind == ColumnKind::Text) s += ":" + std::to_string(max_len);
-    if (kind == ColumnKind::Dense && impute) s += ":impute";
-    return s;
-  }
-};
-
-struct TaskColumn {
-  std::string column;
-  TaskType type = TaskType::Binary;
-  double weight = 1.0;
-  std::string flag() const { return "--task " + column + ":" + task_type_name(type); }
-};
-
-// The cell texts that mean "missing" besides the empty cell (which always
-// does): what pandas' read_csv and R's read.csv/write.csv use for NA.
-inline std::vector<std::string> default_na_values() { return {"NA", "N/A", "NaN", "nan", "null", "NULL"}; }
-
-struct TabularSchema {
-  std::vector<FeatureColumn> features;
-  std::vector<TaskColumn> tasks;
-  index_t min_count = 1;  // tokens seen fewer times in training go to the OOV row
-  // Cells that mean "missing" (compared after trimming blanks, case
-  // sensitive); the empty cell is missing whatever this holds.
-  std::vector<std::string> na_values = default_na_values();
-};
-
-// Parses the argument of --na-values: a comma-separated list that replaces
-// the default set ("" = only the empty cell is missing). Items are trimmed of
-// blanks; empty items are skipped.
-inline std::vector<std::string> parse_na_values(std::string_view text) {
-  std::vector<std::string> out;
-  for_each_item(text, ',', [&](std::string_view s) {
-    if (std::find(out.begin(), out.end(), s) == out.end()) out.emplace_back(s);
-  });
-  return out;
-}
-
-constexpr index_t kDefaultSequenceLength = 50;
-constexpr index_t kDefaultTextLength = 20;
-// Upper bounds of the counts in flags, checked when the flag is parsed (a
-// larger value is an error, never truncated): far beyond what fits a machine.
-constexpr index_t kMaxHashBuckets = index_t(1) << 40;
-constexpr index_t kMaxLength = index_t(1) << 20;
-
-// ---- flag syntax -----------------------------------------------------------------------
-//
-// Column names end at the first ':' (so they cannot contain one):
-//   --id COL[:buckets]   --bag COL:SEP   --seq COL:SEP[:maxlen]   --text COL[:maxlen]
-//   --dense COL          --task COL:binary|regression|multiclass[:weight]
-// SEP is one character, or one of the words tab, space, comma, pipe,
-// semicolon, colon (for characters a shell makes awkward).
-
-namespace detail {
-[[noreturn]] inline void bad_flag(const char* flag, std::string_view text, const std::string& why) {
-  fail("parse_flag", flag, " '", text, "': ", why);
-}
-inline index_t positive_count(const char* flag, std::string_view text, std::string_view v, const char* what,
-                              index_t hi) {
-  long long x = 0;
-  if (!parse_integer(v, x) || x < 1 || x > hi)
-    bad_flag(flag, text, std::string("expected ") + what + " to be an integer >= 1 and <= " + std::to_string(hi) +
-                             " but got '" + std::string(v) + "'");
-  return index_t(x);
-}
-// A string for a message, with bytes that are not printable ASCII written as
-// \xHH (so a message about bad UTF-8 is itself valid text).
-inline std::string escaped(std::string_view s) {
-  static const char* hex = "0123456789ABCDEF";
-  std::string o;
-  for (unsigned char c : s) {
-    if (c >= 0x20 && c < 0x7F && c != '\\') {
-      o += char(c);
-    } else {
-      o += "\\x";
-      o += hex[c >> 4];
-      o += hex[c & 15];
-    }
-  }
-  return o;
-}
-// The byte offset of the first invalid UTF-8 sequence of s, or npos.
-inline std::size_t invalid_utf8_at(std::string_view s) {
-  for (std::size_t i = 0; i < s.size();) {
-    const std::size_t n = json::detail::utf8_sequence_length(s, i);
-    if (n == 0) return i;
-    i += n;
-  }
-  return std::string_view::npos;
-}
-// Splits "COL:rest" at the first ':'.
-inline std::pair<std::string_view, std::string_view> split_column(const char* flag, std::string_view text,
-                                                                  bool rest_required) {
-  const std::size_t c = text.find(':');
-  const std::string_view col = text.substr(0, c);
-  if (col.empty()) bad_flag(flag, text, "expected a column name before ':'");
-  if (c == std::string_view::npos) {
-    if (rest_required) bad_flag(flag, text, "expected COL:SEP (a column name, ':' and a separator)");
-    return {col, {}};
-  }
-  return {col, text.substr(c + 1)};
-}
-// Reads SEP at the front of `rest` and returns what follows it.
-inline std::string_view take_separator(const char* flag, std::string_view text, std::string_view rest, char& sep) {
-  static const std::pair<const char*, char> names[] = {{"tab", '\t'},   {"space", ' '},     {"comma", ','},
-                                                        {"pipe", '|'},   {"semicolon", ';'}, {"colon", ':'}};
-  for (const auto& n : names) {
-    const std::string_view w(n.first);
-    if (rest.substr(0, w.size()) == w && (rest.size() == w.size() || rest[w.size()] == ':')) {
-      sep = n.second;
-      return rest.substr(w.size());
-    }
-  }
-  if (rest.empty() || (rest.size() > 1 && rest[1] != ':'))
-    bad_flag(flag, text, "expected one separator character (or tab, space, comma, pipe, semicolon, colon) after '" +
-                             std::string(text.substr(0, text.size() - rest.size())) + "'");
-  if (rest[0] == '"' || rest[0] == '\n' || rest[0] == '\r') bad_flag(flag, text, "a quote or line break cannot separate items");
-  sep = rest[0];
-  return rest.substr(1);
-}
-}  // namespace detail
-
-// Parses the argument of --id, --bag, --seq, --text or --dense; `flag` names
-// it in messages.
-inline FeatureColumn parse_feature_flag(ColumnKind kind, std::string_view text, const char* flag) {
-  FeatureColumn f;
-  f.kind = kind;
-  const bool needs_sep = kind == ColumnKind::Bag || kind == ColumnKind::Sequence;
-  const auto parts = detail::split_column(flag, text, needs_sep);
-  f.column = std::string(parts.first);
-  std::string_view rest = parts.second;
-  switch (kind) {
-    case ColumnKind::Id:
-      if (!rest.empty() || text.find(':') != std::string_view::npos)
-        f.buckets = detail::positive_count(flag, text, rest, "the hash bucket count", kMaxHashBuckets);
-      break;
-    case ColumnKind::Bag:
-      rest = detail::take_separator(flag, text, rest, f.sep);
-      if (!rest.empty()) detail::bad_flag(flag, text, "expected COL:SEP with nothing after the separator");
-      break;
-    case ColumnKind::Sequence:
-      rest = detail::take_separator(flag, text, rest, f.sep);
-      f.max_len = kDefaultSequenceLength;
-      if (!rest.empty()) f.max_len = detail::positive_count(flag, text, rest.substr(1), "maxlen", kMaxLength);
-      break;
-    case ColumnKind::Text:
-      f.max_len = kDefaultTextLength;
-      if (text.find(':') != std::string_view::npos)
-        f.max_len = detail::positive_count(flag, text, rest, "maxlen", kMaxLength);
-      break;
-    case ColumnKind::Dense:
-      if (text.find(':') != std::string_view::npos) {
-        if (rest != "impute")
-          detail::bad_flag(flag, text, "expected COL or COL:impute (column names cannot contain ':') but got '" +
-                                           std::string(rest) + "' after the column name");
-        f.impute = true;
-      }
-      break;
-  }
-  return f;
-}
-
-// Parses the argument of --task: COL:binary|regression|multiclass[:weight].
-inline TaskColumn parse_task_flag(std::string_view text, const char* flag) {
-  TaskColumn t;
-  const auto parts = detail::split_column(flag, text, true);
-  t.column = std::string(parts.first);
-  const std::string_view rest = parts.second;
-  const std::size_t c = rest.find(':');
-  const std::string_view type = rest.substr(0, c);
-  if (type == "binary") t.type = TaskType::Binary;
-  else if (type == "regression") t.type = TaskType::Regression;
-  else if (type == "multiclass") t.type = TaskType::MultiClass;
-  else detail::bad_flag(flag, text, "expected the type binary, regression or multiclass but got '" + std::string(type) + "'");
-  if (c != std::string_view::npos) {
-    const std::string_view w = rest.substr(c + 1);
-    if (!parse_number(w, t.weight) || t.weight < 0)
-      detail::bad_flag(flag, text, "expected a weight >= 0 but got '" + std::string(w) + "'");
-  }
-  return t;
-}
-
-// ---- the encoder ---------------------------------------------------------------------------
-
-class TabularEncoder {
- public:
-  TabularEncoder() = default;
-  explicit TabularEncoder(TabularSchema schema) : schema_(std::move(schema)) {
-    const char* op = "TabularEncoder";
-    check(!schema_.features.empty(), op, "expected at least one feature column (--id, --bag, --seq, --text or --dense)");
-    check(!schema_.tasks.empty(), op, "expected at least one task column (--task)");
-    check(schema_.min_count >= 1, op, "expected min_count >= 1 but got ", schema_.min_count);
-    std::vector<std::pair<std::string, std::string>> seen;  // column, flag
-    auto claim = [&](const std::string& col, const std::string& flag) {
-      for (const auto& s : seen)
-        check(s.first != col, op, "column '", col, "' is declared twice (", s.second, " and ", flag,
-              "); each column can be one feature or one task");
-      seen.emplace_back(col, flag);
-    };
-    // Column names go into the checkpoint's JSON metadata, which must be
-    // UTF-8: a bad name fails here, before any file is read or any training.
-    auto utf8 = [&](const std::string& s, const std::string& what) {
-      const std::size_t at = detail::invalid_utf8_at(s);
-      if (at != std::string_view::npos)
-        fail(op, what, " '", detail::escaped(s), "' is not valid UTF-8 (byte #", at + 1, " is 0x",
-             detail::escaped(std::string_view(s).substr(at, 1)).substr(2),
-             "); names and missing-value markers are stored in the checkpoint's JSON metadata, which must be UTF-8");
-    };
-    for (const auto& f : schema_.features) {
-      check(!f.column.empty(), op, "a feature has an empty column name");
-      utf8(f.column, detail::escaped(f.flag()) + ": column name");
-      check(!f.impute || f.kind == ColumnKind::Dense, op, f.flag(), ": only --dense columns can be imputed");
-      check(f.buckets >= 0, op, f.flag(), ": expected buckets >= 0 but got ", f.buckets);
-      if (f.kind == ColumnKind::Sequence || f.kind == ColumnKind::Text)
-        check(f.max_len >= 1, op, f.flag(), ": expected maxlen >= 1 but got ", f.max_len);
-      check(f.buckets == 0 || f.kind == ColumnKind::Id, op, f.flag(), ": only --id columns can be hashed");
-      claim(f.column, f.flag());
-    }
-    for (const auto& t : schema_.tasks) {
-      check(!t.column.empty(), op, "a task has an empty column name");
-      utf8(t.column, detail::escaped(t.flag()) + ": column name");
-      check(t.weight >= 0 && std::isfinite(t.weight), op, t.flag(), ": expected a finite weight >= 0 but got ",
-            t.weight);
-      claim(t.column, t.flag());
-    }
-    for (const auto& v : schema_.na_values) utf8(v, "missing-value marker");
-    features_.resize(schema_.features.size());
-    tasks_.resize(schema_.tasks.size());
-  }
-
-  // Whether a cell means "missing": empty or one of the na_values, after
-  // trimming blanks.
-  bool is_missing(std::string_view cell) const {
-    cell = detail::trim(cell);
-    if (cell.empty()) return true;
-    for (const auto& v : schema_.na_values)
-      if (cell == v) return true;
-    return false;
-  }
-
-  const TabularSchema& schema() const { return schema_; }
-  bool fitted() const { return fitted_; }
-
-  // Learns the preprocessing from `rows` of `train` (every row when null):
-  // vocabularies, dense mean/std, regression label mean/std, class names.
-  // Also checks every value it reads, so a bad cell fails here, before any
-  // training, with its file, line and column.
-  void fit(const CsvTable& train, const std::vector<std::size_t>* rows = nullptr) {
-    const char* op = "TabularEncoder::fit";
-    check(!schema_.features.empty(), op, "the encoder has no schema");
-    const std::size_t n = rows ? rows->size() : train.rows();
-    check(n > 0, op, "'", train.source(), "' has no training rows (only a header?)");
-    auto row_at = [&](std::size_t i) { return rows ? (*rows)[i] : i; };
-    std::string scratch;
-    std::vector<std::string_view> items;
-    for (std::size_t f = 0; f < schema_.features.size(); ++f) {
-      const FeatureColumn& fc = schema_.features[f];
-      FeatureState& st = features_[f];
-      const std::size_t col = train.require_column(fc.column, fc.flag());
-      st = FeatureState{};
-      if (fc.kind == ColumnKind::Dense) {
-        std::vector<double> x;
-        x.reserve(n);
-        for (std::size_t i = 0; i < n; ++i) {
-          const std::size_t r = row_at(i);
-          if (fc.impute && is_missing(train.cell(r, col))) continue;
-          x.push_back(dense_value(train, r, col, fc, op));
-        }
-        check(!x.empty(), op, "'", train.source(), "': dense column '", fc.column, "' (", fc.flag(),
-              ") has no value in any of the ", n, " training rows, so there is no mean to impute");
-        st.stats = Standardizer::fit(x);
-        continue;
-      }
-      if (fc.kind == ColumnKind::Id && fc.buckets > 0) continue;
-      // Count every token, then keep those seen min_count times (in
-      // first-seen order, so the result does not depend on hashing).
-      Vocabulary all;
-      std::vector<std::size_t> counts(1, 0);
-      auto count = [&](std::string_view tok) {
-        const index_t r = all.add(tok);
-        if (std::size_t(r) >= counts.size()) counts.push_back(0);
-        ++counts[std::size_t(r)];
-      };
-      for (std::size_t i = 0; i < n; ++i) {
-        const std::string_view cell = train.cell(row_at(i), col);
-        if (is_missing(cell)) continue;  // the OOV row, or an empty list
-        switch (fc.kind) {
-          case ColumnKind::Id: count(cell); break;
-          case ColumnKind::Bag: for_each_item(cell, fc.sep, count); break;
-          case ColumnKind::Sequence:
-            // Only the items the model will see (the last max_len).
-            last_items(cell, fc.sep, fc.max_len, items);
-            for (const auto& it : items) count(it);
-            break;
-          case ColumnKind::Text: for_each_word(cell, std::size_t(fc.max_len), scratch, count); break;
-          case ColumnKind::Dense: break;
-        }
-      }
-      if (schema_.min_count <= 1) {
-        st.vocab = std::move(all);
-      } else {
-        for (index_t r = 1; r < all.rows(); ++r)
-          if (counts[std::size_t(r)] >= std::size_t(schema_.min_count)) st.vocab.add(all.token(r));
-      }
-    }
-    for (std::size_t k = 0; k < schema_.tasks.size(); ++k) {
-      const TaskColumn& tc = schema_.tasks[k];
-      TaskState& st = tasks_[k];
-      st = TaskState{};
-      const std::size_t col = train.require_column(tc.column, tc.flag());
-      std::vector<double> y;
-      Vocabulary classes;
-      for (std::size_t i = 0; i < n; ++i) {
-        const std::size_t r = row_at(i);
-        const std::string_view cell = csv_trim(train.cell(r, col));
-        if (is_missing(cell)) continue;
-        if (tc.type == TaskType::MultiClass) {
-          classes.add(cell);
-          y.push_back(0);
-        } else {
-          y.push_back(tc.type == TaskType::Binary ? binary_label(train, r, col, op) : number_label(train, r, col, op));
-        }
-      }
-      check(!y.empty(), op, "'", train.source(), "': task column '", tc.column, "' (", tc.flag(),
-            ") has no label in any of the ", n, " training rows");
-      if (tc.type == TaskType::Regression) st.target = Standardizer::fit(y);
-      if (tc.type == TaskType::MultiClass) {
-        st.classes = sorted_classes(classes.tokens());
-        check(st.classes.size() >= 2, op, "'", train.source(), "': multiclass task '", tc.column,
-              "' expected at least 2 classes in the training rows but found ", st.classes.size(),
-              st.classes.empty() ? std::string() : " ('" + st.classes[0] + "')");
-        st.class_index = Vocabulary::from_tokens(st.classes);
-      }
-    }
-    fitted_ = true;
-  }
-
-  // Encodes `rows` of `t` (every row when null) in that order. With
-  // `labels`, the task columns must exist and their cells are checked; for
-  // prediction (labels = false) they are not read and may be absent.
-  template <class T>
-  Batch<T> transform(const CsvTable& t, const std::vector<std::size_t>* rows, bool labels) const {
-    const char* op = "TabularEncoder::transform";
-    check(fitted_, op, "the encoder was not fitted (call fit() or load it from JSON)");
-    const std::size_t n = rows ? rows->size() : t.rows();
-    auto row_at = [&](std::size_t i) { return rows ? (*rows)[i] : i; };
-    Batch<T> b;
-    b.size = index_t(n);
-    std::size_t n_ids = 0, n_bags = 0, n_seqs = 0, n_dense = 0;
-    for (const auto& f : schema_.features) {
-      n_ids += f.kind == ColumnKind::Id;
-      n_bags += f.kind == ColumnKind::Bag;
-      n_seqs += f.kind == ColumnKind::Sequence || f.kind == ColumnKind::Text;
-      n_dense += f.kind == ColumnKind::Dense;
-    }
-    b.ids.resize(n_ids);
-    b.bags.resize(n_bags);
-    b.sequences.resize(n_seqs);
-    b.dense.resize(n_dense);
-    std::size_t gi = 0, gb = 0, gs = 0, gd = 0;
-    std::string scratch;
-    std::vector<std::string_view> items;
-    for (std::size_t f = 0; f < schema_.features.size(); ++f) {
-      const FeatureColumn& fc = schema_.features[f];
-      const FeatureState& st = features_[f];
-      const std::size_t col = t.require_column(fc.column, fc.flag());
-      switch (fc.kind) {
-        case ColumnKind::Id: {
-          auto& out = b.ids[gi++];
-          out.resize(n);
-          for (std::size_t i = 0; i < n; ++i) {
-            const std::string_view cell = t.cell(row_at(i), col);
-            const bool missing = is_missing(cell);
-            out[i] = fc.buckets > 0 ? index_t(hash_string(missing ? std::string_view() : cell))
-                     : missing      ? Vocabulary::kOov
-                                    : st.vocab.find(cell);
-          }
-          break;
-        }
-        case ColumnKind::Bag: {
-          auto& bag = b.bags[gb++];
-          bag.offsets.resize(n + 1);
-          bag.offsets[0] = 0;
-          bag.ids.reserve(n * 2);
-          for (std::size_t i = 0; i < n; ++i) {
-            const std::string_view cell = t.cell(row_at(i), col);
-            if (!is_missing(cell))
-              for_each_item(cell, fc.sep, [&](std::string_view s) { bag.ids.push_back(st.vocab.find(s)); });
-            bag.offsets[i + 1] = index_t(bag.ids.size());
-          }
-          break;
-        }
-        case ColumnKind::Sequence:
-        case ColumnKind::Text: {
-          auto& seq = b.sequences[gs++];
-          const std::size_t L = std::size_t(fc.max_len);
-          seq.ids.assign(n * L, 0);
-          seq.lengths.resize(n);
-          for (std::size_t i = 0; i < n; ++i) {
-            index_t* dst = seq.ids.data() + i * L;
-            const std::string_view cell = t.cell(row_at(i), col);
-            index_t len = 0;
-            if (is_missing(cell)) {
-              // an empty list
-            } else if (fc.kind == ColumnKind::Sequence) {
-              last_items(cell, fc.sep, fc.max_len, items);
-              for (const auto& it : items) dst[len++] = st.vocab.find(it);
-            } else {
-              for_each_word(cell, L, scratch, [&](std::string_view w) { dst[len++] = st.vocab.find(w); });
-            }
-            seq.lengths[i] = len;
-          }
-          break;
-        }
-        case ColumnKind::Dense: {
-          auto& out = b.dense[gd++];
-          if (!fc.impute) {
-            out.resize(n);
-            for (std::size_t i = 0; i < n; ++i) out[i] = T(st.stats.apply(dense_value(t, row_at(i), col, fc, op)));
-            break;
-          }
-          // Two columns per row: the standardised value (the training mean,
-          // 0, when missing) and is_missing.
-          out.resize(2 * n);
-          for (std::size_t i = 0; i < n; ++i) {
-            const std::size_t r = row_at(i);
-            const bool missing = is_missing(t.cell(r, col));
-            out[2 * i] = missing ? T(0) : T(st.stats.apply(dense_value(t, r, col, fc, op)));
-            out[2 * i + 1] = missing ? T(1) : T(0);
-          }
-          break;
-        }
-      }
-    }
-    const std::size_t K = schema_.tasks.size();
-    b.labels.resize(K);
-    b.label_mask.resize(K);
-    if (!labels) {
-      // Predictions only: no labels, every row "labelled" with 0 so that a
-      // batch built here is still well formed for evaluate()/compute_losses().
-      for (std::size_t k = 0; k < K; ++k) b.labels[k].assign(n, T(0));
-      return b;
-    }
-    for (std::size_t k = 0; k < K; ++k) {
-      const TaskColumn& tc = schema_.tasks[k];
-      const TaskState& st = tasks_[k];
-      const std::size_t col = t.require_column(tc.column, tc.flag());
-      auto& y = b.labels[k];
-      auto& m = b.label_mask[k];
-      y.assign(n, T(0));
-      m.assign(n, 0);
-      for (std::size_t i = 0; i < n; ++i) {
-        const std::size_t r = row_at(i);
-        const std::string_view cell = csv_trim(t.cell(r, col));
-        if (is_missing(cell)) continue;
-        m[i] = 1;
-        switch (tc.type) {
-          case TaskType::Binary: y[i] = T(binary_label(t, r, col, op)); break;
-          case TaskType::Regression: y[i] = T(st.target.apply(number_label(t, r, col, op))); break;
-          case TaskType::MultiClass: {
-            const index_t c = st.class_index.find(cell);
-            if (c == Vocabulary::kOov)
-              t.fail_cell(op, r, col, "class ", detail::shown(cell), " of task '", tc.column,
-                          "' was not seen in the training data (known classes: ", class_list(st.classes), ")");
-            y[i] = T(c - 1);
-            break;
-          }
-          case TaskType::Retrieval:  // never parsed from flags: the CLI offers binary|regression|multiclass
-            fail(op, "task '", tc.column, "': retrieval tasks are not supported by the CSV encoder");
-        }
-      }
-    }
-    return b;
-  }
-
-  // The model's features: ids and bags embed in `dim` columns, sequences
-  // and texts use `encoder` (its d_model is the embedding width).
-  FeatureSpec feature_spec(index_t dim, const TransformerConfig& encoder, int encoder_layers = 1) const {
-    check(fitted_, "TabularEncoder::feature_spec", "the encoder was not fitted");
-    FeatureSpec s;
-    for (std::size_t f = 0; f < schema_.features.size(); ++f) {
-      const FeatureColumn& fc = schema_.features[f];
-      const index_t rows = features_[f].vocab.rows();
-      switch (fc.kind) {
-        case ColumnKind::Id:
-          s.ids.push_back({fc.column, fc.buckets > 0 ? 0 : rows, fc.buckets, dim, ""});
-          break;
-        case ColumnKind::Bag: s.bags.push_back({fc.column, rows, 0, dim, "", BagPooling::Mean, false}); break;
-        case ColumnKind::Sequence:
-        case ColumnKind::Text: {
-          SequenceFeature q;
-          q.name = fc.column;
-          q.vocab = rows;
-          q.max_len = fc.max_len;
-          q.encoder = encoder;
-          q.layers = encoder_layers;
-          q.pooling = SequencePoolMode::Mean;
-          s.sequences.push_back(q);
-          break;
-        }
-        case ColumnKind::Dense: s.dense.push_back({fc.column, fc.impute ? 2 : 1}); break;
-      }
-    }
-    return s;
-  }
-
-  // The model's tasks, named after their columns, each with `tower`.
-  std::vector<TaskSpec> task_specs(const std::vector<index_t>& tower) const {
-    check(fitted_, "TabularEncoder::task_specs", "the encoder was not fitted");
-    std::vector<TaskSpec> out;
-    for (std::size_t k = 0; k < schema_.tasks.size(); ++k) {
-      TaskSpec t;
-      t.name = schema_.tasks[k].column;
-      t.type = schema_.tasks[k].type;
-      t.num_classes = t.type == TaskType::MultiClass ? index_t(tasks_[k].classes.size()) : 0;
-      t.tower = tower;
-      t.weight = schema_.tasks[k].weight;
-      out.push_back(t);
-    }
-    return out;
-  }
-
-  // Learned state, by the schema's feature / task index.
-  const Vocabulary& vocabulary(std::size_t feature) const { return features_.at(feature).vocab; }
-  const Standardizer& dense_stats(std::size_t feature) const { return features_.at(feature).stats; }
-  // Regression: the label standardisation (invert() maps a prediction back).
-  const Standardizer& target(std::size_t task) const { return tasks_.at(task).target; }
-  // Multiclass: class names; class id c (the model's output column) is classes[c].
-  const std::vector<std::string>& classes(std::size_t task) const { return tasks_.at(task).classes; }
-
-  // ---- persistence ---------------------------------------------------------------------------
-
-  // Everything needed to encode new files: the schema and the learned state.
-  json::Value to_json() const {
-    using json::Value;
-    check(fitted_, "TabularEncoder::to_json", "the encoder was not fitted");
-    Value j = Value::object();
-    j.set("format", "mtrec.tabular");
-    j.set("version", 2);
-    j.set("min_count", schema_.min_count);
-    j.set("na_values", strings_json(schema_.na_values));
-    Value feats = Value::array();
-    for (std::size_t f = 0; f < schema_.features.size(); ++f) {
-      const FeatureColumn& fc = schema_.features[f];
-      Value o = Value::object();
-      o.set("kind", column_kind_name(fc.kind));
-      o.set("column", fc.column);
-      if (fc.kind == ColumnKind::Id) o.set("buckets", fc.buckets);
-      if (fc.kind == ColumnKind::Bag || fc.kind == ColumnKind::Sequence) o.set("sep", std::string(1, fc.sep));
-      if (fc.kind == ColumnKind::Sequence || fc.kind == ColumnKind::Text) o.set("max_len", fc.max_len);
-      if (fc.kind == ColumnKind::Dense) {
-        o.set("mean", features_[f].stats.mean);
-        o.set("std", features_[f].stats.sd);
-        o.set("impute", fc.impute);
-      } else if (!(fc.kind == ColumnKind::Id && fc.buckets > 0)) {
-        o.set("vocab", strings_json(features_[f].vocab.tokens()));
-      }
-      feats.push_back(std::move(o));
-    }
-    j.set("features", std::move(feats));
-    Value tasks = Value::array();
-    for (std::size_t k = 0; k < schema_.tasks.size(); ++k) {
-      const TaskColumn& tc = schema_.tasks[k];
-      Value o = Value::object();
-      o.set("column", tc.column);
-      o.set("type", task_type_name(tc.type));
-      o.set("weight", tc.weight);
-      if (tc.type == TaskType::Regression) {
-        o.set("mean", tasks_[k].target.mean);
-        o.set("std", tasks_[k].target.sd);
-      }
-      if (tc.type == TaskType::MultiClass) o.set("classes", strings_json(tasks_[k].classes));
-      tasks.push_back(std::move(o));
-    }
-    j.set("tasks", std::move(tasks));
-    return j;
-  }
-
-  static TabularEncoder from_json(const json::Value& j) {
-    const char* op = "TabularEncoder::from_json";
-    check(j.is_object() && j.contains("format") && j.at("format").is_string() &&
-              j.at("format").as_string() == "mtrec.tabular",
-          op, "expected an object with format = mtrec.tabular");
-    // Version 1 (before missing values): only the empty cell was missing.
-    const std::int64_t version = j.at("version").as_int();
-    check(version == 1 || version == 2, op, "expected version 1 or 2 but got ", version);
-    TabularSchema s;
-    s.min_count = index_t(j.at("min_count").as_int());
-    s.na_values = version >= 2 ? strings_from(j.at("na_values")) : std::vector<std::string>{};
-    for (const auto& o : j.at("features").as_array()) {
-      FeatureColumn fc;
-      const std::string& kind = o.at("kind").as_string();
-      bool known = false;
-      for (ColumnKind k : {ColumnKind::Id, ColumnKind::Bag, ColumnKind::Sequence, ColumnKind::Text, ColumnKind::Dense})
-        if (kind == column_kind_name(k)) {
-          fc.kind = k;
-          known = true;
-        }
-      check(known, op, "unknown feature kind '", kind, "'");
-      fc.column = o.at("column").as_string();
-      if (fc.kind == ColumnKind::Id) fc.buckets = index_t(o.at("buckets").as_int());
-      if (fc.kind == ColumnKind::Bag || fc.kind == ColumnKind::Sequence) {
-        const std::string& sep = o.at("sep").as_string();
-        check(sep.size() == 1, op, "feature '", fc.column, "' expected a one-character separator but got '", sep, "'");
-        fc.sep = sep[0];
-      }
-      if (fc.kind == ColumnKind::Sequence || fc.kind == ColumnKind::Text) fc.max_len = index_t(o.at("max_len").as_int());
-      if (fc.kind == ColumnKind::Dense && version >= 2) fc.impute = o.at("impute").as_bool();
-      s.features.push_back(fc);
-    }
-    for (const auto& o : j.at("tasks").as_array()) {
-      TaskColumn tc;
-      tc.column = o.at("column").as_string();
-      const std::string& type = o.at("type").as_string();
-      if (type == "binary") tc.type = TaskType::Binary;
-      else if (type == "regression") tc.type = TaskType::Regression;
-      else if (type == "multiclass") tc.type = TaskType::MultiClass;
-      else fail(op, "task '", tc.column, "' has unknown type '", type, "'");
-      tc.weight = o.at("weight").as_double();
-      s.tasks.push_back(tc);
-    }
-    TabularEncoder e(s);
-    const auto& feats = j.at("features").as_array();
-    for (std::size_t f = 0; f < s.features.size(); ++f) {
-      const FeatureColumn& fc = s.features[f];
-      if (fc.kind == ColumnKind::Dense) {
-        e.features_[f].stats.mean = feats[f].at("mean").as_double();
-        e.features_[f].stats.sd = feats[f].at("std").as_double();
-        check(std::isfinite(e.features_[f].stats.mean) && e.features_[f].stats.sd > 0 &&
-                  std::isfinite(e.features_[f].stats.sd),
-              op, "feature '", fc.column, "' expected a finite mean and a finite std > 0");
-      } else if (!(fc.kind == ColumnKind::Id && fc.buckets > 0)) {
-        e.features_[f].vocab = Vocabulary::from_tokens(strings_from(feats[f].at("vocab")));
-      }
-    }
-    const auto& tasks = j.at("tasks").as_array();
-    for (std::size_t k = 0; k < s.tasks.size(); ++k) {
-      if (s.tasks[k].type == TaskType::Regression) {
-        e.tasks_[k].target.mean = tasks[k].at("mean").as_double();
-        e.tasks_[k].target.sd = tasks[k].at("std").as_double();
-        check(e.tasks_[k].target.sd > 0, op, "task '", s.tasks[k].column, "' expected std > 0");
-      }
-      if (s.tasks[k].type == TaskType::MultiClass) {
-        e.tasks_[k].classes = strings_from(tasks[k].at("classes"));
-        e.tasks_[k].class_index = Vocabulary::from_tokens(e.tasks_[k].classes);
-      }
-    }
-    e.fitted_ = true;
-    return e;
-  }
-
- private:
-  struct FeatureState {
-    Vocabulary vocab;    // id (unhashed), bag, seq, text
-    Standardizer stats;  // dense
-  };
-  struct TaskState {
-    Standardizer target;               // regression
-    std::vector<std::string> classes;  // multiclass, sorted
-    Vocabulary class_index;            // class name -> index + 1
-  };
-
-  static std::string_view csv_trim(std::string_view s) { return detail::trim(s); }
-
-  // The last `max_len` items of a list, in order (a user's most recent).
-  static void last_items(std::string_view cell, char sep, index_t max_len, std::vector<std::string_view>& out) {
-    out.clear();
-    for_each_item(cell, sep, [&](std::string_view s) { out.push_back(s); });
-    if (out.size() > std::size_t(max_len)) out.erase(out.begin(), out.end() - std::ptrdiff_t(max_len));
-  }
-
-  // A number the model can take: finite and within float range (the model
-  // computes in float; 1e200 would become inf there).
-  static bool float_range(double v) { return std::fabs(v) <= double(std::numeric_limits<float>::max()); }
-
-  double dense_value(const CsvTable& t, std::size_t r, std::size_t col, const FeatureColumn& fc, const char* op) const {
-    const std::string_view cell = t.cell(r, col);
-    double v = 0;
-    if (is_missing(cell))
-      t.fail_cell(op, r, col, "missing value ",
-                  detail::trim(cell).empty() ? std::string("(an empty cell)") : detail::shown(detail::trim(cell)),
-                  " in dense column; dense columns need a value in every row (declare --dense ", fc.column,
-                  ":impute to use the training mean and an is_missing indicator)");
-    if (!parse_number(cell, v) || !float_range(v))
-      t.fail_cell(op, r, col, "expected a finite number within float range (|x| <= ",
-                  std::numeric_limits<float>::max(), ") but got ", detail::shown(detail::trim(cell)));
-    return v;
-  }
-  static double number_label(const CsvTable& t, std::size_t r, std::size_t col, const char* op) {
-    double v = 0;
-    if (!parse_number(t.cell(r, col), v) || !float_range(v))
-      t.fail_cell(op, r, col, "expected a finite number within float range (|x| <= ", std::numeric_limits<float>::max(),
-                  ") as the regression label but got ", detail::shown(detail::trim(t.cell(r, col))));
-    return v;
-  }
-  // 0/1 (any number equal to 0 or 1, so "1.0" too) or true/false in any case.
-  static double binary_label(const CsvTable& t, std::size_t r, std::size_t col, const char* op) {
-    const std::string_view s = detail::trim(t.cell(r, col));
-    double v = -1;
-    if (parse_number(s, v) && (v == 0 || v == 1)) return v;
-    std::string lower(s);
-    for (char& c : lower) c = (c >= 'A' && c <= 'Z') ? char(c + 32) : c;
-    if (lower == "true") return 1;
-    if (lower == "false") return 0;
-    t.fail_cell(op, r, col, "expected a binary label 0, 1, true or false but got ", detail::shown(s));
-  }
-
-  // Numeric order when every class is a number ("2" < "10"), else byte order.
-  static std::vector<std::string> sorted_classes(std::vector<std::string> c) {
-    bool numeric = true;
-    std::vector<std::pair<double, std::string>> keyed;
-    for (const auto& s : c) {
-      double v = 0;
-      if (!parse_number(s, v)) {
-        numeric = false;
-        break;
-      }
-      keyed.emplace_back(v, s);
-    }
-    if (numeric) {
-      std::stable_sort(keyed.begin(), keyed.end(),
-                       [](const auto& a, const auto& b) { return a.first < b.first || (a.first == b.first && a.second < b.second); });
-      for (std::size_t i = 0; i < c.size(); ++i) c[i] = keyed[i].second;
-    } else {
-      std::sort(c.begin(), c.end());
-    }
-    return c;
-  }
-  static std::string class_list(const std::vector<std::string>& c) {
-    std::string s;
-    for (std::size_t i = 0; i < c.size() && i < 10; ++i) s += (i ? ", '" : "'") + c[i] + "'";
-    if (c.size() > 10) s += ", ... (" + std::to_string(c.size()) + " in all)";
-    return s;
-  }
-
-  // JSON strings must be UTF-8; a token that is not (a Latin-1 file, say)
-  // is stored as {"hex": "..."} so that any byte string round-trips.
-  static bool valid_utf8(std::string_view s) {
-    for (std::size_t i = 0; i < s.size();) {
-      const std::size_t n = json::detail::utf8_sequence_length(s, i);
-      if (n == 0) return false;
-      i += n;
-    }
-    return true;
-  }
-  static json::Value strings_json(const std::vector<std::string>& v) {
-    static const char* hex = "0123456789abcdef";
-    json::Value a = json::Value::array();
-    for (const auto& s : v) {
-      if (valid_utf8(s)) {
-        a.push_back(s);
-        continue;
-      }
-      std::string h;
-      for (unsigned char c : s) {
-        h += hex[c >> 4];
-        h += hex[c & 15];
-      }
-      json::Value o = json::Value::object();
-      o.set("hex", h);
-      a.push_back(std::move(o));
-    }
-    return a;
-  }
-  static std::vector<std::string> strings_from(const json::Value& v) {
-    std::vector<std::string> out;
-    out.reserve(v.size());
-    for (const auto& x : v.as_array()) {
-      if (x.is_string()) {
-        out.push_back(x.as_string());
-        continue;
-      }
-      const std::string& h = x.at("hex").as_string();
-      check(h.size() % 2 == 0, "TabularEncoder::from_json", "expected an even number of hex digits but got '", h, "'");
-      std::string s;
-      auto nib = [&](char c) -> int {
-        if (c >= '0' && c <= '9') return c - '0';
-        if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-        fail("TabularEncoder::from_json", "expected hex digits but got '", h, "'");
-      };
-      for (std::size_t i = 0; i < h.size(); i += 2) s += char(nib(h[i]) * 16 + nib(h[i + 1]));
-      out.push_back(std::move(s));
-    }
-    return out;
-  }
-
-  TabularSchema schema_;
-  std::vector<FeatureState> features_;
-  std::vector<TaskState> tasks_;
-  bool fitted_ = false;
-};
-
-}  // namespace data
-}  // namespace mtrec
-// ==== end mtrec/data/tabular.hpp ==============================================
-
-// ==== begin mtrec/io/checkpoint.hpp ===========================================
+// ==== begin mtrec/train/checkpoint.hpp ========================================
 // mtrec: checkpoints — a model (and optionally its training state) in one
 // safetensors file that rebuilds the model without the original C++ code.
 //
@@ -8080,553 +8369,6 @@ class TabularEncoder {
 // Metadata (all strings): format = "mtrec.checkpoint", version, dtype,
 // config (the ModelConfig as JSON), and with training state: trainer (JSON:
 // epoch, step, updates, optimizer step, loss-weighting state).
-
-// ==== begin mtrec/io/safetensors.hpp ==========================================
-// mtrec: safetensors checkpoints (https://github.com/huggingface/safetensors).
-//
-// The format:
-//   bytes [0, 8)        N, the header length, unsigned 64-bit little-endian
-//   bytes [8, 8 + N)    the header: a UTF-8 JSON object
-//                         { "__metadata__": {"key": "value", ...},          (optional)
-//                           "<tensor name>": { "dtype": "F32",
-//                                              "shape": [2, 3],
-//                                              "data_offsets": [begin, end] }, ... }
-//   bytes [8 + N, EOF)  the data buffer; each tensor occupies [begin, end)
-//                       of it, little-endian, row-major (C order)
-//
-//   std::vector<TensorRecord> ts = {TensorRecord::of("w", w.data(), {4, 3})};
-//   save_safetensors("model.safetensors", ts, {{"config", cfg.dump()}});
-//   auto f = SafetensorsFile::load("model.safetensors");
-//   f.read<float>("w", w.data(), 12);
-//
-// Writer: compact header with "__metadata__" first (omitted when empty, keys
-// sorted) and the tensors in the order given, each entry's fields in the
-// order dtype, shape, data_offsets, as the official writer does; the header
-// is padded with spaces to a multiple of 8 bytes so the data buffer starts
-// 8-byte aligned; tensors are packed contiguously in the order given. The
-// file is written atomically (io::AtomicFileWriter): the target is either the
-// old file or the complete new one.
-//
-// Reader: loads the whole file into memory and validates it the way the
-// official Rust reader does, plus a few stricter rules (marked "stricter"):
-//   * at least 8 bytes; N <= 100,000,000 (the official limit); 8 + N <= size;
-//   * the header starts with '{' and is strict JSON (json::parse: UTF-8,
-//     and, stricter, duplicate keys are rejected: serde keeps the last one);
-//   * "__metadata__" is null or an object whose values are all strings;
-//   * every other member is an object with exactly the fields dtype (a known
-//     name), shape (array of non-negative integers) and data_offsets (two
-//     non-negative integers, begin <= end) (stricter: unknown fields are an
-//     error, serde ignores them; no official writer produces them);
-//   * the element count does not overflow, end - begin == numel * dtype size;
-//   * sorted by offset, the tensors tile the data buffer exactly: the first
-//     starts at 0, each starts where the previous one ends (no overlap, no
-//     hole) and the last ends at the end of the file.
-// Every check runs before any tensor byte is touched, so no input makes the
-// reader read outside the file; every failure is an mtrec::Error naming the
-// file and the problem.
-//
-// Byte order: tensor bytes are copied as they are, so this assumes a
-// little-endian host (x86-64, AArch64 Linux); a big-endian build fails below.
-// The length prefix is encoded byte by byte and would not need it.
-
-#if defined(__BYTE_ORDER__) && defined(__ORDER_LITTLE_ENDIAN__)
-#if __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
-#error "mtrec/io/safetensors.hpp copies tensor bytes as they are and needs a little-endian host"
-#endif
-#endif
-
-namespace mtrec {
-namespace safetensors {
-
-// The dtypes of whole-byte size from the official list. The sub-byte ones
-// (F4, F6_E2M3, F6_E3M2) are recognised and refused with their own message.
-enum class Dtype : std::uint8_t { BOOL, U8, I8, F8_E5M2, F8_E4M3, F8_E8M0, I16, U16, F16, BF16, I32, U32, F32, F64, I64, U64 };
-
-struct DtypeInfo {
-  Dtype dtype;
-  const char* name;
-  std::size_t size;  // bytes per element
-};
-
-inline const DtypeInfo* dtype_table(std::size_t& count) {
-  static const DtypeInfo table[] = {
-      {Dtype::BOOL, "BOOL", 1},       {Dtype::U8, "U8", 1},           {Dtype::I8, "I8", 1},
-      {Dtype::F8_E5M2, "F8_E5M2", 1}, {Dtype::F8_E4M3, "F8_E4M3", 1}, {Dtype::F8_E8M0, "F8_E8M0", 1},
-      {Dtype::I16, "I16", 2},         {Dtype::U16, "U16", 2},         {Dtype::F16, "F16", 2},
-      {Dtype::BF16, "BF16", 2},       {Dtype::I32, "I32", 4},         {Dtype::U32, "U32", 4},
-      {Dtype::F32, "F32", 4},         {Dtype::F64, "F64", 8},         {Dtype::I64, "I64", 8},
-      {Dtype::U64, "U64", 8}};
-  count = sizeof(table) / sizeof(table[0]);
-  return table;
-}
-
-inline const DtypeInfo& dtype_info(Dtype d) {
-  std::size_t n;
-  const DtypeInfo* t = dtype_table(n);
-  const auto i = static_cast<std::size_t>(d);
-  check(i < n, "safetensors::dtype_info", "invalid Dtype value ", i, " (expected 0..", n - 1, ")");
-  return t[i];
-}
-inline const char* dtype_name(Dtype d) { return dtype_info(d).name; }
-inline std::size_t dtype_size(Dtype d) { return dtype_info(d).size; }
-
-// The dtype spelled `name` ("F32"), or false.
-inline bool dtype_from_name(std::string_view name, Dtype& out) {
-  std::size_t n;
-  const DtypeInfo* t = dtype_table(n);
-  for (std::size_t i = 0; i < n; ++i)
-    if (name == t[i].name) {
-      out = t[i].dtype;
-      return true;
-    }
-  return false;
-}
-
-inline std::string dtype_names() {
-  std::size_t n;
-  const DtypeInfo* t = dtype_table(n);
-  std::string s;
-  for (std::size_t i = 0; i < n; ++i) s += (i ? ", " : "") + std::string(t[i].name);
-  return s;
-}
-
-// The dtype that stores C++ type T (float -> F32, ...). F16/BF16/F8 have no
-// C++ type here: write them from raw bytes (TensorRecord with a Dtype) and
-// read them with read_raw().
-template <class T>
-constexpr Dtype dtype_of() {
-  static_assert(std::is_arithmetic<T>::value, "dtype_of<T>: T must be an arithmetic type");
-  if constexpr (std::is_same<T, bool>::value) return Dtype::BOOL;
-  else if constexpr (std::is_same<T, float>::value) return Dtype::F32;
-  else if constexpr (std::is_same<T, double>::value) return Dtype::F64;
-  else if constexpr (std::is_integral<T>::value && std::is_signed<T>::value) {
-    static_assert(sizeof(T) == 1 || sizeof(T) == 2 || sizeof(T) == 4 || sizeof(T) == 8, "unsupported integer size");
-    return sizeof(T) == 1 ? Dtype::I8 : sizeof(T) == 2 ? Dtype::I16 : sizeof(T) == 4 ? Dtype::I32 : Dtype::I64;
-  } else if constexpr (std::is_integral<T>::value) {
-    static_assert(sizeof(T) == 1 || sizeof(T) == 2 || sizeof(T) == 4 || sizeof(T) == 8, "unsupported integer size");
-    return sizeof(T) == 1 ? Dtype::U8 : sizeof(T) == 2 ? Dtype::U16 : sizeof(T) == 4 ? Dtype::U32 : Dtype::U64;
-  } else {
-    static_assert(sizeof(T) == 0, "dtype_of<T>: no safetensors dtype for this type (long double?)");
-    return Dtype::U8;
-  }
-}
-
-// The official reader's limit on N; the writer refuses to exceed it too.
-constexpr std::uint64_t kMaxHeaderSize = 100000000;
-// The header is padded so the data buffer starts at a multiple of this.
-constexpr std::size_t kDataAlignment = 8;
-
-namespace detail {
-// numel and numel * elem_size, or false on a negative dimension or overflow.
-inline bool shape_bytes(const std::vector<std::int64_t>& shape, std::size_t elem_size, std::uint64_t& numel,
-                        std::uint64_t& nbytes) {
-  std::uint64_t n = 1;
-  for (std::int64_t d : shape) {
-    if (d < 0) return false;
-    if (__builtin_mul_overflow(n, static_cast<std::uint64_t>(d), &n)) return false;
-  }
-  std::uint64_t b;
-  if (__builtin_mul_overflow(n, static_cast<std::uint64_t>(elem_size), &b)) return false;
-  numel = n;
-  nbytes = b;
-  return true;
-}
-
-inline std::string shape_str(const std::vector<std::int64_t>& shape) {
-  std::string s = "[";
-  for (std::size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
-  return s + "]";
-}
-
-inline void put_u64_le(std::uint8_t* p, std::uint64_t v) {
-  for (int i = 0; i < 8; ++i) p[i] = static_cast<std::uint8_t>(v >> (8 * i));
-}
-inline std::uint64_t get_u64_le(const std::uint8_t* p) {
-  std::uint64_t v = 0;
-  for (int i = 7; i >= 0; --i) v = (v << 8) | p[i];
-  return v;
-}
-}  // namespace detail
-}  // namespace safetensors
-
-// One tensor to write. `data` must hold `nbytes` bytes, little-endian,
-// row-major; nbytes must equal numel(shape) * dtype_size(dtype). An empty
-// shape is a 0-d scalar (one element).
-struct TensorRecord {
-  std::string name;
-  safetensors::Dtype dtype = safetensors::Dtype::F32;
-  std::vector<std::int64_t> shape;
-  const void* data = nullptr;
-  std::size_t nbytes = 0;
-
-  // A record over `data` of C++ type T, with nbytes from the shape.
-  template <class T>
-  static TensorRecord of(std::string name, const T* data, std::vector<std::int64_t> shape) {
-    TensorRecord r;
-    r.name = std::move(name);
-    r.dtype = safetensors::dtype_of<T>();
-    r.shape = std::move(shape);
-    r.data = data;
-    std::uint64_t numel = 0, nbytes = 0;
-    check(safetensors::detail::shape_bytes(r.shape, sizeof(T), numel, nbytes), "TensorRecord::of", "tensor '",
-          r.name, "': shape ", safetensors::detail::shape_str(r.shape),
-          " has a negative dimension or more bytes than fit in 64 bits");
-    r.nbytes = static_cast<std::size_t>(nbytes);
-    return r;
-  }
-};
-
-namespace safetensors {
-namespace detail {
-
-// Validates the records and returns the padded header.
-inline std::string build_header(const std::vector<TensorRecord>& tensors,
-                                const std::map<std::string, std::string>& metadata, const char* op,
-                                std::uint64_t& data_size) {
-  json::Value header = json::Value::object();
-  if (!metadata.empty()) {
-    json::Value meta = json::Value::object();
-    // std::map iterates in key order, and keys are unique: append directly.
-    for (const auto& kv : metadata) meta.as_object().emplace_back(kv.first, json::Value(kv.second));
-    header.as_object().emplace_back("__metadata__", std::move(meta));
-  }
-  // Names must be unique: sort pointers and compare neighbours.
-  std::vector<const std::string*> names;
-  names.reserve(tensors.size());
-  std::uint64_t offset = 0;
-  for (std::size_t i = 0; i < tensors.size(); ++i) {
-    const TensorRecord& t = tensors[i];
-    check(!t.name.empty(), op, "tensor #", i, " has an empty name");
-    check(t.name != "__metadata__", op, "tensor #", i, " is named \"__metadata__\", which the format reserves");
-    const std::size_t esize = dtype_size(t.dtype);  // also checks the enum value
-    std::uint64_t numel = 0, nbytes = 0;
-    check(shape_bytes(t.shape, esize, numel, nbytes), op, "tensor '", t.name, "': shape ", shape_str(t.shape),
-          " has a negative dimension or more bytes than fit in 64 bits");
-    check(nbytes == t.nbytes, op, "tensor '", t.name, "': shape ", shape_str(t.shape), " of ", dtype_name(t.dtype),
-          " needs ", numel, " x ", esize, " = ", nbytes, " bytes, but the record says nbytes = ", t.nbytes);
-    check(t.data != nullptr || t.nbytes == 0, op, "tensor '", t.name, "': data is null but nbytes = ", t.nbytes);
-    check(!__builtin_add_overflow(offset, nbytes, &offset), op, "total tensor size overflows 64 bits");
-    names.push_back(&t.name);
-
-    json::Value shape = json::Value::array();
-    for (std::int64_t d : t.shape) shape.push_back(d);
-    json::Value entry = json::Value::object();
-    entry.as_object().emplace_back("dtype", json::Value(dtype_name(t.dtype)));
-    entry.as_object().emplace_back("shape", std::move(shape));
-    entry.as_object().emplace_back("data_offsets",
-                                   json::Value(json::Array{json::Value(offset - nbytes), json::Value(offset)}));
-    header.as_object().emplace_back(t.name, std::move(entry));
-  }
-  std::sort(names.begin(), names.end(), [](const std::string* a, const std::string* b) { return *a < *b; });
-  for (std::size_t i = 1; i < names.size(); ++i)
-    check(*names[i] != *names[i - 1], op, "two tensors are named '", *names[i], "'; names must be unique");
-
-  std::string text;
-  try {
-    text = header.dump();
-  } catch (const Error& e) {  // a name or metadata string that is not UTF-8
-    fail(op, "cannot encode the header: ", e.what());
-  }
-  text.append((kDataAlignment - text.size() % kDataAlignment) % kDataAlignment, ' ');
-  check(text.size() <= kMaxHeaderSize, op, "the header is ", text.size(), " bytes, over the limit of ",
-        kMaxHeaderSize, " bytes that readers accept");
-  data_size = offset;
-  return text;
-}
-
-}  // namespace detail
-}  // namespace safetensors
-
-// The complete file as bytes (for tests and in-memory use).
-inline std::vector<std::uint8_t> serialize_safetensors(const std::vector<TensorRecord>& tensors,
-                                                       const std::map<std::string, std::string>& metadata = {}) {
-  std::uint64_t data_size = 0;
-  const std::string header =
-      safetensors::detail::build_header(tensors, metadata, "serialize_safetensors", data_size);
-  std::vector<std::uint8_t> out(8 + header.size() + static_cast<std::size_t>(data_size));
-  safetensors::detail::put_u64_le(out.data(), header.size());
-  std::memcpy(out.data() + 8, header.data(), header.size());
-  std::size_t pos = 8 + header.size();
-  for (const TensorRecord& t : tensors) {
-    if (t.nbytes) std::memcpy(out.data() + pos, t.data, t.nbytes);
-    pos += t.nbytes;
-  }
-  return out;
-}
-
-// Writes the file atomically: a temporary file beside `path`, fsync, rename.
-// Records are validated before anything touches the disk; on any failure the
-// old file (if any) is left as it was and no temporary file remains.
-inline void save_safetensors(const std::string& path, const std::vector<TensorRecord>& tensors,
-                             const std::map<std::string, std::string>& metadata = {}) {
-  std::uint64_t data_size = 0;
-  const std::string header = safetensors::detail::build_header(tensors, metadata, "save_safetensors", data_size);
-  try {
-    io::AtomicFileWriter w(path);
-    std::uint8_t prefix[8];
-    safetensors::detail::put_u64_le(prefix, header.size());
-    w.write(prefix, 8);
-    w.write(header.data(), header.size());
-    for (const TensorRecord& t : tensors)
-      if (t.nbytes) w.write(t.data, t.nbytes);
-    w.commit();
-  } catch (const Error& e) {
-    // Keep the caller-facing operation name; the message already names the path and errno.
-    throw Error("save_safetensors", e.what());
-  }
-}
-
-// A loaded, validated safetensors file held in memory.
-class SafetensorsFile {
- public:
-  struct TensorInfo {
-    std::string name;
-    safetensors::Dtype dtype = safetensors::Dtype::F32;
-    std::vector<std::int64_t> shape;  // empty: a 0-d scalar
-    std::uint64_t begin = 0, end = 0;  // [begin, end) within the data buffer
-    std::uint64_t numel() const {
-      std::uint64_t n = 1;
-      for (std::int64_t d : shape) n *= static_cast<std::uint64_t>(d);  // validated not to overflow
-      return n;
-    }
-    std::uint64_t nbytes() const { return end - begin; }
-  };
-
-  // Reads and validates a file. Errors name the path.
-  static SafetensorsFile load(const std::string& path) {
-    SafetensorsFile f;
-    f.source_ = "'" + path + "'";
-    f.bytes_ = io::read_file_bytes(path, "SafetensorsFile::load");
-    f.parse("SafetensorsFile::load");
-    return f;
-  }
-  // Validates bytes already in memory (what load() does after reading).
-  static SafetensorsFile from_bytes(std::vector<std::uint8_t> bytes) {
-    SafetensorsFile f;
-    f.source_ = "in-memory safetensors";
-    f.bytes_ = std::move(bytes);
-    f.parse("SafetensorsFile::from_bytes");
-    return f;
-  }
-
-  const std::map<std::string, std::string>& metadata() const { return metadata_; }
-  // Tensors in data order (for files from save_safetensors: the order written).
-  const std::vector<TensorInfo>& tensors() const { return tensors_; }
-  std::vector<std::string> names() const {
-    std::vector<std::string> n;
-    n.reserve(tensors_.size());
-    for (const auto& t : tensors_) n.push_back(t.name);
-    return n;
-  }
-  std::size_t size() const { return tensors_.size(); }
-  bool has(const std::string& name) const { return index_.count(name) != 0; }
-
-  const TensorInfo& info(const std::string& name) const { return tensors_[lookup("SafetensorsFile::info", name)]; }
-
-  // N (the header length) and where the data buffer starts in the file.
-  std::uint64_t header_size() const { return header_size_; }
-  std::uint64_t data_start() const { return 8 + header_size_; }
-
-  // The tensor's bytes inside the loaded file. No alignment guarantee beyond
-  // what the writer chose: copy out with read()/read_raw() to use as T.
-  const std::uint8_t* raw(const std::string& name) const {
-    const TensorInfo& t = tensors_[lookup("SafetensorsFile::raw", name)];
-    return bytes_.data() + data_start() + t.begin;
-  }
-
-  // Copies the bytes of any dtype; nbytes must match exactly.
-  void read_raw(const std::string& name, void* out, std::size_t nbytes) const {
-    const TensorInfo& t = tensors_[lookup("SafetensorsFile::read_raw", name)];
-    check(nbytes == t.nbytes(), "SafetensorsFile::read_raw", "tensor '", t.name, "' in ", source_, " has ",
-          t.nbytes(), " bytes (", safetensors::dtype_name(t.dtype), " ", safetensors::detail::shape_str(t.shape),
-          ") but the output holds ", nbytes);
-    if (nbytes) std::memcpy(out, bytes_.data() + data_start() + t.begin, nbytes);
-  }
-
-  // Copies into out[0, count); the dtype must be dtype_of<T>() and count the
-  // element count (no conversions: a silent F64 -> F32 narrowing in a
-  // checkpoint load is a bug waiting to happen).
-  template <class T>
-  void read(const std::string& name, T* out, std::size_t count) const {
-    const TensorInfo& t = tensors_[lookup("SafetensorsFile::read", name)];
-    constexpr safetensors::Dtype want = safetensors::dtype_of<T>();
-    check(t.dtype == want, "SafetensorsFile::read", "tensor '", t.name, "' in ", source_, " has dtype ",
-          safetensors::dtype_name(t.dtype), " but was read as ", safetensors::dtype_name(want));
-    check(count == t.numel(), "SafetensorsFile::read", "tensor '", t.name, "' in ", source_, " has ", t.numel(),
-          " elements (shape ", safetensors::detail::shape_str(t.shape), ") but the output holds ", count);
-    const std::uint8_t* src = bytes_.data() + data_start() + t.begin;
-    if constexpr (std::is_same<T, bool>::value) {
-      // A bool object holding anything but 0 or 1 is undefined behaviour.
-      for (std::size_t i = 0; i < count; ++i)
-        check(src[i] <= 1, "SafetensorsFile::read", "tensor '", t.name, "' in ", source_, ": BOOL element ", i,
-              " is ", unsigned(src[i]), ", not 0 or 1");
-    }
-    if (count) std::memcpy(out, src, count * sizeof(T));
-  }
-  void read_f32(const std::string& name, float* out, std::size_t count) const { read<float>(name, out, count); }
-
-  template <class T>
-  std::vector<T> read_vector(const std::string& name) const {
-    const std::size_t n = static_cast<std::size_t>(info(name).numel());
-    if constexpr (std::is_same<T, bool>::value) {
-      // std::vector<bool> packs bits and has no data(): read into bools, then copy.
-      std::unique_ptr<bool[]> tmp(new bool[n ? n : 1]);
-      read<bool>(name, tmp.get(), n);
-      return std::vector<bool>(tmp.get(), tmp.get() + n);
-    } else {
-      std::vector<T> v(n);
-      read<T>(name, v.data(), v.size());
-      return v;
-    }
-  }
-
- private:
-  SafetensorsFile() = default;
-
-  std::size_t lookup(const char* op, const std::string& name) const {
-    const auto it = index_.find(name);
-    if (it != index_.end()) return it->second;
-    std::string have;
-    const std::size_t shown = std::min<std::size_t>(tensors_.size(), 10);
-    for (std::size_t i = 0; i < shown; ++i) have += (i ? ", '" : "'") + tensors_[i].name + "'";
-    if (tensors_.size() > shown) have += ", ...";
-    fail(op, "no tensor named '", name, "' in ", source_, " (it has ", tensors_.size(), " tensors",
-         tensors_.empty() ? "" : ": ", have, ")");
-  }
-
-  template <class... P>
-  [[noreturn]] void bad(const char* op, const P&... parts) const {
-    fail(op, source_, " is not a valid safetensors file: ", parts...);
-  }
-
-  void parse(const char* op) {
-    using namespace safetensors;
-    const std::uint64_t size = bytes_.size();
-    if (size < 8)
-      bad(op, "it is ", size, " bytes long, shorter than the 8-byte header length that starts the format");
-    const std::uint64_t n = safetensors::detail::get_u64_le(bytes_.data());
-    if (n > kMaxHeaderSize) bad(op, "header length ", n, " exceeds the limit of ", kMaxHeaderSize, " bytes");
-    if (n > size - 8)
-      bad(op, "header length ", n, " exceeds the ", size - 8, " bytes after the 8-byte length (truncated file?)");
-    header_size_ = n;
-    const std::uint64_t buffer_size = size - 8 - n;
-    const std::string_view text(reinterpret_cast<const char*>(bytes_.data() + 8), static_cast<std::size_t>(n));
-    if (text.empty() || text[0] != '{')
-      bad(op, "the header (file offset 8) must be a JSON object starting with '{', found ",
-          text.empty() ? std::string("an empty header")
-                       : "byte " + std::to_string(static_cast<unsigned>(static_cast<std::uint8_t>(text[0]))));
-
-    json::Value header;
-    try {
-      header = json::parse(text);
-    } catch (const Error& e) {
-      bad(op, "the header is not valid JSON (offsets count from the header start, file offset 8): ", e.what());
-    }
-    if (!header.is_object()) bad(op, "the header must be a JSON object");
-
-    std::vector<std::uint64_t> nbytes_list;
-    for (const auto& member : header.as_object()) {
-      const std::string& name = member.first;
-      const json::Value& v = member.second;
-      if (name == "__metadata__") {
-        if (v.is_null()) continue;  // serde reads null as "no metadata"
-        if (!v.is_object()) bad(op, "\"__metadata__\" must be an object of strings, got ", v.dump());
-        for (const auto& kv : v.as_object()) {
-          if (!kv.second.is_string())
-            bad(op, "\"__metadata__\" value of key \"", kv.first, "\" must be a string, got ", kv.second.dump());
-          metadata_.emplace(kv.first, kv.second.as_string());
-        }
-        continue;
-      }
-      if (!v.is_object()) bad(op, "entry of tensor '", name, "' must be an object, got ", v.dump());
-      for (const auto& field : v.as_object())
-        if (field.first != "dtype" && field.first != "shape" && field.first != "data_offsets")
-          bad(op, "tensor '", name, "' has an unknown field \"", field.first,
-              "\" (expected only dtype, shape, data_offsets)");
-      const json::Value* dtype = v.find("dtype");
-      const json::Value* shape = v.find("shape");
-      const json::Value* offsets = v.find("data_offsets");
-      if (!dtype) bad(op, "tensor '", name, "' has no \"dtype\"");
-      if (!shape) bad(op, "tensor '", name, "' has no \"shape\"");
-      if (!offsets) bad(op, "tensor '", name, "' has no \"data_offsets\"");
-
-      TensorInfo t;
-      t.name = name;
-      if (!dtype->is_string()) bad(op, "dtype of tensor '", name, "' must be a string, got ", dtype->dump());
-      const std::string& dn = dtype->as_string();
-      if (dn == "F4" || dn == "F6_E2M3" || dn == "F6_E3M2")
-        bad(op, "tensor '", name, "' has the sub-byte dtype ", dn, ", which mtrec does not support");
-      if (!dtype_from_name(dn, t.dtype))
-        bad(op, "tensor '", name, "' has the unknown dtype \"", dn, "\" (known: ", dtype_names(), ")");
-
-      if (!shape->is_array())
-        bad(op, "shape of tensor '", name, "' must be an array of non-negative integers, got ", shape->dump());
-      for (std::size_t k = 0; k < shape->size(); ++k) {
-        const json::Value& d = shape->at(k);
-        if (!d.is_int() || d.as_int() < 0)
-          bad(op, "shape of tensor '", name, "' must be an array of non-negative integers; element ", k, " is ",
-              d.dump());
-        t.shape.push_back(d.as_int());
-      }
-      std::uint64_t numel = 0, nbytes = 0;
-      if (!safetensors::detail::shape_bytes(t.shape, dtype_size(t.dtype), numel, nbytes))
-        bad(op, "shape ", safetensors::detail::shape_str(t.shape), " of tensor '", name, "' (", dn,
-            ") has more bytes than fit in 64 bits");
-
-      if (!offsets->is_array() || offsets->size() != 2)
-        bad(op, "data_offsets of tensor '", name, "' must be [begin, end], got ", offsets->dump());
-      for (std::size_t k = 0; k < 2; ++k)
-        if (!offsets->at(k).is_int() || offsets->at(k).as_int() < 0)
-          bad(op, "data_offsets of tensor '", name, "' must be two non-negative integers, got ", offsets->dump());
-      t.begin = static_cast<std::uint64_t>(offsets->at(0).as_int());
-      t.end = static_cast<std::uint64_t>(offsets->at(1).as_int());
-      if (t.begin > t.end)
-        bad(op, "data_offsets of tensor '", name, "' are [", t.begin, ", ", t.end, "]: begin is after end");
-      if (t.end > buffer_size)
-        bad(op, "data_offsets of tensor '", name, "' are [", t.begin, ", ", t.end, "], past the end of the ",
-            buffer_size, "-byte data buffer (offsets out of range; truncated file?)");
-      if (t.end - t.begin != nbytes)
-        bad(op, "tensor '", name, "' has data_offsets [", t.begin, ", ", t.end, "] (", t.end - t.begin,
-            " bytes) but its shape ", safetensors::detail::shape_str(t.shape), " of ", dn, " needs ", numel, " x ",
-            dtype_size(t.dtype), " = ", nbytes, " bytes");
-      tensors_.push_back(std::move(t));
-    }
-
-    // Coverage: sorted by (begin, end), stable so zero-byte tensors at one
-    // offset keep the header order, the tensors must tile [0, buffer_size).
-    std::stable_sort(tensors_.begin(), tensors_.end(), [](const TensorInfo& a, const TensorInfo& b) {
-      return a.begin != b.begin ? a.begin < b.begin : a.end < b.end;
-    });
-    std::uint64_t covered = 0;
-    const TensorInfo* prev = nullptr;
-    for (const TensorInfo& t : tensors_) {
-      if (t.begin < covered)
-        bad(op, "tensor '", t.name, "' starts at byte ", t.begin, " of the data buffer but tensor '", prev->name,
-            "' ends at byte ", covered, ": tensors overlap");
-      if (t.begin > covered)
-        bad(op, "tensor '", t.name, "' starts at byte ", t.begin, " of the data buffer but ",
-            prev ? "tensor '" + prev->name + "' ends" : std::string("the buffer starts"), " at byte ", covered,
-            ": a hole of ", t.begin - covered, " bytes (tensors must be contiguous)");
-      covered = t.end;
-      prev = &t;
-    }
-    if (covered != buffer_size)
-      bad(op, "the tensors cover ", covered, " bytes but the data buffer has ", buffer_size, " bytes: ",
-          buffer_size - covered, " trailing bytes belong to no tensor");
-
-    for (std::size_t i = 0; i < tensors_.size(); ++i) index_.emplace(tensors_[i].name, i);
-  }
-
-  std::string source_;
-  std::vector<std::uint8_t> bytes_;
-  std::uint64_t header_size_ = 0;
-  std::map<std::string, std::string> metadata_;
-  std::vector<TensorInfo> tensors_;
-  std::map<std::string, std::size_t> index_;
-};
-
-}  // namespace mtrec
-// ==== end mtrec/io/safetensors.hpp ============================================
 
 // ==== begin mtrec/train/trainer.hpp ===========================================
 // mtrec: training a multi-task model — epochs, loss weighting, early stopping.
@@ -9457,11 +9199,17 @@ class Optimizer {
     if (cfg_.kind == OptimizerConfig::Kind::SGD) {
       const T tlr = T(lr), mu = T(cfg_.momentum), wd = T(cfg_.weight_decay);
       T* buf = buf_.numel() ? buf_.data() : nullptr;
-      update_block([&](index_t off, index_t n) {
-        if (!kernels::sgd_update(kernels::backend{}, s.values() + off, buf ? buf + off : nullptr, s.grads() + off, n,
-                                 tlr, mu, wd, cfg_.nesterov))
-          finite.clear();
-      });
+      update_block(
+          [&](index_t off, index_t n) {
+            if (!kernels::sgd_update(kernels::backend{}, s.values() + off, buf ? buf + off : nullptr, s.grads() + off,
+                                     n, tlr, mu, wd, cfg_.nesterov))
+              finite.clear();
+          },
+          [&](const RowSet* sets, index_t n_sets) {
+            if (!kernels::sgd_update_rows(kernels::backend{}, s.values(), buf, s.grads(), sets, n_sets, tlr, mu, wd,
+                                          cfg_.nesterov))
+              finite.clear();
+          });
     } else {
       // Bias corrections in double, like PyTorch (Python floats), then cast.
       kernels::AdamStep<T> st;
@@ -9473,11 +9221,17 @@ class Optimizer {
       st.decoupled = cfg_.kind == OptimizerConfig::Kind::AdamW;
       st.bias_correction1 = T(1.0 - std::pow(cfg_.beta1, double(t_)));
       st.bias_correction2 = T(1.0 - std::pow(cfg_.beta2, double(t_)));
-      update_block([&](index_t off, index_t n) {
-        if (!kernels::adam_update(kernels::backend{}, s.values() + off, m_.data() + off, v_.data() + off,
-                                  s.grads() + off, n, st))
-          finite.clear();
-      });
+      update_block(
+          [&](index_t off, index_t n) {
+            if (!kernels::adam_update(kernels::backend{}, s.values() + off, m_.data() + off, v_.data() + off,
+                                      s.grads() + off, n, st))
+              finite.clear();
+          },
+          [&](const RowSet* sets, index_t n_sets) {  // lazy: the touched rows of every table
+            if (!kernels::adam_update_rows(kernels::backend{}, s.values(), m_.data(), v_.data(), s.grads(), sets,
+                                           n_sets, st))
+              finite.clear();
+          });
     }
     return finite.get();
   }
@@ -9535,8 +9289,8 @@ class Optimizer {
   // Calls update(offset, n) on every span of the flat block that this step
   // updates: the dense block in one call, then each table lazily row by row
   // (rows in parallel; each row's kernel call then runs serially) or whole.
-  template <class Update>
-  void update_block(Update&& update) {
+  template <class Update, class UpdateRows>
+  void update_block(Update&& update, UpdateRows&& update_rows) {
     ParameterStore<T>& s = *store_;
     if (!cfg_.lazy_tables) {
       // Dense semantics: the whole block at once, tables included. Alignment
@@ -9545,32 +9299,9 @@ class Optimizer {
       return;
     }
     update(index_t(0), s.dense_size());
-    // Every table's touched rows in one parallel region (tables are disjoint
-    // and rows independent, so `nowait` is safe and the split changes nothing).
-    double work = 0;
-    for (int id = 0; id < s.count(); ++id)
-      if (s.info(id).kind == ParamKind::Table)
-        work += 16.0 * double(s.touched(id).rows.size()) * double(s.info(id).shape[1]);
-    auto tables = [&](bool worksharing) {
-      for (int id = 0; id < s.count(); ++id) {
-        const ParamInfo& p = s.info(id);
-        if (p.kind != ParamKind::Table) continue;
-        const index_t* rows = s.touched(id).rows.data();
-        const index_t n = static_cast<index_t>(s.touched(id).rows.size()), dim = p.shape[1];
-        if (worksharing) {
-          MTREC_OMP(for schedule(static) nowait)
-          for (index_t i = 0; i < n; ++i) update(p.offset + rows[i] * dim, dim);
-        } else {
-          for (index_t i = 0; i < n; ++i) update(p.offset + rows[i] * dim, dim);
-        }
-      }
-    };
-    if (worth_forking_flops(work) && num_threads() > 1 && !in_parallel_region()) {
-      MTREC_OMP(parallel)
-      tables(true);
-    } else {
-      tables(false);
-    }
+    // Every table's touched rows in one call (one parallel region).
+    const std::vector<RowSet>& sets = s.touched_row_sets();
+    update_rows(sets.data(), index_t(sets.size()));
   }
 
   ParameterStore<T>* store_;
@@ -9638,41 +9369,6 @@ struct LRSchedule {
 
 // ---- gradient norm and clipping ----------------------------------------------
 
-namespace detail {
-// Sum of part(k) for k in [0, n_parts), parts computed in parallel and added
-// in order k = 0, 1, ...: the result does not depend on the thread count.
-// Partials live on the stack, kBatch at a time, so nothing is allocated.
-template <class Part>
-inline double ordered_sum(index_t n_parts, Part&& part) {
-  constexpr index_t kBatch = 64;
-  double partial[kBatch];
-  double total = 0;
-  for (index_t k0 = 0; k0 < n_parts; k0 += kBatch) {
-    const index_t nk = std::min(kBatch, n_parts - k0);
-    parallel_chunks(nk, 1, [&](index_t b, index_t e) {
-      for (index_t k = b; k < e; ++k) partial[k] = part(k0 + k);
-    });
-    for (index_t k = 0; k < nk; ++k) total += partial[k];
-  }
-  return total;
-}
-
-// Calls fn(row pointer, dim) for the touched rows of every table, rows of a
-// table in parallel (element-wise work only: order does not matter).
-template <class T, class Fn>
-inline void for_each_touched_row(ParameterStore<T>& store, Fn&& fn) {
-  for (int id = 0; id < store.count(); ++id) {
-    const ParamInfo& p = store.info(id);
-    if (p.kind != ParamKind::Table) continue;
-    const std::vector<index_t>& rows = store.touched(id).rows;
-    const index_t dim = p.shape[1];
-    T* g = store.grad(id);
-    parallel_for(static_cast<index_t>(rows.size()), 2.0 * double(dim),
-                 [&](index_t i) { fn(g + rows[static_cast<std::size_t>(i)] * dim, dim); });
-  }
-}
-}  // namespace detail
-
 // Global L2 norm of the gradients: the dense block and the touched rows of
 // every table (untouched rows have zero gradients, so this is the norm of the
 // whole gradient). Accumulated in double in a fixed order (dense block by
@@ -9682,22 +9378,8 @@ template <class T>
 inline double grad_norm(const ParameterStore<T>& store) {
   check(store.allocated(), "grad_norm", "expected an allocated ParameterStore but allocate() has not been called");
   double total = kernels::sum_squares(kernels::backend{}, store.grads(), store.dense_size());
-  for (int id = 0; id < store.count(); ++id) {
-    const ParamInfo& p = store.info(id);
-    if (p.kind != ParamKind::Table) continue;
-    const std::vector<index_t>& rows = store.touched(id).rows;
-    const index_t dim = p.shape[1];
-    const T* g = store.grad(id);
-    // ~16K elements per part: rows per part depend on dim only.
-    const index_t per_part = std::max<index_t>(1, 16384 / dim);
-    const index_t n_rows = static_cast<index_t>(rows.size());
-    total += detail::ordered_sum((n_rows + per_part - 1) / per_part, [&](index_t k) {
-      double s = 0;
-      for (index_t i = k * per_part; i < std::min(n_rows, (k + 1) * per_part); ++i)
-        s += kernels::sum_squares(kernels::backend{}, g + rows[static_cast<std::size_t>(i)] * dim, dim);
-      return s;
-    });
-  }
+  const std::vector<RowSet>& sets = store.touched_row_sets();
+  total += kernels::sum_squares_rows(kernels::backend{}, store.grads(), sets.data(), index_t(sets.size()));
   return std::sqrt(total);
 }
 
@@ -9709,7 +9391,8 @@ inline void scale_grads(ParameterStore<T>& store, double factor) {
   check(std::isfinite(factor), "scale_grads", "expected a finite factor but got ", factor);
   const T f = T(factor);
   kernels::scale(kernels::backend{}, store.grads(), store.grads(), store.dense_size(), f);
-  detail::for_each_touched_row(store, [f](T* row, index_t dim) { kernels::scale(kernels::backend{}, row, row, dim, f); });
+  const std::vector<RowSet>& sets = store.touched_row_sets();
+  kernels::scale_rows(kernels::backend{}, store.grads(), sets.data(), index_t(sets.size()), f);
 }
 
 // torch.nn.utils.clip_grad_norm_: with the global norm above, if
@@ -10161,15 +9844,8 @@ class Trainer {
   // the dense part and the touched rows of every table.
   static bool touched_finite(const ParameterStore<T>& store, const T* block) {
     if (!kernels::all_finite(kernels::backend{}, block, store.dense_size())) return false;
-    for (int id = 0; id < store.count(); ++id) {
-      const ParamInfo& p = store.info(id);
-      if (p.kind != ParamKind::Table) continue;
-      const index_t dim = p.shape[1];
-      const T* v = block + p.offset;
-      for (index_t r : store.touched(id).rows)
-        if (!kernels::all_finite(kernels::backend{}, v + r * dim, dim)) return false;
-    }
-    return true;
+    const std::vector<RowSet>& sets = store.touched_row_sets();
+    return kernels::all_finite_rows(kernels::backend{}, block, sets.data(), index_t(sets.size()));
   }
 
   // "loss", or "<metric>:<task>" with a metric that evaluate() reports for
@@ -11097,7 +10773,7 @@ inline void load_training_state(const std::string& path, Trainer<T>& trainer) {
 }
 
 }  // namespace mtrec
-// ==== end mtrec/io/checkpoint.hpp =============================================
+// ==== end mtrec/train/checkpoint.hpp ==========================================
 
 // ==== begin mtrec/serve/topk.hpp ==============================================
 // mtrec: scoring one user against N candidate items and keeping the top K.
@@ -11250,4 +10926,1541 @@ class TopKScorer {
 
 }  // namespace mtrec
 // ==== end mtrec/serve/topk.hpp ================================================
+
+// ==== begin mtrec/data/csv.hpp ================================================
+// mtrec: reading CSV files and the small pieces of preprocessing that turn
+// their cells into model inputs — numbers, word tokens, item lists,
+// vocabularies with an out-of-vocabulary row, standardisation, seeded splits.
+//
+//   data::CsvTable t = data::CsvTable::read_file("train.csv");
+//   const std::size_t age = t.require_column("age", "--dense age");
+//   double x;
+//   if (!data::parse_number(t.cell(r, age), x)) t.fail_cell("my_op", r, age, "expected a number");
+//
+// The reader follows RFC 4180: a header row, fields separated by commas,
+// fields in double quotes may contain commas, line breaks and doubled quotes
+// (""), and lines may end in CRLF. It is lenient where the RFC is silent and
+// real files differ: a UTF-8 byte-order mark is skipped, empty lines are
+// skipped (as pandas does; a one-column file writes an empty value as ""),
+// a quote inside an unquoted field is an ordinary character, and the last
+// line need not end in a line break. Anything else malformed — a row with
+// more or fewer fields than the header, text after a closing quote, a quote
+// that never closes — is an error naming the file, the line and the column.
+//
+// The whole file is read into one buffer and cells are (offset, length)
+// pairs into it: a quoted field is unescaped in place (the unescaped text is
+// never longer), so reading allocates the buffer and two index vectors. The
+// vectors grow with the records actually read: what is reserved up front is
+// bounded by the bytes left after the header (a record of C fields takes at
+// least C - 1 delimiters and a line break), never by columns x line breaks,
+// which a wide header followed by many blank lines makes huge. No regex, no
+// per-cell strings.
+
+namespace mtrec {
+namespace data {
+
+// ---- numbers -----------------------------------------------------------------
+
+namespace detail {
+inline bool is_blank(char c) { return c == ' ' || c == '\t'; }
+inline std::string_view trim(std::string_view s) {
+  while (!s.empty() && is_blank(s.front())) s.remove_prefix(1);
+  while (!s.empty() && is_blank(s.back())) s.remove_suffix(1);
+  return s;
+}
+// A cell quoted for a message: at most 40 characters, so that a runaway
+// quoted field does not flood the terminal.
+inline std::string shown(std::string_view s) {
+  if (s.size() <= 40) return "'" + std::string(s) + "'";
+  return "'" + std::string(s.substr(0, 37)) + "...' (" + std::to_string(s.size()) + " characters)";
+}
+}  // namespace detail
+
+// A finite decimal number, surrounding blanks allowed ("3", " -2.5e3 ",
+// "+1"). Rejects empty text, trailing characters, nan and inf: a non-finite
+// feature or label would only surface later as a NaN loss.
+inline bool parse_number(std::string_view s, double& out) {
+  s = detail::trim(s);
+  if (!s.empty() && s.front() == '+') {
+    s.remove_prefix(1);
+    if (s.empty() || s.front() == '-' || s.front() == '+') return false;
+  }
+  if (s.empty()) return false;
+  double v = 0;
+  const auto r = std::from_chars(s.data(), s.data() + s.size(), v, std::chars_format::general);
+  if (r.ec != std::errc() || r.ptr != s.data() + s.size() || !std::isfinite(v)) return false;
+  out = v;
+  return true;
+}
+
+// A decimal integer that fits in 64 bits, surrounding blanks allowed.
+inline bool parse_integer(std::string_view s, long long& out) {
+  s = detail::trim(s);
+  if (!s.empty() && s.front() == '+') {
+    s.remove_prefix(1);
+    if (s.empty() || s.front() == '-' || s.front() == '+') return false;
+  }
+  if (s.empty()) return false;
+  long long v = 0;
+  const auto r = std::from_chars(s.data(), s.data() + s.size(), v, 10);
+  if (r.ec != std::errc() || r.ptr != s.data() + s.size()) return false;
+  out = v;
+  return true;
+}
+
+// ---- the CSV table -------------------------------------------------------------
+
+class CsvTable {
+ public:
+  static constexpr std::size_t npos = static_cast<std::size_t>(-1);
+
+  // Reads and parses a file; `source` in messages is the path.
+  static CsvTable read_file(const std::string& path, char delimiter = ',') {
+    const std::vector<std::uint8_t> bytes = io::read_file_bytes(path, "read_csv");
+    return parse(std::string(bytes.begin(), bytes.end()), path, delimiter);
+  }
+
+  // Parses text already in memory; `source` names it in messages.
+  static CsvTable parse(std::string text, std::string source = "<memory>", char delimiter = ',') {
+    check(delimiter != '"' && delimiter != '\n' && delimiter != '\r', "read_csv",
+          "expected a delimiter other than a quote or a line break but got ", int(delimiter));
+    CsvTable t;
+    t.source_ = std::move(source);
+    t.buf_ = std::move(text);
+    t.delim_ = delimiter;
+    t.parse_all();
+    return t;
+  }
+
+  const std::string& source() const { return source_; }
+  const std::vector<std::string>& header() const { return header_; }
+  std::size_t rows() const { return line_.size(); }
+  std::size_t cols() const { return cols_; }
+
+  // The unescaped text of a cell (a view into the table's buffer).
+  std::string_view cell(std::size_t row, std::size_t col) const {
+    const std::size_t i = row * cols_ + col;
+    return std::string_view(buf_.data() + begin_[i], size_[i]);
+  }
+  // The 1-based line of the file on which the row starts (the header is on
+  // line 1 unless empty lines precede it).
+  std::size_t line(std::size_t row) const { return line_[row]; }
+  std::size_t header_line() const { return header_line_; }
+
+  // Index of the column named `name`, or npos.
+  std::size_t find_column(std::string_view name) const {
+    std::size_t found = npos;
+    for (std::size_t c = 0; c < cols_; ++c)
+      if (header_[c] == name) {
+        check(found == npos, "read_csv", "'", source_, "' line ", header_line_, ": column name '", name,
+              "' appears twice in the header (columns #", found + 1, " and #", c + 1, ")");
+        found = c;
+      }
+    return found;
+  }
+  // Index of the column named `name`; `wanted_by` (a flag, say) explains
+  // why it must be there.
+  std::size_t require_column(std::string_view name, std::string_view wanted_by = {}) const {
+    const std::size_t c = find_column(name);
+    if (c != npos) return c;
+    std::string have;
+    for (const auto& h : header_) have += (have.empty() ? "'" : ", '") + h + "'";
+    fail("read_csv", "'", source_, "' line ", header_line_, " (header): no column '", name, "'",
+         wanted_by.empty() ? std::string() : " (needed by " + std::string(wanted_by) + ")",
+         "; the header has ", cols_, " columns: ", have);
+  }
+
+  // Throws Error(op, "'file' line L, column 'name' (#c): " + parts).
+  template <class... Parts>
+  [[noreturn]] void fail_cell(const char* op, std::size_t row, std::size_t col, const Parts&... parts) const {
+    fail(op, "'", source_, "' line ", line_[row], ", column '", header_[col], "' (#", col + 1, "): ", parts...);
+  }
+
+ private:
+  template <class... Parts>
+  [[noreturn]] void fail_line(std::size_t line, const Parts&... parts) const {
+    fail("read_csv", "'", source_, "' line ", line, ": ", parts...);
+  }
+
+  // "column #3 'click'" once the header is known, else "column #3".
+  std::string column_desc(std::size_t field_no) const {
+    std::string s = "column #" + std::to_string(field_no);
+    if (field_no <= header_.size()) s += " '" + header_[field_no - 1] + "'";
+    return s;
+  }
+
+  bool line_end_at(std::size_t p) const {
+    const std::size_t n = buf_.size();
+    return p >= n || buf_[p] == '\n' || (buf_[p] == '\r' && (p + 1 == n || buf_[p + 1] == '\n'));
+  }
+
+  void parse_all() {
+    const std::size_t n = buf_.size();
+    std::size_t pos = 0, line = 1;
+    if (n >= 3 && std::memcmp(buf_.data(), "\xEF\xBB\xBF", 3) == 0) pos = 3;
+    std::vector<std::size_t> fb;      // fields of the current record: begin
+    std::vector<std::uint32_t> fs;    // and size
+    bool have_header = false;
+    char* b = &buf_[0];
+    while (pos < n) {
+      // Empty lines are skipped.
+      if (b[pos] == '\n') {
+        ++pos;
+        ++line;
+        continue;
+      }
+      if (b[pos] == '\r' && pos + 1 < n && b[pos + 1] == '\n') {
+        pos += 2;
+        ++line;
+        continue;
+      }
+      const std::size_t record_line = line;
+      fb.clear();
+      fs.clear();
+      for (;;) {
+        const std::size_t field_no = fb.size() + 1;
+        std::size_t start = pos, end = pos;
+        if (pos < n && b[pos] == '"') {
+          // Quoted: unescape in place; `end` trails `pos` once a "" is seen.
+          const std::size_t quote_line = line;
+          start = end = ++pos;
+          for (;;) {
+            if (pos >= n)
+              fail_line(quote_line, column_desc(field_no), " opens a quote that is never closed (reached the end of the file)");
+            const char c = b[pos];
+            if (c == '"') {
+              if (pos + 1 < n && b[pos + 1] == '"') {
+                b[end++] = '"';
+                pos += 2;
+                continue;
+              }
+              ++pos;
+              break;
+            }
+            if (c == '\n') ++line;
+            b[end++] = c;
+            ++pos;
+          }
+          if (!(pos >= n || b[pos] == delim_ || line_end_at(pos))) {
+            std::size_t e = pos;
+            while (e < n && e < pos + 20 && b[e] != '\n' && b[e] != '\r') ++e;
+            fail_line(line, column_desc(field_no), " has ", detail::shown(std::string_view(b + pos, e - pos)),
+                      " after its closing quote; expected '", delim_, "' or the end of the line");
+          }
+        } else {
+          while (pos < n && b[pos] != delim_ && b[pos] != '\n') ++pos;
+          end = pos;
+          if (end > start && b[end - 1] == '\r' && (pos >= n || b[pos] == '\n')) --end;  // CRLF
+        }
+        if (end - start > 0xFFFFFFFFull) fail_line(record_line, column_desc(field_no), " is larger than 4 GiB");
+        fb.push_back(start);
+        fs.push_back(std::uint32_t(end - start));
+        if (pos < n && b[pos] == delim_) {
+          ++pos;
+          continue;
+        }
+        // End of the record: skip its line break.
+        if (pos < n && b[pos] == '\r') ++pos;
+        if (pos < n && b[pos] == '\n') {
+          ++pos;
+          ++line;
+        }
+        break;
+      }
+      if (!have_header) {
+        have_header = true;
+        header_line_ = record_line;
+        cols_ = fb.size();
+        header_.reserve(cols_);
+        for (std::size_t i = 0; i < cols_; ++i) header_.emplace_back(b + fb[i], fs[i]);
+        // A record of cols_ fields takes at least cols_ bytes (cols_ - 1
+        // delimiters and a line break, or one character and a line break
+        // when cols_ is 1, as blank lines are skipped), so the bytes left
+        // bound the records: the reservation is at most about 12 bytes per
+        // byte of the file, however many line breaks it has.
+        const std::size_t bound = (n - pos) / std::max<std::size_t>(cols_, 2) + 1;
+        line_.reserve(bound);
+        begin_.reserve(bound * cols_);
+        size_.reserve(bound * cols_);
+        continue;
+      }
+      if (fb.size() != cols_) {
+        if (fb.size() < cols_)
+          fail_line(record_line, "expected ", cols_, " fields as in the header but got ", fb.size(), " (column #",
+                    fb.size() + 1, " '", header_[fb.size()], "' is missing)");
+        fail_line(record_line, "expected ", cols_, " fields as in the header but got ", fb.size(),
+                  " (extra field at column #", cols_ + 1, ")");
+      }
+      begin_.insert(begin_.end(), fb.begin(), fb.end());
+      size_.insert(size_.end(), fs.begin(), fs.end());
+      line_.push_back(record_line);
+    }
+    if (!have_header) fail("read_csv", "'", source_, "' line 1, column 1: the file is empty; expected a header row");
+  }
+
+  std::string source_;
+  std::string buf_;
+  char delim_ = ',';
+  std::vector<std::string> header_;
+  std::size_t cols_ = 0, header_line_ = 1;
+  std::vector<std::size_t> begin_;   // (rows * cols) offsets into buf_
+  std::vector<std::uint32_t> size_;  // (rows * cols)
+  std::vector<std::size_t> line_;    // (rows)
+};
+
+// Appends one field to a CSV line, quoted when it holds a delimiter, a
+// quote, a line break or surrounding blanks (which readers would trim).
+inline void append_csv_field(std::string& out, std::string_view s, char delimiter = ',') {
+  bool quote = !s.empty() && (detail::is_blank(s.front()) || detail::is_blank(s.back()));
+  for (char c : s)
+    if (c == delimiter || c == '"' || c == '\n' || c == '\r') {
+      quote = true;
+      break;
+    }
+  if (!quote) {
+    out.append(s.data(), s.size());
+    return;
+  }
+  out += '"';
+  for (char c : s) {
+    if (c == '"') out += '"';
+    out += c;
+  }
+  out += '"';
+}
+
+// ---- tokens and item lists -------------------------------------------------------
+
+namespace detail {
+inline bool is_word_byte(unsigned char c) {
+  // ASCII letters and digits, and every non-ASCII byte: only ASCII
+  // punctuation and space separate words, so UTF-8 words stay whole.
+  return (c >= '0' && c <= '9') || ((c | 0x20) >= 'a' && (c | 0x20) <= 'z') || c >= 0x80;
+}
+}  // namespace detail
+
+// Calls fn(word) for the lower-cased words of `text` — maximal runs of ASCII
+// letters, digits and non-ASCII bytes — up to `max_words` of them (0 = all).
+// `scratch` holds the lower-cased word passed to fn. Returns the count.
+template <class Fn>
+inline std::size_t for_each_word(std::string_view text, std::size_t max_words, std::string& scratch, Fn&& fn) {
+  std::size_t count = 0, i = 0;
+  const std::size_t n = text.size();
+  while (i < n && (max_words == 0 || count < max_words)) {
+    while (i < n && !detail::is_word_byte(static_cast<unsigned char>(text[i]))) ++i;
+    if (i >= n) break;
+    scratch.clear();
+    while (i < n && detail::is_word_byte(static_cast<unsigned char>(text[i]))) {
+      const char c = text[i++];
+      scratch += (c >= 'A' && c <= 'Z') ? char(c + ('a' - 'A')) : c;
+    }
+    fn(std::string_view(scratch));
+    ++count;
+  }
+  return count;
+}
+
+// The lower-cased words of `text`, at most max_words (0 = all).
+inline std::vector<std::string> tokenize_words(std::string_view text, std::size_t max_words = 0) {
+  std::vector<std::string> out;
+  std::string scratch;
+  for_each_word(text, max_words, scratch, [&](std::string_view w) { out.emplace_back(w); });
+  return out;
+}
+
+// Calls fn(item) for each item of a `sep`-separated list ("Action|Comedy"),
+// blanks around items trimmed; empty items are skipped, so an empty cell is
+// an empty list and "a||b" has two items.
+template <class Fn>
+inline void for_each_item(std::string_view cell, char sep, Fn&& fn) {
+  std::size_t start = 0;
+  while (start <= cell.size()) {
+    std::size_t end = cell.find(sep, start);
+    if (end == std::string_view::npos) end = cell.size();
+    const std::string_view item = detail::trim(cell.substr(start, end - start));
+    if (!item.empty()) fn(item);
+    start = end + 1;
+  }
+}
+
+inline std::vector<std::string> split_items(std::string_view cell, char sep) {
+  std::vector<std::string> out;
+  for_each_item(cell, sep, [&](std::string_view s) { out.emplace_back(s); });
+  return out;
+}
+
+// ---- vocabularies -------------------------------------------------------------------
+
+// 64-bit FNV-1a of the bytes: the raw ID of a string in a hashed field
+// (the model then mixes it with the table's salt into a bucket).
+inline std::uint64_t hash_string(std::string_view s) {
+  std::uint64_t h = 0xCBF29CE484222325ull;
+  for (unsigned char c : s) {
+    h ^= c;
+    h *= 0x100000001B3ull;
+  }
+  return h;
+}
+
+// Strings to embedding rows. Row 0 is reserved for values not in the
+// vocabulary (OOV); the i-th distinct token added gets row i + 1. An
+// open-addressing table of token indices: lookups by string_view allocate
+// nothing (std::unordered_map<std::string> would need a std::string per
+// lookup in C++17).
+class Vocabulary {
+ public:
+  static constexpr index_t kOov = 0;
+
+  // The row of `token`, adding it if new.
+  index_t add(std::string_view token) {
+    if ((tokens_.size() + 1) * 2 > slots_.size()) grow();
+    const std::uint64_t h = hash_string(token);
+    std::size_t s = slot_of(token, h);
+    if (slots_[s] != 0) return index_t(slots_[s]);
+    tokens_.emplace_back(token);
+    hashes_.push_back(h);
+    slots_[s] = std::uint32_t(tokens_.size());
+    return index_t(tokens_.size());
+  }
+  // The row of `token`, or kOov when it is not in the vocabulary.
+  index_t find(std::string_view token) const {
+    if (slots_.empty()) return kOov;
+    return index_t(slots_[slot_of(token, hash_string(token))]);
+  }
+  bool contains(std::string_view token) const { return find(token) != kOov; }
+
+  std::size_t size() const { return tokens_.size(); }          // distinct tokens
+  index_t rows() const { return index_t(tokens_.size()) + 1; }  // embedding rows, OOV included
+  // The token of row r (1 <= r < rows()).
+  const std::string& token(index_t r) const {
+    check(r >= 1 && r < rows(), "Vocabulary::token", "expected a row in [1, ", rows(), ") but got ", r);
+    return tokens_[std::size_t(r - 1)];
+  }
+  // Tokens of rows 1, 2, ... in order.
+  const std::vector<std::string>& tokens() const { return tokens_; }
+
+  // Rebuilds a vocabulary from tokens() (the saved form); tokens must be distinct.
+  static Vocabulary from_tokens(const std::vector<std::string>& tokens) {
+    Vocabulary v;
+    for (const auto& t : tokens) {
+      const index_t before = v.rows();
+      check(v.add(t) == before, "Vocabulary::from_tokens", "expected distinct tokens but '", t, "' appears twice");
+    }
+    return v;
+  }
+
+ private:
+  std::size_t slot_of(std::string_view token, std::uint64_t h) const {
+    const std::size_t mask = slots_.size() - 1;
+    for (std::size_t s = std::size_t(mix64(h)) & mask;; s = (s + 1) & mask) {
+      const std::uint32_t t = slots_[s];
+      if (t == 0 || (hashes_[t - 1] == h && tokens_[t - 1] == token)) return s;
+    }
+  }
+  void grow() {
+    check(tokens_.size() < 0x7FFFFFFFu, "Vocabulary::add", "more than 2^31 distinct tokens");
+    std::vector<std::uint32_t> old;
+    old.swap(slots_);
+    slots_.assign(std::max<std::size_t>(16, old.size() * 2), 0);
+    const std::size_t mask = slots_.size() - 1;
+    for (std::size_t t = 0; t < tokens_.size(); ++t) {
+      std::size_t s = std::size_t(mix64(hashes_[t])) & mask;
+      while (slots_[s] != 0) s = (s + 1) & mask;
+      slots_[s] = std::uint32_t(t + 1);
+    }
+  }
+
+  std::vector<std::string> tokens_;
+  std::vector<std::uint64_t> hashes_;
+  std::vector<std::uint32_t> slots_;  // 0 = empty, else token index + 1; a power of two, at most half full
+};
+
+// ---- standardisation ------------------------------------------------------------------
+
+// x -> (x - mean) / std with the mean and population standard deviation of
+// the training values; a constant column (std 0) keeps std 1, so it becomes
+// all zeros instead of dividing by zero.
+//
+// fit() uses Welford's one-pass update on the values divided by a power of
+// two at or above their largest magnitude, so neither the sum nor the squared deviations can
+// overflow for any finite input (1e200 included) and a large common offset
+// (timestamps, say) loses no precision to cancellation. A non-finite input is
+// an error, never a silent std of 1.
+struct Standardizer {
+  double mean = 0.0;
+  double sd = 1.0;  // never 0
+
+  static Standardizer fit(const double* x, std::size_t n) {
+    Standardizer s;
+    if (n == 0) return s;
+    double scale = 0;
+    for (std::size_t i = 0; i < n; ++i) {
+      check(std::isfinite(x[i]), "Standardizer::fit", "expected finite values but value #", i + 1, " is ", x[i]);
+      scale = std::max(scale, std::fabs(x[i]));
+    }
+    if (scale == 0) return Standardizer{0.0, 1.0};
+    // A power of two at or above the largest magnitude: dividing by it and
+    // multiplying back are exact.
+    int e = 0;
+    std::frexp(scale, &e);
+    scale = std::ldexp(1.0, std::min(e, 1023));  // 2^1023: the scaled values stay within [-2, 2]
+    double m = 0, m2 = 0;  // mean and sum of squared deviations of x / scale: |m| <= 2, m2 <= 4n
+    for (std::size_t i = 0; i < n; ++i) {
+      const double v = x[i] / scale;
+      const double d = v - m;
+      m += d / double(i + 1);
+      m2 += d * (v - m);
+    }
+    s.mean = m * scale;
+    const double sd = std::sqrt(std::max(0.0, m2) / double(n)) * scale;
+    s.sd = sd > 0 ? sd : 1.0;
+    check(std::isfinite(s.mean) && std::isfinite(s.sd), "Standardizer::fit", "expected a finite mean and std but got ",
+          s.mean, " and ", s.sd);
+    return s;
+  }
+  static Standardizer fit(const std::vector<double>& x) { return fit(x.data(), x.size()); }
+  double apply(double x) const { return (x - mean) / sd; }
+  double invert(double z) const { return z * sd + mean; }
+};
+
+// ---- splits -----------------------------------------------------------------------------
+
+struct SplitFractions {
+  double train = 1.0, valid = 0.0, test = 0.0;
+};
+
+// "0.8,0.1,0.1": three fractions in [0, 1], train > 0, summing to 1 within 1e-6.
+inline SplitFractions parse_split(std::string_view text) {
+  const char* op = "parse_split";
+  double v[3];
+  std::size_t k = 0, start = 0;
+  while (start <= text.size()) {
+    std::size_t end = text.find(',', start);
+    if (end == std::string_view::npos) end = text.size();
+    check(k < 3, op, "expected 3 comma-separated fractions (train,valid,test) but got more in '", text, "'");
+    check(parse_number(text.substr(start, end - start), v[k]), op, "fraction #", k + 1, " of '", text,
+          "' expected a number but got '", text.substr(start, end - start), "'");
+    check(v[k] >= 0 && v[k] <= 1, op, "fraction #", k + 1, " of '", text, "' expected in [0, 1] but got ", v[k]);
+    ++k;
+    start = end + 1;
+  }
+  check(k == 3, op, "expected 3 comma-separated fractions (train,valid,test) but got ", k, " in '", text, "'");
+  check(v[0] > 0, op, "expected a training fraction > 0 in '", text, "'");
+  const double sum = v[0] + v[1] + v[2];
+  check(std::fabs(sum - 1.0) <= 1e-6, op, "expected fractions summing to 1 (within 1e-6) but '", text, "' sums to ",
+        sum);
+  return {v[0], v[1], v[2]};
+}
+
+struct RowSplit {
+  std::vector<std::size_t> train, valid, test;  // each ascending (file order)
+};
+
+// A seeded random split of rows [0, n): a permutation (shuffle_indices,
+// so the same for a seed on every machine and thread count) cut at
+// round(train * n) and round((train + valid) * n). Cutting the cumulative
+// fractions keeps the three parts disjoint and complete whatever the
+// rounding; a fraction of 0 gives an empty part. Each part is then sorted so
+// that rows keep their file order.
+inline RowSplit split_rows(std::size_t n, const SplitFractions& f, std::uint64_t seed) {
+  const char* op = "split_rows";
+  check(f.train > 0 && f.valid >= 0 && f.test >= 0 && std::fabs(f.train + f.valid + f.test - 1.0) <= 1e-6, op,
+        "expected fractions >= 0 (train > 0) summing to 1 but got ", f.train, ",", f.valid, ",", f.test);
+  std::vector<std::size_t> perm(n);
+  for (std::size_t i = 0; i < n; ++i) perm[i] = i;
+  shuffle_indices(perm.data(), std::uint64_t(n), seed, 0x5B1D);
+  const auto cut = [&](double frac) {
+    return std::min<std::size_t>(n, std::size_t(std::llround(std::min(frac, 1.0) * double(n))));
+  };
+  const std::size_t b1 = cut(f.train);
+  std::size_t b2 = f.test == 0 ? n : std::max(b1, cut(f.train + f.valid));
+  if (f.valid == 0) b2 = b1;
+  RowSplit s;
+  s.train.assign(perm.begin(), perm.begin() + std::ptrdiff_t(b1));
+  s.valid.assign(perm.begin() + std::ptrdiff_t(b1), perm.begin() + std::ptrdiff_t(b2));
+  s.test.assign(perm.begin() + std::ptrdiff_t(b2), perm.end());
+  std::sort(s.train.begin(), s.train.end());
+  std::sort(s.valid.begin(), s.valid.end());
+  std::sort(s.test.begin(), s.test.end());
+  return s;
+}
+
+}  // namespace data
+}  // namespace mtrec
+// ==== end mtrec/data/csv.hpp ==================================================
+
+// ==== begin mtrec/data/synthetic.hpp ==========================================
+// mtrec: the synthetic two-task regression data of the MMoE paper
+// (Ma et al., KDD 2018, section 3.2), with a controlled task correlation.
+//
+//   u1, u2   orthogonal unit vectors in R^d
+//   w1 = c u1,  w2 = c (p u1 + sqrt(1 - p^2) u2)      p: the correlation score
+//   x ~ N(0, I_d)
+//   y_k = w_k.x + sum_{i<m} sin(alpha_i w_k.x + beta_i) + eps_k,  eps_k ~ N(0, 0.01)
+//
+// The paper leaves alpha_i, beta_i as "given parameters"; here they are drawn
+// once from N(0, 1) with the seed, so both tasks share the same sinusoids and
+// differ only through w_k. With p = 1 the tasks are identical up to noise.
+
+namespace mtrec {
+
+struct SyntheticSpec {
+  index_t rows = 10000;
+  index_t dim = 100;          // d
+  double correlation = 0.5;   // p in [-1, 1]
+  double scale = 1.0;         // c
+  int sinusoids = 10;         // m
+  double noise_std = 0.1;     // eps ~ N(0, noise_std^2); the paper's variance 0.01
+  std::uint64_t seed = 0;     // the task definition (u1, u2, alpha, beta)
+  std::uint64_t sample_seed = 1;  // the rows drawn
+};
+
+// A batch with one dense field "x" (dim d) and two regression labels.
+template <class T>
+inline Batch<T> make_mmoe_synthetic(const SyntheticSpec& s) {
+  const char* op = "make_mmoe_synthetic";
+  check(s.rows > 0 && s.dim >= 2, op, "expected rows > 0 and dim >= 2 but got rows=", s.rows, " dim=", s.dim);
+  check(s.correlation >= -1 && s.correlation <= 1, op, "expected correlation in [-1, 1] but got ", s.correlation);
+  const index_t d = s.dim;
+  // u1, u2: Gram-Schmidt on two Gaussian vectors.
+  RandomStream task(s.seed, 0x5A11);
+  std::vector<double> u1(static_cast<std::size_t>(d)), u2(static_cast<std::size_t>(d));
+  for (index_t i = 0; i < d; ++i) {
+    u1[i] = task.normal(std::uint64_t(i));
+    u2[i] = task.normal(std::uint64_t(d + i));
+  }
+  auto dot = [&](const std::vector<double>& a, const std::vector<double>& b) {
+    double r = 0;
+    for (index_t i = 0; i < d; ++i) r += a[i] * b[i];
+    return r;
+  };
+  const double n1 = std::sqrt(dot(u1, u1));
+  for (double& v : u1) v /= n1;
+  const double proj = dot(u1, u2);
+  for (index_t i = 0; i < d; ++i) u2[i] -= proj * u1[i];
+  const double n2 = std::sqrt(dot(u2, u2));
+  for (double& v : u2) v /= n2;
+  std::vector<double> w1(u1), w2(static_cast<std::size_t>(d));
+  const double p = s.correlation, q = std::sqrt(std::max(0.0, 1 - p * p));
+  for (index_t i = 0; i < d; ++i) {
+    w1[i] = s.scale * u1[i];
+    w2[i] = s.scale * (p * u1[i] + q * u2[i]);
+  }
+  std::vector<double> alpha(static_cast<std::size_t>(s.sinusoids)), beta(static_cast<std::size_t>(s.sinusoids));
+  for (int i = 0; i < s.sinusoids; ++i) {
+    alpha[i] = task.normal(std::uint64_t(2 * d + i));
+    beta[i] = task.normal(std::uint64_t(2 * d + s.sinusoids + i));
+  }
+  Batch<T> b;
+  b.size = s.rows;
+  b.dense.assign(1, std::vector<T>(static_cast<std::size_t>(s.rows * d)));
+  b.labels.assign(2, std::vector<T>(static_cast<std::size_t>(s.rows)));
+  b.label_mask.assign(2, {});
+  RandomStream rows(s.sample_seed, 0xDA7A);
+  for (index_t r = 0; r < s.rows; ++r) {
+    double z1 = 0, z2 = 0;
+    for (index_t i = 0; i < d; ++i) {
+      const double x = rows.normal(std::uint64_t(r * (d + 2) + i));
+      b.dense[0][r * d + i] = T(x);
+      z1 += w1[i] * x;
+      z2 += w2[i] * x;
+    }
+    double y1 = z1, y2 = z2;
+    for (int i = 0; i < s.sinusoids; ++i) {
+      y1 += std::sin(alpha[i] * z1 + beta[i]);
+      y2 += std::sin(alpha[i] * z2 + beta[i]);
+    }
+    y1 += s.noise_std * rows.normal(std::uint64_t(r * (d + 2) + d));
+    y2 += s.noise_std * rows.normal(std::uint64_t(r * (d + 2) + d + 1));
+    b.labels[0][r] = T(y1);
+    b.labels[1][r] = T(y2);
+  }
+  return b;
+}
+
+// The matching feature spec: one dense field "x" of width d.
+inline FeatureSpec mmoe_synthetic_features(index_t dim) {
+  FeatureSpec f;
+  f.dense = {{"x", dim}};
+  return f;
+}
+
+}  // namespace mtrec
+// ==== end mtrec/data/synthetic.hpp ============================================
+
+// ==== begin mtrec/data/tabular.hpp ============================================
+// mtrec: from CSV columns to a model — declared columns, preprocessing
+// learned from the training rows, and batches for any file with the same
+// columns.
+//
+//   data::TabularSchema s;
+//   s.features = {data::parse_feature_flag(data::ColumnKind::Id, "user", "--id"),
+//                 data::parse_feature_flag(data::ColumnKind::Bag, "genres:|", "--bag")};
+//   s.tasks = {data::parse_task_flag("click:binary", "--task")};
+//   data::TabularEncoder enc(s);
+//   enc.fit(train_table);                      // vocabularies, mean/std, classes
+//   Batch<float> train = enc.transform<float>(train_table, nullptr, true);
+//   ModelConfig c;
+//   c.features = enc.feature_spec(16, encoder_config);
+//   c.tasks = enc.task_specs({32});
+//
+// What is learned from the training rows only, so that validation and test
+// rows are encoded exactly as unseen data would be at serving time:
+//   id (vocabulary), bag, seq, text   token -> row; row 0 is the OOV row for
+//                                     tokens never seen (or seen fewer than
+//                                     min_count times) in training
+//   id with buckets                   nothing: FNV-1a of the text, then the
+//                                     model's own salted hash into the buckets
+//   dense                             mean and std: x -> (x - mean) / std
+//   regression task                   mean and std of the labels: the model
+//                                     learns standardised targets (one scale
+//                                     for every task and a well-placed output
+//                                     bias at initialisation); target(k)
+//                                     maps predictions and errors back
+//   multiclass task                   the class names, sorted (numerically
+//                                     when all are numbers); unknown classes
+//                                     outside training are an error
+// Missing values: a cell that is empty or, after trimming blanks, equal to
+// one of the schema's na_values (by default NA, N/A, NaN, nan, null, NULL,
+// as pandas and R write them) is missing:
+//   task                              no label: the row is masked for that
+//                                     task (not treated as 0)
+//   id                                the OOV row 0 (a hashed id hashes ""
+//                                     for every missing marker, so "NA" and
+//                                     "" are the same missing value)
+//   bag, seq, text                    an empty list
+//   dense                             an error naming the file, line and
+//                                     column, unless the column is declared
+//                                     with impute (--dense COL:impute): then
+//                                     the training mean (0 once standardised)
+//                                     and a second input column is_missing
+//                                     (1 for a missing cell, else 0), at
+//                                     training and at prediction time alike
+// Dense values and regression labels must be finite and within float range
+// (|x| <= 3.4e38): the model computes in float.
+
+namespace mtrec {
+namespace data {
+
+enum class ColumnKind { Id, Bag, Sequence, Text, Dense };
+
+// The flag that declares the kind ("id" for --id).
+inline const char* column_kind_name(ColumnKind k) {
+  switch (k) {
+    case ColumnKind::Id: return "id";
+    case ColumnKind::Bag: return "bag";
+    case ColumnKind::Sequence: return "seq";
+    case ColumnKind::Text: return "text";
+    case ColumnKind::Dense: return "dense";
+  }
+  return "?";
+}
+
+struct FeatureColumn {
+  ColumnKind kind = ColumnKind::Id;
+  std::string column;
+  index_t buckets = 0;  // Id: > 0 hashes the values into this many rows; 0 = a vocabulary
+  char sep = '|';       // Bag, Sequence: the item separator
+  index_t max_len = 0;  // Sequence (keeps the last max_len items), Text (the first max_len words)
+  bool impute = false;  // Dense: a missing cell takes the training mean, plus an is_missing input column
+
+  // How it was declared, for messages: "--seq history:|:50".
+  std::string flag() const {
+    std::string s = std::string("--") + column_kind_name(kind) + " " + column;
+    if (kind == ColumnKind::Id && buckets > 0) s += ":" + std::to_string(buckets);
+    if (kind == ColumnKind::Bag || kind == ColumnKind::Sequence) s += std::string(":") + sep;
+    if (kind == ColumnKind::Sequence || kind == ColumnKind::Text) s += ":" + std::to_string(max_len);
+    if (kind == ColumnKind::Dense && impute) s += ":impute";
+    return s;
+  }
+};
+
+struct TaskColumn {
+  std::string column;
+  TaskType type = TaskType::Binary;
+  double weight = 1.0;
+  std::string flag() const { return "--task " + column + ":" + task_type_name(type); }
+};
+
+// The cell texts that mean "missing" besides the empty cell (which always
+// does): what pandas' read_csv and R's read.csv/write.csv use for NA.
+inline std::vector<std::string> default_na_values() { return {"NA", "N/A", "NaN", "nan", "null", "NULL"}; }
+
+struct TabularSchema {
+  std::vector<FeatureColumn> features;
+  std::vector<TaskColumn> tasks;
+  index_t min_count = 1;  // tokens seen fewer times in training go to the OOV row
+  // Cells that mean "missing" (compared after trimming blanks, case
+  // sensitive); the empty cell is missing whatever this holds.
+  std::vector<std::string> na_values = default_na_values();
+};
+
+// Parses the argument of --na-values: a comma-separated list that replaces
+// the default set ("" = only the empty cell is missing). Items are trimmed of
+// blanks; empty items are skipped.
+inline std::vector<std::string> parse_na_values(std::string_view text) {
+  std::vector<std::string> out;
+  for_each_item(text, ',', [&](std::string_view s) {
+    if (std::find(out.begin(), out.end(), s) == out.end()) out.emplace_back(s);
+  });
+  return out;
+}
+
+constexpr index_t kDefaultSequenceLength = 50;
+constexpr index_t kDefaultTextLength = 20;
+// Upper bounds of the counts in flags, checked when the flag is parsed (a
+// larger value is an error, never truncated): far beyond what fits a machine.
+constexpr index_t kMaxHashBuckets = index_t(1) << 40;
+constexpr index_t kMaxLength = index_t(1) << 20;
+
+// ---- flag syntax -----------------------------------------------------------------------
+//
+// Column names end at the first ':' (so they cannot contain one):
+//   --id COL[:buckets]   --bag COL:SEP   --seq COL:SEP[:maxlen]   --text COL[:maxlen]
+//   --dense COL          --task COL:binary|regression|multiclass[:weight]
+// SEP is one character, or one of the words tab, space, comma, pipe,
+// semicolon, colon (for characters a shell makes awkward).
+
+namespace detail {
+[[noreturn]] inline void bad_flag(const char* flag, std::string_view text, const std::string& why) {
+  fail("parse_flag", flag, " '", text, "': ", why);
+}
+inline index_t positive_count(const char* flag, std::string_view text, std::string_view v, const char* what,
+                              index_t hi) {
+  long long x = 0;
+  if (!parse_integer(v, x) || x < 1 || x > hi)
+    bad_flag(flag, text, std::string("expected ") + what + " to be an integer >= 1 and <= " + std::to_string(hi) +
+                             " but got '" + std::string(v) + "'");
+  return index_t(x);
+}
+// A string for a message, with bytes that are not printable ASCII written as
+// \xHH (so a message about bad UTF-8 is itself valid text).
+inline std::string escaped(std::string_view s) {
+  static const char* hex = "0123456789ABCDEF";
+  std::string o;
+  for (unsigned char c : s) {
+    if (c >= 0x20 && c < 0x7F && c != '\\') {
+      o += char(c);
+    } else {
+      o += "\\x";
+      o += hex[c >> 4];
+      o += hex[c & 15];
+    }
+  }
+  return o;
+}
+// The byte offset of the first invalid UTF-8 sequence of s, or npos.
+inline std::size_t invalid_utf8_at(std::string_view s) {
+  for (std::size_t i = 0; i < s.size();) {
+    const std::size_t n = json::detail::utf8_sequence_length(s, i);
+    if (n == 0) return i;
+    i += n;
+  }
+  return std::string_view::npos;
+}
+// Splits "COL:rest" at the first ':'.
+inline std::pair<std::string_view, std::string_view> split_column(const char* flag, std::string_view text,
+                                                                  bool rest_required) {
+  const std::size_t c = text.find(':');
+  const std::string_view col = text.substr(0, c);
+  if (col.empty()) bad_flag(flag, text, "expected a column name before ':'");
+  if (c == std::string_view::npos) {
+    if (rest_required) bad_flag(flag, text, "expected COL:SEP (a column name, ':' and a separator)");
+    return {col, {}};
+  }
+  return {col, text.substr(c + 1)};
+}
+// Reads SEP at the front of `rest` and returns what follows it.
+inline std::string_view take_separator(const char* flag, std::string_view text, std::string_view rest, char& sep) {
+  static const std::pair<const char*, char> names[] = {{"tab", '\t'},   {"space", ' '},     {"comma", ','},
+                                                        {"pipe", '|'},   {"semicolon", ';'}, {"colon", ':'}};
+  for (const auto& n : names) {
+    const std::string_view w(n.first);
+    if (rest.substr(0, w.size()) == w && (rest.size() == w.size() || rest[w.size()] == ':')) {
+      sep = n.second;
+      return rest.substr(w.size());
+    }
+  }
+  if (rest.empty() || (rest.size() > 1 && rest[1] != ':'))
+    bad_flag(flag, text, "expected one separator character (or tab, space, comma, pipe, semicolon, colon) after '" +
+                             std::string(text.substr(0, text.size() - rest.size())) + "'");
+  if (rest[0] == '"' || rest[0] == '\n' || rest[0] == '\r') bad_flag(flag, text, "a quote or line break cannot separate items");
+  sep = rest[0];
+  return rest.substr(1);
+}
+}  // namespace detail
+
+// Parses the argument of --id, --bag, --seq, --text or --dense; `flag` names
+// it in messages.
+inline FeatureColumn parse_feature_flag(ColumnKind kind, std::string_view text, const char* flag) {
+  FeatureColumn f;
+  f.kind = kind;
+  const bool needs_sep = kind == ColumnKind::Bag || kind == ColumnKind::Sequence;
+  const auto parts = detail::split_column(flag, text, needs_sep);
+  f.column = std::string(parts.first);
+  std::string_view rest = parts.second;
+  switch (kind) {
+    case ColumnKind::Id:
+      if (!rest.empty() || text.find(':') != std::string_view::npos)
+        f.buckets = detail::positive_count(flag, text, rest, "the hash bucket count", kMaxHashBuckets);
+      break;
+    case ColumnKind::Bag:
+      rest = detail::take_separator(flag, text, rest, f.sep);
+      if (!rest.empty()) detail::bad_flag(flag, text, "expected COL:SEP with nothing after the separator");
+      break;
+    case ColumnKind::Sequence:
+      rest = detail::take_separator(flag, text, rest, f.sep);
+      f.max_len = kDefaultSequenceLength;
+      if (!rest.empty()) f.max_len = detail::positive_count(flag, text, rest.substr(1), "maxlen", kMaxLength);
+      break;
+    case ColumnKind::Text:
+      f.max_len = kDefaultTextLength;
+      if (text.find(':') != std::string_view::npos)
+        f.max_len = detail::positive_count(flag, text, rest, "maxlen", kMaxLength);
+      break;
+    case ColumnKind::Dense:
+      if (text.find(':') != std::string_view::npos) {
+        if (rest != "impute")
+          detail::bad_flag(flag, text, "expected COL or COL:impute (column names cannot contain ':') but got '" +
+                                           std::string(rest) + "' after the column name");
+        f.impute = true;
+      }
+      break;
+  }
+  return f;
+}
+
+// Parses the argument of --task: COL:binary|regression|multiclass[:weight].
+inline TaskColumn parse_task_flag(std::string_view text, const char* flag) {
+  TaskColumn t;
+  const auto parts = detail::split_column(flag, text, true);
+  t.column = std::string(parts.first);
+  const std::string_view rest = parts.second;
+  const std::size_t c = rest.find(':');
+  const std::string_view type = rest.substr(0, c);
+  if (type == "binary") t.type = TaskType::Binary;
+  else if (type == "regression") t.type = TaskType::Regression;
+  else if (type == "multiclass") t.type = TaskType::MultiClass;
+  else detail::bad_flag(flag, text, "expected the type binary, regression or multiclass but got '" + std::string(type) + "'");
+  if (c != std::string_view::npos) {
+    const std::string_view w = rest.substr(c + 1);
+    if (!parse_number(w, t.weight) || t.weight < 0)
+      detail::bad_flag(flag, text, "expected a weight >= 0 but got '" + std::string(w) + "'");
+  }
+  return t;
+}
+
+// ---- the encoder ---------------------------------------------------------------------------
+
+class TabularEncoder {
+ public:
+  TabularEncoder() = default;
+  explicit TabularEncoder(TabularSchema schema) : schema_(std::move(schema)) {
+    const char* op = "TabularEncoder";
+    check(!schema_.features.empty(), op, "expected at least one feature column (--id, --bag, --seq, --text or --dense)");
+    check(!schema_.tasks.empty(), op, "expected at least one task column (--task)");
+    check(schema_.min_count >= 1, op, "expected min_count >= 1 but got ", schema_.min_count);
+    std::vector<std::pair<std::string, std::string>> seen;  // column, flag
+    auto claim = [&](const std::string& col, const std::string& flag) {
+      for (const auto& s : seen)
+        check(s.first != col, op, "column '", col, "' is declared twice (", s.second, " and ", flag,
+              "); each column can be one feature or one task");
+      seen.emplace_back(col, flag);
+    };
+    // Column names go into the checkpoint's JSON metadata, which must be
+    // UTF-8: a bad name fails here, before any file is read or any training.
+    auto utf8 = [&](const std::string& s, const std::string& what) {
+      const std::size_t at = detail::invalid_utf8_at(s);
+      if (at != std::string_view::npos)
+        fail(op, what, " '", detail::escaped(s), "' is not valid UTF-8 (byte #", at + 1, " is 0x",
+             detail::escaped(std::string_view(s).substr(at, 1)).substr(2),
+             "); names and missing-value markers are stored in the checkpoint's JSON metadata, which must be UTF-8");
+    };
+    for (const auto& f : schema_.features) {
+      check(!f.column.empty(), op, "a feature has an empty column name");
+      utf8(f.column, detail::escaped(f.flag()) + ": column name");
+      check(!f.impute || f.kind == ColumnKind::Dense, op, f.flag(), ": only --dense columns can be imputed");
+      check(f.buckets >= 0, op, f.flag(), ": expected buckets >= 0 but got ", f.buckets);
+      if (f.kind == ColumnKind::Sequence || f.kind == ColumnKind::Text)
+        check(f.max_len >= 1, op, f.flag(), ": expected maxlen >= 1 but got ", f.max_len);
+      check(f.buckets == 0 || f.kind == ColumnKind::Id, op, f.flag(), ": only --id columns can be hashed");
+      claim(f.column, f.flag());
+    }
+    for (const auto& t : schema_.tasks) {
+      check(!t.column.empty(), op, "a task has an empty column name");
+      utf8(t.column, detail::escaped(t.flag()) + ": column name");
+      check(t.weight >= 0 && std::isfinite(t.weight), op, t.flag(), ": expected a finite weight >= 0 but got ",
+            t.weight);
+      claim(t.column, t.flag());
+    }
+    for (const auto& v : schema_.na_values) utf8(v, "missing-value marker");
+    features_.resize(schema_.features.size());
+    tasks_.resize(schema_.tasks.size());
+  }
+
+  // Whether a cell means "missing": empty or one of the na_values, after
+  // trimming blanks.
+  bool is_missing(std::string_view cell) const {
+    cell = detail::trim(cell);
+    if (cell.empty()) return true;
+    for (const auto& v : schema_.na_values)
+      if (cell == v) return true;
+    return false;
+  }
+
+  const TabularSchema& schema() const { return schema_; }
+  bool fitted() const { return fitted_; }
+
+  // Learns the preprocessing from `rows` of `train` (every row when null):
+  // vocabularies, dense mean/std, regression label mean/std, class names.
+  // Also checks every value it reads, so a bad cell fails here, before any
+  // training, with its file, line and column.
+  void fit(const CsvTable& train, const std::vector<std::size_t>* rows = nullptr) {
+    const char* op = "TabularEncoder::fit";
+    check(!schema_.features.empty(), op, "the encoder has no schema");
+    const std::size_t n = rows ? rows->size() : train.rows();
+    check(n > 0, op, "'", train.source(), "' has no training rows (only a header?)");
+    auto row_at = [&](std::size_t i) { return rows ? (*rows)[i] : i; };
+    std::string scratch;
+    std::vector<std::string_view> items;
+    for (std::size_t f = 0; f < schema_.features.size(); ++f) {
+      const FeatureColumn& fc = schema_.features[f];
+      FeatureState& st = features_[f];
+      const std::size_t col = train.require_column(fc.column, fc.flag());
+      st = FeatureState{};
+      if (fc.kind == ColumnKind::Dense) {
+        std::vector<double> x;
+        x.reserve(n);
+        for (std::size_t i = 0; i < n; ++i) {
+          const std::size_t r = row_at(i);
+          if (fc.impute && is_missing(train.cell(r, col))) continue;
+          x.push_back(dense_value(train, r, col, fc, op));
+        }
+        check(!x.empty(), op, "'", train.source(), "': dense column '", fc.column, "' (", fc.flag(),
+              ") has no value in any of the ", n, " training rows, so there is no mean to impute");
+        st.stats = Standardizer::fit(x);
+        continue;
+      }
+      if (fc.kind == ColumnKind::Id && fc.buckets > 0) continue;
+      // Count every token, then keep those seen min_count times (in
+      // first-seen order, so the result does not depend on hashing).
+      Vocabulary all;
+      std::vector<std::size_t> counts(1, 0);
+      auto count = [&](std::string_view tok) {
+        const index_t r = all.add(tok);
+        if (std::size_t(r) >= counts.size()) counts.push_back(0);
+        ++counts[std::size_t(r)];
+      };
+      for (std::size_t i = 0; i < n; ++i) {
+        const std::string_view cell = train.cell(row_at(i), col);
+        if (is_missing(cell)) continue;  // the OOV row, or an empty list
+        switch (fc.kind) {
+          case ColumnKind::Id: count(cell); break;
+          case ColumnKind::Bag: for_each_item(cell, fc.sep, count); break;
+          case ColumnKind::Sequence:
+            // Only the items the model will see (the last max_len).
+            last_items(cell, fc.sep, fc.max_len, items);
+            for (const auto& it : items) count(it);
+            break;
+          case ColumnKind::Text: for_each_word(cell, std::size_t(fc.max_len), scratch, count); break;
+          case ColumnKind::Dense: break;
+        }
+      }
+      if (schema_.min_count <= 1) {
+        st.vocab = std::move(all);
+      } else {
+        for (index_t r = 1; r < all.rows(); ++r)
+          if (counts[std::size_t(r)] >= std::size_t(schema_.min_count)) st.vocab.add(all.token(r));
+      }
+    }
+    for (std::size_t k = 0; k < schema_.tasks.size(); ++k) {
+      const TaskColumn& tc = schema_.tasks[k];
+      TaskState& st = tasks_[k];
+      st = TaskState{};
+      const std::size_t col = train.require_column(tc.column, tc.flag());
+      std::vector<double> y;
+      Vocabulary classes;
+      for (std::size_t i = 0; i < n; ++i) {
+        const std::size_t r = row_at(i);
+        const std::string_view cell = csv_trim(train.cell(r, col));
+        if (is_missing(cell)) continue;
+        if (tc.type == TaskType::MultiClass) {
+          classes.add(cell);
+          y.push_back(0);
+        } else {
+          y.push_back(tc.type == TaskType::Binary ? binary_label(train, r, col, op) : number_label(train, r, col, op));
+        }
+      }
+      check(!y.empty(), op, "'", train.source(), "': task column '", tc.column, "' (", tc.flag(),
+            ") has no label in any of the ", n, " training rows");
+      if (tc.type == TaskType::Regression) st.target = Standardizer::fit(y);
+      if (tc.type == TaskType::MultiClass) {
+        st.classes = sorted_classes(classes.tokens());
+        check(st.classes.size() >= 2, op, "'", train.source(), "': multiclass task '", tc.column,
+              "' expected at least 2 classes in the training rows but found ", st.classes.size(),
+              st.classes.empty() ? std::string() : " ('" + st.classes[0] + "')");
+        st.class_index = Vocabulary::from_tokens(st.classes);
+      }
+    }
+    fitted_ = true;
+  }
+
+  // Encodes `rows` of `t` (every row when null) in that order. With
+  // `labels`, the task columns must exist and their cells are checked; for
+  // prediction (labels = false) they are not read and may be absent.
+  template <class T>
+  Batch<T> transform(const CsvTable& t, const std::vector<std::size_t>* rows, bool labels) const {
+    const char* op = "TabularEncoder::transform";
+    check(fitted_, op, "the encoder was not fitted (call fit() or load it from JSON)");
+    const std::size_t n = rows ? rows->size() : t.rows();
+    auto row_at = [&](std::size_t i) { return rows ? (*rows)[i] : i; };
+    Batch<T> b;
+    b.size = index_t(n);
+    std::size_t n_ids = 0, n_bags = 0, n_seqs = 0, n_dense = 0;
+    for (const auto& f : schema_.features) {
+      n_ids += f.kind == ColumnKind::Id;
+      n_bags += f.kind == ColumnKind::Bag;
+      n_seqs += f.kind == ColumnKind::Sequence || f.kind == ColumnKind::Text;
+      n_dense += f.kind == ColumnKind::Dense;
+    }
+    b.ids.resize(n_ids);
+    b.bags.resize(n_bags);
+    b.sequences.resize(n_seqs);
+    b.dense.resize(n_dense);
+    std::size_t gi = 0, gb = 0, gs = 0, gd = 0;
+    std::string scratch;
+    std::vector<std::string_view> items;
+    for (std::size_t f = 0; f < schema_.features.size(); ++f) {
+      const FeatureColumn& fc = schema_.features[f];
+      const FeatureState& st = features_[f];
+      const std::size_t col = t.require_column(fc.column, fc.flag());
+      switch (fc.kind) {
+        case ColumnKind::Id: {
+          auto& out = b.ids[gi++];
+          out.resize(n);
+          for (std::size_t i = 0; i < n; ++i) {
+            const std::string_view cell = t.cell(row_at(i), col);
+            const bool missing = is_missing(cell);
+            out[i] = fc.buckets > 0 ? index_t(hash_string(missing ? std::string_view() : cell))
+                     : missing      ? Vocabulary::kOov
+                                    : st.vocab.find(cell);
+          }
+          break;
+        }
+        case ColumnKind::Bag: {
+          auto& bag = b.bags[gb++];
+          bag.offsets.resize(n + 1);
+          bag.offsets[0] = 0;
+          bag.ids.reserve(n * 2);
+          for (std::size_t i = 0; i < n; ++i) {
+            const std::string_view cell = t.cell(row_at(i), col);
+            if (!is_missing(cell))
+              for_each_item(cell, fc.sep, [&](std::string_view s) { bag.ids.push_back(st.vocab.find(s)); });
+            bag.offsets[i + 1] = index_t(bag.ids.size());
+          }
+          break;
+        }
+        case ColumnKind::Sequence:
+        case ColumnKind::Text: {
+          auto& seq = b.sequences[gs++];
+          const std::size_t L = std::size_t(fc.max_len);
+          seq.ids.assign(n * L, 0);
+          seq.lengths.resize(n);
+          for (std::size_t i = 0; i < n; ++i) {
+            index_t* dst = seq.ids.data() + i * L;
+            const std::string_view cell = t.cell(row_at(i), col);
+            index_t len = 0;
+            if (is_missing(cell)) {
+              // an empty list
+            } else if (fc.kind == ColumnKind::Sequence) {
+              last_items(cell, fc.sep, fc.max_len, items);
+              for (const auto& it : items) dst[len++] = st.vocab.find(it);
+            } else {
+              for_each_word(cell, L, scratch, [&](std::string_view w) { dst[len++] = st.vocab.find(w); });
+            }
+            seq.lengths[i] = len;
+          }
+          break;
+        }
+        case ColumnKind::Dense: {
+          auto& out = b.dense[gd++];
+          if (!fc.impute) {
+            out.resize(n);
+            for (std::size_t i = 0; i < n; ++i) out[i] = T(st.stats.apply(dense_value(t, row_at(i), col, fc, op)));
+            break;
+          }
+          // Two columns per row: the standardised value (the training mean,
+          // 0, when missing) and is_missing.
+          out.resize(2 * n);
+          for (std::size_t i = 0; i < n; ++i) {
+            const std::size_t r = row_at(i);
+            const bool missing = is_missing(t.cell(r, col));
+            out[2 * i] = missing ? T(0) : T(st.stats.apply(dense_value(t, r, col, fc, op)));
+            out[2 * i + 1] = missing ? T(1) : T(0);
+          }
+          break;
+        }
+      }
+    }
+    const std::size_t K = schema_.tasks.size();
+    b.labels.resize(K);
+    b.label_mask.resize(K);
+    if (!labels) {
+      // Predictions only: no labels, every row "labelled" with 0 so that a
+      // batch built here is still well formed for evaluate()/compute_losses().
+      for (std::size_t k = 0; k < K; ++k) b.labels[k].assign(n, T(0));
+      return b;
+    }
+    for (std::size_t k = 0; k < K; ++k) {
+      const TaskColumn& tc = schema_.tasks[k];
+      const TaskState& st = tasks_[k];
+      const std::size_t col = t.require_column(tc.column, tc.flag());
+      auto& y = b.labels[k];
+      auto& m = b.label_mask[k];
+      y.assign(n, T(0));
+      m.assign(n, 0);
+      for (std::size_t i = 0; i < n; ++i) {
+        const std::size_t r = row_at(i);
+        const std::string_view cell = csv_trim(t.cell(r, col));
+        if (is_missing(cell)) continue;
+        m[i] = 1;
+        switch (tc.type) {
+          case TaskType::Binary: y[i] = T(binary_label(t, r, col, op)); break;
+          case TaskType::Regression: y[i] = T(st.target.apply(number_label(t, r, col, op))); break;
+          case TaskType::MultiClass: {
+            const index_t c = st.class_index.find(cell);
+            if (c == Vocabulary::kOov)
+              t.fail_cell(op, r, col, "class ", detail::shown(cell), " of task '", tc.column,
+                          "' was not seen in the training data (known classes: ", class_list(st.classes), ")");
+            y[i] = T(c - 1);
+            break;
+          }
+          case TaskType::Retrieval:  // never parsed from flags: the CLI offers binary|regression|multiclass
+            fail(op, "task '", tc.column, "': retrieval tasks are not supported by the CSV encoder");
+        }
+      }
+    }
+    return b;
+  }
+
+  // The model's features: ids and bags embed in `dim` columns, sequences
+  // and texts use `encoder` (its d_model is the embedding width).
+  FeatureSpec feature_spec(index_t dim, const TransformerConfig& encoder, int encoder_layers = 1) const {
+    check(fitted_, "TabularEncoder::feature_spec", "the encoder was not fitted");
+    FeatureSpec s;
+    for (std::size_t f = 0; f < schema_.features.size(); ++f) {
+      const FeatureColumn& fc = schema_.features[f];
+      const index_t rows = features_[f].vocab.rows();
+      switch (fc.kind) {
+        case ColumnKind::Id:
+          s.ids.push_back({fc.column, fc.buckets > 0 ? 0 : rows, fc.buckets, dim, ""});
+          break;
+        case ColumnKind::Bag: s.bags.push_back({fc.column, rows, 0, dim, "", BagPooling::Mean, false}); break;
+        case ColumnKind::Sequence:
+        case ColumnKind::Text: {
+          SequenceFeature q;
+          q.name = fc.column;
+          q.vocab = rows;
+          q.max_len = fc.max_len;
+          q.encoder = encoder;
+          q.layers = encoder_layers;
+          q.pooling = SequencePoolMode::Mean;
+          s.sequences.push_back(q);
+          break;
+        }
+        case ColumnKind::Dense: s.dense.push_back({fc.column, fc.impute ? 2 : 1}); break;
+      }
+    }
+    return s;
+  }
+
+  // The model's tasks, named after their columns, each with `tower`.
+  std::vector<TaskSpec> task_specs(const std::vector<index_t>& tower) const {
+    check(fitted_, "TabularEncoder::task_specs", "the encoder was not fitted");
+    std::vector<TaskSpec> out;
+    for (std::size_t k = 0; k < schema_.tasks.size(); ++k) {
+      TaskSpec t;
+      t.name = schema_.tasks[k].column;
+      t.type = schema_.tasks[k].type;
+      t.num_classes = t.type == TaskType::MultiClass ? index_t(tasks_[k].classes.size()) : 0;
+      t.tower = tower;
+      t.weight = schema_.tasks[k].weight;
+      out.push_back(t);
+    }
+    return out;
+  }
+
+  // Learned state, by the schema's feature / task index.
+  const Vocabulary& vocabulary(std::size_t feature) const { return features_.at(feature).vocab; }
+  const Standardizer& dense_stats(std::size_t feature) const { return features_.at(feature).stats; }
+  // Regression: the label standardisation (invert() maps a prediction back).
+  const Standardizer& target(std::size_t task) const { return tasks_.at(task).target; }
+  // Multiclass: class names; class id c (the model's output column) is classes[c].
+  const std::vector<std::string>& classes(std::size_t task) const { return tasks_.at(task).classes; }
+
+  // ---- persistence ---------------------------------------------------------------------------
+
+  // Everything needed to encode new files: the schema and the learned state.
+  json::Value to_json() const {
+    using json::Value;
+    check(fitted_, "TabularEncoder::to_json", "the encoder was not fitted");
+    Value j = Value::object();
+    j.set("format", "mtrec.tabular");
+    j.set("version", 2);
+    j.set("min_count", schema_.min_count);
+    j.set("na_values", strings_json(schema_.na_values));
+    Value feats = Value::array();
+    for (std::size_t f = 0; f < schema_.features.size(); ++f) {
+      const FeatureColumn& fc = schema_.features[f];
+      Value o = Value::object();
+      o.set("kind", column_kind_name(fc.kind));
+      o.set("column", fc.column);
+      if (fc.kind == ColumnKind::Id) o.set("buckets", fc.buckets);
+      if (fc.kind == ColumnKind::Bag || fc.kind == ColumnKind::Sequence) o.set("sep", std::string(1, fc.sep));
+      if (fc.kind == ColumnKind::Sequence || fc.kind == ColumnKind::Text) o.set("max_len", fc.max_len);
+      if (fc.kind == ColumnKind::Dense) {
+        o.set("mean", features_[f].stats.mean);
+        o.set("std", features_[f].stats.sd);
+        o.set("impute", fc.impute);
+      } else if (!(fc.kind == ColumnKind::Id && fc.buckets > 0)) {
+        o.set("vocab", strings_json(features_[f].vocab.tokens()));
+      }
+      feats.push_back(std::move(o));
+    }
+    j.set("features", std::move(feats));
+    Value tasks = Value::array();
+    for (std::size_t k = 0; k < schema_.tasks.size(); ++k) {
+      const TaskColumn& tc = schema_.tasks[k];
+      Value o = Value::object();
+      o.set("column", tc.column);
+      o.set("type", task_type_name(tc.type));
+      o.set("weight", tc.weight);
+      if (tc.type == TaskType::Regression) {
+        o.set("mean", tasks_[k].target.mean);
+        o.set("std", tasks_[k].target.sd);
+      }
+      if (tc.type == TaskType::MultiClass) o.set("classes", strings_json(tasks_[k].classes));
+      tasks.push_back(std::move(o));
+    }
+    j.set("tasks", std::move(tasks));
+    return j;
+  }
+
+  static TabularEncoder from_json(const json::Value& j) {
+    const char* op = "TabularEncoder::from_json";
+    check(j.is_object() && j.contains("format") && j.at("format").is_string() &&
+              j.at("format").as_string() == "mtrec.tabular",
+          op, "expected an object with format = mtrec.tabular");
+    // Version 1 (before missing values): only the empty cell was missing.
+    const std::int64_t version = j.at("version").as_int();
+    check(version == 1 || version == 2, op, "expected version 1 or 2 but got ", version);
+    TabularSchema s;
+    s.min_count = index_t(j.at("min_count").as_int());
+    s.na_values = version >= 2 ? strings_from(j.at("na_values")) : std::vector<std::string>{};
+    for (const auto& o : j.at("features").as_array()) {
+      FeatureColumn fc;
+      const std::string& kind = o.at("kind").as_string();
+      bool known = false;
+      for (ColumnKind k : {ColumnKind::Id, ColumnKind::Bag, ColumnKind::Sequence, ColumnKind::Text, ColumnKind::Dense})
+        if (kind == column_kind_name(k)) {
+          fc.kind = k;
+          known = true;
+        }
+      check(known, op, "unknown feature kind '", kind, "'");
+      fc.column = o.at("column").as_string();
+      if (fc.kind == ColumnKind::Id) fc.buckets = index_t(o.at("buckets").as_int());
+      if (fc.kind == ColumnKind::Bag || fc.kind == ColumnKind::Sequence) {
+        const std::string& sep = o.at("sep").as_string();
+        check(sep.size() == 1, op, "feature '", fc.column, "' expected a one-character separator but got '", sep, "'");
+        fc.sep = sep[0];
+      }
+      if (fc.kind == ColumnKind::Sequence || fc.kind == ColumnKind::Text) fc.max_len = index_t(o.at("max_len").as_int());
+      if (fc.kind == ColumnKind::Dense && version >= 2) fc.impute = o.at("impute").as_bool();
+      s.features.push_back(fc);
+    }
+    for (const auto& o : j.at("tasks").as_array()) {
+      TaskColumn tc;
+      tc.column = o.at("column").as_string();
+      const std::string& type = o.at("type").as_string();
+      if (type == "binary") tc.type = TaskType::Binary;
+      else if (type == "regression") tc.type = TaskType::Regression;
+      else if (type == "multiclass") tc.type = TaskType::MultiClass;
+      else fail(op, "task '", tc.column, "' has unknown type '", type, "'");
+      tc.weight = o.at("weight").as_double();
+      s.tasks.push_back(tc);
+    }
+    TabularEncoder e(s);
+    const auto& feats = j.at("features").as_array();
+    for (std::size_t f = 0; f < s.features.size(); ++f) {
+      const FeatureColumn& fc = s.features[f];
+      if (fc.kind == ColumnKind::Dense) {
+        e.features_[f].stats.mean = feats[f].at("mean").as_double();
+        e.features_[f].stats.sd = feats[f].at("std").as_double();
+        check(std::isfinite(e.features_[f].stats.mean) && e.features_[f].stats.sd > 0 &&
+                  std::isfinite(e.features_[f].stats.sd),
+              op, "feature '", fc.column, "' expected a finite mean and a finite std > 0");
+      } else if (!(fc.kind == ColumnKind::Id && fc.buckets > 0)) {
+        e.features_[f].vocab = Vocabulary::from_tokens(strings_from(feats[f].at("vocab")));
+      }
+    }
+    const auto& tasks = j.at("tasks").as_array();
+    for (std::size_t k = 0; k < s.tasks.size(); ++k) {
+      if (s.tasks[k].type == TaskType::Regression) {
+        e.tasks_[k].target.mean = tasks[k].at("mean").as_double();
+        e.tasks_[k].target.sd = tasks[k].at("std").as_double();
+        check(e.tasks_[k].target.sd > 0, op, "task '", s.tasks[k].column, "' expected std > 0");
+      }
+      if (s.tasks[k].type == TaskType::MultiClass) {
+        e.tasks_[k].classes = strings_from(tasks[k].at("classes"));
+        e.tasks_[k].class_index = Vocabulary::from_tokens(e.tasks_[k].classes);
+      }
+    }
+    e.fitted_ = true;
+    return e;
+  }
+
+ private:
+  struct FeatureState {
+    Vocabulary vocab;    // id (unhashed), bag, seq, text
+    Standardizer stats;  // dense
+  };
+  struct TaskState {
+    Standardizer target;               // regression
+    std::vector<std::string> classes;  // multiclass, sorted
+    Vocabulary class_index;            // class name -> index + 1
+  };
+
+  static std::string_view csv_trim(std::string_view s) { return detail::trim(s); }
+
+  // The last `max_len` items of a list, in order (a user's most recent).
+  static void last_items(std::string_view cell, char sep, index_t max_len, std::vector<std::string_view>& out) {
+    out.clear();
+    for_each_item(cell, sep, [&](std::string_view s) { out.push_back(s); });
+    if (out.size() > std::size_t(max_len)) out.erase(out.begin(), out.end() - std::ptrdiff_t(max_len));
+  }
+
+  // A number the model can take: finite and within float range (the model
+  // computes in float; 1e200 would become inf there).
+  static bool float_range(double v) { return std::fabs(v) <= double(std::numeric_limits<float>::max()); }
+
+  double dense_value(const CsvTable& t, std::size_t r, std::size_t col, const FeatureColumn& fc, const char* op) const {
+    const std::string_view cell = t.cell(r, col);
+    double v = 0;
+    if (is_missing(cell))
+      t.fail_cell(op, r, col, "missing value ",
+                  detail::trim(cell).empty() ? std::string("(an empty cell)") : detail::shown(detail::trim(cell)),
+                  " in dense column; dense columns need a value in every row (declare --dense ", fc.column,
+                  ":impute to use the training mean and an is_missing indicator)");
+    if (!parse_number(cell, v) || !float_range(v))
+      t.fail_cell(op, r, col, "expected a finite number within float range (|x| <= ",
+                  std::numeric_limits<float>::max(), ") but got ", detail::shown(detail::trim(cell)));
+    return v;
+  }
+  static double number_label(const CsvTable& t, std::size_t r, std::size_t col, const char* op) {
+    double v = 0;
+    if (!parse_number(t.cell(r, col), v) || !float_range(v))
+      t.fail_cell(op, r, col, "expected a finite number within float range (|x| <= ", std::numeric_limits<float>::max(),
+                  ") as the regression label but got ", detail::shown(detail::trim(t.cell(r, col))));
+    return v;
+  }
+  // 0/1 (any number equal to 0 or 1, so "1.0" too) or true/false in any case.
+  static double binary_label(const CsvTable& t, std::size_t r, std::size_t col, const char* op) {
+    const std::string_view s = detail::trim(t.cell(r, col));
+    double v = -1;
+    if (parse_number(s, v) && (v == 0 || v == 1)) return v;
+    std::string lower(s);
+    for (char& c : lower) c = (c >= 'A' && c <= 'Z') ? char(c + 32) : c;
+    if (lower == "true") return 1;
+    if (lower == "false") return 0;
+    t.fail_cell(op, r, col, "expected a binary label 0, 1, true or false but got ", detail::shown(s));
+  }
+
+  // Numeric order when every class is a number ("2" < "10"), else byte order.
+  static std::vector<std::string> sorted_classes(std::vector<std::string> c) {
+    bool numeric = true;
+    std::vector<std::pair<double, std::string>> keyed;
+    for (const auto& s : c) {
+      double v = 0;
+      if (!parse_number(s, v)) {
+        numeric = false;
+        break;
+      }
+      keyed.emplace_back(v, s);
+    }
+    if (numeric) {
+      std::stable_sort(keyed.begin(), keyed.end(),
+                       [](const auto& a, const auto& b) { return a.first < b.first || (a.first == b.first && a.second < b.second); });
+      for (std::size_t i = 0; i < c.size(); ++i) c[i] = keyed[i].second;
+    } else {
+      std::sort(c.begin(), c.end());
+    }
+    return c;
+  }
+  static std::string class_list(const std::vector<std::string>& c) {
+    std::string s;
+    for (std::size_t i = 0; i < c.size() && i < 10; ++i) s += (i ? ", '" : "'") + c[i] + "'";
+    if (c.size() > 10) s += ", ... (" + std::to_string(c.size()) + " in all)";
+    return s;
+  }
+
+  // JSON strings must be UTF-8; a token that is not (a Latin-1 file, say)
+  // is stored as {"hex": "..."} so that any byte string round-trips.
+  static bool valid_utf8(std::string_view s) {
+    for (std::size_t i = 0; i < s.size();) {
+      const std::size_t n = json::detail::utf8_sequence_length(s, i);
+      if (n == 0) return false;
+      i += n;
+    }
+    return true;
+  }
+  static json::Value strings_json(const std::vector<std::string>& v) {
+    static const char* hex = "0123456789abcdef";
+    json::Value a = json::Value::array();
+    for (const auto& s : v) {
+      if (valid_utf8(s)) {
+        a.push_back(s);
+        continue;
+      }
+      std::string h;
+      for (unsigned char c : s) {
+        h += hex[c >> 4];
+        h += hex[c & 15];
+      }
+      json::Value o = json::Value::object();
+      o.set("hex", h);
+      a.push_back(std::move(o));
+    }
+    return a;
+  }
+  static std::vector<std::string> strings_from(const json::Value& v) {
+    std::vector<std::string> out;
+    out.reserve(v.size());
+    for (const auto& x : v.as_array()) {
+      if (x.is_string()) {
+        out.push_back(x.as_string());
+        continue;
+      }
+      const std::string& h = x.at("hex").as_string();
+      check(h.size() % 2 == 0, "TabularEncoder::from_json", "expected an even number of hex digits but got '", h, "'");
+      std::string s;
+      auto nib = [&](char c) -> int {
+        if (c >= '0' && c <= '9') return c - '0';
+        if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+        fail("TabularEncoder::from_json", "expected hex digits but got '", h, "'");
+      };
+      for (std::size_t i = 0; i < h.size(); i += 2) s += char(nib(h[i]) * 16 + nib(h[i + 1]));
+      out.push_back(std::move(s));
+    }
+    return out;
+  }
+
+  TabularSchema schema_;
+  std::vector<FeatureState> features_;
+  std::vector<TaskState> tasks_;
+  bool fitted_ = false;
+};
+
+}  // namespace data
+}  // namespace mtrec
+// ==== end mtrec/data/tabular.hpp ==============================================
 // ==== end mtrec/mtrec.hpp =====================================================

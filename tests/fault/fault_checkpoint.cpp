@@ -13,7 +13,7 @@
 // Prints the trial counts (new / old, killed mid-write / old, killed before
 // the temporary file existed / finished before the kill) and exits non-zero
 // on the first violation.
-#include <mtrec/io/checkpoint.hpp>
+#include <mtrec/train/checkpoint.hpp>
 
 #include <algorithm>
 #include <cerrno>

@@ -1,6 +1,6 @@
-// libFuzzer harness: load_checkpoint<float> (io/checkpoint.hpp) on a file
+// libFuzzer harness: load_checkpoint<float> (train/checkpoint.hpp) on a file
 // holding the input (the API reads paths only). Expected failure: mtrec::Error.
-#include <mtrec/io/checkpoint.hpp>
+#include <mtrec/train/checkpoint.hpp>
 
 #include <cstddef>
 #include <cstdint>

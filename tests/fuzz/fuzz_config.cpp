@@ -6,7 +6,7 @@
 // and a valid configuration that asks for 32 GB is not a bug. A
 // configuration that reads back must also survive config_to_json ->
 // config_from_json unchanged.
-#include <mtrec/io/checkpoint.hpp>
+#include <mtrec/train/checkpoint.hpp>
 
 #include <cstddef>
 #include <cstdint>

@@ -3,7 +3,7 @@
 // The committed files under tests/fuzz/corpus/ came from this program:
 //   build-fuzz/tests/fuzz/mtrec_fuzz_gen_seeds tests/fuzz/corpus
 // Every file is kept under 4 KB: tiny models only.
-#include <mtrec/io/checkpoint.hpp>
+#include <mtrec/train/checkpoint.hpp>
 
 #include <cstdio>
 #include <fstream>

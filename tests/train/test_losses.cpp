@@ -1,7 +1,7 @@
 // Losses: finite-difference gradients, hand-computed values, brute-force
 // references, masks / weights / empty batches, extreme logits, bad input.
 #include <limits>
-#include <mtrec/train/losses.hpp>
+#include <mtrec/layers/losses.hpp>
 #include <vector>
 
 #include "support/gradcheck.hpp"

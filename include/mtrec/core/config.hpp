@@ -5,14 +5,6 @@
 #define MTREC_VERSION_MINOR 1
 #define MTREC_VERSION_PATCH 0
 
-// Eigen must never start its own threads: its GEMM blocking depends on the
-// thread count, which would break bitwise determinism. mtrec parallelises
-// GEMM itself over fixed row blocks (kernels/cpu.hpp).
-#ifndef EIGEN_DONT_PARALLELIZE
-#define EIGEN_DONT_PARALLELIZE
-#endif
-
-#include <Eigen/Core>
 
 #if defined(_OPENMP)
 #include <omp.h>

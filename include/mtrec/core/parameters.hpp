@@ -66,6 +66,11 @@ struct TouchedRows {
       rows.push_back(r);
     }
   }
+  // mark() for ids[0 .. n), in order: appends the rows not yet flagged in
+  // first-touch order and flags them.
+  void mark_all(const index_t* ids, index_t n) {
+    for (index_t i = 0; i < n; ++i) mark(ids[i]);
+  }
   void clear() {
     for (index_t r : rows) flag[static_cast<std::size_t>(r)] = 0;
     rows.clear();
@@ -141,6 +146,7 @@ class ParameterStore {
     values_.zero();
     grads_.zero();
     touched_.assign(infos_.size(), TouchedRows{});
+    row_sets_.reserve(infos_.size());
     for (std::size_t i = 0; i < infos_.size(); ++i) {
       const auto& p = infos_[i];
       if (p.kind == ParamKind::Table) touched_[i].flag.assign(static_cast<std::size_t>(p.shape[0]), 0);
@@ -200,6 +206,19 @@ class ParameterStore {
   TouchedRows& touched(ParamId id) { return touched_[static_cast<std::size_t>(checked_table(id))]; }
   const TouchedRows& touched(ParamId id) const { return touched_[static_cast<std::size_t>(checked_table(id))]; }
 
+  // One RowSet per table over its touched rows, as they are now (rebuilt at
+  // each call into a buffer sized at allocate(): no allocation). The sets
+  // stay valid until the next call or the next mark/zero_grad.
+  const std::vector<RowSet>& touched_row_sets() const {
+    row_sets_.clear();
+    for (std::size_t i = 0; i < infos_.size(); ++i) {
+      const auto& p = infos_[i];
+      if (p.kind != ParamKind::Table) continue;
+      row_sets_.push_back(RowSet{p.offset, touched_[i].rows.data(), index_t(touched_[i].rows.size()), p.shape[1]});
+    }
+    return row_sets_;
+  }
+
   // Clears every gradient: the dense block at once, each table on its touched rows.
   void zero_grad() {
     check(allocated_, "ParameterStore::zero_grad", "allocate() has not been called");
@@ -236,6 +255,7 @@ class ParameterStore {
   Tensor<T> values_, grads_;
   index_t dense_size_ = 0;
   std::vector<TouchedRows> touched_;
+  mutable std::vector<RowSet> row_sets_;  // touched_row_sets()
 };
 
 }  // namespace mtrec

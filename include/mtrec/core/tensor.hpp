@@ -3,8 +3,8 @@
 // Tensor<T> owns a 64-byte aligned buffer; resize() reallocates only when the
 // new size exceeds the capacity, so a workspace reused across steps stops
 // allocating after the first one. TensorView<T> / TensorView<const T> are
-// (pointer, shape) pairs that never own memory. as_matrix() maps a view into
-// Eigen as a row-major matrix without copying.
+// (pointer, shape) pairs that never own memory. Eigen maps over views are in
+// kernels/eigen.hpp: core/ does not depend on Eigen.
 #pragma once
 
 #include <algorithm>
@@ -109,6 +109,15 @@ struct TensorView {
 template <class T>
 using ConstView = TensorView<const T>;
 
+// Some rows of one table inside a flat parameter block: row i of the set is
+// the `dim` elements at offset + rows[i] * dim (kernels/rows.hpp).
+struct RowSet {
+  index_t offset = 0;             // of the table in the block
+  const index_t* rows = nullptr;  // (n) distinct rows
+  index_t n = 0;
+  index_t dim = 0;
+};
+
 namespace detail {
 constexpr std::size_t kAlignment = 64;
 
@@ -195,33 +204,6 @@ class Tensor {
   index_t capacity_ = 0;
   Shape shape_;
 };
-
-// ---- Eigen interop: row-major maps over our buffers, never copies ----------
-
-template <class T>
-using RowMatrix = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
-template <class T>
-using MatrixMap = Eigen::Map<RowMatrix<T>>;
-template <class T>
-using ConstMatrixMap = Eigen::Map<const RowMatrix<T>>;
-
-// (rows, cols) = (product of leading dims, last dim).
-template <class T>
-inline MatrixMap<T> as_matrix(TensorView<T> v) {
-  return MatrixMap<T>(v.data, v.rows(), v.cols());
-}
-template <class T>
-inline ConstMatrixMap<T> as_matrix(TensorView<const T> v) {
-  return ConstMatrixMap<T>(v.data, v.rows(), v.cols());
-}
-template <class T>
-inline MatrixMap<T> as_matrix(Tensor<T>& t) {
-  return as_matrix(t.view());
-}
-template <class T>
-inline ConstMatrixMap<T> as_matrix(const Tensor<T>& t) {
-  return as_matrix(t.view());
-}
 
 // ---- shape checks shared by every layer ----------------------------------
 

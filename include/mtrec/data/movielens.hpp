@@ -40,7 +40,7 @@
 
 #include "mtrec/core/error.hpp"
 #include "mtrec/data/csv.hpp"
-#include "mtrec/io/checkpoint.hpp"
+#include "mtrec/train/checkpoint.hpp"
 #include "mtrec/io/json.hpp"
 #include "mtrec/io/safetensors.hpp"
 #include "mtrec/model/config.hpp"

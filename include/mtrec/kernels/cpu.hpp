@@ -10,6 +10,7 @@
 #include <atomic>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <limits>
 #include <type_traits>
 #include <utility>
@@ -21,6 +22,7 @@
 #include "mtrec/core/tensor.hpp"
 #include "mtrec/kernels/cpu_gemm.hpp"
 #include "mtrec/kernels/device.hpp"
+#include "mtrec/kernels/eigen.hpp"
 #include "mtrec/kernels/reference.hpp"
 
 namespace mtrec {
@@ -743,6 +745,25 @@ template <class T>
 inline void scale(cpu_t, T* y, const T* x, index_t n, T alpha) {
   const simd::batch<T> a(alpha);
   simd::map(y, n, [a](const simd::batch<T>& v) { return a * v; }, x);
+}
+
+template <class T>
+inline void copy(cpu_t, T* y, const T* x, index_t n) {
+  if (n > 0) std::memcpy(static_cast<void*>(y), static_cast<const void*>(x), sizeof(T) * std::size_t(n));
+}
+
+template <class T>
+inline void fill(cpu_t, T* y, index_t n, T value) {
+  if (n > 0 && value == T(0) && !std::signbit(value))
+    std::memset(static_cast<void*>(y), 0, sizeof(T) * std::size_t(n));
+  else
+    std::fill(y, y + n, value);
+}
+
+template <class T>
+inline void axpy(cpu_t, T* y, const T* x, index_t n, T alpha) {
+  const simd::batch<T> a(alpha);
+  simd::map(y, n, [a](const simd::batch<T>& yv, const simd::batch<T>& xv) { return yv + a * xv; }, y, x);
 }
 
 }  // namespace kernels

@@ -283,5 +283,23 @@ inline void scale(reference_t, T* y, const T* x, index_t n, T alpha) {
   for (index_t i = 0; i < n; ++i) y[i] = alpha * x[i];
 }
 
+// y (n) = x (no overlap)
+template <class T>
+inline void copy(reference_t, T* y, const T* x, index_t n) {
+  for (index_t i = 0; i < n; ++i) y[i] = x[i];
+}
+
+// y (n) = value
+template <class T>
+inline void fill(reference_t, T* y, index_t n, T value) {
+  for (index_t i = 0; i < n; ++i) y[i] = value;
+}
+
+// y (n) += alpha * x
+template <class T>
+inline void axpy(reference_t, T* y, const T* x, index_t n, T alpha) {
+  for (index_t i = 0; i < n; ++i) y[i] += alpha * x[i];
+}
+
 }  // namespace kernels
 }  // namespace mtrec

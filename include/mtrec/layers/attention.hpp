@@ -15,35 +15,14 @@
 #pragma once
 
 #include <cmath>
-#include <cstring>
 #include <string>
 
+#include "mtrec/kernels/sequence.hpp"
 #include "mtrec/layers/linear.hpp"
 
 namespace mtrec {
 
 namespace detail {
-// Zeroes rows [from, T) of each sequence in x (B,T,C).
-template <class T>
-inline void zero_padded_rows(T* x, ConstView<index_t> lengths, index_t B, index_t Tl, index_t C) {
-  for (index_t b = 0; b < B; ++b) {
-    const index_t len = lengths[b];
-    if (len < Tl) std::memset(x + (b * Tl + len) * C, 0, sizeof(T) * static_cast<std::size_t>((Tl - len) * C));
-  }
-}
-// True when every value in rows [lengths[b], T) of each sequence in x (B,T,C)
-// is zero (+0 or -0; NaN is not). Reads the padded rows only.
-template <class T>
-inline bool padded_rows_are_zero(const T* x, ConstView<index_t> lengths, index_t B, index_t Tl, index_t C) {
-  for (index_t b = 0; b < B; ++b) {
-    const T* p = x + (b * Tl + lengths[b]) * C;
-    const index_t n = (Tl - lengths[b]) * C;
-    bool zero = true;
-    for (index_t i = 0; i < n; ++i) zero &= p[i] == T(0);
-    if (!zero) return false;
-  }
-  return true;
-}
 // dy (B,T,C) with its padded rows' gradient dropped: dy itself when those
 // rows already hold zeros (a layer below wrote them so), else a copy in `ws`
 // with the valid rows copied and the padded rows zeroed. `ws` is sized either
@@ -52,14 +31,10 @@ template <class T>
 inline const T* drop_padded_gradient(const T* dy, Tensor<T>& ws, ConstView<index_t> lengths, index_t B, index_t Tl,
                                      index_t C) {
   ws.resize({B, Tl, C});
-  if (padded_rows_are_zero(dy, lengths, B, Tl, C)) return dy;
-  T* out = ws.data();
-  for (index_t b = 0; b < B; ++b) {
-    const index_t len = lengths[b], base = b * Tl * C;
-    if (len > 0) std::memcpy(out + base, dy + base, sizeof(T) * static_cast<std::size_t>(len * C));
-    if (len < Tl) std::memset(out + base + len * C, 0, sizeof(T) * static_cast<std::size_t>((Tl - len) * C));
-  }
-  return out;
+  const auto dev = kernels::backend{};
+  if (kernels::padded_rows_are_zero(dev, dy, lengths.data, B, Tl, C)) return dy;
+  kernels::mask_padded_rows(dev, ws.data(), dy, lengths.data, B, Tl, C);
+  return ws.data();
 }
 }  // namespace detail
 
@@ -113,7 +88,7 @@ class MultiHeadAttention {
   void forward_impl(Context& ctx, ConstView<T> x, ConstView<index_t> lengths, T* y) const {
     const index_t B = x.dim(0), Tl = x.dim(1);
     ctx.padded_starts.resize({B});
-    for (index_t b = 0; b < B; ++b) ctx.padded_starts[b] = b * Tl;
+    kernels::padded_starts(kernels::backend{}, ctx.padded_starts.data(), B, Tl);
     forward_rows(ctx, ConstView<T>(x.data, {B * Tl, d_}), lengths, ctx.padded_starts.view(), Tl, true, y);
   }
 
@@ -121,7 +96,7 @@ class MultiHeadAttention {
   // T_max bounds every length (the padded T in the padded layout).
   void forward_rows(Context& ctx, ConstView<T> x, ConstView<index_t> lengths, ConstView<index_t> starts, index_t T_max,
                     bool padded, T* y) const {
-    const index_t B = lengths.numel(), Tl = T_max, n = x.rows(), D = d_, dh = dh_;
+    const index_t B = lengths.numel(), Tl = T_max, n = x.rows(), D = d_;
     ctx.x = x;
     ctx.lengths = lengths;
     ctx.starts = starts;
@@ -132,35 +107,18 @@ class MultiHeadAttention {
     ctx.qkv.resize({n, 3 * D});
     ctx.probs.resize({B, h_, Tl * Tl});
     ctx.heads.resize({n, D});
+    const auto dev = kernels::backend{};
     in_proj_.forward_impl(x.data, ctx.qkv.data(), n);
-    const T scale = T(1) / std::sqrt(T(dh));
-    const T* qkv = ctx.qkv.data();
-    T* heads = ctx.heads.data();
-    T* probs = ctx.probs.data();
-    parallel_for(B * h_, double(Tl) * double(Tl) * double(dh) * 4.0, [&](index_t bh) {
-      const index_t b = bh / h_, hd = bh % h_, L = lengths[b], s0 = starts[b];
-      // Padded rows of the out_proj input: zero (finite), one contiguous block
-      // per sequence, written by the sequence's first head.
-      if (padded && hd == 0 && L < Tl)
-        std::memset(heads + (s0 + L) * D, 0, sizeof(T) * static_cast<std::size_t>((Tl - L) * D));
-      if (L == 0) return;
-      using kernels::Trans;
-      const auto dev = kernels::backend{};
-      T* O = heads + s0 * D + hd * dh;  // (L,dh), row stride D
-      const T* Q = qkv + s0 * 3 * D + hd * dh;  // (L,dh), row stride 3D; K and V follow at +D, +2D
-      const T *K = Q + D, *V = Q + 2 * D;
-      T* P = probs + bh * Tl * Tl;  // (L,L)
-      kernels::gemm(dev, Trans::N, Trans::T, L, L, dh, scale, Q, 3 * D, K, 3 * D, T(0), P, L);  // scores
-      kernels::softmax_forward(dev, P, P, L, L);
-      kernels::gemm(dev, Trans::N, Trans::N, L, dh, L, T(1), P, L, V, 3 * D, T(0), O, D);  // O = P V
-    });
-    out_proj_.forward_impl(heads, y, n);
-    if (padded) detail::zero_padded_rows(y, lengths, B, Tl, D);
+    // heads (n,D): per (sequence, head) softmax(Q K^T / sqrt(dh)) V; padded rows zero
+    kernels::attention_forward(dev, ctx.heads.data(), ctx.probs.data(), ctx.qkv.data(), lengths.data, starts.data, B,
+                               h_, Tl, dh_, T(1) / std::sqrt(T(dh_)), padded);
+    out_proj_.forward_impl(ctx.heads.data(), y, n);
+    if (padded) kernels::mask_padded_rows(dev, y, y, lengths.data, B, Tl, D);
   }
 
   // dx (n,D) written, in the layout forward used.
   void backward_impl(Context& ctx, const T* dy, T* dx) const {
-    const index_t B = ctx.B, Tl = ctx.T_len, n = ctx.rows, D = d_, dh = dh_;
+    const index_t B = ctx.B, Tl = ctx.T_len, n = ctx.rows, D = d_;
     const bool padded = ctx.padded;
     ctx.d_heads.resize({n, D});
     ctx.d_qkv.resize({n, 3 * D});
@@ -169,35 +127,10 @@ class MultiHeadAttention {
     // (no copy when it is zero already, as inside a transformer layer).
     const T* d_y = padded ? detail::drop_padded_gradient(dy, ctx.d_y, ctx.lengths, B, Tl, D) : dy;
     out_proj_.backward_impl(ctx.heads.data(), d_y, ctx.d_heads.data(), n);
-    const T scale = T(1) / std::sqrt(T(dh));
-    const T* qkv = ctx.qkv.data();
-    const T* d_heads = ctx.d_heads.data();
-    T* d_qkv = ctx.d_qkv.data();
-    const T* probs = ctx.probs.data();
-    T* d_scores = ctx.d_scores.data();
-    parallel_for(B * h_, double(Tl) * double(Tl) * double(dh) * 8.0, [&](index_t bh) {
-      const index_t b = bh / h_, hd = bh % h_, L = ctx.lengths[b], s0 = ctx.starts[b];
-      // Padded rows of d_qkv: zero, one contiguous block per sequence.
-      if (padded && hd == 0 && L < Tl)
-        std::memset(d_qkv + (s0 + L) * 3 * D, 0, sizeof(T) * static_cast<std::size_t>((Tl - L) * 3 * D));
-      if (L == 0) return;
-      using kernels::Trans;
-      const auto dev = kernels::backend{};
-      const index_t ld = 3 * D;  // row stride of q/k/v and of their gradients
-      T* dQ = d_qkv + s0 * 3 * D + hd * dh;
-      T *dK = dQ + D, *dV = dQ + 2 * D;
-      const T* Q = qkv + s0 * 3 * D + hd * dh;
-      const T *K = Q + D, *V = Q + 2 * D;
-      const T* dO = d_heads + s0 * D + hd * dh;  // (L,dh), row stride D
-      const T* P = probs + bh * Tl * Tl;
-      T* dS = d_scores + bh * Tl * Tl;
-      kernels::gemm(dev, Trans::N, Trans::T, L, L, dh, T(1), dO, D, V, ld, T(0), dS, L);  // dP = dO V^T
-      kernels::softmax_backward(dev, dS, dS, P, L, L);                                  // dS
-      kernels::gemm(dev, Trans::N, Trans::N, L, dh, L, scale, dS, L, K, ld, T(0), dQ, ld);  // dQ = s dS K
-      kernels::gemm(dev, Trans::T, Trans::N, L, dh, L, scale, dS, L, Q, ld, T(0), dK, ld);  // dK = s dS^T Q
-      kernels::gemm(dev, Trans::T, Trans::N, L, dh, L, T(1), P, L, dO, D, T(0), dV, ld);    // dV = P^T dO
-    });
-    in_proj_.backward_impl(ctx.x.data, d_qkv, dx, n);
+    kernels::attention_backward(kernels::backend{}, ctx.d_qkv.data(), ctx.d_scores.data(), ctx.d_heads.data(),
+                                ctx.qkv.data(), ctx.probs.data(), ctx.lengths.data, ctx.starts.data, B, h_, Tl, dh_,
+                                T(1) / std::sqrt(T(dh_)), padded);
+    in_proj_.backward_impl(ctx.x.data, ctx.d_qkv.data(), dx, n);
   }
 
   index_t d_model() const { return d_; }

@@ -1,8 +1,7 @@
 // mtrec: masked sequence pooling — mean over valid positions, or the first token.
 #pragma once
 
-#include <cstring>
-
+#include "mtrec/kernels/sequence.hpp"
 #include "mtrec/layers/common.hpp"
 
 namespace mtrec {
@@ -27,21 +26,8 @@ class SequencePooling {
     check_lengths(op, lengths, B, Tl);
     check_shape(op, "y", y, {B, D});
     ctx = {lengths, B, Tl, D};
-    parallel_for(B, double(Tl * D), [&](index_t b) {
-      T* yb = y.data + b * D;
-      std::memset(yb, 0, sizeof(T) * static_cast<std::size_t>(D));
-      const index_t len = lengths[b];
-      if (len == 0) return;
-      const T* xb = x.data + b * Tl * D;
-      if (mode_ == SequencePoolMode::First) {
-        std::memcpy(yb, xb, sizeof(T) * static_cast<std::size_t>(D));
-        return;
-      }
-      for (index_t t = 0; t < len; ++t)
-        for (index_t c = 0; c < D; ++c) yb[c] += xb[t * D + c];
-      const T inv = T(1) / T(len);
-      for (index_t c = 0; c < D; ++c) yb[c] *= inv;
-    });
+    kernels::sequence_pool_forward(kernels::backend{}, y.data, x.data, lengths.data, B, Tl, D,
+                                   mode_ == SequencePoolMode::First);
   }
 
   // dx (B,T,D) written: dy / len on valid positions (Mean) or dy at t = 0 (First), zero elsewhere
@@ -49,18 +35,8 @@ class SequencePooling {
     const char* op = "SequencePooling::backward";
     check_shape(op, "dy", dy, {ctx.B, ctx.D});
     check_shape(op, "dx", dx, {ctx.B, ctx.T_len, ctx.D});
-    const index_t Tl = ctx.T_len, D = ctx.D;
-    parallel_for(ctx.B, double(Tl * D), [&](index_t b) {
-      T* xb = dx.data + b * Tl * D;
-      std::memset(xb, 0, sizeof(T) * static_cast<std::size_t>(Tl * D));
-      const index_t len = ctx.lengths[b];
-      if (len == 0) return;
-      const T* g = dy.data + b * D;
-      const index_t valid = mode_ == SequencePoolMode::First ? 1 : len;
-      const T scale = mode_ == SequencePoolMode::First ? T(1) : T(1) / T(len);
-      for (index_t t = 0; t < valid; ++t)
-        for (index_t c = 0; c < D; ++c) xb[t * D + c] = g[c] * scale;
-    });
+    kernels::sequence_pool_backward(kernels::backend{}, dx.data, dy.data, ctx.lengths.data, ctx.B, ctx.T_len, ctx.D,
+                                    mode_ == SequencePoolMode::First);
   }
 
   SequencePoolMode mode() const { return mode_; }

@@ -1,9 +1,9 @@
 // mtrec: learned positional embedding, y[b,t] = x[b,t] + P[t].
 #pragma once
 
-#include <cstring>
 #include <string>
 
+#include "mtrec/kernels/sequence.hpp"
 #include "mtrec/layers/common.hpp"
 
 namespace mtrec {
@@ -32,22 +32,16 @@ class PositionalEmbedding {
     check_shape(op, "y", y, {x.dim(0), x.dim(1), dim_});
     ctx.B = x.dim(0);
     ctx.T_len = x.dim(1);
-    const T* p = store_->value(table_);
-    const index_t row = ctx.T_len * dim_;
-    parallel_for(ctx.B, double(row), [&](index_t b) {
-      kernels::residual_add(kernels::backend{}, y.data + b * row, x.data + b * row, p, row);
-    });
+    kernels::positional_add(kernels::backend{}, y.data, x.data, store_->value(table_), ctx.B, ctx.T_len, dim_);
   }
   // dx = dy (skipped if dx is empty or aliases dy); dP[t] += sum_b dy[b,t]
   void backward(const Context& ctx, ConstView<T> dy, TensorView<T> dx) const {
     const char* op = "PositionalEmbedding::backward";
     check_shape(op, "dy", dy, {ctx.B, ctx.T_len, dim_});
-    if (!dx.empty()) {
-      check_shape(op, "dx", dx, {ctx.B, ctx.T_len, dim_});
-      if (dx.data != dy.data) std::memcpy(dx.data, dy.data, sizeof(T) * static_cast<std::size_t>(dy.numel()));
-    }
-    // (T*D) columns summed over B rows, in order.
-    kernels::column_sum_add(kernels::backend{}, store_->grad(table_), dy.data, ctx.B, ctx.T_len * dim_);
+    if (!dx.empty()) check_shape(op, "dx", dx, {ctx.B, ctx.T_len, dim_});
+    // dP: (T*D) columns summed over B rows, in order.
+    kernels::positional_add_backward(kernels::backend{}, dx.empty() ? nullptr : dx.data, store_->grad(table_), dy.data,
+                                     ctx.B, ctx.T_len, dim_);
   }
 
   index_t max_len() const { return max_len_; }

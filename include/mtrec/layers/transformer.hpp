@@ -14,10 +14,10 @@
 // standalone layer's masks on the same input (both are seeded and fixed).
 #pragma once
 
-#include <cstring>
 #include <string>
 #include <vector>
 
+#include "mtrec/kernels/sequence.hpp"
 #include "mtrec/layers/activation.hpp"
 #include "mtrec/layers/attention.hpp"
 #include "mtrec/layers/dropout.hpp"
@@ -92,7 +92,7 @@ class TransformerEncoderLayer {
   void forward_impl(Context& ctx, ConstView<T> x, ConstView<index_t> lengths, T* y, const Mode& mode) const {
     const index_t B = x.dim(0), Tl = x.dim(1);
     ctx.padded_starts.resize({B});
-    for (index_t b = 0; b < B; ++b) ctx.padded_starts[b] = b * Tl;
+    kernels::padded_starts(kernels::backend{}, ctx.padded_starts.data(), B, Tl);
     forward_rows(ctx, ConstView<T>(x.data, {B * Tl, c_.d_model}), lengths, ctx.padded_starts.view(), Tl, true, y,
                  mode);
   }
@@ -121,7 +121,7 @@ class TransformerEncoderLayer {
     lin2_.forward_impl(ctx.g.data(), ctx.f2.data(), n);
     drop_out_.forward_impl(ctx.drop_out, ctx.f2.data(), ctx.f2.data(), n * D, mode);
     kernels::residual_add(kernels::backend{}, y, ctx.r1.data(), ctx.f2.data(), n * D);
-    if (padded) detail::zero_padded_rows(y, lengths, B, Tl, D);
+    if (padded) kernels::mask_padded_rows(kernels::backend{}, y, y, lengths.data, B, Tl, D);
   }
 
   // dx (n,D) written, in the layout forward used.
@@ -157,27 +157,18 @@ class TransformerEncoderLayer {
 };
 
 // Copies between the padded (B,Tl,D) layout and the packed one (valid rows
-// only, sequence b starting at row starts[b]). Sequences are copied in
-// parallel when the batch is big enough (pure copies: no result depends on it).
+// only, sequence b starting at row starts[b]): kernels/sequence.hpp.
 //   packed (sum lengths, D) <- padded rows t < lengths[b]
 template <class T>
 inline void pack_sequences(T* packed, const T* padded, const index_t* lengths, const index_t* starts, index_t B,
                            index_t Tl, index_t D) {
-  parallel_for(B, 8.0 * double(Tl * D), [&](index_t b) {
-    if (lengths[b] > 0)
-      std::memcpy(packed + starts[b] * D, padded + b * Tl * D, sizeof(T) * static_cast<std::size_t>(lengths[b] * D));
-  });
+  kernels::pack_sequences(kernels::backend{}, packed, padded, lengths, starts, B, Tl, D);
 }
 //   padded (B,Tl,D) <- packed; rows t >= lengths[b] are zeroed
 template <class T>
 inline void unpack_sequences(T* padded, const T* packed, const index_t* lengths, const index_t* starts, index_t B,
                              index_t Tl, index_t D) {
-  parallel_for(B, 8.0 * double(Tl * D), [&](index_t b) {
-    const index_t len = lengths[b];
-    T* row = padded + b * Tl * D;
-    if (len > 0) std::memcpy(row, packed + starts[b] * D, sizeof(T) * static_cast<std::size_t>(len * D));
-    if (len < Tl) std::memset(static_cast<void*>(row + len * D), 0, sizeof(T) * static_cast<std::size_t>((Tl - len) * D));
-  });
+  kernels::unpack_sequences(kernels::backend{}, padded, packed, lengths, starts, B, Tl, D);
 }
 
 // A stack of pre-LN layers, optionally followed by a final LayerNorm (the
@@ -222,14 +213,11 @@ class TransformerEncoder {
     ctx.lengths = lengths;
     ctx.x = x;
     ctx.starts.resize({B});
-    index_t n = 0;
-    for (index_t b = 0; b < B; ++b) {
-      ctx.starts[b] = n;
-      n += lengths[b];
-    }
+    const auto dev = kernels::backend{};
+    const index_t n = kernels::packed_starts(dev, ctx.starts.data(), lengths.data, B);
     ctx.rows = n;
     ctx.packed.resize({n, D});
-    pack_sequences(ctx.packed.data(), x.data, lengths.data, ctx.starts.data(), B, Tl, D);
+    kernels::pack_sequences(dev, ctx.packed.data(), x.data, lengths.data, ctx.starts.data(), B, Tl, D);
     const T* out = ctx.packed.data();
     if (n > 0) {  // every sequence empty: nothing to encode, y is all zeros
       ConstView<T> in(ctx.packed.data(), {n, D});
@@ -245,7 +233,7 @@ class TransformerEncoder {
         out = ctx.normed.data();
       }
     }
-    unpack_sequences(y.data, out, lengths.data, ctx.starts.data(), B, Tl, D);  // padded rows zero
+    kernels::unpack_sequences(dev, y.data, out, lengths.data, ctx.starts.data(), B, Tl, D);  // padded rows zero
   }
 
   // dx (B,T,D) written (zero at padded positions: y's padded rows are
@@ -257,9 +245,10 @@ class TransformerEncoder {
     check_shape(op, "dx", dx, {B, Tl, D});
     ctx.d_a.resize({n, D});
     ctx.d_b.resize({n, D});
+    const auto dev = kernels::backend{};
     const ConstView<index_t> lengths = ctx.lengths;
     T* g = ctx.d_a.data();  // packed dy
-    pack_sequences(g, dy.data, lengths.data, ctx.starts.data(), B, Tl, D);
+    kernels::pack_sequences(dev, g, dy.data, lengths.data, ctx.starts.data(), B, Tl, D);
     if (n > 0) {
       if (final_norm_) {
         norm_.backward_impl(ctx.final_ln, ctx.d_a.data(), ctx.d_b.data());
@@ -271,7 +260,7 @@ class TransformerEncoder {
         g = other;
       }
     }
-    unpack_sequences(dx.data, g, lengths.data, ctx.starts.data(), B, Tl, D);
+    kernels::unpack_sequences(dev, dx.data, g, lengths.data, ctx.starts.data(), B, Tl, D);
   }
 
   const TransformerConfig& config() const { return c_; }

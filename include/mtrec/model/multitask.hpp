@@ -23,6 +23,10 @@
 #include <string>
 #include <vector>
 
+#include "mtrec/kernels/embedding.hpp"
+#include "mtrec/kernels/loss.hpp"
+#include "mtrec/kernels/mixture.hpp"
+#include "mtrec/kernels/sequence.hpp"
 #include "mtrec/layers/attention.hpp"
 #include "mtrec/layers/embedding.hpp"
 #include "mtrec/layers/linear.hpp"
@@ -31,7 +35,7 @@
 #include "mtrec/layers/positional.hpp"
 #include "mtrec/layers/transformer.hpp"
 #include "mtrec/model/config.hpp"
-#include "mtrec/train/losses.hpp"
+#include "mtrec/layers/losses.hpp"
 
 namespace mtrec {
 
@@ -73,6 +77,8 @@ class MultiTaskModel {
       Tensor<T> probs;  // (B,M)
       Tensor<T> out, d_out;  // (B,De)
       Tensor<T> d_probs;
+      std::vector<const T*> experts;  // (M) the mixed experts' outputs, for the gate-mix kernels
+      std::vector<T*> d_experts;      // (M) their gradients
     };
     struct LevelWs {
       std::vector<typename MLP<T>::Context> expert;
@@ -98,6 +104,7 @@ class MultiTaskModel {
     Tensor<T> X, dX;  // (B,F)
     std::vector<Tensor<index_t>> id_rows;   // hashed rows per ID field (B)
     std::vector<Tensor<index_t>> bag_rows;  // hashed rows per bag field (n)
+    std::vector<ConstView<index_t>> id_view, bag_view;  // the rows each field looks up (prepare_batch)
     std::vector<Tensor<T>> id_emb, bag_emb, d_field;  // (B,dim)
     std::vector<typename Embedding<T>::Context> id_ctx;
     std::vector<typename EmbeddingBag<T>::Context> bag_ctx;
@@ -116,7 +123,9 @@ class MultiTaskModel {
     // Retrieval tasks: the target rows' embeddings are the keys.
     struct RetrievalWs {
       Tensor<index_t> rows;    // (B) target row per batch row (0 where unlabelled)
+      Tensor<index_t> positions, targets;  // (n) the labelled batch rows and their target rows
       Tensor<T> keys, d_keys;  // (B,D)
+      Tensor<T> d_targets;     // (n,D) the labelled rows' key gradients, scaled
       InBatchSoftmaxWorkspace<T> softmax;
     };
     std::vector<PairWs> pairs;
@@ -176,6 +185,7 @@ class MultiTaskModel {
     ws.B = B;
     ws.mode = mode;
     prepare(ws, B);
+    prepare_batch(ws, batch);  // host: rows, valid IDs, sequence starts
     features_forward(ws, batch, mode);
     trunk_forward(ws, mode);
     for (std::size_t k = 0; k < towers_.size(); ++k)
@@ -264,16 +274,16 @@ class MultiTaskModel {
       T* ds = ws.d_scaled[k].data();
       const T c = T(coeff[k]);
       const T* d = ws.d_out[k].data();
-      for (index_t i = 0; i < n; ++i) ds[i] = c * d[i];
+      kernels::scale(kernels::backend{}, ds, d, n, c);  // ds (n) = c * d
       bool active = coeff[k] != 0.0;
       if (config_.architecture == Architecture::ESMM && k == 0 && coeff[1] != 0.0) {
         // pCTCVR = pCTR * pCVR: the CTCVR loss also reaches the CTR tower.
         const T c1 = T(coeff[1]);
-        for (index_t i = 0; i < n; ++i) ds[i] += c1 * ws.esmm_d_ctr[i];
+        kernels::axpy(kernels::backend{}, ds, ws.esmm_d_ctr.data(), n, c1);  // ds += c1 * dL_ctcvr/d ctr
         active = true;
       }
       if (active) towers_[k].backward(ws.tower[k], ws.d_scaled[k].view(), ws.d_tower_in[k].view());
-      if (config_.tasks[k].type == TaskType::Retrieval && coeff[k] != 0.0) retrieval_keys_backward(ws, batch, k, c);
+      if (config_.tasks[k].type == TaskType::Retrieval && coeff[k] != 0.0) retrieval_keys_backward(ws, k, c);
     }
     trunk_backward(ws, coeff);
     features_backward(ws);
@@ -289,25 +299,20 @@ class MultiTaskModel {
     for (std::size_t k = 0; k < num_tasks(); ++k) {
       const TaskSpec& t = config_.tasks[k];
       const index_t w = task_output_width(t);
-      for (index_t i = 0; i < B; ++i) {
-        const T* o = ws.out[k].data() + i * w;
-        T* p = out.data() + i * C + col;
-        if (t.type == TaskType::Regression) {
-          p[0] = o[0];
-        } else if (t.type == TaskType::Retrieval) {
-          for (index_t j = 0; j < w; ++j) p[j] = o[j];  // the query vector
-        } else if (t.type == TaskType::MultiClass) {
-          kernels::softmax_forward(kernels::backend{}, p, o, 1, w);
-        } else if (config_.architecture == Architecture::ESMM && k == 1) {
-          p[0] = sigmoid(ws.out[0].data()[i]) * sigmoid(o[0]);  // pCTCVR = pCTR * pCVR
-        } else {
-          p[0] = sigmoid(o[0]);
-        }
-      }
+      const T* o = ws.out[k].data();  // (B,w)
+      if (t.type == TaskType::Regression || t.type == TaskType::Retrieval)  // values; a retrieval query vector
+        kernels::output_transform(kernels::backend{}, out.data(), C, col, o, B, w, kernels::OutputKind::Identity);
+      else if (t.type == TaskType::MultiClass)
+        kernels::output_transform(kernels::backend{}, out.data(), C, col, o, B, w, kernels::OutputKind::Softmax);
+      else if (config_.architecture == Architecture::ESMM && k == 1)
+        kernels::sigmoid_product(kernels::backend{}, out.data(), C, col, ws.out[0].data(), o, B);  // pCTCVR = pCTR * pCVR
+      else
+        kernels::output_transform(kernels::backend{}, out.data(), C, col, o, B, w, kernels::OutputKind::Sigmoid);
       col += w;
     }
-    if (config_.architecture == Architecture::ESMM)
-      for (index_t i = 0; i < B; ++i) out.data()[i * C + col] = sigmoid(ws.out[1].data()[i]);
+    if (config_.architecture == Architecture::ESMM)  // pCVR
+      kernels::output_transform(kernels::backend{}, out.data(), C, col, ws.out[1].data(), B, 1,
+                                kernels::OutputKind::Sigmoid);
   }
 
   // Checks a whole data set once, before training or evaluating on it:
@@ -438,7 +443,6 @@ class MultiTaskModel {
   }
 
  private:
-  static T sigmoid(T x) { return T(1) / (T(1) + std::exp(-x)); }
 
   static std::uint64_t next_instance_id() {
     static std::atomic<std::uint64_t> next{1};
@@ -537,7 +541,12 @@ class MultiTaskModel {
     rw.rows.resize({B});
     rw.keys.resize({B, D});
     rw.d_keys.resize({B, D});
-    const T* e = store_->value(table);
+    // Batch preparation (host): the target row of every batch row (row 0 as
+    // a placeholder where unlabelled), and the labelled rows' positions and
+    // targets, which backward scatters into.
+    rw.positions.resize({B});
+    rw.targets.resize({B});
+    index_t n_lab = 0;
     for (index_t i = 0; i < B; ++i) {
       index_t r = 0;
       if (!m || m[i]) {
@@ -545,31 +554,32 @@ class MultiTaskModel {
           fail(op, "retrieval task '", t.name, "' label[", i, "] expected a row of table '", t.target_table,
                "' in [0, ", rows, ") but got ", y[i]);
         r = static_cast<index_t>(y[i]);
+        rw.positions[n_lab] = i;
+        rw.targets[n_lab++] = r;
       }
       rw.rows[i] = r;
-      std::memcpy(rw.keys.data() + i * D, e + r * D, sizeof(T) * static_cast<std::size_t>(D));
     }
+    rw.positions.resize({n_lab});
+    rw.targets.resize({n_lab});
+    kernels::gather_rows(kernels::backend{}, rw.keys.data(), store_->value(table), rw.rows.data(), B, D);  // keys (B,D)
     return in_batch_softmax(d, rw.d_keys.data(), q, rw.keys.data(), B, D, t.temperature,
                             static_cast<const T*>(nullptr), m, w, &rw.softmax);
   }
 
   // table.grad[target row of i] += c * dL/d key_i for the labelled rows only:
   // an unlabelled row's placeholder row is neither updated nor marked touched.
-  void retrieval_keys_backward(Workspace& ws, const Batch<T>& batch, std::size_t k, T c) const {
-    const auto& rw = ws.retrieval[k];
+  void retrieval_keys_backward(Workspace& ws, std::size_t k, T c) const {
+    auto& rw = ws.retrieval[k];
     const ParamId table = target_table_[k];
-    const index_t D = config_.tasks[k].target_dim;
-    const bool masked = !batch.label_mask.empty() && !batch.label_mask[k].empty();
-    T* g = store_->grad(table);
+    const index_t D = config_.tasks[k].target_dim, n = rw.targets.numel();
+    rw.d_targets.resize({n, D});
+    // d_targets (n,D) = c * d_keys[positions]; table.grad[targets] += d_targets
+    kernels::gather_rows(kernels::backend{}, rw.d_targets.data(), rw.d_keys.data(), rw.positions.data(), n, D);
+    kernels::scale(kernels::backend{}, rw.d_targets.data(), rw.d_targets.data(), n * D, c);
     TouchedRows& touched = store_->touched(table);
-    for (index_t i = 0; i < ws.B; ++i) {
-      if (masked && !batch.label_mask[k][std::size_t(i)]) continue;
-      const index_t r = rw.rows[i];
-      touched.mark(r);
-      T* gr = g + r * D;
-      const T* dk = rw.d_keys.data() + i * D;
-      for (index_t j = 0; j < D; ++j) gr[j] += c * dk[j];
-    }
+    touched.mark_all(rw.targets.data(), n);
+    kernels::scatter_add_rows(kernels::backend{}, store_->grad(table), touched.flag.data(), rw.d_targets.data(),
+                              rw.targets.data(), n, D);
   }
 
   // ---- construction ----------------------------------------------------------
@@ -810,12 +820,10 @@ class MultiTaskModel {
 
   // Writes a (B, w) block into columns [col, col + w) of X.
   static void put_columns(Tensor<T>& X, index_t col, const T* src, index_t B, index_t w) {
-    const index_t F = X.dim(1);
-    for (index_t i = 0; i < B; ++i) std::memcpy(X.data() + i * F + col, src + i * w, sizeof(T) * std::size_t(w));
+    kernels::copy_columns(kernels::backend{}, X.data(), X.dim(1), col, src, w, 0, B, w);
   }
   static void take_columns(T* dst, const Tensor<T>& X, index_t col, index_t B, index_t w) {
-    const index_t F = X.dim(1);
-    for (index_t i = 0; i < B; ++i) std::memcpy(dst + i * w, X.data() + i * F + col, sizeof(T) * std::size_t(w));
+    kernels::copy_columns(kernels::backend{}, dst, w, 0, X.data(), X.dim(1), col, B, w);
   }
 
   const TableSpec& table_spec(const std::string& field, const std::string& table) const {
@@ -834,35 +842,25 @@ class MultiTaskModel {
     return buf.view();
   }
 
-  void features_forward(Workspace& ws, const Batch<T>& b, const Mode& mode) const {
+  // Batch preparation, on the host, once per batch: everything that needs
+  // the raw batch or data-dependent control flow — hashing raw IDs into
+  // rows, the valid positions of each sequence and their starts in the
+  // packed layout. The numeric forward and backward then read only these
+  // workspace buffers and the batch's dense arrays.
+  void prepare_batch(Workspace& ws, const Batch<T>& b) const {
     const FeatureSpec& f = config_.features;
     const index_t B = b.size;
-    index_t col = 0;
-    for (std::size_t i = 0; i < f.ids.size(); ++i) {
-      const index_t d = f.ids[i].dim;
-      ws.id_emb[i].resize({B, d});
-      id_layers_[i].forward(ws.id_ctx[i], rows_for(b.ids[i], table_spec(f.ids[i].name, f.ids[i].table), ws.id_rows[i]),
-                            ws.id_emb[i].view());
-      put_columns(ws.X, col, ws.id_emb[i].data(), B, d);
-      col += d;
-    }
-    for (std::size_t i = 0; i < f.bags.size(); ++i) {
-      const index_t d = f.bags[i].dim;
-      const auto& bag = b.bags[i];
-      ws.bag_emb[i].resize({B, d});
-      ConstView<T> w = f.bags[i].weighted ? ConstView<T>(bag.weights.data(), {index_t(bag.weights.size())})
-                                          : ConstView<T>();
-      bag_layers_[i].forward(ws.bag_ctx[i], rows_for(bag.ids, table_spec(f.bags[i].name, f.bags[i].table), ws.bag_rows[i]),
-                             ConstView<index_t>(bag.offsets.data(), {B + 1}), w, ws.bag_emb[i].view());
-      put_columns(ws.X, col, ws.bag_emb[i].data(), B, d);
-      col += d;
-    }
+    ws.id_view.resize(f.ids.size());
+    for (std::size_t i = 0; i < f.ids.size(); ++i)
+      ws.id_view[i] = rows_for(b.ids[i], table_spec(f.ids[i].name, f.ids[i].table), ws.id_rows[i]);
+    ws.bag_view.resize(f.bags.size());
+    for (std::size_t i = 0; i < f.bags.size(); ++i)
+      ws.bag_view[i] = rows_for(b.bags[i].ids, table_spec(f.bags[i].name, f.bags[i].table), ws.bag_rows[i]);
     for (std::size_t i = 0; i < f.sequences.size(); ++i) {
       const SequenceFeature& sf = f.sequences[i];
-      const SequenceEncoder& enc = seq_layers_[i];
       auto& sw = ws.seq[i];
       const auto& s = b.sequences[i];
-      const index_t L = sf.max_len, D = sf.encoder.d_model;
+      const index_t L = sf.max_len;
       const TableSpec& ts = table_spec(sf.name, sf.table);
       sw.lengths.resize({B});
       std::copy(s.lengths.begin(), s.lengths.end(), sw.lengths.data());
@@ -877,16 +875,43 @@ class MultiTaskModel {
           const index_t id = s.ids[r * L + t];
           sw.valid_ids[v++] = ts.hashed ? hash_bucket(std::uint64_t(id), ts.rows, salt) : id;
         }
+      sw.starts.resize({B});
+      kernels::packed_starts(kernels::backend{}, sw.starts.data(), sw.lengths.data(), B);
+    }
+  }
+
+  void features_forward(Workspace& ws, const Batch<T>& b, const Mode& mode) const {
+    const FeatureSpec& f = config_.features;
+    const index_t B = b.size;
+    index_t col = 0;
+    for (std::size_t i = 0; i < f.ids.size(); ++i) {
+      const index_t d = f.ids[i].dim;
+      ws.id_emb[i].resize({B, d});
+      id_layers_[i].forward(ws.id_ctx[i], ws.id_view[i], ws.id_emb[i].view());
+      put_columns(ws.X, col, ws.id_emb[i].data(), B, d);
+      col += d;
+    }
+    for (std::size_t i = 0; i < f.bags.size(); ++i) {
+      const index_t d = f.bags[i].dim;
+      const auto& bag = b.bags[i];
+      ws.bag_emb[i].resize({B, d});
+      ConstView<T> w = f.bags[i].weighted ? ConstView<T>(bag.weights.data(), {index_t(bag.weights.size())})
+                                          : ConstView<T>();
+      bag_layers_[i].forward(ws.bag_ctx[i], ws.bag_view[i], ConstView<index_t>(bag.offsets.data(), {B + 1}), w,
+                             ws.bag_emb[i].view());
+      put_columns(ws.X, col, ws.bag_emb[i].data(), B, d);
+      col += d;
+    }
+    for (std::size_t i = 0; i < f.sequences.size(); ++i) {
+      const SequenceFeature& sf = f.sequences[i];
+      const SequenceEncoder& enc = seq_layers_[i];
+      auto& sw = ws.seq[i];
+      const index_t L = sf.max_len, D = sf.encoder.d_model;
+      const index_t n_valid = sw.valid_ids.numel();
       sw.compact.resize({n_valid, D});
       sw.emb.resize({B, L, D});
       sw.hidden.resize({B, L, D});
       sw.pooled.resize({B, D});
-      sw.starts.resize({B});
-      v = 0;
-      for (index_t r = 0; r < B; ++r) {
-        sw.starts[r] = v;
-        v += s.lengths[r];
-      }
       enc.items.forward(sw.items, sw.valid_ids.view(), sw.compact.view());
       // valid positions copied, padded ones zeroed (an empty sequence copies nothing)
       unpack_sequences(sw.emb.data(), sw.compact.data(), sw.lengths.data(), sw.starts.data(), B, L, D);
@@ -978,15 +1003,9 @@ class MultiTaskModel {
     gw.out.resize({B, De});
     g.proj.forward(gw.proj, x, gw.probs.view());
     kernels::softmax_forward(kernels::backend{}, gw.probs.data(), gw.probs.data(), B, M);
-    parallel_for(B, double(M * De), [&](index_t i) {
-      T* o = gw.out.data() + i * De;
-      std::fill(o, o + De, T(0));
-      for (index_t m = 0; m < M; ++m) {
-        const T p = gw.probs[i * M + m];
-        const T* e = lw.expert_out[std::size_t(g.experts[std::size_t(m)])].data() + i * De;
-        for (index_t c = 0; c < De; ++c) o[c] += p * e[c];
-      }
-    });
+    gw.experts.resize(std::size_t(M));
+    for (index_t m = 0; m < M; ++m) gw.experts[std::size_t(m)] = lw.expert_out[std::size_t(g.experts[std::size_t(m)])].data();
+    kernels::gate_mix_forward(kernels::backend{}, gw.out.data(), gw.experts.data(), gw.probs.data(), B, M, De);  // out (B,De)
   }
 
   // d experts += p_m * d_out; d_in += gate_proj^T (softmax' <d_out, E_m>)
@@ -994,20 +1013,10 @@ class MultiTaskModel {
                      Tensor<T>& scratch) const {
     const index_t B = gw.probs.dim(0), M = gw.probs.dim(1), De = config_.expert.back();
     gw.d_probs.resize({B, M});
-    for (index_t m = 0; m < M; ++m) {
-      T* de = lw.d_expert_out[std::size_t(g.experts[std::size_t(m)])].data();
-      const T* e = lw.expert_out[std::size_t(g.experts[std::size_t(m)])].data();
-      parallel_for(B, double(De), [&](index_t i) {
-        const T p = gw.probs[i * M + m];
-        const T* d = gw.d_out.data() + i * De;
-        T dot = 0;
-        for (index_t c = 0; c < De; ++c) {
-          de[i * De + c] += p * d[c];
-          dot += d[c] * e[i * De + c];
-        }
-        gw.d_probs[i * M + m] = dot;
-      });
-    }
+    gw.d_experts.resize(std::size_t(M));
+    for (index_t m = 0; m < M; ++m) gw.d_experts[std::size_t(m)] = lw.d_expert_out[std::size_t(g.experts[std::size_t(m)])].data();
+    kernels::gate_mix_backward(kernels::backend{}, gw.d_experts.data(), gw.d_probs.data(), gw.d_out.data(),
+                               gw.experts.data(), gw.probs.data(), B, M, De);
     kernels::softmax_backward(kernels::backend{}, gw.d_probs.data(), gw.d_probs.data(), gw.probs.data(), B, M);
     scratch.resize({B, g.proj.in_features()});
     g.proj.backward(gw.proj, gw.d_probs.view(), scratch.view());
@@ -1046,12 +1055,12 @@ class MultiTaskModel {
         if (l + 1 == levels_.size() && coeff[k] == 0.0)
           gw.d_out.zero();
         else
-          std::memcpy(gw.d_out.data(), src, sizeof(T) * std::size_t(gw.d_out.numel()));
+          kernels::copy(kernels::backend{}, gw.d_out.data(), src, gw.d_out.numel());
       }
       if (lv.has_shared_gate) {
         lw.shared_gate.d_out.resize({B, config_.expert.back()});
-        std::memcpy(lw.shared_gate.d_out.data(), ws.levels[l + 1].d_shared_in.data(),
-                    sizeof(T) * std::size_t(lw.shared_gate.d_out.numel()));
+        kernels::copy(kernels::backend{}, lw.shared_gate.d_out.data(), ws.levels[l + 1].d_shared_in.data(),
+                      lw.shared_gate.d_out.numel());
       }
       for (auto& t : lw.d_expert_out) t.zero();
       for (auto& t : lw.d_task_in) t.zero();
@@ -1070,7 +1079,7 @@ class MultiTaskModel {
     }
     // Level 0 reads X for every input.
     auto& l0 = ws.levels[0];
-    std::memcpy(ws.dX.data(), l0.d_shared_in.data(), sizeof(T) * std::size_t(ws.dX.numel()));
+    kernels::copy(kernels::backend{}, ws.dX.data(), l0.d_shared_in.data(), ws.dX.numel());
     for (std::size_t k = 0; k < num_tasks(); ++k)
       kernels::residual_add(kernels::backend{}, ws.dX.data(), ws.dX.data(), l0.d_task_in[k].data(), ws.dX.numel());
   }
@@ -1081,7 +1090,7 @@ class MultiTaskModel {
   // the CTR tower's gradient).
   static LossResult esmm_ctcvr_loss(T* d_cvr, T* d_ctr, const T* a, const T* b, const T* y, const std::uint8_t* m,
                                     const T* w, index_t n) {
-    double num = 0, den = 0;
+    double den = 0;  // host: the denominator, from the batch's mask and weights
     index_t count = 0;
     for (index_t i = 0; i < n; ++i)
       if (!m || m[i]) {
@@ -1089,26 +1098,12 @@ class MultiTaskModel {
         ++count;
       }
     LossResult r{0.0, den, count};
-    std::fill(d_cvr, d_cvr + n, T(0));
-    std::fill(d_ctr, d_ctr + n, T(0));
-    if (den <= 0) return r;
-    for (index_t i = 0; i < n; ++i) {
-      if (m && !m[i]) continue;
-      const double wi = (w ? double(w[i]) : 1.0) / den;
-      const double sa = 1 / (1 + std::exp(-double(a[i]))), sb = 1 / (1 + std::exp(-double(b[i])));
-      const double log_sa = -std::log1p(std::exp(-std::fabs(double(a[i])))) - std::max(-double(a[i]), 0.0);
-      const double log_sb = -std::log1p(std::exp(-std::fabs(double(b[i])))) - std::max(-double(b[i]), 0.0);
-      const double log_p = log_sa + log_sb;
-      const double p = std::exp(log_p);
-      const double log_1mp = std::log(-std::expm1(std::min(log_p, -1e-300)));
-      const double yi = double(y[i]);
-      num += wi * -(yi * log_p + (1 - yi) * log_1mp);
-      // dL/dlog_sx = -y + (1-y) p / (1-p);  dlog_sa/da = 1 - sa
-      const double g = -yi + (1 - yi) * p / std::max(1 - p, 1e-300);
-      d_cvr[i] = T(wi * g * (1 - sb));
-      d_ctr[i] = T(wi * g * (1 - sa));
+    if (den <= 0) {
+      kernels::fill(kernels::backend{}, d_cvr, n, T(0));
+      kernels::fill(kernels::backend{}, d_ctr, n, T(0));
+      return r;
     }
-    r.value = num;
+    r.value = kernels::esmm_loss(kernels::backend{}, d_ctr, d_cvr, a, b, y, m, w, n, 1.0 / den);
     return r;
   }
 

@@ -64,6 +64,7 @@
 #include "mtrec/core/tensor.hpp"
 #include "mtrec/kernels/cpu.hpp"
 #include "mtrec/kernels/device.hpp"
+#include "mtrec/kernels/rows.hpp"
 
 namespace mtrec {
 
@@ -178,11 +179,17 @@ class Optimizer {
     if (cfg_.kind == OptimizerConfig::Kind::SGD) {
       const T tlr = T(lr), mu = T(cfg_.momentum), wd = T(cfg_.weight_decay);
       T* buf = buf_.numel() ? buf_.data() : nullptr;
-      update_block([&](index_t off, index_t n) {
-        if (!kernels::sgd_update(kernels::backend{}, s.values() + off, buf ? buf + off : nullptr, s.grads() + off, n,
-                                 tlr, mu, wd, cfg_.nesterov))
-          finite.clear();
-      });
+      update_block(
+          [&](index_t off, index_t n) {
+            if (!kernels::sgd_update(kernels::backend{}, s.values() + off, buf ? buf + off : nullptr, s.grads() + off,
+                                     n, tlr, mu, wd, cfg_.nesterov))
+              finite.clear();
+          },
+          [&](const RowSet* sets, index_t n_sets) {
+            if (!kernels::sgd_update_rows(kernels::backend{}, s.values(), buf, s.grads(), sets, n_sets, tlr, mu, wd,
+                                          cfg_.nesterov))
+              finite.clear();
+          });
     } else {
       // Bias corrections in double, like PyTorch (Python floats), then cast.
       kernels::AdamStep<T> st;
@@ -194,11 +201,17 @@ class Optimizer {
       st.decoupled = cfg_.kind == OptimizerConfig::Kind::AdamW;
       st.bias_correction1 = T(1.0 - std::pow(cfg_.beta1, double(t_)));
       st.bias_correction2 = T(1.0 - std::pow(cfg_.beta2, double(t_)));
-      update_block([&](index_t off, index_t n) {
-        if (!kernels::adam_update(kernels::backend{}, s.values() + off, m_.data() + off, v_.data() + off,
-                                  s.grads() + off, n, st))
-          finite.clear();
-      });
+      update_block(
+          [&](index_t off, index_t n) {
+            if (!kernels::adam_update(kernels::backend{}, s.values() + off, m_.data() + off, v_.data() + off,
+                                      s.grads() + off, n, st))
+              finite.clear();
+          },
+          [&](const RowSet* sets, index_t n_sets) {  // lazy: the touched rows of every table
+            if (!kernels::adam_update_rows(kernels::backend{}, s.values(), m_.data(), v_.data(), s.grads(), sets,
+                                           n_sets, st))
+              finite.clear();
+          });
     }
     return finite.get();
   }
@@ -256,8 +269,8 @@ class Optimizer {
   // Calls update(offset, n) on every span of the flat block that this step
   // updates: the dense block in one call, then each table lazily row by row
   // (rows in parallel; each row's kernel call then runs serially) or whole.
-  template <class Update>
-  void update_block(Update&& update) {
+  template <class Update, class UpdateRows>
+  void update_block(Update&& update, UpdateRows&& update_rows) {
     ParameterStore<T>& s = *store_;
     if (!cfg_.lazy_tables) {
       // Dense semantics: the whole block at once, tables included. Alignment
@@ -266,32 +279,9 @@ class Optimizer {
       return;
     }
     update(index_t(0), s.dense_size());
-    // Every table's touched rows in one parallel region (tables are disjoint
-    // and rows independent, so `nowait` is safe and the split changes nothing).
-    double work = 0;
-    for (int id = 0; id < s.count(); ++id)
-      if (s.info(id).kind == ParamKind::Table)
-        work += 16.0 * double(s.touched(id).rows.size()) * double(s.info(id).shape[1]);
-    auto tables = [&](bool worksharing) {
-      for (int id = 0; id < s.count(); ++id) {
-        const ParamInfo& p = s.info(id);
-        if (p.kind != ParamKind::Table) continue;
-        const index_t* rows = s.touched(id).rows.data();
-        const index_t n = static_cast<index_t>(s.touched(id).rows.size()), dim = p.shape[1];
-        if (worksharing) {
-          MTREC_OMP(for schedule(static) nowait)
-          for (index_t i = 0; i < n; ++i) update(p.offset + rows[i] * dim, dim);
-        } else {
-          for (index_t i = 0; i < n; ++i) update(p.offset + rows[i] * dim, dim);
-        }
-      }
-    };
-    if (worth_forking_flops(work) && num_threads() > 1 && !in_parallel_region()) {
-      MTREC_OMP(parallel)
-      tables(true);
-    } else {
-      tables(false);
-    }
+    // Every table's touched rows in one call (one parallel region).
+    const std::vector<RowSet>& sets = s.touched_row_sets();
+    update_rows(sets.data(), index_t(sets.size()));
   }
 
   ParameterStore<T>* store_;
@@ -359,40 +349,6 @@ struct LRSchedule {
 
 // ---- gradient norm and clipping ----------------------------------------------
 
-namespace detail {
-// Sum of part(k) for k in [0, n_parts), parts computed in parallel and added
-// in order k = 0, 1, ...: the result does not depend on the thread count.
-// Partials live on the stack, kBatch at a time, so nothing is allocated.
-template <class Part>
-inline double ordered_sum(index_t n_parts, Part&& part) {
-  constexpr index_t kBatch = 64;
-  double partial[kBatch];
-  double total = 0;
-  for (index_t k0 = 0; k0 < n_parts; k0 += kBatch) {
-    const index_t nk = std::min(kBatch, n_parts - k0);
-    parallel_chunks(nk, 1, [&](index_t b, index_t e) {
-      for (index_t k = b; k < e; ++k) partial[k] = part(k0 + k);
-    });
-    for (index_t k = 0; k < nk; ++k) total += partial[k];
-  }
-  return total;
-}
-
-// Calls fn(row pointer, dim) for the touched rows of every table, rows of a
-// table in parallel (element-wise work only: order does not matter).
-template <class T, class Fn>
-inline void for_each_touched_row(ParameterStore<T>& store, Fn&& fn) {
-  for (int id = 0; id < store.count(); ++id) {
-    const ParamInfo& p = store.info(id);
-    if (p.kind != ParamKind::Table) continue;
-    const std::vector<index_t>& rows = store.touched(id).rows;
-    const index_t dim = p.shape[1];
-    T* g = store.grad(id);
-    parallel_for(static_cast<index_t>(rows.size()), 2.0 * double(dim),
-                 [&](index_t i) { fn(g + rows[static_cast<std::size_t>(i)] * dim, dim); });
-  }
-}
-}  // namespace detail
 
 // Global L2 norm of the gradients: the dense block and the touched rows of
 // every table (untouched rows have zero gradients, so this is the norm of the
@@ -403,22 +359,8 @@ template <class T>
 inline double grad_norm(const ParameterStore<T>& store) {
   check(store.allocated(), "grad_norm", "expected an allocated ParameterStore but allocate() has not been called");
   double total = kernels::sum_squares(kernels::backend{}, store.grads(), store.dense_size());
-  for (int id = 0; id < store.count(); ++id) {
-    const ParamInfo& p = store.info(id);
-    if (p.kind != ParamKind::Table) continue;
-    const std::vector<index_t>& rows = store.touched(id).rows;
-    const index_t dim = p.shape[1];
-    const T* g = store.grad(id);
-    // ~16K elements per part: rows per part depend on dim only.
-    const index_t per_part = std::max<index_t>(1, 16384 / dim);
-    const index_t n_rows = static_cast<index_t>(rows.size());
-    total += detail::ordered_sum((n_rows + per_part - 1) / per_part, [&](index_t k) {
-      double s = 0;
-      for (index_t i = k * per_part; i < std::min(n_rows, (k + 1) * per_part); ++i)
-        s += kernels::sum_squares(kernels::backend{}, g + rows[static_cast<std::size_t>(i)] * dim, dim);
-      return s;
-    });
-  }
+  const std::vector<RowSet>& sets = store.touched_row_sets();
+  total += kernels::sum_squares_rows(kernels::backend{}, store.grads(), sets.data(), index_t(sets.size()));
   return std::sqrt(total);
 }
 
@@ -430,7 +372,8 @@ inline void scale_grads(ParameterStore<T>& store, double factor) {
   check(std::isfinite(factor), "scale_grads", "expected a finite factor but got ", factor);
   const T f = T(factor);
   kernels::scale(kernels::backend{}, store.grads(), store.grads(), store.dense_size(), f);
-  detail::for_each_touched_row(store, [f](T* row, index_t dim) { kernels::scale(kernels::backend{}, row, row, dim, f); });
+  const std::vector<RowSet>& sets = store.touched_row_sets();
+  kernels::scale_rows(kernels::backend{}, store.grads(), sets.data(), index_t(sets.size()), f);
 }
 
 // torch.nn.utils.clip_grad_norm_: with the global norm above, if

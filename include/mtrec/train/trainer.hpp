@@ -456,15 +456,8 @@ class Trainer {
   // the dense part and the touched rows of every table.
   static bool touched_finite(const ParameterStore<T>& store, const T* block) {
     if (!kernels::all_finite(kernels::backend{}, block, store.dense_size())) return false;
-    for (int id = 0; id < store.count(); ++id) {
-      const ParamInfo& p = store.info(id);
-      if (p.kind != ParamKind::Table) continue;
-      const index_t dim = p.shape[1];
-      const T* v = block + p.offset;
-      for (index_t r : store.touched(id).rows)
-        if (!kernels::all_finite(kernels::backend{}, v + r * dim, dim)) return false;
-    }
-    return true;
+    const std::vector<RowSet>& sets = store.touched_row_sets();
+    return kernels::all_finite_rows(kernels::backend{}, block, sets.data(), index_t(sets.size()));
   }
 
   // "loss", or "<metric>:<task>" with a metric that evaluate() reports for

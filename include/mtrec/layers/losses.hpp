@@ -25,10 +25,12 @@
 //    into at most 64 chunks whose bounds depend on n only and the chunk sums
 //    are added in chunk order, so the results are bitwise identical for any
 //    thread count.
+// The checks and the denominator are computed here, on the host; the row
+// terms and gradients are the kernels of kernels/loss.hpp, called with
+// kernels::backend{}.
 #pragma once
 
 #include <algorithm>
-#include <array>
 #include <cmath>
 #include <cstdint>
 
@@ -37,6 +39,7 @@
 #include "mtrec/core/tensor.hpp"
 #include "mtrec/kernels/cpu.hpp"
 #include "mtrec/kernels/device.hpp"
+#include "mtrec/kernels/loss.hpp"
 
 namespace mtrec {
 
@@ -49,27 +52,11 @@ struct LossResult {
 
 namespace detail {
 
-// T in a parameter that must not take part in template argument deduction:
-// gradient outputs and optional inputs are often passed as a bare nullptr,
-// which cannot deduce T; T comes from the required inputs instead.
-template <class T>
-struct loss_nondeduced {
-  using type = T;
-};
-template <class T>
-using loss_nd = typename loss_nondeduced<T>::type;
+// T in a parameter that must not take part in template argument deduction
+// (kernels/loss.hpp): a bare nullptr cannot deduce T, the required inputs do.
+using kernels::detail::loss_nd;
 
-// log(1 + exp(z)) without overflow: exp is only taken of a non-positive number.
-inline double loss_softplus(double z) { return std::max(z, 0.0) + std::log1p(std::exp(-std::fabs(z))); }
-
-// 1 / (1 + exp(-z)) without overflow for either sign.
-inline double loss_sigmoid(double z) {
-  if (z >= 0) return 1.0 / (1.0 + std::exp(-z));
-  const double e = std::exp(z);
-  return e / (1.0 + e);
-}
-
-inline bool loss_row_on(const std::uint8_t* mask, index_t i) { return mask == nullptr || mask[i] != 0; }
+using kernels::detail::loss_row_on;
 
 inline void loss_check_rows(const char* op, index_t n) { check(n >= 0, op, "expected n >= 0 but got ", n); }
 
@@ -106,40 +93,9 @@ inline void loss_check_finite_label(const char* op, const char* name, const T* l
   if (!std::isfinite(double(labels[i]))) fail(op, name, "[", i, "] expected a finite value but got ", labels[i]);
 }
 
-// sum over i in [0, n) of row(i), in double. [0, n) is cut into at most
-// kChunks chunks whose bounds depend on n only; each chunk sums its rows in
-// order and the chunk sums are added in chunk order, so the result does not
-// depend on which thread ran which chunk. Chunks run in parallel when
-// n * cost_per_row (rough flops) is worth a fork. row(i) must not throw.
-template <class Row>
-inline double loss_row_sum(index_t n, double cost_per_row, Row&& row) {
-  constexpr index_t kChunks = 64;
-  std::array<double, kChunks> partial{};
-  if (n <= 0) return 0.0;
-  const index_t chunk = (n + kChunks - 1) / kChunks;
-  const bool parallel = double(n) * cost_per_row >= 32768.0;
-  parallel_chunks(
-      n, chunk,
-      [&](index_t b, index_t e) {
-        double s = 0;
-        for (index_t i = b; i < e; ++i) s += row(i);
-        partial[b / chunk] = s;
-      },
-      parallel);
-  double total = 0;
-  for (double p : partial) total += p;  // unused chunks hold +0.0: adding it is exact
-  return total;
-}
-
 template <class T>
 inline void loss_zero(T* p, index_t count) {
-  if (p != nullptr) std::fill(p, p + count, T(0));
-}
-
-// Scale of row i's gradient: d value / d l_i = m_i w_i / W.
-template <class T>
-inline double loss_row_scale(const T* weights, index_t i, double inv_weight_sum) {
-  return (weights ? double(weights[i]) : 1.0) * inv_weight_sum;
+  if (p != nullptr) kernels::fill(kernels::backend{}, p, count, T(0));
 }
 
 }  // namespace detail
@@ -177,49 +133,22 @@ inline LossResult bce_with_logits(detail::loss_nd<T>* dlogits, const T* logits, 
     detail::loss_zero(dlogits, n);
     return r;
   }
-  const double inv_w = 1.0 / r.weight_sum;
-  const double total = detail::loss_row_sum(n, 40.0, [&](index_t i) -> double {
-    if (!detail::loss_row_on(mask, i)) {
-      if (dlogits) dlogits[i] = T(0);
-      return 0.0;
-    }
-    const double x = double(logits[i]), y = double(labels[i]);
-    const double s = detail::loss_row_scale(weights, i, inv_w);
-    if (dlogits) dlogits[i] = T(s * (detail::loss_sigmoid(x) - y));
-    return s * (std::max(x, 0.0) - x * y + std::log1p(std::exp(-std::fabs(x))));
-  });
-  r.value = total;
+  r.value = kernels::bce_with_logits_loss(kernels::backend{}, dlogits, logits, labels, mask, weights, n,
+                                          1.0 / r.weight_sum);
   return r;
 }
 
 // ---- regression ------------------------------------------------------------
 
 namespace detail {
-// Shared by mse and huber: row_loss(r) and row_grad(r) of the residual r = p - y.
-template <class T, class Loss, class Grad>
-inline LossResult loss_regression(const char* op, T* dpred, const T* pred, const T* target, const std::uint8_t* mask,
-                                  const T* weights, index_t n, Loss&& row_loss, Grad&& row_grad) {
+// Shared by mse and huber: the checks and the denominator (pass 1).
+template <class T>
+inline LossResult loss_regression_denominator(const char* op, const T* pred, const T* target,
+                                              const std::uint8_t* mask, const T* weights, index_t n) {
   loss_check_rows(op, n);
   loss_check_input(op, "pred", pred, n);
   loss_check_input(op, "target", target, n);
-  LossResult r =
-      loss_denominator(op, mask, weights, n, [&](index_t i) { loss_check_finite_label(op, "target", target, i); });
-  if (!(r.weight_sum > 0)) {
-    loss_zero(dpred, n);
-    return r;
-  }
-  const double inv_w = 1.0 / r.weight_sum;
-  r.value = loss_row_sum(n, 10.0, [&](index_t i) -> double {
-    if (!loss_row_on(mask, i)) {
-      if (dpred) dpred[i] = T(0);
-      return 0.0;
-    }
-    const double res = double(pred[i]) - double(target[i]);
-    const double s = loss_row_scale(weights, i, inv_w);
-    if (dpred) dpred[i] = T(s * row_grad(res));
-    return s * row_loss(res);
-  });
-  return r;
+  return loss_denominator(op, mask, weights, n, [&](index_t i) { loss_check_finite_label(op, "target", target, i); });
 }
 }  // namespace detail
 
@@ -228,8 +157,13 @@ inline LossResult loss_regression(const char* op, T* dpred, const T* pred, const
 template <class T>
 inline LossResult mse(detail::loss_nd<T>* dpred, const T* pred, const T* target, const std::uint8_t* mask,
                       const detail::loss_nd<T>* weights, index_t n) {
-  return detail::loss_regression(
-      "mse", dpred, pred, target, mask, weights, n, [](double r) { return r * r; }, [](double r) { return 2.0 * r; });
+  LossResult r = detail::loss_regression_denominator("mse", pred, target, mask, weights, n);
+  if (!(r.weight_sum > 0)) {
+    detail::loss_zero(dpred, n);
+    return r;
+  }
+  r.value = kernels::mse_loss(kernels::backend{}, dpred, pred, target, mask, weights, n, 1.0 / r.weight_sum);
+  return r;
 }
 
 // torch.nn.HuberLoss(delta): with r = p - y,
@@ -241,10 +175,13 @@ template <class T>
 inline LossResult huber(detail::loss_nd<T>* dpred, const T* pred, const T* target, const std::uint8_t* mask,
                         const detail::loss_nd<T>* weights, index_t n, double delta = 1.0) {
   check(std::isfinite(delta) && delta > 0, "huber", "expected a finite delta > 0 but got ", delta);
-  return detail::loss_regression(
-      "huber", dpred, pred, target, mask, weights, n,
-      [delta](double r) { return std::fabs(r) < delta ? 0.5 * r * r : delta * (std::fabs(r) - 0.5 * delta); },
-      [delta](double r) { return std::fabs(r) <= delta ? r : (r > 0 ? delta : -delta); });
+  LossResult r = detail::loss_regression_denominator("huber", pred, target, mask, weights, n);
+  if (!(r.weight_sum > 0)) {
+    detail::loss_zero(dpred, n);
+    return r;
+  }
+  r.value = kernels::huber_loss(kernels::backend{}, dpred, pred, target, mask, weights, n, 1.0 / r.weight_sum, delta);
+  return r;
 }
 
 // ---- softmax cross-entropy ------------------------------------------------
@@ -271,28 +208,8 @@ inline LossResult softmax_cross_entropy(detail::loss_nd<T>* dlogits, const T* lo
     detail::loss_zero(dlogits, n * C);
     return r;
   }
-  const double inv_w = 1.0 / r.weight_sum;
-  r.value = detail::loss_row_sum(n, 20.0 * double(C), [&](index_t i) -> double {
-    T* g = dlogits ? dlogits + i * C : nullptr;
-    if (!detail::loss_row_on(mask, i)) {
-      detail::loss_zero(g, C);
-      return 0.0;
-    }
-    const T* x = logits + i * C;
-    double m = double(x[0]);
-    for (index_t c = 1; c < C; ++c) m = std::max(m, double(x[c]));
-    double sum = 0;
-    for (index_t c = 0; c < C; ++c) sum += std::exp(double(x[c]) - m);
-    const double s = detail::loss_row_scale(weights, i, inv_w);
-    if (g) {
-      const double s_over_sum = s / sum;
-      for (index_t c = 0; c < C; ++c) g[c] = T(s_over_sum * std::exp(double(x[c]) - m));
-      g[labels[i]] = T(s_over_sum * std::exp(double(x[labels[i]]) - m) - s);
-    }
-    // log(sum) - (x_y - m), not m + log(sum) - x_y: with logits ~1e4 the
-    // latter loses the loss's low digits to cancellation.
-    return s * (std::log(sum) - (double(x[labels[i]]) - m));
-  });
+  r.value = kernels::softmax_cross_entropy_loss(kernels::backend{}, dlogits, logits, labels, mask, weights, n, C,
+                                                1.0 / r.weight_sum);
   return r;
 }
 
@@ -314,20 +231,8 @@ inline LossResult bpr(detail::loss_nd<T>* dpos, detail::loss_nd<T>* dneg, const 
     detail::loss_zero(dneg, n);
     return r;
   }
-  const double inv_w = 1.0 / r.weight_sum;
-  r.value = detail::loss_row_sum(n, 40.0, [&](index_t i) -> double {
-    if (!detail::loss_row_on(mask, i)) {
-      if (dpos) dpos[i] = T(0);
-      if (dneg) dneg[i] = T(0);
-      return 0.0;
-    }
-    const double z = double(neg_scores[i]) - double(pos_scores[i]);
-    const double s = detail::loss_row_scale(weights, i, inv_w);
-    const double g = s * detail::loss_sigmoid(z);
-    if (dpos) dpos[i] = T(-g);
-    if (dneg) dneg[i] = T(g);
-    return s * detail::loss_softplus(z);
-  });
+  r.value =
+      kernels::bpr_loss(kernels::backend{}, dpos, dneg, pos_scores, neg_scores, mask, weights, n, 1.0 / r.weight_sum);
   return r;
 }
 
@@ -387,31 +292,10 @@ inline LossResult in_batch_softmax(detail::loss_nd<T>* dq, detail::loss_nd<T>* d
   kernels::gemm(kernels::backend{}, kernels::Trans::N, kernels::Trans::T, n, n, d, inv_t, q, d, k, d, T(0), S, n);
 
   const bool want_grad = dq != nullptr || dk != nullptr;
-  const double inv_w = 1.0 / r.weight_sum;
-  r.value = detail::loss_row_sum(n, 30.0 * double(n), [&](index_t i) -> double {
-    T* Si = S + i * n;
-    if (!detail::loss_row_on(mask, i)) {
-      if (want_grad) std::fill(Si, Si + n, T(0));
-      return 0.0;
-    }
-    auto z = [&](index_t j) { return double(Si[j]) - (log_q_correction ? double(log_q_correction[j]) : 0.0); };
-    double m = z(i);
-    for (index_t j = 0; j < n; ++j)
-      if (detail::loss_row_on(mask, j)) m = std::max(m, z(j));
-    double sum = 0;
-    for (index_t j = 0; j < n; ++j)
-      if (detail::loss_row_on(mask, j)) sum += std::exp(z(j) - m);
-    const double zii = z(i);
-    const double s = detail::loss_row_scale(weights, i, inv_w);
-    if (want_grad) {
-      // dS_ij = s (softmax_ij - [i == j]), 0 in masked columns. Overwrites
-      // row i of S, which no other row reads.
-      const double s_over_sum = s / sum;
-      for (index_t j = 0; j < n; ++j) Si[j] = detail::loss_row_on(mask, j) ? T(s_over_sum * std::exp(z(j) - m)) : T(0);
-      Si[i] = T(s_over_sum * std::exp(zii - m) - s);
-    }
-    return s * (std::log(sum) - (zii - m));  // no cancellation against m (see softmax_cross_entropy)
-  });
+  // Rows of S become dS (S's row i is overwritten by row i's gradient, which
+  // no other row reads).
+  r.value = kernels::in_batch_softmax_rows(kernels::backend{}, S, log_q_correction, mask, weights, n,
+                                           1.0 / r.weight_sum, want_grad);
   // dq (n,d) = dS k / temperature;  dk (n,d) = dS^T q / temperature
   if (dq)
     kernels::gemm(kernels::backend{}, kernels::Trans::N, kernels::Trans::N, n, d, n, inv_t, S, n, k, d, T(0), dq, d);
