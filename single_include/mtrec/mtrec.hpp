@@ -5348,7 +5348,7 @@ template <class T>
 inline void activation_forward(Activation act, T* y, const T* x, index_t n) {
   switch (act) {
     case Activation::Identity:
-      if (y != x) std::memcpy(y, x, sizeof(T) * static_cast<std::size_t>(n));
+      if (y != x) kernels::copy(kernels::backend{}, y, x, n);
       break;
     case Activation::ReLU: kernels::relu_forward(kernels::backend{}, y, x, n); break;
     case Activation::GELU: kernels::gelu_forward(kernels::backend{}, y, x, n, kernels::GeluMode::Erf); break;
@@ -5362,7 +5362,7 @@ template <class T>
 inline void activation_backward(Activation act, T* dx, const T* dy, const T* x, const T* y, index_t n) {
   switch (act) {
     case Activation::Identity:
-      if (dx != dy) std::memcpy(dx, dy, sizeof(T) * static_cast<std::size_t>(n));
+      if (dx != dy) kernels::copy(kernels::backend{}, dx, dy, n);
       break;
     case Activation::ReLU: kernels::relu_backward(kernels::backend{}, dx, dy, x, n); break;
     case Activation::GELU: kernels::gelu_backward(kernels::backend{}, dx, dy, x, n, kernels::GeluMode::Erf); break;
@@ -5650,13 +5650,13 @@ class Dropout {
     if (ctx.active)
       kernels::dropout_forward(kernels::backend{}, y, x, n, p_, ctx.key);
     else if (y != x)
-      std::memcpy(y, x, sizeof(T) * static_cast<std::size_t>(n));
+      kernels::copy(kernels::backend{}, y, x, n);
   }
   void backward_impl(const Context& ctx, const T* dy, T* dx) const {
     if (ctx.active)
       kernels::dropout_backward(kernels::backend{}, dx, dy, ctx.n, p_, ctx.key);
     else if (dx != dy)
-      std::memcpy(dx, dy, sizeof(T) * static_cast<std::size_t>(ctx.n));
+      kernels::copy(kernels::backend{}, dx, dy, ctx.n);
   }
 
   double p() const { return p_; }
@@ -7733,8 +7733,6 @@ class MultiTaskModel {
             const index_t i = ord[a], j = ord[b];
             pw.pos[p] = i;
             pw.neg[p] = j;
-            pw.s_pos[p] = score[i];
-            pw.s_neg[p] = score[j];
             pw.weight[p] = w ? w[i] * w[j] : T(1);
           }
         g0 = g1;
@@ -7745,14 +7743,19 @@ class MultiTaskModel {
         for (Tensor<T>* x : {&pw.s_pos, &pw.s_neg, &pw.d_pos, &pw.d_neg, &pw.weight}) x->resize({P});
       }
     }
-    for (index_t i = 0; i < B; ++i) d[i] = T(0);
+    // The pairs come from the labels alone (host); the scores are gathered,
+    // and the pair gradients scattered back, by kernels.
+    kernels::fill(kernels::backend{}, d, B, T(0));
     if (P == 0) return LossResult{};
+    kernels::gather_rows(kernels::backend{}, pw.s_pos.data(), score, pw.pos.data(), P, 1);  // s_pos (P) = score[pos]
+    kernels::gather_rows(kernels::backend{}, pw.s_neg.data(), score, pw.neg.data(), P, 1);
     LossResult r = bpr(pw.d_pos.data(), pw.d_neg.data(), pw.s_pos.data(), pw.s_neg.data(),
                        static_cast<const std::uint8_t*>(nullptr), pw.weight.data(), P);
-    for (index_t p = 0; p < P; ++p) {  // fixed order: deterministic
-      d[pw.pos[p]] += pw.d_pos[p];
-      d[pw.neg[p]] += pw.d_neg[p];
-    }
+    // d[pos[p]] += d_pos[p], then d[neg[p]] += d_neg[p], pairs in order: deterministic
+    kernels::scatter_add_rows(kernels::backend{}, d, static_cast<std::uint8_t*>(nullptr), pw.d_pos.data(),
+                              pw.pos.data(), P, 1);
+    kernels::scatter_add_rows(kernels::backend{}, d, static_cast<std::uint8_t*>(nullptr), pw.d_neg.data(),
+                              pw.neg.data(), P, 1);
     return r;
   }
 

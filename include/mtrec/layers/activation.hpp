@@ -13,7 +13,7 @@ template <class T>
 inline void activation_forward(Activation act, T* y, const T* x, index_t n) {
   switch (act) {
     case Activation::Identity:
-      if (y != x) std::memcpy(y, x, sizeof(T) * static_cast<std::size_t>(n));
+      if (y != x) kernels::copy(kernels::backend{}, y, x, n);
       break;
     case Activation::ReLU: kernels::relu_forward(kernels::backend{}, y, x, n); break;
     case Activation::GELU: kernels::gelu_forward(kernels::backend{}, y, x, n, kernels::GeluMode::Erf); break;
@@ -27,7 +27,7 @@ template <class T>
 inline void activation_backward(Activation act, T* dx, const T* dy, const T* x, const T* y, index_t n) {
   switch (act) {
     case Activation::Identity:
-      if (dx != dy) std::memcpy(dx, dy, sizeof(T) * static_cast<std::size_t>(n));
+      if (dx != dy) kernels::copy(kernels::backend{}, dx, dy, n);
       break;
     case Activation::ReLU: kernels::relu_backward(kernels::backend{}, dx, dy, x, n); break;
     case Activation::GELU: kernels::gelu_backward(kernels::backend{}, dx, dy, x, n, kernels::GeluMode::Erf); break;

@@ -45,13 +45,13 @@ class Dropout {
     if (ctx.active)
       kernels::dropout_forward(kernels::backend{}, y, x, n, p_, ctx.key);
     else if (y != x)
-      std::memcpy(y, x, sizeof(T) * static_cast<std::size_t>(n));
+      kernels::copy(kernels::backend{}, y, x, n);
   }
   void backward_impl(const Context& ctx, const T* dy, T* dx) const {
     if (ctx.active)
       kernels::dropout_backward(kernels::backend{}, dx, dy, ctx.n, p_, ctx.key);
     else if (dx != dy)
-      std::memcpy(dx, dy, sizeof(T) * static_cast<std::size_t>(ctx.n));
+      kernels::copy(kernels::backend{}, dx, dy, ctx.n);
   }
 
   double p() const { return p_; }

@@ -506,8 +506,6 @@ class MultiTaskModel {
             const index_t i = ord[a], j = ord[b];
             pw.pos[p] = i;
             pw.neg[p] = j;
-            pw.s_pos[p] = score[i];
-            pw.s_neg[p] = score[j];
             pw.weight[p] = w ? w[i] * w[j] : T(1);
           }
         g0 = g1;
@@ -518,14 +516,19 @@ class MultiTaskModel {
         for (Tensor<T>* x : {&pw.s_pos, &pw.s_neg, &pw.d_pos, &pw.d_neg, &pw.weight}) x->resize({P});
       }
     }
-    for (index_t i = 0; i < B; ++i) d[i] = T(0);
+    // The pairs come from the labels alone (host); the scores are gathered,
+    // and the pair gradients scattered back, by kernels.
+    kernels::fill(kernels::backend{}, d, B, T(0));
     if (P == 0) return LossResult{};
+    kernels::gather_rows(kernels::backend{}, pw.s_pos.data(), score, pw.pos.data(), P, 1);  // s_pos (P) = score[pos]
+    kernels::gather_rows(kernels::backend{}, pw.s_neg.data(), score, pw.neg.data(), P, 1);
     LossResult r = bpr(pw.d_pos.data(), pw.d_neg.data(), pw.s_pos.data(), pw.s_neg.data(),
                        static_cast<const std::uint8_t*>(nullptr), pw.weight.data(), P);
-    for (index_t p = 0; p < P; ++p) {  // fixed order: deterministic
-      d[pw.pos[p]] += pw.d_pos[p];
-      d[pw.neg[p]] += pw.d_neg[p];
-    }
+    // d[pos[p]] += d_pos[p], then d[neg[p]] += d_neg[p], pairs in order: deterministic
+    kernels::scatter_add_rows(kernels::backend{}, d, static_cast<std::uint8_t*>(nullptr), pw.d_pos.data(),
+                              pw.pos.data(), P, 1);
+    kernels::scatter_add_rows(kernels::backend{}, d, static_cast<std::uint8_t*>(nullptr), pw.d_neg.data(),
+                              pw.neg.data(), P, 1);
     return r;
   }
 
