@@ -19,7 +19,7 @@ const bool registered = [] {
   static const std::vector<OpCase> cases = all_cases();
   for (const OpCase& c : cases) {
     if (!c.bench) continue;
-    for (Dev dev : all_devices()) {
+    for (Dev dev : bench_devices()) {
       const std::string base = "op/" + c.op + "/" + dev_name(dev) + "/" + c.shape;
       benchmark::RegisterBenchmark((base + "/forward").c_str(), [&c, dev](benchmark::State& state) {
         const Data d = case_data(c);

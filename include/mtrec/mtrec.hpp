@@ -23,6 +23,7 @@
 #pragma once
 
 #include "mtrec/core/config.hpp"
+#include "mtrec/core/device.hpp"
 #include "mtrec/core/error.hpp"
 #include "mtrec/core/parallel.hpp"
 #include "mtrec/core/parameters.hpp"
@@ -35,6 +36,7 @@
 #include "mtrec/kernels/device.hpp"
 #include "mtrec/kernels/eigen.hpp"
 #include "mtrec/kernels/embedding.hpp"
+#include "mtrec/kernels/fake.hpp"
 #include "mtrec/kernels/loss.hpp"
 #include "mtrec/kernels/mixture.hpp"
 #include "mtrec/kernels/reference.hpp"

@@ -60,10 +60,44 @@
 #endif
 // ==== end mtrec/core/config.hpp ===============================================
 
+// ==== begin mtrec/core/device.hpp =============================================
+// mtrec: devices — where tensor memory lives and which kernels run on it.
+//
+// A device is a small value passed by const reference. It carries the state
+// its kernels need (for Cpu and Reference: nothing; for CUDA later: a stream,
+// a cuBLAS handle and an arena) and owns the memory of every Tensor built on
+// it. Every device offers the same memory operations:
+//
+//   void* allocate(bytes)            void deallocate(p, bytes)
+//   void  copy(dst, src, bytes)      // device -> device
+//   void  upload(dst, host, bytes)   // host -> device
+//   void  download(host, src, bytes) // device -> host
+//   void  zero(p, bytes)
+//   void  zero_rows(base, rows, n, row_bytes)  // rows[i]: row indices on the host
+//
+// and a `memory` type naming its memory space: views of device memory are
+// TensorView<T, D::memory>, and only HostMemory views can be read with [].
+//
+//   Cpu        host memory; xsimd + OpenMP kernels (kernels/cpu.hpp)
+//   Reference  host memory; scalar kernels, the ground truth of every test
+//   Fake       memory from an arena that is mprotect()ed to PROT_NONE except
+//              while one of its kernels or copies runs; kernels run the
+//              reference code. Host code that touches device memory faults
+//              at once, as it would on a GPU (kernels/fake.hpp).
+
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <mutex>
+#include <new>
+#include <vector>
+
 // ==== begin mtrec/core/error.hpp ==============================================
 // mtrec: the one exception type and the checks that raise it.
 
-#include <cstdint>
 #include <sstream>
 #include <stdexcept>
 #include <string>
@@ -110,6 +144,175 @@ inline void check(bool cond, const char* op, const Parts&... parts) {
 }  // namespace mtrec
 // ==== end mtrec/core/error.hpp ================================================
 
+namespace mtrec {
+
+struct HostMemory {
+  static constexpr bool host_readable = true;
+};
+struct FakeMemory {
+  static constexpr bool host_readable = false;
+};
+
+namespace detail {
+constexpr std::size_t kAlignment = 64;
+
+// Memory operations on host memory, shared by Cpu and Reference.
+struct HostDevice {
+  using memory = HostMemory;
+  void* allocate(std::size_t bytes) const { return ::operator new[](bytes, std::align_val_t(kAlignment)); }
+  void deallocate(void* p, std::size_t) const {
+    if (p) ::operator delete[](p, std::align_val_t(kAlignment));
+  }
+  void copy(void* dst, const void* src, std::size_t bytes) const {
+    if (bytes) std::memcpy(dst, src, bytes);
+  }
+  void upload(void* dst, const void* host, std::size_t bytes) const { copy(dst, host, bytes); }
+  void download(void* host, const void* src, std::size_t bytes) const { copy(host, src, bytes); }
+  void zero(void* p, std::size_t bytes) const {
+    if (bytes) std::memset(p, 0, bytes);
+  }
+  void zero_rows(void* base, const std::int64_t* rows, std::int64_t n, std::size_t row_bytes) const {
+    for (std::int64_t i = 0; i < n; ++i) std::memset(static_cast<char*>(base) + rows[i] * row_bytes, 0, row_bytes);
+  }
+};
+}  // namespace detail
+
+struct Cpu : detail::HostDevice {
+  static const char* name() { return "cpu"; }
+};
+struct Reference : detail::HostDevice {
+  static const char* name() { return "reference"; }
+};
+
+// ---- the fake device ---------------------------------------------------------------
+
+// One arena per process (mprotect acts on the whole process). Blocks come
+// from power-of-two size classes with free lists; the block metadata lives
+// on the host heap, so the arena itself is never read by the allocator.
+// enter()/leave() count the kernels and copies running now: the arena is
+// readable while the count is positive and PROT_NONE when it drops to zero.
+class FakeArena {
+ public:
+  static FakeArena& instance() {
+    static FakeArena a;
+    return a;
+  }
+
+  void* allocate(std::size_t bytes) {
+    std::lock_guard<std::mutex> lock(mu_);
+    const int c = size_class(bytes);
+    if (!free_[c].empty()) {
+      void* p = free_[c].back();
+      free_[c].pop_back();
+      in_use_ += std::size_t(1) << c;
+      return p;
+    }
+    const std::size_t sz = std::size_t(1) << c;
+    check(used_ + sz <= kReserve, "Fake::allocate", "the fake device's arena of ", kReserve >> 20,
+          " MiB cannot hold another ", sz, " bytes (", used_, " bytes handed out)");
+    void* p = base_ + used_;
+    const std::size_t old_top = round_page(used_);
+    used_ += sz;
+    const std::size_t top = round_page(used_);
+    if (depth_ > 0 && top > old_top) protect(old_top, top - old_top, PROT_READ | PROT_WRITE);
+    in_use_ += sz;
+    return p;
+  }
+  void deallocate(void* p, std::size_t bytes) {
+    if (!p) return;
+    std::lock_guard<std::mutex> lock(mu_);
+    check(contains(p), "Fake::deallocate", "pointer ", p, " is not fake-device memory");
+    const int c = size_class(bytes);
+    free_[c].push_back(p);
+    in_use_ -= std::size_t(1) << c;
+  }
+
+  void enter() {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (depth_++ == 0 && used_) protect(0, round_page(used_), PROT_READ | PROT_WRITE);
+  }
+  void leave() {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (--depth_ == 0 && used_) protect(0, round_page(used_), PROT_NONE);
+  }
+
+  bool contains(const void* p) const {
+    const char* c = static_cast<const char*>(p);
+    return c >= base_ && c < base_ + kReserve;
+  }
+  std::size_t bytes_in_use() const { return in_use_; }
+  std::uint64_t transitions() const { return transitions_; }  // mprotect calls so far
+
+ private:
+  static constexpr std::size_t kReserve = std::size_t(16) << 30;  // address space only (MAP_NORESERVE)
+
+  FakeArena() {
+    void* p = ::mmap(nullptr, kReserve, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    check(p != MAP_FAILED, "Fake", "could not reserve ", kReserve >> 20, " MiB of address space for the arena");
+    base_ = static_cast<char*>(p);
+    page_ = std::size_t(::sysconf(_SC_PAGESIZE));
+  }
+  ~FakeArena() = default;  // the mapping lives until the process ends: tensors may outlive statics
+
+  static int size_class(std::size_t bytes) {
+    int c = 6;  // 64 bytes at least: every block is cache-line aligned
+    while ((std::size_t(1) << c) < bytes) ++c;
+    return c;
+  }
+  std::size_t round_page(std::size_t n) const { return (n + page_ - 1) / page_ * page_; }
+  void protect(std::size_t off, std::size_t len, int prot) {
+    ++transitions_;
+    check(::mprotect(base_ + off, len, prot) == 0, "Fake", "mprotect of the arena failed");
+  }
+
+  std::mutex mu_;
+  char* base_ = nullptr;
+  std::size_t page_ = 4096;
+  std::size_t used_ = 0, in_use_ = 0;
+  int depth_ = 0;
+  std::uint64_t transitions_ = 0;
+  std::vector<void*> free_[64];
+};
+
+// The arena is readable for the lifetime of a guard (counted: guards nest
+// and may be held by several threads at once).
+struct FakeGuard {
+  FakeGuard() { FakeArena::instance().enter(); }
+  ~FakeGuard() { FakeArena::instance().leave(); }
+  FakeGuard(const FakeGuard&) = delete;
+  FakeGuard& operator=(const FakeGuard&) = delete;
+};
+
+struct Fake {
+  using memory = FakeMemory;
+  static const char* name() { return "fake"; }
+  void* allocate(std::size_t bytes) const { return FakeArena::instance().allocate(bytes); }
+  void deallocate(void* p, std::size_t bytes) const { FakeArena::instance().deallocate(p, bytes); }
+  void copy(void* dst, const void* src, std::size_t bytes) const {
+    if (!bytes) return;
+    FakeGuard g;
+    std::memcpy(dst, src, bytes);
+  }
+  void upload(void* dst, const void* host, std::size_t bytes) const { copy(dst, host, bytes); }
+  void download(void* host, const void* src, std::size_t bytes) const { copy(host, src, bytes); }
+  void zero(void* p, std::size_t bytes) const {
+    if (!bytes) return;
+    FakeGuard g;
+    std::memset(p, 0, bytes);
+  }
+  void zero_rows(void* base, const std::int64_t* rows, std::int64_t n, std::size_t row_bytes) const {
+    if (!n) return;
+    FakeGuard g;
+    detail::HostDevice{}.zero_rows(base, rows, n, row_bytes);
+  }
+};
+
+template <class D>
+constexpr bool host_readable_v = D::memory::host_readable;
+
+}  // namespace mtrec
+// ==== end mtrec/core/device.hpp ===============================================
+
 // ==== begin mtrec/core/parallel.hpp ===========================================
 // mtrec: deterministic parallel loops.
 //
@@ -123,17 +326,19 @@ inline void check(bool cond, const char* op, const Parts&... parts) {
 // ==== begin mtrec/core/tensor.hpp =============================================
 // mtrec: contiguous row-major tensors and non-owning views.
 //
-// Tensor<T> owns a 64-byte aligned buffer; resize() reallocates only when the
-// new size exceeds the capacity, so a workspace reused across steps stops
-// allocating after the first one. TensorView<T> / TensorView<const T> are
-// (pointer, shape) pairs that never own memory. Eigen maps over views are in
-// kernels/eigen.hpp: core/ does not depend on Eigen.
+// Tensor<T, D> owns a 64-byte aligned buffer on device D (core/device.hpp;
+// Cpu by default); resize() reallocates only when the new size exceeds the
+// capacity, so a workspace reused across steps stops allocating after the
+// first one. Allocation, copies and zeroing go through the device.
+//
+// TensorView<T, M> / TensorView<const T, M> are (pointer, shape) pairs in
+// memory space M that never own memory. Only host views (M = HostMemory, the
+// default) can be read with []: reading a Fake-device view does not compile.
+// to_host()/to_device() below are the explicit copies between the two.
+// Eigen maps over views are in kernels/eigen.hpp: core/ does not depend on Eigen.
 
 #include <array>
-#include <cstddef>
-#include <cstring>
 #include <initializer_list>
-#include <new>
 #include <type_traits>
 
 namespace mtrec {
@@ -194,16 +399,17 @@ struct Shape {
 
 inline std::ostream& operator<<(std::ostream& os, const Shape& s) { return os << s.str(); }
 
-template <class T>
+template <class T, class M = HostMemory>
 struct TensorView {
+  using memory = M;
   T* data = nullptr;
   Shape shape;
 
   TensorView() = default;
   TensorView(T* d, Shape s) : data(d), shape(s) {}
-  // A mutable view converts to a const view.
+  // A mutable view converts to a const view of the same memory space.
   template <class U, class = std::enable_if_t<std::is_same<const U, T>::value && !std::is_same<U, T>::value>>
-  TensorView(const TensorView<U>& o) : data(o.data), shape(o.shape) {}
+  TensorView(const TensorView<U, M>& o) : data(o.data), shape(o.shape) {}
 
   bool empty() const { return data == nullptr || shape.numel() == 0; }
   index_t numel() const { return shape.numel(); }
@@ -211,7 +417,10 @@ struct TensorView {
   int rank() const { return shape.rank; }
   index_t rows() const { return shape.rows(); }
   index_t cols() const { return shape.cols(); }
-  T& operator[](index_t i) const { return data[i]; }
+  T& operator[](index_t i) const {
+    static_assert(M::host_readable, "device memory cannot be read on the host: copy it with to_host()");
+    return data[i];
+  }
   T* row(index_t r) const { return data + r * shape.cols(); }
   // The same memory under another shape with the same element count.
   TensorView reshaped(Shape s) const {
@@ -221,8 +430,11 @@ struct TensorView {
   }
 };
 
-template <class T>
-using ConstView = TensorView<const T>;
+template <class T, class M = HostMemory>
+using ConstView = TensorView<const T, M>;
+// A view of memory on device D.
+template <class T, class D>
+using DeviceView = TensorView<T, typename D::memory>;
 
 // Some rows of one table inside a flat parameter block: row i of the set is
 // the `dim` elements at offset + rows[i] * dim (kernels/rows.hpp).
@@ -233,32 +445,29 @@ struct RowSet {
   index_t dim = 0;
 };
 
-namespace detail {
-constexpr std::size_t kAlignment = 64;
-
-template <class T>
-struct AlignedDelete {
-  void operator()(T* p) const { ::operator delete[](p, std::align_val_t(kAlignment)); }
-};
-}  // namespace detail
-
-template <class T>
+template <class T, class D = Cpu>
 class Tensor {
   static_assert(std::is_trivially_copyable<T>::value, "Tensor holds trivially copyable scalars");
 
  public:
+  using device_type = D;
+  using memory = typename D::memory;
+  using View = TensorView<T, memory>;
+  using CView = TensorView<const T, memory>;
+
   Tensor() = default;
-  explicit Tensor(Shape s) { resize(s); }
+  explicit Tensor(const D& dev) : device_(dev) {}
+  explicit Tensor(Shape s, const D& dev = D{}) : device_(dev) { resize(s); }
   Tensor(Shape s, T fill_value) {
     resize(s);
     fill(fill_value);
   }
-  Tensor(const Tensor& o) { *this = o; }
-  Tensor(Tensor&& o) noexcept { swap(o); }
+  Tensor(const Tensor& o) : device_(o.device_) { *this = o; }
+  Tensor(Tensor&& o) noexcept : device_(o.device_) { swap(o); }
   Tensor& operator=(const Tensor& o) {
     if (this != &o) {
       resize(o.shape_);
-      if (o.numel()) std::memcpy(data_, o.data_, sizeof(T) * static_cast<std::size_t>(o.numel()));
+      device_.copy(data_, o.data_, bytes());
     }
     return *this;
   }
@@ -269,6 +478,7 @@ class Tensor {
   ~Tensor() { release(); }
 
   void swap(Tensor& o) noexcept {
+    std::swap(device_, o.device_);
     std::swap(data_, o.data_);
     std::swap(capacity_, o.capacity_);
     std::swap(shape_, o.shape_);
@@ -283,49 +493,92 @@ class Tensor {
         fail("Tensor::resize", "shape ", s, " needs ", n, " elements of ", sizeof(T),
              " bytes, more than the address space holds");
       release();
-      data_ = static_cast<T*>(::operator new[](sizeof(T) * static_cast<std::size_t>(n),
-                                               std::align_val_t(detail::kAlignment)));
+      data_ = static_cast<T*>(device_.allocate(sizeof(T) * static_cast<std::size_t>(n)));
       capacity_ = n;
     }
     shape_ = s;
   }
-  void fill(T v) { std::fill(data_, data_ + numel(), v); }
-  void zero() {
-    if (numel()) std::memset(static_cast<void*>(data_), 0, sizeof(T) * static_cast<std::size_t>(numel()));
+  // Host tensors only: a device tensor is filled by a kernel (kernels::fill).
+  void fill(T v) {
+    static_assert(memory::host_readable, "Tensor::fill runs on the host: use kernels::fill on a device tensor");
+    std::fill(data_, data_ + numel(), v);
   }
+  void zero() { device_.zero(data_, bytes()); }
 
+  const D& device() const { return device_; }
   T* data() { return data_; }
   const T* data() const { return data_; }
   const Shape& shape() const { return shape_; }
   index_t numel() const { return shape_.numel(); }
   index_t dim(int i) const { return shape_[i]; }
   index_t capacity() const { return capacity_; }
-  T& operator[](index_t i) { return data_[i]; }
-  const T& operator[](index_t i) const { return data_[i]; }
+  std::size_t bytes() const { return sizeof(T) * static_cast<std::size_t>(numel()); }
+  T& operator[](index_t i) {
+    static_assert(memory::host_readable, "device memory cannot be read on the host: copy it with to_host()");
+    return data_[i];
+  }
+  const T& operator[](index_t i) const {
+    static_assert(memory::host_readable, "device memory cannot be read on the host: copy it with to_host()");
+    return data_[i];
+  }
 
-  TensorView<T> view() { return {data_, shape_}; }
-  ConstView<T> view() const { return {data_, shape_}; }
-  ConstView<T> cview() const { return {data_, shape_}; }
-  operator TensorView<T>() { return view(); }
-  operator ConstView<T>() const { return view(); }
+  View view() { return {data_, shape_}; }
+  CView view() const { return {data_, shape_}; }
+  CView cview() const { return {data_, shape_}; }
+  operator View() { return view(); }
+  operator CView() const { return view(); }
 
  private:
   void release() {
-    if (data_) ::operator delete[](data_, std::align_val_t(detail::kAlignment));
+    device_.deallocate(data_, sizeof(T) * static_cast<std::size_t>(capacity_));
     data_ = nullptr;
     capacity_ = 0;
   }
+  D device_{};
   T* data_ = nullptr;
   index_t capacity_ = 0;
   Shape shape_;
 };
 
+// ---- explicit copies between host and device -----------------------------------
+
+// host[0 .. numel) = the device view's elements.
+template <class D, class T, class M>
+inline void to_host(const D& dev, std::remove_const_t<T>* host, TensorView<T, M> src) {
+  static_assert(std::is_same<M, typename D::memory>::value, "to_host: the view is not memory of this device");
+  dev.download(host, src.data, sizeof(T) * static_cast<std::size_t>(src.numel()));
+}
+// A host copy of a device tensor (for a host tensor: a plain copy).
+template <class T, class D>
+inline Tensor<T, Cpu> to_host(const Tensor<T, D>& src) {
+  Tensor<T, Cpu> out(src.shape());
+  src.device().download(out.data(), src.data(), src.bytes());
+  return out;
+}
+// The device view's elements = host[0 .. numel).
+template <class D, class T, class M>
+inline void to_device(const D& dev, TensorView<T, M> dst, const T* host) {
+  static_assert(std::is_same<M, typename D::memory>::value, "to_device: the view is not memory of this device");
+  dev.upload(dst.data, host, sizeof(T) * static_cast<std::size_t>(dst.numel()));
+}
+// dst takes the host view's shape and contents.
+template <class T, class D, class U>
+inline void to_device(Tensor<T, D>& dst, TensorView<U, HostMemory> host) {
+  static_assert(std::is_same<std::remove_const_t<U>, T>::value, "to_device: element types differ");
+  dst.resize(host.shape);
+  dst.device().upload(dst.data(), host.data, dst.bytes());
+}
+template <class T, class D>
+inline void to_device(Tensor<T, D>& dst, const Tensor<T, Cpu>& host) {
+  to_device(dst, host.view());
+}
+
 // ---- shape checks shared by every layer ----------------------------------
 
 // Throws unless `v` has exactly the dimensions `expected`; a -1 entry matches
 // any size. The message names the operation, the tensor and both shapes.
-template <class T>
-inline void check_shape(const char* op, const char* name, const TensorView<T>& v,
+template <class T, class M>
+inline void check_shape(const char* op, const char* name, const TensorView<T, M>& v,
                         std::initializer_list<index_t> expected) {
   bool ok = v.shape.rank == static_cast<int>(expected.size());
   int i = 0;
@@ -448,12 +701,16 @@ inline void parallel_for(index_t n, double cost_per_item, Fn&& fn) {
 // backward passes marked as touched since the last zero_grad().
 //
 // Gradient convention: backward passes ADD into grad() (+=); zero_grad()
-// clears them (dense block by memset, tables row by row).
+// clears them (dense block at once, tables row by row).
+//
+// The block lives on the store's device D: allocate() draws the initial
+// values on the host and uploads them in one copy; value()/grad() are device
+// pointers, read on the host only through read_values()/write_values()
+// (or to_host on a view). The touched-row lists stay on the host.
 
 #include <cmath>
 #include <limits>
 #include <unordered_map>
-#include <vector>
 
 // ==== begin mtrec/core/rng.hpp ================================================
 // mtrec: counter-based random numbers.
@@ -612,10 +869,15 @@ inline std::uint64_t hash_name(const std::string& s) {
   return mix64(h);
 }
 
-template <class T>
+template <class T, class D = Cpu>
 class ParameterStore {
  public:
-  explicit ParameterStore(std::uint64_t seed = 0) : seed_(seed) {}
+  using device_type = D;
+  using View = DeviceView<T, D>;
+  using CView = DeviceView<const T, D>;
+
+  explicit ParameterStore(std::uint64_t seed = 0, const D& dev = D{})
+      : seed_(seed), device_(dev), values_(dev), grads_(dev) {}
   ParameterStore(const ParameterStore&) = delete;  // layers hold a pointer to their store
   ParameterStore& operator=(const ParameterStore&) = delete;
 
@@ -672,22 +934,59 @@ class ParameterStore {
     }
     values_.resize({std::max<index_t>(off, 1)});
     grads_.resize({std::max<index_t>(off, 1)});
-    values_.zero();
     grads_.zero();
     touched_.assign(infos_.size(), TouchedRows{});
     row_sets_.reserve(infos_.size());
+    std::vector<T> host(static_cast<std::size_t>(values_.numel()), T(0));  // drawn here, uploaded once
     for (std::size_t i = 0; i < infos_.size(); ++i) {
       const auto& p = infos_[i];
       if (p.kind == ParamKind::Table) touched_[i].flag.assign(static_cast<std::size_t>(p.shape[0]), 0);
-      initialise(static_cast<ParamId>(i));
+      draw(p, host.data() + p.offset);
     }
+    device_.upload(values_.data(), host.data(), values_.bytes());
     allocated_ = true;
   }
 
   // Re-draws one parameter from its Init (e.g. to re-seed a layer).
   void initialise(ParamId id) {
-    const ParamInfo& p = info(id);
-    T* w = values_.data() + p.offset;
+    const ParamInfo& p = checked(id);
+    std::vector<T> host(static_cast<std::size_t>(p.size));
+    draw(p, host.data());
+    device_.upload(values_.data() + p.offset, host.data(), sizeof(T) * host.size());
+  }
+
+  // Host copies of parameters and gradients: `count` elements from `offset`
+  // of the flat block (the explicit copies between host and device memory).
+  void read_values(T* host, index_t offset, index_t count) const { download(host, values_, offset, count); }
+  void read_grads(T* host, index_t offset, index_t count) const { download(host, grads_, offset, count); }
+  void write_values(index_t offset, const T* host, index_t count) { upload(values_, offset, host, count); }
+  void write_grads(index_t offset, const T* host, index_t count) { upload(grads_, offset, host, count); }
+  std::vector<T> values_host(ParamId id) const {
+    const ParamInfo& p = checked(id);
+    std::vector<T> out(static_cast<std::size_t>(p.size));
+    read_values(out.data(), p.offset, p.size);
+    return out;
+  }
+  std::vector<T> grads_host(ParamId id) const {
+    const ParamInfo& p = checked(id);
+    std::vector<T> out(static_cast<std::size_t>(p.size));
+    read_grads(out.data(), p.offset, p.size);
+    return out;
+  }
+  const D& device() const { return device_; }
+
+ private:
+  void download(T* host, const Tensor<T, D>& t, index_t offset, index_t count) const {
+    check(offset >= 0 && count >= 0 && offset + count <= size(), "ParameterStore::read", "elements [", offset, ", ",
+          offset + count, ") lie outside the block of ", size());
+    device_.download(host, t.data() + offset, sizeof(T) * static_cast<std::size_t>(count));
+  }
+  void upload(Tensor<T, D>& t, index_t offset, const T* host, index_t count) {
+    check(offset >= 0 && count >= 0 && offset + count <= size(), "ParameterStore::write", "elements [", offset, ", ",
+          offset + count, ") lie outside the block of ", size());
+    device_.upload(t.data() + offset, host, sizeof(T) * static_cast<std::size_t>(count));
+  }
+  void draw(const ParamInfo& p, T* w) const {
     const RandomStream rs(seed_, hash_name(p.name));
     for (index_t i = 0; i < p.size; ++i) {
       switch (p.init.kind) {
@@ -699,6 +998,8 @@ class ParameterStore {
       }
     }
   }
+
+ public:
 
   bool allocated() const { return allocated_; }
   std::uint64_t seed() const { return seed_; }
@@ -719,10 +1020,10 @@ class ParameterStore {
   const T* value(ParamId id) const { return values_.data() + checked(id).offset; }
   T* grad(ParamId id) { return grads_.data() + checked(id).offset; }
   const T* grad(ParamId id) const { return grads_.data() + checked(id).offset; }
-  TensorView<T> value_view(ParamId id) { return {value(id), info(id).shape}; }
-  ConstView<T> value_view(ParamId id) const { return {value(id), info(id).shape}; }
-  TensorView<T> grad_view(ParamId id) { return {grad(id), info(id).shape}; }
-  ConstView<T> grad_view(ParamId id) const { return {grad(id), info(id).shape}; }
+  View value_view(ParamId id) { return {value(id), info(id).shape}; }
+  CView value_view(ParamId id) const { return {value(id), info(id).shape}; }
+  View grad_view(ParamId id) { return {grad(id), info(id).shape}; }
+  CView grad_view(ParamId id) const { return {grad(id), info(id).shape}; }
 
   // The flat block. Dense parameters occupy [0, dense_size()).
   T* values() { return values_.data(); }
@@ -751,13 +1052,12 @@ class ParameterStore {
   // Clears every gradient: the dense block at once, each table on its touched rows.
   void zero_grad() {
     check(allocated_, "ParameterStore::zero_grad", "allocate() has not been called");
-    if (dense_size_) std::memset(static_cast<void*>(grads_.data()), 0, sizeof(T) * static_cast<std::size_t>(dense_size_));
+    device_.zero(grads_.data(), sizeof(T) * static_cast<std::size_t>(dense_size_));
     for (std::size_t i = 0; i < infos_.size(); ++i) {
       const auto& p = infos_[i];
       if (p.kind != ParamKind::Table) continue;
-      const index_t dim = p.shape[1];
-      for (index_t r : touched_[i].rows)
-        std::memset(static_cast<void*>(grads_.data() + p.offset + r * dim), 0, sizeof(T) * static_cast<std::size_t>(dim));
+      device_.zero_rows(grads_.data() + p.offset, touched_[i].rows.data(), index_t(touched_[i].rows.size()),
+                        sizeof(T) * static_cast<std::size_t>(p.shape[1]));
       touched_[i].clear();
     }
   }
@@ -775,13 +1075,14 @@ class ParameterStore {
   }
 
   std::uint64_t seed_;
+  D device_;
   bool allocated_ = false;
   index_t max_count_ = std::numeric_limits<index_t>::max(), max_elements_ = std::numeric_limits<index_t>::max();
   index_t elements_ = 0;
   std::string limit_source_;
   std::vector<ParamInfo> infos_;
   std::unordered_map<std::string, ParamId> index_;
-  Tensor<T> values_, grads_;
+  Tensor<T, D> values_, grads_;
   index_t dense_size_ = 0;
   std::vector<TouchedRows> touched_;
   mutable std::vector<RowSet> row_sets_;  // touched_row_sets()
@@ -830,7 +1131,6 @@ class ParameterStore {
 #include <fcntl.h>
 #include <signal.h>
 #include <sys/stat.h>
-#include <unistd.h>
 
 namespace mtrec {
 namespace io {
@@ -2324,33 +2624,31 @@ class SafetensorsFile {
 #endif
 
 // ==== begin mtrec/kernels/device.hpp ==========================================
-// mtrec: device tags — the one seam between layers and kernels.
+// mtrec: the devices as kernels see them.
 //
-// Every kernel is a free function whose first argument is a device tag:
+// Every kernel is a free function whose first argument is the device it runs
+// on (core/device.hpp):
 //
-//   kernels::gelu_forward(kernels::cpu, y, x, n);        // xsimd + OpenMP
-//   kernels::gelu_forward(kernels::reference, y, x, n);  // plain scalar loops
+//   kernels::gelu_forward(dev, y, x, n);   // dev: Cpu -> xsimd + OpenMP (cpu.hpp)
+//                                          //      Reference -> scalar loops (reference.hpp)
+//                                          //      Fake -> reference loops inside the arena guard (fake.hpp)
 //
 // Overload resolution picks the implementation at compile time; there is no
-// runtime if-ladder. Layers call kernels with `backend{}`, the device chosen
-// when the program is compiled. A CUDA backend adds `cuda_t` overloads in
-// kernels/cuda.hpp and flips `backend` when MTREC_WITH_CUDA is 1; nothing
-// else in the library changes.
+// runtime if-ladder. Layers and models are templates on the device type and
+// pass the device object they were built with; nothing below chooses one.
+// A CUDA backend adds `Cuda` overloads in kernels/cuda.hpp.
 
 namespace mtrec {
 namespace kernels {
 
-struct reference_t {};  // scalar loops, the ground truth for tests
-struct cpu_t {};        // xsimd vectors + OpenMP over rows
-struct cuda_t {};       // reserved: MTREC_WITH_CUDA (not implemented yet)
+using reference_t = Reference;  // scalar loops, the ground truth for tests
+using cpu_t = Cpu;              // xsimd vectors + OpenMP over rows
 
-constexpr reference_t reference{};
-constexpr cpu_t cpu{};
+constexpr Reference reference{};
+constexpr Cpu cpu{};
 
 #if MTREC_WITH_CUDA
 #error "MTREC_WITH_CUDA is reserved: the CUDA backend is not implemented yet. Configure with -DMTREC_WITH_CUDA=OFF."
-#else
-using backend = cpu_t;
 #endif
 
 enum class Trans { N, T };  // GEMM operand as stored (N) or transposed (T)
@@ -4082,6 +4380,14 @@ inline void embedding_bag_backward(cpu_t, T* grad_table, std::uint8_t* touched, 
 }  // namespace mtrec
 // ==== end mtrec/kernels/embedding.hpp =========================================
 
+// ==== begin mtrec/kernels/fake.hpp ============================================
+// mtrec: kernels on the Fake device (core/device.hpp).
+//
+// Each kernel on Fake holds the arena guard (the arena is readable only
+// while a kernel or copy runs) and runs the reference code. One line per
+// kernel name below: a kernel added to the reference backend needs its name
+// here too, or calling it on Fake does not compile.
+
 // ==== begin mtrec/kernels/loss.hpp ============================================
 // mtrec: loss kernels — the numeric part of the training losses, and the
 // output transforms of MultiTaskModel::predict.
@@ -5260,6 +5566,88 @@ inline void attention_backward(cpu_t, T* d_qkv, T* d_scores, const T* d_out, con
 }  // namespace mtrec
 // ==== end mtrec/kernels/sequence.hpp ==========================================
 
+namespace mtrec {
+namespace kernels {
+
+#define MTREC_FAKE_KERNEL(name)                              \
+  template <class... A>                                      \
+  inline decltype(auto) name(const Fake&, A&&... a) {        \
+    FakeGuard guard;                                         \
+    return name(reference, std::forward<A>(a)...);           \
+  }
+
+// dense (reference.hpp)
+MTREC_FAKE_KERNEL(gemm)
+MTREC_FAKE_KERNEL(bias_add)
+MTREC_FAKE_KERNEL(column_sum_add)
+MTREC_FAKE_KERNEL(relu_forward)
+MTREC_FAKE_KERNEL(relu_backward)
+MTREC_FAKE_KERNEL(gelu_forward)
+MTREC_FAKE_KERNEL(gelu_backward)
+MTREC_FAKE_KERNEL(sigmoid_forward)
+MTREC_FAKE_KERNEL(sigmoid_backward)
+MTREC_FAKE_KERNEL(softmax_forward)
+MTREC_FAKE_KERNEL(softmax_backward)
+MTREC_FAKE_KERNEL(layernorm_forward)
+MTREC_FAKE_KERNEL(layernorm_backward)
+MTREC_FAKE_KERNEL(dropout_forward)
+MTREC_FAKE_KERNEL(dropout_backward)
+MTREC_FAKE_KERNEL(residual_add)
+MTREC_FAKE_KERNEL(axpy)
+MTREC_FAKE_KERNEL(scale)
+MTREC_FAKE_KERNEL(copy)
+MTREC_FAKE_KERNEL(fill)
+MTREC_FAKE_KERNEL(sum_squares)
+MTREC_FAKE_KERNEL(all_finite)
+MTREC_FAKE_KERNEL(adam_update)
+MTREC_FAKE_KERNEL(sgd_update)
+// embedding.hpp
+MTREC_FAKE_KERNEL(gather_rows)
+MTREC_FAKE_KERNEL(scatter_add_rows)
+MTREC_FAKE_KERNEL(embedding_bag_forward)
+MTREC_FAKE_KERNEL(embedding_bag_backward)
+// sequence.hpp
+MTREC_FAKE_KERNEL(packed_starts)
+MTREC_FAKE_KERNEL(padded_starts)
+MTREC_FAKE_KERNEL(sequence_pool_forward)
+MTREC_FAKE_KERNEL(sequence_pool_backward)
+MTREC_FAKE_KERNEL(pack_sequences)
+MTREC_FAKE_KERNEL(unpack_sequences)
+MTREC_FAKE_KERNEL(mask_padded_rows)
+MTREC_FAKE_KERNEL(padded_rows_are_zero)
+MTREC_FAKE_KERNEL(positional_add)
+MTREC_FAKE_KERNEL(positional_add_backward)
+MTREC_FAKE_KERNEL(gemm_strided_batched)
+MTREC_FAKE_KERNEL(attention_forward)
+MTREC_FAKE_KERNEL(attention_backward)
+// loss.hpp
+MTREC_FAKE_KERNEL(bce_with_logits_loss)
+MTREC_FAKE_KERNEL(mse_loss)
+MTREC_FAKE_KERNEL(huber_loss)
+MTREC_FAKE_KERNEL(softmax_cross_entropy_loss)
+MTREC_FAKE_KERNEL(bpr_loss)
+MTREC_FAKE_KERNEL(in_batch_softmax_rows)
+MTREC_FAKE_KERNEL(esmm_loss)
+MTREC_FAKE_KERNEL(output_transform)
+MTREC_FAKE_KERNEL(sigmoid_product)
+// mixture.hpp
+MTREC_FAKE_KERNEL(gate_mix_forward)
+MTREC_FAKE_KERNEL(gate_mix_backward)
+MTREC_FAKE_KERNEL(copy_columns)
+// rows.hpp
+MTREC_FAKE_KERNEL(adam_update_rows)
+MTREC_FAKE_KERNEL(sgd_update_rows)
+MTREC_FAKE_KERNEL(sum_squares_rows)
+MTREC_FAKE_KERNEL(scale_rows)
+MTREC_FAKE_KERNEL(fill_rows)
+MTREC_FAKE_KERNEL(all_finite_rows)
+
+#undef MTREC_FAKE_KERNEL
+
+}  // namespace kernels
+}  // namespace mtrec
+// ==== end mtrec/kernels/fake.hpp ==============================================
+
 // ==== begin mtrec/layers/activation.hpp =======================================
 // mtrec: elementwise activations (ReLU, GELU erf/tanh, sigmoid, identity).
 
@@ -5304,8 +5692,8 @@ inline const char* activation_name(Activation a) {
 }
 
 // v viewed as a matrix must be (rows, cols); rows < 0 accepts any row count.
-template <class T>
-inline void check_matrix(const char* op, const char* name, const TensorView<T>& v, index_t rows, index_t cols) {
+template <class T, class M>
+inline void check_matrix(const char* op, const char* name, const TensorView<T, M>& v, index_t rows, index_t cols) {
   const bool ok = v.rank() >= 1 && v.cols() == cols && (rows < 0 || v.rows() == rows);
   if (!ok) {
     if (rows < 0)
@@ -5331,6 +5719,18 @@ inline void check_finite(const char* op, const char* name, ConstView<T> v) {
     if (!std::isfinite(v[i])) fail(op, name, "[", i, "] expected a finite value but got ", v[i]);
 }
 
+// check_finite on device memory: one all_finite kernel, and the first bad
+// index only when the memory is host-readable.
+template <class Device, class T, class M>
+inline void check_finite(const Device& dev, const char* op, const char* name, TensorView<const T, M> v) {
+  if constexpr (M::host_readable) {
+    check_finite(op, name, ConstView<T>(v.data, v.shape));
+  } else {
+    if (!kernels::all_finite(dev, v.data, v.numel()))
+      fail(op, name, " expected finite values but holds a NaN or an infinity");
+  }
+}
+
 // Kaiming-uniform bound of PyTorch's nn.Linear: U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
 inline Init linear_init(index_t fan_in) {
   const double b = 1.0 / std::sqrt(double(std::max<index_t>(fan_in, 1)));
@@ -5344,58 +5744,63 @@ namespace mtrec {
 
 // y = act(x); backward needs x (ReLU, GELU) or y (sigmoid). Runs in place
 // (y == x) only for Identity and Sigmoid.
-template <class T>
-inline void activation_forward(Activation act, T* y, const T* x, index_t n) {
+template <class Device, class T>
+inline void activation_forward(const Device& dev, Activation act, T* y, const T* x, index_t n) {
   switch (act) {
     case Activation::Identity:
-      if (y != x) kernels::copy(kernels::backend{}, y, x, n);
+      if (y != x) kernels::copy(dev, y, x, n);
       break;
-    case Activation::ReLU: kernels::relu_forward(kernels::backend{}, y, x, n); break;
-    case Activation::GELU: kernels::gelu_forward(kernels::backend{}, y, x, n, kernels::GeluMode::Erf); break;
-    case Activation::GELUTanh: kernels::gelu_forward(kernels::backend{}, y, x, n, kernels::GeluMode::Tanh); break;
-    case Activation::Sigmoid: kernels::sigmoid_forward(kernels::backend{}, y, x, n); break;
+    case Activation::ReLU: kernels::relu_forward(dev, y, x, n); break;
+    case Activation::GELU: kernels::gelu_forward(dev, y, x, n, kernels::GeluMode::Erf); break;
+    case Activation::GELUTanh: kernels::gelu_forward(dev, y, x, n, kernels::GeluMode::Tanh); break;
+    case Activation::Sigmoid: kernels::sigmoid_forward(dev, y, x, n); break;
   }
 }
 
 // dx = dy * act'(x); dx may alias dy.
-template <class T>
-inline void activation_backward(Activation act, T* dx, const T* dy, const T* x, const T* y, index_t n) {
+template <class Device, class T>
+inline void activation_backward(const Device& dev, Activation act, T* dx, const T* dy, const T* x, const T* y, index_t n) {
   switch (act) {
     case Activation::Identity:
-      if (dx != dy) kernels::copy(kernels::backend{}, dx, dy, n);
+      if (dx != dy) kernels::copy(dev, dx, dy, n);
       break;
-    case Activation::ReLU: kernels::relu_backward(kernels::backend{}, dx, dy, x, n); break;
-    case Activation::GELU: kernels::gelu_backward(kernels::backend{}, dx, dy, x, n, kernels::GeluMode::Erf); break;
-    case Activation::GELUTanh: kernels::gelu_backward(kernels::backend{}, dx, dy, x, n, kernels::GeluMode::Tanh); break;
-    case Activation::Sigmoid: kernels::sigmoid_backward(kernels::backend{}, dx, dy, y, n); break;
+    case Activation::ReLU: kernels::relu_backward(dev, dx, dy, x, n); break;
+    case Activation::GELU: kernels::gelu_backward(dev, dx, dy, x, n, kernels::GeluMode::Erf); break;
+    case Activation::GELUTanh: kernels::gelu_backward(dev, dx, dy, x, n, kernels::GeluMode::Tanh); break;
+    case Activation::Sigmoid: kernels::sigmoid_backward(dev, dx, dy, y, n); break;
   }
 }
 
-template <class T>
+template <class T, class Device = Cpu>
 class ActivationLayer {
  public:
+  using View = DeviceView<T, Device>;
+  using CView = DeviceView<const T, Device>;
   struct Context {
-    ConstView<T> x, y;
+    CView x, y;
   };
 
   explicit ActivationLayer(Activation act = Activation::ReLU) : act_(act) {}
 
   // y = act(x), same shape
-  void forward(Context& ctx, ConstView<T> x, TensorView<T> y) const {
+  void forward(Context& ctx, CView x, View y) const {
     check(x.shape == y.shape, "Activation::forward", "y expected shape ", x.shape, " but got ", y.shape);
     ctx.x = x;
     ctx.y = y;
-    activation_forward(act_, y.data, x.data, x.numel());
+    activation_forward(dev(), act_, y.data, x.data, x.numel());
   }
   // dx = dy * act'(x)
-  void backward(const Context& ctx, ConstView<T> dy, TensorView<T> dx) const {
+  void backward(const Context& ctx, CView dy, View dx) const {
     check(dy.shape == ctx.x.shape, "Activation::backward", "dy expected shape ", ctx.x.shape, " but got ", dy.shape);
     check(dx.shape == ctx.x.shape, "Activation::backward", "dx expected shape ", ctx.x.shape, " but got ", dx.shape);
-    activation_backward(act_, dx.data, dy.data, ctx.x.data, ctx.y.data, dy.numel());
+    activation_backward(dev(), act_, dx.data, dy.data, ctx.x.data, ctx.y.data, dy.numel());
   }
   Activation kind() const { return act_; }
 
+  const Device& dev() const { return dev_; }
+
  private:
+  Device dev_{};
   Activation act_;
 };
 
@@ -5423,15 +5828,17 @@ class ActivationLayer {
 
 namespace mtrec {
 
-template <class T>
+template <class T, class Device = Cpu>
 class Linear {
  public:
+  using View = DeviceView<T, Device>;
+  using CView = DeviceView<const T, Device>;
   struct Context {
-    ConstView<T> x;  // (N, in): the forward input
+    CView x;  // (N, in): the forward input
   };
 
   Linear() = default;
-  Linear(ParameterStore<T>& store, const std::string& name, index_t in, index_t out, bool bias = true)
+  Linear(ParameterStore<T, Device>& store, const std::string& name, index_t in, index_t out, bool bias = true)
       : store_(&store), in_(in), out_(out) {
     check(in > 0 && out > 0, "Linear", "'", name, "' expected positive sizes but got in=", in, " out=", out);
     weight_ = store.add(name + ".weight", {out, in}, linear_init(in));
@@ -5439,7 +5846,7 @@ class Linear {
   }
 
   // y (N,out) = x (N,in) W^T + b; x and y may have any leading shape.
-  void forward(Context& ctx, ConstView<T> x, TensorView<T> y) const {
+  void forward(Context& ctx, CView x, View y) const {
     check_matrix("Linear::forward", "x", x, -1, in_);
     check_matrix("Linear::forward", "y", y, x.rows(), out_);
     ctx.x = x;
@@ -5447,7 +5854,7 @@ class Linear {
   }
 
   // dx (N,in) = dy W  (skipped if dx is empty);  dW += dy^T x;  db += sum_n dy
-  void backward(const Context& ctx, ConstView<T> dy, TensorView<T> dx) const {
+  void backward(const Context& ctx, CView dy, View dx) const {
     check_matrix("Linear::backward", "dy", dy, ctx.x.rows(), out_);
     if (!dx.empty()) check_matrix("Linear::backward", "dx", dx, ctx.x.rows(), in_);
     backward_impl(ctx.x.data, dy.data, dx.empty() ? nullptr : dx.data, ctx.x.rows());
@@ -5456,16 +5863,16 @@ class Linear {
   // Unchecked forms for composite layers that already validated shapes.
   void forward_impl(const T* x, T* y, index_t n) const {
     const T* w = store_->value(weight_);
-    kernels::gemm(kernels::backend{}, kernels::Trans::N, kernels::Trans::T, n, out_, in_, T(1), x, in_, w, in_, T(0),
+    kernels::gemm(dev(), kernels::Trans::N, kernels::Trans::T, n, out_, in_, T(1), x, in_, w, in_, T(0),
                   y, out_);
-    if (bias_ >= 0) kernels::bias_add(kernels::backend{}, y, store_->value(bias_), n, out_);
+    if (bias_ >= 0) kernels::bias_add(dev(), y, store_->value(bias_), n, out_);
   }
   void backward_impl(const T* x, const T* dy, T* dx, index_t n) const {
     const T* w = store_->value(weight_);
-    if (dx) kernels::gemm(kernels::backend{}, kernels::Trans::N, kernels::Trans::N, n, in_, out_, T(1), dy, out_, w, in_, T(0), dx, in_);
-    kernels::gemm(kernels::backend{}, kernels::Trans::T, kernels::Trans::N, out_, in_, n, T(1), dy, out_, x, in_, T(1),
+    if (dx) kernels::gemm(dev(), kernels::Trans::N, kernels::Trans::N, n, in_, out_, T(1), dy, out_, w, in_, T(0), dx, in_);
+    kernels::gemm(dev(), kernels::Trans::T, kernels::Trans::N, out_, in_, n, T(1), dy, out_, x, in_, T(1),
                   store_->grad(weight_), in_);
-    if (bias_ >= 0) kernels::column_sum_add(kernels::backend{}, store_->grad(bias_), dy, n, out_);
+    if (bias_ >= 0) kernels::column_sum_add(dev(), store_->grad(bias_), dy, n, out_);
   }
 
   index_t in_features() const { return in_; }
@@ -5473,8 +5880,10 @@ class Linear {
   ParamId weight() const { return weight_; }
   ParamId bias() const { return bias_; }  // -1 without bias
 
+  const Device& dev() const { return store_->device(); }
+
  private:
-  ParameterStore<T>* store_ = nullptr;
+  ParameterStore<T, Device>* store_ = nullptr;
   index_t in_ = 0, out_ = 0;
   ParamId weight_ = -1, bias_ = -1;
 };
@@ -5489,47 +5898,48 @@ namespace detail {
 // rows already hold zeros (a layer below wrote them so), else a copy in `ws`
 // with the valid rows copied and the padded rows zeroed. `ws` is sized either
 // way, so that which path a step takes never decides whether it allocates.
-template <class T>
-inline const T* drop_padded_gradient(const T* dy, Tensor<T>& ws, ConstView<index_t> lengths, index_t B, index_t Tl,
-                                     index_t C) {
+template <class T, class Device>
+inline const T* drop_padded_gradient(const Device& dev, const T* dy, Tensor<T, Device>& ws, ConstView<index_t> lengths, index_t B,
+                                     index_t Tl, index_t C) {
   ws.resize({B, Tl, C});
-  const auto dev = kernels::backend{};
   if (kernels::padded_rows_are_zero(dev, dy, lengths.data, B, Tl, C)) return dy;
   kernels::mask_padded_rows(dev, ws.data(), dy, lengths.data, B, Tl, C);
   return ws.data();
 }
 }  // namespace detail
 
-template <class T>
+template <class T, class Device = Cpu>
 class MultiHeadAttention {
  public:
+  using View = DeviceView<T, Device>;
+  using CView = DeviceView<const T, Device>;
   struct Context {
-    ConstView<T> x;
+    CView x;
     ConstView<index_t> lengths, starts;  // (B) valid lengths; first row of each sequence
     index_t B = 0, T_len = 0;             // T_len: the padded length (padded), the longest sequence (packed)
     index_t rows = 0;                     // rows of x: B*T (padded) or sum(lengths) (packed)
     bool padded = true;
     Tensor<index_t> padded_starts;        // b*T, for the padded layout
-    Tensor<T> qkv;    // (B,T,3D) projected queries, keys, values
-    Tensor<T> probs;  // (B,H,T*T): head (b,h) keeps its (L,L) softmax compactly at the front
-    Tensor<T> heads;  // (B,T,D) per-head outputs, concatenated; the out_proj input
+    Tensor<T, Device> qkv;    // (B,T,3D) projected queries, keys, values
+    Tensor<T, Device> probs;  // (B,H,T*T): head (b,h) keeps its (L,L) softmax compactly at the front
+    Tensor<T, Device> heads;  // (B,T,D) per-head outputs, concatenated; the out_proj input
     // backward workspaces
-    Tensor<T> d_y;  // dy with padded rows zeroed, used only when dy's are not zero already
-    Tensor<T> d_heads, d_qkv, d_scores;
+    Tensor<T, Device> d_y;  // dy with padded rows zeroed, used only when dy's are not zero already
+    Tensor<T, Device> d_heads, d_qkv, d_scores;
   };
 
   MultiHeadAttention() = default;
-  MultiHeadAttention(ParameterStore<T>& store, const std::string& name, index_t d_model, index_t heads)
+  MultiHeadAttention(ParameterStore<T, Device>& store, const std::string& name, index_t d_model, index_t heads)
       : d_(d_model), h_(heads) {
     check(d_model > 0 && heads > 0 && d_model % heads == 0, "MultiHeadAttention", "'", name,
           "' expected d_model divisible by heads but got d_model=", d_model, " heads=", heads);
     dh_ = d_model / heads;
-    in_proj_ = Linear<T>(store, name + ".in_proj", d_model, 3 * d_model);
-    out_proj_ = Linear<T>(store, name + ".out_proj", d_model, d_model);
+    in_proj_ = Linear<T, Device>(store, name + ".in_proj", d_model, 3 * d_model);
+    out_proj_ = Linear<T, Device>(store, name + ".out_proj", d_model, d_model);
   }
 
   // y (B,T,D) = MHA(x (B,T,D)) with keys masked past lengths (B)
-  void forward(Context& ctx, ConstView<T> x, ConstView<index_t> lengths, TensorView<T> y) const {
+  void forward(Context& ctx, CView x, ConstView<index_t> lengths, View y) const {
     const char* op = "MultiHeadAttention::forward";
     check_shape(op, "x", x, {-1, -1, d_});
     const index_t B = x.dim(0), Tl = x.dim(1);
@@ -5539,7 +5949,7 @@ class MultiHeadAttention {
   }
 
   // dx (B,T,D) written; in_proj and out_proj gradients accumulated
-  void backward(Context& ctx, ConstView<T> dy, TensorView<T> dx) const {
+  void backward(Context& ctx, CView dy, View dx) const {
     const char* op = "MultiHeadAttention::backward";
     check_shape(op, "dy", dy, {ctx.B, ctx.T_len, d_});
     check_shape(op, "dx", dx, {ctx.B, ctx.T_len, d_});
@@ -5547,16 +5957,16 @@ class MultiHeadAttention {
   }
 
   // Padded layout: x (B,T,D).
-  void forward_impl(Context& ctx, ConstView<T> x, ConstView<index_t> lengths, T* y) const {
+  void forward_impl(Context& ctx, CView x, ConstView<index_t> lengths, T* y) const {
     const index_t B = x.dim(0), Tl = x.dim(1);
     ctx.padded_starts.resize({B});
-    kernels::padded_starts(kernels::backend{}, ctx.padded_starts.data(), B, Tl);
-    forward_rows(ctx, ConstView<T>(x.data, {B * Tl, d_}), lengths, ctx.padded_starts.view(), Tl, true, y);
+    kernels::padded_starts(dev(), ctx.padded_starts.data(), B, Tl);
+    forward_rows(ctx, CView(x.data, {B * Tl, d_}), lengths, ctx.padded_starts.view(), Tl, true, y);
   }
 
   // x (n,D) in either layout (see the top of the file); y (n,D) written.
   // T_max bounds every length (the padded T in the padded layout).
-  void forward_rows(Context& ctx, ConstView<T> x, ConstView<index_t> lengths, ConstView<index_t> starts, index_t T_max,
+  void forward_rows(Context& ctx, CView x, ConstView<index_t> lengths, ConstView<index_t> starts, index_t T_max,
                     bool padded, T* y) const {
     const index_t B = lengths.numel(), Tl = T_max, n = x.rows(), D = d_;
     ctx.x = x;
@@ -5569,7 +5979,7 @@ class MultiHeadAttention {
     ctx.qkv.resize({n, 3 * D});
     ctx.probs.resize({B, h_, Tl * Tl});
     ctx.heads.resize({n, D});
-    const auto dev = kernels::backend{};
+    const Device& dev = this->dev();
     in_proj_.forward_impl(x.data, ctx.qkv.data(), n);
     // heads (n,D): per (sequence, head) softmax(Q K^T / sqrt(dh)) V; padded rows zero
     kernels::attention_forward(dev, ctx.heads.data(), ctx.probs.data(), ctx.qkv.data(), lengths.data, starts.data, B,
@@ -5587,9 +5997,9 @@ class MultiHeadAttention {
     ctx.d_scores.resize({B, h_, Tl * Tl});
     // Padded output rows are constant zero: their incoming gradient is dropped
     // (no copy when it is zero already, as inside a transformer layer).
-    const T* d_y = padded ? detail::drop_padded_gradient(dy, ctx.d_y, ctx.lengths, B, Tl, D) : dy;
+    const T* d_y = padded ? detail::drop_padded_gradient(this->dev(), dy, ctx.d_y, ctx.lengths, B, Tl, D) : dy;
     out_proj_.backward_impl(ctx.heads.data(), d_y, ctx.d_heads.data(), n);
-    kernels::attention_backward(kernels::backend{}, ctx.d_qkv.data(), ctx.d_scores.data(), ctx.d_heads.data(),
+    kernels::attention_backward(dev(), ctx.d_qkv.data(), ctx.d_scores.data(), ctx.d_heads.data(),
                                 ctx.qkv.data(), ctx.probs.data(), ctx.lengths.data, ctx.starts.data, B, h_, Tl, dh_,
                                 T(1) / std::sqrt(T(dh_)), padded);
     in_proj_.backward_impl(ctx.x.data, ctx.d_qkv.data(), dx, n);
@@ -5597,12 +6007,15 @@ class MultiHeadAttention {
 
   index_t d_model() const { return d_; }
   index_t heads() const { return h_; }
-  const Linear<T>& in_proj() const { return in_proj_; }
-  const Linear<T>& out_proj() const { return out_proj_; }
+  const Linear<T, Device>& in_proj() const { return in_proj_; }
+  const Linear<T, Device>& out_proj() const { return out_proj_; }
+
+  const Device& dev() const { return dev_; }
 
  private:
+  Device dev_{};
   index_t d_ = 0, h_ = 0, dh_ = 0;
-  Linear<T> in_proj_, out_proj_;
+  Linear<T, Device> in_proj_, out_proj_;
 };
 
 }  // namespace mtrec
@@ -5617,9 +6030,11 @@ class MultiHeadAttention {
 
 namespace mtrec {
 
-template <class T>
+template <class T, class Device = Cpu>
 class Dropout {
  public:
+  using View = DeviceView<T, Device>;
+  using CView = DeviceView<const T, Device>;
   struct Context {
     bool active = false;
     std::uint64_t key = 0;
@@ -5632,12 +6047,12 @@ class Dropout {
   }
 
   // y = x * mask / (1 - p) in training; y = x in evaluation. y may alias x.
-  void forward(Context& ctx, ConstView<T> x, TensorView<T> y, const Mode& mode) const {
+  void forward(Context& ctx, CView x, View y, const Mode& mode) const {
     check(x.shape == y.shape, "Dropout::forward", "y expected shape ", x.shape, " but got ", y.shape);
     forward_impl(ctx, x.data, y.data, x.numel(), mode);
   }
   // dx = dy * mask / (1 - p); dx may alias dy.
-  void backward(const Context& ctx, ConstView<T> dy, TensorView<T> dx) const {
+  void backward(const Context& ctx, CView dy, View dx) const {
     check(dy.numel() == ctx.n && dx.numel() == ctx.n, "Dropout::backward", "expected ", ctx.n,
           " elements in dy and dx but got ", dy.numel(), " and ", dx.numel());
     backward_impl(ctx, dy.data, dx.data);
@@ -5648,20 +6063,23 @@ class Dropout {
     ctx.n = n;
     ctx.key = mix64(mode.seed ^ mix64(stream_ ^ mix64(mode.step)));
     if (ctx.active)
-      kernels::dropout_forward(kernels::backend{}, y, x, n, p_, ctx.key);
+      kernels::dropout_forward(dev(), y, x, n, p_, ctx.key);
     else if (y != x)
-      kernels::copy(kernels::backend{}, y, x, n);
+      kernels::copy(dev(), y, x, n);
   }
   void backward_impl(const Context& ctx, const T* dy, T* dx) const {
     if (ctx.active)
-      kernels::dropout_backward(kernels::backend{}, dx, dy, ctx.n, p_, ctx.key);
+      kernels::dropout_backward(dev(), dx, dy, ctx.n, p_, ctx.key);
     else if (dx != dy)
-      kernels::copy(kernels::backend{}, dx, dy, ctx.n);
+      kernels::copy(dev(), dx, dy, ctx.n);
   }
 
   double p() const { return p_; }
 
+  const Device& dev() const { return dev_; }
+
  private:
+  Device dev_{};
   double p_ = 0.0;
   std::uint64_t stream_ = 0;
 };
@@ -5685,8 +6103,8 @@ inline index_t hash_bucket(std::uint64_t raw, index_t buckets, std::uint64_t sal
 }
 
 // Registers an embedding table (rows, dim) in `store`.
-template <class T>
-inline ParamId make_embedding_table(ParameterStore<T>& store, const std::string& name, index_t rows, index_t dim,
+template <class T, class Device>
+inline ParamId make_embedding_table(ParameterStore<T, Device>& store, const std::string& name, index_t rows, index_t dim,
                                     Init init = Init::normal(0.0, 0.01)) {
   check(rows > 0 && dim > 0, "make_embedding_table", "'", name, "' expected positive rows and dim but got rows=", rows,
         " dim=", dim);
@@ -5694,8 +6112,8 @@ inline ParamId make_embedding_table(ParameterStore<T>& store, const std::string&
 }
 
 namespace detail {
-template <class T>
-inline void check_ids(const char* op, const ParameterStore<T>& store, ParamId table, const index_t* ids, index_t n) {
+template <class T, class Device>
+inline void check_ids(const char* op, const ParameterStore<T, Device>& store, ParamId table, const index_t* ids, index_t n) {
   const index_t rows = store.info(table).shape[0];
   for (index_t i = 0; i < n; ++i)
     if (ids[i] < 0 || ids[i] >= rows)
@@ -5704,9 +6122,11 @@ inline void check_ids(const char* op, const ParameterStore<T>& store, ParamId ta
 }
 }  // namespace detail
 
-template <class T>
+template <class T, class Device = Cpu>
 class Embedding {
  public:
+  using View = DeviceView<T, Device>;
+  using CView = DeviceView<const T, Device>;
   struct Context {
     ConstView<index_t> ids;  // rows looked up (after hashing, if any)
     Tensor<index_t> hashed;  // owns the rows when forward_hashed was used
@@ -5714,11 +6134,11 @@ class Embedding {
 
   Embedding() = default;
   // A new table (rows, dim).
-  Embedding(ParameterStore<T>& store, const std::string& name, index_t rows, index_t dim,
+  Embedding(ParameterStore<T, Device>& store, const std::string& name, index_t rows, index_t dim,
             Init init = Init::normal(0.0, 0.01))
       : Embedding(store, make_embedding_table(store, name, rows, dim, init)) {}
   // A view onto an existing table, shared with other layers.
-  Embedding(ParameterStore<T>& store, ParamId table) : store_(&store), table_(table) {
+  Embedding(ParameterStore<T, Device>& store, ParamId table) : store_(&store), table_(table) {
     check(store.info(table).kind == ParamKind::Table, "Embedding", "parameter '", store.info(table).name,
           "' is not an embedding table");
     rows_ = store.info(table).shape[0];
@@ -5726,26 +6146,26 @@ class Embedding {
   }
 
   // y (n,dim) = table[ids] for ids of any shape with n elements
-  void forward(Context& ctx, ConstView<index_t> ids, TensorView<T> y) const {
+  void forward(Context& ctx, ConstView<index_t> ids, View y) const {
     check_matrix("Embedding::forward", "y", y, ids.numel(), dim_);
     detail::check_ids("Embedding::forward", *store_, table_, ids.data, ids.numel());
     ctx.ids = ids;
-    kernels::gather_rows(kernels::backend{}, y.data, store_->value(table_), ids.data, ids.numel(), dim_);
+    kernels::gather_rows(dev(), y.data, store_->value(table_), ids.data, ids.numel(), dim_);
   }
   // Raw 64-bit IDs hashed into the table's rows (for IDs unseen in training).
-  void forward_hashed(Context& ctx, ConstView<std::uint64_t> raw, TensorView<T> y, std::uint64_t salt = 0) const {
+  void forward_hashed(Context& ctx, ConstView<std::uint64_t> raw, View y, std::uint64_t salt = 0) const {
     check_matrix("Embedding::forward_hashed", "y", y, raw.numel(), dim_);
     ctx.hashed.resize({raw.numel()});
     for (index_t i = 0; i < raw.numel(); ++i) ctx.hashed[i] = hash_bucket(raw[i], rows_, salt);
     ctx.ids = ctx.hashed.view();
-    kernels::gather_rows(kernels::backend{}, y.data, store_->value(table_), ctx.ids.data, raw.numel(), dim_);
+    kernels::gather_rows(dev(), y.data, store_->value(table_), ctx.ids.data, raw.numel(), dim_);
   }
   // table.grad[ids[i]] += dy[i]; marks the rows touched
-  void backward(const Context& ctx, ConstView<T> dy) const {
+  void backward(const Context& ctx, CView dy) const {
     check_matrix("Embedding::backward", "dy", dy, ctx.ids.numel(), dim_);
     TouchedRows& touched = store_->touched(table_);
     touched.mark_all(ctx.ids.data, ctx.ids.numel());  // first-touch order, before the kernel flags them
-    kernels::scatter_add_rows(kernels::backend{}, store_->grad(table_), touched.flag.data(), dy.data, ctx.ids.data,
+    kernels::scatter_add_rows(dev(), store_->grad(table_), touched.flag.data(), dy.data, ctx.ids.data,
                               ctx.ids.numel(), dim_);
   }
 
@@ -5753,27 +6173,31 @@ class Embedding {
   index_t dim() const { return dim_; }
   ParamId table() const { return table_; }
 
+  const Device& dev() const { return store_->device(); }
+
  private:
-  ParameterStore<T>* store_ = nullptr;
+  ParameterStore<T, Device>* store_ = nullptr;
   ParamId table_ = -1;
   index_t rows_ = 0, dim_ = 0;
 };
 
 enum class BagPooling { Sum, Mean };
 
-template <class T>
+template <class T, class Device = Cpu>
 class EmbeddingBag {
  public:
+  using View = DeviceView<T, Device>;
+  using CView = DeviceView<const T, Device>;
   struct Context {
     ConstView<index_t> ids, offsets;
-    ConstView<T> weights;  // empty when unweighted
+    CView weights;  // empty when unweighted
   };
 
   EmbeddingBag() = default;
-  EmbeddingBag(ParameterStore<T>& store, const std::string& name, index_t rows, index_t dim,
+  EmbeddingBag(ParameterStore<T, Device>& store, const std::string& name, index_t rows, index_t dim,
                BagPooling pooling = BagPooling::Sum, Init init = Init::normal(0.0, 0.01))
       : EmbeddingBag(store, make_embedding_table(store, name, rows, dim, init), pooling) {}
-  EmbeddingBag(ParameterStore<T>& store, ParamId table, BagPooling pooling = BagPooling::Sum)
+  EmbeddingBag(ParameterStore<T, Device>& store, ParamId table, BagPooling pooling = BagPooling::Sum)
       : store_(&store), table_(table), pooling_(pooling) {
     check(store.info(table).kind == ParamKind::Table, "EmbeddingBag", "parameter '", store.info(table).name,
           "' is not an embedding table");
@@ -5785,8 +6209,8 @@ class EmbeddingBag {
   // weights[i] if given; Mean divides the (weighted) sum by the bag length.
   // offsets has B+1 entries, starts at 0, never decreases and ends at n.
   // An empty bag gives a zero row.
-  void forward(Context& ctx, ConstView<index_t> ids, ConstView<index_t> offsets, ConstView<T> weights,
-               TensorView<T> y) const {
+  void forward(Context& ctx, ConstView<index_t> ids, ConstView<index_t> offsets, CView weights,
+               View y) const {
     const char* op = "EmbeddingBag::forward";
     check_matrix(op, "y", y, -1, dim_);
     const index_t B = y.rows(), n = ids.numel();
@@ -5799,18 +6223,18 @@ class EmbeddingBag {
     check(offsets[B] == n, op, "offsets[", B, "] expected to equal the number of IDs ", n, " but got ", offsets[B]);
     if (!weights.empty()) {
       check_shape(op, "weights", weights, {n});
-      check_finite(op, "weights", weights);
+      check_finite(dev(), op, "weights", weights);
     }
     detail::check_ids(op, *store_, table_, ids.data, n);
     ctx.ids = ids;
     ctx.offsets = offsets;
     ctx.weights = weights;
-    kernels::embedding_bag_forward(kernels::backend{}, y.data, store_->value(table_), ids.data, offsets.data,
+    kernels::embedding_bag_forward(dev(), y.data, store_->value(table_), ids.data, offsets.data,
                                    weights.empty() ? nullptr : weights.data, B, dim_, pooling_ == BagPooling::Mean);
   }
 
   // table.grad[ids[i]] += scale_i * dy[bag(i)]; dweights (n) written if given
-  void backward(const Context& ctx, ConstView<T> dy, TensorView<T> dweights = {}) const {
+  void backward(const Context& ctx, CView dy, View dweights = {}) const {
     const char* op = "EmbeddingBag::backward";
     const index_t B = ctx.offsets.numel() - 1, n = ctx.ids.numel();
     check_matrix(op, "dy", dy, B, dim_);
@@ -5820,7 +6244,7 @@ class EmbeddingBag {
     }
     TouchedRows& touched = store_->touched(table_);
     touched.mark_all(ctx.ids.data, n);  // first-touch order, before the kernel flags them
-    kernels::embedding_bag_backward(kernels::backend{}, store_->grad(table_), touched.flag.data(),
+    kernels::embedding_bag_backward(dev(), store_->grad(table_), touched.flag.data(),
                                     dweights.empty() ? nullptr : dweights.data, dy.data, store_->value(table_),
                                     ctx.ids.data, ctx.offsets.data, ctx.weights.empty() ? nullptr : ctx.weights.data,
                                     B, dim_, pooling_ == BagPooling::Mean);
@@ -5831,8 +6255,10 @@ class EmbeddingBag {
   ParamId table() const { return table_; }
   BagPooling pooling() const { return pooling_; }
 
+  const Device& dev() const { return store_->device(); }
+
  private:
-  ParameterStore<T>* store_ = nullptr;
+  ParameterStore<T, Device>* store_ = nullptr;
   ParamId table_ = -1;
   index_t rows_ = 0, dim_ = 0;
   BagPooling pooling_ = BagPooling::Sum;
@@ -5846,16 +6272,18 @@ class EmbeddingBag {
 
 namespace mtrec {
 
-template <class T>
+template <class T, class Device = Cpu>
 class LayerNorm {
  public:
+  using View = DeviceView<T, Device>;
+  using CView = DeviceView<const T, Device>;
   struct Context {
-    ConstView<T> x;
-    Tensor<T> mean, rstd;  // (N)
+    CView x;
+    Tensor<T, Device> mean, rstd;  // (N)
   };
 
   LayerNorm() = default;
-  LayerNorm(ParameterStore<T>& store, const std::string& name, index_t dim, double eps = 1e-5)
+  LayerNorm(ParameterStore<T, Device>& store, const std::string& name, index_t dim, double eps = 1e-5)
       : store_(&store), dim_(dim), eps_(eps) {
     check(dim > 0, "LayerNorm", "'", name, "' expected a positive dim but got ", dim);
     gamma_ = store.add(name + ".weight", {dim}, Init::ones());
@@ -5863,28 +6291,28 @@ class LayerNorm {
   }
 
   // y (N,dim) = (x - mean) / sqrt(var + eps) * gamma + beta, per row
-  void forward(Context& ctx, ConstView<T> x, TensorView<T> y) const {
+  void forward(Context& ctx, CView x, View y) const {
     check_matrix("LayerNorm::forward", "x", x, -1, dim_);
     check_matrix("LayerNorm::forward", "y", y, x.rows(), dim_);
     forward_impl(ctx, x, y.data);
   }
   // dx (N,dim) written; dgamma, dbeta accumulated
-  void backward(const Context& ctx, ConstView<T> dy, TensorView<T> dx) const {
+  void backward(const Context& ctx, CView dy, View dx) const {
     check_matrix("LayerNorm::backward", "dy", dy, ctx.x.rows(), dim_);
     check_matrix("LayerNorm::backward", "dx", dx, ctx.x.rows(), dim_);
     backward_impl(ctx, dy.data, dx.data);
   }
 
-  void forward_impl(Context& ctx, ConstView<T> x, T* y) const {
+  void forward_impl(Context& ctx, CView x, T* y) const {
     const index_t n = x.rows();
     ctx.x = x;
     ctx.mean.resize({n});
     ctx.rstd.resize({n});
-    kernels::layernorm_forward(kernels::backend{}, y, ctx.mean.data(), ctx.rstd.data(), x.data, store_->value(gamma_),
+    kernels::layernorm_forward(dev(), y, ctx.mean.data(), ctx.rstd.data(), x.data, store_->value(gamma_),
                                store_->value(beta_), n, dim_, T(eps_));
   }
   void backward_impl(const Context& ctx, const T* dy, T* dx) const {
-    kernels::layernorm_backward(kernels::backend{}, dx, store_->grad(gamma_), store_->grad(beta_), dy, ctx.x.data,
+    kernels::layernorm_backward(dev(), dx, store_->grad(gamma_), store_->grad(beta_), dy, ctx.x.data,
                                 ctx.mean.data(), ctx.rstd.data(), store_->value(gamma_), ctx.x.rows(), dim_);
   }
 
@@ -5892,8 +6320,10 @@ class LayerNorm {
   ParamId weight() const { return gamma_; }
   ParamId bias() const { return beta_; }
 
+  const Device& dev() const { return store_->device(); }
+
  private:
-  ParameterStore<T>* store_ = nullptr;
+  ParameterStore<T, Device>* store_ = nullptr;
   index_t dim_ = 0;
   double eps_ = 1e-5;
   ParamId gamma_ = -1, beta_ = -1;
@@ -5932,7 +6362,7 @@ class LayerNorm {
 //    thread count.
 // The checks and the denominator are computed here, on the host; the row
 // terms and gradients are the kernels of kernels/loss.hpp, called with
-// kernels::backend{}.
+// dev.
 
 namespace mtrec {
 
@@ -5986,9 +6416,9 @@ inline void loss_check_finite_label(const char* op, const char* name, const T* l
   if (!std::isfinite(double(labels[i]))) fail(op, name, "[", i, "] expected a finite value but got ", labels[i]);
 }
 
-template <class T>
-inline void loss_zero(T* p, index_t count) {
-  if (p != nullptr) kernels::fill(kernels::backend{}, p, count, T(0));
+template <class Device, class T>
+inline void loss_zero(const Device& dev, T* p, index_t count) {
+  if (p != nullptr) kernels::fill(dev, p, count, T(0));
 }
 
 }  // namespace detail
@@ -6010,8 +6440,8 @@ inline double weighted_mean_denominator(const std::uint8_t* mask, const T* weigh
 // any finite logit (|x| = 1e4 gives l = |x| for a wrong label, not inf).
 // Labels may be soft, in [0, 1]. dl/dx = sigmoid(x) - y.
 // dlogits (n) written, or nullptr
-template <class T>
-inline LossResult bce_with_logits(detail::loss_nd<T>* dlogits, const T* logits, const T* labels,
+template <class T, class Device, class = typename Device::memory>
+inline LossResult bce_with_logits(const Device& dev, detail::loss_nd<T>* dlogits, const T* logits, const T* labels,
                                   const std::uint8_t* mask, const detail::loss_nd<T>* weights, index_t n) {
   const char* op = "bce_with_logits";
   detail::loss_check_rows(op, n);
@@ -6023,10 +6453,10 @@ inline LossResult bce_with_logits(detail::loss_nd<T>* dlogits, const T* logits, 
       fail(op, "labels[", i, "] expected a value in [0, 1] but got ", labels[i]);
   });
   if (!(r.weight_sum > 0)) {
-    detail::loss_zero(dlogits, n);
+    detail::loss_zero(dev, dlogits, n);
     return r;
   }
-  r.value = kernels::bce_with_logits_loss(kernels::backend{}, dlogits, logits, labels, mask, weights, n,
+  r.value = kernels::bce_with_logits_loss(dev, dlogits, logits, labels, mask, weights, n,
                                           1.0 / r.weight_sum);
   return r;
 }
@@ -6047,15 +6477,15 @@ inline LossResult loss_regression_denominator(const char* op, const T* pred, con
 
 // l_i = (p - y)^2, as torch.nn.MSELoss (no 1/2); dl/dp = 2 (p - y).
 // dpred (n) written, or nullptr
-template <class T>
-inline LossResult mse(detail::loss_nd<T>* dpred, const T* pred, const T* target, const std::uint8_t* mask,
+template <class T, class Device, class = typename Device::memory>
+inline LossResult mse(const Device& dev, detail::loss_nd<T>* dpred, const T* pred, const T* target, const std::uint8_t* mask,
                       const detail::loss_nd<T>* weights, index_t n) {
   LossResult r = detail::loss_regression_denominator("mse", pred, target, mask, weights, n);
   if (!(r.weight_sum > 0)) {
-    detail::loss_zero(dpred, n);
+    detail::loss_zero(dev, dpred, n);
     return r;
   }
-  r.value = kernels::mse_loss(kernels::backend{}, dpred, pred, target, mask, weights, n, 1.0 / r.weight_sum);
+  r.value = kernels::mse_loss(dev, dpred, pred, target, mask, weights, n, 1.0 / r.weight_sum);
   return r;
 }
 
@@ -6064,16 +6494,16 @@ inline LossResult mse(detail::loss_nd<T>* dpred, const T* pred, const T* target,
 //   l = delta (|r| - delta / 2)   otherwise.
 // dl/dp = r inside, delta * sign(r) outside (the two agree at |r| = delta).
 // dpred (n) written, or nullptr
-template <class T>
-inline LossResult huber(detail::loss_nd<T>* dpred, const T* pred, const T* target, const std::uint8_t* mask,
+template <class T, class Device, class = typename Device::memory>
+inline LossResult huber(const Device& dev, detail::loss_nd<T>* dpred, const T* pred, const T* target, const std::uint8_t* mask,
                         const detail::loss_nd<T>* weights, index_t n, double delta = 1.0) {
   check(std::isfinite(delta) && delta > 0, "huber", "expected a finite delta > 0 but got ", delta);
   LossResult r = detail::loss_regression_denominator("huber", pred, target, mask, weights, n);
   if (!(r.weight_sum > 0)) {
-    detail::loss_zero(dpred, n);
+    detail::loss_zero(dev, dpred, n);
     return r;
   }
-  r.value = kernels::huber_loss(kernels::backend{}, dpred, pred, target, mask, weights, n, 1.0 / r.weight_sum, delta);
+  r.value = kernels::huber_loss(dev, dpred, pred, target, mask, weights, n, 1.0 / r.weight_sum, delta);
   return r;
 }
 
@@ -6084,8 +6514,8 @@ inline LossResult huber(detail::loss_nd<T>* dpred, const T* pred, const T* targe
 // Labels are class ids in [0, C), checked on labelled rows only (a masked row
 // may hold -100 as in PyTorch's ignore_index).
 // dlogits (n,C) written, or nullptr
-template <class T>
-inline LossResult softmax_cross_entropy(detail::loss_nd<T>* dlogits, const T* logits, const index_t* labels,
+template <class T, class Device, class = typename Device::memory>
+inline LossResult softmax_cross_entropy(const Device& dev, detail::loss_nd<T>* dlogits, const T* logits, const index_t* labels,
                                         const std::uint8_t* mask, const detail::loss_nd<T>* weights, index_t n,
                                         index_t C) {
   const char* op = "softmax_cross_entropy";
@@ -6098,10 +6528,10 @@ inline LossResult softmax_cross_entropy(detail::loss_nd<T>* dlogits, const T* lo
       fail(op, "labels[", i, "] expected a class id in [0, ", C, ") but got ", labels[i], " (C = ", C, ")");
   });
   if (!(r.weight_sum > 0)) {
-    detail::loss_zero(dlogits, n * C);
+    detail::loss_zero(dev, dlogits, n * C);
     return r;
   }
-  r.value = kernels::softmax_cross_entropy_loss(kernels::backend{}, dlogits, logits, labels, mask, weights, n, C,
+  r.value = kernels::softmax_cross_entropy_loss(dev, dlogits, logits, labels, mask, weights, n, C,
                                                 1.0 / r.weight_sum);
   return r;
 }
@@ -6111,8 +6541,8 @@ inline LossResult softmax_cross_entropy(detail::loss_nd<T>* dlogits, const T* lo
 // l_i = -log sigmoid(pos_i - neg_i) = softplus(neg_i - pos_i), finite for any
 // finite scores. dl/dpos = -sigmoid(neg - pos), dl/dneg = +sigmoid(neg - pos).
 // dpos (n), dneg (n) written, or nullptr
-template <class T>
-inline LossResult bpr(detail::loss_nd<T>* dpos, detail::loss_nd<T>* dneg, const T* pos_scores, const T* neg_scores,
+template <class T, class Device, class = typename Device::memory>
+inline LossResult bpr(const Device& dev, detail::loss_nd<T>* dpos, detail::loss_nd<T>* dneg, const T* pos_scores, const T* neg_scores,
                       const std::uint8_t* mask, const detail::loss_nd<T>* weights, index_t n) {
   const char* op = "bpr";
   detail::loss_check_rows(op, n);
@@ -6120,12 +6550,12 @@ inline LossResult bpr(detail::loss_nd<T>* dpos, detail::loss_nd<T>* dneg, const 
   detail::loss_check_input(op, "neg_scores", neg_scores, n);
   LossResult r = detail::loss_denominator(op, mask, weights, n, [](index_t) {});
   if (!(r.weight_sum > 0)) {
-    detail::loss_zero(dpos, n);
-    detail::loss_zero(dneg, n);
+    detail::loss_zero(dev, dpos, n);
+    detail::loss_zero(dev, dneg, n);
     return r;
   }
   r.value =
-      kernels::bpr_loss(kernels::backend{}, dpos, dneg, pos_scores, neg_scores, mask, weights, n, 1.0 / r.weight_sum);
+      kernels::bpr_loss(dev, dpos, dneg, pos_scores, neg_scores, mask, weights, n, 1.0 / r.weight_sum);
   return r;
 }
 
@@ -6133,9 +6563,9 @@ inline LossResult bpr(detail::loss_nd<T>* dpos, detail::loss_nd<T>* dneg, const 
 
 // Reused by in_batch_softmax when passed in: the (n,n) logits, then their
 // gradient. It grows on first use and is reused afterwards.
-template <class T>
+template <class T, class Device = Cpu>
 struct InBatchSoftmaxWorkspace {
-  Tensor<T> scores;  // (n,n)
+  Tensor<T, Device> scores;  // (n,n)
 };
 
 // Sampled-softmax retrieval loss with in-batch negatives (two-tower models;
@@ -6157,11 +6587,11 @@ struct InBatchSoftmaxWorkspace {
 // The (n,n) logit matrix is materialised (n = 16384 in float: 1 GiB); pass a
 // workspace to reuse it across steps.
 // dq (n,d), dk (n,d) written, or nullptr
-template <class T>
-inline LossResult in_batch_softmax(detail::loss_nd<T>* dq, detail::loss_nd<T>* dk, const T* q, const T* k, index_t n,
+template <class T, class Device, class = typename Device::memory>
+inline LossResult in_batch_softmax(const Device& dev, detail::loss_nd<T>* dq, detail::loss_nd<T>* dk, const T* q, const T* k, index_t n,
                                    index_t d, double temperature, const detail::loss_nd<T>* log_q_correction,
                                    const std::uint8_t* mask, const detail::loss_nd<T>* weights,
-                                   InBatchSoftmaxWorkspace<detail::loss_nd<T>>* workspace = nullptr) {
+                                   InBatchSoftmaxWorkspace<detail::loss_nd<T>, Device>* workspace = nullptr) {
   const char* op = "in_batch_softmax";
   detail::loss_check_rows(op, n);
   check(d >= 1, op, "expected d >= 1 but got ", d);
@@ -6172,29 +6602,70 @@ inline LossResult in_batch_softmax(detail::loss_nd<T>* dq, detail::loss_nd<T>* d
     if (log_q_correction) detail::loss_check_finite_label(op, "log_q_correction", log_q_correction, i);
   });
   if (!(r.weight_sum > 0)) {
-    detail::loss_zero(dq, n * d);
-    detail::loss_zero(dk, n * d);
+    detail::loss_zero(dev, dq, n * d);
+    detail::loss_zero(dev, dk, n * d);
     return r;
   }
-  InBatchSoftmaxWorkspace<T> local;
-  InBatchSoftmaxWorkspace<T>& ws = workspace ? *workspace : local;
+  InBatchSoftmaxWorkspace<T, Device> local;
+  InBatchSoftmaxWorkspace<T, Device>& ws = workspace ? *workspace : local;
   ws.scores.resize({n, n});
   T* S = ws.scores.data();
   const T inv_t = T(1.0 / temperature);
   // S (n,n) = q k^T / temperature
-  kernels::gemm(kernels::backend{}, kernels::Trans::N, kernels::Trans::T, n, n, d, inv_t, q, d, k, d, T(0), S, n);
+  kernels::gemm(dev, kernels::Trans::N, kernels::Trans::T, n, n, d, inv_t, q, d, k, d, T(0), S, n);
 
   const bool want_grad = dq != nullptr || dk != nullptr;
   // Rows of S become dS (S's row i is overwritten by row i's gradient, which
   // no other row reads).
-  r.value = kernels::in_batch_softmax_rows(kernels::backend{}, S, log_q_correction, mask, weights, n,
+  r.value = kernels::in_batch_softmax_rows(dev, S, log_q_correction, mask, weights, n,
                                            1.0 / r.weight_sum, want_grad);
   // dq (n,d) = dS k / temperature;  dk (n,d) = dS^T q / temperature
   if (dq)
-    kernels::gemm(kernels::backend{}, kernels::Trans::N, kernels::Trans::N, n, d, n, inv_t, S, n, k, d, T(0), dq, d);
+    kernels::gemm(dev, kernels::Trans::N, kernels::Trans::N, n, d, n, inv_t, S, n, k, d, T(0), dq, d);
   if (dk)
-    kernels::gemm(kernels::backend{}, kernels::Trans::T, kernels::Trans::N, n, d, n, inv_t, S, n, q, d, T(0), dk, d);
+    kernels::gemm(dev, kernels::Trans::T, kernels::Trans::N, n, d, n, inv_t, S, n, q, d, T(0), dk, d);
   return r;
+}
+
+// ---- the same losses on the default device (Cpu) ---------------------------
+
+template <class T>
+inline LossResult bce_with_logits(detail::loss_nd<T>* dlogits, const T* logits, const T* labels,
+                                  const std::uint8_t* mask, const detail::loss_nd<T>* weights, index_t n) {
+  return bce_with_logits(Cpu{}, dlogits, logits, labels, mask, weights, n);
+}
+
+template <class T>
+inline LossResult mse(detail::loss_nd<T>* dpred, const T* pred, const T* target, const std::uint8_t* mask,
+                      const detail::loss_nd<T>* weights, index_t n) {
+  return mse(Cpu{}, dpred, pred, target, mask, weights, n);
+}
+
+template <class T>
+inline LossResult huber(detail::loss_nd<T>* dpred, const T* pred, const T* target, const std::uint8_t* mask,
+                        const detail::loss_nd<T>* weights, index_t n, double delta = 1.0) {
+  return huber(Cpu{}, dpred, pred, target, mask, weights, n, delta);
+}
+
+template <class T>
+inline LossResult softmax_cross_entropy(detail::loss_nd<T>* dlogits, const T* logits, const index_t* labels,
+                                        const std::uint8_t* mask, const detail::loss_nd<T>* weights, index_t n,
+                                        index_t C) {
+  return softmax_cross_entropy(Cpu{}, dlogits, logits, labels, mask, weights, n, C);
+}
+
+template <class T>
+inline LossResult bpr(detail::loss_nd<T>* dpos, detail::loss_nd<T>* dneg, const T* pos_scores, const T* neg_scores,
+                      const std::uint8_t* mask, const detail::loss_nd<T>* weights, index_t n) {
+  return bpr(Cpu{}, dpos, dneg, pos_scores, neg_scores, mask, weights, n);
+}
+
+template <class T>
+inline LossResult in_batch_softmax(detail::loss_nd<T>* dq, detail::loss_nd<T>* dk, const T* q, const T* k, index_t n,
+                                   index_t d, double temperature, const detail::loss_nd<T>* log_q_correction,
+                                   const std::uint8_t* mask, const detail::loss_nd<T>* weights,
+                                   InBatchSoftmaxWorkspace<detail::loss_nd<T>>* workspace = nullptr) {
+  return in_batch_softmax(Cpu{}, dq, dk, q, k, n, d, temperature, log_q_correction, mask, weights, workspace);
 }
 
 }  // namespace mtrec
@@ -6212,21 +6683,23 @@ struct MLPConfig {
   bool activate_output = true;            // false: the last Linear's output is returned raw (a logit)
 };
 
-template <class T>
+template <class T, class Device = Cpu>
 class MLP {
  public:
+  using View = DeviceView<T, Device>;
+  using CView = DeviceView<const T, Device>;
   struct Context {
-    ConstView<T> x;
-    TensorView<T> y;
-    std::vector<typename Linear<T>::Context> linear;
-    std::vector<typename Dropout<T>::Context> dropout;
-    std::vector<Tensor<T>> z, a, o;  // per layer: Linear output, activation output, dropout output
+    CView x;
+    View y;
+    std::vector<typename Linear<T, Device>::Context> linear;
+    std::vector<typename Dropout<T, Device>::Context> dropout;
+    std::vector<Tensor<T, Device>> z, a, o;  // per layer: Linear output, activation output, dropout output
     std::vector<T*> zp, ap, op;      // where each stage wrote (a buffer above, or y)
-    Tensor<T> grad0, grad1;          // backward ping-pong
+    Tensor<T, Device> grad0, grad1;          // backward ping-pong
   };
 
   MLP() = default;
-  MLP(ParameterStore<T>& store, const std::string& name, index_t in, MLPConfig config) : config_(std::move(config)), in_(in) {
+  MLP(ParameterStore<T, Device>& store, const std::string& name, index_t in, MLPConfig config) : config_(std::move(config)), in_(in) {
     check(!config_.hidden.empty(), "MLP", "'", name, "' expected at least one layer");
     index_t width = in;
     for (std::size_t i = 0; i < config_.hidden.size(); ++i) {
@@ -6237,7 +6710,7 @@ class MLP {
   }
 
   // y (N,out) = MLP(x (N,in))
-  void forward(Context& ctx, ConstView<T> x, TensorView<T> y, const Mode& mode) const {
+  void forward(Context& ctx, CView x, View y, const Mode& mode) const {
     check_matrix("MLP::forward", "x", x, -1, in_);
     check_matrix("MLP::forward", "y", y, x.rows(), out_features());
     const index_t n = x.rows();
@@ -6262,8 +6735,8 @@ class MLP {
       T* ap = !act ? zp : (last && !drop) ? y.data : buffer(ctx.a[i], n, w);
       T* op = !drop ? ap : last ? y.data : buffer(ctx.o[i], n, w);
       linear_[i].forward_impl(in, zp, n);
-      ctx.linear[i].x = ConstView<T>(in, {n, linear_[i].in_features()});
-      if (act) activation_forward(config_.activation, ap, zp, n * w);
+      ctx.linear[i].x = CView(in, {n, linear_[i].in_features()});
+      if (act) activation_forward(this->dev(), config_.activation, ap, zp, n * w);
       if (drop) dropout_[i].forward_impl(ctx.dropout[i], ap, op, n * w, mode);
       ctx.zp[i] = zp;
       ctx.ap[i] = ap;
@@ -6273,7 +6746,7 @@ class MLP {
   }
 
   // dx (N,in) written (skipped if empty); parameter gradients accumulated
-  void backward(Context& ctx, ConstView<T> dy, TensorView<T> dx) const {
+  void backward(Context& ctx, CView dy, View dx) const {
     const index_t n = ctx.x.rows();
     check_matrix("MLP::backward", "dy", dy, n, out_features());
     if (!dx.empty()) check_matrix("MLP::backward", "dx", dx, n, in_);
@@ -6292,7 +6765,7 @@ class MLP {
       }
       if (has_activation(k)) {
         T* out = g == dy.data ? bufs[0] : const_cast<T*>(g);
-        activation_backward(config_.activation, out, g, ctx.zp[k], ctx.ap[k], n * w);
+        activation_backward(this->dev(), config_.activation, out, g, ctx.zp[k], ctx.ap[k], n * w);
         g = out;
       }
       T* gin = nullptr;
@@ -6309,9 +6782,12 @@ class MLP {
   index_t in_features() const { return in_; }
   index_t out_features() const { return config_.hidden.back(); }
   const MLPConfig& config() const { return config_; }
-  const std::vector<Linear<T>>& layers() const { return linear_; }
+  const std::vector<Linear<T, Device>>& layers() const { return linear_; }
+
+  const Device& dev() const { return dev_; }
 
  private:
+  Device dev_{};
   bool has_activation(std::size_t i) const {
     const bool last = i + 1 == config_.hidden.size();
     return config_.activation != Activation::Identity && (!last || config_.activate_output);
@@ -6320,15 +6796,15 @@ class MLP {
     const bool last = i + 1 == config_.hidden.size();
     return config_.dropout > 0.0 && (!last || config_.activate_output);
   }
-  static T* buffer(Tensor<T>& t, index_t n, index_t w) {
+  static T* buffer(Tensor<T, Device>& t, index_t n, index_t w) {
     t.resize({n, w});
     return t.data();
   }
 
   MLPConfig config_;
   index_t in_ = 0;
-  std::vector<Linear<T>> linear_;
-  std::vector<Dropout<T>> dropout_;
+  std::vector<Linear<T, Device>> linear_;
+  std::vector<Dropout<T, Device>> dropout_;
 };
 
 }  // namespace mtrec
@@ -6341,9 +6817,11 @@ namespace mtrec {
 
 enum class SequencePoolMode { Mean, First };
 
-template <class T>
+template <class T, class Device = Cpu>
 class SequencePooling {
  public:
+  using View = DeviceView<T, Device>;
+  using CView = DeviceView<const T, Device>;
   struct Context {
     ConstView<index_t> lengths;
     index_t B = 0, T_len = 0, D = 0;
@@ -6352,29 +6830,32 @@ class SequencePooling {
   explicit SequencePooling(SequencePoolMode mode = SequencePoolMode::Mean) : mode_(mode) {}
 
   // y (B,D) = mean of x[b, :lengths[b]] (Mean) or x[b, 0] (First); zeros when lengths[b] == 0
-  void forward(Context& ctx, ConstView<T> x, ConstView<index_t> lengths, TensorView<T> y) const {
+  void forward(Context& ctx, CView x, ConstView<index_t> lengths, View y) const {
     const char* op = "SequencePooling::forward";
     check(x.rank() == 3, op, "x expected shape (B, T, D) but got ", x.shape);
     const index_t B = x.dim(0), Tl = x.dim(1), D = x.dim(2);
     check_lengths(op, lengths, B, Tl);
     check_shape(op, "y", y, {B, D});
     ctx = {lengths, B, Tl, D};
-    kernels::sequence_pool_forward(kernels::backend{}, y.data, x.data, lengths.data, B, Tl, D,
+    kernels::sequence_pool_forward(dev(), y.data, x.data, lengths.data, B, Tl, D,
                                    mode_ == SequencePoolMode::First);
   }
 
   // dx (B,T,D) written: dy / len on valid positions (Mean) or dy at t = 0 (First), zero elsewhere
-  void backward(const Context& ctx, ConstView<T> dy, TensorView<T> dx) const {
+  void backward(const Context& ctx, CView dy, View dx) const {
     const char* op = "SequencePooling::backward";
     check_shape(op, "dy", dy, {ctx.B, ctx.D});
     check_shape(op, "dx", dx, {ctx.B, ctx.T_len, ctx.D});
-    kernels::sequence_pool_backward(kernels::backend{}, dx.data, dy.data, ctx.lengths.data, ctx.B, ctx.T_len, ctx.D,
+    kernels::sequence_pool_backward(dev(), dx.data, dy.data, ctx.lengths.data, ctx.B, ctx.T_len, ctx.D,
                                     mode_ == SequencePoolMode::First);
   }
 
   SequencePoolMode mode() const { return mode_; }
 
+  const Device& dev() const { return dev_; }
+
  private:
+  Device dev_{};
   SequencePoolMode mode_;
 };
 
@@ -6386,15 +6867,17 @@ class SequencePooling {
 
 namespace mtrec {
 
-template <class T>
+template <class T, class Device = Cpu>
 class PositionalEmbedding {
  public:
+  using View = DeviceView<T, Device>;
+  using CView = DeviceView<const T, Device>;
   struct Context {
     index_t B = 0, T_len = 0;
   };
 
   PositionalEmbedding() = default;
-  PositionalEmbedding(ParameterStore<T>& store, const std::string& name, index_t max_len, index_t dim,
+  PositionalEmbedding(ParameterStore<T, Device>& store, const std::string& name, index_t max_len, index_t dim,
                       Init init = Init::normal(0.0, 0.02))
       : store_(&store), max_len_(max_len), dim_(dim) {
     check(max_len > 0 && dim > 0, "PositionalEmbedding", "'", name, "' expected positive max_len and dim but got ",
@@ -6403,22 +6886,22 @@ class PositionalEmbedding {
   }
 
   // y (B,T,D) = x (B,T,D) + P[:T]; y may alias x
-  void forward(Context& ctx, ConstView<T> x, TensorView<T> y) const {
+  void forward(Context& ctx, CView x, View y) const {
     const char* op = "PositionalEmbedding::forward";
     check_shape(op, "x", x, {-1, -1, dim_});
     check(x.dim(1) <= max_len_, op, "sequence length ", x.dim(1), " exceeds max_len ", max_len_);
     check_shape(op, "y", y, {x.dim(0), x.dim(1), dim_});
     ctx.B = x.dim(0);
     ctx.T_len = x.dim(1);
-    kernels::positional_add(kernels::backend{}, y.data, x.data, store_->value(table_), ctx.B, ctx.T_len, dim_);
+    kernels::positional_add(dev(), y.data, x.data, store_->value(table_), ctx.B, ctx.T_len, dim_);
   }
   // dx = dy (skipped if dx is empty or aliases dy); dP[t] += sum_b dy[b,t]
-  void backward(const Context& ctx, ConstView<T> dy, TensorView<T> dx) const {
+  void backward(const Context& ctx, CView dy, View dx) const {
     const char* op = "PositionalEmbedding::backward";
     check_shape(op, "dy", dy, {ctx.B, ctx.T_len, dim_});
     if (!dx.empty()) check_shape(op, "dx", dx, {ctx.B, ctx.T_len, dim_});
     // dP: (T*D) columns summed over B rows, in order.
-    kernels::positional_add_backward(kernels::backend{}, dx.empty() ? nullptr : dx.data, store_->grad(table_), dy.data,
+    kernels::positional_add_backward(dev(), dx.empty() ? nullptr : dx.data, store_->grad(table_), dy.data,
                                      ctx.B, ctx.T_len, dim_);
   }
 
@@ -6426,8 +6909,10 @@ class PositionalEmbedding {
   index_t dim() const { return dim_; }
   ParamId weight() const { return table_; }
 
+  const Device& dev() const { return store_->device(); }
+
  private:
-  ParameterStore<T>* store_ = nullptr;
+  ParameterStore<T, Device>* store_ = nullptr;
   index_t max_len_ = 0, dim_ = 0;
   ParamId table_ = -1;
 };
@@ -6462,43 +6947,45 @@ struct TransformerConfig {
   double layer_norm_eps = 1e-5;
 };
 
-template <class T>
+template <class T, class Device = Cpu>
 class TransformerEncoderLayer {
  public:
+  using View = DeviceView<T, Device>;
+  using CView = DeviceView<const T, Device>;
   struct Context {
-    ConstView<T> x;
+    CView x;
     ConstView<index_t> lengths;
     index_t B = 0, T_len = 0, rows = 0;
     bool padded = true;
     Tensor<index_t> padded_starts;
-    typename LayerNorm<T>::Context ln1, ln2;
-    typename MultiHeadAttention<T>::Context mha;
-    typename Dropout<T>::Context drop_attn, drop_ffn, drop_out;
-    Tensor<T> h1, attn, r1, h2;  // (B,T,D)
-    Tensor<T> f1, g;             // (B,T,F): W1 output, activation (then dropout) output
-    Tensor<T> f2;                // (B,T,D)
-    Tensor<T> dD1, dD2, dD3, dF;  // backward workspaces
+    typename LayerNorm<T, Device>::Context ln1, ln2;
+    typename MultiHeadAttention<T, Device>::Context mha;
+    typename Dropout<T, Device>::Context drop_attn, drop_ffn, drop_out;
+    Tensor<T, Device> h1, attn, r1, h2;  // (B,T,D)
+    Tensor<T, Device> f1, g;             // (B,T,F): W1 output, activation (then dropout) output
+    Tensor<T, Device> f2;                // (B,T,D)
+    Tensor<T, Device> dD1, dD2, dD3, dF;  // backward workspaces
   };
 
   TransformerEncoderLayer() = default;
-  TransformerEncoderLayer(ParameterStore<T>& store, const std::string& name, const TransformerConfig& c) : c_(c) {
+  TransformerEncoderLayer(ParameterStore<T, Device>& store, const std::string& name, const TransformerConfig& c) : c_(c) {
     check(c.activation == Activation::GELU || c.activation == Activation::GELUTanh ||
               c.activation == Activation::ReLU,
           "TransformerEncoderLayer", "'", name, "' expected a GELU or ReLU activation but got ",
           activation_name(c.activation));
     check(c.ffn > 0, "TransformerEncoderLayer", "'", name, "' expected ffn > 0 but got ", c.ffn);
-    ln1_ = LayerNorm<T>(store, name + ".norm1", c.d_model, c.layer_norm_eps);
-    attn_ = MultiHeadAttention<T>(store, name + ".self_attn", c.d_model, c.heads);
-    ln2_ = LayerNorm<T>(store, name + ".norm2", c.d_model, c.layer_norm_eps);
-    lin1_ = Linear<T>(store, name + ".linear1", c.d_model, c.ffn);
-    lin2_ = Linear<T>(store, name + ".linear2", c.ffn, c.d_model);
-    drop_attn_ = Dropout<T>(name + ".dropout1", c.dropout);
-    drop_ffn_ = Dropout<T>(name + ".dropout", c.dropout);
-    drop_out_ = Dropout<T>(name + ".dropout2", c.dropout);
+    ln1_ = LayerNorm<T, Device>(store, name + ".norm1", c.d_model, c.layer_norm_eps);
+    attn_ = MultiHeadAttention<T, Device>(store, name + ".self_attn", c.d_model, c.heads);
+    ln2_ = LayerNorm<T, Device>(store, name + ".norm2", c.d_model, c.layer_norm_eps);
+    lin1_ = Linear<T, Device>(store, name + ".linear1", c.d_model, c.ffn);
+    lin2_ = Linear<T, Device>(store, name + ".linear2", c.ffn, c.d_model);
+    drop_attn_ = Dropout<T, Device>(name + ".dropout1", c.dropout);
+    drop_ffn_ = Dropout<T, Device>(name + ".dropout", c.dropout);
+    drop_out_ = Dropout<T, Device>(name + ".dropout2", c.dropout);
   }
 
   // y (B,T,D) = layer(x (B,T,D)), keys masked past lengths (B)
-  void forward(Context& ctx, ConstView<T> x, ConstView<index_t> lengths, TensorView<T> y, const Mode& mode) const {
+  void forward(Context& ctx, CView x, ConstView<index_t> lengths, View y, const Mode& mode) const {
     const char* op = "TransformerEncoderLayer::forward";
     check_shape(op, "x", x, {-1, -1, c_.d_model});
     const index_t B = x.dim(0), Tl = x.dim(1);
@@ -6508,7 +6995,7 @@ class TransformerEncoderLayer {
   }
 
   // dx (B,T,D) written; all parameter gradients accumulated
-  void backward(Context& ctx, ConstView<T> dy, TensorView<T> dx) const {
+  void backward(Context& ctx, CView dy, View dx) const {
     const char* op = "TransformerEncoderLayer::backward";
     check_shape(op, "dy", dy, {ctx.B, ctx.T_len, c_.d_model});
     check_shape(op, "dx", dx, {ctx.B, ctx.T_len, c_.d_model});
@@ -6516,16 +7003,16 @@ class TransformerEncoderLayer {
   }
 
   // Padded layout: x (B,T,D).
-  void forward_impl(Context& ctx, ConstView<T> x, ConstView<index_t> lengths, T* y, const Mode& mode) const {
+  void forward_impl(Context& ctx, CView x, ConstView<index_t> lengths, T* y, const Mode& mode) const {
     const index_t B = x.dim(0), Tl = x.dim(1);
     ctx.padded_starts.resize({B});
-    kernels::padded_starts(kernels::backend{}, ctx.padded_starts.data(), B, Tl);
-    forward_rows(ctx, ConstView<T>(x.data, {B * Tl, c_.d_model}), lengths, ctx.padded_starts.view(), Tl, true, y,
+    kernels::padded_starts(dev(), ctx.padded_starts.data(), B, Tl);
+    forward_rows(ctx, CView(x.data, {B * Tl, c_.d_model}), lengths, ctx.padded_starts.view(), Tl, true, y,
                  mode);
   }
 
   // x (n,D) in either layout; y (n,D) written (padded rows zero when padded).
-  void forward_rows(Context& ctx, ConstView<T> x, ConstView<index_t> lengths, ConstView<index_t> starts,
+  void forward_rows(Context& ctx, CView x, ConstView<index_t> lengths, ConstView<index_t> starts,
                     index_t T_max, bool padded, T* y, const Mode& mode) const {
     const index_t B = lengths.numel(), Tl = T_max, n = x.rows(), D = c_.d_model, F = c_.ffn;
     ctx.x = x;
@@ -6534,100 +7021,90 @@ class TransformerEncoderLayer {
     ctx.T_len = Tl;
     ctx.rows = n;
     ctx.padded = padded;
-    for (Tensor<T>* t : {&ctx.h1, &ctx.attn, &ctx.r1, &ctx.h2, &ctx.f2}) t->resize({n, D});
+    for (Tensor<T, Device>* t : {&ctx.h1, &ctx.attn, &ctx.r1, &ctx.h2, &ctx.f2}) t->resize({n, D});
     ctx.f1.resize({n, F});
     ctx.g.resize({n, F});
     ln1_.forward_impl(ctx.ln1, x, ctx.h1.data());
     attn_.forward_rows(ctx.mha, ctx.h1.view(), lengths, starts, Tl, padded, ctx.attn.data());
     drop_attn_.forward_impl(ctx.drop_attn, ctx.attn.data(), ctx.attn.data(), n * D, mode);
-    kernels::residual_add(kernels::backend{}, ctx.r1.data(), x.data, ctx.attn.data(), n * D);
+    kernels::residual_add(dev(), ctx.r1.data(), x.data, ctx.attn.data(), n * D);
     ln2_.forward_impl(ctx.ln2, ctx.r1.view(), ctx.h2.data());
     lin1_.forward_impl(ctx.h2.data(), ctx.f1.data(), n);
-    activation_forward(c_.activation, ctx.g.data(), ctx.f1.data(), n * F);
+    activation_forward(this->dev(), c_.activation, ctx.g.data(), ctx.f1.data(), n * F);
     drop_ffn_.forward_impl(ctx.drop_ffn, ctx.g.data(), ctx.g.data(), n * F, mode);
     lin2_.forward_impl(ctx.g.data(), ctx.f2.data(), n);
     drop_out_.forward_impl(ctx.drop_out, ctx.f2.data(), ctx.f2.data(), n * D, mode);
-    kernels::residual_add(kernels::backend{}, y, ctx.r1.data(), ctx.f2.data(), n * D);
-    if (padded) kernels::mask_padded_rows(kernels::backend{}, y, y, lengths.data, B, Tl, D);
+    kernels::residual_add(dev(), y, ctx.r1.data(), ctx.f2.data(), n * D);
+    if (padded) kernels::mask_padded_rows(dev(), y, y, lengths.data, B, Tl, D);
   }
 
   // dx (n,D) written, in the layout forward used.
   void backward_impl(Context& ctx, const T* dy, T* dx) const {
     const index_t B = ctx.B, Tl = ctx.T_len, n = ctx.rows, D = c_.d_model, F = c_.ffn;
-    for (Tensor<T>* t : {&ctx.dD1, &ctx.dD2, &ctx.dD3}) t->resize({n, D});
+    for (Tensor<T, Device>* t : {&ctx.dD1, &ctx.dD2, &ctx.dD3}) t->resize({n, D});
     ctx.dF.resize({n, F});
     T *d1 = ctx.dD1.data(), *d2 = ctx.dD2.data(), *d3 = ctx.dD3.data(), *dF = ctx.dF.data();
     // g = dy with padded rows dropped: dy itself when they are zero already
     // (the layer above wrote them so), else a copy in d1. Packed: no padding.
-    const T* g = ctx.padded ? detail::drop_padded_gradient(dy, ctx.dD1, ctx.lengths, B, Tl, D) : dy;
+    const T* g = ctx.padded ? detail::drop_padded_gradient(this->dev(), dy, ctx.dD1, ctx.lengths, B, Tl, D) : dy;
     drop_out_.backward_impl(ctx.drop_out, g, d2);                     // d2 = d f2
     lin2_.backward_impl(ctx.g.data(), d2, dF, n);                      // dF = d g
     drop_ffn_.backward_impl(ctx.drop_ffn, dF, dF);
-    activation_backward(c_.activation, dF, dF, ctx.f1.data(), static_cast<const T*>(nullptr), n * F);  // dF = d f1
+    activation_backward(this->dev(), c_.activation, dF, dF, ctx.f1.data(), static_cast<const T*>(nullptr), n * F);  // dF = d f1
     lin1_.backward_impl(ctx.h2.data(), dF, d2, n);                     // d2 = d h2
     ln2_.backward_impl(ctx.ln2, d2, d3);                               // d3 = d r1 (LN2 path)
-    kernels::residual_add(kernels::backend{}, d3, d3, g, n * D);       // d3 = d r1 (both paths)
+    kernels::residual_add(dev(), d3, d3, g, n * D);       // d3 = d r1 (both paths)
     drop_attn_.backward_impl(ctx.drop_attn, d3, d2);                   // d2 = d attn
     attn_.backward_impl(ctx.mha, d2, d1);                              // d1 = d h1
     ln1_.backward_impl(ctx.ln1, d1, dx);                               // dx = LN1 path
-    kernels::residual_add(kernels::backend{}, dx, dx, d3, n * D);      // + residual path
+    kernels::residual_add(dev(), dx, dx, d3, n * D);      // + residual path
   }
 
   const TransformerConfig& config() const { return c_; }
 
- private:
-  TransformerConfig c_;
-  LayerNorm<T> ln1_, ln2_;
-  MultiHeadAttention<T> attn_;
-  Linear<T> lin1_, lin2_;
-  Dropout<T> drop_attn_, drop_ffn_, drop_out_;
-};
+  const Device& dev() const { return dev_; }
 
-// Copies between the padded (B,Tl,D) layout and the packed one (valid rows
-// only, sequence b starting at row starts[b]): kernels/sequence.hpp.
-//   packed (sum lengths, D) <- padded rows t < lengths[b]
-template <class T>
-inline void pack_sequences(T* packed, const T* padded, const index_t* lengths, const index_t* starts, index_t B,
-                           index_t Tl, index_t D) {
-  kernels::pack_sequences(kernels::backend{}, packed, padded, lengths, starts, B, Tl, D);
-}
-//   padded (B,Tl,D) <- packed; rows t >= lengths[b] are zeroed
-template <class T>
-inline void unpack_sequences(T* padded, const T* packed, const index_t* lengths, const index_t* starts, index_t B,
-                             index_t Tl, index_t D) {
-  kernels::unpack_sequences(kernels::backend{}, padded, packed, lengths, starts, B, Tl, D);
-}
+ private:
+  Device dev_{};
+  TransformerConfig c_;
+  LayerNorm<T, Device> ln1_, ln2_;
+  MultiHeadAttention<T, Device> attn_;
+  Linear<T, Device> lin1_, lin2_;
+  Dropout<T, Device> drop_attn_, drop_ffn_, drop_out_;
+};
 
 // A stack of pre-LN layers, optionally followed by a final LayerNorm (the
 // usual pre-LN arrangement; PyTorch's TransformerEncoder(norm=...)).
-template <class T>
+template <class T, class Device = Cpu>
 class TransformerEncoder {
  public:
+  using View = DeviceView<T, Device>;
+  using CView = DeviceView<const T, Device>;
   struct Context {
-    std::vector<typename TransformerEncoderLayer<T>::Context> layers;
-    typename LayerNorm<T>::Context final_ln;
-    std::vector<Tensor<T>> hidden;  // packed outputs of every layer (n,D)
+    std::vector<typename TransformerEncoderLayer<T, Device>::Context> layers;
+    typename LayerNorm<T, Device>::Context final_ln;
+    std::vector<Tensor<T, Device>> hidden;  // packed outputs of every layer (n,D)
     ConstView<index_t> lengths;
-    ConstView<T> x;
+    CView x;
     Tensor<index_t> starts;         // (B) first packed row of each sequence
     index_t rows = 0;               // n = sum(lengths)
-    Tensor<T> packed, normed;       // (n,D) packed input, final-LayerNorm output
-    Tensor<T> d_a, d_b;             // (n,D)
+    Tensor<T, Device> packed, normed;       // (n,D) packed input, final-LayerNorm output
+    Tensor<T, Device> d_a, d_b;             // (n,D)
   };
 
   TransformerEncoder() = default;
-  TransformerEncoder(ParameterStore<T>& store, const std::string& name, const TransformerConfig& c, int num_layers,
+  TransformerEncoder(ParameterStore<T, Device>& store, const std::string& name, const TransformerConfig& c, int num_layers,
                      bool final_norm = true)
       : c_(c), final_norm_(final_norm) {
     check(num_layers >= 1, "TransformerEncoder", "'", name, "' expected at least one layer but got ", num_layers);
     for (int i = 0; i < num_layers; ++i)
       layers_.emplace_back(store, name + ".layers." + std::to_string(i), c);
-    if (final_norm) norm_ = LayerNorm<T>(store, name + ".norm", c.d_model, c.layer_norm_eps);
+    if (final_norm) norm_ = LayerNorm<T, Device>(store, name + ".norm", c.d_model, c.layer_norm_eps);
   }
 
   // y (B,T,D) = encoder(x (B,T,D)); padded rows of y are zero. The valid
   // rows are packed once, every layer runs on them, the result is scattered back.
-  void forward(Context& ctx, ConstView<T> x, ConstView<index_t> lengths, TensorView<T> y, const Mode& mode) const {
+  void forward(Context& ctx, CView x, ConstView<index_t> lengths, View y, const Mode& mode) const {
     const char* op = "TransformerEncoder::forward";
     const index_t D = c_.d_model;
     check_shape(op, "x", x, {-1, -1, D});
@@ -6640,18 +7117,18 @@ class TransformerEncoder {
     ctx.lengths = lengths;
     ctx.x = x;
     ctx.starts.resize({B});
-    const auto dev = kernels::backend{};
+    const Device& dev = this->dev();
     const index_t n = kernels::packed_starts(dev, ctx.starts.data(), lengths.data, B);
     ctx.rows = n;
     ctx.packed.resize({n, D});
     kernels::pack_sequences(dev, ctx.packed.data(), x.data, lengths.data, ctx.starts.data(), B, Tl, D);
     const T* out = ctx.packed.data();
     if (n > 0) {  // every sequence empty: nothing to encode, y is all zeros
-      ConstView<T> in(ctx.packed.data(), {n, D});
+      CView in(ctx.packed.data(), {n, D});
       for (std::size_t i = 0; i < L; ++i) {
         ctx.hidden[i].resize({n, D});
         layers_[i].forward_rows(ctx.layers[i], in, lengths, ctx.starts.view(), Tl, false, ctx.hidden[i].data(), mode);
-        in = ConstView<T>(ctx.hidden[i].data(), {n, D});
+        in = CView(ctx.hidden[i].data(), {n, D});
       }
       out = in.data;
       if (final_norm_) {
@@ -6665,14 +7142,14 @@ class TransformerEncoder {
 
   // dx (B,T,D) written (zero at padded positions: y's padded rows are
   // constant, so their gradient is dropped); all parameter gradients accumulated
-  void backward(Context& ctx, ConstView<T> dy, TensorView<T> dx) const {
+  void backward(Context& ctx, CView dy, View dx) const {
     const char* op = "TransformerEncoder::backward";
     const index_t B = ctx.x.dim(0), Tl = ctx.x.dim(1), D = c_.d_model, n = ctx.rows;
     check_shape(op, "dy", dy, {B, Tl, D});
     check_shape(op, "dx", dx, {B, Tl, D});
     ctx.d_a.resize({n, D});
     ctx.d_b.resize({n, D});
-    const auto dev = kernels::backend{};
+    const Device& dev = this->dev();
     const ConstView<index_t> lengths = ctx.lengths;
     T* g = ctx.d_a.data();  // packed dy
     kernels::pack_sequences(dev, g, dy.data, lengths.data, ctx.starts.data(), B, Tl, D);
@@ -6693,11 +7170,14 @@ class TransformerEncoder {
   const TransformerConfig& config() const { return c_; }
   std::size_t num_layers() const { return layers_.size(); }
 
+  const Device& dev() const { return dev_; }
+
  private:
+  Device dev_{};
   TransformerConfig c_;
   bool final_norm_ = true;
-  std::vector<TransformerEncoderLayer<T>> layers_;
-  LayerNorm<T> norm_;
+  std::vector<TransformerEncoderLayer<T, Device>> layers_;
+  LayerNorm<T, Device> norm_;
 };
 
 }  // namespace mtrec
@@ -7273,91 +7753,98 @@ struct TaskLosses {
   std::vector<index_t> count;  // labelled rows per task
 };
 
-template <class T>
+template <class T, class Device = Cpu>
 class MultiTaskModel {
+ public:
+  using View = DeviceView<T, Device>;
+  using CView = DeviceView<const T, Device>;
+
+ private:
   // A softmax gate mixing M expert outputs: out (B,De) = sum_m p_m * E_m.
   struct Gate {
-    Linear<T> proj;  // in -> M
+    Linear<T, Device> proj;  // in -> M
     std::vector<int> experts;  // indices into the level's expert list
   };
   // One CGC level (Tang et al., 2020). Experts 0..K*Et-1 are task experts
   // (task k owns k*Et .. k*Et+Et-1), then Es shared experts.
   struct Level {
     index_t in_dim = 0;
-    std::vector<MLP<T>> experts;
+    std::vector<MLP<T, Device>> experts;
     std::vector<Gate> task_gates;  // [k]
     bool has_shared_gate = false;
     Gate shared_gate;
     std::vector<int> expert_input;  // per expert: task k reads its task input, -1 reads the shared input
   };
   struct SequenceEncoder {
-    Embedding<T> items;
-    PositionalEmbedding<T> position;
-    TransformerEncoder<T> encoder;
-    SequencePooling<T> pool;
+    Embedding<T, Device> items;
+    PositionalEmbedding<T, Device> position;
+    TransformerEncoder<T, Device> encoder;
+    SequencePooling<T, Device> pool;
   };
 
  public:
   struct Workspace {
     struct GateWs {
-      typename Linear<T>::Context proj;
-      Tensor<T> probs;  // (B,M)
-      Tensor<T> out, d_out;  // (B,De)
-      Tensor<T> d_probs;
+      typename Linear<T, Device>::Context proj;
+      Tensor<T, Device> probs;  // (B,M)
+      Tensor<T, Device> out, d_out;  // (B,De)
+      Tensor<T, Device> d_probs;
       std::vector<const T*> experts;  // (M) the mixed experts' outputs, for the gate-mix kernels
       std::vector<T*> d_experts;      // (M) their gradients
     };
     struct LevelWs {
-      std::vector<typename MLP<T>::Context> expert;
-      std::vector<Tensor<T>> expert_out, d_expert_out;  // (B,De)
+      std::vector<typename MLP<T, Device>::Context> expert;
+      std::vector<Tensor<T, Device>> expert_out, d_expert_out;  // (B,De)
       std::vector<GateWs> task_gate;
       GateWs shared_gate;
-      std::vector<Tensor<T>> d_task_in;  // (B,in) per task
-      Tensor<T> d_shared_in;
+      std::vector<Tensor<T, Device>> d_task_in;  // (B,in) per task
+      Tensor<T, Device> d_shared_in;
     };
     struct SequenceWs {
       Tensor<index_t> lengths;    // (B) a copy of the batch's lengths: forward and backward agree on it
       Tensor<index_t> valid_ids;  // (n_valid) IDs of the valid positions, in (b,t) order
       Tensor<index_t> starts;     // (B) first row of each sequence in compact
-      Tensor<T> compact, d_compact;  // (n_valid, D)
-      Tensor<T> emb, hidden, d_emb, d_hidden;  // (B,L,D)
-      Tensor<T> pooled, d_pooled;  // (B,D)
-      typename Embedding<T>::Context items;
-      typename PositionalEmbedding<T>::Context position;
-      typename TransformerEncoder<T>::Context encoder;
-      typename SequencePooling<T>::Context pool;
+      Tensor<T, Device> compact, d_compact;  // (n_valid, D)
+      Tensor<T, Device> emb, hidden, d_emb, d_hidden;  // (B,L,D)
+      Tensor<T, Device> pooled, d_pooled;  // (B,D)
+      typename Embedding<T, Device>::Context items;
+      typename PositionalEmbedding<T, Device>::Context position;
+      typename TransformerEncoder<T, Device>::Context encoder;
+      typename SequencePooling<T, Device>::Context pool;
     };
     index_t B = 0;
-    Tensor<T> X, dX;  // (B,F)
+    Tensor<T, Device> X, dX;  // (B,F)
     std::vector<Tensor<index_t>> id_rows;   // hashed rows per ID field (B)
     std::vector<Tensor<index_t>> bag_rows;  // hashed rows per bag field (n)
     std::vector<ConstView<index_t>> id_view, bag_view;  // the rows each field looks up (prepare_batch)
-    std::vector<Tensor<T>> id_emb, bag_emb, d_field;  // (B,dim)
-    std::vector<typename Embedding<T>::Context> id_ctx;
-    std::vector<typename EmbeddingBag<T>::Context> bag_ctx;
+    std::vector<Tensor<T, Device>> id_emb, bag_emb, d_field;  // (B,dim)
+    std::vector<typename Embedding<T, Device>::Context> id_ctx;
+    std::vector<typename EmbeddingBag<T, Device>::Context> bag_ctx;
     std::vector<SequenceWs> seq;
-    typename MLP<T>::Context bottom;
-    Tensor<T> H, dH;  // bottom output (B,Db)
+    typename MLP<T, Device>::Context bottom;
+    Tensor<T, Device> H, dH;  // bottom output (B,Db)
     std::vector<LevelWs> levels;
-    std::vector<typename MLP<T>::Context> tower;
-    std::vector<Tensor<T>> out, d_out, d_scaled, d_tower_in;  // per task
+    std::vector<typename MLP<T, Device>::Context> tower;
+    std::vector<Tensor<T, Device>> out, d_out, d_scaled, d_tower_in;  // per task
     std::vector<Tensor<index_t>> class_ids;  // multi-class labels as ids
     // BPR tasks: the batch's (positive, negative) row pairs and their scores.
     struct PairWs {
       Tensor<index_t> order, pos, neg;  // order (B): labelled rows sorted by (group, label)
-      Tensor<T> s_pos, s_neg, d_pos, d_neg, weight;  // (P)
+      Tensor<T, Device> s_pos, s_neg, d_pos, d_neg;  // (P)
+      Tensor<T> weight;  // (P) host: the pair weights, from the batch weights
     };
     // Retrieval tasks: the target rows' embeddings are the keys.
     struct RetrievalWs {
       Tensor<index_t> rows;    // (B) target row per batch row (0 where unlabelled)
       Tensor<index_t> positions, targets;  // (n) the labelled batch rows and their target rows
-      Tensor<T> keys, d_keys;  // (B,D)
-      Tensor<T> d_targets;     // (n,D) the labelled rows' key gradients, scaled
-      InBatchSoftmaxWorkspace<T> softmax;
+      Tensor<T, Device> keys, d_keys;  // (B,D)
+      Tensor<T, Device> d_targets;     // (n,D) the labelled rows' key gradients, scaled
+      InBatchSoftmaxWorkspace<T, Device> softmax;
     };
     std::vector<PairWs> pairs;
     std::vector<RetrievalWs> retrieval;
-    Tensor<T> esmm_d_ctr;                     // (B) ESMM: dL_ctcvr / d CTR logit
+    Tensor<T, Device> pred;  // predict's outputs on the device (unused when the host reads device memory)
+    Tensor<T, Device> esmm_d_ctr;                     // (B) ESMM: dL_ctcvr / d CTR logit
     TaskLosses losses;                        // the last compute_losses() result
     Mode mode;
     // What this workspace holds, so that compute_losses and backward refuse a
@@ -7368,7 +7855,7 @@ class MultiTaskModel {
   };
 
   explicit MultiTaskModel(const ModelConfig& config)
-      : config_(config), store_(std::make_unique<ParameterStore<T>>(config.seed)), id_(next_instance_id()) {
+      : config_(config), store_(std::make_unique<ParameterStore<T, Device>>(config.seed)), id_(next_instance_id()) {
     tables_ = validate_config(config_);
     build();
     store_->allocate();
@@ -7388,8 +7875,8 @@ class MultiTaskModel {
   MultiTaskModel& operator=(const MultiTaskModel&) = delete;
 
   const ModelConfig& config() const { return config_; }
-  ParameterStore<T>& parameters() { return *store_; }
-  const ParameterStore<T>& parameters() const { return *store_; }
+  ParameterStore<T, Device>& parameters() { return *store_; }
+  const ParameterStore<T, Device>& parameters() const { return *store_; }
   index_t feature_width() const { return feature_width_; }
   std::size_t num_tasks() const { return config_.tasks.size(); }
 
@@ -7459,9 +7946,9 @@ class MultiTaskModel {
       } else if (t.type == TaskType::Retrieval) {
         lr = retrieval_task_loss(ws.retrieval[k], d, o, y, m, w, B, k);
       } else if (t.type == TaskType::Binary) {
-        lr = bce_with_logits(d, o, y, m, w, B);
+        lr = bce_with_logits(dev(), d, o, y, m, w, B);
       } else if (t.type == TaskType::Regression) {
-        lr = t.loss == TaskLoss::Huber ? huber(d, o, y, m, w, B, T(t.huber_delta)) : mse(d, o, y, m, w, B);
+        lr = t.loss == TaskLoss::Huber ? huber(dev(), d, o, y, m, w, B, T(t.huber_delta)) : mse(dev(), d, o, y, m, w, B);
       } else {
         Tensor<index_t>& ids = ws.class_ids[k];
         ids.resize({B});
@@ -7475,7 +7962,7 @@ class MultiTaskModel {
                  y[i]);
           ids[i] = static_cast<index_t>(y[i]);
         }
-        lr = softmax_cross_entropy(d, o, ids.data(), m, w, B, t.num_classes);
+        lr = softmax_cross_entropy(dev(), d, o, ids.data(), m, w, B, t.num_classes);
       }
       r.value[k] = lr.value;
       r.count[k] = lr.count;
@@ -7501,12 +7988,12 @@ class MultiTaskModel {
       T* ds = ws.d_scaled[k].data();
       const T c = T(coeff[k]);
       const T* d = ws.d_out[k].data();
-      kernels::scale(kernels::backend{}, ds, d, n, c);  // ds (n) = c * d
+      kernels::scale(dev(), ds, d, n, c);  // ds (n) = c * d
       bool active = coeff[k] != 0.0;
       if (config_.architecture == Architecture::ESMM && k == 0 && coeff[1] != 0.0) {
         // pCTCVR = pCTR * pCVR: the CTCVR loss also reaches the CTR tower.
         const T c1 = T(coeff[1]);
-        kernels::axpy(kernels::backend{}, ds, ws.esmm_d_ctr.data(), n, c1);  // ds += c1 * dL_ctcvr/d ctr
+        kernels::axpy(dev(), ds, ws.esmm_d_ctr.data(), n, c1);  // ds += c1 * dL_ctcvr/d ctr
         active = true;
       }
       if (active) towers_[k].backward(ws.tower[k], ws.d_scaled[k].view(), ws.d_tower_in[k].view());
@@ -7518,9 +8005,13 @@ class MultiTaskModel {
 
   // out (B, C_total): probabilities for binary tasks, values for regression,
   // class probabilities for multi-class; ESMM adds pCVR as a last column.
-  void predict(Workspace& ws, const Batch<T>& batch, Tensor<T>& out) const {
+  // `out` is host memory: on a device whose memory the host cannot read, the
+  // outputs are computed in the workspace and copied back once.
+  void predict(Workspace& ws, const Batch<T>& batch, Tensor<T>& host_out) const {
     forward(ws, batch, Mode::eval());
     const index_t B = ws.B, C = output_width();
+    host_out.resize({B, C});
+    Tensor<T, Device>& out = predict_buffer(ws, host_out);
     out.resize({B, C});
     index_t col = 0;
     for (std::size_t k = 0; k < num_tasks(); ++k) {
@@ -7528,18 +8019,19 @@ class MultiTaskModel {
       const index_t w = task_output_width(t);
       const T* o = ws.out[k].data();  // (B,w)
       if (t.type == TaskType::Regression || t.type == TaskType::Retrieval)  // values; a retrieval query vector
-        kernels::output_transform(kernels::backend{}, out.data(), C, col, o, B, w, kernels::OutputKind::Identity);
+        kernels::output_transform(dev(), out.data(), C, col, o, B, w, kernels::OutputKind::Identity);
       else if (t.type == TaskType::MultiClass)
-        kernels::output_transform(kernels::backend{}, out.data(), C, col, o, B, w, kernels::OutputKind::Softmax);
+        kernels::output_transform(dev(), out.data(), C, col, o, B, w, kernels::OutputKind::Softmax);
       else if (config_.architecture == Architecture::ESMM && k == 1)
-        kernels::sigmoid_product(kernels::backend{}, out.data(), C, col, ws.out[0].data(), o, B);  // pCTCVR = pCTR * pCVR
+        kernels::sigmoid_product(dev(), out.data(), C, col, ws.out[0].data(), o, B);  // pCTCVR = pCTR * pCVR
       else
-        kernels::output_transform(kernels::backend{}, out.data(), C, col, o, B, w, kernels::OutputKind::Sigmoid);
+        kernels::output_transform(dev(), out.data(), C, col, o, B, w, kernels::OutputKind::Sigmoid);
       col += w;
     }
     if (config_.architecture == Architecture::ESMM)  // pCVR
-      kernels::output_transform(kernels::backend{}, out.data(), C, col, ws.out[1].data(), B, 1,
+      kernels::output_transform(dev(), out.data(), C, col, ws.out[1].data(), B, 1,
                                 kernels::OutputKind::Sigmoid);
+    if (static_cast<void*>(&out) != static_cast<void*>(&host_out)) to_host(dev(), host_out.data(), out.cview());
   }
 
   // Checks a whole data set once, before training or evaluating on it:
@@ -7662,11 +8154,11 @@ class MultiTaskModel {
 
  // A retrieval task's target table (rows, dim): score a query q against it
   // as <q, row> / temperature. Shares storage with the model.
-  ConstView<T> target_table(std::size_t k) const {
+  CView target_table(std::size_t k) const {
     check(k < num_tasks() && config_.tasks[k].type == TaskType::Retrieval, "MultiTaskModel::target_table",
           "task ", k, " is not a retrieval task");
     const ParamId id = target_table_[k];
-    return ConstView<T>(store_->value(id), store_->info(id).shape);
+    return CView(store_->value(id), store_->info(id).shape);
   }
 
  private:
@@ -7677,13 +8169,20 @@ class MultiTaskModel {
   }
   // Planning only: registers the parameters under bounds, allocates nothing.
   MultiTaskModel(const ModelConfig& config, index_t max_tensors, index_t max_elements, const std::string& source)
-      : config_(config), store_(std::make_unique<ParameterStore<T>>(config.seed)), id_(0) {
+      : config_(config), store_(std::make_unique<ParameterStore<T, Device>>(config.seed)), id_(0) {
     tables_ = validate_config(config_);
     store_->set_limits(max_tensors, max_elements, source);
     build();
   }
 
   // The workspace holds a completed forward of this model on `batch`.
+  template <class D = Device>
+  static Tensor<T, Device>& predict_buffer(Workspace& ws, Tensor<T>& host_out) {
+    if constexpr (std::is_same<D, Cpu>::value) return host_out;
+    else return ws.pred;
+  }
+  const Device& dev() const { return store_->device(); }
+
   void check_workspace(const char* op, const Workspace& ws, const Batch<T>& batch) const {
     check(ws.owner != 0, op, "the workspace holds no completed forward(); call forward() first");
     check(ws.owner == id_, op, "the workspace holds a forward() of another model (instance ", ws.owner,
@@ -7740,21 +8239,22 @@ class MultiTaskModel {
       if (pass == 0) {
         P = p;
         for (Tensor<index_t>* x : {&pw.pos, &pw.neg}) x->resize({P});
-        for (Tensor<T>* x : {&pw.s_pos, &pw.s_neg, &pw.d_pos, &pw.d_neg, &pw.weight}) x->resize({P});
+        for (Tensor<T, Device>* x : {&pw.s_pos, &pw.s_neg, &pw.d_pos, &pw.d_neg}) x->resize({P});
+        pw.weight.resize({P});
       }
     }
     // The pairs come from the labels alone (host); the scores are gathered,
     // and the pair gradients scattered back, by kernels.
-    kernels::fill(kernels::backend{}, d, B, T(0));
+    kernels::fill(dev(), d, B, T(0));
     if (P == 0) return LossResult{};
-    kernels::gather_rows(kernels::backend{}, pw.s_pos.data(), score, pw.pos.data(), P, 1);  // s_pos (P) = score[pos]
-    kernels::gather_rows(kernels::backend{}, pw.s_neg.data(), score, pw.neg.data(), P, 1);
-    LossResult r = bpr(pw.d_pos.data(), pw.d_neg.data(), pw.s_pos.data(), pw.s_neg.data(),
+    kernels::gather_rows(dev(), pw.s_pos.data(), score, pw.pos.data(), P, 1);  // s_pos (P) = score[pos]
+    kernels::gather_rows(dev(), pw.s_neg.data(), score, pw.neg.data(), P, 1);
+    LossResult r = bpr(dev(), pw.d_pos.data(), pw.d_neg.data(), pw.s_pos.data(), pw.s_neg.data(),
                        static_cast<const std::uint8_t*>(nullptr), pw.weight.data(), P);
     // d[pos[p]] += d_pos[p], then d[neg[p]] += d_neg[p], pairs in order: deterministic
-    kernels::scatter_add_rows(kernels::backend{}, d, static_cast<std::uint8_t*>(nullptr), pw.d_pos.data(),
+    kernels::scatter_add_rows(dev(), d, static_cast<std::uint8_t*>(nullptr), pw.d_pos.data(),
                               pw.pos.data(), P, 1);
-    kernels::scatter_add_rows(kernels::backend{}, d, static_cast<std::uint8_t*>(nullptr), pw.d_neg.data(),
+    kernels::scatter_add_rows(dev(), d, static_cast<std::uint8_t*>(nullptr), pw.d_neg.data(),
                               pw.neg.data(), P, 1);
     return r;
   }
@@ -7791,8 +8291,8 @@ class MultiTaskModel {
     }
     rw.positions.resize({n_lab});
     rw.targets.resize({n_lab});
-    kernels::gather_rows(kernels::backend{}, rw.keys.data(), store_->value(table), rw.rows.data(), B, D);  // keys (B,D)
-    return in_batch_softmax(d, rw.d_keys.data(), q, rw.keys.data(), B, D, t.temperature,
+    kernels::gather_rows(dev(), rw.keys.data(), store_->value(table), rw.rows.data(), B, D);  // keys (B,D)
+    return in_batch_softmax(dev(), d, rw.d_keys.data(), q, rw.keys.data(), B, D, t.temperature,
                             static_cast<const T*>(nullptr), m, w, &rw.softmax);
   }
 
@@ -7804,18 +8304,18 @@ class MultiTaskModel {
     const index_t D = config_.tasks[k].target_dim, n = rw.targets.numel();
     rw.d_targets.resize({n, D});
     // d_targets (n,D) = c * d_keys[positions]; table.grad[targets] += d_targets
-    kernels::gather_rows(kernels::backend{}, rw.d_targets.data(), rw.d_keys.data(), rw.positions.data(), n, D);
-    kernels::scale(kernels::backend{}, rw.d_targets.data(), rw.d_targets.data(), n * D, c);
+    kernels::gather_rows(dev(), rw.d_targets.data(), rw.d_keys.data(), rw.positions.data(), n, D);
+    kernels::scale(dev(), rw.d_targets.data(), rw.d_targets.data(), n * D, c);
     TouchedRows& touched = store_->touched(table);
     touched.mark_all(rw.targets.data(), n);
-    kernels::scatter_add_rows(kernels::backend{}, store_->grad(table), touched.flag.data(), rw.d_targets.data(),
+    kernels::scatter_add_rows(dev(), store_->grad(table), touched.flag.data(), rw.d_targets.data(),
                               rw.targets.data(), n, D);
   }
 
   // ---- construction ----------------------------------------------------------
 
   void build() {
-    ParameterStore<T>& s = *store_;
+    ParameterStore<T, Device>& s = *store_;
     const FeatureSpec& f = config_.features;
     const Init emb_init = Init::normal(0.0, config_.embedding_init_std);
     auto table_of = [&](const std::string& field, const std::string& table) -> ParamId {
@@ -7836,10 +8336,10 @@ class MultiTaskModel {
     }
     for (const auto& x : f.sequences) {
       SequenceEncoder e;
-      e.items = Embedding<T>(s, table_of(x.name, x.table));
-      e.position = PositionalEmbedding<T>(s, "seq." + x.name + ".position", x.max_len, x.encoder.d_model);
-      e.encoder = TransformerEncoder<T>(s, "seq." + x.name + ".encoder", x.encoder, x.layers, true);
-      e.pool = SequencePooling<T>(x.pooling);
+      e.items = Embedding<T, Device>(s, table_of(x.name, x.table));
+      e.position = PositionalEmbedding<T, Device>(s, "seq." + x.name + ".position", x.max_len, x.encoder.d_model);
+      e.encoder = TransformerEncoder<T, Device>(s, "seq." + x.name + ".encoder", x.encoder, x.layers, true);
+      e.pool = SequencePooling<T, Device>(x.pooling);
       seq_layers_.push_back(std::move(e));
       feature_width_ += x.encoder.d_model;
     }
@@ -7852,7 +8352,7 @@ class MultiTaskModel {
       case Architecture::SharedBottom: {
         MLPConfig c = hidden;
         c.hidden = config_.bottom;
-        bottom_ = MLP<T>(s, "bottom", feature_width_, c);
+        bottom_ = MLP<T, Device>(s, "bottom", feature_width_, c);
         trunk_width = config_.bottom.back();
         break;
       }
@@ -7881,7 +8381,7 @@ class MultiTaskModel {
   }
 
   void build_levels(int L, index_t Et, index_t Es) {
-    ParameterStore<T>& s = *store_;
+    ParameterStore<T, Device>& s = *store_;
     const index_t K = index_t(num_tasks());
     MLPConfig c{config_.expert, config_.activation, config_.dropout, true};
     index_t in = feature_width_;
@@ -7902,13 +8402,13 @@ class MultiTaskModel {
         Gate g;
         for (index_t j = 0; j < Et; ++j) g.experts.push_back(int(k * Et + j));
         for (index_t j = 0; j < Es; ++j) g.experts.push_back(int(K * Et + j));
-        g.proj = Linear<T>(s, p + "gate." + config_.tasks[k].name, in, index_t(g.experts.size()));
+        g.proj = Linear<T, Device>(s, p + "gate." + config_.tasks[k].name, in, index_t(g.experts.size()));
         lv.task_gates.push_back(std::move(g));
       }
       lv.has_shared_gate = l + 1 < L;
       if (lv.has_shared_gate) {
         for (index_t j = 0; j < K * Et + Es; ++j) lv.shared_gate.experts.push_back(int(j));
-        lv.shared_gate.proj = Linear<T>(s, p + "gate.shared", in, K * Et + Es);
+        lv.shared_gate.proj = Linear<T, Device>(s, p + "gate.shared", in, K * Et + Es);
       }
       levels_.push_back(std::move(lv));
       in = config_.expert.back();
@@ -7918,7 +8418,7 @@ class MultiTaskModel {
   // Task-specific = towers, gates and task experts of the last level (their
   // gradient comes from one task only); everything else is shared.
   void classify_parameters() {
-    const ParameterStore<T>& s = *store_;
+    const ParameterStore<T, Device>& s = *store_;
     const std::string last_level = "level" + std::to_string(int(levels_.size()) - 1) + ".task_expert.";
     // A target table that no feature reads and only one retrieval task scores
     // against belongs to that task alone.
@@ -8049,11 +8549,11 @@ class MultiTaskModel {
   // ---- features ----------------------------------------------------------------
 
   // Writes a (B, w) block into columns [col, col + w) of X.
-  static void put_columns(Tensor<T>& X, index_t col, const T* src, index_t B, index_t w) {
-    kernels::copy_columns(kernels::backend{}, X.data(), X.dim(1), col, src, w, 0, B, w);
+  void put_columns(Tensor<T, Device>& X, index_t col, const T* src, index_t B, index_t w) const {
+    kernels::copy_columns(dev(), X.data(), X.dim(1), col, src, w, 0, B, w);
   }
-  static void take_columns(T* dst, const Tensor<T>& X, index_t col, index_t B, index_t w) {
-    kernels::copy_columns(kernels::backend{}, dst, w, 0, X.data(), X.dim(1), col, B, w);
+  void take_columns(T* dst, const Tensor<T, Device>& X, index_t col, index_t B, index_t w) const {
+    kernels::copy_columns(dev(), dst, w, 0, X.data(), X.dim(1), col, B, w);
   }
 
   const TableSpec& table_spec(const std::string& field, const std::string& table) const {
@@ -8106,7 +8606,7 @@ class MultiTaskModel {
           sw.valid_ids[v++] = ts.hashed ? hash_bucket(std::uint64_t(id), ts.rows, salt) : id;
         }
       sw.starts.resize({B});
-      kernels::packed_starts(kernels::backend{}, sw.starts.data(), sw.lengths.data(), B);
+      kernels::packed_starts(dev(), sw.starts.data(), sw.lengths.data(), B);
     }
   }
 
@@ -8125,8 +8625,8 @@ class MultiTaskModel {
       const index_t d = f.bags[i].dim;
       const auto& bag = b.bags[i];
       ws.bag_emb[i].resize({B, d});
-      ConstView<T> w = f.bags[i].weighted ? ConstView<T>(bag.weights.data(), {index_t(bag.weights.size())})
-                                          : ConstView<T>();
+      CView w = f.bags[i].weighted ? CView(bag.weights.data(), {index_t(bag.weights.size())})
+                                          : CView();
       bag_layers_[i].forward(ws.bag_ctx[i], ws.bag_view[i], ConstView<index_t>(bag.offsets.data(), {B + 1}), w,
                              ws.bag_emb[i].view());
       put_columns(ws.X, col, ws.bag_emb[i].data(), B, d);
@@ -8144,7 +8644,7 @@ class MultiTaskModel {
       sw.pooled.resize({B, D});
       enc.items.forward(sw.items, sw.valid_ids.view(), sw.compact.view());
       // valid positions copied, padded ones zeroed (an empty sequence copies nothing)
-      unpack_sequences(sw.emb.data(), sw.compact.data(), sw.lengths.data(), sw.starts.data(), B, L, D);
+      kernels::unpack_sequences(dev(), sw.emb.data(), sw.compact.data(), sw.lengths.data(), sw.starts.data(), B, L, D);
       ConstView<index_t> lengths(sw.lengths.data(), {B});
       enc.position.forward(sw.position, sw.emb.view(), sw.emb.view());
       enc.encoder.forward(sw.encoder, sw.emb.view(), lengths, sw.hidden.view(), mode);
@@ -8162,7 +8662,7 @@ class MultiTaskModel {
     const FeatureSpec& f = config_.features;
     const index_t B = ws.B;
     index_t col = 0;
-    Tensor<T>& d = ws.d_field[0];
+    Tensor<T, Device>& d = ws.d_field[0];
     for (std::size_t i = 0; i < f.ids.size(); ++i) {
       const index_t w = f.ids[i].dim;
       d.resize({B, w});
@@ -8190,7 +8690,7 @@ class MultiTaskModel {
       enc.encoder.backward(sw.encoder, sw.d_hidden.view(), sw.d_emb.view());
       enc.position.backward(sw.position, sw.d_emb.view(), sw.d_emb.view());
       sw.d_compact.resize(sw.compact.shape());
-      pack_sequences(sw.d_compact.data(), sw.d_emb.data(), sw.lengths.data(), sw.starts.data(), B, L, D);
+      kernels::pack_sequences(dev(), sw.d_compact.data(), sw.d_emb.data(), sw.lengths.data(), sw.starts.data(), B, L, D);
       enc.items.backward(sw.items, sw.d_compact.view());
       col += D;
     }
@@ -8198,7 +8698,7 @@ class MultiTaskModel {
 
   // ---- trunk ---------------------------------------------------------------------
 
-  ConstView<T> tower_input(const Workspace& ws, std::size_t k) const {
+  CView tower_input(const Workspace& ws, std::size_t k) const {
     switch (config_.architecture) {
       case Architecture::SingleTask:
       case Architecture::SharedBottom: return ws.H.view();
@@ -8212,10 +8712,10 @@ class MultiTaskModel {
     for (std::size_t l = 0; l < levels_.size(); ++l) {
       const Level& lv = levels_[l];
       auto& lw = ws.levels[l];
-      auto task_in = [&](std::size_t k) -> ConstView<T> {
-        return l == 0 ? ws.X.view() : ConstView<T>(ws.levels[l - 1].task_gate[k].out.view());
+      auto task_in = [&](std::size_t k) -> CView {
+        return l == 0 ? ws.X.view() : CView(ws.levels[l - 1].task_gate[k].out.view());
       };
-      const ConstView<T> shared_in = l == 0 ? ws.X.view() : ConstView<T>(ws.levels[l - 1].shared_gate.out.view());
+      const CView shared_in = l == 0 ? ws.X.view() : CView(ws.levels[l - 1].shared_gate.out.view());
       for (std::size_t e = 0; e < lv.experts.size(); ++e) {
         const int src = lv.expert_input[e];
         lv.experts[e].forward(lw.expert[e], src < 0 ? shared_in : task_in(std::size_t(src)), lw.expert_out[e].view(),
@@ -8226,31 +8726,31 @@ class MultiTaskModel {
     }
   }
 
-  void gate_forward(const Gate& g, typename Workspace::GateWs& gw, ConstView<T> x,
+  void gate_forward(const Gate& g, typename Workspace::GateWs& gw, CView x,
                     typename Workspace::LevelWs& lw) const {
     const index_t B = x.rows(), M = index_t(g.experts.size()), De = config_.expert.back();
     gw.probs.resize({B, M});
     gw.out.resize({B, De});
     g.proj.forward(gw.proj, x, gw.probs.view());
-    kernels::softmax_forward(kernels::backend{}, gw.probs.data(), gw.probs.data(), B, M);
+    kernels::softmax_forward(dev(), gw.probs.data(), gw.probs.data(), B, M);
     gw.experts.resize(std::size_t(M));
     for (index_t m = 0; m < M; ++m) gw.experts[std::size_t(m)] = lw.expert_out[std::size_t(g.experts[std::size_t(m)])].data();
-    kernels::gate_mix_forward(kernels::backend{}, gw.out.data(), gw.experts.data(), gw.probs.data(), B, M, De);  // out (B,De)
+    kernels::gate_mix_forward(dev(), gw.out.data(), gw.experts.data(), gw.probs.data(), B, M, De);  // out (B,De)
   }
 
   // d experts += p_m * d_out; d_in += gate_proj^T (softmax' <d_out, E_m>)
   void gate_backward(const Gate& g, typename Workspace::GateWs& gw, typename Workspace::LevelWs& lw, T* d_in,
-                     Tensor<T>& scratch) const {
+                     Tensor<T, Device>& scratch) const {
     const index_t B = gw.probs.dim(0), M = gw.probs.dim(1), De = config_.expert.back();
     gw.d_probs.resize({B, M});
     gw.d_experts.resize(std::size_t(M));
     for (index_t m = 0; m < M; ++m) gw.d_experts[std::size_t(m)] = lw.d_expert_out[std::size_t(g.experts[std::size_t(m)])].data();
-    kernels::gate_mix_backward(kernels::backend{}, gw.d_experts.data(), gw.d_probs.data(), gw.d_out.data(),
+    kernels::gate_mix_backward(dev(), gw.d_experts.data(), gw.d_probs.data(), gw.d_out.data(),
                                gw.experts.data(), gw.probs.data(), B, M, De);
-    kernels::softmax_backward(kernels::backend{}, gw.d_probs.data(), gw.d_probs.data(), gw.probs.data(), B, M);
+    kernels::softmax_backward(dev(), gw.d_probs.data(), gw.d_probs.data(), gw.probs.data(), B, M);
     scratch.resize({B, g.proj.in_features()});
     g.proj.backward(gw.proj, gw.d_probs.view(), scratch.view());
-    kernels::residual_add(kernels::backend{}, d_in, d_in, scratch.data(), scratch.numel());
+    kernels::residual_add(dev(), d_in, d_in, scratch.data(), scratch.numel());
   }
 
   void trunk_backward(Workspace& ws, const double* coeff) const {
@@ -8261,7 +8761,7 @@ class MultiTaskModel {
         ws.dH.zero();
         for (std::size_t k = 0; k < num_tasks(); ++k)
           if (coeff[k] != 0.0)
-            kernels::residual_add(kernels::backend{}, ws.dH.data(), ws.dH.data(), ws.d_tower_in[k].data(), ws.dH.numel());
+            kernels::residual_add(dev(), ws.dH.data(), ws.dH.data(), ws.d_tower_in[k].data(), ws.dH.numel());
         bottom_.backward(ws.bottom, ws.dH.view(), ws.dX.view());
         return;
       }
@@ -8269,7 +8769,7 @@ class MultiTaskModel {
         ws.dX.zero();
         for (std::size_t k = 0; k < num_tasks(); ++k)
           if (coeff[k] != 0.0)
-            kernels::residual_add(kernels::backend{}, ws.dX.data(), ws.dX.data(), ws.d_tower_in[k].data(), ws.dX.numel());
+            kernels::residual_add(dev(), ws.dX.data(), ws.dX.data(), ws.d_tower_in[k].data(), ws.dX.numel());
         return;
       default: break;
     }
@@ -8285,17 +8785,17 @@ class MultiTaskModel {
         if (l + 1 == levels_.size() && coeff[k] == 0.0)
           gw.d_out.zero();
         else
-          kernels::copy(kernels::backend{}, gw.d_out.data(), src, gw.d_out.numel());
+          kernels::copy(dev(), gw.d_out.data(), src, gw.d_out.numel());
       }
       if (lv.has_shared_gate) {
         lw.shared_gate.d_out.resize({B, config_.expert.back()});
-        kernels::copy(kernels::backend{}, lw.shared_gate.d_out.data(), ws.levels[l + 1].d_shared_in.data(),
+        kernels::copy(dev(), lw.shared_gate.d_out.data(), ws.levels[l + 1].d_shared_in.data(),
                       lw.shared_gate.d_out.numel());
       }
       for (auto& t : lw.d_expert_out) t.zero();
       for (auto& t : lw.d_task_in) t.zero();
       lw.d_shared_in.zero();
-      Tensor<T>& scratch = ws.dH;  // free in MMoE/PLE
+      Tensor<T, Device>& scratch = ws.dH;  // free in MMoE/PLE
       for (std::size_t k = 0; k < num_tasks(); ++k)
         gate_backward(lv.task_gates[k], lw.task_gate[k], lw, lw.d_task_in[k].data(), scratch);
       if (lv.has_shared_gate) gate_backward(lv.shared_gate, lw.shared_gate, lw, lw.d_shared_in.data(), scratch);
@@ -8304,22 +8804,22 @@ class MultiTaskModel {
         T* d_in = src < 0 ? lw.d_shared_in.data() : lw.d_task_in[std::size_t(src)].data();
         scratch.resize({B, lv.in_dim});
         lv.experts[e].backward(lw.expert[e], lw.d_expert_out[e].view(), scratch.view());
-        kernels::residual_add(kernels::backend{}, d_in, d_in, scratch.data(), scratch.numel());
+        kernels::residual_add(dev(), d_in, d_in, scratch.data(), scratch.numel());
       }
     }
     // Level 0 reads X for every input.
     auto& l0 = ws.levels[0];
-    kernels::copy(kernels::backend{}, ws.dX.data(), l0.d_shared_in.data(), ws.dX.numel());
+    kernels::copy(dev(), ws.dX.data(), l0.d_shared_in.data(), ws.dX.numel());
     for (std::size_t k = 0; k < num_tasks(); ++k)
-      kernels::residual_add(kernels::backend{}, ws.dX.data(), ws.dX.data(), l0.d_task_in[k].data(), ws.dX.numel());
+      kernels::residual_add(dev(), ws.dX.data(), ws.dX.data(), l0.d_task_in[k].data(), ws.dX.numel());
   }
 
   // ESMM's CTCVR loss: BCE on p = sigmoid(a) sigmoid(b) over all impressions,
   // computed in log space so that it stays finite for large |a|, |b|.
   // Writes dL/db into d_cvr and dL/da into d_ctr (backward adds the latter to
   // the CTR tower's gradient).
-  static LossResult esmm_ctcvr_loss(T* d_cvr, T* d_ctr, const T* a, const T* b, const T* y, const std::uint8_t* m,
-                                    const T* w, index_t n) {
+  LossResult esmm_ctcvr_loss(T* d_cvr, T* d_ctr, const T* a, const T* b, const T* y, const std::uint8_t* m,
+                             const T* w, index_t n) const {
     double den = 0;  // host: the denominator, from the batch's mask and weights
     index_t count = 0;
     for (index_t i = 0; i < n; ++i)
@@ -8329,24 +8829,24 @@ class MultiTaskModel {
       }
     LossResult r{0.0, den, count};
     if (den <= 0) {
-      kernels::fill(kernels::backend{}, d_cvr, n, T(0));
-      kernels::fill(kernels::backend{}, d_ctr, n, T(0));
+      kernels::fill(dev(), d_cvr, n, T(0));
+      kernels::fill(dev(), d_ctr, n, T(0));
       return r;
     }
-    r.value = kernels::esmm_loss(kernels::backend{}, d_ctr, d_cvr, a, b, y, m, w, n, 1.0 / den);
+    r.value = kernels::esmm_loss(dev(), d_ctr, d_cvr, a, b, y, m, w, n, 1.0 / den);
     return r;
   }
 
   ModelConfig config_;
-  std::unique_ptr<ParameterStore<T>> store_;
+  std::unique_ptr<ParameterStore<T, Device>> store_;
   std::vector<TableSpec> tables_;
   index_t feature_width_ = 0;
-  std::vector<Embedding<T>> id_layers_;
-  std::vector<EmbeddingBag<T>> bag_layers_;
+  std::vector<Embedding<T, Device>> id_layers_;
+  std::vector<EmbeddingBag<T, Device>> bag_layers_;
   std::vector<SequenceEncoder> seq_layers_;
-  MLP<T> bottom_;
+  MLP<T, Device> bottom_;
   std::vector<Level> levels_;
-  std::vector<MLP<T>> towers_;
+  std::vector<MLP<T, Device>> towers_;
   std::vector<ParamId> target_table_;  // per task: a retrieval task's target table, else -1
   std::vector<ParamId> shared_params_, last_shared_;
   std::uint64_t id_ = 0;  // unique per model instance in this process (0: planning only)
@@ -8907,7 +9407,7 @@ inline void retrieval_ranks(index_t* rank, const T* q, const T* table, index_t r
   for (index_t start = 0; start < N; start += block) {
     const index_t n = std::min(block, N - start);
     // scores (n, rows) = Q (n,D) E^T
-    kernels::gemm(kernels::backend{}, kernels::Trans::N, kernels::Trans::T, n, rows, D, T(1), q + start * D, D, table,
+    kernels::gemm(kernels::cpu, kernels::Trans::N, kernels::Trans::T, n, rows, D, T(1), q + start * D, D, table,
                   D, T(0), scores.data(), rows);
     parallel_for(n, double(rows), [&](index_t i) {
       const index_t r = start + i;
@@ -8927,8 +9427,8 @@ inline void retrieval_ranks(index_t* rank, const T* q, const T* table, index_t r
 // Runs the model in eval mode over `data` in batches and computes every
 // task's metrics on its labelled rows. A task with no labelled row gets only
 // count = 0.
-template <class T>
-inline Evaluation evaluate(const MultiTaskModel<T>& model, const Batch<T>& data, index_t batch_size = 1024,
+template <class T, class Device>
+inline Evaluation evaluate(const MultiTaskModel<T, Device>& model, const Batch<T>& data, index_t batch_size = 1024,
                            double threshold = 0.5) {
   const char* op = "evaluate";
   check(data.size > 0, op, "expected a non-empty dataset");
@@ -8942,7 +9442,7 @@ inline Evaluation evaluate(const MultiTaskModel<T>& model, const Batch<T>& data,
   std::vector<T> pred(static_cast<std::size_t>(N * C));
   std::vector<std::vector<T>> raw(K);
   std::vector<double> loss_sum(K, 0.0), weight_sum(K, 0.0);
-  typename MultiTaskModel<T>::Workspace ws;
+  typename MultiTaskModel<T, Device>::Workspace ws;
   Batch<T> batch;
   Tensor<T> out;
   std::vector<index_t> rows;
@@ -8956,7 +9456,9 @@ inline Evaluation evaluate(const MultiTaskModel<T>& model, const Batch<T>& data,
     const TaskLosses& l = model.compute_losses(ws, batch);
     for (std::size_t k = 0; k < K; ++k) {
       const index_t w = ws.out[k].dim(1);
-      raw[k].insert(raw[k].end(), ws.out[k].data(), ws.out[k].data() + n * w);
+      const std::size_t at = raw[k].size();
+      raw[k].resize(at + std::size_t(n * w));  // metrics run on the host: one explicit copy back
+      to_host(model.parameters().device(), raw[k].data() + at, ws.out[k].cview());
       // Batch losses are weighted means: re-weight by the labelled weight.
       double wsum = 0;
       for (index_t i = 0; i < n; ++i) {
@@ -8984,9 +9486,11 @@ inline Evaluation evaluate(const MultiTaskModel<T>& model, const Batch<T>& data,
       ev.loss += t.weight * tm.values["loss"];
       const T* y = data.labels[k].data();
       if (t.type == TaskType::Retrieval) {
-        const ConstView<T> table = model.target_table(k);
+        const auto table = model.target_table(k);
+        std::vector<T> host_table(static_cast<std::size_t>(table.numel()));
+        to_host(model.parameters().device(), host_table.data(), table);
         std::vector<index_t> rank(static_cast<std::size_t>(N));
-        retrieval_ranks(rank.data(), raw[k].data(), table.data, table.dim(0), table.dim(1), y, mask, N);
+        retrieval_ranks(rank.data(), raw[k].data(), host_table.data(), table.dim(0), table.dim(1), y, mask, N);
         double hits = 0, gain = 0;
         for (index_t i = 0; i < N; ++i)
           if ((!mask || mask[i]) && rank[i] <= 10) {
@@ -9164,18 +9668,18 @@ struct OptimizerConfig {
 };
 
 // Holds a pointer to the store: the store must outlive the optimizer.
-template <class T>
+template <class T, class Device = Cpu>
 class Optimizer {
  public:
-  Optimizer(ParameterStore<T>& store, const OptimizerConfig& config) : store_(&store), cfg_(config) {
+  Optimizer(ParameterStore<T, Device>& store, const OptimizerConfig& config) : store_(&store), cfg_(config) {
     check(store.allocated(), "Optimizer", "expected an allocated ParameterStore (call allocate() first) but it is not");
     cfg_.validate();
     const Shape flat{store.size()};
     if (cfg_.kind == OptimizerConfig::Kind::SGD) {
-      if (cfg_.momentum != 0) buf_ = Tensor<T>(flat, T(0));
+      if (cfg_.momentum != 0) zeroed(buf_, flat);
     } else {
-      m_ = Tensor<T>(flat, T(0));
-      v_ = Tensor<T>(flat, T(0));
+      zeroed(m_, flat);
+      zeroed(v_, flat);
     }
   }
   Optimizer(const Optimizer&) = delete;
@@ -9196,7 +9700,7 @@ class Optimizer {
   // kernels, so it costs no extra pass over the weights).
   bool step(double lr) {
     check(std::isfinite(lr) && lr >= 0, "Optimizer::step", "expected lr >= 0 (finite) but got ", lr);
-    ParameterStore<T>& s = *store_;
+    ParameterStore<T, Device>& s = *store_;
     ++t_;
     kernels::simd::FiniteFlag finite;
     if (cfg_.kind == OptimizerConfig::Kind::SGD) {
@@ -9204,12 +9708,12 @@ class Optimizer {
       T* buf = buf_.numel() ? buf_.data() : nullptr;
       update_block(
           [&](index_t off, index_t n) {
-            if (!kernels::sgd_update(kernels::backend{}, s.values() + off, buf ? buf + off : nullptr, s.grads() + off,
+            if (!kernels::sgd_update(s.device(), s.values() + off, buf ? buf + off : nullptr, s.grads() + off,
                                      n, tlr, mu, wd, cfg_.nesterov))
               finite.clear();
           },
           [&](const RowSet* sets, index_t n_sets) {
-            if (!kernels::sgd_update_rows(kernels::backend{}, s.values(), buf, s.grads(), sets, n_sets, tlr, mu, wd,
+            if (!kernels::sgd_update_rows(s.device(), s.values(), buf, s.grads(), sets, n_sets, tlr, mu, wd,
                                           cfg_.nesterov))
               finite.clear();
           });
@@ -9226,12 +9730,12 @@ class Optimizer {
       st.bias_correction2 = T(1.0 - std::pow(cfg_.beta2, double(t_)));
       update_block(
           [&](index_t off, index_t n) {
-            if (!kernels::adam_update(kernels::backend{}, s.values() + off, m_.data() + off, v_.data() + off,
+            if (!kernels::adam_update(s.device(), s.values() + off, m_.data() + off, v_.data() + off,
                                       s.grads() + off, n, st))
               finite.clear();
           },
           [&](const RowSet* sets, index_t n_sets) {  // lazy: the touched rows of every table
-            if (!kernels::adam_update_rows(kernels::backend{}, s.values(), m_.data(), v_.data(), s.grads(), sets,
+            if (!kernels::adam_update_rows(s.device(), s.values(), m_.data(), v_.data(), s.grads(), sets,
                                            n_sets, st))
               finite.clear();
           });
@@ -9240,8 +9744,9 @@ class Optimizer {
   }
 
   // The state buffers by name, each a flat view of store.size() elements.
-  std::vector<std::pair<std::string, ConstView<T>>> state() const {
-    std::vector<std::pair<std::string, ConstView<T>>> out;
+  // Views of device memory: copy them with to_host() to read them.
+  std::vector<std::pair<std::string, DeviceView<const T, Device>>> state() const {
+    std::vector<std::pair<std::string, DeviceView<const T, Device>>> out;
     if (m_.numel()) out.emplace_back("optimizer.m", m_.cview());
     if (v_.numel()) out.emplace_back("optimizer.v", v_.cview());
     if (buf_.numel()) out.emplace_back("optimizer.momentum", buf_.cview());
@@ -9275,14 +9780,15 @@ class Optimizer {
             src->data ? "" : " (no data)");
     }
     for (const auto& b : buffers) {
-      Tensor<T>& dst = b.first == "optimizer.m" ? m_ : b.first == "optimizer.v" ? v_ : buf_;
-      std::copy(b.second.data, b.second.data + b.second.numel(), dst.data());
+      Tensor<T, Device>& dst = b.first == "optimizer.m" ? m_ : b.first == "optimizer.v" ? v_ : buf_;
+      to_device(store_->device(), dst.view(), b.second.data);
     }
     t_ = step_count;
   }
 
  private:
-  static std::string names(const std::vector<std::pair<std::string, ConstView<T>>>& v) {
+  template <class View>
+  static std::string names(const std::vector<std::pair<std::string, View>>& v) {
     if (v.empty()) return "none";
     std::string s;
     for (const auto& p : v) s += (s.empty() ? "'" : ", '") + p.first + "'";
@@ -9294,7 +9800,7 @@ class Optimizer {
   // (rows in parallel; each row's kernel call then runs serially) or whole.
   template <class Update, class UpdateRows>
   void update_block(Update&& update, UpdateRows&& update_rows) {
-    ParameterStore<T>& s = *store_;
+    ParameterStore<T, Device>& s = *store_;
     if (!cfg_.lazy_tables) {
       // Dense semantics: the whole block at once, tables included. Alignment
       // padding has zero values, grads and state, and stays zero.
@@ -9307,10 +9813,15 @@ class Optimizer {
     update_rows(sets.data(), index_t(sets.size()));
   }
 
-  ParameterStore<T>* store_;
+  ParameterStore<T, Device>* store_;
   OptimizerConfig cfg_;
   index_t t_ = 0;
-  Tensor<T> m_, v_, buf_;
+  Tensor<T, Device> m_, v_, buf_;
+
+  void zeroed(Tensor<T, Device>& t, Shape s) const {
+    t = Tensor<T, Device>(s, store_->device());
+    t.zero();
+  }
 };
 
 // ---- learning-rate schedules -------------------------------------------------
@@ -9377,25 +9888,25 @@ struct LRSchedule {
 // whole gradient). Accumulated in double in a fixed order (dense block by
 // fixed chunks, then each table's touched rows in touch order, grouped in
 // fixed parts), so it is bitwise the same for every thread count.
-template <class T>
-inline double grad_norm(const ParameterStore<T>& store) {
+template <class T, class Device>
+inline double grad_norm(const ParameterStore<T, Device>& store) {
   check(store.allocated(), "grad_norm", "expected an allocated ParameterStore but allocate() has not been called");
-  double total = kernels::sum_squares(kernels::backend{}, store.grads(), store.dense_size());
+  double total = kernels::sum_squares(store.device(), store.grads(), store.dense_size());
   const std::vector<RowSet>& sets = store.touched_row_sets();
-  total += kernels::sum_squares_rows(kernels::backend{}, store.grads(), sets.data(), index_t(sets.size()));
+  total += kernels::sum_squares_rows(store.device(), store.grads(), sets.data(), index_t(sets.size()));
   return std::sqrt(total);
 }
 
 // Multiplies every gradient (dense block and touched table rows) by `factor`,
 // e.g. 1/k after accumulating k backward passes.
-template <class T>
-inline void scale_grads(ParameterStore<T>& store, double factor) {
+template <class T, class Device>
+inline void scale_grads(ParameterStore<T, Device>& store, double factor) {
   check(store.allocated(), "scale_grads", "expected an allocated ParameterStore but allocate() has not been called");
   check(std::isfinite(factor), "scale_grads", "expected a finite factor but got ", factor);
   const T f = T(factor);
-  kernels::scale(kernels::backend{}, store.grads(), store.grads(), store.dense_size(), f);
+  kernels::scale(store.device(), store.grads(), store.grads(), store.dense_size(), f);
   const std::vector<RowSet>& sets = store.touched_row_sets();
-  kernels::scale_rows(kernels::backend{}, store.grads(), sets.data(), index_t(sets.size()), f);
+  kernels::scale_rows(store.device(), store.grads(), sets.data(), index_t(sets.size()), f);
 }
 
 // torch.nn.utils.clip_grad_norm_: with the global norm above, if
@@ -9403,8 +9914,8 @@ inline void scale_grads(ParameterStore<T>& store, double factor) {
 // Returns the norm before clipping. A non-finite norm (NaN/inf gradients)
 // leaves the gradients untouched and is returned as is, so the trainer can
 // check std::isfinite and skip the step (torch would scale by 0 or NaN).
-template <class T>
-inline double clip_grad_norm(ParameterStore<T>& store, double max_norm) {
+template <class T, class Device>
+inline double clip_grad_norm(ParameterStore<T, Device>& store, double max_norm) {
   check(std::isfinite(max_norm) && max_norm > 0, "clip_grad_norm", "expected max_norm > 0 (finite) but got ",
         max_norm);
   const double norm = grad_norm(store);
@@ -9513,10 +10024,10 @@ struct TrainerState {
   std::vector<double> initial_loss;   // GradNorm L_k(0)
 };
 
-template <class T>
+template <class T, class Device = Cpu>
 class Trainer {
  public:
-  Trainer(MultiTaskModel<T>& model, TrainConfig config)
+  Trainer(MultiTaskModel<T, Device>& model, TrainConfig config)
       : model_(&model), cfg_(std::move(config)), opt_(model.parameters(), cfg_.optimizer) {
     const char* op = "Trainer";
     check(cfg_.epochs >= 1, op, "expected epochs >= 1 but got ", cfg_.epochs);
@@ -9547,7 +10058,7 @@ class Trainer {
     coeff_.assign(K, 0.0);
   }
 
-  Optimizer<T>& optimizer() { return opt_; }
+  Optimizer<T, Device>& optimizer() { return opt_; }
   std::size_t num_tasks() const { return model_->num_tasks(); }
   TrainerState& state() { return state_; }
   const TrainConfig& config() const { return cfg_; }
@@ -9655,7 +10166,8 @@ class Trainer {
           since_best = 0;
           if (cfg_.patience > 0 && cfg_.restore_best) {
             const auto& st = model_->parameters();
-            best_values.assign(st.values(), st.values() + st.size());
+            best_values.resize(std::size_t(st.size()));
+            st.read_values(best_values.data(), 0, st.size());
           }
         } else {
           ++since_best;
@@ -9675,7 +10187,7 @@ class Trainer {
       // best epoch's weights as a finished run would. A later fit() goes on
       // with this run.
       if (!best_values.empty()) {
-        std::copy(best_values.begin(), best_values.end(), model_->parameters().values());
+        model_->parameters().write_values(0, best_values.data(), index_t(best_values.size()));
         fail(op, e.what(), " [the weights of the best epoch ", h.best_epoch, " were restored]");
       }
       throw;
@@ -9684,7 +10196,7 @@ class Trainer {
     where_epoch_ = 0;
     if (cfg_.patience > 0 && cfg_.restore_best && !best_values.empty()) {
       auto& st = model_->parameters();
-      std::copy(best_values.begin(), best_values.end(), st.values());
+      st.write_values(0, best_values.data(), index_t(best_values.size()));
     }
     h.skipped_steps = skipped_ - skipped_before;
     h.train_seconds = seconds_since(t0);
@@ -9705,7 +10217,7 @@ class Trainer {
       schedule_ = make_schedule(cfg_.total_updates > 0 ? cfg_.total_updates : 1);
       schedule_ready_ = true;
     }
-    MultiTaskModel<T>& m = *model_;
+    MultiTaskModel<T, Device>& m = *model_;
     if (pending_ == 0) {  // a new accumulation group: what a skipped group must give back
       saved_.log_var = state_.log_var;
       saved_.log_var_m = state_.log_var_m;
@@ -9845,10 +10357,10 @@ class Trainer {
 
   // Every value an update reads in `block` (the store's grads()) is finite:
   // the dense part and the touched rows of every table.
-  static bool touched_finite(const ParameterStore<T>& store, const T* block) {
-    if (!kernels::all_finite(kernels::backend{}, block, store.dense_size())) return false;
+  static bool touched_finite(const ParameterStore<T, Device>& store, const T* block) {
+    if (!kernels::all_finite(store.device(), block, store.dense_size())) return false;
     const std::vector<RowSet>& sets = store.touched_row_sets();
-    return kernels::all_finite_rows(kernels::backend{}, block, sets.data(), index_t(sets.size()));
+    return kernels::all_finite_rows(store.device(), block, sets.data(), index_t(sets.size()));
   }
 
   // "loss", or "<metric>:<task>" with a metric that evaluate() reports for
@@ -9911,7 +10423,7 @@ class Trainer {
     const auto& st = model_->parameters();
     double s = 0;
     for (ParamId id : model_->last_shared_layer()) {
-      const T* g = st.grad(id);
+      const T* g = host_grads(st, id, 0, st.info(id).size, host_scratch_);
       for (index_t i = 0; i < st.info(id).size; ++i) s += double(g[i]) * double(g[i]);
     }
     return std::sqrt(s);
@@ -9925,7 +10437,7 @@ class Trainer {
   // ARE the network gradient; each task's ||grad_W L_k|| is read as the change
   // of W's gradient over its pass (W is small: no full-buffer copies).
   void gradnorm_backward(const Batch<T>& batch, const TaskLosses& l, double acc) {
-    MultiTaskModel<T>& m = *model_;
+    MultiTaskModel<T, Device>& m = *model_;
     const std::size_t K = m.num_tasks();
     auto& st = m.parameters();
     if (state_.initial_loss.empty()) state_.initial_loss = l.value;
@@ -9936,17 +10448,22 @@ class Trainer {
     for (std::size_t k = 0; k < K; ++k) {
       if (l.count[k] == 0) continue;
       grad_saved_.clear();
-      for (ParamId id : m.last_shared_layer()) grad_saved_.insert(grad_saved_.end(), st.grad(id), st.grad(id) + st.info(id).size);
+      for (ParamId id : m.last_shared_layer()) {
+        const T* g = host_grads(st, id, 0, st.info(id).size, host_scratch_);
+        grad_saved_.insert(grad_saved_.end(), g, g + st.info(id).size);
+      }
       std::fill(coeff_.begin(), coeff_.end(), 0.0);
       coeff_[k] = w[k] * acc;
       m.backward(ws_, batch, coeff_.data());
       double s = 0;
       std::size_t pos = 0;
-      for (ParamId id : m.last_shared_layer())
+      for (ParamId id : m.last_shared_layer()) {
+        const T* g = host_grads(st, id, 0, st.info(id).size, host_scratch_);
         for (index_t i = 0; i < st.info(id).size; ++i) {
-          const double d = double(st.grad(id)[i]) - double(grad_saved_[pos++]);
+          const double d = double(g[i]) - double(grad_saved_[pos++]);
           s += d * d;
         }
+      }
       norms[k] = std::sqrt(s) / (w[k] * acc);
     }
     // Weight update on the tasks present in this batch.
@@ -9979,7 +10496,7 @@ class Trainer {
   // then g_k -= (g_k . g_j / |g_j|^2) g_j; the shared gradient is sum_k g_k.
   // Task-specific parameters keep their plain gradients.
   void pcgrad_backward(const Batch<T>& batch, const TaskLosses& l, double acc) {
-    MultiTaskModel<T>& m = *model_;
+    MultiTaskModel<T, Device>& m = *model_;
     const std::size_t K = m.num_tasks();
     auto& st = m.parameters();
     const auto& w = task_weights();
@@ -10036,20 +10553,27 @@ class Trainer {
 
   // Shared gradients as a flat vector (dense part, then touched rows of each
   // shared table); `rows` receives the touched-row count per table.
-  std::vector<double> gather_shared(const ParameterStore<T>& st, std::vector<index_t>& rows) const {
+  std::vector<double> gather_shared(const ParameterStore<T, Device>& st, std::vector<index_t>& rows) const {
     std::vector<double> v;
-    for (ParamId id : dense_shared_) v.insert(v.end(), st.grad(id), st.grad(id) + st.info(id).size);
+    std::vector<T>& scratch = host_scratch_;
+    for (ParamId id : dense_shared_) {
+      const T* g = host_grads(st, id, 0, st.info(id).size, scratch);
+      v.insert(v.end(), g, g + st.info(id).size);
+    }
     rows.clear();
     for (ParamId id : tables_shared_) {
       const index_t dim = st.info(id).shape[1];
       const auto& touched = st.touched(id).rows;
       rows.push_back(index_t(touched.size()));
-      for (index_t r : touched) v.insert(v.end(), st.grad(id) + r * dim, st.grad(id) + (r + 1) * dim);
+      for (index_t r : touched) {
+        const T* g = host_grads(st, id, r * dim, dim, scratch);
+        v.insert(v.end(), g, g + dim);
+      }
     }
     return v;
   }
   std::vector<double> expand(const std::vector<double>& v, const std::vector<index_t>& rows,
-                             const std::vector<index_t>& full_rows, const ParameterStore<T>& st) const {
+                             const std::vector<index_t>& full_rows, const ParameterStore<T, Device>& st) const {
     std::vector<double> out;
     std::size_t pos = 0;
     for (ParamId id : dense_shared_) {
@@ -10065,21 +10589,43 @@ class Trainer {
     }
     return out;
   }
-  void scatter_shared(ParameterStore<T>& st, const std::vector<double>& v) const {
+  void scatter_shared(ParameterStore<T, Device>& st, const std::vector<double>& v) const {
     std::size_t pos = 0;
-    for (ParamId id : dense_shared_)
-      for (index_t i = 0; i < st.info(id).size; ++i) st.grad(id)[i] = T(v[pos++]);
+    std::vector<T> h;
+    for (ParamId id : dense_shared_) {
+      h.resize(std::size_t(st.info(id).size));
+      for (T& x : h) x = T(v[pos++]);
+      st.write_grads(st.info(id).offset, h.data(), index_t(h.size()));
+    }
     for (ParamId id : tables_shared_) {
       const index_t dim = st.info(id).shape[1];
-      for (index_t r : st.touched(id).rows)
-        for (index_t c = 0; c < dim; ++c) st.grad(id)[r * dim + c] = T(v[pos++]);
+      h.resize(std::size_t(dim));
+      for (index_t r : st.touched(id).rows) {
+        for (T& x : h) x = T(v[pos++]);
+        st.write_grads(st.info(id).offset + r * dim, h.data(), dim);
+      }
     }
   }
-  void zero_shared(ParameterStore<T>& st) const {
-    for (ParamId id : dense_shared_) std::fill(st.grad(id), st.grad(id) + st.info(id).size, T(0));
+  void zero_shared(ParameterStore<T, Device>& st) const {
+    for (ParamId id : dense_shared_) kernels::fill(st.device(), st.grad(id), st.info(id).size, T(0));
     for (ParamId id : tables_shared_) {
       const index_t dim = st.info(id).shape[1];
-      for (index_t r : st.touched(id).rows) std::fill(st.grad(id) + r * dim, st.grad(id) + (r + 1) * dim, T(0));
+      for (index_t r : st.touched(id).rows) kernels::fill(st.device(), st.grad(id) + r * dim, dim, T(0));
+    }
+  }
+  // PCGrad and GradNorm run on the host: `count` gradients of parameter `id`
+  // from element `at`, read in place when the host can read device memory,
+  // else copied into `scratch` (one explicit copy).
+  static const T* host_grads(const ParameterStore<T, Device>& st, ParamId id, index_t at, index_t count,
+                             std::vector<T>& scratch) {
+    if constexpr (host_readable_v<Device>) {
+      (void)scratch;
+      (void)count;
+      return st.grad(id) + at;
+    } else {
+      scratch.resize(std::size_t(count));
+      st.read_grads(scratch.data(), st.info(id).offset + at, count);
+      return scratch.data();
     }
   }
   void progress_bar(int epoch, index_t seen, index_t total, double loss,
@@ -10139,12 +10685,13 @@ class Trainer {
     w.commit();
   }
 
-  MultiTaskModel<T>* model_;
+  MultiTaskModel<T, Device>* model_;
   TrainConfig cfg_;
-  Optimizer<T> opt_;
+  Optimizer<T, Device> opt_;
   LRSchedule schedule_;
   TrainerState state_;
-  typename MultiTaskModel<T>::Workspace ws_;
+  typename MultiTaskModel<T, Device>::Workspace ws_;
+  mutable std::vector<T> host_scratch_;  // host copies of gradients (PCGrad, GradNorm) on a non-host device
   Batch<T> batch_;
   std::vector<double> coeff_, scratch_;
   mutable std::vector<double> weights_;
@@ -10539,13 +11086,28 @@ inline index_t first_nonfinite(const T* v, index_t n, index_t* count) {
 }
 // Throws when any parameter of `st` is non-finite: names the first tensor,
 // the element and the count of non-finite weights in the whole model.
-template <class T>
-inline void check_finite_parameters(const ParameterStore<T>& st, const char* op, const std::string& where,
-                                    const char* hint) {
+// The store's values as host memory: in place when the host can read the
+// device's memory, else one copy into `buf`.
+template <class T, class Device>
+inline const T* host_values(const ParameterStore<T, Device>& st, std::vector<T>& buf) {
+  if constexpr (host_readable_v<Device>) {
+    (void)buf;
+    return st.values();
+  } else {
+    buf.resize(std::size_t(st.size()));
+    st.read_values(buf.data(), 0, st.size());
+    return buf.data();
+  }
+}
+template <class T, class Device>
+inline void check_finite_parameters(const ParameterStore<T, Device>& st, const char* op, const std::string& where,
+                                    const char* hint, const T* values = nullptr) {
+  std::vector<T> buf;
+  if (!values) values = host_values(st, buf);
   index_t count = 0, first = -1;
   ParamId first_id = -1;
   for (ParamId id = 0; id < st.count(); ++id) {
-    const index_t i = first_nonfinite(st.value(id), st.info(id).size, &count);
+    const index_t i = first_nonfinite(values + st.info(id).offset, st.info(id).size, &count);
     if (i >= 0 && first_id < 0) {
       first_id = id;
       first = i;
@@ -10553,7 +11115,7 @@ inline void check_finite_parameters(const ParameterStore<T>& st, const char* op,
   }
   if (count == 0) return;
   fail(op, where, ": ", count, " of the model's weights are not finite (the first: tensor '", st.info(first_id).name,
-       "' element ", first, " = ", st.value(first_id)[first], "); ", hint);
+       "' element ", first, " = ", values[st.info(first_id).offset + first], "); ", hint);
 }
 }  // namespace detail
 
@@ -10562,21 +11124,25 @@ inline void check_finite_parameters(const ParameterStore<T>& st, const char* op,
 // `extra_metadata` adds application entries (e.g. mtrec-train's
 // preprocessing); it may not replace the entries above. Refuses a model with
 // non-finite weights or optimizer state unless options.allow_nonfinite.
-template <class T>
-inline void save_checkpoint(const std::string& path, const MultiTaskModel<T>& model, Trainer<T>* trainer = nullptr,
+template <class T, class Device>
+inline void save_checkpoint(const std::string& path, const MultiTaskModel<T, Device>& model,
+                            std::enable_if_t<true, Trainer<T, Device>>* trainer = nullptr,  // not deduced: nullptr works
                             const std::map<std::string, std::string>& extra_metadata = {},
                             const CheckpointOptions& options = {}) {
   const char* op = "save_checkpoint";
-  const ParameterStore<T>& st = model.parameters();
+  const ParameterStore<T, Device>& st = model.parameters();
+  std::vector<T> host_buf;  // host copies of device memory (unused when the host reads it in place)
+  const T* values = detail::host_values(st, host_buf);
   if (!options.allow_nonfinite)
     detail::check_finite_parameters(st, op, "'" + path + "'",
                                     "refusing to save a diverged model (set CheckpointOptions::allow_nonfinite to "
-                                    "save it anyway)");
+                                    "save it anyway)",
+                                    values);
   std::vector<TensorRecord> records;
   for (ParamId id = 0; id < st.count(); ++id) {
     const auto& info = st.info(id);
     std::vector<std::int64_t> shape(info.shape.dims.begin(), info.shape.dims.begin() + info.shape.rank);
-    records.push_back(TensorRecord::of(info.name, st.value(id), shape));
+    records.push_back(TensorRecord::of(info.name, values + info.offset, shape));
   }
   std::map<std::string, std::string> meta;
   meta["format"] = "mtrec.checkpoint";
@@ -10585,8 +11151,17 @@ inline void save_checkpoint(const std::string& path, const MultiTaskModel<T>& mo
   meta["dtype"] = sizeof(T) == 4 ? "F32" : "F64";
   meta["config"] = config_to_json(model.config()).dump();
   std::vector<std::pair<std::string, ConstView<T>>> opt_state;
+  std::vector<Tensor<T>> opt_host;  // host copies of the optimizer state on a non-host device
   if (trainer) {
-    opt_state = trainer->optimizer().state();
+    for (const auto& s : trainer->optimizer().state()) {
+      if constexpr (host_readable_v<Device>) {
+        opt_state.emplace_back(s.first, ConstView<T>(s.second.data, s.second.shape));
+      } else {
+        opt_host.emplace_back(s.second.shape);
+        to_host(st.device(), opt_host.back().data(), s.second);
+        opt_state.emplace_back(s.first, opt_host.back().cview());
+      }
+    }
     for (const auto& s : opt_state) {
       index_t count = 0;
       const index_t i = detail::first_nonfinite(s.second.data, s.second.numel(), &count);
@@ -10619,9 +11194,10 @@ inline void save_checkpoint(const std::string& path, const MultiTaskModel<T>& mo
 
 // Copies every parameter of `model` from an open checkpoint; names and
 // element counts must match.
-template <class T>
-inline void load_parameters(MultiTaskModel<T>& model, const SafetensorsFile& f) {
-  ParameterStore<T>& st = model.parameters();
+template <class T, class Device>
+inline void load_parameters(MultiTaskModel<T, Device>& model, const SafetensorsFile& f) {
+  ParameterStore<T, Device>& st = model.parameters();
+  std::vector<T> host;
   for (ParamId id = 0; id < st.count(); ++id) {
     const auto& info = st.info(id);
     check(f.has(info.name), "load_checkpoint", "the file has no tensor '", info.name, "' that the model needs");
@@ -10629,7 +11205,13 @@ inline void load_parameters(MultiTaskModel<T>& model, const SafetensorsFile& f) 
     const auto& have = f.info(info.name).shape;
     check(have == want, "load_checkpoint", "tensor '", info.name, "' expected shape ", info.shape, " but the file has ",
           safetensors::detail::shape_str(have));
-    detail::read_as(f, info.name, st.value(id), std::size_t(info.size));
+    if constexpr (host_readable_v<Device>) {
+      detail::read_as(f, info.name, st.value(id), std::size_t(info.size));
+    } else {
+      host.resize(std::size_t(info.size));
+      detail::read_as(f, info.name, host.data(), host.size());
+      st.write_values(info.offset, host.data(), info.size);
+    }
   }
 }
 
@@ -10640,8 +11222,8 @@ inline void load_parameters(MultiTaskModel<T>& model, const SafetensorsFile& f) 
 // shapes, counts), so the memory a file can make this allocate is bounded
 // by the tensors it actually holds. Every failure is an mtrec::Error that
 // names the file, the key or tensor, and the value.
-template <class T>
-inline std::unique_ptr<MultiTaskModel<T>> load_checkpoint(const SafetensorsFile& f, const std::string& source,
+template <class T, class Device = Cpu>
+inline std::unique_ptr<MultiTaskModel<T, Device>> load_checkpoint(const SafetensorsFile& f, const std::string& source,
                                                           const CheckpointOptions& options = {}) {
   const char* op = "load_checkpoint";
   const std::string where = "'" + source + "'";
@@ -10669,7 +11251,7 @@ inline std::unique_ptr<MultiTaskModel<T>> load_checkpoint(const SafetensorsFile&
   }
   std::vector<ParamInfo> plan;
   try {
-    plan = MultiTaskModel<T>::parameter_plan(config, tensors, elements,
+    plan = MultiTaskModel<T, Device>::parameter_plan(config, tensors, elements,
                                              where + " (" + std::to_string(tensors) + " parameter tensors, " +
                                                  std::to_string(elements) + " elements)");
   } catch (const Error& e) {
@@ -10687,7 +11269,7 @@ inline std::unique_ptr<MultiTaskModel<T>> load_checkpoint(const SafetensorsFile&
   }
   check(index_t(plan.size()) == tensors, op, where, " holds ", tensors, " parameter tensors but its config creates ",
         plan.size());
-  auto model = std::make_unique<MultiTaskModel<T>>(config);
+  auto model = std::make_unique<MultiTaskModel<T, Device>>(config);
   try {
     load_parameters(*model, f);
   } catch (const Error& e) {
@@ -10702,17 +11284,18 @@ inline std::unique_ptr<MultiTaskModel<T>> load_checkpoint(const SafetensorsFile&
 
 // Rebuilds a model from a checkpoint file: its configuration from the
 // metadata, then its parameters (see the overload above).
-template <class T>
-inline std::unique_ptr<MultiTaskModel<T>> load_checkpoint(const std::string& path, const CheckpointOptions& options = {}) {
+template <class T, class Device = Cpu>
+inline std::unique_ptr<MultiTaskModel<T, Device>> load_checkpoint(const std::string& path,
+                                                                  const CheckpointOptions& options = {}) {
   const SafetensorsFile f = SafetensorsFile::load(path);
-  return load_checkpoint<T>(f, path, options);
+  return load_checkpoint<T, Device>(f, path, options);
 }
 
 // Restores the optimizer and trainer state saved with save_checkpoint(...,
 // trainer) into a trainer built on a model loaded from the same file. Checks
 // everything before changing anything: on an error the trainer is untouched.
-template <class T>
-inline void load_training_state(const std::string& path, Trainer<T>& trainer) {
+template <class T, class Device>
+inline void load_training_state(const std::string& path, Trainer<T, Device>& trainer) {
   const char* op = "load_training_state";
   const std::string where = "'" + path + "'";
   const SafetensorsFile f = SafetensorsFile::load(path);
@@ -10796,11 +11379,11 @@ struct ScoredItem {
   double score;   // the chosen output column (a probability for binary tasks)
 };
 
-template <class T>
+template <class T, class Device = Cpu>
 class TopKScorer {
  public:
   // item_fields: names of the features that describe the candidate item.
-  TopKScorer(const MultiTaskModel<T>& model, std::vector<std::string> item_fields, const std::string& score_column)
+  TopKScorer(const MultiTaskModel<T, Device>& model, std::vector<std::string> item_fields, const std::string& score_column)
       : model_(&model) {
     const FeatureSpec& f = model.config().features;
     const std::unordered_set<std::string> items(item_fields.begin(), item_fields.end());
@@ -10918,11 +11501,11 @@ class TopKScorer {
               "' expected ", f.dense[i].dim, " values but got ", user.dense[i].size());
   }
 
-  const MultiTaskModel<T>* model_;
+  const MultiTaskModel<T, Device>* model_;
   std::vector<bool> user_ids_, user_bags_, user_seqs_, user_dense_;
   index_t column_ = 0;
   Batch<T> batch_;
-  typename MultiTaskModel<T>::Workspace ws_;
+  typename MultiTaskModel<T, Device>::Workspace ws_;
   Tensor<T> out_;
   std::vector<ScoredItem> results_;
 };

@@ -46,9 +46,21 @@ struct Bufs {
 };
 
 // The backends a case runs on (the double run is always `reference`).
-enum class Dev { Reference, Cpu };
-inline const char* dev_name(Dev d) { return d == Dev::Reference ? "reference" : "cpu"; }
-inline std::vector<Dev> all_devices() { return {Dev::Reference, Dev::Cpu}; }
+// Fake runs the reference code inside the arena guard (kernels/fake.hpp); the
+// buffers here are host memory, so these rows check the Fake kernel table
+// (every kernel reachable, same results as reference); the poison itself is
+// checked by tests/device/.
+enum class Dev { Reference, Cpu, Fake };
+inline const char* dev_name(Dev d) { return d == Dev::Reference ? "reference" : d == Dev::Cpu ? "cpu" : "fake"; }
+inline std::vector<Dev> all_devices() { return {Dev::Reference, Dev::Cpu, Dev::Fake}; }
+inline std::vector<Dev> bench_devices() { return {Dev::Reference, Dev::Cpu}; }
+
+template <class F, class B>
+inline void on_device(Dev d, F& f, B& b) {
+  if (d == Dev::Reference) f(mtrec::kernels::reference, b);
+  else if (d == Dev::Cpu) f(mtrec::kernels::cpu, b);
+  else f(mtrec::Fake{}, b);
+}
 
 struct Input {
   index_t size = 0;
@@ -131,24 +143,15 @@ inline Bufs<T> make_bufs(const OpCase& c, const Data& d) {
 // pass nullptr as bwd for an op without a backward.
 template <class F, class B>
 inline OpCase make_case(OpCase c, F fwd, B bwd) {
-  c.fwd_f = [fwd](Dev d, Bufs<float>& b) {
-    if (d == Dev::Reference) fwd(mtrec::kernels::reference, b);
-    else fwd(mtrec::kernels::cpu, b);
-  };
+  c.fwd_f = [fwd](Dev d, Bufs<float>& b) { on_device(d, fwd, b); };
   c.fwd_d = [fwd](Bufs<double>& b) { fwd(mtrec::kernels::reference, b); };
-  c.bwd_f = [bwd](Dev d, Bufs<float>& b) {
-    if (d == Dev::Reference) bwd(mtrec::kernels::reference, b);
-    else bwd(mtrec::kernels::cpu, b);
-  };
+  c.bwd_f = [bwd](Dev d, Bufs<float>& b) { on_device(d, bwd, b); };
   c.bwd_d = [bwd](Bufs<double>& b) { bwd(mtrec::kernels::reference, b); };
   return c;
 }
 template <class F>
 inline OpCase make_case(OpCase c, F fwd, std::nullptr_t) {
-  c.fwd_f = [fwd](Dev d, Bufs<float>& b) {
-    if (d == Dev::Reference) fwd(mtrec::kernels::reference, b);
-    else fwd(mtrec::kernels::cpu, b);
-  };
+  c.fwd_f = [fwd](Dev d, Bufs<float>& b) { on_device(d, fwd, b); };
   c.fwd_d = [fwd](Bufs<double>& b) { fwd(mtrec::kernels::reference, b); };
   return c;
 }

@@ -8,7 +8,12 @@
 // backward passes marked as touched since the last zero_grad().
 //
 // Gradient convention: backward passes ADD into grad() (+=); zero_grad()
-// clears them (dense block by memset, tables row by row).
+// clears them (dense block at once, tables row by row).
+//
+// The block lives on the store's device D: allocate() draws the initial
+// values on the host and uploads them in one copy; value()/grad() are device
+// pointers, read on the host only through read_values()/write_values()
+// (or to_host on a view). The touched-row lists stay on the host.
 #pragma once
 
 #include <algorithm>
@@ -83,10 +88,15 @@ inline std::uint64_t hash_name(const std::string& s) {
   return mix64(h);
 }
 
-template <class T>
+template <class T, class D = Cpu>
 class ParameterStore {
  public:
-  explicit ParameterStore(std::uint64_t seed = 0) : seed_(seed) {}
+  using device_type = D;
+  using View = DeviceView<T, D>;
+  using CView = DeviceView<const T, D>;
+
+  explicit ParameterStore(std::uint64_t seed = 0, const D& dev = D{})
+      : seed_(seed), device_(dev), values_(dev), grads_(dev) {}
   ParameterStore(const ParameterStore&) = delete;  // layers hold a pointer to their store
   ParameterStore& operator=(const ParameterStore&) = delete;
 
@@ -143,22 +153,59 @@ class ParameterStore {
     }
     values_.resize({std::max<index_t>(off, 1)});
     grads_.resize({std::max<index_t>(off, 1)});
-    values_.zero();
     grads_.zero();
     touched_.assign(infos_.size(), TouchedRows{});
     row_sets_.reserve(infos_.size());
+    std::vector<T> host(static_cast<std::size_t>(values_.numel()), T(0));  // drawn here, uploaded once
     for (std::size_t i = 0; i < infos_.size(); ++i) {
       const auto& p = infos_[i];
       if (p.kind == ParamKind::Table) touched_[i].flag.assign(static_cast<std::size_t>(p.shape[0]), 0);
-      initialise(static_cast<ParamId>(i));
+      draw(p, host.data() + p.offset);
     }
+    device_.upload(values_.data(), host.data(), values_.bytes());
     allocated_ = true;
   }
 
   // Re-draws one parameter from its Init (e.g. to re-seed a layer).
   void initialise(ParamId id) {
-    const ParamInfo& p = info(id);
-    T* w = values_.data() + p.offset;
+    const ParamInfo& p = checked(id);
+    std::vector<T> host(static_cast<std::size_t>(p.size));
+    draw(p, host.data());
+    device_.upload(values_.data() + p.offset, host.data(), sizeof(T) * host.size());
+  }
+
+  // Host copies of parameters and gradients: `count` elements from `offset`
+  // of the flat block (the explicit copies between host and device memory).
+  void read_values(T* host, index_t offset, index_t count) const { download(host, values_, offset, count); }
+  void read_grads(T* host, index_t offset, index_t count) const { download(host, grads_, offset, count); }
+  void write_values(index_t offset, const T* host, index_t count) { upload(values_, offset, host, count); }
+  void write_grads(index_t offset, const T* host, index_t count) { upload(grads_, offset, host, count); }
+  std::vector<T> values_host(ParamId id) const {
+    const ParamInfo& p = checked(id);
+    std::vector<T> out(static_cast<std::size_t>(p.size));
+    read_values(out.data(), p.offset, p.size);
+    return out;
+  }
+  std::vector<T> grads_host(ParamId id) const {
+    const ParamInfo& p = checked(id);
+    std::vector<T> out(static_cast<std::size_t>(p.size));
+    read_grads(out.data(), p.offset, p.size);
+    return out;
+  }
+  const D& device() const { return device_; }
+
+ private:
+  void download(T* host, const Tensor<T, D>& t, index_t offset, index_t count) const {
+    check(offset >= 0 && count >= 0 && offset + count <= size(), "ParameterStore::read", "elements [", offset, ", ",
+          offset + count, ") lie outside the block of ", size());
+    device_.download(host, t.data() + offset, sizeof(T) * static_cast<std::size_t>(count));
+  }
+  void upload(Tensor<T, D>& t, index_t offset, const T* host, index_t count) {
+    check(offset >= 0 && count >= 0 && offset + count <= size(), "ParameterStore::write", "elements [", offset, ", ",
+          offset + count, ") lie outside the block of ", size());
+    device_.upload(t.data() + offset, host, sizeof(T) * static_cast<std::size_t>(count));
+  }
+  void draw(const ParamInfo& p, T* w) const {
     const RandomStream rs(seed_, hash_name(p.name));
     for (index_t i = 0; i < p.size; ++i) {
       switch (p.init.kind) {
@@ -170,6 +217,8 @@ class ParameterStore {
       }
     }
   }
+
+ public:
 
   bool allocated() const { return allocated_; }
   std::uint64_t seed() const { return seed_; }
@@ -190,10 +239,10 @@ class ParameterStore {
   const T* value(ParamId id) const { return values_.data() + checked(id).offset; }
   T* grad(ParamId id) { return grads_.data() + checked(id).offset; }
   const T* grad(ParamId id) const { return grads_.data() + checked(id).offset; }
-  TensorView<T> value_view(ParamId id) { return {value(id), info(id).shape}; }
-  ConstView<T> value_view(ParamId id) const { return {value(id), info(id).shape}; }
-  TensorView<T> grad_view(ParamId id) { return {grad(id), info(id).shape}; }
-  ConstView<T> grad_view(ParamId id) const { return {grad(id), info(id).shape}; }
+  View value_view(ParamId id) { return {value(id), info(id).shape}; }
+  CView value_view(ParamId id) const { return {value(id), info(id).shape}; }
+  View grad_view(ParamId id) { return {grad(id), info(id).shape}; }
+  CView grad_view(ParamId id) const { return {grad(id), info(id).shape}; }
 
   // The flat block. Dense parameters occupy [0, dense_size()).
   T* values() { return values_.data(); }
@@ -222,13 +271,12 @@ class ParameterStore {
   // Clears every gradient: the dense block at once, each table on its touched rows.
   void zero_grad() {
     check(allocated_, "ParameterStore::zero_grad", "allocate() has not been called");
-    if (dense_size_) std::memset(static_cast<void*>(grads_.data()), 0, sizeof(T) * static_cast<std::size_t>(dense_size_));
+    device_.zero(grads_.data(), sizeof(T) * static_cast<std::size_t>(dense_size_));
     for (std::size_t i = 0; i < infos_.size(); ++i) {
       const auto& p = infos_[i];
       if (p.kind != ParamKind::Table) continue;
-      const index_t dim = p.shape[1];
-      for (index_t r : touched_[i].rows)
-        std::memset(static_cast<void*>(grads_.data() + p.offset + r * dim), 0, sizeof(T) * static_cast<std::size_t>(dim));
+      device_.zero_rows(grads_.data() + p.offset, touched_[i].rows.data(), index_t(touched_[i].rows.size()),
+                        sizeof(T) * static_cast<std::size_t>(p.shape[1]));
       touched_[i].clear();
     }
   }
@@ -246,13 +294,14 @@ class ParameterStore {
   }
 
   std::uint64_t seed_;
+  D device_;
   bool allocated_ = false;
   index_t max_count_ = std::numeric_limits<index_t>::max(), max_elements_ = std::numeric_limits<index_t>::max();
   index_t elements_ = 0;
   std::string limit_source_;
   std::vector<ParamInfo> infos_;
   std::unordered_map<std::string, ParamId> index_;
-  Tensor<T> values_, grads_;
+  Tensor<T, D> values_, grads_;
   index_t dense_size_ = 0;
   std::vector<TouchedRows> touched_;
   mutable std::vector<RowSet> row_sets_;  // touched_row_sets()

@@ -1,10 +1,15 @@
 // mtrec: contiguous row-major tensors and non-owning views.
 //
-// Tensor<T> owns a 64-byte aligned buffer; resize() reallocates only when the
-// new size exceeds the capacity, so a workspace reused across steps stops
-// allocating after the first one. TensorView<T> / TensorView<const T> are
-// (pointer, shape) pairs that never own memory. Eigen maps over views are in
-// kernels/eigen.hpp: core/ does not depend on Eigen.
+// Tensor<T, D> owns a 64-byte aligned buffer on device D (core/device.hpp;
+// Cpu by default); resize() reallocates only when the new size exceeds the
+// capacity, so a workspace reused across steps stops allocating after the
+// first one. Allocation, copies and zeroing go through the device.
+//
+// TensorView<T, M> / TensorView<const T, M> are (pointer, shape) pairs in
+// memory space M that never own memory. Only host views (M = HostMemory, the
+// default) can be read with []: reading a Fake-device view does not compile.
+// to_host()/to_device() below are the explicit copies between the two.
+// Eigen maps over views are in kernels/eigen.hpp: core/ does not depend on Eigen.
 #pragma once
 
 #include <algorithm>
@@ -19,6 +24,7 @@
 #include <type_traits>
 
 #include "mtrec/core/config.hpp"
+#include "mtrec/core/device.hpp"
 #include "mtrec/core/error.hpp"
 
 namespace mtrec {
@@ -79,16 +85,17 @@ struct Shape {
 
 inline std::ostream& operator<<(std::ostream& os, const Shape& s) { return os << s.str(); }
 
-template <class T>
+template <class T, class M = HostMemory>
 struct TensorView {
+  using memory = M;
   T* data = nullptr;
   Shape shape;
 
   TensorView() = default;
   TensorView(T* d, Shape s) : data(d), shape(s) {}
-  // A mutable view converts to a const view.
+  // A mutable view converts to a const view of the same memory space.
   template <class U, class = std::enable_if_t<std::is_same<const U, T>::value && !std::is_same<U, T>::value>>
-  TensorView(const TensorView<U>& o) : data(o.data), shape(o.shape) {}
+  TensorView(const TensorView<U, M>& o) : data(o.data), shape(o.shape) {}
 
   bool empty() const { return data == nullptr || shape.numel() == 0; }
   index_t numel() const { return shape.numel(); }
@@ -96,7 +103,10 @@ struct TensorView {
   int rank() const { return shape.rank; }
   index_t rows() const { return shape.rows(); }
   index_t cols() const { return shape.cols(); }
-  T& operator[](index_t i) const { return data[i]; }
+  T& operator[](index_t i) const {
+    static_assert(M::host_readable, "device memory cannot be read on the host: copy it with to_host()");
+    return data[i];
+  }
   T* row(index_t r) const { return data + r * shape.cols(); }
   // The same memory under another shape with the same element count.
   TensorView reshaped(Shape s) const {
@@ -106,8 +116,11 @@ struct TensorView {
   }
 };
 
-template <class T>
-using ConstView = TensorView<const T>;
+template <class T, class M = HostMemory>
+using ConstView = TensorView<const T, M>;
+// A view of memory on device D.
+template <class T, class D>
+using DeviceView = TensorView<T, typename D::memory>;
 
 // Some rows of one table inside a flat parameter block: row i of the set is
 // the `dim` elements at offset + rows[i] * dim (kernels/rows.hpp).
@@ -118,32 +131,29 @@ struct RowSet {
   index_t dim = 0;
 };
 
-namespace detail {
-constexpr std::size_t kAlignment = 64;
-
-template <class T>
-struct AlignedDelete {
-  void operator()(T* p) const { ::operator delete[](p, std::align_val_t(kAlignment)); }
-};
-}  // namespace detail
-
-template <class T>
+template <class T, class D = Cpu>
 class Tensor {
   static_assert(std::is_trivially_copyable<T>::value, "Tensor holds trivially copyable scalars");
 
  public:
+  using device_type = D;
+  using memory = typename D::memory;
+  using View = TensorView<T, memory>;
+  using CView = TensorView<const T, memory>;
+
   Tensor() = default;
-  explicit Tensor(Shape s) { resize(s); }
+  explicit Tensor(const D& dev) : device_(dev) {}
+  explicit Tensor(Shape s, const D& dev = D{}) : device_(dev) { resize(s); }
   Tensor(Shape s, T fill_value) {
     resize(s);
     fill(fill_value);
   }
-  Tensor(const Tensor& o) { *this = o; }
-  Tensor(Tensor&& o) noexcept { swap(o); }
+  Tensor(const Tensor& o) : device_(o.device_) { *this = o; }
+  Tensor(Tensor&& o) noexcept : device_(o.device_) { swap(o); }
   Tensor& operator=(const Tensor& o) {
     if (this != &o) {
       resize(o.shape_);
-      if (o.numel()) std::memcpy(data_, o.data_, sizeof(T) * static_cast<std::size_t>(o.numel()));
+      device_.copy(data_, o.data_, bytes());
     }
     return *this;
   }
@@ -154,6 +164,7 @@ class Tensor {
   ~Tensor() { release(); }
 
   void swap(Tensor& o) noexcept {
+    std::swap(device_, o.device_);
     std::swap(data_, o.data_);
     std::swap(capacity_, o.capacity_);
     std::swap(shape_, o.shape_);
@@ -168,49 +179,92 @@ class Tensor {
         fail("Tensor::resize", "shape ", s, " needs ", n, " elements of ", sizeof(T),
              " bytes, more than the address space holds");
       release();
-      data_ = static_cast<T*>(::operator new[](sizeof(T) * static_cast<std::size_t>(n),
-                                               std::align_val_t(detail::kAlignment)));
+      data_ = static_cast<T*>(device_.allocate(sizeof(T) * static_cast<std::size_t>(n)));
       capacity_ = n;
     }
     shape_ = s;
   }
-  void fill(T v) { std::fill(data_, data_ + numel(), v); }
-  void zero() {
-    if (numel()) std::memset(static_cast<void*>(data_), 0, sizeof(T) * static_cast<std::size_t>(numel()));
+  // Host tensors only: a device tensor is filled by a kernel (kernels::fill).
+  void fill(T v) {
+    static_assert(memory::host_readable, "Tensor::fill runs on the host: use kernels::fill on a device tensor");
+    std::fill(data_, data_ + numel(), v);
   }
+  void zero() { device_.zero(data_, bytes()); }
 
+  const D& device() const { return device_; }
   T* data() { return data_; }
   const T* data() const { return data_; }
   const Shape& shape() const { return shape_; }
   index_t numel() const { return shape_.numel(); }
   index_t dim(int i) const { return shape_[i]; }
   index_t capacity() const { return capacity_; }
-  T& operator[](index_t i) { return data_[i]; }
-  const T& operator[](index_t i) const { return data_[i]; }
+  std::size_t bytes() const { return sizeof(T) * static_cast<std::size_t>(numel()); }
+  T& operator[](index_t i) {
+    static_assert(memory::host_readable, "device memory cannot be read on the host: copy it with to_host()");
+    return data_[i];
+  }
+  const T& operator[](index_t i) const {
+    static_assert(memory::host_readable, "device memory cannot be read on the host: copy it with to_host()");
+    return data_[i];
+  }
 
-  TensorView<T> view() { return {data_, shape_}; }
-  ConstView<T> view() const { return {data_, shape_}; }
-  ConstView<T> cview() const { return {data_, shape_}; }
-  operator TensorView<T>() { return view(); }
-  operator ConstView<T>() const { return view(); }
+  View view() { return {data_, shape_}; }
+  CView view() const { return {data_, shape_}; }
+  CView cview() const { return {data_, shape_}; }
+  operator View() { return view(); }
+  operator CView() const { return view(); }
 
  private:
   void release() {
-    if (data_) ::operator delete[](data_, std::align_val_t(detail::kAlignment));
+    device_.deallocate(data_, sizeof(T) * static_cast<std::size_t>(capacity_));
     data_ = nullptr;
     capacity_ = 0;
   }
+  D device_{};
   T* data_ = nullptr;
   index_t capacity_ = 0;
   Shape shape_;
 };
 
+// ---- explicit copies between host and device -----------------------------------
+
+// host[0 .. numel) = the device view's elements.
+template <class D, class T, class M>
+inline void to_host(const D& dev, std::remove_const_t<T>* host, TensorView<T, M> src) {
+  static_assert(std::is_same<M, typename D::memory>::value, "to_host: the view is not memory of this device");
+  dev.download(host, src.data, sizeof(T) * static_cast<std::size_t>(src.numel()));
+}
+// A host copy of a device tensor (for a host tensor: a plain copy).
+template <class T, class D>
+inline Tensor<T, Cpu> to_host(const Tensor<T, D>& src) {
+  Tensor<T, Cpu> out(src.shape());
+  src.device().download(out.data(), src.data(), src.bytes());
+  return out;
+}
+// The device view's elements = host[0 .. numel).
+template <class D, class T, class M>
+inline void to_device(const D& dev, TensorView<T, M> dst, const T* host) {
+  static_assert(std::is_same<M, typename D::memory>::value, "to_device: the view is not memory of this device");
+  dev.upload(dst.data, host, sizeof(T) * static_cast<std::size_t>(dst.numel()));
+}
+// dst takes the host view's shape and contents.
+template <class T, class D, class U>
+inline void to_device(Tensor<T, D>& dst, TensorView<U, HostMemory> host) {
+  static_assert(std::is_same<std::remove_const_t<U>, T>::value, "to_device: element types differ");
+  dst.resize(host.shape);
+  dst.device().upload(dst.data(), host.data, dst.bytes());
+}
+template <class T, class D>
+inline void to_device(Tensor<T, D>& dst, const Tensor<T, Cpu>& host) {
+  to_device(dst, host.view());
+}
+
 // ---- shape checks shared by every layer ----------------------------------
 
 // Throws unless `v` has exactly the dimensions `expected`; a -1 entry matches
 // any size. The message names the operation, the tensor and both shapes.
-template <class T>
-inline void check_shape(const char* op, const char* name, const TensorView<T>& v,
+template <class T, class M>
+inline void check_shape(const char* op, const char* name, const TensorView<T, M>& v,
                         std::initializer_list<index_t> expected) {
   bool ok = v.shape.rank == static_cast<int>(expected.size());
   int i = 0;

@@ -1,33 +1,32 @@
-// mtrec: device tags — the one seam between layers and kernels.
+// mtrec: the devices as kernels see them.
 //
-// Every kernel is a free function whose first argument is a device tag:
+// Every kernel is a free function whose first argument is the device it runs
+// on (core/device.hpp):
 //
-//   kernels::gelu_forward(kernels::cpu, y, x, n);        // xsimd + OpenMP
-//   kernels::gelu_forward(kernels::reference, y, x, n);  // plain scalar loops
+//   kernels::gelu_forward(dev, y, x, n);   // dev: Cpu -> xsimd + OpenMP (cpu.hpp)
+//                                          //      Reference -> scalar loops (reference.hpp)
+//                                          //      Fake -> reference loops inside the arena guard (fake.hpp)
 //
 // Overload resolution picks the implementation at compile time; there is no
-// runtime if-ladder. Layers call kernels with `backend{}`, the device chosen
-// when the program is compiled. A CUDA backend adds `cuda_t` overloads in
-// kernels/cuda.hpp and flips `backend` when MTREC_WITH_CUDA is 1; nothing
-// else in the library changes.
+// runtime if-ladder. Layers and models are templates on the device type and
+// pass the device object they were built with; nothing below chooses one.
+// A CUDA backend adds `Cuda` overloads in kernels/cuda.hpp.
 #pragma once
 
 #include "mtrec/core/config.hpp"
+#include "mtrec/core/device.hpp"
 
 namespace mtrec {
 namespace kernels {
 
-struct reference_t {};  // scalar loops, the ground truth for tests
-struct cpu_t {};        // xsimd vectors + OpenMP over rows
-struct cuda_t {};       // reserved: MTREC_WITH_CUDA (not implemented yet)
+using reference_t = Reference;  // scalar loops, the ground truth for tests
+using cpu_t = Cpu;              // xsimd vectors + OpenMP over rows
 
-constexpr reference_t reference{};
-constexpr cpu_t cpu{};
+constexpr Reference reference{};
+constexpr Cpu cpu{};
 
 #if MTREC_WITH_CUDA
 #error "MTREC_WITH_CUDA is reserved: the CUDA backend is not implemented yet. Configure with -DMTREC_WITH_CUDA=OFF."
-#else
-using backend = cpu_t;
 #endif
 
 enum class Trans { N, T };  // GEMM operand as stored (N) or transposed (T)

@@ -27,47 +27,48 @@ namespace detail {
 // rows already hold zeros (a layer below wrote them so), else a copy in `ws`
 // with the valid rows copied and the padded rows zeroed. `ws` is sized either
 // way, so that which path a step takes never decides whether it allocates.
-template <class T>
-inline const T* drop_padded_gradient(const T* dy, Tensor<T>& ws, ConstView<index_t> lengths, index_t B, index_t Tl,
-                                     index_t C) {
+template <class T, class Device>
+inline const T* drop_padded_gradient(const Device& dev, const T* dy, Tensor<T, Device>& ws, ConstView<index_t> lengths, index_t B,
+                                     index_t Tl, index_t C) {
   ws.resize({B, Tl, C});
-  const auto dev = kernels::backend{};
   if (kernels::padded_rows_are_zero(dev, dy, lengths.data, B, Tl, C)) return dy;
   kernels::mask_padded_rows(dev, ws.data(), dy, lengths.data, B, Tl, C);
   return ws.data();
 }
 }  // namespace detail
 
-template <class T>
+template <class T, class Device = Cpu>
 class MultiHeadAttention {
  public:
+  using View = DeviceView<T, Device>;
+  using CView = DeviceView<const T, Device>;
   struct Context {
-    ConstView<T> x;
+    CView x;
     ConstView<index_t> lengths, starts;  // (B) valid lengths; first row of each sequence
     index_t B = 0, T_len = 0;             // T_len: the padded length (padded), the longest sequence (packed)
     index_t rows = 0;                     // rows of x: B*T (padded) or sum(lengths) (packed)
     bool padded = true;
     Tensor<index_t> padded_starts;        // b*T, for the padded layout
-    Tensor<T> qkv;    // (B,T,3D) projected queries, keys, values
-    Tensor<T> probs;  // (B,H,T*T): head (b,h) keeps its (L,L) softmax compactly at the front
-    Tensor<T> heads;  // (B,T,D) per-head outputs, concatenated; the out_proj input
+    Tensor<T, Device> qkv;    // (B,T,3D) projected queries, keys, values
+    Tensor<T, Device> probs;  // (B,H,T*T): head (b,h) keeps its (L,L) softmax compactly at the front
+    Tensor<T, Device> heads;  // (B,T,D) per-head outputs, concatenated; the out_proj input
     // backward workspaces
-    Tensor<T> d_y;  // dy with padded rows zeroed, used only when dy's are not zero already
-    Tensor<T> d_heads, d_qkv, d_scores;
+    Tensor<T, Device> d_y;  // dy with padded rows zeroed, used only when dy's are not zero already
+    Tensor<T, Device> d_heads, d_qkv, d_scores;
   };
 
   MultiHeadAttention() = default;
-  MultiHeadAttention(ParameterStore<T>& store, const std::string& name, index_t d_model, index_t heads)
+  MultiHeadAttention(ParameterStore<T, Device>& store, const std::string& name, index_t d_model, index_t heads)
       : d_(d_model), h_(heads) {
     check(d_model > 0 && heads > 0 && d_model % heads == 0, "MultiHeadAttention", "'", name,
           "' expected d_model divisible by heads but got d_model=", d_model, " heads=", heads);
     dh_ = d_model / heads;
-    in_proj_ = Linear<T>(store, name + ".in_proj", d_model, 3 * d_model);
-    out_proj_ = Linear<T>(store, name + ".out_proj", d_model, d_model);
+    in_proj_ = Linear<T, Device>(store, name + ".in_proj", d_model, 3 * d_model);
+    out_proj_ = Linear<T, Device>(store, name + ".out_proj", d_model, d_model);
   }
 
   // y (B,T,D) = MHA(x (B,T,D)) with keys masked past lengths (B)
-  void forward(Context& ctx, ConstView<T> x, ConstView<index_t> lengths, TensorView<T> y) const {
+  void forward(Context& ctx, CView x, ConstView<index_t> lengths, View y) const {
     const char* op = "MultiHeadAttention::forward";
     check_shape(op, "x", x, {-1, -1, d_});
     const index_t B = x.dim(0), Tl = x.dim(1);
@@ -77,7 +78,7 @@ class MultiHeadAttention {
   }
 
   // dx (B,T,D) written; in_proj and out_proj gradients accumulated
-  void backward(Context& ctx, ConstView<T> dy, TensorView<T> dx) const {
+  void backward(Context& ctx, CView dy, View dx) const {
     const char* op = "MultiHeadAttention::backward";
     check_shape(op, "dy", dy, {ctx.B, ctx.T_len, d_});
     check_shape(op, "dx", dx, {ctx.B, ctx.T_len, d_});
@@ -85,16 +86,16 @@ class MultiHeadAttention {
   }
 
   // Padded layout: x (B,T,D).
-  void forward_impl(Context& ctx, ConstView<T> x, ConstView<index_t> lengths, T* y) const {
+  void forward_impl(Context& ctx, CView x, ConstView<index_t> lengths, T* y) const {
     const index_t B = x.dim(0), Tl = x.dim(1);
     ctx.padded_starts.resize({B});
-    kernels::padded_starts(kernels::backend{}, ctx.padded_starts.data(), B, Tl);
-    forward_rows(ctx, ConstView<T>(x.data, {B * Tl, d_}), lengths, ctx.padded_starts.view(), Tl, true, y);
+    kernels::padded_starts(dev(), ctx.padded_starts.data(), B, Tl);
+    forward_rows(ctx, CView(x.data, {B * Tl, d_}), lengths, ctx.padded_starts.view(), Tl, true, y);
   }
 
   // x (n,D) in either layout (see the top of the file); y (n,D) written.
   // T_max bounds every length (the padded T in the padded layout).
-  void forward_rows(Context& ctx, ConstView<T> x, ConstView<index_t> lengths, ConstView<index_t> starts, index_t T_max,
+  void forward_rows(Context& ctx, CView x, ConstView<index_t> lengths, ConstView<index_t> starts, index_t T_max,
                     bool padded, T* y) const {
     const index_t B = lengths.numel(), Tl = T_max, n = x.rows(), D = d_;
     ctx.x = x;
@@ -107,7 +108,7 @@ class MultiHeadAttention {
     ctx.qkv.resize({n, 3 * D});
     ctx.probs.resize({B, h_, Tl * Tl});
     ctx.heads.resize({n, D});
-    const auto dev = kernels::backend{};
+    const Device& dev = this->dev();
     in_proj_.forward_impl(x.data, ctx.qkv.data(), n);
     // heads (n,D): per (sequence, head) softmax(Q K^T / sqrt(dh)) V; padded rows zero
     kernels::attention_forward(dev, ctx.heads.data(), ctx.probs.data(), ctx.qkv.data(), lengths.data, starts.data, B,
@@ -125,9 +126,9 @@ class MultiHeadAttention {
     ctx.d_scores.resize({B, h_, Tl * Tl});
     // Padded output rows are constant zero: their incoming gradient is dropped
     // (no copy when it is zero already, as inside a transformer layer).
-    const T* d_y = padded ? detail::drop_padded_gradient(dy, ctx.d_y, ctx.lengths, B, Tl, D) : dy;
+    const T* d_y = padded ? detail::drop_padded_gradient(this->dev(), dy, ctx.d_y, ctx.lengths, B, Tl, D) : dy;
     out_proj_.backward_impl(ctx.heads.data(), d_y, ctx.d_heads.data(), n);
-    kernels::attention_backward(kernels::backend{}, ctx.d_qkv.data(), ctx.d_scores.data(), ctx.d_heads.data(),
+    kernels::attention_backward(dev(), ctx.d_qkv.data(), ctx.d_scores.data(), ctx.d_heads.data(),
                                 ctx.qkv.data(), ctx.probs.data(), ctx.lengths.data, ctx.starts.data, B, h_, Tl, dh_,
                                 T(1) / std::sqrt(T(dh_)), padded);
     in_proj_.backward_impl(ctx.x.data, ctx.d_qkv.data(), dx, n);
@@ -135,12 +136,15 @@ class MultiHeadAttention {
 
   index_t d_model() const { return d_; }
   index_t heads() const { return h_; }
-  const Linear<T>& in_proj() const { return in_proj_; }
-  const Linear<T>& out_proj() const { return out_proj_; }
+  const Linear<T, Device>& in_proj() const { return in_proj_; }
+  const Linear<T, Device>& out_proj() const { return out_proj_; }
+
+  const Device& dev() const { return dev_; }
 
  private:
+  Device dev_{};
   index_t d_ = 0, h_ = 0, dh_ = 0;
-  Linear<T> in_proj_, out_proj_;
+  Linear<T, Device> in_proj_, out_proj_;
 };
 
 }  // namespace mtrec

@@ -20,7 +20,7 @@
 #include "mtrec/core/parameters.hpp"
 #include "mtrec/core/rng.hpp"
 #include "mtrec/core/tensor.hpp"
-#include "mtrec/kernels/cpu.hpp"
+#include "mtrec/kernels/fake.hpp"
 #include "mtrec/kernels/device.hpp"
 
 namespace mtrec {
@@ -50,8 +50,8 @@ inline const char* activation_name(Activation a) {
 }
 
 // v viewed as a matrix must be (rows, cols); rows < 0 accepts any row count.
-template <class T>
-inline void check_matrix(const char* op, const char* name, const TensorView<T>& v, index_t rows, index_t cols) {
+template <class T, class M>
+inline void check_matrix(const char* op, const char* name, const TensorView<T, M>& v, index_t rows, index_t cols) {
   const bool ok = v.rank() >= 1 && v.cols() == cols && (rows < 0 || v.rows() == rows);
   if (!ok) {
     if (rows < 0)
@@ -75,6 +75,18 @@ template <class T>
 inline void check_finite(const char* op, const char* name, ConstView<T> v) {
   for (index_t i = 0; i < v.numel(); ++i)
     if (!std::isfinite(v[i])) fail(op, name, "[", i, "] expected a finite value but got ", v[i]);
+}
+
+// check_finite on device memory: one all_finite kernel, and the first bad
+// index only when the memory is host-readable.
+template <class Device, class T, class M>
+inline void check_finite(const Device& dev, const char* op, const char* name, TensorView<const T, M> v) {
+  if constexpr (M::host_readable) {
+    check_finite(op, name, ConstView<T>(v.data, v.shape));
+  } else {
+    if (!kernels::all_finite(dev, v.data, v.numel()))
+      fail(op, name, " expected finite values but holds a NaN or an infinity");
+  }
 }
 
 // Kaiming-uniform bound of PyTorch's nn.Linear: U(-1/sqrt(fan_in), 1/sqrt(fan_in)).

@@ -12,9 +12,11 @@
 
 namespace mtrec {
 
-template <class T>
+template <class T, class Device = Cpu>
 class Dropout {
  public:
+  using View = DeviceView<T, Device>;
+  using CView = DeviceView<const T, Device>;
   struct Context {
     bool active = false;
     std::uint64_t key = 0;
@@ -27,12 +29,12 @@ class Dropout {
   }
 
   // y = x * mask / (1 - p) in training; y = x in evaluation. y may alias x.
-  void forward(Context& ctx, ConstView<T> x, TensorView<T> y, const Mode& mode) const {
+  void forward(Context& ctx, CView x, View y, const Mode& mode) const {
     check(x.shape == y.shape, "Dropout::forward", "y expected shape ", x.shape, " but got ", y.shape);
     forward_impl(ctx, x.data, y.data, x.numel(), mode);
   }
   // dx = dy * mask / (1 - p); dx may alias dy.
-  void backward(const Context& ctx, ConstView<T> dy, TensorView<T> dx) const {
+  void backward(const Context& ctx, CView dy, View dx) const {
     check(dy.numel() == ctx.n && dx.numel() == ctx.n, "Dropout::backward", "expected ", ctx.n,
           " elements in dy and dx but got ", dy.numel(), " and ", dx.numel());
     backward_impl(ctx, dy.data, dx.data);
@@ -43,20 +45,23 @@ class Dropout {
     ctx.n = n;
     ctx.key = mix64(mode.seed ^ mix64(stream_ ^ mix64(mode.step)));
     if (ctx.active)
-      kernels::dropout_forward(kernels::backend{}, y, x, n, p_, ctx.key);
+      kernels::dropout_forward(dev(), y, x, n, p_, ctx.key);
     else if (y != x)
-      kernels::copy(kernels::backend{}, y, x, n);
+      kernels::copy(dev(), y, x, n);
   }
   void backward_impl(const Context& ctx, const T* dy, T* dx) const {
     if (ctx.active)
-      kernels::dropout_backward(kernels::backend{}, dx, dy, ctx.n, p_, ctx.key);
+      kernels::dropout_backward(dev(), dx, dy, ctx.n, p_, ctx.key);
     else if (dx != dy)
-      kernels::copy(kernels::backend{}, dx, dy, ctx.n);
+      kernels::copy(dev(), dx, dy, ctx.n);
   }
 
   double p() const { return p_; }
 
+  const Device& dev() const { return dev_; }
+
  private:
+  Device dev_{};
   double p_ = 0.0;
   std::uint64_t stream_ = 0;
 };

@@ -19,8 +19,8 @@ inline index_t hash_bucket(std::uint64_t raw, index_t buckets, std::uint64_t sal
 }
 
 // Registers an embedding table (rows, dim) in `store`.
-template <class T>
-inline ParamId make_embedding_table(ParameterStore<T>& store, const std::string& name, index_t rows, index_t dim,
+template <class T, class Device>
+inline ParamId make_embedding_table(ParameterStore<T, Device>& store, const std::string& name, index_t rows, index_t dim,
                                     Init init = Init::normal(0.0, 0.01)) {
   check(rows > 0 && dim > 0, "make_embedding_table", "'", name, "' expected positive rows and dim but got rows=", rows,
         " dim=", dim);
@@ -28,8 +28,8 @@ inline ParamId make_embedding_table(ParameterStore<T>& store, const std::string&
 }
 
 namespace detail {
-template <class T>
-inline void check_ids(const char* op, const ParameterStore<T>& store, ParamId table, const index_t* ids, index_t n) {
+template <class T, class Device>
+inline void check_ids(const char* op, const ParameterStore<T, Device>& store, ParamId table, const index_t* ids, index_t n) {
   const index_t rows = store.info(table).shape[0];
   for (index_t i = 0; i < n; ++i)
     if (ids[i] < 0 || ids[i] >= rows)
@@ -38,9 +38,11 @@ inline void check_ids(const char* op, const ParameterStore<T>& store, ParamId ta
 }
 }  // namespace detail
 
-template <class T>
+template <class T, class Device = Cpu>
 class Embedding {
  public:
+  using View = DeviceView<T, Device>;
+  using CView = DeviceView<const T, Device>;
   struct Context {
     ConstView<index_t> ids;  // rows looked up (after hashing, if any)
     Tensor<index_t> hashed;  // owns the rows when forward_hashed was used
@@ -48,11 +50,11 @@ class Embedding {
 
   Embedding() = default;
   // A new table (rows, dim).
-  Embedding(ParameterStore<T>& store, const std::string& name, index_t rows, index_t dim,
+  Embedding(ParameterStore<T, Device>& store, const std::string& name, index_t rows, index_t dim,
             Init init = Init::normal(0.0, 0.01))
       : Embedding(store, make_embedding_table(store, name, rows, dim, init)) {}
   // A view onto an existing table, shared with other layers.
-  Embedding(ParameterStore<T>& store, ParamId table) : store_(&store), table_(table) {
+  Embedding(ParameterStore<T, Device>& store, ParamId table) : store_(&store), table_(table) {
     check(store.info(table).kind == ParamKind::Table, "Embedding", "parameter '", store.info(table).name,
           "' is not an embedding table");
     rows_ = store.info(table).shape[0];
@@ -60,26 +62,26 @@ class Embedding {
   }
 
   // y (n,dim) = table[ids] for ids of any shape with n elements
-  void forward(Context& ctx, ConstView<index_t> ids, TensorView<T> y) const {
+  void forward(Context& ctx, ConstView<index_t> ids, View y) const {
     check_matrix("Embedding::forward", "y", y, ids.numel(), dim_);
     detail::check_ids("Embedding::forward", *store_, table_, ids.data, ids.numel());
     ctx.ids = ids;
-    kernels::gather_rows(kernels::backend{}, y.data, store_->value(table_), ids.data, ids.numel(), dim_);
+    kernels::gather_rows(dev(), y.data, store_->value(table_), ids.data, ids.numel(), dim_);
   }
   // Raw 64-bit IDs hashed into the table's rows (for IDs unseen in training).
-  void forward_hashed(Context& ctx, ConstView<std::uint64_t> raw, TensorView<T> y, std::uint64_t salt = 0) const {
+  void forward_hashed(Context& ctx, ConstView<std::uint64_t> raw, View y, std::uint64_t salt = 0) const {
     check_matrix("Embedding::forward_hashed", "y", y, raw.numel(), dim_);
     ctx.hashed.resize({raw.numel()});
     for (index_t i = 0; i < raw.numel(); ++i) ctx.hashed[i] = hash_bucket(raw[i], rows_, salt);
     ctx.ids = ctx.hashed.view();
-    kernels::gather_rows(kernels::backend{}, y.data, store_->value(table_), ctx.ids.data, raw.numel(), dim_);
+    kernels::gather_rows(dev(), y.data, store_->value(table_), ctx.ids.data, raw.numel(), dim_);
   }
   // table.grad[ids[i]] += dy[i]; marks the rows touched
-  void backward(const Context& ctx, ConstView<T> dy) const {
+  void backward(const Context& ctx, CView dy) const {
     check_matrix("Embedding::backward", "dy", dy, ctx.ids.numel(), dim_);
     TouchedRows& touched = store_->touched(table_);
     touched.mark_all(ctx.ids.data, ctx.ids.numel());  // first-touch order, before the kernel flags them
-    kernels::scatter_add_rows(kernels::backend{}, store_->grad(table_), touched.flag.data(), dy.data, ctx.ids.data,
+    kernels::scatter_add_rows(dev(), store_->grad(table_), touched.flag.data(), dy.data, ctx.ids.data,
                               ctx.ids.numel(), dim_);
   }
 
@@ -87,27 +89,31 @@ class Embedding {
   index_t dim() const { return dim_; }
   ParamId table() const { return table_; }
 
+  const Device& dev() const { return store_->device(); }
+
  private:
-  ParameterStore<T>* store_ = nullptr;
+  ParameterStore<T, Device>* store_ = nullptr;
   ParamId table_ = -1;
   index_t rows_ = 0, dim_ = 0;
 };
 
 enum class BagPooling { Sum, Mean };
 
-template <class T>
+template <class T, class Device = Cpu>
 class EmbeddingBag {
  public:
+  using View = DeviceView<T, Device>;
+  using CView = DeviceView<const T, Device>;
   struct Context {
     ConstView<index_t> ids, offsets;
-    ConstView<T> weights;  // empty when unweighted
+    CView weights;  // empty when unweighted
   };
 
   EmbeddingBag() = default;
-  EmbeddingBag(ParameterStore<T>& store, const std::string& name, index_t rows, index_t dim,
+  EmbeddingBag(ParameterStore<T, Device>& store, const std::string& name, index_t rows, index_t dim,
                BagPooling pooling = BagPooling::Sum, Init init = Init::normal(0.0, 0.01))
       : EmbeddingBag(store, make_embedding_table(store, name, rows, dim, init), pooling) {}
-  EmbeddingBag(ParameterStore<T>& store, ParamId table, BagPooling pooling = BagPooling::Sum)
+  EmbeddingBag(ParameterStore<T, Device>& store, ParamId table, BagPooling pooling = BagPooling::Sum)
       : store_(&store), table_(table), pooling_(pooling) {
     check(store.info(table).kind == ParamKind::Table, "EmbeddingBag", "parameter '", store.info(table).name,
           "' is not an embedding table");
@@ -119,8 +125,8 @@ class EmbeddingBag {
   // weights[i] if given; Mean divides the (weighted) sum by the bag length.
   // offsets has B+1 entries, starts at 0, never decreases and ends at n.
   // An empty bag gives a zero row.
-  void forward(Context& ctx, ConstView<index_t> ids, ConstView<index_t> offsets, ConstView<T> weights,
-               TensorView<T> y) const {
+  void forward(Context& ctx, ConstView<index_t> ids, ConstView<index_t> offsets, CView weights,
+               View y) const {
     const char* op = "EmbeddingBag::forward";
     check_matrix(op, "y", y, -1, dim_);
     const index_t B = y.rows(), n = ids.numel();
@@ -133,18 +139,18 @@ class EmbeddingBag {
     check(offsets[B] == n, op, "offsets[", B, "] expected to equal the number of IDs ", n, " but got ", offsets[B]);
     if (!weights.empty()) {
       check_shape(op, "weights", weights, {n});
-      check_finite(op, "weights", weights);
+      check_finite(dev(), op, "weights", weights);
     }
     detail::check_ids(op, *store_, table_, ids.data, n);
     ctx.ids = ids;
     ctx.offsets = offsets;
     ctx.weights = weights;
-    kernels::embedding_bag_forward(kernels::backend{}, y.data, store_->value(table_), ids.data, offsets.data,
+    kernels::embedding_bag_forward(dev(), y.data, store_->value(table_), ids.data, offsets.data,
                                    weights.empty() ? nullptr : weights.data, B, dim_, pooling_ == BagPooling::Mean);
   }
 
   // table.grad[ids[i]] += scale_i * dy[bag(i)]; dweights (n) written if given
-  void backward(const Context& ctx, ConstView<T> dy, TensorView<T> dweights = {}) const {
+  void backward(const Context& ctx, CView dy, View dweights = {}) const {
     const char* op = "EmbeddingBag::backward";
     const index_t B = ctx.offsets.numel() - 1, n = ctx.ids.numel();
     check_matrix(op, "dy", dy, B, dim_);
@@ -154,7 +160,7 @@ class EmbeddingBag {
     }
     TouchedRows& touched = store_->touched(table_);
     touched.mark_all(ctx.ids.data, n);  // first-touch order, before the kernel flags them
-    kernels::embedding_bag_backward(kernels::backend{}, store_->grad(table_), touched.flag.data(),
+    kernels::embedding_bag_backward(dev(), store_->grad(table_), touched.flag.data(),
                                     dweights.empty() ? nullptr : dweights.data, dy.data, store_->value(table_),
                                     ctx.ids.data, ctx.offsets.data, ctx.weights.empty() ? nullptr : ctx.weights.data,
                                     B, dim_, pooling_ == BagPooling::Mean);
@@ -165,8 +171,10 @@ class EmbeddingBag {
   ParamId table() const { return table_; }
   BagPooling pooling() const { return pooling_; }
 
+  const Device& dev() const { return store_->device(); }
+
  private:
-  ParameterStore<T>* store_ = nullptr;
+  ParameterStore<T, Device>* store_ = nullptr;
   ParamId table_ = -1;
   index_t rows_ = 0, dim_ = 0;
   BagPooling pooling_ = BagPooling::Sum;

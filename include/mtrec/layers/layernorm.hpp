@@ -7,16 +7,18 @@
 
 namespace mtrec {
 
-template <class T>
+template <class T, class Device = Cpu>
 class LayerNorm {
  public:
+  using View = DeviceView<T, Device>;
+  using CView = DeviceView<const T, Device>;
   struct Context {
-    ConstView<T> x;
-    Tensor<T> mean, rstd;  // (N)
+    CView x;
+    Tensor<T, Device> mean, rstd;  // (N)
   };
 
   LayerNorm() = default;
-  LayerNorm(ParameterStore<T>& store, const std::string& name, index_t dim, double eps = 1e-5)
+  LayerNorm(ParameterStore<T, Device>& store, const std::string& name, index_t dim, double eps = 1e-5)
       : store_(&store), dim_(dim), eps_(eps) {
     check(dim > 0, "LayerNorm", "'", name, "' expected a positive dim but got ", dim);
     gamma_ = store.add(name + ".weight", {dim}, Init::ones());
@@ -24,28 +26,28 @@ class LayerNorm {
   }
 
   // y (N,dim) = (x - mean) / sqrt(var + eps) * gamma + beta, per row
-  void forward(Context& ctx, ConstView<T> x, TensorView<T> y) const {
+  void forward(Context& ctx, CView x, View y) const {
     check_matrix("LayerNorm::forward", "x", x, -1, dim_);
     check_matrix("LayerNorm::forward", "y", y, x.rows(), dim_);
     forward_impl(ctx, x, y.data);
   }
   // dx (N,dim) written; dgamma, dbeta accumulated
-  void backward(const Context& ctx, ConstView<T> dy, TensorView<T> dx) const {
+  void backward(const Context& ctx, CView dy, View dx) const {
     check_matrix("LayerNorm::backward", "dy", dy, ctx.x.rows(), dim_);
     check_matrix("LayerNorm::backward", "dx", dx, ctx.x.rows(), dim_);
     backward_impl(ctx, dy.data, dx.data);
   }
 
-  void forward_impl(Context& ctx, ConstView<T> x, T* y) const {
+  void forward_impl(Context& ctx, CView x, T* y) const {
     const index_t n = x.rows();
     ctx.x = x;
     ctx.mean.resize({n});
     ctx.rstd.resize({n});
-    kernels::layernorm_forward(kernels::backend{}, y, ctx.mean.data(), ctx.rstd.data(), x.data, store_->value(gamma_),
+    kernels::layernorm_forward(dev(), y, ctx.mean.data(), ctx.rstd.data(), x.data, store_->value(gamma_),
                                store_->value(beta_), n, dim_, T(eps_));
   }
   void backward_impl(const Context& ctx, const T* dy, T* dx) const {
-    kernels::layernorm_backward(kernels::backend{}, dx, store_->grad(gamma_), store_->grad(beta_), dy, ctx.x.data,
+    kernels::layernorm_backward(dev(), dx, store_->grad(gamma_), store_->grad(beta_), dy, ctx.x.data,
                                 ctx.mean.data(), ctx.rstd.data(), store_->value(gamma_), ctx.x.rows(), dim_);
   }
 
@@ -53,8 +55,10 @@ class LayerNorm {
   ParamId weight() const { return gamma_; }
   ParamId bias() const { return beta_; }
 
+  const Device& dev() const { return store_->device(); }
+
  private:
-  ParameterStore<T>* store_ = nullptr;
+  ParameterStore<T, Device>* store_ = nullptr;
   index_t dim_ = 0;
   double eps_ = 1e-5;
   ParamId gamma_ = -1, beta_ = -1;

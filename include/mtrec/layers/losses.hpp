@@ -27,7 +27,7 @@
 //    thread count.
 // The checks and the denominator are computed here, on the host; the row
 // terms and gradients are the kernels of kernels/loss.hpp, called with
-// kernels::backend{}.
+// dev.
 #pragma once
 
 #include <algorithm>
@@ -93,9 +93,9 @@ inline void loss_check_finite_label(const char* op, const char* name, const T* l
   if (!std::isfinite(double(labels[i]))) fail(op, name, "[", i, "] expected a finite value but got ", labels[i]);
 }
 
-template <class T>
-inline void loss_zero(T* p, index_t count) {
-  if (p != nullptr) kernels::fill(kernels::backend{}, p, count, T(0));
+template <class Device, class T>
+inline void loss_zero(const Device& dev, T* p, index_t count) {
+  if (p != nullptr) kernels::fill(dev, p, count, T(0));
 }
 
 }  // namespace detail
@@ -117,8 +117,8 @@ inline double weighted_mean_denominator(const std::uint8_t* mask, const T* weigh
 // any finite logit (|x| = 1e4 gives l = |x| for a wrong label, not inf).
 // Labels may be soft, in [0, 1]. dl/dx = sigmoid(x) - y.
 // dlogits (n) written, or nullptr
-template <class T>
-inline LossResult bce_with_logits(detail::loss_nd<T>* dlogits, const T* logits, const T* labels,
+template <class T, class Device, class = typename Device::memory>
+inline LossResult bce_with_logits(const Device& dev, detail::loss_nd<T>* dlogits, const T* logits, const T* labels,
                                   const std::uint8_t* mask, const detail::loss_nd<T>* weights, index_t n) {
   const char* op = "bce_with_logits";
   detail::loss_check_rows(op, n);
@@ -130,10 +130,10 @@ inline LossResult bce_with_logits(detail::loss_nd<T>* dlogits, const T* logits, 
       fail(op, "labels[", i, "] expected a value in [0, 1] but got ", labels[i]);
   });
   if (!(r.weight_sum > 0)) {
-    detail::loss_zero(dlogits, n);
+    detail::loss_zero(dev, dlogits, n);
     return r;
   }
-  r.value = kernels::bce_with_logits_loss(kernels::backend{}, dlogits, logits, labels, mask, weights, n,
+  r.value = kernels::bce_with_logits_loss(dev, dlogits, logits, labels, mask, weights, n,
                                           1.0 / r.weight_sum);
   return r;
 }
@@ -154,15 +154,15 @@ inline LossResult loss_regression_denominator(const char* op, const T* pred, con
 
 // l_i = (p - y)^2, as torch.nn.MSELoss (no 1/2); dl/dp = 2 (p - y).
 // dpred (n) written, or nullptr
-template <class T>
-inline LossResult mse(detail::loss_nd<T>* dpred, const T* pred, const T* target, const std::uint8_t* mask,
+template <class T, class Device, class = typename Device::memory>
+inline LossResult mse(const Device& dev, detail::loss_nd<T>* dpred, const T* pred, const T* target, const std::uint8_t* mask,
                       const detail::loss_nd<T>* weights, index_t n) {
   LossResult r = detail::loss_regression_denominator("mse", pred, target, mask, weights, n);
   if (!(r.weight_sum > 0)) {
-    detail::loss_zero(dpred, n);
+    detail::loss_zero(dev, dpred, n);
     return r;
   }
-  r.value = kernels::mse_loss(kernels::backend{}, dpred, pred, target, mask, weights, n, 1.0 / r.weight_sum);
+  r.value = kernels::mse_loss(dev, dpred, pred, target, mask, weights, n, 1.0 / r.weight_sum);
   return r;
 }
 
@@ -171,16 +171,16 @@ inline LossResult mse(detail::loss_nd<T>* dpred, const T* pred, const T* target,
 //   l = delta (|r| - delta / 2)   otherwise.
 // dl/dp = r inside, delta * sign(r) outside (the two agree at |r| = delta).
 // dpred (n) written, or nullptr
-template <class T>
-inline LossResult huber(detail::loss_nd<T>* dpred, const T* pred, const T* target, const std::uint8_t* mask,
+template <class T, class Device, class = typename Device::memory>
+inline LossResult huber(const Device& dev, detail::loss_nd<T>* dpred, const T* pred, const T* target, const std::uint8_t* mask,
                         const detail::loss_nd<T>* weights, index_t n, double delta = 1.0) {
   check(std::isfinite(delta) && delta > 0, "huber", "expected a finite delta > 0 but got ", delta);
   LossResult r = detail::loss_regression_denominator("huber", pred, target, mask, weights, n);
   if (!(r.weight_sum > 0)) {
-    detail::loss_zero(dpred, n);
+    detail::loss_zero(dev, dpred, n);
     return r;
   }
-  r.value = kernels::huber_loss(kernels::backend{}, dpred, pred, target, mask, weights, n, 1.0 / r.weight_sum, delta);
+  r.value = kernels::huber_loss(dev, dpred, pred, target, mask, weights, n, 1.0 / r.weight_sum, delta);
   return r;
 }
 
@@ -191,8 +191,8 @@ inline LossResult huber(detail::loss_nd<T>* dpred, const T* pred, const T* targe
 // Labels are class ids in [0, C), checked on labelled rows only (a masked row
 // may hold -100 as in PyTorch's ignore_index).
 // dlogits (n,C) written, or nullptr
-template <class T>
-inline LossResult softmax_cross_entropy(detail::loss_nd<T>* dlogits, const T* logits, const index_t* labels,
+template <class T, class Device, class = typename Device::memory>
+inline LossResult softmax_cross_entropy(const Device& dev, detail::loss_nd<T>* dlogits, const T* logits, const index_t* labels,
                                         const std::uint8_t* mask, const detail::loss_nd<T>* weights, index_t n,
                                         index_t C) {
   const char* op = "softmax_cross_entropy";
@@ -205,10 +205,10 @@ inline LossResult softmax_cross_entropy(detail::loss_nd<T>* dlogits, const T* lo
       fail(op, "labels[", i, "] expected a class id in [0, ", C, ") but got ", labels[i], " (C = ", C, ")");
   });
   if (!(r.weight_sum > 0)) {
-    detail::loss_zero(dlogits, n * C);
+    detail::loss_zero(dev, dlogits, n * C);
     return r;
   }
-  r.value = kernels::softmax_cross_entropy_loss(kernels::backend{}, dlogits, logits, labels, mask, weights, n, C,
+  r.value = kernels::softmax_cross_entropy_loss(dev, dlogits, logits, labels, mask, weights, n, C,
                                                 1.0 / r.weight_sum);
   return r;
 }
@@ -218,8 +218,8 @@ inline LossResult softmax_cross_entropy(detail::loss_nd<T>* dlogits, const T* lo
 // l_i = -log sigmoid(pos_i - neg_i) = softplus(neg_i - pos_i), finite for any
 // finite scores. dl/dpos = -sigmoid(neg - pos), dl/dneg = +sigmoid(neg - pos).
 // dpos (n), dneg (n) written, or nullptr
-template <class T>
-inline LossResult bpr(detail::loss_nd<T>* dpos, detail::loss_nd<T>* dneg, const T* pos_scores, const T* neg_scores,
+template <class T, class Device, class = typename Device::memory>
+inline LossResult bpr(const Device& dev, detail::loss_nd<T>* dpos, detail::loss_nd<T>* dneg, const T* pos_scores, const T* neg_scores,
                       const std::uint8_t* mask, const detail::loss_nd<T>* weights, index_t n) {
   const char* op = "bpr";
   detail::loss_check_rows(op, n);
@@ -227,12 +227,12 @@ inline LossResult bpr(detail::loss_nd<T>* dpos, detail::loss_nd<T>* dneg, const 
   detail::loss_check_input(op, "neg_scores", neg_scores, n);
   LossResult r = detail::loss_denominator(op, mask, weights, n, [](index_t) {});
   if (!(r.weight_sum > 0)) {
-    detail::loss_zero(dpos, n);
-    detail::loss_zero(dneg, n);
+    detail::loss_zero(dev, dpos, n);
+    detail::loss_zero(dev, dneg, n);
     return r;
   }
   r.value =
-      kernels::bpr_loss(kernels::backend{}, dpos, dneg, pos_scores, neg_scores, mask, weights, n, 1.0 / r.weight_sum);
+      kernels::bpr_loss(dev, dpos, dneg, pos_scores, neg_scores, mask, weights, n, 1.0 / r.weight_sum);
   return r;
 }
 
@@ -240,9 +240,9 @@ inline LossResult bpr(detail::loss_nd<T>* dpos, detail::loss_nd<T>* dneg, const 
 
 // Reused by in_batch_softmax when passed in: the (n,n) logits, then their
 // gradient. It grows on first use and is reused afterwards.
-template <class T>
+template <class T, class Device = Cpu>
 struct InBatchSoftmaxWorkspace {
-  Tensor<T> scores;  // (n,n)
+  Tensor<T, Device> scores;  // (n,n)
 };
 
 // Sampled-softmax retrieval loss with in-batch negatives (two-tower models;
@@ -264,11 +264,11 @@ struct InBatchSoftmaxWorkspace {
 // The (n,n) logit matrix is materialised (n = 16384 in float: 1 GiB); pass a
 // workspace to reuse it across steps.
 // dq (n,d), dk (n,d) written, or nullptr
-template <class T>
-inline LossResult in_batch_softmax(detail::loss_nd<T>* dq, detail::loss_nd<T>* dk, const T* q, const T* k, index_t n,
+template <class T, class Device, class = typename Device::memory>
+inline LossResult in_batch_softmax(const Device& dev, detail::loss_nd<T>* dq, detail::loss_nd<T>* dk, const T* q, const T* k, index_t n,
                                    index_t d, double temperature, const detail::loss_nd<T>* log_q_correction,
                                    const std::uint8_t* mask, const detail::loss_nd<T>* weights,
-                                   InBatchSoftmaxWorkspace<detail::loss_nd<T>>* workspace = nullptr) {
+                                   InBatchSoftmaxWorkspace<detail::loss_nd<T>, Device>* workspace = nullptr) {
   const char* op = "in_batch_softmax";
   detail::loss_check_rows(op, n);
   check(d >= 1, op, "expected d >= 1 but got ", d);
@@ -279,29 +279,70 @@ inline LossResult in_batch_softmax(detail::loss_nd<T>* dq, detail::loss_nd<T>* d
     if (log_q_correction) detail::loss_check_finite_label(op, "log_q_correction", log_q_correction, i);
   });
   if (!(r.weight_sum > 0)) {
-    detail::loss_zero(dq, n * d);
-    detail::loss_zero(dk, n * d);
+    detail::loss_zero(dev, dq, n * d);
+    detail::loss_zero(dev, dk, n * d);
     return r;
   }
-  InBatchSoftmaxWorkspace<T> local;
-  InBatchSoftmaxWorkspace<T>& ws = workspace ? *workspace : local;
+  InBatchSoftmaxWorkspace<T, Device> local;
+  InBatchSoftmaxWorkspace<T, Device>& ws = workspace ? *workspace : local;
   ws.scores.resize({n, n});
   T* S = ws.scores.data();
   const T inv_t = T(1.0 / temperature);
   // S (n,n) = q k^T / temperature
-  kernels::gemm(kernels::backend{}, kernels::Trans::N, kernels::Trans::T, n, n, d, inv_t, q, d, k, d, T(0), S, n);
+  kernels::gemm(dev, kernels::Trans::N, kernels::Trans::T, n, n, d, inv_t, q, d, k, d, T(0), S, n);
 
   const bool want_grad = dq != nullptr || dk != nullptr;
   // Rows of S become dS (S's row i is overwritten by row i's gradient, which
   // no other row reads).
-  r.value = kernels::in_batch_softmax_rows(kernels::backend{}, S, log_q_correction, mask, weights, n,
+  r.value = kernels::in_batch_softmax_rows(dev, S, log_q_correction, mask, weights, n,
                                            1.0 / r.weight_sum, want_grad);
   // dq (n,d) = dS k / temperature;  dk (n,d) = dS^T q / temperature
   if (dq)
-    kernels::gemm(kernels::backend{}, kernels::Trans::N, kernels::Trans::N, n, d, n, inv_t, S, n, k, d, T(0), dq, d);
+    kernels::gemm(dev, kernels::Trans::N, kernels::Trans::N, n, d, n, inv_t, S, n, k, d, T(0), dq, d);
   if (dk)
-    kernels::gemm(kernels::backend{}, kernels::Trans::T, kernels::Trans::N, n, d, n, inv_t, S, n, q, d, T(0), dk, d);
+    kernels::gemm(dev, kernels::Trans::T, kernels::Trans::N, n, d, n, inv_t, S, n, q, d, T(0), dk, d);
   return r;
+}
+
+// ---- the same losses on the default device (Cpu) ---------------------------
+
+template <class T>
+inline LossResult bce_with_logits(detail::loss_nd<T>* dlogits, const T* logits, const T* labels,
+                                  const std::uint8_t* mask, const detail::loss_nd<T>* weights, index_t n) {
+  return bce_with_logits(Cpu{}, dlogits, logits, labels, mask, weights, n);
+}
+
+template <class T>
+inline LossResult mse(detail::loss_nd<T>* dpred, const T* pred, const T* target, const std::uint8_t* mask,
+                      const detail::loss_nd<T>* weights, index_t n) {
+  return mse(Cpu{}, dpred, pred, target, mask, weights, n);
+}
+
+template <class T>
+inline LossResult huber(detail::loss_nd<T>* dpred, const T* pred, const T* target, const std::uint8_t* mask,
+                        const detail::loss_nd<T>* weights, index_t n, double delta = 1.0) {
+  return huber(Cpu{}, dpred, pred, target, mask, weights, n, delta);
+}
+
+template <class T>
+inline LossResult softmax_cross_entropy(detail::loss_nd<T>* dlogits, const T* logits, const index_t* labels,
+                                        const std::uint8_t* mask, const detail::loss_nd<T>* weights, index_t n,
+                                        index_t C) {
+  return softmax_cross_entropy(Cpu{}, dlogits, logits, labels, mask, weights, n, C);
+}
+
+template <class T>
+inline LossResult bpr(detail::loss_nd<T>* dpos, detail::loss_nd<T>* dneg, const T* pos_scores, const T* neg_scores,
+                      const std::uint8_t* mask, const detail::loss_nd<T>* weights, index_t n) {
+  return bpr(Cpu{}, dpos, dneg, pos_scores, neg_scores, mask, weights, n);
+}
+
+template <class T>
+inline LossResult in_batch_softmax(detail::loss_nd<T>* dq, detail::loss_nd<T>* dk, const T* q, const T* k, index_t n,
+                                   index_t d, double temperature, const detail::loss_nd<T>* log_q_correction,
+                                   const std::uint8_t* mask, const detail::loss_nd<T>* weights,
+                                   InBatchSoftmaxWorkspace<detail::loss_nd<T>>* workspace = nullptr) {
+  return in_batch_softmax(Cpu{}, dq, dk, q, k, n, d, temperature, log_q_correction, mask, weights, workspace);
 }
 
 }  // namespace mtrec

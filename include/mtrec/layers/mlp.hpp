@@ -17,21 +17,23 @@ struct MLPConfig {
   bool activate_output = true;            // false: the last Linear's output is returned raw (a logit)
 };
 
-template <class T>
+template <class T, class Device = Cpu>
 class MLP {
  public:
+  using View = DeviceView<T, Device>;
+  using CView = DeviceView<const T, Device>;
   struct Context {
-    ConstView<T> x;
-    TensorView<T> y;
-    std::vector<typename Linear<T>::Context> linear;
-    std::vector<typename Dropout<T>::Context> dropout;
-    std::vector<Tensor<T>> z, a, o;  // per layer: Linear output, activation output, dropout output
+    CView x;
+    View y;
+    std::vector<typename Linear<T, Device>::Context> linear;
+    std::vector<typename Dropout<T, Device>::Context> dropout;
+    std::vector<Tensor<T, Device>> z, a, o;  // per layer: Linear output, activation output, dropout output
     std::vector<T*> zp, ap, op;      // where each stage wrote (a buffer above, or y)
-    Tensor<T> grad0, grad1;          // backward ping-pong
+    Tensor<T, Device> grad0, grad1;          // backward ping-pong
   };
 
   MLP() = default;
-  MLP(ParameterStore<T>& store, const std::string& name, index_t in, MLPConfig config) : config_(std::move(config)), in_(in) {
+  MLP(ParameterStore<T, Device>& store, const std::string& name, index_t in, MLPConfig config) : config_(std::move(config)), in_(in) {
     check(!config_.hidden.empty(), "MLP", "'", name, "' expected at least one layer");
     index_t width = in;
     for (std::size_t i = 0; i < config_.hidden.size(); ++i) {
@@ -42,7 +44,7 @@ class MLP {
   }
 
   // y (N,out) = MLP(x (N,in))
-  void forward(Context& ctx, ConstView<T> x, TensorView<T> y, const Mode& mode) const {
+  void forward(Context& ctx, CView x, View y, const Mode& mode) const {
     check_matrix("MLP::forward", "x", x, -1, in_);
     check_matrix("MLP::forward", "y", y, x.rows(), out_features());
     const index_t n = x.rows();
@@ -67,8 +69,8 @@ class MLP {
       T* ap = !act ? zp : (last && !drop) ? y.data : buffer(ctx.a[i], n, w);
       T* op = !drop ? ap : last ? y.data : buffer(ctx.o[i], n, w);
       linear_[i].forward_impl(in, zp, n);
-      ctx.linear[i].x = ConstView<T>(in, {n, linear_[i].in_features()});
-      if (act) activation_forward(config_.activation, ap, zp, n * w);
+      ctx.linear[i].x = CView(in, {n, linear_[i].in_features()});
+      if (act) activation_forward(this->dev(), config_.activation, ap, zp, n * w);
       if (drop) dropout_[i].forward_impl(ctx.dropout[i], ap, op, n * w, mode);
       ctx.zp[i] = zp;
       ctx.ap[i] = ap;
@@ -78,7 +80,7 @@ class MLP {
   }
 
   // dx (N,in) written (skipped if empty); parameter gradients accumulated
-  void backward(Context& ctx, ConstView<T> dy, TensorView<T> dx) const {
+  void backward(Context& ctx, CView dy, View dx) const {
     const index_t n = ctx.x.rows();
     check_matrix("MLP::backward", "dy", dy, n, out_features());
     if (!dx.empty()) check_matrix("MLP::backward", "dx", dx, n, in_);
@@ -97,7 +99,7 @@ class MLP {
       }
       if (has_activation(k)) {
         T* out = g == dy.data ? bufs[0] : const_cast<T*>(g);
-        activation_backward(config_.activation, out, g, ctx.zp[k], ctx.ap[k], n * w);
+        activation_backward(this->dev(), config_.activation, out, g, ctx.zp[k], ctx.ap[k], n * w);
         g = out;
       }
       T* gin = nullptr;
@@ -114,9 +116,12 @@ class MLP {
   index_t in_features() const { return in_; }
   index_t out_features() const { return config_.hidden.back(); }
   const MLPConfig& config() const { return config_; }
-  const std::vector<Linear<T>>& layers() const { return linear_; }
+  const std::vector<Linear<T, Device>>& layers() const { return linear_; }
+
+  const Device& dev() const { return dev_; }
 
  private:
+  Device dev_{};
   bool has_activation(std::size_t i) const {
     const bool last = i + 1 == config_.hidden.size();
     return config_.activation != Activation::Identity && (!last || config_.activate_output);
@@ -125,15 +130,15 @@ class MLP {
     const bool last = i + 1 == config_.hidden.size();
     return config_.dropout > 0.0 && (!last || config_.activate_output);
   }
-  static T* buffer(Tensor<T>& t, index_t n, index_t w) {
+  static T* buffer(Tensor<T, Device>& t, index_t n, index_t w) {
     t.resize({n, w});
     return t.data();
   }
 
   MLPConfig config_;
   index_t in_ = 0;
-  std::vector<Linear<T>> linear_;
-  std::vector<Dropout<T>> dropout_;
+  std::vector<Linear<T, Device>> linear_;
+  std::vector<Dropout<T, Device>> dropout_;
 };
 
 }  // namespace mtrec

@@ -8,9 +8,11 @@ namespace mtrec {
 
 enum class SequencePoolMode { Mean, First };
 
-template <class T>
+template <class T, class Device = Cpu>
 class SequencePooling {
  public:
+  using View = DeviceView<T, Device>;
+  using CView = DeviceView<const T, Device>;
   struct Context {
     ConstView<index_t> lengths;
     index_t B = 0, T_len = 0, D = 0;
@@ -19,29 +21,32 @@ class SequencePooling {
   explicit SequencePooling(SequencePoolMode mode = SequencePoolMode::Mean) : mode_(mode) {}
 
   // y (B,D) = mean of x[b, :lengths[b]] (Mean) or x[b, 0] (First); zeros when lengths[b] == 0
-  void forward(Context& ctx, ConstView<T> x, ConstView<index_t> lengths, TensorView<T> y) const {
+  void forward(Context& ctx, CView x, ConstView<index_t> lengths, View y) const {
     const char* op = "SequencePooling::forward";
     check(x.rank() == 3, op, "x expected shape (B, T, D) but got ", x.shape);
     const index_t B = x.dim(0), Tl = x.dim(1), D = x.dim(2);
     check_lengths(op, lengths, B, Tl);
     check_shape(op, "y", y, {B, D});
     ctx = {lengths, B, Tl, D};
-    kernels::sequence_pool_forward(kernels::backend{}, y.data, x.data, lengths.data, B, Tl, D,
+    kernels::sequence_pool_forward(dev(), y.data, x.data, lengths.data, B, Tl, D,
                                    mode_ == SequencePoolMode::First);
   }
 
   // dx (B,T,D) written: dy / len on valid positions (Mean) or dy at t = 0 (First), zero elsewhere
-  void backward(const Context& ctx, ConstView<T> dy, TensorView<T> dx) const {
+  void backward(const Context& ctx, CView dy, View dx) const {
     const char* op = "SequencePooling::backward";
     check_shape(op, "dy", dy, {ctx.B, ctx.D});
     check_shape(op, "dx", dx, {ctx.B, ctx.T_len, ctx.D});
-    kernels::sequence_pool_backward(kernels::backend{}, dx.data, dy.data, ctx.lengths.data, ctx.B, ctx.T_len, ctx.D,
+    kernels::sequence_pool_backward(dev(), dx.data, dy.data, ctx.lengths.data, ctx.B, ctx.T_len, ctx.D,
                                     mode_ == SequencePoolMode::First);
   }
 
   SequencePoolMode mode() const { return mode_; }
 
+  const Device& dev() const { return dev_; }
+
  private:
+  Device dev_{};
   SequencePoolMode mode_;
 };
 

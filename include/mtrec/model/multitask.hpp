@@ -46,91 +46,98 @@ struct TaskLosses {
   std::vector<index_t> count;  // labelled rows per task
 };
 
-template <class T>
+template <class T, class Device = Cpu>
 class MultiTaskModel {
+ public:
+  using View = DeviceView<T, Device>;
+  using CView = DeviceView<const T, Device>;
+
+ private:
   // A softmax gate mixing M expert outputs: out (B,De) = sum_m p_m * E_m.
   struct Gate {
-    Linear<T> proj;  // in -> M
+    Linear<T, Device> proj;  // in -> M
     std::vector<int> experts;  // indices into the level's expert list
   };
   // One CGC level (Tang et al., 2020). Experts 0..K*Et-1 are task experts
   // (task k owns k*Et .. k*Et+Et-1), then Es shared experts.
   struct Level {
     index_t in_dim = 0;
-    std::vector<MLP<T>> experts;
+    std::vector<MLP<T, Device>> experts;
     std::vector<Gate> task_gates;  // [k]
     bool has_shared_gate = false;
     Gate shared_gate;
     std::vector<int> expert_input;  // per expert: task k reads its task input, -1 reads the shared input
   };
   struct SequenceEncoder {
-    Embedding<T> items;
-    PositionalEmbedding<T> position;
-    TransformerEncoder<T> encoder;
-    SequencePooling<T> pool;
+    Embedding<T, Device> items;
+    PositionalEmbedding<T, Device> position;
+    TransformerEncoder<T, Device> encoder;
+    SequencePooling<T, Device> pool;
   };
 
  public:
   struct Workspace {
     struct GateWs {
-      typename Linear<T>::Context proj;
-      Tensor<T> probs;  // (B,M)
-      Tensor<T> out, d_out;  // (B,De)
-      Tensor<T> d_probs;
+      typename Linear<T, Device>::Context proj;
+      Tensor<T, Device> probs;  // (B,M)
+      Tensor<T, Device> out, d_out;  // (B,De)
+      Tensor<T, Device> d_probs;
       std::vector<const T*> experts;  // (M) the mixed experts' outputs, for the gate-mix kernels
       std::vector<T*> d_experts;      // (M) their gradients
     };
     struct LevelWs {
-      std::vector<typename MLP<T>::Context> expert;
-      std::vector<Tensor<T>> expert_out, d_expert_out;  // (B,De)
+      std::vector<typename MLP<T, Device>::Context> expert;
+      std::vector<Tensor<T, Device>> expert_out, d_expert_out;  // (B,De)
       std::vector<GateWs> task_gate;
       GateWs shared_gate;
-      std::vector<Tensor<T>> d_task_in;  // (B,in) per task
-      Tensor<T> d_shared_in;
+      std::vector<Tensor<T, Device>> d_task_in;  // (B,in) per task
+      Tensor<T, Device> d_shared_in;
     };
     struct SequenceWs {
       Tensor<index_t> lengths;    // (B) a copy of the batch's lengths: forward and backward agree on it
       Tensor<index_t> valid_ids;  // (n_valid) IDs of the valid positions, in (b,t) order
       Tensor<index_t> starts;     // (B) first row of each sequence in compact
-      Tensor<T> compact, d_compact;  // (n_valid, D)
-      Tensor<T> emb, hidden, d_emb, d_hidden;  // (B,L,D)
-      Tensor<T> pooled, d_pooled;  // (B,D)
-      typename Embedding<T>::Context items;
-      typename PositionalEmbedding<T>::Context position;
-      typename TransformerEncoder<T>::Context encoder;
-      typename SequencePooling<T>::Context pool;
+      Tensor<T, Device> compact, d_compact;  // (n_valid, D)
+      Tensor<T, Device> emb, hidden, d_emb, d_hidden;  // (B,L,D)
+      Tensor<T, Device> pooled, d_pooled;  // (B,D)
+      typename Embedding<T, Device>::Context items;
+      typename PositionalEmbedding<T, Device>::Context position;
+      typename TransformerEncoder<T, Device>::Context encoder;
+      typename SequencePooling<T, Device>::Context pool;
     };
     index_t B = 0;
-    Tensor<T> X, dX;  // (B,F)
+    Tensor<T, Device> X, dX;  // (B,F)
     std::vector<Tensor<index_t>> id_rows;   // hashed rows per ID field (B)
     std::vector<Tensor<index_t>> bag_rows;  // hashed rows per bag field (n)
     std::vector<ConstView<index_t>> id_view, bag_view;  // the rows each field looks up (prepare_batch)
-    std::vector<Tensor<T>> id_emb, bag_emb, d_field;  // (B,dim)
-    std::vector<typename Embedding<T>::Context> id_ctx;
-    std::vector<typename EmbeddingBag<T>::Context> bag_ctx;
+    std::vector<Tensor<T, Device>> id_emb, bag_emb, d_field;  // (B,dim)
+    std::vector<typename Embedding<T, Device>::Context> id_ctx;
+    std::vector<typename EmbeddingBag<T, Device>::Context> bag_ctx;
     std::vector<SequenceWs> seq;
-    typename MLP<T>::Context bottom;
-    Tensor<T> H, dH;  // bottom output (B,Db)
+    typename MLP<T, Device>::Context bottom;
+    Tensor<T, Device> H, dH;  // bottom output (B,Db)
     std::vector<LevelWs> levels;
-    std::vector<typename MLP<T>::Context> tower;
-    std::vector<Tensor<T>> out, d_out, d_scaled, d_tower_in;  // per task
+    std::vector<typename MLP<T, Device>::Context> tower;
+    std::vector<Tensor<T, Device>> out, d_out, d_scaled, d_tower_in;  // per task
     std::vector<Tensor<index_t>> class_ids;  // multi-class labels as ids
     // BPR tasks: the batch's (positive, negative) row pairs and their scores.
     struct PairWs {
       Tensor<index_t> order, pos, neg;  // order (B): labelled rows sorted by (group, label)
-      Tensor<T> s_pos, s_neg, d_pos, d_neg, weight;  // (P)
+      Tensor<T, Device> s_pos, s_neg, d_pos, d_neg;  // (P)
+      Tensor<T> weight;  // (P) host: the pair weights, from the batch weights
     };
     // Retrieval tasks: the target rows' embeddings are the keys.
     struct RetrievalWs {
       Tensor<index_t> rows;    // (B) target row per batch row (0 where unlabelled)
       Tensor<index_t> positions, targets;  // (n) the labelled batch rows and their target rows
-      Tensor<T> keys, d_keys;  // (B,D)
-      Tensor<T> d_targets;     // (n,D) the labelled rows' key gradients, scaled
-      InBatchSoftmaxWorkspace<T> softmax;
+      Tensor<T, Device> keys, d_keys;  // (B,D)
+      Tensor<T, Device> d_targets;     // (n,D) the labelled rows' key gradients, scaled
+      InBatchSoftmaxWorkspace<T, Device> softmax;
     };
     std::vector<PairWs> pairs;
     std::vector<RetrievalWs> retrieval;
-    Tensor<T> esmm_d_ctr;                     // (B) ESMM: dL_ctcvr / d CTR logit
+    Tensor<T, Device> pred;  // predict's outputs on the device (unused when the host reads device memory)
+    Tensor<T, Device> esmm_d_ctr;                     // (B) ESMM: dL_ctcvr / d CTR logit
     TaskLosses losses;                        // the last compute_losses() result
     Mode mode;
     // What this workspace holds, so that compute_losses and backward refuse a
@@ -141,7 +148,7 @@ class MultiTaskModel {
   };
 
   explicit MultiTaskModel(const ModelConfig& config)
-      : config_(config), store_(std::make_unique<ParameterStore<T>>(config.seed)), id_(next_instance_id()) {
+      : config_(config), store_(std::make_unique<ParameterStore<T, Device>>(config.seed)), id_(next_instance_id()) {
     tables_ = validate_config(config_);
     build();
     store_->allocate();
@@ -161,8 +168,8 @@ class MultiTaskModel {
   MultiTaskModel& operator=(const MultiTaskModel&) = delete;
 
   const ModelConfig& config() const { return config_; }
-  ParameterStore<T>& parameters() { return *store_; }
-  const ParameterStore<T>& parameters() const { return *store_; }
+  ParameterStore<T, Device>& parameters() { return *store_; }
+  const ParameterStore<T, Device>& parameters() const { return *store_; }
   index_t feature_width() const { return feature_width_; }
   std::size_t num_tasks() const { return config_.tasks.size(); }
 
@@ -232,9 +239,9 @@ class MultiTaskModel {
       } else if (t.type == TaskType::Retrieval) {
         lr = retrieval_task_loss(ws.retrieval[k], d, o, y, m, w, B, k);
       } else if (t.type == TaskType::Binary) {
-        lr = bce_with_logits(d, o, y, m, w, B);
+        lr = bce_with_logits(dev(), d, o, y, m, w, B);
       } else if (t.type == TaskType::Regression) {
-        lr = t.loss == TaskLoss::Huber ? huber(d, o, y, m, w, B, T(t.huber_delta)) : mse(d, o, y, m, w, B);
+        lr = t.loss == TaskLoss::Huber ? huber(dev(), d, o, y, m, w, B, T(t.huber_delta)) : mse(dev(), d, o, y, m, w, B);
       } else {
         Tensor<index_t>& ids = ws.class_ids[k];
         ids.resize({B});
@@ -248,7 +255,7 @@ class MultiTaskModel {
                  y[i]);
           ids[i] = static_cast<index_t>(y[i]);
         }
-        lr = softmax_cross_entropy(d, o, ids.data(), m, w, B, t.num_classes);
+        lr = softmax_cross_entropy(dev(), d, o, ids.data(), m, w, B, t.num_classes);
       }
       r.value[k] = lr.value;
       r.count[k] = lr.count;
@@ -274,12 +281,12 @@ class MultiTaskModel {
       T* ds = ws.d_scaled[k].data();
       const T c = T(coeff[k]);
       const T* d = ws.d_out[k].data();
-      kernels::scale(kernels::backend{}, ds, d, n, c);  // ds (n) = c * d
+      kernels::scale(dev(), ds, d, n, c);  // ds (n) = c * d
       bool active = coeff[k] != 0.0;
       if (config_.architecture == Architecture::ESMM && k == 0 && coeff[1] != 0.0) {
         // pCTCVR = pCTR * pCVR: the CTCVR loss also reaches the CTR tower.
         const T c1 = T(coeff[1]);
-        kernels::axpy(kernels::backend{}, ds, ws.esmm_d_ctr.data(), n, c1);  // ds += c1 * dL_ctcvr/d ctr
+        kernels::axpy(dev(), ds, ws.esmm_d_ctr.data(), n, c1);  // ds += c1 * dL_ctcvr/d ctr
         active = true;
       }
       if (active) towers_[k].backward(ws.tower[k], ws.d_scaled[k].view(), ws.d_tower_in[k].view());
@@ -291,9 +298,13 @@ class MultiTaskModel {
 
   // out (B, C_total): probabilities for binary tasks, values for regression,
   // class probabilities for multi-class; ESMM adds pCVR as a last column.
-  void predict(Workspace& ws, const Batch<T>& batch, Tensor<T>& out) const {
+  // `out` is host memory: on a device whose memory the host cannot read, the
+  // outputs are computed in the workspace and copied back once.
+  void predict(Workspace& ws, const Batch<T>& batch, Tensor<T>& host_out) const {
     forward(ws, batch, Mode::eval());
     const index_t B = ws.B, C = output_width();
+    host_out.resize({B, C});
+    Tensor<T, Device>& out = predict_buffer(ws, host_out);
     out.resize({B, C});
     index_t col = 0;
     for (std::size_t k = 0; k < num_tasks(); ++k) {
@@ -301,18 +312,19 @@ class MultiTaskModel {
       const index_t w = task_output_width(t);
       const T* o = ws.out[k].data();  // (B,w)
       if (t.type == TaskType::Regression || t.type == TaskType::Retrieval)  // values; a retrieval query vector
-        kernels::output_transform(kernels::backend{}, out.data(), C, col, o, B, w, kernels::OutputKind::Identity);
+        kernels::output_transform(dev(), out.data(), C, col, o, B, w, kernels::OutputKind::Identity);
       else if (t.type == TaskType::MultiClass)
-        kernels::output_transform(kernels::backend{}, out.data(), C, col, o, B, w, kernels::OutputKind::Softmax);
+        kernels::output_transform(dev(), out.data(), C, col, o, B, w, kernels::OutputKind::Softmax);
       else if (config_.architecture == Architecture::ESMM && k == 1)
-        kernels::sigmoid_product(kernels::backend{}, out.data(), C, col, ws.out[0].data(), o, B);  // pCTCVR = pCTR * pCVR
+        kernels::sigmoid_product(dev(), out.data(), C, col, ws.out[0].data(), o, B);  // pCTCVR = pCTR * pCVR
       else
-        kernels::output_transform(kernels::backend{}, out.data(), C, col, o, B, w, kernels::OutputKind::Sigmoid);
+        kernels::output_transform(dev(), out.data(), C, col, o, B, w, kernels::OutputKind::Sigmoid);
       col += w;
     }
     if (config_.architecture == Architecture::ESMM)  // pCVR
-      kernels::output_transform(kernels::backend{}, out.data(), C, col, ws.out[1].data(), B, 1,
+      kernels::output_transform(dev(), out.data(), C, col, ws.out[1].data(), B, 1,
                                 kernels::OutputKind::Sigmoid);
+    if (static_cast<void*>(&out) != static_cast<void*>(&host_out)) to_host(dev(), host_out.data(), out.cview());
   }
 
   // Checks a whole data set once, before training or evaluating on it:
@@ -435,11 +447,11 @@ class MultiTaskModel {
 
  // A retrieval task's target table (rows, dim): score a query q against it
   // as <q, row> / temperature. Shares storage with the model.
-  ConstView<T> target_table(std::size_t k) const {
+  CView target_table(std::size_t k) const {
     check(k < num_tasks() && config_.tasks[k].type == TaskType::Retrieval, "MultiTaskModel::target_table",
           "task ", k, " is not a retrieval task");
     const ParamId id = target_table_[k];
-    return ConstView<T>(store_->value(id), store_->info(id).shape);
+    return CView(store_->value(id), store_->info(id).shape);
   }
 
  private:
@@ -450,13 +462,20 @@ class MultiTaskModel {
   }
   // Planning only: registers the parameters under bounds, allocates nothing.
   MultiTaskModel(const ModelConfig& config, index_t max_tensors, index_t max_elements, const std::string& source)
-      : config_(config), store_(std::make_unique<ParameterStore<T>>(config.seed)), id_(0) {
+      : config_(config), store_(std::make_unique<ParameterStore<T, Device>>(config.seed)), id_(0) {
     tables_ = validate_config(config_);
     store_->set_limits(max_tensors, max_elements, source);
     build();
   }
 
   // The workspace holds a completed forward of this model on `batch`.
+  template <class D = Device>
+  static Tensor<T, Device>& predict_buffer(Workspace& ws, Tensor<T>& host_out) {
+    if constexpr (std::is_same<D, Cpu>::value) return host_out;
+    else return ws.pred;
+  }
+  const Device& dev() const { return store_->device(); }
+
   void check_workspace(const char* op, const Workspace& ws, const Batch<T>& batch) const {
     check(ws.owner != 0, op, "the workspace holds no completed forward(); call forward() first");
     check(ws.owner == id_, op, "the workspace holds a forward() of another model (instance ", ws.owner,
@@ -513,21 +532,22 @@ class MultiTaskModel {
       if (pass == 0) {
         P = p;
         for (Tensor<index_t>* x : {&pw.pos, &pw.neg}) x->resize({P});
-        for (Tensor<T>* x : {&pw.s_pos, &pw.s_neg, &pw.d_pos, &pw.d_neg, &pw.weight}) x->resize({P});
+        for (Tensor<T, Device>* x : {&pw.s_pos, &pw.s_neg, &pw.d_pos, &pw.d_neg}) x->resize({P});
+        pw.weight.resize({P});
       }
     }
     // The pairs come from the labels alone (host); the scores are gathered,
     // and the pair gradients scattered back, by kernels.
-    kernels::fill(kernels::backend{}, d, B, T(0));
+    kernels::fill(dev(), d, B, T(0));
     if (P == 0) return LossResult{};
-    kernels::gather_rows(kernels::backend{}, pw.s_pos.data(), score, pw.pos.data(), P, 1);  // s_pos (P) = score[pos]
-    kernels::gather_rows(kernels::backend{}, pw.s_neg.data(), score, pw.neg.data(), P, 1);
-    LossResult r = bpr(pw.d_pos.data(), pw.d_neg.data(), pw.s_pos.data(), pw.s_neg.data(),
+    kernels::gather_rows(dev(), pw.s_pos.data(), score, pw.pos.data(), P, 1);  // s_pos (P) = score[pos]
+    kernels::gather_rows(dev(), pw.s_neg.data(), score, pw.neg.data(), P, 1);
+    LossResult r = bpr(dev(), pw.d_pos.data(), pw.d_neg.data(), pw.s_pos.data(), pw.s_neg.data(),
                        static_cast<const std::uint8_t*>(nullptr), pw.weight.data(), P);
     // d[pos[p]] += d_pos[p], then d[neg[p]] += d_neg[p], pairs in order: deterministic
-    kernels::scatter_add_rows(kernels::backend{}, d, static_cast<std::uint8_t*>(nullptr), pw.d_pos.data(),
+    kernels::scatter_add_rows(dev(), d, static_cast<std::uint8_t*>(nullptr), pw.d_pos.data(),
                               pw.pos.data(), P, 1);
-    kernels::scatter_add_rows(kernels::backend{}, d, static_cast<std::uint8_t*>(nullptr), pw.d_neg.data(),
+    kernels::scatter_add_rows(dev(), d, static_cast<std::uint8_t*>(nullptr), pw.d_neg.data(),
                               pw.neg.data(), P, 1);
     return r;
   }
@@ -564,8 +584,8 @@ class MultiTaskModel {
     }
     rw.positions.resize({n_lab});
     rw.targets.resize({n_lab});
-    kernels::gather_rows(kernels::backend{}, rw.keys.data(), store_->value(table), rw.rows.data(), B, D);  // keys (B,D)
-    return in_batch_softmax(d, rw.d_keys.data(), q, rw.keys.data(), B, D, t.temperature,
+    kernels::gather_rows(dev(), rw.keys.data(), store_->value(table), rw.rows.data(), B, D);  // keys (B,D)
+    return in_batch_softmax(dev(), d, rw.d_keys.data(), q, rw.keys.data(), B, D, t.temperature,
                             static_cast<const T*>(nullptr), m, w, &rw.softmax);
   }
 
@@ -577,18 +597,18 @@ class MultiTaskModel {
     const index_t D = config_.tasks[k].target_dim, n = rw.targets.numel();
     rw.d_targets.resize({n, D});
     // d_targets (n,D) = c * d_keys[positions]; table.grad[targets] += d_targets
-    kernels::gather_rows(kernels::backend{}, rw.d_targets.data(), rw.d_keys.data(), rw.positions.data(), n, D);
-    kernels::scale(kernels::backend{}, rw.d_targets.data(), rw.d_targets.data(), n * D, c);
+    kernels::gather_rows(dev(), rw.d_targets.data(), rw.d_keys.data(), rw.positions.data(), n, D);
+    kernels::scale(dev(), rw.d_targets.data(), rw.d_targets.data(), n * D, c);
     TouchedRows& touched = store_->touched(table);
     touched.mark_all(rw.targets.data(), n);
-    kernels::scatter_add_rows(kernels::backend{}, store_->grad(table), touched.flag.data(), rw.d_targets.data(),
+    kernels::scatter_add_rows(dev(), store_->grad(table), touched.flag.data(), rw.d_targets.data(),
                               rw.targets.data(), n, D);
   }
 
   // ---- construction ----------------------------------------------------------
 
   void build() {
-    ParameterStore<T>& s = *store_;
+    ParameterStore<T, Device>& s = *store_;
     const FeatureSpec& f = config_.features;
     const Init emb_init = Init::normal(0.0, config_.embedding_init_std);
     auto table_of = [&](const std::string& field, const std::string& table) -> ParamId {
@@ -609,10 +629,10 @@ class MultiTaskModel {
     }
     for (const auto& x : f.sequences) {
       SequenceEncoder e;
-      e.items = Embedding<T>(s, table_of(x.name, x.table));
-      e.position = PositionalEmbedding<T>(s, "seq." + x.name + ".position", x.max_len, x.encoder.d_model);
-      e.encoder = TransformerEncoder<T>(s, "seq." + x.name + ".encoder", x.encoder, x.layers, true);
-      e.pool = SequencePooling<T>(x.pooling);
+      e.items = Embedding<T, Device>(s, table_of(x.name, x.table));
+      e.position = PositionalEmbedding<T, Device>(s, "seq." + x.name + ".position", x.max_len, x.encoder.d_model);
+      e.encoder = TransformerEncoder<T, Device>(s, "seq." + x.name + ".encoder", x.encoder, x.layers, true);
+      e.pool = SequencePooling<T, Device>(x.pooling);
       seq_layers_.push_back(std::move(e));
       feature_width_ += x.encoder.d_model;
     }
@@ -625,7 +645,7 @@ class MultiTaskModel {
       case Architecture::SharedBottom: {
         MLPConfig c = hidden;
         c.hidden = config_.bottom;
-        bottom_ = MLP<T>(s, "bottom", feature_width_, c);
+        bottom_ = MLP<T, Device>(s, "bottom", feature_width_, c);
         trunk_width = config_.bottom.back();
         break;
       }
@@ -654,7 +674,7 @@ class MultiTaskModel {
   }
 
   void build_levels(int L, index_t Et, index_t Es) {
-    ParameterStore<T>& s = *store_;
+    ParameterStore<T, Device>& s = *store_;
     const index_t K = index_t(num_tasks());
     MLPConfig c{config_.expert, config_.activation, config_.dropout, true};
     index_t in = feature_width_;
@@ -675,13 +695,13 @@ class MultiTaskModel {
         Gate g;
         for (index_t j = 0; j < Et; ++j) g.experts.push_back(int(k * Et + j));
         for (index_t j = 0; j < Es; ++j) g.experts.push_back(int(K * Et + j));
-        g.proj = Linear<T>(s, p + "gate." + config_.tasks[k].name, in, index_t(g.experts.size()));
+        g.proj = Linear<T, Device>(s, p + "gate." + config_.tasks[k].name, in, index_t(g.experts.size()));
         lv.task_gates.push_back(std::move(g));
       }
       lv.has_shared_gate = l + 1 < L;
       if (lv.has_shared_gate) {
         for (index_t j = 0; j < K * Et + Es; ++j) lv.shared_gate.experts.push_back(int(j));
-        lv.shared_gate.proj = Linear<T>(s, p + "gate.shared", in, K * Et + Es);
+        lv.shared_gate.proj = Linear<T, Device>(s, p + "gate.shared", in, K * Et + Es);
       }
       levels_.push_back(std::move(lv));
       in = config_.expert.back();
@@ -691,7 +711,7 @@ class MultiTaskModel {
   // Task-specific = towers, gates and task experts of the last level (their
   // gradient comes from one task only); everything else is shared.
   void classify_parameters() {
-    const ParameterStore<T>& s = *store_;
+    const ParameterStore<T, Device>& s = *store_;
     const std::string last_level = "level" + std::to_string(int(levels_.size()) - 1) + ".task_expert.";
     // A target table that no feature reads and only one retrieval task scores
     // against belongs to that task alone.
@@ -822,11 +842,11 @@ class MultiTaskModel {
   // ---- features ----------------------------------------------------------------
 
   // Writes a (B, w) block into columns [col, col + w) of X.
-  static void put_columns(Tensor<T>& X, index_t col, const T* src, index_t B, index_t w) {
-    kernels::copy_columns(kernels::backend{}, X.data(), X.dim(1), col, src, w, 0, B, w);
+  void put_columns(Tensor<T, Device>& X, index_t col, const T* src, index_t B, index_t w) const {
+    kernels::copy_columns(dev(), X.data(), X.dim(1), col, src, w, 0, B, w);
   }
-  static void take_columns(T* dst, const Tensor<T>& X, index_t col, index_t B, index_t w) {
-    kernels::copy_columns(kernels::backend{}, dst, w, 0, X.data(), X.dim(1), col, B, w);
+  void take_columns(T* dst, const Tensor<T, Device>& X, index_t col, index_t B, index_t w) const {
+    kernels::copy_columns(dev(), dst, w, 0, X.data(), X.dim(1), col, B, w);
   }
 
   const TableSpec& table_spec(const std::string& field, const std::string& table) const {
@@ -879,7 +899,7 @@ class MultiTaskModel {
           sw.valid_ids[v++] = ts.hashed ? hash_bucket(std::uint64_t(id), ts.rows, salt) : id;
         }
       sw.starts.resize({B});
-      kernels::packed_starts(kernels::backend{}, sw.starts.data(), sw.lengths.data(), B);
+      kernels::packed_starts(dev(), sw.starts.data(), sw.lengths.data(), B);
     }
   }
 
@@ -898,8 +918,8 @@ class MultiTaskModel {
       const index_t d = f.bags[i].dim;
       const auto& bag = b.bags[i];
       ws.bag_emb[i].resize({B, d});
-      ConstView<T> w = f.bags[i].weighted ? ConstView<T>(bag.weights.data(), {index_t(bag.weights.size())})
-                                          : ConstView<T>();
+      CView w = f.bags[i].weighted ? CView(bag.weights.data(), {index_t(bag.weights.size())})
+                                          : CView();
       bag_layers_[i].forward(ws.bag_ctx[i], ws.bag_view[i], ConstView<index_t>(bag.offsets.data(), {B + 1}), w,
                              ws.bag_emb[i].view());
       put_columns(ws.X, col, ws.bag_emb[i].data(), B, d);
@@ -917,7 +937,7 @@ class MultiTaskModel {
       sw.pooled.resize({B, D});
       enc.items.forward(sw.items, sw.valid_ids.view(), sw.compact.view());
       // valid positions copied, padded ones zeroed (an empty sequence copies nothing)
-      unpack_sequences(sw.emb.data(), sw.compact.data(), sw.lengths.data(), sw.starts.data(), B, L, D);
+      kernels::unpack_sequences(dev(), sw.emb.data(), sw.compact.data(), sw.lengths.data(), sw.starts.data(), B, L, D);
       ConstView<index_t> lengths(sw.lengths.data(), {B});
       enc.position.forward(sw.position, sw.emb.view(), sw.emb.view());
       enc.encoder.forward(sw.encoder, sw.emb.view(), lengths, sw.hidden.view(), mode);
@@ -935,7 +955,7 @@ class MultiTaskModel {
     const FeatureSpec& f = config_.features;
     const index_t B = ws.B;
     index_t col = 0;
-    Tensor<T>& d = ws.d_field[0];
+    Tensor<T, Device>& d = ws.d_field[0];
     for (std::size_t i = 0; i < f.ids.size(); ++i) {
       const index_t w = f.ids[i].dim;
       d.resize({B, w});
@@ -963,7 +983,7 @@ class MultiTaskModel {
       enc.encoder.backward(sw.encoder, sw.d_hidden.view(), sw.d_emb.view());
       enc.position.backward(sw.position, sw.d_emb.view(), sw.d_emb.view());
       sw.d_compact.resize(sw.compact.shape());
-      pack_sequences(sw.d_compact.data(), sw.d_emb.data(), sw.lengths.data(), sw.starts.data(), B, L, D);
+      kernels::pack_sequences(dev(), sw.d_compact.data(), sw.d_emb.data(), sw.lengths.data(), sw.starts.data(), B, L, D);
       enc.items.backward(sw.items, sw.d_compact.view());
       col += D;
     }
@@ -971,7 +991,7 @@ class MultiTaskModel {
 
   // ---- trunk ---------------------------------------------------------------------
 
-  ConstView<T> tower_input(const Workspace& ws, std::size_t k) const {
+  CView tower_input(const Workspace& ws, std::size_t k) const {
     switch (config_.architecture) {
       case Architecture::SingleTask:
       case Architecture::SharedBottom: return ws.H.view();
@@ -985,10 +1005,10 @@ class MultiTaskModel {
     for (std::size_t l = 0; l < levels_.size(); ++l) {
       const Level& lv = levels_[l];
       auto& lw = ws.levels[l];
-      auto task_in = [&](std::size_t k) -> ConstView<T> {
-        return l == 0 ? ws.X.view() : ConstView<T>(ws.levels[l - 1].task_gate[k].out.view());
+      auto task_in = [&](std::size_t k) -> CView {
+        return l == 0 ? ws.X.view() : CView(ws.levels[l - 1].task_gate[k].out.view());
       };
-      const ConstView<T> shared_in = l == 0 ? ws.X.view() : ConstView<T>(ws.levels[l - 1].shared_gate.out.view());
+      const CView shared_in = l == 0 ? ws.X.view() : CView(ws.levels[l - 1].shared_gate.out.view());
       for (std::size_t e = 0; e < lv.experts.size(); ++e) {
         const int src = lv.expert_input[e];
         lv.experts[e].forward(lw.expert[e], src < 0 ? shared_in : task_in(std::size_t(src)), lw.expert_out[e].view(),
@@ -999,31 +1019,31 @@ class MultiTaskModel {
     }
   }
 
-  void gate_forward(const Gate& g, typename Workspace::GateWs& gw, ConstView<T> x,
+  void gate_forward(const Gate& g, typename Workspace::GateWs& gw, CView x,
                     typename Workspace::LevelWs& lw) const {
     const index_t B = x.rows(), M = index_t(g.experts.size()), De = config_.expert.back();
     gw.probs.resize({B, M});
     gw.out.resize({B, De});
     g.proj.forward(gw.proj, x, gw.probs.view());
-    kernels::softmax_forward(kernels::backend{}, gw.probs.data(), gw.probs.data(), B, M);
+    kernels::softmax_forward(dev(), gw.probs.data(), gw.probs.data(), B, M);
     gw.experts.resize(std::size_t(M));
     for (index_t m = 0; m < M; ++m) gw.experts[std::size_t(m)] = lw.expert_out[std::size_t(g.experts[std::size_t(m)])].data();
-    kernels::gate_mix_forward(kernels::backend{}, gw.out.data(), gw.experts.data(), gw.probs.data(), B, M, De);  // out (B,De)
+    kernels::gate_mix_forward(dev(), gw.out.data(), gw.experts.data(), gw.probs.data(), B, M, De);  // out (B,De)
   }
 
   // d experts += p_m * d_out; d_in += gate_proj^T (softmax' <d_out, E_m>)
   void gate_backward(const Gate& g, typename Workspace::GateWs& gw, typename Workspace::LevelWs& lw, T* d_in,
-                     Tensor<T>& scratch) const {
+                     Tensor<T, Device>& scratch) const {
     const index_t B = gw.probs.dim(0), M = gw.probs.dim(1), De = config_.expert.back();
     gw.d_probs.resize({B, M});
     gw.d_experts.resize(std::size_t(M));
     for (index_t m = 0; m < M; ++m) gw.d_experts[std::size_t(m)] = lw.d_expert_out[std::size_t(g.experts[std::size_t(m)])].data();
-    kernels::gate_mix_backward(kernels::backend{}, gw.d_experts.data(), gw.d_probs.data(), gw.d_out.data(),
+    kernels::gate_mix_backward(dev(), gw.d_experts.data(), gw.d_probs.data(), gw.d_out.data(),
                                gw.experts.data(), gw.probs.data(), B, M, De);
-    kernels::softmax_backward(kernels::backend{}, gw.d_probs.data(), gw.d_probs.data(), gw.probs.data(), B, M);
+    kernels::softmax_backward(dev(), gw.d_probs.data(), gw.d_probs.data(), gw.probs.data(), B, M);
     scratch.resize({B, g.proj.in_features()});
     g.proj.backward(gw.proj, gw.d_probs.view(), scratch.view());
-    kernels::residual_add(kernels::backend{}, d_in, d_in, scratch.data(), scratch.numel());
+    kernels::residual_add(dev(), d_in, d_in, scratch.data(), scratch.numel());
   }
 
   void trunk_backward(Workspace& ws, const double* coeff) const {
@@ -1034,7 +1054,7 @@ class MultiTaskModel {
         ws.dH.zero();
         for (std::size_t k = 0; k < num_tasks(); ++k)
           if (coeff[k] != 0.0)
-            kernels::residual_add(kernels::backend{}, ws.dH.data(), ws.dH.data(), ws.d_tower_in[k].data(), ws.dH.numel());
+            kernels::residual_add(dev(), ws.dH.data(), ws.dH.data(), ws.d_tower_in[k].data(), ws.dH.numel());
         bottom_.backward(ws.bottom, ws.dH.view(), ws.dX.view());
         return;
       }
@@ -1042,7 +1062,7 @@ class MultiTaskModel {
         ws.dX.zero();
         for (std::size_t k = 0; k < num_tasks(); ++k)
           if (coeff[k] != 0.0)
-            kernels::residual_add(kernels::backend{}, ws.dX.data(), ws.dX.data(), ws.d_tower_in[k].data(), ws.dX.numel());
+            kernels::residual_add(dev(), ws.dX.data(), ws.dX.data(), ws.d_tower_in[k].data(), ws.dX.numel());
         return;
       default: break;
     }
@@ -1058,17 +1078,17 @@ class MultiTaskModel {
         if (l + 1 == levels_.size() && coeff[k] == 0.0)
           gw.d_out.zero();
         else
-          kernels::copy(kernels::backend{}, gw.d_out.data(), src, gw.d_out.numel());
+          kernels::copy(dev(), gw.d_out.data(), src, gw.d_out.numel());
       }
       if (lv.has_shared_gate) {
         lw.shared_gate.d_out.resize({B, config_.expert.back()});
-        kernels::copy(kernels::backend{}, lw.shared_gate.d_out.data(), ws.levels[l + 1].d_shared_in.data(),
+        kernels::copy(dev(), lw.shared_gate.d_out.data(), ws.levels[l + 1].d_shared_in.data(),
                       lw.shared_gate.d_out.numel());
       }
       for (auto& t : lw.d_expert_out) t.zero();
       for (auto& t : lw.d_task_in) t.zero();
       lw.d_shared_in.zero();
-      Tensor<T>& scratch = ws.dH;  // free in MMoE/PLE
+      Tensor<T, Device>& scratch = ws.dH;  // free in MMoE/PLE
       for (std::size_t k = 0; k < num_tasks(); ++k)
         gate_backward(lv.task_gates[k], lw.task_gate[k], lw, lw.d_task_in[k].data(), scratch);
       if (lv.has_shared_gate) gate_backward(lv.shared_gate, lw.shared_gate, lw, lw.d_shared_in.data(), scratch);
@@ -1077,22 +1097,22 @@ class MultiTaskModel {
         T* d_in = src < 0 ? lw.d_shared_in.data() : lw.d_task_in[std::size_t(src)].data();
         scratch.resize({B, lv.in_dim});
         lv.experts[e].backward(lw.expert[e], lw.d_expert_out[e].view(), scratch.view());
-        kernels::residual_add(kernels::backend{}, d_in, d_in, scratch.data(), scratch.numel());
+        kernels::residual_add(dev(), d_in, d_in, scratch.data(), scratch.numel());
       }
     }
     // Level 0 reads X for every input.
     auto& l0 = ws.levels[0];
-    kernels::copy(kernels::backend{}, ws.dX.data(), l0.d_shared_in.data(), ws.dX.numel());
+    kernels::copy(dev(), ws.dX.data(), l0.d_shared_in.data(), ws.dX.numel());
     for (std::size_t k = 0; k < num_tasks(); ++k)
-      kernels::residual_add(kernels::backend{}, ws.dX.data(), ws.dX.data(), l0.d_task_in[k].data(), ws.dX.numel());
+      kernels::residual_add(dev(), ws.dX.data(), ws.dX.data(), l0.d_task_in[k].data(), ws.dX.numel());
   }
 
   // ESMM's CTCVR loss: BCE on p = sigmoid(a) sigmoid(b) over all impressions,
   // computed in log space so that it stays finite for large |a|, |b|.
   // Writes dL/db into d_cvr and dL/da into d_ctr (backward adds the latter to
   // the CTR tower's gradient).
-  static LossResult esmm_ctcvr_loss(T* d_cvr, T* d_ctr, const T* a, const T* b, const T* y, const std::uint8_t* m,
-                                    const T* w, index_t n) {
+  LossResult esmm_ctcvr_loss(T* d_cvr, T* d_ctr, const T* a, const T* b, const T* y, const std::uint8_t* m,
+                             const T* w, index_t n) const {
     double den = 0;  // host: the denominator, from the batch's mask and weights
     index_t count = 0;
     for (index_t i = 0; i < n; ++i)
@@ -1102,24 +1122,24 @@ class MultiTaskModel {
       }
     LossResult r{0.0, den, count};
     if (den <= 0) {
-      kernels::fill(kernels::backend{}, d_cvr, n, T(0));
-      kernels::fill(kernels::backend{}, d_ctr, n, T(0));
+      kernels::fill(dev(), d_cvr, n, T(0));
+      kernels::fill(dev(), d_ctr, n, T(0));
       return r;
     }
-    r.value = kernels::esmm_loss(kernels::backend{}, d_ctr, d_cvr, a, b, y, m, w, n, 1.0 / den);
+    r.value = kernels::esmm_loss(dev(), d_ctr, d_cvr, a, b, y, m, w, n, 1.0 / den);
     return r;
   }
 
   ModelConfig config_;
-  std::unique_ptr<ParameterStore<T>> store_;
+  std::unique_ptr<ParameterStore<T, Device>> store_;
   std::vector<TableSpec> tables_;
   index_t feature_width_ = 0;
-  std::vector<Embedding<T>> id_layers_;
-  std::vector<EmbeddingBag<T>> bag_layers_;
+  std::vector<Embedding<T, Device>> id_layers_;
+  std::vector<EmbeddingBag<T, Device>> bag_layers_;
   std::vector<SequenceEncoder> seq_layers_;
-  MLP<T> bottom_;
+  MLP<T, Device> bottom_;
   std::vector<Level> levels_;
-  std::vector<MLP<T>> towers_;
+  std::vector<MLP<T, Device>> towers_;
   std::vector<ParamId> target_table_;  // per task: a retrieval task's target table, else -1
   std::vector<ParamId> shared_params_, last_shared_;
   std::uint64_t id_ = 0;  // unique per model instance in this process (0: planning only)

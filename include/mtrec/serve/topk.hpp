@@ -22,11 +22,11 @@ struct ScoredItem {
   double score;   // the chosen output column (a probability for binary tasks)
 };
 
-template <class T>
+template <class T, class Device = Cpu>
 class TopKScorer {
  public:
   // item_fields: names of the features that describe the candidate item.
-  TopKScorer(const MultiTaskModel<T>& model, std::vector<std::string> item_fields, const std::string& score_column)
+  TopKScorer(const MultiTaskModel<T, Device>& model, std::vector<std::string> item_fields, const std::string& score_column)
       : model_(&model) {
     const FeatureSpec& f = model.config().features;
     const std::unordered_set<std::string> items(item_fields.begin(), item_fields.end());
@@ -144,11 +144,11 @@ class TopKScorer {
               "' expected ", f.dense[i].dim, " values but got ", user.dense[i].size());
   }
 
-  const MultiTaskModel<T>* model_;
+  const MultiTaskModel<T, Device>* model_;
   std::vector<bool> user_ids_, user_bags_, user_seqs_, user_dense_;
   index_t column_ = 0;
   Batch<T> batch_;
-  typename MultiTaskModel<T>::Workspace ws_;
+  typename MultiTaskModel<T, Device>::Workspace ws_;
   Tensor<T> out_;
   std::vector<ScoredItem> results_;
 };

@@ -398,13 +398,28 @@ inline index_t first_nonfinite(const T* v, index_t n, index_t* count) {
 }
 // Throws when any parameter of `st` is non-finite: names the first tensor,
 // the element and the count of non-finite weights in the whole model.
-template <class T>
-inline void check_finite_parameters(const ParameterStore<T>& st, const char* op, const std::string& where,
-                                    const char* hint) {
+// The store's values as host memory: in place when the host can read the
+// device's memory, else one copy into `buf`.
+template <class T, class Device>
+inline const T* host_values(const ParameterStore<T, Device>& st, std::vector<T>& buf) {
+  if constexpr (host_readable_v<Device>) {
+    (void)buf;
+    return st.values();
+  } else {
+    buf.resize(std::size_t(st.size()));
+    st.read_values(buf.data(), 0, st.size());
+    return buf.data();
+  }
+}
+template <class T, class Device>
+inline void check_finite_parameters(const ParameterStore<T, Device>& st, const char* op, const std::string& where,
+                                    const char* hint, const T* values = nullptr) {
+  std::vector<T> buf;
+  if (!values) values = host_values(st, buf);
   index_t count = 0, first = -1;
   ParamId first_id = -1;
   for (ParamId id = 0; id < st.count(); ++id) {
-    const index_t i = first_nonfinite(st.value(id), st.info(id).size, &count);
+    const index_t i = first_nonfinite(values + st.info(id).offset, st.info(id).size, &count);
     if (i >= 0 && first_id < 0) {
       first_id = id;
       first = i;
@@ -412,7 +427,7 @@ inline void check_finite_parameters(const ParameterStore<T>& st, const char* op,
   }
   if (count == 0) return;
   fail(op, where, ": ", count, " of the model's weights are not finite (the first: tensor '", st.info(first_id).name,
-       "' element ", first, " = ", st.value(first_id)[first], "); ", hint);
+       "' element ", first, " = ", values[st.info(first_id).offset + first], "); ", hint);
 }
 }  // namespace detail
 
@@ -421,21 +436,25 @@ inline void check_finite_parameters(const ParameterStore<T>& st, const char* op,
 // `extra_metadata` adds application entries (e.g. mtrec-train's
 // preprocessing); it may not replace the entries above. Refuses a model with
 // non-finite weights or optimizer state unless options.allow_nonfinite.
-template <class T>
-inline void save_checkpoint(const std::string& path, const MultiTaskModel<T>& model, Trainer<T>* trainer = nullptr,
+template <class T, class Device>
+inline void save_checkpoint(const std::string& path, const MultiTaskModel<T, Device>& model,
+                            std::enable_if_t<true, Trainer<T, Device>>* trainer = nullptr,  // not deduced: nullptr works
                             const std::map<std::string, std::string>& extra_metadata = {},
                             const CheckpointOptions& options = {}) {
   const char* op = "save_checkpoint";
-  const ParameterStore<T>& st = model.parameters();
+  const ParameterStore<T, Device>& st = model.parameters();
+  std::vector<T> host_buf;  // host copies of device memory (unused when the host reads it in place)
+  const T* values = detail::host_values(st, host_buf);
   if (!options.allow_nonfinite)
     detail::check_finite_parameters(st, op, "'" + path + "'",
                                     "refusing to save a diverged model (set CheckpointOptions::allow_nonfinite to "
-                                    "save it anyway)");
+                                    "save it anyway)",
+                                    values);
   std::vector<TensorRecord> records;
   for (ParamId id = 0; id < st.count(); ++id) {
     const auto& info = st.info(id);
     std::vector<std::int64_t> shape(info.shape.dims.begin(), info.shape.dims.begin() + info.shape.rank);
-    records.push_back(TensorRecord::of(info.name, st.value(id), shape));
+    records.push_back(TensorRecord::of(info.name, values + info.offset, shape));
   }
   std::map<std::string, std::string> meta;
   meta["format"] = "mtrec.checkpoint";
@@ -444,8 +463,17 @@ inline void save_checkpoint(const std::string& path, const MultiTaskModel<T>& mo
   meta["dtype"] = sizeof(T) == 4 ? "F32" : "F64";
   meta["config"] = config_to_json(model.config()).dump();
   std::vector<std::pair<std::string, ConstView<T>>> opt_state;
+  std::vector<Tensor<T>> opt_host;  // host copies of the optimizer state on a non-host device
   if (trainer) {
-    opt_state = trainer->optimizer().state();
+    for (const auto& s : trainer->optimizer().state()) {
+      if constexpr (host_readable_v<Device>) {
+        opt_state.emplace_back(s.first, ConstView<T>(s.second.data, s.second.shape));
+      } else {
+        opt_host.emplace_back(s.second.shape);
+        to_host(st.device(), opt_host.back().data(), s.second);
+        opt_state.emplace_back(s.first, opt_host.back().cview());
+      }
+    }
     for (const auto& s : opt_state) {
       index_t count = 0;
       const index_t i = detail::first_nonfinite(s.second.data, s.second.numel(), &count);
@@ -478,9 +506,10 @@ inline void save_checkpoint(const std::string& path, const MultiTaskModel<T>& mo
 
 // Copies every parameter of `model` from an open checkpoint; names and
 // element counts must match.
-template <class T>
-inline void load_parameters(MultiTaskModel<T>& model, const SafetensorsFile& f) {
-  ParameterStore<T>& st = model.parameters();
+template <class T, class Device>
+inline void load_parameters(MultiTaskModel<T, Device>& model, const SafetensorsFile& f) {
+  ParameterStore<T, Device>& st = model.parameters();
+  std::vector<T> host;
   for (ParamId id = 0; id < st.count(); ++id) {
     const auto& info = st.info(id);
     check(f.has(info.name), "load_checkpoint", "the file has no tensor '", info.name, "' that the model needs");
@@ -488,7 +517,13 @@ inline void load_parameters(MultiTaskModel<T>& model, const SafetensorsFile& f) 
     const auto& have = f.info(info.name).shape;
     check(have == want, "load_checkpoint", "tensor '", info.name, "' expected shape ", info.shape, " but the file has ",
           safetensors::detail::shape_str(have));
-    detail::read_as(f, info.name, st.value(id), std::size_t(info.size));
+    if constexpr (host_readable_v<Device>) {
+      detail::read_as(f, info.name, st.value(id), std::size_t(info.size));
+    } else {
+      host.resize(std::size_t(info.size));
+      detail::read_as(f, info.name, host.data(), host.size());
+      st.write_values(info.offset, host.data(), info.size);
+    }
   }
 }
 
@@ -499,8 +534,8 @@ inline void load_parameters(MultiTaskModel<T>& model, const SafetensorsFile& f) 
 // shapes, counts), so the memory a file can make this allocate is bounded
 // by the tensors it actually holds. Every failure is an mtrec::Error that
 // names the file, the key or tensor, and the value.
-template <class T>
-inline std::unique_ptr<MultiTaskModel<T>> load_checkpoint(const SafetensorsFile& f, const std::string& source,
+template <class T, class Device = Cpu>
+inline std::unique_ptr<MultiTaskModel<T, Device>> load_checkpoint(const SafetensorsFile& f, const std::string& source,
                                                           const CheckpointOptions& options = {}) {
   const char* op = "load_checkpoint";
   const std::string where = "'" + source + "'";
@@ -528,7 +563,7 @@ inline std::unique_ptr<MultiTaskModel<T>> load_checkpoint(const SafetensorsFile&
   }
   std::vector<ParamInfo> plan;
   try {
-    plan = MultiTaskModel<T>::parameter_plan(config, tensors, elements,
+    plan = MultiTaskModel<T, Device>::parameter_plan(config, tensors, elements,
                                              where + " (" + std::to_string(tensors) + " parameter tensors, " +
                                                  std::to_string(elements) + " elements)");
   } catch (const Error& e) {
@@ -546,7 +581,7 @@ inline std::unique_ptr<MultiTaskModel<T>> load_checkpoint(const SafetensorsFile&
   }
   check(index_t(plan.size()) == tensors, op, where, " holds ", tensors, " parameter tensors but its config creates ",
         plan.size());
-  auto model = std::make_unique<MultiTaskModel<T>>(config);
+  auto model = std::make_unique<MultiTaskModel<T, Device>>(config);
   try {
     load_parameters(*model, f);
   } catch (const Error& e) {
@@ -561,17 +596,18 @@ inline std::unique_ptr<MultiTaskModel<T>> load_checkpoint(const SafetensorsFile&
 
 // Rebuilds a model from a checkpoint file: its configuration from the
 // metadata, then its parameters (see the overload above).
-template <class T>
-inline std::unique_ptr<MultiTaskModel<T>> load_checkpoint(const std::string& path, const CheckpointOptions& options = {}) {
+template <class T, class Device = Cpu>
+inline std::unique_ptr<MultiTaskModel<T, Device>> load_checkpoint(const std::string& path,
+                                                                  const CheckpointOptions& options = {}) {
   const SafetensorsFile f = SafetensorsFile::load(path);
-  return load_checkpoint<T>(f, path, options);
+  return load_checkpoint<T, Device>(f, path, options);
 }
 
 // Restores the optimizer and trainer state saved with save_checkpoint(...,
 // trainer) into a trainer built on a model loaded from the same file. Checks
 // everything before changing anything: on an error the trainer is untouched.
-template <class T>
-inline void load_training_state(const std::string& path, Trainer<T>& trainer) {
+template <class T, class Device>
+inline void load_training_state(const std::string& path, Trainer<T, Device>& trainer) {
   const char* op = "load_training_state";
   const std::string where = "'" + path + "'";
   const SafetensorsFile f = SafetensorsFile::load(path);

@@ -66,7 +66,7 @@ inline void retrieval_ranks(index_t* rank, const T* q, const T* table, index_t r
   for (index_t start = 0; start < N; start += block) {
     const index_t n = std::min(block, N - start);
     // scores (n, rows) = Q (n,D) E^T
-    kernels::gemm(kernels::backend{}, kernels::Trans::N, kernels::Trans::T, n, rows, D, T(1), q + start * D, D, table,
+    kernels::gemm(kernels::cpu, kernels::Trans::N, kernels::Trans::T, n, rows, D, T(1), q + start * D, D, table,
                   D, T(0), scores.data(), rows);
     parallel_for(n, double(rows), [&](index_t i) {
       const index_t r = start + i;
@@ -86,8 +86,8 @@ inline void retrieval_ranks(index_t* rank, const T* q, const T* table, index_t r
 // Runs the model in eval mode over `data` in batches and computes every
 // task's metrics on its labelled rows. A task with no labelled row gets only
 // count = 0.
-template <class T>
-inline Evaluation evaluate(const MultiTaskModel<T>& model, const Batch<T>& data, index_t batch_size = 1024,
+template <class T, class Device>
+inline Evaluation evaluate(const MultiTaskModel<T, Device>& model, const Batch<T>& data, index_t batch_size = 1024,
                            double threshold = 0.5) {
   const char* op = "evaluate";
   check(data.size > 0, op, "expected a non-empty dataset");
@@ -101,7 +101,7 @@ inline Evaluation evaluate(const MultiTaskModel<T>& model, const Batch<T>& data,
   std::vector<T> pred(static_cast<std::size_t>(N * C));
   std::vector<std::vector<T>> raw(K);
   std::vector<double> loss_sum(K, 0.0), weight_sum(K, 0.0);
-  typename MultiTaskModel<T>::Workspace ws;
+  typename MultiTaskModel<T, Device>::Workspace ws;
   Batch<T> batch;
   Tensor<T> out;
   std::vector<index_t> rows;
@@ -115,7 +115,9 @@ inline Evaluation evaluate(const MultiTaskModel<T>& model, const Batch<T>& data,
     const TaskLosses& l = model.compute_losses(ws, batch);
     for (std::size_t k = 0; k < K; ++k) {
       const index_t w = ws.out[k].dim(1);
-      raw[k].insert(raw[k].end(), ws.out[k].data(), ws.out[k].data() + n * w);
+      const std::size_t at = raw[k].size();
+      raw[k].resize(at + std::size_t(n * w));  // metrics run on the host: one explicit copy back
+      to_host(model.parameters().device(), raw[k].data() + at, ws.out[k].cview());
       // Batch losses are weighted means: re-weight by the labelled weight.
       double wsum = 0;
       for (index_t i = 0; i < n; ++i) {
@@ -143,9 +145,11 @@ inline Evaluation evaluate(const MultiTaskModel<T>& model, const Batch<T>& data,
       ev.loss += t.weight * tm.values["loss"];
       const T* y = data.labels[k].data();
       if (t.type == TaskType::Retrieval) {
-        const ConstView<T> table = model.target_table(k);
+        const auto table = model.target_table(k);
+        std::vector<T> host_table(static_cast<std::size_t>(table.numel()));
+        to_host(model.parameters().device(), host_table.data(), table);
         std::vector<index_t> rank(static_cast<std::size_t>(N));
-        retrieval_ranks(rank.data(), raw[k].data(), table.data, table.dim(0), table.dim(1), y, mask, N);
+        retrieval_ranks(rank.data(), raw[k].data(), host_table.data(), table.dim(0), table.dim(1), y, mask, N);
         double hits = 0, gain = 0;
         for (index_t i = 0; i < N; ++i)
           if ((!mask || mask[i]) && rank[i] <= 10) {

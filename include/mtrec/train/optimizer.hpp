@@ -141,18 +141,18 @@ struct OptimizerConfig {
 };
 
 // Holds a pointer to the store: the store must outlive the optimizer.
-template <class T>
+template <class T, class Device = Cpu>
 class Optimizer {
  public:
-  Optimizer(ParameterStore<T>& store, const OptimizerConfig& config) : store_(&store), cfg_(config) {
+  Optimizer(ParameterStore<T, Device>& store, const OptimizerConfig& config) : store_(&store), cfg_(config) {
     check(store.allocated(), "Optimizer", "expected an allocated ParameterStore (call allocate() first) but it is not");
     cfg_.validate();
     const Shape flat{store.size()};
     if (cfg_.kind == OptimizerConfig::Kind::SGD) {
-      if (cfg_.momentum != 0) buf_ = Tensor<T>(flat, T(0));
+      if (cfg_.momentum != 0) zeroed(buf_, flat);
     } else {
-      m_ = Tensor<T>(flat, T(0));
-      v_ = Tensor<T>(flat, T(0));
+      zeroed(m_, flat);
+      zeroed(v_, flat);
     }
   }
   Optimizer(const Optimizer&) = delete;
@@ -173,7 +173,7 @@ class Optimizer {
   // kernels, so it costs no extra pass over the weights).
   bool step(double lr) {
     check(std::isfinite(lr) && lr >= 0, "Optimizer::step", "expected lr >= 0 (finite) but got ", lr);
-    ParameterStore<T>& s = *store_;
+    ParameterStore<T, Device>& s = *store_;
     ++t_;
     kernels::simd::FiniteFlag finite;
     if (cfg_.kind == OptimizerConfig::Kind::SGD) {
@@ -181,12 +181,12 @@ class Optimizer {
       T* buf = buf_.numel() ? buf_.data() : nullptr;
       update_block(
           [&](index_t off, index_t n) {
-            if (!kernels::sgd_update(kernels::backend{}, s.values() + off, buf ? buf + off : nullptr, s.grads() + off,
+            if (!kernels::sgd_update(s.device(), s.values() + off, buf ? buf + off : nullptr, s.grads() + off,
                                      n, tlr, mu, wd, cfg_.nesterov))
               finite.clear();
           },
           [&](const RowSet* sets, index_t n_sets) {
-            if (!kernels::sgd_update_rows(kernels::backend{}, s.values(), buf, s.grads(), sets, n_sets, tlr, mu, wd,
+            if (!kernels::sgd_update_rows(s.device(), s.values(), buf, s.grads(), sets, n_sets, tlr, mu, wd,
                                           cfg_.nesterov))
               finite.clear();
           });
@@ -203,12 +203,12 @@ class Optimizer {
       st.bias_correction2 = T(1.0 - std::pow(cfg_.beta2, double(t_)));
       update_block(
           [&](index_t off, index_t n) {
-            if (!kernels::adam_update(kernels::backend{}, s.values() + off, m_.data() + off, v_.data() + off,
+            if (!kernels::adam_update(s.device(), s.values() + off, m_.data() + off, v_.data() + off,
                                       s.grads() + off, n, st))
               finite.clear();
           },
           [&](const RowSet* sets, index_t n_sets) {  // lazy: the touched rows of every table
-            if (!kernels::adam_update_rows(kernels::backend{}, s.values(), m_.data(), v_.data(), s.grads(), sets,
+            if (!kernels::adam_update_rows(s.device(), s.values(), m_.data(), v_.data(), s.grads(), sets,
                                            n_sets, st))
               finite.clear();
           });
@@ -217,8 +217,9 @@ class Optimizer {
   }
 
   // The state buffers by name, each a flat view of store.size() elements.
-  std::vector<std::pair<std::string, ConstView<T>>> state() const {
-    std::vector<std::pair<std::string, ConstView<T>>> out;
+  // Views of device memory: copy them with to_host() to read them.
+  std::vector<std::pair<std::string, DeviceView<const T, Device>>> state() const {
+    std::vector<std::pair<std::string, DeviceView<const T, Device>>> out;
     if (m_.numel()) out.emplace_back("optimizer.m", m_.cview());
     if (v_.numel()) out.emplace_back("optimizer.v", v_.cview());
     if (buf_.numel()) out.emplace_back("optimizer.momentum", buf_.cview());
@@ -252,14 +253,15 @@ class Optimizer {
             src->data ? "" : " (no data)");
     }
     for (const auto& b : buffers) {
-      Tensor<T>& dst = b.first == "optimizer.m" ? m_ : b.first == "optimizer.v" ? v_ : buf_;
-      std::copy(b.second.data, b.second.data + b.second.numel(), dst.data());
+      Tensor<T, Device>& dst = b.first == "optimizer.m" ? m_ : b.first == "optimizer.v" ? v_ : buf_;
+      to_device(store_->device(), dst.view(), b.second.data);
     }
     t_ = step_count;
   }
 
  private:
-  static std::string names(const std::vector<std::pair<std::string, ConstView<T>>>& v) {
+  template <class View>
+  static std::string names(const std::vector<std::pair<std::string, View>>& v) {
     if (v.empty()) return "none";
     std::string s;
     for (const auto& p : v) s += (s.empty() ? "'" : ", '") + p.first + "'";
@@ -271,7 +273,7 @@ class Optimizer {
   // (rows in parallel; each row's kernel call then runs serially) or whole.
   template <class Update, class UpdateRows>
   void update_block(Update&& update, UpdateRows&& update_rows) {
-    ParameterStore<T>& s = *store_;
+    ParameterStore<T, Device>& s = *store_;
     if (!cfg_.lazy_tables) {
       // Dense semantics: the whole block at once, tables included. Alignment
       // padding has zero values, grads and state, and stays zero.
@@ -284,10 +286,15 @@ class Optimizer {
     update_rows(sets.data(), index_t(sets.size()));
   }
 
-  ParameterStore<T>* store_;
+  ParameterStore<T, Device>* store_;
   OptimizerConfig cfg_;
   index_t t_ = 0;
-  Tensor<T> m_, v_, buf_;
+  Tensor<T, Device> m_, v_, buf_;
+
+  void zeroed(Tensor<T, Device>& t, Shape s) const {
+    t = Tensor<T, Device>(s, store_->device());
+    t.zero();
+  }
 };
 
 // ---- learning-rate schedules -------------------------------------------------
@@ -355,25 +362,25 @@ struct LRSchedule {
 // whole gradient). Accumulated in double in a fixed order (dense block by
 // fixed chunks, then each table's touched rows in touch order, grouped in
 // fixed parts), so it is bitwise the same for every thread count.
-template <class T>
-inline double grad_norm(const ParameterStore<T>& store) {
+template <class T, class Device>
+inline double grad_norm(const ParameterStore<T, Device>& store) {
   check(store.allocated(), "grad_norm", "expected an allocated ParameterStore but allocate() has not been called");
-  double total = kernels::sum_squares(kernels::backend{}, store.grads(), store.dense_size());
+  double total = kernels::sum_squares(store.device(), store.grads(), store.dense_size());
   const std::vector<RowSet>& sets = store.touched_row_sets();
-  total += kernels::sum_squares_rows(kernels::backend{}, store.grads(), sets.data(), index_t(sets.size()));
+  total += kernels::sum_squares_rows(store.device(), store.grads(), sets.data(), index_t(sets.size()));
   return std::sqrt(total);
 }
 
 // Multiplies every gradient (dense block and touched table rows) by `factor`,
 // e.g. 1/k after accumulating k backward passes.
-template <class T>
-inline void scale_grads(ParameterStore<T>& store, double factor) {
+template <class T, class Device>
+inline void scale_grads(ParameterStore<T, Device>& store, double factor) {
   check(store.allocated(), "scale_grads", "expected an allocated ParameterStore but allocate() has not been called");
   check(std::isfinite(factor), "scale_grads", "expected a finite factor but got ", factor);
   const T f = T(factor);
-  kernels::scale(kernels::backend{}, store.grads(), store.grads(), store.dense_size(), f);
+  kernels::scale(store.device(), store.grads(), store.grads(), store.dense_size(), f);
   const std::vector<RowSet>& sets = store.touched_row_sets();
-  kernels::scale_rows(kernels::backend{}, store.grads(), sets.data(), index_t(sets.size()), f);
+  kernels::scale_rows(store.device(), store.grads(), sets.data(), index_t(sets.size()), f);
 }
 
 // torch.nn.utils.clip_grad_norm_: with the global norm above, if
@@ -381,8 +388,8 @@ inline void scale_grads(ParameterStore<T>& store, double factor) {
 // Returns the norm before clipping. A non-finite norm (NaN/inf gradients)
 // leaves the gradients untouched and is returned as is, so the trainer can
 // check std::isfinite and skip the step (torch would scale by 0 or NaN).
-template <class T>
-inline double clip_grad_norm(ParameterStore<T>& store, double max_norm) {
+template <class T, class Device>
+inline double clip_grad_norm(ParameterStore<T, Device>& store, double max_norm) {
   check(std::isfinite(max_norm) && max_norm > 0, "clip_grad_norm", "expected max_norm > 0 (finite) but got ",
         max_norm);
   const double norm = grad_norm(store);

@@ -122,10 +122,10 @@ struct TrainerState {
   std::vector<double> initial_loss;   // GradNorm L_k(0)
 };
 
-template <class T>
+template <class T, class Device = Cpu>
 class Trainer {
  public:
-  Trainer(MultiTaskModel<T>& model, TrainConfig config)
+  Trainer(MultiTaskModel<T, Device>& model, TrainConfig config)
       : model_(&model), cfg_(std::move(config)), opt_(model.parameters(), cfg_.optimizer) {
     const char* op = "Trainer";
     check(cfg_.epochs >= 1, op, "expected epochs >= 1 but got ", cfg_.epochs);
@@ -156,7 +156,7 @@ class Trainer {
     coeff_.assign(K, 0.0);
   }
 
-  Optimizer<T>& optimizer() { return opt_; }
+  Optimizer<T, Device>& optimizer() { return opt_; }
   std::size_t num_tasks() const { return model_->num_tasks(); }
   TrainerState& state() { return state_; }
   const TrainConfig& config() const { return cfg_; }
@@ -264,7 +264,8 @@ class Trainer {
           since_best = 0;
           if (cfg_.patience > 0 && cfg_.restore_best) {
             const auto& st = model_->parameters();
-            best_values.assign(st.values(), st.values() + st.size());
+            best_values.resize(std::size_t(st.size()));
+            st.read_values(best_values.data(), 0, st.size());
           }
         } else {
           ++since_best;
@@ -284,7 +285,7 @@ class Trainer {
       // best epoch's weights as a finished run would. A later fit() goes on
       // with this run.
       if (!best_values.empty()) {
-        std::copy(best_values.begin(), best_values.end(), model_->parameters().values());
+        model_->parameters().write_values(0, best_values.data(), index_t(best_values.size()));
         fail(op, e.what(), " [the weights of the best epoch ", h.best_epoch, " were restored]");
       }
       throw;
@@ -293,7 +294,7 @@ class Trainer {
     where_epoch_ = 0;
     if (cfg_.patience > 0 && cfg_.restore_best && !best_values.empty()) {
       auto& st = model_->parameters();
-      std::copy(best_values.begin(), best_values.end(), st.values());
+      st.write_values(0, best_values.data(), index_t(best_values.size()));
     }
     h.skipped_steps = skipped_ - skipped_before;
     h.train_seconds = seconds_since(t0);
@@ -314,7 +315,7 @@ class Trainer {
       schedule_ = make_schedule(cfg_.total_updates > 0 ? cfg_.total_updates : 1);
       schedule_ready_ = true;
     }
-    MultiTaskModel<T>& m = *model_;
+    MultiTaskModel<T, Device>& m = *model_;
     if (pending_ == 0) {  // a new accumulation group: what a skipped group must give back
       saved_.log_var = state_.log_var;
       saved_.log_var_m = state_.log_var_m;
@@ -454,10 +455,10 @@ class Trainer {
 
   // Every value an update reads in `block` (the store's grads()) is finite:
   // the dense part and the touched rows of every table.
-  static bool touched_finite(const ParameterStore<T>& store, const T* block) {
-    if (!kernels::all_finite(kernels::backend{}, block, store.dense_size())) return false;
+  static bool touched_finite(const ParameterStore<T, Device>& store, const T* block) {
+    if (!kernels::all_finite(store.device(), block, store.dense_size())) return false;
     const std::vector<RowSet>& sets = store.touched_row_sets();
-    return kernels::all_finite_rows(kernels::backend{}, block, sets.data(), index_t(sets.size()));
+    return kernels::all_finite_rows(store.device(), block, sets.data(), index_t(sets.size()));
   }
 
   // "loss", or "<metric>:<task>" with a metric that evaluate() reports for
@@ -520,7 +521,7 @@ class Trainer {
     const auto& st = model_->parameters();
     double s = 0;
     for (ParamId id : model_->last_shared_layer()) {
-      const T* g = st.grad(id);
+      const T* g = host_grads(st, id, 0, st.info(id).size, host_scratch_);
       for (index_t i = 0; i < st.info(id).size; ++i) s += double(g[i]) * double(g[i]);
     }
     return std::sqrt(s);
@@ -534,7 +535,7 @@ class Trainer {
   // ARE the network gradient; each task's ||grad_W L_k|| is read as the change
   // of W's gradient over its pass (W is small: no full-buffer copies).
   void gradnorm_backward(const Batch<T>& batch, const TaskLosses& l, double acc) {
-    MultiTaskModel<T>& m = *model_;
+    MultiTaskModel<T, Device>& m = *model_;
     const std::size_t K = m.num_tasks();
     auto& st = m.parameters();
     if (state_.initial_loss.empty()) state_.initial_loss = l.value;
@@ -545,17 +546,22 @@ class Trainer {
     for (std::size_t k = 0; k < K; ++k) {
       if (l.count[k] == 0) continue;
       grad_saved_.clear();
-      for (ParamId id : m.last_shared_layer()) grad_saved_.insert(grad_saved_.end(), st.grad(id), st.grad(id) + st.info(id).size);
+      for (ParamId id : m.last_shared_layer()) {
+        const T* g = host_grads(st, id, 0, st.info(id).size, host_scratch_);
+        grad_saved_.insert(grad_saved_.end(), g, g + st.info(id).size);
+      }
       std::fill(coeff_.begin(), coeff_.end(), 0.0);
       coeff_[k] = w[k] * acc;
       m.backward(ws_, batch, coeff_.data());
       double s = 0;
       std::size_t pos = 0;
-      for (ParamId id : m.last_shared_layer())
+      for (ParamId id : m.last_shared_layer()) {
+        const T* g = host_grads(st, id, 0, st.info(id).size, host_scratch_);
         for (index_t i = 0; i < st.info(id).size; ++i) {
-          const double d = double(st.grad(id)[i]) - double(grad_saved_[pos++]);
+          const double d = double(g[i]) - double(grad_saved_[pos++]);
           s += d * d;
         }
+      }
       norms[k] = std::sqrt(s) / (w[k] * acc);
     }
     // Weight update on the tasks present in this batch.
@@ -588,7 +594,7 @@ class Trainer {
   // then g_k -= (g_k . g_j / |g_j|^2) g_j; the shared gradient is sum_k g_k.
   // Task-specific parameters keep their plain gradients.
   void pcgrad_backward(const Batch<T>& batch, const TaskLosses& l, double acc) {
-    MultiTaskModel<T>& m = *model_;
+    MultiTaskModel<T, Device>& m = *model_;
     const std::size_t K = m.num_tasks();
     auto& st = m.parameters();
     const auto& w = task_weights();
@@ -645,20 +651,27 @@ class Trainer {
 
   // Shared gradients as a flat vector (dense part, then touched rows of each
   // shared table); `rows` receives the touched-row count per table.
-  std::vector<double> gather_shared(const ParameterStore<T>& st, std::vector<index_t>& rows) const {
+  std::vector<double> gather_shared(const ParameterStore<T, Device>& st, std::vector<index_t>& rows) const {
     std::vector<double> v;
-    for (ParamId id : dense_shared_) v.insert(v.end(), st.grad(id), st.grad(id) + st.info(id).size);
+    std::vector<T>& scratch = host_scratch_;
+    for (ParamId id : dense_shared_) {
+      const T* g = host_grads(st, id, 0, st.info(id).size, scratch);
+      v.insert(v.end(), g, g + st.info(id).size);
+    }
     rows.clear();
     for (ParamId id : tables_shared_) {
       const index_t dim = st.info(id).shape[1];
       const auto& touched = st.touched(id).rows;
       rows.push_back(index_t(touched.size()));
-      for (index_t r : touched) v.insert(v.end(), st.grad(id) + r * dim, st.grad(id) + (r + 1) * dim);
+      for (index_t r : touched) {
+        const T* g = host_grads(st, id, r * dim, dim, scratch);
+        v.insert(v.end(), g, g + dim);
+      }
     }
     return v;
   }
   std::vector<double> expand(const std::vector<double>& v, const std::vector<index_t>& rows,
-                             const std::vector<index_t>& full_rows, const ParameterStore<T>& st) const {
+                             const std::vector<index_t>& full_rows, const ParameterStore<T, Device>& st) const {
     std::vector<double> out;
     std::size_t pos = 0;
     for (ParamId id : dense_shared_) {
@@ -674,21 +687,43 @@ class Trainer {
     }
     return out;
   }
-  void scatter_shared(ParameterStore<T>& st, const std::vector<double>& v) const {
+  void scatter_shared(ParameterStore<T, Device>& st, const std::vector<double>& v) const {
     std::size_t pos = 0;
-    for (ParamId id : dense_shared_)
-      for (index_t i = 0; i < st.info(id).size; ++i) st.grad(id)[i] = T(v[pos++]);
+    std::vector<T> h;
+    for (ParamId id : dense_shared_) {
+      h.resize(std::size_t(st.info(id).size));
+      for (T& x : h) x = T(v[pos++]);
+      st.write_grads(st.info(id).offset, h.data(), index_t(h.size()));
+    }
     for (ParamId id : tables_shared_) {
       const index_t dim = st.info(id).shape[1];
-      for (index_t r : st.touched(id).rows)
-        for (index_t c = 0; c < dim; ++c) st.grad(id)[r * dim + c] = T(v[pos++]);
+      h.resize(std::size_t(dim));
+      for (index_t r : st.touched(id).rows) {
+        for (T& x : h) x = T(v[pos++]);
+        st.write_grads(st.info(id).offset + r * dim, h.data(), dim);
+      }
     }
   }
-  void zero_shared(ParameterStore<T>& st) const {
-    for (ParamId id : dense_shared_) std::fill(st.grad(id), st.grad(id) + st.info(id).size, T(0));
+  void zero_shared(ParameterStore<T, Device>& st) const {
+    for (ParamId id : dense_shared_) kernels::fill(st.device(), st.grad(id), st.info(id).size, T(0));
     for (ParamId id : tables_shared_) {
       const index_t dim = st.info(id).shape[1];
-      for (index_t r : st.touched(id).rows) std::fill(st.grad(id) + r * dim, st.grad(id) + (r + 1) * dim, T(0));
+      for (index_t r : st.touched(id).rows) kernels::fill(st.device(), st.grad(id) + r * dim, dim, T(0));
+    }
+  }
+  // PCGrad and GradNorm run on the host: `count` gradients of parameter `id`
+  // from element `at`, read in place when the host can read device memory,
+  // else copied into `scratch` (one explicit copy).
+  static const T* host_grads(const ParameterStore<T, Device>& st, ParamId id, index_t at, index_t count,
+                             std::vector<T>& scratch) {
+    if constexpr (host_readable_v<Device>) {
+      (void)scratch;
+      (void)count;
+      return st.grad(id) + at;
+    } else {
+      scratch.resize(std::size_t(count));
+      st.read_grads(scratch.data(), st.info(id).offset + at, count);
+      return scratch.data();
     }
   }
   void progress_bar(int epoch, index_t seen, index_t total, double loss,
@@ -748,12 +783,13 @@ class Trainer {
     w.commit();
   }
 
-  MultiTaskModel<T>* model_;
+  MultiTaskModel<T, Device>* model_;
   TrainConfig cfg_;
-  Optimizer<T> opt_;
+  Optimizer<T, Device> opt_;
   LRSchedule schedule_;
   TrainerState state_;
-  typename MultiTaskModel<T>::Workspace ws_;
+  typename MultiTaskModel<T, Device>::Workspace ws_;
+  mutable std::vector<T> host_scratch_;  // host copies of gradients (PCGrad, GradNorm) on a non-host device
   Batch<T> batch_;
   std::vector<double> coeff_, scratch_;
   mutable std::vector<double> weights_;

@@ -1,0 +1,204 @@
+// mtrec: devices — where tensor memory lives and which kernels run on it.
+//
+// A device is a small value passed by const reference. It carries the state
+// its kernels need (for Cpu and Reference: nothing; for CUDA later: a stream,
+// a cuBLAS handle and an arena) and owns the memory of every Tensor built on
+// it. Every device offers the same memory operations:
+//
+//   void* allocate(bytes)            void deallocate(p, bytes)
+//   void  copy(dst, src, bytes)      // device -> device
+//   void  upload(dst, host, bytes)   // host -> device
+//   void  download(host, src, bytes) // device -> host
+//   void  zero(p, bytes)
+//   void  zero_rows(base, rows, n, row_bytes)  // rows[i]: row indices on the host
+//
+// and a `memory` type naming its memory space: views of device memory are
+// TensorView<T, D::memory>, and only HostMemory views can be read with [].
+//
+//   Cpu        host memory; xsimd + OpenMP kernels (kernels/cpu.hpp)
+//   Reference  host memory; scalar kernels, the ground truth of every test
+//   Fake       memory from an arena that is mprotect()ed to PROT_NONE except
+//              while one of its kernels or copies runs; kernels run the
+//              reference code. Host code that touches device memory faults
+//              at once, as it would on a GPU (kernels/fake.hpp).
+#pragma once
+
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <mutex>
+#include <new>
+#include <vector>
+
+#include "mtrec/core/error.hpp"
+
+namespace mtrec {
+
+struct HostMemory {
+  static constexpr bool host_readable = true;
+};
+struct FakeMemory {
+  static constexpr bool host_readable = false;
+};
+
+namespace detail {
+constexpr std::size_t kAlignment = 64;
+
+// Memory operations on host memory, shared by Cpu and Reference.
+struct HostDevice {
+  using memory = HostMemory;
+  void* allocate(std::size_t bytes) const { return ::operator new[](bytes, std::align_val_t(kAlignment)); }
+  void deallocate(void* p, std::size_t) const {
+    if (p) ::operator delete[](p, std::align_val_t(kAlignment));
+  }
+  void copy(void* dst, const void* src, std::size_t bytes) const {
+    if (bytes) std::memcpy(dst, src, bytes);
+  }
+  void upload(void* dst, const void* host, std::size_t bytes) const { copy(dst, host, bytes); }
+  void download(void* host, const void* src, std::size_t bytes) const { copy(host, src, bytes); }
+  void zero(void* p, std::size_t bytes) const {
+    if (bytes) std::memset(p, 0, bytes);
+  }
+  void zero_rows(void* base, const std::int64_t* rows, std::int64_t n, std::size_t row_bytes) const {
+    for (std::int64_t i = 0; i < n; ++i) std::memset(static_cast<char*>(base) + rows[i] * row_bytes, 0, row_bytes);
+  }
+};
+}  // namespace detail
+
+struct Cpu : detail::HostDevice {
+  static const char* name() { return "cpu"; }
+};
+struct Reference : detail::HostDevice {
+  static const char* name() { return "reference"; }
+};
+
+// ---- the fake device ---------------------------------------------------------------
+
+// One arena per process (mprotect acts on the whole process). Blocks come
+// from power-of-two size classes with free lists; the block metadata lives
+// on the host heap, so the arena itself is never read by the allocator.
+// enter()/leave() count the kernels and copies running now: the arena is
+// readable while the count is positive and PROT_NONE when it drops to zero.
+class FakeArena {
+ public:
+  static FakeArena& instance() {
+    static FakeArena a;
+    return a;
+  }
+
+  void* allocate(std::size_t bytes) {
+    std::lock_guard<std::mutex> lock(mu_);
+    const int c = size_class(bytes);
+    if (!free_[c].empty()) {
+      void* p = free_[c].back();
+      free_[c].pop_back();
+      in_use_ += std::size_t(1) << c;
+      return p;
+    }
+    const std::size_t sz = std::size_t(1) << c;
+    check(used_ + sz <= kReserve, "Fake::allocate", "the fake device's arena of ", kReserve >> 20,
+          " MiB cannot hold another ", sz, " bytes (", used_, " bytes handed out)");
+    void* p = base_ + used_;
+    const std::size_t old_top = round_page(used_);
+    used_ += sz;
+    const std::size_t top = round_page(used_);
+    if (depth_ > 0 && top > old_top) protect(old_top, top - old_top, PROT_READ | PROT_WRITE);
+    in_use_ += sz;
+    return p;
+  }
+  void deallocate(void* p, std::size_t bytes) {
+    if (!p) return;
+    std::lock_guard<std::mutex> lock(mu_);
+    check(contains(p), "Fake::deallocate", "pointer ", p, " is not fake-device memory");
+    const int c = size_class(bytes);
+    free_[c].push_back(p);
+    in_use_ -= std::size_t(1) << c;
+  }
+
+  void enter() {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (depth_++ == 0 && used_) protect(0, round_page(used_), PROT_READ | PROT_WRITE);
+  }
+  void leave() {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (--depth_ == 0 && used_) protect(0, round_page(used_), PROT_NONE);
+  }
+
+  bool contains(const void* p) const {
+    const char* c = static_cast<const char*>(p);
+    return c >= base_ && c < base_ + kReserve;
+  }
+  std::size_t bytes_in_use() const { return in_use_; }
+  std::uint64_t transitions() const { return transitions_; }  // mprotect calls so far
+
+ private:
+  static constexpr std::size_t kReserve = std::size_t(16) << 30;  // address space only (MAP_NORESERVE)
+
+  FakeArena() {
+    void* p = ::mmap(nullptr, kReserve, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    check(p != MAP_FAILED, "Fake", "could not reserve ", kReserve >> 20, " MiB of address space for the arena");
+    base_ = static_cast<char*>(p);
+    page_ = std::size_t(::sysconf(_SC_PAGESIZE));
+  }
+  ~FakeArena() = default;  // the mapping lives until the process ends: tensors may outlive statics
+
+  static int size_class(std::size_t bytes) {
+    int c = 6;  // 64 bytes at least: every block is cache-line aligned
+    while ((std::size_t(1) << c) < bytes) ++c;
+    return c;
+  }
+  std::size_t round_page(std::size_t n) const { return (n + page_ - 1) / page_ * page_; }
+  void protect(std::size_t off, std::size_t len, int prot) {
+    ++transitions_;
+    check(::mprotect(base_ + off, len, prot) == 0, "Fake", "mprotect of the arena failed");
+  }
+
+  std::mutex mu_;
+  char* base_ = nullptr;
+  std::size_t page_ = 4096;
+  std::size_t used_ = 0, in_use_ = 0;
+  int depth_ = 0;
+  std::uint64_t transitions_ = 0;
+  std::vector<void*> free_[64];
+};
+
+// The arena is readable for the lifetime of a guard (counted: guards nest
+// and may be held by several threads at once).
+struct FakeGuard {
+  FakeGuard() { FakeArena::instance().enter(); }
+  ~FakeGuard() { FakeArena::instance().leave(); }
+  FakeGuard(const FakeGuard&) = delete;
+  FakeGuard& operator=(const FakeGuard&) = delete;
+};
+
+struct Fake {
+  using memory = FakeMemory;
+  static const char* name() { return "fake"; }
+  void* allocate(std::size_t bytes) const { return FakeArena::instance().allocate(bytes); }
+  void deallocate(void* p, std::size_t bytes) const { FakeArena::instance().deallocate(p, bytes); }
+  void copy(void* dst, const void* src, std::size_t bytes) const {
+    if (!bytes) return;
+    FakeGuard g;
+    std::memcpy(dst, src, bytes);
+  }
+  void upload(void* dst, const void* host, std::size_t bytes) const { copy(dst, host, bytes); }
+  void download(void* host, const void* src, std::size_t bytes) const { copy(host, src, bytes); }
+  void zero(void* p, std::size_t bytes) const {
+    if (!bytes) return;
+    FakeGuard g;
+    std::memset(p, 0, bytes);
+  }
+  void zero_rows(void* base, const std::int64_t* rows, std::int64_t n, std::size_t row_bytes) const {
+    if (!n) return;
+    FakeGuard g;
+    detail::HostDevice{}.zero_rows(base, rows, n, row_bytes);
+  }
+};
+
+template <class D>
+constexpr bool host_readable_v = D::memory::host_readable;
+
+}  // namespace mtrec
