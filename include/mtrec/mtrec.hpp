@@ -47,6 +47,7 @@
 #include "mtrec/layers/common.hpp"
 #include "mtrec/layers/dropout.hpp"
 #include "mtrec/layers/embedding.hpp"
+#include "mtrec/layers/gate.hpp"
 #include "mtrec/layers/layernorm.hpp"
 #include "mtrec/layers/linear.hpp"
 #include "mtrec/layers/losses.hpp"

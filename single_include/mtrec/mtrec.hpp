@@ -6267,6 +6267,90 @@ class EmbeddingBag {
 }  // namespace mtrec
 // ==== end mtrec/layers/embedding.hpp ==========================================
 
+// ==== begin mtrec/layers/gate.hpp =============================================
+// mtrec: MixtureGate — the softmax gate of MMoE and CGC/PLE.
+//
+//   p   (B,M)  = softmax(x W^T + b)            W (M, in): one logit per expert
+//   out (B,De) = sum_m p[:, m] * E_m (B,De)    E_m: the m-th mixed expert's output
+//
+// The experts are not part of the gate: forward reads their outputs through
+// an array of M device pointers, and backward adds the gate's share of
+// d out into their gradients, so one expert may feed several gates (the
+// shared experts of CGC feed every task's gate).
+
+namespace mtrec {
+
+template <class T, class Device = Cpu>
+class MixtureGate {
+ public:
+  using View = DeviceView<T, Device>;
+  using CView = DeviceView<const T, Device>;
+  struct Context {
+    typename Linear<T, Device>::Context proj;
+    Tensor<T, Device> probs;     // (B,M) softmax output
+    Tensor<T, Device> d_probs;   // (B,M)
+    Tensor<T, Device> dx;        // (B,in) the gate's part of dx, before it is added
+    std::vector<const T*> experts;  // (M) forward's expert outputs (device pointers)
+    index_t B = 0;
+  };
+
+  MixtureGate() = default;
+  MixtureGate(ParameterStore<T, Device>& store, const std::string& name, index_t in, index_t num_experts,
+              index_t expert_dim)
+      : proj_(store, name, in, num_experts), dev_(store.device()), m_(num_experts), de_(expert_dim) {
+    check(expert_dim > 0, "MixtureGate", "'", name, "' expected expert_dim > 0 but got ", expert_dim);
+  }
+
+  // out (B,De) = sum_m softmax(x W^T + b)_m * experts[m]; experts: M device
+  // pointers to (B,De) outputs, unchanged until backward.
+  void forward(Context& ctx, CView x, const T* const* experts, View out) const {
+    const char* op = "MixtureGate::forward";
+    check_matrix(op, "x", x, -1, proj_.in_features());
+    const index_t B = x.rows();
+    check_matrix(op, "out", out, B, de_);
+    check(experts != nullptr || m_ == 0, op, "expected ", m_, " expert outputs but got a null array");
+    for (index_t m = 0; m < m_; ++m)
+      check(experts[m] != nullptr || B == 0, op, "expert output ", m, " is null");
+    ctx.B = B;
+    ctx.probs.resize({B, m_});
+    proj_.forward(ctx.proj, x, ctx.probs.view());
+    kernels::softmax_forward(dev_, ctx.probs.data(), ctx.probs.data(), B, m_);
+    ctx.experts.assign(experts, experts + m_);
+    kernels::gate_mix_forward(dev_, out.data, ctx.experts.data(), ctx.probs.data(), B, m_, de_);
+  }
+
+  // d_experts[m] (B,De) += p_m * d_out;  dx (B,in) += W^T-path of softmax'(<d_out, E_m>);
+  // W, b gradients accumulated. dx may be empty (not needed).
+  void backward(Context& ctx, CView d_out, T* const* d_experts, View dx) const {
+    const char* op = "MixtureGate::backward";
+    const index_t B = ctx.B;
+    check_matrix(op, "d_out", d_out, B, de_);
+    check(d_experts != nullptr || m_ == 0, op, "expected ", m_, " expert gradients but got a null array");
+    if (!dx.empty()) check_matrix(op, "dx", dx, B, proj_.in_features());
+    ctx.d_probs.resize({B, m_});
+    kernels::gate_mix_backward(dev_, d_experts, ctx.d_probs.data(), d_out.data, ctx.experts.data(),
+                               ctx.probs.data(), B, m_, de_);
+    kernels::softmax_backward(dev_, ctx.d_probs.data(), ctx.d_probs.data(), ctx.probs.data(), B, m_);
+    ctx.dx.resize({B, proj_.in_features()});
+    proj_.backward(ctx.proj, ctx.d_probs.view(), dx.empty() ? View{} : ctx.dx.view());
+    if (!dx.empty()) kernels::residual_add(dev_, dx.data, dx.data, ctx.dx.data(), ctx.dx.numel());
+  }
+
+  index_t in_features() const { return proj_.in_features(); }
+  index_t num_experts() const { return m_; }
+  index_t expert_dim() const { return de_; }
+  const Linear<T, Device>& projection() const { return proj_; }
+  const Device& dev() const { return dev_; }
+
+ private:
+  Linear<T, Device> proj_;
+  Device dev_{};
+  index_t m_ = 0, de_ = 0;
+};
+
+}  // namespace mtrec
+// ==== end mtrec/layers/gate.hpp ===============================================
+
 // ==== begin mtrec/layers/layernorm.hpp ========================================
 // mtrec: LayerNorm over the last dimension, as torch.nn.LayerNorm(dim).
 
@@ -7762,8 +7846,8 @@ class MultiTaskModel {
  private:
   // A softmax gate mixing M expert outputs: out (B,De) = sum_m p_m * E_m.
   struct Gate {
-    Linear<T, Device> proj;  // in -> M
-    std::vector<int> experts;  // indices into the level's expert list
+    MixtureGate<T, Device> mix;  // in -> M logits, softmax, mix (layers/gate.hpp)
+    std::vector<int> experts;    // indices into the level's expert list
   };
   // One CGC level (Tang et al., 2020). Experts 0..K*Et-1 are task experts
   // (task k owns k*Et .. k*Et+Et-1), then Es shared experts.
@@ -7785,11 +7869,9 @@ class MultiTaskModel {
  public:
   struct Workspace {
     struct GateWs {
-      typename Linear<T, Device>::Context proj;
-      Tensor<T, Device> probs;  // (B,M)
+      typename MixtureGate<T, Device>::Context ctx;
       Tensor<T, Device> out, d_out;  // (B,De)
-      Tensor<T, Device> d_probs;
-      std::vector<const T*> experts;  // (M) the mixed experts' outputs, for the gate-mix kernels
+      std::vector<const T*> experts;  // (M) the mixed experts' outputs
       std::vector<T*> d_experts;      // (M) their gradients
     };
     struct LevelWs {
@@ -8402,13 +8484,14 @@ class MultiTaskModel {
         Gate g;
         for (index_t j = 0; j < Et; ++j) g.experts.push_back(int(k * Et + j));
         for (index_t j = 0; j < Es; ++j) g.experts.push_back(int(K * Et + j));
-        g.proj = Linear<T, Device>(s, p + "gate." + config_.tasks[k].name, in, index_t(g.experts.size()));
+        g.mix = MixtureGate<T, Device>(s, p + "gate." + config_.tasks[k].name, in, index_t(g.experts.size()),
+                                       config_.expert.back());
         lv.task_gates.push_back(std::move(g));
       }
       lv.has_shared_gate = l + 1 < L;
       if (lv.has_shared_gate) {
         for (index_t j = 0; j < K * Et + Es; ++j) lv.shared_gate.experts.push_back(int(j));
-        lv.shared_gate.proj = Linear<T, Device>(s, p + "gate.shared", in, K * Et + Es);
+        lv.shared_gate.mix = MixtureGate<T, Device>(s, p + "gate.shared", in, K * Et + Es, config_.expert.back());
       }
       levels_.push_back(std::move(lv));
       in = config_.expert.back();
@@ -8728,29 +8811,20 @@ class MultiTaskModel {
 
   void gate_forward(const Gate& g, typename Workspace::GateWs& gw, CView x,
                     typename Workspace::LevelWs& lw) const {
-    const index_t B = x.rows(), M = index_t(g.experts.size()), De = config_.expert.back();
-    gw.probs.resize({B, M});
-    gw.out.resize({B, De});
-    g.proj.forward(gw.proj, x, gw.probs.view());
-    kernels::softmax_forward(dev(), gw.probs.data(), gw.probs.data(), B, M);
+    const index_t B = x.rows(), M = index_t(g.experts.size());
+    gw.out.resize({B, g.mix.expert_dim()});
     gw.experts.resize(std::size_t(M));
     for (index_t m = 0; m < M; ++m) gw.experts[std::size_t(m)] = lw.expert_out[std::size_t(g.experts[std::size_t(m)])].data();
-    kernels::gate_mix_forward(dev(), gw.out.data(), gw.experts.data(), gw.probs.data(), B, M, De);  // out (B,De)
+    g.mix.forward(gw.ctx, x, gw.experts.data(), gw.out.view());
   }
 
-  // d experts += p_m * d_out; d_in += gate_proj^T (softmax' <d_out, E_m>)
-  void gate_backward(const Gate& g, typename Workspace::GateWs& gw, typename Workspace::LevelWs& lw, T* d_in,
-                     Tensor<T, Device>& scratch) const {
-    const index_t B = gw.probs.dim(0), M = gw.probs.dim(1), De = config_.expert.back();
-    gw.d_probs.resize({B, M});
+  // d experts += p_m * d_out; d_in += the gate's input gradient
+  void gate_backward(const Gate& g, typename Workspace::GateWs& gw, typename Workspace::LevelWs& lw,
+                     View d_in) const {
+    const index_t M = index_t(g.experts.size());
     gw.d_experts.resize(std::size_t(M));
     for (index_t m = 0; m < M; ++m) gw.d_experts[std::size_t(m)] = lw.d_expert_out[std::size_t(g.experts[std::size_t(m)])].data();
-    kernels::gate_mix_backward(dev(), gw.d_experts.data(), gw.d_probs.data(), gw.d_out.data(),
-                               gw.experts.data(), gw.probs.data(), B, M, De);
-    kernels::softmax_backward(dev(), gw.d_probs.data(), gw.d_probs.data(), gw.probs.data(), B, M);
-    scratch.resize({B, g.proj.in_features()});
-    g.proj.backward(gw.proj, gw.d_probs.view(), scratch.view());
-    kernels::residual_add(dev(), d_in, d_in, scratch.data(), scratch.numel());
+    g.mix.backward(gw.ctx, gw.d_out.cview(), gw.d_experts.data(), d_in);
   }
 
   void trunk_backward(Workspace& ws, const double* coeff) const {
@@ -8797,8 +8871,8 @@ class MultiTaskModel {
       lw.d_shared_in.zero();
       Tensor<T, Device>& scratch = ws.dH;  // free in MMoE/PLE
       for (std::size_t k = 0; k < num_tasks(); ++k)
-        gate_backward(lv.task_gates[k], lw.task_gate[k], lw, lw.d_task_in[k].data(), scratch);
-      if (lv.has_shared_gate) gate_backward(lv.shared_gate, lw.shared_gate, lw, lw.d_shared_in.data(), scratch);
+        gate_backward(lv.task_gates[k], lw.task_gate[k], lw, lw.d_task_in[k].view());
+      if (lv.has_shared_gate) gate_backward(lv.shared_gate, lw.shared_gate, lw, lw.d_shared_in.view());
       for (std::size_t e = 0; e < lv.experts.size(); ++e) {
         const int src = lv.expert_input[e];
         T* d_in = src < 0 ? lw.d_shared_in.data() : lw.d_task_in[std::size_t(src)].data();

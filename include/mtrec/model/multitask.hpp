@@ -29,6 +29,7 @@
 #include "mtrec/kernels/sequence.hpp"
 #include "mtrec/layers/attention.hpp"
 #include "mtrec/layers/embedding.hpp"
+#include "mtrec/layers/gate.hpp"
 #include "mtrec/layers/linear.hpp"
 #include "mtrec/layers/mlp.hpp"
 #include "mtrec/layers/pooling.hpp"
@@ -55,8 +56,8 @@ class MultiTaskModel {
  private:
   // A softmax gate mixing M expert outputs: out (B,De) = sum_m p_m * E_m.
   struct Gate {
-    Linear<T, Device> proj;  // in -> M
-    std::vector<int> experts;  // indices into the level's expert list
+    MixtureGate<T, Device> mix;  // in -> M logits, softmax, mix (layers/gate.hpp)
+    std::vector<int> experts;    // indices into the level's expert list
   };
   // One CGC level (Tang et al., 2020). Experts 0..K*Et-1 are task experts
   // (task k owns k*Et .. k*Et+Et-1), then Es shared experts.
@@ -78,11 +79,9 @@ class MultiTaskModel {
  public:
   struct Workspace {
     struct GateWs {
-      typename Linear<T, Device>::Context proj;
-      Tensor<T, Device> probs;  // (B,M)
+      typename MixtureGate<T, Device>::Context ctx;
       Tensor<T, Device> out, d_out;  // (B,De)
-      Tensor<T, Device> d_probs;
-      std::vector<const T*> experts;  // (M) the mixed experts' outputs, for the gate-mix kernels
+      std::vector<const T*> experts;  // (M) the mixed experts' outputs
       std::vector<T*> d_experts;      // (M) their gradients
     };
     struct LevelWs {
@@ -695,13 +694,14 @@ class MultiTaskModel {
         Gate g;
         for (index_t j = 0; j < Et; ++j) g.experts.push_back(int(k * Et + j));
         for (index_t j = 0; j < Es; ++j) g.experts.push_back(int(K * Et + j));
-        g.proj = Linear<T, Device>(s, p + "gate." + config_.tasks[k].name, in, index_t(g.experts.size()));
+        g.mix = MixtureGate<T, Device>(s, p + "gate." + config_.tasks[k].name, in, index_t(g.experts.size()),
+                                       config_.expert.back());
         lv.task_gates.push_back(std::move(g));
       }
       lv.has_shared_gate = l + 1 < L;
       if (lv.has_shared_gate) {
         for (index_t j = 0; j < K * Et + Es; ++j) lv.shared_gate.experts.push_back(int(j));
-        lv.shared_gate.proj = Linear<T, Device>(s, p + "gate.shared", in, K * Et + Es);
+        lv.shared_gate.mix = MixtureGate<T, Device>(s, p + "gate.shared", in, K * Et + Es, config_.expert.back());
       }
       levels_.push_back(std::move(lv));
       in = config_.expert.back();
@@ -1021,29 +1021,20 @@ class MultiTaskModel {
 
   void gate_forward(const Gate& g, typename Workspace::GateWs& gw, CView x,
                     typename Workspace::LevelWs& lw) const {
-    const index_t B = x.rows(), M = index_t(g.experts.size()), De = config_.expert.back();
-    gw.probs.resize({B, M});
-    gw.out.resize({B, De});
-    g.proj.forward(gw.proj, x, gw.probs.view());
-    kernels::softmax_forward(dev(), gw.probs.data(), gw.probs.data(), B, M);
+    const index_t B = x.rows(), M = index_t(g.experts.size());
+    gw.out.resize({B, g.mix.expert_dim()});
     gw.experts.resize(std::size_t(M));
     for (index_t m = 0; m < M; ++m) gw.experts[std::size_t(m)] = lw.expert_out[std::size_t(g.experts[std::size_t(m)])].data();
-    kernels::gate_mix_forward(dev(), gw.out.data(), gw.experts.data(), gw.probs.data(), B, M, De);  // out (B,De)
+    g.mix.forward(gw.ctx, x, gw.experts.data(), gw.out.view());
   }
 
-  // d experts += p_m * d_out; d_in += gate_proj^T (softmax' <d_out, E_m>)
-  void gate_backward(const Gate& g, typename Workspace::GateWs& gw, typename Workspace::LevelWs& lw, T* d_in,
-                     Tensor<T, Device>& scratch) const {
-    const index_t B = gw.probs.dim(0), M = gw.probs.dim(1), De = config_.expert.back();
-    gw.d_probs.resize({B, M});
+  // d experts += p_m * d_out; d_in += the gate's input gradient
+  void gate_backward(const Gate& g, typename Workspace::GateWs& gw, typename Workspace::LevelWs& lw,
+                     View d_in) const {
+    const index_t M = index_t(g.experts.size());
     gw.d_experts.resize(std::size_t(M));
     for (index_t m = 0; m < M; ++m) gw.d_experts[std::size_t(m)] = lw.d_expert_out[std::size_t(g.experts[std::size_t(m)])].data();
-    kernels::gate_mix_backward(dev(), gw.d_experts.data(), gw.d_probs.data(), gw.d_out.data(),
-                               gw.experts.data(), gw.probs.data(), B, M, De);
-    kernels::softmax_backward(dev(), gw.d_probs.data(), gw.d_probs.data(), gw.probs.data(), B, M);
-    scratch.resize({B, g.proj.in_features()});
-    g.proj.backward(gw.proj, gw.d_probs.view(), scratch.view());
-    kernels::residual_add(dev(), d_in, d_in, scratch.data(), scratch.numel());
+    g.mix.backward(gw.ctx, gw.d_out.cview(), gw.d_experts.data(), d_in);
   }
 
   void trunk_backward(Workspace& ws, const double* coeff) const {
@@ -1090,8 +1081,8 @@ class MultiTaskModel {
       lw.d_shared_in.zero();
       Tensor<T, Device>& scratch = ws.dH;  // free in MMoE/PLE
       for (std::size_t k = 0; k < num_tasks(); ++k)
-        gate_backward(lv.task_gates[k], lw.task_gate[k], lw, lw.d_task_in[k].data(), scratch);
-      if (lv.has_shared_gate) gate_backward(lv.shared_gate, lw.shared_gate, lw, lw.d_shared_in.data(), scratch);
+        gate_backward(lv.task_gates[k], lw.task_gate[k], lw, lw.d_task_in[k].view());
+      if (lv.has_shared_gate) gate_backward(lv.shared_gate, lw.shared_gate, lw, lw.d_shared_in.view());
       for (std::size_t e = 0; e < lv.experts.size(); ++e) {
         const int src = lv.expert_input[e];
         T* d_in = src < 0 ? lw.d_shared_in.data() : lw.d_task_in[std::size_t(src)].data();
