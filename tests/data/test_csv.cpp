@@ -89,7 +89,7 @@ TEST_CASE("csv: a quoted field keeps CRLF inside it, and CR before LF is not par
   CHECK(t.line(1) == 4);
 }
 
-TEST_CASE("csv: a header-only file has no rows; an empty file is an error", "[csv]") {
+TEST_CASE("csv: a header-only file has no rows, an empty file is an error", "[csv]") {
   CHECK(CsvTable::parse("a,b\n", "h.csv").rows() == 0);
   testing::require_error([] { CsvTable::parse("", "empty.csv"); }, {"read_csv", "'empty.csv'", "line 1", "column 1", "empty"});
   testing::require_error([] { CsvTable::parse("\n\r\n", "blank.csv"); }, {"'blank.csv'", "empty"});
@@ -207,7 +207,7 @@ TEST_CASE("item lists: trimmed, empty items skipped, an empty cell is empty", "[
 
 // ---- standardisation and splits ------------------------------------------------------------------
 
-TEST_CASE("standardizer: training mean and population std; std 0 becomes 1", "[csv][dense]") {
+TEST_CASE("standardizer: training mean and population std, std 0 becomes 1", "[csv][dense]") {
   const auto s = data::Standardizer::fit({1, 2, 3, 4});
   CHECK(s.mean == Approx(2.5));
   CHECK(s.sd == Approx(1.118033988749895));  // sqrt(((1.5^2 + 0.5^2) * 2) / 4)

@@ -68,7 +68,7 @@ TEST_CASE("json: whitespace is allowed around tokens and pretty printing reparse
   CHECK(parse(pretty) == v);
 }
 
-TEST_CASE("json: numbers keep their kind; doubles round-trip bit for bit", "[io][json]") {
+TEST_CASE("json: numbers keep their kind, doubles round-trip bit for bit", "[io][json]") {
   CHECK(parse("7").is_int());
   CHECK(parse("7").as_int() == 7);
   CHECK(parse("-0").is_int());
@@ -157,7 +157,7 @@ TEST_CASE("json: accessors throw clear errors on a type or key mismatch", "[io][
   CHECK(v.at("layers").at(1L).as_int() == 32);
 }
 
-TEST_CASE("json: building values; set replaces in place; equality ignores member order", "[io][json]") {
+TEST_CASE("json: building values, set replaces in place, equality ignores member order", "[io][json]") {
   Value cfg;  // null becomes an object on the first set
   cfg.set("model", "mmoe");
   cfg.set("experts", 4);

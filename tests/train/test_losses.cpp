@@ -565,7 +565,7 @@ TEST_CASE("losses reject bad labels, weights and options", "[loss][errors]") {
 
 // ---- float instantiations ---------------------------------------------------------
 
-TEST_CASE("losses: float agrees with double; bare nullptr for optional arguments", "[loss][float]") {
+TEST_CASE("losses: float agrees with double, bare nullptr for optional arguments", "[loss][float]") {
   const index_t n = 24, C = 4, d = 3;
   auto x = uniform(n * C, 111, -3, 3), y = uniform(n, 112, 0, 1), w = uniform(n, 113, 0, 2);
   std::vector<index_t> cls(n);

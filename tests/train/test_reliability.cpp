@@ -231,7 +231,7 @@ TEST_CASE("a second fit() trains again, restarting the schedule", "[training][re
   CHECK_FALSE(testing::bitwise_equal(after_first.data(), values_of(model).data(), index_t(after_first.size())));
 }
 
-TEST_CASE("monitors: f1, precision and recall are reported; unknown ones are refused up front",
+TEST_CASE("monitors: f1, precision and recall are reported, unknown ones are refused up front",
           "[training][reliability][metrics]") {
   const ModelConfig c = testing::tiny_config(Architecture::SharedBottom, false);
   const Batch<float> data = testing::tiny_batch<float>(c, 64, 13);
