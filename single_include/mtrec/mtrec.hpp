@@ -93,6 +93,7 @@
 #include <cstring>
 #include <mutex>
 #include <new>
+#include <type_traits>
 #include <vector>
 
 // ==== begin mtrec/core/error.hpp ==============================================
@@ -152,6 +153,85 @@ struct HostMemory {
 struct FakeMemory {
   static constexpr bool host_readable = false;
 };
+
+// A pointer into device memory of space M. It has no * or [], so host code
+// cannot read through it, and it does not convert from a plain pointer, so a
+// host pointer cannot be passed where a kernel of that device expects device
+// memory. Host memory uses plain pointers (pointer_t below).
+template <class T, class M>
+class DevicePtr {
+ public:
+  using element_type = T;
+  using memory = M;
+  DevicePtr() = default;
+  DevicePtr(std::nullptr_t) {}
+  // The device's own code (memory operations, kernels) makes and opens them.
+  explicit DevicePtr(T* p) : p_(p) {}
+  template <class U, class = std::enable_if_t<std::is_same<const U, T>::value && !std::is_same<U, T>::value>>
+  DevicePtr(DevicePtr<U, M> o) : p_(o.get()) {}
+  T* get() const { return p_; }
+  DevicePtr operator+(std::ptrdiff_t n) const { return DevicePtr(p_ + n); }
+  DevicePtr operator-(std::ptrdiff_t n) const { return DevicePtr(p_ - n); }
+  DevicePtr& operator+=(std::ptrdiff_t n) {
+    p_ += n;
+    return *this;
+  }
+  std::ptrdiff_t operator-(DevicePtr o) const { return p_ - o.p_; }
+  explicit operator bool() const { return p_ != nullptr; }
+
+ private:
+  T* p_ = nullptr;
+};
+template <class T, class U, class M>
+inline bool operator==(DevicePtr<T, M> a, DevicePtr<U, M> b) {
+  return static_cast<const void*>(a.get()) == static_cast<const void*>(b.get());
+}
+template <class T, class U, class M>
+inline bool operator!=(DevicePtr<T, M> a, DevicePtr<U, M> b) {
+  return !(a == b);
+}
+template <class T, class M>
+inline bool operator==(DevicePtr<T, M> a, std::nullptr_t) {
+  return a.get() == nullptr;
+}
+template <class T, class M>
+inline bool operator!=(DevicePtr<T, M> a, std::nullptr_t) {
+  return a.get() != nullptr;
+}
+// const_cast for both kinds of pointer
+template <class T>
+inline T* mutable_ptr(const T* p) {
+  return const_cast<T*>(p);
+}
+template <class T, class M>
+inline DevicePtr<T, M> mutable_ptr(DevicePtr<const T, M> p) {
+  return DevicePtr<T, M>(const_cast<T*>(p.get()));
+}
+
+// The pointer type of memory space M: T* on the host, DevicePtr otherwise.
+template <class T, class M>
+using pointer_t = std::conditional_t<M::host_readable, T*, DevicePtr<T, M>>;
+
+template <class T>
+struct is_device_ptr : std::false_type {};
+template <class T, class M>
+struct is_device_ptr<DevicePtr<T, M>> : std::true_type {};
+
+// The address, for memory operations: a plain pointer as it is, a device
+// pointer opened.
+template <class T>
+inline T* raw(T* p) {
+  return p;
+}
+template <class T, class M>
+inline T* raw(DevicePtr<T, M> p) {
+  return p.get();
+}
+// A plain address as a pointer of memory space M.
+template <class M, class T>
+inline pointer_t<T, M> as_pointer(T* p) {
+  return pointer_t<T, M>(p);
+}
 
 namespace detail {
 constexpr std::size_t kAlignment = 64;
@@ -288,22 +368,48 @@ struct Fake {
   static const char* name() { return "fake"; }
   void* allocate(std::size_t bytes) const { return FakeArena::instance().allocate(bytes); }
   void deallocate(void* p, std::size_t bytes) const { FakeArena::instance().deallocate(p, bytes); }
+  // Every memory operation checks that its device side is arena memory, as a
+  // GPU copy would fault on a host address.
   void copy(void* dst, const void* src, std::size_t bytes) const {
     if (!bytes) return;
+    in_arena("Fake::copy", "dst", dst);
+    in_arena("Fake::copy", "src", src);
     FakeGuard g;
     std::memcpy(dst, src, bytes);
   }
-  void upload(void* dst, const void* host, std::size_t bytes) const { copy(dst, host, bytes); }
-  void download(void* host, const void* src, std::size_t bytes) const { copy(host, src, bytes); }
+  void upload(void* dst, const void* host, std::size_t bytes) const {
+    if (!bytes) return;
+    in_arena("Fake::upload", "dst", dst);
+    not_in_arena("Fake::upload", "host", host);
+    FakeGuard g;
+    std::memcpy(dst, host, bytes);
+  }
+  void download(void* host, const void* src, std::size_t bytes) const {
+    if (!bytes) return;
+    in_arena("Fake::download", "src", src);
+    not_in_arena("Fake::download", "host", host);
+    FakeGuard g;
+    std::memcpy(host, src, bytes);
+  }
   void zero(void* p, std::size_t bytes) const {
     if (!bytes) return;
+    in_arena("Fake::zero", "p", p);
     FakeGuard g;
     std::memset(p, 0, bytes);
   }
+  // rows (n) is device memory too, like every index array a kernel reads.
   void zero_rows(void* base, const std::int64_t* rows, std::int64_t n, std::size_t row_bytes) const {
     if (!n) return;
+    in_arena("Fake::zero_rows", "base", base);
+    in_arena("Fake::zero_rows", "rows", rows);
     FakeGuard g;
     detail::HostDevice{}.zero_rows(base, rows, n, row_bytes);
+  }
+  static void in_arena(const char* op, const char* what, const void* p) {
+    check(FakeArena::instance().contains(p), op, what, " expected Fake-device memory but got host address ", p);
+  }
+  static void not_in_arena(const char* op, const char* what, const void* p) {
+    check(!FakeArena::instance().contains(p), op, what, " expected host memory but got Fake-device address ", p);
   }
 };
 
@@ -339,7 +445,6 @@ constexpr bool host_readable_v = D::memory::host_readable;
 
 #include <array>
 #include <initializer_list>
-#include <type_traits>
 
 namespace mtrec {
 
@@ -402,11 +507,12 @@ inline std::ostream& operator<<(std::ostream& os, const Shape& s) { return os <<
 template <class T, class M = HostMemory>
 struct TensorView {
   using memory = M;
-  T* data = nullptr;
+  using pointer = pointer_t<T, M>;  // T* on the host, DevicePtr<T, M> on a device
+  pointer data = nullptr;
   Shape shape;
 
   TensorView() = default;
-  TensorView(T* d, Shape s) : data(d), shape(s) {}
+  TensorView(pointer d, Shape s) : data(d), shape(s) {}
   // A mutable view converts to a const view of the same memory space.
   template <class U, class = std::enable_if_t<std::is_same<const U, T>::value && !std::is_same<U, T>::value>>
   TensorView(const TensorView<U, M>& o) : data(o.data), shape(o.shape) {}
@@ -421,7 +527,7 @@ struct TensorView {
     static_assert(M::host_readable, "device memory cannot be read on the host: copy it with to_host()");
     return data[i];
   }
-  T* row(index_t r) const { return data + r * shape.cols(); }
+  pointer row(index_t r) const { return data + r * shape.cols(); }
   // The same memory under another shape with the same element count.
   TensorView reshaped(Shape s) const {
     check(s.numel() == shape.numel(), "TensorView::reshaped", "cannot view ", shape, " (", shape.numel(),
@@ -454,6 +560,8 @@ class Tensor {
   using memory = typename D::memory;
   using View = TensorView<T, memory>;
   using CView = TensorView<const T, memory>;
+  using pointer = pointer_t<T, memory>;
+  using const_pointer = pointer_t<const T, memory>;
 
   Tensor() = default;
   explicit Tensor(const D& dev) : device_(dev) {}
@@ -506,8 +614,8 @@ class Tensor {
   void zero() { device_.zero(data_, bytes()); }
 
   const D& device() const { return device_; }
-  T* data() { return data_; }
-  const T* data() const { return data_; }
+  pointer data() { return as_pointer<memory>(data_); }
+  const_pointer data() const { return as_pointer<memory>(static_cast<const T*>(data_)); }
   const Shape& shape() const { return shape_; }
   index_t numel() const { return shape_.numel(); }
   index_t dim(int i) const { return shape_[i]; }
@@ -522,9 +630,9 @@ class Tensor {
     return data_[i];
   }
 
-  View view() { return {data_, shape_}; }
-  CView view() const { return {data_, shape_}; }
-  CView cview() const { return {data_, shape_}; }
+  View view() { return {data(), shape_}; }
+  CView view() const { return {data(), shape_}; }
+  CView cview() const { return {data(), shape_}; }
   operator View() { return view(); }
   operator CView() const { return view(); }
 
@@ -546,27 +654,27 @@ class Tensor {
 template <class D, class T, class M>
 inline void to_host(const D& dev, std::remove_const_t<T>* host, TensorView<T, M> src) {
   static_assert(std::is_same<M, typename D::memory>::value, "to_host: the view is not memory of this device");
-  dev.download(host, src.data, sizeof(T) * static_cast<std::size_t>(src.numel()));
+  dev.download(host, raw(src.data), sizeof(T) * static_cast<std::size_t>(src.numel()));
 }
 // A host copy of a device tensor (for a host tensor: a plain copy).
 template <class T, class D>
 inline Tensor<T, Cpu> to_host(const Tensor<T, D>& src) {
   Tensor<T, Cpu> out(src.shape());
-  src.device().download(out.data(), src.data(), src.bytes());
+  src.device().download(out.data(), raw(src.data()), src.bytes());
   return out;
 }
 // The device view's elements = host[0 .. numel).
 template <class D, class T, class M>
 inline void to_device(const D& dev, TensorView<T, M> dst, const T* host) {
   static_assert(std::is_same<M, typename D::memory>::value, "to_device: the view is not memory of this device");
-  dev.upload(dst.data, host, sizeof(T) * static_cast<std::size_t>(dst.numel()));
+  dev.upload(raw(dst.data), host, sizeof(T) * static_cast<std::size_t>(dst.numel()));
 }
 // dst takes the host view's shape and contents.
 template <class T, class D, class U>
 inline void to_device(Tensor<T, D>& dst, TensorView<U, HostMemory> host) {
   static_assert(std::is_same<std::remove_const_t<U>, T>::value, "to_device: element types differ");
   dst.resize(host.shape);
-  dst.device().upload(dst.data(), host.data, dst.bytes());
+  dst.device().upload(raw(dst.data()), host.data, dst.bytes());
 }
 template <class T, class D>
 inline void to_device(Tensor<T, D>& dst, const Tensor<T, Cpu>& host) {
@@ -937,13 +1045,22 @@ class ParameterStore {
     grads_.zero();
     touched_.assign(infos_.size(), TouchedRows{});
     row_sets_.reserve(infos_.size());
+    touched_base_.assign(infos_.size(), 0);
+    synced_.assign(infos_.size(), 0);
+    index_t table_rows = 0;
+    for (std::size_t i = 0; i < infos_.size(); ++i)
+      if (infos_[i].kind == ParamKind::Table) {
+        touched_base_[i] = table_rows;
+        table_rows += infos_[i].shape[0];
+      }
+    if (!host_readable_v<D>) touched_dev_.resize({std::max<index_t>(table_rows, 1)});
     std::vector<T> host(static_cast<std::size_t>(values_.numel()), T(0));  // drawn here, uploaded once
     for (std::size_t i = 0; i < infos_.size(); ++i) {
       const auto& p = infos_[i];
       if (p.kind == ParamKind::Table) touched_[i].flag.assign(static_cast<std::size_t>(p.shape[0]), 0);
       draw(p, host.data() + p.offset);
     }
-    device_.upload(values_.data(), host.data(), values_.bytes());
+    device_.upload(raw(values_.data()), host.data(), values_.bytes());
     allocated_ = true;
   }
 
@@ -952,7 +1069,7 @@ class ParameterStore {
     const ParamInfo& p = checked(id);
     std::vector<T> host(static_cast<std::size_t>(p.size));
     draw(p, host.data());
-    device_.upload(values_.data() + p.offset, host.data(), sizeof(T) * host.size());
+    device_.upload(raw(values_.data() + p.offset), host.data(), sizeof(T) * host.size());
   }
 
   // Host copies of parameters and gradients: `count` elements from `offset`
@@ -979,12 +1096,12 @@ class ParameterStore {
   void download(T* host, const Tensor<T, D>& t, index_t offset, index_t count) const {
     check(offset >= 0 && count >= 0 && offset + count <= size(), "ParameterStore::read", "elements [", offset, ", ",
           offset + count, ") lie outside the block of ", size());
-    device_.download(host, t.data() + offset, sizeof(T) * static_cast<std::size_t>(count));
+    device_.download(host, raw(t.data() + offset), sizeof(T) * static_cast<std::size_t>(count));
   }
   void upload(Tensor<T, D>& t, index_t offset, const T* host, index_t count) {
     check(offset >= 0 && count >= 0 && offset + count <= size(), "ParameterStore::write", "elements [", offset, ", ",
           offset + count, ") lie outside the block of ", size());
-    device_.upload(t.data() + offset, host, sizeof(T) * static_cast<std::size_t>(count));
+    device_.upload(raw(t.data() + offset), host, sizeof(T) * static_cast<std::size_t>(count));
   }
   void draw(const ParamInfo& p, T* w) const {
     const RandomStream rs(seed_, hash_name(p.name));
@@ -1016,20 +1133,22 @@ class ParameterStore {
   }
   bool contains(const std::string& name) const { return index_.count(name) != 0; }
 
-  T* value(ParamId id) { return values_.data() + checked(id).offset; }
-  const T* value(ParamId id) const { return values_.data() + checked(id).offset; }
-  T* grad(ParamId id) { return grads_.data() + checked(id).offset; }
-  const T* grad(ParamId id) const { return grads_.data() + checked(id).offset; }
+  using pointer = pointer_t<T, typename D::memory>;  // T* on the host, DevicePtr on a device
+  using const_pointer = pointer_t<const T, typename D::memory>;
+  pointer value(ParamId id) { return values_.data() + checked(id).offset; }
+  const_pointer value(ParamId id) const { return values_.data() + checked(id).offset; }
+  pointer grad(ParamId id) { return grads_.data() + checked(id).offset; }
+  const_pointer grad(ParamId id) const { return grads_.data() + checked(id).offset; }
   View value_view(ParamId id) { return {value(id), info(id).shape}; }
   CView value_view(ParamId id) const { return {value(id), info(id).shape}; }
   View grad_view(ParamId id) { return {grad(id), info(id).shape}; }
   CView grad_view(ParamId id) const { return {grad(id), info(id).shape}; }
 
   // The flat block. Dense parameters occupy [0, dense_size()).
-  T* values() { return values_.data(); }
-  const T* values() const { return values_.data(); }
-  T* grads() { return grads_.data(); }
-  const T* grads() const { return grads_.data(); }
+  pointer values() { return values_.data(); }
+  const_pointer values() const { return values_.data(); }
+  pointer grads() { return grads_.data(); }
+  const_pointer grads() const { return grads_.data(); }
   index_t size() const { return allocated_ ? values_.numel() : 0; }
   index_t dense_size() const { return dense_size_; }
 
@@ -1044,7 +1163,7 @@ class ParameterStore {
     for (std::size_t i = 0; i < infos_.size(); ++i) {
       const auto& p = infos_[i];
       if (p.kind != ParamKind::Table) continue;
-      row_sets_.push_back(RowSet{p.offset, touched_[i].rows.data(), index_t(touched_[i].rows.size()), p.shape[1]});
+      row_sets_.push_back(RowSet{p.offset, touched_rows(i), index_t(touched_[i].rows.size()), p.shape[1]});
     }
     return row_sets_;
   }
@@ -1052,13 +1171,14 @@ class ParameterStore {
   // Clears every gradient: the dense block at once, each table on its touched rows.
   void zero_grad() {
     check(allocated_, "ParameterStore::zero_grad", "allocate() has not been called");
-    device_.zero(grads_.data(), sizeof(T) * static_cast<std::size_t>(dense_size_));
+    device_.zero(raw(grads_.data()), sizeof(T) * static_cast<std::size_t>(dense_size_));
     for (std::size_t i = 0; i < infos_.size(); ++i) {
       const auto& p = infos_[i];
       if (p.kind != ParamKind::Table) continue;
-      device_.zero_rows(grads_.data() + p.offset, touched_[i].rows.data(), index_t(touched_[i].rows.size()),
+      device_.zero_rows(raw(grads_.data() + p.offset), touched_rows(i), index_t(touched_[i].rows.size()),
                         sizeof(T) * static_cast<std::size_t>(p.shape[1]));
       touched_[i].clear();
+      synced_[i] = 0;
     }
   }
 
@@ -1067,6 +1187,21 @@ class ParameterStore {
     const ParamInfo& p = info(id);
     check(allocated_, "ParameterStore", "parameter '", p.name, "' used before allocate()");
     return p;
+  }
+  // Parameter i's touched rows where the device reads them: the host list
+  // itself, or on a device without host access its mirror in device memory,
+  // brought up to date by uploading the rows marked since the last call (the
+  // list only grows until zero_grad).
+  const index_t* touched_rows(std::size_t i) const {
+    const std::vector<index_t>& rows = touched_[i].rows;
+    if (host_readable_v<D>) return rows.data();
+    const index_t base = touched_base_[i];
+    const std::size_t done = synced_[i];
+    if (rows.size() > done)
+      device_.upload(raw(touched_dev_.data() + base + index_t(done)), rows.data() + done,
+                     sizeof(index_t) * (rows.size() - done));
+    synced_[i] = rows.size();
+    return raw(touched_dev_.data() + base);
   }
   ParamId checked_table(ParamId id) const {
     check(checked(id).kind == ParamKind::Table, "ParameterStore::touched", "parameter '", info(id).name,
@@ -1086,6 +1221,11 @@ class ParameterStore {
   index_t dense_size_ = 0;
   std::vector<TouchedRows> touched_;
   mutable std::vector<RowSet> row_sets_;  // touched_row_sets()
+  // Devices without host access: every table's touched rows in device memory,
+  // table i at touched_base_[i]; synced_[i] of its rows uploaded so far.
+  mutable Tensor<index_t, D> touched_dev_;
+  std::vector<index_t> touched_base_;
+  mutable std::vector<std::size_t> synced_;
 };
 
 }  // namespace mtrec
@@ -5569,11 +5709,54 @@ inline void attention_backward(cpu_t, T* d_qkv, T* d_scores, const T* d_out, con
 namespace mtrec {
 namespace kernels {
 
-#define MTREC_FAKE_KERNEL(name)                              \
-  template <class... A>                                      \
-  inline decltype(auto) name(const Fake&, A&&... a) {        \
-    FakeGuard guard;                                         \
-    return name(reference, std::forward<A>(a)...);           \
+namespace detail {
+// One argument of a Fake kernel, as the reference kernel takes it:
+// - a DevicePtr of Fake memory is checked to point into the arena, then opened;
+// - a plain pointer to numbers does not compile: it is host memory, which a
+//   device kernel cannot read (on a GPU it would fault);
+// - anything else (sizes, scalars, enums, launch descriptors) passes unchanged.
+template <class A>
+inline decltype(auto) fake_arg(const char* kernel, A&& a) {
+  using U = std::decay_t<A>;
+  if constexpr (is_device_ptr<U>::value) {
+    static_assert(std::is_same<typename U::memory, FakeMemory>::value,
+                  "a pointer into another device's memory was passed to a Fake-device kernel");
+    if (a.get() != nullptr) Fake::in_arena(kernel, "a device pointer argument", a.get());
+    return a.get();
+  } else if constexpr (std::is_pointer<U>::value &&
+                       is_device_ptr<std::remove_cv_t<std::remove_pointer_t<U>>>::value) {
+    // an array of device pointers (the gate's experts): the same addresses
+    using P = std::remove_cv_t<std::remove_pointer_t<U>>;
+    using E = typename P::element_type;
+    static_assert(sizeof(P) == sizeof(E*) && std::is_standard_layout<P>::value, "DevicePtr is one address");
+    return reinterpret_cast<E* const*>(a);
+  } else {
+    static_assert(!(std::is_pointer<U>::value && std::is_arithmetic<std::remove_cv_t<std::remove_pointer_t<U>>>::value),
+                  "a host pointer was passed to a Fake-device kernel: pass device memory (a Tensor or view of "
+                  "the device; to_device() copies host data there)");
+    return std::forward<A>(a);
+  }
+}
+}  // namespace detail
+
+// FakeDispatch: the same forwarding on host buffers, without the pointer
+// typing. Only the op table uses it (tests/ops), to check that every kernel
+// has its Fake line and gives the reference results on the table's host
+// buffers; the model and layer suites run on Fake itself.
+struct FakeDispatch : mtrec::detail::HostDevice {
+  static const char* name() { return "fake"; }
+};
+
+#define MTREC_FAKE_KERNEL(name)                                              \
+  template <class... A>                                                      \
+  inline decltype(auto) name(const Fake&, A&&... a) {                        \
+    FakeGuard guard;                                                         \
+    return name(reference, detail::fake_arg(#name, std::forward<A>(a))...);  \
+  }                                                                          \
+  template <class... A>                                                      \
+  inline decltype(auto) name(const FakeDispatch&, A&&... a) {                \
+    FakeGuard guard;                                                         \
+    return name(reference, std::forward<A>(a)...);                           \
   }
 
 // dense (reference.hpp)
@@ -5704,6 +5887,21 @@ inline void check_matrix(const char* op, const char* name, const TensorView<T, M
   if (v.numel() > 0 && v.data == nullptr) fail(op, name, " has shape ", v.shape, " but no data");
 }
 
+// A host array that kernels of Device read (IDs, offsets, lengths, weights):
+// the array itself on a device that reads host memory, else its copy
+// uploaded into `buf` (grows once, then reused: no allocation when warm).
+template <class T, class Device>
+inline TensorView<const T, typename Device::memory> device_input(Tensor<T, Device>& buf, ConstView<T> host) {
+  if constexpr (host_readable_v<Device>) {
+    (void)buf;
+    return host;
+  } else {
+    buf.resize(host.shape);
+    if (host.numel() > 0) buf.device().upload(raw(buf.data()), host.data, buf.bytes());
+    return buf.cview();
+  }
+}
+
 // Sequence lengths (B) must lie in [0, T].
 inline void check_lengths(const char* op, ConstView<index_t> lengths, index_t B, index_t T) {
   check_shape(op, "lengths", lengths, {B});
@@ -5744,8 +5942,8 @@ namespace mtrec {
 
 // y = act(x); backward needs x (ReLU, GELU) or y (sigmoid). Runs in place
 // (y == x) only for Identity and Sigmoid.
-template <class Device, class T>
-inline void activation_forward(const Device& dev, Activation act, T* y, const T* x, index_t n) {
+template <class Device, class P, class CP>
+inline void activation_forward(const Device& dev, Activation act, P y, CP x, index_t n) {
   switch (act) {
     case Activation::Identity:
       if (y != x) kernels::copy(dev, y, x, n);
@@ -5758,8 +5956,8 @@ inline void activation_forward(const Device& dev, Activation act, T* y, const T*
 }
 
 // dx = dy * act'(x); dx may alias dy.
-template <class Device, class T>
-inline void activation_backward(const Device& dev, Activation act, T* dx, const T* dy, const T* x, const T* y, index_t n) {
+template <class Device, class P, class A, class B, class C>
+inline void activation_backward(const Device& dev, Activation act, P dx, A dy, B x, C y, index_t n) {
   switch (act) {
     case Activation::Identity:
       if (dx != dy) kernels::copy(dev, dx, dy, n);
@@ -5776,6 +5974,8 @@ class ActivationLayer {
  public:
   using View = DeviceView<T, Device>;
   using CView = DeviceView<const T, Device>;
+  using Ptr = typename View::pointer;    // T* on the host, DevicePtr on a device
+  using CPtr = typename CView::pointer;
   struct Context {
     CView x, y;
   };
@@ -5833,6 +6033,8 @@ class Linear {
  public:
   using View = DeviceView<T, Device>;
   using CView = DeviceView<const T, Device>;
+  using Ptr = typename View::pointer;    // T* on the host, DevicePtr on a device
+  using CPtr = typename CView::pointer;
   struct Context {
     CView x;  // (N, in): the forward input
   };
@@ -5861,14 +6063,14 @@ class Linear {
   }
 
   // Unchecked forms for composite layers that already validated shapes.
-  void forward_impl(const T* x, T* y, index_t n) const {
-    const T* w = store_->value(weight_);
+  void forward_impl(CPtr x, Ptr y, index_t n) const {
+    CPtr w = store_->value(weight_);
     kernels::gemm(dev(), kernels::Trans::N, kernels::Trans::T, n, out_, in_, T(1), x, in_, w, in_, T(0),
                   y, out_);
     if (bias_ >= 0) kernels::bias_add(dev(), y, store_->value(bias_), n, out_);
   }
-  void backward_impl(const T* x, const T* dy, T* dx, index_t n) const {
-    const T* w = store_->value(weight_);
+  void backward_impl(CPtr x, CPtr dy, Ptr dx, index_t n) const {
+    CPtr w = store_->value(weight_);
     if (dx) kernels::gemm(dev(), kernels::Trans::N, kernels::Trans::N, n, in_, out_, T(1), dy, out_, w, in_, T(0), dx, in_);
     kernels::gemm(dev(), kernels::Trans::T, kernels::Trans::N, out_, in_, n, T(1), dy, out_, x, in_, T(1),
                   store_->grad(weight_), in_);
@@ -5898,9 +6100,10 @@ namespace detail {
 // rows already hold zeros (a layer below wrote them so), else a copy in `ws`
 // with the valid rows copied and the padded rows zeroed. `ws` is sized either
 // way, so that which path a step takes never decides whether it allocates.
-template <class T, class Device>
-inline const T* drop_padded_gradient(const Device& dev, const T* dy, Tensor<T, Device>& ws, ConstView<index_t> lengths, index_t B,
-                                     index_t Tl, index_t C) {
+template <class T, class Device, class CPtr = pointer_t<const T, typename Device::memory>>
+inline CPtr drop_padded_gradient(const Device& dev, CPtr dy, Tensor<T, Device>& ws,
+                                 TensorView<const index_t, typename Device::memory> lengths,
+                                 index_t B, index_t Tl, index_t C) {
   ws.resize({B, Tl, C});
   if (kernels::padded_rows_are_zero(dev, dy, lengths.data, B, Tl, C)) return dy;
   kernels::mask_padded_rows(dev, ws.data(), dy, lengths.data, B, Tl, C);
@@ -5913,13 +6116,17 @@ class MultiHeadAttention {
  public:
   using View = DeviceView<T, Device>;
   using CView = DeviceView<const T, Device>;
+  using Ptr = typename View::pointer;    // T* on the host, DevicePtr on a device
+  using CPtr = typename CView::pointer;
+  using IdView = TensorView<const index_t, typename Device::memory>;  // lengths, starts: where kernels read them
   struct Context {
     CView x;
-    ConstView<index_t> lengths, starts;  // (B) valid lengths; first row of each sequence
+    IdView lengths, starts;  // (B) valid lengths; first row of each sequence
+    Tensor<index_t, Device> lengths_buf;  // device copy of forward's lengths, on a device without host access
     index_t B = 0, T_len = 0;             // T_len: the padded length (padded), the longest sequence (packed)
     index_t rows = 0;                     // rows of x: B*T (padded) or sum(lengths) (packed)
     bool padded = true;
-    Tensor<index_t> padded_starts;        // b*T, for the padded layout
+    Tensor<index_t, Device> padded_starts;        // b*T, for the padded layout
     Tensor<T, Device> qkv;    // (B,T,3D) projected queries, keys, values
     Tensor<T, Device> probs;  // (B,H,T*T): head (b,h) keeps its (L,L) softmax compactly at the front
     Tensor<T, Device> heads;  // (B,T,D) per-head outputs, concatenated; the out_proj input
@@ -5939,11 +6146,12 @@ class MultiHeadAttention {
   }
 
   // y (B,T,D) = MHA(x (B,T,D)) with keys masked past lengths (B)
-  void forward(Context& ctx, CView x, ConstView<index_t> lengths, View y) const {
+  void forward(Context& ctx, CView x, ConstView<index_t> host_lengths, View y) const {
     const char* op = "MultiHeadAttention::forward";
     check_shape(op, "x", x, {-1, -1, d_});
     const index_t B = x.dim(0), Tl = x.dim(1);
-    check_lengths(op, lengths, B, Tl);
+    check_lengths(op, host_lengths, B, Tl);
+    const IdView lengths = device_input(ctx.lengths_buf, host_lengths);
     check_shape(op, "y", y, {B, Tl, d_});
     forward_impl(ctx, x, lengths, y.data);
   }
@@ -5957,7 +6165,7 @@ class MultiHeadAttention {
   }
 
   // Padded layout: x (B,T,D).
-  void forward_impl(Context& ctx, CView x, ConstView<index_t> lengths, T* y) const {
+  void forward_impl(Context& ctx, CView x, IdView lengths, Ptr y) const {
     const index_t B = x.dim(0), Tl = x.dim(1);
     ctx.padded_starts.resize({B});
     kernels::padded_starts(dev(), ctx.padded_starts.data(), B, Tl);
@@ -5966,8 +6174,8 @@ class MultiHeadAttention {
 
   // x (n,D) in either layout (see the top of the file); y (n,D) written.
   // T_max bounds every length (the padded T in the padded layout).
-  void forward_rows(Context& ctx, CView x, ConstView<index_t> lengths, ConstView<index_t> starts, index_t T_max,
-                    bool padded, T* y) const {
+  void forward_rows(Context& ctx, CView x, IdView lengths, IdView starts, index_t T_max,
+                    bool padded, Ptr y) const {
     const index_t B = lengths.numel(), Tl = T_max, n = x.rows(), D = d_;
     ctx.x = x;
     ctx.lengths = lengths;
@@ -5989,7 +6197,7 @@ class MultiHeadAttention {
   }
 
   // dx (n,D) written, in the layout forward used.
-  void backward_impl(Context& ctx, const T* dy, T* dx) const {
+  void backward_impl(Context& ctx, CPtr dy, Ptr dx) const {
     const index_t B = ctx.B, Tl = ctx.T_len, n = ctx.rows, D = d_;
     const bool padded = ctx.padded;
     ctx.d_heads.resize({n, D});
@@ -5997,7 +6205,7 @@ class MultiHeadAttention {
     ctx.d_scores.resize({B, h_, Tl * Tl});
     // Padded output rows are constant zero: their incoming gradient is dropped
     // (no copy when it is zero already, as inside a transformer layer).
-    const T* d_y = padded ? detail::drop_padded_gradient(this->dev(), dy, ctx.d_y, ctx.lengths, B, Tl, D) : dy;
+    CPtr d_y = padded ? detail::drop_padded_gradient(this->dev(), dy, ctx.d_y, ctx.lengths, B, Tl, D) : dy;
     out_proj_.backward_impl(ctx.heads.data(), d_y, ctx.d_heads.data(), n);
     kernels::attention_backward(dev(), ctx.d_qkv.data(), ctx.d_scores.data(), ctx.d_heads.data(),
                                 ctx.qkv.data(), ctx.probs.data(), ctx.lengths.data, ctx.starts.data, B, h_, Tl, dh_,
@@ -6035,6 +6243,8 @@ class Dropout {
  public:
   using View = DeviceView<T, Device>;
   using CView = DeviceView<const T, Device>;
+  using Ptr = typename View::pointer;    // T* on the host, DevicePtr on a device
+  using CPtr = typename CView::pointer;
   struct Context {
     bool active = false;
     std::uint64_t key = 0;
@@ -6058,7 +6268,7 @@ class Dropout {
     backward_impl(ctx, dy.data, dx.data);
   }
 
-  void forward_impl(Context& ctx, const T* x, T* y, index_t n, const Mode& mode) const {
+  void forward_impl(Context& ctx, CPtr x, Ptr y, index_t n, const Mode& mode) const {
     ctx.active = mode.training && p_ > 0.0;
     ctx.n = n;
     ctx.key = mix64(mode.seed ^ mix64(stream_ ^ mix64(mode.step)));
@@ -6067,7 +6277,7 @@ class Dropout {
     else if (y != x)
       kernels::copy(dev(), y, x, n);
   }
-  void backward_impl(const Context& ctx, const T* dy, T* dx) const {
+  void backward_impl(const Context& ctx, CPtr dy, Ptr dx) const {
     if (ctx.active)
       kernels::dropout_backward(dev(), dx, dy, ctx.n, p_, ctx.key);
     else if (dx != dy)
@@ -6127,9 +6337,14 @@ class Embedding {
  public:
   using View = DeviceView<T, Device>;
   using CView = DeviceView<const T, Device>;
+  using Ptr = typename View::pointer;    // T* on the host, DevicePtr on a device
+  using CPtr = typename CView::pointer;
+  using IdView = TensorView<const index_t, typename Device::memory>;
   struct Context {
-    ConstView<index_t> ids;  // rows looked up (after hashing, if any)
+    ConstView<index_t> ids;  // rows looked up (after hashing, if any), host: backward marks them touched
+    IdView ids_d;            // the same rows where the kernels read them
     Tensor<index_t> hashed;  // owns the rows when forward_hashed was used
+    Tensor<index_t, Device> ids_buf;  // their device copy, on a device without host access
   };
 
   Embedding() = default;
@@ -6150,7 +6365,8 @@ class Embedding {
     check_matrix("Embedding::forward", "y", y, ids.numel(), dim_);
     detail::check_ids("Embedding::forward", *store_, table_, ids.data, ids.numel());
     ctx.ids = ids;
-    kernels::gather_rows(dev(), y.data, store_->value(table_), ids.data, ids.numel(), dim_);
+    ctx.ids_d = device_input(ctx.ids_buf, ids);
+    kernels::gather_rows(dev(), y.data, store_->value(table_), ctx.ids_d.data, ids.numel(), dim_);
   }
   // Raw 64-bit IDs hashed into the table's rows (for IDs unseen in training).
   void forward_hashed(Context& ctx, ConstView<std::uint64_t> raw, View y, std::uint64_t salt = 0) const {
@@ -6158,15 +6374,16 @@ class Embedding {
     ctx.hashed.resize({raw.numel()});
     for (index_t i = 0; i < raw.numel(); ++i) ctx.hashed[i] = hash_bucket(raw[i], rows_, salt);
     ctx.ids = ctx.hashed.view();
-    kernels::gather_rows(dev(), y.data, store_->value(table_), ctx.ids.data, raw.numel(), dim_);
+    ctx.ids_d = device_input(ctx.ids_buf, ctx.ids);
+    kernels::gather_rows(dev(), y.data, store_->value(table_), ctx.ids_d.data, raw.numel(), dim_);
   }
   // table.grad[ids[i]] += dy[i]; marks the rows touched
   void backward(const Context& ctx, CView dy) const {
     check_matrix("Embedding::backward", "dy", dy, ctx.ids.numel(), dim_);
     TouchedRows& touched = store_->touched(table_);
-    touched.mark_all(ctx.ids.data, ctx.ids.numel());  // first-touch order, before the kernel flags them
-    kernels::scatter_add_rows(dev(), store_->grad(table_), touched.flag.data(), dy.data, ctx.ids.data,
-                              ctx.ids.numel(), dim_);
+    touched.mark_all(ctx.ids.data, ctx.ids.numel());  // on the host, first-touch order
+    kernels::scatter_add_rows(dev(), store_->grad(table_), pointer_t<std::uint8_t, typename Device::memory>(nullptr),
+                              dy.data, ctx.ids_d.data, ctx.ids.numel(), dim_);
   }
 
   index_t rows() const { return rows_; }
@@ -6188,9 +6405,14 @@ class EmbeddingBag {
  public:
   using View = DeviceView<T, Device>;
   using CView = DeviceView<const T, Device>;
+  using Ptr = typename View::pointer;    // T* on the host, DevicePtr on a device
+  using CPtr = typename CView::pointer;
+  using IdView = TensorView<const index_t, typename Device::memory>;
   struct Context {
-    ConstView<index_t> ids, offsets;
-    CView weights;  // empty when unweighted
+    ConstView<index_t> ids, offsets;  // host: backward marks the rows touched
+    IdView ids_d, offsets_d;          // where the kernels read them
+    CView weights;                    // empty when unweighted
+    Tensor<index_t, Device> ids_buf, offsets_buf;  // device copies, on a device without host access
   };
 
   EmbeddingBag() = default;
@@ -6229,8 +6451,10 @@ class EmbeddingBag {
     ctx.ids = ids;
     ctx.offsets = offsets;
     ctx.weights = weights;
-    kernels::embedding_bag_forward(dev(), y.data, store_->value(table_), ids.data, offsets.data,
-                                   weights.empty() ? nullptr : weights.data, B, dim_, pooling_ == BagPooling::Mean);
+    ctx.ids_d = device_input(ctx.ids_buf, ids);
+    ctx.offsets_d = device_input(ctx.offsets_buf, offsets);
+    kernels::embedding_bag_forward(dev(), y.data, store_->value(table_), ctx.ids_d.data, ctx.offsets_d.data,
+                                   weights.empty() ? CPtr() : weights.data, B, dim_, pooling_ == BagPooling::Mean);
   }
 
   // table.grad[ids[i]] += scale_i * dy[bag(i)]; dweights (n) written if given
@@ -6243,10 +6467,10 @@ class EmbeddingBag {
       check_shape(op, "dweights", dweights, {n});
     }
     TouchedRows& touched = store_->touched(table_);
-    touched.mark_all(ctx.ids.data, n);  // first-touch order, before the kernel flags them
-    kernels::embedding_bag_backward(dev(), store_->grad(table_), touched.flag.data(),
+    touched.mark_all(ctx.ids.data, n);  // on the host, first-touch order
+    kernels::embedding_bag_backward(dev(), store_->grad(table_), pointer_t<std::uint8_t, typename Device::memory>(nullptr),
                                     dweights.empty() ? nullptr : dweights.data, dy.data, store_->value(table_),
-                                    ctx.ids.data, ctx.offsets.data, ctx.weights.empty() ? nullptr : ctx.weights.data,
+                                    ctx.ids_d.data, ctx.offsets_d.data, ctx.weights.empty() ? CPtr() : ctx.weights.data,
                                     B, dim_, pooling_ == BagPooling::Mean);
   }
 
@@ -6285,12 +6509,14 @@ class MixtureGate {
  public:
   using View = DeviceView<T, Device>;
   using CView = DeviceView<const T, Device>;
+  using Ptr = typename View::pointer;    // T* on the host, DevicePtr on a device
+  using CPtr = typename CView::pointer;
   struct Context {
     typename Linear<T, Device>::Context proj;
     Tensor<T, Device> probs;     // (B,M) softmax output
     Tensor<T, Device> d_probs;   // (B,M)
     Tensor<T, Device> dx;        // (B,in) the gate's part of dx, before it is added
-    std::vector<const T*> experts;  // (M) forward's expert outputs (device pointers)
+    std::vector<CPtr> experts;  // (M) forward's expert outputs (device pointers)
     index_t B = 0;
   };
 
@@ -6303,7 +6529,7 @@ class MixtureGate {
 
   // out (B,De) = sum_m softmax(x W^T + b)_m * experts[m]; experts: M device
   // pointers to (B,De) outputs, unchanged until backward.
-  void forward(Context& ctx, CView x, const T* const* experts, View out) const {
+  void forward(Context& ctx, CView x, const CPtr* experts, View out) const {
     const char* op = "MixtureGate::forward";
     check_matrix(op, "x", x, -1, proj_.in_features());
     const index_t B = x.rows();
@@ -6321,7 +6547,7 @@ class MixtureGate {
 
   // d_experts[m] (B,De) += p_m * d_out;  dx (B,in) += W^T-path of softmax'(<d_out, E_m>);
   // W, b gradients accumulated. dx may be empty (not needed).
-  void backward(Context& ctx, CView d_out, T* const* d_experts, View dx) const {
+  void backward(Context& ctx, CView d_out, const Ptr* d_experts, View dx) const {
     const char* op = "MixtureGate::backward";
     const index_t B = ctx.B;
     check_matrix(op, "d_out", d_out, B, de_);
@@ -6361,6 +6587,8 @@ class LayerNorm {
  public:
   using View = DeviceView<T, Device>;
   using CView = DeviceView<const T, Device>;
+  using Ptr = typename View::pointer;    // T* on the host, DevicePtr on a device
+  using CPtr = typename CView::pointer;
   struct Context {
     CView x;
     Tensor<T, Device> mean, rstd;  // (N)
@@ -6387,7 +6615,7 @@ class LayerNorm {
     backward_impl(ctx, dy.data, dx.data);
   }
 
-  void forward_impl(Context& ctx, CView x, T* y) const {
+  void forward_impl(Context& ctx, CView x, Ptr y) const {
     const index_t n = x.rows();
     ctx.x = x;
     ctx.mean.resize({n});
@@ -6395,7 +6623,7 @@ class LayerNorm {
     kernels::layernorm_forward(dev(), y, ctx.mean.data(), ctx.rstd.data(), x.data, store_->value(gamma_),
                                store_->value(beta_), n, dim_, T(eps_));
   }
-  void backward_impl(const Context& ctx, const T* dy, T* dx) const {
+  void backward_impl(const Context& ctx, CPtr dy, Ptr dx) const {
     kernels::layernorm_backward(dev(), dx, store_->grad(gamma_), store_->grad(beta_), dy, ctx.x.data,
                                 ctx.mean.data(), ctx.rstd.data(), store_->value(gamma_), ctx.x.rows(), dim_);
   }
@@ -6445,8 +6673,10 @@ class LayerNorm {
 //    are added in chunk order, so the results are bitwise identical for any
 //    thread count.
 // The checks and the denominator are computed here, on the host; the row
-// terms and gradients are the kernels of kernels/loss.hpp, called with
-// dev.
+// terms and gradients are the kernels of kernels/loss.hpp, called with dev.
+// Predictions and gradients are device memory of dev; labels, masks, weights
+// and corrections are host arrays (checked here), uploaded for the kernels
+// through LossInputs on a device without host access.
 
 namespace mtrec {
 
@@ -6462,6 +6692,24 @@ namespace detail {
 // T in a parameter that must not take part in template argument deduction
 // (kernels/loss.hpp): a bare nullptr cannot deduce T, the required inputs do.
 using kernels::detail::loss_nd;
+// The device-side arguments of a loss on memory space M: predictions and
+// gradients. Labels, masks, weights and corrections are host arrays, checked
+// here on the host before any kernel runs.
+template <class T, class M>
+using dptr = pointer_t<loss_nd<T>, M>;
+template <class T, class M>
+using dcptr = pointer_t<const loss_nd<T>, M>;
+// The element type behind a host or device pointer (it fixes T of a loss).
+template <class P>
+struct value_of_s {
+  using type = std::remove_const_t<std::remove_pointer_t<P>>;
+};
+template <class U, class M>
+struct value_of_s<DevicePtr<U, M>> {
+  using type = std::remove_const_t<U>;
+};
+template <class P>
+using value_of = typename value_of_s<P>::type;
 
 using kernels::detail::loss_row_on;
 
@@ -6469,7 +6717,7 @@ inline void loss_check_rows(const char* op, index_t n) { check(n >= 0, op, "expe
 
 // A pointer may be null only when there is nothing to read behind it.
 template <class P>
-inline void loss_check_input(const char* op, const char* name, const P* p, index_t n) {
+inline void loss_check_input(const char* op, const char* name, P p, index_t n) {
   check(p != nullptr || n == 0, op, name, " is null but n = ", n);
 }
 
@@ -6500,9 +6748,9 @@ inline void loss_check_finite_label(const char* op, const char* name, const T* l
   if (!std::isfinite(double(labels[i]))) fail(op, name, "[", i, "] expected a finite value but got ", labels[i]);
 }
 
-template <class Device, class T>
-inline void loss_zero(const Device& dev, T* p, index_t count) {
-  if (p != nullptr) kernels::fill(dev, p, count, T(0));
+template <class Device, class P>
+inline void loss_zero(const Device& dev, P p, index_t count) {
+  if (p != nullptr) kernels::fill(dev, p, count, std::remove_const_t<std::remove_reference_t<decltype(*raw(p))>>(0));
 }
 
 }  // namespace detail
@@ -6517,6 +6765,34 @@ inline double weighted_mean_denominator(const std::uint8_t* mask, const T* weigh
   return detail::loss_denominator(op, mask, weights, n, [](index_t) {}).weight_sum;
 }
 
+// The host arrays a loss reads (labels, mask, weights, corrections), where
+// its kernels read them: on a device without host access they are uploaded
+// here, once per call, after the host checks. Pass one to a loss to reuse its
+// memory across steps; without, the call uses its own. Unused on the host.
+template <class T, class Device = Cpu>
+struct LossInputs {
+  Tensor<T, Device> labels, weights, correction;  // (n)
+  Tensor<index_t, Device> class_ids;              // (n) softmax_cross_entropy's labels
+  Tensor<std::uint8_t, Device> mask;              // (n)
+};
+
+namespace detail {
+// host[0 .. n) where Device's kernels read it (null stays null).
+template <class U, class Device>
+inline pointer_t<const U, typename Device::memory> loss_input(Tensor<U, Device>& buf, const U* host, index_t n) {
+  if constexpr (host_readable_v<Device>) {
+    (void)buf;
+    (void)n;
+    return host;
+  } else {
+    if (host == nullptr) return nullptr;
+    buf.resize({n});
+    if (n > 0) buf.device().upload(raw(buf.data()), host, sizeof(U) * static_cast<std::size_t>(n));
+    return buf.cview().data;
+  }
+}
+}  // namespace detail
+
 // ---- binary cross-entropy on logits --------------------------------------
 
 // l_i = -(y log sigmoid(x) + (1 - y) log(1 - sigmoid(x))), written as
@@ -6524,9 +6800,10 @@ inline double weighted_mean_denominator(const std::uint8_t* mask, const T* weigh
 // any finite logit (|x| = 1e4 gives l = |x| for a wrong label, not inf).
 // Labels may be soft, in [0, 1]. dl/dx = sigmoid(x) - y.
 // dlogits (n) written, or nullptr
-template <class T, class Device, class = typename Device::memory>
-inline LossResult bce_with_logits(const Device& dev, detail::loss_nd<T>* dlogits, const T* logits, const T* labels,
-                                  const std::uint8_t* mask, const detail::loss_nd<T>* weights, index_t n) {
+template <class Device, class CP, class T = detail::value_of<CP>, class M = typename Device::memory>
+inline LossResult bce_with_logits(const Device& dev, detail::dptr<T, M> dlogits, CP logits, const detail::loss_nd<T>* labels,
+                                  const std::uint8_t* mask, const detail::loss_nd<T>* weights, index_t n,
+                                  LossInputs<detail::loss_nd<T>, Device>* inputs = nullptr) {
   const char* op = "bce_with_logits";
   detail::loss_check_rows(op, n);
   detail::loss_check_input(op, "logits", logits, n);
@@ -6540,7 +6817,11 @@ inline LossResult bce_with_logits(const Device& dev, detail::loss_nd<T>* dlogits
     detail::loss_zero(dev, dlogits, n);
     return r;
   }
-  r.value = kernels::bce_with_logits_loss(dev, dlogits, logits, labels, mask, weights, n,
+  LossInputs<T, Device> local;
+  LossInputs<T, Device>& in = inputs ? *inputs : local;
+  r.value = kernels::bce_with_logits_loss(dev, dlogits, logits, detail::loss_input(in.labels, labels, n),
+                                          detail::loss_input(in.mask, mask, n),
+                                          detail::loss_input(in.weights, weights, n), n,
                                           1.0 / r.weight_sum);
   return r;
 }
@@ -6549,8 +6830,8 @@ inline LossResult bce_with_logits(const Device& dev, detail::loss_nd<T>* dlogits
 
 namespace detail {
 // Shared by mse and huber: the checks and the denominator (pass 1).
-template <class T>
-inline LossResult loss_regression_denominator(const char* op, const T* pred, const T* target,
+template <class T, class CP>
+inline LossResult loss_regression_denominator(const char* op, CP pred, const T* target,
                                               const std::uint8_t* mask, const T* weights, index_t n) {
   loss_check_rows(op, n);
   loss_check_input(op, "pred", pred, n);
@@ -6561,15 +6842,18 @@ inline LossResult loss_regression_denominator(const char* op, const T* pred, con
 
 // l_i = (p - y)^2, as torch.nn.MSELoss (no 1/2); dl/dp = 2 (p - y).
 // dpred (n) written, or nullptr
-template <class T, class Device, class = typename Device::memory>
-inline LossResult mse(const Device& dev, detail::loss_nd<T>* dpred, const T* pred, const T* target, const std::uint8_t* mask,
-                      const detail::loss_nd<T>* weights, index_t n) {
+template <class Device, class CP, class T = detail::value_of<CP>, class M = typename Device::memory>
+inline LossResult mse(const Device& dev, detail::dptr<T, M> dpred, CP pred, const detail::loss_nd<T>* target, const std::uint8_t* mask,
+                      const detail::loss_nd<T>* weights, index_t n, LossInputs<detail::loss_nd<T>, Device>* inputs = nullptr) {
   LossResult r = detail::loss_regression_denominator("mse", pred, target, mask, weights, n);
   if (!(r.weight_sum > 0)) {
     detail::loss_zero(dev, dpred, n);
     return r;
   }
-  r.value = kernels::mse_loss(dev, dpred, pred, target, mask, weights, n, 1.0 / r.weight_sum);
+  LossInputs<T, Device> local;
+  LossInputs<T, Device>& in = inputs ? *inputs : local;
+  r.value = kernels::mse_loss(dev, dpred, pred, detail::loss_input(in.labels, target, n), detail::loss_input(in.mask, mask, n),
+                              detail::loss_input(in.weights, weights, n), n, 1.0 / r.weight_sum);
   return r;
 }
 
@@ -6578,16 +6862,21 @@ inline LossResult mse(const Device& dev, detail::loss_nd<T>* dpred, const T* pre
 //   l = delta (|r| - delta / 2)   otherwise.
 // dl/dp = r inside, delta * sign(r) outside (the two agree at |r| = delta).
 // dpred (n) written, or nullptr
-template <class T, class Device, class = typename Device::memory>
-inline LossResult huber(const Device& dev, detail::loss_nd<T>* dpred, const T* pred, const T* target, const std::uint8_t* mask,
-                        const detail::loss_nd<T>* weights, index_t n, double delta = 1.0) {
+template <class Device, class CP, class T = detail::value_of<CP>, class M = typename Device::memory>
+inline LossResult huber(const Device& dev, detail::dptr<T, M> dpred, CP pred, const detail::loss_nd<T>* target, const std::uint8_t* mask,
+                        const detail::loss_nd<T>* weights, index_t n, double delta = 1.0,
+                        LossInputs<detail::loss_nd<T>, Device>* inputs = nullptr) {
   check(std::isfinite(delta) && delta > 0, "huber", "expected a finite delta > 0 but got ", delta);
   LossResult r = detail::loss_regression_denominator("huber", pred, target, mask, weights, n);
   if (!(r.weight_sum > 0)) {
     detail::loss_zero(dev, dpred, n);
     return r;
   }
-  r.value = kernels::huber_loss(dev, dpred, pred, target, mask, weights, n, 1.0 / r.weight_sum, delta);
+  LossInputs<T, Device> local;
+  LossInputs<T, Device>& in = inputs ? *inputs : local;
+  r.value = kernels::huber_loss(dev, dpred, pred, detail::loss_input(in.labels, target, n),
+                                detail::loss_input(in.mask, mask, n), detail::loss_input(in.weights, weights, n), n,
+                                1.0 / r.weight_sum, delta);
   return r;
 }
 
@@ -6598,10 +6887,10 @@ inline LossResult huber(const Device& dev, detail::loss_nd<T>* dpred, const T* p
 // Labels are class ids in [0, C), checked on labelled rows only (a masked row
 // may hold -100 as in PyTorch's ignore_index).
 // dlogits (n,C) written, or nullptr
-template <class T, class Device, class = typename Device::memory>
-inline LossResult softmax_cross_entropy(const Device& dev, detail::loss_nd<T>* dlogits, const T* logits, const index_t* labels,
+template <class Device, class CP, class T = detail::value_of<CP>, class M = typename Device::memory>
+inline LossResult softmax_cross_entropy(const Device& dev, detail::dptr<T, M> dlogits, CP logits, const index_t* labels,
                                         const std::uint8_t* mask, const detail::loss_nd<T>* weights, index_t n,
-                                        index_t C) {
+                                        index_t C, LossInputs<detail::loss_nd<T>, Device>* inputs = nullptr) {
   const char* op = "softmax_cross_entropy";
   detail::loss_check_rows(op, n);
   check(C >= 1, op, "expected C >= 1 classes but got ", C);
@@ -6615,7 +6904,11 @@ inline LossResult softmax_cross_entropy(const Device& dev, detail::loss_nd<T>* d
     detail::loss_zero(dev, dlogits, n * C);
     return r;
   }
-  r.value = kernels::softmax_cross_entropy_loss(dev, dlogits, logits, labels, mask, weights, n, C,
+  LossInputs<T, Device> local;
+  LossInputs<T, Device>& in = inputs ? *inputs : local;
+  r.value = kernels::softmax_cross_entropy_loss(dev, dlogits, logits, detail::loss_input(in.class_ids, labels, n),
+                                                detail::loss_input(in.mask, mask, n),
+                                                detail::loss_input(in.weights, weights, n), n, C,
                                                 1.0 / r.weight_sum);
   return r;
 }
@@ -6625,9 +6918,10 @@ inline LossResult softmax_cross_entropy(const Device& dev, detail::loss_nd<T>* d
 // l_i = -log sigmoid(pos_i - neg_i) = softplus(neg_i - pos_i), finite for any
 // finite scores. dl/dpos = -sigmoid(neg - pos), dl/dneg = +sigmoid(neg - pos).
 // dpos (n), dneg (n) written, or nullptr
-template <class T, class Device, class = typename Device::memory>
-inline LossResult bpr(const Device& dev, detail::loss_nd<T>* dpos, detail::loss_nd<T>* dneg, const T* pos_scores, const T* neg_scores,
-                      const std::uint8_t* mask, const detail::loss_nd<T>* weights, index_t n) {
+template <class Device, class CP, class T = detail::value_of<CP>, class M = typename Device::memory>
+inline LossResult bpr(const Device& dev, detail::dptr<T, M> dpos, detail::dptr<T, M> dneg, CP pos_scores, detail::dcptr<T, M> neg_scores,
+                      const std::uint8_t* mask, const detail::loss_nd<T>* weights, index_t n,
+                      LossInputs<detail::loss_nd<T>, Device>* inputs = nullptr) {
   const char* op = "bpr";
   detail::loss_check_rows(op, n);
   detail::loss_check_input(op, "pos_scores", pos_scores, n);
@@ -6638,8 +6932,11 @@ inline LossResult bpr(const Device& dev, detail::loss_nd<T>* dpos, detail::loss_
     detail::loss_zero(dev, dneg, n);
     return r;
   }
+  LossInputs<T, Device> local;
+  LossInputs<T, Device>& in = inputs ? *inputs : local;
   r.value =
-      kernels::bpr_loss(dev, dpos, dneg, pos_scores, neg_scores, mask, weights, n, 1.0 / r.weight_sum);
+      kernels::bpr_loss(dev, dpos, dneg, pos_scores, neg_scores, detail::loss_input(in.mask, mask, n),
+                        detail::loss_input(in.weights, weights, n), n, 1.0 / r.weight_sum);
   return r;
 }
 
@@ -6650,6 +6947,7 @@ inline LossResult bpr(const Device& dev, detail::loss_nd<T>* dpos, detail::loss_
 template <class T, class Device = Cpu>
 struct InBatchSoftmaxWorkspace {
   Tensor<T, Device> scores;  // (n,n)
+  LossInputs<T, Device> inputs;
 };
 
 // Sampled-softmax retrieval loss with in-batch negatives (two-tower models;
@@ -6671,8 +6969,8 @@ struct InBatchSoftmaxWorkspace {
 // The (n,n) logit matrix is materialised (n = 16384 in float: 1 GiB); pass a
 // workspace to reuse it across steps.
 // dq (n,d), dk (n,d) written, or nullptr
-template <class T, class Device, class = typename Device::memory>
-inline LossResult in_batch_softmax(const Device& dev, detail::loss_nd<T>* dq, detail::loss_nd<T>* dk, const T* q, const T* k, index_t n,
+template <class Device, class CP, class T = detail::value_of<CP>, class M = typename Device::memory>
+inline LossResult in_batch_softmax(const Device& dev, detail::dptr<T, M> dq, detail::dptr<T, M> dk, CP q, detail::dcptr<T, M> k, index_t n,
                                    index_t d, double temperature, const detail::loss_nd<T>* log_q_correction,
                                    const std::uint8_t* mask, const detail::loss_nd<T>* weights,
                                    InBatchSoftmaxWorkspace<detail::loss_nd<T>, Device>* workspace = nullptr) {
@@ -6693,7 +6991,7 @@ inline LossResult in_batch_softmax(const Device& dev, detail::loss_nd<T>* dq, de
   InBatchSoftmaxWorkspace<T, Device> local;
   InBatchSoftmaxWorkspace<T, Device>& ws = workspace ? *workspace : local;
   ws.scores.resize({n, n});
-  T* S = ws.scores.data();
+  auto S = ws.scores.data();
   const T inv_t = T(1.0 / temperature);
   // S (n,n) = q k^T / temperature
   kernels::gemm(dev, kernels::Trans::N, kernels::Trans::T, n, n, d, inv_t, q, d, k, d, T(0), S, n);
@@ -6701,7 +6999,9 @@ inline LossResult in_batch_softmax(const Device& dev, detail::loss_nd<T>* dq, de
   const bool want_grad = dq != nullptr || dk != nullptr;
   // Rows of S become dS (S's row i is overwritten by row i's gradient, which
   // no other row reads).
-  r.value = kernels::in_batch_softmax_rows(dev, S, log_q_correction, mask, weights, n,
+  r.value = kernels::in_batch_softmax_rows(dev, S, detail::loss_input(ws.inputs.correction, log_q_correction, n),
+                                           detail::loss_input(ws.inputs.mask, mask, n),
+                                           detail::loss_input(ws.inputs.weights, weights, n), n,
                                            1.0 / r.weight_sum, want_grad);
   // dq (n,d) = dS k / temperature;  dk (n,d) = dS^T q / temperature
   if (dq)
@@ -6772,13 +7072,15 @@ class MLP {
  public:
   using View = DeviceView<T, Device>;
   using CView = DeviceView<const T, Device>;
+  using Ptr = typename View::pointer;    // T* on the host, DevicePtr on a device
+  using CPtr = typename CView::pointer;
   struct Context {
     CView x;
     View y;
     std::vector<typename Linear<T, Device>::Context> linear;
     std::vector<typename Dropout<T, Device>::Context> dropout;
     std::vector<Tensor<T, Device>> z, a, o;  // per layer: Linear output, activation output, dropout output
-    std::vector<T*> zp, ap, op;      // where each stage wrote (a buffer above, or y)
+    std::vector<Ptr> zp, ap, op;      // where each stage wrote (a buffer above, or y)
     Tensor<T, Device> grad0, grad1;          // backward ping-pong
   };
 
@@ -6809,15 +7111,15 @@ class MLP {
     ctx.zp.resize(L);
     ctx.ap.resize(L);
     ctx.op.resize(L);
-    const T* in = x.data;
+    CPtr in = x.data;
     for (std::size_t i = 0; i < L; ++i) {
       const index_t w = config_.hidden[i];
       const bool last = i + 1 == L;
       const bool act = has_activation(i), drop = has_dropout(i);
       // The last stage present in this layer writes straight into y.
-      T* zp = (last && !act && !drop) ? y.data : buffer(ctx.z[i], n, w);
-      T* ap = !act ? zp : (last && !drop) ? y.data : buffer(ctx.a[i], n, w);
-      T* op = !drop ? ap : last ? y.data : buffer(ctx.o[i], n, w);
+      Ptr zp = (last && !act && !drop) ? y.data : buffer(ctx.z[i], n, w);
+      Ptr ap = !act ? zp : (last && !drop) ? y.data : buffer(ctx.a[i], n, w);
+      Ptr op = !drop ? ap : last ? y.data : buffer(ctx.o[i], n, w);
       linear_[i].forward_impl(in, zp, n);
       ctx.linear[i].x = CView(in, {n, linear_[i].in_features()});
       if (act) activation_forward(this->dev(), config_.activation, ap, zp, n * w);
@@ -6838,21 +7140,21 @@ class MLP {
     for (index_t h : config_.hidden) widest = std::max(widest, h);
     ctx.grad0.resize({n * widest});
     ctx.grad1.resize({n * widest});
-    T* bufs[2] = {ctx.grad0.data(), ctx.grad1.data()};
-    const T* g = dy.data;  // never written: the first in-place stage copies out to bufs[0]
+    Ptr bufs[2] = {ctx.grad0.data(), ctx.grad1.data()};
+    CPtr g = dy.data;  // never written: the first in-place stage copies out to bufs[0]
     for (std::size_t k = linear_.size(); k-- > 0;) {
       const index_t w = config_.hidden[k];
       if (has_dropout(k)) {
-        T* out = g == dy.data ? bufs[0] : const_cast<T*>(g);
+        Ptr out = g == dy.data ? bufs[0] : mutable_ptr(g);
         dropout_[k].backward_impl(ctx.dropout[k], g, out);
         g = out;
       }
       if (has_activation(k)) {
-        T* out = g == dy.data ? bufs[0] : const_cast<T*>(g);
+        Ptr out = g == dy.data ? bufs[0] : mutable_ptr(g);
         activation_backward(this->dev(), config_.activation, out, g, ctx.zp[k], ctx.ap[k], n * w);
         g = out;
       }
-      T* gin = nullptr;
+      Ptr gin = nullptr;
       if (k > 0) {
         gin = g == bufs[0] ? bufs[1] : bufs[0];
       } else if (!dx.empty()) {
@@ -6880,7 +7182,7 @@ class MLP {
     const bool last = i + 1 == config_.hidden.size();
     return config_.dropout > 0.0 && (!last || config_.activate_output);
   }
-  static T* buffer(Tensor<T, Device>& t, index_t n, index_t w) {
+  static Ptr buffer(Tensor<T, Device>& t, index_t n, index_t w) {
     t.resize({n, w});
     return t.data();
   }
@@ -6906,21 +7208,29 @@ class SequencePooling {
  public:
   using View = DeviceView<T, Device>;
   using CView = DeviceView<const T, Device>;
+  using Ptr = typename View::pointer;    // T* on the host, DevicePtr on a device
+  using CPtr = typename CView::pointer;
+  using IdView = TensorView<const index_t, typename Device::memory>;  // lengths, starts: where kernels read them
   struct Context {
-    ConstView<index_t> lengths;
+    IdView lengths;
     index_t B = 0, T_len = 0, D = 0;
+    Tensor<index_t, Device> lengths_buf;  // device copy of the lengths, on a device without host access
   };
 
   explicit SequencePooling(SequencePoolMode mode = SequencePoolMode::Mean) : mode_(mode) {}
 
   // y (B,D) = mean of x[b, :lengths[b]] (Mean) or x[b, 0] (First); zeros when lengths[b] == 0
-  void forward(Context& ctx, CView x, ConstView<index_t> lengths, View y) const {
+  void forward(Context& ctx, CView x, ConstView<index_t> host_lengths, View y) const {
     const char* op = "SequencePooling::forward";
     check(x.rank() == 3, op, "x expected shape (B, T, D) but got ", x.shape);
     const index_t B = x.dim(0), Tl = x.dim(1), D = x.dim(2);
-    check_lengths(op, lengths, B, Tl);
+    check_lengths(op, host_lengths, B, Tl);
+    const IdView lengths = device_input(ctx.lengths_buf, host_lengths);
     check_shape(op, "y", y, {B, D});
-    ctx = {lengths, B, Tl, D};
+    ctx.lengths = lengths;
+    ctx.B = B;
+    ctx.T_len = Tl;
+    ctx.D = D;
     kernels::sequence_pool_forward(dev(), y.data, x.data, lengths.data, B, Tl, D,
                                    mode_ == SequencePoolMode::First);
   }
@@ -6956,6 +7266,8 @@ class PositionalEmbedding {
  public:
   using View = DeviceView<T, Device>;
   using CView = DeviceView<const T, Device>;
+  using Ptr = typename View::pointer;    // T* on the host, DevicePtr on a device
+  using CPtr = typename CView::pointer;
   struct Context {
     index_t B = 0, T_len = 0;
   };
@@ -7036,12 +7348,16 @@ class TransformerEncoderLayer {
  public:
   using View = DeviceView<T, Device>;
   using CView = DeviceView<const T, Device>;
+  using Ptr = typename View::pointer;    // T* on the host, DevicePtr on a device
+  using CPtr = typename CView::pointer;
+  using IdView = TensorView<const index_t, typename Device::memory>;  // lengths, starts: where kernels read them
   struct Context {
     CView x;
-    ConstView<index_t> lengths;
+    IdView lengths;
+    Tensor<index_t, Device> lengths_buf;  // device copy of forward's lengths, on a device without host access
     index_t B = 0, T_len = 0, rows = 0;
     bool padded = true;
-    Tensor<index_t> padded_starts;
+    Tensor<index_t, Device> padded_starts;
     typename LayerNorm<T, Device>::Context ln1, ln2;
     typename MultiHeadAttention<T, Device>::Context mha;
     typename Dropout<T, Device>::Context drop_attn, drop_ffn, drop_out;
@@ -7069,11 +7385,12 @@ class TransformerEncoderLayer {
   }
 
   // y (B,T,D) = layer(x (B,T,D)), keys masked past lengths (B)
-  void forward(Context& ctx, CView x, ConstView<index_t> lengths, View y, const Mode& mode) const {
+  void forward(Context& ctx, CView x, ConstView<index_t> host_lengths, View y, const Mode& mode) const {
     const char* op = "TransformerEncoderLayer::forward";
     check_shape(op, "x", x, {-1, -1, c_.d_model});
     const index_t B = x.dim(0), Tl = x.dim(1);
-    check_lengths(op, lengths, B, Tl);
+    check_lengths(op, host_lengths, B, Tl);
+    const IdView lengths = device_input(ctx.lengths_buf, host_lengths);
     check_shape(op, "y", y, {B, Tl, c_.d_model});
     forward_impl(ctx, x, lengths, y.data, mode);
   }
@@ -7087,7 +7404,7 @@ class TransformerEncoderLayer {
   }
 
   // Padded layout: x (B,T,D).
-  void forward_impl(Context& ctx, CView x, ConstView<index_t> lengths, T* y, const Mode& mode) const {
+  void forward_impl(Context& ctx, CView x, IdView lengths, Ptr y, const Mode& mode) const {
     const index_t B = x.dim(0), Tl = x.dim(1);
     ctx.padded_starts.resize({B});
     kernels::padded_starts(dev(), ctx.padded_starts.data(), B, Tl);
@@ -7096,8 +7413,8 @@ class TransformerEncoderLayer {
   }
 
   // x (n,D) in either layout; y (n,D) written (padded rows zero when padded).
-  void forward_rows(Context& ctx, CView x, ConstView<index_t> lengths, ConstView<index_t> starts,
-                    index_t T_max, bool padded, T* y, const Mode& mode) const {
+  void forward_rows(Context& ctx, CView x, IdView lengths, IdView starts,
+                    index_t T_max, bool padded, Ptr y, const Mode& mode) const {
     const index_t B = lengths.numel(), Tl = T_max, n = x.rows(), D = c_.d_model, F = c_.ffn;
     ctx.x = x;
     ctx.lengths = lengths;
@@ -7123,18 +7440,18 @@ class TransformerEncoderLayer {
   }
 
   // dx (n,D) written, in the layout forward used.
-  void backward_impl(Context& ctx, const T* dy, T* dx) const {
+  void backward_impl(Context& ctx, CPtr dy, Ptr dx) const {
     const index_t B = ctx.B, Tl = ctx.T_len, n = ctx.rows, D = c_.d_model, F = c_.ffn;
     for (Tensor<T, Device>* t : {&ctx.dD1, &ctx.dD2, &ctx.dD3}) t->resize({n, D});
     ctx.dF.resize({n, F});
-    T *d1 = ctx.dD1.data(), *d2 = ctx.dD2.data(), *d3 = ctx.dD3.data(), *dF = ctx.dF.data();
+    Ptr d1 = ctx.dD1.data(), d2 = ctx.dD2.data(), d3 = ctx.dD3.data(), dF = ctx.dF.data();
     // g = dy with padded rows dropped: dy itself when they are zero already
     // (the layer above wrote them so), else a copy in d1. Packed: no padding.
-    const T* g = ctx.padded ? detail::drop_padded_gradient(this->dev(), dy, ctx.dD1, ctx.lengths, B, Tl, D) : dy;
+    CPtr g = ctx.padded ? detail::drop_padded_gradient(this->dev(), dy, ctx.dD1, ctx.lengths, B, Tl, D) : dy;
     drop_out_.backward_impl(ctx.drop_out, g, d2);                     // d2 = d f2
     lin2_.backward_impl(ctx.g.data(), d2, dF, n);                      // dF = d g
     drop_ffn_.backward_impl(ctx.drop_ffn, dF, dF);
-    activation_backward(this->dev(), c_.activation, dF, dF, ctx.f1.data(), static_cast<const T*>(nullptr), n * F);  // dF = d f1
+    activation_backward(this->dev(), c_.activation, dF, dF, ctx.f1.data(), static_cast<CPtr>(nullptr), n * F);  // dF = d f1
     lin1_.backward_impl(ctx.h2.data(), dF, d2, n);                     // d2 = d h2
     ln2_.backward_impl(ctx.ln2, d2, d3);                               // d3 = d r1 (LN2 path)
     kernels::residual_add(dev(), d3, d3, g, n * D);       // d3 = d r1 (both paths)
@@ -7164,13 +7481,17 @@ class TransformerEncoder {
  public:
   using View = DeviceView<T, Device>;
   using CView = DeviceView<const T, Device>;
+  using Ptr = typename View::pointer;    // T* on the host, DevicePtr on a device
+  using CPtr = typename CView::pointer;
+  using IdView = TensorView<const index_t, typename Device::memory>;  // lengths, starts: where kernels read them
   struct Context {
     std::vector<typename TransformerEncoderLayer<T, Device>::Context> layers;
+    Tensor<index_t, Device> lengths_buf;  // device copy of forward's lengths, on a device without host access
     typename LayerNorm<T, Device>::Context final_ln;
     std::vector<Tensor<T, Device>> hidden;  // packed outputs of every layer (n,D)
-    ConstView<index_t> lengths;
+    IdView lengths;
     CView x;
-    Tensor<index_t> starts;         // (B) first packed row of each sequence
+    Tensor<index_t, Device> starts;         // (B) first packed row of each sequence
     index_t rows = 0;               // n = sum(lengths)
     Tensor<T, Device> packed, normed;       // (n,D) packed input, final-LayerNorm output
     Tensor<T, Device> d_a, d_b;             // (n,D)
@@ -7188,12 +7509,13 @@ class TransformerEncoder {
 
   // y (B,T,D) = encoder(x (B,T,D)); padded rows of y are zero. The valid
   // rows are packed once, every layer runs on them, the result is scattered back.
-  void forward(Context& ctx, CView x, ConstView<index_t> lengths, View y, const Mode& mode) const {
+  void forward(Context& ctx, CView x, ConstView<index_t> host_lengths, View y, const Mode& mode) const {
     const char* op = "TransformerEncoder::forward";
     const index_t D = c_.d_model;
     check_shape(op, "x", x, {-1, -1, D});
     const index_t B = x.dim(0), Tl = x.dim(1);
-    check_lengths(op, lengths, B, Tl);
+    check_lengths(op, host_lengths, B, Tl);
+    const IdView lengths = device_input(ctx.lengths_buf, host_lengths);
     check_shape(op, "y", y, {B, Tl, D});
     const std::size_t L = layers_.size();
     ctx.layers.resize(L);
@@ -7206,7 +7528,7 @@ class TransformerEncoder {
     ctx.rows = n;
     ctx.packed.resize({n, D});
     kernels::pack_sequences(dev, ctx.packed.data(), x.data, lengths.data, ctx.starts.data(), B, Tl, D);
-    const T* out = ctx.packed.data();
+    CPtr out = ctx.packed.data();
     if (n > 0) {  // every sequence empty: nothing to encode, y is all zeros
       CView in(ctx.packed.data(), {n, D});
       for (std::size_t i = 0; i < L; ++i) {
@@ -7234,8 +7556,8 @@ class TransformerEncoder {
     ctx.d_a.resize({n, D});
     ctx.d_b.resize({n, D});
     const Device& dev = this->dev();
-    const ConstView<index_t> lengths = ctx.lengths;
-    T* g = ctx.d_a.data();  // packed dy
+    const IdView lengths = ctx.lengths;
+    Ptr g = ctx.d_a.data();  // packed dy
     kernels::pack_sequences(dev, g, dy.data, lengths.data, ctx.starts.data(), B, Tl, D);
     if (n > 0) {
       if (final_norm_) {
@@ -7243,7 +7565,7 @@ class TransformerEncoder {
         g = ctx.d_b.data();
       }
       for (std::size_t i = layers_.size(); i-- > 0;) {
-        T* other = g == ctx.d_a.data() ? ctx.d_b.data() : ctx.d_a.data();
+        Ptr other = g == ctx.d_a.data() ? ctx.d_b.data() : ctx.d_a.data();
         layers_[i].backward_impl(ctx.layers[i], g, other);
         g = other;
       }
@@ -7842,6 +8164,9 @@ class MultiTaskModel {
  public:
   using View = DeviceView<T, Device>;
   using CView = DeviceView<const T, Device>;
+  using Ptr = typename View::pointer;  // T* on the host, DevicePtr on a device
+  using CPtr = typename CView::pointer;
+  using IdView = TensorView<const index_t, typename Device::memory>;
 
  private:
   // A softmax gate mixing M expert outputs: out (B,De) = sum_m p_m * E_m.
@@ -7871,8 +8196,8 @@ class MultiTaskModel {
     struct GateWs {
       typename MixtureGate<T, Device>::Context ctx;
       Tensor<T, Device> out, d_out;  // (B,De)
-      std::vector<const T*> experts;  // (M) the mixed experts' outputs
-      std::vector<T*> d_experts;      // (M) their gradients
+      std::vector<CPtr> experts;  // (M) the mixed experts' outputs
+      std::vector<Ptr> d_experts;  // (M) their gradients
     };
     struct LevelWs {
       std::vector<typename MLP<T, Device>::Context> expert;
@@ -7885,7 +8210,9 @@ class MultiTaskModel {
     struct SequenceWs {
       Tensor<index_t> lengths;    // (B) a copy of the batch's lengths: forward and backward agree on it
       Tensor<index_t> valid_ids;  // (n_valid) IDs of the valid positions, in (b,t) order
-      Tensor<index_t> starts;     // (B) first row of each sequence in compact
+      Tensor<index_t, Device> lengths_buf;  // the lengths on a device without host access
+      IdView lengths_d;                     // the lengths where kernels read them
+      Tensor<index_t, Device> starts;       // (B) first row of each sequence in compact
       Tensor<T, Device> compact, d_compact;  // (n_valid, D)
       Tensor<T, Device> emb, hidden, d_emb, d_hidden;  // (B,L,D)
       Tensor<T, Device> pooled, d_pooled;  // (B,D)
@@ -7899,6 +8226,9 @@ class MultiTaskModel {
     std::vector<Tensor<index_t>> id_rows;   // hashed rows per ID field (B)
     std::vector<Tensor<index_t>> bag_rows;  // hashed rows per bag field (n)
     std::vector<ConstView<index_t>> id_view, bag_view;  // the rows each field looks up (prepare_batch)
+    // Host arrays of the batch that kernels read, uploaded on a device
+    // without host access (device_input in layers/common.hpp).
+    std::vector<Tensor<T, Device>> bag_weights, dense;
     std::vector<Tensor<T, Device>> id_emb, bag_emb, d_field;  // (B,dim)
     std::vector<typename Embedding<T, Device>::Context> id_ctx;
     std::vector<typename EmbeddingBag<T, Device>::Context> bag_ctx;
@@ -7912,6 +8242,7 @@ class MultiTaskModel {
     // BPR tasks: the batch's (positive, negative) row pairs and their scores.
     struct PairWs {
       Tensor<index_t> order, pos, neg;  // order (B): labelled rows sorted by (group, label)
+      Tensor<index_t, Device> pos_buf, neg_buf;  // pos, neg on a device without host access
       Tensor<T, Device> s_pos, s_neg, d_pos, d_neg;  // (P)
       Tensor<T> weight;  // (P) host: the pair weights, from the batch weights
     };
@@ -7919,6 +8250,7 @@ class MultiTaskModel {
     struct RetrievalWs {
       Tensor<index_t> rows;    // (B) target row per batch row (0 where unlabelled)
       Tensor<index_t> positions, targets;  // (n) the labelled batch rows and their target rows
+      Tensor<index_t, Device> rows_buf, positions_buf, targets_buf;  // on a device without host access
       Tensor<T, Device> keys, d_keys;  // (B,D)
       Tensor<T, Device> d_targets;     // (n,D) the labelled rows' key gradients, scaled
       InBatchSoftmaxWorkspace<T, Device> softmax;
@@ -7927,6 +8259,7 @@ class MultiTaskModel {
     std::vector<RetrievalWs> retrieval;
     Tensor<T, Device> pred;  // predict's outputs on the device (unused when the host reads device memory)
     Tensor<T, Device> esmm_d_ctr;                     // (B) ESMM: dL_ctcvr / d CTR logit
+    LossInputs<T, Device> loss_inputs;  // the labels, masks and weights where the loss kernels read them
     TaskLosses losses;                        // the last compute_losses() result
     Mode mode;
     // What this workspace holds, so that compute_losses and backward refuse a
@@ -8017,20 +8350,21 @@ class MultiTaskModel {
       for (index_t i = 0; i < B; ++i)
         if ((!m || m[i]) && !std::isfinite(y[i]))
           fail(op, "task '", t.name, "' label[", i, "] expected a finite value but got ", y[i]);
-      T* d = ws.d_out[k].data();
-      const T* o = ws.out[k].data();
+      Ptr d = ws.d_out[k].data();
+      CPtr o = ws.out[k].data();
       LossResult lr;
       if (config_.architecture == Architecture::ESMM && k == 1) {
         ws.esmm_d_ctr.resize({B});
-        lr = esmm_ctcvr_loss(d, ws.esmm_d_ctr.data(), ws.out[0].data(), o, y, m, w, B);
+        lr = esmm_ctcvr_loss(ws.loss_inputs, d, ws.esmm_d_ctr.data(), ws.out[0].data(), o, y, m, w, B);
       } else if (t.type == TaskType::Binary && t.loss == TaskLoss::BPR) {
-        lr = bpr_task_loss(ws.pairs[k], d, o, y, m, w, batch.groups, B, t);
+        lr = bpr_task_loss(ws.pairs[k], ws.loss_inputs, d, o, y, m, w, batch.groups, B, t);
       } else if (t.type == TaskType::Retrieval) {
         lr = retrieval_task_loss(ws.retrieval[k], d, o, y, m, w, B, k);
       } else if (t.type == TaskType::Binary) {
-        lr = bce_with_logits(dev(), d, o, y, m, w, B);
+        lr = bce_with_logits(dev(), d, o, y, m, w, B, &ws.loss_inputs);
       } else if (t.type == TaskType::Regression) {
-        lr = t.loss == TaskLoss::Huber ? huber(dev(), d, o, y, m, w, B, T(t.huber_delta)) : mse(dev(), d, o, y, m, w, B);
+        lr = t.loss == TaskLoss::Huber ? huber(dev(), d, o, y, m, w, B, T(t.huber_delta), &ws.loss_inputs)
+                                       : mse(dev(), d, o, y, m, w, B, &ws.loss_inputs);
       } else {
         Tensor<index_t>& ids = ws.class_ids[k];
         ids.resize({B});
@@ -8044,7 +8378,7 @@ class MultiTaskModel {
                  y[i]);
           ids[i] = static_cast<index_t>(y[i]);
         }
-        lr = softmax_cross_entropy(dev(), d, o, ids.data(), m, w, B, t.num_classes);
+        lr = softmax_cross_entropy(dev(), d, o, ids.data(), m, w, B, t.num_classes, &ws.loss_inputs);
       }
       r.value[k] = lr.value;
       r.count[k] = lr.count;
@@ -8067,9 +8401,9 @@ class MultiTaskModel {
     for (std::size_t k = 0; k < num_tasks(); ++k) {
       ws.d_tower_in[k].resize({B, towers_[k].in_features()});
       const index_t n = ws.out[k].numel();
-      T* ds = ws.d_scaled[k].data();
+      Ptr ds = ws.d_scaled[k].data();
       const T c = T(coeff[k]);
-      const T* d = ws.d_out[k].data();
+      CPtr d = ws.d_out[k].data();
       kernels::scale(dev(), ds, d, n, c);  // ds (n) = c * d
       bool active = coeff[k] != 0.0;
       if (config_.architecture == Architecture::ESMM && k == 0 && coeff[1] != 0.0) {
@@ -8099,7 +8433,7 @@ class MultiTaskModel {
     for (std::size_t k = 0; k < num_tasks(); ++k) {
       const TaskSpec& t = config_.tasks[k];
       const index_t w = task_output_width(t);
-      const T* o = ws.out[k].data();  // (B,w)
+      CPtr o = ws.out[k].data();  // (B,w)
       if (t.type == TaskType::Regression || t.type == TaskType::Retrieval)  // values; a retrieval query vector
         kernels::output_transform(dev(), out.data(), C, col, o, B, w, kernels::OutputKind::Identity);
       else if (t.type == TaskType::MultiClass)
@@ -8278,7 +8612,7 @@ class MultiTaskModel {
   // BPR over every (positive, negative) pair of labelled rows in the batch,
   // within each group when the batch has groups. A pair weighs w_pos * w_neg.
   // d (B) = dL/d score, written. Cost O(pairs): give groups on large batches.
-  LossResult bpr_task_loss(typename Workspace::PairWs& pw, T* d, const T* score, const T* y, const std::uint8_t* m,
+  LossResult bpr_task_loss(typename Workspace::PairWs& pw, LossInputs<T, Device>& inputs, Ptr d, CPtr score, const T* y, const std::uint8_t* m,
                            const T* w, const std::vector<index_t>& groups, index_t B, const TaskSpec& t) const {
     const char* op = "MultiTaskModel::compute_losses";
     const bool grouped = !groups.empty();
@@ -8329,22 +8663,22 @@ class MultiTaskModel {
     // and the pair gradients scattered back, by kernels.
     kernels::fill(dev(), d, B, T(0));
     if (P == 0) return LossResult{};
-    kernels::gather_rows(dev(), pw.s_pos.data(), score, pw.pos.data(), P, 1);  // s_pos (P) = score[pos]
-    kernels::gather_rows(dev(), pw.s_neg.data(), score, pw.neg.data(), P, 1);
+    const IdView pos = device_input(pw.pos_buf, pw.pos.cview()), neg = device_input(pw.neg_buf, pw.neg.cview());
+    kernels::gather_rows(dev(), pw.s_pos.data(), score, pos.data, P, 1);  // s_pos (P) = score[pos]
+    kernels::gather_rows(dev(), pw.s_neg.data(), score, neg.data, P, 1);
     LossResult r = bpr(dev(), pw.d_pos.data(), pw.d_neg.data(), pw.s_pos.data(), pw.s_neg.data(),
-                       static_cast<const std::uint8_t*>(nullptr), pw.weight.data(), P);
+                       static_cast<const std::uint8_t*>(nullptr), pw.weight.data(), P, &inputs);
     // d[pos[p]] += d_pos[p], then d[neg[p]] += d_neg[p], pairs in order: deterministic
-    kernels::scatter_add_rows(dev(), d, static_cast<std::uint8_t*>(nullptr), pw.d_pos.data(),
-                              pw.pos.data(), P, 1);
-    kernels::scatter_add_rows(dev(), d, static_cast<std::uint8_t*>(nullptr), pw.d_neg.data(),
-                              pw.neg.data(), P, 1);
+    const pointer_t<std::uint8_t, typename Device::memory> no_flags = nullptr;
+    kernels::scatter_add_rows(dev(), d, no_flags, pw.d_pos.data(), pos.data, P, 1);
+    kernels::scatter_add_rows(dev(), d, no_flags, pw.d_neg.data(), neg.data, P, 1);
     return r;
   }
 
   // In-batch sampled softmax: row i's query (the tower output) against the
   // target embeddings of every labelled row; its own target is the positive.
   // d (B,D) = dL/dq written; rw.d_keys = dL/d key, scattered in backward.
-  LossResult retrieval_task_loss(typename Workspace::RetrievalWs& rw, T* d, const T* q, const T* y,
+  LossResult retrieval_task_loss(typename Workspace::RetrievalWs& rw, Ptr d, CPtr q, const T* y,
                                  const std::uint8_t* m, const T* w, index_t B, std::size_t k) const {
     const char* op = "MultiTaskModel::compute_losses";
     const TaskSpec& t = config_.tasks[k];
@@ -8373,7 +8707,8 @@ class MultiTaskModel {
     }
     rw.positions.resize({n_lab});
     rw.targets.resize({n_lab});
-    kernels::gather_rows(dev(), rw.keys.data(), store_->value(table), rw.rows.data(), B, D);  // keys (B,D)
+    const IdView rows_d = device_input(rw.rows_buf, rw.rows.cview());
+    kernels::gather_rows(dev(), rw.keys.data(), store_->value(table), rows_d.data, B, D);  // keys (B,D)
     return in_batch_softmax(dev(), d, rw.d_keys.data(), q, rw.keys.data(), B, D, t.temperature,
                             static_cast<const T*>(nullptr), m, w, &rw.softmax);
   }
@@ -8386,12 +8721,13 @@ class MultiTaskModel {
     const index_t D = config_.tasks[k].target_dim, n = rw.targets.numel();
     rw.d_targets.resize({n, D});
     // d_targets (n,D) = c * d_keys[positions]; table.grad[targets] += d_targets
-    kernels::gather_rows(dev(), rw.d_targets.data(), rw.d_keys.data(), rw.positions.data(), n, D);
+    const IdView positions = device_input(rw.positions_buf, rw.positions.cview());
+    const IdView targets = device_input(rw.targets_buf, rw.targets.cview());
+    kernels::gather_rows(dev(), rw.d_targets.data(), rw.d_keys.data(), positions.data, n, D);
     kernels::scale(dev(), rw.d_targets.data(), rw.d_targets.data(), n * D, c);
-    TouchedRows& touched = store_->touched(table);
-    touched.mark_all(rw.targets.data(), n);
-    kernels::scatter_add_rows(dev(), store_->grad(table), touched.flag.data(), rw.d_targets.data(),
-                              rw.targets.data(), n, D);
+    store_->touched(table).mark_all(rw.targets.data(), n);  // on the host
+    kernels::scatter_add_rows(dev(), store_->grad(table), pointer_t<std::uint8_t, typename Device::memory>(nullptr),
+                              rw.d_targets.data(), targets.data, n, D);
   }
 
   // ---- construction ----------------------------------------------------------
@@ -8545,6 +8881,8 @@ class MultiTaskModel {
     ws.bag_rows.resize(f.bags.size());
     ws.id_emb.resize(f.ids.size());
     ws.bag_emb.resize(f.bags.size());
+    ws.bag_weights.resize(f.bags.size());
+    ws.dense.resize(f.dense.size());
     ws.id_ctx.resize(f.ids.size());
     ws.bag_ctx.resize(f.bags.size());
     ws.d_field.resize(std::max({f.ids.size(), f.bags.size(), std::size_t(1)}));
@@ -8632,10 +8970,10 @@ class MultiTaskModel {
   // ---- features ----------------------------------------------------------------
 
   // Writes a (B, w) block into columns [col, col + w) of X.
-  void put_columns(Tensor<T, Device>& X, index_t col, const T* src, index_t B, index_t w) const {
+  void put_columns(Tensor<T, Device>& X, index_t col, CPtr src, index_t B, index_t w) const {
     kernels::copy_columns(dev(), X.data(), X.dim(1), col, src, w, 0, B, w);
   }
-  void take_columns(T* dst, const Tensor<T, Device>& X, index_t col, index_t B, index_t w) const {
+  void take_columns(Ptr dst, const Tensor<T, Device>& X, index_t col, index_t B, index_t w) const {
     kernels::copy_columns(dev(), dst, w, 0, X.data(), X.dim(1), col, B, w);
   }
 
@@ -8689,7 +9027,8 @@ class MultiTaskModel {
           sw.valid_ids[v++] = ts.hashed ? hash_bucket(std::uint64_t(id), ts.rows, salt) : id;
         }
       sw.starts.resize({B});
-      kernels::packed_starts(dev(), sw.starts.data(), sw.lengths.data(), B);
+      sw.lengths_d = device_input(sw.lengths_buf, sw.lengths.cview());
+      kernels::packed_starts(dev(), sw.starts.data(), sw.lengths_d.data, B);
     }
   }
 
@@ -8708,8 +9047,9 @@ class MultiTaskModel {
       const index_t d = f.bags[i].dim;
       const auto& bag = b.bags[i];
       ws.bag_emb[i].resize({B, d});
-      CView w = f.bags[i].weighted ? CView(bag.weights.data(), {index_t(bag.weights.size())})
-                                          : CView();
+      CView w = f.bags[i].weighted
+                    ? device_input(ws.bag_weights[i], ConstView<T>(bag.weights.data(), {index_t(bag.weights.size())}))
+                    : CView();
       bag_layers_[i].forward(ws.bag_ctx[i], ws.bag_view[i], ConstView<index_t>(bag.offsets.data(), {B + 1}), w,
                              ws.bag_emb[i].view());
       put_columns(ws.X, col, ws.bag_emb[i].data(), B, d);
@@ -8727,7 +9067,7 @@ class MultiTaskModel {
       sw.pooled.resize({B, D});
       enc.items.forward(sw.items, sw.valid_ids.view(), sw.compact.view());
       // valid positions copied, padded ones zeroed (an empty sequence copies nothing)
-      kernels::unpack_sequences(dev(), sw.emb.data(), sw.compact.data(), sw.lengths.data(), sw.starts.data(), B, L, D);
+      kernels::unpack_sequences(dev(), sw.emb.data(), sw.compact.data(), sw.lengths_d.data, sw.starts.data(), B, L, D);
       ConstView<index_t> lengths(sw.lengths.data(), {B});
       enc.position.forward(sw.position, sw.emb.view(), sw.emb.view());
       enc.encoder.forward(sw.encoder, sw.emb.view(), lengths, sw.hidden.view(), mode);
@@ -8736,7 +9076,8 @@ class MultiTaskModel {
       col += D;
     }
     for (std::size_t i = 0; i < f.dense.size(); ++i) {
-      put_columns(ws.X, col, b.dense[i].data(), B, f.dense[i].dim);
+      const CView dense = device_input(ws.dense[i], ConstView<T>(b.dense[i].data(), {B * f.dense[i].dim}));
+      put_columns(ws.X, col, dense.data, B, f.dense[i].dim);
       col += f.dense[i].dim;
     }
   }
@@ -8773,7 +9114,7 @@ class MultiTaskModel {
       enc.encoder.backward(sw.encoder, sw.d_hidden.view(), sw.d_emb.view());
       enc.position.backward(sw.position, sw.d_emb.view(), sw.d_emb.view());
       sw.d_compact.resize(sw.compact.shape());
-      kernels::pack_sequences(dev(), sw.d_compact.data(), sw.d_emb.data(), sw.lengths.data(), sw.starts.data(), B, L, D);
+      kernels::pack_sequences(dev(), sw.d_compact.data(), sw.d_emb.data(), sw.lengths_d.data, sw.starts.data(), B, L, D);
       enc.items.backward(sw.items, sw.d_compact.view());
       col += D;
     }
@@ -8855,7 +9196,7 @@ class MultiTaskModel {
       for (std::size_t k = 0; k < num_tasks(); ++k) {
         auto& gw = lw.task_gate[k];
         gw.d_out.resize({B, config_.expert.back()});
-        const T* src = l + 1 == levels_.size() ? ws.d_tower_in[k].data() : ws.levels[l + 1].d_task_in[k].data();
+        CPtr src = l + 1 == levels_.size() ? ws.d_tower_in[k].data() : ws.levels[l + 1].d_task_in[k].data();
         if (l + 1 == levels_.size() && coeff[k] == 0.0)
           gw.d_out.zero();
         else
@@ -8875,7 +9216,7 @@ class MultiTaskModel {
       if (lv.has_shared_gate) gate_backward(lv.shared_gate, lw.shared_gate, lw, lw.d_shared_in.view());
       for (std::size_t e = 0; e < lv.experts.size(); ++e) {
         const int src = lv.expert_input[e];
-        T* d_in = src < 0 ? lw.d_shared_in.data() : lw.d_task_in[std::size_t(src)].data();
+        Ptr d_in = src < 0 ? lw.d_shared_in.data() : lw.d_task_in[std::size_t(src)].data();
         scratch.resize({B, lv.in_dim});
         lv.experts[e].backward(lw.expert[e], lw.d_expert_out[e].view(), scratch.view());
         kernels::residual_add(dev(), d_in, d_in, scratch.data(), scratch.numel());
@@ -8892,7 +9233,7 @@ class MultiTaskModel {
   // computed in log space so that it stays finite for large |a|, |b|.
   // Writes dL/db into d_cvr and dL/da into d_ctr (backward adds the latter to
   // the CTR tower's gradient).
-  LossResult esmm_ctcvr_loss(T* d_cvr, T* d_ctr, const T* a, const T* b, const T* y, const std::uint8_t* m,
+  LossResult esmm_ctcvr_loss(LossInputs<T, Device>& in, Ptr d_cvr, Ptr d_ctr, CPtr a, CPtr b, const T* y, const std::uint8_t* m,
                              const T* w, index_t n) const {
     double den = 0;  // host: the denominator, from the batch's mask and weights
     index_t count = 0;
@@ -8907,7 +9248,8 @@ class MultiTaskModel {
       kernels::fill(dev(), d_ctr, n, T(0));
       return r;
     }
-    r.value = kernels::esmm_loss(dev(), d_ctr, d_cvr, a, b, y, m, w, n, 1.0 / den);
+    r.value = kernels::esmm_loss(dev(), d_ctr, d_cvr, a, b, detail::loss_input(in.labels, y, n),
+                                 detail::loss_input(in.mask, m, n), detail::loss_input(in.weights, w, n), n, 1.0 / den);
     return r;
   }
 
@@ -9779,10 +10121,11 @@ class Optimizer {
     kernels::simd::FiniteFlag finite;
     if (cfg_.kind == OptimizerConfig::Kind::SGD) {
       const T tlr = T(lr), mu = T(cfg_.momentum), wd = T(cfg_.weight_decay);
-      T* buf = buf_.numel() ? buf_.data() : nullptr;
+      using Ptr = typename ParameterStore<T, Device>::pointer;
+      const Ptr buf = buf_.numel() ? buf_.data() : Ptr(nullptr);
       update_block(
           [&](index_t off, index_t n) {
-            if (!kernels::sgd_update(s.device(), s.values() + off, buf ? buf + off : nullptr, s.grads() + off,
+            if (!kernels::sgd_update(s.device(), s.values() + off, buf ? buf + off : Ptr(nullptr), s.grads() + off,
                                      n, tlr, mu, wd, cfg_.nesterov))
               finite.clear();
           },
@@ -10431,7 +10774,8 @@ class Trainer {
 
   // Every value an update reads in `block` (the store's grads()) is finite:
   // the dense part and the touched rows of every table.
-  static bool touched_finite(const ParameterStore<T, Device>& store, const T* block) {
+  static bool touched_finite(const ParameterStore<T, Device>& store,
+                             typename ParameterStore<T, Device>::const_pointer block) {
     if (!kernels::all_finite(store.device(), block, store.dense_size())) return false;
     const std::vector<RowSet>& sets = store.touched_row_sets();
     return kernels::all_finite_rows(store.device(), block, sets.data(), index_t(sets.size()));

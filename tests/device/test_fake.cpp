@@ -102,9 +102,9 @@ TEST_CASE("fake device: a host read of device memory dies, a read inside the gua
       float x;
       if (guarded) {
         FakeGuard g;
-        x = *static_cast<volatile float*>(t.data());
+        x = *static_cast<volatile float*>(raw(t.data()));
       } else {
-        x = *static_cast<volatile float*>(t.data());  // the deliberate host read
+        x = *static_cast<volatile float*>(raw(t.data()));  // the deliberate host read
       }
       ::_exit(x == 0.0f ? 0 : 1);
     }
@@ -120,20 +120,52 @@ TEST_CASE("fake device: a host read of device memory dies, a read inside the gua
   std::vector<float> v(64, 2.5f);
   to_device(t.device(), t.view(), v.data());
   CHECK(host(t) == v);
-  CHECK(FakeArena::instance().contains(t.data()));
+  CHECK(FakeArena::instance().contains(raw(t.data())));
 }
 
 TEST_CASE("fake device: memory comes from the arena and is reused", "[device-fake]") {
   const std::size_t before = FakeArena::instance().bytes_in_use();
   {
     Tensor<double, Fake> a(Shape{1000}), b(Shape{3, 7});
-    CHECK(FakeArena::instance().contains(a.data()));
-    CHECK(FakeArena::instance().contains(b.data()));
+    CHECK(FakeArena::instance().contains(raw(a.data())));
+    CHECK(FakeArena::instance().contains(raw(b.data())));
     CHECK(FakeArena::instance().bytes_in_use() >= before + 8000);
     Tensor<double, Fake> c = a;  // device -> device copy
     CHECK(c.data() != a.data());
   }
   CHECK(FakeArena::instance().bytes_in_use() == before);
+}
+
+TEST_CASE("fake device: kernels and copies check that device pointers point into the arena", "[device-fake]") {
+  // At compile time a host pointer is refused (tests/device/fake_must_not_compile.cpp);
+  // a DevicePtr forged from a host address is refused when the kernel runs.
+  static_assert(!std::is_convertible<float*, DevicePtr<float, FakeMemory>>::value, "no implicit host -> device");
+  static_assert(!std::is_convertible<DevicePtr<float, FakeMemory>, float*>::value, "no implicit device -> host");
+  static_assert(std::is_same<Tensor<float, Cpu>::pointer, float*>::value, "host tensors keep plain pointers");
+  Tensor<float, Fake> y(Shape{4});
+  std::vector<float> host_buf(4, 1.0f);
+  const DevicePtr<const float, FakeMemory> forged(host_buf.data());
+  CHECK_THROWS_WITH(kernels::scale(Fake{}, y.data(), forged, 4, 2.0f),
+                    Catch::Contains("scale") && Catch::Contains("expected Fake-device memory"));
+  // upload into host memory, download from host memory: refused
+  std::vector<float> other(4, 0.0f);
+  CHECK_THROWS_WITH(Fake{}.upload(other.data(), host_buf.data(), 16), Catch::Contains("Fake::upload"));
+  CHECK_THROWS_WITH(Fake{}.download(other.data(), host_buf.data(), 16), Catch::Contains("Fake::download"));
+  CHECK_NOTHROW(Fake{}.download(other.data(), raw(y.data()), 16));  // the control: a real download
+  // the touched-row lists that the optimizer and zero_grad read live in the arena too
+  ParameterStore<float, Fake> store(1);
+  const ParamId t = store.add("t", {10, 3}, Init::zeros(), ParamKind::Table);
+  store.allocate();
+  store.touched(t).mark_all(std::vector<index_t>{7, 2, 7}.data(), 3);
+  const auto& sets = store.touched_row_sets();
+  REQUIRE(sets.size() == 1);
+  CHECK(sets[0].n == 2);
+  CHECK(FakeArena::instance().contains(sets[0].rows));
+  std::vector<index_t> rows(2);
+  Fake{}.download(rows.data(), sets[0].rows, sizeof(index_t) * 2);
+  CHECK(rows == std::vector<index_t>{7, 2});
+  store.zero_grad();
+  CHECK(store.touched(t).rows.empty());
 }
 
 TEST_CASE("fake device: layer gradients (MLP, EmbeddingBag, TransformerEncoder) by finite differences", "[device-fake]") {

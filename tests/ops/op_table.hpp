@@ -46,10 +46,12 @@ struct Bufs {
 };
 
 // The backends a case runs on (the double run is always `reference`).
-// Fake runs the reference code inside the arena guard (kernels/fake.hpp); the
-// buffers here are host memory, so these rows check the Fake kernel table
-// (every kernel reachable, same results as reference); the poison itself is
-// checked by tests/device/.
+// Fake runs the reference code inside the arena guard (kernels/fake.hpp). The
+// buffers here are host memory, which Fake's typed kernels refuse at compile
+// time, so these rows call them through kernels::FakeDispatch, the same
+// forwarding without the pointer typing: they check the Fake kernel table
+// (every kernel reachable, same results as reference). The poison and the
+// pointer checks are tested by tests/device/.
 enum class Dev { Reference, Cpu, Fake };
 inline const char* dev_name(Dev d) { return d == Dev::Reference ? "reference" : d == Dev::Cpu ? "cpu" : "fake"; }
 inline std::vector<Dev> all_devices() { return {Dev::Reference, Dev::Cpu, Dev::Fake}; }
@@ -59,7 +61,7 @@ template <class F, class B>
 inline void on_device(Dev d, F& f, B& b) {
   if (d == Dev::Reference) f(mtrec::kernels::reference, b);
   else if (d == Dev::Cpu) f(mtrec::kernels::cpu, b);
-  else f(mtrec::Fake{}, b);
+  else f(mtrec::kernels::FakeDispatch{}, b);
 }
 
 struct Input {

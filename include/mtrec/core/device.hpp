@@ -31,6 +31,7 @@
 #include <cstring>
 #include <mutex>
 #include <new>
+#include <type_traits>
 #include <vector>
 
 #include "mtrec/core/error.hpp"
@@ -43,6 +44,85 @@ struct HostMemory {
 struct FakeMemory {
   static constexpr bool host_readable = false;
 };
+
+// A pointer into device memory of space M. It has no * or [], so host code
+// cannot read through it, and it does not convert from a plain pointer, so a
+// host pointer cannot be passed where a kernel of that device expects device
+// memory. Host memory uses plain pointers (pointer_t below).
+template <class T, class M>
+class DevicePtr {
+ public:
+  using element_type = T;
+  using memory = M;
+  DevicePtr() = default;
+  DevicePtr(std::nullptr_t) {}
+  // The device's own code (memory operations, kernels) makes and opens them.
+  explicit DevicePtr(T* p) : p_(p) {}
+  template <class U, class = std::enable_if_t<std::is_same<const U, T>::value && !std::is_same<U, T>::value>>
+  DevicePtr(DevicePtr<U, M> o) : p_(o.get()) {}
+  T* get() const { return p_; }
+  DevicePtr operator+(std::ptrdiff_t n) const { return DevicePtr(p_ + n); }
+  DevicePtr operator-(std::ptrdiff_t n) const { return DevicePtr(p_ - n); }
+  DevicePtr& operator+=(std::ptrdiff_t n) {
+    p_ += n;
+    return *this;
+  }
+  std::ptrdiff_t operator-(DevicePtr o) const { return p_ - o.p_; }
+  explicit operator bool() const { return p_ != nullptr; }
+
+ private:
+  T* p_ = nullptr;
+};
+template <class T, class U, class M>
+inline bool operator==(DevicePtr<T, M> a, DevicePtr<U, M> b) {
+  return static_cast<const void*>(a.get()) == static_cast<const void*>(b.get());
+}
+template <class T, class U, class M>
+inline bool operator!=(DevicePtr<T, M> a, DevicePtr<U, M> b) {
+  return !(a == b);
+}
+template <class T, class M>
+inline bool operator==(DevicePtr<T, M> a, std::nullptr_t) {
+  return a.get() == nullptr;
+}
+template <class T, class M>
+inline bool operator!=(DevicePtr<T, M> a, std::nullptr_t) {
+  return a.get() != nullptr;
+}
+// const_cast for both kinds of pointer
+template <class T>
+inline T* mutable_ptr(const T* p) {
+  return const_cast<T*>(p);
+}
+template <class T, class M>
+inline DevicePtr<T, M> mutable_ptr(DevicePtr<const T, M> p) {
+  return DevicePtr<T, M>(const_cast<T*>(p.get()));
+}
+
+// The pointer type of memory space M: T* on the host, DevicePtr otherwise.
+template <class T, class M>
+using pointer_t = std::conditional_t<M::host_readable, T*, DevicePtr<T, M>>;
+
+template <class T>
+struct is_device_ptr : std::false_type {};
+template <class T, class M>
+struct is_device_ptr<DevicePtr<T, M>> : std::true_type {};
+
+// The address, for memory operations: a plain pointer as it is, a device
+// pointer opened.
+template <class T>
+inline T* raw(T* p) {
+  return p;
+}
+template <class T, class M>
+inline T* raw(DevicePtr<T, M> p) {
+  return p.get();
+}
+// A plain address as a pointer of memory space M.
+template <class M, class T>
+inline pointer_t<T, M> as_pointer(T* p) {
+  return pointer_t<T, M>(p);
+}
 
 namespace detail {
 constexpr std::size_t kAlignment = 64;
@@ -179,22 +259,48 @@ struct Fake {
   static const char* name() { return "fake"; }
   void* allocate(std::size_t bytes) const { return FakeArena::instance().allocate(bytes); }
   void deallocate(void* p, std::size_t bytes) const { FakeArena::instance().deallocate(p, bytes); }
+  // Every memory operation checks that its device side is arena memory, as a
+  // GPU copy would fault on a host address.
   void copy(void* dst, const void* src, std::size_t bytes) const {
     if (!bytes) return;
+    in_arena("Fake::copy", "dst", dst);
+    in_arena("Fake::copy", "src", src);
     FakeGuard g;
     std::memcpy(dst, src, bytes);
   }
-  void upload(void* dst, const void* host, std::size_t bytes) const { copy(dst, host, bytes); }
-  void download(void* host, const void* src, std::size_t bytes) const { copy(host, src, bytes); }
+  void upload(void* dst, const void* host, std::size_t bytes) const {
+    if (!bytes) return;
+    in_arena("Fake::upload", "dst", dst);
+    not_in_arena("Fake::upload", "host", host);
+    FakeGuard g;
+    std::memcpy(dst, host, bytes);
+  }
+  void download(void* host, const void* src, std::size_t bytes) const {
+    if (!bytes) return;
+    in_arena("Fake::download", "src", src);
+    not_in_arena("Fake::download", "host", host);
+    FakeGuard g;
+    std::memcpy(host, src, bytes);
+  }
   void zero(void* p, std::size_t bytes) const {
     if (!bytes) return;
+    in_arena("Fake::zero", "p", p);
     FakeGuard g;
     std::memset(p, 0, bytes);
   }
+  // rows (n) is device memory too, like every index array a kernel reads.
   void zero_rows(void* base, const std::int64_t* rows, std::int64_t n, std::size_t row_bytes) const {
     if (!n) return;
+    in_arena("Fake::zero_rows", "base", base);
+    in_arena("Fake::zero_rows", "rows", rows);
     FakeGuard g;
     detail::HostDevice{}.zero_rows(base, rows, n, row_bytes);
+  }
+  static void in_arena(const char* op, const char* what, const void* p) {
+    check(FakeArena::instance().contains(p), op, what, " expected Fake-device memory but got host address ", p);
+  }
+  static void not_in_arena(const char* op, const char* what, const void* p) {
+    check(!FakeArena::instance().contains(p), op, what, " expected host memory but got Fake-device address ", p);
   }
 };
 

@@ -156,13 +156,22 @@ class ParameterStore {
     grads_.zero();
     touched_.assign(infos_.size(), TouchedRows{});
     row_sets_.reserve(infos_.size());
+    touched_base_.assign(infos_.size(), 0);
+    synced_.assign(infos_.size(), 0);
+    index_t table_rows = 0;
+    for (std::size_t i = 0; i < infos_.size(); ++i)
+      if (infos_[i].kind == ParamKind::Table) {
+        touched_base_[i] = table_rows;
+        table_rows += infos_[i].shape[0];
+      }
+    if (!host_readable_v<D>) touched_dev_.resize({std::max<index_t>(table_rows, 1)});
     std::vector<T> host(static_cast<std::size_t>(values_.numel()), T(0));  // drawn here, uploaded once
     for (std::size_t i = 0; i < infos_.size(); ++i) {
       const auto& p = infos_[i];
       if (p.kind == ParamKind::Table) touched_[i].flag.assign(static_cast<std::size_t>(p.shape[0]), 0);
       draw(p, host.data() + p.offset);
     }
-    device_.upload(values_.data(), host.data(), values_.bytes());
+    device_.upload(raw(values_.data()), host.data(), values_.bytes());
     allocated_ = true;
   }
 
@@ -171,7 +180,7 @@ class ParameterStore {
     const ParamInfo& p = checked(id);
     std::vector<T> host(static_cast<std::size_t>(p.size));
     draw(p, host.data());
-    device_.upload(values_.data() + p.offset, host.data(), sizeof(T) * host.size());
+    device_.upload(raw(values_.data() + p.offset), host.data(), sizeof(T) * host.size());
   }
 
   // Host copies of parameters and gradients: `count` elements from `offset`
@@ -198,12 +207,12 @@ class ParameterStore {
   void download(T* host, const Tensor<T, D>& t, index_t offset, index_t count) const {
     check(offset >= 0 && count >= 0 && offset + count <= size(), "ParameterStore::read", "elements [", offset, ", ",
           offset + count, ") lie outside the block of ", size());
-    device_.download(host, t.data() + offset, sizeof(T) * static_cast<std::size_t>(count));
+    device_.download(host, raw(t.data() + offset), sizeof(T) * static_cast<std::size_t>(count));
   }
   void upload(Tensor<T, D>& t, index_t offset, const T* host, index_t count) {
     check(offset >= 0 && count >= 0 && offset + count <= size(), "ParameterStore::write", "elements [", offset, ", ",
           offset + count, ") lie outside the block of ", size());
-    device_.upload(t.data() + offset, host, sizeof(T) * static_cast<std::size_t>(count));
+    device_.upload(raw(t.data() + offset), host, sizeof(T) * static_cast<std::size_t>(count));
   }
   void draw(const ParamInfo& p, T* w) const {
     const RandomStream rs(seed_, hash_name(p.name));
@@ -235,20 +244,22 @@ class ParameterStore {
   }
   bool contains(const std::string& name) const { return index_.count(name) != 0; }
 
-  T* value(ParamId id) { return values_.data() + checked(id).offset; }
-  const T* value(ParamId id) const { return values_.data() + checked(id).offset; }
-  T* grad(ParamId id) { return grads_.data() + checked(id).offset; }
-  const T* grad(ParamId id) const { return grads_.data() + checked(id).offset; }
+  using pointer = pointer_t<T, typename D::memory>;  // T* on the host, DevicePtr on a device
+  using const_pointer = pointer_t<const T, typename D::memory>;
+  pointer value(ParamId id) { return values_.data() + checked(id).offset; }
+  const_pointer value(ParamId id) const { return values_.data() + checked(id).offset; }
+  pointer grad(ParamId id) { return grads_.data() + checked(id).offset; }
+  const_pointer grad(ParamId id) const { return grads_.data() + checked(id).offset; }
   View value_view(ParamId id) { return {value(id), info(id).shape}; }
   CView value_view(ParamId id) const { return {value(id), info(id).shape}; }
   View grad_view(ParamId id) { return {grad(id), info(id).shape}; }
   CView grad_view(ParamId id) const { return {grad(id), info(id).shape}; }
 
   // The flat block. Dense parameters occupy [0, dense_size()).
-  T* values() { return values_.data(); }
-  const T* values() const { return values_.data(); }
-  T* grads() { return grads_.data(); }
-  const T* grads() const { return grads_.data(); }
+  pointer values() { return values_.data(); }
+  const_pointer values() const { return values_.data(); }
+  pointer grads() { return grads_.data(); }
+  const_pointer grads() const { return grads_.data(); }
   index_t size() const { return allocated_ ? values_.numel() : 0; }
   index_t dense_size() const { return dense_size_; }
 
@@ -263,7 +274,7 @@ class ParameterStore {
     for (std::size_t i = 0; i < infos_.size(); ++i) {
       const auto& p = infos_[i];
       if (p.kind != ParamKind::Table) continue;
-      row_sets_.push_back(RowSet{p.offset, touched_[i].rows.data(), index_t(touched_[i].rows.size()), p.shape[1]});
+      row_sets_.push_back(RowSet{p.offset, touched_rows(i), index_t(touched_[i].rows.size()), p.shape[1]});
     }
     return row_sets_;
   }
@@ -271,13 +282,14 @@ class ParameterStore {
   // Clears every gradient: the dense block at once, each table on its touched rows.
   void zero_grad() {
     check(allocated_, "ParameterStore::zero_grad", "allocate() has not been called");
-    device_.zero(grads_.data(), sizeof(T) * static_cast<std::size_t>(dense_size_));
+    device_.zero(raw(grads_.data()), sizeof(T) * static_cast<std::size_t>(dense_size_));
     for (std::size_t i = 0; i < infos_.size(); ++i) {
       const auto& p = infos_[i];
       if (p.kind != ParamKind::Table) continue;
-      device_.zero_rows(grads_.data() + p.offset, touched_[i].rows.data(), index_t(touched_[i].rows.size()),
+      device_.zero_rows(raw(grads_.data() + p.offset), touched_rows(i), index_t(touched_[i].rows.size()),
                         sizeof(T) * static_cast<std::size_t>(p.shape[1]));
       touched_[i].clear();
+      synced_[i] = 0;
     }
   }
 
@@ -286,6 +298,21 @@ class ParameterStore {
     const ParamInfo& p = info(id);
     check(allocated_, "ParameterStore", "parameter '", p.name, "' used before allocate()");
     return p;
+  }
+  // Parameter i's touched rows where the device reads them: the host list
+  // itself, or on a device without host access its mirror in device memory,
+  // brought up to date by uploading the rows marked since the last call (the
+  // list only grows until zero_grad).
+  const index_t* touched_rows(std::size_t i) const {
+    const std::vector<index_t>& rows = touched_[i].rows;
+    if (host_readable_v<D>) return rows.data();
+    const index_t base = touched_base_[i];
+    const std::size_t done = synced_[i];
+    if (rows.size() > done)
+      device_.upload(raw(touched_dev_.data() + base + index_t(done)), rows.data() + done,
+                     sizeof(index_t) * (rows.size() - done));
+    synced_[i] = rows.size();
+    return raw(touched_dev_.data() + base);
   }
   ParamId checked_table(ParamId id) const {
     check(checked(id).kind == ParamKind::Table, "ParameterStore::touched", "parameter '", info(id).name,
@@ -305,6 +332,11 @@ class ParameterStore {
   index_t dense_size_ = 0;
   std::vector<TouchedRows> touched_;
   mutable std::vector<RowSet> row_sets_;  // touched_row_sets()
+  // Devices without host access: every table's touched rows in device memory,
+  // table i at touched_base_[i]; synced_[i] of its rows uploaded so far.
+  mutable Tensor<index_t, D> touched_dev_;
+  std::vector<index_t> touched_base_;
+  mutable std::vector<std::size_t> synced_;
 };
 
 }  // namespace mtrec

@@ -88,11 +88,12 @@ inline std::ostream& operator<<(std::ostream& os, const Shape& s) { return os <<
 template <class T, class M = HostMemory>
 struct TensorView {
   using memory = M;
-  T* data = nullptr;
+  using pointer = pointer_t<T, M>;  // T* on the host, DevicePtr<T, M> on a device
+  pointer data = nullptr;
   Shape shape;
 
   TensorView() = default;
-  TensorView(T* d, Shape s) : data(d), shape(s) {}
+  TensorView(pointer d, Shape s) : data(d), shape(s) {}
   // A mutable view converts to a const view of the same memory space.
   template <class U, class = std::enable_if_t<std::is_same<const U, T>::value && !std::is_same<U, T>::value>>
   TensorView(const TensorView<U, M>& o) : data(o.data), shape(o.shape) {}
@@ -107,7 +108,7 @@ struct TensorView {
     static_assert(M::host_readable, "device memory cannot be read on the host: copy it with to_host()");
     return data[i];
   }
-  T* row(index_t r) const { return data + r * shape.cols(); }
+  pointer row(index_t r) const { return data + r * shape.cols(); }
   // The same memory under another shape with the same element count.
   TensorView reshaped(Shape s) const {
     check(s.numel() == shape.numel(), "TensorView::reshaped", "cannot view ", shape, " (", shape.numel(),
@@ -140,6 +141,8 @@ class Tensor {
   using memory = typename D::memory;
   using View = TensorView<T, memory>;
   using CView = TensorView<const T, memory>;
+  using pointer = pointer_t<T, memory>;
+  using const_pointer = pointer_t<const T, memory>;
 
   Tensor() = default;
   explicit Tensor(const D& dev) : device_(dev) {}
@@ -192,8 +195,8 @@ class Tensor {
   void zero() { device_.zero(data_, bytes()); }
 
   const D& device() const { return device_; }
-  T* data() { return data_; }
-  const T* data() const { return data_; }
+  pointer data() { return as_pointer<memory>(data_); }
+  const_pointer data() const { return as_pointer<memory>(static_cast<const T*>(data_)); }
   const Shape& shape() const { return shape_; }
   index_t numel() const { return shape_.numel(); }
   index_t dim(int i) const { return shape_[i]; }
@@ -208,9 +211,9 @@ class Tensor {
     return data_[i];
   }
 
-  View view() { return {data_, shape_}; }
-  CView view() const { return {data_, shape_}; }
-  CView cview() const { return {data_, shape_}; }
+  View view() { return {data(), shape_}; }
+  CView view() const { return {data(), shape_}; }
+  CView cview() const { return {data(), shape_}; }
   operator View() { return view(); }
   operator CView() const { return view(); }
 
@@ -232,27 +235,27 @@ class Tensor {
 template <class D, class T, class M>
 inline void to_host(const D& dev, std::remove_const_t<T>* host, TensorView<T, M> src) {
   static_assert(std::is_same<M, typename D::memory>::value, "to_host: the view is not memory of this device");
-  dev.download(host, src.data, sizeof(T) * static_cast<std::size_t>(src.numel()));
+  dev.download(host, raw(src.data), sizeof(T) * static_cast<std::size_t>(src.numel()));
 }
 // A host copy of a device tensor (for a host tensor: a plain copy).
 template <class T, class D>
 inline Tensor<T, Cpu> to_host(const Tensor<T, D>& src) {
   Tensor<T, Cpu> out(src.shape());
-  src.device().download(out.data(), src.data(), src.bytes());
+  src.device().download(out.data(), raw(src.data()), src.bytes());
   return out;
 }
 // The device view's elements = host[0 .. numel).
 template <class D, class T, class M>
 inline void to_device(const D& dev, TensorView<T, M> dst, const T* host) {
   static_assert(std::is_same<M, typename D::memory>::value, "to_device: the view is not memory of this device");
-  dev.upload(dst.data, host, sizeof(T) * static_cast<std::size_t>(dst.numel()));
+  dev.upload(raw(dst.data), host, sizeof(T) * static_cast<std::size_t>(dst.numel()));
 }
 // dst takes the host view's shape and contents.
 template <class T, class D, class U>
 inline void to_device(Tensor<T, D>& dst, TensorView<U, HostMemory> host) {
   static_assert(std::is_same<std::remove_const_t<U>, T>::value, "to_device: element types differ");
   dst.resize(host.shape);
-  dst.device().upload(dst.data(), host.data, dst.bytes());
+  dst.device().upload(raw(dst.data()), host.data, dst.bytes());
 }
 template <class T, class D>
 inline void to_device(Tensor<T, D>& dst, const Tensor<T, Cpu>& host) {

@@ -6,6 +6,7 @@
 // here too, or calling it on Fake does not compile.
 #pragma once
 
+#include <type_traits>
 #include <utility>
 
 #include "mtrec/core/device.hpp"
@@ -20,11 +21,54 @@
 namespace mtrec {
 namespace kernels {
 
-#define MTREC_FAKE_KERNEL(name)                              \
-  template <class... A>                                      \
-  inline decltype(auto) name(const Fake&, A&&... a) {        \
-    FakeGuard guard;                                         \
-    return name(reference, std::forward<A>(a)...);           \
+namespace detail {
+// One argument of a Fake kernel, as the reference kernel takes it:
+// - a DevicePtr of Fake memory is checked to point into the arena, then opened;
+// - a plain pointer to numbers does not compile: it is host memory, which a
+//   device kernel cannot read (on a GPU it would fault);
+// - anything else (sizes, scalars, enums, launch descriptors) passes unchanged.
+template <class A>
+inline decltype(auto) fake_arg(const char* kernel, A&& a) {
+  using U = std::decay_t<A>;
+  if constexpr (is_device_ptr<U>::value) {
+    static_assert(std::is_same<typename U::memory, FakeMemory>::value,
+                  "a pointer into another device's memory was passed to a Fake-device kernel");
+    if (a.get() != nullptr) Fake::in_arena(kernel, "a device pointer argument", a.get());
+    return a.get();
+  } else if constexpr (std::is_pointer<U>::value &&
+                       is_device_ptr<std::remove_cv_t<std::remove_pointer_t<U>>>::value) {
+    // an array of device pointers (the gate's experts): the same addresses
+    using P = std::remove_cv_t<std::remove_pointer_t<U>>;
+    using E = typename P::element_type;
+    static_assert(sizeof(P) == sizeof(E*) && std::is_standard_layout<P>::value, "DevicePtr is one address");
+    return reinterpret_cast<E* const*>(a);
+  } else {
+    static_assert(!(std::is_pointer<U>::value && std::is_arithmetic<std::remove_cv_t<std::remove_pointer_t<U>>>::value),
+                  "a host pointer was passed to a Fake-device kernel: pass device memory (a Tensor or view of "
+                  "the device; to_device() copies host data there)");
+    return std::forward<A>(a);
+  }
+}
+}  // namespace detail
+
+// FakeDispatch: the same forwarding on host buffers, without the pointer
+// typing. Only the op table uses it (tests/ops), to check that every kernel
+// has its Fake line and gives the reference results on the table's host
+// buffers; the model and layer suites run on Fake itself.
+struct FakeDispatch : mtrec::detail::HostDevice {
+  static const char* name() { return "fake"; }
+};
+
+#define MTREC_FAKE_KERNEL(name)                                              \
+  template <class... A>                                                      \
+  inline decltype(auto) name(const Fake&, A&&... a) {                        \
+    FakeGuard guard;                                                         \
+    return name(reference, detail::fake_arg(#name, std::forward<A>(a))...);  \
+  }                                                                          \
+  template <class... A>                                                      \
+  inline decltype(auto) name(const FakeDispatch&, A&&... a) {                \
+    FakeGuard guard;                                                         \
+    return name(reference, std::forward<A>(a)...);                           \
   }
 
 // dense (reference.hpp)

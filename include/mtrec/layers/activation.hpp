@@ -9,8 +9,8 @@ namespace mtrec {
 
 // y = act(x); backward needs x (ReLU, GELU) or y (sigmoid). Runs in place
 // (y == x) only for Identity and Sigmoid.
-template <class Device, class T>
-inline void activation_forward(const Device& dev, Activation act, T* y, const T* x, index_t n) {
+template <class Device, class P, class CP>
+inline void activation_forward(const Device& dev, Activation act, P y, CP x, index_t n) {
   switch (act) {
     case Activation::Identity:
       if (y != x) kernels::copy(dev, y, x, n);
@@ -23,8 +23,8 @@ inline void activation_forward(const Device& dev, Activation act, T* y, const T*
 }
 
 // dx = dy * act'(x); dx may alias dy.
-template <class Device, class T>
-inline void activation_backward(const Device& dev, Activation act, T* dx, const T* dy, const T* x, const T* y, index_t n) {
+template <class Device, class P, class A, class B, class C>
+inline void activation_backward(const Device& dev, Activation act, P dx, A dy, B x, C y, index_t n) {
   switch (act) {
     case Activation::Identity:
       if (dx != dy) kernels::copy(dev, dx, dy, n);
@@ -41,6 +41,8 @@ class ActivationLayer {
  public:
   using View = DeviceView<T, Device>;
   using CView = DeviceView<const T, Device>;
+  using Ptr = typename View::pointer;    // T* on the host, DevicePtr on a device
+  using CPtr = typename CView::pointer;
   struct Context {
     CView x, y;
   };

@@ -27,9 +27,10 @@ namespace detail {
 // rows already hold zeros (a layer below wrote them so), else a copy in `ws`
 // with the valid rows copied and the padded rows zeroed. `ws` is sized either
 // way, so that which path a step takes never decides whether it allocates.
-template <class T, class Device>
-inline const T* drop_padded_gradient(const Device& dev, const T* dy, Tensor<T, Device>& ws, ConstView<index_t> lengths, index_t B,
-                                     index_t Tl, index_t C) {
+template <class T, class Device, class CPtr = pointer_t<const T, typename Device::memory>>
+inline CPtr drop_padded_gradient(const Device& dev, CPtr dy, Tensor<T, Device>& ws,
+                                 TensorView<const index_t, typename Device::memory> lengths,
+                                 index_t B, index_t Tl, index_t C) {
   ws.resize({B, Tl, C});
   if (kernels::padded_rows_are_zero(dev, dy, lengths.data, B, Tl, C)) return dy;
   kernels::mask_padded_rows(dev, ws.data(), dy, lengths.data, B, Tl, C);
@@ -42,13 +43,17 @@ class MultiHeadAttention {
  public:
   using View = DeviceView<T, Device>;
   using CView = DeviceView<const T, Device>;
+  using Ptr = typename View::pointer;    // T* on the host, DevicePtr on a device
+  using CPtr = typename CView::pointer;
+  using IdView = TensorView<const index_t, typename Device::memory>;  // lengths, starts: where kernels read them
   struct Context {
     CView x;
-    ConstView<index_t> lengths, starts;  // (B) valid lengths; first row of each sequence
+    IdView lengths, starts;  // (B) valid lengths; first row of each sequence
+    Tensor<index_t, Device> lengths_buf;  // device copy of forward's lengths, on a device without host access
     index_t B = 0, T_len = 0;             // T_len: the padded length (padded), the longest sequence (packed)
     index_t rows = 0;                     // rows of x: B*T (padded) or sum(lengths) (packed)
     bool padded = true;
-    Tensor<index_t> padded_starts;        // b*T, for the padded layout
+    Tensor<index_t, Device> padded_starts;        // b*T, for the padded layout
     Tensor<T, Device> qkv;    // (B,T,3D) projected queries, keys, values
     Tensor<T, Device> probs;  // (B,H,T*T): head (b,h) keeps its (L,L) softmax compactly at the front
     Tensor<T, Device> heads;  // (B,T,D) per-head outputs, concatenated; the out_proj input
@@ -68,11 +73,12 @@ class MultiHeadAttention {
   }
 
   // y (B,T,D) = MHA(x (B,T,D)) with keys masked past lengths (B)
-  void forward(Context& ctx, CView x, ConstView<index_t> lengths, View y) const {
+  void forward(Context& ctx, CView x, ConstView<index_t> host_lengths, View y) const {
     const char* op = "MultiHeadAttention::forward";
     check_shape(op, "x", x, {-1, -1, d_});
     const index_t B = x.dim(0), Tl = x.dim(1);
-    check_lengths(op, lengths, B, Tl);
+    check_lengths(op, host_lengths, B, Tl);
+    const IdView lengths = device_input(ctx.lengths_buf, host_lengths);
     check_shape(op, "y", y, {B, Tl, d_});
     forward_impl(ctx, x, lengths, y.data);
   }
@@ -86,7 +92,7 @@ class MultiHeadAttention {
   }
 
   // Padded layout: x (B,T,D).
-  void forward_impl(Context& ctx, CView x, ConstView<index_t> lengths, T* y) const {
+  void forward_impl(Context& ctx, CView x, IdView lengths, Ptr y) const {
     const index_t B = x.dim(0), Tl = x.dim(1);
     ctx.padded_starts.resize({B});
     kernels::padded_starts(dev(), ctx.padded_starts.data(), B, Tl);
@@ -95,8 +101,8 @@ class MultiHeadAttention {
 
   // x (n,D) in either layout (see the top of the file); y (n,D) written.
   // T_max bounds every length (the padded T in the padded layout).
-  void forward_rows(Context& ctx, CView x, ConstView<index_t> lengths, ConstView<index_t> starts, index_t T_max,
-                    bool padded, T* y) const {
+  void forward_rows(Context& ctx, CView x, IdView lengths, IdView starts, index_t T_max,
+                    bool padded, Ptr y) const {
     const index_t B = lengths.numel(), Tl = T_max, n = x.rows(), D = d_;
     ctx.x = x;
     ctx.lengths = lengths;
@@ -118,7 +124,7 @@ class MultiHeadAttention {
   }
 
   // dx (n,D) written, in the layout forward used.
-  void backward_impl(Context& ctx, const T* dy, T* dx) const {
+  void backward_impl(Context& ctx, CPtr dy, Ptr dx) const {
     const index_t B = ctx.B, Tl = ctx.T_len, n = ctx.rows, D = d_;
     const bool padded = ctx.padded;
     ctx.d_heads.resize({n, D});
@@ -126,7 +132,7 @@ class MultiHeadAttention {
     ctx.d_scores.resize({B, h_, Tl * Tl});
     // Padded output rows are constant zero: their incoming gradient is dropped
     // (no copy when it is zero already, as inside a transformer layer).
-    const T* d_y = padded ? detail::drop_padded_gradient(this->dev(), dy, ctx.d_y, ctx.lengths, B, Tl, D) : dy;
+    CPtr d_y = padded ? detail::drop_padded_gradient(this->dev(), dy, ctx.d_y, ctx.lengths, B, Tl, D) : dy;
     out_proj_.backward_impl(ctx.heads.data(), d_y, ctx.d_heads.data(), n);
     kernels::attention_backward(dev(), ctx.d_qkv.data(), ctx.d_scores.data(), ctx.d_heads.data(),
                                 ctx.qkv.data(), ctx.probs.data(), ctx.lengths.data, ctx.starts.data, B, h_, Tl, dh_,

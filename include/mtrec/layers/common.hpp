@@ -62,6 +62,21 @@ inline void check_matrix(const char* op, const char* name, const TensorView<T, M
   if (v.numel() > 0 && v.data == nullptr) fail(op, name, " has shape ", v.shape, " but no data");
 }
 
+// A host array that kernels of Device read (IDs, offsets, lengths, weights):
+// the array itself on a device that reads host memory, else its copy
+// uploaded into `buf` (grows once, then reused: no allocation when warm).
+template <class T, class Device>
+inline TensorView<const T, typename Device::memory> device_input(Tensor<T, Device>& buf, ConstView<T> host) {
+  if constexpr (host_readable_v<Device>) {
+    (void)buf;
+    return host;
+  } else {
+    buf.resize(host.shape);
+    if (host.numel() > 0) buf.device().upload(raw(buf.data()), host.data, buf.bytes());
+    return buf.cview();
+  }
+}
+
 // Sequence lengths (B) must lie in [0, T].
 inline void check_lengths(const char* op, ConstView<index_t> lengths, index_t B, index_t T) {
   check_shape(op, "lengths", lengths, {B});

@@ -17,6 +17,8 @@ class Dropout {
  public:
   using View = DeviceView<T, Device>;
   using CView = DeviceView<const T, Device>;
+  using Ptr = typename View::pointer;    // T* on the host, DevicePtr on a device
+  using CPtr = typename CView::pointer;
   struct Context {
     bool active = false;
     std::uint64_t key = 0;
@@ -40,7 +42,7 @@ class Dropout {
     backward_impl(ctx, dy.data, dx.data);
   }
 
-  void forward_impl(Context& ctx, const T* x, T* y, index_t n, const Mode& mode) const {
+  void forward_impl(Context& ctx, CPtr x, Ptr y, index_t n, const Mode& mode) const {
     ctx.active = mode.training && p_ > 0.0;
     ctx.n = n;
     ctx.key = mix64(mode.seed ^ mix64(stream_ ^ mix64(mode.step)));
@@ -49,7 +51,7 @@ class Dropout {
     else if (y != x)
       kernels::copy(dev(), y, x, n);
   }
-  void backward_impl(const Context& ctx, const T* dy, T* dx) const {
+  void backward_impl(const Context& ctx, CPtr dy, Ptr dx) const {
     if (ctx.active)
       kernels::dropout_backward(dev(), dx, dy, ctx.n, p_, ctx.key);
     else if (dx != dy)

@@ -43,9 +43,14 @@ class Embedding {
  public:
   using View = DeviceView<T, Device>;
   using CView = DeviceView<const T, Device>;
+  using Ptr = typename View::pointer;    // T* on the host, DevicePtr on a device
+  using CPtr = typename CView::pointer;
+  using IdView = TensorView<const index_t, typename Device::memory>;
   struct Context {
-    ConstView<index_t> ids;  // rows looked up (after hashing, if any)
+    ConstView<index_t> ids;  // rows looked up (after hashing, if any), host: backward marks them touched
+    IdView ids_d;            // the same rows where the kernels read them
     Tensor<index_t> hashed;  // owns the rows when forward_hashed was used
+    Tensor<index_t, Device> ids_buf;  // their device copy, on a device without host access
   };
 
   Embedding() = default;
@@ -66,7 +71,8 @@ class Embedding {
     check_matrix("Embedding::forward", "y", y, ids.numel(), dim_);
     detail::check_ids("Embedding::forward", *store_, table_, ids.data, ids.numel());
     ctx.ids = ids;
-    kernels::gather_rows(dev(), y.data, store_->value(table_), ids.data, ids.numel(), dim_);
+    ctx.ids_d = device_input(ctx.ids_buf, ids);
+    kernels::gather_rows(dev(), y.data, store_->value(table_), ctx.ids_d.data, ids.numel(), dim_);
   }
   // Raw 64-bit IDs hashed into the table's rows (for IDs unseen in training).
   void forward_hashed(Context& ctx, ConstView<std::uint64_t> raw, View y, std::uint64_t salt = 0) const {
@@ -74,15 +80,16 @@ class Embedding {
     ctx.hashed.resize({raw.numel()});
     for (index_t i = 0; i < raw.numel(); ++i) ctx.hashed[i] = hash_bucket(raw[i], rows_, salt);
     ctx.ids = ctx.hashed.view();
-    kernels::gather_rows(dev(), y.data, store_->value(table_), ctx.ids.data, raw.numel(), dim_);
+    ctx.ids_d = device_input(ctx.ids_buf, ctx.ids);
+    kernels::gather_rows(dev(), y.data, store_->value(table_), ctx.ids_d.data, raw.numel(), dim_);
   }
   // table.grad[ids[i]] += dy[i]; marks the rows touched
   void backward(const Context& ctx, CView dy) const {
     check_matrix("Embedding::backward", "dy", dy, ctx.ids.numel(), dim_);
     TouchedRows& touched = store_->touched(table_);
-    touched.mark_all(ctx.ids.data, ctx.ids.numel());  // first-touch order, before the kernel flags them
-    kernels::scatter_add_rows(dev(), store_->grad(table_), touched.flag.data(), dy.data, ctx.ids.data,
-                              ctx.ids.numel(), dim_);
+    touched.mark_all(ctx.ids.data, ctx.ids.numel());  // on the host, first-touch order
+    kernels::scatter_add_rows(dev(), store_->grad(table_), pointer_t<std::uint8_t, typename Device::memory>(nullptr),
+                              dy.data, ctx.ids_d.data, ctx.ids.numel(), dim_);
   }
 
   index_t rows() const { return rows_; }
@@ -104,9 +111,14 @@ class EmbeddingBag {
  public:
   using View = DeviceView<T, Device>;
   using CView = DeviceView<const T, Device>;
+  using Ptr = typename View::pointer;    // T* on the host, DevicePtr on a device
+  using CPtr = typename CView::pointer;
+  using IdView = TensorView<const index_t, typename Device::memory>;
   struct Context {
-    ConstView<index_t> ids, offsets;
-    CView weights;  // empty when unweighted
+    ConstView<index_t> ids, offsets;  // host: backward marks the rows touched
+    IdView ids_d, offsets_d;          // where the kernels read them
+    CView weights;                    // empty when unweighted
+    Tensor<index_t, Device> ids_buf, offsets_buf;  // device copies, on a device without host access
   };
 
   EmbeddingBag() = default;
@@ -145,8 +157,10 @@ class EmbeddingBag {
     ctx.ids = ids;
     ctx.offsets = offsets;
     ctx.weights = weights;
-    kernels::embedding_bag_forward(dev(), y.data, store_->value(table_), ids.data, offsets.data,
-                                   weights.empty() ? nullptr : weights.data, B, dim_, pooling_ == BagPooling::Mean);
+    ctx.ids_d = device_input(ctx.ids_buf, ids);
+    ctx.offsets_d = device_input(ctx.offsets_buf, offsets);
+    kernels::embedding_bag_forward(dev(), y.data, store_->value(table_), ctx.ids_d.data, ctx.offsets_d.data,
+                                   weights.empty() ? CPtr() : weights.data, B, dim_, pooling_ == BagPooling::Mean);
   }
 
   // table.grad[ids[i]] += scale_i * dy[bag(i)]; dweights (n) written if given
@@ -159,10 +173,10 @@ class EmbeddingBag {
       check_shape(op, "dweights", dweights, {n});
     }
     TouchedRows& touched = store_->touched(table_);
-    touched.mark_all(ctx.ids.data, n);  // first-touch order, before the kernel flags them
-    kernels::embedding_bag_backward(dev(), store_->grad(table_), touched.flag.data(),
+    touched.mark_all(ctx.ids.data, n);  // on the host, first-touch order
+    kernels::embedding_bag_backward(dev(), store_->grad(table_), pointer_t<std::uint8_t, typename Device::memory>(nullptr),
                                     dweights.empty() ? nullptr : dweights.data, dy.data, store_->value(table_),
-                                    ctx.ids.data, ctx.offsets.data, ctx.weights.empty() ? nullptr : ctx.weights.data,
+                                    ctx.ids_d.data, ctx.offsets_d.data, ctx.weights.empty() ? CPtr() : ctx.weights.data,
                                     B, dim_, pooling_ == BagPooling::Mean);
   }
 

@@ -22,12 +22,14 @@ class MixtureGate {
  public:
   using View = DeviceView<T, Device>;
   using CView = DeviceView<const T, Device>;
+  using Ptr = typename View::pointer;    // T* on the host, DevicePtr on a device
+  using CPtr = typename CView::pointer;
   struct Context {
     typename Linear<T, Device>::Context proj;
     Tensor<T, Device> probs;     // (B,M) softmax output
     Tensor<T, Device> d_probs;   // (B,M)
     Tensor<T, Device> dx;        // (B,in) the gate's part of dx, before it is added
-    std::vector<const T*> experts;  // (M) forward's expert outputs (device pointers)
+    std::vector<CPtr> experts;  // (M) forward's expert outputs (device pointers)
     index_t B = 0;
   };
 
@@ -40,7 +42,7 @@ class MixtureGate {
 
   // out (B,De) = sum_m softmax(x W^T + b)_m * experts[m]; experts: M device
   // pointers to (B,De) outputs, unchanged until backward.
-  void forward(Context& ctx, CView x, const T* const* experts, View out) const {
+  void forward(Context& ctx, CView x, const CPtr* experts, View out) const {
     const char* op = "MixtureGate::forward";
     check_matrix(op, "x", x, -1, proj_.in_features());
     const index_t B = x.rows();
@@ -58,7 +60,7 @@ class MixtureGate {
 
   // d_experts[m] (B,De) += p_m * d_out;  dx (B,in) += W^T-path of softmax'(<d_out, E_m>);
   // W, b gradients accumulated. dx may be empty (not needed).
-  void backward(Context& ctx, CView d_out, T* const* d_experts, View dx) const {
+  void backward(Context& ctx, CView d_out, const Ptr* d_experts, View dx) const {
     const char* op = "MixtureGate::backward";
     const index_t B = ctx.B;
     check_matrix(op, "d_out", d_out, B, de_);

@@ -12,6 +12,8 @@ class LayerNorm {
  public:
   using View = DeviceView<T, Device>;
   using CView = DeviceView<const T, Device>;
+  using Ptr = typename View::pointer;    // T* on the host, DevicePtr on a device
+  using CPtr = typename CView::pointer;
   struct Context {
     CView x;
     Tensor<T, Device> mean, rstd;  // (N)
@@ -38,7 +40,7 @@ class LayerNorm {
     backward_impl(ctx, dy.data, dx.data);
   }
 
-  void forward_impl(Context& ctx, CView x, T* y) const {
+  void forward_impl(Context& ctx, CView x, Ptr y) const {
     const index_t n = x.rows();
     ctx.x = x;
     ctx.mean.resize({n});
@@ -46,7 +48,7 @@ class LayerNorm {
     kernels::layernorm_forward(dev(), y, ctx.mean.data(), ctx.rstd.data(), x.data, store_->value(gamma_),
                                store_->value(beta_), n, dim_, T(eps_));
   }
-  void backward_impl(const Context& ctx, const T* dy, T* dx) const {
+  void backward_impl(const Context& ctx, CPtr dy, Ptr dx) const {
     kernels::layernorm_backward(dev(), dx, store_->grad(gamma_), store_->grad(beta_), dy, ctx.x.data,
                                 ctx.mean.data(), ctx.rstd.data(), store_->value(gamma_), ctx.x.rows(), dim_);
   }

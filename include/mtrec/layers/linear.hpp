@@ -12,6 +12,8 @@ class Linear {
  public:
   using View = DeviceView<T, Device>;
   using CView = DeviceView<const T, Device>;
+  using Ptr = typename View::pointer;    // T* on the host, DevicePtr on a device
+  using CPtr = typename CView::pointer;
   struct Context {
     CView x;  // (N, in): the forward input
   };
@@ -40,14 +42,14 @@ class Linear {
   }
 
   // Unchecked forms for composite layers that already validated shapes.
-  void forward_impl(const T* x, T* y, index_t n) const {
-    const T* w = store_->value(weight_);
+  void forward_impl(CPtr x, Ptr y, index_t n) const {
+    CPtr w = store_->value(weight_);
     kernels::gemm(dev(), kernels::Trans::N, kernels::Trans::T, n, out_, in_, T(1), x, in_, w, in_, T(0),
                   y, out_);
     if (bias_ >= 0) kernels::bias_add(dev(), y, store_->value(bias_), n, out_);
   }
-  void backward_impl(const T* x, const T* dy, T* dx, index_t n) const {
-    const T* w = store_->value(weight_);
+  void backward_impl(CPtr x, CPtr dy, Ptr dx, index_t n) const {
+    CPtr w = store_->value(weight_);
     if (dx) kernels::gemm(dev(), kernels::Trans::N, kernels::Trans::N, n, in_, out_, T(1), dy, out_, w, in_, T(0), dx, in_);
     kernels::gemm(dev(), kernels::Trans::T, kernels::Trans::N, out_, in_, n, T(1), dy, out_, x, in_, T(1),
                   store_->grad(weight_), in_);

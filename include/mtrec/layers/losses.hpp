@@ -26,8 +26,10 @@
 //    are added in chunk order, so the results are bitwise identical for any
 //    thread count.
 // The checks and the denominator are computed here, on the host; the row
-// terms and gradients are the kernels of kernels/loss.hpp, called with
-// dev.
+// terms and gradients are the kernels of kernels/loss.hpp, called with dev.
+// Predictions and gradients are device memory of dev; labels, masks, weights
+// and corrections are host arrays (checked here), uploaded for the kernels
+// through LossInputs on a device without host access.
 #pragma once
 
 #include <algorithm>
@@ -55,6 +57,24 @@ namespace detail {
 // T in a parameter that must not take part in template argument deduction
 // (kernels/loss.hpp): a bare nullptr cannot deduce T, the required inputs do.
 using kernels::detail::loss_nd;
+// The device-side arguments of a loss on memory space M: predictions and
+// gradients. Labels, masks, weights and corrections are host arrays, checked
+// here on the host before any kernel runs.
+template <class T, class M>
+using dptr = pointer_t<loss_nd<T>, M>;
+template <class T, class M>
+using dcptr = pointer_t<const loss_nd<T>, M>;
+// The element type behind a host or device pointer (it fixes T of a loss).
+template <class P>
+struct value_of_s {
+  using type = std::remove_const_t<std::remove_pointer_t<P>>;
+};
+template <class U, class M>
+struct value_of_s<DevicePtr<U, M>> {
+  using type = std::remove_const_t<U>;
+};
+template <class P>
+using value_of = typename value_of_s<P>::type;
 
 using kernels::detail::loss_row_on;
 
@@ -62,7 +82,7 @@ inline void loss_check_rows(const char* op, index_t n) { check(n >= 0, op, "expe
 
 // A pointer may be null only when there is nothing to read behind it.
 template <class P>
-inline void loss_check_input(const char* op, const char* name, const P* p, index_t n) {
+inline void loss_check_input(const char* op, const char* name, P p, index_t n) {
   check(p != nullptr || n == 0, op, name, " is null but n = ", n);
 }
 
@@ -93,9 +113,9 @@ inline void loss_check_finite_label(const char* op, const char* name, const T* l
   if (!std::isfinite(double(labels[i]))) fail(op, name, "[", i, "] expected a finite value but got ", labels[i]);
 }
 
-template <class Device, class T>
-inline void loss_zero(const Device& dev, T* p, index_t count) {
-  if (p != nullptr) kernels::fill(dev, p, count, T(0));
+template <class Device, class P>
+inline void loss_zero(const Device& dev, P p, index_t count) {
+  if (p != nullptr) kernels::fill(dev, p, count, std::remove_const_t<std::remove_reference_t<decltype(*raw(p))>>(0));
 }
 
 }  // namespace detail
@@ -110,6 +130,34 @@ inline double weighted_mean_denominator(const std::uint8_t* mask, const T* weigh
   return detail::loss_denominator(op, mask, weights, n, [](index_t) {}).weight_sum;
 }
 
+// The host arrays a loss reads (labels, mask, weights, corrections), where
+// its kernels read them: on a device without host access they are uploaded
+// here, once per call, after the host checks. Pass one to a loss to reuse its
+// memory across steps; without, the call uses its own. Unused on the host.
+template <class T, class Device = Cpu>
+struct LossInputs {
+  Tensor<T, Device> labels, weights, correction;  // (n)
+  Tensor<index_t, Device> class_ids;              // (n) softmax_cross_entropy's labels
+  Tensor<std::uint8_t, Device> mask;              // (n)
+};
+
+namespace detail {
+// host[0 .. n) where Device's kernels read it (null stays null).
+template <class U, class Device>
+inline pointer_t<const U, typename Device::memory> loss_input(Tensor<U, Device>& buf, const U* host, index_t n) {
+  if constexpr (host_readable_v<Device>) {
+    (void)buf;
+    (void)n;
+    return host;
+  } else {
+    if (host == nullptr) return nullptr;
+    buf.resize({n});
+    if (n > 0) buf.device().upload(raw(buf.data()), host, sizeof(U) * static_cast<std::size_t>(n));
+    return buf.cview().data;
+  }
+}
+}  // namespace detail
+
 // ---- binary cross-entropy on logits --------------------------------------
 
 // l_i = -(y log sigmoid(x) + (1 - y) log(1 - sigmoid(x))), written as
@@ -117,9 +165,10 @@ inline double weighted_mean_denominator(const std::uint8_t* mask, const T* weigh
 // any finite logit (|x| = 1e4 gives l = |x| for a wrong label, not inf).
 // Labels may be soft, in [0, 1]. dl/dx = sigmoid(x) - y.
 // dlogits (n) written, or nullptr
-template <class T, class Device, class = typename Device::memory>
-inline LossResult bce_with_logits(const Device& dev, detail::loss_nd<T>* dlogits, const T* logits, const T* labels,
-                                  const std::uint8_t* mask, const detail::loss_nd<T>* weights, index_t n) {
+template <class Device, class CP, class T = detail::value_of<CP>, class M = typename Device::memory>
+inline LossResult bce_with_logits(const Device& dev, detail::dptr<T, M> dlogits, CP logits, const detail::loss_nd<T>* labels,
+                                  const std::uint8_t* mask, const detail::loss_nd<T>* weights, index_t n,
+                                  LossInputs<detail::loss_nd<T>, Device>* inputs = nullptr) {
   const char* op = "bce_with_logits";
   detail::loss_check_rows(op, n);
   detail::loss_check_input(op, "logits", logits, n);
@@ -133,7 +182,11 @@ inline LossResult bce_with_logits(const Device& dev, detail::loss_nd<T>* dlogits
     detail::loss_zero(dev, dlogits, n);
     return r;
   }
-  r.value = kernels::bce_with_logits_loss(dev, dlogits, logits, labels, mask, weights, n,
+  LossInputs<T, Device> local;
+  LossInputs<T, Device>& in = inputs ? *inputs : local;
+  r.value = kernels::bce_with_logits_loss(dev, dlogits, logits, detail::loss_input(in.labels, labels, n),
+                                          detail::loss_input(in.mask, mask, n),
+                                          detail::loss_input(in.weights, weights, n), n,
                                           1.0 / r.weight_sum);
   return r;
 }
@@ -142,8 +195,8 @@ inline LossResult bce_with_logits(const Device& dev, detail::loss_nd<T>* dlogits
 
 namespace detail {
 // Shared by mse and huber: the checks and the denominator (pass 1).
-template <class T>
-inline LossResult loss_regression_denominator(const char* op, const T* pred, const T* target,
+template <class T, class CP>
+inline LossResult loss_regression_denominator(const char* op, CP pred, const T* target,
                                               const std::uint8_t* mask, const T* weights, index_t n) {
   loss_check_rows(op, n);
   loss_check_input(op, "pred", pred, n);
@@ -154,15 +207,18 @@ inline LossResult loss_regression_denominator(const char* op, const T* pred, con
 
 // l_i = (p - y)^2, as torch.nn.MSELoss (no 1/2); dl/dp = 2 (p - y).
 // dpred (n) written, or nullptr
-template <class T, class Device, class = typename Device::memory>
-inline LossResult mse(const Device& dev, detail::loss_nd<T>* dpred, const T* pred, const T* target, const std::uint8_t* mask,
-                      const detail::loss_nd<T>* weights, index_t n) {
+template <class Device, class CP, class T = detail::value_of<CP>, class M = typename Device::memory>
+inline LossResult mse(const Device& dev, detail::dptr<T, M> dpred, CP pred, const detail::loss_nd<T>* target, const std::uint8_t* mask,
+                      const detail::loss_nd<T>* weights, index_t n, LossInputs<detail::loss_nd<T>, Device>* inputs = nullptr) {
   LossResult r = detail::loss_regression_denominator("mse", pred, target, mask, weights, n);
   if (!(r.weight_sum > 0)) {
     detail::loss_zero(dev, dpred, n);
     return r;
   }
-  r.value = kernels::mse_loss(dev, dpred, pred, target, mask, weights, n, 1.0 / r.weight_sum);
+  LossInputs<T, Device> local;
+  LossInputs<T, Device>& in = inputs ? *inputs : local;
+  r.value = kernels::mse_loss(dev, dpred, pred, detail::loss_input(in.labels, target, n), detail::loss_input(in.mask, mask, n),
+                              detail::loss_input(in.weights, weights, n), n, 1.0 / r.weight_sum);
   return r;
 }
 
@@ -171,16 +227,21 @@ inline LossResult mse(const Device& dev, detail::loss_nd<T>* dpred, const T* pre
 //   l = delta (|r| - delta / 2)   otherwise.
 // dl/dp = r inside, delta * sign(r) outside (the two agree at |r| = delta).
 // dpred (n) written, or nullptr
-template <class T, class Device, class = typename Device::memory>
-inline LossResult huber(const Device& dev, detail::loss_nd<T>* dpred, const T* pred, const T* target, const std::uint8_t* mask,
-                        const detail::loss_nd<T>* weights, index_t n, double delta = 1.0) {
+template <class Device, class CP, class T = detail::value_of<CP>, class M = typename Device::memory>
+inline LossResult huber(const Device& dev, detail::dptr<T, M> dpred, CP pred, const detail::loss_nd<T>* target, const std::uint8_t* mask,
+                        const detail::loss_nd<T>* weights, index_t n, double delta = 1.0,
+                        LossInputs<detail::loss_nd<T>, Device>* inputs = nullptr) {
   check(std::isfinite(delta) && delta > 0, "huber", "expected a finite delta > 0 but got ", delta);
   LossResult r = detail::loss_regression_denominator("huber", pred, target, mask, weights, n);
   if (!(r.weight_sum > 0)) {
     detail::loss_zero(dev, dpred, n);
     return r;
   }
-  r.value = kernels::huber_loss(dev, dpred, pred, target, mask, weights, n, 1.0 / r.weight_sum, delta);
+  LossInputs<T, Device> local;
+  LossInputs<T, Device>& in = inputs ? *inputs : local;
+  r.value = kernels::huber_loss(dev, dpred, pred, detail::loss_input(in.labels, target, n),
+                                detail::loss_input(in.mask, mask, n), detail::loss_input(in.weights, weights, n), n,
+                                1.0 / r.weight_sum, delta);
   return r;
 }
 
@@ -191,10 +252,10 @@ inline LossResult huber(const Device& dev, detail::loss_nd<T>* dpred, const T* p
 // Labels are class ids in [0, C), checked on labelled rows only (a masked row
 // may hold -100 as in PyTorch's ignore_index).
 // dlogits (n,C) written, or nullptr
-template <class T, class Device, class = typename Device::memory>
-inline LossResult softmax_cross_entropy(const Device& dev, detail::loss_nd<T>* dlogits, const T* logits, const index_t* labels,
+template <class Device, class CP, class T = detail::value_of<CP>, class M = typename Device::memory>
+inline LossResult softmax_cross_entropy(const Device& dev, detail::dptr<T, M> dlogits, CP logits, const index_t* labels,
                                         const std::uint8_t* mask, const detail::loss_nd<T>* weights, index_t n,
-                                        index_t C) {
+                                        index_t C, LossInputs<detail::loss_nd<T>, Device>* inputs = nullptr) {
   const char* op = "softmax_cross_entropy";
   detail::loss_check_rows(op, n);
   check(C >= 1, op, "expected C >= 1 classes but got ", C);
@@ -208,7 +269,11 @@ inline LossResult softmax_cross_entropy(const Device& dev, detail::loss_nd<T>* d
     detail::loss_zero(dev, dlogits, n * C);
     return r;
   }
-  r.value = kernels::softmax_cross_entropy_loss(dev, dlogits, logits, labels, mask, weights, n, C,
+  LossInputs<T, Device> local;
+  LossInputs<T, Device>& in = inputs ? *inputs : local;
+  r.value = kernels::softmax_cross_entropy_loss(dev, dlogits, logits, detail::loss_input(in.class_ids, labels, n),
+                                                detail::loss_input(in.mask, mask, n),
+                                                detail::loss_input(in.weights, weights, n), n, C,
                                                 1.0 / r.weight_sum);
   return r;
 }
@@ -218,9 +283,10 @@ inline LossResult softmax_cross_entropy(const Device& dev, detail::loss_nd<T>* d
 // l_i = -log sigmoid(pos_i - neg_i) = softplus(neg_i - pos_i), finite for any
 // finite scores. dl/dpos = -sigmoid(neg - pos), dl/dneg = +sigmoid(neg - pos).
 // dpos (n), dneg (n) written, or nullptr
-template <class T, class Device, class = typename Device::memory>
-inline LossResult bpr(const Device& dev, detail::loss_nd<T>* dpos, detail::loss_nd<T>* dneg, const T* pos_scores, const T* neg_scores,
-                      const std::uint8_t* mask, const detail::loss_nd<T>* weights, index_t n) {
+template <class Device, class CP, class T = detail::value_of<CP>, class M = typename Device::memory>
+inline LossResult bpr(const Device& dev, detail::dptr<T, M> dpos, detail::dptr<T, M> dneg, CP pos_scores, detail::dcptr<T, M> neg_scores,
+                      const std::uint8_t* mask, const detail::loss_nd<T>* weights, index_t n,
+                      LossInputs<detail::loss_nd<T>, Device>* inputs = nullptr) {
   const char* op = "bpr";
   detail::loss_check_rows(op, n);
   detail::loss_check_input(op, "pos_scores", pos_scores, n);
@@ -231,8 +297,11 @@ inline LossResult bpr(const Device& dev, detail::loss_nd<T>* dpos, detail::loss_
     detail::loss_zero(dev, dneg, n);
     return r;
   }
+  LossInputs<T, Device> local;
+  LossInputs<T, Device>& in = inputs ? *inputs : local;
   r.value =
-      kernels::bpr_loss(dev, dpos, dneg, pos_scores, neg_scores, mask, weights, n, 1.0 / r.weight_sum);
+      kernels::bpr_loss(dev, dpos, dneg, pos_scores, neg_scores, detail::loss_input(in.mask, mask, n),
+                        detail::loss_input(in.weights, weights, n), n, 1.0 / r.weight_sum);
   return r;
 }
 
@@ -243,6 +312,7 @@ inline LossResult bpr(const Device& dev, detail::loss_nd<T>* dpos, detail::loss_
 template <class T, class Device = Cpu>
 struct InBatchSoftmaxWorkspace {
   Tensor<T, Device> scores;  // (n,n)
+  LossInputs<T, Device> inputs;
 };
 
 // Sampled-softmax retrieval loss with in-batch negatives (two-tower models;
@@ -264,8 +334,8 @@ struct InBatchSoftmaxWorkspace {
 // The (n,n) logit matrix is materialised (n = 16384 in float: 1 GiB); pass a
 // workspace to reuse it across steps.
 // dq (n,d), dk (n,d) written, or nullptr
-template <class T, class Device, class = typename Device::memory>
-inline LossResult in_batch_softmax(const Device& dev, detail::loss_nd<T>* dq, detail::loss_nd<T>* dk, const T* q, const T* k, index_t n,
+template <class Device, class CP, class T = detail::value_of<CP>, class M = typename Device::memory>
+inline LossResult in_batch_softmax(const Device& dev, detail::dptr<T, M> dq, detail::dptr<T, M> dk, CP q, detail::dcptr<T, M> k, index_t n,
                                    index_t d, double temperature, const detail::loss_nd<T>* log_q_correction,
                                    const std::uint8_t* mask, const detail::loss_nd<T>* weights,
                                    InBatchSoftmaxWorkspace<detail::loss_nd<T>, Device>* workspace = nullptr) {
@@ -286,7 +356,7 @@ inline LossResult in_batch_softmax(const Device& dev, detail::loss_nd<T>* dq, de
   InBatchSoftmaxWorkspace<T, Device> local;
   InBatchSoftmaxWorkspace<T, Device>& ws = workspace ? *workspace : local;
   ws.scores.resize({n, n});
-  T* S = ws.scores.data();
+  auto S = ws.scores.data();
   const T inv_t = T(1.0 / temperature);
   // S (n,n) = q k^T / temperature
   kernels::gemm(dev, kernels::Trans::N, kernels::Trans::T, n, n, d, inv_t, q, d, k, d, T(0), S, n);
@@ -294,7 +364,9 @@ inline LossResult in_batch_softmax(const Device& dev, detail::loss_nd<T>* dq, de
   const bool want_grad = dq != nullptr || dk != nullptr;
   // Rows of S become dS (S's row i is overwritten by row i's gradient, which
   // no other row reads).
-  r.value = kernels::in_batch_softmax_rows(dev, S, log_q_correction, mask, weights, n,
+  r.value = kernels::in_batch_softmax_rows(dev, S, detail::loss_input(ws.inputs.correction, log_q_correction, n),
+                                           detail::loss_input(ws.inputs.mask, mask, n),
+                                           detail::loss_input(ws.inputs.weights, weights, n), n,
                                            1.0 / r.weight_sum, want_grad);
   // dq (n,d) = dS k / temperature;  dk (n,d) = dS^T q / temperature
   if (dq)

@@ -22,13 +22,15 @@ class MLP {
  public:
   using View = DeviceView<T, Device>;
   using CView = DeviceView<const T, Device>;
+  using Ptr = typename View::pointer;    // T* on the host, DevicePtr on a device
+  using CPtr = typename CView::pointer;
   struct Context {
     CView x;
     View y;
     std::vector<typename Linear<T, Device>::Context> linear;
     std::vector<typename Dropout<T, Device>::Context> dropout;
     std::vector<Tensor<T, Device>> z, a, o;  // per layer: Linear output, activation output, dropout output
-    std::vector<T*> zp, ap, op;      // where each stage wrote (a buffer above, or y)
+    std::vector<Ptr> zp, ap, op;      // where each stage wrote (a buffer above, or y)
     Tensor<T, Device> grad0, grad1;          // backward ping-pong
   };
 
@@ -59,15 +61,15 @@ class MLP {
     ctx.zp.resize(L);
     ctx.ap.resize(L);
     ctx.op.resize(L);
-    const T* in = x.data;
+    CPtr in = x.data;
     for (std::size_t i = 0; i < L; ++i) {
       const index_t w = config_.hidden[i];
       const bool last = i + 1 == L;
       const bool act = has_activation(i), drop = has_dropout(i);
       // The last stage present in this layer writes straight into y.
-      T* zp = (last && !act && !drop) ? y.data : buffer(ctx.z[i], n, w);
-      T* ap = !act ? zp : (last && !drop) ? y.data : buffer(ctx.a[i], n, w);
-      T* op = !drop ? ap : last ? y.data : buffer(ctx.o[i], n, w);
+      Ptr zp = (last && !act && !drop) ? y.data : buffer(ctx.z[i], n, w);
+      Ptr ap = !act ? zp : (last && !drop) ? y.data : buffer(ctx.a[i], n, w);
+      Ptr op = !drop ? ap : last ? y.data : buffer(ctx.o[i], n, w);
       linear_[i].forward_impl(in, zp, n);
       ctx.linear[i].x = CView(in, {n, linear_[i].in_features()});
       if (act) activation_forward(this->dev(), config_.activation, ap, zp, n * w);
@@ -88,21 +90,21 @@ class MLP {
     for (index_t h : config_.hidden) widest = std::max(widest, h);
     ctx.grad0.resize({n * widest});
     ctx.grad1.resize({n * widest});
-    T* bufs[2] = {ctx.grad0.data(), ctx.grad1.data()};
-    const T* g = dy.data;  // never written: the first in-place stage copies out to bufs[0]
+    Ptr bufs[2] = {ctx.grad0.data(), ctx.grad1.data()};
+    CPtr g = dy.data;  // never written: the first in-place stage copies out to bufs[0]
     for (std::size_t k = linear_.size(); k-- > 0;) {
       const index_t w = config_.hidden[k];
       if (has_dropout(k)) {
-        T* out = g == dy.data ? bufs[0] : const_cast<T*>(g);
+        Ptr out = g == dy.data ? bufs[0] : mutable_ptr(g);
         dropout_[k].backward_impl(ctx.dropout[k], g, out);
         g = out;
       }
       if (has_activation(k)) {
-        T* out = g == dy.data ? bufs[0] : const_cast<T*>(g);
+        Ptr out = g == dy.data ? bufs[0] : mutable_ptr(g);
         activation_backward(this->dev(), config_.activation, out, g, ctx.zp[k], ctx.ap[k], n * w);
         g = out;
       }
-      T* gin = nullptr;
+      Ptr gin = nullptr;
       if (k > 0) {
         gin = g == bufs[0] ? bufs[1] : bufs[0];
       } else if (!dx.empty()) {
@@ -130,7 +132,7 @@ class MLP {
     const bool last = i + 1 == config_.hidden.size();
     return config_.dropout > 0.0 && (!last || config_.activate_output);
   }
-  static T* buffer(Tensor<T, Device>& t, index_t n, index_t w) {
+  static Ptr buffer(Tensor<T, Device>& t, index_t n, index_t w) {
     t.resize({n, w});
     return t.data();
   }

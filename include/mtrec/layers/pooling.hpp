@@ -13,21 +13,29 @@ class SequencePooling {
  public:
   using View = DeviceView<T, Device>;
   using CView = DeviceView<const T, Device>;
+  using Ptr = typename View::pointer;    // T* on the host, DevicePtr on a device
+  using CPtr = typename CView::pointer;
+  using IdView = TensorView<const index_t, typename Device::memory>;  // lengths, starts: where kernels read them
   struct Context {
-    ConstView<index_t> lengths;
+    IdView lengths;
     index_t B = 0, T_len = 0, D = 0;
+    Tensor<index_t, Device> lengths_buf;  // device copy of the lengths, on a device without host access
   };
 
   explicit SequencePooling(SequencePoolMode mode = SequencePoolMode::Mean) : mode_(mode) {}
 
   // y (B,D) = mean of x[b, :lengths[b]] (Mean) or x[b, 0] (First); zeros when lengths[b] == 0
-  void forward(Context& ctx, CView x, ConstView<index_t> lengths, View y) const {
+  void forward(Context& ctx, CView x, ConstView<index_t> host_lengths, View y) const {
     const char* op = "SequencePooling::forward";
     check(x.rank() == 3, op, "x expected shape (B, T, D) but got ", x.shape);
     const index_t B = x.dim(0), Tl = x.dim(1), D = x.dim(2);
-    check_lengths(op, lengths, B, Tl);
+    check_lengths(op, host_lengths, B, Tl);
+    const IdView lengths = device_input(ctx.lengths_buf, host_lengths);
     check_shape(op, "y", y, {B, D});
-    ctx = {lengths, B, Tl, D};
+    ctx.lengths = lengths;
+    ctx.B = B;
+    ctx.T_len = Tl;
+    ctx.D = D;
     kernels::sequence_pool_forward(dev(), y.data, x.data, lengths.data, B, Tl, D,
                                    mode_ == SequencePoolMode::First);
   }

@@ -13,6 +13,8 @@ class PositionalEmbedding {
  public:
   using View = DeviceView<T, Device>;
   using CView = DeviceView<const T, Device>;
+  using Ptr = typename View::pointer;    // T* on the host, DevicePtr on a device
+  using CPtr = typename CView::pointer;
   struct Context {
     index_t B = 0, T_len = 0;
   };

@@ -40,12 +40,16 @@ class TransformerEncoderLayer {
  public:
   using View = DeviceView<T, Device>;
   using CView = DeviceView<const T, Device>;
+  using Ptr = typename View::pointer;    // T* on the host, DevicePtr on a device
+  using CPtr = typename CView::pointer;
+  using IdView = TensorView<const index_t, typename Device::memory>;  // lengths, starts: where kernels read them
   struct Context {
     CView x;
-    ConstView<index_t> lengths;
+    IdView lengths;
+    Tensor<index_t, Device> lengths_buf;  // device copy of forward's lengths, on a device without host access
     index_t B = 0, T_len = 0, rows = 0;
     bool padded = true;
-    Tensor<index_t> padded_starts;
+    Tensor<index_t, Device> padded_starts;
     typename LayerNorm<T, Device>::Context ln1, ln2;
     typename MultiHeadAttention<T, Device>::Context mha;
     typename Dropout<T, Device>::Context drop_attn, drop_ffn, drop_out;
@@ -73,11 +77,12 @@ class TransformerEncoderLayer {
   }
 
   // y (B,T,D) = layer(x (B,T,D)), keys masked past lengths (B)
-  void forward(Context& ctx, CView x, ConstView<index_t> lengths, View y, const Mode& mode) const {
+  void forward(Context& ctx, CView x, ConstView<index_t> host_lengths, View y, const Mode& mode) const {
     const char* op = "TransformerEncoderLayer::forward";
     check_shape(op, "x", x, {-1, -1, c_.d_model});
     const index_t B = x.dim(0), Tl = x.dim(1);
-    check_lengths(op, lengths, B, Tl);
+    check_lengths(op, host_lengths, B, Tl);
+    const IdView lengths = device_input(ctx.lengths_buf, host_lengths);
     check_shape(op, "y", y, {B, Tl, c_.d_model});
     forward_impl(ctx, x, lengths, y.data, mode);
   }
@@ -91,7 +96,7 @@ class TransformerEncoderLayer {
   }
 
   // Padded layout: x (B,T,D).
-  void forward_impl(Context& ctx, CView x, ConstView<index_t> lengths, T* y, const Mode& mode) const {
+  void forward_impl(Context& ctx, CView x, IdView lengths, Ptr y, const Mode& mode) const {
     const index_t B = x.dim(0), Tl = x.dim(1);
     ctx.padded_starts.resize({B});
     kernels::padded_starts(dev(), ctx.padded_starts.data(), B, Tl);
@@ -100,8 +105,8 @@ class TransformerEncoderLayer {
   }
 
   // x (n,D) in either layout; y (n,D) written (padded rows zero when padded).
-  void forward_rows(Context& ctx, CView x, ConstView<index_t> lengths, ConstView<index_t> starts,
-                    index_t T_max, bool padded, T* y, const Mode& mode) const {
+  void forward_rows(Context& ctx, CView x, IdView lengths, IdView starts,
+                    index_t T_max, bool padded, Ptr y, const Mode& mode) const {
     const index_t B = lengths.numel(), Tl = T_max, n = x.rows(), D = c_.d_model, F = c_.ffn;
     ctx.x = x;
     ctx.lengths = lengths;
@@ -127,18 +132,18 @@ class TransformerEncoderLayer {
   }
 
   // dx (n,D) written, in the layout forward used.
-  void backward_impl(Context& ctx, const T* dy, T* dx) const {
+  void backward_impl(Context& ctx, CPtr dy, Ptr dx) const {
     const index_t B = ctx.B, Tl = ctx.T_len, n = ctx.rows, D = c_.d_model, F = c_.ffn;
     for (Tensor<T, Device>* t : {&ctx.dD1, &ctx.dD2, &ctx.dD3}) t->resize({n, D});
     ctx.dF.resize({n, F});
-    T *d1 = ctx.dD1.data(), *d2 = ctx.dD2.data(), *d3 = ctx.dD3.data(), *dF = ctx.dF.data();
+    Ptr d1 = ctx.dD1.data(), d2 = ctx.dD2.data(), d3 = ctx.dD3.data(), dF = ctx.dF.data();
     // g = dy with padded rows dropped: dy itself when they are zero already
     // (the layer above wrote them so), else a copy in d1. Packed: no padding.
-    const T* g = ctx.padded ? detail::drop_padded_gradient(this->dev(), dy, ctx.dD1, ctx.lengths, B, Tl, D) : dy;
+    CPtr g = ctx.padded ? detail::drop_padded_gradient(this->dev(), dy, ctx.dD1, ctx.lengths, B, Tl, D) : dy;
     drop_out_.backward_impl(ctx.drop_out, g, d2);                     // d2 = d f2
     lin2_.backward_impl(ctx.g.data(), d2, dF, n);                      // dF = d g
     drop_ffn_.backward_impl(ctx.drop_ffn, dF, dF);
-    activation_backward(this->dev(), c_.activation, dF, dF, ctx.f1.data(), static_cast<const T*>(nullptr), n * F);  // dF = d f1
+    activation_backward(this->dev(), c_.activation, dF, dF, ctx.f1.data(), static_cast<CPtr>(nullptr), n * F);  // dF = d f1
     lin1_.backward_impl(ctx.h2.data(), dF, d2, n);                     // d2 = d h2
     ln2_.backward_impl(ctx.ln2, d2, d3);                               // d3 = d r1 (LN2 path)
     kernels::residual_add(dev(), d3, d3, g, n * D);       // d3 = d r1 (both paths)
@@ -168,13 +173,17 @@ class TransformerEncoder {
  public:
   using View = DeviceView<T, Device>;
   using CView = DeviceView<const T, Device>;
+  using Ptr = typename View::pointer;    // T* on the host, DevicePtr on a device
+  using CPtr = typename CView::pointer;
+  using IdView = TensorView<const index_t, typename Device::memory>;  // lengths, starts: where kernels read them
   struct Context {
     std::vector<typename TransformerEncoderLayer<T, Device>::Context> layers;
+    Tensor<index_t, Device> lengths_buf;  // device copy of forward's lengths, on a device without host access
     typename LayerNorm<T, Device>::Context final_ln;
     std::vector<Tensor<T, Device>> hidden;  // packed outputs of every layer (n,D)
-    ConstView<index_t> lengths;
+    IdView lengths;
     CView x;
-    Tensor<index_t> starts;         // (B) first packed row of each sequence
+    Tensor<index_t, Device> starts;         // (B) first packed row of each sequence
     index_t rows = 0;               // n = sum(lengths)
     Tensor<T, Device> packed, normed;       // (n,D) packed input, final-LayerNorm output
     Tensor<T, Device> d_a, d_b;             // (n,D)
@@ -192,12 +201,13 @@ class TransformerEncoder {
 
   // y (B,T,D) = encoder(x (B,T,D)); padded rows of y are zero. The valid
   // rows are packed once, every layer runs on them, the result is scattered back.
-  void forward(Context& ctx, CView x, ConstView<index_t> lengths, View y, const Mode& mode) const {
+  void forward(Context& ctx, CView x, ConstView<index_t> host_lengths, View y, const Mode& mode) const {
     const char* op = "TransformerEncoder::forward";
     const index_t D = c_.d_model;
     check_shape(op, "x", x, {-1, -1, D});
     const index_t B = x.dim(0), Tl = x.dim(1);
-    check_lengths(op, lengths, B, Tl);
+    check_lengths(op, host_lengths, B, Tl);
+    const IdView lengths = device_input(ctx.lengths_buf, host_lengths);
     check_shape(op, "y", y, {B, Tl, D});
     const std::size_t L = layers_.size();
     ctx.layers.resize(L);
@@ -210,7 +220,7 @@ class TransformerEncoder {
     ctx.rows = n;
     ctx.packed.resize({n, D});
     kernels::pack_sequences(dev, ctx.packed.data(), x.data, lengths.data, ctx.starts.data(), B, Tl, D);
-    const T* out = ctx.packed.data();
+    CPtr out = ctx.packed.data();
     if (n > 0) {  // every sequence empty: nothing to encode, y is all zeros
       CView in(ctx.packed.data(), {n, D});
       for (std::size_t i = 0; i < L; ++i) {
@@ -238,8 +248,8 @@ class TransformerEncoder {
     ctx.d_a.resize({n, D});
     ctx.d_b.resize({n, D});
     const Device& dev = this->dev();
-    const ConstView<index_t> lengths = ctx.lengths;
-    T* g = ctx.d_a.data();  // packed dy
+    const IdView lengths = ctx.lengths;
+    Ptr g = ctx.d_a.data();  // packed dy
     kernels::pack_sequences(dev, g, dy.data, lengths.data, ctx.starts.data(), B, Tl, D);
     if (n > 0) {
       if (final_norm_) {
@@ -247,7 +257,7 @@ class TransformerEncoder {
         g = ctx.d_b.data();
       }
       for (std::size_t i = layers_.size(); i-- > 0;) {
-        T* other = g == ctx.d_a.data() ? ctx.d_b.data() : ctx.d_a.data();
+        Ptr other = g == ctx.d_a.data() ? ctx.d_b.data() : ctx.d_a.data();
         layers_[i].backward_impl(ctx.layers[i], g, other);
         g = other;
       }

@@ -52,6 +52,9 @@ class MultiTaskModel {
  public:
   using View = DeviceView<T, Device>;
   using CView = DeviceView<const T, Device>;
+  using Ptr = typename View::pointer;  // T* on the host, DevicePtr on a device
+  using CPtr = typename CView::pointer;
+  using IdView = TensorView<const index_t, typename Device::memory>;
 
  private:
   // A softmax gate mixing M expert outputs: out (B,De) = sum_m p_m * E_m.
@@ -81,8 +84,8 @@ class MultiTaskModel {
     struct GateWs {
       typename MixtureGate<T, Device>::Context ctx;
       Tensor<T, Device> out, d_out;  // (B,De)
-      std::vector<const T*> experts;  // (M) the mixed experts' outputs
-      std::vector<T*> d_experts;      // (M) their gradients
+      std::vector<CPtr> experts;  // (M) the mixed experts' outputs
+      std::vector<Ptr> d_experts;  // (M) their gradients
     };
     struct LevelWs {
       std::vector<typename MLP<T, Device>::Context> expert;
@@ -95,7 +98,9 @@ class MultiTaskModel {
     struct SequenceWs {
       Tensor<index_t> lengths;    // (B) a copy of the batch's lengths: forward and backward agree on it
       Tensor<index_t> valid_ids;  // (n_valid) IDs of the valid positions, in (b,t) order
-      Tensor<index_t> starts;     // (B) first row of each sequence in compact
+      Tensor<index_t, Device> lengths_buf;  // the lengths on a device without host access
+      IdView lengths_d;                     // the lengths where kernels read them
+      Tensor<index_t, Device> starts;       // (B) first row of each sequence in compact
       Tensor<T, Device> compact, d_compact;  // (n_valid, D)
       Tensor<T, Device> emb, hidden, d_emb, d_hidden;  // (B,L,D)
       Tensor<T, Device> pooled, d_pooled;  // (B,D)
@@ -109,6 +114,9 @@ class MultiTaskModel {
     std::vector<Tensor<index_t>> id_rows;   // hashed rows per ID field (B)
     std::vector<Tensor<index_t>> bag_rows;  // hashed rows per bag field (n)
     std::vector<ConstView<index_t>> id_view, bag_view;  // the rows each field looks up (prepare_batch)
+    // Host arrays of the batch that kernels read, uploaded on a device
+    // without host access (device_input in layers/common.hpp).
+    std::vector<Tensor<T, Device>> bag_weights, dense;
     std::vector<Tensor<T, Device>> id_emb, bag_emb, d_field;  // (B,dim)
     std::vector<typename Embedding<T, Device>::Context> id_ctx;
     std::vector<typename EmbeddingBag<T, Device>::Context> bag_ctx;
@@ -122,6 +130,7 @@ class MultiTaskModel {
     // BPR tasks: the batch's (positive, negative) row pairs and their scores.
     struct PairWs {
       Tensor<index_t> order, pos, neg;  // order (B): labelled rows sorted by (group, label)
+      Tensor<index_t, Device> pos_buf, neg_buf;  // pos, neg on a device without host access
       Tensor<T, Device> s_pos, s_neg, d_pos, d_neg;  // (P)
       Tensor<T> weight;  // (P) host: the pair weights, from the batch weights
     };
@@ -129,6 +138,7 @@ class MultiTaskModel {
     struct RetrievalWs {
       Tensor<index_t> rows;    // (B) target row per batch row (0 where unlabelled)
       Tensor<index_t> positions, targets;  // (n) the labelled batch rows and their target rows
+      Tensor<index_t, Device> rows_buf, positions_buf, targets_buf;  // on a device without host access
       Tensor<T, Device> keys, d_keys;  // (B,D)
       Tensor<T, Device> d_targets;     // (n,D) the labelled rows' key gradients, scaled
       InBatchSoftmaxWorkspace<T, Device> softmax;
@@ -137,6 +147,7 @@ class MultiTaskModel {
     std::vector<RetrievalWs> retrieval;
     Tensor<T, Device> pred;  // predict's outputs on the device (unused when the host reads device memory)
     Tensor<T, Device> esmm_d_ctr;                     // (B) ESMM: dL_ctcvr / d CTR logit
+    LossInputs<T, Device> loss_inputs;  // the labels, masks and weights where the loss kernels read them
     TaskLosses losses;                        // the last compute_losses() result
     Mode mode;
     // What this workspace holds, so that compute_losses and backward refuse a
@@ -227,20 +238,21 @@ class MultiTaskModel {
       for (index_t i = 0; i < B; ++i)
         if ((!m || m[i]) && !std::isfinite(y[i]))
           fail(op, "task '", t.name, "' label[", i, "] expected a finite value but got ", y[i]);
-      T* d = ws.d_out[k].data();
-      const T* o = ws.out[k].data();
+      Ptr d = ws.d_out[k].data();
+      CPtr o = ws.out[k].data();
       LossResult lr;
       if (config_.architecture == Architecture::ESMM && k == 1) {
         ws.esmm_d_ctr.resize({B});
-        lr = esmm_ctcvr_loss(d, ws.esmm_d_ctr.data(), ws.out[0].data(), o, y, m, w, B);
+        lr = esmm_ctcvr_loss(ws.loss_inputs, d, ws.esmm_d_ctr.data(), ws.out[0].data(), o, y, m, w, B);
       } else if (t.type == TaskType::Binary && t.loss == TaskLoss::BPR) {
-        lr = bpr_task_loss(ws.pairs[k], d, o, y, m, w, batch.groups, B, t);
+        lr = bpr_task_loss(ws.pairs[k], ws.loss_inputs, d, o, y, m, w, batch.groups, B, t);
       } else if (t.type == TaskType::Retrieval) {
         lr = retrieval_task_loss(ws.retrieval[k], d, o, y, m, w, B, k);
       } else if (t.type == TaskType::Binary) {
-        lr = bce_with_logits(dev(), d, o, y, m, w, B);
+        lr = bce_with_logits(dev(), d, o, y, m, w, B, &ws.loss_inputs);
       } else if (t.type == TaskType::Regression) {
-        lr = t.loss == TaskLoss::Huber ? huber(dev(), d, o, y, m, w, B, T(t.huber_delta)) : mse(dev(), d, o, y, m, w, B);
+        lr = t.loss == TaskLoss::Huber ? huber(dev(), d, o, y, m, w, B, T(t.huber_delta), &ws.loss_inputs)
+                                       : mse(dev(), d, o, y, m, w, B, &ws.loss_inputs);
       } else {
         Tensor<index_t>& ids = ws.class_ids[k];
         ids.resize({B});
@@ -254,7 +266,7 @@ class MultiTaskModel {
                  y[i]);
           ids[i] = static_cast<index_t>(y[i]);
         }
-        lr = softmax_cross_entropy(dev(), d, o, ids.data(), m, w, B, t.num_classes);
+        lr = softmax_cross_entropy(dev(), d, o, ids.data(), m, w, B, t.num_classes, &ws.loss_inputs);
       }
       r.value[k] = lr.value;
       r.count[k] = lr.count;
@@ -277,9 +289,9 @@ class MultiTaskModel {
     for (std::size_t k = 0; k < num_tasks(); ++k) {
       ws.d_tower_in[k].resize({B, towers_[k].in_features()});
       const index_t n = ws.out[k].numel();
-      T* ds = ws.d_scaled[k].data();
+      Ptr ds = ws.d_scaled[k].data();
       const T c = T(coeff[k]);
-      const T* d = ws.d_out[k].data();
+      CPtr d = ws.d_out[k].data();
       kernels::scale(dev(), ds, d, n, c);  // ds (n) = c * d
       bool active = coeff[k] != 0.0;
       if (config_.architecture == Architecture::ESMM && k == 0 && coeff[1] != 0.0) {
@@ -309,7 +321,7 @@ class MultiTaskModel {
     for (std::size_t k = 0; k < num_tasks(); ++k) {
       const TaskSpec& t = config_.tasks[k];
       const index_t w = task_output_width(t);
-      const T* o = ws.out[k].data();  // (B,w)
+      CPtr o = ws.out[k].data();  // (B,w)
       if (t.type == TaskType::Regression || t.type == TaskType::Retrieval)  // values; a retrieval query vector
         kernels::output_transform(dev(), out.data(), C, col, o, B, w, kernels::OutputKind::Identity);
       else if (t.type == TaskType::MultiClass)
@@ -488,7 +500,7 @@ class MultiTaskModel {
   // BPR over every (positive, negative) pair of labelled rows in the batch,
   // within each group when the batch has groups. A pair weighs w_pos * w_neg.
   // d (B) = dL/d score, written. Cost O(pairs): give groups on large batches.
-  LossResult bpr_task_loss(typename Workspace::PairWs& pw, T* d, const T* score, const T* y, const std::uint8_t* m,
+  LossResult bpr_task_loss(typename Workspace::PairWs& pw, LossInputs<T, Device>& inputs, Ptr d, CPtr score, const T* y, const std::uint8_t* m,
                            const T* w, const std::vector<index_t>& groups, index_t B, const TaskSpec& t) const {
     const char* op = "MultiTaskModel::compute_losses";
     const bool grouped = !groups.empty();
@@ -539,22 +551,22 @@ class MultiTaskModel {
     // and the pair gradients scattered back, by kernels.
     kernels::fill(dev(), d, B, T(0));
     if (P == 0) return LossResult{};
-    kernels::gather_rows(dev(), pw.s_pos.data(), score, pw.pos.data(), P, 1);  // s_pos (P) = score[pos]
-    kernels::gather_rows(dev(), pw.s_neg.data(), score, pw.neg.data(), P, 1);
+    const IdView pos = device_input(pw.pos_buf, pw.pos.cview()), neg = device_input(pw.neg_buf, pw.neg.cview());
+    kernels::gather_rows(dev(), pw.s_pos.data(), score, pos.data, P, 1);  // s_pos (P) = score[pos]
+    kernels::gather_rows(dev(), pw.s_neg.data(), score, neg.data, P, 1);
     LossResult r = bpr(dev(), pw.d_pos.data(), pw.d_neg.data(), pw.s_pos.data(), pw.s_neg.data(),
-                       static_cast<const std::uint8_t*>(nullptr), pw.weight.data(), P);
+                       static_cast<const std::uint8_t*>(nullptr), pw.weight.data(), P, &inputs);
     // d[pos[p]] += d_pos[p], then d[neg[p]] += d_neg[p], pairs in order: deterministic
-    kernels::scatter_add_rows(dev(), d, static_cast<std::uint8_t*>(nullptr), pw.d_pos.data(),
-                              pw.pos.data(), P, 1);
-    kernels::scatter_add_rows(dev(), d, static_cast<std::uint8_t*>(nullptr), pw.d_neg.data(),
-                              pw.neg.data(), P, 1);
+    const pointer_t<std::uint8_t, typename Device::memory> no_flags = nullptr;
+    kernels::scatter_add_rows(dev(), d, no_flags, pw.d_pos.data(), pos.data, P, 1);
+    kernels::scatter_add_rows(dev(), d, no_flags, pw.d_neg.data(), neg.data, P, 1);
     return r;
   }
 
   // In-batch sampled softmax: row i's query (the tower output) against the
   // target embeddings of every labelled row; its own target is the positive.
   // d (B,D) = dL/dq written; rw.d_keys = dL/d key, scattered in backward.
-  LossResult retrieval_task_loss(typename Workspace::RetrievalWs& rw, T* d, const T* q, const T* y,
+  LossResult retrieval_task_loss(typename Workspace::RetrievalWs& rw, Ptr d, CPtr q, const T* y,
                                  const std::uint8_t* m, const T* w, index_t B, std::size_t k) const {
     const char* op = "MultiTaskModel::compute_losses";
     const TaskSpec& t = config_.tasks[k];
@@ -583,7 +595,8 @@ class MultiTaskModel {
     }
     rw.positions.resize({n_lab});
     rw.targets.resize({n_lab});
-    kernels::gather_rows(dev(), rw.keys.data(), store_->value(table), rw.rows.data(), B, D);  // keys (B,D)
+    const IdView rows_d = device_input(rw.rows_buf, rw.rows.cview());
+    kernels::gather_rows(dev(), rw.keys.data(), store_->value(table), rows_d.data, B, D);  // keys (B,D)
     return in_batch_softmax(dev(), d, rw.d_keys.data(), q, rw.keys.data(), B, D, t.temperature,
                             static_cast<const T*>(nullptr), m, w, &rw.softmax);
   }
@@ -596,12 +609,13 @@ class MultiTaskModel {
     const index_t D = config_.tasks[k].target_dim, n = rw.targets.numel();
     rw.d_targets.resize({n, D});
     // d_targets (n,D) = c * d_keys[positions]; table.grad[targets] += d_targets
-    kernels::gather_rows(dev(), rw.d_targets.data(), rw.d_keys.data(), rw.positions.data(), n, D);
+    const IdView positions = device_input(rw.positions_buf, rw.positions.cview());
+    const IdView targets = device_input(rw.targets_buf, rw.targets.cview());
+    kernels::gather_rows(dev(), rw.d_targets.data(), rw.d_keys.data(), positions.data, n, D);
     kernels::scale(dev(), rw.d_targets.data(), rw.d_targets.data(), n * D, c);
-    TouchedRows& touched = store_->touched(table);
-    touched.mark_all(rw.targets.data(), n);
-    kernels::scatter_add_rows(dev(), store_->grad(table), touched.flag.data(), rw.d_targets.data(),
-                              rw.targets.data(), n, D);
+    store_->touched(table).mark_all(rw.targets.data(), n);  // on the host
+    kernels::scatter_add_rows(dev(), store_->grad(table), pointer_t<std::uint8_t, typename Device::memory>(nullptr),
+                              rw.d_targets.data(), targets.data, n, D);
   }
 
   // ---- construction ----------------------------------------------------------
@@ -755,6 +769,8 @@ class MultiTaskModel {
     ws.bag_rows.resize(f.bags.size());
     ws.id_emb.resize(f.ids.size());
     ws.bag_emb.resize(f.bags.size());
+    ws.bag_weights.resize(f.bags.size());
+    ws.dense.resize(f.dense.size());
     ws.id_ctx.resize(f.ids.size());
     ws.bag_ctx.resize(f.bags.size());
     ws.d_field.resize(std::max({f.ids.size(), f.bags.size(), std::size_t(1)}));
@@ -842,10 +858,10 @@ class MultiTaskModel {
   // ---- features ----------------------------------------------------------------
 
   // Writes a (B, w) block into columns [col, col + w) of X.
-  void put_columns(Tensor<T, Device>& X, index_t col, const T* src, index_t B, index_t w) const {
+  void put_columns(Tensor<T, Device>& X, index_t col, CPtr src, index_t B, index_t w) const {
     kernels::copy_columns(dev(), X.data(), X.dim(1), col, src, w, 0, B, w);
   }
-  void take_columns(T* dst, const Tensor<T, Device>& X, index_t col, index_t B, index_t w) const {
+  void take_columns(Ptr dst, const Tensor<T, Device>& X, index_t col, index_t B, index_t w) const {
     kernels::copy_columns(dev(), dst, w, 0, X.data(), X.dim(1), col, B, w);
   }
 
@@ -899,7 +915,8 @@ class MultiTaskModel {
           sw.valid_ids[v++] = ts.hashed ? hash_bucket(std::uint64_t(id), ts.rows, salt) : id;
         }
       sw.starts.resize({B});
-      kernels::packed_starts(dev(), sw.starts.data(), sw.lengths.data(), B);
+      sw.lengths_d = device_input(sw.lengths_buf, sw.lengths.cview());
+      kernels::packed_starts(dev(), sw.starts.data(), sw.lengths_d.data, B);
     }
   }
 
@@ -918,8 +935,9 @@ class MultiTaskModel {
       const index_t d = f.bags[i].dim;
       const auto& bag = b.bags[i];
       ws.bag_emb[i].resize({B, d});
-      CView w = f.bags[i].weighted ? CView(bag.weights.data(), {index_t(bag.weights.size())})
-                                          : CView();
+      CView w = f.bags[i].weighted
+                    ? device_input(ws.bag_weights[i], ConstView<T>(bag.weights.data(), {index_t(bag.weights.size())}))
+                    : CView();
       bag_layers_[i].forward(ws.bag_ctx[i], ws.bag_view[i], ConstView<index_t>(bag.offsets.data(), {B + 1}), w,
                              ws.bag_emb[i].view());
       put_columns(ws.X, col, ws.bag_emb[i].data(), B, d);
@@ -937,7 +955,7 @@ class MultiTaskModel {
       sw.pooled.resize({B, D});
       enc.items.forward(sw.items, sw.valid_ids.view(), sw.compact.view());
       // valid positions copied, padded ones zeroed (an empty sequence copies nothing)
-      kernels::unpack_sequences(dev(), sw.emb.data(), sw.compact.data(), sw.lengths.data(), sw.starts.data(), B, L, D);
+      kernels::unpack_sequences(dev(), sw.emb.data(), sw.compact.data(), sw.lengths_d.data, sw.starts.data(), B, L, D);
       ConstView<index_t> lengths(sw.lengths.data(), {B});
       enc.position.forward(sw.position, sw.emb.view(), sw.emb.view());
       enc.encoder.forward(sw.encoder, sw.emb.view(), lengths, sw.hidden.view(), mode);
@@ -946,7 +964,8 @@ class MultiTaskModel {
       col += D;
     }
     for (std::size_t i = 0; i < f.dense.size(); ++i) {
-      put_columns(ws.X, col, b.dense[i].data(), B, f.dense[i].dim);
+      const CView dense = device_input(ws.dense[i], ConstView<T>(b.dense[i].data(), {B * f.dense[i].dim}));
+      put_columns(ws.X, col, dense.data, B, f.dense[i].dim);
       col += f.dense[i].dim;
     }
   }
@@ -983,7 +1002,7 @@ class MultiTaskModel {
       enc.encoder.backward(sw.encoder, sw.d_hidden.view(), sw.d_emb.view());
       enc.position.backward(sw.position, sw.d_emb.view(), sw.d_emb.view());
       sw.d_compact.resize(sw.compact.shape());
-      kernels::pack_sequences(dev(), sw.d_compact.data(), sw.d_emb.data(), sw.lengths.data(), sw.starts.data(), B, L, D);
+      kernels::pack_sequences(dev(), sw.d_compact.data(), sw.d_emb.data(), sw.lengths_d.data, sw.starts.data(), B, L, D);
       enc.items.backward(sw.items, sw.d_compact.view());
       col += D;
     }
@@ -1065,7 +1084,7 @@ class MultiTaskModel {
       for (std::size_t k = 0; k < num_tasks(); ++k) {
         auto& gw = lw.task_gate[k];
         gw.d_out.resize({B, config_.expert.back()});
-        const T* src = l + 1 == levels_.size() ? ws.d_tower_in[k].data() : ws.levels[l + 1].d_task_in[k].data();
+        CPtr src = l + 1 == levels_.size() ? ws.d_tower_in[k].data() : ws.levels[l + 1].d_task_in[k].data();
         if (l + 1 == levels_.size() && coeff[k] == 0.0)
           gw.d_out.zero();
         else
@@ -1085,7 +1104,7 @@ class MultiTaskModel {
       if (lv.has_shared_gate) gate_backward(lv.shared_gate, lw.shared_gate, lw, lw.d_shared_in.view());
       for (std::size_t e = 0; e < lv.experts.size(); ++e) {
         const int src = lv.expert_input[e];
-        T* d_in = src < 0 ? lw.d_shared_in.data() : lw.d_task_in[std::size_t(src)].data();
+        Ptr d_in = src < 0 ? lw.d_shared_in.data() : lw.d_task_in[std::size_t(src)].data();
         scratch.resize({B, lv.in_dim});
         lv.experts[e].backward(lw.expert[e], lw.d_expert_out[e].view(), scratch.view());
         kernels::residual_add(dev(), d_in, d_in, scratch.data(), scratch.numel());
@@ -1102,7 +1121,7 @@ class MultiTaskModel {
   // computed in log space so that it stays finite for large |a|, |b|.
   // Writes dL/db into d_cvr and dL/da into d_ctr (backward adds the latter to
   // the CTR tower's gradient).
-  LossResult esmm_ctcvr_loss(T* d_cvr, T* d_ctr, const T* a, const T* b, const T* y, const std::uint8_t* m,
+  LossResult esmm_ctcvr_loss(LossInputs<T, Device>& in, Ptr d_cvr, Ptr d_ctr, CPtr a, CPtr b, const T* y, const std::uint8_t* m,
                              const T* w, index_t n) const {
     double den = 0;  // host: the denominator, from the batch's mask and weights
     index_t count = 0;
@@ -1117,7 +1136,8 @@ class MultiTaskModel {
       kernels::fill(dev(), d_ctr, n, T(0));
       return r;
     }
-    r.value = kernels::esmm_loss(dev(), d_ctr, d_cvr, a, b, y, m, w, n, 1.0 / den);
+    r.value = kernels::esmm_loss(dev(), d_ctr, d_cvr, a, b, detail::loss_input(in.labels, y, n),
+                                 detail::loss_input(in.mask, m, n), detail::loss_input(in.weights, w, n), n, 1.0 / den);
     return r;
   }
 

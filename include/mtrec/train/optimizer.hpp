@@ -178,10 +178,11 @@ class Optimizer {
     kernels::simd::FiniteFlag finite;
     if (cfg_.kind == OptimizerConfig::Kind::SGD) {
       const T tlr = T(lr), mu = T(cfg_.momentum), wd = T(cfg_.weight_decay);
-      T* buf = buf_.numel() ? buf_.data() : nullptr;
+      using Ptr = typename ParameterStore<T, Device>::pointer;
+      const Ptr buf = buf_.numel() ? buf_.data() : Ptr(nullptr);
       update_block(
           [&](index_t off, index_t n) {
-            if (!kernels::sgd_update(s.device(), s.values() + off, buf ? buf + off : nullptr, s.grads() + off,
+            if (!kernels::sgd_update(s.device(), s.values() + off, buf ? buf + off : Ptr(nullptr), s.grads() + off,
                                      n, tlr, mu, wd, cfg_.nesterov))
               finite.clear();
           },

@@ -455,7 +455,8 @@ class Trainer {
 
   // Every value an update reads in `block` (the store's grads()) is finite:
   // the dense part and the touched rows of every table.
-  static bool touched_finite(const ParameterStore<T, Device>& store, const T* block) {
+  static bool touched_finite(const ParameterStore<T, Device>& store,
+                             typename ParameterStore<T, Device>::const_pointer block) {
     if (!kernels::all_finite(store.device(), block, store.dense_size())) return false;
     const std::vector<RowSet>& sets = store.touched_row_sets();
     return kernels::all_finite_rows(store.device(), block, sets.data(), index_t(sets.size()));
