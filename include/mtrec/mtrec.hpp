@@ -13,8 +13,9 @@
 //   layers/    Linear, activations, Dropout, LayerNorm, MLP, Embedding,
 //              EmbeddingBag, PositionalEmbedding, MultiHeadAttention,
 //              TransformerEncoderLayer/Encoder, SequencePooling, losses
-//   model/     feature specs, batches, MultiTaskModel (single, shared-bottom,
-//              MMoE, PLE, ESMM)
+//   model/     feature specs, batches, FeatureEncoder, CgcLevels (the MMoE/PLE
+//              expert levels), MultiTaskModel (single, shared-bottom, MMoE,
+//              PLE, ESMM)
 //   train/     metrics, optimizers and schedules, evaluate, Trainer,
 //              checkpoints
 //   serve/     top-K scoring of candidates
@@ -55,8 +56,10 @@
 #include "mtrec/layers/pooling.hpp"
 #include "mtrec/layers/positional.hpp"
 #include "mtrec/layers/transformer.hpp"
+#include "mtrec/model/cgc.hpp"
 #include "mtrec/model/config.hpp"
 #include "mtrec/model/features.hpp"
+#include "mtrec/model/feature_encoder.hpp"
 #include "mtrec/model/multitask.hpp"
 #include "mtrec/train/checkpoint.hpp"
 #include "mtrec/train/evaluate.hpp"

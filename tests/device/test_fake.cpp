@@ -164,6 +164,13 @@ TEST_CASE("fake device: kernels and copies check that device pointers point into
   std::vector<index_t> rows(2);
   Fake{}.download(rows.data(), sets[0].rows, sizeof(index_t) * 2);
   CHECK(rows == std::vector<index_t>{7, 2});
+  // a list cleared by hand (not by zero_grad) and marked again is uploaded anew
+  store.touched(t).clear();
+  store.touched(t).mark_all(std::vector<index_t>{5}.data(), 1);
+  const auto& again = store.touched_row_sets();
+  REQUIRE(again[0].n == 1);
+  Fake{}.download(rows.data(), again[0].rows, sizeof(index_t));
+  CHECK(rows[0] == 5);
   store.zero_grad();
   CHECK(store.touched(t).rows.empty());
 }

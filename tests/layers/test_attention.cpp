@@ -1,5 +1,6 @@
 // MultiHeadAttention: gradients with padding masks and fully padded rows.
 #include "support/gradcheck.hpp"
+#include "ops/layer_case.hpp"
 
 using namespace mtrec;
 
@@ -126,3 +127,49 @@ TEST_CASE("MultiHeadAttention backward: the gradient of padded output rows is dr
       for (index_t c = 0; c < D; ++c) CHECK(dx[(b * T + t) * D + c] == 0.f);
   for (float v : g1) CHECK(std::isfinite(v));
 }
+
+// ---- op-table rows: MultiHeadAttention ------------------------------------------------
+// Checked by tests/ops/test_ops.cpp on every device against reference in
+// double, by finite differences and for bitwise repeatability (harness:
+// tests/ops/layer_case.hpp).
+namespace optable {
+namespace {
+
+std::vector<OpCase> attention_layer_cases() {
+  std::vector<OpCase> v;
+  auto add = layer_detail::layer_adder(v);
+
+  // ---- MultiHeadAttention with a key-padding mask (one empty, one full sequence) ------
+  const std::vector<index_t> lengths = {3, 0, 5};
+  const index_t SB = 3, ST = 5;
+  {
+    const index_t Dm = 8;
+    OpCase c;
+    c.op = "layer:MultiHeadAttention";
+    c.shape = "B=3 T=5 D=8 heads=2 lengths=3,0,5";
+    c.out = {SB * ST * Dm};
+    c.fd_rtol = 1e-4;
+    c.nmse_tol = 1e-6;
+    add(
+        c, {{SB * ST * Dm}}, OPT_LAYER(mtrec::MultiHeadAttention<T, D>(st, "mha", Dm, 2)),
+        [=](auto dev, auto& b, auto& L) {
+          OPT_DEV_T;
+          typename std::decay_t<decltype(L)>::Context ctx;
+          L.forward(ctx, CV(b.in[0].data(), {SB, ST, Dm}), mtrec::ConstView<index_t>(lengths.data(), {SB}),
+                    V(b.out[0].data(), {SB, ST, Dm}));
+        },
+        [=](auto dev, auto& b, auto& L) {
+          OPT_DEV_T;
+          typename std::decay_t<decltype(L)>::Context ctx;
+          std::vector<T> y(std::size_t(SB * ST * Dm));
+          L.forward(ctx, CV(b.in[0].data(), {SB, ST, Dm}), mtrec::ConstView<index_t>(lengths.data(), {SB}),
+                    V(y.data(), {SB, ST, Dm}));
+          L.backward(ctx, CV(b.dout[0].data(), {SB, ST, Dm}), V(b.din[0].data(), {SB, ST, Dm}));
+        });
+  }
+  return v;
+}
+OPTABLE_REGISTER(attention_layer_cases);
+
+}  // namespace
+}  // namespace optable

@@ -1,5 +1,6 @@
 // Embedding and EmbeddingBag: gradients, touched rows, hashing, bad input.
 #include "support/gradcheck.hpp"
+#include "ops/layer_case.hpp"
 
 using namespace mtrec;
 
@@ -248,3 +249,48 @@ TEST_CASE("EmbeddingBag forward: bitwise equal to the scalar bag loop, 1 and 2 t
     }
   }
 }
+
+// ---- op-table rows: EmbeddingBag ------------------------------------------------------
+// Checked by tests/ops/test_ops.cpp on every device against reference in
+// double, by finite differences and for bitwise repeatability (harness:
+// tests/ops/layer_case.hpp).
+namespace optable {
+namespace {
+
+std::vector<OpCase> embedding_layer_cases() {
+  std::vector<OpCase> v;
+  auto add = layer_detail::layer_adder(v);
+
+  // ---- EmbeddingBag, weighted mean: the weights are an input, the table a parameter ----
+  {
+    const index_t rows = 7, dim = 5, B = 3;
+    const std::vector<index_t> ids = {1, 6, 1, 0, 3};
+    const std::vector<index_t> offsets = {0, 2, 2, 5};
+    const index_t n = index_t(ids.size());
+    OpCase c;
+    c.op = "layer:EmbeddingBag";
+    c.shape = "rows=7 dim=5 B=3 n=5 weighted mean, one empty bag, a repeated ID";
+    c.out = {B * dim};
+    add(
+        c, {{n, true, 0.2, 1.5}}, OPT_LAYER(mtrec::EmbeddingBag<T, D>(st, "bag", rows, dim, mtrec::BagPooling::Mean)),
+        [=](auto dev, auto& b, auto& L) {
+          OPT_DEV_T;
+          typename std::decay_t<decltype(L)>::Context ctx;
+          L.forward(ctx, mtrec::ConstView<index_t>(ids.data(), {n}), mtrec::ConstView<index_t>(offsets.data(), {B + 1}),
+                    CV(b.in[0].data(), {n}), V(b.out[0].data(), {B, dim}));
+        },
+        [=](auto dev, auto& b, auto& L) {
+          OPT_DEV_T;
+          typename std::decay_t<decltype(L)>::Context ctx;
+          std::vector<T> y(std::size_t(B * dim));
+          L.forward(ctx, mtrec::ConstView<index_t>(ids.data(), {n}), mtrec::ConstView<index_t>(offsets.data(), {B + 1}),
+                    CV(b.in[0].data(), {n}), V(y.data(), {B, dim}));
+          L.backward(ctx, CV(b.dout[0].data(), {B, dim}), V(b.din[0].data(), {n}));
+        });
+  }
+  return v;
+}
+OPTABLE_REGISTER(embedding_layer_cases);
+
+}  // namespace
+}  // namespace optable

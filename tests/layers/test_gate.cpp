@@ -2,6 +2,7 @@
 // gate input, every expert output and the gate projection; the mix against
 // a hand computation; bad input.
 #include "support/gradcheck.hpp"
+#include "ops/layer_case.hpp"
 
 using namespace mtrec;
 using testing::InputGrad;
@@ -76,3 +77,53 @@ TEST_CASE("bad input: MixtureGate shapes and null experts", "[gate][bad-input]")
   testing::require_error([&] { gate.forward(ctx, wrong.view(), none, y.view()); }, {"MixtureGate::forward", "x"});
   testing::require_error([&] { gate.forward(ctx, x.view(), none, y.view()); }, {"MixtureGate::forward", "expert output 0"});
 }
+
+// ---- op-table rows: MixtureGate -------------------------------------------------------
+// Checked by tests/ops/test_ops.cpp on every device against reference in
+// double, by finite differences and for bitwise repeatability (harness:
+// tests/ops/layer_case.hpp).
+namespace optable {
+namespace {
+
+std::vector<OpCase> gate_layer_cases() {
+  std::vector<OpCase> v;
+  auto add = layer_detail::layer_adder(v);
+
+  // ---- MixtureGate: M expert outputs mixed by a softmax gate ----------------------------
+  {
+    const index_t B = 4, in = 6, M = 3, De = 5;
+    OpCase c;
+    c.op = "layer:MixtureGate";
+    c.shape = "B=4 in=6 M=3 De=5";
+    c.out = {B * De};
+    std::vector<Input> own = {{B * in}};
+    for (index_t m = 0; m < M; ++m) own.push_back({B * De});
+    add(
+        c, own, OPT_LAYER(mtrec::MixtureGate<T, D>(st, "gate", in, M, De)),
+        [=](auto dev, auto& b, auto& L) {
+          OPT_DEV_T;
+          typename std::decay_t<decltype(L)>::Context ctx;
+          std::vector<const T*> e;
+          for (index_t m = 0; m < M; ++m) e.push_back(b.in[std::size_t(1 + m)].data());
+          L.forward(ctx, CV(b.in[0].data(), {B, in}), e.data(), V(b.out[0].data(), {B, De}));
+        },
+        [=](auto dev, auto& b, auto& L) {
+          OPT_DEV_T;
+          typename std::decay_t<decltype(L)>::Context ctx;
+          std::vector<const T*> e;
+          std::vector<T*> de;
+          for (index_t m = 0; m < M; ++m) {
+            e.push_back(b.in[std::size_t(1 + m)].data());
+            de.push_back(b.din[std::size_t(1 + m)].data());
+          }
+          std::vector<T> y(std::size_t(B * De));
+          L.forward(ctx, CV(b.in[0].data(), {B, in}), e.data(), V(y.data(), {B, De}));
+          L.backward(ctx, CV(b.dout[0].data(), {B, De}), de.data(), V(b.din[0].data(), {B, in}));
+        });
+  }
+  return v;
+}
+OPTABLE_REGISTER(gate_layer_cases);
+
+}  // namespace
+}  // namespace optable

@@ -1,5 +1,6 @@
 // LayerNorm: finite-difference gradients and normalisation.
 #include "support/gradcheck.hpp"
+#include "ops/layer_case.hpp"
 
 using namespace mtrec;
 
@@ -51,3 +52,44 @@ TEST_CASE("bad input: LayerNorm width mismatch", "[bad-input][layernorm]") {
   LayerNorm<float>::Context ctx;
   testing::require_error([&] { ln.forward(ctx, x.view(), y.view()); }, {"LayerNorm::forward", "8", "(2, 7)"});
 }
+
+// ---- op-table rows: LayerNorm ---------------------------------------------------------
+// Checked by tests/ops/test_ops.cpp on every device against reference in
+// double, by finite differences and for bitwise repeatability (harness:
+// tests/ops/layer_case.hpp).
+namespace optable {
+namespace {
+
+std::vector<OpCase> layernorm_layer_cases() {
+  std::vector<OpCase> v;
+  auto add = layer_detail::layer_adder(v);
+
+  // ---- LayerNorm --------------------------------------------------------------------
+  {
+    const index_t N = 4, dim = 9;
+    OpCase c;
+    c.op = "layer:LayerNorm";
+    c.shape = "N=4 dim=9";
+    c.out = {N * dim};
+    c.fd_rtol = 1e-4;
+    add(
+        c, {{N * dim, true, -2, 2}}, OPT_LAYER(mtrec::LayerNorm<T, D>(st, "ln", dim)),
+        [=](auto dev, auto& b, auto& L) {
+          OPT_DEV_T;
+          typename std::decay_t<decltype(L)>::Context ctx;
+          L.forward(ctx, CV(b.in[0].data(), {N, dim}), V(b.out[0].data(), {N, dim}));
+        },
+        [=](auto dev, auto& b, auto& L) {
+          OPT_DEV_T;
+          typename std::decay_t<decltype(L)>::Context ctx;
+          std::vector<T> y(std::size_t(N * dim));
+          L.forward(ctx, CV(b.in[0].data(), {N, dim}), V(y.data(), {N, dim}));
+          L.backward(ctx, CV(b.dout[0].data(), {N, dim}), V(b.din[0].data(), {N, dim}));
+        });
+  }
+  return v;
+}
+OPTABLE_REGISTER(layernorm_layer_cases);
+
+}  // namespace
+}  // namespace optable

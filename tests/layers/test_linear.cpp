@@ -1,5 +1,6 @@
 // Linear: finite-difference gradients, shapes, bad input.
 #include "support/gradcheck.hpp"
+#include "ops/layer_case.hpp"
 
 using namespace mtrec;
 using testing::InputGrad;
@@ -75,3 +76,43 @@ TEST_CASE("bad input: Linear shape mismatch names the operation and both shapes"
   ParameterStore<float> s2;
   testing::require_error([&] { Linear<float>(s2, "zero", 0, 2); }, {"Linear", "in=0"});
 }
+
+// ---- op-table rows: Linear ------------------------------------------------------------
+// Checked by tests/ops/test_ops.cpp on every device against reference in
+// double, by finite differences and for bitwise repeatability (harness:
+// tests/ops/layer_case.hpp).
+namespace optable {
+namespace {
+
+std::vector<OpCase> linear_layer_cases() {
+  std::vector<OpCase> v;
+  auto add = layer_detail::layer_adder(v);
+
+  // ---- Linear ---------------------------------------------------------------------
+  for (index_t N : {1, 3}) {
+    const index_t in = 5, out = 7;
+    OpCase c;
+    c.op = "layer:Linear";
+    c.shape = "N=" + std::to_string(N) + " in=5 out=7";
+    c.out = {N * out};
+    add(
+        c, {{N * in}}, OPT_LAYER(mtrec::Linear<T, D>(st, "lin", in, out)),
+        [=](auto dev, auto& b, auto& L) {
+          OPT_DEV_T;
+          typename std::decay_t<decltype(L)>::Context ctx;
+          L.forward(ctx, CV(b.in[0].data(), {N, in}), V(b.out[0].data(), {N, out}));
+        },
+        [=](auto dev, auto& b, auto& L) {
+          OPT_DEV_T;
+          typename std::decay_t<decltype(L)>::Context ctx;
+          std::vector<T> y(std::size_t(N * out));
+          L.forward(ctx, CV(b.in[0].data(), {N, in}), V(y.data(), {N, out}));
+          L.backward(ctx, CV(b.dout[0].data(), {N, out}), V(b.din[0].data(), {N, in}));
+        });
+  }
+  return v;
+}
+OPTABLE_REGISTER(linear_layer_cases);
+
+}  // namespace
+}  // namespace optable

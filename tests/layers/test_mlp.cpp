@@ -1,5 +1,6 @@
 // MLP: finite-difference gradients through every stage, with and without dropout.
 #include "support/gradcheck.hpp"
+#include "ops/layer_case.hpp"
 
 using namespace mtrec;
 
@@ -63,3 +64,48 @@ TEST_CASE("MLP eval output is the composition of its Linear layers", "[mlp]") {
     }
   }
 }
+
+// ---- op-table rows: MLP ---------------------------------------------------------------
+// Checked by tests/ops/test_ops.cpp on every device against reference in
+// double, by finite differences and for bitwise repeatability (harness:
+// tests/ops/layer_case.hpp).
+namespace optable {
+namespace {
+
+std::vector<OpCase> mlp_layer_cases() {
+  using mtrec::Mode;
+  std::vector<OpCase> v;
+  auto add = layer_detail::layer_adder(v);
+
+  // ---- MLP: two Linear layers, GELU between, raw output -------------------------------
+  {
+    const index_t N = 5, in = 6;
+    mtrec::MLPConfig cfg;
+    cfg.hidden = {8, 3};
+    cfg.activation = mtrec::Activation::GELU;
+    cfg.activate_output = false;
+    OpCase c;
+    c.op = "layer:MLP";
+    c.shape = "N=5 in=6 hidden=8,3 gelu";
+    c.out = {N * 3};
+    add(
+        c, {{N * in}}, OPT_LAYER(mtrec::MLP<T, D>(st, "mlp", in, cfg)),
+        [=](auto dev, auto& b, auto& L) {
+          OPT_DEV_T;
+          typename std::decay_t<decltype(L)>::Context ctx;
+          L.forward(ctx, CV(b.in[0].data(), {N, in}), V(b.out[0].data(), {N, 3}), Mode::eval());
+        },
+        [=](auto dev, auto& b, auto& L) {
+          OPT_DEV_T;
+          typename std::decay_t<decltype(L)>::Context ctx;
+          std::vector<T> y(std::size_t(N * 3));
+          L.forward(ctx, CV(b.in[0].data(), {N, in}), V(y.data(), {N, 3}), Mode::eval());
+          L.backward(ctx, CV(b.dout[0].data(), {N, 3}), V(b.din[0].data(), {N, in}));
+        });
+  }
+  return v;
+}
+OPTABLE_REGISTER(mlp_layer_cases);
+
+}  // namespace
+}  // namespace optable

@@ -1,5 +1,6 @@
 // PositionalEmbedding and SequencePooling: gradients, masking, bad input.
 #include "support/gradcheck.hpp"
+#include "ops/layer_case.hpp"
 
 using namespace mtrec;
 
@@ -78,3 +79,71 @@ TEST_CASE("bad input: sequence lengths out of range", "[bad-input][pooling]") {
   len[1] = -1;
   testing::require_error([&] { pool.forward(ctx, x.view(), len.view(), y.view()); }, {"lengths[1]", "-1"});
 }
+
+// ---- op-table rows: PositionalEmbedding and SequencePooling ---------------------------
+// Checked by tests/ops/test_ops.cpp on every device against reference in
+// double, by finite differences and for bitwise repeatability (harness:
+// tests/ops/layer_case.hpp).
+namespace optable {
+namespace {
+
+std::vector<OpCase> sequence_layer_cases() {
+  std::vector<OpCase> v;
+  auto add = layer_detail::layer_adder(v);
+
+  // ---- PositionalEmbedding ---------------------------------------------------------
+  {
+    const index_t B = 2, Tl = 5, Dm = 4;
+    OpCase c;
+    c.op = "layer:PositionalEmbedding";
+    c.shape = "B=2 T=5 D=4 max_len=6";
+    c.out = {B * Tl * Dm};
+    add(
+        c, {{B * Tl * Dm}}, OPT_LAYER(mtrec::PositionalEmbedding<T, D>(st, "pos", 6, Dm)),
+        [=](auto dev, auto& b, auto& L) {
+          OPT_DEV_T;
+          typename std::decay_t<decltype(L)>::Context ctx;
+          L.forward(ctx, CV(b.in[0].data(), {B, Tl, Dm}), V(b.out[0].data(), {B, Tl, Dm}));
+        },
+        [=](auto dev, auto& b, auto& L) {
+          OPT_DEV_T;
+          typename std::decay_t<decltype(L)>::Context ctx;
+          std::vector<T> y(std::size_t(B * Tl * Dm));
+          L.forward(ctx, CV(b.in[0].data(), {B, Tl, Dm}), V(y.data(), {B, Tl, Dm}));
+          L.backward(ctx, CV(b.dout[0].data(), {B, Tl, Dm}), V(b.din[0].data(), {B, Tl, Dm}));
+        });
+  }
+
+  // ---- sequence layers with a key-padding mask (one empty, one full sequence) ---------
+  const std::vector<index_t> lengths = {3, 0, 5};
+  const index_t SB = 3, ST = 5;
+  for (auto mode : {mtrec::SequencePoolMode::Mean, mtrec::SequencePoolMode::First}) {
+    const index_t Dm = 4;
+    const bool first = mode == mtrec::SequencePoolMode::First;
+    OpCase c;
+    c.op = "layer:SequencePooling";
+    c.shape = std::string("B=3 T=5 D=4 lengths=3,0,5 ") + (first ? "first" : "mean");
+    c.out = {SB * Dm};
+    add(
+        c, {{SB * ST * Dm}}, OPT_LAYER(mtrec::SequencePooling<T, D>(mode)),
+        [=](auto dev, auto& b, auto& L) {
+          OPT_DEV_T;
+          typename std::decay_t<decltype(L)>::Context ctx;
+          L.forward(ctx, CV(b.in[0].data(), {SB, ST, Dm}), mtrec::ConstView<index_t>(lengths.data(), {SB}),
+                    V(b.out[0].data(), {SB, Dm}));
+        },
+        [=](auto dev, auto& b, auto& L) {
+          OPT_DEV_T;
+          typename std::decay_t<decltype(L)>::Context ctx;
+          std::vector<T> y(std::size_t(SB * Dm));
+          L.forward(ctx, CV(b.in[0].data(), {SB, ST, Dm}), mtrec::ConstView<index_t>(lengths.data(), {SB}),
+                    V(y.data(), {SB, Dm}));
+          L.backward(ctx, CV(b.dout[0].data(), {SB, Dm}), V(b.din[0].data(), {SB, ST, Dm}));
+        });
+  }
+  return v;
+}
+OPTABLE_REGISTER(sequence_layer_cases);
+
+}  // namespace
+}  // namespace optable

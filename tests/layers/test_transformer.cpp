@@ -1,5 +1,6 @@
 // Transformer encoder layer and stack: gradients with masks and dropout.
 #include "support/gradcheck.hpp"
+#include "ops/layer_case.hpp"
 
 using namespace mtrec;
 
@@ -214,3 +215,55 @@ TEST_CASE("TransformerEncoder (packed rows) equals its layers composed on the pa
     for (std::size_t i = 0; i < store.size(); ++i) CHECK(store.grads()[i] == 0.0);
   }
 }
+
+// ---- op-table rows: TransformerEncoder ------------------------------------------------
+// Checked by tests/ops/test_ops.cpp on every device against reference in
+// double, by finite differences and for bitwise repeatability (harness:
+// tests/ops/layer_case.hpp).
+namespace optable {
+namespace {
+
+std::vector<OpCase> transformer_layer_cases() {
+  using mtrec::Mode;
+  std::vector<OpCase> v;
+  auto add = layer_detail::layer_adder(v);
+
+  // ---- TransformerEncoder with a key-padding mask (one empty, one full sequence) ------
+  const std::vector<index_t> lengths = {3, 0, 5};
+  const index_t SB = 3, ST = 5;
+  {
+    const index_t Dm = 8;
+    mtrec::TransformerConfig tc;
+    tc.d_model = Dm;
+    tc.heads = 2;
+    tc.ffn = 12;
+    tc.dropout = 0.0;
+    OpCase c;
+    c.op = "layer:TransformerEncoder";
+    c.shape = "B=3 T=5 D=8 heads=2 ffn=12 layers=2 lengths=3,0,5";
+    c.out = {SB * ST * Dm};
+    c.fd_rtol = 1e-4;
+    c.nmse_tol = 1e-6;  // two layers of float rounding, each layer norm dividing by a small deviation
+    add(
+        c, {{SB * ST * Dm}}, OPT_LAYER(mtrec::TransformerEncoder<T, D>(st, "enc", tc, 2)),
+        [=](auto dev, auto& b, auto& L) {
+          OPT_DEV_T;
+          typename std::decay_t<decltype(L)>::Context ctx;
+          L.forward(ctx, CV(b.in[0].data(), {SB, ST, Dm}), mtrec::ConstView<index_t>(lengths.data(), {SB}),
+                    V(b.out[0].data(), {SB, ST, Dm}), Mode::eval());
+        },
+        [=](auto dev, auto& b, auto& L) {
+          OPT_DEV_T;
+          typename std::decay_t<decltype(L)>::Context ctx;
+          std::vector<T> y(std::size_t(SB * ST * Dm));
+          L.forward(ctx, CV(b.in[0].data(), {SB, ST, Dm}), mtrec::ConstView<index_t>(lengths.data(), {SB}),
+                    V(y.data(), {SB, ST, Dm}), Mode::eval());
+          L.backward(ctx, CV(b.dout[0].data(), {SB, ST, Dm}), V(b.din[0].data(), {SB, ST, Dm}));
+        });
+  }
+  return v;
+}
+OPTABLE_REGISTER(transformer_layer_cases);
+
+}  // namespace
+}  // namespace optable

@@ -20,8 +20,12 @@
 // lambda, `using T = typename std::decay_t<decltype(b)>::value_type;`.
 //
 // A new op is one kernel per backend plus one row in a cases_*.hpp file.
+// A layer's (or a public loss's) rows live in its own test file
+// (tests/layers/test_<layer>.cpp; tests/ops/layer_case.hpp has the harness),
+// registered with OPTABLE_REGISTER below: a new layer adds no line to tests/ops/.
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <functional>
@@ -172,4 +176,38 @@ inline double nmse(const std::vector<T>& a, const std::vector<double>& r) {
   return den == 0 ? INFINITY : num / den;
 }
 
+// ---- rows registered from other files ----------------------------------------------
+// A test file outside tests/ops (a layer's) adds rows to the table with
+// OPTABLE_REGISTER(fn), fn a `std::vector<OpCase> fn()` at namespace scope:
+// all_cases() (tests/ops/cases.hpp) appends registered_cases() after the
+// cases_*.hpp rows. The order of static initialization across files is
+// unspecified, so registered_cases() sorts the rows by name() (unique: see
+// "the table is well formed"), whatever the link order. A registration in
+// an executable without tests/ops/test_ops.cpp (mtrec_unit_tests_single)
+// is never read; bench/bench_ops.cpp links no test file, so a `bench` row
+// belongs in a cases_*.hpp file.
+using CasesFn = std::vector<OpCase> (*)();
+inline std::vector<CasesFn>& registered_parts() {
+  static std::vector<CasesFn> parts;  // built on first use: safe during static initialization
+  return parts;
+}
+struct RegisterCases {
+  explicit RegisterCases(CasesFn f) { registered_parts().push_back(f); }
+};
+inline std::vector<OpCase> registered_cases() {
+  std::vector<OpCase> all;
+  for (CasesFn f : registered_parts()) {
+    auto v = f();
+    all.insert(all.end(), v.begin(), v.end());
+  }
+  std::stable_sort(all.begin(), all.end(), [](const OpCase& a, const OpCase& b) { return a.name() < b.name(); });
+  return all;
+}
+
 }  // namespace optable
+
+#define OPTABLE_CAT_(a, b) a##b
+#define OPTABLE_CAT(a, b) OPTABLE_CAT_(a, b)
+// At namespace scope: adds the rows of fn() to the op table (see registered_cases()).
+#define OPTABLE_REGISTER(fn) \
+  static const ::optable::RegisterCases OPTABLE_CAT(optable_registered_, __LINE__)(fn)

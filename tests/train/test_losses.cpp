@@ -1,5 +1,10 @@
 // Losses: finite-difference gradients, hand-computed values, brute-force
 // references, masks / weights / empty batches, extreme logits, bad input.
+// First: the op-table rows at the end run the losses on Fake through
+// kernels::FakeDispatch (<mtrec/mtrec.hpp>), which must be declared before
+// layers/losses.hpp is read.
+#include "ops/layer_case.hpp"
+
 #include <limits>
 #include <mtrec/layers/losses.hpp>
 #include <vector>
@@ -602,3 +607,145 @@ TEST_CASE("losses: float agrees with double, bare nullptr for optional arguments
   CHECK(bpr(nullptr, nullptr, x.data(), y.data(), nullptr, nullptr, n).count == n);
   CHECK(in_batch_softmax(nullptr, nullptr, xf.data(), xf.data(), n, d, 1.0, nullptr, nullptr, nullptr).count == n);
 }
+
+// ---- op-table rows: The public losses -------------------------------------------------
+// Checked by tests/ops/test_ops.cpp on every device against reference in
+// double, by finite differences and for bitwise repeatability (harness:
+// tests/ops/layer_case.hpp).
+namespace optable {
+namespace {
+
+std::vector<OpCase> public_loss_cases() {
+  namespace ld = layer_detail;
+  std::vector<OpCase> v;
+
+  // ---- the public losses (checks, denominator, kernels) on each device ------------------
+  // A mask with row 1 unlabelled and weights with one zero: both code paths.
+  const index_t n = 6;
+  const std::vector<std::uint8_t> mask = {1, 0, 1, 1, 1, 1};
+  const std::vector<double> wts = {1.0, 0.5, 0.0, 2.0, 0.7, 1.3};
+  auto wt = [wts](auto zero) {
+    return std::vector<decltype(zero)>(wts.begin(), wts.end());
+  };
+  {
+    const std::vector<double> y = {1, 0, 0.3, 1, 0, 0.8};
+    OpCase c;
+    c.op = "loss:bce_with_logits";
+    c.shape = "n=6 masked weighted soft labels";
+    c.in = {{n, true, -3, 3}};
+    c.out = {1};
+    v.push_back(make_case(
+        c,
+        [=](auto dev, auto& b) {
+          OPT_DEV_T;
+          const std::vector<T> yt(y.begin(), y.end()), w = wt(T(0));
+          b.out[0][0] = T(mtrec::bce_with_logits(dev, nullptr, b.in[0].data(), yt.data(), mask.data(), w.data(), n).value);
+        },
+        [=](auto dev, auto& b) {
+          OPT_DEV_T;
+          const std::vector<T> yt(y.begin(), y.end()), w = wt(T(0));
+          mtrec::bce_with_logits(dev, b.din[0].data(), b.in[0].data(), yt.data(), mask.data(), w.data(), n);
+          ld::scale_by_dout(b, 0);
+        }));
+  }
+  for (double delta : {0.0, 0.6}) {
+    const std::vector<double> y = {0.5, -1, 0.2, 1.5, -0.3, 0.0};
+    OpCase c;
+    c.op = delta == 0.0 ? "loss:mse" : "loss:huber";
+    c.shape = std::string("n=6 masked weighted") + (delta == 0.0 ? "" : " delta=0.6");
+    c.in = {{n, true, -2, 2}};
+    c.out = {1};
+    auto call = [=](auto dev, auto* d, auto& b) {
+      using T = typename std::decay_t<decltype(b)>::value_type;
+      const std::vector<T> yt(y.begin(), y.end()), w = wt(T(0));
+      return delta == 0.0 ? mtrec::mse(dev, d, b.in[0].data(), yt.data(), mask.data(), w.data(), n)
+                          : mtrec::huber(dev, d, b.in[0].data(), yt.data(), mask.data(), w.data(), n, delta);
+    };
+    v.push_back(make_case(
+        c,
+        [=](auto dev, auto& b) {
+          OPT_DEV_T;
+          b.out[0][0] = T(call(dev, static_cast<T*>(nullptr), b).value);
+        },
+        [=](auto dev, auto& b) {
+          call(dev, b.din[0].data(), b);
+          ld::scale_by_dout(b, 0);
+        }));
+  }
+  {
+    const index_t C = 4;
+    const std::vector<index_t> cls = {2, -100, 0, 3, 1, 3};  // row 1 masked: an ignore_index placeholder
+    OpCase c;
+    c.op = "loss:softmax_cross_entropy";
+    c.shape = "n=6 C=4 masked weighted";
+    c.in = {{n * C, true, -3, 3}};
+    c.out = {1};
+    v.push_back(make_case(
+        c,
+        [=](auto dev, auto& b) {
+          OPT_DEV_T;
+          const std::vector<T> w = wt(T(0));
+          b.out[0][0] = T(mtrec::softmax_cross_entropy(dev, nullptr, b.in[0].data(), cls.data(), mask.data(), w.data(),
+                                                       n, C)
+                              .value);
+        },
+        [=](auto dev, auto& b) {
+          OPT_DEV_T;
+          const std::vector<T> w = wt(T(0));
+          mtrec::softmax_cross_entropy(dev, b.din[0].data(), b.in[0].data(), cls.data(), mask.data(), w.data(), n, C);
+          ld::scale_by_dout(b, 0);
+        }));
+  }
+  {
+    OpCase c;
+    c.op = "loss:bpr";
+    c.shape = "n=6 masked weighted";
+    c.in = {{n, true, -2, 2}, {n, true, -2, 2}};
+    c.out = {1};
+    v.push_back(make_case(
+        c,
+        [=](auto dev, auto& b) {
+          OPT_DEV_T;
+          const std::vector<T> w = wt(T(0));
+          b.out[0][0] = T(mtrec::bpr(dev, nullptr, nullptr, b.in[0].data(), b.in[1].data(), mask.data(), w.data(), n).value);
+        },
+        [=](auto dev, auto& b) {
+          OPT_DEV_T;
+          const std::vector<T> w = wt(T(0));
+          mtrec::bpr(dev, b.din[0].data(), b.din[1].data(), b.in[0].data(), b.in[1].data(), mask.data(), w.data(), n);
+          ld::scale_by_dout(b, 0);
+          ld::scale_by_dout(b, 1);
+        }));
+  }
+  {
+    const index_t d = 3;
+    const std::vector<double> logq = {-1.0, -2.0, -0.5, -1.5, -3.0, -0.2};
+    OpCase c;
+    c.op = "loss:in_batch_softmax";
+    c.shape = "n=6 d=3 temperature=0.5 log-q corrected masked weighted";
+    c.in = {{n * d, true, -1, 1}, {n * d, true, -1, 1}};
+    c.out = {1};
+    v.push_back(make_case(
+        c,
+        [=](auto dev, auto& b) {
+          OPT_DEV_T;
+          const std::vector<T> w = wt(T(0)), lq(logq.begin(), logq.end());
+          b.out[0][0] = T(mtrec::in_batch_softmax(dev, nullptr, nullptr, b.in[0].data(), b.in[1].data(), n, d, 0.5,
+                                                  lq.data(), mask.data(), w.data())
+                              .value);
+        },
+        [=](auto dev, auto& b) {
+          OPT_DEV_T;
+          const std::vector<T> w = wt(T(0)), lq(logq.begin(), logq.end());
+          mtrec::in_batch_softmax(dev, b.din[0].data(), b.din[1].data(), b.in[0].data(), b.in[1].data(), n, d, 0.5,
+                                  lq.data(), mask.data(), w.data());
+          ld::scale_by_dout(b, 0);
+          ld::scale_by_dout(b, 1);
+        }));
+  }
+  return v;
+}
+OPTABLE_REGISTER(public_loss_cases);
+
+}  // namespace
+}  // namespace optable

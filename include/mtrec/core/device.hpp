@@ -26,6 +26,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
@@ -213,6 +214,9 @@ class FakeArena {
   }
   std::size_t bytes_in_use() const { return in_use_; }
   std::uint64_t transitions() const { return transitions_; }  // mprotect calls so far
+  // Host-to-device copies so far (tests count them: a batch is one upload).
+  std::uint64_t uploads() const { return uploads_.load(std::memory_order_relaxed); }
+  void count_upload() { uploads_.fetch_add(1, std::memory_order_relaxed); }
 
  private:
   static constexpr std::size_t kReserve = std::size_t(16) << 30;  // address space only (MAP_NORESERVE)
@@ -242,6 +246,7 @@ class FakeArena {
   std::size_t used_ = 0, in_use_ = 0;
   int depth_ = 0;
   std::uint64_t transitions_ = 0;
+  std::atomic<std::uint64_t> uploads_{0};
   std::vector<void*> free_[64];
 };
 
@@ -272,6 +277,7 @@ struct Fake {
     if (!bytes) return;
     in_arena("Fake::upload", "dst", dst);
     not_in_arena("Fake::upload", "host", host);
+    FakeArena::instance().count_upload();
     FakeGuard g;
     std::memcpy(dst, host, bytes);
   }

@@ -64,6 +64,7 @@ struct ParamInfo {
 struct TouchedRows {
   std::vector<std::uint8_t> flag;  // (rows)
   std::vector<index_t> rows;
+  std::uint64_t clears = 0;  // clear() calls so far: a device mirror of `rows` restarts after one
 
   void mark(index_t r) {
     if (!flag[static_cast<std::size_t>(r)]) {
@@ -79,6 +80,7 @@ struct TouchedRows {
   void clear() {
     for (index_t r : rows) flag[static_cast<std::size_t>(r)] = 0;
     rows.clear();
+    ++clears;
   }
 };
 
@@ -158,6 +160,7 @@ class ParameterStore {
     row_sets_.reserve(infos_.size());
     touched_base_.assign(infos_.size(), 0);
     synced_.assign(infos_.size(), 0);
+    synced_clears_.assign(infos_.size(), 0);
     index_t table_rows = 0;
     for (std::size_t i = 0; i < infos_.size(); ++i)
       if (infos_[i].kind == ParamKind::Table) {
@@ -302,11 +305,15 @@ class ParameterStore {
   // Parameter i's touched rows where the device reads them: the host list
   // itself, or on a device without host access its mirror in device memory,
   // brought up to date by uploading the rows marked since the last call (the
-  // list only grows until zero_grad).
+  // list only grows until it is cleared; after a clear it is uploaded anew).
   const index_t* touched_rows(std::size_t i) const {
     const std::vector<index_t>& rows = touched_[i].rows;
     if (host_readable_v<D>) return rows.data();
     const index_t base = touched_base_[i];
+    if (synced_clears_[i] != touched_[i].clears) {  // cleared since the last upload (not only by zero_grad)
+      synced_[i] = 0;
+      synced_clears_[i] = touched_[i].clears;
+    }
     const std::size_t done = synced_[i];
     if (rows.size() > done)
       device_.upload(raw(touched_dev_.data() + base + index_t(done)), rows.data() + done,
@@ -337,6 +344,7 @@ class ParameterStore {
   mutable Tensor<index_t, D> touched_dev_;
   std::vector<index_t> touched_base_;
   mutable std::vector<std::size_t> synced_;
+  mutable std::vector<std::uint64_t> synced_clears_;  // touched_[i].clears when synced_[i] was set
 };
 
 }  // namespace mtrec

@@ -73,12 +73,13 @@ class MultiHeadAttention {
   }
 
   // y (B,T,D) = MHA(x (B,T,D)) with keys masked past lengths (B)
-  void forward(Context& ctx, CView x, ConstView<index_t> host_lengths, View y) const {
+  void forward(Context& ctx, CView x, ConstView<index_t> host_lengths, View y,
+               const StagedInputs<Device>* staged = nullptr) const {
     const char* op = "MultiHeadAttention::forward";
     check_shape(op, "x", x, {-1, -1, d_});
     const index_t B = x.dim(0), Tl = x.dim(1);
     check_lengths(op, host_lengths, B, Tl);
-    const IdView lengths = device_input(ctx.lengths_buf, host_lengths);
+    const IdView lengths = device_input(ctx.lengths_buf, host_lengths, staged);
     check_shape(op, "y", y, {B, Tl, d_});
     forward_impl(ctx, x, lengths, y.data);
   }

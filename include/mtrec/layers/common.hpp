@@ -10,11 +10,18 @@
 //    steady-state step does not allocate.
 //  * backward(ctx, d_outputs..., d_inputs...) WRITES input gradients (an
 //    empty view skips one) and ADDS parameter gradients into the store.
+//  * Index inputs (IDs, offsets, lengths) are host views: the layer checks
+//    them on the host, then reads their device copy from the optional
+//    StagedInputs argument (a batch uploaded in one copy), or uploads them
+//    into its Context on a device without host access.
 #pragma once
 
 #include <cmath>
+#include <algorithm>
 #include <cstdint>
+#include <cstring>
 #include <string>
+#include <vector>
 
 #include "mtrec/core/error.hpp"
 #include "mtrec/core/parameters.hpp"
@@ -75,6 +82,92 @@ inline TensorView<const T, typename Device::memory> device_input(Tensor<T, Devic
     if (host.numel() > 0) buf.device().upload(raw(buf.data()), host.data, buf.bytes());
     return buf.cview();
   }
+}
+
+// The host arrays of one batch (IDs, offsets, lengths, weights, labels) that
+// kernels read, copied to the device in ONE upload. On a device that reads
+// host memory it copies nothing: find() hands back the host array itself.
+//   stage.clear();  stage.add(ids); stage.add(lengths); ...;  stage.upload(dev);
+//   layer.forward(ctx, ids, y, &stage);  // device_input finds the staged copy
+// The arrays must stay unchanged until the last kernel that reads them. The
+// packing buffers grow on first use and are reused: no allocation when warm.
+template <class Device>
+class StagedInputs {
+ public:
+  using memory = typename Device::memory;
+
+  void clear() {
+    slots_.clear();
+    bytes_ = 0;
+    uploaded_ = false;
+  }
+  // Registers n elements at host (an array already registered is kept once).
+  template <class U>
+  void add(const U* host, index_t n) {
+    if (host == nullptr || n <= 0 || host_readable_v<Device> || find_slot(host, sizeof(U) * std::size_t(n))) return;
+    check(!uploaded_, "StagedInputs::add", "expected add() before upload(); call clear() for a new batch");
+    slots_.push_back({host, bytes_, sizeof(U) * std::size_t(n)});
+    bytes_ += (sizeof(U) * std::size_t(n) + detail::kAlignment - 1) / detail::kAlignment * detail::kAlignment;
+  }
+  template <class U>
+  void add(ConstView<U> host) {
+    add(host.data, host.numel());
+  }
+  // Packs every registered array into one host buffer and uploads it in one copy.
+  void upload(const Device& dev) {
+    uploaded_ = true;
+    if (host_readable_v<Device> || bytes_ == 0) return;
+    if (host_.size() < bytes_) host_.resize(bytes_);
+    for (const Slot& s : slots_) std::memcpy(host_.data() + s.offset, s.host, s.bytes);
+    dev_.resize({index_t(bytes_)});
+    dev.upload(raw(dev_.data()), host_.data(), bytes_);
+    ++uploads_;
+  }
+  // The device copy of the n elements at host, or null if they were not
+  // staged (or not yet uploaded). On a host-readable device: host itself.
+  template <class U>
+  pointer_t<const U, memory> find(const U* host, index_t n) const {
+    if constexpr (host_readable_v<Device>) {
+      (void)n;
+      return host;
+    } else {
+      if (!uploaded_ || host == nullptr) return nullptr;
+      const Slot* s = find_slot(host, sizeof(U) * std::size_t(std::max<index_t>(n, 0)));
+      if (s == nullptr) return nullptr;
+      return as_pointer<memory>(reinterpret_cast<const U*>(raw(dev_.data()) + s->offset));
+    }
+  }
+  std::size_t arrays() const { return slots_.size(); }
+  std::size_t bytes() const { return bytes_; }
+  std::uint64_t uploads() const { return uploads_; }  // copies made so far (tests count them)
+
+ private:
+  struct Slot {
+    const void* host;
+    std::size_t offset, bytes;
+  };
+  const Slot* find_slot(const void* host, std::size_t bytes) const {
+    for (const Slot& s : slots_)
+      if (s.host == host && bytes <= s.bytes) return &s;
+    return nullptr;
+  }
+  std::vector<Slot> slots_;
+  std::size_t bytes_ = 0;
+  bool uploaded_ = false;
+  std::uint64_t uploads_ = 0;
+  std::vector<unsigned char> host_;
+  Tensor<std::uint8_t, Device> dev_;  // the device copy
+};
+
+// device_input, reading the staged copy when `staged` holds one.
+template <class T, class Device>
+inline TensorView<const T, typename Device::memory> device_input(Tensor<T, Device>& buf, ConstView<T> host,
+                                                                 const StagedInputs<Device>* staged) {
+  if constexpr (!host_readable_v<Device>) {
+    if (staged != nullptr)
+      if (auto p = staged->find(host.data, host.numel())) return TensorView<const T, typename Device::memory>(p, host.shape);
+  }
+  return device_input(buf, host);
 }
 
 // Sequence lengths (B) must lie in [0, T].

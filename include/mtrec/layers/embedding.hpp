@@ -67,11 +67,11 @@ class Embedding {
   }
 
   // y (n,dim) = table[ids] for ids of any shape with n elements
-  void forward(Context& ctx, ConstView<index_t> ids, View y) const {
+  void forward(Context& ctx, ConstView<index_t> ids, View y, const StagedInputs<Device>* staged = nullptr) const {
     check_matrix("Embedding::forward", "y", y, ids.numel(), dim_);
     detail::check_ids("Embedding::forward", *store_, table_, ids.data, ids.numel());
     ctx.ids = ids;
-    ctx.ids_d = device_input(ctx.ids_buf, ids);
+    ctx.ids_d = device_input(ctx.ids_buf, ids, staged);
     kernels::gather_rows(dev(), y.data, store_->value(table_), ctx.ids_d.data, ids.numel(), dim_);
   }
   // Raw 64-bit IDs hashed into the table's rows (for IDs unseen in training).
@@ -137,8 +137,8 @@ class EmbeddingBag {
   // weights[i] if given; Mean divides the (weighted) sum by the bag length.
   // offsets has B+1 entries, starts at 0, never decreases and ends at n.
   // An empty bag gives a zero row.
-  void forward(Context& ctx, ConstView<index_t> ids, ConstView<index_t> offsets, CView weights,
-               View y) const {
+  void forward(Context& ctx, ConstView<index_t> ids, ConstView<index_t> offsets, CView weights, View y,
+               const StagedInputs<Device>* staged = nullptr) const {
     const char* op = "EmbeddingBag::forward";
     check_matrix(op, "y", y, -1, dim_);
     const index_t B = y.rows(), n = ids.numel();
@@ -157,8 +157,8 @@ class EmbeddingBag {
     ctx.ids = ids;
     ctx.offsets = offsets;
     ctx.weights = weights;
-    ctx.ids_d = device_input(ctx.ids_buf, ids);
-    ctx.offsets_d = device_input(ctx.offsets_buf, offsets);
+    ctx.ids_d = device_input(ctx.ids_buf, ids, staged);
+    ctx.offsets_d = device_input(ctx.offsets_buf, offsets, staged);
     kernels::embedding_bag_forward(dev(), y.data, store_->value(table_), ctx.ids_d.data, ctx.offsets_d.data,
                                    weights.empty() ? CPtr() : weights.data, B, dim_, pooling_ == BagPooling::Mean);
   }

@@ -42,6 +42,7 @@
 #include "mtrec/kernels/cpu.hpp"
 #include "mtrec/kernels/device.hpp"
 #include "mtrec/kernels/loss.hpp"
+#include "mtrec/layers/common.hpp"
 
 namespace mtrec {
 
@@ -139,6 +140,9 @@ struct LossInputs {
   Tensor<T, Device> labels, weights, correction;  // (n)
   Tensor<index_t, Device> class_ids;              // (n) softmax_cross_entropy's labels
   Tensor<std::uint8_t, Device> mask;              // (n)
+  // Arrays already on the device (a batch's labels staged in one copy by
+  // MultiTaskModel::compute_losses): found there, they are not uploaded again.
+  const StagedInputs<Device>* staged = nullptr;
 };
 
 namespace detail {
@@ -155,6 +159,16 @@ inline pointer_t<const U, typename Device::memory> loss_input(Tensor<U, Device>&
     if (n > 0) buf.device().upload(raw(buf.data()), host, sizeof(U) * static_cast<std::size_t>(n));
     return buf.cview().data;
   }
+}
+// loss_input, reading the staged copy when in.staged holds one.
+template <class U, class T, class Device>
+inline pointer_t<const U, typename Device::memory> loss_input(const LossInputs<T, Device>& in, Tensor<U, Device>& buf,
+                                                              const U* host, index_t n) {
+  if constexpr (!host_readable_v<Device>) {
+    if (in.staged != nullptr)
+      if (auto p = in.staged->find(host, n)) return p;
+  }
+  return loss_input(buf, host, n);
 }
 }  // namespace detail
 
@@ -184,9 +198,9 @@ inline LossResult bce_with_logits(const Device& dev, detail::dptr<T, M> dlogits,
   }
   LossInputs<T, Device> local;
   LossInputs<T, Device>& in = inputs ? *inputs : local;
-  r.value = kernels::bce_with_logits_loss(dev, dlogits, logits, detail::loss_input(in.labels, labels, n),
-                                          detail::loss_input(in.mask, mask, n),
-                                          detail::loss_input(in.weights, weights, n), n,
+  r.value = kernels::bce_with_logits_loss(dev, dlogits, logits, detail::loss_input(in, in.labels, labels, n),
+                                          detail::loss_input(in, in.mask, mask, n),
+                                          detail::loss_input(in, in.weights, weights, n), n,
                                           1.0 / r.weight_sum);
   return r;
 }
@@ -217,8 +231,8 @@ inline LossResult mse(const Device& dev, detail::dptr<T, M> dpred, CP pred, cons
   }
   LossInputs<T, Device> local;
   LossInputs<T, Device>& in = inputs ? *inputs : local;
-  r.value = kernels::mse_loss(dev, dpred, pred, detail::loss_input(in.labels, target, n), detail::loss_input(in.mask, mask, n),
-                              detail::loss_input(in.weights, weights, n), n, 1.0 / r.weight_sum);
+  r.value = kernels::mse_loss(dev, dpred, pred, detail::loss_input(in, in.labels, target, n), detail::loss_input(in, in.mask, mask, n),
+                              detail::loss_input(in, in.weights, weights, n), n, 1.0 / r.weight_sum);
   return r;
 }
 
@@ -239,8 +253,8 @@ inline LossResult huber(const Device& dev, detail::dptr<T, M> dpred, CP pred, co
   }
   LossInputs<T, Device> local;
   LossInputs<T, Device>& in = inputs ? *inputs : local;
-  r.value = kernels::huber_loss(dev, dpred, pred, detail::loss_input(in.labels, target, n),
-                                detail::loss_input(in.mask, mask, n), detail::loss_input(in.weights, weights, n), n,
+  r.value = kernels::huber_loss(dev, dpred, pred, detail::loss_input(in, in.labels, target, n),
+                                detail::loss_input(in, in.mask, mask, n), detail::loss_input(in, in.weights, weights, n), n,
                                 1.0 / r.weight_sum, delta);
   return r;
 }
@@ -271,9 +285,9 @@ inline LossResult softmax_cross_entropy(const Device& dev, detail::dptr<T, M> dl
   }
   LossInputs<T, Device> local;
   LossInputs<T, Device>& in = inputs ? *inputs : local;
-  r.value = kernels::softmax_cross_entropy_loss(dev, dlogits, logits, detail::loss_input(in.class_ids, labels, n),
-                                                detail::loss_input(in.mask, mask, n),
-                                                detail::loss_input(in.weights, weights, n), n, C,
+  r.value = kernels::softmax_cross_entropy_loss(dev, dlogits, logits, detail::loss_input(in, in.class_ids, labels, n),
+                                                detail::loss_input(in, in.mask, mask, n),
+                                                detail::loss_input(in, in.weights, weights, n), n, C,
                                                 1.0 / r.weight_sum);
   return r;
 }
@@ -300,8 +314,8 @@ inline LossResult bpr(const Device& dev, detail::dptr<T, M> dpos, detail::dptr<T
   LossInputs<T, Device> local;
   LossInputs<T, Device>& in = inputs ? *inputs : local;
   r.value =
-      kernels::bpr_loss(dev, dpos, dneg, pos_scores, neg_scores, detail::loss_input(in.mask, mask, n),
-                        detail::loss_input(in.weights, weights, n), n, 1.0 / r.weight_sum);
+      kernels::bpr_loss(dev, dpos, dneg, pos_scores, neg_scores, detail::loss_input(in, in.mask, mask, n),
+                        detail::loss_input(in, in.weights, weights, n), n, 1.0 / r.weight_sum);
   return r;
 }
 
@@ -364,9 +378,9 @@ inline LossResult in_batch_softmax(const Device& dev, detail::dptr<T, M> dq, det
   const bool want_grad = dq != nullptr || dk != nullptr;
   // Rows of S become dS (S's row i is overwritten by row i's gradient, which
   // no other row reads).
-  r.value = kernels::in_batch_softmax_rows(dev, S, detail::loss_input(ws.inputs.correction, log_q_correction, n),
-                                           detail::loss_input(ws.inputs.mask, mask, n),
-                                           detail::loss_input(ws.inputs.weights, weights, n), n,
+  r.value = kernels::in_batch_softmax_rows(dev, S, detail::loss_input(ws.inputs, ws.inputs.correction, log_q_correction, n),
+                                           detail::loss_input(ws.inputs, ws.inputs.mask, mask, n),
+                                           detail::loss_input(ws.inputs, ws.inputs.weights, weights, n), n,
                                            1.0 / r.weight_sum, want_grad);
   // dq (n,d) = dS k / temperature;  dk (n,d) = dS^T q / temperature
   if (dq)

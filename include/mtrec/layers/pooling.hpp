@@ -25,12 +25,13 @@ class SequencePooling {
   explicit SequencePooling(SequencePoolMode mode = SequencePoolMode::Mean) : mode_(mode) {}
 
   // y (B,D) = mean of x[b, :lengths[b]] (Mean) or x[b, 0] (First); zeros when lengths[b] == 0
-  void forward(Context& ctx, CView x, ConstView<index_t> host_lengths, View y) const {
+  void forward(Context& ctx, CView x, ConstView<index_t> host_lengths, View y,
+               const StagedInputs<Device>* staged = nullptr) const {
     const char* op = "SequencePooling::forward";
     check(x.rank() == 3, op, "x expected shape (B, T, D) but got ", x.shape);
     const index_t B = x.dim(0), Tl = x.dim(1), D = x.dim(2);
     check_lengths(op, host_lengths, B, Tl);
-    const IdView lengths = device_input(ctx.lengths_buf, host_lengths);
+    const IdView lengths = device_input(ctx.lengths_buf, host_lengths, staged);
     check_shape(op, "y", y, {B, D});
     ctx.lengths = lengths;
     ctx.B = B;

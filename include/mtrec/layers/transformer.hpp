@@ -77,12 +77,13 @@ class TransformerEncoderLayer {
   }
 
   // y (B,T,D) = layer(x (B,T,D)), keys masked past lengths (B)
-  void forward(Context& ctx, CView x, ConstView<index_t> host_lengths, View y, const Mode& mode) const {
+  void forward(Context& ctx, CView x, ConstView<index_t> host_lengths, View y, const Mode& mode,
+               const StagedInputs<Device>* staged = nullptr) const {
     const char* op = "TransformerEncoderLayer::forward";
     check_shape(op, "x", x, {-1, -1, c_.d_model});
     const index_t B = x.dim(0), Tl = x.dim(1);
     check_lengths(op, host_lengths, B, Tl);
-    const IdView lengths = device_input(ctx.lengths_buf, host_lengths);
+    const IdView lengths = device_input(ctx.lengths_buf, host_lengths, staged);
     check_shape(op, "y", y, {B, Tl, c_.d_model});
     forward_impl(ctx, x, lengths, y.data, mode);
   }
@@ -201,13 +202,14 @@ class TransformerEncoder {
 
   // y (B,T,D) = encoder(x (B,T,D)); padded rows of y are zero. The valid
   // rows are packed once, every layer runs on them, the result is scattered back.
-  void forward(Context& ctx, CView x, ConstView<index_t> host_lengths, View y, const Mode& mode) const {
+  void forward(Context& ctx, CView x, ConstView<index_t> host_lengths, View y, const Mode& mode,
+               const StagedInputs<Device>* staged = nullptr) const {
     const char* op = "TransformerEncoder::forward";
     const index_t D = c_.d_model;
     check_shape(op, "x", x, {-1, -1, D});
     const index_t B = x.dim(0), Tl = x.dim(1);
     check_lengths(op, host_lengths, B, Tl);
-    const IdView lengths = device_input(ctx.lengths_buf, host_lengths);
+    const IdView lengths = device_input(ctx.lengths_buf, host_lengths, staged);
     check_shape(op, "y", y, {B, Tl, D});
     const std::size_t L = layers_.size();
     ctx.layers.resize(L);

@@ -8,8 +8,14 @@
 //           ESMM                     both towers read X
 //   towers: MLP_k -> raw output (a logit, a value, or C logits)
 //
-// MMoE is exactly a one-level CGC whose experts are all shared, so both use
-// the same mixture code. Shared experts receive gradients from every task.
+// The model orchestrates components with their own headers and tests:
+//   FeatureEncoder (model/feature_encoder.hpp)  the batch's fields -> X, and
+//                  the batch preparation (host work, one upload per batch)
+//   CgcLevels      (model/cgc.hpp)  the expert levels of MMoE and PLE: MMoE
+//                  is exactly a one-level CGC whose experts are all shared
+//   MLP, losses    (layers/)        bottom, towers and the task losses
+// compute_losses prepares the labels the same way (checks, class ids, BPR
+// pairs, retrieval rows on the host, then one upload).
 //
 // Thread safety: forward/predict are const and keep all state in the caller's
 // Workspace, so one model serves many threads, one Workspace each.
@@ -35,7 +41,9 @@
 #include "mtrec/layers/pooling.hpp"
 #include "mtrec/layers/positional.hpp"
 #include "mtrec/layers/transformer.hpp"
+#include "mtrec/model/cgc.hpp"
 #include "mtrec/model/config.hpp"
+#include "mtrec/model/feature_encoder.hpp"
 #include "mtrec/layers/losses.hpp"
 
 namespace mtrec {
@@ -57,73 +65,15 @@ class MultiTaskModel {
   using IdView = TensorView<const index_t, typename Device::memory>;
 
  private:
-  // A softmax gate mixing M expert outputs: out (B,De) = sum_m p_m * E_m.
-  struct Gate {
-    MixtureGate<T, Device> mix;  // in -> M logits, softmax, mix (layers/gate.hpp)
-    std::vector<int> experts;    // indices into the level's expert list
-  };
-  // One CGC level (Tang et al., 2020). Experts 0..K*Et-1 are task experts
-  // (task k owns k*Et .. k*Et+Et-1), then Es shared experts.
-  struct Level {
-    index_t in_dim = 0;
-    std::vector<MLP<T, Device>> experts;
-    std::vector<Gate> task_gates;  // [k]
-    bool has_shared_gate = false;
-    Gate shared_gate;
-    std::vector<int> expert_input;  // per expert: task k reads its task input, -1 reads the shared input
-  };
-  struct SequenceEncoder {
-    Embedding<T, Device> items;
-    PositionalEmbedding<T, Device> position;
-    TransformerEncoder<T, Device> encoder;
-    SequencePooling<T, Device> pool;
-  };
-
  public:
   struct Workspace {
-    struct GateWs {
-      typename MixtureGate<T, Device>::Context ctx;
-      Tensor<T, Device> out, d_out;  // (B,De)
-      std::vector<CPtr> experts;  // (M) the mixed experts' outputs
-      std::vector<Ptr> d_experts;  // (M) their gradients
-    };
-    struct LevelWs {
-      std::vector<typename MLP<T, Device>::Context> expert;
-      std::vector<Tensor<T, Device>> expert_out, d_expert_out;  // (B,De)
-      std::vector<GateWs> task_gate;
-      GateWs shared_gate;
-      std::vector<Tensor<T, Device>> d_task_in;  // (B,in) per task
-      Tensor<T, Device> d_shared_in;
-    };
-    struct SequenceWs {
-      Tensor<index_t> lengths;    // (B) a copy of the batch's lengths: forward and backward agree on it
-      Tensor<index_t> valid_ids;  // (n_valid) IDs of the valid positions, in (b,t) order
-      Tensor<index_t, Device> lengths_buf;  // the lengths on a device without host access
-      IdView lengths_d;                     // the lengths where kernels read them
-      Tensor<index_t, Device> starts;       // (B) first row of each sequence in compact
-      Tensor<T, Device> compact, d_compact;  // (n_valid, D)
-      Tensor<T, Device> emb, hidden, d_emb, d_hidden;  // (B,L,D)
-      Tensor<T, Device> pooled, d_pooled;  // (B,D)
-      typename Embedding<T, Device>::Context items;
-      typename PositionalEmbedding<T, Device>::Context position;
-      typename TransformerEncoder<T, Device>::Context encoder;
-      typename SequencePooling<T, Device>::Context pool;
-    };
     index_t B = 0;
+    typename FeatureEncoder<T, Device>::Workspace features;  // the prepared batch (model/feature_encoder.hpp)
     Tensor<T, Device> X, dX;  // (B,F)
-    std::vector<Tensor<index_t>> id_rows;   // hashed rows per ID field (B)
-    std::vector<Tensor<index_t>> bag_rows;  // hashed rows per bag field (n)
-    std::vector<ConstView<index_t>> id_view, bag_view;  // the rows each field looks up (prepare_batch)
-    // Host arrays of the batch that kernels read, uploaded on a device
-    // without host access (device_input in layers/common.hpp).
-    std::vector<Tensor<T, Device>> bag_weights, dense;
-    std::vector<Tensor<T, Device>> id_emb, bag_emb, d_field;  // (B,dim)
-    std::vector<typename Embedding<T, Device>::Context> id_ctx;
-    std::vector<typename EmbeddingBag<T, Device>::Context> bag_ctx;
-    std::vector<SequenceWs> seq;
     typename MLP<T, Device>::Context bottom;
     Tensor<T, Device> H, dH;  // bottom output (B,Db)
-    std::vector<LevelWs> levels;
+    typename CgcLevels<T, Device>::Workspace cgc;  // MMoE / PLE (model/cgc.hpp)
+    std::vector<CPtr> d_task_out;                  // (K) the towers' input gradients cgc reads; null: none
     std::vector<typename MLP<T, Device>::Context> tower;
     std::vector<Tensor<T, Device>> out, d_out, d_scaled, d_tower_in;  // per task
     std::vector<Tensor<index_t>> class_ids;  // multi-class labels as ids
@@ -147,6 +97,7 @@ class MultiTaskModel {
     std::vector<RetrievalWs> retrieval;
     Tensor<T, Device> pred;  // predict's outputs on the device (unused when the host reads device memory)
     Tensor<T, Device> esmm_d_ctr;                     // (B) ESMM: dL_ctcvr / d CTR logit
+    StagedInputs<Device> labels_staged;  // the labels and what is built from them, on the device in one copy
     LossInputs<T, Device> loss_inputs;  // the labels, masks and weights where the loss kernels read them
     TaskLosses losses;                        // the last compute_losses() result
     Mode mode;
@@ -180,7 +131,8 @@ class MultiTaskModel {
   const ModelConfig& config() const { return config_; }
   ParameterStore<T, Device>& parameters() { return *store_; }
   const ParameterStore<T, Device>& parameters() const { return *store_; }
-  index_t feature_width() const { return feature_width_; }
+  index_t feature_width() const { return features_.width(); }
+  const FeatureEncoder<T, Device>& feature_encoder() const { return features_; }
   std::size_t num_tasks() const { return config_.tasks.size(); }
 
   // Parameters updated by every task (embeddings, encoders, bottom, experts)
@@ -197,13 +149,15 @@ class MultiTaskModel {
     ws.owner = 0;  // a forward that throws leaves a workspace backward refuses
     ws.batch = nullptr;
     ws.has_losses = false;
-    check_batch(batch);
+    // host, once per batch: field checks, hashing, sequence positions, and
+    // the batch's arrays uploaded in one copy (FeatureEncoder::prepare)
+    features_.prepare(ws.features, batch, "MultiTaskModel::forward");
+    check_weights(batch);
     const index_t B = batch.size;
     ws.B = B;
     ws.mode = mode;
     prepare(ws, B);
-    prepare_batch(ws, batch);  // host: rows, valid IDs, sequence starts
-    features_forward(ws, batch, mode);
+    features_.forward(ws.features, ws.X.view(), mode);
     trunk_forward(ws, mode);
     for (std::size_t k = 0; k < towers_.size(); ++k)
       towers_[k].forward(ws.tower[k], tower_input(ws, k), ws.out[k].view(), mode);
@@ -225,6 +179,12 @@ class MultiTaskModel {
     r.value.assign(num_tasks(), 0.0);
     r.count.assign(num_tasks(), 0);
     const T* w = batch.weights.empty() ? nullptr : batch.weights.data();
+    // Label preparation (host, once per batch): every task's labels checked,
+    // class ids, BPR pairs and retrieval rows built; then every array the
+    // loss kernels read goes to the device in one copy.
+    StagedInputs<Device>& st = ws.labels_staged;
+    st.clear();
+    st.add(w, w ? B : 0);
     for (std::size_t k = 0; k < num_tasks(); ++k) {
       const TaskSpec& t = config_.tasks[k];
       check(batch.labels[k].size() == static_cast<std::size_t>(B), op, "task '", t.name, "' expected ", B,
@@ -238,22 +198,22 @@ class MultiTaskModel {
       for (index_t i = 0; i < B; ++i)
         if ((!m || m[i]) && !std::isfinite(y[i]))
           fail(op, "task '", t.name, "' label[", i, "] expected a finite value but got ", y[i]);
-      Ptr d = ws.d_out[k].data();
-      CPtr o = ws.out[k].data();
-      LossResult lr;
-      if (config_.architecture == Architecture::ESMM && k == 1) {
-        ws.esmm_d_ctr.resize({B});
-        lr = esmm_ctcvr_loss(ws.loss_inputs, d, ws.esmm_d_ctr.data(), ws.out[0].data(), o, y, m, w, B);
-      } else if (t.type == TaskType::Binary && t.loss == TaskLoss::BPR) {
-        lr = bpr_task_loss(ws.pairs[k], ws.loss_inputs, d, o, y, m, w, batch.groups, B, t);
+      st.add(y, B);
+      st.add(m, m ? B : 0);
+      if (config_.architecture == Architecture::ESMM && k == 1) continue;
+      if (t.type == TaskType::Binary && t.loss == TaskLoss::BPR) {
+        auto& pw = ws.pairs[k];
+        prepare_pairs(pw, y, m, w, batch.groups, B, t);
+        st.add(pw.pos.cview());
+        st.add(pw.neg.cview());
+        st.add(pw.weight.cview());
       } else if (t.type == TaskType::Retrieval) {
-        lr = retrieval_task_loss(ws.retrieval[k], d, o, y, m, w, B, k);
-      } else if (t.type == TaskType::Binary) {
-        lr = bce_with_logits(dev(), d, o, y, m, w, B, &ws.loss_inputs);
-      } else if (t.type == TaskType::Regression) {
-        lr = t.loss == TaskLoss::Huber ? huber(dev(), d, o, y, m, w, B, T(t.huber_delta), &ws.loss_inputs)
-                                       : mse(dev(), d, o, y, m, w, B, &ws.loss_inputs);
-      } else {
+        auto& rw = ws.retrieval[k];
+        prepare_retrieval(rw, y, m, B, k);
+        st.add(rw.rows.cview());
+        st.add(rw.positions.cview());
+        st.add(rw.targets.cview());
+      } else if (t.type == TaskType::MultiClass) {
         Tensor<index_t>& ids = ws.class_ids[k];
         ids.resize({B});
         for (index_t i = 0; i < B; ++i) {
@@ -266,7 +226,34 @@ class MultiTaskModel {
                  y[i]);
           ids[i] = static_cast<index_t>(y[i]);
         }
-        lr = softmax_cross_entropy(dev(), d, o, ids.data(), m, w, B, t.num_classes, &ws.loss_inputs);
+        st.add(ids.cview());
+      }
+    }
+    st.upload(dev());
+    ws.loss_inputs.staged = &st;
+    // The loss kernels, per task.
+    for (std::size_t k = 0; k < num_tasks(); ++k) {
+      const TaskSpec& t = config_.tasks[k];
+      const bool masked = !batch.label_mask.empty() && !batch.label_mask[k].empty();
+      const std::uint8_t* m = masked ? batch.label_mask[k].data() : nullptr;
+      const T* y = batch.labels[k].data();
+      Ptr d = ws.d_out[k].data();
+      CPtr o = ws.out[k].data();
+      LossResult lr;
+      if (config_.architecture == Architecture::ESMM && k == 1) {
+        ws.esmm_d_ctr.resize({B});
+        lr = esmm_ctcvr_loss(ws.loss_inputs, d, ws.esmm_d_ctr.data(), ws.out[0].data(), o, y, m, w, B);
+      } else if (t.type == TaskType::Binary && t.loss == TaskLoss::BPR) {
+        lr = bpr_task_loss(ws.pairs[k], ws.loss_inputs, d, o, B);
+      } else if (t.type == TaskType::Retrieval) {
+        lr = retrieval_task_loss(ws.retrieval[k], st, d, o, m, w, B, k);
+      } else if (t.type == TaskType::Binary) {
+        lr = bce_with_logits(dev(), d, o, y, m, w, B, &ws.loss_inputs);
+      } else if (t.type == TaskType::Regression) {
+        lr = t.loss == TaskLoss::Huber ? huber(dev(), d, o, y, m, w, B, T(t.huber_delta), &ws.loss_inputs)
+                                       : mse(dev(), d, o, y, m, w, B, &ws.loss_inputs);
+      } else {
+        lr = softmax_cross_entropy(dev(), d, o, ws.class_ids[k].data(), m, w, B, t.num_classes, &ws.loss_inputs);
       }
       r.value[k] = lr.value;
       r.count[k] = lr.count;
@@ -304,7 +291,7 @@ class MultiTaskModel {
       if (config_.tasks[k].type == TaskType::Retrieval && coeff[k] != 0.0) retrieval_keys_backward(ws, k, c);
     }
     trunk_backward(ws, coeff);
-    features_backward(ws);
+    features_.backward(ws.features, ws.dX.cview());
   }
 
   // out (B, C_total): probabilities for binary tasks, values for regression,
@@ -500,8 +487,11 @@ class MultiTaskModel {
   // BPR over every (positive, negative) pair of labelled rows in the batch,
   // within each group when the batch has groups. A pair weighs w_pos * w_neg.
   // d (B) = dL/d score, written. Cost O(pairs): give groups on large batches.
-  LossResult bpr_task_loss(typename Workspace::PairWs& pw, LossInputs<T, Device>& inputs, Ptr d, CPtr score, const T* y, const std::uint8_t* m,
-                           const T* w, const std::vector<index_t>& groups, index_t B, const TaskSpec& t) const {
+  // BPR's pairs (host, label preparation): every (positive, negative) pair of
+  // labelled rows in one group (the whole batch when ungrouped), weighted by
+  // the product of the rows' sample weights.
+  void prepare_pairs(typename Workspace::PairWs& pw, const T* y, const std::uint8_t* m, const T* w,
+                     const std::vector<index_t>& groups, index_t B, const TaskSpec& t) const {
     const char* op = "MultiTaskModel::compute_losses";
     const bool grouped = !groups.empty();
     check(!grouped || groups.size() == static_cast<std::size_t>(B), op, "task '", t.name, "' expected ", B,
@@ -547,11 +537,17 @@ class MultiTaskModel {
         pw.weight.resize({P});
       }
     }
-    // The pairs come from the labels alone (host); the scores are gathered,
-    // and the pair gradients scattered back, by kernels.
+  }
+
+  // The BPR loss over the prepared pairs: the scores are gathered, and the
+  // pair gradients scattered back, by kernels.
+  LossResult bpr_task_loss(typename Workspace::PairWs& pw, LossInputs<T, Device>& inputs, Ptr d, CPtr score,
+                           index_t B) const {
+    const index_t P = pw.pos.numel();
     kernels::fill(dev(), d, B, T(0));
     if (P == 0) return LossResult{};
-    const IdView pos = device_input(pw.pos_buf, pw.pos.cview()), neg = device_input(pw.neg_buf, pw.neg.cview());
+    const IdView pos = device_input(pw.pos_buf, pw.pos.cview(), inputs.staged);
+    const IdView neg = device_input(pw.neg_buf, pw.neg.cview(), inputs.staged);
     kernels::gather_rows(dev(), pw.s_pos.data(), score, pos.data, P, 1);  // s_pos (P) = score[pos]
     kernels::gather_rows(dev(), pw.s_neg.data(), score, neg.data, P, 1);
     LossResult r = bpr(dev(), pw.d_pos.data(), pw.d_neg.data(), pw.s_pos.data(), pw.s_neg.data(),
@@ -563,21 +559,15 @@ class MultiTaskModel {
     return r;
   }
 
-  // In-batch sampled softmax: row i's query (the tower output) against the
-  // target embeddings of every labelled row; its own target is the positive.
-  // d (B,D) = dL/dq written; rw.d_keys = dL/d key, scattered in backward.
-  LossResult retrieval_task_loss(typename Workspace::RetrievalWs& rw, Ptr d, CPtr q, const T* y,
-                                 const std::uint8_t* m, const T* w, index_t B, std::size_t k) const {
+  // Retrieval labels (host, label preparation): the target row of every
+  // batch row (row 0 as a placeholder where unlabelled), and the labelled
+  // rows' positions and targets, which backward scatters into.
+  void prepare_retrieval(typename Workspace::RetrievalWs& rw, const T* y, const std::uint8_t* m, index_t B,
+                         std::size_t k) const {
     const char* op = "MultiTaskModel::compute_losses";
     const TaskSpec& t = config_.tasks[k];
-    const ParamId table = target_table_[k];
-    const index_t rows = store_->info(table).shape[0], D = t.target_dim;
+    const index_t rows = store_->info(target_table_[k]).shape[0];
     rw.rows.resize({B});
-    rw.keys.resize({B, D});
-    rw.d_keys.resize({B, D});
-    // Batch preparation (host): the target row of every batch row (row 0 as
-    // a placeholder where unlabelled), and the labelled rows' positions and
-    // targets, which backward scatters into.
     rw.positions.resize({B});
     rw.targets.resize({B});
     index_t n_lab = 0;
@@ -595,9 +585,20 @@ class MultiTaskModel {
     }
     rw.positions.resize({n_lab});
     rw.targets.resize({n_lab});
-    const IdView rows_d = device_input(rw.rows_buf, rw.rows.cview());
-    kernels::gather_rows(dev(), rw.keys.data(), store_->value(table), rows_d.data, B, D);  // keys (B,D)
-    return in_batch_softmax(dev(), d, rw.d_keys.data(), q, rw.keys.data(), B, D, t.temperature,
+  }
+
+  // In-batch sampled softmax: row i's query (the tower output) against the
+  // target embeddings of every labelled row; its own target is the positive.
+  // d (B,D) = dL/dq written; rw.d_keys = dL/d key, scattered in backward.
+  LossResult retrieval_task_loss(typename Workspace::RetrievalWs& rw, const StagedInputs<Device>& st, Ptr d, CPtr q,
+                                 const std::uint8_t* m, const T* w, index_t B, std::size_t k) const {
+    const index_t D = config_.tasks[k].target_dim;
+    rw.keys.resize({B, D});
+    rw.d_keys.resize({B, D});
+    const IdView rows_d = device_input(rw.rows_buf, rw.rows.cview(), &st);
+    kernels::gather_rows(dev(), rw.keys.data(), store_->value(target_table_[k]), rows_d.data, B, D);  // keys (B,D)
+    rw.softmax.inputs.staged = &st;
+    return in_batch_softmax(dev(), d, rw.d_keys.data(), q, rw.keys.data(), B, D, config_.tasks[k].temperature,
                             static_cast<const T*>(nullptr), m, w, &rw.softmax);
   }
 
@@ -609,8 +610,8 @@ class MultiTaskModel {
     const index_t D = config_.tasks[k].target_dim, n = rw.targets.numel();
     rw.d_targets.resize({n, D});
     // d_targets (n,D) = c * d_keys[positions]; table.grad[targets] += d_targets
-    const IdView positions = device_input(rw.positions_buf, rw.positions.cview());
-    const IdView targets = device_input(rw.targets_buf, rw.targets.cview());
+    const IdView positions = device_input(rw.positions_buf, rw.positions.cview(), &ws.labels_staged);
+    const IdView targets = device_input(rw.targets_buf, rw.targets.cview(), &ws.labels_staged);
     kernels::gather_rows(dev(), rw.d_targets.data(), rw.d_keys.data(), positions.data, n, D);
     kernels::scale(dev(), rw.d_targets.data(), rw.d_targets.data(), n * D, c);
     store_->touched(table).mark_all(rw.targets.data(), n);  // on the host
@@ -624,32 +625,11 @@ class MultiTaskModel {
     ParameterStore<T, Device>& s = *store_;
     const FeatureSpec& f = config_.features;
     const Init emb_init = Init::normal(0.0, config_.embedding_init_std);
-    auto table_of = [&](const std::string& field, const std::string& table) -> ParamId {
-      const std::string name = "emb." + (table.empty() ? field : table);
-      if (s.contains(name)) return s.find(name);
-      for (const auto& t : tables_)
-        if ("emb." + t.name == name) return make_embedding_table(s, name, t.rows, t.dim, emb_init);
-      fail("MultiTaskModel", "no table for field '", field, "'");
+    features_ = FeatureEncoder<T, Device>(s, f, tables_, emb_init);
+    const index_t feature_width_ = features_.width();
+    auto table_of = [&](const std::string& field, const std::string& table) {
+      return embedding_table_for(s, tables_, field, table, emb_init);
     };
-    feature_width_ = 0;
-    for (const auto& x : f.ids) {
-      id_layers_.emplace_back(s, table_of(x.name, x.table));
-      feature_width_ += x.dim;
-    }
-    for (const auto& x : f.bags) {
-      bag_layers_.emplace_back(s, table_of(x.name, x.table), x.pooling);
-      feature_width_ += x.dim;
-    }
-    for (const auto& x : f.sequences) {
-      SequenceEncoder e;
-      e.items = Embedding<T, Device>(s, table_of(x.name, x.table));
-      e.position = PositionalEmbedding<T, Device>(s, "seq." + x.name + ".position", x.max_len, x.encoder.d_model);
-      e.encoder = TransformerEncoder<T, Device>(s, "seq." + x.name + ".encoder", x.encoder, x.layers, true);
-      e.pool = SequencePooling<T, Device>(x.pooling);
-      seq_layers_.push_back(std::move(e));
-      feature_width_ += x.encoder.d_model;
-    }
-    for (const auto& x : f.dense) feature_width_ += x.dim;
 
     const MLPConfig hidden{{}, config_.activation, config_.dropout, true};
     index_t trunk_width = feature_width_;
@@ -662,11 +642,11 @@ class MultiTaskModel {
         trunk_width = config_.bottom.back();
         break;
       }
-      case Architecture::MMoE: build_levels(1, 0, config_.experts); break;
+      case Architecture::MMoE: build_levels(1, 0, config_.experts); break;  // one level, every expert shared
       case Architecture::PLE: build_levels(config_.ple_levels, config_.ple_task_experts, config_.ple_shared_experts); break;
       case Architecture::ESMM: break;
     }
-    if (!levels_.empty()) trunk_width = config_.expert.back();
+    if (!cgc_.empty()) trunk_width = cgc_.out_features();
     target_table_.assign(num_tasks(), ParamId(-1));
     for (std::size_t k = 0; k < num_tasks(); ++k) {
       TaskSpec& t = config_.tasks[k];
@@ -687,46 +667,18 @@ class MultiTaskModel {
   }
 
   void build_levels(int L, index_t Et, index_t Es) {
-    ParameterStore<T, Device>& s = *store_;
-    const index_t K = index_t(num_tasks());
-    MLPConfig c{config_.expert, config_.activation, config_.dropout, true};
-    index_t in = feature_width_;
-    for (int l = 0; l < L; ++l) {
-      Level lv;
-      lv.in_dim = in;
-      const std::string p = "level" + std::to_string(l) + ".";
-      for (index_t k = 0; k < K; ++k)
-        for (index_t j = 0; j < Et; ++j) {
-          lv.experts.emplace_back(s, p + "task_expert." + config_.tasks[k].name + "." + std::to_string(j), in, c);
-          lv.expert_input.push_back(int(k));
-        }
-      for (index_t j = 0; j < Es; ++j) {
-        lv.experts.emplace_back(s, p + "shared_expert." + std::to_string(j), in, c);
-        lv.expert_input.push_back(-1);
-      }
-      for (index_t k = 0; k < K; ++k) {
-        Gate g;
-        for (index_t j = 0; j < Et; ++j) g.experts.push_back(int(k * Et + j));
-        for (index_t j = 0; j < Es; ++j) g.experts.push_back(int(K * Et + j));
-        g.mix = MixtureGate<T, Device>(s, p + "gate." + config_.tasks[k].name, in, index_t(g.experts.size()),
-                                       config_.expert.back());
-        lv.task_gates.push_back(std::move(g));
-      }
-      lv.has_shared_gate = l + 1 < L;
-      if (lv.has_shared_gate) {
-        for (index_t j = 0; j < K * Et + Es; ++j) lv.shared_gate.experts.push_back(int(j));
-        lv.shared_gate.mix = MixtureGate<T, Device>(s, p + "gate.shared", in, K * Et + Es, config_.expert.back());
-      }
-      levels_.push_back(std::move(lv));
-      in = config_.expert.back();
-    }
+    std::vector<std::string> names;
+    for (const auto& t : config_.tasks) names.push_back(t.name);
+    cgc_ = CgcLevels<T, Device>(*store_, features_.width(), names, L, Et, Es,
+                                MLPConfig{config_.expert, config_.activation, config_.dropout, true});
+    num_levels_ = L;
   }
 
   // Task-specific = towers, gates and task experts of the last level (their
   // gradient comes from one task only); everything else is shared.
   void classify_parameters() {
     const ParameterStore<T, Device>& s = *store_;
-    const std::string last_level = "level" + std::to_string(int(levels_.size()) - 1) + ".task_expert.";
+    const std::string last_level = "level" + std::to_string(num_levels_ - 1) + ".task_expert.";
     // A target table that no feature reads and only one retrieval task scores
     // against belongs to that task alone.
     auto target_only = [&](ParamId id) {
@@ -745,52 +697,23 @@ class MultiTaskModel {
     for (ParamId id = 0; id < s.count(); ++id) {
       const std::string& n = s.info(id).name;
       const bool task_only = n.rfind("tower.", 0) == 0 || n.find(".gate.") != std::string::npos ||
-                             (!levels_.empty() && n.rfind(last_level, 0) == 0) || target_only(id);
+                             (!cgc_.empty() && n.rfind(last_level, 0) == 0) || target_only(id);
       if (!task_only) shared_params_.push_back(id);
     }
     // The last shared layer: bottom's last Linear, or the last Linear of every
     // shared expert of the last level.
     if (!bottom_.layers().empty()) {
       last_shared_.push_back(bottom_.layers().back().weight());
-    } else if (!levels_.empty()) {
-      const Level& lv = levels_.back();
-      for (std::size_t e = 0; e < lv.experts.size(); ++e)
-        if (lv.expert_input[e] < 0) last_shared_.push_back(lv.experts[e].layers().back().weight());
+    } else if (!cgc_.empty()) {
+      last_shared_ = cgc_.last_shared_weights();
     }
   }
 
   // ---- workspace -------------------------------------------------------------
 
   void prepare(Workspace& ws, index_t B) const {
-    const FeatureSpec& f = config_.features;
-    ws.X.resize({B, feature_width_});
-    ws.dX.resize({B, feature_width_});
-    ws.id_rows.resize(f.ids.size());
-    ws.bag_rows.resize(f.bags.size());
-    ws.id_emb.resize(f.ids.size());
-    ws.bag_emb.resize(f.bags.size());
-    ws.bag_weights.resize(f.bags.size());
-    ws.dense.resize(f.dense.size());
-    ws.id_ctx.resize(f.ids.size());
-    ws.bag_ctx.resize(f.bags.size());
-    ws.d_field.resize(std::max({f.ids.size(), f.bags.size(), std::size_t(1)}));
-    ws.seq.resize(f.sequences.size());
-    ws.levels.resize(levels_.size());
-    for (std::size_t l = 0; l < levels_.size(); ++l) {
-      const Level& lv = levels_[l];
-      auto& lw = ws.levels[l];
-      lw.expert.resize(lv.experts.size());
-      lw.expert_out.resize(lv.experts.size());
-      lw.d_expert_out.resize(lv.experts.size());
-      for (std::size_t e = 0; e < lv.experts.size(); ++e) {
-        lw.expert_out[e].resize({B, lv.experts[e].out_features()});
-        lw.d_expert_out[e].resize({B, lv.experts[e].out_features()});
-      }
-      lw.task_gate.resize(lv.task_gates.size());
-      lw.d_task_in.resize(num_tasks());
-      for (std::size_t k = 0; k < num_tasks(); ++k) lw.d_task_in[k].resize({B, lv.in_dim});
-      lw.d_shared_in.resize({B, lv.in_dim});
-    }
+    ws.X.resize({B, features_.width()});
+    ws.dX.resize({B, features_.width()});
     ws.H.resize({B, bottom_.layers().empty() ? 1 : bottom_.out_features()});
     ws.dH.resize(ws.H.shape());
     ws.tower.resize(num_tasks());
@@ -809,203 +732,27 @@ class MultiTaskModel {
     }
   }
 
+  // The feature encoder's field checks, then the sample weights.
   void check_batch(const Batch<T>& b) const {
+    features_.check_batch("MultiTaskModel::forward", b);
+    check_weights(b);
+  }
+  void check_weights(const Batch<T>& b) const {
     const char* op = "MultiTaskModel::forward";
-    const FeatureSpec& f = config_.features;
-    check(b.size > 0, op, "expected a non-empty batch but got size ", b.size);
     const std::size_t B = static_cast<std::size_t>(b.size);
-    check(b.ids.size() == f.ids.size() && b.bags.size() == f.bags.size() && b.sequences.size() == f.sequences.size() &&
-              b.dense.size() == f.dense.size(),
-          op, "batch expected ", f.ids.size(), " ID, ", f.bags.size(), " bag, ", f.sequences.size(), " sequence and ",
-          f.dense.size(), " dense fields but got ", b.ids.size(), ", ", b.bags.size(), ", ", b.sequences.size(), ", ",
-          b.dense.size());
-    for (std::size_t i = 0; i < f.ids.size(); ++i)
-      check(b.ids[i].size() == B, op, "ID field '", f.ids[i].name, "' expected ", B, " values but got ",
-            b.ids[i].size());
-    for (std::size_t i = 0; i < f.bags.size(); ++i) {
-      check(b.bags[i].offsets.size() == B + 1, op, "bag field '", f.bags[i].name, "' expected ", B + 1,
-            " offsets but got ", b.bags[i].offsets.size());
-      check(!f.bags[i].weighted || b.bags[i].weights.size() == b.bags[i].ids.size(), op, "weighted bag field '",
-            f.bags[i].name, "' expected ", b.bags[i].ids.size(), " weights but got ", b.bags[i].weights.size());
-    }
-    for (std::size_t i = 0; i < f.sequences.size(); ++i) {
-      const auto& s = b.sequences[i];
-      const std::size_t L = static_cast<std::size_t>(f.sequences[i].max_len);
-      check(s.ids.size() == B * L, op, "sequence field '", f.sequences[i].name, "' expected ", B, " x ", L,
-            " = ", B * L, " IDs but got ", s.ids.size());
-      check(s.lengths.size() == B, op, "sequence field '", f.sequences[i].name, "' expected ", B, " lengths but got ",
-            s.lengths.size());
-      for (std::size_t r = 0; r < B; ++r)
-        if (s.lengths[r] < 0 || s.lengths[r] > index_t(L))
-          fail(op, "sequence field '", f.sequences[i].name, "' length[", r, "] expected in [0, ", L, "] but got ",
-               s.lengths[r]);
-    }
-    for (std::size_t i = 0; i < f.dense.size(); ++i) {
-      check(b.dense[i].size() == B * static_cast<std::size_t>(f.dense[i].dim), op, "dense field '", f.dense[i].name,
-            "' expected ", B * f.dense[i].dim, " values but got ", b.dense[i].size());
-      const std::size_t dim = static_cast<std::size_t>(f.dense[i].dim);
-      for (std::size_t j = 0; j < b.dense[i].size(); ++j)
-        if (!std::isfinite(b.dense[i][j]))
-          fail(op, "dense field '", f.dense[i].name, "' row ", j / dim, " column ", j % dim,
-               " expected a finite value but got ", b.dense[i][j]);
-    }
     check(b.weights.empty() || b.weights.size() == B, op, "expected ", B, " sample weights but got ", b.weights.size());
     for (std::size_t j = 0; j < b.weights.size(); ++j)
       if (!(b.weights[j] >= 0) || !std::isfinite(b.weights[j]))
         fail(op, "sample weight of row ", j, " expected a finite value >= 0 but got ", b.weights[j]);
   }
 
-  // ---- features ----------------------------------------------------------------
-
-  // Writes a (B, w) block into columns [col, col + w) of X.
-  void put_columns(Tensor<T, Device>& X, index_t col, CPtr src, index_t B, index_t w) const {
-    kernels::copy_columns(dev(), X.data(), X.dim(1), col, src, w, 0, B, w);
-  }
-  void take_columns(Ptr dst, const Tensor<T, Device>& X, index_t col, index_t B, index_t w) const {
-    kernels::copy_columns(dev(), dst, w, 0, X.data(), X.dim(1), col, B, w);
-  }
+  // ---- features ------------------------------------------------------------------
 
   const TableSpec& table_spec(const std::string& field, const std::string& table) const {
     const std::string n = table.empty() ? field : table;
     for (const auto& t : tables_)
       if (t.name == n) return t;
     fail("MultiTaskModel", "no table '", n, "'");
-  }
-
-  // Rows for IDs of a field: the IDs themselves, or their hash buckets.
-  ConstView<index_t> rows_for(const std::vector<index_t>& ids, const TableSpec& t, Tensor<index_t>& buf) const {
-    if (!t.hashed) return ConstView<index_t>(ids.data(), {index_t(ids.size())});
-    buf.resize({index_t(ids.size())});
-    const std::uint64_t salt = hash_name(t.name);
-    for (std::size_t i = 0; i < ids.size(); ++i) buf[index_t(i)] = hash_bucket(std::uint64_t(ids[i]), t.rows, salt);
-    return buf.view();
-  }
-
-  // Batch preparation, on the host, once per batch: everything that needs
-  // the raw batch or data-dependent control flow — hashing raw IDs into
-  // rows, the valid positions of each sequence and their starts in the
-  // packed layout. The numeric forward and backward then read only these
-  // workspace buffers and the batch's dense arrays.
-  void prepare_batch(Workspace& ws, const Batch<T>& b) const {
-    const FeatureSpec& f = config_.features;
-    const index_t B = b.size;
-    ws.id_view.resize(f.ids.size());
-    for (std::size_t i = 0; i < f.ids.size(); ++i)
-      ws.id_view[i] = rows_for(b.ids[i], table_spec(f.ids[i].name, f.ids[i].table), ws.id_rows[i]);
-    ws.bag_view.resize(f.bags.size());
-    for (std::size_t i = 0; i < f.bags.size(); ++i)
-      ws.bag_view[i] = rows_for(b.bags[i].ids, table_spec(f.bags[i].name, f.bags[i].table), ws.bag_rows[i]);
-    for (std::size_t i = 0; i < f.sequences.size(); ++i) {
-      const SequenceFeature& sf = f.sequences[i];
-      auto& sw = ws.seq[i];
-      const auto& s = b.sequences[i];
-      const index_t L = sf.max_len;
-      const TableSpec& ts = table_spec(sf.name, sf.table);
-      sw.lengths.resize({B});
-      std::copy(s.lengths.begin(), s.lengths.end(), sw.lengths.data());
-      // Only valid positions are looked up: padding never touches the table.
-      index_t n_valid = 0;
-      for (index_t r = 0; r < B; ++r) n_valid += s.lengths[r];
-      sw.valid_ids.resize({n_valid});
-      const std::uint64_t salt = hash_name(ts.name);
-      index_t v = 0;
-      for (index_t r = 0; r < B; ++r)
-        for (index_t t = 0; t < s.lengths[r]; ++t) {
-          const index_t id = s.ids[r * L + t];
-          sw.valid_ids[v++] = ts.hashed ? hash_bucket(std::uint64_t(id), ts.rows, salt) : id;
-        }
-      sw.starts.resize({B});
-      sw.lengths_d = device_input(sw.lengths_buf, sw.lengths.cview());
-      kernels::packed_starts(dev(), sw.starts.data(), sw.lengths_d.data, B);
-    }
-  }
-
-  void features_forward(Workspace& ws, const Batch<T>& b, const Mode& mode) const {
-    const FeatureSpec& f = config_.features;
-    const index_t B = b.size;
-    index_t col = 0;
-    for (std::size_t i = 0; i < f.ids.size(); ++i) {
-      const index_t d = f.ids[i].dim;
-      ws.id_emb[i].resize({B, d});
-      id_layers_[i].forward(ws.id_ctx[i], ws.id_view[i], ws.id_emb[i].view());
-      put_columns(ws.X, col, ws.id_emb[i].data(), B, d);
-      col += d;
-    }
-    for (std::size_t i = 0; i < f.bags.size(); ++i) {
-      const index_t d = f.bags[i].dim;
-      const auto& bag = b.bags[i];
-      ws.bag_emb[i].resize({B, d});
-      CView w = f.bags[i].weighted
-                    ? device_input(ws.bag_weights[i], ConstView<T>(bag.weights.data(), {index_t(bag.weights.size())}))
-                    : CView();
-      bag_layers_[i].forward(ws.bag_ctx[i], ws.bag_view[i], ConstView<index_t>(bag.offsets.data(), {B + 1}), w,
-                             ws.bag_emb[i].view());
-      put_columns(ws.X, col, ws.bag_emb[i].data(), B, d);
-      col += d;
-    }
-    for (std::size_t i = 0; i < f.sequences.size(); ++i) {
-      const SequenceFeature& sf = f.sequences[i];
-      const SequenceEncoder& enc = seq_layers_[i];
-      auto& sw = ws.seq[i];
-      const index_t L = sf.max_len, D = sf.encoder.d_model;
-      const index_t n_valid = sw.valid_ids.numel();
-      sw.compact.resize({n_valid, D});
-      sw.emb.resize({B, L, D});
-      sw.hidden.resize({B, L, D});
-      sw.pooled.resize({B, D});
-      enc.items.forward(sw.items, sw.valid_ids.view(), sw.compact.view());
-      // valid positions copied, padded ones zeroed (an empty sequence copies nothing)
-      kernels::unpack_sequences(dev(), sw.emb.data(), sw.compact.data(), sw.lengths_d.data, sw.starts.data(), B, L, D);
-      ConstView<index_t> lengths(sw.lengths.data(), {B});
-      enc.position.forward(sw.position, sw.emb.view(), sw.emb.view());
-      enc.encoder.forward(sw.encoder, sw.emb.view(), lengths, sw.hidden.view(), mode);
-      enc.pool.forward(sw.pool, sw.hidden.view(), lengths, sw.pooled.view());
-      put_columns(ws.X, col, sw.pooled.data(), B, D);
-      col += D;
-    }
-    for (std::size_t i = 0; i < f.dense.size(); ++i) {
-      const CView dense = device_input(ws.dense[i], ConstView<T>(b.dense[i].data(), {B * f.dense[i].dim}));
-      put_columns(ws.X, col, dense.data, B, f.dense[i].dim);
-      col += f.dense[i].dim;
-    }
-  }
-
-  void features_backward(Workspace& ws) const {
-    const FeatureSpec& f = config_.features;
-    const index_t B = ws.B;
-    index_t col = 0;
-    Tensor<T, Device>& d = ws.d_field[0];
-    for (std::size_t i = 0; i < f.ids.size(); ++i) {
-      const index_t w = f.ids[i].dim;
-      d.resize({B, w});
-      take_columns(d.data(), ws.dX, col, B, w);
-      id_layers_[i].backward(ws.id_ctx[i], d.view());
-      col += w;
-    }
-    for (std::size_t i = 0; i < f.bags.size(); ++i) {
-      const index_t w = f.bags[i].dim;
-      d.resize({B, w});
-      take_columns(d.data(), ws.dX, col, B, w);
-      bag_layers_[i].backward(ws.bag_ctx[i], d.view());
-      col += w;
-    }
-    for (std::size_t i = 0; i < f.sequences.size(); ++i) {
-      const SequenceFeature& sf = f.sequences[i];
-      const SequenceEncoder& enc = seq_layers_[i];
-      auto& sw = ws.seq[i];
-      const index_t L = sf.max_len, D = sf.encoder.d_model;
-      sw.d_pooled.resize({B, D});
-      sw.d_hidden.resize({B, L, D});
-      sw.d_emb.resize({B, L, D});
-      take_columns(sw.d_pooled.data(), ws.dX, col, B, D);
-      enc.pool.backward(sw.pool, sw.d_pooled.view(), sw.d_hidden.view());
-      enc.encoder.backward(sw.encoder, sw.d_hidden.view(), sw.d_emb.view());
-      enc.position.backward(sw.position, sw.d_emb.view(), sw.d_emb.view());
-      sw.d_compact.resize(sw.compact.shape());
-      kernels::pack_sequences(dev(), sw.d_compact.data(), sw.d_emb.data(), sw.lengths_d.data, sw.starts.data(), B, L, D);
-      enc.items.backward(sw.items, sw.d_compact.view());
-      col += D;
-    }
   }
 
   // ---- trunk ---------------------------------------------------------------------
@@ -1015,49 +762,16 @@ class MultiTaskModel {
       case Architecture::SingleTask:
       case Architecture::SharedBottom: return ws.H.view();
       case Architecture::ESMM: return ws.X.view();
-      default: return ws.levels.back().task_gate[k].out.view();
+      default: return cgc_.output(ws.cgc, k);
     }
   }
 
   void trunk_forward(Workspace& ws, const Mode& mode) const {
     if (!bottom_.layers().empty()) bottom_.forward(ws.bottom, ws.X.view(), ws.H.view(), mode);
-    for (std::size_t l = 0; l < levels_.size(); ++l) {
-      const Level& lv = levels_[l];
-      auto& lw = ws.levels[l];
-      auto task_in = [&](std::size_t k) -> CView {
-        return l == 0 ? ws.X.view() : CView(ws.levels[l - 1].task_gate[k].out.view());
-      };
-      const CView shared_in = l == 0 ? ws.X.view() : CView(ws.levels[l - 1].shared_gate.out.view());
-      for (std::size_t e = 0; e < lv.experts.size(); ++e) {
-        const int src = lv.expert_input[e];
-        lv.experts[e].forward(lw.expert[e], src < 0 ? shared_in : task_in(std::size_t(src)), lw.expert_out[e].view(),
-                              mode);
-      }
-      for (std::size_t k = 0; k < lv.task_gates.size(); ++k) gate_forward(lv.task_gates[k], lw.task_gate[k], task_in(k), lw);
-      if (lv.has_shared_gate) gate_forward(lv.shared_gate, lw.shared_gate, shared_in, lw);
-    }
-  }
-
-  void gate_forward(const Gate& g, typename Workspace::GateWs& gw, CView x,
-                    typename Workspace::LevelWs& lw) const {
-    const index_t B = x.rows(), M = index_t(g.experts.size());
-    gw.out.resize({B, g.mix.expert_dim()});
-    gw.experts.resize(std::size_t(M));
-    for (index_t m = 0; m < M; ++m) gw.experts[std::size_t(m)] = lw.expert_out[std::size_t(g.experts[std::size_t(m)])].data();
-    g.mix.forward(gw.ctx, x, gw.experts.data(), gw.out.view());
-  }
-
-  // d experts += p_m * d_out; d_in += the gate's input gradient
-  void gate_backward(const Gate& g, typename Workspace::GateWs& gw, typename Workspace::LevelWs& lw,
-                     View d_in) const {
-    const index_t M = index_t(g.experts.size());
-    gw.d_experts.resize(std::size_t(M));
-    for (index_t m = 0; m < M; ++m) gw.d_experts[std::size_t(m)] = lw.d_expert_out[std::size_t(g.experts[std::size_t(m)])].data();
-    g.mix.backward(gw.ctx, gw.d_out.cview(), gw.d_experts.data(), d_in);
+    if (!cgc_.empty()) cgc_.forward(ws.cgc, ws.X.cview(), mode);
   }
 
   void trunk_backward(Workspace& ws, const double* coeff) const {
-    const index_t B = ws.B;
     switch (config_.architecture) {
       case Architecture::SingleTask:
       case Architecture::SharedBottom: {
@@ -1076,45 +790,11 @@ class MultiTaskModel {
         return;
       default: break;
     }
-    // CGC levels, last to first. d of a level's gate outputs come from the
-    // towers (last level) or from the next level's inputs.
-    for (std::size_t l = levels_.size(); l-- > 0;) {
-      const Level& lv = levels_[l];
-      auto& lw = ws.levels[l];
-      for (std::size_t k = 0; k < num_tasks(); ++k) {
-        auto& gw = lw.task_gate[k];
-        gw.d_out.resize({B, config_.expert.back()});
-        CPtr src = l + 1 == levels_.size() ? ws.d_tower_in[k].data() : ws.levels[l + 1].d_task_in[k].data();
-        if (l + 1 == levels_.size() && coeff[k] == 0.0)
-          gw.d_out.zero();
-        else
-          kernels::copy(dev(), gw.d_out.data(), src, gw.d_out.numel());
-      }
-      if (lv.has_shared_gate) {
-        lw.shared_gate.d_out.resize({B, config_.expert.back()});
-        kernels::copy(dev(), lw.shared_gate.d_out.data(), ws.levels[l + 1].d_shared_in.data(),
-                      lw.shared_gate.d_out.numel());
-      }
-      for (auto& t : lw.d_expert_out) t.zero();
-      for (auto& t : lw.d_task_in) t.zero();
-      lw.d_shared_in.zero();
-      Tensor<T, Device>& scratch = ws.dH;  // free in MMoE/PLE
-      for (std::size_t k = 0; k < num_tasks(); ++k)
-        gate_backward(lv.task_gates[k], lw.task_gate[k], lw, lw.d_task_in[k].view());
-      if (lv.has_shared_gate) gate_backward(lv.shared_gate, lw.shared_gate, lw, lw.d_shared_in.view());
-      for (std::size_t e = 0; e < lv.experts.size(); ++e) {
-        const int src = lv.expert_input[e];
-        Ptr d_in = src < 0 ? lw.d_shared_in.data() : lw.d_task_in[std::size_t(src)].data();
-        scratch.resize({B, lv.in_dim});
-        lv.experts[e].backward(lw.expert[e], lw.d_expert_out[e].view(), scratch.view());
-        kernels::residual_add(dev(), d_in, d_in, scratch.data(), scratch.numel());
-      }
-    }
-    // Level 0 reads X for every input.
-    auto& l0 = ws.levels[0];
-    kernels::copy(dev(), ws.dX.data(), l0.d_shared_in.data(), ws.dX.numel());
+    // MMoE / PLE: a task with coefficient 0 sends no gradient into the levels.
+    ws.d_task_out.resize(num_tasks());
     for (std::size_t k = 0; k < num_tasks(); ++k)
-      kernels::residual_add(dev(), ws.dX.data(), ws.dX.data(), l0.d_task_in[k].data(), ws.dX.numel());
+      ws.d_task_out[k] = coeff[k] == 0.0 ? CPtr(nullptr) : CPtr(ws.d_tower_in[k].data());
+    cgc_.backward(ws.cgc, ws.d_task_out.data(), ws.dX.view());
   }
 
   // ESMM's CTCVR loss: BCE on p = sigmoid(a) sigmoid(b) over all impressions,
@@ -1136,20 +816,18 @@ class MultiTaskModel {
       kernels::fill(dev(), d_ctr, n, T(0));
       return r;
     }
-    r.value = kernels::esmm_loss(dev(), d_ctr, d_cvr, a, b, detail::loss_input(in.labels, y, n),
-                                 detail::loss_input(in.mask, m, n), detail::loss_input(in.weights, w, n), n, 1.0 / den);
+    r.value = kernels::esmm_loss(dev(), d_ctr, d_cvr, a, b, detail::loss_input(in, in.labels, y, n),
+                                 detail::loss_input(in, in.mask, m, n), detail::loss_input(in, in.weights, w, n), n, 1.0 / den);
     return r;
   }
 
   ModelConfig config_;
   std::unique_ptr<ParameterStore<T, Device>> store_;
   std::vector<TableSpec> tables_;
-  index_t feature_width_ = 0;
-  std::vector<Embedding<T, Device>> id_layers_;
-  std::vector<EmbeddingBag<T, Device>> bag_layers_;
-  std::vector<SequenceEncoder> seq_layers_;
+  FeatureEncoder<T, Device> features_;  // X = the encoded fields (model/feature_encoder.hpp)
   MLP<T, Device> bottom_;
-  std::vector<Level> levels_;
+  CgcLevels<T, Device> cgc_;  // the expert levels of MMoE and PLE (model/cgc.hpp)
+  int num_levels_ = 0;
   std::vector<MLP<T, Device>> towers_;
   std::vector<ParamId> target_table_;  // per task: a retrieval task's target table, else -1
   std::vector<ParamId> shared_params_, last_shared_;
