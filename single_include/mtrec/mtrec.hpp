@@ -5973,6 +5973,20 @@ class StagedInputs {
       return as_pointer<memory>(reinterpret_cast<const U*>(raw(dev_.data()) + s->offset));
     }
   }
+  // find() as a view, for an array that must have been staged: a non-empty
+  // one that was not is an error (every array a kernel reads is staged).
+  template <class U>
+  TensorView<const U, memory> view(ConstView<U> host) const {
+    if constexpr (host_readable_v<Device>) {
+      return host;
+    } else {
+      if (host.numel() == 0) return TensorView<const U, memory>(nullptr, host.shape);
+      const pointer_t<const U, memory> p = find(host.data, host.numel());
+      check(p != nullptr, "StagedInputs::view", "expected an array of ", host.numel(),
+            " elements staged before upload() but it was not");
+      return TensorView<const U, memory>(p, host.shape);
+    }
+  }
   std::size_t arrays() const { return slots_.size(); }
   std::size_t bytes() const { return bytes_; }
   std::uint64_t uploads() const { return uploads_; }  // copies made so far (tests count them)
@@ -8700,7 +8714,7 @@ class FeatureEncoder {
     ws.staged.upload(dev());
     for (std::size_t i = 0; i < f.sequences.size(); ++i) {
       auto& sw = ws.seq[i];
-      sw.lengths_d = IdView(ws.staged.find(sw.lengths.data(), B), {B});
+      sw.lengths_d = ws.staged.view(sw.lengths.cview());
       sw.starts.resize({B});
       kernels::packed_starts(dev(), sw.starts.data(), sw.lengths_d.data, B);
     }
@@ -8731,7 +8745,7 @@ class FeatureEncoder {
       const auto& bag = b.bags[i];
       ws.bag_emb[i].resize({B, d});
       const index_t nw = index_t(bag.weights.size());
-      const CView w = f.bags[i].weighted ? CView(ws.staged.find(bag.weights.data(), nw), {nw}) : CView();
+      const CView w = f.bags[i].weighted ? ws.staged.view(ConstView<T>(bag.weights.data(), {nw})) : CView();
       bags_[i].forward(ws.bag_ctx[i], ws.bag_view[i], ConstView<index_t>(bag.offsets.data(), {B + 1}), w,
                        ws.bag_emb[i].view(), st);
       put_columns(X, col, ws.bag_emb[i].data(), B, d);
@@ -8759,7 +8773,7 @@ class FeatureEncoder {
     }
     for (std::size_t i = 0; i < f.dense.size(); ++i) {
       const index_t d = f.dense[i].dim;
-      put_columns(X, col, ws.staged.find(b.dense[i].data(), B * d), B, d);
+      put_columns(X, col, ws.staged.view(ConstView<T>(b.dense[i].data(), {B * d})).data, B, d);
       col += d;
     }
   }
@@ -8906,7 +8920,6 @@ class MultiTaskModel {
     // BPR tasks: the batch's (positive, negative) row pairs and their scores.
     struct PairWs {
       Tensor<index_t> order, pos, neg;  // order (B): labelled rows sorted by (group, label)
-      Tensor<index_t, Device> pos_buf, neg_buf;  // pos, neg on a device without host access
       Tensor<T, Device> s_pos, s_neg, d_pos, d_neg;  // (P)
       Tensor<T> weight;  // (P) host: the pair weights, from the batch weights
     };
@@ -8914,7 +8927,6 @@ class MultiTaskModel {
     struct RetrievalWs {
       Tensor<index_t> rows;    // (B) target row per batch row (0 where unlabelled)
       Tensor<index_t> positions, targets;  // (n) the labelled batch rows and their target rows
-      Tensor<index_t, Device> rows_buf, positions_buf, targets_buf;  // on a device without host access
       Tensor<T, Device> keys, d_keys;  // (B,D)
       Tensor<T, Device> d_targets;     // (n,D) the labelled rows' key gradients, scaled
       InBatchSoftmaxWorkspace<T, Device> softmax;
@@ -9372,8 +9384,7 @@ class MultiTaskModel {
     const index_t P = pw.pos.numel();
     kernels::fill(dev(), d, B, T(0));
     if (P == 0) return LossResult{};
-    const IdView pos = device_input(pw.pos_buf, pw.pos.cview(), inputs.staged);
-    const IdView neg = device_input(pw.neg_buf, pw.neg.cview(), inputs.staged);
+    const IdView pos = inputs.staged->view(pw.pos.cview()), neg = inputs.staged->view(pw.neg.cview());
     kernels::gather_rows(dev(), pw.s_pos.data(), score, pos.data, P, 1);  // s_pos (P) = score[pos]
     kernels::gather_rows(dev(), pw.s_neg.data(), score, neg.data, P, 1);
     LossResult r = bpr(dev(), pw.d_pos.data(), pw.d_neg.data(), pw.s_pos.data(), pw.s_neg.data(),
@@ -9421,7 +9432,7 @@ class MultiTaskModel {
     const index_t D = config_.tasks[k].target_dim;
     rw.keys.resize({B, D});
     rw.d_keys.resize({B, D});
-    const IdView rows_d = device_input(rw.rows_buf, rw.rows.cview(), &st);
+    const IdView rows_d = st.view(rw.rows.cview());
     kernels::gather_rows(dev(), rw.keys.data(), store_->value(target_table_[k]), rows_d.data, B, D);  // keys (B,D)
     rw.softmax.inputs.staged = &st;
     return in_batch_softmax(dev(), d, rw.d_keys.data(), q, rw.keys.data(), B, D, config_.tasks[k].temperature,
@@ -9436,8 +9447,8 @@ class MultiTaskModel {
     const index_t D = config_.tasks[k].target_dim, n = rw.targets.numel();
     rw.d_targets.resize({n, D});
     // d_targets (n,D) = c * d_keys[positions]; table.grad[targets] += d_targets
-    const IdView positions = device_input(rw.positions_buf, rw.positions.cview(), &ws.labels_staged);
-    const IdView targets = device_input(rw.targets_buf, rw.targets.cview(), &ws.labels_staged);
+    const IdView positions = ws.labels_staged.view(rw.positions.cview());
+    const IdView targets = ws.labels_staged.view(rw.targets.cview());
     kernels::gather_rows(dev(), rw.d_targets.data(), rw.d_keys.data(), positions.data, n, D);
     kernels::scale(dev(), rw.d_targets.data(), rw.d_targets.data(), n * D, c);
     store_->touched(table).mark_all(rw.targets.data(), n);  // on the host

@@ -137,6 +137,20 @@ class StagedInputs {
       return as_pointer<memory>(reinterpret_cast<const U*>(raw(dev_.data()) + s->offset));
     }
   }
+  // find() as a view, for an array that must have been staged: a non-empty
+  // one that was not is an error (every array a kernel reads is staged).
+  template <class U>
+  TensorView<const U, memory> view(ConstView<U> host) const {
+    if constexpr (host_readable_v<Device>) {
+      return host;
+    } else {
+      if (host.numel() == 0) return TensorView<const U, memory>(nullptr, host.shape);
+      const pointer_t<const U, memory> p = find(host.data, host.numel());
+      check(p != nullptr, "StagedInputs::view", "expected an array of ", host.numel(),
+            " elements staged before upload() but it was not");
+      return TensorView<const U, memory>(p, host.shape);
+    }
+  }
   std::size_t arrays() const { return slots_.size(); }
   std::size_t bytes() const { return bytes_; }
   std::uint64_t uploads() const { return uploads_; }  // copies made so far (tests count them)

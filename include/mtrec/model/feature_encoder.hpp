@@ -217,7 +217,7 @@ class FeatureEncoder {
     ws.staged.upload(dev());
     for (std::size_t i = 0; i < f.sequences.size(); ++i) {
       auto& sw = ws.seq[i];
-      sw.lengths_d = IdView(ws.staged.find(sw.lengths.data(), B), {B});
+      sw.lengths_d = ws.staged.view(sw.lengths.cview());
       sw.starts.resize({B});
       kernels::packed_starts(dev(), sw.starts.data(), sw.lengths_d.data, B);
     }
@@ -248,7 +248,7 @@ class FeatureEncoder {
       const auto& bag = b.bags[i];
       ws.bag_emb[i].resize({B, d});
       const index_t nw = index_t(bag.weights.size());
-      const CView w = f.bags[i].weighted ? CView(ws.staged.find(bag.weights.data(), nw), {nw}) : CView();
+      const CView w = f.bags[i].weighted ? ws.staged.view(ConstView<T>(bag.weights.data(), {nw})) : CView();
       bags_[i].forward(ws.bag_ctx[i], ws.bag_view[i], ConstView<index_t>(bag.offsets.data(), {B + 1}), w,
                        ws.bag_emb[i].view(), st);
       put_columns(X, col, ws.bag_emb[i].data(), B, d);
@@ -276,7 +276,7 @@ class FeatureEncoder {
     }
     for (std::size_t i = 0; i < f.dense.size(); ++i) {
       const index_t d = f.dense[i].dim;
-      put_columns(X, col, ws.staged.find(b.dense[i].data(), B * d), B, d);
+      put_columns(X, col, ws.staged.view(ConstView<T>(b.dense[i].data(), {B * d})).data, B, d);
       col += d;
     }
   }

@@ -80,7 +80,6 @@ class MultiTaskModel {
     // BPR tasks: the batch's (positive, negative) row pairs and their scores.
     struct PairWs {
       Tensor<index_t> order, pos, neg;  // order (B): labelled rows sorted by (group, label)
-      Tensor<index_t, Device> pos_buf, neg_buf;  // pos, neg on a device without host access
       Tensor<T, Device> s_pos, s_neg, d_pos, d_neg;  // (P)
       Tensor<T> weight;  // (P) host: the pair weights, from the batch weights
     };
@@ -88,7 +87,6 @@ class MultiTaskModel {
     struct RetrievalWs {
       Tensor<index_t> rows;    // (B) target row per batch row (0 where unlabelled)
       Tensor<index_t> positions, targets;  // (n) the labelled batch rows and their target rows
-      Tensor<index_t, Device> rows_buf, positions_buf, targets_buf;  // on a device without host access
       Tensor<T, Device> keys, d_keys;  // (B,D)
       Tensor<T, Device> d_targets;     // (n,D) the labelled rows' key gradients, scaled
       InBatchSoftmaxWorkspace<T, Device> softmax;
@@ -546,8 +544,7 @@ class MultiTaskModel {
     const index_t P = pw.pos.numel();
     kernels::fill(dev(), d, B, T(0));
     if (P == 0) return LossResult{};
-    const IdView pos = device_input(pw.pos_buf, pw.pos.cview(), inputs.staged);
-    const IdView neg = device_input(pw.neg_buf, pw.neg.cview(), inputs.staged);
+    const IdView pos = inputs.staged->view(pw.pos.cview()), neg = inputs.staged->view(pw.neg.cview());
     kernels::gather_rows(dev(), pw.s_pos.data(), score, pos.data, P, 1);  // s_pos (P) = score[pos]
     kernels::gather_rows(dev(), pw.s_neg.data(), score, neg.data, P, 1);
     LossResult r = bpr(dev(), pw.d_pos.data(), pw.d_neg.data(), pw.s_pos.data(), pw.s_neg.data(),
@@ -595,7 +592,7 @@ class MultiTaskModel {
     const index_t D = config_.tasks[k].target_dim;
     rw.keys.resize({B, D});
     rw.d_keys.resize({B, D});
-    const IdView rows_d = device_input(rw.rows_buf, rw.rows.cview(), &st);
+    const IdView rows_d = st.view(rw.rows.cview());
     kernels::gather_rows(dev(), rw.keys.data(), store_->value(target_table_[k]), rows_d.data, B, D);  // keys (B,D)
     rw.softmax.inputs.staged = &st;
     return in_batch_softmax(dev(), d, rw.d_keys.data(), q, rw.keys.data(), B, D, config_.tasks[k].temperature,
@@ -610,8 +607,8 @@ class MultiTaskModel {
     const index_t D = config_.tasks[k].target_dim, n = rw.targets.numel();
     rw.d_targets.resize({n, D});
     // d_targets (n,D) = c * d_keys[positions]; table.grad[targets] += d_targets
-    const IdView positions = device_input(rw.positions_buf, rw.positions.cview(), &ws.labels_staged);
-    const IdView targets = device_input(rw.targets_buf, rw.targets.cview(), &ws.labels_staged);
+    const IdView positions = ws.labels_staged.view(rw.positions.cview());
+    const IdView targets = ws.labels_staged.view(rw.targets.cview());
     kernels::gather_rows(dev(), rw.d_targets.data(), rw.d_keys.data(), positions.data, n, D);
     kernels::scale(dev(), rw.d_targets.data(), rw.d_targets.data(), n * D, c);
     store_->touched(table).mark_all(rw.targets.data(), n);  // on the host
