@@ -18,6 +18,28 @@ mtrec binary gets MTREC_BENCH_THREADS) and OMP_WAIT_POLICY=passive unless it
 is already set. Note: torch's Adam is dense (every embedding row is updated
 every step, nn.Embedding's default dense gradients), mtrec's Adam is lazy
 (only the rows touched by the batch).
+
+--device cuda: the same three models in PyTorch eager on the GPU (model and
+batches moved to the device, fp32, TF32 off, as mtrec's default), against
+mtrec_bench_cuda (--bench-cuda, run with --json in the same invocation):
+
+    /usr/bin/python3 bench/compare_pytorch.py --device cuda \
+        --bench-cuda build-cuda/mtrec_bench_cuda
+
+Torch is timed with torch.cuda.Event pairs on the current stream around each
+call and torch.cuda.synchronize() after it (warm-up first, median of --reps);
+mtrec_bench_cuda times its calls with CUDA events on its thread's stream. The
+table compares the event times: training step at the workload's batch and
+inference at batch 256 and 1 (torch's batches live on the GPU already, while
+mtrec's train_step/predict take a host batch and upload it inside the timed
+call; predict also copies its outputs back to the host). Then the kernel
+lines from mtrec_bench_cuda: the embedding-bag forward and the fused
+backward + Adam (and the unfused path) in GB/s and % of the measured
+device-to-device copy bandwidth. Targets, each marked met/missed: ref and
+large train step >= 3x torch, inference b256 >= 3x torch (every workload),
+embedding-bag forward >= 60% of copy bandwidth, fused backward + Adam >= 25%.
+Without a GPU (torch.cuda.is_available() false, or mtrec_bench_cuda reports
+no device) it prints "no CUDA device" and exits with status 2.
 """
 
 import argparse
@@ -50,6 +72,10 @@ def parse_args():
     ap.add_argument("--quick", action="store_true", help="fewer repetitions on both sides (a smoke run)")
     ap.add_argument("--min-time", type=float, default=0.0, help="mtrec --benchmark_min_time (0: automatic)")
     ap.add_argument("--json", default="", help="also write the results as JSON to this path")
+    ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                    help="cpu (default): mtrec_bench vs torch on the CPU; cuda: mtrec_bench_cuda vs torch on the GPU")
+    ap.add_argument("--bench-cuda", default="build-cuda/mtrec_bench_cuda",
+                    help="mtrec_bench_cuda binary (--device cuda)")
     return ap.parse_args()
 
 
@@ -59,9 +85,14 @@ os.environ.setdefault("OMP_WAIT_POLICY", "passive")
 os.environ["OMP_NUM_THREADS"] = str(ARGS.threads)
 os.environ["OPENBLAS_NUM_THREADS"] = str(ARGS.threads)
 
-import torch  # noqa: E402
-import torch.nn as nn  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
+try:
+    import torch  # noqa: E402
+    import torch.nn as nn  # noqa: E402
+    import torch.nn.functional as F  # noqa: E402
+except ImportError as e:
+    if ARGS.device != "cuda":
+        raise
+    sys.exit("compare_pytorch.py: no CUDA device: torch cannot be imported (%s)" % e)
 
 
 def blas_libraries():
@@ -232,7 +263,190 @@ def mtrec_measures(bench, threads, names, quick, min_time):
     return res, data.get("context", {})
 
 
+# ---- --device cuda -------------------------------------------------------------------------
+
+CUDA_MEASURES = ("train step", "infer b256", "infer b1")
+# (workload or None for every workload, measure): the speed-up mtrec must reach
+CUDA_SPEEDUP_TARGETS = {("ref", "train step"): 3.0, ("large", "train step"): 3.0, (None, "infer b256"): 3.0}
+# mtrec_bench_cuda kernel measure: (label, minimum % of the copy bandwidth or None)
+CUDA_KERNEL_LINES = (
+    ("bag_forward", "embedding-bag forward (1M x 64, 2048 x 32, mean)", 60.0),
+    ("bag_backward_adam_fused", "fused embedding-bag backward + Adam", 25.0),
+    ("bag_backward_adam_unfused", "unfused: zero_rows + backward + adam_update_rows", None),
+)
+
+
+def speedup_target(workload, measure):
+    return CUDA_SPEEDUP_TARGETS.get((workload, measure), CUDA_SPEEDUP_TARGETS.get((None, measure)))
+
+
+def batch_to(b, dev):
+    return {k: ([t.to(dev) for t in v] if isinstance(v, list) else v.to(dev)) for k, v in b.items()}
+
+
+def timed_cuda(fn, warmup, reps):
+    """Median event ms and median wall ms of fn() on the current CUDA stream."""
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    gpu, wall = [], []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize()
+        wall.append((time.perf_counter() - t0) * 1e3)
+        gpu.append(start.elapsed_time(end))
+    return statistics.median(gpu), statistics.median(wall)
+
+
+def torch_cuda_measures(name, w, quick, reps_arg):
+    dev = torch.device("cuda")
+    torch.manual_seed(1)
+    model = Model(w).to(dev)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    res = {}
+    train_batch = batch_to(make_batch(w, w["batch"], 7), dev)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        loss = loss_fn(model(train_batch), train_batch["labels"])
+        loss.backward()
+        opt.step()
+
+    model.train()
+    reps = reps_arg or (5 if quick else 20)
+    res["train step"] = timed_cuda(step, 3 if quick else 10, reps)
+    model.eval()
+    for B in (256, 1):
+        b = batch_to(make_batch(w, B, 100 + B), dev)
+
+        def infer():
+            with torch.inference_mode():
+                outs = model(b)
+                return torch.sigmoid(outs[0])
+
+        r = reps_arg or (5 if quick else 50)
+        res["infer b%d" % B] = timed_cuda(infer, 3 if quick else 10, r)
+    del model, opt, train_batch
+    torch.cuda.empty_cache()
+    return res
+
+
+def mtrec_cuda_measures(bench, names, quick, reps_arg):
+    """Runs mtrec_bench_cuda --json; returns ({(workload, measure): row}, json) or exits."""
+    if not os.path.isfile(bench) or not os.access(bench, os.X_OK):
+        sys.exit("compare_pytorch.py: mtrec_bench_cuda not found at '%s' (build it with nvcc and "
+                 "-DMTREC_WITH_CUDA=1, or pass --bench-cuda PATH)" % bench)
+    import tempfile
+    fd, path = tempfile.mkstemp(prefix="mtrec_bench_cuda_", suffix=".json")
+    os.close(fd)
+    cmd = [bench, "--workloads", ",".join(names), "--json", path]
+    if reps_arg or quick:
+        cmd += ["--reps", str(reps_arg or 5)]
+    print("# running: %s" % " ".join(cmd), flush=True)
+    try:
+        proc = subprocess.run(cmd, stdout=subprocess.PIPE, universal_newlines=True)
+        sys.stdout.write(proc.stdout)
+        sys.stdout.flush()
+        try:
+            with open(path) as fh:
+                data = json.load(fh)
+        except (OSError, ValueError) as e:
+            sys.exit("compare_pytorch.py: %s exited with status %d and wrote no readable JSON (%s)" % (
+                bench, proc.returncode, e))
+    finally:
+        try:
+            os.remove(path)
+        except OSError:
+            pass
+    if "no_device" in data:
+        print("compare_pytorch.py: no CUDA device (mtrec_bench_cuda: %s)" % data["no_device"], file=sys.stderr)
+        sys.exit(2)
+    if proc.returncode != 0:
+        print("# WARNING: %s exited with status %d: %s" % (bench, proc.returncode,
+                                                           "; ".join(data.get("errors", [])) or "see above"))
+    return {(r["workload"], r["measure"]): r for r in data.get("results", [])}, data
+
+
+def main_cuda(names):
+    if not torch.cuda.is_available():
+        print("compare_pytorch.py: no CUDA device (torch %s, built for CUDA %s: torch.cuda.is_available() is "
+              "False)" % (torch.__version__, torch.version.cuda or "none"), file=sys.stderr)
+        return 2
+    torch.set_num_threads(ARGS.threads)
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    props = torch.cuda.get_device_properties(0)
+    print("# torch %s (CUDA %s), device %s, %.1f GiB; fp32, TF32 off" % (
+        torch.__version__, torch.version.cuda, props.name, props.total_memory / 2.0 ** 30))
+    mt, mdata = mtrec_cuda_measures(ARGS.bench_cuda, names, ARGS.quick, ARGS.reps)
+    md = mdata.get("device", {})
+    if md:
+        print("# mtrec_bench_cuda device: %s, sm_%s, L2 %s MiB" % (
+            md.get("name", "?"), md.get("sm", "?"), (md.get("l2_bytes") or 0) >> 20))
+    rows = []
+    for n in names:
+        w = WORKLOADS[n]
+        print("# torch cuda: timing %s ..." % n, flush=True)
+        tt = torch_cuda_measures(n, w, ARGS.quick, ARGS.reps)
+        for measure in CUDA_MEASURES:
+            r = mt.get((n, measure))
+            m = r.get("ms") if r else None
+            t, t_wall = tt.get(measure, (None, None))
+            sp = (t / m) if (m and t) else None
+            target = speedup_target(n, measure)
+            status = None if target is None else ("n/a" if sp is None else "met" if sp >= target else "MISSED")
+            label = measure + (" (b%d)" % w["batch"] if measure == "train step" else "")
+            rows.append(dict(workload=n, measure=label, mtrec_ms=m, mtrec_wall_ms=r.get("wall_ms") if r else None,
+                             torch_ms=t, torch_wall_ms=t_wall, speedup=sp, target=target, status=status))
+    f = lambda v, d=3: ("%.*f" % (d, v)) if v is not None else "n/a"
+    print()
+    print("| workload | measure | mtrec ms | torch ms | speed-up (torch/mtrec) | target |")
+    print("|---|---|---:|---:|---:|---|")
+    for r in rows:
+        tgt = ">= %gx: %s" % (r["target"], r["status"]) if r["target"] is not None else ""
+        print("| %s | %s | %s | %s | %s | %s |" % (r["workload"], r["measure"], f(r["mtrec_ms"]), f(r["torch_ms"]),
+                                                (f(r["speedup"], 2) + "x") if r["speedup"] else "n/a", tgt))
+    copy = mt.get(("kernels", "copy"))
+    kernel_rows = []
+    print()
+    if copy:
+        print("copy bandwidth (cudaMemcpyAsync 1 GiB D2D, read + write): %.1f GB/s" % copy["gbs"])
+    else:
+        print("copy bandwidth: n/a (mtrec_bench_cuda reported no copy figure)")
+    print("| kernel | ms | GB/s | % of copy | target |")
+    print("|---|---:|---:|---:|---|")
+    for key, label, target in CUDA_KERNEL_LINES:
+        r = mt.get(("kernels", key))
+        gbs = r.get("gbs") if r else None
+        pct = r.get("pct_copy") if r else None
+        status = None if target is None else ("n/a" if pct is None else "met" if pct >= target else "MISSED")
+        kernel_rows.append(dict(kernel=key, label=label, ms=r.get("ms") if r else None, gbs=gbs, pct_copy=pct,
+                                target_pct=target, status=status))
+        print("| %s | %s | %s | %s | %s |" % (label, f(r.get("ms") if r else None, 4), f(gbs, 1),
+                                            (f(pct, 1) + "%") if pct is not None else "n/a",
+                                            ">= %g%%: %s" % (target, status) if target is not None else ""))
+    checked = [r["status"] for r in rows + kernel_rows if r["status"] is not None]
+    print()
+    print("targets: %d of %d met" % (checked.count("met"), len(checked)))
+    if ARGS.json:
+        with open(ARGS.json, "w") as fh:
+            json.dump(dict(device="cuda", torch=torch.__version__, torch_cuda=torch.version.cuda, gpu=props.name,
+                           mtrec=mdata, rows=rows, kernels=kernel_rows,
+                           copy_gbs=copy.get("gbs") if copy else None), fh, indent=1)
+    return 0
+
+
 def main():
+    if ARGS.device == "cuda":
+        names = [n.strip() for n in ARGS.workloads.split(",") if n.strip()]
+        for n in names:
+            if n not in WORKLOADS:
+                sys.exit("unknown workload '%s' (expected small, ref, large)" % n)
+        sys.exit(main_cuda(names))
     names = [n.strip() for n in ARGS.workloads.split(",") if n.strip()]
     for n in names:
         if n not in WORKLOADS:

@@ -33,6 +33,11 @@ SYSTEM_INCLUDE = re.compile(r"^\s*#\s*include\s*<([^>]+)>")
 PRAGMA_ONCE = re.compile(r"^\s*#\s*pragma\s+once\b")
 COND_OPEN = re.compile(r"^\s*#\s*if(n?def)?\b")
 COND_CLOSE = re.compile(r"^\s*#\s*endif\b")
+# The CUDA kernels (kernels/cuda/*.cuh) are the one part of the library
+# included inside a conditional (kernels/cuda.hpp: nvcc and MTREC_WITH_CUDA
+# only). They are inlined in place, inside that #if; whatever else they
+# include must already be in the output.
+CONDITIONAL_PREFIX = "mtrec/kernels/cuda/"
 
 
 class AmalgamateError(Exception):
@@ -58,9 +63,12 @@ def generate():
     active = []         # include stack, to report cycles
     seen_system = set()
 
-    def inline(rel, from_where):
+    def inline(rel, from_where, conditional=False):
         if rel in done:
             return
+        if conditional and not rel.startswith(CONDITIONAL_PREFIX):
+            raise AmalgamateError('%s includes "%s" inside a conditional block; include it unconditionally before '
+                                  "the #if" % (from_where, rel))
         if rel in active:
             raise AmalgamateError("include cycle: %s" % " -> ".join(active + [rel]))
         path = os.path.join(INCLUDE_DIR, rel)
@@ -84,11 +92,12 @@ def generate():
                 target = m.group(1)
                 if not target.startswith("mtrec/"):
                     raise AmalgamateError('%s: quoted include "%s" must be spelled "mtrec/..."' % (rel, target))
-                if depth != 0:
+                inside = conditional or depth != 0
+                if inside and not target.startswith(CONDITIONAL_PREFIX) and target not in done:
                     # Inlined once, it would be missing wherever the condition is false.
                     raise AmalgamateError('%s: "%s" is included inside #if; mtrec headers must be included '
                                           "unconditionally" % (rel, target))
-                inline(target, rel)
+                inline(target, rel, inside)
                 continue
             m = SYSTEM_INCLUDE.match(line)
             if m:
@@ -96,7 +105,7 @@ def generate():
                 if key in seen_system:
                     continue
                 # Only an unconditional include makes later copies redundant.
-                if depth == 0:
+                if depth == 0 and not conditional:
                     seen_system.add(key)
             out.append(line.rstrip())
         out.append("// ==== end %s " % rel + "=" * max(0, 68 - len(rel)))
@@ -114,6 +123,8 @@ def generate():
         "//",
         "// Needs Eigen 3.4 and xsimd 8 on the include path and -std=c++17; add -fopenmp",
         "// for parallel kernels and -march=native (or -mavx2 -mfma) for wide SIMD.",
+        "// Compiled by nvcc with -DMTREC_WITH_CUDA=1 it also holds the CUDA backend",
+        "// (the Cuda device; link cudart and cublas).",
         "#pragma once",
         "",
         "#define MTREC_SINGLE_HEADER 1",

@@ -34,6 +34,7 @@
 #include "mtrec/io/json.hpp"
 #include "mtrec/io/safetensors.hpp"
 #include "mtrec/kernels/cpu.hpp"
+#include "mtrec/kernels/cuda.hpp"
 #include "mtrec/kernels/device.hpp"
 #include "mtrec/kernels/eigen.hpp"
 #include "mtrec/kernels/embedding.hpp"

@@ -6,6 +6,8 @@
 //
 // Needs Eigen 3.4 and xsimd 8 on the include path and -std=c++17; add -fopenmp
 // for parallel kernels and -march=native (or -mavx2 -mfma) for wide SIMD.
+// Compiled by nvcc with -DMTREC_WITH_CUDA=1 it also holds the CUDA backend
+// (the Cuda device; link cudart and cublas).
 #pragma once
 
 #define MTREC_SINGLE_HEADER 1
@@ -58,6 +60,14 @@
 
 #ifndef MTREC_WITH_CUDA
 #define MTREC_WITH_CUDA 0
+#endif
+
+// A small function that CUDA kernels call too (an activation's formula, the
+// dropout hash): __host__ __device__ under nvcc, nothing otherwise.
+#if defined(__CUDACC__)
+#define MTREC_HD __host__ __device__
+#else
+#define MTREC_HD
 #endif
 // ==== end mtrec/core/config.hpp ===============================================
 
@@ -871,7 +881,7 @@ inline std::uint64_t mix64(std::uint64_t x) {
 
 // 32-bit integer hash (lowbias32). Cheap enough to vectorise: the dropout
 // kernels use it on (key ^ counter) so SIMD and scalar masks agree bit for bit.
-inline std::uint32_t hash32(std::uint32_t x) {
+MTREC_HD inline std::uint32_t hash32(std::uint32_t x) {
   x ^= x >> 16;
   x *= 0x7FEB352Du;
   x ^= x >> 15;
@@ -2790,7 +2800,7 @@ class SafetensorsFile {
 // Overload resolution picks the implementation at compile time; there is no
 // runtime if-ladder. Layers and models are templates on the device type and
 // pass the device object they were built with; nothing below chooses one.
-// A CUDA backend adds `Cuda` overloads in kernels/cuda.hpp.
+//                                          //      Cuda -> CUDA kernels and cuBLAS (kernels/cuda/, nvcc only)
 
 namespace mtrec {
 namespace kernels {
@@ -2800,10 +2810,6 @@ using cpu_t = Cpu;              // xsimd vectors + OpenMP over rows
 
 constexpr Reference reference{};
 constexpr Cpu cpu{};
-
-#if MTREC_WITH_CUDA
-#error "MTREC_WITH_CUDA is reserved: the CUDA backend is not implemented yet. Configure with -DMTREC_WITH_CUDA=OFF."
-#endif
 
 enum class Trans { N, T };  // GEMM operand as stored (N) or transposed (T)
 
@@ -3107,13 +3113,13 @@ namespace kernels {
 
 namespace detail {
 template <class T>
-inline T gelu_value(T x, GeluMode mode) {
+MTREC_HD inline T gelu_value(T x, GeluMode mode) {
   if (mode == GeluMode::Erf) return T(0.5) * x * (T(1) + std::erf(x * T(0.70710678118654752440)));
   const T u = T(0.79788456080286535588) * (x + T(0.044715) * x * x * x);
   return T(0.5) * x * (T(1) + std::tanh(u));
 }
 template <class T>
-inline T gelu_derivative(T x, GeluMode mode) {
+MTREC_HD inline T gelu_derivative(T x, GeluMode mode) {
   if (mode == GeluMode::Erf) {
     const T cdf = T(0.5) * (T(1) + std::erf(x * T(0.70710678118654752440)));
     const T pdf = T(0.39894228040143267794) * std::exp(T(-0.5) * x * x);
@@ -3126,7 +3132,7 @@ inline T gelu_derivative(T x, GeluMode mode) {
 }
 // Dropout keeps element `counter` of the stream `key` iff this returns true.
 // Shared by every backend so that masks agree bit for bit.
-inline bool dropout_keep(std::uint64_t key, std::uint64_t counter, std::uint32_t threshold24) {
+MTREC_HD inline bool dropout_keep(std::uint64_t key, std::uint64_t counter, std::uint32_t threshold24) {
   std::uint32_t h = hash32(static_cast<std::uint32_t>(counter) ^ static_cast<std::uint32_t>(key >> 32));
   h = hash32(h ^ static_cast<std::uint32_t>(key));
   return static_cast<std::int32_t>(h >> 8) >= static_cast<std::int32_t>(threshold24);
@@ -4139,6 +4145,21 @@ inline void axpy(cpu_t, T* y, const T* x, index_t n, T alpha) {
 }  // namespace mtrec
 // ==== end mtrec/kernels/cpu.hpp ===============================================
 
+// ==== begin mtrec/kernels/cuda.hpp ============================================
+// mtrec: the CUDA backend's kernels (kernels/cuda/*.cuh), present only in a
+// translation unit that nvcc compiles with MTREC_WITH_CUDA=1. Anywhere else
+// (g++, clang, or nvcc without the define) this header is empty, so a
+// project may set MTREC_WITH_CUDA for all its files and compile the host-only
+// ones with a plain C++ compiler.
+//
+//   kernels/cuda/device.cuh     the Cuda device: arena, per-thread stream and cuBLAS handle, checks
+//   kernels/cuda/dense.cuh      GEMM (cuBLAS), bias, activations, softmax, layernorm, dropout, Adam/SGD, reductions
+//   kernels/cuda/embedding.cuh  gather, scatter, embedding bags, the fused embedding backward + row-wise Adam
+//   kernels/cuda/rows.cuh       the row-wise (lazy) optimizer updates and row norms
+//   kernels/cuda/sequence.cuh   packing, pooling, positional, attention (strided-batched cuBLAS)
+//   kernels/cuda/loss.cuh       the losses and output transforms
+//   kernels/cuda/mixture.cuh    the gates' expert mixing and column copies
+
 // ==== begin mtrec/kernels/embedding.hpp =======================================
 // mtrec: embedding kernels — row gathers, scatter-adds and pooled bags.
 //
@@ -4154,6 +4175,193 @@ inline void axpy(cpu_t, T* y, const T* x, index_t n, T alpha) {
 //
 // `touched` (nullable, one byte per table row): the scatter kernels set
 // touched[id] = 1 for every ID they add into; they never clear a flag.
+
+// ==== begin mtrec/kernels/rows.hpp ============================================
+// mtrec: kernels over lists of table rows — the lazy (row-wise) optimizer
+// updates, and the norms, checks and scalings of the touched rows.
+//
+// A RowSet (core/tensor.hpp) names the rows of one table inside a flat parameter block: row r
+// of the set is the `dim` elements at offset + rows[r] * dim. One call covers
+// every table (an array of sets), so the cpu versions fork once per step, not
+// once per table. The rows of one set are distinct (a touched-row list).
+
+namespace mtrec {
+namespace kernels {
+
+namespace detail {
+inline double row_set_elements(const RowSet* sets, index_t n_sets) {
+  double e = 0;
+  for (index_t s = 0; s < n_sets; ++s) e += double(sets[s].n) * double(sets[s].dim);
+  return e;
+}
+// Calls fn(element offset, dim) for every row of every set; rows of all sets
+// in one parallel region when `fork` (rows are disjoint: order is irrelevant).
+template <class Fn>
+inline void for_each_row(const RowSet* sets, index_t n_sets, bool fork, Fn&& fn) {
+  auto body = [&](bool worksharing) {
+    for (index_t s = 0; s < n_sets; ++s) {
+      const RowSet& rs = sets[s];
+      if (worksharing) {
+        MTREC_OMP(for schedule(static) nowait)
+        for (index_t i = 0; i < rs.n; ++i) fn(rs.offset + rs.rows[i] * rs.dim, rs.dim);
+      } else {
+        for (index_t i = 0; i < rs.n; ++i) fn(rs.offset + rs.rows[i] * rs.dim, rs.dim);
+      }
+    }
+  };
+  if (fork && num_threads() > 1 && !in_parallel_region()) {
+    MTREC_OMP(parallel)
+    body(true);
+  } else {
+    body(false);
+  }
+}
+}  // namespace detail
+
+// ---- reference ----------------------------------------------------------------
+
+// adam_update (kernels/reference.hpp) on every listed row; returns true when
+// every updated weight is finite.
+template <class T>
+inline bool adam_update_rows(reference_t, T* w, T* m, T* v, const T* g, const RowSet* sets, index_t n_sets,
+                             const AdamStep<T>& st) {
+  bool finite = true;
+  for (index_t s = 0; s < n_sets; ++s)
+    for (index_t i = 0; i < sets[s].n; ++i) {
+      const index_t o = sets[s].offset + sets[s].rows[i] * sets[s].dim;
+      finite &= adam_update(reference, w + o, m + o, v + o, g + o, sets[s].dim, st);
+    }
+  return finite;
+}
+
+// sgd_update on every listed row (buf may be null when momentum == 0).
+template <class T>
+inline bool sgd_update_rows(reference_t, T* w, T* buf, const T* g, const RowSet* sets, index_t n_sets, T lr,
+                            T momentum, T weight_decay, bool nesterov) {
+  bool finite = true;
+  for (index_t s = 0; s < n_sets; ++s)
+    for (index_t i = 0; i < sets[s].n; ++i) {
+      const index_t o = sets[s].offset + sets[s].rows[i] * sets[s].dim;
+      finite &= sgd_update(reference, w + o, buf ? buf + o : nullptr, g + o, sets[s].dim, lr, momentum, weight_decay,
+                           nesterov);
+    }
+  return finite;
+}
+
+// Sum of x^2 over every listed row, in double, sets and rows in order.
+template <class T>
+inline double sum_squares_rows(reference_t, const T* x, const RowSet* sets, index_t n_sets) {
+  double acc = 0;
+  for (index_t s = 0; s < n_sets; ++s)
+    for (index_t i = 0; i < sets[s].n; ++i)
+      acc += sum_squares(reference, x + sets[s].offset + sets[s].rows[i] * sets[s].dim, sets[s].dim);
+  return acc;
+}
+
+// x *= alpha on every listed row.
+template <class T>
+inline void scale_rows(reference_t, T* x, const RowSet* sets, index_t n_sets, T alpha) {
+  for (index_t s = 0; s < n_sets; ++s)
+    for (index_t i = 0; i < sets[s].n; ++i) {
+      T* r = x + sets[s].offset + sets[s].rows[i] * sets[s].dim;
+      scale(reference, r, r, sets[s].dim, alpha);
+    }
+}
+
+// x = value on every listed row.
+template <class T>
+inline void fill_rows(reference_t, T* x, const RowSet* sets, index_t n_sets, T value) {
+  for (index_t s = 0; s < n_sets; ++s)
+    for (index_t i = 0; i < sets[s].n; ++i) fill(reference, x + sets[s].offset + sets[s].rows[i] * sets[s].dim, sets[s].dim, value);
+}
+
+// True when every element of every listed row is finite.
+template <class T>
+inline bool all_finite_rows(reference_t, const T* x, const RowSet* sets, index_t n_sets) {
+  for (index_t s = 0; s < n_sets; ++s)
+    for (index_t i = 0; i < sets[s].n; ++i)
+      if (!all_finite(reference, x + sets[s].offset + sets[s].rows[i] * sets[s].dim, sets[s].dim)) return false;
+  return true;
+}
+
+// ---- cpu ------------------------------------------------------------------------
+
+template <class T>
+inline bool adam_update_rows(cpu_t, T* w, T* m, T* v, const T* g, const RowSet* sets, index_t n_sets,
+                             const AdamStep<T>& st) {
+  simd::FiniteFlag finite;
+  detail::for_each_row(sets, n_sets, worth_forking_flops(16.0 * detail::row_set_elements(sets, n_sets)),
+                       [&](index_t o, index_t dim) {
+                         if (!adam_update(cpu, w + o, m + o, v + o, g + o, dim, st)) finite.clear();
+                       });
+  return finite.get();
+}
+
+template <class T>
+inline bool sgd_update_rows(cpu_t, T* w, T* buf, const T* g, const RowSet* sets, index_t n_sets, T lr, T momentum,
+                            T weight_decay, bool nesterov) {
+  simd::FiniteFlag finite;
+  detail::for_each_row(sets, n_sets, worth_forking_flops(8.0 * detail::row_set_elements(sets, n_sets)),
+                       [&](index_t o, index_t dim) {
+                         if (!sgd_update(cpu, w + o, buf ? buf + o : nullptr, g + o, dim, lr, momentum, weight_decay,
+                                         nesterov))
+                           finite.clear();
+                       });
+  return finite.get();
+}
+
+// Rows are summed in parts of ~16K elements whose bounds depend on the row
+// count and dim only; the parts are added in order, so the result is the
+// same bits for every thread count.
+template <class T>
+inline double sum_squares_rows(cpu_t, const T* x, const RowSet* sets, index_t n_sets) {
+  constexpr index_t kBatch = 64;
+  double total = 0;
+  for (index_t s = 0; s < n_sets; ++s) {
+    const RowSet& rs = sets[s];
+    if (rs.n == 0) continue;
+    const index_t per_part = std::max<index_t>(1, 16384 / std::max<index_t>(rs.dim, 1));
+    const index_t n_parts = (rs.n + per_part - 1) / per_part;
+    double partial[kBatch];
+    for (index_t k0 = 0; k0 < n_parts; k0 += kBatch) {
+      const index_t nk = std::min(kBatch, n_parts - k0);
+      parallel_chunks(nk, 1, [&](index_t b, index_t e) {
+        for (index_t k = b; k < e; ++k) {
+          double acc = 0;
+          const index_t i0 = (k0 + k) * per_part, i1 = std::min(rs.n, i0 + per_part);
+          for (index_t i = i0; i < i1; ++i) acc += sum_squares(cpu, x + rs.offset + rs.rows[i] * rs.dim, rs.dim);
+          partial[k] = acc;
+        }
+      });
+      for (index_t k = 0; k < nk; ++k) total += partial[k];
+    }
+  }
+  return total;
+}
+
+template <class T>
+inline void scale_rows(cpu_t, T* x, const RowSet* sets, index_t n_sets, T alpha) {
+  detail::for_each_row(sets, n_sets, worth_forking_flops(2.0 * detail::row_set_elements(sets, n_sets)),
+                       [&](index_t o, index_t dim) { scale(cpu, x + o, x + o, dim, alpha); });
+}
+
+template <class T>
+inline void fill_rows(cpu_t, T* x, const RowSet* sets, index_t n_sets, T value) {
+  for (index_t s = 0; s < n_sets; ++s)
+    for (index_t i = 0; i < sets[s].n; ++i) fill(cpu, x + sets[s].offset + sets[s].rows[i] * sets[s].dim, sets[s].dim, value);
+}
+
+template <class T>
+inline bool all_finite_rows(cpu_t, const T* x, const RowSet* sets, index_t n_sets) {
+  for (index_t s = 0; s < n_sets; ++s)
+    for (index_t i = 0; i < sets[s].n; ++i)
+      if (!all_finite(cpu, x + sets[s].offset + sets[s].rows[i] * sets[s].dim, sets[s].dim)) return false;
+  return true;
+}
+
+}  // namespace kernels
+}  // namespace mtrec
+// ==== end mtrec/kernels/rows.hpp ==============================================
 
 namespace mtrec {
 namespace kernels {
@@ -4226,6 +4434,39 @@ inline void embedding_bag_backward(reference_t, T* grad_table, std::uint8_t* tou
       }
     }
   }
+}
+
+// The fused embedding-bag backward + lazy (row-wise) Adam, as FBGEMM's
+// table-batched embedding with a fused optimizer: w, m, v (rows,dim) are the
+// table and its Adam moments, the other arguments those of
+// embedding_bag_backward. Exactly the composition
+//   g = 0 (rows,dim); embedding_bag_backward(g, touched, nullptr, dy, w, ...);
+//   adam_update_rows(w, m, v, g, {the distinct rows touched}, st)
+// so a row no ID of the batch names keeps its w, m and v (lazy Adam), and a
+// row named only with weight 0 still takes a step with g = 0. Returns true
+// when every updated weight is finite. This reference version builds the
+// composition literally (a host gradient of max(ID) + 1 rows); the device
+// versions never materialise the table's gradient.
+template <class T>
+inline bool embedding_bag_backward_adam(reference_t, T* w, T* m, T* v, const T* dy, const index_t* ids,
+                                        const index_t* offsets, const T* weights, index_t B, index_t dim, bool mean,
+                                        const AdamStep<T>& st) {
+  index_t rows = 0;
+  for (index_t b = 0; b < B; ++b)
+    for (index_t i = offsets[b]; i < offsets[b + 1]; ++i) rows = ids[i] + 1 > rows ? ids[i] + 1 : rows;
+  std::vector<T> g(static_cast<std::size_t>(rows * dim), T(0));
+  std::vector<std::uint8_t> touched(static_cast<std::size_t>(rows), 0);
+  embedding_bag_backward(reference, g.data(), touched.data(), static_cast<T*>(nullptr), dy, w, ids, offsets, weights,
+                         B, dim, mean);
+  std::vector<index_t> list;
+  for (index_t r = 0; r < rows; ++r)
+    if (touched[static_cast<std::size_t>(r)]) list.push_back(r);
+  RowSet set;
+  set.offset = 0;
+  set.rows = list.data();
+  set.n = index_t(list.size());
+  set.dim = dim;
+  return adam_update_rows(reference, w, m, v, g.data(), &set, 1, st);
 }
 
 // ---- cpu -------------------------------------------------------------------------
@@ -4530,17 +4771,59 @@ inline void embedding_bag_backward(cpu_t, T* grad_table, std::uint8_t* touched, 
       fork);
 }
 
+// The fused embedding-bag backward + lazy Adam (the reference's semantics):
+// the batch's (ID, occurrence) pairs sorted, then per distinct ID (in
+// parallel chunks of IDs, each independent) its gradient row summed into a
+// row buffer over its occurrences in ID order (the reference's additions,
+// in its order) and adam_update applied to the row. No table-sized gradient.
+template <class T>
+inline bool embedding_bag_backward_adam(cpu_t, T* w, T* m, T* v, const T* dy, const index_t* ids,
+                                        const index_t* offsets, const T* weights, index_t B, index_t dim, bool mean,
+                                        const AdamStep<T>& st) {
+  namespace ed = embedding_detail;
+  if (B <= 0 || dim <= 0) return true;
+  std::vector<std::pair<index_t, index_t>> occ;  // (ID, occurrence)
+  std::vector<index_t> bag_of;                   // by occurrence - offsets[0]
+  const index_t i0 = offsets[0];
+  for (index_t b = 0; b < B; ++b)
+    for (index_t i = offsets[b]; i < offsets[b + 1]; ++i) {
+      occ.emplace_back(ids[i], i);
+      if (index_t(bag_of.size()) <= i - i0) bag_of.resize(static_cast<std::size_t>(i - i0 + 1));
+      bag_of[static_cast<std::size_t>(i - i0)] = b;
+    }
+  if (occ.empty()) return true;
+  std::sort(occ.begin(), occ.end());  // pairs are distinct: ID order, then occurrence order
+  std::vector<index_t> starts;        // of the runs of equal IDs, then occ.size()
+  for (std::size_t j = 0; j < occ.size(); ++j)
+    if (j == 0 || occ[j].first != occ[j - 1].first) starts.push_back(index_t(j));
+  const index_t n_rows = index_t(starts.size());
+  starts.push_back(index_t(occ.size()));
+  simd::FiniteFlag finite;
+  parallel_chunks(
+      n_rows, 64,
+      [&](index_t u0, index_t u1) {
+        std::vector<T> g(static_cast<std::size_t>(dim));
+        for (index_t u = u0; u < u1; ++u) {
+          std::fill(g.begin(), g.end(), T(0));
+          const index_t r = occ[static_cast<std::size_t>(starts[static_cast<std::size_t>(u)])].first;
+          for (index_t j = starts[static_cast<std::size_t>(u)]; j < starts[static_cast<std::size_t>(u + 1)]; ++j) {
+            const index_t i = occ[static_cast<std::size_t>(j)].second;
+            const index_t b = bag_of[static_cast<std::size_t>(i - i0)];
+            const index_t s = offsets[b], e = offsets[b + 1];
+            const T inv = (mean && e > s) ? T(1) / T(e - s) : T(1);
+            const T a = (weights ? weights[i] : T(1)) * inv;
+            ed::add_row_span<true>(g.data(), dy + b * dim, a, 0, dim);
+          }
+          if (!adam_update(cpu, w + r * dim, m + r * dim, v + r * dim, g.data(), dim, st)) finite.clear();
+        }
+      },
+      worth_forking_flops(16.0 * double(occ.size()) * double(dim)));
+  return finite.get();
+}
+
 }  // namespace kernels
 }  // namespace mtrec
 // ==== end mtrec/kernels/embedding.hpp =========================================
-
-// ==== begin mtrec/kernels/fake.hpp ============================================
-// mtrec: kernels on the Fake device (core/device.hpp).
-//
-// Each kernel on Fake holds the arena guard (the arena is readable only
-// while a kernel or copy runs) and runs the reference code. One line per
-// kernel name below: a kernel added to the reference backend needs its name
-// here too, or calling it on Fake does not compile.
 
 // ==== begin mtrec/kernels/loss.hpp ============================================
 // mtrec: loss kernels — the numeric part of the training losses, and the
@@ -4594,17 +4877,17 @@ using loss_nd = typename loss_nondeduced<T>::type;
 inline double loss_softplus(double z) { return std::max(z, 0.0) + std::log1p(std::exp(-std::fabs(z))); }
 
 // 1 / (1 + exp(-z)) without overflow for either sign.
-inline double loss_sigmoid(double z) {
+MTREC_HD inline double loss_sigmoid(double z) {
   if (z >= 0) return 1.0 / (1.0 + std::exp(-z));
   const double e = std::exp(z);
   return e / (1.0 + e);
 }
 
-inline bool loss_row_on(const std::uint8_t* mask, index_t i) { return mask == nullptr || mask[i] != 0; }
+MTREC_HD inline bool loss_row_on(const std::uint8_t* mask, index_t i) { return mask == nullptr || mask[i] != 0; }
 
 // Scale of row i's term and gradient: d value / d l_i = w_i / W.
 template <class T>
-inline double loss_row_scale(const T* weights, index_t i, double inv_weight_sum) {
+MTREC_HD inline double loss_row_scale(const T* weights, index_t i, double inv_weight_sum) {
   return (weights ? double(weights[i]) : 1.0) * inv_weight_sum;
 }
 
@@ -4784,7 +5067,7 @@ inline double esmm_row(T* d_ctr, T* d_cvr, const T* ctr, const T* cvr, const T* 
 
 // MultiTaskModel::predict's sigmoid, in T.
 template <class T>
-inline T output_sigmoid(T x) {
+MTREC_HD inline T output_sigmoid(T x) {
   return T(1) / (T(1) + std::exp(-x));
 }
 
@@ -5104,193 +5387,6 @@ inline void copy_columns(cpu_t, T* dst, index_t ld_dst, index_t dst_col, const T
 }  // namespace kernels
 }  // namespace mtrec
 // ==== end mtrec/kernels/mixture.hpp ===========================================
-
-// ==== begin mtrec/kernels/rows.hpp ============================================
-// mtrec: kernels over lists of table rows — the lazy (row-wise) optimizer
-// updates, and the norms, checks and scalings of the touched rows.
-//
-// A RowSet (core/tensor.hpp) names the rows of one table inside a flat parameter block: row r
-// of the set is the `dim` elements at offset + rows[r] * dim. One call covers
-// every table (an array of sets), so the cpu versions fork once per step, not
-// once per table. The rows of one set are distinct (a touched-row list).
-
-namespace mtrec {
-namespace kernels {
-
-namespace detail {
-inline double row_set_elements(const RowSet* sets, index_t n_sets) {
-  double e = 0;
-  for (index_t s = 0; s < n_sets; ++s) e += double(sets[s].n) * double(sets[s].dim);
-  return e;
-}
-// Calls fn(element offset, dim) for every row of every set; rows of all sets
-// in one parallel region when `fork` (rows are disjoint: order is irrelevant).
-template <class Fn>
-inline void for_each_row(const RowSet* sets, index_t n_sets, bool fork, Fn&& fn) {
-  auto body = [&](bool worksharing) {
-    for (index_t s = 0; s < n_sets; ++s) {
-      const RowSet& rs = sets[s];
-      if (worksharing) {
-        MTREC_OMP(for schedule(static) nowait)
-        for (index_t i = 0; i < rs.n; ++i) fn(rs.offset + rs.rows[i] * rs.dim, rs.dim);
-      } else {
-        for (index_t i = 0; i < rs.n; ++i) fn(rs.offset + rs.rows[i] * rs.dim, rs.dim);
-      }
-    }
-  };
-  if (fork && num_threads() > 1 && !in_parallel_region()) {
-    MTREC_OMP(parallel)
-    body(true);
-  } else {
-    body(false);
-  }
-}
-}  // namespace detail
-
-// ---- reference ----------------------------------------------------------------
-
-// adam_update (kernels/reference.hpp) on every listed row; returns true when
-// every updated weight is finite.
-template <class T>
-inline bool adam_update_rows(reference_t, T* w, T* m, T* v, const T* g, const RowSet* sets, index_t n_sets,
-                             const AdamStep<T>& st) {
-  bool finite = true;
-  for (index_t s = 0; s < n_sets; ++s)
-    for (index_t i = 0; i < sets[s].n; ++i) {
-      const index_t o = sets[s].offset + sets[s].rows[i] * sets[s].dim;
-      finite &= adam_update(reference, w + o, m + o, v + o, g + o, sets[s].dim, st);
-    }
-  return finite;
-}
-
-// sgd_update on every listed row (buf may be null when momentum == 0).
-template <class T>
-inline bool sgd_update_rows(reference_t, T* w, T* buf, const T* g, const RowSet* sets, index_t n_sets, T lr,
-                            T momentum, T weight_decay, bool nesterov) {
-  bool finite = true;
-  for (index_t s = 0; s < n_sets; ++s)
-    for (index_t i = 0; i < sets[s].n; ++i) {
-      const index_t o = sets[s].offset + sets[s].rows[i] * sets[s].dim;
-      finite &= sgd_update(reference, w + o, buf ? buf + o : nullptr, g + o, sets[s].dim, lr, momentum, weight_decay,
-                           nesterov);
-    }
-  return finite;
-}
-
-// Sum of x^2 over every listed row, in double, sets and rows in order.
-template <class T>
-inline double sum_squares_rows(reference_t, const T* x, const RowSet* sets, index_t n_sets) {
-  double acc = 0;
-  for (index_t s = 0; s < n_sets; ++s)
-    for (index_t i = 0; i < sets[s].n; ++i)
-      acc += sum_squares(reference, x + sets[s].offset + sets[s].rows[i] * sets[s].dim, sets[s].dim);
-  return acc;
-}
-
-// x *= alpha on every listed row.
-template <class T>
-inline void scale_rows(reference_t, T* x, const RowSet* sets, index_t n_sets, T alpha) {
-  for (index_t s = 0; s < n_sets; ++s)
-    for (index_t i = 0; i < sets[s].n; ++i) {
-      T* r = x + sets[s].offset + sets[s].rows[i] * sets[s].dim;
-      scale(reference, r, r, sets[s].dim, alpha);
-    }
-}
-
-// x = value on every listed row.
-template <class T>
-inline void fill_rows(reference_t, T* x, const RowSet* sets, index_t n_sets, T value) {
-  for (index_t s = 0; s < n_sets; ++s)
-    for (index_t i = 0; i < sets[s].n; ++i) fill(reference, x + sets[s].offset + sets[s].rows[i] * sets[s].dim, sets[s].dim, value);
-}
-
-// True when every element of every listed row is finite.
-template <class T>
-inline bool all_finite_rows(reference_t, const T* x, const RowSet* sets, index_t n_sets) {
-  for (index_t s = 0; s < n_sets; ++s)
-    for (index_t i = 0; i < sets[s].n; ++i)
-      if (!all_finite(reference, x + sets[s].offset + sets[s].rows[i] * sets[s].dim, sets[s].dim)) return false;
-  return true;
-}
-
-// ---- cpu ------------------------------------------------------------------------
-
-template <class T>
-inline bool adam_update_rows(cpu_t, T* w, T* m, T* v, const T* g, const RowSet* sets, index_t n_sets,
-                             const AdamStep<T>& st) {
-  simd::FiniteFlag finite;
-  detail::for_each_row(sets, n_sets, worth_forking_flops(16.0 * detail::row_set_elements(sets, n_sets)),
-                       [&](index_t o, index_t dim) {
-                         if (!adam_update(cpu, w + o, m + o, v + o, g + o, dim, st)) finite.clear();
-                       });
-  return finite.get();
-}
-
-template <class T>
-inline bool sgd_update_rows(cpu_t, T* w, T* buf, const T* g, const RowSet* sets, index_t n_sets, T lr, T momentum,
-                            T weight_decay, bool nesterov) {
-  simd::FiniteFlag finite;
-  detail::for_each_row(sets, n_sets, worth_forking_flops(8.0 * detail::row_set_elements(sets, n_sets)),
-                       [&](index_t o, index_t dim) {
-                         if (!sgd_update(cpu, w + o, buf ? buf + o : nullptr, g + o, dim, lr, momentum, weight_decay,
-                                         nesterov))
-                           finite.clear();
-                       });
-  return finite.get();
-}
-
-// Rows are summed in parts of ~16K elements whose bounds depend on the row
-// count and dim only; the parts are added in order, so the result is the
-// same bits for every thread count.
-template <class T>
-inline double sum_squares_rows(cpu_t, const T* x, const RowSet* sets, index_t n_sets) {
-  constexpr index_t kBatch = 64;
-  double total = 0;
-  for (index_t s = 0; s < n_sets; ++s) {
-    const RowSet& rs = sets[s];
-    if (rs.n == 0) continue;
-    const index_t per_part = std::max<index_t>(1, 16384 / std::max<index_t>(rs.dim, 1));
-    const index_t n_parts = (rs.n + per_part - 1) / per_part;
-    double partial[kBatch];
-    for (index_t k0 = 0; k0 < n_parts; k0 += kBatch) {
-      const index_t nk = std::min(kBatch, n_parts - k0);
-      parallel_chunks(nk, 1, [&](index_t b, index_t e) {
-        for (index_t k = b; k < e; ++k) {
-          double acc = 0;
-          const index_t i0 = (k0 + k) * per_part, i1 = std::min(rs.n, i0 + per_part);
-          for (index_t i = i0; i < i1; ++i) acc += sum_squares(cpu, x + rs.offset + rs.rows[i] * rs.dim, rs.dim);
-          partial[k] = acc;
-        }
-      });
-      for (index_t k = 0; k < nk; ++k) total += partial[k];
-    }
-  }
-  return total;
-}
-
-template <class T>
-inline void scale_rows(cpu_t, T* x, const RowSet* sets, index_t n_sets, T alpha) {
-  detail::for_each_row(sets, n_sets, worth_forking_flops(2.0 * detail::row_set_elements(sets, n_sets)),
-                       [&](index_t o, index_t dim) { scale(cpu, x + o, x + o, dim, alpha); });
-}
-
-template <class T>
-inline void fill_rows(cpu_t, T* x, const RowSet* sets, index_t n_sets, T value) {
-  for (index_t s = 0; s < n_sets; ++s)
-    for (index_t i = 0; i < sets[s].n; ++i) fill(cpu, x + sets[s].offset + sets[s].rows[i] * sets[s].dim, sets[s].dim, value);
-}
-
-template <class T>
-inline bool all_finite_rows(cpu_t, const T* x, const RowSet* sets, index_t n_sets) {
-  for (index_t s = 0; s < n_sets; ++s)
-    for (index_t i = 0; i < sets[s].n; ++i)
-      if (!all_finite(cpu, x + sets[s].offset + sets[s].rows[i] * sets[s].dim, sets[s].dim)) return false;
-  return true;
-}
-
-}  // namespace kernels
-}  // namespace mtrec
-// ==== end mtrec/kernels/rows.hpp ==============================================
 
 // ==== begin mtrec/kernels/sequence.hpp ========================================
 // mtrec: sequence kernels — masked pooling, packing, positional add, masked
@@ -5720,6 +5816,3425 @@ inline void attention_backward(cpu_t, T* d_qkv, T* d_scores, const T* d_out, con
 }  // namespace mtrec
 // ==== end mtrec/kernels/sequence.hpp ==========================================
 
+// The .cuh files include nothing of mtrec beyond the headers above.
+#if MTREC_WITH_CUDA && defined(__CUDACC__)
+#define MTREC_HAS_CUDA 1
+
+// ==== begin mtrec/kernels/cuda/device.cuh =====================================
+// mtrec: the CUDA device — memory, streams, cuBLAS handles and error checks.
+//
+// Included only by a translation unit compiled by nvcc with MTREC_WITH_CUDA=1
+// (kernels/cuda.hpp holds the guard); a g++ build never sees this folder.
+//
+//   Cuda dev;                                  // device 0, or the one set with cudaSetDevice
+//   MultiTaskModel<float, Cuda> model(cfg);    // the same API as on Cpu
+//
+// What a Cuda value holds, and where it lives:
+//   memory  one caching arena per process (CudaArena below): blocks of
+//           power-of-two size classes, kept on free lists when released, so
+//           a warm training step or predict calls neither cudaMalloc nor
+//           cudaFree. When cudaMalloc fails, the arena frees its cached
+//           blocks and tries once more, then throws an Error naming the
+//           request, the bytes in use and the device's free memory.
+//   stream  one per host thread (CudaThread below), created on the thread's
+//   cuBLAS  first CUDA call, non-blocking, with its own cuBLAS handle bound
+//           to it: kernels, copies and GEMMs issued from one thread run in
+//           order on that thread's stream, and several threads (each with
+//           its own workspace) run concurrently without sharing a handle,
+//           like PyTorch's per-thread current stream.
+//   options `tf32` (off by default): cuBLAS fp32 GEMMs may use TF32 tensor
+//           cores, which round the operands to a 10-bit mantissa (relative
+//           error about 1e-3 per product instead of 1e-7): faster on
+//           Ampere and later, and no longer within the op table's fp32
+//           tolerances. Set process-wide with cuda::options().tf32 = true
+//           before building a model.
+//
+// Every CUDA and cuBLAS call is checked: a failure throws mtrec::Error with
+// the op, the CUDA error string and the shapes. Kernels are launched on the
+// calling thread's stream and checked with cudaGetLastError; copies to the
+// host synchronise that stream (so a host read after download sees every
+// kernel issued before it).
+
+#if !defined(__CUDACC__)
+#error "mtrec/kernels/cuda/*.cuh are CUDA headers: compile the including file with nvcc and -DMTREC_WITH_CUDA=1"
+#endif
+
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+
+namespace mtrec {
+
+struct CudaMemory {
+  static constexpr bool host_readable = false;
+};
+
+namespace cuda {
+
+// ---- errors ------------------------------------------------------------------------
+
+inline const char* cublas_status_string(cublasStatus_t s) {
+  switch (s) {
+    case CUBLAS_STATUS_SUCCESS: return "CUBLAS_STATUS_SUCCESS";
+    case CUBLAS_STATUS_NOT_INITIALIZED: return "CUBLAS_STATUS_NOT_INITIALIZED";
+    case CUBLAS_STATUS_ALLOC_FAILED: return "CUBLAS_STATUS_ALLOC_FAILED";
+    case CUBLAS_STATUS_INVALID_VALUE: return "CUBLAS_STATUS_INVALID_VALUE";
+    case CUBLAS_STATUS_ARCH_MISMATCH: return "CUBLAS_STATUS_ARCH_MISMATCH";
+    case CUBLAS_STATUS_MAPPING_ERROR: return "CUBLAS_STATUS_MAPPING_ERROR";
+    case CUBLAS_STATUS_EXECUTION_FAILED: return "CUBLAS_STATUS_EXECUTION_FAILED";
+    case CUBLAS_STATUS_INTERNAL_ERROR: return "CUBLAS_STATUS_INTERNAL_ERROR";
+    case CUBLAS_STATUS_NOT_SUPPORTED: return "CUBLAS_STATUS_NOT_SUPPORTED";
+    default: return "an unknown cuBLAS status";
+  }
+}
+
+// Throws Error(op, "<CUDA error string> (<name>) <details...>") unless e is cudaSuccess.
+template <class... Parts>
+inline void check(cudaError_t e, const char* op, const Parts&... details) {
+  if (e == cudaSuccess) return;
+  (void)cudaGetLastError();  // clear a sticky launch error so later calls report their own
+  fail(op, "CUDA error: ", cudaGetErrorString(e), " (", cudaGetErrorName(e), ")", sizeof...(details) ? "; " : "",
+       details...);
+}
+template <class... Parts>
+inline void check_blas(cublasStatus_t s, const char* op, const Parts&... details) {
+  if (s == CUBLAS_STATUS_SUCCESS) return;
+  fail(op, "cuBLAS error: ", cublas_status_string(s), sizeof...(details) ? "; " : "", details...);
+}
+// After a <<<...>>> launch: a bad configuration or an earlier asynchronous
+// fault shows up here.
+template <class... Parts>
+inline void check_launch(const char* op, const Parts&... details) {
+  check(cudaGetLastError(), op, "kernel launch failed; ", details...);
+}
+
+// Devices present (0 when there is no driver or no GPU: never throws).
+inline int device_count() {
+  int n = 0;
+  if (cudaGetDeviceCount(&n) != cudaSuccess) {
+    (void)cudaGetLastError();
+    return 0;
+  }
+  return n;
+}
+inline bool available() { return device_count() > 0; }
+// Why there is no device, for a test's skip line.
+inline std::string unavailable_reason() {
+  int n = 0;
+  const cudaError_t e = cudaGetDeviceCount(&n);
+  (void)cudaGetLastError();
+  if (e != cudaSuccess) return std::string(cudaGetErrorName(e)) + ": " + cudaGetErrorString(e);
+  if (n == 0) return "the driver reports no CUDA device";
+  return "";
+}
+
+// ---- per-thread stream and cuBLAS handle ------------------------------------------------
+
+class CudaThread {
+ public:
+  static CudaThread& current() {
+    thread_local CudaThread t;
+    return t;
+  }
+  cudaStream_t stream() {
+    init();
+    return stream_;
+  }
+  cublasHandle_t blas() {
+    init();
+    return blas_;
+  }
+  // Pinned host scratch for the small results kernels return (a flag, a sum).
+  void* host_scratch() {
+    init();
+    return host_scratch_;
+  }
+  // Device scratch of at least `bytes` for reductions; grows (rarely), never shrinks.
+  void* device_scratch(std::size_t bytes);
+  void synchronize(const char* op) {
+    if (stream_) check(cudaStreamSynchronize(stream_), op, "waiting for the thread's stream");
+  }
+  // The same without throwing (a fault here surfaces at the next checked call).
+  void synchronize_quietly() noexcept {
+    if (stream_ && cudaStreamSynchronize(stream_) != cudaSuccess) (void)cudaGetLastError();
+  }
+  ~CudaThread();
+
+ private:
+  CudaThread() = default;
+  void init() {
+    if (stream_) return;
+    check(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "Cuda", "creating the thread's stream");
+    check_blas(cublasCreate(&blas_), "Cuda", "creating the thread's cuBLAS handle");
+    check_blas(cublasSetStream(blas_, stream_), "Cuda", "binding the cuBLAS handle to the stream");
+    // The default pointer mode (host) and no atomics: cuBLAS results are
+    // reproducible run to run on the same GPU.
+    check_blas(cublasSetAtomicsMode(blas_, CUBLAS_ATOMICS_NOT_ALLOWED), "Cuda", "cublasSetAtomicsMode");
+    check(cudaMallocHost(&host_scratch_, 256), "Cuda", "allocating 256 bytes of pinned host scratch");
+  }
+  cudaStream_t stream_ = nullptr;
+  cublasHandle_t blas_ = nullptr;
+  void* host_scratch_ = nullptr;
+  void* dev_scratch_ = nullptr;
+  std::size_t dev_scratch_bytes_ = 0;
+};
+
+// ---- the caching arena ------------------------------------------------------------------
+
+class CudaArena {
+ public:
+  static CudaArena& instance() {
+    static CudaArena* a = new CudaArena();  // never destroyed: tensors may outlive statics
+    return *a;
+  }
+
+  void* allocate(std::size_t bytes) {
+    if (bytes == 0) return nullptr;
+    const int c = size_class(bytes);
+    const std::size_t sz = std::size_t(1) << c;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (!free_[c].empty()) {
+        void* p = free_[c].back();
+        free_[c].pop_back();
+        in_use_ += sz;
+        cached_ -= sz;
+        return p;
+      }
+    }
+    void* p = nullptr;
+    cudaError_t e = cudaMalloc(&p, sz);
+    if (e == cudaErrorMemoryAllocation) {
+      (void)cudaGetLastError();
+      release_cached();
+      e = cudaMalloc(&p, sz);
+    }
+    if (e != cudaSuccess) {
+      (void)cudaGetLastError();
+      std::size_t free_b = 0, total_b = 0;
+      (void)cudaMemGetInfo(&free_b, &total_b);
+      (void)cudaGetLastError();
+      std::lock_guard<std::mutex> lock(mu_);
+      if (e == cudaErrorMemoryAllocation)
+        fail("Cuda::allocate", "out of GPU memory: a tensor of ", bytes, " bytes (block of ", sz,
+             " bytes) does not fit; the arena holds ", in_use_, " bytes in use and the device has ", free_b,
+             " of ", total_b, " bytes free");
+      check(e, "Cuda::allocate", "cudaMalloc of ", sz, " bytes");
+    }
+    std::lock_guard<std::mutex> lock(mu_);
+    ++mallocs_;
+    in_use_ += sz;
+    return p;
+  }
+  // The block goes back to its free list. The calling thread's stream is
+  // synchronised first, so work it issued on the block has finished before
+  // the block can be handed out again.
+  void deallocate(void* p, std::size_t bytes) {
+    if (!p) return;
+    CudaThread::current().synchronize_quietly();  // never throws: called from destructors
+    const int c = size_class(bytes);
+    std::lock_guard<std::mutex> lock(mu_);
+    free_[c].push_back(p);
+    in_use_ -= std::size_t(1) << c;
+    cached_ += std::size_t(1) << c;
+  }
+  // cudaFree of every cached block (called before giving up on an allocation).
+  void release_cached() {
+    std::lock_guard<std::mutex> lock(mu_);
+    (void)cudaDeviceSynchronize();
+    for (auto& list : free_) {
+      for (void* p : list) (void)cudaFree(p);
+      list.clear();
+    }
+    cached_ = 0;
+    (void)cudaGetLastError();
+  }
+  std::size_t bytes_in_use() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return in_use_;
+  }
+  std::size_t bytes_cached() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return cached_;
+  }
+  // cudaMalloc calls so far: a steady-state step adds none (tests check it).
+  std::uint64_t mallocs() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return mallocs_;
+  }
+  std::uint64_t uploads() const { return uploads_.load(std::memory_order_relaxed); }
+  void count_upload() { uploads_.fetch_add(1, std::memory_order_relaxed); }
+
+ private:
+  CudaArena() = default;
+  static int size_class(std::size_t bytes) {
+    int c = 8;  // 256 bytes at least: cudaMalloc's own alignment
+    while ((std::size_t(1) << c) < bytes) ++c;
+    return c;
+  }
+  mutable std::mutex mu_;
+  std::size_t in_use_ = 0, cached_ = 0;
+  std::uint64_t mallocs_ = 0;
+  std::atomic<std::uint64_t> uploads_{0};
+  std::vector<void*> free_[64];
+};
+
+inline void* CudaThread::device_scratch(std::size_t bytes) {
+  init();
+  if (bytes > dev_scratch_bytes_) {
+    if (dev_scratch_) CudaArena::instance().deallocate(dev_scratch_, dev_scratch_bytes_);
+    std::size_t sz = 4096;
+    while (sz < bytes) sz <<= 1;
+    dev_scratch_ = CudaArena::instance().allocate(sz);
+    dev_scratch_bytes_ = sz;
+  }
+  return dev_scratch_;
+}
+
+inline CudaThread::~CudaThread() {
+  // At process exit the runtime may already be gone: errors are ignored.
+  if (dev_scratch_) CudaArena::instance().deallocate(dev_scratch_, dev_scratch_bytes_);
+  if (host_scratch_) (void)cudaFreeHost(host_scratch_);
+  if (blas_) (void)cublasDestroy(blas_);
+  if (stream_) (void)cudaStreamDestroy(stream_);
+  (void)cudaGetLastError();
+}
+
+// Grid for a grid-stride loop over n elements.
+inline unsigned grid_for(std::int64_t n, unsigned threads = 256, unsigned max_blocks = 65535u * 4u) {
+  const std::int64_t b = (n + threads - 1) / threads;
+  return static_cast<unsigned>(b < 1 ? 1 : (b > std::int64_t(max_blocks) ? max_blocks : b));
+}
+
+template <class T>
+__global__ void zero_rows_kernel(T* base, const std::int64_t* rows, std::int64_t n, std::int64_t row_words) {
+  const std::int64_t total = n * row_words;
+  for (std::int64_t i = blockIdx.x * std::int64_t(blockDim.x) + threadIdx.x; i < total;
+       i += std::int64_t(gridDim.x) * blockDim.x) {
+    const std::int64_t r = i / row_words, c = i - r * row_words;
+    base[rows[r] * row_words + c] = T(0);
+  }
+}
+
+// The options a Cuda value starts with, process-wide, as PyTorch's
+// torch.backends.cuda.matmul.allow_tf32: set them before building a model
+// (every layer keeps the device value its ParameterStore was built with).
+//   mtrec::cuda::options().tf32 = true;
+struct Options {
+  bool tf32 = false;  // fp32 GEMMs on TF32 tensor cores (see the header comment)
+};
+inline Options& options() {
+  static Options o;
+  return o;
+}
+
+}  // namespace cuda
+
+// ---- the device value ------------------------------------------------------------------------
+
+struct Cuda {
+  using memory = CudaMemory;
+  static const char* name() { return "cuda"; }
+
+  bool tf32 = cuda::options().tf32;
+
+  cudaStream_t stream() const { return cuda::CudaThread::current().stream(); }
+  cublasHandle_t blas() const { return cuda::CudaThread::current().blas(); }
+  void synchronize(const char* op = "Cuda::synchronize") const { cuda::CudaThread::current().synchronize(op); }
+
+  void* allocate(std::size_t bytes) const { return cuda::CudaArena::instance().allocate(bytes); }
+  void deallocate(void* p, std::size_t bytes) const { cuda::CudaArena::instance().deallocate(p, bytes); }
+  void copy(void* dst, const void* src, std::size_t bytes) const {
+    if (!bytes) return;
+    cuda::check(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, stream()), "Cuda::copy", bytes,
+                " bytes device to device");
+  }
+  // From pageable host memory: returns once the source has been staged, so
+  // the host buffer may be reused at once.
+  void upload(void* dst, const void* host, std::size_t bytes) const {
+    if (!bytes) return;
+    cuda::CudaArena::instance().count_upload();
+    cuda::check(cudaMemcpyAsync(dst, host, bytes, cudaMemcpyHostToDevice, stream()), "Cuda::upload", bytes,
+                " bytes host to device");
+  }
+  // Waits for every kernel issued on this thread's stream, then copies.
+  void download(void* host, const void* src, std::size_t bytes) const {
+    if (!bytes) return;
+    cuda::check(cudaMemcpyAsync(host, src, bytes, cudaMemcpyDeviceToHost, stream()), "Cuda::download", bytes,
+                " bytes device to host");
+    cuda::check(cudaStreamSynchronize(stream()), "Cuda::download", "waiting for ", bytes, " bytes device to host");
+  }
+  void zero(void* p, std::size_t bytes) const {
+    if (!bytes) return;
+    cuda::check(cudaMemsetAsync(p, 0, bytes, stream()), "Cuda::zero", bytes, " bytes");
+  }
+  // rows (n) is device memory, like every index array a kernel reads.
+  void zero_rows(void* base, const std::int64_t* rows, std::int64_t n, std::size_t row_bytes) const {
+    if (!n) return;
+    if (row_bytes % 4 == 0) {
+      const std::int64_t words = std::int64_t(row_bytes / 4);
+      cuda::zero_rows_kernel<std::uint32_t><<<cuda::grid_for(n * words), 256, 0, stream()>>>(
+          static_cast<std::uint32_t*>(base), rows, n, words);
+    } else {
+      cuda::zero_rows_kernel<std::uint8_t><<<cuda::grid_for(n * std::int64_t(row_bytes)), 256, 0, stream()>>>(
+          static_cast<std::uint8_t*>(base), rows, n, std::int64_t(row_bytes));
+    }
+    cuda::check_launch("Cuda::zero_rows", n, " rows of ", row_bytes, " bytes");
+  }
+};
+
+namespace kernels {
+
+// The tag the CUDA kernel implementations take in place of reference_t:
+// their pointer arguments are plain addresses of device memory (or, through
+// CudaDispatch, of host memory the GPU can read). `dev` is the device value
+// the call came from (its options), `stream`/`blas` the calling thread's.
+struct cuda_raw_t {
+  const Cuda* dev;
+  cudaStream_t stream;
+  cublasHandle_t blas() const { return cuda::CudaThread::current().blas(); }
+  bool tf32() const { return dev && dev->tf32; }
+};
+
+namespace detail {
+// One argument of a Cuda kernel call, as the implementation takes it: a
+// DevicePtr of Cuda memory opened, an array of them reinterpreted, a host
+// pointer to numbers refused at compile time, anything else unchanged.
+template <class A>
+inline decltype(auto) cuda_arg(A&& a) {
+  using U = std::decay_t<A>;
+  if constexpr (is_device_ptr<U>::value) {
+    static_assert(std::is_same<typename U::memory, CudaMemory>::value,
+                  "a pointer into another device's memory was passed to a Cuda kernel");
+    return a.get();
+  } else if constexpr (std::is_pointer<U>::value &&
+                       is_device_ptr<std::remove_cv_t<std::remove_pointer_t<U>>>::value) {
+    using P = std::remove_cv_t<std::remove_pointer_t<U>>;
+    using E = typename P::element_type;
+    static_assert(sizeof(P) == sizeof(E*) && std::is_standard_layout<P>::value, "DevicePtr is one address");
+    return reinterpret_cast<E* const*>(a);
+  } else {
+    static_assert(!(std::is_pointer<U>::value && std::is_arithmetic<std::remove_cv_t<std::remove_pointer_t<U>>>::value),
+                  "a host pointer was passed to a Cuda kernel: pass device memory (a Tensor or view of the "
+                  "device; to_device() copies host data there)");
+    return std::forward<A>(a);
+  }
+}
+}  // namespace detail
+
+// CudaDispatch: the Cuda kernels on host buffers, for the op table only
+// (tests/ops): its memory is host memory, which the GPU reads through the
+// driver's pageable-memory access (HMM; cuda::pageable_memory_access()).
+// Each call synchronises the stream, so the host may read the results.
+struct CudaDispatch : mtrec::detail::HostDevice {
+  static const char* name() { return "cuda"; }
+  bool tf32 = false;
+};
+
+}  // namespace kernels
+
+namespace cuda {
+// Whether the GPU can read ordinary host memory (HMM or ATS): the op table's
+// Cuda column needs it; the typed tests do not.
+inline bool pageable_memory_access() {
+  int dev = 0, v = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess ||
+      cudaDeviceGetAttribute(&v, cudaDevAttrPageableMemoryAccess, dev) != cudaSuccess) {
+    (void)cudaGetLastError();
+    return false;
+  }
+  return v != 0;
+}
+}  // namespace cuda
+
+// Declares `name` on Cuda (device pointers opened) and on CudaDispatch (host
+// buffers, synchronised), both forwarding to `name(cuda_raw_t, ...)`, the
+// implementation in the kernel's .cuh file.
+#define MTREC_CUDA_KERNEL(name)                                                                  \
+  namespace kernels {                                                                            \
+  template <class... A>                                                                          \
+  inline decltype(auto) name(const ::mtrec::Cuda& d, A&&... a) {                                 \
+    return name(cuda_raw_t{&d, d.stream()}, detail::cuda_arg(std::forward<A>(a))...);            \
+  }                                                                                              \
+  template <class... A>                                                                          \
+  inline decltype(auto) name(const CudaDispatch& d, A&&... a) {                                  \
+    ::mtrec::Cuda c;                                                                             \
+    c.tf32 = d.tf32;                                                                             \
+    struct Sync {                                                                                \
+      ~Sync() noexcept(false) {                                                                  \
+        if (!std::uncaught_exceptions()) ::mtrec::cuda::CudaThread::current().synchronize(#name); \
+      }                                                                                          \
+    } sync;                                                                                      \
+    return name(cuda_raw_t{&c, c.stream()}, std::forward<A>(a)...);                              \
+  }                                                                                              \
+  }
+
+}  // namespace mtrec
+// ==== end mtrec/kernels/cuda/device.cuh =======================================
+
+// ==== begin mtrec/kernels/cuda/dense.cuh ======================================
+// mtrec: the dense CUDA kernels — GEMM (cuBLAS), bias, activations, softmax,
+// layernorm, dropout, the optimizers and the reductions.
+//
+// Each function mirrors its reference_t overload in kernels/reference.hpp:
+// the same parameters, defaults, overwrite/accumulate semantics and return
+// values. Reductions run in a fixed order (no float atomics), so a result is
+// the same bits run to run:
+//   - row-wise ops (softmax, layernorm): a warp per row (cols <= 1024) or a
+//     block of 256 per row, butterfly shuffles then a fixed pass over the
+//     block's warps;
+//   - column sums (bias and layernorm gradients): tiles of 32 columns, each
+//     over a fixed chunk of rows (8 threads per column, then a fixed sum over
+//     them), then the chunks summed in order; the chunking depends on the
+//     shape only;
+//   - scalar results (sum_squares, the finite flags): a block partial per
+//     block of a shape-determined grid, summed in order by one block, and one
+//     small copy to pinned host scratch.
+
+namespace mtrec {
+namespace kernels {
+namespace cuda_dense_impl {
+
+constexpr int kThreads = 256;
+// Row-wise ops: rows up to this many columns get a warp each, wider rows a block each.
+constexpr index_t kWarpRowCols = 1024;
+
+__device__ __forceinline__ index_t grid_start() { return blockIdx.x * index_t(blockDim.x) + threadIdx.x; }
+__device__ __forceinline__ index_t grid_stride() { return index_t(gridDim.x) * blockDim.x; }
+
+template <class T>
+__device__ __forceinline__ bool finite_value(T x) {
+  return isfinite(x);
+}
+
+// ---- reductions ------------------------------------------------------------------------
+
+struct SumOp {
+  template <class V>
+  __device__ __forceinline__ V operator()(V a, V b) const {
+    return a + b;
+  }
+};
+// The reference's max: `b > a ? b : a` (keeps the first of equal values).
+struct MaxOp {
+  template <class V>
+  __device__ __forceinline__ V operator()(V a, V b) const {
+    return b > a ? b : a;
+  }
+};
+
+// Butterfly over the 32 lanes: every lane ends with the same bits.
+template <class V, class Op>
+__device__ __forceinline__ V warp_reduce(V v, Op op) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v = op(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
+}
+
+// Reduction over a group of G threads (G = 32: a warp; G = kThreads: the
+// whole block, which must all call it). `sh` holds kThreads / 32 values.
+// Every thread of the group returns the same value.
+template <int G, class V, class Op>
+__device__ __forceinline__ V group_reduce(V v, V* sh, Op op) {
+  v = warp_reduce(v, op);
+  if (G == 32) return v;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  if (lane == 0) sh[warp] = v;
+  __syncthreads();
+  V r = sh[0];
+#pragma unroll
+  for (int w = 1; w < G / 32; ++w) r = op(r, sh[w]);
+  __syncthreads();  // sh may be written again by the next call
+  return r;
+}
+
+// ---- GEMM helper -------------------------------------------------------------------------
+
+// K == 0: C = beta * C (C = 0 when beta == 0), as the reference.
+template <class T>
+__global__ void gemm_k0_kernel(T* C, index_t M, index_t N, index_t ldc, T beta) {
+  const index_t total = M * N;
+  for (index_t i = grid_start(); i < total; i += grid_stride()) {
+    const index_t r = i / N, c = i - r * N;
+    T* p = C + r * ldc + c;
+    *p = beta == T(0) ? T(0) : T(double(beta) * double(*p));
+  }
+}
+
+// ---- elementwise -----------------------------------------------------------------------------
+
+template <class T>
+__global__ void bias_add_kernel(T* y, const T* b, index_t rows, index_t cols) {
+  const index_t total = rows * cols;
+  for (index_t i = grid_start(); i < total; i += grid_stride()) {
+    const index_t r = i / cols, c = i - r * cols;
+    y[i] += b[c];
+  }
+}
+
+template <class T>
+__global__ void relu_forward_kernel(T* y, const T* x, index_t n) {
+  for (index_t i = grid_start(); i < n; i += grid_stride()) y[i] = x[i] > T(0) ? x[i] : T(0);
+}
+template <class T>
+__global__ void relu_backward_kernel(T* dx, const T* dy, const T* x, index_t n) {
+  for (index_t i = grid_start(); i < n; i += grid_stride()) dx[i] = x[i] > T(0) ? dy[i] : T(0);
+}
+
+template <class T>
+__global__ void gelu_forward_kernel(T* y, const T* x, index_t n, GeluMode mode) {
+  for (index_t i = grid_start(); i < n; i += grid_stride()) y[i] = detail::gelu_value(x[i], mode);
+}
+template <class T>
+__global__ void gelu_backward_kernel(T* dx, const T* dy, const T* x, index_t n, GeluMode mode) {
+  for (index_t i = grid_start(); i < n; i += grid_stride()) dx[i] = dy[i] * detail::gelu_derivative(x[i], mode);
+}
+
+template <class T>
+__global__ void sigmoid_forward_kernel(T* y, const T* x, index_t n) {
+  for (index_t i = grid_start(); i < n; i += grid_stride()) y[i] = T(1) / (T(1) + std::exp(-x[i]));
+}
+template <class T>
+__global__ void sigmoid_backward_kernel(T* dx, const T* dy, const T* y, index_t n) {
+  for (index_t i = grid_start(); i < n; i += grid_stride()) dx[i] = dy[i] * y[i] * (T(1) - y[i]);
+}
+
+template <class T>
+__global__ void dropout_kernel(T* y, const T* x, index_t n, std::uint32_t threshold, T scale, std::uint64_t key,
+                               std::uint64_t offset) {
+  for (index_t i = grid_start(); i < n; i += grid_stride())
+    y[i] = detail::dropout_keep(key, offset + std::uint64_t(i), threshold) ? x[i] * scale : T(0);
+}
+
+template <class T>
+__global__ void residual_add_kernel(T* y, const T* a, const T* b, index_t n) {
+  for (index_t i = grid_start(); i < n; i += grid_stride()) y[i] = a[i] + b[i];
+}
+template <class T>
+__global__ void scale_kernel(T* y, const T* x, index_t n, T alpha) {
+  for (index_t i = grid_start(); i < n; i += grid_stride()) y[i] = alpha * x[i];
+}
+template <class T>
+__global__ void copy_kernel(T* y, const T* x, index_t n) {
+  for (index_t i = grid_start(); i < n; i += grid_stride()) y[i] = x[i];
+}
+template <class T>
+__global__ void fill_kernel(T* y, index_t n, T value) {
+  for (index_t i = grid_start(); i < n; i += grid_stride()) y[i] = value;
+}
+template <class T>
+__global__ void axpy_kernel(T* y, const T* x, index_t n, T alpha) {
+  for (index_t i = grid_start(); i < n; i += grid_stride()) y[i] += alpha * x[i];
+}
+
+// ---- optimizers (a flag set to 1 when an updated weight is not finite) ----------------------
+
+template <class T>
+__global__ void adam_kernel(T* w, T* m, T* v, const T* g, index_t n, AdamStep<T> s, T step, T inv_sqrt_bc2,
+                            int* bad_flag) {
+  bool bad = false;
+  for (index_t i = grid_start(); i < n; i += grid_stride()) {
+    T grad = g[i];
+    T wi = w[i];
+    if (s.decoupled)
+      wi *= T(1) - s.lr * s.weight_decay;
+    else
+      grad += s.weight_decay * wi;
+    const T mi = s.beta1 * m[i] + (T(1) - s.beta1) * grad;
+    const T vi = s.beta2 * v[i] + (T(1) - s.beta2) * grad * grad;
+    m[i] = mi;
+    v[i] = vi;
+    wi -= step * mi / (std::sqrt(vi) * inv_sqrt_bc2 + s.eps);
+    w[i] = wi;
+    bad = bad || !finite_value(wi);
+  }
+  if (__syncthreads_or(bad) && threadIdx.x == 0) *bad_flag = 1;
+}
+
+template <class T>
+__global__ void sgd_kernel(T* w, T* buf, const T* g, index_t n, T lr, T momentum, T weight_decay, bool nesterov,
+                           int* bad_flag) {
+  bool bad = false;
+  for (index_t i = grid_start(); i < n; i += grid_stride()) {
+    T wi = w[i];
+    T grad = g[i] + weight_decay * wi;
+    if (momentum != T(0)) {
+      const T b = momentum * buf[i] + grad;
+      buf[i] = b;
+      grad = nesterov ? grad + momentum * b : b;
+    }
+    wi -= lr * grad;
+    w[i] = wi;
+    bad = bad || !finite_value(wi);
+  }
+  if (__syncthreads_or(bad) && threadIdx.x == 0) *bad_flag = 1;
+}
+
+template <class T>
+__global__ void all_finite_kernel(const T* x, index_t n, int* bad_flag) {
+  bool bad = false;
+  for (index_t i = grid_start(); i < n; i += grid_stride()) bad = bad || !finite_value(x[i]);
+  if (__syncthreads_or(bad) && threadIdx.x == 0) *bad_flag = 1;
+}
+
+// ---- sum of squares: block partials, then one block sums them in order ---------------------
+
+template <class T>
+__global__ void sum_squares_partial_kernel(const T* x, index_t n, double* partial) {
+  __shared__ double sh[kThreads / 32];
+  double acc = 0;
+  for (index_t i = grid_start(); i < n; i += grid_stride()) acc += double(x[i]) * double(x[i]);
+  acc = group_reduce<kThreads>(acc, sh, SumOp{});
+  if (threadIdx.x == 0) partial[blockIdx.x] = acc;
+}
+
+template <class T>
+__global__ void sum_partials_kernel(const double* partial, int count, double* out) {
+  __shared__ double sh[kThreads / 32];
+  double acc = 0;
+  for (int i = threadIdx.x; i < count; i += blockDim.x) acc += partial[i];
+  acc = group_reduce<kThreads>(acc, sh, SumOp{});
+  if (threadIdx.x == 0) *out = acc;
+}
+
+// ---- softmax and layernorm: a group of G threads per row ------------------------------------
+
+template <class T, int G>
+__global__ void softmax_forward_kernel(T* y, const T* x, index_t rows, index_t cols) {
+  __shared__ double sh_d[kThreads / 32];
+  __shared__ T sh_t[kThreads / 32];
+  constexpr int per_block = kThreads / G;
+  const int lane = threadIdx.x % G;
+  for (index_t r = blockIdx.x * index_t(per_block) + threadIdx.x / G; r < rows;
+       r += index_t(gridDim.x) * per_block) {
+    const T* xr = x + r * cols;
+    T* yr = y + r * cols;
+    T mx = xr[0];
+    for (index_t c = lane; c < cols; c += G) mx = xr[c] > mx ? xr[c] : mx;
+    mx = group_reduce<G>(mx, sh_t, MaxOp{});
+    double sum = 0;
+    for (index_t c = lane; c < cols; c += G) {
+      const T e = std::exp(xr[c] - mx);
+      yr[c] = e;
+      sum += e;
+    }
+    sum = group_reduce<G>(sum, sh_d, SumOp{});
+    const T inv = T(1.0 / sum);
+    for (index_t c = lane; c < cols; c += G) yr[c] *= inv;
+  }
+}
+
+template <class T, int G>
+__global__ void softmax_backward_kernel(T* dx, const T* dy, const T* y, index_t rows, index_t cols) {
+  __shared__ double sh_d[kThreads / 32];
+  constexpr int per_block = kThreads / G;
+  const int lane = threadIdx.x % G;
+  for (index_t r = blockIdx.x * index_t(per_block) + threadIdx.x / G; r < rows;
+       r += index_t(gridDim.x) * per_block) {
+    const T* dyr = dy + r * cols;
+    const T* yr = y + r * cols;
+    double dot = 0;
+    for (index_t c = lane; c < cols; c += G) dot += double(dyr[c]) * yr[c];
+    dot = group_reduce<G>(dot, sh_d, SumOp{});
+    const T d = T(dot);
+    for (index_t c = lane; c < cols; c += G) dx[r * cols + c] = yr[c] * (dyr[c] - d);
+  }
+}
+
+template <class T, int G>
+__global__ void layernorm_forward_kernel(T* y, T* mean, T* rstd, const T* x, const T* gamma, const T* beta,
+                                         index_t rows, index_t cols, T eps) {
+  __shared__ double sh_d[kThreads / 32];
+  constexpr int per_block = kThreads / G;
+  const int lane = threadIdx.x % G;
+  for (index_t r = blockIdx.x * index_t(per_block) + threadIdx.x / G; r < rows;
+       r += index_t(gridDim.x) * per_block) {
+    const T* xr = x + r * cols;
+    double m = 0;
+    for (index_t c = lane; c < cols; c += G) m += xr[c];
+    m = group_reduce<G>(m, sh_d, SumOp{});
+    m /= double(cols);
+    double var = 0;
+    for (index_t c = lane; c < cols; c += G) var += (xr[c] - m) * (xr[c] - m);
+    var = group_reduce<G>(var, sh_d, SumOp{});
+    var /= double(cols);
+    const double rs = 1.0 / sqrt(var + double(eps));
+    for (index_t c = lane; c < cols; c += G) y[r * cols + c] = T((xr[c] - m) * rs) * gamma[c] + beta[c];
+    if (lane == 0) {
+      mean[r] = T(m);
+      rstd[r] = T(rs);
+    }
+  }
+}
+
+template <class T, int G>
+__global__ void layernorm_backward_dx_kernel(T* dx, const T* dy, const T* x, const T* mean, const T* rstd,
+                                             const T* gamma, index_t rows, index_t cols) {
+  __shared__ double sh_d[kThreads / 32];
+  constexpr int per_block = kThreads / G;
+  const int lane = threadIdx.x % G;
+  for (index_t r = blockIdx.x * index_t(per_block) + threadIdx.x / G; r < rows;
+       r += index_t(gridDim.x) * per_block) {
+    const T* xr = x + r * cols;
+    const T* dyr = dy + r * cols;
+    const double mr = mean[r], rr = rstd[r];
+    double mean_g = 0, mean_gx = 0;
+    for (index_t c = lane; c < cols; c += G) {
+      const double xhat = (double(xr[c]) - mr) * rr;
+      const double g = double(dyr[c]) * gamma[c];
+      mean_g += g;
+      mean_gx += g * xhat;
+    }
+    mean_g = group_reduce<G>(mean_g, sh_d, SumOp{});
+    mean_gx = group_reduce<G>(mean_gx, sh_d, SumOp{});
+    mean_g /= double(cols);
+    mean_gx /= double(cols);
+    for (index_t c = lane; c < cols; c += G) {
+      const double xhat = (double(xr[c]) - mr) * rr;
+      const double g = double(dyr[c]) * gamma[c];
+      dx[r * cols + c] = T(rr * (g - mean_g - xhat * mean_gx));
+    }
+  }
+}
+
+// ---- column reductions -----------------------------------------------------------------------
+
+constexpr int kColTile = 32;  // columns per block (threadIdx.x)
+constexpr int kColRows = 8;   // threads per column (threadIdx.y)
+
+template <class T>
+struct ColumnSumTerm {
+  static constexpr int nv = 1;
+  const T* dy;
+  index_t cols;
+  __device__ __forceinline__ void operator()(index_t r, index_t c, double* acc) const {
+    acc[0] += double(dy[r * cols + c]);
+  }
+};
+
+template <class T>
+struct LayernormParamTerm {
+  static constexpr int nv = 2;
+  const T* dy;
+  const T* x;
+  const T* mean;
+  const T* rstd;
+  index_t cols;
+  __device__ __forceinline__ void operator()(index_t r, index_t c, double* acc) const {
+    const double xhat = (double(x[r * cols + c]) - mean[r]) * rstd[r];
+    const double d = double(dy[r * cols + c]);
+    acc[0] += d * xhat;
+    acc[1] += d;
+  }
+};
+
+// Block (kColTile, kColRows); grid (column tiles, chunks). Chunk k covers rows
+// [k * rows_per_chunk, min(rows, (k + 1) * rows_per_chunk)). With one chunk the
+// sums go straight into out[v][c] (+=); else into partial[(k * NV + v) * cols + c].
+template <class T, class F>
+__global__ void column_reduce_kernel(F f, index_t rows, index_t cols, index_t rows_per_chunk, double* partial,
+                                     T* out0, T* out1) {
+  constexpr int NV = F::nv;
+  __shared__ double sh[NV][kColRows][kColTile + 1];
+  const index_t c = blockIdx.x * index_t(kColTile) + threadIdx.x;
+  const index_t r0 = index_t(blockIdx.y) * rows_per_chunk;
+  const index_t r1 = r0 + rows_per_chunk < rows ? r0 + rows_per_chunk : rows;
+  double acc[NV];
+#pragma unroll
+  for (int v = 0; v < NV; ++v) acc[v] = 0;
+  if (c < cols)
+    for (index_t r = r0 + threadIdx.y; r < r1; r += kColRows) f(r, c, acc);
+#pragma unroll
+  for (int v = 0; v < NV; ++v) sh[v][threadIdx.y][threadIdx.x] = acc[v];
+  __syncthreads();
+  if (threadIdx.y == 0 && c < cols) {
+#pragma unroll
+    for (int v = 0; v < NV; ++v) {
+      double s = sh[v][0][threadIdx.x];
+      for (int k = 1; k < kColRows; ++k) s += sh[v][k][threadIdx.x];
+      if (partial) {
+        partial[(index_t(blockIdx.y) * NV + v) * cols + c] = s;
+      } else {
+        T* out = v == 0 ? out0 : out1;
+        out[c] += T(s);
+      }
+    }
+  }
+}
+
+template <class T, int NV>
+__global__ void column_finish_kernel(const double* partial, index_t chunks, index_t cols, T* out0, T* out1) {
+  for (index_t c = grid_start(); c < cols; c += grid_stride()) {
+#pragma unroll
+    for (int v = 0; v < NV; ++v) {
+      double s = 0;
+      for (index_t k = 0; k < chunks; ++k) s += partial[(k * NV + v) * cols + c];
+      T* out = v == 0 ? out0 : out1;
+      out[c] += T(s);
+    }
+  }
+}
+
+// out0[c] (+ out1[c] when F::nv == 2) += sum over rows of f's terms.
+template <class T, class F>
+inline void column_reduce(cuda_raw_t dev, const char* op, F f, index_t rows, index_t cols, T* out0, T* out1) {
+  constexpr int NV = F::nv;
+  const index_t tiles = (cols + kColTile - 1) / kColTile;
+  // About 1024 blocks in all, at least 64 rows a chunk; a function of the shape only.
+  index_t chunks = (rows + 63) / 64;
+  const index_t max_chunks = tiles >= 1024 ? 1 : 1024 / tiles;
+  if (chunks > max_chunks) chunks = max_chunks;
+  if (chunks > 65535) chunks = 65535;
+  if (chunks < 1) chunks = 1;
+  index_t rows_per_chunk = (rows + chunks - 1) / chunks;
+  if (rows_per_chunk < 1) rows_per_chunk = 1;           // rows == 0: one chunk adding zeros
+  chunks = rows > 0 ? (rows + rows_per_chunk - 1) / rows_per_chunk : 1;
+  if (tiles > 2147483647) fail(op, "too many columns for one launch: ", cols);
+  double* partial = nullptr;
+  if (chunks > 1)
+    partial = static_cast<double*>(
+        cuda::CudaThread::current().device_scratch(std::size_t(chunks * NV * cols) * sizeof(double)));
+  const dim3 grid(static_cast<unsigned>(tiles), static_cast<unsigned>(chunks));
+  const dim3 block(kColTile, kColRows);
+  column_reduce_kernel<T, F><<<grid, block, 0, dev.stream>>>(f, rows, cols, rows_per_chunk, partial, out0, out1);
+  cuda::check_launch(op, "column reduction over rows=", rows, " cols=", cols, " chunks=", chunks);
+  if (partial) {
+    column_finish_kernel<T, NV><<<cuda::grid_for(cols), kThreads, 0, dev.stream>>>(partial, chunks, cols, out0, out1);
+    cuda::check_launch(op, "column reduction finish over cols=", cols, " chunks=", chunks);
+  }
+}
+
+// A flag in device scratch, zeroed on the stream.
+inline int* zeroed_flag(cuda_raw_t dev, const char* op) {
+  int* flag = static_cast<int*>(cuda::CudaThread::current().device_scratch(sizeof(int)));
+  cuda::check(cudaMemsetAsync(flag, 0, sizeof(int), dev.stream), op, "clearing the finite flag");
+  return flag;
+}
+// Copies the flag back (synchronising the stream): true when it is still 0.
+inline bool flag_clear(cuda_raw_t dev, const char* op, const int* flag) {
+  int* host = static_cast<int*>(cuda::CudaThread::current().host_scratch());
+  cuda::check(cudaMemcpyAsync(host, flag, sizeof(int), cudaMemcpyDeviceToHost, dev.stream), op,
+              "copying the finite flag to the host");
+  cuda::check(cudaStreamSynchronize(dev.stream), op, "waiting for the finite flag");
+  return *host == 0;
+}
+
+template <class T>
+inline void check_real() {
+  static_assert(std::is_same<T, float>::value || std::is_same<T, double>::value,
+                "the CUDA dense kernels support float and double");
+}
+
+}  // namespace cuda_dense_impl
+
+// =============================== the kernels =====================================================
+
+// C (M,N) = alpha * op(A) (M,K) * op(B) (K,N) + beta * C; row-major, leading
+// dimensions lda/ldb/ldc. cuBLAS is column-major: C^T (N,M) = op(B)^T op(A)^T,
+// so B goes first with the same transposition flags.
+template <class T>
+inline void gemm(cuda_raw_t dev, Trans ta, Trans tb, index_t M, index_t N, index_t K, T alpha, const T* A,
+                 index_t lda, const T* B, index_t ldb, T beta, T* C, index_t ldc) {
+  cuda_dense_impl::check_real<T>();
+  if (M <= 0 || N <= 0) return;
+  if (K <= 0) {
+    cuda_dense_impl::gemm_k0_kernel<T><<<cuda::grid_for(M * N), cuda_dense_impl::kThreads, 0, dev.stream>>>(C, M, N, ldc, beta);
+    cuda::check_launch("gemm", "K == 0 scaling of C, M=", M, " N=", N, " ldc=", ldc);
+    return;
+  }
+  cublasHandle_t h = dev.blas();
+  const cublasOperation_t opa = ta == Trans::N ? CUBLAS_OP_N : CUBLAS_OP_T;
+  const cublasOperation_t opb = tb == Trans::N ? CUBLAS_OP_N : CUBLAS_OP_T;
+  const char* tas = ta == Trans::N ? "N" : "T";
+  const char* tbs = tb == Trans::N ? "N" : "T";
+  if constexpr (std::is_same<T, float>::value) {
+    const bool tf32 = dev.tf32();
+    cuda::check_blas(cublasSetMathMode(h, tf32 ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH), "gemm",
+                     "cublasSetMathMode(", tf32 ? "TF32" : "default", ")");
+    cuda::check_blas(cublasSgemm_64(h, opb, opa, N, M, K, &alpha, B, ldb, A, lda, &beta, C, ldc), "gemm",
+                     "cublasSgemm ta=", tas, " tb=", tbs, " M=", M, " N=", N, " K=", K, " lda=", lda, " ldb=", ldb,
+                     " ldc=", ldc, tf32 ? " (TF32)" : "");
+  } else {
+    cuda::check_blas(cublasSetMathMode(h, CUBLAS_DEFAULT_MATH), "gemm", "cublasSetMathMode(default)");
+    cuda::check_blas(cublasDgemm_64(h, opb, opa, N, M, K, &alpha, B, ldb, A, lda, &beta, C, ldc), "gemm",
+                     "cublasDgemm ta=", tas, " tb=", tbs, " M=", M, " N=", N, " K=", K, " lda=", lda, " ldb=", ldb,
+                     " ldc=", ldc);
+  }
+}
+
+// y (rows,cols) += b (cols) broadcast over rows
+template <class T>
+inline void bias_add(cuda_raw_t dev, T* y, const T* b, index_t rows, index_t cols) {
+  const index_t n = rows * cols;
+  if (rows <= 0 || cols <= 0) return;
+  cuda_dense_impl::bias_add_kernel<T><<<cuda::grid_for(n), cuda_dense_impl::kThreads, 0, dev.stream>>>(y, b, rows, cols);
+  cuda::check_launch("bias_add", "rows=", rows, " cols=", cols);
+}
+
+// db (cols) += sum over rows of dy (rows,cols)
+template <class T>
+inline void column_sum_add(cuda_raw_t dev, T* db, const T* dy, index_t rows, index_t cols) {
+  if (cols <= 0) return;
+  // rows == 0 adds zeros (db unchanged but for -0 -> +0, as the reference's db[c] += 0).
+  cuda_dense_impl::column_reduce<T>(dev, "column_sum_add", cuda_dense_impl::ColumnSumTerm<T>{dy, cols}, rows < 0 ? 0 : rows,
+                              cols, db, static_cast<T*>(nullptr));
+}
+
+// y (n) = max(x, 0)
+template <class T>
+inline void relu_forward(cuda_raw_t dev, T* y, const T* x, index_t n) {
+  if (n <= 0) return;
+  cuda_dense_impl::relu_forward_kernel<T><<<cuda::grid_for(n), cuda_dense_impl::kThreads, 0, dev.stream>>>(y, x, n);
+  cuda::check_launch("relu_forward", "n=", n);
+}
+// dx (n) = dy * [x > 0]
+template <class T>
+inline void relu_backward(cuda_raw_t dev, T* dx, const T* dy, const T* x, index_t n) {
+  if (n <= 0) return;
+  cuda_dense_impl::relu_backward_kernel<T><<<cuda::grid_for(n), cuda_dense_impl::kThreads, 0, dev.stream>>>(dx, dy, x, n);
+  cuda::check_launch("relu_backward", "n=", n);
+}
+
+// y (n) = gelu(x)
+template <class T>
+inline void gelu_forward(cuda_raw_t dev, T* y, const T* x, index_t n, GeluMode mode = GeluMode::Erf) {
+  if (n <= 0) return;
+  cuda_dense_impl::gelu_forward_kernel<T><<<cuda::grid_for(n), cuda_dense_impl::kThreads, 0, dev.stream>>>(y, x, n, mode);
+  cuda::check_launch("gelu_forward", "n=", n, mode == GeluMode::Erf ? " (erf)" : " (tanh)");
+}
+// dx (n) = dy * gelu'(x)
+template <class T>
+inline void gelu_backward(cuda_raw_t dev, T* dx, const T* dy, const T* x, index_t n, GeluMode mode = GeluMode::Erf) {
+  if (n <= 0) return;
+  cuda_dense_impl::gelu_backward_kernel<T><<<cuda::grid_for(n), cuda_dense_impl::kThreads, 0, dev.stream>>>(dx, dy, x, n, mode);
+  cuda::check_launch("gelu_backward", "n=", n, mode == GeluMode::Erf ? " (erf)" : " (tanh)");
+}
+
+// y (n) = 1 / (1 + exp(-x))
+template <class T>
+inline void sigmoid_forward(cuda_raw_t dev, T* y, const T* x, index_t n) {
+  if (n <= 0) return;
+  cuda_dense_impl::sigmoid_forward_kernel<T><<<cuda::grid_for(n), cuda_dense_impl::kThreads, 0, dev.stream>>>(y, x, n);
+  cuda::check_launch("sigmoid_forward", "n=", n);
+}
+// dx (n) = dy * y * (1 - y), from the saved output y
+template <class T>
+inline void sigmoid_backward(cuda_raw_t dev, T* dx, const T* dy, const T* y, index_t n) {
+  if (n <= 0) return;
+  cuda_dense_impl::sigmoid_backward_kernel<T><<<cuda::grid_for(n), cuda_dense_impl::kThreads, 0, dev.stream>>>(dx, dy, y, n);
+  cuda::check_launch("sigmoid_backward", "n=", n);
+}
+
+// y (rows,cols) = softmax of each row of x, max-subtracted
+template <class T>
+inline void softmax_forward(cuda_raw_t dev, T* y, const T* x, index_t rows, index_t cols) {
+  if (rows <= 0 || cols <= 0) return;
+  if (cols <= cuda_dense_impl::kWarpRowCols)
+    cuda_dense_impl::softmax_forward_kernel<T, 32>
+        <<<cuda::grid_for(rows, cuda_dense_impl::kThreads / 32), cuda_dense_impl::kThreads, 0, dev.stream>>>(y, x, rows, cols);
+  else
+    cuda_dense_impl::softmax_forward_kernel<T, cuda_dense_impl::kThreads>
+        <<<cuda::grid_for(rows, 1), cuda_dense_impl::kThreads, 0, dev.stream>>>(y, x, rows, cols);
+  cuda::check_launch("softmax_forward", "rows=", rows, " cols=", cols);
+}
+// dx (rows,cols) = y * (dy - sum(dy * y)) per row, from the saved output y
+template <class T>
+inline void softmax_backward(cuda_raw_t dev, T* dx, const T* dy, const T* y, index_t rows, index_t cols) {
+  if (rows <= 0 || cols <= 0) return;
+  if (cols <= cuda_dense_impl::kWarpRowCols)
+    cuda_dense_impl::softmax_backward_kernel<T, 32>
+        <<<cuda::grid_for(rows, cuda_dense_impl::kThreads / 32), cuda_dense_impl::kThreads, 0, dev.stream>>>(dx, dy, y, rows,
+                                                                                                 cols);
+  else
+    cuda_dense_impl::softmax_backward_kernel<T, cuda_dense_impl::kThreads>
+        <<<cuda::grid_for(rows, 1), cuda_dense_impl::kThreads, 0, dev.stream>>>(dx, dy, y, rows, cols);
+  cuda::check_launch("softmax_backward", "rows=", rows, " cols=", cols);
+}
+
+// y (rows,cols) = (x - mean) * rstd * gamma + beta per row; saves mean and
+// rstd (rows). Biased variance, as PyTorch.
+template <class T>
+inline void layernorm_forward(cuda_raw_t dev, T* y, T* mean, T* rstd, const T* x, const T* gamma, const T* beta,
+                              index_t rows, index_t cols, T eps) {
+  if (rows <= 0) return;
+  if (cols <= cuda_dense_impl::kWarpRowCols)
+    cuda_dense_impl::layernorm_forward_kernel<T, 32>
+        <<<cuda::grid_for(rows, cuda_dense_impl::kThreads / 32), cuda_dense_impl::kThreads, 0, dev.stream>>>(
+            y, mean, rstd, x, gamma, beta, rows, cols, eps);
+  else
+    cuda_dense_impl::layernorm_forward_kernel<T, cuda_dense_impl::kThreads>
+        <<<cuda::grid_for(rows, 1), cuda_dense_impl::kThreads, 0, dev.stream>>>(y, mean, rstd, x, gamma, beta, rows,
+                                                                          cols, eps);
+  cuda::check_launch("layernorm_forward", "rows=", rows, " cols=", cols);
+}
+// dx (rows,cols) written; dgamma, dbeta (cols) accumulated.
+template <class T>
+inline void layernorm_backward(cuda_raw_t dev, T* dx, T* dgamma, T* dbeta, const T* dy, const T* x, const T* mean,
+                               const T* rstd, const T* gamma, index_t rows, index_t cols) {
+  if (cols <= 0) return;
+  if (rows > 0) {
+    if (cols <= cuda_dense_impl::kWarpRowCols)
+      cuda_dense_impl::layernorm_backward_dx_kernel<T, 32>
+          <<<cuda::grid_for(rows, cuda_dense_impl::kThreads / 32), cuda_dense_impl::kThreads, 0, dev.stream>>>(
+              dx, dy, x, mean, rstd, gamma, rows, cols);
+    else
+      cuda_dense_impl::layernorm_backward_dx_kernel<T, cuda_dense_impl::kThreads>
+          <<<cuda::grid_for(rows, 1), cuda_dense_impl::kThreads, 0, dev.stream>>>(dx, dy, x, mean, rstd, gamma, rows, cols);
+    cuda::check_launch("layernorm_backward", "dx, rows=", rows, " cols=", cols);
+  }
+  cuda_dense_impl::column_reduce<T>(dev, "layernorm_backward", cuda_dense_impl::LayernormParamTerm<T>{dy, x, mean, rstd, cols},
+                              rows < 0 ? 0 : rows, cols, dgamma, dbeta);
+}
+
+// y (n) = x * keep / (1 - p); element i is kept by detail::dropout_keep(key, offset + i)
+template <class T>
+inline void dropout_forward(cuda_raw_t dev, T* y, const T* x, index_t n, double p, std::uint64_t key,
+                            std::uint64_t offset = 0) {
+  if (n <= 0) return;
+  const std::uint32_t th = detail::dropout_threshold(p);
+  const T scale = T(1.0 / (1.0 - p));
+  cuda_dense_impl::dropout_kernel<T><<<cuda::grid_for(n), cuda_dense_impl::kThreads, 0, dev.stream>>>(y, x, n, th, scale, key,
+                                                                                         offset);
+  cuda::check_launch("dropout_forward", "n=", n, " p=", p);
+}
+// dx (n) = dy * keep / (1 - p), the same mask regenerated from the counter
+template <class T>
+inline void dropout_backward(cuda_raw_t dev, T* dx, const T* dy, index_t n, double p, std::uint64_t key,
+                             std::uint64_t offset = 0) {
+  dropout_forward(dev, dx, dy, n, p, key, offset);
+}
+
+// y (n) = a + b (y may alias a or b)
+template <class T>
+inline void residual_add(cuda_raw_t dev, T* y, const T* a, const T* b, index_t n) {
+  if (n <= 0) return;
+  cuda_dense_impl::residual_add_kernel<T><<<cuda::grid_for(n), cuda_dense_impl::kThreads, 0, dev.stream>>>(y, a, b, n);
+  cuda::check_launch("residual_add", "n=", n);
+}
+
+// One Adam / AdamW step (reference.hpp); true when every updated weight is finite.
+template <class T>
+inline bool adam_update(cuda_raw_t dev, T* w, T* m, T* v, const T* g, index_t n, const AdamStep<T>& s) {
+  if (n <= 0) return true;
+  const T step = s.lr / s.bias_correction1;
+  const T inv_sqrt_bc2 = T(1) / std::sqrt(s.bias_correction2);
+  int* flag = cuda_dense_impl::zeroed_flag(dev, "adam_update");
+  cuda_dense_impl::adam_kernel<T><<<cuda::grid_for(n), cuda_dense_impl::kThreads, 0, dev.stream>>>(w, m, v, g, n, s, step,
+                                                                                      inv_sqrt_bc2, flag);
+  cuda::check_launch("adam_update", "n=", n);
+  return cuda_dense_impl::flag_clear(dev, "adam_update", flag);
+}
+
+// One SGD step (reference.hpp); buf is untouched (may be null) when momentum == 0.
+template <class T>
+inline bool sgd_update(cuda_raw_t dev, T* w, T* buf, const T* g, index_t n, T lr, T momentum, T weight_decay,
+                       bool nesterov) {
+  if (n <= 0) return true;
+  int* flag = cuda_dense_impl::zeroed_flag(dev, "sgd_update");
+  cuda_dense_impl::sgd_kernel<T><<<cuda::grid_for(n), cuda_dense_impl::kThreads, 0, dev.stream>>>(w, buf, g, n, lr, momentum,
+                                                                                     weight_decay, nesterov, flag);
+  cuda::check_launch("sgd_update", "n=", n);
+  return cuda_dense_impl::flag_clear(dev, "sgd_update", flag);
+}
+
+// True when every x[i] over [0, n) is finite.
+template <class T>
+inline bool all_finite(cuda_raw_t dev, const T* x, index_t n) {
+  if (n <= 0) return true;
+  int* flag = cuda_dense_impl::zeroed_flag(dev, "all_finite");
+  cuda_dense_impl::all_finite_kernel<T><<<cuda::grid_for(n), cuda_dense_impl::kThreads, 0, dev.stream>>>(x, n, flag);
+  cuda::check_launch("all_finite", "n=", n);
+  return cuda_dense_impl::flag_clear(dev, "all_finite", flag);
+}
+
+// Sum of x[i]^2 over [0, n), accumulated in double.
+template <class T>
+inline double sum_squares(cuda_raw_t dev, const T* x, index_t n) {
+  if (n <= 0) return 0.0;
+  constexpr unsigned kMaxBlocks = 1024;
+  const unsigned blocks = cuda::grid_for(n, cuda_dense_impl::kThreads, kMaxBlocks);
+  double* partial =
+      static_cast<double*>(cuda::CudaThread::current().device_scratch((std::size_t(blocks) + 1) * sizeof(double)));
+  cuda_dense_impl::sum_squares_partial_kernel<T><<<blocks, cuda_dense_impl::kThreads, 0, dev.stream>>>(x, n, partial);
+  cuda::check_launch("sum_squares", "partials, n=", n, " blocks=", blocks);
+  cuda_dense_impl::sum_partials_kernel<T><<<1, cuda_dense_impl::kThreads, 0, dev.stream>>>(partial, int(blocks), partial + blocks);
+  cuda::check_launch("sum_squares", "final sum of ", blocks, " partials");
+  double* host = static_cast<double*>(cuda::CudaThread::current().host_scratch());
+  cuda::check(cudaMemcpyAsync(host, partial + blocks, sizeof(double), cudaMemcpyDeviceToHost, dev.stream),
+              "sum_squares", "copying the sum to the host, n=", n);
+  cuda::check(cudaStreamSynchronize(dev.stream), "sum_squares", "waiting for the sum, n=", n);
+  return *host;
+}
+
+// y (n) = alpha * x (y may alias x)
+template <class T>
+inline void scale(cuda_raw_t dev, T* y, const T* x, index_t n, T alpha) {
+  if (n <= 0) return;
+  cuda_dense_impl::scale_kernel<T><<<cuda::grid_for(n), cuda_dense_impl::kThreads, 0, dev.stream>>>(y, x, n, alpha);
+  cuda::check_launch("scale", "n=", n);
+}
+
+// y (n) = x (no overlap)
+template <class T>
+inline void copy(cuda_raw_t dev, T* y, const T* x, index_t n) {
+  if (n <= 0) return;
+  cuda_dense_impl::copy_kernel<T><<<cuda::grid_for(n), cuda_dense_impl::kThreads, 0, dev.stream>>>(y, x, n);
+  cuda::check_launch("copy", "n=", n);
+}
+
+// y (n) = value
+template <class T>
+inline void fill(cuda_raw_t dev, T* y, index_t n, T value) {
+  if (n <= 0) return;
+  cuda_dense_impl::fill_kernel<T><<<cuda::grid_for(n), cuda_dense_impl::kThreads, 0, dev.stream>>>(y, n, value);
+  cuda::check_launch("fill", "n=", n);
+}
+
+// y (n) += alpha * x
+template <class T>
+inline void axpy(cuda_raw_t dev, T* y, const T* x, index_t n, T alpha) {
+  if (n <= 0) return;
+  cuda_dense_impl::axpy_kernel<T><<<cuda::grid_for(n), cuda_dense_impl::kThreads, 0, dev.stream>>>(y, x, n, alpha);
+  cuda::check_launch("axpy", "n=", n);
+}
+
+}  // namespace kernels
+
+MTREC_CUDA_KERNEL(gemm)
+MTREC_CUDA_KERNEL(bias_add)
+MTREC_CUDA_KERNEL(column_sum_add)
+MTREC_CUDA_KERNEL(relu_forward)
+MTREC_CUDA_KERNEL(relu_backward)
+MTREC_CUDA_KERNEL(gelu_forward)
+MTREC_CUDA_KERNEL(gelu_backward)
+MTREC_CUDA_KERNEL(sigmoid_forward)
+MTREC_CUDA_KERNEL(sigmoid_backward)
+MTREC_CUDA_KERNEL(softmax_forward)
+MTREC_CUDA_KERNEL(softmax_backward)
+MTREC_CUDA_KERNEL(layernorm_forward)
+MTREC_CUDA_KERNEL(layernorm_backward)
+MTREC_CUDA_KERNEL(dropout_forward)
+MTREC_CUDA_KERNEL(dropout_backward)
+MTREC_CUDA_KERNEL(residual_add)
+MTREC_CUDA_KERNEL(axpy)
+MTREC_CUDA_KERNEL(scale)
+MTREC_CUDA_KERNEL(copy)
+MTREC_CUDA_KERNEL(fill)
+MTREC_CUDA_KERNEL(sum_squares)
+MTREC_CUDA_KERNEL(all_finite)
+MTREC_CUDA_KERNEL(adam_update)
+MTREC_CUDA_KERNEL(sgd_update)
+
+}  // namespace mtrec
+// ==== end mtrec/kernels/cuda/dense.cuh ========================================
+
+// ==== begin mtrec/kernels/cuda/embedding.cuh ==================================
+// mtrec: CUDA embedding kernels (kernels/embedding.hpp) — row gathers,
+// pooled bags, their deterministic backwards, and the fused embedding-bag
+// backward + lazy (row-wise) Adam.
+//
+// Forward (gather_rows, embedding_bag_forward): a group of G lanes (G a power
+// of two <= 32, the smallest covering the row's vectors of W = 4 floats / 2
+// doubles when dim and the addresses allow, else W = 1) per output row, rows
+// in a grid-stride loop, so a warp holds 32 / G rows in flight. A bag's group
+// loads G of its IDs (and weights) at a time, one per lane, and broadcasts
+// them with shuffles; each lane sums its columns over the bag in ID order.
+//
+// Backward (scatter_add_rows, embedding_bag_backward, and the fused op): no
+// atomics. The batch's IDs are sorted together with their occurrence index
+// (cub::DeviceRadixSort::SortPairs: a stable, deterministic radix sort, so
+// the occurrences of one ID stay in batch order); the first position of each
+// run of equal IDs starts a group, which walks the run G occurrences at a
+// time (occurrence metadata loaded one per lane, broadcast by shuffles),
+// sums the occurrences' (scaled) gradient rows in registers in occurrence
+// order, and adds the sum to the gradient row once (or, fused, applies Adam
+// to the row). The touched flags are set once per distinct ID. dweights is a
+// per-occurrence dot product (a group per occurrence, a fixed shuffle tree):
+// no reduction across occurrences. The same inputs give the same bits.
+//
+// Scratch: one device_scratch request per call, carved into 256-byte aligned
+// pieces (n = the batch's occurrence count):
+//   keys   n x int64  the sorted IDs
+//   vin    n x int32  occurrence indices 0..n-1 (the sort's input values)
+//   vals   n x int32  the occurrence indices in sorted order
+//   bag    n x int32  the bag of each occurrence (bag ops only)
+//   flag   256 bytes  the non-finite flag (the fused op only)
+//   temp   the radix sort's temporary storage (as CUB reports it for n)
+// Limits: n and B at most 2^31 - 1 (int32 occurrence and bag indices).
+// The bag ops read offsets[0] and offsets[B] back to the host first (one
+// small copy and a stream synchronise) to size the sort.
+//
+// The fused op, embedding_bag_backward_adam(dev, w, m, v, dy, ids, offsets,
+// weights, B, dim, mean, st), is exactly "g = 0; embedding_bag_backward into
+// g; adam_update_rows on the distinct rows the batch touched" (rows no ID
+// names keep w, m and v) without the table-sized gradient: per distinct row
+// the gradient lives only in registers. It is what FBGEMM's table-batched
+// embedding with a fused optimizer does. It is an op beside the unfused
+// pair (the op table checks the two agree on every backend); the trainer
+// does not call it yet. On CUDA the fused and unfused paths sum
+// the same terms in the same order (unfused: g = 0 + sum) and share the Adam
+// expression (cuda_rows::adam_element), so they agree to rounding.
+
+#include <cub/cub.cuh>
+
+#include <climits>
+
+// ==== begin mtrec/kernels/cuda/rows.cuh =======================================
+// mtrec: CUDA kernels over lists of table rows (kernels/rows.hpp) — the lazy
+// (row-wise) Adam/SGD updates, and the norms, checks and scalings of the
+// touched rows — plus the helpers the embedding kernels share with them
+// (kernels/cuda/embedding.cuh).
+//
+// `sets` is a HOST array of RowSet whose `rows` point to device memory (an
+// index array of the device, like every array a kernel reads): the sets are
+// walked on the host, one launch per non-empty set, all on the calling
+// thread's stream. Layout of every launch: a group of G lanes (G a power of
+// two <= 32, the smallest covering the row's vectors) per listed row, rows in
+// a grid-stride loop; each lane moves W consecutive elements at a time (W =
+// 4 floats / 2 doubles when dim and the base address allow, else 1).
+//
+// Results returned to the host: a bool is a device int flag (set by any
+// thread that sees a non-finite weight; an integer write of one value, no
+// race on floats), a double is a fixed-shape two-stage reduction (per-block
+// partials, then one block adds them in block order) whose shape depends on
+// the set's row count and dim only; the per-set sums are chained on the
+// stream in set order. One copy to pinned host scratch and one synchronise
+// per call.
+
+#include <cfloat>
+
+namespace mtrec {
+namespace kernels {
+namespace cuda_rows {
+
+constexpr int kThreads = 256;      // threads per block of every kernel here
+constexpr int kMaxPartials = 1024;  // blocks of the first stage of a sum
+
+// ---- shared helpers (also used by kernels/cuda/embedding.cuh) ----------------------
+
+// W consecutive T, loaded and stored as one access.
+template <class T, int W>
+struct alignas(sizeof(T) * W) Vec {
+  T v[W];
+};
+template <class T, int W>
+__device__ __forceinline__ Vec<T, W> vload(const T* p) {
+  return *reinterpret_cast<const Vec<T, W>*>(p);
+}
+template <class T, int W>
+__device__ __forceinline__ void vstore(T* p, const Vec<T, W>& x) {
+  *reinterpret_cast<Vec<T, W>*>(p) = x;
+}
+
+__device__ __forceinline__ bool is_finite(float x) { return fabsf(x) <= FLT_MAX; }
+__device__ __forceinline__ bool is_finite(double x) { return fabs(x) <= DBL_MAX; }
+
+// The widest W (elements per access) for which dim is a multiple of W and
+// every pointer is aligned to W elements (null pointers count as aligned).
+template <class T>
+inline int vec_width(index_t dim, std::initializer_list<const void*> ptrs) {
+  for (int w = int(16 / sizeof(T)); w > 1; w /= 2) {
+    bool ok = dim % w == 0;
+    for (const void* p : ptrs) ok = ok && reinterpret_cast<std::uintptr_t>(p) % (sizeof(T) * std::size_t(w)) == 0;
+    if (ok) return w;
+  }
+  return 1;
+}
+// f(std::integral_constant<int, W>) for W = the runtime width (4 for float only).
+template <class T, class F>
+inline void with_width(int w, F&& f) {
+  if constexpr (sizeof(T) == 4) {
+    if (w == 4) {
+      f(std::integral_constant<int, 4>{});
+      return;
+    }
+  }
+  if (w >= 2) {
+    f(std::integral_constant<int, 2>{});
+    return;
+  }
+  f(std::integral_constant<int, 1>{});
+}
+// Lanes per row: the smallest power of two >= the row's vectors, at most 32.
+inline int group_size(index_t vectors) {
+  int g = 1;
+  while (g < 32 && index_t(g) < vectors) g <<= 1;
+  return g;
+}
+
+// A group of G lanes (inside one warp) working on one item at a time.
+struct Group {
+  int lane;        // in [0, G)
+  unsigned mask;   // the group's lanes within the warp
+  index_t first;   // the group's first item
+  index_t stride;  // groups in the grid
+};
+__device__ __forceinline__ Group make_group(int G) {
+  Group g;
+  const index_t t = index_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  g.lane = int(threadIdx.x) & (G - 1);
+  const int warp_lane = int(threadIdx.x) & 31;
+  g.mask = (G == 32 ? 0xffffffffu : ((1u << G) - 1u)) << (warp_lane & ~(G - 1));
+  g.first = t / G;
+  g.stride = index_t(gridDim.x) * blockDim.x / G;
+  return g;
+}
+
+// adam_update's hyper-parameters with its two per-call constants, computed
+// on the host as the reference computes them.
+template <class T>
+struct AdamArgs {
+  T lr, beta1, beta2, eps, weight_decay, step, inv_sqrt_bc2;
+  bool decoupled;
+};
+template <class T>
+inline AdamArgs<T> adam_args(const AdamStep<T>& s) {
+  AdamArgs<T> a;
+  a.lr = s.lr;
+  a.beta1 = s.beta1;
+  a.beta2 = s.beta2;
+  a.eps = s.eps;
+  a.weight_decay = s.weight_decay;
+  a.step = s.lr / s.bias_correction1;
+  a.inv_sqrt_bc2 = T(1) / std::sqrt(s.bias_correction2);
+  a.decoupled = s.decoupled;
+  return a;
+}
+// One element of kernels/reference.hpp's adam_update; true when w is finite.
+template <class T>
+__device__ __forceinline__ bool adam_element(T& w, T& m, T& v, T g, const AdamArgs<T>& a) {
+  T grad = g;
+  if (a.decoupled)
+    w *= T(1) - a.lr * a.weight_decay;
+  else
+    grad += a.weight_decay * w;
+  m = a.beta1 * m + (T(1) - a.beta1) * grad;
+  v = a.beta2 * v + (T(1) - a.beta2) * grad * grad;
+  w -= a.step * m / (sqrt(v) * a.inv_sqrt_bc2 + a.eps);
+  return is_finite(w);
+}
+
+// Device scratch: a small result slot for the call (a flag, a sum).
+inline int* flag_scratch(cudaStream_t stream, const char* op) {
+  int* f = static_cast<int*>(cuda::CudaThread::current().device_scratch(256));
+  cuda::check(cudaMemsetAsync(f, 0, sizeof(int), stream), op, "clearing the result flag");
+  return f;
+}
+// Copies a small device result into pinned host scratch and waits for it.
+template <class R>
+inline R read_result(cudaStream_t stream, const R* d, const char* op) {
+  static_assert(sizeof(R) <= 256, "host scratch holds 256 bytes");
+  R* h = static_cast<R*>(cuda::CudaThread::current().host_scratch());
+  cuda::check(cudaMemcpyAsync(h, d, sizeof(R), cudaMemcpyDeviceToHost, stream), op, "copying the result to the host");
+  cuda::check(cudaStreamSynchronize(stream), op, "waiting for the result");
+  return *h;
+}
+
+// ---- kernels -----------------------------------------------------------------------
+
+// w, m, v, g point at the set's table (offset applied); o = rows[i] * dim.
+template <class T, int W>
+__global__ void adam_rows_kernel(T* __restrict__ w, T* __restrict__ m, T* __restrict__ v, const T* __restrict__ g,
+                                 const index_t* __restrict__ rows, index_t n, index_t dim, int G, AdamArgs<T> a,
+                                 int* bad) {
+  const Group gr = make_group(G);
+  const index_t dimv = dim / W;
+  bool ok = true;
+  for (index_t i = gr.first; i < n; i += gr.stride) {
+    const index_t o = rows[i] * dim;
+    for (index_t c = gr.lane; c < dimv; c += G) {
+      const index_t e = o + c * W;
+      Vec<T, W> wv = vload<T, W>(w + e), mv = vload<T, W>(m + e), vv = vload<T, W>(v + e);
+      const Vec<T, W> gv = vload<T, W>(g + e);
+#pragma unroll
+      for (int k = 0; k < W; ++k) {
+        const bool f = adam_element(wv.v[k], mv.v[k], vv.v[k], gv.v[k], a);
+        ok = ok && f;
+      }
+      vstore<T, W>(w + e, wv);
+      vstore<T, W>(m + e, mv);
+      vstore<T, W>(v + e, vv);
+    }
+  }
+  if (!ok) *bad = 1;
+}
+
+// One element of reference.hpp's sgd_update (buf read only when momentum != 0).
+template <class T, int W>
+__global__ void sgd_rows_kernel(T* __restrict__ w, T* __restrict__ buf, const T* __restrict__ g,
+                                const index_t* __restrict__ rows, index_t n, index_t dim, int G, T lr, T momentum,
+                                T weight_decay, bool nesterov, int* bad) {
+  const Group gr = make_group(G);
+  const index_t dimv = dim / W;
+  const bool mom = momentum != T(0);
+  bool ok = true;
+  for (index_t i = gr.first; i < n; i += gr.stride) {
+    const index_t o = rows[i] * dim;
+    for (index_t c = gr.lane; c < dimv; c += G) {
+      const index_t e = o + c * W;
+      Vec<T, W> wv = vload<T, W>(w + e);
+      const Vec<T, W> gv = vload<T, W>(g + e);
+      Vec<T, W> bv;
+      if (mom) bv = vload<T, W>(buf + e);
+#pragma unroll
+      for (int k = 0; k < W; ++k) {
+        T grad = gv.v[k] + weight_decay * wv.v[k];
+        if (mom) {
+          bv.v[k] = momentum * bv.v[k] + grad;
+          grad = nesterov ? grad + momentum * bv.v[k] : bv.v[k];
+        }
+        wv.v[k] -= lr * grad;
+        ok = ok && is_finite(wv.v[k]);
+      }
+      vstore<T, W>(w + e, wv);
+      if (mom) vstore<T, W>(buf + e, bv);
+    }
+  }
+  if (!ok) *bad = 1;
+}
+
+// Sums a thread's double over its block (fixed tree); the result is valid in
+// thread 0. Every thread of the block calls it. (A template: its __shared__
+// array then has one definition whatever the compilation mode.)
+template <int Unused = 0>
+__device__ __forceinline__ double block_sum(double acc) {
+  __shared__ double warp_sums[kThreads / 32];
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, off);
+  const int warp = int(threadIdx.x) >> 5;
+  if ((threadIdx.x & 31) == 0) warp_sums[warp] = acc;
+  __syncthreads();
+  double s = 0;
+  if (threadIdx.x == 0)
+    for (int k = 0; k < kThreads / 32; ++k) s += warp_sums[k];
+  return s;
+}
+
+// partial[block] = sum of x^2 (in double) over the block's share of the rows.
+template <class T, int W>
+__global__ void sum_squares_rows_kernel(double* __restrict__ partial, const T* __restrict__ x,
+                                        const index_t* __restrict__ rows, index_t n, index_t dim, int G) {
+  const Group gr = make_group(G);
+  const index_t dimv = dim / W;
+  double acc = 0;
+  for (index_t i = gr.first; i < n; i += gr.stride) {
+    const index_t o = rows[i] * dim;
+    for (index_t c = gr.lane; c < dimv; c += G) {
+      const Vec<T, W> xv = vload<T, W>(x + o + c * W);
+#pragma unroll
+      for (int k = 0; k < W; ++k) acc += double(xv.v[k]) * double(xv.v[k]);
+    }
+  }
+  const double s = block_sum(acc);
+  if (threadIdx.x == 0) partial[blockIdx.x] = s;
+}
+
+// One block: *total = (chain ? *total : 0) + sum of partial[0, nb), in a fixed order.
+template <int Unused>
+__global__ void sum_partials_kernel(double* total, const double* __restrict__ partial, int nb, bool chain) {
+  double acc = 0;
+  for (int k = int(threadIdx.x); k < nb; k += int(blockDim.x)) acc += partial[k];
+  const double s = block_sum(acc);
+  if (threadIdx.x == 0) *total = chain ? *total + s : s;
+}
+
+template <class T, int W>
+__global__ void scale_rows_kernel(T* __restrict__ x, const index_t* __restrict__ rows, index_t n, index_t dim, int G,
+                                  T alpha) {
+  const Group gr = make_group(G);
+  const index_t dimv = dim / W;
+  for (index_t i = gr.first; i < n; i += gr.stride) {
+    const index_t o = rows[i] * dim;
+    for (index_t c = gr.lane; c < dimv; c += G) {
+      Vec<T, W> xv = vload<T, W>(x + o + c * W);
+#pragma unroll
+      for (int k = 0; k < W; ++k) xv.v[k] = alpha * xv.v[k];
+      vstore<T, W>(x + o + c * W, xv);
+    }
+  }
+}
+
+template <class T, int W>
+__global__ void fill_rows_kernel(T* __restrict__ x, const index_t* __restrict__ rows, index_t n, index_t dim, int G,
+                                 T value) {
+  const Group gr = make_group(G);
+  const index_t dimv = dim / W;
+  Vec<T, W> fv;
+#pragma unroll
+  for (int k = 0; k < W; ++k) fv.v[k] = value;
+  for (index_t i = gr.first; i < n; i += gr.stride) {
+    const index_t o = rows[i] * dim;
+    for (index_t c = gr.lane; c < dimv; c += G) vstore<T, W>(x + o + c * W, fv);
+  }
+}
+
+template <class T, int W>
+__global__ void all_finite_rows_kernel(int* bad, const T* __restrict__ x, const index_t* __restrict__ rows, index_t n,
+                                       index_t dim, int G) {
+  const Group gr = make_group(G);
+  const index_t dimv = dim / W;
+  bool ok = true;
+  for (index_t i = gr.first; i < n; i += gr.stride) {
+    const index_t o = rows[i] * dim;
+    for (index_t c = gr.lane; c < dimv; c += G) {
+      const Vec<T, W> xv = vload<T, W>(x + o + c * W);
+#pragma unroll
+      for (int k = 0; k < W; ++k) ok = ok && is_finite(xv.v[k]);
+    }
+  }
+  if (!ok) *bad = 1;
+}
+
+inline bool any_rows(const RowSet* sets, index_t n_sets) {
+  for (index_t s = 0; s < n_sets; ++s)
+    if (sets[s].n > 0 && sets[s].dim > 0) return true;
+  return false;
+}
+
+}  // namespace cuda_rows
+
+// ---- the kernels' CUDA overloads ------------------------------------------------------
+
+template <class T>
+inline bool adam_update_rows(cuda_raw_t dev, T* w, T* m, T* v, const T* g, const RowSet* sets, index_t n_sets,
+                             const AdamStep<T>& st) {
+  namespace cr = cuda_rows;
+  if (!cr::any_rows(sets, n_sets)) return true;
+  int* bad = cr::flag_scratch(dev.stream, "adam_update_rows");
+  const cr::AdamArgs<T> a = cr::adam_args(st);
+  for (index_t s = 0; s < n_sets; ++s) {
+    const RowSet& rs = sets[s];
+    if (rs.n <= 0 || rs.dim <= 0) continue;
+    const index_t o = rs.offset;
+    cr::with_width<T>(cr::vec_width<T>(rs.dim, {w + o, m + o, v + o, g + o}), [&](auto wc) {
+      constexpr int W = decltype(wc)::value;
+      const int G = cr::group_size(rs.dim / W);
+      cr::adam_rows_kernel<T, W><<<cuda::grid_for(rs.n * G, cr::kThreads), cr::kThreads, 0, dev.stream>>>(
+          w + o, m + o, v + o, g + o, rs.rows, rs.n, rs.dim, G, a, bad);
+      cuda::check_launch("adam_update_rows", "set ", s, " of ", n_sets, ": ", rs.n, " rows of dim ", rs.dim,
+                         " at offset ", o);
+    });
+  }
+  return cr::read_result(dev.stream, bad, "adam_update_rows") == 0;
+}
+
+template <class T>
+inline bool sgd_update_rows(cuda_raw_t dev, T* w, T* buf, const T* g, const RowSet* sets, index_t n_sets, T lr,
+                            T momentum, T weight_decay, bool nesterov) {
+  namespace cr = cuda_rows;
+  if (!cr::any_rows(sets, n_sets)) return true;
+  int* bad = cr::flag_scratch(dev.stream, "sgd_update_rows");
+  const bool mom = momentum != T(0);
+  for (index_t s = 0; s < n_sets; ++s) {
+    const RowSet& rs = sets[s];
+    if (rs.n <= 0 || rs.dim <= 0) continue;
+    const index_t o = rs.offset;
+    T* bo = mom ? buf + o : nullptr;
+    cr::with_width<T>(cr::vec_width<T>(rs.dim, {w + o, bo, g + o}), [&](auto wc) {
+      constexpr int W = decltype(wc)::value;
+      const int G = cr::group_size(rs.dim / W);
+      cr::sgd_rows_kernel<T, W><<<cuda::grid_for(rs.n * G, cr::kThreads), cr::kThreads, 0, dev.stream>>>(
+          w + o, bo, g + o, rs.rows, rs.n, rs.dim, G, lr, momentum, weight_decay, nesterov, bad);
+      cuda::check_launch("sgd_update_rows", "set ", s, " of ", n_sets, ": ", rs.n, " rows of dim ", rs.dim,
+                         " at offset ", o);
+    });
+  }
+  return cr::read_result(dev.stream, bad, "sgd_update_rows") == 0;
+}
+
+template <class T>
+inline double sum_squares_rows(cuda_raw_t dev, const T* x, const RowSet* sets, index_t n_sets) {
+  namespace cr = cuda_rows;
+  if (!cr::any_rows(sets, n_sets)) return 0.0;
+  // [0, 256): the total; [256, 256 + 8 * kMaxPartials): the first stage's partials
+  char* scratch = static_cast<char*>(
+      cuda::CudaThread::current().device_scratch(256 + sizeof(double) * std::size_t(cr::kMaxPartials)));
+  double* total = reinterpret_cast<double*>(scratch);
+  double* partial = reinterpret_cast<double*>(scratch + 256);
+  bool chain = false;
+  for (index_t s = 0; s < n_sets; ++s) {
+    const RowSet& rs = sets[s];
+    if (rs.n <= 0 || rs.dim <= 0) continue;
+    const index_t o = rs.offset;
+    cr::with_width<T>(cr::vec_width<T>(rs.dim, {x + o}), [&](auto wc) {
+      constexpr int W = decltype(wc)::value;
+      const int G = cr::group_size(rs.dim / W);
+      const unsigned blocks = cuda::grid_for(rs.n * G, cr::kThreads, cr::kMaxPartials);
+      cr::sum_squares_rows_kernel<T, W><<<blocks, cr::kThreads, 0, dev.stream>>>(partial, x + o, rs.rows, rs.n,
+                                                                                 rs.dim, G);
+      cuda::check_launch("sum_squares_rows", "set ", s, " of ", n_sets, ": ", rs.n, " rows of dim ", rs.dim,
+                         " at offset ", o, ", ", blocks, " partial sums");
+      cr::sum_partials_kernel<0><<<1, cr::kThreads, 0, dev.stream>>>(total, partial, int(blocks), chain);
+      cuda::check_launch("sum_squares_rows", "adding ", blocks, " partial sums of set ", s);
+    });
+    chain = true;
+  }
+  return cr::read_result(dev.stream, total, "sum_squares_rows");
+}
+
+template <class T>
+inline void scale_rows(cuda_raw_t dev, T* x, const RowSet* sets, index_t n_sets, T alpha) {
+  namespace cr = cuda_rows;
+  for (index_t s = 0; s < n_sets; ++s) {
+    const RowSet& rs = sets[s];
+    if (rs.n <= 0 || rs.dim <= 0) continue;
+    const index_t o = rs.offset;
+    cr::with_width<T>(cr::vec_width<T>(rs.dim, {x + o}), [&](auto wc) {
+      constexpr int W = decltype(wc)::value;
+      const int G = cr::group_size(rs.dim / W);
+      cr::scale_rows_kernel<T, W><<<cuda::grid_for(rs.n * G, cr::kThreads), cr::kThreads, 0, dev.stream>>>(
+          x + o, rs.rows, rs.n, rs.dim, G, alpha);
+      cuda::check_launch("scale_rows", "set ", s, " of ", n_sets, ": ", rs.n, " rows of dim ", rs.dim, " at offset ",
+                         o);
+    });
+  }
+}
+
+template <class T>
+inline void fill_rows(cuda_raw_t dev, T* x, const RowSet* sets, index_t n_sets, T value) {
+  namespace cr = cuda_rows;
+  for (index_t s = 0; s < n_sets; ++s) {
+    const RowSet& rs = sets[s];
+    if (rs.n <= 0 || rs.dim <= 0) continue;
+    const index_t o = rs.offset;
+    cr::with_width<T>(cr::vec_width<T>(rs.dim, {x + o}), [&](auto wc) {
+      constexpr int W = decltype(wc)::value;
+      const int G = cr::group_size(rs.dim / W);
+      cr::fill_rows_kernel<T, W><<<cuda::grid_for(rs.n * G, cr::kThreads), cr::kThreads, 0, dev.stream>>>(
+          x + o, rs.rows, rs.n, rs.dim, G, value);
+      cuda::check_launch("fill_rows", "set ", s, " of ", n_sets, ": ", rs.n, " rows of dim ", rs.dim, " at offset ",
+                         o);
+    });
+  }
+}
+
+template <class T>
+inline bool all_finite_rows(cuda_raw_t dev, const T* x, const RowSet* sets, index_t n_sets) {
+  namespace cr = cuda_rows;
+  if (!cr::any_rows(sets, n_sets)) return true;
+  int* bad = cr::flag_scratch(dev.stream, "all_finite_rows");
+  for (index_t s = 0; s < n_sets; ++s) {
+    const RowSet& rs = sets[s];
+    if (rs.n <= 0 || rs.dim <= 0) continue;
+    const index_t o = rs.offset;
+    cr::with_width<T>(cr::vec_width<T>(rs.dim, {x + o}), [&](auto wc) {
+      constexpr int W = decltype(wc)::value;
+      const int G = cr::group_size(rs.dim / W);
+      cr::all_finite_rows_kernel<T, W><<<cuda::grid_for(rs.n * G, cr::kThreads), cr::kThreads, 0, dev.stream>>>(
+          bad, x + o, rs.rows, rs.n, rs.dim, G);
+      cuda::check_launch("all_finite_rows", "set ", s, " of ", n_sets, ": ", rs.n, " rows of dim ", rs.dim,
+                         " at offset ", o);
+    });
+  }
+  return cr::read_result(dev.stream, bad, "all_finite_rows") == 0;
+}
+
+}  // namespace kernels
+
+MTREC_CUDA_KERNEL(adam_update_rows)
+MTREC_CUDA_KERNEL(sgd_update_rows)
+MTREC_CUDA_KERNEL(sum_squares_rows)
+MTREC_CUDA_KERNEL(scale_rows)
+MTREC_CUDA_KERNEL(fill_rows)
+MTREC_CUDA_KERNEL(all_finite_rows)
+
+}  // namespace mtrec
+// ==== end mtrec/kernels/cuda/rows.cuh =========================================
+
+namespace mtrec {
+namespace kernels {
+namespace cuda_emb {
+
+using cuda_rows::Group;
+using cuda_rows::kThreads;
+using cuda_rows::make_group;
+using cuda_rows::Vec;
+using cuda_rows::vload;
+using cuda_rows::vstore;
+
+// ---- forward -------------------------------------------------------------------------
+
+template <class T, int W>
+__global__ void gather_kernel(T* __restrict__ y, const T* __restrict__ table, const index_t* __restrict__ ids,
+                              index_t n, index_t dim, int G) {
+  const Group gr = make_group(G);
+  const index_t dimv = dim / W;
+  for (index_t i = gr.first; i < n; i += gr.stride) {
+    const T* src = table + ids[i] * dim;
+    T* dst = y + i * dim;
+    for (index_t c = gr.lane; c < dimv; c += G) vstore<T, W>(dst + c * W, vload<T, W>(src + c * W));
+  }
+}
+
+template <class T, int W>
+__global__ void bag_forward_kernel(T* __restrict__ y, const T* __restrict__ table, const index_t* __restrict__ ids,
+                                   const index_t* __restrict__ offsets, const T* __restrict__ weights, index_t B,
+                                   index_t dim, bool mean, int G) {
+  const Group gr = make_group(G);
+  const index_t dimv = dim / W;
+  for (index_t b = gr.first; b < B; b += gr.stride) {
+    const index_t s = offsets[b], e = offsets[b + 1];
+    const bool scale = mean && e > s;
+    const T inv = scale ? T(1) / T(e - s) : T(1);
+    for (index_t c0 = 0; c0 < dimv; c0 += G) {
+      const index_t c = c0 + gr.lane;
+      const bool col = c < dimv;
+      Vec<T, W> acc;
+#pragma unroll
+      for (int k = 0; k < W; ++k) acc.v[k] = T(0);
+      for (index_t base = s; base < e; base += G) {
+        const index_t i = base + gr.lane;
+        index_t my_id = 0;
+        T my_w = T(1);
+        if (i < e) {
+          my_id = ids[i];
+          if (weights) my_w = weights[i];
+        }
+        const index_t left = e - base;
+        const int cnt = left < index_t(G) ? int(left) : G;
+#pragma unroll 4
+        for (int q = 0; q < cnt; ++q) {
+          const index_t r = __shfl_sync(gr.mask, my_id, q, G);
+          const T a = __shfl_sync(gr.mask, my_w, q, G);
+          if (col) {
+            const Vec<T, W> t = vload<T, W>(table + r * dim + c * W);
+#pragma unroll
+            for (int k = 0; k < W; ++k) acc.v[k] += a * t.v[k];
+          }
+        }
+      }
+      if (col) {
+        if (scale) {
+#pragma unroll
+          for (int k = 0; k < W; ++k) acc.v[k] *= inv;
+        }
+        vstore<T, W>(y + b * dim + c * W, acc);
+      }
+    }
+  }
+}
+
+// ---- backward: sort, then one group per distinct ID ----------------------------------
+
+template <int Unused>
+__global__ void iota_kernel(int* __restrict__ v, index_t n) {
+  for (index_t i = index_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += index_t(gridDim.x) * blockDim.x)
+    v[i] = int(i);
+}
+
+// For the occurrences [offsets[0], offsets[B]) (k = i - offsets[0]): vin[k] = k, bag[k] = the bag of i.
+template <int Unused>
+__global__ void bag_prep_kernel(int* __restrict__ vin, int* __restrict__ bag, const index_t* __restrict__ offsets,
+                                index_t B, index_t o0) {
+  const Group gr = make_group(32);
+  for (index_t b = gr.first; b < B; b += gr.stride) {
+    const index_t s = offsets[b] - o0, e = offsets[b + 1] - o0;
+    for (index_t k = s + gr.lane; k < e; k += 32) {
+      vin[k] = int(k);
+      bag[k] = int(b);
+    }
+  }
+}
+
+enum SegMode { kScatter = 0, kBag = 1, kBagAdam = 2 };
+
+// Positions [0, n) of the sorted IDs `keys` (occurrence `vals`): the group at
+// the first position j0 of a run of ID r sums, per column, in occurrence order,
+//   kScatter: dy[k]                       (row k of dy, k the occurrence)
+//   kBag*:    a_k * dy[bag[k]], a_k = (weights ? weights[k] : 1) / len for mean
+// then kScatter/kBag: dst[r] += sum;  kBagAdam: adam_element on w = dst, m, v
+// with g = sum. weights is offset to the first occurrence.
+template <class T, int W, int Mode>
+__global__ void segment_kernel(T* __restrict__ dst, T* __restrict__ m, T* __restrict__ v,
+                               std::uint8_t* __restrict__ touched, int* bad, const T* __restrict__ dy,
+                               const index_t* __restrict__ keys, const int* __restrict__ vals, index_t n,
+                               const int* __restrict__ bag, const index_t* __restrict__ offsets,
+                               const T* __restrict__ weights, index_t dim, bool mean, int G,
+                               cuda_rows::AdamArgs<T> adam) {
+  const Group gr = make_group(G);
+  const index_t dimv = dim / W;
+  bool ok = true;
+  for (index_t j0 = gr.first; j0 < n; j0 += gr.stride) {
+    const index_t r = keys[j0];
+    if (j0 > 0 && keys[j0 - 1] == r) continue;  // not the first occurrence of r
+    if (touched && gr.lane == 0) touched[r] = 1;
+    for (index_t c0 = 0; c0 < dimv; c0 += G) {
+      const index_t c = c0 + gr.lane;
+      const bool col = c < dimv;
+      Vec<T, W> acc;
+#pragma unroll
+      for (int k = 0; k < W; ++k) acc.v[k] = T(0);
+      for (index_t base = j0;; base += G) {
+        // the run's next G positions, one per lane: a prefix of the lanes holds ID r
+        const index_t j = base + gr.lane;
+        const bool in = j < n && keys[j] == r;
+        const int cnt = __popc(__ballot_sync(gr.mask, in) & gr.mask);
+        index_t src = 0;
+        T a = T(1);
+        if (in) {
+          const int k = vals[j];
+          if constexpr (Mode == kScatter) {
+            src = k;
+          } else {
+            const int b = bag[k];
+            src = b;
+            const index_t s = offsets[b], e = offsets[b + 1];
+            const T inv = (mean && e > s) ? T(1) / T(e - s) : T(1);
+            a = (weights ? weights[k] : T(1)) * inv;
+          }
+        }
+#pragma unroll 4
+        for (int q = 0; q < cnt; ++q) {
+          const index_t sq = __shfl_sync(gr.mask, src, q, G);
+          if constexpr (Mode == kScatter) {
+            if (col) {
+              const Vec<T, W> d = vload<T, W>(dy + sq * dim + c * W);
+#pragma unroll
+              for (int k = 0; k < W; ++k) acc.v[k] += d.v[k];
+            }
+          } else {
+            const T aq = __shfl_sync(gr.mask, a, q, G);
+            if (col) {
+              const Vec<T, W> d = vload<T, W>(dy + sq * dim + c * W);
+#pragma unroll
+              for (int k = 0; k < W; ++k) acc.v[k] += aq * d.v[k];
+            }
+          }
+        }
+        if (cnt < G) break;
+      }
+      if (col) {
+        const index_t e = r * dim + c * W;
+        if constexpr (Mode == kBagAdam) {
+          Vec<T, W> wv = vload<T, W>(dst + e), mv = vload<T, W>(m + e), vv = vload<T, W>(v + e);
+#pragma unroll
+          for (int k = 0; k < W; ++k) {
+            const bool f = cuda_rows::adam_element(wv.v[k], mv.v[k], vv.v[k], acc.v[k], adam);
+            ok = ok && f;
+          }
+          vstore<T, W>(dst + e, wv);
+          vstore<T, W>(m + e, mv);
+          vstore<T, W>(v + e, vv);
+        } else {
+          Vec<T, W> gv = vload<T, W>(dst + e);
+#pragma unroll
+          for (int k = 0; k < W; ++k) gv.v[k] += acc.v[k];
+          vstore<T, W>(dst + e, gv);
+        }
+      }
+    }
+  }
+  if constexpr (Mode == kBagAdam) {
+    if (!ok) *bad = 1;
+  }
+}
+
+// dweights[k] = <dy[bag[k]], table[ids[k]]> / len (mean) for the n
+// occurrences (dweights and ids offset to the first): a group per occurrence.
+template <class T, int W>
+__global__ void bag_dweights_kernel(T* __restrict__ dweights, const T* __restrict__ dy, const T* __restrict__ table,
+                                    const index_t* __restrict__ ids, const int* __restrict__ bag,
+                                    const index_t* __restrict__ offsets, index_t n, index_t dim, bool mean, int G) {
+  const Group gr = make_group(G);
+  const index_t dimv = dim / W;
+  for (index_t k = gr.first; k < n; k += gr.stride) {
+    const index_t b = bag[k];
+    const index_t s = offsets[b], e = offsets[b + 1];
+    const T inv = (mean && e > s) ? T(1) / T(e - s) : T(1);
+    const T* d = dy + b * dim;
+    const T* row = table + ids[k] * dim;
+    T dot = T(0);
+    for (index_t c = gr.lane; c < dimv; c += G) {
+      const Vec<T, W> dv = vload<T, W>(d + c * W), tv = vload<T, W>(row + c * W);
+#pragma unroll
+      for (int q = 0; q < W; ++q) dot += dv.v[q] * tv.v[q];
+    }
+    for (int off = G / 2; off > 0; off >>= 1) dot += __shfl_xor_sync(gr.mask, dot, off, G);
+    if (gr.lane == 0) dweights[k] = dot * inv;
+  }
+}
+
+// ---- host side -----------------------------------------------------------------------
+
+inline std::size_t align256(std::size_t b) { return (b + 255) / 256 * 256; }
+
+// The pieces of one backward call's scratch (see the header comment).
+struct SortScratch {
+  index_t* keys = nullptr;
+  int* vin = nullptr;
+  int* vals = nullptr;
+  int* bag = nullptr;
+  int* flag = nullptr;
+  void* temp = nullptr;
+  std::size_t temp_bytes = 0;
+};
+
+inline SortScratch sort_scratch(const char* op, cudaStream_t stream, index_t n, bool bags, bool flag) {
+  check(n <= index_t(INT_MAX), op, "a batch of ", n, " IDs exceeds the CUDA backward's limit of ", INT_MAX);
+  SortScratch s;
+  cuda::check(cub::DeviceRadixSort::SortPairs(nullptr, s.temp_bytes, static_cast<const index_t*>(nullptr),
+                                              static_cast<index_t*>(nullptr), static_cast<const int*>(nullptr),
+                                              static_cast<int*>(nullptr), int(n), 0, int(sizeof(index_t) * 8),
+                                              stream),
+              op, "querying the radix sort's temporary storage for ", n, " IDs");
+  const std::size_t kb = align256(sizeof(index_t) * std::size_t(n)), vb = align256(sizeof(int) * std::size_t(n));
+  const std::size_t fb = flag ? 256 : 0, bb = bags ? vb : 0;
+  const std::size_t total = kb + 2 * vb + bb + fb + align256(s.temp_bytes);
+  char* p = static_cast<char*>(cuda::CudaThread::current().device_scratch(total));
+  s.keys = reinterpret_cast<index_t*>(p);
+  p += kb;
+  s.vin = reinterpret_cast<int*>(p);
+  p += vb;
+  s.vals = reinterpret_cast<int*>(p);
+  p += vb;
+  if (bags) s.bag = reinterpret_cast<int*>(p);
+  p += bb;
+  if (flag) s.flag = reinterpret_cast<int*>(p);
+  p += fb;
+  s.temp = p;
+  return s;
+}
+
+// keys/vals = ids (n) and s.vin sorted by ID, stably.
+inline void sort_ids(const char* op, cudaStream_t stream, const index_t* ids, index_t n, SortScratch& s) {
+  cuda::check(cub::DeviceRadixSort::SortPairs(s.temp, s.temp_bytes, ids, s.keys, s.vin, s.vals, int(n), 0,
+                                              int(sizeof(index_t) * 8), stream),
+              op, "sorting ", n, " IDs with their occurrence indices");
+}
+
+// offsets[0] and offsets[B] on the host (offsets is device memory, or host
+// memory the GPU reads through CudaDispatch).
+inline void bag_range(const char* op, cudaStream_t stream, const index_t* offsets, index_t B, index_t& o0,
+                      index_t& oB) {
+  index_t* h = static_cast<index_t*>(cuda::CudaThread::current().host_scratch());
+  cuda::check(cudaMemcpyAsync(h, offsets, sizeof(index_t), cudaMemcpyDefault, stream), op, "reading offsets[0]");
+  cuda::check(cudaMemcpyAsync(h + 1, offsets + B, sizeof(index_t), cudaMemcpyDefault, stream), op,
+              "reading offsets[B] for B = ", B);
+  cuda::check(cudaStreamSynchronize(stream), op, "waiting for offsets[0] and offsets[B], B = ", B);
+  o0 = h[0];
+  oB = h[1];
+}
+
+// The prep kernel + sort of a bag backward over the occurrences [o0, o0 + n).
+inline void sort_bags(const char* op, cudaStream_t stream, const index_t* ids, const index_t* offsets, index_t B,
+                      index_t o0, index_t n, SortScratch& s) {
+  check(B <= index_t(INT_MAX), op, B, " bags exceed the CUDA backward's limit of ", INT_MAX);
+  bag_prep_kernel<0><<<cuda::grid_for(B * 32, kThreads), kThreads, 0, stream>>>(s.vin, s.bag, offsets, B, o0);
+  cuda::check_launch(op, "bag indices of ", n, " IDs in ", B, " bags");
+  sort_ids(op, stream, ids + o0, n, s);
+}
+
+template <class T>
+inline void launch_segments(const char* op, cudaStream_t stream, int mode, T* dst, T* m, T* v, std::uint8_t* touched,
+                            const T* dy, const SortScratch& s, index_t n, const index_t* offsets, const T* weights,
+                            index_t dim, bool mean, const cuda_rows::AdamArgs<T>& adam) {
+  const int width = mode == kBagAdam ? cuda_rows::vec_width<T>(dim, {dst, m, v, dy})
+                                     : cuda_rows::vec_width<T>(dim, {dst, dy});
+  cuda_rows::with_width<T>(width, [&](auto wc) {
+    constexpr int W = decltype(wc)::value;
+    const int G = cuda_rows::group_size(dim / W);
+    const unsigned grid = cuda::grid_for(n * G, kThreads);
+    if (mode == kScatter)
+      segment_kernel<T, W, kScatter><<<grid, kThreads, 0, stream>>>(dst, m, v, touched, s.flag, dy, s.keys, s.vals,
+                                                                    n, s.bag, offsets, weights, dim, mean, G, adam);
+    else if (mode == kBag)
+      segment_kernel<T, W, kBag><<<grid, kThreads, 0, stream>>>(dst, m, v, touched, s.flag, dy, s.keys, s.vals, n,
+                                                                s.bag, offsets, weights, dim, mean, G, adam);
+    else
+      segment_kernel<T, W, kBagAdam><<<grid, kThreads, 0, stream>>>(dst, m, v, touched, s.flag, dy, s.keys, s.vals,
+                                                                    n, s.bag, offsets, weights, dim, mean, G, adam);
+    cuda::check_launch(op, "sums over ", n, " sorted IDs, dim ", dim, ", ", G, " lanes x ", W, " per row");
+  });
+}
+
+}  // namespace cuda_emb
+
+// ---- the kernels' CUDA overloads ------------------------------------------------------
+
+template <class T>
+inline void gather_rows(cuda_raw_t dev, T* y, const T* table, const index_t* ids, index_t n, index_t dim) {
+  namespace ce = cuda_emb;
+  if (n <= 0 || dim <= 0) return;
+  cuda_rows::with_width<T>(cuda_rows::vec_width<T>(dim, {y, table}), [&](auto wc) {
+    constexpr int W = decltype(wc)::value;
+    const int G = cuda_rows::group_size(dim / W);
+    ce::gather_kernel<T, W><<<cuda::grid_for(n * G, ce::kThreads), ce::kThreads, 0, dev.stream>>>(y, table, ids, n,
+                                                                                                  dim, G);
+    cuda::check_launch("gather_rows", n, " rows of dim ", dim);
+  });
+}
+
+template <class T>
+inline void scatter_add_rows(cuda_raw_t dev, T* grad, std::uint8_t* touched, const T* dy, const index_t* ids, index_t n,
+                             index_t dim) {
+  namespace ce = cuda_emb;
+  if (n <= 0 || (dim <= 0 && !touched)) return;
+  ce::SortScratch s = ce::sort_scratch("scatter_add_rows", dev.stream, n, false, false);
+  ce::iota_kernel<0><<<cuda::grid_for(n, ce::kThreads), ce::kThreads, 0, dev.stream>>>(s.vin, n);
+  cuda::check_launch("scatter_add_rows", "occurrence indices of ", n, " IDs");
+  ce::sort_ids("scatter_add_rows", dev.stream, ids, n, s);
+  ce::launch_segments<T>("scatter_add_rows", dev.stream, ce::kScatter, grad, nullptr, nullptr, touched, dy, s, n,
+                         nullptr, nullptr, dim, false, cuda_rows::AdamArgs<T>{});
+}
+
+template <class T>
+inline void embedding_bag_forward(cuda_raw_t dev, T* y, const T* table, const index_t* ids, const index_t* offsets,
+                                  const T* weights, index_t B, index_t dim, bool mean) {
+  namespace ce = cuda_emb;
+  if (B <= 0 || dim <= 0) return;
+  cuda_rows::with_width<T>(cuda_rows::vec_width<T>(dim, {y, table}), [&](auto wc) {
+    constexpr int W = decltype(wc)::value;
+    const int G = cuda_rows::group_size(dim / W);
+    ce::bag_forward_kernel<T, W><<<cuda::grid_for(B * G, ce::kThreads), ce::kThreads, 0, dev.stream>>>(
+        y, table, ids, offsets, weights, B, dim, mean, G);
+    cuda::check_launch("embedding_bag_forward", B, " bags of dim ", dim, mean ? " (mean)" : " (sum)",
+                       weights ? " weighted" : "");
+  });
+}
+
+template <class T>
+inline void embedding_bag_backward(cuda_raw_t dev, T* grad_table, std::uint8_t* touched, T* dweights, const T* dy,
+                                   const T* table, const index_t* ids, const index_t* offsets, const T* weights,
+                                   index_t B, index_t dim, bool mean) {
+  namespace ce = cuda_emb;
+  const char* op = "embedding_bag_backward";
+  if (B <= 0) return;
+  index_t o0 = 0, oB = 0;
+  ce::bag_range(op, dev.stream, offsets, B, o0, oB);
+  const index_t n = oB - o0;
+  if (n <= 0) return;
+  ce::SortScratch s = ce::sort_scratch(op, dev.stream, n, true, false);
+  ce::sort_bags(op, dev.stream, ids, offsets, B, o0, n, s);
+  if (dim > 0 || touched)
+    ce::launch_segments<T>(op, dev.stream, ce::kBag, grad_table, nullptr, nullptr, touched, dy, s, n, offsets,
+                           weights ? weights + o0 : nullptr, dim, mean, cuda_rows::AdamArgs<T>{});
+  if (dweights) {
+    cuda_rows::with_width<T>(cuda_rows::vec_width<T>(dim, {dy, table}), [&](auto wc) {
+      constexpr int W = decltype(wc)::value;
+      const int G = cuda_rows::group_size(dim / W);
+      ce::bag_dweights_kernel<T, W><<<cuda::grid_for(n * G, ce::kThreads), ce::kThreads, 0, dev.stream>>>(
+          dweights + o0, dy, table, ids + o0, s.bag, offsets, n, dim, mean, G);
+      cuda::check_launch(op, "dweights of ", n, " IDs in ", B, " bags, dim ", dim);
+    });
+  }
+}
+
+// The fused embedding-bag backward + lazy Adam (see the header comment):
+// returns true when every updated weight is finite.
+template <class T>
+inline bool embedding_bag_backward_adam(cuda_raw_t dev, T* w, T* m, T* v, const T* dy, const index_t* ids,
+                                        const index_t* offsets, const T* weights, index_t B, index_t dim, bool mean,
+                                        const AdamStep<T>& st) {
+  namespace ce = cuda_emb;
+  const char* op = "embedding_bag_backward_adam";
+  if (B <= 0) return true;
+  index_t o0 = 0, oB = 0;
+  ce::bag_range(op, dev.stream, offsets, B, o0, oB);
+  const index_t n = oB - o0;
+  if (n <= 0 || dim <= 0) return true;
+  ce::SortScratch s = ce::sort_scratch(op, dev.stream, n, true, true);
+  cuda::check(cudaMemsetAsync(s.flag, 0, sizeof(int), dev.stream), op, "clearing the result flag");
+  ce::sort_bags(op, dev.stream, ids, offsets, B, o0, n, s);
+  ce::launch_segments<T>(op, dev.stream, ce::kBagAdam, w, m, v, nullptr, dy, s, n, offsets,
+                         weights ? weights + o0 : nullptr, dim, mean, cuda_rows::adam_args(st));
+  return cuda_rows::read_result(dev.stream, s.flag, op) == 0;
+}
+
+}  // namespace kernels
+
+MTREC_CUDA_KERNEL(gather_rows)
+MTREC_CUDA_KERNEL(scatter_add_rows)
+MTREC_CUDA_KERNEL(embedding_bag_forward)
+MTREC_CUDA_KERNEL(embedding_bag_backward)
+MTREC_CUDA_KERNEL(embedding_bag_backward_adam)
+
+}  // namespace mtrec
+// ==== end mtrec/kernels/cuda/embedding.cuh ====================================
+
+// ==== begin mtrec/kernels/cuda/sequence.cuh ===================================
+// mtrec: the CUDA sequence kernels — offsets, masked pooling, packing, padded
+// rows, positional add, strided batched GEMM and variable-length attention.
+//
+// Each kernel mirrors its `reference_t` overload in kernels/sequence.hpp.
+// `lengths` and `starts` are device memory (the layers pass them so), so
+// every per-sequence size is read on the device:
+//   packed_starts      one block scans the lengths (tiles of 1024, a carry
+//                      between tiles: any B) and the total comes back to the
+//                      host through the thread's scratch (one stream sync);
+//   attention_*        the per-(sequence, head) GEMMs are a tiled kernel of
+//                      our own (grid: B*H problems x 32x32 output tiles, the
+//                      problem's sizes read from lengths[b]; tiles past L
+//                      exit), with a warp per softmax row; every output
+//                      element is summed by one thread in a fixed order, so
+//                      results are deterministic and no float atomics are used;
+//   gemm_strided_batched  cuBLAS (S/D StridedBatched_64), row-major through
+//                      the column-major identity.
+// Reductions that the reference sums in double (pooling, positional dpos,
+// softmax sums) sum in double here too.
+
+namespace mtrec {
+namespace kernels {
+namespace cuda_impl {
+namespace seq {
+
+constexpr unsigned kThreads = 256;
+
+#define MTREC_SEQ_GRID_STRIDE(i, n)                                                       \
+  for (index_t i = index_t(blockIdx.x) * index_t(blockDim.x) + index_t(threadIdx.x); i < (n); \
+       i += index_t(gridDim.x) * index_t(blockDim.x))
+
+// ---- offsets -------------------------------------------------------------------------
+
+// One block of exactly 1024 threads: tiles of 1024 lengths, each scanned with
+// warp shuffles, a running carry between tiles. *total = sum(lengths).
+template <class I>
+__global__ void __launch_bounds__(1024) packed_starts_kernel(I* starts, const I* lengths, I B, I* total) {
+  __shared__ long long warp_sums[32];
+  const int tid = int(threadIdx.x), lane = tid & 31, warp = tid >> 5;
+  long long carry = 0;
+  for (I base = 0; base < B; base += 1024) {
+    const I i = base + tid;
+    const long long v = i < B ? static_cast<long long>(lengths[i]) : 0LL;
+    long long x = v;
+#pragma unroll
+    for (int o = 1; o < 32; o <<= 1) {
+      const long long y = __shfl_up_sync(0xffffffffu, x, o);
+      if (lane >= o) x += y;
+    }
+    if (lane == 31) warp_sums[warp] = x;
+    __syncthreads();
+    if (warp == 0) {
+      long long w = warp_sums[lane];
+#pragma unroll
+      for (int o = 1; o < 32; o <<= 1) {
+        const long long y = __shfl_up_sync(0xffffffffu, w, o);
+        if (lane >= o) w += y;
+      }
+      warp_sums[lane] = w;
+    }
+    __syncthreads();
+    const long long prefix = warp > 0 ? warp_sums[warp - 1] : 0LL;
+    if (i < B) starts[i] = I(carry + prefix + x - v);
+    carry += warp_sums[31];
+    __syncthreads();  // warp_sums is rewritten by the next tile
+  }
+  if (tid == 0) *total = I(carry);
+}
+
+template <class I>
+__global__ void padded_starts_kernel(I* starts, I B, I T_len) {
+  MTREC_SEQ_GRID_STRIDE(b, B) starts[b] = b * T_len;
+}
+
+// ---- masked pooling --------------------------------------------------------------------
+
+template <class T>
+__global__ void sequence_pool_forward_kernel(T* y, const T* x, const index_t* lengths, index_t B, index_t T_len,
+                                             index_t D, bool first) {
+  MTREC_SEQ_GRID_STRIDE(i, B * D) {
+    const index_t b = i / D, c = i - b * D;
+    const index_t len = lengths[b];
+    const index_t valid = len == 0 ? 0 : first ? 1 : len;
+    double acc = 0;
+    for (index_t t = 0; t < valid; ++t) acc += double(x[(b * T_len + t) * D + c]);
+    y[i] = valid == 0 ? T(0) : T(acc / double(valid));
+  }
+}
+
+template <class T>
+__global__ void sequence_pool_backward_kernel(T* dx, const T* dy, const index_t* lengths, index_t B, index_t T_len,
+                                              index_t D, bool first) {
+  const index_t row = T_len * D;
+  MTREC_SEQ_GRID_STRIDE(i, B * row) {
+    const index_t b = i / row, r = i - b * row, t = r / D, c = r - t * D;
+    const index_t len = lengths[b];
+    const index_t valid = len == 0 ? 0 : first ? 1 : len;
+    dx[i] = t < valid ? T(double(dy[b * D + c]) / double(valid)) : T(0);
+  }
+}
+
+// ---- packing and padded rows -------------------------------------------------------------
+
+template <class T>
+__global__ void pack_sequences_kernel(T* packed, const T* padded, const index_t* lengths, const index_t* starts,
+                                      index_t B, index_t T_len, index_t D) {
+  const index_t row = T_len * D;
+  MTREC_SEQ_GRID_STRIDE(i, B * row) {
+    const index_t b = i / row, r = i - b * row;
+    if (r < lengths[b] * D) packed[starts[b] * D + r] = padded[i];
+  }
+}
+
+template <class T>
+__global__ void unpack_sequences_kernel(T* padded, const T* packed, const index_t* lengths, const index_t* starts,
+                                        index_t B, index_t T_len, index_t D) {
+  const index_t row = T_len * D;
+  MTREC_SEQ_GRID_STRIDE(i, B * row) {
+    const index_t b = i / row, r = i - b * row;
+    padded[i] = r < lengths[b] * D ? packed[starts[b] * D + r] : T(0);
+  }
+}
+
+template <class T>
+__global__ void mask_padded_rows_kernel(T* y, const T* x, const index_t* lengths, index_t B, index_t T_len,
+                                        index_t C) {
+  const index_t row = T_len * C;
+  MTREC_SEQ_GRID_STRIDE(i, B * row) {
+    const index_t b = i / row, r = i - b * row;
+    y[i] = r < lengths[b] * C ? x[i] : T(0);
+  }
+}
+
+// *flag = 1 when a padded value is not == 0 (NaN included); every writer
+// writes the same value.
+template <class T>
+__global__ void padded_nonzero_kernel(int* flag, const T* x, const index_t* lengths, index_t B, index_t T_len,
+                                      index_t C) {
+  const index_t row = T_len * C;
+  MTREC_SEQ_GRID_STRIDE(i, B * row) {
+    const index_t b = i / row, r = i - b * row;
+    if (r >= lengths[b] * C && !(x[i] == T(0))) *flag = 1;
+  }
+}
+
+// ---- positional add ----------------------------------------------------------------------
+
+template <class T>
+__global__ void positional_add_kernel(T* y, const T* x, const T* pos, index_t n, index_t row) {
+  MTREC_SEQ_GRID_STRIDE(i, n) y[i] = x[i] + pos[i % row];
+}
+
+template <class T>
+__global__ void seq_copy_kernel(T* dst, const T* src, index_t n) {
+  MTREC_SEQ_GRID_STRIDE(i, n) dst[i] = src[i];
+}
+
+// dpos[c] += sum over b of dy[b*row + c], in order of b, in double.
+template <class T>
+__global__ void positional_dpos_kernel(T* dpos, const T* dy, index_t B, index_t row) {
+  MTREC_SEQ_GRID_STRIDE(c, row) {
+    double acc = 0;
+    for (index_t b = 0; b < B; ++b) acc += dy[b * row + c];
+    dpos[c] += T(acc);
+  }
+}
+
+// ---- strided batched GEMM ------------------------------------------------------------------
+
+// K == 0: C_i = alpha * 0 + beta * C_i, as the reference writes it (C not read when beta == 0).
+template <class T>
+__global__ void gemm_k0_kernel(T* C, index_t M, index_t N, index_t ldc, index_t strideC, index_t batch, T alpha,
+                               T beta) {
+  const index_t mn = M * N;
+  MTREC_SEQ_GRID_STRIDE(i, batch * mn) {
+    const index_t bi = i / mn, e = i - bi * mn, r = e / N, c = e - r * N;
+    T* p = C + bi * strideC + r * ldc + c;
+    const double prev = beta == T(0) ? 0.0 : double(beta) * double(*p);
+    *p = T(double(alpha) * 0.0 + prev);
+  }
+}
+
+inline cublasOperation_t blas_op(Trans t) { return t == Trans::N ? CUBLAS_OP_N : CUBLAS_OP_T; }
+
+inline cublasStatus_t gemm_strided_batched_blas(cublasHandle_t h, cublasOperation_t ta, cublasOperation_t tb,
+                                                index_t m, index_t n, index_t k, const float* alpha, const float* A,
+                                                index_t lda, index_t sa, const float* B, index_t ldb, index_t sb,
+                                                const float* beta, float* C, index_t ldc, index_t sc, index_t batch) {
+  return cublasSgemmStridedBatched_64(h, ta, tb, m, n, k, alpha, A, lda, sa, B, ldb, sb, beta, C, ldc, sc, batch);
+}
+inline cublasStatus_t gemm_strided_batched_blas(cublasHandle_t h, cublasOperation_t ta, cublasOperation_t tb,
+                                                index_t m, index_t n, index_t k, const double* alpha, const double* A,
+                                                index_t lda, index_t sa, const double* B, index_t ldb, index_t sb,
+                                                const double* beta, double* C, index_t ldc, index_t sc, index_t batch) {
+  return cublasDgemmStridedBatched_64(h, ta, tb, m, n, k, alpha, A, lda, sa, B, ldb, sb, beta, C, ldc, sc, batch);
+}
+
+// ---- attention --------------------------------------------------------------------------------
+
+// An operand of one (sequence b, head h) product, located on the device:
+//   scores: base + (b*H + h)*T*T, leading dimension L (the compact (L,L) block);
+//   rows:   base + starts[b]*ld + col + h*dh, leading dimension ld.
+template <class T>
+struct AttnOperand {
+  T* base;
+  index_t ld;
+  index_t col;
+  bool scores;
+};
+
+// C (M,N) = alpha * op(A) (M,K) op(B) (K,N) for every (b,h) with L = lengths[b] > 0;
+// each of M, N, K is L (the flag set) or dh.
+template <class T>
+struct AttnGemm {
+  const index_t* lengths;
+  const index_t* starts;
+  index_t H, dh, TT;
+  bool m_is_L, n_is_L, k_is_L;
+  T alpha;
+  AttnOperand<const T> a, b;
+  AttnOperand<T> c;
+};
+
+template <class U>
+__device__ inline U* attn_locate(const AttnOperand<U>& o, index_t z, index_t s0, index_t h, index_t dh, index_t TT,
+                                 index_t L, index_t& ld) {
+  if (o.scores) {
+    ld = L;
+    return o.base + z * TT;
+  }
+  ld = o.ld;
+  return o.base + s0 * o.ld + o.col + h * dh;
+}
+
+constexpr int kAttnTile = 32;  // 32x32 output tile, k-steps of 32; 16x16 threads of 2x2 outputs
+
+// grid: x = B*H problems, y = row tiles, z = column tiles; 256 threads.
+template <class T, bool TA, bool TB>
+__global__ void __launch_bounds__(256) attn_gemm_kernel(AttnGemm<T> g) {
+  constexpr int BT = kAttnTile;
+  __shared__ T As[BT][BT + 1];  // As[k][i] = op(A)(row0 + i, k0 + k)
+  __shared__ T Bs[BT][BT + 1];  // Bs[k][j] = op(B)(k0 + k, col0 + j)
+  const index_t z = blockIdx.x;
+  const index_t bi = z / g.H, h = z - bi * g.H;
+  const index_t L = g.lengths[bi];
+  if (L <= 0) return;
+  const index_t M = g.m_is_L ? L : g.dh, N = g.n_is_L ? L : g.dh, K = g.k_is_L ? L : g.dh;
+  const index_t row0 = index_t(blockIdx.y) * BT, col0 = index_t(blockIdx.z) * BT;
+  if (row0 >= M || col0 >= N) return;  // the whole block leaves together
+  const index_t s0 = g.starts[bi];
+  index_t lda = 0, ldb = 0, ldc = 0;
+  const T* A = attn_locate(g.a, z, s0, h, g.dh, g.TT, L, lda);
+  const T* Bm = attn_locate(g.b, z, s0, h, g.dh, g.TT, L, ldb);
+  T* C = attn_locate(g.c, z, s0, h, g.dh, g.TT, L, ldc);
+
+  const int tid = int(threadIdx.x), tx = tid & 15, ty = tid >> 4;
+  T acc00 = T(0), acc01 = T(0), acc10 = T(0), acc11 = T(0);
+  for (index_t k0 = 0; k0 < K; k0 += BT) {
+    for (int e = tid; e < BT * BT; e += 256) {
+      // consecutive threads read consecutive addresses of the stored matrix
+      const int ii = TA ? e % BT : e / BT, kk = TA ? e / BT : e % BT;
+      const index_t gi = row0 + ii, gk = k0 + kk;
+      As[kk][ii] = (gi < M && gk < K) ? (TA ? A[gk * lda + gi] : A[gi * lda + gk]) : T(0);
+    }
+    for (int e = tid; e < BT * BT; e += 256) {
+      const int jj = TB ? e / BT : e % BT, kk = TB ? e % BT : e / BT;
+      const index_t gj = col0 + jj, gk = k0 + kk;
+      Bs[kk][jj] = (gj < N && gk < K) ? (TB ? Bm[gj * ldb + gk] : Bm[gk * ldb + gj]) : T(0);
+    }
+    __syncthreads();
+#pragma unroll
+    for (int kk = 0; kk < BT; ++kk) {
+      const T a0 = As[kk][ty], a1 = As[kk][ty + 16], b0 = Bs[kk][tx], b1 = Bs[kk][tx + 16];
+      acc00 += a0 * b0;
+      acc01 += a0 * b1;
+      acc10 += a1 * b0;
+      acc11 += a1 * b1;
+    }
+    __syncthreads();
+  }
+  const index_t r0 = row0 + ty, r1 = r0 + 16, c0 = col0 + tx, c1 = c0 + 16;
+  if (r0 < M && c0 < N) C[r0 * ldc + c0] = g.alpha * acc00;
+  if (r0 < M && c1 < N) C[r0 * ldc + c1] = g.alpha * acc01;
+  if (r1 < M && c0 < N) C[r1 * ldc + c0] = g.alpha * acc10;
+  if (r1 < M && c1 < N) C[r1 * ldc + c1] = g.alpha * acc11;
+}
+
+template <class T>
+__device__ inline T warp_max(T v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) {
+    const T w = __shfl_xor_sync(0xffffffffu, v, o);
+    v = w > v ? w : v;
+  }
+  return v;
+}
+__device__ inline double warp_sum(double v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;  // the same fixed tree on every lane: every lane holds the same bits
+}
+
+// A warp per score row (b, h, r), r < lengths[b]: the row of the compact
+// (L,L) block at (b*H + h)*TT + r*L, softmax in place as softmax_forward
+// (reference): max-subtracted exp in T, summed in double, times T(1/sum).
+template <class T>
+__global__ void attn_softmax_forward_kernel(T* P, const index_t* lengths, index_t B, index_t H, index_t T_len,
+                                            index_t TT) {
+  const int lane = int(threadIdx.x) & 31;
+  const index_t rows = B * H * T_len;
+  const index_t warps = (index_t(gridDim.x) * blockDim.x) >> 5;
+  for (index_t w = (index_t(blockIdx.x) * blockDim.x + threadIdx.x) >> 5; w < rows; w += warps) {
+    const index_t z = w / T_len, r = w - z * T_len;
+    const index_t L = lengths[z / H];
+    if (r >= L) continue;  // the whole warp skips together
+    T* p = P + z * TT + r * L;
+    T mx = p[0];
+    for (index_t c = lane; c < L; c += 32) mx = p[c] > mx ? p[c] : mx;
+    mx = warp_max(mx);
+    double sum = 0;
+    for (index_t c = lane; c < L; c += 32) {
+      const T e = std::exp(p[c] - mx);
+      p[c] = e;
+      sum += double(e);
+    }
+    sum = warp_sum(sum);
+    const T inv = T(1.0 / sum);
+    for (index_t c = lane; c < L; c += 32) p[c] *= inv;
+  }
+}
+
+// A warp per row: dS = P * (dS - sum(dS * P)) in place, as softmax_backward (reference).
+template <class T>
+__global__ void attn_softmax_backward_kernel(T* dS, const T* P, const index_t* lengths, index_t B, index_t H,
+                                             index_t T_len, index_t TT) {
+  const int lane = int(threadIdx.x) & 31;
+  const index_t rows = B * H * T_len;
+  const index_t warps = (index_t(gridDim.x) * blockDim.x) >> 5;
+  for (index_t w = (index_t(blockIdx.x) * blockDim.x + threadIdx.x) >> 5; w < rows; w += warps) {
+    const index_t z = w / T_len, r = w - z * T_len;
+    const index_t L = lengths[z / H];
+    if (r >= L) continue;
+    T* d = dS + z * TT + r * L;
+    const T* y = P + z * TT + r * L;
+    double dot = 0;
+    for (index_t c = lane; c < L; c += 32) dot += double(d[c]) * double(y[c]);
+    const T td = T(warp_sum(dot));
+    for (index_t c = lane; c < L; c += 32) d[c] = y[c] * (d[c] - td);
+  }
+}
+
+// The rows t in [lengths[b], T_len) of sequence b (from starts[b]), `width` wide, set to 0.
+template <class T>
+__global__ void attn_zero_padded_kernel(T* base, const index_t* lengths, const index_t* starts, index_t B,
+                                        index_t T_len, index_t width) {
+  const index_t row = T_len * width;
+  MTREC_SEQ_GRID_STRIDE(i, B * row) {
+    const index_t b = i / row, r = i - b * row;
+    if (r >= lengths[b] * width) base[starts[b] * width + r] = T(0);
+  }
+}
+
+template <class T>
+inline void attn_zero_padded(cuda_raw_t dev, T* base, const index_t* lengths, const index_t* starts, index_t B,
+                             index_t T_len, index_t width, const char* op) {
+  const index_t n = B * T_len * width;
+  if (n <= 0) return;
+  attn_zero_padded_kernel<T><<<cuda::grid_for(n), kThreads, 0, dev.stream>>>(base, lengths, starts, B, T_len, width);
+  cuda::check_launch(op, "zeroing the padded rows: B=", B, " T=", T_len, " width=", width);
+}
+
+template <class T, bool TA, bool TB>
+inline void attn_gemm(cuda_raw_t dev, const AttnGemm<T>& g, index_t B, index_t T_len, const char* op,
+                      const char* what) {
+  const index_t Mmax = g.m_is_L ? T_len : g.dh, Nmax = g.n_is_L ? T_len : g.dh;
+  const index_t tm = (Mmax + kAttnTile - 1) / kAttnTile, tn = (Nmax + kAttnTile - 1) / kAttnTile;
+  const index_t problems = B * g.H;
+  if (problems <= 0 || tm <= 0 || tn <= 0) return;
+  if (problems > index_t(2147483647) || tm > 65535 || tn > 65535)
+    fail(op, "too large for the attention GEMM grid: B*H=", problems, " (at most 2^31-1), ", what, " tiles ", tm, "x",
+         tn, " (at most 65535 each; T=", T_len, " dh=", g.dh, ")");
+  const dim3 grid{unsigned(problems), unsigned(tm), unsigned(tn)};
+  attn_gemm_kernel<T, TA, TB><<<grid, 256, 0, dev.stream>>>(g);
+  cuda::check_launch(op, what, ": B=", B, " H=", g.H, " T=", T_len, " dh=", g.dh);
+}
+
+inline unsigned attn_row_grid(index_t rows) {
+  return cuda::grid_for(rows * 32, kThreads);  // a warp per row, warp-stride beyond the cap
+}
+
+}  // namespace seq
+}  // namespace cuda_impl
+
+// ---- sequence offsets -----------------------------------------------------------------------
+
+// starts (B) = exclusive prefix sum of lengths (B), on the device (one block);
+// returns n = sum(lengths) (the stream is synchronised to read it).
+inline index_t packed_starts(cuda_raw_t dev, index_t* starts, const index_t* lengths, index_t B) {
+  if (B <= 0) return 0;
+  auto& th = cuda::CudaThread::current();
+  index_t* total = static_cast<index_t*>(th.device_scratch(sizeof(index_t)));
+  cuda_impl::seq::packed_starts_kernel<index_t><<<1, 1024, 0, dev.stream>>>(starts, lengths, B, total);
+  cuda::check_launch("packed_starts", "B=", B);
+  index_t* host = static_cast<index_t*>(th.host_scratch());
+  cuda::check(cudaMemcpyAsync(host, total, sizeof(index_t), cudaMemcpyDeviceToHost, dev.stream), "packed_starts",
+              "copying the total back, B=", B);
+  cuda::check(cudaStreamSynchronize(dev.stream), "packed_starts", "waiting for the total, B=", B);
+  return *host;
+}
+
+inline void padded_starts(cuda_raw_t dev, index_t* starts, index_t B, index_t T_len) {
+  if (B <= 0) return;
+  cuda_impl::seq::padded_starts_kernel<index_t><<<cuda::grid_for(B), cuda_impl::seq::kThreads, 0, dev.stream>>>(
+      starts, B, T_len);
+  cuda::check_launch("padded_starts", "B=", B, " T=", T_len);
+}
+
+// ---- masked pooling ---------------------------------------------------------------------------
+
+template <class T>
+inline void sequence_pool_forward(cuda_raw_t dev, T* y, const T* x, const index_t* lengths, index_t B, index_t T_len,
+                                  index_t D, bool first) {
+  const index_t n = B * D;
+  if (n <= 0) return;
+  cuda_impl::seq::sequence_pool_forward_kernel<T><<<cuda::grid_for(n), cuda_impl::seq::kThreads, 0, dev.stream>>>(
+      y, x, lengths, B, T_len, D, first);
+  cuda::check_launch("sequence_pool_forward", "B=", B, " T=", T_len, " D=", D, first ? " first" : " mean");
+}
+
+template <class T>
+inline void sequence_pool_backward(cuda_raw_t dev, T* dx, const T* dy, const index_t* lengths, index_t B,
+                                   index_t T_len, index_t D, bool first) {
+  const index_t n = B * T_len * D;
+  if (n <= 0) return;
+  cuda_impl::seq::sequence_pool_backward_kernel<T><<<cuda::grid_for(n), cuda_impl::seq::kThreads, 0, dev.stream>>>(
+      dx, dy, lengths, B, T_len, D, first);
+  cuda::check_launch("sequence_pool_backward", "B=", B, " T=", T_len, " D=", D, first ? " first" : " mean");
+}
+
+// ---- packing ------------------------------------------------------------------------------------
+
+template <class T>
+inline void pack_sequences(cuda_raw_t dev, T* packed, const T* padded, const index_t* lengths, const index_t* starts,
+                           index_t B, index_t T_len, index_t D) {
+  const index_t n = B * T_len * D;
+  if (n <= 0) return;
+  cuda_impl::seq::pack_sequences_kernel<T><<<cuda::grid_for(n), cuda_impl::seq::kThreads, 0, dev.stream>>>(
+      packed, padded, lengths, starts, B, T_len, D);
+  cuda::check_launch("pack_sequences", "B=", B, " T=", T_len, " D=", D);
+}
+
+template <class T>
+inline void unpack_sequences(cuda_raw_t dev, T* padded, const T* packed, const index_t* lengths,
+                             const index_t* starts, index_t B, index_t T_len, index_t D) {
+  const index_t n = B * T_len * D;
+  if (n <= 0) return;
+  cuda_impl::seq::unpack_sequences_kernel<T><<<cuda::grid_for(n), cuda_impl::seq::kThreads, 0, dev.stream>>>(
+      padded, packed, lengths, starts, B, T_len, D);
+  cuda::check_launch("unpack_sequences", "B=", B, " T=", T_len, " D=", D);
+}
+
+// ---- padded rows ----------------------------------------------------------------------------------
+
+template <class T>
+inline void mask_padded_rows(cuda_raw_t dev, T* y, const T* x, const index_t* lengths, index_t B, index_t T_len,
+                             index_t C) {
+  const index_t n = B * T_len * C;
+  if (n <= 0) return;
+  cuda_impl::seq::mask_padded_rows_kernel<T><<<cuda::grid_for(n), cuda_impl::seq::kThreads, 0, dev.stream>>>(
+      y, x, lengths, B, T_len, C);
+  cuda::check_launch("mask_padded_rows", "B=", B, " T=", T_len, " C=", C);
+}
+
+// A flag in the device scratch, set by any padded value that is not == 0;
+// read back through the pinned host scratch (the stream is synchronised).
+template <class T>
+inline bool padded_rows_are_zero(cuda_raw_t dev, const T* x, const index_t* lengths, index_t B, index_t T_len,
+                                 index_t C) {
+  const index_t n = B * T_len * C;
+  if (n <= 0) return true;
+  auto& th = cuda::CudaThread::current();
+  int* flag = static_cast<int*>(th.device_scratch(sizeof(int)));
+  cuda::check(cudaMemsetAsync(flag, 0, sizeof(int), dev.stream), "padded_rows_are_zero", "clearing the flag");
+  cuda_impl::seq::padded_nonzero_kernel<T><<<cuda::grid_for(n), cuda_impl::seq::kThreads, 0, dev.stream>>>(
+      flag, x, lengths, B, T_len, C);
+  cuda::check_launch("padded_rows_are_zero", "B=", B, " T=", T_len, " C=", C);
+  int* host = static_cast<int*>(th.host_scratch());
+  cuda::check(cudaMemcpyAsync(host, flag, sizeof(int), cudaMemcpyDeviceToHost, dev.stream), "padded_rows_are_zero",
+              "copying the flag back, B=", B, " T=", T_len, " C=", C);
+  cuda::check(cudaStreamSynchronize(dev.stream), "padded_rows_are_zero", "waiting for the flag, B=", B, " T=", T_len,
+              " C=", C);
+  return *host == 0;
+}
+
+// ---- positional add ---------------------------------------------------------------------------------
+
+template <class T>
+inline void positional_add(cuda_raw_t dev, T* y, const T* x, const T* pos, index_t B, index_t T_len, index_t D) {
+  const index_t row = T_len * D, n = B * row;
+  if (n <= 0) return;
+  cuda_impl::seq::positional_add_kernel<T><<<cuda::grid_for(n), cuda_impl::seq::kThreads, 0, dev.stream>>>(
+      y, x, pos, n, row);
+  cuda::check_launch("positional_add", "B=", B, " T=", T_len, " D=", D);
+}
+
+// dx = dy (skipped when dx is null or is dy); dpos (T,D) += sum over b of dy,
+// a thread per column summing its B values in order (in double).
+template <class T>
+inline void positional_add_backward(cuda_raw_t dev, T* dx, T* dpos, const T* dy, index_t B, index_t T_len,
+                                    index_t D) {
+  const index_t row = T_len * D, n = B * row;
+  if (dx && dx != dy && n > 0) {
+    cuda_impl::seq::seq_copy_kernel<T><<<cuda::grid_for(n), cuda_impl::seq::kThreads, 0, dev.stream>>>(dx, dy, n);
+    cuda::check_launch("positional_add_backward", "copying dx: B=", B, " T=", T_len, " D=", D);
+  }
+  if (row <= 0) return;
+  cuda_impl::seq::positional_dpos_kernel<T><<<cuda::grid_for(row), cuda_impl::seq::kThreads, 0, dev.stream>>>(
+      dpos, dy, B < 0 ? 0 : B, row);
+  cuda::check_launch("positional_add_backward", "dpos: B=", B, " T=", T_len, " D=", D);
+}
+
+// ---- strided batched GEMM --------------------------------------------------------------------------------
+
+// Row-major C_i = alpha op(A_i) op(B_i) + beta C_i is column-major
+// C_i^T = alpha op(B_i)^T op(A_i)^T + beta C_i^T: cuBLAS gets B first, (N, M, K).
+// fp32 runs on TF32 tensor cores only when the device asks for it.
+template <class T>
+inline void gemm_strided_batched(cuda_raw_t dev, Trans ta, Trans tb, index_t M, index_t N, index_t K, T alpha,
+                                 const T* A, index_t lda, index_t strideA, const T* B, index_t ldb, index_t strideB,
+                                 T beta, T* C, index_t ldc, index_t strideC, index_t batch) {
+  if (batch <= 0 || M <= 0 || N <= 0) return;
+  if (K <= 0) {
+    const index_t n = batch * M * N;
+    cuda_impl::seq::gemm_k0_kernel<T><<<cuda::grid_for(n), cuda_impl::seq::kThreads, 0, dev.stream>>>(
+        C, M, N, ldc, strideC, batch, alpha, beta);
+    cuda::check_launch("gemm_strided_batched", "K=0: C = beta C; M=", M, " N=", N, " batch=", batch);
+    return;
+  }
+  cublasHandle_t h = dev.blas();
+  const cublasMath_t mode =
+      std::is_same<T, float>::value && dev.tf32() ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH;
+  cuda::check_blas(cublasSetMathMode(h, mode), "gemm_strided_batched", "cublasSetMathMode");
+  cuda::check_blas(cuda_impl::seq::gemm_strided_batched_blas(h, cuda_impl::seq::blas_op(tb), cuda_impl::seq::blas_op(ta),
+                                                             N, M, K, &alpha, B, ldb, strideB, A, lda, strideA, &beta, C,
+                                                             ldc, strideC, batch),
+                   "gemm_strided_batched", sizeof(T) == 4 ? "cublasSgemmStridedBatched" : "cublasDgemmStridedBatched",
+                   ": ", ta == Trans::N ? "N" : "T", tb == Trans::N ? "N" : "T", " M=", M, " N=", N, " K=", K,
+                   " lda=", lda, " ldb=", ldb, " ldc=", ldc, " strides=", strideA, ",", strideB, ",", strideC,
+                   " batch=", batch);
+}
+
+// ---- multi-head attention over variable-length sequences --------------------------------------------------
+
+// out (n,D): per (b,h), P = softmax(scale Q K^T) into probs (compact (L,L) at
+// (b*H+h)*T*T), out = P V; padded: rows [L,T) of each sequence's out are 0.
+template <class T>
+inline void attention_forward(cuda_raw_t dev, T* out, T* probs, const T* qkv, const index_t* lengths,
+                              const index_t* starts, index_t B, index_t H, index_t T_len, index_t dh, T scale,
+                              bool padded) {
+  using namespace cuda_impl::seq;
+  const char* op = "attention_forward";
+  if (B <= 0) return;
+  const index_t D = H * dh, ld = 3 * D, TT = T_len * T_len;
+  if (padded) attn_zero_padded(dev, out, lengths, starts, B, T_len, D, op);
+  if (H <= 0 || T_len <= 0) return;
+  AttnGemm<T> g{lengths, starts, H, dh, TT, true, true, false, scale, {}, {}, {}};
+  // scores (L,L) = scale Q K^T
+  g.a = {qkv, ld, 0, false};
+  g.b = {qkv, ld, D, false};
+  g.c = {probs, 0, 0, true};
+  attn_gemm<T, false, true>(dev, g, B, T_len, op, "scores = scale Q K^T");
+  const index_t rows = B * H * T_len;
+  attn_softmax_forward_kernel<T><<<attn_row_grid(rows), kThreads, 0, dev.stream>>>(probs, lengths, B, H, T_len, TT);
+  cuda::check_launch(op, "softmax rows: B=", B, " H=", H, " T=", T_len);
+  // out (L,dh) = P V
+  g.m_is_L = true;
+  g.n_is_L = false;
+  g.k_is_L = true;
+  g.alpha = T(1);
+  g.a = {probs, 0, 0, true};
+  g.b = {qkv, ld, 2 * D, false};
+  g.c = {out, D, 0, false};
+  attn_gemm<T, false, false>(dev, g, B, T_len, op, "out = P V");
+}
+
+// d_qkv (n,3D) written from d_out (n,D); d_scores (B,H,T*T) is workspace
+// (its compact (L,L) blocks written); padded: rows [L,T) of d_qkv are 0.
+template <class T>
+inline void attention_backward(cuda_raw_t dev, T* d_qkv, T* d_scores, const T* d_out, const T* qkv, const T* probs,
+                               const index_t* lengths, const index_t* starts, index_t B, index_t H, index_t T_len,
+                               index_t dh, T scale, bool padded) {
+  using namespace cuda_impl::seq;
+  const char* op = "attention_backward";
+  if (B <= 0) return;
+  const index_t D = H * dh, ld = 3 * D, TT = T_len * T_len;
+  if (padded) attn_zero_padded(dev, d_qkv, lengths, starts, B, T_len, ld, op);
+  if (H <= 0 || T_len <= 0) return;
+  AttnGemm<T> g{lengths, starts, H, dh, TT, true, true, false, T(1), {}, {}, {}};
+  // dP (L,L) = dO V^T
+  g.a = {d_out, D, 0, false};
+  g.b = {qkv, ld, 2 * D, false};
+  g.c = {d_scores, 0, 0, true};
+  attn_gemm<T, false, true>(dev, g, B, T_len, op, "dP = dO V^T");
+  // dS = P * (dP - rowsum(dP * P))
+  const index_t rows = B * H * T_len;
+  attn_softmax_backward_kernel<T><<<attn_row_grid(rows), kThreads, 0, dev.stream>>>(d_scores, probs, lengths, B, H,
+                                                                                     T_len, TT);
+  cuda::check_launch(op, "softmax backward rows: B=", B, " H=", H, " T=", T_len);
+  g.m_is_L = true;
+  g.n_is_L = false;
+  g.k_is_L = true;
+  // dQ (L,dh) = scale dS K
+  g.alpha = scale;
+  g.a = {d_scores, 0, 0, true};
+  g.b = {qkv, ld, D, false};
+  g.c = {d_qkv, ld, 0, false};
+  attn_gemm<T, false, false>(dev, g, B, T_len, op, "dQ = scale dS K");
+  // dK (L,dh) = scale dS^T Q
+  g.b = {qkv, ld, 0, false};
+  g.c = {d_qkv, ld, D, false};
+  attn_gemm<T, true, false>(dev, g, B, T_len, op, "dK = scale dS^T Q");
+  // dV (L,dh) = P^T dO
+  g.alpha = T(1);
+  g.a = {probs, 0, 0, true};
+  g.b = {d_out, D, 0, false};
+  g.c = {d_qkv, ld, 2 * D, false};
+  attn_gemm<T, true, false>(dev, g, B, T_len, op, "dV = P^T dO");
+}
+
+}  // namespace kernels
+
+MTREC_CUDA_KERNEL(packed_starts)
+MTREC_CUDA_KERNEL(padded_starts)
+MTREC_CUDA_KERNEL(sequence_pool_forward)
+MTREC_CUDA_KERNEL(sequence_pool_backward)
+MTREC_CUDA_KERNEL(pack_sequences)
+MTREC_CUDA_KERNEL(unpack_sequences)
+MTREC_CUDA_KERNEL(mask_padded_rows)
+MTREC_CUDA_KERNEL(padded_rows_are_zero)
+MTREC_CUDA_KERNEL(positional_add)
+MTREC_CUDA_KERNEL(positional_add_backward)
+MTREC_CUDA_KERNEL(gemm_strided_batched)
+MTREC_CUDA_KERNEL(attention_forward)
+MTREC_CUDA_KERNEL(attention_backward)
+
+}  // namespace mtrec
+
+#undef MTREC_SEQ_GRID_STRIDE
+// ==== end mtrec/kernels/cuda/sequence.cuh =====================================
+
+// ==== begin mtrec/kernels/cuda/loss.cuh =======================================
+// mtrec: the CUDA losses and predict's output transforms (the reference_t
+// overloads and their contract are in kernels/loss.hpp).
+//
+// Each loss row is computed in double with the reference's formulas (the
+// softplus and log-sum-exp forms, exp only of non-positive numbers), and its
+// gradient written as there. The value returned to the host is summed in
+// double in a fixed order: every thread (or warp, or block, one row each)
+// adds its rows in row order, each block reduces those with a fixed-shape
+// tree into one partial, and one block adds the (at most 1024) partials the
+// same way; the grid depends on n only, so the bits are the same run to run.
+// Then one 8-byte copy to the pinned host scratch and a stream synchronise.
+//   bce / mse / huber / bpr / esmm   a thread per row
+//   softmax_cross_entropy_loss       a warp per row (lanes over the C classes)
+//   in_batch_softmax_rows            a block per row (threads over the n columns)
+//   output_transform                 a thread per element; Softmax: a warp per row
+//   sigmoid_product                  a thread per row
+
+namespace mtrec {
+namespace kernels {
+namespace cuda_loss_impl {
+
+constexpr int kThreads = 256;  // every kernel here is launched with this block
+constexpr int kWarps = kThreads / 32;
+constexpr unsigned kMaxBlocks = 1024;  // the partials the final sum adds
+
+// std::max / std::min on doubles, the same comparisons (NaN handling included)
+__device__ __forceinline__ double dmax(double a, double b) { return (a < b) ? b : a; }
+__device__ __forceinline__ double dmin(double a, double b) { return (b < a) ? b : a; }
+
+// detail::loss_softplus: log(1 + exp(z)), exp of a non-positive number only
+__device__ __forceinline__ double softplus(double z) { return dmax(z, 0.0) + std::log1p(std::exp(-std::fabs(z))); }
+
+struct SumOp {
+  __device__ __forceinline__ double operator()(double a, double b) const { return a + b; }
+};
+struct MaxOp {
+  __device__ __forceinline__ double operator()(double a, double b) const { return dmax(a, b); }
+};
+
+// Butterfly over the warp (every lane active). For the sum every lane ends
+// with the same bits (each step adds a symmetric pair); for the max callers
+// broadcast lane 0's value.
+template <class Op>
+__device__ __forceinline__ double warp_reduce(double v, Op op) {
+  for (int o = 16; o > 0; o >>= 1) v = op(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
+}
+
+// The whole block (blockDim.x == kThreads) takes part; every thread gets the
+// same value. sh: kWarps + 1 doubles of shared memory.
+template <class Op>
+__device__ __forceinline__ double block_reduce(double v, double* sh, Op op) {
+  v = warp_reduce(v, op);
+  const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
+  __syncthreads();  // sh free from an earlier call
+  if (lane == 0) sh[w] = v;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    double r = sh[0];
+    for (int k = 1; k < kWarps; ++k) r = op(r, sh[k]);
+    sh[kWarps] = r;
+  }
+  __syncthreads();
+  return sh[kWarps];
+}
+
+// ---- the rows of the element-wise losses (loss.hpp's *_row, on the device) ----
+
+template <class T>
+struct BceRow {
+  T* dlogits;
+  const T* logits;
+  const T* labels;
+  const std::uint8_t* mask;
+  const T* weights;
+  double inv_weight_sum;
+  __device__ double operator()(index_t i) const {
+    if (!detail::loss_row_on(mask, i)) {
+      if (dlogits) dlogits[i] = T(0);
+      return 0.0;
+    }
+    const double x = double(logits[i]), y = double(labels[i]);
+    const double s = detail::loss_row_scale(weights, i, inv_weight_sum);
+    if (dlogits) dlogits[i] = T(s * (detail::loss_sigmoid(x) - y));
+    return s * (dmax(x, 0.0) - x * y + std::log1p(std::exp(-std::fabs(x))));
+  }
+};
+
+// regression_row with mse's (Huber = false) or huber's row_loss / row_grad
+template <class T, bool Huber>
+struct RegressionRow {
+  T* dpred;
+  const T* pred;
+  const T* target;
+  const std::uint8_t* mask;
+  const T* weights;
+  double inv_weight_sum;
+  double delta;  // Huber only
+  __device__ double operator()(index_t i) const {
+    if (!detail::loss_row_on(mask, i)) {
+      if (dpred) dpred[i] = T(0);
+      return 0.0;
+    }
+    const double r = double(pred[i]) - double(target[i]);
+    const double s = detail::loss_row_scale(weights, i, inv_weight_sum);
+    double loss, grad;
+    if constexpr (Huber) {
+      loss = std::fabs(r) < delta ? 0.5 * r * r : delta * (std::fabs(r) - 0.5 * delta);
+      grad = std::fabs(r) <= delta ? r : (r > 0 ? delta : -delta);
+    } else {
+      loss = r * r;
+      grad = 2.0 * r;
+    }
+    if (dpred) dpred[i] = T(s * grad);
+    return s * loss;
+  }
+};
+
+template <class T>
+struct BprRow {
+  T* dpos;
+  T* dneg;
+  const T* pos;
+  const T* neg;
+  const std::uint8_t* mask;
+  const T* weights;
+  double inv_weight_sum;
+  __device__ double operator()(index_t i) const {
+    if (!detail::loss_row_on(mask, i)) {
+      if (dpos) dpos[i] = T(0);
+      if (dneg) dneg[i] = T(0);
+      return 0.0;
+    }
+    const double z = double(neg[i]) - double(pos[i]);
+    const double s = detail::loss_row_scale(weights, i, inv_weight_sum);
+    const double g = s * detail::loss_sigmoid(z);
+    if (dpos) dpos[i] = T(-g);
+    if (dneg) dneg[i] = T(g);
+    return s * softplus(z);
+  }
+};
+
+template <class T>
+struct EsmmRow {
+  T* d_ctr;
+  T* d_cvr;
+  const T* ctr;
+  const T* cvr;
+  const T* labels;
+  const std::uint8_t* mask;
+  const T* weights;
+  double inv_weight_sum;
+  __device__ double operator()(index_t i) const {
+    if (!detail::loss_row_on(mask, i)) {
+      if (d_ctr) d_ctr[i] = T(0);
+      if (d_cvr) d_cvr[i] = T(0);
+      return 0.0;
+    }
+    const double a = double(ctr[i]), b = double(cvr[i]);
+    const double wi = detail::loss_row_scale(weights, i, inv_weight_sum);
+    const double sa = 1 / (1 + std::exp(-a)), sb = 1 / (1 + std::exp(-b));
+    const double log_sa = -std::log1p(std::exp(-std::fabs(a))) - dmax(-a, 0.0);
+    const double log_sb = -std::log1p(std::exp(-std::fabs(b))) - dmax(-b, 0.0);
+    const double log_p = log_sa + log_sb;
+    const double p = std::exp(log_p);
+    const double log_1mp = std::log(-std::expm1(dmin(log_p, -1e-300)));
+    const double yi = double(labels[i]);
+    const double g = -yi + (1 - yi) * p / dmax(1 - p, 1e-300);
+    if (d_cvr) d_cvr[i] = T(wi * g * (1 - sb));
+    if (d_ctr) d_ctr[i] = T(wi * g * (1 - sa));
+    return wi * -(yi * log_p + (1 - yi) * log_1mp);
+  }
+};
+
+// ---- reduction kernels ----------------------------------------------------------
+
+// partial[block] = sum of row(i) over the block's rows (a thread per row,
+// grid-stride), each thread in row order, then the block's tree.
+template <class Row>
+__global__ void __launch_bounds__(kThreads) row_sum_kernel(Row row, index_t n, double* partial) {
+  __shared__ double sh[kWarps + 1];
+  double acc = 0;
+  for (index_t i = index_t(blockIdx.x) * kThreads + threadIdx.x; i < n; i += index_t(gridDim.x) * kThreads)
+    acc += row(i);
+  acc = block_reduce(acc, sh, SumOp{});
+  if (threadIdx.x == 0) partial[blockIdx.x] = acc;
+}
+
+// *out = sum of partial[0, count), in a fixed order (one block).
+template <class D>
+__global__ void __launch_bounds__(kThreads) final_sum_kernel(const D* partial, unsigned count, D* out) {
+  __shared__ double sh[kWarps + 1];
+  double acc = 0;
+  for (unsigned k = threadIdx.x; k < count; k += kThreads) acc += partial[k];
+  acc = block_reduce(acc, sh, SumOp{});
+  if (threadIdx.x == 0) *out = acc;
+}
+
+// Rows of softmax cross-entropy, a warp per row; partial[block] as above.
+template <class T>
+__global__ void __launch_bounds__(kThreads)
+    softmax_ce_kernel(T* dlogits, const T* logits, const index_t* labels, const std::uint8_t* mask, const T* weights,
+                      index_t n, index_t C, double inv_weight_sum, double* partial) {
+  __shared__ double sh[kWarps];
+  const int lane = threadIdx.x & 31, wib = threadIdx.x >> 5;
+  const index_t warps = index_t(gridDim.x) * kWarps;
+  double acc = 0;  // lane 0: the terms of this warp's rows, in row order
+  for (index_t i = index_t(blockIdx.x) * kWarps + wib; i < n; i += warps) {  // warp-uniform
+    T* g = dlogits ? dlogits + i * C : nullptr;
+    if (!detail::loss_row_on(mask, i)) {
+      if (g)
+        for (index_t c = lane; c < C; c += 32) g[c] = T(0);
+      continue;
+    }
+    const T* x = logits + i * C;
+    const index_t y = labels[i];
+    double m = double(x[0]);
+    for (index_t c = lane; c < C; c += 32) m = dmax(m, double(x[c]));
+    m = __shfl_sync(0xffffffffu, warp_reduce(m, MaxOp{}), 0);
+    double sum = 0;
+    for (index_t c = lane; c < C; c += 32) sum += std::exp(double(x[c]) - m);
+    sum = warp_reduce(sum, SumOp{});
+    const double s = detail::loss_row_scale(weights, i, inv_weight_sum);
+    if (g) {
+      const double s_over_sum = s / sum;
+      for (index_t c = lane; c < C; c += 32) {
+        const double e = s_over_sum * std::exp(double(x[c]) - m);
+        g[c] = c == y ? T(e - s) : T(e);
+      }
+    }
+    if (lane == 0) acc += s * (std::log(sum) - (double(x[y]) - m));
+  }
+  if (lane == 0) sh[wib] = acc;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    double t = sh[0];
+    for (int k = 1; k < kWarps; ++k) t += sh[k];
+    partial[blockIdx.x] = t;
+  }
+}
+
+// Rows of the in-batch softmax over S (n,n), a block per row (grid-stride);
+// row i is read before it is overwritten (the reductions sit in between).
+template <class T>
+__global__ void __launch_bounds__(kThreads)
+    in_batch_softmax_kernel(T* S, const T* log_q_correction, const std::uint8_t* mask, const T* weights, index_t n,
+                            double inv_weight_sum, bool want_grad, double* partial) {
+  __shared__ double sh[kWarps + 1];
+  double acc = 0;  // thread 0: the terms of this block's rows, in row order
+  for (index_t i = blockIdx.x; i < n; i += gridDim.x) {  // block-uniform
+    T* Si = S + i * n;
+    if (!detail::loss_row_on(mask, i)) {
+      if (want_grad)
+        for (index_t j = threadIdx.x; j < n; j += kThreads) Si[j] = T(0);
+      continue;
+    }
+    auto z = [&](index_t j) { return double(Si[j]) - (log_q_correction ? double(log_q_correction[j]) : 0.0); };
+    const double zii = z(i);
+    double m = zii;
+    for (index_t j = threadIdx.x; j < n; j += kThreads)
+      if (detail::loss_row_on(mask, j)) m = dmax(m, z(j));
+    m = block_reduce(m, sh, MaxOp{});
+    double sum = 0;
+    for (index_t j = threadIdx.x; j < n; j += kThreads)
+      if (detail::loss_row_on(mask, j)) sum += std::exp(z(j) - m);
+    sum = block_reduce(sum, sh, SumOp{});
+    const double s = detail::loss_row_scale(weights, i, inv_weight_sum);
+    if (want_grad) {
+      // dS_ij = s (softmax_ij - [i == j]), 0 in masked columns
+      const double s_over_sum = s / sum;
+      for (index_t j = threadIdx.x; j < n; j += kThreads) {
+        if (j == i)
+          Si[j] = T(s_over_sum * std::exp(zii - m) - s);
+        else
+          Si[j] = detail::loss_row_on(mask, j) ? T(s_over_sum * std::exp(z(j) - m)) : T(0);
+      }
+    }
+    if (threadIdx.x == 0) acc += s * (std::log(sum) - (zii - m));
+  }
+  if (threadIdx.x == 0) partial[blockIdx.x] = acc;
+}
+
+// ---- output transforms -------------------------------------------------------------
+
+template <class T>
+__global__ void output_elementwise_kernel(T* out, index_t ld_out, index_t col, const T* in, index_t B, index_t w,
+                                          bool sigmoid) {
+  const index_t total = B * w;
+  for (index_t k = index_t(blockIdx.x) * blockDim.x + threadIdx.x; k < total; k += index_t(gridDim.x) * blockDim.x) {
+    const index_t i = k / w, j = k - i * w;
+    const T x = in[k];
+    out[i * ld_out + col + j] = sigmoid ? detail::output_sigmoid(x) : x;
+  }
+}
+
+// softmax_forward(reference, p, x, 1, w) of each row, a warp per row: the max
+// in T, e = exp(x - max) in T, their sum in double, p = e * T(1 / sum).
+template <class T>
+__global__ void __launch_bounds__(kThreads)
+    output_softmax_kernel(T* out, index_t ld_out, index_t col, const T* in, index_t B, index_t w) {
+  const int lane = threadIdx.x & 31;
+  const index_t warps = index_t(gridDim.x) * kWarps;
+  for (index_t i = index_t(blockIdx.x) * kWarps + (threadIdx.x >> 5); i < B; i += warps) {  // warp-uniform
+    T* p = out + i * ld_out + col;
+    const T* x = in + i * w;
+    T mx = x[0];
+    for (index_t j = lane; j < w; j += 32) mx = x[j] > mx ? x[j] : mx;
+    for (int o = 16; o > 0; o >>= 1) {
+      const T v = __shfl_xor_sync(0xffffffffu, mx, o);
+      mx = v > mx ? v : mx;
+    }
+    mx = __shfl_sync(0xffffffffu, mx, 0);
+    double sum = 0;
+    for (index_t j = lane; j < w; j += 32) sum += T(std::exp(x[j] - mx));
+    sum = warp_reduce(sum, SumOp{});
+    const T inv = T(1.0 / sum);
+    // x is read again rather than p: in may alias out
+    for (index_t j = lane; j < w; j += 32) p[j] = T(std::exp(x[j] - mx)) * inv;
+  }
+}
+
+template <class T>
+__global__ void sigmoid_product_kernel(T* out, index_t ld_out, index_t col, const T* a, const T* b, index_t B) {
+  for (index_t i = index_t(blockIdx.x) * blockDim.x + threadIdx.x; i < B; i += index_t(gridDim.x) * blockDim.x)
+    out[i * ld_out + col] = detail::output_sigmoid(a[i]) * detail::output_sigmoid(b[i]);
+}
+
+// ---- host side -----------------------------------------------------------------------
+
+// count + 1 doubles of the thread's device scratch: the partials, then the total.
+inline double* partials(unsigned count) {
+  return static_cast<double*>(cuda::CudaThread::current().device_scratch(sizeof(double) * (std::size_t(count) + 1)));
+}
+
+// Adds the count partials (launched after the rows' kernel on the same
+// stream), copies the total back and returns it.
+inline double finish_sum(cuda_raw_t dev, const char* op, double* partial, unsigned count, index_t n) {
+  double* total = partial;
+  if (count > 1) {
+    total = partial + count;
+    final_sum_kernel<double><<<1, kThreads, 0, dev.stream>>>(partial, count, total);
+    cuda::check_launch(op, "final sum of ", count, " block partials; n = ", n);
+  }
+  void* host = cuda::CudaThread::current().host_scratch();
+  cuda::check(cudaMemcpyAsync(host, total, sizeof(double), cudaMemcpyDeviceToHost, dev.stream), op,
+              "copying the loss value to the host; n = ", n);
+  cuda::check(cudaStreamSynchronize(dev.stream), op, "waiting for the loss value; n = ", n);
+  return *static_cast<const double*>(host);
+}
+
+template <class Row>
+inline double elementwise_loss(cuda_raw_t dev, const char* op, const Row& row, index_t n) {
+  if (n <= 0) return 0.0;
+  const unsigned G = cuda::grid_for(n, kThreads, kMaxBlocks);
+  double* partial = partials(G);
+  row_sum_kernel<Row><<<G, kThreads, 0, dev.stream>>>(row, n, partial);
+  cuda::check_launch(op, "n = ", n);
+  return finish_sum(dev, op, partial, G, n);
+}
+
+}  // namespace cuda_loss_impl
+
+// ---- the kernels (signatures as the reference_t overloads in loss.hpp) ---------------
+
+template <class T>
+inline double bce_with_logits_loss(cuda_raw_t dev, detail::loss_nd<T>* dlogits, const T* logits, const T* labels,
+                                   const std::uint8_t* mask, const detail::loss_nd<T>* weights, index_t n,
+                                   double inv_weight_sum) {
+  return cuda_loss_impl::elementwise_loss(
+      dev, "bce_with_logits_loss",
+      cuda_loss_impl::BceRow<T>{dlogits, logits, labels, mask, weights, inv_weight_sum}, n);
+}
+
+template <class T>
+inline double mse_loss(cuda_raw_t dev, detail::loss_nd<T>* dpred, const T* pred, const T* target,
+                       const std::uint8_t* mask, const detail::loss_nd<T>* weights, index_t n, double inv_weight_sum) {
+  return cuda_loss_impl::elementwise_loss(
+      dev, "mse_loss",
+      cuda_loss_impl::RegressionRow<T, false>{dpred, pred, target, mask, weights, inv_weight_sum, 0.0}, n);
+}
+
+template <class T>
+inline double huber_loss(cuda_raw_t dev, detail::loss_nd<T>* dpred, const T* pred, const T* target,
+                         const std::uint8_t* mask, const detail::loss_nd<T>* weights, index_t n, double inv_weight_sum,
+                         double delta) {
+  return cuda_loss_impl::elementwise_loss(
+      dev, "huber_loss",
+      cuda_loss_impl::RegressionRow<T, true>{dpred, pred, target, mask, weights, inv_weight_sum, delta}, n);
+}
+
+template <class T>
+inline double softmax_cross_entropy_loss(cuda_raw_t dev, detail::loss_nd<T>* dlogits, const T* logits,
+                                         const index_t* labels, const std::uint8_t* mask,
+                                         const detail::loss_nd<T>* weights, index_t n, index_t C,
+                                         double inv_weight_sum) {
+  using namespace cuda_loss_impl;
+  const char* op = "softmax_cross_entropy_loss";
+  if (n <= 0) return 0.0;
+  const unsigned G = cuda::grid_for(n, kWarps, kMaxBlocks);
+  double* partial = partials(G);
+  softmax_ce_kernel<T><<<G, kThreads, 0, dev.stream>>>(dlogits, logits, labels, mask, weights, n, C, inv_weight_sum,
+                                                       partial);
+  cuda::check_launch(op, "n = ", n, ", C = ", C);
+  return finish_sum(dev, op, partial, G, n);
+}
+
+template <class T>
+inline double bpr_loss(cuda_raw_t dev, detail::loss_nd<T>* dpos, detail::loss_nd<T>* dneg, const T* pos, const T* neg,
+                       const std::uint8_t* mask, const detail::loss_nd<T>* weights, index_t n, double inv_weight_sum) {
+  return cuda_loss_impl::elementwise_loss(
+      dev, "bpr_loss", cuda_loss_impl::BprRow<T>{dpos, dneg, pos, neg, mask, weights, inv_weight_sum}, n);
+}
+
+template <class T>
+inline double in_batch_softmax_rows(cuda_raw_t dev, T* S, const detail::loss_nd<T>* log_q_correction,
+                                    const std::uint8_t* mask, const detail::loss_nd<T>* weights, index_t n,
+                                    double inv_weight_sum, bool want_grad) {
+  using namespace cuda_loss_impl;
+  const char* op = "in_batch_softmax_rows";
+  if (n <= 0) return 0.0;
+  const unsigned G = cuda::grid_for(n, 1, kMaxBlocks);
+  double* partial = partials(G);
+  in_batch_softmax_kernel<T><<<G, kThreads, 0, dev.stream>>>(S, log_q_correction, mask, weights, n, inv_weight_sum,
+                                                             want_grad, partial);
+  cuda::check_launch(op, "S (", n, ",", n, "), want_grad = ", want_grad);
+  return finish_sum(dev, op, partial, G, n);
+}
+
+template <class T>
+inline double esmm_loss(cuda_raw_t dev, detail::loss_nd<T>* d_ctr, detail::loss_nd<T>* d_cvr, const T* ctr_logits,
+                        const T* cvr_logits, const T* labels, const std::uint8_t* mask,
+                        const detail::loss_nd<T>* weights, index_t n, double inv_weight_sum) {
+  return cuda_loss_impl::elementwise_loss(
+      dev, "esmm_loss",
+      cuda_loss_impl::EsmmRow<T>{d_ctr, d_cvr, ctr_logits, cvr_logits, labels, mask, weights, inv_weight_sum}, n);
+}
+
+template <class T>
+inline void output_transform(cuda_raw_t dev, T* out, index_t ld_out, index_t col, const T* in, index_t B, index_t w,
+                             OutputKind kind) {
+  using namespace cuda_loss_impl;
+  if (B <= 0 || w <= 0) return;
+  if (kind == OutputKind::Softmax) {
+    output_softmax_kernel<T><<<cuda::grid_for(B, kWarps), kThreads, 0, dev.stream>>>(out, ld_out, col, in, B, w);
+    cuda::check_launch("output_transform", "softmax of in (", B, ",", w, ") into out columns [", col, ", ", col + w,
+                       ") of ld ", ld_out);
+  } else {
+    output_elementwise_kernel<T><<<cuda::grid_for(B * w), 256, 0, dev.stream>>>(out, ld_out, col, in, B, w,
+                                                                               kind == OutputKind::Sigmoid);
+    cuda::check_launch("output_transform", kind == OutputKind::Sigmoid ? "sigmoid" : "identity", " of in (", B, ",",
+                       w, ") into out columns [", col, ", ", col + w, ") of ld ", ld_out);
+  }
+}
+
+template <class T>
+inline void sigmoid_product(cuda_raw_t dev, T* out, index_t ld_out, index_t col, const T* a, const T* b, index_t B) {
+  if (B <= 0) return;
+  cuda_loss_impl::sigmoid_product_kernel<T><<<cuda::grid_for(B), 256, 0, dev.stream>>>(out, ld_out, col, a, b, B);
+  cuda::check_launch("sigmoid_product", "B = ", B, ", out column ", col, " of ld ", ld_out);
+}
+
+}  // namespace kernels
+
+MTREC_CUDA_KERNEL(bce_with_logits_loss)
+MTREC_CUDA_KERNEL(mse_loss)
+MTREC_CUDA_KERNEL(huber_loss)
+MTREC_CUDA_KERNEL(softmax_cross_entropy_loss)
+MTREC_CUDA_KERNEL(bpr_loss)
+MTREC_CUDA_KERNEL(in_batch_softmax_rows)
+MTREC_CUDA_KERNEL(esmm_loss)
+MTREC_CUDA_KERNEL(output_transform)
+MTREC_CUDA_KERNEL(sigmoid_product)
+
+}  // namespace mtrec
+// ==== end mtrec/kernels/cuda/loss.cuh =========================================
+
+// ==== begin mtrec/kernels/cuda/mixture.cuh ====================================
+// mtrec: the CUDA gate mix (MMoE/PLE) and column copies (the reference_t
+// overloads are in kernels/mixture.hpp).
+//
+// The M expert pointers come in a HOST array. Up to kInlinePointers of them
+// travel by value in the kernel's argument struct (no copy, no sync); more are
+// copied into the thread's device scratch first (one small cudaMemcpyAsync
+// from pageable memory, staged before it returns, so the caller may reuse its
+// array at once).
+//   gate_mix_forward   a thread per output element, experts added in order m = 0, 1, ...
+//   gate_mix_backward  a warp per (row, expert): d_experts[m] row i += p * d_out row i
+//                      (each element by one lane), d_probs = the row dot product in
+//                      double (lanes in order, then a fixed butterfly); no atomics
+//   copy_columns       a thread per element of the (rows, width) block
+
+namespace mtrec {
+namespace kernels {
+namespace cuda_mix_impl {
+
+constexpr index_t kInlinePointers = 64;
+constexpr int kThreads = 256;
+constexpr int kWarps = kThreads / 32;
+
+// M expert pointers: by value (dev == nullptr) or in device memory.
+template <class P>
+struct PointerList {
+  P const* dev;
+  P inl[kInlinePointers];
+  __device__ __forceinline__ P operator[](index_t m) const { return dev ? dev[m] : inl[m]; }
+};
+
+// The list for host[0, M); slot: device memory for M pointers, used when M > kInlinePointers.
+template <class P>
+inline PointerList<P> pointer_list(cuda_raw_t dev, const char* op, const char* what, P const* host, index_t M,
+                                   void* slot) {
+  PointerList<P> l;
+  l.dev = nullptr;
+  for (index_t m = 0; m < kInlinePointers; ++m) l.inl[m] = m < M ? host[m] : nullptr;
+  if (M > kInlinePointers) {
+    cuda::check(cudaMemcpyAsync(slot, host, sizeof(P) * std::size_t(M), cudaMemcpyHostToDevice, dev.stream), op,
+                "copying ", M, " ", what, " pointers to the device");
+    l.dev = static_cast<P const*>(slot);
+  }
+  return l;
+}
+
+template <class T>
+__global__ void gate_mix_forward_kernel(T* out, PointerList<const T*> experts, const T* probs, index_t B, index_t M,
+                                        index_t De) {
+  const index_t total = B * De;
+  for (index_t k = index_t(blockIdx.x) * blockDim.x + threadIdx.x; k < total; k += index_t(gridDim.x) * blockDim.x) {
+    const index_t i = k / De;
+    const T* p = probs + i * M;
+    T acc = T(0);
+    for (index_t m = 0; m < M; ++m) acc += p[m] * experts[m][k];
+    out[k] = acc;
+  }
+}
+
+template <class T>
+__global__ void __launch_bounds__(kThreads)
+    gate_mix_backward_kernel(PointerList<T*> d_experts, T* d_probs, const T* d_out, PointerList<const T*> experts,
+                             const T* probs, index_t B, index_t M, index_t De) {
+  const int lane = threadIdx.x & 31;
+  const index_t total = B * M, warps = index_t(gridDim.x) * kWarps;
+  for (index_t k = index_t(blockIdx.x) * kWarps + (threadIdx.x >> 5); k < total; k += warps) {  // warp-uniform
+    const index_t i = k / M, m = k - i * M;
+    const T p = probs[k];
+    T* de = d_experts[m] + i * De;
+    const T* e = experts[m] + i * De;
+    const T* d = d_out + i * De;
+    double dot = 0;
+    for (index_t c = lane; c < De; c += 32) {
+      const T dv = d[c];
+      de[c] += p * dv;
+      dot += double(dv) * double(e[c]);
+    }
+    for (int o = 16; o > 0; o >>= 1) dot += __shfl_xor_sync(0xffffffffu, dot, o);
+    if (lane == 0) d_probs[k] = T(dot);
+  }
+}
+
+template <class T>
+__global__ void copy_columns_kernel(T* dst, index_t ld_dst, index_t dst_col, const T* src, index_t ld_src,
+                                    index_t src_col, index_t rows, index_t width) {
+  const index_t total = rows * width;
+  for (index_t k = index_t(blockIdx.x) * blockDim.x + threadIdx.x; k < total; k += index_t(gridDim.x) * blockDim.x) {
+    const index_t r = k / width, c = k - r * width;
+    dst[r * ld_dst + dst_col + c] = src[r * ld_src + src_col + c];
+  }
+}
+
+}  // namespace cuda_mix_impl
+
+// out (B,De) = sum_m probs[:, m] * experts[m], m in order (written)
+template <class T>
+inline void gate_mix_forward(cuda_raw_t dev, T* out, const T* const* experts, const T* probs, index_t B, index_t M,
+                             index_t De) {
+  using namespace cuda_mix_impl;
+  const char* op = "gate_mix_forward";
+  if (B <= 0 || De <= 0) return;
+  void* slot = M > kInlinePointers ? cuda::CudaThread::current().device_scratch(sizeof(T*) * std::size_t(M)) : nullptr;
+  const PointerList<const T*> ex = pointer_list<const T*>(dev, op, "expert", experts, M, slot);
+  gate_mix_forward_kernel<T><<<cuda::grid_for(B * De), 256, 0, dev.stream>>>(out, ex, probs, B, M, De);
+  cuda::check_launch(op, "B = ", B, ", M = ", M, ", De = ", De);
+}
+
+// d_experts[m] (B,De) += probs[:, m] * d_out;  d_probs (B,M) = <d_out_i, experts[m]_i> (written)
+template <class T>
+inline void gate_mix_backward(cuda_raw_t dev, T* const* d_experts, T* d_probs, const T* d_out, const T* const* experts,
+                              const T* probs, index_t B, index_t M, index_t De) {
+  using namespace cuda_mix_impl;
+  const char* op = "gate_mix_backward";
+  if (B <= 0 || M <= 0) return;  // De == 0 still writes d_probs = 0
+  char* slot = M > kInlinePointers ? static_cast<char*>(cuda::CudaThread::current().device_scratch(
+                                         2 * sizeof(T*) * std::size_t(M)))
+                                   : nullptr;
+  const PointerList<T*> dex = pointer_list<T*>(dev, op, "expert gradient", d_experts, M, slot);
+  const PointerList<const T*> ex =
+      pointer_list<const T*>(dev, op, "expert", experts, M, slot ? slot + sizeof(T*) * std::size_t(M) : nullptr);
+  gate_mix_backward_kernel<T><<<cuda::grid_for(B * M, kWarps), kThreads, 0, dev.stream>>>(dex, d_probs, d_out, ex,
+                                                                                         probs, B, M, De);
+  cuda::check_launch(op, "B = ", B, ", M = ", M, ", De = ", De);
+}
+
+// dst[r, dst_col + c] = src[r, src_col + c] for r < rows, c < width
+template <class T>
+inline void copy_columns(cuda_raw_t dev, T* dst, index_t ld_dst, index_t dst_col, const T* src, index_t ld_src,
+                         index_t src_col, index_t rows, index_t width) {
+  if (rows <= 0 || width <= 0) return;
+  cuda_mix_impl::copy_columns_kernel<T><<<cuda::grid_for(rows * width), 256, 0, dev.stream>>>(
+      dst, ld_dst, dst_col, src, ld_src, src_col, rows, width);
+  cuda::check_launch("copy_columns", rows, " rows of ", width, " columns: dst ld ", ld_dst, " col ", dst_col,
+                     ", src ld ", ld_src, " col ", src_col);
+}
+
+}  // namespace kernels
+
+MTREC_CUDA_KERNEL(gate_mix_forward)
+MTREC_CUDA_KERNEL(gate_mix_backward)
+MTREC_CUDA_KERNEL(copy_columns)
+
+}  // namespace mtrec
+// ==== end mtrec/kernels/cuda/mixture.cuh ======================================
+#else
+#define MTREC_HAS_CUDA 0
+#endif
+// ==== end mtrec/kernels/cuda.hpp ==============================================
+
+// ==== begin mtrec/kernels/fake.hpp ============================================
+// mtrec: kernels on the Fake device (core/device.hpp).
+//
+// Each kernel on Fake holds the arena guard (the arena is readable only
+// while a kernel or copy runs) and runs the reference code. One line per
+// kernel name below: a kernel added to the reference backend needs its name
+// here too, or calling it on Fake does not compile.
+
 namespace mtrec {
 namespace kernels {
 
@@ -5803,6 +9318,7 @@ MTREC_FAKE_KERNEL(gather_rows)
 MTREC_FAKE_KERNEL(scatter_add_rows)
 MTREC_FAKE_KERNEL(embedding_bag_forward)
 MTREC_FAKE_KERNEL(embedding_bag_backward)
+MTREC_FAKE_KERNEL(embedding_bag_backward_adam)
 // sequence.hpp
 MTREC_FAKE_KERNEL(packed_starts)
 MTREC_FAKE_KERNEL(padded_starts)

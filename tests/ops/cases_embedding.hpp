@@ -1,12 +1,14 @@
 // Op-table rows for the kernels in include/mtrec/kernels/embedding.hpp:
-// gather_rows / scatter_add_rows (each the other's backward) and
-// embedding_bag_forward / embedding_bag_backward. IDs and offsets are
+// gather_rows / scatter_add_rows (each the other's backward),
+// embedding_bag_forward / embedding_bag_backward, and the fused
+// embedding_bag_backward_adam. IDs and offsets are
 // captured by the lambdas; tables, weights and upstream gradients are the
 // rows' float inputs. The touched flags come back as outputs (converted to
 // T) on the scatter_add_rows and embedding_bag_backward rows, so backends
 // must agree on them too.
 #pragma once
 
+#include <cmath>
 #include <string>
 #include <vector>
 
@@ -162,6 +164,56 @@ inline std::vector<OpCase> embedding_cases() {
                                     b.in[1].data(), ids.data(), offsets.data(), weighted ? b.in[2].data() : nullptr,
                                     B, dim, mean);
           ed::flags_out(b.out[2], flags);
+        },
+        nullptr));
+  }
+  // ---- embedding_bag_backward_adam: the fused backward + lazy Adam ----------------
+  // Inputs: w, m, v (rows*dim; v >= 0), dy (B*dim) and, when weighted,
+  // weights (n); outputs: w, m, v (copies of the inputs, updated in place)
+  // and the returned flag (as T). The double reference is the unfused
+  // composition (embedding_bag_backward into a zero gradient, then
+  // adam_update_rows on the touched rows), so each backend's row checks
+  // fused == unfused. The tables have more rows than the batch names: the
+  // untouched rows must come back unchanged (lazy Adam).
+  const Bags fused_mixed{"B=7 lens 3,0,1,5,0,2,4", {3, 0, 1, 5, 0, 2, 4}, 16};  // empty bags, repeats in and across bags
+  struct FusedRow { const Bags* bags; index_t dim; bool mean, weighted, decoupled, bench; };
+  std::vector<FusedRow> fused_rows;
+  for (index_t dim : {index_t(1), index_t(17), index_t(64)})
+    for (bool mean : {false, true})
+      for (bool weighted : {false, true})
+        for (bool decoupled : {false, true}) fused_rows.push_back({&fused_mixed, dim, mean, weighted, decoupled, false});
+  fused_rows.push_back({&none, 17, true, true, false, false});
+  fused_rows.push_back({&empty, 17, false, false, true, false});
+  fused_rows.push_back({&large, 64, true, true, false, true});
+  for (const FusedRow& fr : fused_rows) {
+    const index_t dim = fr.dim;
+    const bool mean = fr.mean, weighted = fr.weighted, decoupled = fr.decoupled;
+    const std::vector<index_t> offsets = ed::offsets_of(fr.bags->lengths);
+    const index_t B = index_t(fr.bags->lengths.size()), n = offsets.back(), rows = fr.bags->rows;
+    const std::vector<index_t> ids = ed::with_repeats(random_ids(n, rows, 11 + std::uint64_t(n) * 13 + dim));
+    OpCase c;
+    c.op = "embedding_bag_backward_adam";
+    c.shape = fr.bags->name + " rows=" + std::to_string(rows) + " dim=" + std::to_string(dim) +
+              (mean ? " mean" : " sum") + (weighted ? " weighted" : "") + (decoupled ? " adamw" : " adam+l2");
+    c.in = {{rows * dim, false}, {rows * dim, false}, {rows * dim, false, 0, 1}, {B * dim, false}};  // w, m, v, dy
+    if (weighted) c.in.push_back({n, false, -1.5, 1.5});
+    c.out = {rows * dim, rows * dim, rows * dim, 1};
+    c.bench = fr.bench;
+    v.push_back(make_case(
+        c,
+        [=](auto dev, auto& b) {
+          OPT_T;
+          for (int j = 0; j < 3; ++j) b.out[j] = b.in[j];
+          k::AdamStep<T> st;
+          st.lr = T(0.01);
+          st.weight_decay = T(decoupled ? 0.1 : 0.01);
+          st.decoupled = decoupled;
+          st.bias_correction1 = T(1 - std::pow(0.9, 3));
+          st.bias_correction2 = T(1 - std::pow(0.999, 3));
+          const bool ok = k::embedding_bag_backward_adam(dev, b.out[0].data(), b.out[1].data(), b.out[2].data(),
+                                                         b.in[3].data(), ids.data(), offsets.data(),
+                                                         weighted ? b.in[4].data() : nullptr, B, dim, mean, st);
+          b.out[3][0] = T(ok ? 1 : 0);
         },
         nullptr));
   }

@@ -29,6 +29,7 @@
 #include <cmath>
 #include <cstdint>
 #include <functional>
+#include <stdexcept>
 #include <string>
 #include <utility>
 #include <vector>
@@ -56,8 +57,14 @@ struct Bufs {
 // forwarding without the pointer typing: they check the Fake kernel table
 // (every kernel reachable, same results as reference). The poison and the
 // pointer checks are tested by tests/device/.
-enum class Dev { Reference, Cpu, Fake };
-inline const char* dev_name(Dev d) { return d == Dev::Reference ? "reference" : d == Dev::Cpu ? "cpu" : "fake"; }
+// In a translation unit that nvcc compiles with MTREC_WITH_CUDA=1 (tests/cuda/,
+// bench/ on a CUDA build) the table has a Cuda column too: the CUDA kernels
+// through kernels::CudaDispatch on the same host buffers, which the GPU reads
+// through the driver's pageable-memory access (tests/cuda/test_cuda_ops.cu).
+enum class Dev { Reference, Cpu, Fake, Cuda };
+inline const char* dev_name(Dev d) {
+  return d == Dev::Reference ? "reference" : d == Dev::Cpu ? "cpu" : d == Dev::Fake ? "fake" : "cuda";
+}
 inline std::vector<Dev> all_devices() { return {Dev::Reference, Dev::Cpu, Dev::Fake}; }
 inline std::vector<Dev> bench_devices() { return {Dev::Reference, Dev::Cpu}; }
 
@@ -65,7 +72,14 @@ template <class F, class B>
 inline void on_device(Dev d, F& f, B& b) {
   if (d == Dev::Reference) f(mtrec::kernels::reference, b);
   else if (d == Dev::Cpu) f(mtrec::kernels::cpu, b);
-  else f(mtrec::kernels::FakeDispatch{}, b);
+  else if (d == Dev::Fake) f(mtrec::kernels::FakeDispatch{}, b);
+  else {
+#if MTREC_HAS_CUDA
+    f(mtrec::kernels::CudaDispatch{}, b);
+#else
+    throw std::logic_error("op table: the Cuda column needs a translation unit compiled by nvcc with MTREC_WITH_CUDA=1");
+#endif
+  }
 }
 
 struct Input {

@@ -23,3 +23,11 @@
 #ifndef MTREC_WITH_CUDA
 #define MTREC_WITH_CUDA 0
 #endif
+
+// A small function that CUDA kernels call too (an activation's formula, the
+// dropout hash): __host__ __device__ under nvcc, nothing otherwise.
+#if defined(__CUDACC__)
+#define MTREC_HD __host__ __device__
+#else
+#define MTREC_HD
+#endif

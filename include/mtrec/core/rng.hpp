@@ -11,6 +11,8 @@
 #include <cstdint>
 #include <utility>
 
+#include "mtrec/core/config.hpp"
+
 namespace mtrec {
 
 // Philox4x32-10 (Salmon et al., SC'11): 128-bit counter, 64-bit key.
@@ -47,7 +49,7 @@ inline std::uint64_t mix64(std::uint64_t x) {
 
 // 32-bit integer hash (lowbias32). Cheap enough to vectorise: the dropout
 // kernels use it on (key ^ counter) so SIMD and scalar masks agree bit for bit.
-inline std::uint32_t hash32(std::uint32_t x) {
+MTREC_HD inline std::uint32_t hash32(std::uint32_t x) {
   x ^= x >> 16;
   x *= 0x7FEB352Du;
   x ^= x >> 15;

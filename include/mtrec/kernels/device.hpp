@@ -10,7 +10,7 @@
 // Overload resolution picks the implementation at compile time; there is no
 // runtime if-ladder. Layers and models are templates on the device type and
 // pass the device object they were built with; nothing below chooses one.
-// A CUDA backend adds `Cuda` overloads in kernels/cuda.hpp.
+//                                          //      Cuda -> CUDA kernels and cuBLAS (kernels/cuda/, nvcc only)
 #pragma once
 
 #include "mtrec/core/config.hpp"
@@ -24,10 +24,6 @@ using cpu_t = Cpu;              // xsimd vectors + OpenMP over rows
 
 constexpr Reference reference{};
 constexpr Cpu cpu{};
-
-#if MTREC_WITH_CUDA
-#error "MTREC_WITH_CUDA is reserved: the CUDA backend is not implemented yet. Configure with -DMTREC_WITH_CUDA=OFF."
-#endif
 
 enum class Trans { N, T };  // GEMM operand as stored (N) or transposed (T)
 

@@ -17,6 +17,8 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <utility>
+#include <vector>
 
 #include <xsimd/xsimd.hpp>
 
@@ -24,6 +26,7 @@
 #include "mtrec/core/tensor.hpp"
 #include "mtrec/kernels/cpu.hpp"
 #include "mtrec/kernels/device.hpp"
+#include "mtrec/kernels/rows.hpp"
 
 namespace mtrec {
 namespace kernels {
@@ -96,6 +99,39 @@ inline void embedding_bag_backward(reference_t, T* grad_table, std::uint8_t* tou
       }
     }
   }
+}
+
+// The fused embedding-bag backward + lazy (row-wise) Adam, as FBGEMM's
+// table-batched embedding with a fused optimizer: w, m, v (rows,dim) are the
+// table and its Adam moments, the other arguments those of
+// embedding_bag_backward. Exactly the composition
+//   g = 0 (rows,dim); embedding_bag_backward(g, touched, nullptr, dy, w, ...);
+//   adam_update_rows(w, m, v, g, {the distinct rows touched}, st)
+// so a row no ID of the batch names keeps its w, m and v (lazy Adam), and a
+// row named only with weight 0 still takes a step with g = 0. Returns true
+// when every updated weight is finite. This reference version builds the
+// composition literally (a host gradient of max(ID) + 1 rows); the device
+// versions never materialise the table's gradient.
+template <class T>
+inline bool embedding_bag_backward_adam(reference_t, T* w, T* m, T* v, const T* dy, const index_t* ids,
+                                        const index_t* offsets, const T* weights, index_t B, index_t dim, bool mean,
+                                        const AdamStep<T>& st) {
+  index_t rows = 0;
+  for (index_t b = 0; b < B; ++b)
+    for (index_t i = offsets[b]; i < offsets[b + 1]; ++i) rows = ids[i] + 1 > rows ? ids[i] + 1 : rows;
+  std::vector<T> g(static_cast<std::size_t>(rows * dim), T(0));
+  std::vector<std::uint8_t> touched(static_cast<std::size_t>(rows), 0);
+  embedding_bag_backward(reference, g.data(), touched.data(), static_cast<T*>(nullptr), dy, w, ids, offsets, weights,
+                         B, dim, mean);
+  std::vector<index_t> list;
+  for (index_t r = 0; r < rows; ++r)
+    if (touched[static_cast<std::size_t>(r)]) list.push_back(r);
+  RowSet set;
+  set.offset = 0;
+  set.rows = list.data();
+  set.n = index_t(list.size());
+  set.dim = dim;
+  return adam_update_rows(reference, w, m, v, g.data(), &set, 1, st);
 }
 
 // ---- cpu -------------------------------------------------------------------------
@@ -398,6 +434,56 @@ inline void embedding_bag_backward(cpu_t, T* grad_table, std::uint8_t* touched, 
         }
       },
       fork);
+}
+
+// The fused embedding-bag backward + lazy Adam (the reference's semantics):
+// the batch's (ID, occurrence) pairs sorted, then per distinct ID (in
+// parallel chunks of IDs, each independent) its gradient row summed into a
+// row buffer over its occurrences in ID order (the reference's additions,
+// in its order) and adam_update applied to the row. No table-sized gradient.
+template <class T>
+inline bool embedding_bag_backward_adam(cpu_t, T* w, T* m, T* v, const T* dy, const index_t* ids,
+                                        const index_t* offsets, const T* weights, index_t B, index_t dim, bool mean,
+                                        const AdamStep<T>& st) {
+  namespace ed = embedding_detail;
+  if (B <= 0 || dim <= 0) return true;
+  std::vector<std::pair<index_t, index_t>> occ;  // (ID, occurrence)
+  std::vector<index_t> bag_of;                   // by occurrence - offsets[0]
+  const index_t i0 = offsets[0];
+  for (index_t b = 0; b < B; ++b)
+    for (index_t i = offsets[b]; i < offsets[b + 1]; ++i) {
+      occ.emplace_back(ids[i], i);
+      if (index_t(bag_of.size()) <= i - i0) bag_of.resize(static_cast<std::size_t>(i - i0 + 1));
+      bag_of[static_cast<std::size_t>(i - i0)] = b;
+    }
+  if (occ.empty()) return true;
+  std::sort(occ.begin(), occ.end());  // pairs are distinct: ID order, then occurrence order
+  std::vector<index_t> starts;        // of the runs of equal IDs, then occ.size()
+  for (std::size_t j = 0; j < occ.size(); ++j)
+    if (j == 0 || occ[j].first != occ[j - 1].first) starts.push_back(index_t(j));
+  const index_t n_rows = index_t(starts.size());
+  starts.push_back(index_t(occ.size()));
+  simd::FiniteFlag finite;
+  parallel_chunks(
+      n_rows, 64,
+      [&](index_t u0, index_t u1) {
+        std::vector<T> g(static_cast<std::size_t>(dim));
+        for (index_t u = u0; u < u1; ++u) {
+          std::fill(g.begin(), g.end(), T(0));
+          const index_t r = occ[static_cast<std::size_t>(starts[static_cast<std::size_t>(u)])].first;
+          for (index_t j = starts[static_cast<std::size_t>(u)]; j < starts[static_cast<std::size_t>(u + 1)]; ++j) {
+            const index_t i = occ[static_cast<std::size_t>(j)].second;
+            const index_t b = bag_of[static_cast<std::size_t>(i - i0)];
+            const index_t s = offsets[b], e = offsets[b + 1];
+            const T inv = (mean && e > s) ? T(1) / T(e - s) : T(1);
+            const T a = (weights ? weights[i] : T(1)) * inv;
+            ed::add_row_span<true>(g.data(), dy + b * dim, a, 0, dim);
+          }
+          if (!adam_update(cpu, w + r * dim, m + r * dim, v + r * dim, g.data(), dim, st)) finite.clear();
+        }
+      },
+      worth_forking_flops(16.0 * double(occ.size()) * double(dim)));
+  return finite.get();
 }
 
 }  // namespace kernels

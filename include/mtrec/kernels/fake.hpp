@@ -101,6 +101,7 @@ MTREC_FAKE_KERNEL(gather_rows)
 MTREC_FAKE_KERNEL(scatter_add_rows)
 MTREC_FAKE_KERNEL(embedding_bag_forward)
 MTREC_FAKE_KERNEL(embedding_bag_backward)
+MTREC_FAKE_KERNEL(embedding_bag_backward_adam)
 // sequence.hpp
 MTREC_FAKE_KERNEL(packed_starts)
 MTREC_FAKE_KERNEL(padded_starts)

@@ -61,17 +61,17 @@ using loss_nd = typename loss_nondeduced<T>::type;
 inline double loss_softplus(double z) { return std::max(z, 0.0) + std::log1p(std::exp(-std::fabs(z))); }
 
 // 1 / (1 + exp(-z)) without overflow for either sign.
-inline double loss_sigmoid(double z) {
+MTREC_HD inline double loss_sigmoid(double z) {
   if (z >= 0) return 1.0 / (1.0 + std::exp(-z));
   const double e = std::exp(z);
   return e / (1.0 + e);
 }
 
-inline bool loss_row_on(const std::uint8_t* mask, index_t i) { return mask == nullptr || mask[i] != 0; }
+MTREC_HD inline bool loss_row_on(const std::uint8_t* mask, index_t i) { return mask == nullptr || mask[i] != 0; }
 
 // Scale of row i's term and gradient: d value / d l_i = w_i / W.
 template <class T>
-inline double loss_row_scale(const T* weights, index_t i, double inv_weight_sum) {
+MTREC_HD inline double loss_row_scale(const T* weights, index_t i, double inv_weight_sum) {
   return (weights ? double(weights[i]) : 1.0) * inv_weight_sum;
 }
 
@@ -251,7 +251,7 @@ inline double esmm_row(T* d_ctr, T* d_cvr, const T* ctr, const T* cvr, const T* 
 
 // MultiTaskModel::predict's sigmoid, in T.
 template <class T>
-inline T output_sigmoid(T x) {
+MTREC_HD inline T output_sigmoid(T x) {
   return T(1) / (T(1) + std::exp(-x));
 }
 

@@ -18,13 +18,13 @@ namespace kernels {
 
 namespace detail {
 template <class T>
-inline T gelu_value(T x, GeluMode mode) {
+MTREC_HD inline T gelu_value(T x, GeluMode mode) {
   if (mode == GeluMode::Erf) return T(0.5) * x * (T(1) + std::erf(x * T(0.70710678118654752440)));
   const T u = T(0.79788456080286535588) * (x + T(0.044715) * x * x * x);
   return T(0.5) * x * (T(1) + std::tanh(u));
 }
 template <class T>
-inline T gelu_derivative(T x, GeluMode mode) {
+MTREC_HD inline T gelu_derivative(T x, GeluMode mode) {
   if (mode == GeluMode::Erf) {
     const T cdf = T(0.5) * (T(1) + std::erf(x * T(0.70710678118654752440)));
     const T pdf = T(0.39894228040143267794) * std::exp(T(-0.5) * x * x);
@@ -37,7 +37,7 @@ inline T gelu_derivative(T x, GeluMode mode) {
 }
 // Dropout keeps element `counter` of the stream `key` iff this returns true.
 // Shared by every backend so that masks agree bit for bit.
-inline bool dropout_keep(std::uint64_t key, std::uint64_t counter, std::uint32_t threshold24) {
+MTREC_HD inline bool dropout_keep(std::uint64_t key, std::uint64_t counter, std::uint32_t threshold24) {
   std::uint32_t h = hash32(static_cast<std::uint32_t>(counter) ^ static_cast<std::uint32_t>(key >> 32));
   h = hash32(h ^ static_cast<std::uint32_t>(key));
   return static_cast<std::int32_t>(h >> 8) >= static_cast<std::int32_t>(threshold24);

@@ -27,6 +27,7 @@
 #include "mtrec/core/parameters.hpp"
 #include "mtrec/core/rng.hpp"
 #include "mtrec/core/tensor.hpp"
+#include "mtrec/kernels/cuda.hpp"
 #include "mtrec/kernels/fake.hpp"
 #include "mtrec/kernels/device.hpp"
 
