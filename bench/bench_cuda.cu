@@ -448,8 +448,8 @@ void bench_kernels(const Options& o, int l2_bytes) {
     const Timing t = time_calls(
         [&] {
           (void)mtrec::kernels::embedding_bag_backward_adam(dev, w.data(), m.data(), v.data(), dy.data(),
-                                                            ids_d.data(), offsets_d.data(), no_weights, kBags, kDim,
-                                                            mean, st);
+                                                            ids_d.data(), offsets_d.data(), no_weights, kBags, n,
+                                                            kDim, mean, st);
         },
         3, reps, flush.get());
     g_results.push_back(bandwidth_result("bag_backward_adam_fused", t, adam_bytes, copy_gbs,
@@ -462,7 +462,7 @@ void bench_kernels(const Options& o, int l2_bytes) {
   auto zero_rows = [&] { dev.zero_rows(mtrec::raw(g.data()), mtrec::raw(uniq_d.data()), U, sizeof(float) * kDim); };
   auto backward = [&] {
     mtrec::kernels::embedding_bag_backward(dev, g.data(), no_touched, no_dweights, dy.data(), w.data(), ids_d.data(),
-                                           offsets_d.data(), no_weights, kBags, kDim, mean);
+                                           offsets_d.data(), no_weights, kBags, n, kDim, mean);
   };
   auto adam_rows = [&] { (void)mtrec::kernels::adam_update_rows(dev, w.data(), m.data(), v.data(), g.data(), &set, index_t(1), st); };
   guarded("kernels", "bag_backward_adam_unfused", [&] {

@@ -3,6 +3,9 @@
 //   BM_model_train/<workload>/omp:<threads>   one Trainer::train_step at the
 //       workload's batch: forward, losses (BCE + MSE), backward, Adam (lr 1e-3,
 //       lazy row-wise for tables) and zero_grad.
+//   BM_model_train_fused/<workload>/omp:<threads>   the same step with
+//       OptimizerConfig::fused_tables: each table's backward fused with its
+//       row-wise Adam update (the table gradient never written).
 //   BM_model_predict/<workload>/batch:<B>/omp:<threads>   MultiTaskModel::predict
 //       (forward in eval mode + sigmoid) at batch 1, 16, 256.
 //
@@ -38,12 +41,13 @@ struct ModelSetup {
   std::map<index_t, std::unique_ptr<mtrec::MultiTaskModel<float>::Workspace>> ws;
   mtrec::Tensor<float> out;
 
-  explicit ModelSetup(const Workload& wl) : w(&wl), config(mtrec_bench::make_config(wl)) {
+  ModelSetup(const Workload& wl, bool fused) : w(&wl), config(mtrec_bench::make_config(wl)) {
     model = std::make_unique<mtrec::MultiTaskModel<float>>(config);
     mtrec::TrainConfig t;
     t.progress = false;
     t.batch_size = wl.batch;
     t.optimizer = mtrec::OptimizerConfig::adam(1e-3);
+    t.optimizer.fused_tables = fused;
     trainer = std::make_unique<mtrec::Trainer<float>>(*model, t);
   }
   const mtrec::Batch<float>& batch(index_t B) {
@@ -58,10 +62,10 @@ struct ModelSetup {
   }
 };
 
-ModelSetup& setup(const Workload& w) {
+ModelSetup& setup(const Workload& w, bool fused = false) {
   static std::map<std::string, std::unique_ptr<ModelSetup>> cache;
-  auto& p = cache[w.name];
-  if (!p) p = std::make_unique<ModelSetup>(w);
+  auto& p = cache[std::string(w.name) + (fused ? "/fused" : "")];
+  if (!p) p = std::make_unique<ModelSetup>(w, fused);
   return *p;
 }
 
@@ -72,9 +76,9 @@ struct ThreadScope {
   ~ThreadScope() { mtrec::set_num_threads(saved); }
 };
 
-void BM_model_train(benchmark::State& state, const Workload* w) {
+void train_steps(benchmark::State& state, const Workload* w, bool fused) {
   ThreadScope threads(int(state.range(0)));
-  ModelSetup& s = setup(*w);
+  ModelSetup& s = setup(*w, fused);
   const mtrec::Batch<float>& batch = s.batch(w->batch);
   for (int i = 0; i < 3; ++i) s.trainer->train_step(batch);  // sizes every buffer, touches the Adam state
   double loss = 0;
@@ -88,6 +92,8 @@ void BM_model_train(benchmark::State& state, const Workload* w) {
   state.SetItemsProcessed(state.iterations() * w->batch);  // samples/s
   state.counters["loss0"] = loss;
 }
+void BM_model_train(benchmark::State& state, const Workload* w) { train_steps(state, w, false); }
+void BM_model_train_fused(benchmark::State& state, const Workload* w) { train_steps(state, w, true); }
 
 void BM_model_predict(benchmark::State& state, const Workload* w) {
   const index_t B = state.range(0);
@@ -136,6 +142,10 @@ const bool registered = [] {
     auto* t = benchmark::RegisterBenchmark((std::string("BM_model_train/") + w.name).c_str(), BM_model_train, &w);
     t->ArgName("omp")->UseRealTime()->Unit(benchmark::kMillisecond);
     for (int n : train_threads) t->Arg(n);
+    auto* f = benchmark::RegisterBenchmark((std::string("BM_model_train_fused/") + w.name).c_str(),
+                                           BM_model_train_fused, &w);
+    f->ArgName("omp")->UseRealTime()->Unit(benchmark::kMillisecond);
+    for (int n : threads) f->Arg(n);
     auto* p = benchmark::RegisterBenchmark((std::string("BM_model_predict/") + w.name).c_str(), BM_model_predict, &w);
     p->ArgNames({"batch", "omp"})->UseRealTime()->Unit(benchmark::kMillisecond);
     for (int n : threads)

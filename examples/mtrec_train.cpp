@@ -125,6 +125,10 @@ Training:
   --lr X                   default 0.001 (Adam)
   --weight-decay X         > 0 switches to AdamW with this decoupled decay
                            (default 0)
+  --fused-tables           fuse each embedding table's backward with its
+                           row-wise Adam update, as FBGEMM does: the table
+                           gradient is never written (same results to
+                           rounding; not with gradnorm or pcgrad)
   --weighting W            fixed | uncertainty | gradnorm | pcgrad (default
                            fixed; gradnorm and pcgrad need 2+ tasks)
   --patience N             stop after N epochs without improvement on the
@@ -230,6 +234,7 @@ struct Options {
   int epochs = 10;
   index_t batch = 256;
   double lr = 1e-3, weight_decay = 0;
+  bool fused_tables = false;
   int patience = 0;
   std::uint64_t seed = 0;
   int threads = 0;
@@ -296,7 +301,7 @@ Options parse_args(int argc, char** argv, bool& help) {
         "--id", "--bag", "--seq", "--text", "--dense", "--min-count", "--task", "--model", "--experts", "--dim",
         "--bottom", "--expert-layers", "--tower", "--dropout", "--epochs", "--batch", "--lr", "--weight-decay",
         "--weighting", "--patience", "--seed", "--threads", "--quiet", "--train", "--valid", "--test", "--split",
-        "--save", "--load", "--predict", "--out", "--curve", "--keep", "--na-values"};
+        "--save", "--load", "--predict", "--out", "--curve", "--keep", "--na-values", "--fused-tables"};
     if (!flags.count(arg)) usage_fail("unknown flag '", arg, "' (run mtrec-train --help for the list)");
     const bool repeatable = arg == "--id" || arg == "--bag" || arg == "--seq" || arg == "--text" || arg == "--dense" ||
                             arg == "--task" || arg == "--keep";
@@ -304,6 +309,11 @@ Options parse_args(int argc, char** argv, bool& help) {
     if (arg == "--quiet") {
       if (has_value) usage_fail("flag --quiet takes no value");
       o.quiet = true;
+      continue;
+    }
+    if (arg == "--fused-tables") {
+      if (has_value) usage_fail("flag --fused-tables takes no value");
+      o.fused_tables = true;
       continue;
     }
     if (!has_value) {
@@ -942,6 +952,7 @@ int run_train(const Options& o) {
   tc.epochs = o.epochs;
   tc.batch_size = o.batch;
   tc.optimizer = o.weight_decay > 0 ? OptimizerConfig::adamw(o.lr, o.weight_decay) : OptimizerConfig::adam(o.lr);
+  tc.optimizer.fused_tables = o.fused_tables;
   tc.weighting = o.weighting;
   tc.patience = o.patience;
   tc.seed = o.seed;

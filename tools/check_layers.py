@@ -17,7 +17,7 @@ MAY_INCLUDE = {
     "layers": {"core", "kernels"},
     "model": {"core", "kernels", "layers"},
     "train": {"core", "io", "kernels", "layers", "model"},
-    "serve": {"core", "kernels", "layers", "model"},
+    "serve": {"core", "io", "kernels", "layers", "model"},
     "data": {"core", "io", "kernels", "layers", "model", "train"},
 }
 

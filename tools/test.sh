@@ -14,7 +14,7 @@ cd "$ROOT"
 source "$ROOT/tools/deps.sh"
 
 BENCH="${MTREC_BUILD_BENCH:-OFF}"
-pkgs=(g++ make cmake libeigen3-dev libxsimd-dev catch2 python3)
+pkgs=(g++ make cmake libeigen3-dev libxsimd-dev catch2 python3 libhnswlib-dev)
 case "$BENCH" in
   ON|on|1|TRUE|true|YES|yes) BENCH=ON; pkgs+=(libbenchmark-dev) ;;
   *) BENCH=OFF ;;
@@ -26,7 +26,7 @@ JOBS="${MTREC_JOBS:-2}"
 
 echo "==> configure ($BUILD)"
 cmake -S "$ROOT" -B "$BUILD" -DCMAKE_BUILD_TYPE=Release \
-  -DMTREC_BUILD_TESTS=ON -DMTREC_BUILD_EXAMPLES=ON -DMTREC_BUILD_BENCH="$BENCH"
+  -DMTREC_BUILD_TESTS=ON -DMTREC_BUILD_EXAMPLES=ON -DMTREC_BUILD_BENCH="$BENCH" -DMTREC_WITH_HNSWLIB=ON
 echo "==> build (-j$JOBS)"
 cmake --build "$BUILD" -j "$JOBS"
 echo "==> ctest"

@@ -18,7 +18,7 @@
 //              PLE, ESMM)
 //   train/     metrics, optimizers and schedules, evaluate, Trainer,
 //              checkpoints
-//   serve/     top-K scoring of candidates
+//   serve/     top-K scoring of candidates, exact top-K retrieval
 //   data/      CSV reading and tabular encoding (mtrec-train), MovieLens,
 //              the MMoE paper's synthetic data
 #pragma once
@@ -42,6 +42,7 @@
 #include "mtrec/kernels/loss.hpp"
 #include "mtrec/kernels/mixture.hpp"
 #include "mtrec/kernels/reference.hpp"
+#include "mtrec/kernels/retrieval.hpp"
 #include "mtrec/kernels/rows.hpp"
 #include "mtrec/kernels/sequence.hpp"
 #include "mtrec/layers/activation.hpp"
@@ -67,6 +68,7 @@
 #include "mtrec/train/metrics.hpp"
 #include "mtrec/train/optimizer.hpp"
 #include "mtrec/train/trainer.hpp"
+#include "mtrec/serve/retrieval.hpp"
 #include "mtrec/serve/topk.hpp"
 #include "mtrec/data/csv.hpp"
 #include "mtrec/data/synthetic.hpp"

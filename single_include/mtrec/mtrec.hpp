@@ -33,7 +33,7 @@
 //              PLE, ESMM)
 //   train/     metrics, optimizers and schedules, evaluate, Trainer,
 //              checkpoints
-//   serve/     top-K scoring of candidates
+//   serve/     top-K scoring of candidates, exact top-K retrieval
 //   data/      CSV reading and tabular encoding (mtrec-train), MovieLens,
 //              the MMoE paper's synthetic data
 
@@ -1188,9 +1188,70 @@ class ParameterStore {
     return row_sets_;
   }
 
-  // Clears every gradient: the dense block at once, each table on its touched rows.
+  // ---- fused table updates (OptimizerConfig::fused_tables) -------------------
+  //
+  // With fused updates on, a table's lookup layer does not write its
+  // gradient: its backward hands the lookup (device IDs, bag offsets, the
+  // upstream gradient dy) to defer_lookup(), and the optimizer's step() then
+  // computes each row's gradient and applies Adam in one kernel
+  // (kernels::embedding_bag_backward_adam), as FBGEMM's table-batched
+  // embedding does. The full table gradient is never written.
+  //
+  // One table takes at most one deferred lookup between zero_grad() calls.
+  // A second lookup of the same table (a table shared by two features, a
+  // second backward pass) or a direct gradient write (a retrieval task's
+  // target rows) withdraws the first: its layer's gradient and the new one
+  // are written the unfused way, the table takes the ordinary lazy row
+  // update, and the result is the same either way.
+  struct DeferredLookup {
+    pointer_t<const index_t, typename D::memory> ids, offsets;  // offsets (B+1), on the device
+    const_pointer weights;                                       // per ID, or null
+    const_pointer dy;                                            // (B, dim), valid until step()
+    const index_t* host_ids = nullptr;                           // the same IDs on the host (touched rows)
+    index_t n_ids = 0, B = 0;
+    bool mean = false;
+  };
+
+  void set_fused_tables(bool on) {
+    check(allocated_, "ParameterStore::set_fused_tables", "allocate() has not been called");
+    fused_ = on;
+    deferred_.assign(infos_.size(), DeferredState{});
+  }
+  bool fused_tables() const { return fused_; }
+  // True when `l` is now the table's deferred lookup (the optimizer applies
+  // it); false when fused updates are off or the table already had a lookup
+  // or a gradient written since zero_grad(): then call withdraw() and write
+  // the gradient the unfused way.
+  bool defer_lookup(ParamId table, const DeferredLookup& l) {
+    if (!fused_) return false;
+    DeferredState& d = deferred_[static_cast<std::size_t>(checked_table(table))];
+    if (d.state != DeferredState::None) return false;
+    d.state = DeferredState::Pending;
+    d.lookup = l;
+    return true;
+  }
+  // Before anything writes a table's gradient directly: from now until
+  // zero_grad() the table is updated the unfused way. Returns its deferred
+  // lookup, if it had one, which the caller must then write as a gradient.
+  const DeferredLookup* withdraw(ParamId table) {
+    if (!fused_) return nullptr;
+    DeferredState& d = deferred_[static_cast<std::size_t>(checked_table(table))];
+    const bool had = d.state == DeferredState::Pending;
+    d.state = DeferredState::Shared;
+    return had ? &d.lookup : nullptr;
+  }
+  // The lookup deferred for `table` since the last zero_grad(), or null.
+  const DeferredLookup* deferred(ParamId table) const {
+    if (!fused_) return nullptr;
+    const DeferredState& d = deferred_[static_cast<std::size_t>(checked_table(table))];
+    return d.state == DeferredState::Pending ? &d.lookup : nullptr;
+  }
+
+  // Clears every gradient: the dense block at once, each table on its touched
+  // rows; deferred lookups are dropped.
   void zero_grad() {
     check(allocated_, "ParameterStore::zero_grad", "allocate() has not been called");
+    for (auto& d : deferred_) d = DeferredState{};
     device_.zero(raw(grads_.data()), sizeof(T) * static_cast<std::size_t>(dense_size_));
     for (std::size_t i = 0; i < infos_.size(); ++i) {
       const auto& p = infos_[i];
@@ -1244,6 +1305,12 @@ class ParameterStore {
   Tensor<T, D> values_, grads_;
   index_t dense_size_ = 0;
   std::vector<TouchedRows> touched_;
+  struct DeferredState {
+    enum { None, Pending, Shared } state = None;
+    DeferredLookup lookup;
+  };
+  bool fused_ = false;
+  std::vector<DeferredState> deferred_;  // by parameter id, when fused_
   mutable std::vector<RowSet> row_sets_;  // touched_row_sets()
   // Devices without host access: every table's touched rows in device memory,
   // table i at touched_base_[i]; synced_[i] of its rows uploaded so far.
@@ -2796,14 +2863,49 @@ class SafetensorsFile {
 //   kernels::gelu_forward(dev, y, x, n);   // dev: Cpu -> xsimd + OpenMP (cpu.hpp)
 //                                          //      Reference -> scalar loops (reference.hpp)
 //                                          //      Fake -> reference loops inside the arena guard (fake.hpp)
+//                                          //      Cuda -> CUDA kernels and cuBLAS (kernels/cuda/, nvcc only)
 //
 // Overload resolution picks the implementation at compile time; there is no
 // runtime if-ladder. Layers and models are templates on the device type and
 // pass the device object they were built with; nothing below chooses one.
-//                                          //      Cuda -> CUDA kernels and cuBLAS (kernels/cuda/, nvcc only)
 
 namespace mtrec {
 namespace kernels {
+
+namespace detail {
+// One argument of a kernel call on a device with memory of its own (Fake,
+// Cuda), as the implementation takes it: a DevicePtr<T, Memory> opened to its
+// address, an array of them reinterpreted as an array of addresses, anything
+// else unchanged. The wrappers (fake_arg, cuda_arg) refuse at compile time,
+// each with its own message, what is_foreign_device_ptr and
+// is_host_number_pointer name.
+template <class U, class Memory>
+constexpr bool is_foreign_device_ptr = [] {
+  if constexpr (is_device_ptr<U>::value)
+    return !std::is_same<typename U::memory, Memory>::value;
+  else
+    return false;
+}();
+template <class U>
+constexpr bool is_host_number_pointer =
+    std::is_pointer<U>::value && std::is_arithmetic<std::remove_cv_t<std::remove_pointer_t<U>>>::value;
+
+template <class A>
+inline decltype(auto) open_device_arg(A&& a) {
+  using U = std::decay_t<A>;
+  if constexpr (is_device_ptr<U>::value) {
+    return a.get();
+  } else if constexpr (std::is_pointer<U>::value &&
+                       is_device_ptr<std::remove_cv_t<std::remove_pointer_t<U>>>::value) {
+    using P = std::remove_cv_t<std::remove_pointer_t<U>>;  // an array of device pointers (a gate's experts)
+    using E = typename P::element_type;
+    static_assert(sizeof(P) == sizeof(E*) && std::is_standard_layout<P>::value, "DevicePtr is one address");
+    return reinterpret_cast<E* const*>(a);
+  } else {
+    return std::forward<A>(a);
+  }
+}
+}  // namespace detail
 
 using reference_t = Reference;  // scalar loops, the ground truth for tests
 using cpu_t = Cpu;              // xsimd vectors + OpenMP over rows
@@ -4159,6 +4261,7 @@ inline void axpy(cpu_t, T* y, const T* x, index_t n, T alpha) {
 //   kernels/cuda/sequence.cuh   packing, pooling, positional, attention (strided-batched cuBLAS)
 //   kernels/cuda/loss.cuh       the losses and output transforms
 //   kernels/cuda/mixture.cuh    the gates' expert mixing and column copies
+//   kernels/cuda/retrieval.cuh  exact top-K by inner product (scores on the GPU, selection on the host)
 
 // ==== begin mtrec/kernels/embedding.hpp =======================================
 // mtrec: embedding kernels — row gathers, scatter-adds and pooled bags.
@@ -4408,14 +4511,19 @@ inline void embedding_bag_forward(reference_t, T* y, const T* table, const index
   }
 }
 
-// The backward of embedding_bag_forward, for dy (B,dim):
+// The backward of embedding_bag_forward, for dy (B,dim); n = offsets[B] -
+// offsets[0], the number of IDs the bags hold (passed so that a device
+// backend need not read offsets back to size its work):
 //   grad_table[ids[i]] += weights[i] / len * dy[bag(i)]   (in ID order; / len for mean only)
 //   dweights[i] = <dy[bag(i)], table[ids[i]]> / len      (n; written if dweights is given)
 //   touched[ids[i]] = 1                                  (if touched is given)
 template <class T>
 inline void embedding_bag_backward(reference_t, T* grad_table, std::uint8_t* touched, T* dweights, const T* dy,
                                    const T* table, const index_t* ids, const index_t* offsets, const T* weights,
-                                   index_t B, index_t dim, bool mean) {
+                                   index_t B, index_t n, index_t dim, bool mean) {
+  if (B > 0)
+    check(offsets[B] - offsets[0] == n, "embedding_bag_backward", "expected n = offsets[B] - offsets[0] = ",
+          offsets[B] - offsets[0], " but got ", n);
   for (index_t b = 0; b < B; ++b) {
     const index_t s = offsets[b], e = offsets[b + 1];
     const T inv = (mean && e > s) ? T(1) / T(e - s) : T(1);
@@ -4449,15 +4557,15 @@ inline void embedding_bag_backward(reference_t, T* grad_table, std::uint8_t* tou
 // versions never materialise the table's gradient.
 template <class T>
 inline bool embedding_bag_backward_adam(reference_t, T* w, T* m, T* v, const T* dy, const index_t* ids,
-                                        const index_t* offsets, const T* weights, index_t B, index_t dim, bool mean,
-                                        const AdamStep<T>& st) {
+                                        const index_t* offsets, const T* weights, index_t B, index_t n, index_t dim,
+                                        bool mean, const AdamStep<T>& st) {
   index_t rows = 0;
   for (index_t b = 0; b < B; ++b)
     for (index_t i = offsets[b]; i < offsets[b + 1]; ++i) rows = ids[i] + 1 > rows ? ids[i] + 1 : rows;
   std::vector<T> g(static_cast<std::size_t>(rows * dim), T(0));
   std::vector<std::uint8_t> touched(static_cast<std::size_t>(rows), 0);
   embedding_bag_backward(reference, g.data(), touched.data(), static_cast<T*>(nullptr), dy, w, ids, offsets, weights,
-                         B, dim, mean);
+                         B, n, dim, mean);
   std::vector<index_t> list;
   for (index_t r = 0; r < rows; ++r)
     if (touched[static_cast<std::size_t>(r)]) list.push_back(r);
@@ -4718,9 +4826,11 @@ inline void embedding_bag_forward(cpu_t, T* y, const T* table, const index_t* id
 template <class T>
 inline void embedding_bag_backward(cpu_t, T* grad_table, std::uint8_t* touched, T* dweights, const T* dy,
                                    const T* table, const index_t* ids, const index_t* offsets, const T* weights,
-                                   index_t B, index_t dim, bool mean) {
+                                   index_t B, index_t n_ids, index_t dim, bool mean) {
   namespace ed = embedding_detail;
   if (B <= 0 || dim <= 0) return;
+  check(offsets[B] - offsets[0] == n_ids, "embedding_bag_backward", "expected n = offsets[B] - offsets[0] = ",
+        offsets[B] - offsets[0], " but got ", n_ids);
   const index_t n = offsets[B];
   if (n <= 0) return;
   const bool fork = ed::scatter_worth_forking(n * dim) && !in_parallel_region() && num_threads() > 1;
@@ -4778,12 +4888,23 @@ inline void embedding_bag_backward(cpu_t, T* grad_table, std::uint8_t* touched, 
 // in its order) and adam_update applied to the row. No table-sized gradient.
 template <class T>
 inline bool embedding_bag_backward_adam(cpu_t, T* w, T* m, T* v, const T* dy, const index_t* ids,
-                                        const index_t* offsets, const T* weights, index_t B, index_t dim, bool mean,
-                                        const AdamStep<T>& st) {
+                                        const index_t* offsets, const T* weights, index_t B, index_t n_ids,
+                                        index_t dim, bool mean, const AdamStep<T>& st) {
   namespace ed = embedding_detail;
   if (B <= 0 || dim <= 0) return true;
-  std::vector<std::pair<index_t, index_t>> occ;  // (ID, occurrence)
-  std::vector<index_t> bag_of;                   // by occurrence - offsets[0]
+  check(offsets[B] - offsets[0] == n_ids, "embedding_bag_backward_adam", "expected n = offsets[B] - offsets[0] = ",
+        offsets[B] - offsets[0], " but got ", n_ids);
+  // Scratch kept per thread: a warm training step allocates nothing.
+  // (The worker threads below read them through these references: a
+  // thread_local named inside the lambda would be the worker's own.)
+  thread_local std::vector<std::pair<index_t, index_t>> occ_scratch;
+  thread_local std::vector<index_t> bag_scratch, starts_scratch;
+  std::vector<std::pair<index_t, index_t>>& occ = occ_scratch;  // (ID, occurrence)
+  std::vector<index_t>& bag_of = bag_scratch;                    // by occurrence - offsets[0]
+  std::vector<index_t>& starts = starts_scratch;                 // of the runs of equal IDs, then occ.size()
+  occ.clear();
+  bag_of.clear();
+  starts.clear();
   const index_t i0 = offsets[0];
   for (index_t b = 0; b < B; ++b)
     for (index_t i = offsets[b]; i < offsets[b + 1]; ++i) {
@@ -4793,7 +4914,6 @@ inline bool embedding_bag_backward_adam(cpu_t, T* w, T* m, T* v, const T* dy, co
     }
   if (occ.empty()) return true;
   std::sort(occ.begin(), occ.end());  // pairs are distinct: ID order, then occurrence order
-  std::vector<index_t> starts;        // of the runs of equal IDs, then occ.size()
   for (std::size_t j = 0; j < occ.size(); ++j)
     if (j == 0 || occ[j].first != occ[j - 1].first) starts.push_back(index_t(j));
   const index_t n_rows = index_t(starts.size());
@@ -4802,7 +4922,8 @@ inline bool embedding_bag_backward_adam(cpu_t, T* w, T* m, T* v, const T* dy, co
   parallel_chunks(
       n_rows, 64,
       [&](index_t u0, index_t u1) {
-        std::vector<T> g(static_cast<std::size_t>(dim));
+        thread_local std::vector<T> g;
+        g.resize(static_cast<std::size_t>(dim));
         for (index_t u = u0; u < u1; ++u) {
           std::fill(g.begin(), g.end(), T(0));
           const index_t r = occ[static_cast<std::size_t>(starts[static_cast<std::size_t>(u)])].first;
@@ -5387,6 +5508,185 @@ inline void copy_columns(cpu_t, T* dst, index_t ld_dst, index_t dst_col, const T
 }  // namespace kernels
 }  // namespace mtrec
 // ==== end mtrec/kernels/mixture.hpp ===========================================
+
+// ==== begin mtrec/kernels/retrieval.hpp =======================================
+// mtrec: exact top-K retrieval by inner product.
+//
+//   topk_inner_product(dev, rows, scores, table, N, dim, q, k, exclude, n_exclude)
+//
+// rows (k), scores (k): the k rows r of table (N,dim) with the largest
+// <q, table[r]>, best first. Equal scores: the lower row first. The rows
+// listed in exclude (n_exclude, ascending, each in [0, N)) are skipped: the
+// items a user has already seen. When fewer than k rows remain, the slots
+// past them get row -1 and score -inf.
+//
+// `reference` scores every row (a sequential dot in T) and sorts. `cpu`
+// streams the table once: a vectorised dot per row over fixed chunks of
+// rows (in parallel), each chunk keeping its own k best in a bounded heap,
+// then the chunks' lists merged in chunk order. A row enters a heap only
+// when it beats the heap's worst, so the exclusion list is searched only
+// then. The chunks are fixed, so the result never depends on the thread
+// count, and the order is total (score, then row), so every backend returns
+// the same rows for the same scores. The cpu dot adds in a different order
+// from the reference's, so scores may differ in the last bit.
+
+namespace mtrec {
+namespace kernels {
+
+namespace topk_detail {
+// a ranks before b: higher score, then lower row.
+template <class T>
+inline bool better(T sa, index_t ra, T sb, index_t rb) {
+  return sa > sb || (sa == sb && ra < rb);
+}
+inline bool excluded(const index_t* ex, index_t n, index_t r) {
+  return n > 0 && std::binary_search(ex, ex + n, r);
+}
+// Writes the sorted candidates (best first) into rows/scores, padding to k.
+template <class T>
+inline void write_out(index_t* rows, T* scores, const std::vector<std::pair<T, index_t>>& best, index_t k) {
+  for (index_t i = 0; i < k; ++i) {
+    if (i < index_t(best.size())) {
+      rows[i] = best[std::size_t(i)].second;
+      scores[i] = best[std::size_t(i)].first;
+    } else {
+      rows[i] = -1;
+      scores[i] = -std::numeric_limits<T>::infinity();
+    }
+  }
+}
+template <class T>
+inline bool rank_less(const std::pair<T, index_t>& a, const std::pair<T, index_t>& b) {
+  return better(a.first, a.second, b.first, b.second);
+}
+// The selection alone, on the host, from every row's score (a device
+// backend that scores on the device and selects here).
+template <class T>
+inline void select_topk(index_t* rows, T* scores, const T* all, index_t N, index_t k, const index_t* exclude,
+                        index_t n_exclude) {
+  std::vector<std::pair<T, index_t>> best;
+  for (index_t r = 0; r < N; ++r)
+    if (all[r] == all[r] && !excluded(exclude, n_exclude, r)) best.emplace_back(all[r], r);
+  const index_t kk = std::min<index_t>(k, index_t(best.size()));
+  std::partial_sort(best.begin(), best.begin() + kk, best.end(), rank_less<T>);
+  best.resize(std::size_t(kk));
+  write_out(rows, scores, best, k);
+}
+// out[i] = <q, rows[i]> for 4 consecutive rows (stride dim): the query's
+// vectors loaded once for the 4 rows, one accumulator per row.
+template <class T>
+inline void dots4(T* out, const T* q, const T* rows, index_t dim) {
+  using V = xsimd::batch<T>;
+  constexpr index_t W = V::size;
+  V a0(T(0)), a1(T(0)), a2(T(0)), a3(T(0));
+  const T* r0 = rows;
+  const T* r1 = rows + dim;
+  const T* r2 = rows + 2 * dim;
+  const T* r3 = rows + 3 * dim;
+  index_t c = 0;
+  for (; c + W <= dim; c += W) {
+    const V qv = V::load_unaligned(q + c);
+    a0 = xsimd::fma(qv, V::load_unaligned(r0 + c), a0);
+    a1 = xsimd::fma(qv, V::load_unaligned(r1 + c), a1);
+    a2 = xsimd::fma(qv, V::load_unaligned(r2 + c), a2);
+    a3 = xsimd::fma(qv, V::load_unaligned(r3 + c), a3);
+  }
+  T s0 = xsimd::hadd(a0), s1 = xsimd::hadd(a1), s2 = xsimd::hadd(a2), s3 = xsimd::hadd(a3);
+  for (; c < dim; ++c) {
+    s0 += q[c] * r0[c];
+    s1 += q[c] * r1[c];
+    s2 += q[c] * r2[c];
+    s3 += q[c] * r3[c];
+  }
+  out[0] = s0;
+  out[1] = s1;
+  out[2] = s2;
+  out[3] = s3;
+}
+constexpr index_t kChunkRows = 16384;  // rows per parallel chunk (fixed: results never depend on threads)
+constexpr index_t kBlockRows = 64;     // rows scored before their selection pass
+}  // namespace topk_detail
+
+template <class T>
+inline void topk_inner_product(reference_t, index_t* rows, T* scores, const T* table, index_t N, index_t dim,
+                               const T* q, index_t k, const index_t* exclude, index_t n_exclude) {
+  namespace td = topk_detail;
+  if (k <= 0) return;
+  std::vector<std::pair<T, index_t>> all;
+  for (index_t r = 0; r < N; ++r) {
+    if (td::excluded(exclude, n_exclude, r)) continue;
+    T s = T(0);
+    for (index_t c = 0; c < dim; ++c) s += q[c] * table[r * dim + c];
+    if (s == s) all.emplace_back(s, r);  // NaN never ranks
+  }
+  std::sort(all.begin(), all.end(), td::rank_less<T>);
+  if (index_t(all.size()) > k) all.resize(std::size_t(k));
+  td::write_out(rows, scores, all, k);
+}
+
+template <class T>
+inline void topk_inner_product(cpu_t, index_t* rows, T* scores, const T* table, index_t N, index_t dim, const T* q,
+                               index_t k, const index_t* exclude, index_t n_exclude) {
+  namespace td = topk_detail;
+  namespace ed = embedding_detail;
+  if (k <= 0) return;
+  using Item = std::pair<T, index_t>;
+  const index_t chunks = (N + td::kChunkRows - 1) / td::kChunkRows;
+  const index_t keep = std::min(k, td::kChunkRows);
+  // Scratch kept per calling thread (chunk lists and the merge): a warm
+  // search allocates nothing. The workers write through these references.
+  thread_local std::vector<Item> lists_scratch, merged_scratch;
+  thread_local std::vector<index_t> counts_scratch;
+  std::vector<Item>& lists = lists_scratch;
+  std::vector<Item>& merged = merged_scratch;
+  std::vector<index_t>& counts = counts_scratch;
+  lists.resize(std::size_t(chunks * keep));
+  counts.assign(std::size_t(chunks), 0);
+  parallel_chunks(
+      chunks, 1,
+      [&](index_t c0, index_t c1) {
+        T block[td::kBlockRows];
+        for (index_t c = c0; c < c1; ++c) {
+          Item* heap = lists.data() + c * keep;  // a min-heap of the chunk's best: the worst on top
+          index_t size = 0;
+          auto worse_on_top = [](const Item& a, const Item& b) { return td::rank_less(a, b); };
+          const index_t r_end = std::min(N, (c + 1) * td::kChunkRows);
+          for (index_t r0 = c * td::kChunkRows; r0 < r_end; r0 += td::kBlockRows) {
+            const index_t nb = std::min(td::kBlockRows, r_end - r0);
+            index_t i = 0;
+            for (; i + 4 <= nb; i += 4) td::dots4(block + i, q, table + (r0 + i) * dim, dim);
+            for (; i < nb; ++i) block[i] = ed::dot(q, table + (r0 + i) * dim, dim);
+            for (i = 0; i < nb; ++i) {
+              const T s = block[i];
+              const index_t r = r0 + i;
+              if (size == keep && !td::better(s, r, heap[0].first, heap[0].second)) continue;
+              if (!(s == s) || td::excluded(exclude, n_exclude, r)) continue;  // NaN never ranks
+              if (size < keep) {
+                heap[size++] = Item(s, r);
+                std::push_heap(heap, heap + size, worse_on_top);
+              } else {
+                std::pop_heap(heap, heap + size, worse_on_top);
+                heap[size - 1] = Item(s, r);
+                std::push_heap(heap, heap + size, worse_on_top);
+              }
+            }
+          }
+          counts[std::size_t(c)] = size;
+        }
+      },
+      worth_forking_flops(2.0 * double(N) * double(dim)));
+  merged.clear();
+  for (index_t c = 0; c < chunks; ++c)
+    merged.insert(merged.end(), lists.begin() + c * keep, lists.begin() + c * keep + counts[std::size_t(c)]);
+  const index_t kk = std::min<index_t>(k, index_t(merged.size()));
+  std::partial_sort(merged.begin(), merged.begin() + kk, merged.end(), td::rank_less<T>);
+  merged.resize(std::size_t(kk));
+  td::write_out(rows, scores, merged, k);
+}
+
+}  // namespace kernels
+}  // namespace mtrec
+// ==== end mtrec/kernels/retrieval.hpp =========================================
 
 // ==== begin mtrec/kernels/sequence.hpp ========================================
 // mtrec: sequence kernels — masked pooling, packing, positional add, masked
@@ -6196,28 +6496,18 @@ struct cuda_raw_t {
 };
 
 namespace detail {
-// One argument of a Cuda kernel call, as the implementation takes it: a
-// DevicePtr of Cuda memory opened, an array of them reinterpreted, a host
-// pointer to numbers refused at compile time, anything else unchanged.
+// One argument of a Cuda kernel call, as the implementation takes it
+// (kernels/device.hpp, open_device_arg): a host pointer to numbers, or a
+// pointer into another device's memory, is refused at compile time.
 template <class A>
 inline decltype(auto) cuda_arg(A&& a) {
   using U = std::decay_t<A>;
-  if constexpr (is_device_ptr<U>::value) {
-    static_assert(std::is_same<typename U::memory, CudaMemory>::value,
-                  "a pointer into another device's memory was passed to a Cuda kernel");
-    return a.get();
-  } else if constexpr (std::is_pointer<U>::value &&
-                       is_device_ptr<std::remove_cv_t<std::remove_pointer_t<U>>>::value) {
-    using P = std::remove_cv_t<std::remove_pointer_t<U>>;
-    using E = typename P::element_type;
-    static_assert(sizeof(P) == sizeof(E*) && std::is_standard_layout<P>::value, "DevicePtr is one address");
-    return reinterpret_cast<E* const*>(a);
-  } else {
-    static_assert(!(std::is_pointer<U>::value && std::is_arithmetic<std::remove_cv_t<std::remove_pointer_t<U>>>::value),
-                  "a host pointer was passed to a Cuda kernel: pass device memory (a Tensor or view of the "
-                  "device; to_device() copies host data there)");
-    return std::forward<A>(a);
-  }
+  static_assert(!is_foreign_device_ptr<U, CudaMemory>,
+                "a pointer into another device's memory was passed to a Cuda kernel");
+  static_assert(!is_host_number_pointer<U>,
+                "a host pointer was passed to a Cuda kernel: pass device memory (a Tensor or view of the "
+                "device; to_device() copies host data there)");
+  return open_device_arg(std::forward<A>(a));
 }
 }  // namespace detail
 
@@ -7060,8 +7350,9 @@ MTREC_CUDA_KERNEL(sgd_update)
 //   flag   256 bytes  the non-finite flag (the fused op only)
 //   temp   the radix sort's temporary storage (as CUB reports it for n)
 // Limits: n and B at most 2^31 - 1 (int32 occurrence and bag indices).
-// The bag ops read offsets[0] and offsets[B] back to the host first (one
-// small copy and a stream synchronise) to size the sort.
+// The bag ops take n (= offsets[B] - offsets[0]) from the caller, which
+// knows it on the host, and read offsets[0] on the device: no copy back,
+// no stream synchronise.
 //
 // The fused op, embedding_bag_backward_adam(dev, w, m, v, dy, ids, offsets,
 // weights, B, dim, mean, st), is exactly "g = 0; embedding_bag_backward into
@@ -7070,7 +7361,7 @@ MTREC_CUDA_KERNEL(sgd_update)
 // the gradient lives only in registers. It is what FBGEMM's table-batched
 // embedding with a fused optimizer does. It is an op beside the unfused
 // pair (the op table checks the two agree on every backend); the trainer
-// does not call it yet. On CUDA the fused and unfused paths sum
+// calls it with OptimizerConfig::fused_tables. On CUDA the fused and unfused paths sum
 // the same terms in the same order (unfused: g = 0 + sum) and share the Adam
 // expression (cuda_rows::adam_element), so they agree to rounding.
 
@@ -7621,16 +7912,19 @@ __global__ void iota_kernel(int* __restrict__ v, index_t n) {
     v[i] = int(i);
 }
 
-// For the occurrences [offsets[0], offsets[B]) (k = i - offsets[0]): vin[k] = k, bag[k] = the bag of i.
+// For the occurrences [offsets[0], offsets[B]) (k = i - offsets[0], offsets[0]
+// read here on the device): vin[k] = k, bag[k] = the bag of i, keys_in[k] = ids[i].
 template <int Unused>
-__global__ void bag_prep_kernel(int* __restrict__ vin, int* __restrict__ bag, const index_t* __restrict__ offsets,
-                                index_t B, index_t o0) {
+__global__ void bag_prep_kernel(int* __restrict__ vin, int* __restrict__ bag, index_t* __restrict__ keys_in,
+                                const index_t* __restrict__ ids, const index_t* __restrict__ offsets, index_t B) {
   const Group gr = make_group(32);
+  const index_t o0 = offsets[0];
   for (index_t b = gr.first; b < B; b += gr.stride) {
     const index_t s = offsets[b] - o0, e = offsets[b + 1] - o0;
     for (index_t k = s + gr.lane; k < e; k += 32) {
       vin[k] = int(k);
       bag[k] = int(b);
+      keys_in[k] = ids[o0 + k];
     }
   }
 }
@@ -7642,7 +7936,7 @@ enum SegMode { kScatter = 0, kBag = 1, kBagAdam = 2 };
 //   kScatter: dy[k]                       (row k of dy, k the occurrence)
 //   kBag*:    a_k * dy[bag[k]], a_k = (weights ? weights[k] : 1) / len for mean
 // then kScatter/kBag: dst[r] += sum;  kBagAdam: adam_element on w = dst, m, v
-// with g = sum. weights is offset to the first occurrence.
+// with g = sum. weights[offsets[0] + k] weighs occurrence k.
 template <class T, int W, int Mode>
 __global__ void segment_kernel(T* __restrict__ dst, T* __restrict__ m, T* __restrict__ v,
                                std::uint8_t* __restrict__ touched, int* bad, const T* __restrict__ dy,
@@ -7679,7 +7973,7 @@ __global__ void segment_kernel(T* __restrict__ dst, T* __restrict__ m, T* __rest
             src = b;
             const index_t s = offsets[b], e = offsets[b + 1];
             const T inv = (mean && e > s) ? T(1) / T(e - s) : T(1);
-            a = (weights ? weights[k] : T(1)) * inv;
+            a = (weights ? weights[offsets[0] + k] : T(1)) * inv;
           }
         }
 #pragma unroll 4
@@ -7728,20 +8022,21 @@ __global__ void segment_kernel(T* __restrict__ dst, T* __restrict__ m, T* __rest
   }
 }
 
-// dweights[k] = <dy[bag[k]], table[ids[k]]> / len (mean) for the n
-// occurrences (dweights and ids offset to the first): a group per occurrence.
+// dweights[i] = <dy[bag[k]], table[ids[i]]> / len (mean) for the n
+// occurrences i = offsets[0] + k: a group per occurrence.
 template <class T, int W>
 __global__ void bag_dweights_kernel(T* __restrict__ dweights, const T* __restrict__ dy, const T* __restrict__ table,
                                     const index_t* __restrict__ ids, const int* __restrict__ bag,
                                     const index_t* __restrict__ offsets, index_t n, index_t dim, bool mean, int G) {
   const Group gr = make_group(G);
   const index_t dimv = dim / W;
+  const index_t o0 = offsets[0];
   for (index_t k = gr.first; k < n; k += gr.stride) {
     const index_t b = bag[k];
     const index_t s = offsets[b], e = offsets[b + 1];
     const T inv = (mean && e > s) ? T(1) / T(e - s) : T(1);
     const T* d = dy + b * dim;
-    const T* row = table + ids[k] * dim;
+    const T* row = table + ids[o0 + k] * dim;
     T dot = T(0);
     for (index_t c = gr.lane; c < dimv; c += G) {
       const Vec<T, W> dv = vload<T, W>(d + c * W), tv = vload<T, W>(row + c * W);
@@ -7749,7 +8044,7 @@ __global__ void bag_dweights_kernel(T* __restrict__ dweights, const T* __restric
       for (int q = 0; q < W; ++q) dot += dv.v[q] * tv.v[q];
     }
     for (int off = G / 2; off > 0; off >>= 1) dot += __shfl_xor_sync(gr.mask, dot, off, G);
-    if (gr.lane == 0) dweights[k] = dot * inv;
+    if (gr.lane == 0) dweights[o0 + k] = dot * inv;
   }
 }
 
@@ -7759,6 +8054,7 @@ inline std::size_t align256(std::size_t b) { return (b + 255) / 256 * 256; }
 
 // The pieces of one backward call's scratch (see the header comment).
 struct SortScratch {
+  index_t* keys_in = nullptr;  // bag ops: the batch's IDs from offsets[0]
   index_t* keys = nullptr;
   int* vin = nullptr;
   int* vals = nullptr;
@@ -7778,8 +8074,11 @@ inline SortScratch sort_scratch(const char* op, cudaStream_t stream, index_t n, 
               op, "querying the radix sort's temporary storage for ", n, " IDs");
   const std::size_t kb = align256(sizeof(index_t) * std::size_t(n)), vb = align256(sizeof(int) * std::size_t(n));
   const std::size_t fb = flag ? 256 : 0, bb = bags ? vb : 0;
-  const std::size_t total = kb + 2 * vb + bb + fb + align256(s.temp_bytes);
+  const std::size_t kib = bags ? kb : 0;
+  const std::size_t total = kib + kb + 2 * vb + bb + fb + align256(s.temp_bytes);
   char* p = static_cast<char*>(cuda::CudaThread::current().device_scratch(total));
+  if (bags) s.keys_in = reinterpret_cast<index_t*>(p);
+  p += kib;
   s.keys = reinterpret_cast<index_t*>(p);
   p += kb;
   s.vin = reinterpret_cast<int*>(p);
@@ -7801,26 +8100,14 @@ inline void sort_ids(const char* op, cudaStream_t stream, const index_t* ids, in
               op, "sorting ", n, " IDs with their occurrence indices");
 }
 
-// offsets[0] and offsets[B] on the host (offsets is device memory, or host
-// memory the GPU reads through CudaDispatch).
-inline void bag_range(const char* op, cudaStream_t stream, const index_t* offsets, index_t B, index_t& o0,
-                      index_t& oB) {
-  index_t* h = static_cast<index_t*>(cuda::CudaThread::current().host_scratch());
-  cuda::check(cudaMemcpyAsync(h, offsets, sizeof(index_t), cudaMemcpyDefault, stream), op, "reading offsets[0]");
-  cuda::check(cudaMemcpyAsync(h + 1, offsets + B, sizeof(index_t), cudaMemcpyDefault, stream), op,
-              "reading offsets[B] for B = ", B);
-  cuda::check(cudaStreamSynchronize(stream), op, "waiting for offsets[0] and offsets[B], B = ", B);
-  o0 = h[0];
-  oB = h[1];
-}
-
-// The prep kernel + sort of a bag backward over the occurrences [o0, o0 + n).
+// The prep kernel + sort of a bag backward over the n occurrences from offsets[0].
 inline void sort_bags(const char* op, cudaStream_t stream, const index_t* ids, const index_t* offsets, index_t B,
-                      index_t o0, index_t n, SortScratch& s) {
+                      index_t n, SortScratch& s) {
   check(B <= index_t(INT_MAX), op, B, " bags exceed the CUDA backward's limit of ", INT_MAX);
-  bag_prep_kernel<0><<<cuda::grid_for(B * 32, kThreads), kThreads, 0, stream>>>(s.vin, s.bag, offsets, B, o0);
+  bag_prep_kernel<0><<<cuda::grid_for(B * 32, kThreads), kThreads, 0, stream>>>(s.vin, s.bag, s.keys_in, ids,
+                                                                                offsets, B);
   cuda::check_launch(op, "bag indices of ", n, " IDs in ", B, " bags");
-  sort_ids(op, stream, ids + o0, n, s);
+  sort_ids(op, stream, s.keys_in, n, s);
 }
 
 template <class T>
@@ -7894,25 +8181,21 @@ inline void embedding_bag_forward(cuda_raw_t dev, T* y, const T* table, const in
 template <class T>
 inline void embedding_bag_backward(cuda_raw_t dev, T* grad_table, std::uint8_t* touched, T* dweights, const T* dy,
                                    const T* table, const index_t* ids, const index_t* offsets, const T* weights,
-                                   index_t B, index_t dim, bool mean) {
+                                   index_t B, index_t n, index_t dim, bool mean) {
   namespace ce = cuda_emb;
   const char* op = "embedding_bag_backward";
-  if (B <= 0) return;
-  index_t o0 = 0, oB = 0;
-  ce::bag_range(op, dev.stream, offsets, B, o0, oB);
-  const index_t n = oB - o0;
-  if (n <= 0) return;
+  if (B <= 0 || n <= 0) return;
   ce::SortScratch s = ce::sort_scratch(op, dev.stream, n, true, false);
-  ce::sort_bags(op, dev.stream, ids, offsets, B, o0, n, s);
+  ce::sort_bags(op, dev.stream, ids, offsets, B, n, s);
   if (dim > 0 || touched)
     ce::launch_segments<T>(op, dev.stream, ce::kBag, grad_table, nullptr, nullptr, touched, dy, s, n, offsets,
-                           weights ? weights + o0 : nullptr, dim, mean, cuda_rows::AdamArgs<T>{});
+                           weights, dim, mean, cuda_rows::AdamArgs<T>{});
   if (dweights) {
     cuda_rows::with_width<T>(cuda_rows::vec_width<T>(dim, {dy, table}), [&](auto wc) {
       constexpr int W = decltype(wc)::value;
       const int G = cuda_rows::group_size(dim / W);
       ce::bag_dweights_kernel<T, W><<<cuda::grid_for(n * G, ce::kThreads), ce::kThreads, 0, dev.stream>>>(
-          dweights + o0, dy, table, ids + o0, s.bag, offsets, n, dim, mean, G);
+          dweights, dy, table, ids, s.bag, offsets, n, dim, mean, G);
       cuda::check_launch(op, "dweights of ", n, " IDs in ", B, " bags, dim ", dim);
     });
   }
@@ -7922,20 +8205,16 @@ inline void embedding_bag_backward(cuda_raw_t dev, T* grad_table, std::uint8_t* 
 // returns true when every updated weight is finite.
 template <class T>
 inline bool embedding_bag_backward_adam(cuda_raw_t dev, T* w, T* m, T* v, const T* dy, const index_t* ids,
-                                        const index_t* offsets, const T* weights, index_t B, index_t dim, bool mean,
-                                        const AdamStep<T>& st) {
+                                        const index_t* offsets, const T* weights, index_t B, index_t n, index_t dim,
+                                        bool mean, const AdamStep<T>& st) {
   namespace ce = cuda_emb;
   const char* op = "embedding_bag_backward_adam";
-  if (B <= 0) return true;
-  index_t o0 = 0, oB = 0;
-  ce::bag_range(op, dev.stream, offsets, B, o0, oB);
-  const index_t n = oB - o0;
-  if (n <= 0 || dim <= 0) return true;
+  if (B <= 0 || n <= 0 || dim <= 0) return true;
   ce::SortScratch s = ce::sort_scratch(op, dev.stream, n, true, true);
   cuda::check(cudaMemsetAsync(s.flag, 0, sizeof(int), dev.stream), op, "clearing the result flag");
-  ce::sort_bags(op, dev.stream, ids, offsets, B, o0, n, s);
-  ce::launch_segments<T>(op, dev.stream, ce::kBagAdam, w, m, v, nullptr, dy, s, n, offsets,
-                         weights ? weights + o0 : nullptr, dim, mean, cuda_rows::adam_args(st));
+  ce::sort_bags(op, dev.stream, ids, offsets, B, n, s);
+  ce::launch_segments<T>(op, dev.stream, ce::kBagAdam, w, m, v, nullptr, dy, s, n, offsets, weights, dim, mean,
+                         cuda_rows::adam_args(st));
   return cuda_rows::read_result(dev.stream, s.flag, op) == 0;
 }
 
@@ -7960,7 +8239,9 @@ MTREC_CUDA_KERNEL(embedding_bag_backward_adam)
 //   packed_starts      one block scans the lengths (tiles of 1024, a carry
 //                      between tiles: any B) and the total comes back to the
 //                      host through the thread's scratch (one stream sync);
-//   attention_*        the per-(sequence, head) GEMMs are a tiled kernel of
+//   attention_*        padded layout: cuBLAS strided-batched GEMMs per head
+//                      on full (T,T) blocks, masked (see below); packed
+//                      layout: the per-(sequence, head) GEMMs are a tiled kernel of
 //                      our own (grid: B*H problems x 32x32 output tiles, the
 //                      problem's sizes read from lengths[b]; tiles past L
 //                      exit), with a warp per softmax row; every output
@@ -8253,6 +8534,30 @@ __device__ inline double warp_sum(double v) {
   return v;  // the same fixed tree on every lane: every lane holds the same bits
 }
 
+// One warp, one score row p[0, L): p[c] = exp(p[c] - max), summed in double
+// (the same fixed tree on every lane); returns T(1 / sum). As the reference's
+// softmax_forward, before its final scaling.
+template <class T>
+__device__ inline T warp_softmax_exp(T* p, index_t L, int lane) {
+  T mx = p[0];
+  for (index_t c = lane; c < L; c += 32) mx = p[c] > mx ? p[c] : mx;
+  mx = warp_max(mx);
+  double sum = 0;
+  for (index_t c = lane; c < L; c += 32) {
+    const T e = std::exp(p[c] - mx);
+    p[c] = e;
+    sum += double(e);
+  }
+  return T(1.0 / warp_sum(sum));
+}
+// One warp: sum(d[c] * y[c]) over [0, L) in double, as T.
+template <class T>
+__device__ inline T warp_row_dot(const T* d, const T* y, index_t L, int lane) {
+  double dot = 0;
+  for (index_t c = lane; c < L; c += 32) dot += double(d[c]) * double(y[c]);
+  return T(warp_sum(dot));
+}
+
 // A warp per score row (b, h, r), r < lengths[b]: the row of the compact
 // (L,L) block at (b*H + h)*TT + r*L, softmax in place as softmax_forward
 // (reference): max-subtracted exp in T, summed in double, times T(1/sum).
@@ -8267,17 +8572,7 @@ __global__ void attn_softmax_forward_kernel(T* P, const index_t* lengths, index_
     const index_t L = lengths[z / H];
     if (r >= L) continue;  // the whole warp skips together
     T* p = P + z * TT + r * L;
-    T mx = p[0];
-    for (index_t c = lane; c < L; c += 32) mx = p[c] > mx ? p[c] : mx;
-    mx = warp_max(mx);
-    double sum = 0;
-    for (index_t c = lane; c < L; c += 32) {
-      const T e = std::exp(p[c] - mx);
-      p[c] = e;
-      sum += double(e);
-    }
-    sum = warp_sum(sum);
-    const T inv = T(1.0 / sum);
+    const T inv = warp_softmax_exp(p, L, lane);
     for (index_t c = lane; c < L; c += 32) p[c] *= inv;
   }
 }
@@ -8295,10 +8590,75 @@ __global__ void attn_softmax_backward_kernel(T* dS, const T* P, const index_t* l
     if (r >= L) continue;
     T* d = dS + z * TT + r * L;
     const T* y = P + z * TT + r * L;
-    double dot = 0;
-    for (index_t c = lane; c < L; c += 32) dot += double(d[c]) * double(y[c]);
-    const T td = T(warp_sum(dot));
+    const T td = warp_row_dot(d, y, L, lane);
     for (index_t c = lane; c < L; c += 32) d[c] = y[c] * (d[c] - td);
+  }
+}
+
+// ---- the padded layout on cuBLAS: full (T,T) score blocks -------------------------
+// In the padded layout every (b, h) product has the shape of the longest
+// sequence, so cuBLAS strided-batched GEMMs compute them over full (T,T)
+// blocks (ld T, block (b*H + h)*T*T) and these kernels mask what lies
+// beyond L = lengths[b]: a masked entry is exactly 0, so it adds nothing to
+// any product, and the padded rows of every output come out 0.
+
+// A warp per full row (b, h, r): r < L: softmax over the L valid keys as
+// attn_softmax_forward_kernel, keys [L, T) set to 0, and the row also copied
+// to the compact (L,L) block of `probs`; r >= L: the whole row set to 0.
+template <class T>
+__global__ void attn_softmax_full_kernel(T* S, T* probs, const index_t* lengths, index_t B, index_t H, index_t T_len,
+                                         index_t TT) {
+  const int lane = int(threadIdx.x) & 31;
+  const index_t rows = B * H * T_len;
+  const index_t warps = (index_t(gridDim.x) * blockDim.x) >> 5;
+  for (index_t w = (index_t(blockIdx.x) * blockDim.x + threadIdx.x) >> 5; w < rows; w += warps) {
+    const index_t z = w / T_len, r = w - z * T_len;
+    const index_t L = lengths[z / H];
+    T* p = S + z * TT + r * T_len;
+    if (r >= L) {
+      for (index_t c = lane; c < T_len; c += 32) p[c] = T(0);
+      continue;
+    }
+    const T inv = warp_softmax_exp(p, L, lane);
+    T* q = probs + z * TT + r * L;
+    for (index_t c = lane; c < T_len; c += 32) {
+      const T y = c < L ? p[c] * inv : T(0);
+      p[c] = y;
+      if (c < L) q[c] = y;
+    }
+  }
+}
+
+// Pf (full blocks) = the compact (L,L) blocks of probs, 0 beyond L.
+template <class T>
+__global__ void attn_expand_probs_kernel(T* Pf, const T* probs, const index_t* lengths, index_t B, index_t H,
+                                         index_t T_len, index_t TT) {
+  MTREC_SEQ_GRID_STRIDE(i, B * H * TT) {
+    const index_t z = i / TT, e = i - z * TT, r = e / T_len, c = e - r * T_len;
+    const index_t L = lengths[z / H];
+    Pf[i] = r < L && c < L ? probs[z * TT + r * L + c] : T(0);
+  }
+}
+
+// A warp per full row: dS = P * (dP - sum(dP * P)) for r < L (keys beyond L
+// have P = 0, so they come out 0); rows r >= L set to 0.
+template <class T>
+__global__ void attn_softmax_backward_full_kernel(T* dS, const T* Pf, const index_t* lengths, index_t B, index_t H,
+                                                  index_t T_len, index_t TT) {
+  const int lane = int(threadIdx.x) & 31;
+  const index_t rows = B * H * T_len;
+  const index_t warps = (index_t(gridDim.x) * blockDim.x) >> 5;
+  for (index_t w = (index_t(blockIdx.x) * blockDim.x + threadIdx.x) >> 5; w < rows; w += warps) {
+    const index_t z = w / T_len, r = w - z * T_len;
+    const index_t L = lengths[z / H];
+    T* d = dS + z * TT + r * T_len;
+    const T* y = Pf + z * TT + r * T_len;
+    if (r >= L) {
+      for (index_t c = lane; c < T_len; c += 32) d[c] = T(0);
+      continue;
+    }
+    const T td = warp_row_dot(d, y, L, lane);
+    for (index_t c = lane; c < T_len; c += 32) d[c] = c < L ? y[c] * (d[c] - td) : T(0);
   }
 }
 
@@ -8503,6 +8863,30 @@ inline void gemm_strided_batched(cuda_raw_t dev, Trans ta, Trans tb, index_t M, 
 }
 
 // ---- multi-head attention over variable-length sequences --------------------------------------------------
+//
+// Padded layout (the model's sequence encoders): every per-head product is
+// a cuBLAS strided-batched GEMM, one call per head over the B sequences
+// (the heads of one sequence are dh columns apart, the sequences T*ld rows
+// apart: one stride each), on full (T,T) score blocks in the thread's
+// device scratch, masked by the kernels above. Packed layout: the sequences
+// start at arbitrary rows, so no stride exists; the tiled kernel
+// (attn_gemm) handles each (b, h) at its own length.
+
+namespace cuda_impl {
+namespace seq {
+// C_h = alpha op(A_h) op(B_h) for h < H: one strided-batched call per head,
+// batched over the B sequences. Offsets and strides are in elements; the
+// head's own offset is h * (its head stride).
+template <class T>
+inline void per_head_gemm(cuda_raw_t dev, Trans ta, Trans tb, index_t B, index_t H, index_t M, index_t N, index_t K,
+                          T alpha, const T* A, index_t lda, index_t headA, index_t strideA, const T* Bm, index_t ldb,
+                          index_t headB, index_t strideB, T* C, index_t ldc, index_t headC, index_t strideC) {
+  for (index_t h = 0; h < H; ++h)
+    kernels::gemm_strided_batched(dev, ta, tb, M, N, K, alpha, A + h * headA, lda, strideA, Bm + h * headB, ldb, strideB, T(0),
+                         C + h * headC, ldc, strideC, B);
+}
+}  // namespace seq
+}  // namespace cuda_impl
 
 // out (n,D): per (b,h), P = softmax(scale Q K^T) into probs (compact (L,L) at
 // (b*H+h)*T*T), out = P V; padded: rows [L,T) of each sequence's out are 0.
@@ -8514,6 +8898,19 @@ inline void attention_forward(cuda_raw_t dev, T* out, T* probs, const T* qkv, co
   const char* op = "attention_forward";
   if (B <= 0) return;
   const index_t D = H * dh, ld = 3 * D, TT = T_len * T_len;
+  if (padded && H > 0 && T_len > 0 && dh > 0) {  // starts[b] = b*T: cuBLAS
+    T* S = static_cast<T*>(cuda::CudaThread::current().device_scratch(sizeof(T) * std::size_t(B * H * TT)));
+    // S (T,T) per (b,h) = scale Q K^T
+    per_head_gemm(dev, Trans::N, Trans::T, B, H, T_len, T_len, dh, scale, qkv, ld, dh, T_len * ld, qkv + D, ld, dh,
+                  T_len * ld, S, T_len, TT, H * TT);
+    attn_softmax_full_kernel<T><<<attn_row_grid(B * H * T_len), kThreads, 0, dev.stream>>>(S, probs, lengths, B, H,
+                                                                                           T_len, TT);
+    cuda::check_launch(op, "softmax rows (full blocks): B=", B, " H=", H, " T=", T_len);
+    // out (T,dh) = P V: padded rows have P = 0, so they come out 0
+    per_head_gemm(dev, Trans::N, Trans::N, B, H, T_len, dh, T_len, T(1), S, T_len, TT, H * TT, qkv + 2 * D, ld, dh,
+                  T_len * ld, out, D, dh, T_len * D);
+    return;
+  }
   if (padded) attn_zero_padded(dev, out, lengths, starts, B, T_len, D, op);
   if (H <= 0 || T_len <= 0) return;
   AttnGemm<T> g{lengths, starts, H, dh, TT, true, true, false, scale, {}, {}, {}};
@@ -8546,6 +8943,26 @@ inline void attention_backward(cuda_raw_t dev, T* d_qkv, T* d_scores, const T* d
   const char* op = "attention_backward";
   if (B <= 0) return;
   const index_t D = H * dh, ld = 3 * D, TT = T_len * T_len;
+  if (padded && H > 0 && T_len > 0 && dh > 0) {  // starts[b] = b*T: cuBLAS on full blocks
+    T* Pf = static_cast<T*>(cuda::CudaThread::current().device_scratch(sizeof(T) * std::size_t(B * H * TT)));
+    attn_expand_probs_kernel<T><<<cuda::grid_for(B * H * TT), kThreads, 0, dev.stream>>>(Pf, probs, lengths, B, H,
+                                                                                         T_len, TT);
+    cuda::check_launch(op, "expanding the probabilities: B=", B, " H=", H, " T=", T_len);
+    // dP (T,T) = dO V^T, in d_scores as full blocks
+    per_head_gemm(dev, Trans::N, Trans::T, B, H, T_len, T_len, dh, T(1), d_out, D, dh, T_len * D, qkv + 2 * D, ld,
+                  dh, T_len * ld, d_scores, T_len, TT, H * TT);
+    attn_softmax_backward_full_kernel<T><<<attn_row_grid(B * H * T_len), kThreads, 0, dev.stream>>>(
+        d_scores, Pf, lengths, B, H, T_len, TT);
+    cuda::check_launch(op, "softmax backward rows (full blocks): B=", B, " H=", H, " T=", T_len);
+    // dQ = scale dS K, dK = scale dS^T Q, dV = P^T dO: every padded row 0
+    per_head_gemm(dev, Trans::N, Trans::N, B, H, T_len, dh, T_len, scale, d_scores, T_len, TT, H * TT, qkv + D, ld,
+                  dh, T_len * ld, d_qkv, ld, dh, T_len * ld);
+    per_head_gemm(dev, Trans::T, Trans::N, B, H, T_len, dh, T_len, scale, d_scores, T_len, TT, H * TT, qkv, ld, dh,
+                  T_len * ld, d_qkv + D, ld, dh, T_len * ld);
+    per_head_gemm(dev, Trans::T, Trans::N, B, H, T_len, dh, T_len, T(1), Pf, T_len, TT, H * TT, d_out, D, dh,
+                  T_len * D, d_qkv + 2 * D, ld, dh, T_len * ld);
+    return;
+  }
   if (padded) attn_zero_padded(dev, d_qkv, lengths, starts, B, T_len, ld, op);
   if (H <= 0 || T_len <= 0) return;
   AttnGemm<T> g{lengths, starts, H, dh, TT, true, true, false, T(1), {}, {}, {}};
@@ -9222,6 +9639,76 @@ MTREC_CUDA_KERNEL(copy_columns)
 
 }  // namespace mtrec
 // ==== end mtrec/kernels/cuda/mixture.cuh ======================================
+
+// ==== begin mtrec/kernels/cuda/retrieval.cuh ==================================
+// mtrec: the CUDA exact top-K by inner product (kernels/retrieval.hpp).
+//
+// A warp per table row computes <q, row> (lanes over the columns, a fixed
+// shuffle tree: deterministic) into the thread's device scratch; the N
+// scores are then copied to the host, where topk_detail::select_topk picks
+// the k best with the library's total order, and the k results are copied
+// into rows/scores. The selection on the host is a first version: it moves
+// 4 N bytes per query over PCIe and waits for the stream. A device-side
+// selection (a per-block heap, as FAISS's block select) is the next step;
+// the serving path this library ships runs on the CPU.
+
+namespace mtrec {
+namespace kernels {
+namespace cuda_impl {
+namespace topk {
+
+template <class T>
+__global__ void row_dots_kernel(T* __restrict__ out, const T* __restrict__ table, const T* __restrict__ q, index_t N,
+                                index_t dim) {
+  const int lane = int(threadIdx.x) & 31;
+  const index_t warps = (index_t(gridDim.x) * blockDim.x) >> 5;
+  for (index_t r = (index_t(blockIdx.x) * blockDim.x + threadIdx.x) >> 5; r < N; r += warps) {
+    const T* row = table + r * dim;
+    T s = T(0);
+    for (index_t c = lane; c < dim; c += 32) s += q[c] * row[c];
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+    if (lane == 0) out[r] = s;
+  }
+}
+
+}  // namespace topk
+}  // namespace cuda_impl
+
+template <class T>
+inline void topk_inner_product(cuda_raw_t dev, index_t* rows, T* scores, const T* table, index_t N, index_t dim,
+                               const T* q, index_t k, const index_t* exclude, index_t n_exclude) {
+  const char* op = "topk_inner_product";
+  if (k <= 0) return;
+  T* all = static_cast<T*>(cuda::CudaThread::current().device_scratch(sizeof(T) * std::size_t(N > 0 ? N : 1)));
+  if (N > 0 && dim >= 0) {
+    cuda_impl::topk::row_dots_kernel<T><<<cuda::grid_for(N * 32, 256), 256, 0, dev.stream>>>(all, table, q, N, dim);
+    cuda::check_launch(op, "scores of ", N, " rows of dim ", dim);
+  }
+  std::vector<T> host(static_cast<std::size_t>(N));
+  std::vector<index_t> ex(static_cast<std::size_t>(n_exclude)), out_rows(static_cast<std::size_t>(k));
+  std::vector<T> out_scores(static_cast<std::size_t>(k));
+  if (N > 0)
+    cuda::check(cudaMemcpyAsync(host.data(), all, sizeof(T) * host.size(), cudaMemcpyDeviceToHost, dev.stream), op,
+                "copying ", N, " scores to the host");
+  if (n_exclude > 0)
+    cuda::check(cudaMemcpyAsync(ex.data(), exclude, sizeof(index_t) * ex.size(), cudaMemcpyDefault, dev.stream), op,
+                "copying ", n_exclude, " excluded rows to the host");
+  cuda::check(cudaStreamSynchronize(dev.stream), op, "waiting for the scores");
+  topk_detail::select_topk(out_rows.data(), out_scores.data(), host.data(), N, k, ex.data(), n_exclude);
+  cuda::check(cudaMemcpyAsync(rows, out_rows.data(), sizeof(index_t) * out_rows.size(), cudaMemcpyDefault, dev.stream),
+              op, "copying the ", k, " rows back");
+  cuda::check(cudaMemcpyAsync(scores, out_scores.data(), sizeof(T) * out_scores.size(), cudaMemcpyDefault, dev.stream),
+              op, "copying the ", k, " scores back");
+  cuda::check(cudaStreamSynchronize(dev.stream), op, "waiting for the results");
+}
+
+}  // namespace kernels
+
+MTREC_CUDA_KERNEL(topk_inner_product)
+
+}  // namespace mtrec
+// ==== end mtrec/kernels/cuda/retrieval.cuh ====================================
 #else
 #define MTREC_HAS_CUDA 0
 #endif
@@ -9247,24 +9734,14 @@ namespace detail {
 template <class A>
 inline decltype(auto) fake_arg(const char* kernel, A&& a) {
   using U = std::decay_t<A>;
-  if constexpr (is_device_ptr<U>::value) {
-    static_assert(std::is_same<typename U::memory, FakeMemory>::value,
-                  "a pointer into another device's memory was passed to a Fake-device kernel");
+  static_assert(!is_foreign_device_ptr<U, FakeMemory>,
+                "a pointer into another device's memory was passed to a Fake-device kernel");
+  static_assert(!is_host_number_pointer<U>,
+                "a host pointer was passed to a Fake-device kernel: pass device memory (a Tensor or view of "
+                "the device; to_device() copies host data there)");
+  if constexpr (is_device_ptr<U>::value)
     if (a.get() != nullptr) Fake::in_arena(kernel, "a device pointer argument", a.get());
-    return a.get();
-  } else if constexpr (std::is_pointer<U>::value &&
-                       is_device_ptr<std::remove_cv_t<std::remove_pointer_t<U>>>::value) {
-    // an array of device pointers (the gate's experts): the same addresses
-    using P = std::remove_cv_t<std::remove_pointer_t<U>>;
-    using E = typename P::element_type;
-    static_assert(sizeof(P) == sizeof(E*) && std::is_standard_layout<P>::value, "DevicePtr is one address");
-    return reinterpret_cast<E* const*>(a);
-  } else {
-    static_assert(!(std::is_pointer<U>::value && std::is_arithmetic<std::remove_cv_t<std::remove_pointer_t<U>>>::value),
-                  "a host pointer was passed to a Fake-device kernel: pass device memory (a Tensor or view of "
-                  "the device; to_device() copies host data there)");
-    return std::forward<A>(a);
-  }
+  return open_device_arg(std::forward<A>(a));
 }
 }  // namespace detail
 
@@ -9319,6 +9796,8 @@ MTREC_FAKE_KERNEL(scatter_add_rows)
 MTREC_FAKE_KERNEL(embedding_bag_forward)
 MTREC_FAKE_KERNEL(embedding_bag_backward)
 MTREC_FAKE_KERNEL(embedding_bag_backward_adam)
+// retrieval (retrieval.hpp)
+MTREC_FAKE_KERNEL(topk_inner_product)
 // sequence.hpp
 MTREC_FAKE_KERNEL(packed_starts)
 MTREC_FAKE_KERNEL(padded_starts)
@@ -9734,12 +10213,14 @@ namespace detail {
 // rows already hold zeros (a layer below wrote them so), else a copy in `ws`
 // with the valid rows copied and the padded rows zeroed. `ws` is sized either
 // way, so that which path a step takes never decides whether it allocates.
+// On a device the host cannot read, the check would wait for the device to
+// answer (a stream synchronise on the GPU); the copy is always made there.
 template <class T, class Device, class CPtr = pointer_t<const T, typename Device::memory>>
 inline CPtr drop_padded_gradient(const Device& dev, CPtr dy, Tensor<T, Device>& ws,
                                  TensorView<const index_t, typename Device::memory> lengths,
                                  index_t B, index_t Tl, index_t C) {
   ws.resize({B, Tl, C});
-  if (kernels::padded_rows_are_zero(dev, dy, lengths.data, B, Tl, C)) return dy;
+  if (host_readable_v<Device> && kernels::padded_rows_are_zero(dev, dy, lengths.data, B, Tl, C)) return dy;
   kernels::mask_padded_rows(dev, ws.data(), dy, lengths.data, B, Tl, C);
   return ws.data();
 }
@@ -9965,6 +10446,57 @@ inline void check_ids(const char* op, const ParameterStore<T, Device>& store, Pa
       fail(op, "ID ", ids[i], " at position ", i, " is out of range for table '", store.info(table).name, "' with ",
            rows, " rows");
 }
+
+// ---- fused table updates (ParameterStore::defer_lookup) ------------------------
+
+// Writes a withdrawn deferred lookup as an ordinary gradient: table.grad +=
+// its bag backward, its rows marked touched.
+template <class T, class Device>
+inline void write_lookup_grad(ParameterStore<T, Device>& s, ParamId table,
+                              const typename ParameterStore<T, Device>::DeferredLookup& l) {
+  using P = typename ParameterStore<T, Device>::pointer;
+  s.touched(table).mark_all(l.host_ids, l.n_ids);
+  kernels::embedding_bag_backward(s.device(), s.grad(table), pointer_t<std::uint8_t, typename Device::memory>(nullptr),
+                                  P(nullptr), l.dy, s.value(table), l.ids, l.offsets, l.weights, l.B, l.n_ids,
+                                  s.info(table).shape[1], l.mean);
+}
+// Call before writing a table's gradient directly (fused updates or not).
+template <class T, class Device>
+inline void unfuse_table(ParameterStore<T, Device>& s, ParamId table) {
+  if (const auto* prev = s.withdraw(table)) write_lookup_grad(s, table, *prev);
+}
+// True when the lookup is deferred to the optimizer; false when the caller
+// writes its gradient (any earlier deferred lookup of the table is written).
+template <class T, class Device>
+inline bool defer_or_unfuse(ParameterStore<T, Device>& s, ParamId table,
+                            const typename ParameterStore<T, Device>::DeferredLookup& l) {
+  if (!s.fused_tables()) return false;
+  if (s.defer_lookup(table, l)) return true;
+  unfuse_table(s, table);
+  return false;
+}
+// offsets 0, 1, .., n where the kernels read them: an ID lookup as bags of
+// one. The arrays only grow (to twice the need), and the device copy is
+// uploaded only when they do: a warm step with a varying n (the valid
+// positions of a sequence) adds no copy.
+template <class Device>
+inline TensorView<const index_t, typename Device::memory> unit_offsets(Tensor<index_t>& host,
+                                                                      Tensor<index_t, Device>& buf, index_t n) {
+  if (host.numel() < n + 1) {
+    host.resize({2 * (n + 1)});
+    for (index_t i = 0; i < host.numel(); ++i) host[i] = i;
+    if constexpr (!host_readable_v<Device>) {
+      buf.resize({host.numel()});
+      buf.device().upload(raw(buf.data()), host.data(), buf.bytes());
+    }
+  }
+  if constexpr (host_readable_v<Device>) {
+    (void)buf;
+    return TensorView<const index_t, typename Device::memory>(host.cview().data, {n + 1});
+  } else {
+    return TensorView<const index_t, typename Device::memory>(buf.cview().data, {n + 1});
+  }
+}
 }  // namespace detail
 
 template <class T, class Device = Cpu>
@@ -9980,6 +10512,10 @@ class Embedding {
     IdView ids_d;            // the same rows where the kernels read them
     Tensor<index_t> hashed;  // owns the rows when forward_hashed was used
     Tensor<index_t, Device> ids_buf;  // their device copy, on a device without host access
+    // With fused table updates: offsets 0..n, the lookup as bags of one.
+    Tensor<index_t> unit_offsets;
+    Tensor<index_t, Device> unit_offsets_buf;
+    IdView unit_offsets_d;
   };
 
   Embedding() = default;
@@ -10001,6 +10537,7 @@ class Embedding {
     detail::check_ids("Embedding::forward", *store_, table_, ids.data, ids.numel());
     ctx.ids = ids;
     ctx.ids_d = device_input(ctx.ids_buf, ids, staged);
+    if (store_->fused_tables()) ctx.unit_offsets_d = detail::unit_offsets(ctx.unit_offsets, ctx.unit_offsets_buf, ids.numel());
     kernels::gather_rows(dev(), y.data, store_->value(table_), ctx.ids_d.data, ids.numel(), dim_);
   }
   // Raw 64-bit IDs hashed into the table's rows (for IDs unseen in training).
@@ -10010,11 +10547,23 @@ class Embedding {
     for (index_t i = 0; i < raw.numel(); ++i) ctx.hashed[i] = hash_bucket(raw[i], rows_, salt);
     ctx.ids = ctx.hashed.view();
     ctx.ids_d = device_input(ctx.ids_buf, ctx.ids);
+    if (store_->fused_tables()) ctx.unit_offsets_d = detail::unit_offsets(ctx.unit_offsets, ctx.unit_offsets_buf, raw.numel());
     kernels::gather_rows(dev(), y.data, store_->value(table_), ctx.ids_d.data, raw.numel(), dim_);
   }
   // table.grad[ids[i]] += dy[i]; marks the rows touched
   void backward(const Context& ctx, CView dy) const {
     check_matrix("Embedding::backward", "dy", dy, ctx.ids.numel(), dim_);
+    if (store_->fused_tables()) {
+      check(ctx.unit_offsets_d.numel() == ctx.ids.numel() + 1, "Embedding::backward",
+            "fused table updates were turned on between forward and backward");
+      typename ParameterStore<T, Device>::DeferredLookup l;
+      l.ids = ctx.ids_d.data;
+      l.offsets = ctx.unit_offsets_d.data;
+      l.dy = dy.data;
+      l.host_ids = ctx.ids.data;
+      l.n_ids = l.B = ctx.ids.numel();
+      if (detail::defer_or_unfuse(*store_, table_, l)) return;
+    }
     TouchedRows& touched = store_->touched(table_);
     touched.mark_all(ctx.ids.data, ctx.ids.numel());  // on the host, first-touch order
     kernels::scatter_add_rows(dev(), store_->grad(table_), pointer_t<std::uint8_t, typename Device::memory>(nullptr),
@@ -10101,12 +10650,26 @@ class EmbeddingBag {
       check(!ctx.weights.empty(), op, "dweights given but forward had no weights");
       check_shape(op, "dweights", dweights, {n});
     }
+    if (store_->fused_tables() && dweights.empty()) {  // the fused kernel has no weight gradient
+      typename ParameterStore<T, Device>::DeferredLookup l;
+      l.ids = ctx.ids_d.data;
+      l.offsets = ctx.offsets_d.data;
+      l.weights = ctx.weights.empty() ? CPtr() : ctx.weights.data;
+      l.dy = dy.data;
+      l.host_ids = ctx.ids.data;
+      l.n_ids = n;
+      l.B = B;
+      l.mean = pooling_ == BagPooling::Mean;
+      if (detail::defer_or_unfuse(*store_, table_, l)) return;
+    } else {
+      detail::unfuse_table(*store_, table_);
+    }
     TouchedRows& touched = store_->touched(table_);
     touched.mark_all(ctx.ids.data, n);  // on the host, first-touch order
     kernels::embedding_bag_backward(dev(), store_->grad(table_), pointer_t<std::uint8_t, typename Device::memory>(nullptr),
                                     dweights.empty() ? nullptr : dweights.data, dy.data, store_->value(table_),
                                     ctx.ids_d.data, ctx.offsets_d.data, ctx.weights.empty() ? CPtr() : ctx.weights.data,
-                                    B, dim_, pooling_ == BagPooling::Mean);
+                                    B, n, dim_, pooling_ == BagPooling::Mean);
   }
 
   index_t rows() const { return rows_; }
@@ -12078,7 +12641,8 @@ class FeatureEncoder {
       Tensor<index_t> lengths;    // (B) a copy of the batch's lengths: forward and backward agree on it
       Tensor<index_t> valid_ids;  // (n_valid) rows of the valid positions, in (b,t) order
       IdView lengths_d;           // the lengths where kernels read them
-      Tensor<index_t, Device> starts;       // (B) first row of each sequence in compact
+      Tensor<index_t> starts;     // (B) first row of each sequence in compact (a scan on the host)
+      IdView starts_d;            // where kernels read them (staged with the batch)
       Tensor<T, Device> compact, d_compact;  // (n_valid, D)
       Tensor<T, Device> emb, hidden, d_emb, d_hidden;  // (B,L,D)
       Tensor<T, Device> pooled, d_pooled;              // (B,D)
@@ -12188,7 +12752,9 @@ class FeatureEncoder {
     ws.bag_emb.resize(f.bags.size());
     ws.id_ctx.resize(f.ids.size());
     ws.bag_ctx.resize(f.bags.size());
-    ws.d_field.resize(1);
+    // One gradient buffer per ID and bag field: with fused table updates the
+    // optimizer reads each of them after the whole backward.
+    ws.d_field.resize(std::max<std::size_t>(1, f.ids.size() + f.bags.size()));
     ws.seq.resize(f.sequences.size());
     ws.id_view.resize(f.ids.size());
     ws.bag_view.resize(f.bags.size());
@@ -12223,16 +12789,18 @@ class FeatureEncoder {
           const index_t id = s.ids[r * L + t];
           sw.valid_ids[v++] = ts.hashed ? hash_bucket(std::uint64_t(id), ts.rows, salt) : id;
         }
+      sw.starts.resize({B});
+      for (index_t r = 0, acc = 0; r < B; acc += s.lengths[r], ++r) sw.starts[r] = acc;
       ws.staged.add(sw.lengths.cview());
       ws.staged.add(sw.valid_ids.cview());
+      ws.staged.add(sw.starts.cview());
     }
     for (std::size_t i = 0; i < f.dense.size(); ++i) ws.staged.add(b.dense[i].data(), index_t(b.dense[i].size()));
     ws.staged.upload(dev());
     for (std::size_t i = 0; i < f.sequences.size(); ++i) {
       auto& sw = ws.seq[i];
       sw.lengths_d = ws.staged.view(sw.lengths.cview());
-      sw.starts.resize({B});
-      kernels::packed_starts(dev(), sw.starts.data(), sw.lengths_d.data, B);
+      sw.starts_d = ws.staged.view(sw.starts.cview());
     }
     ws.batch = &b;
   }
@@ -12279,7 +12847,7 @@ class FeatureEncoder {
       sw.pooled.resize({B, D});
       enc.items.forward(sw.items, sw.valid_ids.cview(), sw.compact.view(), st);
       // valid positions copied, padded ones zeroed (an empty sequence copies nothing)
-      kernels::unpack_sequences(dev(), sw.emb.data(), sw.compact.data(), sw.lengths_d.data, sw.starts.data(), B, L, D);
+      kernels::unpack_sequences(dev(), sw.emb.data(), sw.compact.data(), sw.lengths_d.data, sw.starts_d.data, B, L, D);
       const ConstView<index_t> lengths = sw.lengths.cview();
       enc.position.forward(sw.position, sw.emb.view(), sw.emb.view());
       enc.encoder.forward(sw.encoder, sw.emb.view(), lengths, sw.hidden.view(), mode, st);
@@ -12302,8 +12870,8 @@ class FeatureEncoder {
     const index_t B = ws.B;
     check_shape(op, "dX", dX, {B, width_});
     index_t col = 0;
-    Tensor<T, Device>& d = ws.d_field[0];
     for (std::size_t i = 0; i < f.ids.size(); ++i) {
+      Tensor<T, Device>& d = ws.d_field[i];
       const index_t w = f.ids[i].dim;
       d.resize({B, w});
       take_columns(d.data(), dX, col, B, w);
@@ -12311,6 +12879,7 @@ class FeatureEncoder {
       col += w;
     }
     for (std::size_t i = 0; i < f.bags.size(); ++i) {
+      Tensor<T, Device>& d = ws.d_field[f.ids.size() + i];
       const index_t w = f.bags[i].dim;
       d.resize({B, w});
       take_columns(d.data(), dX, col, B, w);
@@ -12330,7 +12899,7 @@ class FeatureEncoder {
       enc.encoder.backward(sw.encoder, sw.d_hidden.view(), sw.d_emb.view());
       enc.position.backward(sw.position, sw.d_emb.view(), sw.d_emb.view());
       sw.d_compact.resize(sw.compact.shape());
-      kernels::pack_sequences(dev(), sw.d_compact.data(), sw.d_emb.data(), sw.lengths_d.data, sw.starts.data(), B, L, D);
+      kernels::pack_sequences(dev(), sw.d_compact.data(), sw.d_emb.data(), sw.lengths_d.data, sw.starts_d.data, B, L, D);
       enc.items.backward(sw.items, sw.d_compact.view());
       col += D;
     }
@@ -12653,30 +13222,35 @@ class MultiTaskModel {
   // `out` is host memory: on a device whose memory the host cannot read, the
   // outputs are computed in the workspace and copied back once.
   void predict(Workspace& ws, const Batch<T>& batch, Tensor<T>& host_out) const {
+    const index_t C = output_width();
+    host_out.resize({batch.size, C});
+    Tensor<T, Device>& out = predict_buffer(ws, host_out);
+    out.resize({batch.size, C});
+    predict_into(ws, batch, out.data());
+    if (static_cast<void*>(&out) != static_cast<void*>(&host_out)) to_host(dev(), host_out.data(), out.cview());
+  }
+  // predict() into device memory: out (B, output_width()) on the model's
+  // device, e.g. rows of a larger buffer that evaluate() copies back once.
+  void predict_into(Workspace& ws, const Batch<T>& batch, Ptr out) const {
     forward(ws, batch, Mode::eval());
     const index_t B = ws.B, C = output_width();
-    host_out.resize({B, C});
-    Tensor<T, Device>& out = predict_buffer(ws, host_out);
-    out.resize({B, C});
     index_t col = 0;
     for (std::size_t k = 0; k < num_tasks(); ++k) {
       const TaskSpec& t = config_.tasks[k];
       const index_t w = task_output_width(t);
       CPtr o = ws.out[k].data();  // (B,w)
       if (t.type == TaskType::Regression || t.type == TaskType::Retrieval)  // values; a retrieval query vector
-        kernels::output_transform(dev(), out.data(), C, col, o, B, w, kernels::OutputKind::Identity);
+        kernels::output_transform(dev(), out, C, col, o, B, w, kernels::OutputKind::Identity);
       else if (t.type == TaskType::MultiClass)
-        kernels::output_transform(dev(), out.data(), C, col, o, B, w, kernels::OutputKind::Softmax);
+        kernels::output_transform(dev(), out, C, col, o, B, w, kernels::OutputKind::Softmax);
       else if (config_.architecture == Architecture::ESMM && k == 1)
-        kernels::sigmoid_product(dev(), out.data(), C, col, ws.out[0].data(), o, B);  // pCTCVR = pCTR * pCVR
+        kernels::sigmoid_product(dev(), out, C, col, ws.out[0].data(), o, B);  // pCTCVR = pCTR * pCVR
       else
-        kernels::output_transform(dev(), out.data(), C, col, o, B, w, kernels::OutputKind::Sigmoid);
+        kernels::output_transform(dev(), out, C, col, o, B, w, kernels::OutputKind::Sigmoid);
       col += w;
     }
     if (config_.architecture == Architecture::ESMM)  // pCVR
-      kernels::output_transform(dev(), out.data(), C, col, ws.out[1].data(), B, 1,
-                                kernels::OutputKind::Sigmoid);
-    if (static_cast<void*>(&out) != static_cast<void*>(&host_out)) to_host(dev(), host_out.data(), out.cview());
+      kernels::output_transform(dev(), out, C, col, ws.out[1].data(), B, 1, kernels::OutputKind::Sigmoid);
   }
 
   // Checks a whole data set once, before training or evaluating on it:
@@ -12967,6 +13541,7 @@ class MultiTaskModel {
     const IdView targets = ws.labels_staged.view(rw.targets.cview());
     kernels::gather_rows(dev(), rw.d_targets.data(), rw.d_keys.data(), positions.data, n, D);
     kernels::scale(dev(), rw.d_targets.data(), rw.d_targets.data(), n * D, c);
+    detail::unfuse_table(*store_, table);  // a fused table takes this gradient the unfused way
     store_->touched(table).mark_all(rw.targets.data(), n);  // on the host
     kernels::scatter_add_rows(dev(), store_->grad(table), pointer_t<std::uint8_t, typename Device::memory>(nullptr),
                               rw.d_targets.data(), targets.data, n, D);
@@ -13774,26 +14349,44 @@ inline Evaluation evaluate(const MultiTaskModel<T, Device>& model, const Batch<T
   const std::size_t K = cfg.tasks.size();
   const index_t N = data.size, C = model.output_width();
   // Predictions and raw outputs for every row, then metrics on the whole set.
+  // On a device the host cannot read they gather in device buffers and come
+  // back in one copy each at the end (the metrics run on the host).
   std::vector<T> pred(static_cast<std::size_t>(N * C));
   std::vector<std::vector<T>> raw(K);
+  for (std::size_t k = 0; k < K; ++k) raw[k].resize(std::size_t(N * task_output_width(cfg.tasks[k])));
+  const Device& dev = model.parameters().device();
+  Tensor<T, Device> pred_d(dev);
+  std::vector<Tensor<T, Device>> raw_d;
+  using Ptr = typename Tensor<T, Device>::pointer;
+  auto at = [&](std::vector<T>& host, Tensor<T, Device>& d, index_t offset) -> Ptr {
+    if constexpr (host_readable_v<Device>) {
+      (void)d;
+      return host.data() + offset;
+    } else {
+      (void)host;
+      return d.data() + offset;
+    }
+  };
+  if constexpr (!host_readable_v<Device>) {
+    pred_d.resize({N, C});
+    for (std::size_t k = 0; k < K; ++k) raw_d.emplace_back(Shape{index_t(raw[k].size())}, dev);
+  } else {
+    raw_d.resize(K, Tensor<T, Device>(dev));
+  }
   std::vector<double> loss_sum(K, 0.0), weight_sum(K, 0.0);
   typename MultiTaskModel<T, Device>::Workspace ws;
   Batch<T> batch;
-  Tensor<T> out;
   std::vector<index_t> rows;
   for (index_t start = 0; start < N; start += batch_size) {
     const index_t n = std::min(batch_size, N - start);
     rows.resize(static_cast<std::size_t>(n));
     for (index_t i = 0; i < n; ++i) rows[i] = start + i;
     batch.gather(data, rows.data(), n);
-    model.predict(ws, batch, out);
-    std::copy(out.data(), out.data() + n * C, pred.begin() + start * C);
+    model.predict_into(ws, batch, at(pred, pred_d, start * C));
     const TaskLosses& l = model.compute_losses(ws, batch);
     for (std::size_t k = 0; k < K; ++k) {
       const index_t w = ws.out[k].dim(1);
-      const std::size_t at = raw[k].size();
-      raw[k].resize(at + std::size_t(n * w));  // metrics run on the host: one explicit copy back
-      to_host(model.parameters().device(), raw[k].data() + at, ws.out[k].cview());
+      kernels::copy(dev, at(raw[k], raw_d[k], start * w), ws.out[k].data(), n * w);
       // Batch losses are weighted means: re-weight by the labelled weight.
       double wsum = 0;
       for (index_t i = 0; i < n; ++i) {
@@ -13803,6 +14396,10 @@ inline Evaluation evaluate(const MultiTaskModel<T, Device>& model, const Batch<T
       loss_sum[k] += l.value[k] * wsum;
       weight_sum[k] += wsum;
     }
+  }
+  if constexpr (!host_readable_v<Device>) {
+    to_host(dev, pred.data(), pred_d.cview());
+    for (std::size_t k = 0; k < K; ++k) to_host(dev, raw[k].data(), raw_d[k].cview());
   }
   Evaluation ev;
   index_t col = 0;
@@ -13918,6 +14515,27 @@ inline Evaluation evaluate(const MultiTaskModel<T, Device>& model, const Batch<T
 // Plain SGD (momentum 0, weight decay 0) gives the same result either way:
 // untouched rows have zero gradients.
 //
+// ---- fused table updates (fused_tables) -------------------------------------
+//
+// FBGEMM's table-batched embedding applies the optimizer inside the
+// embedding backward; fused_tables does the same. The lookup layers hand
+// their backward to the store (ParameterStore::defer_lookup) instead of
+// writing the table gradient, and step() runs, per table, one
+// kernels::embedding_bag_backward_adam: the batch's IDs are sorted, each
+// row's gradient is summed once, kept in registers, and Adam (or AdamW)
+// updates w, m and v in place. The full table gradient is never written.
+//
+//   - The update is the lazy one above, on the same rows, with the same
+//     formulas: fused and unfused steps agree to rounding (the op table
+//     checks the kernel; tests/test_trainer.cpp checks whole training runs).
+//   - A table looked up twice in one step (shared by two features) or also
+//     written directly (a retrieval task's targets) falls back to the
+//     unfused path for that step, with the same result.
+//   - Table gradients do not exist, so nothing can read them: the trainer
+//     refuses fused_tables with clip_norm > 0 (a global norm would need
+//     them), accumulation > 1, and GradNorm or PCGrad weighting.
+//   - Turning it on sets the store's mode (ParameterStore::set_fused_tables).
+//
 // ---- checkpoints -----------------------------------------------------------
 //
 // state() names the buffers ("optimizer.m", "optimizer.v" for Adam/AdamW,
@@ -13941,6 +14559,9 @@ struct OptimizerConfig {
   double eps = 1e-8;           // Adam/AdamW, > 0
   double weight_decay = 0;     // SGD/Adam: L2 added to the gradient; AdamW: decoupled
   bool lazy_tables = true;     // update only the touched rows of embedding tables
+  // Adam/AdamW with lazy_tables: the embedding lookups' backward is fused
+  // with the row-wise update (see "fused table updates" above).
+  bool fused_tables = false;
 
   static OptimizerConfig sgd(double lr, double momentum = 0, double weight_decay = 0, bool nesterov = false) {
     OptimizerConfig c;
@@ -13984,6 +14605,7 @@ struct OptimizerConfig {
     check(std::isfinite(weight_decay) && weight_decay >= 0, op, "expected weight_decay >= 0 (finite) but got ",
           weight_decay);
     if (kind == Kind::SGD) {
+      check(!fused_tables, op, "fused_tables expected Adam or AdamW (the fused kernel applies Adam) but got SGD");
       check(momentum >= 0 && momentum < 1, op, "SGD expected momentum in [0, 1) but got ", momentum);
       check(!nesterov || momentum > 0, op, "SGD with nesterov expected momentum > 0 but got ", momentum);
       return;
@@ -13995,6 +14617,8 @@ struct OptimizerConfig {
           ", nesterov ", nesterov ? "true" : "false");
     check(beta1 >= 0 && beta1 < 1, op, kind_name(kind), " expected beta1 in [0, 1) but got ", beta1);
     check(beta2 >= 0 && beta2 < 1, op, kind_name(kind), " expected beta2 in [0, 1) but got ", beta2);
+    check(!fused_tables || lazy_tables, op, kind_name(kind),
+          " with fused_tables expected lazy_tables true (the fused update is the lazy one) but got false");
     // eps = 0 is legal in PyTorch, but here the flat block has elements that
     // never get a gradient (alignment padding, unused parameters): with m = v
     // = 0 they would compute 0 / 0 = NaN.
@@ -14016,6 +14640,7 @@ class Optimizer {
       zeroed(m_, flat);
       zeroed(v_, flat);
     }
+    store.set_fused_tables(cfg_.fused_tables);
   }
   Optimizer(const Optimizer&) = delete;
   Optimizer& operator=(const Optimizer&) = delete;
@@ -14075,6 +14700,17 @@ class Optimizer {
                                            n_sets, st))
               finite.clear();
           });
+      if (s.fused_tables())  // the deferred lookups: gradient and update in one kernel per table
+        for (ParamId id = 0; id < s.count(); ++id) {
+          if (s.info(id).kind != ParamKind::Table) continue;
+          const auto* l = s.deferred(id);
+          if (l == nullptr) continue;
+          const index_t off = s.info(id).offset;
+          if (!kernels::embedding_bag_backward_adam(s.device(), s.value(id), m_.data() + off, v_.data() + off, l->dy,
+                                                    l->ids, l->offsets, l->weights, l->B, l->n_ids, s.info(id).shape[1],
+                                                    l->mean, st))
+            finite.clear();
+        }
     }
     return finite.get();
   }
@@ -14385,6 +15021,19 @@ class Trainer {
     check(std::isfinite(cfg_.threshold) && cfg_.threshold > 0 && cfg_.threshold < 1, op,
           "expected threshold in (0, 1) but got ", cfg_.threshold);
     check(std::isfinite(cfg_.min_lr) && cfg_.min_lr >= 0, op, "expected min_lr >= 0 (finite) but got ", cfg_.min_lr);
+    if (cfg_.optimizer.fused_tables) {
+      // The table gradients never exist: nothing may need to read them.
+      std::string why = cfg_.clip_norm > 0 ? "clip_norm " + std::to_string(cfg_.clip_norm) + " > 0 (the global norm needs them)"
+                        : cfg_.accumulation > 1 ? "accumulation " + std::to_string(cfg_.accumulation) + " > 1"
+                        : cfg_.weighting == Weighting::GradNorm || cfg_.weighting == Weighting::PCGrad
+                            ? std::string(weighting_name(cfg_.weighting)) + " weighting (it reads per-task gradients)"
+                            : std::string();
+      if (!why.empty()) {
+        model.parameters().set_fused_tables(false);
+        fail(op, "optimizer.fused_tables needs the table gradients to be used by the update only, but the config has ",
+             why);
+      }
+    }
     check_monitor(model.config(), cfg_.monitor);
     make_schedule(std::max<index_t>(cfg_.total_updates, 1000)).validate();  // a bad lr fails here, not at a step
     state_.log_var.assign(K, 0.0);
@@ -14697,7 +15346,13 @@ class Trainer {
                              typename ParameterStore<T, Device>::const_pointer block) {
     if (!kernels::all_finite(store.device(), block, store.dense_size())) return false;
     const std::vector<RowSet>& sets = store.touched_row_sets();
-    return kernels::all_finite_rows(store.device(), block, sets.data(), index_t(sets.size()));
+    if (!kernels::all_finite_rows(store.device(), block, sets.data(), index_t(sets.size()))) return false;
+    if (store.fused_tables())  // a deferred lookup's gradient is its dy
+      for (ParamId id = 0; id < store.count(); ++id)
+        if (store.info(id).kind == ParamKind::Table)
+          if (const auto* l = store.deferred(id))
+            if (!kernels::all_finite(store.device(), l->dy, l->B * store.info(id).shape[1])) return false;
+    return true;
   }
 
   // "loss", or "<metric>:<task>" with a metric that evaluate() reports for
@@ -15698,6 +16353,23 @@ inline void load_training_state(const std::string& path, Trainer<T, Device>& tra
 }  // namespace mtrec
 // ==== end mtrec/train/checkpoint.hpp ==========================================
 
+// ==== begin mtrec/serve/retrieval.hpp =========================================
+// mtrec: exact top-K retrieval over an item table.
+//
+//   ExactRetriever<float> r(model, "next_movie");       // the task's target table
+//   const auto& top = r.retrieve(user_batch, 100, seen); // the user's query, then top-K
+//   for (const ScoredItem& s : top) ... s.row, s.score   // best first
+//
+// The table is a retrieval task's target table (shared with the model: it
+// follows training) or any (N, dim) table on the model's device, such as
+// item-tower embeddings computed ahead. A search streams the table once
+// (kernels::topk_inner_product): a vectorised dot per row, a bounded heap
+// per fixed chunk of rows, multi-threaded; ties go to the lower row; the
+// rows in `exclude` (items the user has seen) are never returned. Scores
+// are <q, row> times `scale` (for a task, 1 / its temperature: the model's
+// logits). One retriever per thread: it owns its buffers and, warm, does
+// not allocate.
+
 // ==== begin mtrec/serve/topk.hpp ==============================================
 // mtrec: scoring one user against N candidate items and keeping the top K.
 //
@@ -15849,6 +16521,99 @@ class TopKScorer {
 
 }  // namespace mtrec
 // ==== end mtrec/serve/topk.hpp ================================================
+
+namespace mtrec {
+
+template <class T, class Device = Cpu>
+class ExactRetriever {
+ public:
+  using CView = DeviceView<const T, Device>;
+
+  // Over a retrieval task's target table; retrieve() computes the query.
+  ExactRetriever(const MultiTaskModel<T, Device>& model, const std::string& task) : model_(&model) {
+    const auto& tasks = model.config().tasks;
+    std::size_t k = tasks.size();
+    for (std::size_t i = 0; i < tasks.size(); ++i)
+      if (tasks[i].name == task) k = i;
+    check(k < tasks.size(), "ExactRetriever", "no task named '", task, "'");
+    check(tasks[k].type == TaskType::Retrieval, "ExactRetriever", "task '", task, "' is ",
+          task_type_name(tasks[k].type), ", not a retrieval task");
+    task_ = k;
+    for (std::size_t i = 0; i < k; ++i) column_ += task_output_width(tasks[i]);
+    table_ = model.target_table(k);
+    scale_ = T(1.0 / tasks[k].temperature);
+    dev_ = &model.parameters().device();
+  }
+  // Over any (N, dim) table on `dev`; scores are scale * <q, row>.
+  ExactRetriever(const Device& dev, CView table, T scale = T(1)) : table_(table), scale_(scale), dev_(&dev) {
+    check(table.shape.rank == 2, "ExactRetriever", "expected a table (N, dim) but got ", table.shape);
+  }
+
+  index_t rows() const { return table_.shape[0]; }
+  index_t dim() const { return table_.shape[1]; }
+
+  // The k best rows for the query q (dim values, host), best first; fewer
+  // when fewer than k rows are left after `exclude` (rows in [0, N), any
+  // order, repeats allowed).
+  const std::vector<ScoredItem>& search(ConstView<T> q, index_t k, const std::vector<index_t>& exclude = {}) {
+    const char* op = "ExactRetriever::search";
+    check(q.numel() == dim(), op, "query expected ", dim(), " values but got ", q.numel());
+    for (index_t j = 0; j < q.numel(); ++j)
+      if (!std::isfinite(double(q[j]))) fail(op, "query[", j, "] is ", q[j], " (expected a finite value)");
+    check(k > 0, op, "expected k > 0 but got ", k);
+    const index_t N = rows();
+    for (std::size_t i = 0; i < exclude.size(); ++i)
+      if (exclude[i] < 0 || exclude[i] >= N)
+        fail(op, "exclude[", i, "] = ", exclude[i], " is out of range for a table of ", N, " rows");
+    ex_.assign(exclude.begin(), exclude.end());
+    std::sort(ex_.begin(), ex_.end());
+    ex_.erase(std::unique(ex_.begin(), ex_.end()), ex_.end());
+    const Device& dev = *dev_;
+    rows_d_.resize({k});
+    scores_d_.resize({k});
+    const auto q_d = device_input(q_buf_, q);
+    const auto ex_d = device_input(ex_buf_, ConstView<index_t>(ex_.data(), {index_t(ex_.size())}));
+    kernels::topk_inner_product(dev, rows_d_.data(), scores_d_.data(), table_.data, N, dim(), q_d.data, k,
+                                ex_.empty() ? decltype(ex_d.data)(nullptr) : ex_d.data, index_t(ex_.size()));
+    rows_h_.resize(std::size_t(k));
+    scores_h_.resize(std::size_t(k));
+    to_host(dev, rows_h_.data(), rows_d_.cview());
+    to_host(dev, scores_h_.data(), scores_d_.cview());
+    results_.clear();
+    for (index_t i = 0; i < k && rows_h_[std::size_t(i)] >= 0; ++i)
+      results_.push_back({rows_h_[std::size_t(i)], double(scale_) * double(scores_h_[std::size_t(i)])});
+    return results_;
+  }
+
+  // The user's query vector (the task's output for a one-row batch), then search().
+  const std::vector<ScoredItem>& retrieve(const Batch<T>& user, index_t k, const std::vector<index_t>& exclude = {}) {
+    const char* op = "ExactRetriever::retrieve";
+    check(model_ != nullptr, op, "this retriever was built over a table, not a model's task: call search()");
+    check(user.size == 1, op, "expected a one-row user batch but got ", user.size, " rows");
+    model_->predict(ws_, user, out_);
+    return search(ConstView<T>(out_.data() + column_, {dim()}), k, exclude);
+  }
+
+ private:
+  const MultiTaskModel<T, Device>* model_ = nullptr;
+  std::size_t task_ = 0;
+  index_t column_ = 0;
+  CView table_;
+  T scale_ = T(1);
+  const Device* dev_ = nullptr;
+  std::vector<index_t> ex_;
+  Tensor<T, Device> q_buf_;
+  Tensor<index_t, Device> ex_buf_, rows_d_;
+  Tensor<T, Device> scores_d_;
+  std::vector<index_t> rows_h_;
+  std::vector<T> scores_h_;
+  std::vector<ScoredItem> results_;
+  typename MultiTaskModel<T, Device>::Workspace ws_;
+  Tensor<T> out_;
+};
+
+}  // namespace mtrec
+// ==== end mtrec/serve/retrieval.hpp ===========================================
 
 // ==== begin mtrec/data/csv.hpp ================================================
 // mtrec: reading CSV files and the small pieces of preprocessing that turn

@@ -127,6 +127,41 @@ TEST_CASE("cuda: 20 training steps of every architecture track the CPU within 1e
   }
 }
 
+TEST_CASE("cuda: fused table updates agree with the unfused path, on the GPU and against the CPU", "[cuda]") {
+  if (!gpu_or_skip()) return;
+  for (Architecture a : {Architecture::SharedBottom, Architecture::MMoE, Architecture::PLE}) {
+    CAPTURE(architecture_name(a));
+    TrainConfig tc = steps_config(false);
+    const auto unfused = train_losses<Cuda>(a, 20, tc);
+    tc.optimizer.fused_tables = true;
+    MultiTaskModel<float, Cuda> gpu(testing::tiny_config(a));
+    const auto fused = train_losses<Cuda>(a, 20, tc, &gpu);
+    MultiTaskModel<float, Cpu> cpu(testing::tiny_config(a));
+    const auto fused_cpu = train_losses<Cpu>(a, 20, tc, &cpu);
+    for (std::size_t s = 0; s < fused.size(); ++s) {
+      CAPTURE(s);
+      CHECK(std::fabs(fused[s] - unfused[s]) <= 1e-5 * std::fabs(unfused[s]));
+      CHECK(std::fabs(fused[s] - fused_cpu[s]) <= 1e-4 * std::fabs(fused_cpu[s]));
+    }
+    const auto& sg = gpu.parameters();
+    const auto& sc = cpu.parameters();
+    for (ParamId id = 0; id < sg.count(); ++id) {
+      CAPTURE(sg.info(id).name);
+      const std::vector<float> wg = sg.values_host(id), wc = sc.values_host(id);
+      double worst = 0;
+      for (std::size_t i = 0; i < wg.size(); ++i) worst = std::max(worst, std::fabs(double(wg[i]) - double(wc[i])));
+      CHECK(worst < 1e-4);
+    }
+    // a warm fused step allocates nothing
+    Trainer<float, Cuda> trainer(gpu, tc);
+    const Batch<float> b = testing::tiny_batch<float>(gpu.config(), 8, 7);
+    for (int s = 0; s < 3; ++s) trainer.train_step(b);
+    const std::uint64_t m0 = mtrec::cuda::CudaArena::instance().mallocs();
+    for (int s = 0; s < 5; ++s) trainer.train_step(b);
+    CHECK(mtrec::cuda::CudaArena::instance().mallocs() == m0);
+  }
+}
+
 TEST_CASE("cuda: a warm training step allocates nothing and uploads the batch once", "[cuda]") {
   if (!gpu_or_skip()) return;
   MultiTaskModel<float, Cuda> model(testing::tiny_config(Architecture::PLE));

@@ -328,6 +328,19 @@ Batch<float> regression_data(index_t n) {
   s.sample_seed = 3;
   return make_mmoe_synthetic<float>(s);
 }
+// Two training runs agree: every epoch's loss within 1e-5 relative and every
+// parameter within 1e-4 relative (or `margin`).
+void expect_same_run(const History& hf, const History& hr, const MultiTaskModel<float, Fake>& fake,
+                     const MultiTaskModel<float, Reference>& ref, double margin) {
+  REQUIRE(hf.epochs.size() == hr.epochs.size());
+  for (std::size_t e = 0; e < hf.epochs.size(); ++e)
+    CHECK(hf.epochs[e].train_loss == Approx(hr.epochs[e].train_loss).epsilon(1e-5));
+  std::vector<float> a(std::size_t(fake.parameters().size())), b(a.size());
+  fake.parameters().read_values(a.data(), 0, index_t(a.size()));
+  ref.parameters().read_values(b.data(), 0, index_t(b.size()));
+  for (std::size_t i = 0; i < a.size(); ++i) CHECK(a[i] == Approx(b[i]).epsilon(1e-4).margin(margin));
+}
+
 TrainConfig quiet_train(int epochs) {
   TrainConfig t;
   t.epochs = epochs;
@@ -351,18 +364,26 @@ TEST_CASE("fake device: training converges and matches the Reference device", "[
   const double after = evaluate(fake, data).loss;
   CAPTURE(before, after);
   CHECK(after < 0.7 * before);
-  REQUIRE(hf.epochs.size() == hr.epochs.size());
-  for (std::size_t e = 0; e < hf.epochs.size(); ++e)
-    CHECK(hf.epochs[e].train_loss == Approx(hr.epochs[e].train_loss).epsilon(1e-5));
-  std::vector<float> a(std::size_t(fake.parameters().size())), b(a.size());
-  fake.parameters().read_values(a.data(), 0, index_t(a.size()));
-  ref.parameters().read_values(b.data(), 0, index_t(b.size()));
-  for (std::size_t i = 0; i < a.size(); ++i) CHECK(a[i] == Approx(b[i]).epsilon(1e-4).margin(1e-6));
+  expect_same_run(hf, hr, fake, ref, 1e-6);
   // And close to the Cpu device (different kernels, same math).
   MultiTaskModel<float, Cpu> cpu(small_regression());
   Trainer<float, Cpu> tcpu(cpu, tc);
   const History hc = tcpu.fit(data);
   CHECK(hc.epochs.back().train_loss == Approx(hf.epochs.back().train_loss).epsilon(0.02));
+}
+
+TEST_CASE("fake device: fused table updates match the unfused Reference run", "[device-fake]") {
+  const ModelConfig c = testing::tiny_ranking_config(Architecture::PLE);
+  const Batch<float> data = testing::tiny_batch<float>(c, 64, 9);
+  MultiTaskModel<float, Fake> fake(c);
+  MultiTaskModel<float, Reference> ref(c);
+  TrainConfig tc = quiet_train(3);
+  tc.batch_size = 16;
+  Trainer<float, Reference> tr(ref, tc);
+  tc.optimizer.fused_tables = true;
+  Trainer<float, Fake> tf(fake, tc);
+  const History hf = tf.fit(data), hr = tr.fit(data);
+  expect_same_run(hf, hr, fake, ref, 2e-6);
 }
 
 TEST_CASE("fake device: PCGrad and GradNorm read gradients through explicit copies", "[device-fake]") {

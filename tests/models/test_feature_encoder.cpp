@@ -147,7 +147,7 @@ TEST_CASE("fake device: the feature encoder uploads a batch in one copy and matc
     fe.backward(wf, Rf.cview());
     CHECK(FakeArena::instance().uploads() - before == 1);  // prepare's one copy; forward and backward upload nothing
     CHECK(wf.staged.uploads() == std::uint64_t(step + 1));
-    CHECK(wf.staged.arrays() == 3 + 3 + 2 * 2 + 2);  // ID rows; bag rows, offsets, weights; lengths + IDs; dense
+    CHECK(wf.staged.arrays() == 3 + 3 + 2 * 3 + 2);  // ID rows; bag rows, offsets, weights; lengths, IDs, starts; dense
   }
   CHECK(wr.staged.uploads() == 0);  // a host device copies nothing
   std::vector<float> x(std::size_t(B * F)), g(std::size_t(fs.size()));

@@ -6,13 +6,14 @@
 #include "ops/cases_embedding.hpp"
 #include "ops/cases_loss.hpp"
 #include "ops/cases_model.hpp"
+#include "ops/cases_retrieval.hpp"
 #include "ops/cases_sequence.hpp"
 
 namespace optable {
 
 inline std::vector<OpCase> all_cases() {
   std::vector<OpCase> all;
-  for (auto part : {dense_cases, embedding_cases, sequence_cases, loss_cases, model_cases, registered_cases}) {
+  for (auto part : {dense_cases, embedding_cases, sequence_cases, loss_cases, model_cases, retrieval_cases, registered_cases}) {
     auto v = part();
     all.insert(all.end(), v.begin(), v.end());
   }

@@ -143,7 +143,7 @@ inline std::vector<OpCase> embedding_cases() {
           std::vector<std::uint8_t> flags(static_cast<std::size_t>(rows), 0);
           k::embedding_bag_backward(dev, b.din[0].data(), flags.data(), weighted ? b.din[1].data() : nullptr,
                                     b.dout[0].data(), b.in[0].data(), ids.data(), offsets.data(),
-                                    weighted ? b.in[1].data() : nullptr, B, dim, mean);
+                                    weighted ? b.in[1].data() : nullptr, B, n, dim, mean);
         }));
 
     // The backward on its own, every output compared across backends:
@@ -162,7 +162,7 @@ inline std::vector<OpCase> embedding_cases() {
           std::vector<std::uint8_t> flags = ed::initial_flags(rows);
           k::embedding_bag_backward(dev, b.out[0].data(), flags.data(), b.out[1].data(), b.in[0].data(),
                                     b.in[1].data(), ids.data(), offsets.data(), weighted ? b.in[2].data() : nullptr,
-                                    B, dim, mean);
+                                    B, n, dim, mean);
           ed::flags_out(b.out[2], flags);
         },
         nullptr));
@@ -212,7 +212,7 @@ inline std::vector<OpCase> embedding_cases() {
           st.bias_correction2 = T(1 - std::pow(0.999, 3));
           const bool ok = k::embedding_bag_backward_adam(dev, b.out[0].data(), b.out[1].data(), b.out[2].data(),
                                                          b.in[3].data(), ids.data(), offsets.data(),
-                                                         weighted ? b.in[4].data() : nullptr, B, dim, mean, st);
+                                                         weighted ? b.in[4].data() : nullptr, B, n, dim, mean, st);
           b.out[3][0] = T(ok ? 1 : 0);
         },
         nullptr));

@@ -282,9 +282,70 @@ class ParameterStore {
     return row_sets_;
   }
 
-  // Clears every gradient: the dense block at once, each table on its touched rows.
+  // ---- fused table updates (OptimizerConfig::fused_tables) -------------------
+  //
+  // With fused updates on, a table's lookup layer does not write its
+  // gradient: its backward hands the lookup (device IDs, bag offsets, the
+  // upstream gradient dy) to defer_lookup(), and the optimizer's step() then
+  // computes each row's gradient and applies Adam in one kernel
+  // (kernels::embedding_bag_backward_adam), as FBGEMM's table-batched
+  // embedding does. The full table gradient is never written.
+  //
+  // One table takes at most one deferred lookup between zero_grad() calls.
+  // A second lookup of the same table (a table shared by two features, a
+  // second backward pass) or a direct gradient write (a retrieval task's
+  // target rows) withdraws the first: its layer's gradient and the new one
+  // are written the unfused way, the table takes the ordinary lazy row
+  // update, and the result is the same either way.
+  struct DeferredLookup {
+    pointer_t<const index_t, typename D::memory> ids, offsets;  // offsets (B+1), on the device
+    const_pointer weights;                                       // per ID, or null
+    const_pointer dy;                                            // (B, dim), valid until step()
+    const index_t* host_ids = nullptr;                           // the same IDs on the host (touched rows)
+    index_t n_ids = 0, B = 0;
+    bool mean = false;
+  };
+
+  void set_fused_tables(bool on) {
+    check(allocated_, "ParameterStore::set_fused_tables", "allocate() has not been called");
+    fused_ = on;
+    deferred_.assign(infos_.size(), DeferredState{});
+  }
+  bool fused_tables() const { return fused_; }
+  // True when `l` is now the table's deferred lookup (the optimizer applies
+  // it); false when fused updates are off or the table already had a lookup
+  // or a gradient written since zero_grad(): then call withdraw() and write
+  // the gradient the unfused way.
+  bool defer_lookup(ParamId table, const DeferredLookup& l) {
+    if (!fused_) return false;
+    DeferredState& d = deferred_[static_cast<std::size_t>(checked_table(table))];
+    if (d.state != DeferredState::None) return false;
+    d.state = DeferredState::Pending;
+    d.lookup = l;
+    return true;
+  }
+  // Before anything writes a table's gradient directly: from now until
+  // zero_grad() the table is updated the unfused way. Returns its deferred
+  // lookup, if it had one, which the caller must then write as a gradient.
+  const DeferredLookup* withdraw(ParamId table) {
+    if (!fused_) return nullptr;
+    DeferredState& d = deferred_[static_cast<std::size_t>(checked_table(table))];
+    const bool had = d.state == DeferredState::Pending;
+    d.state = DeferredState::Shared;
+    return had ? &d.lookup : nullptr;
+  }
+  // The lookup deferred for `table` since the last zero_grad(), or null.
+  const DeferredLookup* deferred(ParamId table) const {
+    if (!fused_) return nullptr;
+    const DeferredState& d = deferred_[static_cast<std::size_t>(checked_table(table))];
+    return d.state == DeferredState::Pending ? &d.lookup : nullptr;
+  }
+
+  // Clears every gradient: the dense block at once, each table on its touched
+  // rows; deferred lookups are dropped.
   void zero_grad() {
     check(allocated_, "ParameterStore::zero_grad", "allocate() has not been called");
+    for (auto& d : deferred_) d = DeferredState{};
     device_.zero(raw(grads_.data()), sizeof(T) * static_cast<std::size_t>(dense_size_));
     for (std::size_t i = 0; i < infos_.size(); ++i) {
       const auto& p = infos_[i];
@@ -338,6 +399,12 @@ class ParameterStore {
   Tensor<T, D> values_, grads_;
   index_t dense_size_ = 0;
   std::vector<TouchedRows> touched_;
+  struct DeferredState {
+    enum { None, Pending, Shared } state = None;
+    DeferredLookup lookup;
+  };
+  bool fused_ = false;
+  std::vector<DeferredState> deferred_;  // by parameter id, when fused_
   mutable std::vector<RowSet> row_sets_;  // touched_row_sets()
   // Devices without host access: every table's touched rows in device memory,
   // table i at touched_base_[i]; synced_[i] of its rows uploaded so far.

@@ -11,6 +11,7 @@
 //   kernels/cuda/sequence.cuh   packing, pooling, positional, attention (strided-batched cuBLAS)
 //   kernels/cuda/loss.cuh       the losses and output transforms
 //   kernels/cuda/mixture.cuh    the gates' expert mixing and column copies
+//   kernels/cuda/retrieval.cuh  exact top-K by inner product (scores on the GPU, selection on the host)
 #pragma once
 
 #include "mtrec/core/config.hpp"
@@ -22,6 +23,7 @@
 #include "mtrec/kernels/loss.hpp"
 #include "mtrec/kernels/mixture.hpp"
 #include "mtrec/kernels/reference.hpp"
+#include "mtrec/kernels/retrieval.hpp"
 #include "mtrec/kernels/rows.hpp"
 #include "mtrec/kernels/sequence.hpp"
 
@@ -35,6 +37,7 @@
 #include "mtrec/kernels/cuda/sequence.cuh"
 #include "mtrec/kernels/cuda/loss.cuh"
 #include "mtrec/kernels/cuda/mixture.cuh"
+#include "mtrec/kernels/cuda/retrieval.cuh"
 #else
 #define MTREC_HAS_CUDA 0
 #endif

@@ -6,18 +6,56 @@
 //   kernels::gelu_forward(dev, y, x, n);   // dev: Cpu -> xsimd + OpenMP (cpu.hpp)
 //                                          //      Reference -> scalar loops (reference.hpp)
 //                                          //      Fake -> reference loops inside the arena guard (fake.hpp)
+//                                          //      Cuda -> CUDA kernels and cuBLAS (kernels/cuda/, nvcc only)
 //
 // Overload resolution picks the implementation at compile time; there is no
 // runtime if-ladder. Layers and models are templates on the device type and
 // pass the device object they were built with; nothing below chooses one.
-//                                          //      Cuda -> CUDA kernels and cuBLAS (kernels/cuda/, nvcc only)
 #pragma once
+
+#include <type_traits>
+#include <utility>
 
 #include "mtrec/core/config.hpp"
 #include "mtrec/core/device.hpp"
 
 namespace mtrec {
 namespace kernels {
+
+namespace detail {
+// One argument of a kernel call on a device with memory of its own (Fake,
+// Cuda), as the implementation takes it: a DevicePtr<T, Memory> opened to its
+// address, an array of them reinterpreted as an array of addresses, anything
+// else unchanged. The wrappers (fake_arg, cuda_arg) refuse at compile time,
+// each with its own message, what is_foreign_device_ptr and
+// is_host_number_pointer name.
+template <class U, class Memory>
+constexpr bool is_foreign_device_ptr = [] {
+  if constexpr (is_device_ptr<U>::value)
+    return !std::is_same<typename U::memory, Memory>::value;
+  else
+    return false;
+}();
+template <class U>
+constexpr bool is_host_number_pointer =
+    std::is_pointer<U>::value && std::is_arithmetic<std::remove_cv_t<std::remove_pointer_t<U>>>::value;
+
+template <class A>
+inline decltype(auto) open_device_arg(A&& a) {
+  using U = std::decay_t<A>;
+  if constexpr (is_device_ptr<U>::value) {
+    return a.get();
+  } else if constexpr (std::is_pointer<U>::value &&
+                       is_device_ptr<std::remove_cv_t<std::remove_pointer_t<U>>>::value) {
+    using P = std::remove_cv_t<std::remove_pointer_t<U>>;  // an array of device pointers (a gate's experts)
+    using E = typename P::element_type;
+    static_assert(sizeof(P) == sizeof(E*) && std::is_standard_layout<P>::value, "DevicePtr is one address");
+    return reinterpret_cast<E* const*>(a);
+  } else {
+    return std::forward<A>(a);
+  }
+}
+}  // namespace detail
 
 using reference_t = Reference;  // scalar loops, the ground truth for tests
 using cpu_t = Cpu;              // xsimd vectors + OpenMP over rows

@@ -73,14 +73,19 @@ inline void embedding_bag_forward(reference_t, T* y, const T* table, const index
   }
 }
 
-// The backward of embedding_bag_forward, for dy (B,dim):
+// The backward of embedding_bag_forward, for dy (B,dim); n = offsets[B] -
+// offsets[0], the number of IDs the bags hold (passed so that a device
+// backend need not read offsets back to size its work):
 //   grad_table[ids[i]] += weights[i] / len * dy[bag(i)]   (in ID order; / len for mean only)
 //   dweights[i] = <dy[bag(i)], table[ids[i]]> / len      (n; written if dweights is given)
 //   touched[ids[i]] = 1                                  (if touched is given)
 template <class T>
 inline void embedding_bag_backward(reference_t, T* grad_table, std::uint8_t* touched, T* dweights, const T* dy,
                                    const T* table, const index_t* ids, const index_t* offsets, const T* weights,
-                                   index_t B, index_t dim, bool mean) {
+                                   index_t B, index_t n, index_t dim, bool mean) {
+  if (B > 0)
+    check(offsets[B] - offsets[0] == n, "embedding_bag_backward", "expected n = offsets[B] - offsets[0] = ",
+          offsets[B] - offsets[0], " but got ", n);
   for (index_t b = 0; b < B; ++b) {
     const index_t s = offsets[b], e = offsets[b + 1];
     const T inv = (mean && e > s) ? T(1) / T(e - s) : T(1);
@@ -114,15 +119,15 @@ inline void embedding_bag_backward(reference_t, T* grad_table, std::uint8_t* tou
 // versions never materialise the table's gradient.
 template <class T>
 inline bool embedding_bag_backward_adam(reference_t, T* w, T* m, T* v, const T* dy, const index_t* ids,
-                                        const index_t* offsets, const T* weights, index_t B, index_t dim, bool mean,
-                                        const AdamStep<T>& st) {
+                                        const index_t* offsets, const T* weights, index_t B, index_t n, index_t dim,
+                                        bool mean, const AdamStep<T>& st) {
   index_t rows = 0;
   for (index_t b = 0; b < B; ++b)
     for (index_t i = offsets[b]; i < offsets[b + 1]; ++i) rows = ids[i] + 1 > rows ? ids[i] + 1 : rows;
   std::vector<T> g(static_cast<std::size_t>(rows * dim), T(0));
   std::vector<std::uint8_t> touched(static_cast<std::size_t>(rows), 0);
   embedding_bag_backward(reference, g.data(), touched.data(), static_cast<T*>(nullptr), dy, w, ids, offsets, weights,
-                         B, dim, mean);
+                         B, n, dim, mean);
   std::vector<index_t> list;
   for (index_t r = 0; r < rows; ++r)
     if (touched[static_cast<std::size_t>(r)]) list.push_back(r);
@@ -383,9 +388,11 @@ inline void embedding_bag_forward(cpu_t, T* y, const T* table, const index_t* id
 template <class T>
 inline void embedding_bag_backward(cpu_t, T* grad_table, std::uint8_t* touched, T* dweights, const T* dy,
                                    const T* table, const index_t* ids, const index_t* offsets, const T* weights,
-                                   index_t B, index_t dim, bool mean) {
+                                   index_t B, index_t n_ids, index_t dim, bool mean) {
   namespace ed = embedding_detail;
   if (B <= 0 || dim <= 0) return;
+  check(offsets[B] - offsets[0] == n_ids, "embedding_bag_backward", "expected n = offsets[B] - offsets[0] = ",
+        offsets[B] - offsets[0], " but got ", n_ids);
   const index_t n = offsets[B];
   if (n <= 0) return;
   const bool fork = ed::scatter_worth_forking(n * dim) && !in_parallel_region() && num_threads() > 1;
@@ -443,12 +450,23 @@ inline void embedding_bag_backward(cpu_t, T* grad_table, std::uint8_t* touched, 
 // in its order) and adam_update applied to the row. No table-sized gradient.
 template <class T>
 inline bool embedding_bag_backward_adam(cpu_t, T* w, T* m, T* v, const T* dy, const index_t* ids,
-                                        const index_t* offsets, const T* weights, index_t B, index_t dim, bool mean,
-                                        const AdamStep<T>& st) {
+                                        const index_t* offsets, const T* weights, index_t B, index_t n_ids,
+                                        index_t dim, bool mean, const AdamStep<T>& st) {
   namespace ed = embedding_detail;
   if (B <= 0 || dim <= 0) return true;
-  std::vector<std::pair<index_t, index_t>> occ;  // (ID, occurrence)
-  std::vector<index_t> bag_of;                   // by occurrence - offsets[0]
+  check(offsets[B] - offsets[0] == n_ids, "embedding_bag_backward_adam", "expected n = offsets[B] - offsets[0] = ",
+        offsets[B] - offsets[0], " but got ", n_ids);
+  // Scratch kept per thread: a warm training step allocates nothing.
+  // (The worker threads below read them through these references: a
+  // thread_local named inside the lambda would be the worker's own.)
+  thread_local std::vector<std::pair<index_t, index_t>> occ_scratch;
+  thread_local std::vector<index_t> bag_scratch, starts_scratch;
+  std::vector<std::pair<index_t, index_t>>& occ = occ_scratch;  // (ID, occurrence)
+  std::vector<index_t>& bag_of = bag_scratch;                    // by occurrence - offsets[0]
+  std::vector<index_t>& starts = starts_scratch;                 // of the runs of equal IDs, then occ.size()
+  occ.clear();
+  bag_of.clear();
+  starts.clear();
   const index_t i0 = offsets[0];
   for (index_t b = 0; b < B; ++b)
     for (index_t i = offsets[b]; i < offsets[b + 1]; ++i) {
@@ -458,7 +476,6 @@ inline bool embedding_bag_backward_adam(cpu_t, T* w, T* m, T* v, const T* dy, co
     }
   if (occ.empty()) return true;
   std::sort(occ.begin(), occ.end());  // pairs are distinct: ID order, then occurrence order
-  std::vector<index_t> starts;        // of the runs of equal IDs, then occ.size()
   for (std::size_t j = 0; j < occ.size(); ++j)
     if (j == 0 || occ[j].first != occ[j - 1].first) starts.push_back(index_t(j));
   const index_t n_rows = index_t(starts.size());
@@ -467,7 +484,8 @@ inline bool embedding_bag_backward_adam(cpu_t, T* w, T* m, T* v, const T* dy, co
   parallel_chunks(
       n_rows, 64,
       [&](index_t u0, index_t u1) {
-        std::vector<T> g(static_cast<std::size_t>(dim));
+        thread_local std::vector<T> g;
+        g.resize(static_cast<std::size_t>(dim));
         for (index_t u = u0; u < u1; ++u) {
           std::fill(g.begin(), g.end(), T(0));
           const index_t r = occ[static_cast<std::size_t>(starts[static_cast<std::size_t>(u)])].first;

@@ -11,10 +11,12 @@
 
 #include "mtrec/core/device.hpp"
 #include "mtrec/kernels/cpu.hpp"
+#include "mtrec/kernels/device.hpp"
 #include "mtrec/kernels/embedding.hpp"
 #include "mtrec/kernels/loss.hpp"
 #include "mtrec/kernels/mixture.hpp"
 #include "mtrec/kernels/reference.hpp"
+#include "mtrec/kernels/retrieval.hpp"
 #include "mtrec/kernels/rows.hpp"
 #include "mtrec/kernels/sequence.hpp"
 
@@ -30,24 +32,14 @@ namespace detail {
 template <class A>
 inline decltype(auto) fake_arg(const char* kernel, A&& a) {
   using U = std::decay_t<A>;
-  if constexpr (is_device_ptr<U>::value) {
-    static_assert(std::is_same<typename U::memory, FakeMemory>::value,
-                  "a pointer into another device's memory was passed to a Fake-device kernel");
+  static_assert(!is_foreign_device_ptr<U, FakeMemory>,
+                "a pointer into another device's memory was passed to a Fake-device kernel");
+  static_assert(!is_host_number_pointer<U>,
+                "a host pointer was passed to a Fake-device kernel: pass device memory (a Tensor or view of "
+                "the device; to_device() copies host data there)");
+  if constexpr (is_device_ptr<U>::value)
     if (a.get() != nullptr) Fake::in_arena(kernel, "a device pointer argument", a.get());
-    return a.get();
-  } else if constexpr (std::is_pointer<U>::value &&
-                       is_device_ptr<std::remove_cv_t<std::remove_pointer_t<U>>>::value) {
-    // an array of device pointers (the gate's experts): the same addresses
-    using P = std::remove_cv_t<std::remove_pointer_t<U>>;
-    using E = typename P::element_type;
-    static_assert(sizeof(P) == sizeof(E*) && std::is_standard_layout<P>::value, "DevicePtr is one address");
-    return reinterpret_cast<E* const*>(a);
-  } else {
-    static_assert(!(std::is_pointer<U>::value && std::is_arithmetic<std::remove_cv_t<std::remove_pointer_t<U>>>::value),
-                  "a host pointer was passed to a Fake-device kernel: pass device memory (a Tensor or view of "
-                  "the device; to_device() copies host data there)");
-    return std::forward<A>(a);
-  }
+  return open_device_arg(std::forward<A>(a));
 }
 }  // namespace detail
 
@@ -102,6 +94,8 @@ MTREC_FAKE_KERNEL(scatter_add_rows)
 MTREC_FAKE_KERNEL(embedding_bag_forward)
 MTREC_FAKE_KERNEL(embedding_bag_backward)
 MTREC_FAKE_KERNEL(embedding_bag_backward_adam)
+// retrieval (retrieval.hpp)
+MTREC_FAKE_KERNEL(topk_inner_product)
 // sequence.hpp
 MTREC_FAKE_KERNEL(packed_starts)
 MTREC_FAKE_KERNEL(padded_starts)

@@ -27,12 +27,14 @@ namespace detail {
 // rows already hold zeros (a layer below wrote them so), else a copy in `ws`
 // with the valid rows copied and the padded rows zeroed. `ws` is sized either
 // way, so that which path a step takes never decides whether it allocates.
+// On a device the host cannot read, the check would wait for the device to
+// answer (a stream synchronise on the GPU); the copy is always made there.
 template <class T, class Device, class CPtr = pointer_t<const T, typename Device::memory>>
 inline CPtr drop_padded_gradient(const Device& dev, CPtr dy, Tensor<T, Device>& ws,
                                  TensorView<const index_t, typename Device::memory> lengths,
                                  index_t B, index_t Tl, index_t C) {
   ws.resize({B, Tl, C});
-  if (kernels::padded_rows_are_zero(dev, dy, lengths.data, B, Tl, C)) return dy;
+  if (host_readable_v<Device> && kernels::padded_rows_are_zero(dev, dy, lengths.data, B, Tl, C)) return dy;
   kernels::mask_padded_rows(dev, ws.data(), dy, lengths.data, B, Tl, C);
   return ws.data();
 }

@@ -36,6 +36,57 @@ inline void check_ids(const char* op, const ParameterStore<T, Device>& store, Pa
       fail(op, "ID ", ids[i], " at position ", i, " is out of range for table '", store.info(table).name, "' with ",
            rows, " rows");
 }
+
+// ---- fused table updates (ParameterStore::defer_lookup) ------------------------
+
+// Writes a withdrawn deferred lookup as an ordinary gradient: table.grad +=
+// its bag backward, its rows marked touched.
+template <class T, class Device>
+inline void write_lookup_grad(ParameterStore<T, Device>& s, ParamId table,
+                              const typename ParameterStore<T, Device>::DeferredLookup& l) {
+  using P = typename ParameterStore<T, Device>::pointer;
+  s.touched(table).mark_all(l.host_ids, l.n_ids);
+  kernels::embedding_bag_backward(s.device(), s.grad(table), pointer_t<std::uint8_t, typename Device::memory>(nullptr),
+                                  P(nullptr), l.dy, s.value(table), l.ids, l.offsets, l.weights, l.B, l.n_ids,
+                                  s.info(table).shape[1], l.mean);
+}
+// Call before writing a table's gradient directly (fused updates or not).
+template <class T, class Device>
+inline void unfuse_table(ParameterStore<T, Device>& s, ParamId table) {
+  if (const auto* prev = s.withdraw(table)) write_lookup_grad(s, table, *prev);
+}
+// True when the lookup is deferred to the optimizer; false when the caller
+// writes its gradient (any earlier deferred lookup of the table is written).
+template <class T, class Device>
+inline bool defer_or_unfuse(ParameterStore<T, Device>& s, ParamId table,
+                            const typename ParameterStore<T, Device>::DeferredLookup& l) {
+  if (!s.fused_tables()) return false;
+  if (s.defer_lookup(table, l)) return true;
+  unfuse_table(s, table);
+  return false;
+}
+// offsets 0, 1, .., n where the kernels read them: an ID lookup as bags of
+// one. The arrays only grow (to twice the need), and the device copy is
+// uploaded only when they do: a warm step with a varying n (the valid
+// positions of a sequence) adds no copy.
+template <class Device>
+inline TensorView<const index_t, typename Device::memory> unit_offsets(Tensor<index_t>& host,
+                                                                      Tensor<index_t, Device>& buf, index_t n) {
+  if (host.numel() < n + 1) {
+    host.resize({2 * (n + 1)});
+    for (index_t i = 0; i < host.numel(); ++i) host[i] = i;
+    if constexpr (!host_readable_v<Device>) {
+      buf.resize({host.numel()});
+      buf.device().upload(raw(buf.data()), host.data(), buf.bytes());
+    }
+  }
+  if constexpr (host_readable_v<Device>) {
+    (void)buf;
+    return TensorView<const index_t, typename Device::memory>(host.cview().data, {n + 1});
+  } else {
+    return TensorView<const index_t, typename Device::memory>(buf.cview().data, {n + 1});
+  }
+}
 }  // namespace detail
 
 template <class T, class Device = Cpu>
@@ -51,6 +102,10 @@ class Embedding {
     IdView ids_d;            // the same rows where the kernels read them
     Tensor<index_t> hashed;  // owns the rows when forward_hashed was used
     Tensor<index_t, Device> ids_buf;  // their device copy, on a device without host access
+    // With fused table updates: offsets 0..n, the lookup as bags of one.
+    Tensor<index_t> unit_offsets;
+    Tensor<index_t, Device> unit_offsets_buf;
+    IdView unit_offsets_d;
   };
 
   Embedding() = default;
@@ -72,6 +127,7 @@ class Embedding {
     detail::check_ids("Embedding::forward", *store_, table_, ids.data, ids.numel());
     ctx.ids = ids;
     ctx.ids_d = device_input(ctx.ids_buf, ids, staged);
+    if (store_->fused_tables()) ctx.unit_offsets_d = detail::unit_offsets(ctx.unit_offsets, ctx.unit_offsets_buf, ids.numel());
     kernels::gather_rows(dev(), y.data, store_->value(table_), ctx.ids_d.data, ids.numel(), dim_);
   }
   // Raw 64-bit IDs hashed into the table's rows (for IDs unseen in training).
@@ -81,11 +137,23 @@ class Embedding {
     for (index_t i = 0; i < raw.numel(); ++i) ctx.hashed[i] = hash_bucket(raw[i], rows_, salt);
     ctx.ids = ctx.hashed.view();
     ctx.ids_d = device_input(ctx.ids_buf, ctx.ids);
+    if (store_->fused_tables()) ctx.unit_offsets_d = detail::unit_offsets(ctx.unit_offsets, ctx.unit_offsets_buf, raw.numel());
     kernels::gather_rows(dev(), y.data, store_->value(table_), ctx.ids_d.data, raw.numel(), dim_);
   }
   // table.grad[ids[i]] += dy[i]; marks the rows touched
   void backward(const Context& ctx, CView dy) const {
     check_matrix("Embedding::backward", "dy", dy, ctx.ids.numel(), dim_);
+    if (store_->fused_tables()) {
+      check(ctx.unit_offsets_d.numel() == ctx.ids.numel() + 1, "Embedding::backward",
+            "fused table updates were turned on between forward and backward");
+      typename ParameterStore<T, Device>::DeferredLookup l;
+      l.ids = ctx.ids_d.data;
+      l.offsets = ctx.unit_offsets_d.data;
+      l.dy = dy.data;
+      l.host_ids = ctx.ids.data;
+      l.n_ids = l.B = ctx.ids.numel();
+      if (detail::defer_or_unfuse(*store_, table_, l)) return;
+    }
     TouchedRows& touched = store_->touched(table_);
     touched.mark_all(ctx.ids.data, ctx.ids.numel());  // on the host, first-touch order
     kernels::scatter_add_rows(dev(), store_->grad(table_), pointer_t<std::uint8_t, typename Device::memory>(nullptr),
@@ -172,12 +240,26 @@ class EmbeddingBag {
       check(!ctx.weights.empty(), op, "dweights given but forward had no weights");
       check_shape(op, "dweights", dweights, {n});
     }
+    if (store_->fused_tables() && dweights.empty()) {  // the fused kernel has no weight gradient
+      typename ParameterStore<T, Device>::DeferredLookup l;
+      l.ids = ctx.ids_d.data;
+      l.offsets = ctx.offsets_d.data;
+      l.weights = ctx.weights.empty() ? CPtr() : ctx.weights.data;
+      l.dy = dy.data;
+      l.host_ids = ctx.ids.data;
+      l.n_ids = n;
+      l.B = B;
+      l.mean = pooling_ == BagPooling::Mean;
+      if (detail::defer_or_unfuse(*store_, table_, l)) return;
+    } else {
+      detail::unfuse_table(*store_, table_);
+    }
     TouchedRows& touched = store_->touched(table_);
     touched.mark_all(ctx.ids.data, n);  // on the host, first-touch order
     kernels::embedding_bag_backward(dev(), store_->grad(table_), pointer_t<std::uint8_t, typename Device::memory>(nullptr),
                                     dweights.empty() ? nullptr : dweights.data, dy.data, store_->value(table_),
                                     ctx.ids_d.data, ctx.offsets_d.data, ctx.weights.empty() ? CPtr() : ctx.weights.data,
-                                    B, dim_, pooling_ == BagPooling::Mean);
+                                    B, n, dim_, pooling_ == BagPooling::Mean);
   }
 
   index_t rows() const { return rows_; }

@@ -65,7 +65,8 @@ class FeatureEncoder {
       Tensor<index_t> lengths;    // (B) a copy of the batch's lengths: forward and backward agree on it
       Tensor<index_t> valid_ids;  // (n_valid) rows of the valid positions, in (b,t) order
       IdView lengths_d;           // the lengths where kernels read them
-      Tensor<index_t, Device> starts;       // (B) first row of each sequence in compact
+      Tensor<index_t> starts;     // (B) first row of each sequence in compact (a scan on the host)
+      IdView starts_d;            // where kernels read them (staged with the batch)
       Tensor<T, Device> compact, d_compact;  // (n_valid, D)
       Tensor<T, Device> emb, hidden, d_emb, d_hidden;  // (B,L,D)
       Tensor<T, Device> pooled, d_pooled;              // (B,D)
@@ -175,7 +176,9 @@ class FeatureEncoder {
     ws.bag_emb.resize(f.bags.size());
     ws.id_ctx.resize(f.ids.size());
     ws.bag_ctx.resize(f.bags.size());
-    ws.d_field.resize(1);
+    // One gradient buffer per ID and bag field: with fused table updates the
+    // optimizer reads each of them after the whole backward.
+    ws.d_field.resize(std::max<std::size_t>(1, f.ids.size() + f.bags.size()));
     ws.seq.resize(f.sequences.size());
     ws.id_view.resize(f.ids.size());
     ws.bag_view.resize(f.bags.size());
@@ -210,16 +213,18 @@ class FeatureEncoder {
           const index_t id = s.ids[r * L + t];
           sw.valid_ids[v++] = ts.hashed ? hash_bucket(std::uint64_t(id), ts.rows, salt) : id;
         }
+      sw.starts.resize({B});
+      for (index_t r = 0, acc = 0; r < B; acc += s.lengths[r], ++r) sw.starts[r] = acc;
       ws.staged.add(sw.lengths.cview());
       ws.staged.add(sw.valid_ids.cview());
+      ws.staged.add(sw.starts.cview());
     }
     for (std::size_t i = 0; i < f.dense.size(); ++i) ws.staged.add(b.dense[i].data(), index_t(b.dense[i].size()));
     ws.staged.upload(dev());
     for (std::size_t i = 0; i < f.sequences.size(); ++i) {
       auto& sw = ws.seq[i];
       sw.lengths_d = ws.staged.view(sw.lengths.cview());
-      sw.starts.resize({B});
-      kernels::packed_starts(dev(), sw.starts.data(), sw.lengths_d.data, B);
+      sw.starts_d = ws.staged.view(sw.starts.cview());
     }
     ws.batch = &b;
   }
@@ -266,7 +271,7 @@ class FeatureEncoder {
       sw.pooled.resize({B, D});
       enc.items.forward(sw.items, sw.valid_ids.cview(), sw.compact.view(), st);
       // valid positions copied, padded ones zeroed (an empty sequence copies nothing)
-      kernels::unpack_sequences(dev(), sw.emb.data(), sw.compact.data(), sw.lengths_d.data, sw.starts.data(), B, L, D);
+      kernels::unpack_sequences(dev(), sw.emb.data(), sw.compact.data(), sw.lengths_d.data, sw.starts_d.data, B, L, D);
       const ConstView<index_t> lengths = sw.lengths.cview();
       enc.position.forward(sw.position, sw.emb.view(), sw.emb.view());
       enc.encoder.forward(sw.encoder, sw.emb.view(), lengths, sw.hidden.view(), mode, st);
@@ -289,8 +294,8 @@ class FeatureEncoder {
     const index_t B = ws.B;
     check_shape(op, "dX", dX, {B, width_});
     index_t col = 0;
-    Tensor<T, Device>& d = ws.d_field[0];
     for (std::size_t i = 0; i < f.ids.size(); ++i) {
+      Tensor<T, Device>& d = ws.d_field[i];
       const index_t w = f.ids[i].dim;
       d.resize({B, w});
       take_columns(d.data(), dX, col, B, w);
@@ -298,6 +303,7 @@ class FeatureEncoder {
       col += w;
     }
     for (std::size_t i = 0; i < f.bags.size(); ++i) {
+      Tensor<T, Device>& d = ws.d_field[f.ids.size() + i];
       const index_t w = f.bags[i].dim;
       d.resize({B, w});
       take_columns(d.data(), dX, col, B, w);
@@ -317,7 +323,7 @@ class FeatureEncoder {
       enc.encoder.backward(sw.encoder, sw.d_hidden.view(), sw.d_emb.view());
       enc.position.backward(sw.position, sw.d_emb.view(), sw.d_emb.view());
       sw.d_compact.resize(sw.compact.shape());
-      kernels::pack_sequences(dev(), sw.d_compact.data(), sw.d_emb.data(), sw.lengths_d.data, sw.starts.data(), B, L, D);
+      kernels::pack_sequences(dev(), sw.d_compact.data(), sw.d_emb.data(), sw.lengths_d.data, sw.starts_d.data, B, L, D);
       enc.items.backward(sw.items, sw.d_compact.view());
       col += D;
     }

@@ -297,30 +297,35 @@ class MultiTaskModel {
   // `out` is host memory: on a device whose memory the host cannot read, the
   // outputs are computed in the workspace and copied back once.
   void predict(Workspace& ws, const Batch<T>& batch, Tensor<T>& host_out) const {
+    const index_t C = output_width();
+    host_out.resize({batch.size, C});
+    Tensor<T, Device>& out = predict_buffer(ws, host_out);
+    out.resize({batch.size, C});
+    predict_into(ws, batch, out.data());
+    if (static_cast<void*>(&out) != static_cast<void*>(&host_out)) to_host(dev(), host_out.data(), out.cview());
+  }
+  // predict() into device memory: out (B, output_width()) on the model's
+  // device, e.g. rows of a larger buffer that evaluate() copies back once.
+  void predict_into(Workspace& ws, const Batch<T>& batch, Ptr out) const {
     forward(ws, batch, Mode::eval());
     const index_t B = ws.B, C = output_width();
-    host_out.resize({B, C});
-    Tensor<T, Device>& out = predict_buffer(ws, host_out);
-    out.resize({B, C});
     index_t col = 0;
     for (std::size_t k = 0; k < num_tasks(); ++k) {
       const TaskSpec& t = config_.tasks[k];
       const index_t w = task_output_width(t);
       CPtr o = ws.out[k].data();  // (B,w)
       if (t.type == TaskType::Regression || t.type == TaskType::Retrieval)  // values; a retrieval query vector
-        kernels::output_transform(dev(), out.data(), C, col, o, B, w, kernels::OutputKind::Identity);
+        kernels::output_transform(dev(), out, C, col, o, B, w, kernels::OutputKind::Identity);
       else if (t.type == TaskType::MultiClass)
-        kernels::output_transform(dev(), out.data(), C, col, o, B, w, kernels::OutputKind::Softmax);
+        kernels::output_transform(dev(), out, C, col, o, B, w, kernels::OutputKind::Softmax);
       else if (config_.architecture == Architecture::ESMM && k == 1)
-        kernels::sigmoid_product(dev(), out.data(), C, col, ws.out[0].data(), o, B);  // pCTCVR = pCTR * pCVR
+        kernels::sigmoid_product(dev(), out, C, col, ws.out[0].data(), o, B);  // pCTCVR = pCTR * pCVR
       else
-        kernels::output_transform(dev(), out.data(), C, col, o, B, w, kernels::OutputKind::Sigmoid);
+        kernels::output_transform(dev(), out, C, col, o, B, w, kernels::OutputKind::Sigmoid);
       col += w;
     }
     if (config_.architecture == Architecture::ESMM)  // pCVR
-      kernels::output_transform(dev(), out.data(), C, col, ws.out[1].data(), B, 1,
-                                kernels::OutputKind::Sigmoid);
-    if (static_cast<void*>(&out) != static_cast<void*>(&host_out)) to_host(dev(), host_out.data(), out.cview());
+      kernels::output_transform(dev(), out, C, col, ws.out[1].data(), B, 1, kernels::OutputKind::Sigmoid);
   }
 
   // Checks a whole data set once, before training or evaluating on it:
@@ -611,6 +616,7 @@ class MultiTaskModel {
     const IdView targets = ws.labels_staged.view(rw.targets.cview());
     kernels::gather_rows(dev(), rw.d_targets.data(), rw.d_keys.data(), positions.data, n, D);
     kernels::scale(dev(), rw.d_targets.data(), rw.d_targets.data(), n * D, c);
+    detail::unfuse_table(*store_, table);  // a fused table takes this gradient the unfused way
     store_->touched(table).mark_all(rw.targets.data(), n);  // on the host
     kernels::scatter_add_rows(dev(), store_->grad(table), pointer_t<std::uint8_t, typename Device::memory>(nullptr),
                               rw.d_targets.data(), targets.data, n, D);

@@ -98,26 +98,44 @@ inline Evaluation evaluate(const MultiTaskModel<T, Device>& model, const Batch<T
   const std::size_t K = cfg.tasks.size();
   const index_t N = data.size, C = model.output_width();
   // Predictions and raw outputs for every row, then metrics on the whole set.
+  // On a device the host cannot read they gather in device buffers and come
+  // back in one copy each at the end (the metrics run on the host).
   std::vector<T> pred(static_cast<std::size_t>(N * C));
   std::vector<std::vector<T>> raw(K);
+  for (std::size_t k = 0; k < K; ++k) raw[k].resize(std::size_t(N * task_output_width(cfg.tasks[k])));
+  const Device& dev = model.parameters().device();
+  Tensor<T, Device> pred_d(dev);
+  std::vector<Tensor<T, Device>> raw_d;
+  using Ptr = typename Tensor<T, Device>::pointer;
+  auto at = [&](std::vector<T>& host, Tensor<T, Device>& d, index_t offset) -> Ptr {
+    if constexpr (host_readable_v<Device>) {
+      (void)d;
+      return host.data() + offset;
+    } else {
+      (void)host;
+      return d.data() + offset;
+    }
+  };
+  if constexpr (!host_readable_v<Device>) {
+    pred_d.resize({N, C});
+    for (std::size_t k = 0; k < K; ++k) raw_d.emplace_back(Shape{index_t(raw[k].size())}, dev);
+  } else {
+    raw_d.resize(K, Tensor<T, Device>(dev));
+  }
   std::vector<double> loss_sum(K, 0.0), weight_sum(K, 0.0);
   typename MultiTaskModel<T, Device>::Workspace ws;
   Batch<T> batch;
-  Tensor<T> out;
   std::vector<index_t> rows;
   for (index_t start = 0; start < N; start += batch_size) {
     const index_t n = std::min(batch_size, N - start);
     rows.resize(static_cast<std::size_t>(n));
     for (index_t i = 0; i < n; ++i) rows[i] = start + i;
     batch.gather(data, rows.data(), n);
-    model.predict(ws, batch, out);
-    std::copy(out.data(), out.data() + n * C, pred.begin() + start * C);
+    model.predict_into(ws, batch, at(pred, pred_d, start * C));
     const TaskLosses& l = model.compute_losses(ws, batch);
     for (std::size_t k = 0; k < K; ++k) {
       const index_t w = ws.out[k].dim(1);
-      const std::size_t at = raw[k].size();
-      raw[k].resize(at + std::size_t(n * w));  // metrics run on the host: one explicit copy back
-      to_host(model.parameters().device(), raw[k].data() + at, ws.out[k].cview());
+      kernels::copy(dev, at(raw[k], raw_d[k], start * w), ws.out[k].data(), n * w);
       // Batch losses are weighted means: re-weight by the labelled weight.
       double wsum = 0;
       for (index_t i = 0; i < n; ++i) {
@@ -127,6 +145,10 @@ inline Evaluation evaluate(const MultiTaskModel<T, Device>& model, const Batch<T
       loss_sum[k] += l.value[k] * wsum;
       weight_sum[k] += wsum;
     }
+  }
+  if constexpr (!host_readable_v<Device>) {
+    to_host(dev, pred.data(), pred_d.cview());
+    for (std::size_t k = 0; k < K; ++k) to_host(dev, raw[k].data(), raw_d[k].cview());
   }
   Evaluation ev;
   index_t col = 0;

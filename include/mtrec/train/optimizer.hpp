@@ -41,6 +41,27 @@
 // Plain SGD (momentum 0, weight decay 0) gives the same result either way:
 // untouched rows have zero gradients.
 //
+// ---- fused table updates (fused_tables) -------------------------------------
+//
+// FBGEMM's table-batched embedding applies the optimizer inside the
+// embedding backward; fused_tables does the same. The lookup layers hand
+// their backward to the store (ParameterStore::defer_lookup) instead of
+// writing the table gradient, and step() runs, per table, one
+// kernels::embedding_bag_backward_adam: the batch's IDs are sorted, each
+// row's gradient is summed once, kept in registers, and Adam (or AdamW)
+// updates w, m and v in place. The full table gradient is never written.
+//
+//   - The update is the lazy one above, on the same rows, with the same
+//     formulas: fused and unfused steps agree to rounding (the op table
+//     checks the kernel; tests/test_trainer.cpp checks whole training runs).
+//   - A table looked up twice in one step (shared by two features) or also
+//     written directly (a retrieval task's targets) falls back to the
+//     unfused path for that step, with the same result.
+//   - Table gradients do not exist, so nothing can read them: the trainer
+//     refuses fused_tables with clip_norm > 0 (a global norm would need
+//     them), accumulation > 1, and GradNorm or PCGrad weighting.
+//   - Turning it on sets the store's mode (ParameterStore::set_fused_tables).
+//
 // ---- checkpoints -----------------------------------------------------------
 //
 // state() names the buffers ("optimizer.m", "optimizer.v" for Adam/AdamW,
@@ -64,6 +85,7 @@
 #include "mtrec/core/tensor.hpp"
 #include "mtrec/kernels/cpu.hpp"
 #include "mtrec/kernels/device.hpp"
+#include "mtrec/kernels/embedding.hpp"
 #include "mtrec/kernels/rows.hpp"
 
 namespace mtrec {
@@ -79,6 +101,9 @@ struct OptimizerConfig {
   double eps = 1e-8;           // Adam/AdamW, > 0
   double weight_decay = 0;     // SGD/Adam: L2 added to the gradient; AdamW: decoupled
   bool lazy_tables = true;     // update only the touched rows of embedding tables
+  // Adam/AdamW with lazy_tables: the embedding lookups' backward is fused
+  // with the row-wise update (see "fused table updates" above).
+  bool fused_tables = false;
 
   static OptimizerConfig sgd(double lr, double momentum = 0, double weight_decay = 0, bool nesterov = false) {
     OptimizerConfig c;
@@ -122,6 +147,7 @@ struct OptimizerConfig {
     check(std::isfinite(weight_decay) && weight_decay >= 0, op, "expected weight_decay >= 0 (finite) but got ",
           weight_decay);
     if (kind == Kind::SGD) {
+      check(!fused_tables, op, "fused_tables expected Adam or AdamW (the fused kernel applies Adam) but got SGD");
       check(momentum >= 0 && momentum < 1, op, "SGD expected momentum in [0, 1) but got ", momentum);
       check(!nesterov || momentum > 0, op, "SGD with nesterov expected momentum > 0 but got ", momentum);
       return;
@@ -133,6 +159,8 @@ struct OptimizerConfig {
           ", nesterov ", nesterov ? "true" : "false");
     check(beta1 >= 0 && beta1 < 1, op, kind_name(kind), " expected beta1 in [0, 1) but got ", beta1);
     check(beta2 >= 0 && beta2 < 1, op, kind_name(kind), " expected beta2 in [0, 1) but got ", beta2);
+    check(!fused_tables || lazy_tables, op, kind_name(kind),
+          " with fused_tables expected lazy_tables true (the fused update is the lazy one) but got false");
     // eps = 0 is legal in PyTorch, but here the flat block has elements that
     // never get a gradient (alignment padding, unused parameters): with m = v
     // = 0 they would compute 0 / 0 = NaN.
@@ -154,6 +182,7 @@ class Optimizer {
       zeroed(m_, flat);
       zeroed(v_, flat);
     }
+    store.set_fused_tables(cfg_.fused_tables);
   }
   Optimizer(const Optimizer&) = delete;
   Optimizer& operator=(const Optimizer&) = delete;
@@ -213,6 +242,17 @@ class Optimizer {
                                            n_sets, st))
               finite.clear();
           });
+      if (s.fused_tables())  // the deferred lookups: gradient and update in one kernel per table
+        for (ParamId id = 0; id < s.count(); ++id) {
+          if (s.info(id).kind != ParamKind::Table) continue;
+          const auto* l = s.deferred(id);
+          if (l == nullptr) continue;
+          const index_t off = s.info(id).offset;
+          if (!kernels::embedding_bag_backward_adam(s.device(), s.value(id), m_.data() + off, v_.data() + off, l->dy,
+                                                    l->ids, l->offsets, l->weights, l->B, l->n_ids, s.info(id).shape[1],
+                                                    l->mean, st))
+            finite.clear();
+        }
     }
     return finite.get();
   }

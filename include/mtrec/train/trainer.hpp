@@ -147,6 +147,19 @@ class Trainer {
     check(std::isfinite(cfg_.threshold) && cfg_.threshold > 0 && cfg_.threshold < 1, op,
           "expected threshold in (0, 1) but got ", cfg_.threshold);
     check(std::isfinite(cfg_.min_lr) && cfg_.min_lr >= 0, op, "expected min_lr >= 0 (finite) but got ", cfg_.min_lr);
+    if (cfg_.optimizer.fused_tables) {
+      // The table gradients never exist: nothing may need to read them.
+      std::string why = cfg_.clip_norm > 0 ? "clip_norm " + std::to_string(cfg_.clip_norm) + " > 0 (the global norm needs them)"
+                        : cfg_.accumulation > 1 ? "accumulation " + std::to_string(cfg_.accumulation) + " > 1"
+                        : cfg_.weighting == Weighting::GradNorm || cfg_.weighting == Weighting::PCGrad
+                            ? std::string(weighting_name(cfg_.weighting)) + " weighting (it reads per-task gradients)"
+                            : std::string();
+      if (!why.empty()) {
+        model.parameters().set_fused_tables(false);
+        fail(op, "optimizer.fused_tables needs the table gradients to be used by the update only, but the config has ",
+             why);
+      }
+    }
     check_monitor(model.config(), cfg_.monitor);
     make_schedule(std::max<index_t>(cfg_.total_updates, 1000)).validate();  // a bad lr fails here, not at a step
     state_.log_var.assign(K, 0.0);
@@ -459,7 +472,13 @@ class Trainer {
                              typename ParameterStore<T, Device>::const_pointer block) {
     if (!kernels::all_finite(store.device(), block, store.dense_size())) return false;
     const std::vector<RowSet>& sets = store.touched_row_sets();
-    return kernels::all_finite_rows(store.device(), block, sets.data(), index_t(sets.size()));
+    if (!kernels::all_finite_rows(store.device(), block, sets.data(), index_t(sets.size()))) return false;
+    if (store.fused_tables())  // a deferred lookup's gradient is its dy
+      for (ParamId id = 0; id < store.count(); ++id)
+        if (store.info(id).kind == ParamKind::Table)
+          if (const auto* l = store.deferred(id))
+            if (!kernels::all_finite(store.device(), l->dy, l->B * store.info(id).shape[1])) return false;
+    return true;
   }
 
   // "loss", or "<metric>:<task>" with a metric that evaluate() reports for

@@ -53,6 +53,7 @@
 #include "mtrec/core/device.hpp"
 #include "mtrec/core/error.hpp"
 #include "mtrec/core/tensor.hpp"
+#include "mtrec/kernels/device.hpp"
 
 namespace mtrec {
 
@@ -388,28 +389,18 @@ struct cuda_raw_t {
 };
 
 namespace detail {
-// One argument of a Cuda kernel call, as the implementation takes it: a
-// DevicePtr of Cuda memory opened, an array of them reinterpreted, a host
-// pointer to numbers refused at compile time, anything else unchanged.
+// One argument of a Cuda kernel call, as the implementation takes it
+// (kernels/device.hpp, open_device_arg): a host pointer to numbers, or a
+// pointer into another device's memory, is refused at compile time.
 template <class A>
 inline decltype(auto) cuda_arg(A&& a) {
   using U = std::decay_t<A>;
-  if constexpr (is_device_ptr<U>::value) {
-    static_assert(std::is_same<typename U::memory, CudaMemory>::value,
-                  "a pointer into another device's memory was passed to a Cuda kernel");
-    return a.get();
-  } else if constexpr (std::is_pointer<U>::value &&
-                       is_device_ptr<std::remove_cv_t<std::remove_pointer_t<U>>>::value) {
-    using P = std::remove_cv_t<std::remove_pointer_t<U>>;
-    using E = typename P::element_type;
-    static_assert(sizeof(P) == sizeof(E*) && std::is_standard_layout<P>::value, "DevicePtr is one address");
-    return reinterpret_cast<E* const*>(a);
-  } else {
-    static_assert(!(std::is_pointer<U>::value && std::is_arithmetic<std::remove_cv_t<std::remove_pointer_t<U>>>::value),
-                  "a host pointer was passed to a Cuda kernel: pass device memory (a Tensor or view of the "
-                  "device; to_device() copies host data there)");
-    return std::forward<A>(a);
-  }
+  static_assert(!is_foreign_device_ptr<U, CudaMemory>,
+                "a pointer into another device's memory was passed to a Cuda kernel");
+  static_assert(!is_host_number_pointer<U>,
+                "a host pointer was passed to a Cuda kernel: pass device memory (a Tensor or view of the "
+                "device; to_device() copies host data there)");
+  return open_device_arg(std::forward<A>(a));
 }
 }  // namespace detail
 

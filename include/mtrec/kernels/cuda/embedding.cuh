@@ -30,8 +30,9 @@
 //   flag   256 bytes  the non-finite flag (the fused op only)
 //   temp   the radix sort's temporary storage (as CUB reports it for n)
 // Limits: n and B at most 2^31 - 1 (int32 occurrence and bag indices).
-// The bag ops read offsets[0] and offsets[B] back to the host first (one
-// small copy and a stream synchronise) to size the sort.
+// The bag ops take n (= offsets[B] - offsets[0]) from the caller, which
+// knows it on the host, and read offsets[0] on the device: no copy back,
+// no stream synchronise.
 //
 // The fused op, embedding_bag_backward_adam(dev, w, m, v, dy, ids, offsets,
 // weights, B, dim, mean, st), is exactly "g = 0; embedding_bag_backward into
@@ -40,7 +41,7 @@
 // the gradient lives only in registers. It is what FBGEMM's table-batched
 // embedding with a fused optimizer does. It is an op beside the unfused
 // pair (the op table checks the two agree on every backend); the trainer
-// does not call it yet. On CUDA the fused and unfused paths sum
+// calls it with OptimizerConfig::fused_tables. On CUDA the fused and unfused paths sum
 // the same terms in the same order (unfused: g = 0 + sum) and share the Adam
 // expression (cuda_rows::adam_element), so they agree to rounding.
 #pragma once
@@ -138,16 +139,19 @@ __global__ void iota_kernel(int* __restrict__ v, index_t n) {
     v[i] = int(i);
 }
 
-// For the occurrences [offsets[0], offsets[B]) (k = i - offsets[0]): vin[k] = k, bag[k] = the bag of i.
+// For the occurrences [offsets[0], offsets[B]) (k = i - offsets[0], offsets[0]
+// read here on the device): vin[k] = k, bag[k] = the bag of i, keys_in[k] = ids[i].
 template <int Unused>
-__global__ void bag_prep_kernel(int* __restrict__ vin, int* __restrict__ bag, const index_t* __restrict__ offsets,
-                                index_t B, index_t o0) {
+__global__ void bag_prep_kernel(int* __restrict__ vin, int* __restrict__ bag, index_t* __restrict__ keys_in,
+                                const index_t* __restrict__ ids, const index_t* __restrict__ offsets, index_t B) {
   const Group gr = make_group(32);
+  const index_t o0 = offsets[0];
   for (index_t b = gr.first; b < B; b += gr.stride) {
     const index_t s = offsets[b] - o0, e = offsets[b + 1] - o0;
     for (index_t k = s + gr.lane; k < e; k += 32) {
       vin[k] = int(k);
       bag[k] = int(b);
+      keys_in[k] = ids[o0 + k];
     }
   }
 }
@@ -159,7 +163,7 @@ enum SegMode { kScatter = 0, kBag = 1, kBagAdam = 2 };
 //   kScatter: dy[k]                       (row k of dy, k the occurrence)
 //   kBag*:    a_k * dy[bag[k]], a_k = (weights ? weights[k] : 1) / len for mean
 // then kScatter/kBag: dst[r] += sum;  kBagAdam: adam_element on w = dst, m, v
-// with g = sum. weights is offset to the first occurrence.
+// with g = sum. weights[offsets[0] + k] weighs occurrence k.
 template <class T, int W, int Mode>
 __global__ void segment_kernel(T* __restrict__ dst, T* __restrict__ m, T* __restrict__ v,
                                std::uint8_t* __restrict__ touched, int* bad, const T* __restrict__ dy,
@@ -196,7 +200,7 @@ __global__ void segment_kernel(T* __restrict__ dst, T* __restrict__ m, T* __rest
             src = b;
             const index_t s = offsets[b], e = offsets[b + 1];
             const T inv = (mean && e > s) ? T(1) / T(e - s) : T(1);
-            a = (weights ? weights[k] : T(1)) * inv;
+            a = (weights ? weights[offsets[0] + k] : T(1)) * inv;
           }
         }
 #pragma unroll 4
@@ -245,20 +249,21 @@ __global__ void segment_kernel(T* __restrict__ dst, T* __restrict__ m, T* __rest
   }
 }
 
-// dweights[k] = <dy[bag[k]], table[ids[k]]> / len (mean) for the n
-// occurrences (dweights and ids offset to the first): a group per occurrence.
+// dweights[i] = <dy[bag[k]], table[ids[i]]> / len (mean) for the n
+// occurrences i = offsets[0] + k: a group per occurrence.
 template <class T, int W>
 __global__ void bag_dweights_kernel(T* __restrict__ dweights, const T* __restrict__ dy, const T* __restrict__ table,
                                     const index_t* __restrict__ ids, const int* __restrict__ bag,
                                     const index_t* __restrict__ offsets, index_t n, index_t dim, bool mean, int G) {
   const Group gr = make_group(G);
   const index_t dimv = dim / W;
+  const index_t o0 = offsets[0];
   for (index_t k = gr.first; k < n; k += gr.stride) {
     const index_t b = bag[k];
     const index_t s = offsets[b], e = offsets[b + 1];
     const T inv = (mean && e > s) ? T(1) / T(e - s) : T(1);
     const T* d = dy + b * dim;
-    const T* row = table + ids[k] * dim;
+    const T* row = table + ids[o0 + k] * dim;
     T dot = T(0);
     for (index_t c = gr.lane; c < dimv; c += G) {
       const Vec<T, W> dv = vload<T, W>(d + c * W), tv = vload<T, W>(row + c * W);
@@ -266,7 +271,7 @@ __global__ void bag_dweights_kernel(T* __restrict__ dweights, const T* __restric
       for (int q = 0; q < W; ++q) dot += dv.v[q] * tv.v[q];
     }
     for (int off = G / 2; off > 0; off >>= 1) dot += __shfl_xor_sync(gr.mask, dot, off, G);
-    if (gr.lane == 0) dweights[k] = dot * inv;
+    if (gr.lane == 0) dweights[o0 + k] = dot * inv;
   }
 }
 
@@ -276,6 +281,7 @@ inline std::size_t align256(std::size_t b) { return (b + 255) / 256 * 256; }
 
 // The pieces of one backward call's scratch (see the header comment).
 struct SortScratch {
+  index_t* keys_in = nullptr;  // bag ops: the batch's IDs from offsets[0]
   index_t* keys = nullptr;
   int* vin = nullptr;
   int* vals = nullptr;
@@ -295,8 +301,11 @@ inline SortScratch sort_scratch(const char* op, cudaStream_t stream, index_t n, 
               op, "querying the radix sort's temporary storage for ", n, " IDs");
   const std::size_t kb = align256(sizeof(index_t) * std::size_t(n)), vb = align256(sizeof(int) * std::size_t(n));
   const std::size_t fb = flag ? 256 : 0, bb = bags ? vb : 0;
-  const std::size_t total = kb + 2 * vb + bb + fb + align256(s.temp_bytes);
+  const std::size_t kib = bags ? kb : 0;
+  const std::size_t total = kib + kb + 2 * vb + bb + fb + align256(s.temp_bytes);
   char* p = static_cast<char*>(cuda::CudaThread::current().device_scratch(total));
+  if (bags) s.keys_in = reinterpret_cast<index_t*>(p);
+  p += kib;
   s.keys = reinterpret_cast<index_t*>(p);
   p += kb;
   s.vin = reinterpret_cast<int*>(p);
@@ -318,26 +327,14 @@ inline void sort_ids(const char* op, cudaStream_t stream, const index_t* ids, in
               op, "sorting ", n, " IDs with their occurrence indices");
 }
 
-// offsets[0] and offsets[B] on the host (offsets is device memory, or host
-// memory the GPU reads through CudaDispatch).
-inline void bag_range(const char* op, cudaStream_t stream, const index_t* offsets, index_t B, index_t& o0,
-                      index_t& oB) {
-  index_t* h = static_cast<index_t*>(cuda::CudaThread::current().host_scratch());
-  cuda::check(cudaMemcpyAsync(h, offsets, sizeof(index_t), cudaMemcpyDefault, stream), op, "reading offsets[0]");
-  cuda::check(cudaMemcpyAsync(h + 1, offsets + B, sizeof(index_t), cudaMemcpyDefault, stream), op,
-              "reading offsets[B] for B = ", B);
-  cuda::check(cudaStreamSynchronize(stream), op, "waiting for offsets[0] and offsets[B], B = ", B);
-  o0 = h[0];
-  oB = h[1];
-}
-
-// The prep kernel + sort of a bag backward over the occurrences [o0, o0 + n).
+// The prep kernel + sort of a bag backward over the n occurrences from offsets[0].
 inline void sort_bags(const char* op, cudaStream_t stream, const index_t* ids, const index_t* offsets, index_t B,
-                      index_t o0, index_t n, SortScratch& s) {
+                      index_t n, SortScratch& s) {
   check(B <= index_t(INT_MAX), op, B, " bags exceed the CUDA backward's limit of ", INT_MAX);
-  bag_prep_kernel<0><<<cuda::grid_for(B * 32, kThreads), kThreads, 0, stream>>>(s.vin, s.bag, offsets, B, o0);
+  bag_prep_kernel<0><<<cuda::grid_for(B * 32, kThreads), kThreads, 0, stream>>>(s.vin, s.bag, s.keys_in, ids,
+                                                                                offsets, B);
   cuda::check_launch(op, "bag indices of ", n, " IDs in ", B, " bags");
-  sort_ids(op, stream, ids + o0, n, s);
+  sort_ids(op, stream, s.keys_in, n, s);
 }
 
 template <class T>
@@ -411,25 +408,21 @@ inline void embedding_bag_forward(cuda_raw_t dev, T* y, const T* table, const in
 template <class T>
 inline void embedding_bag_backward(cuda_raw_t dev, T* grad_table, std::uint8_t* touched, T* dweights, const T* dy,
                                    const T* table, const index_t* ids, const index_t* offsets, const T* weights,
-                                   index_t B, index_t dim, bool mean) {
+                                   index_t B, index_t n, index_t dim, bool mean) {
   namespace ce = cuda_emb;
   const char* op = "embedding_bag_backward";
-  if (B <= 0) return;
-  index_t o0 = 0, oB = 0;
-  ce::bag_range(op, dev.stream, offsets, B, o0, oB);
-  const index_t n = oB - o0;
-  if (n <= 0) return;
+  if (B <= 0 || n <= 0) return;
   ce::SortScratch s = ce::sort_scratch(op, dev.stream, n, true, false);
-  ce::sort_bags(op, dev.stream, ids, offsets, B, o0, n, s);
+  ce::sort_bags(op, dev.stream, ids, offsets, B, n, s);
   if (dim > 0 || touched)
     ce::launch_segments<T>(op, dev.stream, ce::kBag, grad_table, nullptr, nullptr, touched, dy, s, n, offsets,
-                           weights ? weights + o0 : nullptr, dim, mean, cuda_rows::AdamArgs<T>{});
+                           weights, dim, mean, cuda_rows::AdamArgs<T>{});
   if (dweights) {
     cuda_rows::with_width<T>(cuda_rows::vec_width<T>(dim, {dy, table}), [&](auto wc) {
       constexpr int W = decltype(wc)::value;
       const int G = cuda_rows::group_size(dim / W);
       ce::bag_dweights_kernel<T, W><<<cuda::grid_for(n * G, ce::kThreads), ce::kThreads, 0, dev.stream>>>(
-          dweights + o0, dy, table, ids + o0, s.bag, offsets, n, dim, mean, G);
+          dweights, dy, table, ids, s.bag, offsets, n, dim, mean, G);
       cuda::check_launch(op, "dweights of ", n, " IDs in ", B, " bags, dim ", dim);
     });
   }
@@ -439,20 +432,16 @@ inline void embedding_bag_backward(cuda_raw_t dev, T* grad_table, std::uint8_t* 
 // returns true when every updated weight is finite.
 template <class T>
 inline bool embedding_bag_backward_adam(cuda_raw_t dev, T* w, T* m, T* v, const T* dy, const index_t* ids,
-                                        const index_t* offsets, const T* weights, index_t B, index_t dim, bool mean,
-                                        const AdamStep<T>& st) {
+                                        const index_t* offsets, const T* weights, index_t B, index_t n, index_t dim,
+                                        bool mean, const AdamStep<T>& st) {
   namespace ce = cuda_emb;
   const char* op = "embedding_bag_backward_adam";
-  if (B <= 0) return true;
-  index_t o0 = 0, oB = 0;
-  ce::bag_range(op, dev.stream, offsets, B, o0, oB);
-  const index_t n = oB - o0;
-  if (n <= 0 || dim <= 0) return true;
+  if (B <= 0 || n <= 0 || dim <= 0) return true;
   ce::SortScratch s = ce::sort_scratch(op, dev.stream, n, true, true);
   cuda::check(cudaMemsetAsync(s.flag, 0, sizeof(int), dev.stream), op, "clearing the result flag");
-  ce::sort_bags(op, dev.stream, ids, offsets, B, o0, n, s);
-  ce::launch_segments<T>(op, dev.stream, ce::kBagAdam, w, m, v, nullptr, dy, s, n, offsets,
-                         weights ? weights + o0 : nullptr, dim, mean, cuda_rows::adam_args(st));
+  ce::sort_bags(op, dev.stream, ids, offsets, B, n, s);
+  ce::launch_segments<T>(op, dev.stream, ce::kBagAdam, w, m, v, nullptr, dy, s, n, offsets, weights, dim, mean,
+                         cuda_rows::adam_args(st));
   return cuda_rows::read_result(dev.stream, s.flag, op) == 0;
 }
 

@@ -7,7 +7,9 @@
 //   packed_starts      one block scans the lengths (tiles of 1024, a carry
 //                      between tiles: any B) and the total comes back to the
 //                      host through the thread's scratch (one stream sync);
-//   attention_*        the per-(sequence, head) GEMMs are a tiled kernel of
+//   attention_*        padded layout: cuBLAS strided-batched GEMMs per head
+//                      on full (T,T) blocks, masked (see below); packed
+//                      layout: the per-(sequence, head) GEMMs are a tiled kernel of
 //                      our own (grid: B*H problems x 32x32 output tiles, the
 //                      problem's sizes read from lengths[b]; tiles past L
 //                      exit), with a warp per softmax row; every output
@@ -304,6 +306,30 @@ __device__ inline double warp_sum(double v) {
   return v;  // the same fixed tree on every lane: every lane holds the same bits
 }
 
+// One warp, one score row p[0, L): p[c] = exp(p[c] - max), summed in double
+// (the same fixed tree on every lane); returns T(1 / sum). As the reference's
+// softmax_forward, before its final scaling.
+template <class T>
+__device__ inline T warp_softmax_exp(T* p, index_t L, int lane) {
+  T mx = p[0];
+  for (index_t c = lane; c < L; c += 32) mx = p[c] > mx ? p[c] : mx;
+  mx = warp_max(mx);
+  double sum = 0;
+  for (index_t c = lane; c < L; c += 32) {
+    const T e = std::exp(p[c] - mx);
+    p[c] = e;
+    sum += double(e);
+  }
+  return T(1.0 / warp_sum(sum));
+}
+// One warp: sum(d[c] * y[c]) over [0, L) in double, as T.
+template <class T>
+__device__ inline T warp_row_dot(const T* d, const T* y, index_t L, int lane) {
+  double dot = 0;
+  for (index_t c = lane; c < L; c += 32) dot += double(d[c]) * double(y[c]);
+  return T(warp_sum(dot));
+}
+
 // A warp per score row (b, h, r), r < lengths[b]: the row of the compact
 // (L,L) block at (b*H + h)*TT + r*L, softmax in place as softmax_forward
 // (reference): max-subtracted exp in T, summed in double, times T(1/sum).
@@ -318,17 +344,7 @@ __global__ void attn_softmax_forward_kernel(T* P, const index_t* lengths, index_
     const index_t L = lengths[z / H];
     if (r >= L) continue;  // the whole warp skips together
     T* p = P + z * TT + r * L;
-    T mx = p[0];
-    for (index_t c = lane; c < L; c += 32) mx = p[c] > mx ? p[c] : mx;
-    mx = warp_max(mx);
-    double sum = 0;
-    for (index_t c = lane; c < L; c += 32) {
-      const T e = std::exp(p[c] - mx);
-      p[c] = e;
-      sum += double(e);
-    }
-    sum = warp_sum(sum);
-    const T inv = T(1.0 / sum);
+    const T inv = warp_softmax_exp(p, L, lane);
     for (index_t c = lane; c < L; c += 32) p[c] *= inv;
   }
 }
@@ -346,10 +362,75 @@ __global__ void attn_softmax_backward_kernel(T* dS, const T* P, const index_t* l
     if (r >= L) continue;
     T* d = dS + z * TT + r * L;
     const T* y = P + z * TT + r * L;
-    double dot = 0;
-    for (index_t c = lane; c < L; c += 32) dot += double(d[c]) * double(y[c]);
-    const T td = T(warp_sum(dot));
+    const T td = warp_row_dot(d, y, L, lane);
     for (index_t c = lane; c < L; c += 32) d[c] = y[c] * (d[c] - td);
+  }
+}
+
+// ---- the padded layout on cuBLAS: full (T,T) score blocks -------------------------
+// In the padded layout every (b, h) product has the shape of the longest
+// sequence, so cuBLAS strided-batched GEMMs compute them over full (T,T)
+// blocks (ld T, block (b*H + h)*T*T) and these kernels mask what lies
+// beyond L = lengths[b]: a masked entry is exactly 0, so it adds nothing to
+// any product, and the padded rows of every output come out 0.
+
+// A warp per full row (b, h, r): r < L: softmax over the L valid keys as
+// attn_softmax_forward_kernel, keys [L, T) set to 0, and the row also copied
+// to the compact (L,L) block of `probs`; r >= L: the whole row set to 0.
+template <class T>
+__global__ void attn_softmax_full_kernel(T* S, T* probs, const index_t* lengths, index_t B, index_t H, index_t T_len,
+                                         index_t TT) {
+  const int lane = int(threadIdx.x) & 31;
+  const index_t rows = B * H * T_len;
+  const index_t warps = (index_t(gridDim.x) * blockDim.x) >> 5;
+  for (index_t w = (index_t(blockIdx.x) * blockDim.x + threadIdx.x) >> 5; w < rows; w += warps) {
+    const index_t z = w / T_len, r = w - z * T_len;
+    const index_t L = lengths[z / H];
+    T* p = S + z * TT + r * T_len;
+    if (r >= L) {
+      for (index_t c = lane; c < T_len; c += 32) p[c] = T(0);
+      continue;
+    }
+    const T inv = warp_softmax_exp(p, L, lane);
+    T* q = probs + z * TT + r * L;
+    for (index_t c = lane; c < T_len; c += 32) {
+      const T y = c < L ? p[c] * inv : T(0);
+      p[c] = y;
+      if (c < L) q[c] = y;
+    }
+  }
+}
+
+// Pf (full blocks) = the compact (L,L) blocks of probs, 0 beyond L.
+template <class T>
+__global__ void attn_expand_probs_kernel(T* Pf, const T* probs, const index_t* lengths, index_t B, index_t H,
+                                         index_t T_len, index_t TT) {
+  MTREC_SEQ_GRID_STRIDE(i, B * H * TT) {
+    const index_t z = i / TT, e = i - z * TT, r = e / T_len, c = e - r * T_len;
+    const index_t L = lengths[z / H];
+    Pf[i] = r < L && c < L ? probs[z * TT + r * L + c] : T(0);
+  }
+}
+
+// A warp per full row: dS = P * (dP - sum(dP * P)) for r < L (keys beyond L
+// have P = 0, so they come out 0); rows r >= L set to 0.
+template <class T>
+__global__ void attn_softmax_backward_full_kernel(T* dS, const T* Pf, const index_t* lengths, index_t B, index_t H,
+                                                  index_t T_len, index_t TT) {
+  const int lane = int(threadIdx.x) & 31;
+  const index_t rows = B * H * T_len;
+  const index_t warps = (index_t(gridDim.x) * blockDim.x) >> 5;
+  for (index_t w = (index_t(blockIdx.x) * blockDim.x + threadIdx.x) >> 5; w < rows; w += warps) {
+    const index_t z = w / T_len, r = w - z * T_len;
+    const index_t L = lengths[z / H];
+    T* d = dS + z * TT + r * T_len;
+    const T* y = Pf + z * TT + r * T_len;
+    if (r >= L) {
+      for (index_t c = lane; c < T_len; c += 32) d[c] = T(0);
+      continue;
+    }
+    const T td = warp_row_dot(d, y, L, lane);
+    for (index_t c = lane; c < T_len; c += 32) d[c] = c < L ? y[c] * (d[c] - td) : T(0);
   }
 }
 
@@ -554,6 +635,30 @@ inline void gemm_strided_batched(cuda_raw_t dev, Trans ta, Trans tb, index_t M, 
 }
 
 // ---- multi-head attention over variable-length sequences --------------------------------------------------
+//
+// Padded layout (the model's sequence encoders): every per-head product is
+// a cuBLAS strided-batched GEMM, one call per head over the B sequences
+// (the heads of one sequence are dh columns apart, the sequences T*ld rows
+// apart: one stride each), on full (T,T) score blocks in the thread's
+// device scratch, masked by the kernels above. Packed layout: the sequences
+// start at arbitrary rows, so no stride exists; the tiled kernel
+// (attn_gemm) handles each (b, h) at its own length.
+
+namespace cuda_impl {
+namespace seq {
+// C_h = alpha op(A_h) op(B_h) for h < H: one strided-batched call per head,
+// batched over the B sequences. Offsets and strides are in elements; the
+// head's own offset is h * (its head stride).
+template <class T>
+inline void per_head_gemm(cuda_raw_t dev, Trans ta, Trans tb, index_t B, index_t H, index_t M, index_t N, index_t K,
+                          T alpha, const T* A, index_t lda, index_t headA, index_t strideA, const T* Bm, index_t ldb,
+                          index_t headB, index_t strideB, T* C, index_t ldc, index_t headC, index_t strideC) {
+  for (index_t h = 0; h < H; ++h)
+    kernels::gemm_strided_batched(dev, ta, tb, M, N, K, alpha, A + h * headA, lda, strideA, Bm + h * headB, ldb, strideB, T(0),
+                         C + h * headC, ldc, strideC, B);
+}
+}  // namespace seq
+}  // namespace cuda_impl
 
 // out (n,D): per (b,h), P = softmax(scale Q K^T) into probs (compact (L,L) at
 // (b*H+h)*T*T), out = P V; padded: rows [L,T) of each sequence's out are 0.
@@ -565,6 +670,19 @@ inline void attention_forward(cuda_raw_t dev, T* out, T* probs, const T* qkv, co
   const char* op = "attention_forward";
   if (B <= 0) return;
   const index_t D = H * dh, ld = 3 * D, TT = T_len * T_len;
+  if (padded && H > 0 && T_len > 0 && dh > 0) {  // starts[b] = b*T: cuBLAS
+    T* S = static_cast<T*>(cuda::CudaThread::current().device_scratch(sizeof(T) * std::size_t(B * H * TT)));
+    // S (T,T) per (b,h) = scale Q K^T
+    per_head_gemm(dev, Trans::N, Trans::T, B, H, T_len, T_len, dh, scale, qkv, ld, dh, T_len * ld, qkv + D, ld, dh,
+                  T_len * ld, S, T_len, TT, H * TT);
+    attn_softmax_full_kernel<T><<<attn_row_grid(B * H * T_len), kThreads, 0, dev.stream>>>(S, probs, lengths, B, H,
+                                                                                           T_len, TT);
+    cuda::check_launch(op, "softmax rows (full blocks): B=", B, " H=", H, " T=", T_len);
+    // out (T,dh) = P V: padded rows have P = 0, so they come out 0
+    per_head_gemm(dev, Trans::N, Trans::N, B, H, T_len, dh, T_len, T(1), S, T_len, TT, H * TT, qkv + 2 * D, ld, dh,
+                  T_len * ld, out, D, dh, T_len * D);
+    return;
+  }
   if (padded) attn_zero_padded(dev, out, lengths, starts, B, T_len, D, op);
   if (H <= 0 || T_len <= 0) return;
   AttnGemm<T> g{lengths, starts, H, dh, TT, true, true, false, scale, {}, {}, {}};
@@ -597,6 +715,26 @@ inline void attention_backward(cuda_raw_t dev, T* d_qkv, T* d_scores, const T* d
   const char* op = "attention_backward";
   if (B <= 0) return;
   const index_t D = H * dh, ld = 3 * D, TT = T_len * T_len;
+  if (padded && H > 0 && T_len > 0 && dh > 0) {  // starts[b] = b*T: cuBLAS on full blocks
+    T* Pf = static_cast<T*>(cuda::CudaThread::current().device_scratch(sizeof(T) * std::size_t(B * H * TT)));
+    attn_expand_probs_kernel<T><<<cuda::grid_for(B * H * TT), kThreads, 0, dev.stream>>>(Pf, probs, lengths, B, H,
+                                                                                         T_len, TT);
+    cuda::check_launch(op, "expanding the probabilities: B=", B, " H=", H, " T=", T_len);
+    // dP (T,T) = dO V^T, in d_scores as full blocks
+    per_head_gemm(dev, Trans::N, Trans::T, B, H, T_len, T_len, dh, T(1), d_out, D, dh, T_len * D, qkv + 2 * D, ld,
+                  dh, T_len * ld, d_scores, T_len, TT, H * TT);
+    attn_softmax_backward_full_kernel<T><<<attn_row_grid(B * H * T_len), kThreads, 0, dev.stream>>>(
+        d_scores, Pf, lengths, B, H, T_len, TT);
+    cuda::check_launch(op, "softmax backward rows (full blocks): B=", B, " H=", H, " T=", T_len);
+    // dQ = scale dS K, dK = scale dS^T Q, dV = P^T dO: every padded row 0
+    per_head_gemm(dev, Trans::N, Trans::N, B, H, T_len, dh, T_len, scale, d_scores, T_len, TT, H * TT, qkv + D, ld,
+                  dh, T_len * ld, d_qkv, ld, dh, T_len * ld);
+    per_head_gemm(dev, Trans::T, Trans::N, B, H, T_len, dh, T_len, scale, d_scores, T_len, TT, H * TT, qkv, ld, dh,
+                  T_len * ld, d_qkv + D, ld, dh, T_len * ld);
+    per_head_gemm(dev, Trans::T, Trans::N, B, H, T_len, dh, T_len, T(1), Pf, T_len, TT, H * TT, d_out, D, dh,
+                  T_len * D, d_qkv + 2 * D, ld, dh, T_len * ld);
+    return;
+  }
   if (padded) attn_zero_padded(dev, d_qkv, lengths, starts, B, T_len, ld, op);
   if (H <= 0 || T_len <= 0) return;
   AttnGemm<T> g{lengths, starts, H, dh, TT, true, true, false, T(1), {}, {}, {}};
