@@ -298,9 +298,9 @@ class ParameterStore {
   // are written the unfused way, the table takes the ordinary lazy row
   // update, and the result is the same either way.
   struct DeferredLookup {
-    pointer_t<const index_t, typename D::memory> ids, offsets;  // offsets (B+1), on the device
-    const_pointer weights;                                       // per ID, or null
-    const_pointer dy;                                            // (B, dim), valid until step()
+    pointer_t<const index_t, typename D::memory> ids{}, offsets{};  // offsets (B+1), on the device
+    const_pointer weights{};                                         // per ID, or null
+    const_pointer dy{};                                              // (B, dim), valid until step()
     const index_t* host_ids = nullptr;                           // the same IDs on the host (touched rows)
     index_t n_ids = 0, B = 0;
     bool mean = false;
