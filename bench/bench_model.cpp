@@ -8,6 +8,9 @@
 //       row-wise Adam update (the table gradient never written).
 //   BM_model_predict/<workload>/batch:<B>/omp:<threads>   MultiTaskModel::predict
 //       (forward in eval mode + sigmoid) at batch 1, 16, 256.
+//   BM_rank_batched, BM_rank_user_once/<workload>/candidates:200/omp:<threads>
+//       one user against 200 candidates: the merged rows' predict, and
+//       predict_ranking with the user side once.
 //
 // Models, trainers, workspaces and batches are built once per process (the
 // large model has ~60M parameters) and warmed up before timing, so the timed
@@ -110,6 +113,69 @@ void BM_model_predict(benchmark::State& state, const Workload* w) {
   state.SetItemsProcessed(state.iterations() * B);
 }
 
+// Ranking N candidates for one user (serving's second stage). The
+// workload's config with ID fields 4.. and the bag item-side, ID fields 0..3
+// and the behaviour sequence user-side:
+//   BM_rank_batched/<workload>/candidates:N    predict() over the N merged rows
+//   BM_rank_user_once/<workload>/candidates:N  predict_ranking(): the user's
+//       fields and their share of every first layer once (the same numbers
+//       within 1e-5: tests/models/test_ranking_user_once.cpp)
+struct RankSetup {
+  mtrec::ModelConfig config;
+  std::unique_ptr<mtrec::MultiTaskModel<float>> model;
+  mtrec::Batch<float> user, candidates, merged;
+  mtrec::MultiTaskModel<float>::Workspace ws;
+  mtrec::MultiTaskModel<float>::RankingWorkspace rw;
+  mtrec::Tensor<float> out;
+
+  RankSetup(const Workload& w, index_t N) : config(mtrec_bench::make_config(w)) {
+    for (std::size_t f = 0; f < config.features.ids.size(); ++f) config.features.ids[f].item_side = f >= 4;
+    config.features.bags[0].item_side = true;
+    model = std::make_unique<mtrec::MultiTaskModel<float>>(config);
+    user = mtrec_bench::make_batch(w, config, 1, 3);
+    candidates = mtrec_bench::make_batch(w, config, N, 4);
+    merged = candidates;
+    for (std::size_t f = 0; f < 4 && f < config.features.ids.size(); ++f)
+      merged.ids[f].assign(std::size_t(N), user.ids[f][0]);
+    auto& seq = merged.sequences[0];
+    seq.lengths.assign(std::size_t(N), user.sequences[0].lengths[0]);
+    seq.ids.clear();
+    for (index_t i = 0; i < N; ++i)
+      seq.ids.insert(seq.ids.end(), user.sequences[0].ids.begin(), user.sequences[0].ids.end());
+  }
+};
+
+RankSetup& rank_setup(const Workload& w, index_t N) {
+  static std::map<std::string, std::unique_ptr<RankSetup>> cache;
+  auto& p = cache[std::string(w.name) + "/" + std::to_string(N)];
+  if (!p) p = std::make_unique<RankSetup>(w, N);
+  return *p;
+}
+
+void BM_rank_batched(benchmark::State& state, const Workload* w) {
+  ThreadScope threads(int(state.range(1)));
+  RankSetup& s = rank_setup(*w, state.range(0));
+  for (int i = 0; i < 3; ++i) s.model->predict(s.ws, s.merged, s.out);
+  for (auto _ : state) {
+    s.model->predict(s.ws, s.merged, s.out);
+    benchmark::DoNotOptimize(s.out.data());
+    benchmark::ClobberMemory();
+  }
+  state.SetItemsProcessed(state.iterations() * state.range(0));
+}
+
+void BM_rank_user_once(benchmark::State& state, const Workload* w) {
+  ThreadScope threads(int(state.range(1)));
+  RankSetup& s = rank_setup(*w, state.range(0));
+  for (int i = 0; i < 3; ++i) s.model->predict_ranking(s.rw, s.user, s.candidates, s.out);
+  for (auto _ : state) {
+    s.model->predict_ranking(s.rw, s.user, s.candidates, s.out);
+    benchmark::DoNotOptimize(s.out.data());
+    benchmark::ClobberMemory();
+  }
+  state.SetItemsProcessed(state.iterations() * state.range(0));
+}
+
 // Thread counts of the model benchmarks: MTREC_BENCH_THREADS="2" by default
 // (a comma list, e.g. "1,2"); the ref workload's training step and batch-256
 // inference are also registered at 1 thread for the scaling measurement.
@@ -152,6 +218,11 @@ const bool registered = [] {
       for (index_t B : {1, 16, 256}) p->Args({B, n});
     for (int n : predict256_threads)
       if (std::find(threads.begin(), threads.end(), n) == threads.end()) p->Args({256, n});
+    for (auto fn : {std::make_pair("BM_rank_batched/", BM_rank_batched), std::make_pair("BM_rank_user_once/", BM_rank_user_once)}) {
+      auto* r = benchmark::RegisterBenchmark((std::string(fn.first) + w.name).c_str(), fn.second, &w);
+      r->ArgNames({"candidates", "omp"})->UseRealTime()->Unit(benchmark::kMillisecond);
+      for (int n : threads) r->Args({200, n});
+    }
   }
   return true;
 }();

@@ -11,8 +11,11 @@
 // Failure policy: every input is read, checked and encoded before training
 // starts and before any output is written, and every output goes through
 // io::AtomicFileWriter, so a failed run leaves no partial file behind.
-#include <mtrec/data/csv.hpp>
-#include <mtrec/data/tabular.hpp>
+#include <mtrec/io/csv.hpp>
+#ifdef MTREC_WITH_HNSWLIB
+#include <mtrec/serve/hnsw.hpp>  // one translation unit only (hnswlib's headers)
+#endif
+#include <mtrec/model/tabular.hpp>
 #include <mtrec/mtrec.hpp>
 
 #include <sys/stat.h>
@@ -40,7 +43,6 @@ using namespace mtrec;
 
 namespace {
 
-constexpr const char* kPreprocessingKey = "mtrec_train.preprocessing";
 
 const char* const kHelp = R"(mtrec-train: train a multi-task recommendation model on CSV files, or
 predict with a trained one.
@@ -102,6 +104,21 @@ Tasks (at least one; the first is the one early stopping watches):
                            WEIGHT scales the task's loss (default 1). An empty
                            cell means "no label": that row is masked for that
                            task, not treated as 0.
+  --task COL:bpr[:WEIGHT]  a binary task trained with the pairwise BPR loss
+                           (each positive against the batch's negatives)
+  --task COL:retrieval[:FEATURE][:WEIGHT]
+                           a two-tower retrieval task: the label is a raw item
+                           value, the model's output a query vector scored
+                           against the item table (in-batch sampled softmax;
+                           metrics hit_rate@10, ndcg@10). With FEATURE (an
+                           --id column) it shares that feature's vocabulary
+                           and embedding table (--task next:retrieval:movie);
+                           without, it learns a table of COL's own values.
+                           Items not seen in training leave the row unlabelled.
+  --item-fields COL[,COL...]
+                           the feature columns that describe the candidate
+                           item (all others describe the user); saved in the
+                           checkpoint, where mtrec-serve ranks with them
 
 Model:
   --model NAME             single | shared_bottom | mmoe | ple | esmm
@@ -156,10 +173,15 @@ Data:
                            leaves that part out)
 
 Output:
-  --save CKPT.safetensors  the model (mtrec::load_checkpoint reads it) plus
-                           the preprocessing (vocabularies, hash buckets,
-                           dense mean/std, column declarations, class names)
-                           in the metadata entry "mtrec_train.preprocessing"
+  --save CKPT.safetensors  the model with its feature spec (vocabularies and
+                           their OOV row, hash salts, dense mean/std, the
+                           tokenizer, column declarations, item sides, class
+                           names): mtrec::load_checkpoint reads both, and the
+                           loaded model encodes raw values (model.encode)
+  --hnsw                   with --save: also an HNSW index (hnswlib; M 16,
+                           ef_construction 200) of each retrieval task's
+                           trained item table, saved beside it as
+                           CKPT.TASK.hnsw (+ .json), for mtrec-serve --index
   --curve FILE.svg         learning curve: each task's monitored validation
                            metric per epoch (training loss without validation)
   --predict FILE           rows to predict: with --load, or after training
@@ -235,6 +257,7 @@ struct Options {
   index_t batch = 256;
   double lr = 1e-3, weight_decay = 0;
   bool fused_tables = false;
+  bool hnsw = false;
   int patience = 0;
   std::uint64_t seed = 0;
   int threads = 0;
@@ -242,6 +265,7 @@ struct Options {
   bool quiet = false;
   std::string train, valid, test, split, save, load, predict, out, curve;
   std::vector<std::string> keep;
+  std::vector<std::string> item_fields;
   std::vector<std::string> training_flags;  // given flags that only make sense when training
 };
 
@@ -301,7 +325,8 @@ Options parse_args(int argc, char** argv, bool& help) {
         "--id", "--bag", "--seq", "--text", "--dense", "--min-count", "--task", "--model", "--experts", "--dim",
         "--bottom", "--expert-layers", "--tower", "--dropout", "--epochs", "--batch", "--lr", "--weight-decay",
         "--weighting", "--patience", "--seed", "--threads", "--quiet", "--train", "--valid", "--test", "--split",
-        "--save", "--load", "--predict", "--out", "--curve", "--keep", "--na-values", "--fused-tables"};
+        "--save", "--load", "--predict", "--out", "--curve", "--keep", "--na-values", "--fused-tables",
+        "--item-fields", "--hnsw"};
     if (!flags.count(arg)) usage_fail("unknown flag '", arg, "' (run mtrec-train --help for the list)");
     const bool repeatable = arg == "--id" || arg == "--bag" || arg == "--seq" || arg == "--text" || arg == "--dense" ||
                             arg == "--task" || arg == "--keep";
@@ -314,6 +339,15 @@ Options parse_args(int argc, char** argv, bool& help) {
     if (arg == "--fused-tables") {
       if (has_value) usage_fail("flag --fused-tables takes no value");
       o.fused_tables = true;
+      continue;
+    }
+    if (arg == "--hnsw") {
+      if (has_value) usage_fail("flag --hnsw takes no value");
+#ifndef MTREC_WITH_HNSWLIB
+      usage_fail("flag --hnsw needs mtrec-train built with MTREC_WITH_HNSWLIB=ON (Debian libhnswlib-dev)");
+#endif
+      o.hnsw = true;
+      o.training_flags.push_back(arg);
       continue;
     }
     if (!has_value) {
@@ -378,6 +412,10 @@ Options parse_args(int argc, char** argv, bool& help) {
     else if (arg == "--out") o.out = value;
     else if (arg == "--curve") o.curve = value;
     else if (arg == "--keep") o.keep.push_back(value);
+    else if (arg == "--item-fields") {
+      data::for_each_item(value, ',', [&](std::string_view c) { o.item_fields.emplace_back(c); });
+      if (o.item_fields.empty()) usage_fail("flag --item-fields expects COL[,COL...] but got '", value, "'");
+    }
   }
   return o;
 }
@@ -417,6 +455,7 @@ void validate_options(const Options& o) {
   if (o.predict.empty() != o.out.empty())
     usage_fail(o.predict.empty() ? "flag --out needs --predict FILE" : "flag --predict needs --out PRED.csv");
   if (!o.keep.empty() && o.predict.empty()) usage_fail("flag --keep needs --predict FILE and --out PRED.csv");
+  if (o.hnsw && o.save.empty()) usage_fail("flag --hnsw needs --save CKPT (the index is saved beside it)");
   check_output("--save", o.save);
   check_output("--curve", o.curve);
   check_output("--out", o.out);
@@ -502,6 +541,7 @@ json::Value metrics_json(const Evaluation& ev, const data::TabularEncoder& enc) 
     const char* names[2] = {"auc", "logloss"};
     if (type == TaskType::Regression) names[0] = "rmse", names[1] = "mae";
     if (type == TaskType::MultiClass) names[0] = "accuracy", names[1] = "logloss";
+    if (type == TaskType::Retrieval) names[0] = "hit_rate@10", names[1] = "ndcg@10";
     json::Value t = json::Value::object();
     for (const char* n : names) t.set(n, number_or_null(metric_value(ev, enc, k, n)));
     out.set(enc.schema().tasks[k].column, std::move(t));
@@ -511,44 +551,28 @@ json::Value metrics_json(const Evaluation& ev, const data::TabularEncoder& enc) 
 
 // ---- checkpoint with preprocessing -----------------------------------------------------------
 
-// A regular checkpoint (load_checkpoint reads it) with the encoder as one
-// more metadata entry.
-void save_model(const std::string& path, const MultiTaskModel<float>& model, const data::TabularEncoder& enc) {
-  save_checkpoint<float>(path, model, nullptr, {{kPreprocessingKey, enc.to_json().dump()}});
+// A regular checkpoint: the encoder is the model's feature spec
+// (set_preprocessing), which save_checkpoint stores and load_checkpoint
+// restores.
+void save_model(const std::string& path, const MultiTaskModel<float>& model) {
+  save_checkpoint<float>(path, model, nullptr);
 }
 
 struct Loaded {
   std::unique_ptr<MultiTaskModel<float>> model;
-  data::TabularEncoder encoder;
+  const data::TabularEncoder* encoder = nullptr;  // the model's feature spec
 };
 
 Loaded load_model(const std::string& path) {
-  const char* op = "load_checkpoint";
-  const SafetensorsFile f = SafetensorsFile::load(path);
-  const auto& meta = f.metadata();
-  auto fmt = meta.find("format");
-  check(fmt != meta.end() && fmt->second == "mtrec.checkpoint", op, "'", path,
-        "' expected metadata format = mtrec.checkpoint (is it an mtrec checkpoint?)");
-  auto cfg = meta.find("config");
-  check(cfg != meta.end(), op, "'", path, "' has no 'config' metadata");
-  auto pre = meta.find(kPreprocessingKey);
-  check(pre != meta.end(), op, "'", path, "' has no '", kPreprocessingKey,
-        "' metadata: it was not written by mtrec-train --save, so there is no preprocessing to apply to CSV files");
   Loaded l;
   // The library's loader: the config is range-checked and compared with the
-  // file's tensors before anything is allocated, and non-finite weights are refused.
-  l.model = load_checkpoint<float>(f, path);
-  try {
-    l.encoder = data::TabularEncoder::from_json(json::parse(pre->second));
-  } catch (const Error& e) {
-    fail(op, "'", path, "': metadata '", kPreprocessingKey, "': ", e.what());
-  }
-  const auto& tasks = l.model->config().tasks;
-  check(tasks.size() == l.encoder.schema().tasks.size(), op, "'", path, "': the model has ", tasks.size(),
-        " tasks but the preprocessing ", l.encoder.schema().tasks.size());
-  for (std::size_t k = 0; k < tasks.size(); ++k)
-    check(tasks[k].name == l.encoder.schema().tasks[k].column, op, "'", path, "': task ", k + 1, " is '", tasks[k].name,
-          "' in the model but '", l.encoder.schema().tasks[k].column, "' in the preprocessing");
+  // file's tensors before anything is allocated, non-finite weights are
+  // refused, and the feature spec is checked against the model.
+  l.model = load_checkpoint<float>(path);
+  l.encoder = l.model->preprocessing();
+  check(l.encoder != nullptr, "load_checkpoint", "'", path,
+        "' has no feature spec (metadata 'preprocessing'): it was not written by mtrec-train --save, so there is "
+        "no preprocessing to apply to CSV files");
   return l;
 }
 
@@ -697,9 +721,16 @@ void write_predictions(const std::string& path, const PredictInput& in, const Mu
     field(cfg.tasks[k].name);
     if (cfg.tasks[k].type == TaskType::MultiClass)
       for (const auto& cls : enc.classes(k)) field(cfg.tasks[k].name + ":" + cls);
+    if (cfg.tasks[k].type == TaskType::Retrieval) field(cfg.tasks[k].name + ":score");
   }
   if (cfg.architecture == Architecture::ESMM) field("cvr");
   out += '\n';
+  // Retrieval tasks: the best item of the whole table (its raw value, and
+  // the score dot(query, item) / temperature), never the OOV row.
+  std::vector<std::unique_ptr<ExactRetriever<float>>> retrievers(K);
+  for (std::size_t k = 0; k < K; ++k)
+    if (cfg.tasks[k].type == TaskType::Retrieval) retrievers[k] = std::make_unique<ExactRetriever<float>>(model, cfg.tasks[k].name);
+  const std::vector<index_t> oov_row = {data::Vocabulary::kOov};
   typename MultiTaskModel<float>::Workspace ws;
   Batch<float> batch;
   Tensor<float> pred;
@@ -724,6 +755,16 @@ void write_predictions(const std::string& path, const PredictInput& in, const Mu
           append_float(out, p[col++]);
         } else if (t.type == TaskType::Regression) {
           append_float(out, enc.target(k).invert(p[col++]));
+        } else if (t.type == TaskType::Retrieval) {
+          const auto& top = retrievers[k]->search(ConstView<float>(p + col, {t.target_dim}), 1, oov_row);
+          if (top.empty()) {
+            out += ',';
+          } else {
+            data::append_csv_field(out, enc.item_vocabulary(k).token(top[0].row));
+            out += ',';
+            append_float(out, top[0].score);
+          }
+          col += t.target_dim;
         } else {
           index_t best = 0;
           for (index_t c = 1; c < t.num_classes; ++c)
@@ -883,8 +924,8 @@ void write_curve(const std::string& path, const History& h, const ModelConfig& c
 int run_predict_only(const Options& o) {
   const auto t0 = std::chrono::steady_clock::now();
   Loaded l = load_model(o.load);
-  const PredictInput in = prepare_predict(o, l.encoder);
-  write_predictions(o.out, in, *l.model, l.encoder);
+  const PredictInput in = prepare_predict(o, *l.encoder);
+  write_predictions(o.out, in, *l.model, *l.encoder);
   json::Value j = json::Value::object();
   j.set("model", architecture_name(l.model->config().architecture));
   j.set("predicted", in.batch.size);
@@ -905,7 +946,14 @@ int run_train(const Options& o) {
   data::RowSplit split;
   const bool use_split = !o.split.empty();
   if (use_split) split = data::split_rows(train_table.rows(), data::parse_split(o.split), o.seed);
-  data::TabularEncoder enc(o.schema);
+  data::TabularSchema schema = o.schema;
+  for (const auto& col : o.item_fields) {
+    bool found = false;
+    for (auto& f : schema.features)
+      if (f.column == col) f.item_side = found = true;
+    if (!found) usage_fail("flag --item-fields names '", col, "', which is not a feature column (--id, --bag, --seq, --text, --dense)");
+  }
+  data::TabularEncoder enc(schema);
   enc.fit(train_table, use_split ? &split.train : nullptr);
   const Batch<float> train = enc.transform<float>(train_table, use_split ? &split.train : nullptr, true);
   Batch<float> valid, test;
@@ -930,7 +978,7 @@ int run_train(const Options& o) {
   tf.ffn = 4 * o.dim;
   tf.dropout = 0.1;
   cfg.features = enc.feature_spec(o.dim, tf);
-  cfg.tasks = enc.task_specs(o.tower);
+  cfg.tasks = enc.task_specs(o.tower, o.dim);
   cfg.architecture = architecture_of(o);
   cfg.bottom = o.bottom;
   cfg.experts = o.experts;
@@ -946,6 +994,7 @@ int run_train(const Options& o) {
          " bytes of parameters (flags --dim ", o.dim, ", --id COL:BUCKETS, layer widths)");
   }
   MultiTaskModel<float>& model = *model_ptr;
+  model.set_preprocessing(enc);  // saved with the model
 
   const Batch<float>* valid_ptr = valid.size > 0 ? &valid : nullptr;
   TrainConfig tc;
@@ -989,8 +1038,18 @@ int run_train(const Options& o) {
   j.set("test", metrics_json(ev, enc));
 
   if (!o.save.empty()) {
-    save_model(o.save, model, enc);
+    save_model(o.save, model);
     info("saved '" + o.save + "'");
+#ifdef MTREC_WITH_HNSWLIB
+    if (o.hnsw)
+      for (std::size_t k = 0; k < model.config().tasks.size(); ++k) {
+        if (model.config().tasks[k].type != TaskType::Retrieval) continue;
+        const auto table = model.target_table(k);
+        const std::string path = o.save + "." + model.config().tasks[k].name + ".hnsw";
+        HnswIndex(ConstView<float>(table.data, table.shape)).save(path);
+        info("saved the HNSW index '" + path + "' (" + std::to_string(table.shape[0]) + " rows)");
+      }
+#endif
   }
   if (!o.curve.empty()) write_curve(o.curve, h, cfg, enc, valid_ptr);
   if (pred_in) {

@@ -15,9 +15,9 @@ MAY_INCLUDE = {
     "io": {"core"},
     "kernels": {"core"},
     "layers": {"core", "kernels"},
-    "model": {"core", "kernels", "layers"},
+    "model": {"core", "io", "kernels", "layers"},
     "train": {"core", "io", "kernels", "layers", "model"},
-    "serve": {"core", "io", "kernels", "layers", "model"},
+    "serve": {"core", "io", "kernels", "layers", "model", "train"},
     "data": {"core", "io", "kernels", "layers", "model", "train"},
 }
 

@@ -14,7 +14,7 @@ cd "$ROOT"
 source "$ROOT/tools/deps.sh"
 
 BENCH="${MTREC_BUILD_BENCH:-OFF}"
-pkgs=(g++ make cmake libeigen3-dev libxsimd-dev catch2 python3 libhnswlib-dev)
+pkgs=(g++ make cmake libeigen3-dev libxsimd-dev catch2 python3 libhnswlib-dev libcpp-httplib-dev nlohmann-json3-dev pkg-config)
 case "$BENCH" in
   ON|on|1|TRUE|true|YES|yes) BENCH=ON; pkgs+=(libbenchmark-dev) ;;
   *) BENCH=OFF ;;

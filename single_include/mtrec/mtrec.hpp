@@ -10141,6 +10141,53 @@ class ActivationLayer {
 
 namespace mtrec {
 
+// N rows that share one part: row n of the (virtual) input X (N,F) is the
+// shared row's columns in `shared_blocks` and row n of `rows` in
+// `row_blocks` (every column is in exactly one block list). Ranking N
+// candidates for one user: the user's fields are shared, the items' vary.
+// A first layer then computes
+//   y (N,H) = X W^T + b = rows_i W_i^T + (shared_u W_u^T + b)
+// with the shared product once (Linear::forward_split), never X itself.
+// gather() packs the two parts once; every first layer reuses them.
+template <class T, class Device = Cpu>
+struct SplitInput {
+  using CView = DeviceView<const T, Device>;
+  struct Block {
+    index_t col = 0, width = 0;
+  };
+  std::vector<Block> shared_blocks, row_blocks;
+  index_t F = 0, N = 0, Fs = 0, Fr = 0;
+  Tensor<T, Device> shared, rows;  // (1,Fs), (N,Fr): the blocks, packed in order
+  // Scratch of forward_split (the gathered weight columns and the shared
+  // product); one SplitInput is used by one thread at a time.
+  mutable Tensor<T, Device> w_shared, w_rows, y_shared;
+
+  // shared_row (1,F) and all_rows (N,F): only the shared blocks of the first
+  // and the row blocks of the second are read.
+  void gather(const Device& dev, CView shared_row, CView all_rows) {
+    const char* op = "SplitInput::gather";
+    check_matrix(op, "shared_row", shared_row, 1, F);
+    check_matrix(op, "all_rows", all_rows, -1, F);
+    N = all_rows.rows();
+    Fs = Fr = 0;
+    for (const Block& b : shared_blocks) Fs += b.width;
+    for (const Block& b : row_blocks) Fr += b.width;
+    check(Fs + Fr == F, op, "the blocks cover ", Fs + Fr, " of the ", F, " columns");
+    shared.resize({1, std::max<index_t>(Fs, 1)});
+    rows.resize({std::max<index_t>(N, 1), std::max<index_t>(Fr, 1)});
+    index_t c = 0;
+    for (const Block& b : shared_blocks) {
+      kernels::copy_columns(dev, shared.data(), Fs, c, shared_row.data, F, b.col, 1, b.width);
+      c += b.width;
+    }
+    c = 0;
+    for (const Block& b : row_blocks) {
+      kernels::copy_columns(dev, rows.data(), Fr, c, all_rows.data, F, b.col, N, b.width);
+      c += b.width;
+    }
+  }
+};
+
 template <class T, class Device = Cpu>
 class Linear {
  public:
@@ -10181,6 +10228,42 @@ class Linear {
     kernels::gemm(dev(), kernels::Trans::N, kernels::Trans::T, n, out_, in_, T(1), x, in_, w, in_, T(0),
                   y, out_);
     if (bias_ >= 0) kernels::bias_add(dev(), y, store_->value(bias_), n, out_);
+  }
+  // y (N,out) = X W^T + b for the split input X (see SplitInput): the
+  // weight's columns gathered into the shared and the per-row parts, the
+  // shared row's product (plus b) computed once and added to every row.
+  void forward_split(const SplitInput<T, Device>& x, Ptr y) const {
+    check(x.F == in_, "Linear::forward_split", "expected a split input of ", in_, " columns but got ", x.F);
+    const Device& d = dev();
+    CPtr w = store_->value(weight_);
+    const index_t n = x.N;
+    x.y_shared.resize({1, out_});
+    if (x.Fs > 0) {
+      x.w_shared.resize({out_, x.Fs});
+      index_t c = 0;
+      for (const auto& b : x.shared_blocks) {
+        kernels::copy_columns(d, x.w_shared.data(), x.Fs, c, w, in_, b.col, out_, b.width);
+        c += b.width;
+      }
+      kernels::gemm(d, kernels::Trans::N, kernels::Trans::T, 1, out_, x.Fs, T(1), x.shared.data(), x.Fs,
+                    x.w_shared.data(), x.Fs, T(0), x.y_shared.data(), out_);
+    } else {
+      x.y_shared.zero();
+    }
+    if (bias_ >= 0) kernels::bias_add(d, x.y_shared.data(), store_->value(bias_), 1, out_);
+    if (x.Fr > 0) {
+      x.w_rows.resize({out_, x.Fr});
+      index_t c = 0;
+      for (const auto& b : x.row_blocks) {
+        kernels::copy_columns(d, x.w_rows.data(), x.Fr, c, w, in_, b.col, out_, b.width);
+        c += b.width;
+      }
+      kernels::gemm(d, kernels::Trans::N, kernels::Trans::T, n, out_, x.Fr, T(1), x.rows.data(), x.Fr,
+                    x.w_rows.data(), x.Fr, T(0), y, out_);
+    } else {
+      kernels::fill(d, y, n * out_, T(0));
+    }
+    kernels::bias_add(d, y, x.y_shared.data(), n, out_);  // + (shared W_s^T + b), broadcast
   }
   void backward_impl(CPtr x, CPtr dy, Ptr dx, index_t n) const {
     CPtr w = store_->value(weight_);
@@ -10738,6 +10821,22 @@ class MixtureGate {
     ctx.B = B;
     ctx.probs.resize({B, m_});
     proj_.forward(ctx.proj, x, ctx.probs.view());
+    kernels::softmax_forward(dev_, ctx.probs.data(), ctx.probs.data(), B, m_);
+    ctx.experts.assign(experts, experts + m_);
+    kernels::gate_mix_forward(dev_, out.data, ctx.experts.data(), ctx.probs.data(), B, m_, de_);
+  }
+
+  // The same for a split input (inference only): the gate's projection
+  // computes the shared row's part once (Linear::forward_split).
+  void forward(Context& ctx, const SplitInput<T, Device>& x, const CPtr* experts, View out) const {
+    const char* op = "MixtureGate::forward";
+    check(x.F == proj_.in_features(), op, "expected a split input of ", proj_.in_features(), " columns but got ", x.F);
+    const index_t B = x.N;
+    check_matrix(op, "out", out, B, de_);
+    check(experts != nullptr || m_ == 0, op, "expected ", m_, " expert outputs but got a null array");
+    ctx.B = B;
+    ctx.probs.resize({B, m_});
+    proj_.forward_split(x, ctx.probs.data());
     kernels::softmax_forward(dev_, ctx.probs.data(), ctx.probs.data(), B, m_);
     ctx.experts.assign(experts, experts + m_);
     kernels::gate_mix_forward(dev_, out.data, ctx.experts.data(), ctx.probs.data(), B, m_, de_);
@@ -11310,7 +11409,20 @@ class MLP {
   void forward(Context& ctx, CView x, View y, const Mode& mode) const {
     check_matrix("MLP::forward", "x", x, -1, in_);
     check_matrix("MLP::forward", "y", y, x.rows(), out_features());
-    const index_t n = x.rows();
+    forward_impl(ctx, x, nullptr, y, mode);
+  }
+  // y (N,out) = MLP(X) for a split input (one shared row + N row parts):
+  // the first layer computes the shared part once (Linear::forward_split).
+  // Inference only: there is no backward for it.
+  void forward(Context& ctx, const SplitInput<T, Device>& x, View y, const Mode& mode) const {
+    check(x.F == in_, "MLP::forward", "expected a split input of ", in_, " columns but got ", x.F);
+    check_matrix("MLP::forward", "y", y, x.N, out_features());
+    forward_impl(ctx, CView(), &x, y, mode);
+  }
+
+ private:
+  void forward_impl(Context& ctx, CView x, const SplitInput<T, Device>* split, View y, const Mode& mode) const {
+    const index_t n = split ? split->N : x.rows();
     const std::size_t L = linear_.size();
     ctx.x = x;
     ctx.y = y;
@@ -11331,8 +11443,13 @@ class MLP {
       Ptr zp = (last && !act && !drop) ? y.data : buffer(ctx.z[i], n, w);
       Ptr ap = !act ? zp : (last && !drop) ? y.data : buffer(ctx.a[i], n, w);
       Ptr op = !drop ? ap : last ? y.data : buffer(ctx.o[i], n, w);
-      linear_[i].forward_impl(in, zp, n);
-      ctx.linear[i].x = CView(in, {n, linear_[i].in_features()});
+      if (i == 0 && split) {
+        linear_[i].forward_split(*split, zp);
+        ctx.linear[i].x = CView();
+      } else {
+        linear_[i].forward_impl(in, zp, n);
+        ctx.linear[i].x = CView(in, {n, linear_[i].in_features()});
+      }
       if (act) activation_forward(this->dev(), config_.activation, ap, zp, n * w);
       if (drop) dropout_[i].forward_impl(ctx.dropout[i], ap, op, n * w, mode);
       ctx.zp[i] = zp;
@@ -11342,6 +11459,7 @@ class MLP {
     }
   }
 
+ public:
   // dx (N,in) written (skipped if empty); parameter gradients accumulated
   void backward(Context& ctx, CView dy, View dx) const {
     const index_t n = ctx.x.rows();
@@ -11913,22 +12031,41 @@ class CgcLevels {
     const char* op = "CgcLevels::forward";
     check(!levels_.empty(), op, "the trunk has no levels");
     check_matrix(op, "x", x, -1, in_features());
-    const index_t B = x.rows();
+    forward_impl(ws, x, nullptr, x.rows(), mode);
+  }
+  // The same for a split input (one shared row + N row parts; inference
+  // only): the first level's experts and gates compute the shared part once.
+  void forward(Workspace& ws, const SplitInput<T, Device>& x, const Mode& mode) const {
+    const char* op = "CgcLevels::forward";
+    check(!levels_.empty(), op, "the trunk has no levels");
+    check(x.F == in_features(), op, "expected a split input of ", in_features(), " columns but got ", x.F);
+    forward_impl(ws, CView(), &x, x.N, mode);
+  }
+
+ private:
+  void forward_impl(Workspace& ws, CView x, const SplitInput<T, Device>* split, index_t B, const Mode& mode) const {
     prepare(ws, B);
     for (std::size_t l = 0; l < levels_.size(); ++l) {
       const Level& lv = levels_[l];
       auto& lw = ws.levels[l];
+      const bool first_split = l == 0 && split != nullptr;
       auto task_in = [&](std::size_t k) -> CView { return l == 0 ? x : CView(ws.levels[l - 1].task_gate[k].out.view()); };
       const CView shared_in = l == 0 ? x : CView(ws.levels[l - 1].shared_gate.out.view());
       for (std::size_t e = 0; e < lv.experts.size(); ++e) {
         const int src = lv.expert_input[e];
-        lv.experts[e].forward(lw.expert[e], src < 0 ? shared_in : task_in(std::size_t(src)), lw.expert_out[e].view(),
-                              mode);
+        if (first_split)
+          lv.experts[e].forward(lw.expert[e], *split, lw.expert_out[e].view(), mode);
+        else
+          lv.experts[e].forward(lw.expert[e], src < 0 ? shared_in : task_in(std::size_t(src)), lw.expert_out[e].view(),
+                                mode);
       }
-      for (std::size_t k = 0; k < lv.task_gates.size(); ++k) gate_forward(lv.task_gates[k], lw.task_gate[k], task_in(k), lw);
-      if (lv.has_shared_gate) gate_forward(lv.shared_gate, lw.shared_gate, shared_in, lw);
+      for (std::size_t k = 0; k < lv.task_gates.size(); ++k)
+        gate_forward(lv.task_gates[k], lw.task_gate[k], task_in(k), lw, first_split ? split : nullptr, B);
+      if (lv.has_shared_gate) gate_forward(lv.shared_gate, lw.shared_gate, shared_in, lw, first_split ? split : nullptr, B);
     }
   }
+
+ public:
   CView output(const Workspace& ws, std::size_t k) const { return ws.levels.back().task_gate[k].out.view(); }
 
   // d_out[k] (B,De): the gradient of task k's output, or null for a task
@@ -12018,13 +12155,17 @@ class CgcLevels {
     }
   }
 
-  void gate_forward(const Gate& g, typename Workspace::GateWs& gw, CView x, typename Workspace::LevelWs& lw) const {
-    const index_t B = x.rows(), M = index_t(g.experts.size());
+  void gate_forward(const Gate& g, typename Workspace::GateWs& gw, CView x, typename Workspace::LevelWs& lw,
+                    const SplitInput<T, Device>* split, index_t B) const {
+    const index_t M = index_t(g.experts.size());
     gw.out.resize({B, de_});
     gw.experts.resize(std::size_t(M));
     for (index_t m = 0; m < M; ++m)
       gw.experts[std::size_t(m)] = lw.expert_out[std::size_t(g.experts[std::size_t(m)])].data();
-    g.mix.forward(gw.ctx, x, gw.experts.data(), gw.out.view());
+    if (split)
+      g.mix.forward(gw.ctx, *split, gw.experts.data(), gw.out.view());
+    else
+      g.mix.forward(gw.ctx, x, gw.experts.data(), gw.out.view());
   }
 
   // d experts += p_m * d_out; d_in = the gate's input gradient
@@ -12066,6 +12207,7 @@ struct IdFeature {
   index_t hash_buckets = 0;  // any 64-bit ID, hashed into this many rows (for unseen IDs)
   index_t dim = 16;
   std::string table;         // table name; empty = the field's own name. Fields naming one table share it.
+  bool item_side = false;    // describes the candidate item, not the user (ranking encodes the user side once)
 };
 
 // A multi-hot field: a variable-length bag of IDs per row, pooled.
@@ -12077,6 +12219,7 @@ struct BagFeature {
   std::string table;
   BagPooling pooling = BagPooling::Mean;
   bool weighted = false;  // rows carry one weight per ID
+  bool item_side = false;    // describes the candidate item, not the user (ranking encodes the user side once)
 };
 
 // An ordered ID sequence (a user's recent items) or the tokens of a text
@@ -12091,12 +12234,14 @@ struct SequenceFeature {
   TransformerConfig encoder;  // encoder.d_model is the embedding dim
   int layers = 1;
   SequencePoolMode pooling = SequencePoolMode::Mean;
+  bool item_side = false;    // describes the candidate item, not the user (ranking encodes the user side once)
 };
 
 // Numeric values, `dim` per row, used as given (standardise them upstream).
 struct DenseFeature {
   std::string name;
   index_t dim = 1;
+  bool item_side = false;    // describes the candidate item, not the user (ranking encodes the user side once)
 };
 
 struct FeatureSpec {
@@ -12807,8 +12952,37 @@ class FeatureEncoder {
 
   // ---- forward / backward (device) -----------------------------------------------
 
+  // Which fields forward() encodes: all, or only the user-side or only the
+  // item-side ones (the FeatureSpec's item_side flags); the columns of the
+  // others are left as they are (ranking reads the user's once and the
+  // candidates' item columns only).
+  enum class Side { All, User, Item };
+
+  // X's column blocks of the user-side (item = false) or item-side fields,
+  // in column order.
+  std::vector<typename SplitInput<T, Device>::Block> column_blocks(bool item) const {
+    std::vector<typename SplitInput<T, Device>::Block> out;
+    const FeatureSpec& f = spec_;
+    index_t col = 0;
+    auto add = [&](bool is_item, index_t w) {
+      if (is_item == item) {
+        if (!out.empty() && out.back().col + out.back().width == col) out.back().width += w;
+        else out.push_back({col, w});
+      }
+      col += w;
+    };
+    for (const auto& x : f.ids) add(x.item_side, x.dim);
+    for (const auto& x : f.bags) add(x.item_side, x.dim);
+    for (const auto& x : f.sequences) add(x.item_side, x.encoder.d_model);
+    for (const auto& x : f.dense) add(x.item_side, x.dim);
+    return out;
+  }
+
   // X (B,F) = the encoded fields of the prepared batch
-  void forward(Workspace& ws, View X, const Mode& mode) const {
+  void forward(Workspace& ws, View X, const Mode& mode, Side side = Side::All) const {
+    auto skip = [side](bool item_side) {
+      return side != Side::All && item_side != (side == Side::Item);
+    };
     const char* op = "FeatureEncoder::forward";
     check(ws.batch != nullptr, op, "expected prepare() before forward()");
     const Batch<T>& b = *ws.batch;
@@ -12819,6 +12993,10 @@ class FeatureEncoder {
     index_t col = 0;
     for (std::size_t i = 0; i < f.ids.size(); ++i) {
       const index_t d = f.ids[i].dim;
+      if (skip(f.ids[i].item_side)) {
+        col += d;
+        continue;
+      }
       ws.id_emb[i].resize({B, d});
       ids_[i].forward(ws.id_ctx[i], ws.id_view[i], ws.id_emb[i].view(), st);
       put_columns(X, col, ws.id_emb[i].data(), B, d);
@@ -12826,6 +13004,10 @@ class FeatureEncoder {
     }
     for (std::size_t i = 0; i < f.bags.size(); ++i) {
       const index_t d = f.bags[i].dim;
+      if (skip(f.bags[i].item_side)) {
+        col += d;
+        continue;
+      }
       const auto& bag = b.bags[i];
       ws.bag_emb[i].resize({B, d});
       const index_t nw = index_t(bag.weights.size());
@@ -12840,6 +13022,10 @@ class FeatureEncoder {
       const SequenceEncoder& enc = seqs_[i];
       auto& sw = ws.seq[i];
       const index_t L = sf.max_len, D = sf.encoder.d_model;
+      if (skip(sf.item_side)) {
+        col += D;
+        continue;
+      }
       const index_t n_valid = sw.valid_ids.numel();
       sw.compact.resize({n_valid, D});
       sw.emb.resize({B, L, D});
@@ -12857,6 +13043,10 @@ class FeatureEncoder {
     }
     for (std::size_t i = 0; i < f.dense.size(); ++i) {
       const index_t d = f.dense[i].dim;
+      if (skip(f.dense[i].item_side)) {
+        col += d;
+        continue;
+      }
       put_columns(X, col, ws.staged.view(ConstView<T>(b.dense[i].data(), {B * d})).data, B, d);
       col += d;
     }
@@ -12971,6 +13161,1739 @@ class FeatureEncoder {
 // Thread safety: forward/predict are const and keep all state in the caller's
 // Workspace, so one model serves many threads, one Workspace each.
 
+// ==== begin mtrec/model/tabular.hpp ===========================================
+// mtrec: from CSV columns to a model — declared columns, preprocessing
+// learned from the training rows, and batches for any file with the same
+// columns.
+//
+//   data::TabularSchema s;
+//   s.features = {data::parse_feature_flag(data::ColumnKind::Id, "user", "--id"),
+//                 data::parse_feature_flag(data::ColumnKind::Bag, "genres:|", "--bag")};
+//   s.tasks = {data::parse_task_flag("click:binary", "--task")};
+//   data::TabularEncoder enc(s);
+//   enc.fit(train_table);                      // vocabularies, mean/std, classes
+//   Batch<float> train = enc.transform<float>(train_table, nullptr, true);
+//   ModelConfig c;
+//   c.features = enc.feature_spec(16, encoder_config);
+//   c.tasks = enc.task_specs({32});
+//
+// What is learned from the training rows only, so that validation and test
+// rows are encoded exactly as unseen data would be at serving time:
+//   id (vocabulary), bag, seq, text   token -> row; row 0 is the OOV row for
+//                                     tokens never seen (or seen fewer than
+//                                     min_count times) in training
+//   id with buckets                   nothing: FNV-1a of the text, then the
+//                                     model's own salted hash into the buckets
+//   dense                             mean and std: x -> (x - mean) / std
+//   regression task                   mean and std of the labels: the model
+//                                     learns standardised targets (one scale
+//                                     for every task and a well-placed output
+//                                     bias at initialisation); target(k)
+//                                     maps predictions and errors back
+//   multiclass task                   the class names, sorted (numerically
+//                                     when all are numbers); unknown classes
+//                                     outside training are an error
+// Missing values: a cell that is empty or, after trimming blanks, equal to
+// one of the schema's na_values (by default NA, N/A, NaN, nan, null, NULL,
+// as pandas and R write them) is missing:
+//   task                              no label: the row is masked for that
+//                                     task (not treated as 0)
+//   id                                the OOV row 0 (a hashed id hashes ""
+//                                     for every missing marker, so "NA" and
+//                                     "" are the same missing value)
+//   bag, seq, text                    an empty list
+//   dense                             an error naming the file, line and
+//                                     column, unless the column is declared
+//                                     with impute (--dense COL:impute): then
+//                                     the training mean (0 once standardised)
+//                                     and a second input column is_missing
+//                                     (1 for a missing cell, else 0), at
+//                                     training and at prediction time alike
+// Dense values and regression labels must be finite and within float range
+// (|x| <= 3.4e38): the model computes in float.
+
+// ==== begin mtrec/io/csv.hpp ==================================================
+// mtrec: reading CSV files and the small pieces of preprocessing that turn
+// their cells into model inputs — numbers, word tokens, item lists,
+// vocabularies with an out-of-vocabulary row, standardisation, seeded splits.
+//
+//   data::CsvTable t = data::CsvTable::read_file("train.csv");
+//   const std::size_t age = t.require_column("age", "--dense age");
+//   double x;
+//   if (!data::parse_number(t.cell(r, age), x)) t.fail_cell("my_op", r, age, "expected a number");
+//
+// The reader follows RFC 4180: a header row, fields separated by commas,
+// fields in double quotes may contain commas, line breaks and doubled quotes
+// (""), and lines may end in CRLF. It is lenient where the RFC is silent and
+// real files differ: a UTF-8 byte-order mark is skipped, empty lines are
+// skipped (as pandas does; a one-column file writes an empty value as ""),
+// a quote inside an unquoted field is an ordinary character, and the last
+// line need not end in a line break. Anything else malformed — a row with
+// more or fewer fields than the header, text after a closing quote, a quote
+// that never closes — is an error naming the file, the line and the column.
+//
+// The whole file is read into one buffer and cells are (offset, length)
+// pairs into it: a quoted field is unescaped in place (the unescaped text is
+// never longer), so reading allocates the buffer and two index vectors. The
+// vectors grow with the records actually read: what is reserved up front is
+// bounded by the bytes left after the header (a record of C fields takes at
+// least C - 1 delimiters and a line break), never by columns x line breaks,
+// which a wide header followed by many blank lines makes huge. No regex, no
+// per-cell strings.
+
+namespace mtrec {
+namespace data {
+
+// ---- numbers -----------------------------------------------------------------
+
+namespace detail {
+inline bool is_blank(char c) { return c == ' ' || c == '\t'; }
+inline std::string_view trim(std::string_view s) {
+  while (!s.empty() && is_blank(s.front())) s.remove_prefix(1);
+  while (!s.empty() && is_blank(s.back())) s.remove_suffix(1);
+  return s;
+}
+// A cell quoted for a message: at most 40 characters, so that a runaway
+// quoted field does not flood the terminal.
+inline std::string shown(std::string_view s) {
+  if (s.size() <= 40) return "'" + std::string(s) + "'";
+  return "'" + std::string(s.substr(0, 37)) + "...' (" + std::to_string(s.size()) + " characters)";
+}
+}  // namespace detail
+
+// A finite decimal number, surrounding blanks allowed ("3", " -2.5e3 ",
+// "+1"). Rejects empty text, trailing characters, nan and inf: a non-finite
+// feature or label would only surface later as a NaN loss.
+inline bool parse_number(std::string_view s, double& out) {
+  s = detail::trim(s);
+  if (!s.empty() && s.front() == '+') {
+    s.remove_prefix(1);
+    if (s.empty() || s.front() == '-' || s.front() == '+') return false;
+  }
+  if (s.empty()) return false;
+  double v = 0;
+  const auto r = std::from_chars(s.data(), s.data() + s.size(), v, std::chars_format::general);
+  if (r.ec != std::errc() || r.ptr != s.data() + s.size() || !std::isfinite(v)) return false;
+  out = v;
+  return true;
+}
+
+// A decimal integer that fits in 64 bits, surrounding blanks allowed.
+inline bool parse_integer(std::string_view s, long long& out) {
+  s = detail::trim(s);
+  if (!s.empty() && s.front() == '+') {
+    s.remove_prefix(1);
+    if (s.empty() || s.front() == '-' || s.front() == '+') return false;
+  }
+  if (s.empty()) return false;
+  long long v = 0;
+  const auto r = std::from_chars(s.data(), s.data() + s.size(), v, 10);
+  if (r.ec != std::errc() || r.ptr != s.data() + s.size()) return false;
+  out = v;
+  return true;
+}
+
+// ---- the CSV table -------------------------------------------------------------
+
+class CsvTable {
+ public:
+  static constexpr std::size_t npos = static_cast<std::size_t>(-1);
+
+  // Reads and parses a file; `source` in messages is the path.
+  static CsvTable read_file(const std::string& path, char delimiter = ',') {
+    const std::vector<std::uint8_t> bytes = io::read_file_bytes(path, "read_csv");
+    return parse(std::string(bytes.begin(), bytes.end()), path, delimiter);
+  }
+
+  // Parses text already in memory; `source` names it in messages.
+  static CsvTable parse(std::string text, std::string source = "<memory>", char delimiter = ',') {
+    check(delimiter != '"' && delimiter != '\n' && delimiter != '\r', "read_csv",
+          "expected a delimiter other than a quote or a line break but got ", int(delimiter));
+    CsvTable t;
+    t.source_ = std::move(source);
+    t.buf_ = std::move(text);
+    t.delim_ = delimiter;
+    t.parse_all();
+    return t;
+  }
+
+  const std::string& source() const { return source_; }
+  const std::vector<std::string>& header() const { return header_; }
+  std::size_t rows() const { return line_.size(); }
+  std::size_t cols() const { return cols_; }
+
+  // The unescaped text of a cell (a view into the table's buffer).
+  std::string_view cell(std::size_t row, std::size_t col) const {
+    const std::size_t i = row * cols_ + col;
+    return std::string_view(buf_.data() + begin_[i], size_[i]);
+  }
+  // The 1-based line of the file on which the row starts (the header is on
+  // line 1 unless empty lines precede it).
+  std::size_t line(std::size_t row) const { return line_[row]; }
+  std::size_t header_line() const { return header_line_; }
+
+  // Index of the column named `name`, or npos.
+  std::size_t find_column(std::string_view name) const {
+    std::size_t found = npos;
+    for (std::size_t c = 0; c < cols_; ++c)
+      if (header_[c] == name) {
+        check(found == npos, "read_csv", "'", source_, "' line ", header_line_, ": column name '", name,
+              "' appears twice in the header (columns #", found + 1, " and #", c + 1, ")");
+        found = c;
+      }
+    return found;
+  }
+  // Index of the column named `name`; `wanted_by` (a flag, say) explains
+  // why it must be there.
+  std::size_t require_column(std::string_view name, std::string_view wanted_by = {}) const {
+    const std::size_t c = find_column(name);
+    if (c != npos) return c;
+    std::string have;
+    for (const auto& h : header_) have += (have.empty() ? "'" : ", '") + h + "'";
+    fail("read_csv", "'", source_, "' line ", header_line_, " (header): no column '", name, "'",
+         wanted_by.empty() ? std::string() : " (needed by " + std::string(wanted_by) + ")",
+         "; the header has ", cols_, " columns: ", have);
+  }
+
+  // Throws Error(op, "'file' line L, column 'name' (#c): " + parts).
+  template <class... Parts>
+  [[noreturn]] void fail_cell(const char* op, std::size_t row, std::size_t col, const Parts&... parts) const {
+    fail(op, "'", source_, "' line ", line_[row], ", column '", header_[col], "' (#", col + 1, "): ", parts...);
+  }
+
+ private:
+  template <class... Parts>
+  [[noreturn]] void fail_line(std::size_t line, const Parts&... parts) const {
+    fail("read_csv", "'", source_, "' line ", line, ": ", parts...);
+  }
+
+  // "column #3 'click'" once the header is known, else "column #3".
+  std::string column_desc(std::size_t field_no) const {
+    std::string s = "column #" + std::to_string(field_no);
+    if (field_no <= header_.size()) s += " '" + header_[field_no - 1] + "'";
+    return s;
+  }
+
+  bool line_end_at(std::size_t p) const {
+    const std::size_t n = buf_.size();
+    return p >= n || buf_[p] == '\n' || (buf_[p] == '\r' && (p + 1 == n || buf_[p + 1] == '\n'));
+  }
+
+  void parse_all() {
+    const std::size_t n = buf_.size();
+    std::size_t pos = 0, line = 1;
+    if (n >= 3 && std::memcmp(buf_.data(), "\xEF\xBB\xBF", 3) == 0) pos = 3;
+    std::vector<std::size_t> fb;      // fields of the current record: begin
+    std::vector<std::uint32_t> fs;    // and size
+    bool have_header = false;
+    char* b = &buf_[0];
+    while (pos < n) {
+      // Empty lines are skipped.
+      if (b[pos] == '\n') {
+        ++pos;
+        ++line;
+        continue;
+      }
+      if (b[pos] == '\r' && pos + 1 < n && b[pos + 1] == '\n') {
+        pos += 2;
+        ++line;
+        continue;
+      }
+      const std::size_t record_line = line;
+      fb.clear();
+      fs.clear();
+      for (;;) {
+        const std::size_t field_no = fb.size() + 1;
+        std::size_t start = pos, end = pos;
+        if (pos < n && b[pos] == '"') {
+          // Quoted: unescape in place; `end` trails `pos` once a "" is seen.
+          const std::size_t quote_line = line;
+          start = end = ++pos;
+          for (;;) {
+            if (pos >= n)
+              fail_line(quote_line, column_desc(field_no), " opens a quote that is never closed (reached the end of the file)");
+            const char c = b[pos];
+            if (c == '"') {
+              if (pos + 1 < n && b[pos + 1] == '"') {
+                b[end++] = '"';
+                pos += 2;
+                continue;
+              }
+              ++pos;
+              break;
+            }
+            if (c == '\n') ++line;
+            b[end++] = c;
+            ++pos;
+          }
+          if (!(pos >= n || b[pos] == delim_ || line_end_at(pos))) {
+            std::size_t e = pos;
+            while (e < n && e < pos + 20 && b[e] != '\n' && b[e] != '\r') ++e;
+            fail_line(line, column_desc(field_no), " has ", detail::shown(std::string_view(b + pos, e - pos)),
+                      " after its closing quote; expected '", delim_, "' or the end of the line");
+          }
+        } else {
+          while (pos < n && b[pos] != delim_ && b[pos] != '\n') ++pos;
+          end = pos;
+          if (end > start && b[end - 1] == '\r' && (pos >= n || b[pos] == '\n')) --end;  // CRLF
+        }
+        if (end - start > 0xFFFFFFFFull) fail_line(record_line, column_desc(field_no), " is larger than 4 GiB");
+        fb.push_back(start);
+        fs.push_back(std::uint32_t(end - start));
+        if (pos < n && b[pos] == delim_) {
+          ++pos;
+          continue;
+        }
+        // End of the record: skip its line break.
+        if (pos < n && b[pos] == '\r') ++pos;
+        if (pos < n && b[pos] == '\n') {
+          ++pos;
+          ++line;
+        }
+        break;
+      }
+      if (!have_header) {
+        have_header = true;
+        header_line_ = record_line;
+        cols_ = fb.size();
+        header_.reserve(cols_);
+        for (std::size_t i = 0; i < cols_; ++i) header_.emplace_back(b + fb[i], fs[i]);
+        // A record of cols_ fields takes at least cols_ bytes (cols_ - 1
+        // delimiters and a line break, or one character and a line break
+        // when cols_ is 1, as blank lines are skipped), so the bytes left
+        // bound the records: the reservation is at most about 12 bytes per
+        // byte of the file, however many line breaks it has.
+        const std::size_t bound = (n - pos) / std::max<std::size_t>(cols_, 2) + 1;
+        line_.reserve(bound);
+        begin_.reserve(bound * cols_);
+        size_.reserve(bound * cols_);
+        continue;
+      }
+      if (fb.size() != cols_) {
+        if (fb.size() < cols_)
+          fail_line(record_line, "expected ", cols_, " fields as in the header but got ", fb.size(), " (column #",
+                    fb.size() + 1, " '", header_[fb.size()], "' is missing)");
+        fail_line(record_line, "expected ", cols_, " fields as in the header but got ", fb.size(),
+                  " (extra field at column #", cols_ + 1, ")");
+      }
+      begin_.insert(begin_.end(), fb.begin(), fb.end());
+      size_.insert(size_.end(), fs.begin(), fs.end());
+      line_.push_back(record_line);
+    }
+    if (!have_header) fail("read_csv", "'", source_, "' line 1, column 1: the file is empty; expected a header row");
+  }
+
+  std::string source_;
+  std::string buf_;
+  char delim_ = ',';
+  std::vector<std::string> header_;
+  std::size_t cols_ = 0, header_line_ = 1;
+  std::vector<std::size_t> begin_;   // (rows * cols) offsets into buf_
+  std::vector<std::uint32_t> size_;  // (rows * cols)
+  std::vector<std::size_t> line_;    // (rows)
+};
+
+// Appends one field to a CSV line, quoted when it holds a delimiter, a
+// quote, a line break or surrounding blanks (which readers would trim).
+inline void append_csv_field(std::string& out, std::string_view s, char delimiter = ',') {
+  bool quote = !s.empty() && (detail::is_blank(s.front()) || detail::is_blank(s.back()));
+  for (char c : s)
+    if (c == delimiter || c == '"' || c == '\n' || c == '\r') {
+      quote = true;
+      break;
+    }
+  if (!quote) {
+    out.append(s.data(), s.size());
+    return;
+  }
+  out += '"';
+  for (char c : s) {
+    if (c == '"') out += '"';
+    out += c;
+  }
+  out += '"';
+}
+
+// ---- tokens and item lists -------------------------------------------------------
+
+namespace detail {
+inline bool is_word_byte(unsigned char c) {
+  // ASCII letters and digits, and every non-ASCII byte: only ASCII
+  // punctuation and space separate words, so UTF-8 words stay whole.
+  return (c >= '0' && c <= '9') || ((c | 0x20) >= 'a' && (c | 0x20) <= 'z') || c >= 0x80;
+}
+}  // namespace detail
+
+// Calls fn(word) for the lower-cased words of `text` — maximal runs of ASCII
+// letters, digits and non-ASCII bytes — up to `max_words` of them (0 = all).
+// `scratch` holds the lower-cased word passed to fn. Returns the count.
+template <class Fn>
+inline std::size_t for_each_word(std::string_view text, std::size_t max_words, std::string& scratch, Fn&& fn) {
+  std::size_t count = 0, i = 0;
+  const std::size_t n = text.size();
+  while (i < n && (max_words == 0 || count < max_words)) {
+    while (i < n && !detail::is_word_byte(static_cast<unsigned char>(text[i]))) ++i;
+    if (i >= n) break;
+    scratch.clear();
+    while (i < n && detail::is_word_byte(static_cast<unsigned char>(text[i]))) {
+      const char c = text[i++];
+      scratch += (c >= 'A' && c <= 'Z') ? char(c + ('a' - 'A')) : c;
+    }
+    fn(std::string_view(scratch));
+    ++count;
+  }
+  return count;
+}
+
+// The lower-cased words of `text`, at most max_words (0 = all).
+inline std::vector<std::string> tokenize_words(std::string_view text, std::size_t max_words = 0) {
+  std::vector<std::string> out;
+  std::string scratch;
+  for_each_word(text, max_words, scratch, [&](std::string_view w) { out.emplace_back(w); });
+  return out;
+}
+
+// Calls fn(item) for each item of a `sep`-separated list ("Action|Comedy"),
+// blanks around items trimmed; empty items are skipped, so an empty cell is
+// an empty list and "a||b" has two items.
+template <class Fn>
+inline void for_each_item(std::string_view cell, char sep, Fn&& fn) {
+  std::size_t start = 0;
+  while (start <= cell.size()) {
+    std::size_t end = cell.find(sep, start);
+    if (end == std::string_view::npos) end = cell.size();
+    const std::string_view item = detail::trim(cell.substr(start, end - start));
+    if (!item.empty()) fn(item);
+    start = end + 1;
+  }
+}
+
+inline std::vector<std::string> split_items(std::string_view cell, char sep) {
+  std::vector<std::string> out;
+  for_each_item(cell, sep, [&](std::string_view s) { out.emplace_back(s); });
+  return out;
+}
+
+// ---- vocabularies -------------------------------------------------------------------
+
+// 64-bit FNV-1a of the bytes: the raw ID of a string in a hashed field
+// (the model then mixes it with the table's salt into a bucket).
+inline std::uint64_t hash_string(std::string_view s) {
+  std::uint64_t h = 0xCBF29CE484222325ull;
+  for (unsigned char c : s) {
+    h ^= c;
+    h *= 0x100000001B3ull;
+  }
+  return h;
+}
+
+// Strings to embedding rows. Row 0 is reserved for values not in the
+// vocabulary (OOV); the i-th distinct token added gets row i + 1. An
+// open-addressing table of token indices: lookups by string_view allocate
+// nothing (std::unordered_map<std::string> would need a std::string per
+// lookup in C++17).
+class Vocabulary {
+ public:
+  static constexpr index_t kOov = 0;
+
+  // The row of `token`, adding it if new.
+  index_t add(std::string_view token) {
+    if ((tokens_.size() + 1) * 2 > slots_.size()) grow();
+    const std::uint64_t h = hash_string(token);
+    std::size_t s = slot_of(token, h);
+    if (slots_[s] != 0) return index_t(slots_[s]);
+    tokens_.emplace_back(token);
+    hashes_.push_back(h);
+    slots_[s] = std::uint32_t(tokens_.size());
+    return index_t(tokens_.size());
+  }
+  // The row of `token`, or kOov when it is not in the vocabulary.
+  index_t find(std::string_view token) const {
+    if (slots_.empty()) return kOov;
+    return index_t(slots_[slot_of(token, hash_string(token))]);
+  }
+  bool contains(std::string_view token) const { return find(token) != kOov; }
+
+  std::size_t size() const { return tokens_.size(); }          // distinct tokens
+  index_t rows() const { return index_t(tokens_.size()) + 1; }  // embedding rows, OOV included
+  // The token of row r (1 <= r < rows()).
+  const std::string& token(index_t r) const {
+    check(r >= 1 && r < rows(), "Vocabulary::token", "expected a row in [1, ", rows(), ") but got ", r);
+    return tokens_[std::size_t(r - 1)];
+  }
+  // Tokens of rows 1, 2, ... in order.
+  const std::vector<std::string>& tokens() const { return tokens_; }
+
+  // Rebuilds a vocabulary from tokens() (the saved form); tokens must be distinct.
+  static Vocabulary from_tokens(const std::vector<std::string>& tokens) {
+    Vocabulary v;
+    for (const auto& t : tokens) {
+      const index_t before = v.rows();
+      check(v.add(t) == before, "Vocabulary::from_tokens", "expected distinct tokens but '", t, "' appears twice");
+    }
+    return v;
+  }
+
+ private:
+  std::size_t slot_of(std::string_view token, std::uint64_t h) const {
+    const std::size_t mask = slots_.size() - 1;
+    for (std::size_t s = std::size_t(mix64(h)) & mask;; s = (s + 1) & mask) {
+      const std::uint32_t t = slots_[s];
+      if (t == 0 || (hashes_[t - 1] == h && tokens_[t - 1] == token)) return s;
+    }
+  }
+  void grow() {
+    check(tokens_.size() < 0x7FFFFFFFu, "Vocabulary::add", "more than 2^31 distinct tokens");
+    std::vector<std::uint32_t> old;
+    old.swap(slots_);
+    slots_.assign(std::max<std::size_t>(16, old.size() * 2), 0);
+    const std::size_t mask = slots_.size() - 1;
+    for (std::size_t t = 0; t < tokens_.size(); ++t) {
+      std::size_t s = std::size_t(mix64(hashes_[t])) & mask;
+      while (slots_[s] != 0) s = (s + 1) & mask;
+      slots_[s] = std::uint32_t(t + 1);
+    }
+  }
+
+  std::vector<std::string> tokens_;
+  std::vector<std::uint64_t> hashes_;
+  std::vector<std::uint32_t> slots_;  // 0 = empty, else token index + 1; a power of two, at most half full
+};
+
+// ---- standardisation ------------------------------------------------------------------
+
+// x -> (x - mean) / std with the mean and population standard deviation of
+// the training values; a constant column (std 0) keeps std 1, so it becomes
+// all zeros instead of dividing by zero.
+//
+// fit() uses Welford's one-pass update on the values divided by a power of
+// two at or above their largest magnitude, so neither the sum nor the squared deviations can
+// overflow for any finite input (1e200 included) and a large common offset
+// (timestamps, say) loses no precision to cancellation. A non-finite input is
+// an error, never a silent std of 1.
+struct Standardizer {
+  double mean = 0.0;
+  double sd = 1.0;  // never 0
+
+  static Standardizer fit(const double* x, std::size_t n) {
+    Standardizer s;
+    if (n == 0) return s;
+    double scale = 0;
+    for (std::size_t i = 0; i < n; ++i) {
+      check(std::isfinite(x[i]), "Standardizer::fit", "expected finite values but value #", i + 1, " is ", x[i]);
+      scale = std::max(scale, std::fabs(x[i]));
+    }
+    if (scale == 0) return Standardizer{0.0, 1.0};
+    // A power of two at or above the largest magnitude: dividing by it and
+    // multiplying back are exact.
+    int e = 0;
+    std::frexp(scale, &e);
+    scale = std::ldexp(1.0, std::min(e, 1023));  // 2^1023: the scaled values stay within [-2, 2]
+    double m = 0, m2 = 0;  // mean and sum of squared deviations of x / scale: |m| <= 2, m2 <= 4n
+    for (std::size_t i = 0; i < n; ++i) {
+      const double v = x[i] / scale;
+      const double d = v - m;
+      m += d / double(i + 1);
+      m2 += d * (v - m);
+    }
+    s.mean = m * scale;
+    const double sd = std::sqrt(std::max(0.0, m2) / double(n)) * scale;
+    s.sd = sd > 0 ? sd : 1.0;
+    check(std::isfinite(s.mean) && std::isfinite(s.sd), "Standardizer::fit", "expected a finite mean and std but got ",
+          s.mean, " and ", s.sd);
+    return s;
+  }
+  static Standardizer fit(const std::vector<double>& x) { return fit(x.data(), x.size()); }
+  double apply(double x) const { return (x - mean) / sd; }
+  double invert(double z) const { return z * sd + mean; }
+};
+
+// ---- splits -----------------------------------------------------------------------------
+
+struct SplitFractions {
+  double train = 1.0, valid = 0.0, test = 0.0;
+};
+
+// "0.8,0.1,0.1": three fractions in [0, 1], train > 0, summing to 1 within 1e-6.
+inline SplitFractions parse_split(std::string_view text) {
+  const char* op = "parse_split";
+  double v[3];
+  std::size_t k = 0, start = 0;
+  while (start <= text.size()) {
+    std::size_t end = text.find(',', start);
+    if (end == std::string_view::npos) end = text.size();
+    check(k < 3, op, "expected 3 comma-separated fractions (train,valid,test) but got more in '", text, "'");
+    check(parse_number(text.substr(start, end - start), v[k]), op, "fraction #", k + 1, " of '", text,
+          "' expected a number but got '", text.substr(start, end - start), "'");
+    check(v[k] >= 0 && v[k] <= 1, op, "fraction #", k + 1, " of '", text, "' expected in [0, 1] but got ", v[k]);
+    ++k;
+    start = end + 1;
+  }
+  check(k == 3, op, "expected 3 comma-separated fractions (train,valid,test) but got ", k, " in '", text, "'");
+  check(v[0] > 0, op, "expected a training fraction > 0 in '", text, "'");
+  const double sum = v[0] + v[1] + v[2];
+  check(std::fabs(sum - 1.0) <= 1e-6, op, "expected fractions summing to 1 (within 1e-6) but '", text, "' sums to ",
+        sum);
+  return {v[0], v[1], v[2]};
+}
+
+struct RowSplit {
+  std::vector<std::size_t> train, valid, test;  // each ascending (file order)
+};
+
+// A seeded random split of rows [0, n): a permutation (shuffle_indices,
+// so the same for a seed on every machine and thread count) cut at
+// round(train * n) and round((train + valid) * n). Cutting the cumulative
+// fractions keeps the three parts disjoint and complete whatever the
+// rounding; a fraction of 0 gives an empty part. Each part is then sorted so
+// that rows keep their file order.
+inline RowSplit split_rows(std::size_t n, const SplitFractions& f, std::uint64_t seed) {
+  const char* op = "split_rows";
+  check(f.train > 0 && f.valid >= 0 && f.test >= 0 && std::fabs(f.train + f.valid + f.test - 1.0) <= 1e-6, op,
+        "expected fractions >= 0 (train > 0) summing to 1 but got ", f.train, ",", f.valid, ",", f.test);
+  std::vector<std::size_t> perm(n);
+  for (std::size_t i = 0; i < n; ++i) perm[i] = i;
+  shuffle_indices(perm.data(), std::uint64_t(n), seed, 0x5B1D);
+  const auto cut = [&](double frac) {
+    return std::min<std::size_t>(n, std::size_t(std::llround(std::min(frac, 1.0) * double(n))));
+  };
+  const std::size_t b1 = cut(f.train);
+  std::size_t b2 = f.test == 0 ? n : std::max(b1, cut(f.train + f.valid));
+  if (f.valid == 0) b2 = b1;
+  RowSplit s;
+  s.train.assign(perm.begin(), perm.begin() + std::ptrdiff_t(b1));
+  s.valid.assign(perm.begin() + std::ptrdiff_t(b1), perm.begin() + std::ptrdiff_t(b2));
+  s.test.assign(perm.begin() + std::ptrdiff_t(b2), perm.end());
+  std::sort(s.train.begin(), s.train.end());
+  std::sort(s.valid.begin(), s.valid.end());
+  std::sort(s.test.begin(), s.test.end());
+  return s;
+}
+
+}  // namespace data
+}  // namespace mtrec
+// ==== end mtrec/io/csv.hpp ====================================================
+
+namespace mtrec {
+namespace data {
+
+enum class ColumnKind { Id, Bag, Sequence, Text, Dense };
+
+// The flag that declares the kind ("id" for --id).
+inline const char* column_kind_name(ColumnKind k) {
+  switch (k) {
+    case ColumnKind::Id: return "id";
+    case ColumnKind::Bag: return "bag";
+    case ColumnKind::Sequence: return "seq";
+    case ColumnKind::Text: return "text";
+    case ColumnKind::Dense: return "dense";
+  }
+  return "?";
+}
+
+struct FeatureColumn {
+  ColumnKind kind = ColumnKind::Id;
+  std::string column;
+  index_t buckets = 0;  // Id: > 0 hashes the values into this many rows; 0 = a vocabulary
+  char sep = '|';       // Bag, Sequence: the item separator
+  index_t max_len = 0;  // Sequence (keeps the last max_len items), Text (the first max_len words)
+  bool impute = false;  // Dense: a missing cell takes the training mean, plus an is_missing input column
+  bool item_side = false;  // describes the item (--item-fields), not the user; saved in the checkpoint
+
+  // How it was declared, for messages: "--seq history:|:50".
+  std::string flag() const {
+    std::string s = std::string("--") + column_kind_name(kind) + " " + column;
+    if (kind == ColumnKind::Id && buckets > 0) s += ":" + std::to_string(buckets);
+    if (kind == ColumnKind::Bag || kind == ColumnKind::Sequence) s += std::string(":") + sep;
+    if (kind == ColumnKind::Sequence || kind == ColumnKind::Text) s += ":" + std::to_string(max_len);
+    if (kind == ColumnKind::Dense && impute) s += ":impute";
+    return s;
+  }
+};
+
+struct TaskColumn {
+  std::string column;
+  TaskType type = TaskType::Binary;
+  double weight = 1.0;
+  TaskLoss loss = TaskLoss::Default;  // BPR for --task COL:bpr (a binary task)
+  // Retrieval: the ID feature whose vocabulary and table the task shares
+  // (--task next:retrieval:item); empty = its own vocabulary of COL's values.
+  std::string target_feature;
+  std::string flag() const {
+    std::string s = "--task " + column + ":" + (loss == TaskLoss::BPR ? "bpr" : task_type_name(type));
+    if (!target_feature.empty()) s += ":" + target_feature;
+    return s;
+  }
+};
+
+// The cell texts that mean "missing" besides the empty cell (which always
+// does): what pandas' read_csv and R's read.csv/write.csv use for NA.
+inline std::vector<std::string> default_na_values() { return {"NA", "N/A", "NaN", "nan", "null", "NULL"}; }
+
+struct TabularSchema {
+  std::vector<FeatureColumn> features;
+  std::vector<TaskColumn> tasks;
+  index_t min_count = 1;  // tokens seen fewer times in training go to the OOV row
+  // Cells that mean "missing" (compared after trimming blanks, case
+  // sensitive); the empty cell is missing whatever this holds.
+  std::vector<std::string> na_values = default_na_values();
+};
+
+// Parses the argument of --na-values: a comma-separated list that replaces
+// the default set ("" = only the empty cell is missing). Items are trimmed of
+// blanks; empty items are skipped.
+inline std::vector<std::string> parse_na_values(std::string_view text) {
+  std::vector<std::string> out;
+  for_each_item(text, ',', [&](std::string_view s) {
+    if (std::find(out.begin(), out.end(), s) == out.end()) out.emplace_back(s);
+  });
+  return out;
+}
+
+constexpr index_t kDefaultSequenceLength = 50;
+constexpr index_t kDefaultTextLength = 20;
+// Upper bounds of the counts in flags, checked when the flag is parsed (a
+// larger value is an error, never truncated): far beyond what fits a machine.
+constexpr index_t kMaxHashBuckets = index_t(1) << 40;
+constexpr index_t kMaxLength = index_t(1) << 20;
+
+// ---- flag syntax -----------------------------------------------------------------------
+//
+// Column names end at the first ':' (so they cannot contain one):
+//   --id COL[:buckets]   --bag COL:SEP   --seq COL:SEP[:maxlen]   --text COL[:maxlen]
+//   --dense COL          --task COL:binary|regression|multiclass[:weight]
+// SEP is one character, or one of the words tab, space, comma, pipe,
+// semicolon, colon (for characters a shell makes awkward).
+
+namespace detail {
+[[noreturn]] inline void bad_flag(const char* flag, std::string_view text, const std::string& why) {
+  fail("parse_flag", flag, " '", text, "': ", why);
+}
+inline index_t positive_count(const char* flag, std::string_view text, std::string_view v, const char* what,
+                              index_t hi) {
+  long long x = 0;
+  if (!parse_integer(v, x) || x < 1 || x > hi)
+    bad_flag(flag, text, std::string("expected ") + what + " to be an integer >= 1 and <= " + std::to_string(hi) +
+                             " but got '" + std::string(v) + "'");
+  return index_t(x);
+}
+// A string for a message, with bytes that are not printable ASCII written as
+// \xHH (so a message about bad UTF-8 is itself valid text).
+inline std::string escaped(std::string_view s) {
+  static const char* hex = "0123456789ABCDEF";
+  std::string o;
+  for (unsigned char c : s) {
+    if (c >= 0x20 && c < 0x7F && c != '\\') {
+      o += char(c);
+    } else {
+      o += "\\x";
+      o += hex[c >> 4];
+      o += hex[c & 15];
+    }
+  }
+  return o;
+}
+// The byte offset of the first invalid UTF-8 sequence of s, or npos.
+inline std::size_t invalid_utf8_at(std::string_view s) {
+  for (std::size_t i = 0; i < s.size();) {
+    const std::size_t n = json::detail::utf8_sequence_length(s, i);
+    if (n == 0) return i;
+    i += n;
+  }
+  return std::string_view::npos;
+}
+// Splits "COL:rest" at the first ':'.
+inline std::pair<std::string_view, std::string_view> split_column(const char* flag, std::string_view text,
+                                                                  bool rest_required) {
+  const std::size_t c = text.find(':');
+  const std::string_view col = text.substr(0, c);
+  if (col.empty()) bad_flag(flag, text, "expected a column name before ':'");
+  if (c == std::string_view::npos) {
+    if (rest_required) bad_flag(flag, text, "expected COL:SEP (a column name, ':' and a separator)");
+    return {col, {}};
+  }
+  return {col, text.substr(c + 1)};
+}
+// Reads SEP at the front of `rest` and returns what follows it.
+inline std::string_view take_separator(const char* flag, std::string_view text, std::string_view rest, char& sep) {
+  static const std::pair<const char*, char> names[] = {{"tab", '\t'},   {"space", ' '},     {"comma", ','},
+                                                        {"pipe", '|'},   {"semicolon", ';'}, {"colon", ':'}};
+  for (const auto& n : names) {
+    const std::string_view w(n.first);
+    if (rest.substr(0, w.size()) == w && (rest.size() == w.size() || rest[w.size()] == ':')) {
+      sep = n.second;
+      return rest.substr(w.size());
+    }
+  }
+  if (rest.empty() || (rest.size() > 1 && rest[1] != ':'))
+    bad_flag(flag, text, "expected one separator character (or tab, space, comma, pipe, semicolon, colon) after '" +
+                             std::string(text.substr(0, text.size() - rest.size())) + "'");
+  if (rest[0] == '"' || rest[0] == '\n' || rest[0] == '\r') bad_flag(flag, text, "a quote or line break cannot separate items");
+  sep = rest[0];
+  return rest.substr(1);
+}
+}  // namespace detail
+
+// Parses the argument of --id, --bag, --seq, --text or --dense; `flag` names
+// it in messages.
+inline FeatureColumn parse_feature_flag(ColumnKind kind, std::string_view text, const char* flag) {
+  FeatureColumn f;
+  f.kind = kind;
+  const bool needs_sep = kind == ColumnKind::Bag || kind == ColumnKind::Sequence;
+  const auto parts = detail::split_column(flag, text, needs_sep);
+  f.column = std::string(parts.first);
+  std::string_view rest = parts.second;
+  switch (kind) {
+    case ColumnKind::Id:
+      if (!rest.empty() || text.find(':') != std::string_view::npos)
+        f.buckets = detail::positive_count(flag, text, rest, "the hash bucket count", kMaxHashBuckets);
+      break;
+    case ColumnKind::Bag:
+      rest = detail::take_separator(flag, text, rest, f.sep);
+      if (!rest.empty()) detail::bad_flag(flag, text, "expected COL:SEP with nothing after the separator");
+      break;
+    case ColumnKind::Sequence:
+      rest = detail::take_separator(flag, text, rest, f.sep);
+      f.max_len = kDefaultSequenceLength;
+      if (!rest.empty()) f.max_len = detail::positive_count(flag, text, rest.substr(1), "maxlen", kMaxLength);
+      break;
+    case ColumnKind::Text:
+      f.max_len = kDefaultTextLength;
+      if (text.find(':') != std::string_view::npos)
+        f.max_len = detail::positive_count(flag, text, rest, "maxlen", kMaxLength);
+      break;
+    case ColumnKind::Dense:
+      if (text.find(':') != std::string_view::npos) {
+        if (rest != "impute")
+          detail::bad_flag(flag, text, "expected COL or COL:impute (column names cannot contain ':') but got '" +
+                                           std::string(rest) + "' after the column name");
+        f.impute = true;
+      }
+      break;
+  }
+  return f;
+}
+
+// Parses the argument of --task:
+//   COL:binary|regression|multiclass|bpr[:weight]
+//   COL:retrieval[:FEATURE][:weight]
+// bpr is a binary task trained with the pairwise BPR loss. A retrieval
+// task's label is a raw item value; with FEATURE (an --id column) it shares
+// that feature's vocabulary and embedding table, without it builds its own
+// vocabulary from COL.
+inline TaskColumn parse_task_flag(std::string_view text, const char* flag) {
+  TaskColumn t;
+  const auto parts = detail::split_column(flag, text, true);
+  t.column = std::string(parts.first);
+  std::string_view rest = parts.second;
+  std::size_t c = rest.find(':');
+  const std::string_view type = rest.substr(0, c);
+  if (type == "binary") t.type = TaskType::Binary;
+  else if (type == "regression") t.type = TaskType::Regression;
+  else if (type == "multiclass") t.type = TaskType::MultiClass;
+  else if (type == "bpr") t.type = TaskType::Binary, t.loss = TaskLoss::BPR;
+  else if (type == "retrieval") t.type = TaskType::Retrieval;
+  else
+    detail::bad_flag(flag, text,
+                     "expected the type binary, regression, multiclass, bpr or retrieval but got '" + std::string(type) + "'");
+  rest = c == std::string_view::npos ? std::string_view() : rest.substr(c + 1);
+  if (c != std::string_view::npos && t.type == TaskType::Retrieval) {
+    c = rest.find(':');
+    const std::string_view first = rest.substr(0, c);
+    double w = 0;
+    if (c == std::string_view::npos && parse_number(first, w)) {
+      // COL:retrieval:WEIGHT
+    } else {
+      if (first.empty()) detail::bad_flag(flag, text, "expected a feature name after 'retrieval:'");
+      t.target_feature = std::string(first);
+      rest = c == std::string_view::npos ? std::string_view() : rest.substr(c + 1);
+      if (c == std::string_view::npos) return t;
+    }
+  } else if (c == std::string_view::npos) {
+    return t;
+  }
+  if (!parse_number(rest, t.weight) || t.weight < 0)
+    detail::bad_flag(flag, text, "expected a weight >= 0 but got '" + std::string(rest) + "'");
+  return t;
+}
+
+// ---- raw rows ------------------------------------------------------------------------------
+
+// Rows of raw values for TabularEncoder::encode (and MultiTaskModel::encode):
+// what a request to a model server holds. A value is the text a CSV cell
+// would hold ("12", "3.5", "Action|Comedy"), or a list of items (a bag or a
+// sequence as separate values; a text's words), or absent. A feature absent
+// from a row takes its missing value (the OOV row, an empty list, or an
+// imputed dense value); an empty text or one of the na_values is missing,
+// exactly as in a CSV file.
+//
+//   data::RawRows rows;
+//   auto r = rows.add_row();
+//   rows.set(r, "user", "12");
+//   rows.set_list(r, "history", {"31", "1029"});
+//   Batch<float> b = model.encode(rows);
+class RawRows {
+ public:
+  struct Value {
+    std::string column;
+    std::string text;
+    std::vector<std::string> items;
+    bool is_list = false;
+  };
+
+  std::size_t rows() const { return rows_.size(); }
+  bool empty() const { return rows_.empty(); }
+  // Appends a row with no values and returns its index.
+  std::size_t add_row() {
+    rows_.emplace_back();
+    return rows_.size() - 1;
+  }
+  void set(std::size_t row, std::string column, std::string text) {
+    Value& v = slot(row, std::move(column));
+    v.text = std::move(text);
+    v.items.clear();
+    v.is_list = false;
+  }
+  void set_list(std::size_t row, std::string column, std::vector<std::string> items) {
+    Value& v = slot(row, std::move(column));
+    v.text.clear();
+    v.items = std::move(items);
+    v.is_list = true;
+  }
+  // Copies every value of row `src_row` of `src` into row `row` (a user's
+  // features into a candidate row, say), replacing values of the same column.
+  void set_all(std::size_t row, const RawRows& src, std::size_t src_row) {
+    for (const Value& v : src.values(src_row)) {
+      Value& d = slot(row, v.column);
+      d = v;
+    }
+  }
+  const std::vector<Value>& values(std::size_t row) const {
+    check(row < rows_.size(), "RawRows", "row ", row, " expected in [0, ", rows_.size(), ")");
+    return rows_[row];
+  }
+  // The value of `column` in `row`, or null when the row does not set it.
+  const Value* find(std::size_t row, std::string_view column) const {
+    for (const Value& v : values(row))
+      if (v.column == column) return &v;
+    return nullptr;
+  }
+
+ private:
+  Value& slot(std::size_t row, std::string column) {
+    check(row < rows_.size(), "RawRows::set", "row ", row, " expected in [0, ", rows_.size(), ")");
+    for (Value& v : rows_[row])
+      if (v.column == column) return v;
+    rows_[row].push_back(Value{std::move(column), {}, {}, false});
+    return rows_[row].back();
+  }
+  std::vector<std::vector<Value>> rows_;
+};
+
+namespace detail {
+// RawRows seen through the part of CsvTable's interface that
+// TabularEncoder::transform reads: one text cell per (row, feature column),
+// lists joined with the feature's separator (a space for a text), and errors
+// that name the row and the field instead of a file line.
+class RawTable {
+ public:
+  RawTable(const RawRows& raw, const std::vector<FeatureColumn>& features, const char* op) : n_(raw.rows()) {
+    cols_.reserve(features.size());
+    for (const auto& f : features) cols_.push_back(f.column);
+    cells_.assign(n_ * cols_.size(), std::string());
+    for (std::size_t r = 0; r < n_; ++r) {
+      for (const RawRows::Value& v : raw.values(r)) {
+        std::size_t c = 0;
+        while (c < cols_.size() && cols_[c] != v.column) ++c;
+        if (c == cols_.size())
+          fail(op, "row ", r, ": unknown feature '", escaped(v.column), "' (the model's features: ", names(), ")");
+        const FeatureColumn& fc = features[c];
+        std::string& cell = cells_[r * cols_.size() + c];
+        if (!v.is_list) {
+          cell = v.text;
+          continue;
+        }
+        const bool list_kind = fc.kind == ColumnKind::Bag || fc.kind == ColumnKind::Sequence || fc.kind == ColumnKind::Text;
+        if (!list_kind)
+          fail(op, "row ", r, ", field '", escaped(v.column), "': expected one value for ", fc.flag(),
+               " but got a list of ", v.items.size());
+        const char sep = fc.kind == ColumnKind::Text ? ' ' : fc.sep;
+        for (std::size_t i = 0; i < v.items.size(); ++i) {
+          const std::string& it = v.items[i];
+          if (fc.kind != ColumnKind::Text && it.find(sep) != std::string::npos)
+            fail(op, "row ", r, ", field '", escaped(v.column), "': item #", i + 1, " '", escaped(it),
+                 "' contains the separator '", std::string(1, sep), "' of ", fc.flag());
+          if (i) cell += sep;
+          cell += it;
+        }
+      }
+    }
+  }
+  std::size_t rows() const { return n_; }
+  std::string_view cell(std::size_t r, std::size_t c) const { return cells_[r * cols_.size() + c]; }
+  std::size_t require_column(std::string_view name, std::string_view /*wanted_by*/ = {}) const {
+    for (std::size_t c = 0; c < cols_.size(); ++c)
+      if (cols_[c] == name) return c;
+    fail("RawTable", "no column '", escaped(name), "'");
+  }
+  template <class... Parts>
+  [[noreturn]] void fail_cell(const char* op, std::size_t row, std::size_t col, const Parts&... parts) const {
+    fail(op, "row ", row, ", field '", escaped(cols_[col]), "': ", parts...);
+  }
+
+ private:
+  std::string names() const {
+    std::string s;
+    for (std::size_t c = 0; c < cols_.size(); ++c) s += (c ? ", '" : "'") + escaped(cols_[c]) + "'";
+    return s;
+  }
+  std::size_t n_ = 0;
+  std::vector<std::string> cols_;
+  std::vector<std::string> cells_;
+};
+}  // namespace detail
+
+// ---- the encoder ---------------------------------------------------------------------------
+
+class TabularEncoder {
+ public:
+  TabularEncoder() = default;
+  explicit TabularEncoder(TabularSchema schema) : schema_(std::move(schema)) {
+    const char* op = "TabularEncoder";
+    check(!schema_.features.empty(), op, "expected at least one feature column (--id, --bag, --seq, --text or --dense)");
+    check(!schema_.tasks.empty(), op, "expected at least one task column (--task)");
+    check(schema_.min_count >= 1, op, "expected min_count >= 1 but got ", schema_.min_count);
+    std::vector<std::pair<std::string, std::string>> seen;  // column, flag
+    auto claim = [&](const std::string& col, const std::string& flag) {
+      for (const auto& s : seen)
+        check(s.first != col, op, "column '", col, "' is declared twice (", s.second, " and ", flag,
+              "); each column can be one feature or one task");
+      seen.emplace_back(col, flag);
+    };
+    // Column names go into the checkpoint's JSON metadata, which must be
+    // UTF-8: a bad name fails here, before any file is read or any training.
+    auto utf8 = [&](const std::string& s, const std::string& what) {
+      const std::size_t at = detail::invalid_utf8_at(s);
+      if (at != std::string_view::npos)
+        fail(op, what, " '", detail::escaped(s), "' is not valid UTF-8 (byte #", at + 1, " is 0x",
+             detail::escaped(std::string_view(s).substr(at, 1)).substr(2),
+             "); names and missing-value markers are stored in the checkpoint's JSON metadata, which must be UTF-8");
+    };
+    for (const auto& f : schema_.features) {
+      check(!f.column.empty(), op, "a feature has an empty column name");
+      utf8(f.column, detail::escaped(f.flag()) + ": column name");
+      check(!f.impute || f.kind == ColumnKind::Dense, op, f.flag(), ": only --dense columns can be imputed");
+      check(f.buckets >= 0, op, f.flag(), ": expected buckets >= 0 but got ", f.buckets);
+      if (f.kind == ColumnKind::Sequence || f.kind == ColumnKind::Text)
+        check(f.max_len >= 1, op, f.flag(), ": expected maxlen >= 1 but got ", f.max_len);
+      check(f.buckets == 0 || f.kind == ColumnKind::Id, op, f.flag(), ": only --id columns can be hashed");
+      claim(f.column, f.flag());
+    }
+    for (const auto& t : schema_.tasks) {
+      check(!t.column.empty(), op, "a task has an empty column name");
+      utf8(t.column, detail::escaped(t.flag()) + ": column name");
+      check(t.weight >= 0 && std::isfinite(t.weight), op, t.flag(), ": expected a finite weight >= 0 but got ",
+            t.weight);
+      claim(t.column, t.flag());
+      check(t.loss == TaskLoss::Default || (t.loss == TaskLoss::BPR && t.type == TaskType::Binary), op, t.flag(),
+            ": only a binary task can use the BPR loss");
+      check(t.target_feature.empty() || t.type == TaskType::Retrieval, op, t.flag(),
+            ": only a retrieval task can name a target feature");
+      if (!t.target_feature.empty()) {
+        const FeatureColumn* target = nullptr;
+        for (const auto& f : schema_.features)
+          if (f.column == t.target_feature) target = &f;
+        check(target != nullptr, op, t.flag(), ": the target feature '", t.target_feature,
+              "' is not a declared feature column (declare it with --id ", t.target_feature, ")");
+        check(target->kind == ColumnKind::Id && target->buckets == 0, op, t.flag(), ": the target feature '",
+              t.target_feature, "' expected an --id column with a vocabulary (not hashed) but it is ", target->flag());
+      }
+    }
+    for (const auto& v : schema_.na_values) utf8(v, "missing-value marker");
+    features_.resize(schema_.features.size());
+    tasks_.resize(schema_.tasks.size());
+  }
+
+  // Whether a cell means "missing": empty or one of the na_values, after
+  // trimming blanks.
+  bool is_missing(std::string_view cell) const {
+    cell = detail::trim(cell);
+    if (cell.empty()) return true;
+    for (const auto& v : schema_.na_values)
+      if (cell == v) return true;
+    return false;
+  }
+
+  const TabularSchema& schema() const { return schema_; }
+  bool fitted() const { return fitted_; }
+
+  // Learns the preprocessing from `rows` of `train` (every row when null):
+  // vocabularies, dense mean/std, regression label mean/std, class names.
+  // Also checks every value it reads, so a bad cell fails here, before any
+  // training, with its file, line and column.
+  void fit(const CsvTable& train, const std::vector<std::size_t>* rows = nullptr) {
+    const char* op = "TabularEncoder::fit";
+    check(!schema_.features.empty(), op, "the encoder has no schema");
+    const std::size_t n = rows ? rows->size() : train.rows();
+    check(n > 0, op, "'", train.source(), "' has no training rows (only a header?)");
+    auto row_at = [&](std::size_t i) { return rows ? (*rows)[i] : i; };
+    std::string scratch;
+    std::vector<std::string_view> items;
+    for (std::size_t f = 0; f < schema_.features.size(); ++f) {
+      const FeatureColumn& fc = schema_.features[f];
+      FeatureState& st = features_[f];
+      const std::size_t col = train.require_column(fc.column, fc.flag());
+      st = FeatureState{};
+      if (fc.kind == ColumnKind::Dense) {
+        std::vector<double> x;
+        x.reserve(n);
+        for (std::size_t i = 0; i < n; ++i) {
+          const std::size_t r = row_at(i);
+          if (fc.impute && is_missing(train.cell(r, col))) continue;
+          x.push_back(dense_value(train, r, col, fc, op));
+        }
+        check(!x.empty(), op, "'", train.source(), "': dense column '", fc.column, "' (", fc.flag(),
+              ") has no value in any of the ", n, " training rows, so there is no mean to impute");
+        st.stats = Standardizer::fit(x);
+        continue;
+      }
+      if (fc.kind == ColumnKind::Id && fc.buckets > 0) continue;
+      // Count every token, then keep those seen min_count times (in
+      // first-seen order, so the result does not depend on hashing).
+      Vocabulary all;
+      std::vector<std::size_t> counts(1, 0);
+      auto count = [&](std::string_view tok) {
+        const index_t r = all.add(tok);
+        if (std::size_t(r) >= counts.size()) counts.push_back(0);
+        ++counts[std::size_t(r)];
+      };
+      for (std::size_t i = 0; i < n; ++i) {
+        const std::string_view cell = train.cell(row_at(i), col);
+        if (is_missing(cell)) continue;  // the OOV row, or an empty list
+        switch (fc.kind) {
+          case ColumnKind::Id: count(cell); break;
+          case ColumnKind::Bag: for_each_item(cell, fc.sep, count); break;
+          case ColumnKind::Sequence:
+            // Only the items the model will see (the last max_len).
+            last_items(cell, fc.sep, fc.max_len, items);
+            for (const auto& it : items) count(it);
+            break;
+          case ColumnKind::Text: for_each_word(cell, std::size_t(fc.max_len), scratch, count); break;
+          case ColumnKind::Dense: break;
+        }
+      }
+      if (schema_.min_count <= 1) {
+        st.vocab = std::move(all);
+      } else {
+        for (index_t r = 1; r < all.rows(); ++r)
+          if (counts[std::size_t(r)] >= std::size_t(schema_.min_count)) st.vocab.add(all.token(r));
+      }
+    }
+    for (std::size_t k = 0; k < schema_.tasks.size(); ++k) {
+      const TaskColumn& tc = schema_.tasks[k];
+      TaskState& st = tasks_[k];
+      st = TaskState{};
+      const std::size_t col = train.require_column(tc.column, tc.flag());
+      std::vector<double> y;
+      Vocabulary classes;
+      for (std::size_t i = 0; i < n; ++i) {
+        const std::size_t r = row_at(i);
+        const std::string_view cell = csv_trim(train.cell(r, col));
+        if (is_missing(cell)) continue;
+        if (tc.type == TaskType::MultiClass || tc.type == TaskType::Retrieval) {
+          classes.add(cell);  // retrieval: the item values, in first-seen order
+          y.push_back(0);
+        } else {
+          y.push_back(tc.type == TaskType::Binary ? binary_label(train, r, col, op) : number_label(train, r, col, op));
+        }
+      }
+      check(!y.empty(), op, "'", train.source(), "': task column '", tc.column, "' (", tc.flag(),
+            ") has no label in any of the ", n, " training rows");
+      if (tc.type == TaskType::Regression) st.target = Standardizer::fit(y);
+      if (tc.type == TaskType::Retrieval && tc.target_feature.empty()) st.items = std::move(classes);
+      if (tc.type == TaskType::MultiClass) {
+        st.classes = sorted_classes(classes.tokens());
+        check(st.classes.size() >= 2, op, "'", train.source(), "': multiclass task '", tc.column,
+              "' expected at least 2 classes in the training rows but found ", st.classes.size(),
+              st.classes.empty() ? std::string() : " ('" + st.classes[0] + "')");
+        st.class_index = Vocabulary::from_tokens(st.classes);
+      }
+    }
+    fitted_ = true;
+  }
+
+  // Encodes `rows` of `t` (every row when null) in that order. With
+  // `labels`, the task columns must exist and their cells are checked; for
+  // prediction (labels = false) they are not read and may be absent.
+  template <class T, class Table = CsvTable>
+  Batch<T> transform(const Table& t, const std::vector<std::size_t>* rows, bool labels,
+                     const char* op = "TabularEncoder::transform") const {
+    check(fitted_, op, "the encoder was not fitted (call fit() or load it from JSON)");
+    const std::size_t n = rows ? rows->size() : t.rows();
+    auto row_at = [&](std::size_t i) { return rows ? (*rows)[i] : i; };
+    Batch<T> b;
+    b.size = index_t(n);
+    std::size_t n_ids = 0, n_bags = 0, n_seqs = 0, n_dense = 0;
+    for (const auto& f : schema_.features) {
+      n_ids += f.kind == ColumnKind::Id;
+      n_bags += f.kind == ColumnKind::Bag;
+      n_seqs += f.kind == ColumnKind::Sequence || f.kind == ColumnKind::Text;
+      n_dense += f.kind == ColumnKind::Dense;
+    }
+    b.ids.resize(n_ids);
+    b.bags.resize(n_bags);
+    b.sequences.resize(n_seqs);
+    b.dense.resize(n_dense);
+    std::size_t gi = 0, gb = 0, gs = 0, gd = 0;
+    std::string scratch;
+    std::vector<std::string_view> items;
+    for (std::size_t f = 0; f < schema_.features.size(); ++f) {
+      const FeatureColumn& fc = schema_.features[f];
+      const FeatureState& st = features_[f];
+      const std::size_t col = t.require_column(fc.column, fc.flag());
+      switch (fc.kind) {
+        case ColumnKind::Id: {
+          auto& out = b.ids[gi++];
+          out.resize(n);
+          for (std::size_t i = 0; i < n; ++i) {
+            const std::string_view cell = t.cell(row_at(i), col);
+            const bool missing = is_missing(cell);
+            out[i] = fc.buckets > 0 ? index_t(hash_string(missing ? std::string_view() : cell))
+                     : missing      ? Vocabulary::kOov
+                                    : st.vocab.find(cell);
+          }
+          break;
+        }
+        case ColumnKind::Bag: {
+          auto& bag = b.bags[gb++];
+          bag.offsets.resize(n + 1);
+          bag.offsets[0] = 0;
+          bag.ids.reserve(n * 2);
+          for (std::size_t i = 0; i < n; ++i) {
+            const std::string_view cell = t.cell(row_at(i), col);
+            if (!is_missing(cell))
+              for_each_item(cell, fc.sep, [&](std::string_view s) { bag.ids.push_back(st.vocab.find(s)); });
+            bag.offsets[i + 1] = index_t(bag.ids.size());
+          }
+          break;
+        }
+        case ColumnKind::Sequence:
+        case ColumnKind::Text: {
+          auto& seq = b.sequences[gs++];
+          const std::size_t L = std::size_t(fc.max_len);
+          seq.ids.assign(n * L, 0);
+          seq.lengths.resize(n);
+          for (std::size_t i = 0; i < n; ++i) {
+            index_t* dst = seq.ids.data() + i * L;
+            const std::string_view cell = t.cell(row_at(i), col);
+            index_t len = 0;
+            if (is_missing(cell)) {
+              // an empty list
+            } else if (fc.kind == ColumnKind::Sequence) {
+              last_items(cell, fc.sep, fc.max_len, items);
+              for (const auto& it : items) dst[len++] = st.vocab.find(it);
+            } else {
+              for_each_word(cell, L, scratch, [&](std::string_view w) { dst[len++] = st.vocab.find(w); });
+            }
+            seq.lengths[i] = len;
+          }
+          break;
+        }
+        case ColumnKind::Dense: {
+          auto& out = b.dense[gd++];
+          if (!fc.impute) {
+            out.resize(n);
+            for (std::size_t i = 0; i < n; ++i) out[i] = T(st.stats.apply(dense_value(t, row_at(i), col, fc, op)));
+            break;
+          }
+          // Two columns per row: the standardised value (the training mean,
+          // 0, when missing) and is_missing.
+          out.resize(2 * n);
+          for (std::size_t i = 0; i < n; ++i) {
+            const std::size_t r = row_at(i);
+            const bool missing = is_missing(t.cell(r, col));
+            out[2 * i] = missing ? T(0) : T(st.stats.apply(dense_value(t, r, col, fc, op)));
+            out[2 * i + 1] = missing ? T(1) : T(0);
+          }
+          break;
+        }
+      }
+    }
+    const std::size_t K = schema_.tasks.size();
+    b.labels.resize(K);
+    b.label_mask.resize(K);
+    if (!labels) {
+      // Predictions only: no labels, every row "labelled" with 0 so that a
+      // batch built here is still well formed for evaluate()/compute_losses().
+      for (std::size_t k = 0; k < K; ++k) b.labels[k].assign(n, T(0));
+      return b;
+    }
+    for (std::size_t k = 0; k < K; ++k) {
+      const TaskColumn& tc = schema_.tasks[k];
+      const TaskState& st = tasks_[k];
+      const std::size_t col = t.require_column(tc.column, tc.flag());
+      auto& y = b.labels[k];
+      auto& m = b.label_mask[k];
+      y.assign(n, T(0));
+      m.assign(n, 0);
+      for (std::size_t i = 0; i < n; ++i) {
+        const std::size_t r = row_at(i);
+        const std::string_view cell = csv_trim(t.cell(r, col));
+        if (is_missing(cell)) continue;
+        m[i] = 1;
+        switch (tc.type) {
+          case TaskType::Binary: y[i] = T(binary_label(t, r, col, op)); break;
+          case TaskType::Regression: y[i] = T(st.target.apply(number_label(t, r, col, op))); break;
+          case TaskType::MultiClass: {
+            const index_t c = st.class_index.find(cell);
+            if (c == Vocabulary::kOov)
+              t.fail_cell(op, r, col, "class ", detail::shown(cell), " of task '", tc.column,
+                          "' was not seen in the training data (known classes: ", class_list(st.classes), ")");
+            y[i] = T(c - 1);
+            break;
+          }
+          case TaskType::Retrieval: {
+            // The item's row; an item never seen in training has no row to
+            // learn towards, so the row is left unlabelled for this task.
+            const index_t row = item_vocabulary(k).find(cell);
+            if (row == Vocabulary::kOov) m[i] = 0;
+            y[i] = T(row);
+            break;
+          }
+        }
+      }
+    }
+    return b;
+  }
+
+  // Encodes raw rows (a serving request) as transform() encodes a CSV file
+  // without labels: an unseen value is the OOV row, an absent feature its
+  // missing value; a malformed value (a non-numeric dense value, a list for
+  // an ID) or a column that is not a feature is an error naming the row and
+  // the field.
+  template <class T>
+  Batch<T> encode(const RawRows& raw) const {
+    const char* op = "TabularEncoder::encode";
+    check(fitted_, op, "the encoder was not fitted (call fit() or load it from JSON)");
+    check(!raw.empty(), op, "expected at least one row but got none");
+    const detail::RawTable table(raw, schema_.features, op);
+    return transform<T>(table, nullptr, false, op);
+  }
+
+  // The model's features: ids and bags embed in `dim` columns, sequences
+  // and texts use `encoder` (its d_model is the embedding width).
+  FeatureSpec feature_spec(index_t dim, const TransformerConfig& encoder, int encoder_layers = 1) const {
+    check(fitted_, "TabularEncoder::feature_spec", "the encoder was not fitted");
+    FeatureSpec s;
+    for (std::size_t f = 0; f < schema_.features.size(); ++f) {
+      const FeatureColumn& fc = schema_.features[f];
+      const index_t rows = features_[f].vocab.rows();
+      switch (fc.kind) {
+        case ColumnKind::Id: {
+          IdFeature x{fc.column, fc.buckets > 0 ? 0 : rows, fc.buckets, dim, ""};
+          x.item_side = fc.item_side;
+          s.ids.push_back(x);
+          break;
+        }
+        case ColumnKind::Bag: {
+          BagFeature x{fc.column, rows, 0, dim, "", BagPooling::Mean, false};
+          x.item_side = fc.item_side;
+          s.bags.push_back(x);
+          break;
+        }
+        case ColumnKind::Sequence:
+        case ColumnKind::Text: {
+          SequenceFeature q;
+          q.name = fc.column;
+          q.vocab = rows;
+          q.max_len = fc.max_len;
+          q.encoder = encoder;
+          q.layers = encoder_layers;
+          q.pooling = SequencePoolMode::Mean;
+          q.item_side = fc.item_side;
+          s.sequences.push_back(q);
+          break;
+        }
+        case ColumnKind::Dense: {
+          DenseFeature x{fc.column, fc.impute ? 2 : 1};
+          x.item_side = fc.item_side;
+          s.dense.push_back(x);
+          break;
+        }
+      }
+    }
+    return s;
+  }
+
+  // The model's tasks, named after their columns, each with `tower`. A
+  // retrieval task with its own vocabulary gets a target table of `dim`
+  // columns; one with a target feature shares that feature's table.
+  std::vector<TaskSpec> task_specs(const std::vector<index_t>& tower, index_t dim = 16) const {
+    check(fitted_, "TabularEncoder::task_specs", "the encoder was not fitted");
+    std::vector<TaskSpec> out;
+    for (std::size_t k = 0; k < schema_.tasks.size(); ++k) {
+      TaskSpec t;
+      t.name = schema_.tasks[k].column;
+      t.type = schema_.tasks[k].type;
+      t.num_classes = t.type == TaskType::MultiClass ? index_t(tasks_[k].classes.size()) : 0;
+      t.tower = tower;
+      t.weight = schema_.tasks[k].weight;
+      t.loss = schema_.tasks[k].loss;
+      if (t.type == TaskType::Retrieval) {
+        t.target_table = schema_.tasks[k].target_feature.empty() ? t.name : schema_.tasks[k].target_feature;
+        if (schema_.tasks[k].target_feature.empty()) {
+          t.target_vocab = tasks_[k].items.rows();
+          t.target_dim = dim;
+        }
+      }
+      out.push_back(t);
+    }
+    return out;
+  }
+
+  // Learned state, by the schema's feature / task index.
+  const Vocabulary& vocabulary(std::size_t feature) const { return features_.at(feature).vocab; }
+  const Standardizer& dense_stats(std::size_t feature) const { return features_.at(feature).stats; }
+  // Regression: the label standardisation (invert() maps a prediction back).
+  const Standardizer& target(std::size_t task) const { return tasks_.at(task).target; }
+  // Multiclass: class names; class id c (the model's output column) is classes[c].
+  const std::vector<std::string>& classes(std::size_t task) const { return tasks_.at(task).classes; }
+  // Retrieval: item value <-> row of the task's target table (row 0 is the
+  // OOV row, never an item): the target feature's vocabulary, or the task's own.
+  const Vocabulary& item_vocabulary(std::size_t task) const {
+    const TaskColumn& tc = schema_.tasks.at(task);
+    check(tc.type == TaskType::Retrieval, "TabularEncoder::item_vocabulary", "task '", tc.column,
+          "' is not a retrieval task");
+    if (tc.target_feature.empty()) return tasks_[task].items;
+    return features_[feature_index(tc.target_feature)].vocab;
+  }
+  // The schema's index of a feature column, or an error naming it.
+  std::size_t feature_index(std::string_view column) const {
+    for (std::size_t f = 0; f < schema_.features.size(); ++f)
+      if (schema_.features[f].column == column) return f;
+    fail("TabularEncoder", "unknown feature '", detail::escaped(column), "'");
+  }
+  // Whether `column` is a feature column (rows given to encode() may hold only these).
+  bool has_feature(std::string_view column) const {
+    for (const auto& f : schema_.features)
+      if (f.column == column) return true;
+    return false;
+  }
+
+  // ---- persistence ---------------------------------------------------------------------------
+
+  // Everything needed to encode new files: the schema and the learned state.
+  json::Value to_json() const {
+    using json::Value;
+    check(fitted_, "TabularEncoder::to_json", "the encoder was not fitted");
+    Value j = Value::object();
+    j.set("format", "mtrec.tabular");
+    j.set("version", 3);
+    j.set("min_count", schema_.min_count);
+    j.set("oov_row", Vocabulary::kOov);  // an unseen or missing token's row in every vocabulary
+    j.set("na_values", strings_json(schema_.na_values));
+    Value feats = Value::array();
+    for (std::size_t f = 0; f < schema_.features.size(); ++f) {
+      const FeatureColumn& fc = schema_.features[f];
+      Value o = Value::object();
+      o.set("kind", column_kind_name(fc.kind));
+      o.set("column", fc.column);
+      o.set("item_side", fc.item_side);
+      if (fc.kind == ColumnKind::Id) o.set("buckets", fc.buckets);
+      if (fc.kind == ColumnKind::Id && fc.buckets > 0) {
+        // The row of a value: mix64(fnv1a64(text) ^ salt) % buckets, with the
+        // table's salt (layers/embedding.hpp hash_bucket); stored as decimal
+        // text, as JSON numbers cannot hold every 64-bit value.
+        json::Value h = json::Value::object();
+        h.set("function", "fnv1a64");
+        h.set("salt", std::to_string(hash_name(fc.column)));
+        o.set("hash", std::move(h));
+      }
+      if (fc.kind == ColumnKind::Text) {
+        json::Value tk = json::Value::object();
+        tk.set("kind", "words");  // runs of ASCII letters, digits and non-ASCII bytes
+        tk.set("lowercase", true);
+        tk.set("max_len", fc.max_len);
+        o.set("tokenizer", std::move(tk));
+      }
+      if (fc.kind == ColumnKind::Bag || fc.kind == ColumnKind::Sequence) o.set("sep", std::string(1, fc.sep));
+      if (fc.kind == ColumnKind::Sequence || fc.kind == ColumnKind::Text) o.set("max_len", fc.max_len);
+      if (fc.kind == ColumnKind::Dense) {
+        o.set("mean", features_[f].stats.mean);
+        o.set("std", features_[f].stats.sd);
+        o.set("impute", fc.impute);
+      } else if (!(fc.kind == ColumnKind::Id && fc.buckets > 0)) {
+        o.set("vocab", strings_json(features_[f].vocab.tokens()));
+      }
+      feats.push_back(std::move(o));
+    }
+    j.set("features", std::move(feats));
+    Value tasks = Value::array();
+    for (std::size_t k = 0; k < schema_.tasks.size(); ++k) {
+      const TaskColumn& tc = schema_.tasks[k];
+      Value o = Value::object();
+      o.set("column", tc.column);
+      o.set("type", task_type_name(tc.type));
+      o.set("weight", tc.weight);
+      if (tc.loss == TaskLoss::BPR) o.set("loss", "bpr");
+      if (tc.type == TaskType::Retrieval) {
+        o.set("target_feature", tc.target_feature);
+        if (tc.target_feature.empty()) o.set("items", strings_json(tasks_[k].items.tokens()));
+      }
+      if (tc.type == TaskType::Regression) {
+        o.set("mean", tasks_[k].target.mean);
+        o.set("std", tasks_[k].target.sd);
+      }
+      if (tc.type == TaskType::MultiClass) o.set("classes", strings_json(tasks_[k].classes));
+      tasks.push_back(std::move(o));
+    }
+    j.set("tasks", std::move(tasks));
+    return j;
+  }
+
+  static TabularEncoder from_json(const json::Value& j) {
+    const char* op = "TabularEncoder::from_json";
+    check(j.is_object() && j.contains("format") && j.at("format").is_string() &&
+              j.at("format").as_string() == "mtrec.tabular",
+          op, "expected an object with format = mtrec.tabular");
+    // Version 1 (before missing values): only the empty cell was missing.
+    const std::int64_t version = j.at("version").as_int();
+    check(version >= 1 && version <= 3, op, "expected version 1, 2 or 3 but got ", version,
+          version > 3 ? " (written by a newer mtrec)" : "");
+    TabularSchema s;
+    s.min_count = index_t(j.at("min_count").as_int());
+    s.na_values = version >= 2 ? strings_from(j.at("na_values")) : std::vector<std::string>{};
+    for (const auto& o : j.at("features").as_array()) {
+      FeatureColumn fc;
+      const std::string& kind = o.at("kind").as_string();
+      bool known = false;
+      for (ColumnKind k : {ColumnKind::Id, ColumnKind::Bag, ColumnKind::Sequence, ColumnKind::Text, ColumnKind::Dense})
+        if (kind == column_kind_name(k)) {
+          fc.kind = k;
+          known = true;
+        }
+      check(known, op, "unknown feature kind '", kind, "'");
+      fc.column = o.at("column").as_string();
+      if (fc.kind == ColumnKind::Id) fc.buckets = index_t(o.at("buckets").as_int());
+      if (fc.kind == ColumnKind::Bag || fc.kind == ColumnKind::Sequence) {
+        const std::string& sep = o.at("sep").as_string();
+        check(sep.size() == 1, op, "feature '", fc.column, "' expected a one-character separator but got '", sep, "'");
+        fc.sep = sep[0];
+      }
+      if (fc.kind == ColumnKind::Sequence || fc.kind == ColumnKind::Text) fc.max_len = index_t(o.at("max_len").as_int());
+      if (fc.kind == ColumnKind::Dense && version >= 2) fc.impute = o.at("impute").as_bool();
+      if (version >= 3) fc.item_side = o.at("item_side").as_bool();
+      if (version >= 3 && fc.kind == ColumnKind::Id && fc.buckets > 0) {
+        const json::Value& h = o.at("hash");
+        check(h.at("function").as_string() == "fnv1a64" && h.at("salt").as_string() == std::to_string(hash_name(fc.column)),
+              op, "feature '", fc.column, "' expected hash fnv1a64 with salt ", hash_name(fc.column), " but got ",
+              h.at("function").as_string(), " with salt ", h.at("salt").as_string());
+      }
+      if (version >= 3 && fc.kind == ColumnKind::Text) {
+        const json::Value& tk = o.at("tokenizer");
+        check(tk.at("kind").as_string() == "words" && tk.at("lowercase").as_bool(), op, "feature '", fc.column,
+              "' expected the tokenizer kind = words, lowercase = true (the only one this version has)");
+      }
+      s.features.push_back(fc);
+    }
+    for (const auto& o : j.at("tasks").as_array()) {
+      TaskColumn tc;
+      tc.column = o.at("column").as_string();
+      const std::string& type = o.at("type").as_string();
+      if (type == "binary") tc.type = TaskType::Binary;
+      else if (type == "regression") tc.type = TaskType::Regression;
+      else if (type == "multiclass") tc.type = TaskType::MultiClass;
+      else if (type == "retrieval" && version >= 3) tc.type = TaskType::Retrieval;
+      else fail(op, "task '", tc.column, "' has unknown type '", type, "'");
+      tc.weight = o.at("weight").as_double();
+      if (o.contains("loss")) {
+        check(o.at("loss").as_string() == "bpr", op, "task '", tc.column, "' has unknown loss '", o.at("loss").as_string(), "'");
+        tc.loss = TaskLoss::BPR;
+      }
+      if (tc.type == TaskType::Retrieval) tc.target_feature = o.at("target_feature").as_string();
+      s.tasks.push_back(tc);
+    }
+    TabularEncoder e(s);
+    const auto& feats = j.at("features").as_array();
+    for (std::size_t f = 0; f < s.features.size(); ++f) {
+      const FeatureColumn& fc = s.features[f];
+      if (fc.kind == ColumnKind::Dense) {
+        e.features_[f].stats.mean = feats[f].at("mean").as_double();
+        e.features_[f].stats.sd = feats[f].at("std").as_double();
+        check(std::isfinite(e.features_[f].stats.mean) && e.features_[f].stats.sd > 0 &&
+                  std::isfinite(e.features_[f].stats.sd),
+              op, "feature '", fc.column, "' expected a finite mean and a finite std > 0");
+      } else if (!(fc.kind == ColumnKind::Id && fc.buckets > 0)) {
+        e.features_[f].vocab = Vocabulary::from_tokens(strings_from(feats[f].at("vocab")));
+      }
+    }
+    const auto& tasks = j.at("tasks").as_array();
+    for (std::size_t k = 0; k < s.tasks.size(); ++k) {
+      if (s.tasks[k].type == TaskType::Regression) {
+        e.tasks_[k].target.mean = tasks[k].at("mean").as_double();
+        e.tasks_[k].target.sd = tasks[k].at("std").as_double();
+        check(e.tasks_[k].target.sd > 0, op, "task '", s.tasks[k].column, "' expected std > 0");
+      }
+      if (s.tasks[k].type == TaskType::Retrieval && s.tasks[k].target_feature.empty())
+        e.tasks_[k].items = Vocabulary::from_tokens(strings_from(tasks[k].at("items")));
+      if (s.tasks[k].type == TaskType::MultiClass) {
+        e.tasks_[k].classes = strings_from(tasks[k].at("classes"));
+        e.tasks_[k].class_index = Vocabulary::from_tokens(e.tasks_[k].classes);
+      }
+    }
+    e.fitted_ = true;
+    return e;
+  }
+
+ private:
+  struct FeatureState {
+    Vocabulary vocab;    // id (unhashed), bag, seq, text
+    Standardizer stats;  // dense
+  };
+  struct TaskState {
+    Standardizer target;               // regression
+    Vocabulary items;                  // retrieval without a target feature
+    std::vector<std::string> classes;  // multiclass, sorted
+    Vocabulary class_index;            // class name -> index + 1
+  };
+
+  static std::string_view csv_trim(std::string_view s) { return detail::trim(s); }
+
+  // The last `max_len` items of a list, in order (a user's most recent).
+  static void last_items(std::string_view cell, char sep, index_t max_len, std::vector<std::string_view>& out) {
+    out.clear();
+    for_each_item(cell, sep, [&](std::string_view s) { out.push_back(s); });
+    if (out.size() > std::size_t(max_len)) out.erase(out.begin(), out.end() - std::ptrdiff_t(max_len));
+  }
+
+  // A number the model can take: finite and within float range (the model
+  // computes in float; 1e200 would become inf there).
+  static bool float_range(double v) { return std::fabs(v) <= double(std::numeric_limits<float>::max()); }
+
+  template <class Table>
+  double dense_value(const Table& t, std::size_t r, std::size_t col, const FeatureColumn& fc, const char* op) const {
+    const std::string_view cell = t.cell(r, col);
+    double v = 0;
+    if (is_missing(cell))
+      t.fail_cell(op, r, col, "missing value ",
+                  detail::trim(cell).empty() ? std::string("(an empty cell)") : detail::shown(detail::trim(cell)),
+                  " in dense column; dense columns need a value in every row (declare --dense ", fc.column,
+                  ":impute to use the training mean and an is_missing indicator)");
+    if (!parse_number(cell, v) || !float_range(v))
+      t.fail_cell(op, r, col, "expected a finite number within float range (|x| <= ",
+                  std::numeric_limits<float>::max(), ") but got ", detail::shown(detail::trim(cell)));
+    return v;
+  }
+  template <class Table>
+  static double number_label(const Table& t, std::size_t r, std::size_t col, const char* op) {
+    double v = 0;
+    if (!parse_number(t.cell(r, col), v) || !float_range(v))
+      t.fail_cell(op, r, col, "expected a finite number within float range (|x| <= ", std::numeric_limits<float>::max(),
+                  ") as the regression label but got ", detail::shown(detail::trim(t.cell(r, col))));
+    return v;
+  }
+  // 0/1 (any number equal to 0 or 1, so "1.0" too) or true/false in any case.
+  template <class Table>
+  static double binary_label(const Table& t, std::size_t r, std::size_t col, const char* op) {
+    const std::string_view s = detail::trim(t.cell(r, col));
+    double v = -1;
+    if (parse_number(s, v) && (v == 0 || v == 1)) return v;
+    std::string lower(s);
+    for (char& c : lower) c = (c >= 'A' && c <= 'Z') ? char(c + 32) : c;
+    if (lower == "true") return 1;
+    if (lower == "false") return 0;
+    t.fail_cell(op, r, col, "expected a binary label 0, 1, true or false but got ", detail::shown(s));
+  }
+
+  // Numeric order when every class is a number ("2" < "10"), else byte order.
+  static std::vector<std::string> sorted_classes(std::vector<std::string> c) {
+    bool numeric = true;
+    std::vector<std::pair<double, std::string>> keyed;
+    for (const auto& s : c) {
+      double v = 0;
+      if (!parse_number(s, v)) {
+        numeric = false;
+        break;
+      }
+      keyed.emplace_back(v, s);
+    }
+    if (numeric) {
+      std::stable_sort(keyed.begin(), keyed.end(),
+                       [](const auto& a, const auto& b) { return a.first < b.first || (a.first == b.first && a.second < b.second); });
+      for (std::size_t i = 0; i < c.size(); ++i) c[i] = keyed[i].second;
+    } else {
+      std::sort(c.begin(), c.end());
+    }
+    return c;
+  }
+  static std::string class_list(const std::vector<std::string>& c) {
+    std::string s;
+    for (std::size_t i = 0; i < c.size() && i < 10; ++i) s += (i ? ", '" : "'") + c[i] + "'";
+    if (c.size() > 10) s += ", ... (" + std::to_string(c.size()) + " in all)";
+    return s;
+  }
+
+  // JSON strings must be UTF-8; a token that is not (a Latin-1 file, say)
+  // is stored as {"hex": "..."} so that any byte string round-trips.
+  static bool valid_utf8(std::string_view s) {
+    for (std::size_t i = 0; i < s.size();) {
+      const std::size_t n = json::detail::utf8_sequence_length(s, i);
+      if (n == 0) return false;
+      i += n;
+    }
+    return true;
+  }
+  static json::Value strings_json(const std::vector<std::string>& v) {
+    static const char* hex = "0123456789abcdef";
+    json::Value a = json::Value::array();
+    for (const auto& s : v) {
+      if (valid_utf8(s)) {
+        a.push_back(s);
+        continue;
+      }
+      std::string h;
+      for (unsigned char c : s) {
+        h += hex[c >> 4];
+        h += hex[c & 15];
+      }
+      json::Value o = json::Value::object();
+      o.set("hex", h);
+      a.push_back(std::move(o));
+    }
+    return a;
+  }
+  static std::vector<std::string> strings_from(const json::Value& v) {
+    std::vector<std::string> out;
+    out.reserve(v.size());
+    for (const auto& x : v.as_array()) {
+      if (x.is_string()) {
+        out.push_back(x.as_string());
+        continue;
+      }
+      const std::string& h = x.at("hex").as_string();
+      check(h.size() % 2 == 0, "TabularEncoder::from_json", "expected an even number of hex digits but got '", h, "'");
+      std::string s;
+      auto nib = [&](char c) -> int {
+        if (c >= '0' && c <= '9') return c - '0';
+        if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+        fail("TabularEncoder::from_json", "expected hex digits but got '", h, "'");
+      };
+      for (std::size_t i = 0; i < h.size(); i += 2) s += char(nib(h[i]) * 16 + nib(h[i + 1]));
+      out.push_back(std::move(s));
+    }
+    return out;
+  }
+
+  TabularSchema schema_;
+  std::vector<FeatureState> features_;
+  std::vector<TaskState> tasks_;
+  bool fitted_ = false;
+};
+
+}  // namespace data
+}  // namespace mtrec
+// ==== end mtrec/model/tabular.hpp =============================================
+
 namespace mtrec {
 
 // Per-task loss values of one batch (unweighted, each a weighted mean over
@@ -12979,6 +14902,83 @@ struct TaskLosses {
   std::vector<double> value;
   std::vector<index_t> count;  // labelled rows per task
 };
+
+namespace detail {
+// A feature spec fits a model when it declares the model's fields, kind by
+// kind in the model's order, with the same vocabulary sizes, hashing, dense
+// widths and item sides, and the model's tasks in order.
+inline void check_preprocessing(const ModelConfig& c, const data::TabularEncoder& enc, const char* op) {
+  using data::ColumnKind;
+  check(enc.fitted(), op, "the feature spec was not fitted");
+  const auto& sf = enc.schema().features;
+  std::size_t gi = 0, gb = 0, gs = 0, gd = 0;
+  auto mismatch = [&](const std::string& col, const std::string& what) {
+    fail(op, "the feature spec's column '", col, "' does not fit the model: ", what);
+  };
+  for (std::size_t f = 0; f < sf.size(); ++f) {
+    const auto& fc = sf[f];
+    const index_t rows = fc.kind == ColumnKind::Dense || (fc.kind == ColumnKind::Id && fc.buckets > 0)
+                             ? 0
+                             : enc.vocabulary(f).rows();
+    auto same = [&](const std::string& name, index_t vocab, index_t buckets, bool item_side) {
+      if (name != fc.column) mismatch(fc.column, "the model's field in its place is '" + name + "'");
+      if (vocab != rows || buckets != fc.buckets)
+        mismatch(fc.column, "the model expects vocab " + std::to_string(vocab) + " and hash_buckets " +
+                                std::to_string(buckets) + " but the spec has " + std::to_string(rows) + " and " +
+                                std::to_string(fc.buckets));
+      if (item_side != fc.item_side)
+        mismatch(fc.column, std::string("item_side is ") + (item_side ? "true" : "false") + " in the model");
+    };
+    switch (fc.kind) {
+      case ColumnKind::Id:
+        if (gi >= c.features.ids.size()) mismatch(fc.column, "the model has no ID field for it");
+        same(c.features.ids[gi].name, c.features.ids[gi].vocab, c.features.ids[gi].hash_buckets,
+             c.features.ids[gi].item_side);
+        ++gi;
+        break;
+      case ColumnKind::Bag:
+        if (gb >= c.features.bags.size()) mismatch(fc.column, "the model has no bag field for it");
+        same(c.features.bags[gb].name, c.features.bags[gb].vocab, c.features.bags[gb].hash_buckets,
+             c.features.bags[gb].item_side);
+        ++gb;
+        break;
+      case ColumnKind::Sequence:
+      case ColumnKind::Text:
+        if (gs >= c.features.sequences.size()) mismatch(fc.column, "the model has no sequence field for it");
+        same(c.features.sequences[gs].name, c.features.sequences[gs].vocab, c.features.sequences[gs].hash_buckets,
+             c.features.sequences[gs].item_side);
+        if (c.features.sequences[gs].max_len != fc.max_len)
+          mismatch(fc.column, "max_len is " + std::to_string(c.features.sequences[gs].max_len) + " in the model but " +
+                                  std::to_string(fc.max_len) + " in the spec");
+        ++gs;
+        break;
+      case ColumnKind::Dense:
+        if (gd >= c.features.dense.size()) mismatch(fc.column, "the model has no dense field for it");
+        same(c.features.dense[gd].name, 0, 0, c.features.dense[gd].item_side);
+        if (c.features.dense[gd].dim != (fc.impute ? 2 : 1))
+          mismatch(fc.column, "the model's dense width is " + std::to_string(c.features.dense[gd].dim) +
+                                  " but the spec gives " + (fc.impute ? "2 (imputed)" : "1"));
+        ++gd;
+        break;
+    }
+  }
+  check(gi == c.features.ids.size() && gb == c.features.bags.size() && gs == c.features.sequences.size() &&
+            gd == c.features.dense.size(),
+        op, "the feature spec declares ", gi, " ID, ", gb, " bag, ", gs, " sequence and ", gd,
+        " dense fields but the model has ", c.features.ids.size(), ", ", c.features.bags.size(), ", ",
+        c.features.sequences.size(), " and ", c.features.dense.size());
+  const auto& st = enc.schema().tasks;
+  check(st.size() == c.tasks.size(), op, "the feature spec has ", st.size(), " tasks but the model ", c.tasks.size());
+  for (std::size_t k = 0; k < st.size(); ++k) {
+    check(st[k].column == c.tasks[k].name && st[k].type == c.tasks[k].type, op, "task ", k + 1, " is '",
+          c.tasks[k].name, "' (", task_type_name(c.tasks[k].type), ") in the model but '", st[k].column, "' (",
+          task_type_name(st[k].type), ") in the feature spec");
+    if (st[k].type == TaskType::MultiClass)
+      check(index_t(enc.classes(k).size()) == c.tasks[k].num_classes, op, "task '", st[k].column, "' has ",
+            c.tasks[k].num_classes, " classes in the model but ", enc.classes(k).size(), " in the feature spec");
+  }
+}
+}  // namespace detail
 
 template <class T, class Device = Cpu>
 class MultiTaskModel {
@@ -13052,6 +15052,32 @@ class MultiTaskModel {
   MultiTaskModel& operator=(const MultiTaskModel&) = delete;
 
   const ModelConfig& config() const { return config_; }
+
+  // ---- the feature spec: raw values -> the model's rows ---------------------------------
+  // The preprocessing that turns raw values (CSV cells, the fields of a
+  // request) into this model's inputs: each vocabulary with its OOV row, the
+  // hashing of hashed IDs, the dense standardisation, the text tokenizer,
+  // and the classes and item vocabularies of the tasks. save_checkpoint
+  // stores it and load_checkpoint restores it, so a loaded model encodes raw
+  // values by itself. A model built from a ModelConfig alone has none.
+  void set_preprocessing(data::TabularEncoder enc) {
+    detail::check_preprocessing(config_, enc, "MultiTaskModel::set_preprocessing");
+    preprocessing_ = std::make_shared<const data::TabularEncoder>(std::move(enc));
+  }
+  // Null when the model has no feature spec.
+  const data::TabularEncoder* preprocessing() const { return preprocessing_.get(); }
+  // Raw rows -> a batch for predict(): unseen values map to the OOV row, an
+  // absent feature takes its missing value; a malformed value, or a field
+  // that is not one of the model's features, is an error naming the row and
+  // the field.
+  Batch<T> encode(const data::RawRows& rows) const {
+    check(preprocessing_ != nullptr, "MultiTaskModel::encode",
+          "the model has no feature spec: it was built from a ModelConfig, or loaded from a checkpoint saved "
+          "from a model without one (save_checkpoint stores it once set_preprocessing has been called); "
+          "call set_preprocessing(), or retrain with mtrec-train --save");
+    return preprocessing_->encode<T>(rows);
+  }
+
   ParameterStore<T, Device>& parameters() { return *store_; }
   const ParameterStore<T, Device>& parameters() const { return *store_; }
   index_t feature_width() const { return features_.width(); }
@@ -13233,6 +15259,64 @@ class MultiTaskModel {
   // device, e.g. rows of a larger buffer that evaluate() copies back once.
   void predict_into(Workspace& ws, const Batch<T>& batch, Ptr out) const {
     forward(ws, batch, Mode::eval());
+    write_outputs(ws, out);
+  }
+
+  // ---- ranking: one user, N candidates, the user side once --------------------------
+  struct RankingWorkspace {
+    Workspace user, items;         // the user's row; the candidates' rows
+    SplitInput<T, Device> split;   // X as the user's part + the candidates' parts
+  };
+  // out (N, output_width()) host: predict() over the N rows that hold the
+  // user's user-side fields and candidate n's item-side fields (the
+  // FeatureSpec's item_side flags), computed with the user side once: the
+  // user's fields (its sequence encoder included) are encoded for one row,
+  // and the first layer of every expert, gate, bottom and (ESMM) tower is
+  // split as W [u; i] + b = W_i i + (W_u u + b), the bracket computed once.
+  // Only the user-side fields of `user` (1 row) and the item-side fields of
+  // `candidates` are read. Equal to the plain predict within float rounding.
+  void predict_ranking(RankingWorkspace& rw, const Batch<T>& user, const Batch<T>& candidates,
+                       Tensor<T>& host_out) const {
+    const char* op = "MultiTaskModel::predict_ranking";
+    check(user.size == 1, op, "expected a one-row user batch but got ", user.size, " rows");
+    features_.prepare(rw.user.features, user, op);
+    features_.prepare(rw.items.features, candidates, op);
+    const Mode mode = Mode::eval();
+    const index_t N = candidates.size, C = output_width();
+    rw.user.B = 1;
+    rw.user.mode = mode;
+    rw.user.X.resize({1, features_.width()});
+    using Side = typename FeatureEncoder<T, Device>::Side;
+    features_.forward(rw.user.features, rw.user.X.view(), mode, Side::User);
+    Workspace& ws = rw.items;
+    ws.owner = 0;  // not a workspace backward may use
+    ws.batch = nullptr;
+    ws.B = N;
+    ws.mode = mode;
+    prepare(ws, N);
+    features_.forward(ws.features, ws.X.view(), mode, Side::Item);
+    rw.split.shared_blocks = features_.column_blocks(false);
+    rw.split.row_blocks = features_.column_blocks(true);
+    rw.split.F = features_.width();
+    rw.split.gather(dev(), rw.user.X.cview(), ws.X.cview());
+    if (!bottom_.layers().empty()) bottom_.forward(ws.bottom, rw.split, ws.H.view(), mode);
+    if (!cgc_.empty()) cgc_.forward(ws.cgc, rw.split, mode);
+    for (std::size_t k = 0; k < towers_.size(); ++k) {
+      if (config_.architecture == Architecture::ESMM)
+        towers_[k].forward(ws.tower[k], rw.split, ws.out[k].view(), mode);
+      else
+        towers_[k].forward(ws.tower[k], tower_input(ws, k), ws.out[k].view(), mode);
+    }
+    host_out.resize({N, C});
+    Tensor<T, Device>& out = predict_buffer(ws, host_out);
+    out.resize({N, C});
+    write_outputs(ws, out.data());
+    if (static_cast<void*>(&out) != static_cast<void*>(&host_out)) to_host(dev(), host_out.data(), out.cview());
+  }
+
+ private:
+  // The task outputs of the last forward in ws -> out (B, output_width()).
+  void write_outputs(Workspace& ws, Ptr out) const {
     const index_t B = ws.B, C = output_width();
     index_t col = 0;
     for (std::size_t k = 0; k < num_tasks(); ++k) {
@@ -13252,6 +15336,8 @@ class MultiTaskModel {
     if (config_.architecture == Architecture::ESMM)  // pCVR
       kernels::output_transform(dev(), out, C, col, ws.out[1].data(), B, 1, kernels::OutputKind::Sigmoid);
   }
+
+ public:
 
   // Checks a whole data set once, before training or evaluating on it:
   // field shapes, ID ranges of vocabulary tables, sequence lengths, bag
@@ -13750,6 +15836,7 @@ class MultiTaskModel {
   }
 
   ModelConfig config_;
+  std::shared_ptr<const data::TabularEncoder> preprocessing_;  // the feature spec, or null
   std::unique_ptr<ParameterStore<T, Device>> store_;
   std::vector<TableSpec> tables_;
   FeatureEncoder<T, Device> features_;  // X = the encoded fields (model/feature_encoder.hpp)
@@ -15782,6 +17869,7 @@ inline json::Value config_to_json(const ModelConfig& c) {
     o.set("hash_buckets", x.hash_buckets);
     o.set("dim", x.dim);
     o.set("table", x.table);
+    o.set("item_side", x.item_side);
     ids.push_back(o);
   }
   for (const auto& x : c.features.bags) {
@@ -15793,6 +17881,7 @@ inline json::Value config_to_json(const ModelConfig& c) {
     o.set("table", x.table);
     o.set("pooling", enum_name(x.pooling));
     o.set("weighted", x.weighted);
+    o.set("item_side", x.item_side);
     bags.push_back(o);
   }
   for (const auto& x : c.features.sequences) {
@@ -15804,6 +17893,7 @@ inline json::Value config_to_json(const ModelConfig& c) {
     o.set("max_len", x.max_len);
     o.set("layers", x.layers);
     o.set("pooling", enum_name(x.pooling));
+    o.set("item_side", x.item_side);
     Value e = Value::object();
     e.set("d_model", x.encoder.d_model);
     e.set("heads", x.encoder.heads);
@@ -15818,6 +17908,7 @@ inline json::Value config_to_json(const ModelConfig& c) {
     Value o = Value::object();
     o.set("name", x.name);
     o.set("dim", x.dim);
+    o.set("item_side", x.item_side);
     dense.push_back(o);
   }
   f.set("ids", ids);
@@ -15943,6 +18034,10 @@ inline std::uint64_t parse_u64(const std::string& s, const char* op, const std::
 // range-checked before it is narrowed (see ConfigLimits).
 inline ModelConfig config_from_json(const json::Value& j) {
   using R = detail::ConfigReader;
+  // item_side: absent in checkpoints written before it existed (user side).
+  auto item_side = [](const json::Value& o, const std::string& w) {
+    return o.is_object() && o.contains("item_side") ? R::boolean(o, "item_side", w) : false;
+  };
   using L = ConfigLimits;
   const std::int64_t rows = L::max_rows, dims = L::max_dim;
   ModelConfig c;
@@ -15955,7 +18050,7 @@ inline ModelConfig config_from_json(const json::Value& j) {
     const json::Value& o = ids[i];
     c.features.ids.push_back({R::str(o, "name", w), R::integer(o, "vocab", w, 0, rows),
                               R::integer(o, "hash_buckets", w, 0, rows), R::integer(o, "dim", w, 1, dims),
-                              R::str(o, "table", w)});
+                              R::str(o, "table", w), item_side(o, w)});
   }
   const auto& bags = R::array(f, "bags", "features", max_fields);
   for (std::size_t i = 0; i < bags.size(); ++i) {
@@ -15964,7 +18059,7 @@ inline ModelConfig config_from_json(const json::Value& j) {
     c.features.bags.push_back({R::str(o, "name", w), R::integer(o, "vocab", w, 0, rows),
                                R::integer(o, "hash_buckets", w, 0, rows), R::integer(o, "dim", w, 1, dims),
                                R::str(o, "table", w), R::enumeration<BagPooling>(o, "pooling", w),
-                               R::boolean(o, "weighted", w)});
+                               R::boolean(o, "weighted", w), item_side(o, w)});
   }
   const auto& seqs = R::array(f, "sequences", "features", max_fields);
   for (std::size_t i = 0; i < seqs.size(); ++i) {
@@ -15978,6 +18073,7 @@ inline ModelConfig config_from_json(const json::Value& j) {
     s.max_len = R::integer(o, "max_len", w, 1, L::max_len);
     s.layers = int(R::integer(o, "layers", w, 1, L::max_depth));
     s.pooling = R::enumeration<SequencePoolMode>(o, "pooling", w);
+    s.item_side = item_side(o, w);
     const std::string we = w + ".encoder";
     const json::Value& e = R::at(o, "encoder", w);
     s.encoder.d_model = R::integer(e, "d_model", we, 1, dims);
@@ -15991,7 +18087,8 @@ inline ModelConfig config_from_json(const json::Value& j) {
   const auto& dense = R::array(f, "dense", "features", max_fields);
   for (std::size_t i = 0; i < dense.size(); ++i) {
     const std::string w = R::item("features.dense", i);
-    c.features.dense.push_back({R::str(dense[i], "name", w), R::integer(dense[i], "dim", w, 1, dims)});
+    c.features.dense.push_back(
+        {R::str(dense[i], "name", w), R::integer(dense[i], "dim", w, 1, dims), item_side(dense[i], w)});
   }
   const auto& tasks = R::array(j, "tasks", "", std::size_t(L::max_tasks));
   for (std::size_t i = 0; i < tasks.size(); ++i) {
@@ -16111,6 +18208,12 @@ inline void check_finite_parameters(const ParameterStore<T, Device>& st, const c
 }
 }  // namespace detail
 
+// The metadata entry that holds a model's feature spec (its preprocessing:
+// vocabularies, OOV row, hashing, dense standardisation, tokenizer), and the
+// key earlier mtrec-train versions used, still read.
+constexpr const char* kPreprocessingMetadataKey = "preprocessing";
+constexpr const char* kLegacyPreprocessingMetadataKey = "mtrec_train.preprocessing";
+
 // Writes the model (and, if given, the trainer's optimizer and state) to
 // `path` atomically. Call between steps (gradients are not saved).
 // `extra_metadata` adds application entries (e.g. mtrec-train's
@@ -16142,6 +18245,8 @@ inline void save_checkpoint(const std::string& path, const MultiTaskModel<T, Dev
                     std::to_string(MTREC_VERSION_PATCH);
   meta["dtype"] = sizeof(T) == 4 ? "F32" : "F64";
   meta["config"] = config_to_json(model.config()).dump();
+  // The feature spec (raw values -> rows), when the model has one.
+  if (model.preprocessing()) meta[kPreprocessingMetadataKey] = model.preprocessing()->to_json().dump();
   std::vector<std::pair<std::string, ConstView<T>>> opt_state;
   std::vector<Tensor<T>> opt_host;  // host copies of the optimizer state on a non-host device
   if (trainer) {
@@ -16271,6 +18376,18 @@ inline std::unique_ptr<MultiTaskModel<T, Device>> load_checkpoint(const Safetens
     detail::check_finite_parameters(model->parameters(), op, where,
                                     "the checkpoint holds a diverged model (set CheckpointOptions::allow_nonfinite "
                                     "to load it anyway)");
+  // The feature spec: "preprocessing", or where earlier mtrec-train versions wrote it.
+  // A checkpoint with neither loads without one (encode() then says why).
+  for (const char* key : {kPreprocessingMetadataKey, kLegacyPreprocessingMetadataKey}) {
+    auto pre = f.metadata().find(key);
+    if (pre == f.metadata().end()) continue;
+    try {
+      model->set_preprocessing(data::TabularEncoder::from_json(json::parse(pre->second)));
+    } catch (const Error& e) {
+      fail(op, where, ": metadata '", key, "': ", e.what());
+    }
+    break;
+  }
   return model;
 }
 
@@ -16615,567 +18732,266 @@ class ExactRetriever {
 }  // namespace mtrec
 // ==== end mtrec/serve/retrieval.hpp ===========================================
 
-// ==== begin mtrec/data/csv.hpp ================================================
-// mtrec: reading CSV files and the small pieces of preprocessing that turn
-// their cells into model inputs — numbers, word tokens, item lists,
-// vocabularies with an out-of-vocabulary row, standardisation, seeded splits.
+// ==== begin mtrec/serve/serving.hpp ===========================================
+// mtrec: the pieces of a model server, without HTTP or JSON.
 //
-//   data::CsvTable t = data::CsvTable::read_file("train.csv");
-//   const std::size_t age = t.require_column("age", "--dense age");
-//   double x;
-//   if (!data::parse_number(t.cell(r, age), x)) t.fail_cell("my_op", r, age, "expected a number");
+//   serve::ModelHandle handle;
+//   handle.load("model.safetensors");              // version 1
+//   auto live = handle.get();                      // a request keeps its model alive
+//   serve::Ranker ranker;                          // one per thread
+//   auto items = ranker.rank(*live, user, candidates, 10);
+//   serve::Retriever retriever;                    // one per thread
+//   auto hits = retriever.retrieve(*live, user, "next", 100, {"31", "1029"});
+//   handle.load("model-v2.safetensors");           // version 2; requests in
+//                                                  // flight finish on version 1
 //
-// The reader follows RFC 4180: a header row, fields separated by commas,
-// fields in double quotes may contain commas, line breaks and doubled quotes
-// (""), and lines may end in CRLF. It is lenient where the RFC is silent and
-// real files differ: a UTF-8 byte-order mark is skipped, empty lines are
-// skipped (as pandas does; a one-column file writes an empty value as ""),
-// a quote inside an unquoted field is an ordinary character, and the last
-// line need not end in a line break. Anything else malformed — a row with
-// more or fewer fields than the header, text after a closing quote, a quote
-// that never closes — is an error naming the file, the line and the column.
+// ModelHandle holds the live model (a checkpoint loaded with its feature
+// spec) behind a shared pointer. load() reads and validates the new
+// checkpoint beside the live one and swaps it in atomically; a checkpoint
+// that fails to load throws and leaves the live model serving. A request
+// takes get() once and uses that model to the end.
 //
-// The whole file is read into one buffer and cells are (offset, length)
-// pairs into it: a quoted field is unescaped in place (the unescaped text is
-// never longer), so reading allocates the buffer and two index vectors. The
-// vectors grow with the records actually read: what is reserved up front is
-// bounded by the bytes left after the header (a record of C fields takes at
-// least C - 1 delimiters and a line break), never by columns x line breaks,
-// which a wide header followed by many blank lines makes huge. No regex, no
-// per-cell strings.
+// Ranker: one user and N candidates, as raw values (data::RawRows). Each
+// candidate row is the user's values with the candidate's on top (a
+// candidate's value wins for a field both give), encoded by the model's
+// feature spec and scored by MultiTaskModel::predict_ranking: the user-side
+// fields (item_side = false) once, their share of every first layer once.
+// When a candidate sets a user-side field, one plain batched predict. The scores are the
+// numbers mtrec-train --predict writes for the same rows: binary tasks a
+// probability, regression tasks the value in the label's units, multi-class
+// tasks one probability per class ("task:class"), ESMM also "cvr". Retrieval
+// tasks have no per-candidate score here. Candidates are ranked by the first
+// score, best first, ties by lower index.
+//
+// Retriever: the user's query vector for a retrieval task, scored against the
+// task's whole target table (ExactRetriever: blocked dot products and a
+// bounded heap), the items in `exclude` (raw values; unknown ones ignored)
+// and the OOV row never returned. An item is returned as its raw value.
 
 namespace mtrec {
-namespace data {
+namespace serve {
 
-// ---- numbers -----------------------------------------------------------------
+// An index over a retrieval task's target table that answers top-k
+// queries, e.g. an HnswIndex (serve/hnsw.hpp; mtrec-serve --index). Scores
+// are inner products <q, row>; search is called from many threads at once.
+struct ItemIndex {
+  virtual ~ItemIndex() = default;
+  virtual void search(std::vector<ScoredItem>& out, ConstView<float> q, index_t k,
+                      const std::vector<index_t>& exclude) const = 0;
+  virtual index_t rows() const = 0;
+  virtual index_t dim() const = 0;
+};
 
-namespace detail {
-inline bool is_blank(char c) { return c == ' ' || c == '\t'; }
-inline std::string_view trim(std::string_view s) {
-  while (!s.empty() && is_blank(s.front())) s.remove_prefix(1);
-  while (!s.empty() && is_blank(s.back())) s.remove_suffix(1);
-  return s;
-}
-// A cell quoted for a message: at most 40 characters, so that a runaway
-// quoted field does not flood the terminal.
-inline std::string shown(std::string_view s) {
-  if (s.size() <= 40) return "'" + std::string(s) + "'";
-  return "'" + std::string(s.substr(0, 37)) + "...' (" + std::to_string(s.size()) + " characters)";
-}
-}  // namespace detail
+// A loaded checkpoint and where it came from.
+struct ServedModel {
+  std::unique_ptr<MultiTaskModel<float>> model;
+  std::string path;
+  std::uint64_t version = 0;  // 1 for the first load, +1 per successful reload
+  // Retrieval tasks answered by an index instead of the exact search.
+  std::map<std::string, std::shared_ptr<const ItemIndex>> indexes;
 
-// A finite decimal number, surrounding blanks allowed ("3", " -2.5e3 ",
-// "+1"). Rejects empty text, trailing characters, nan and inf: a non-finite
-// feature or label would only surface later as a NaN loss.
-inline bool parse_number(std::string_view s, double& out) {
-  s = detail::trim(s);
-  if (!s.empty() && s.front() == '+') {
-    s.remove_prefix(1);
-    if (s.empty() || s.front() == '-' || s.front() == '+') return false;
-  }
-  if (s.empty()) return false;
-  double v = 0;
-  const auto r = std::from_chars(s.data(), s.data() + s.size(), v, std::chars_format::general);
-  if (r.ec != std::errc() || r.ptr != s.data() + s.size() || !std::isfinite(v)) return false;
-  out = v;
-  return true;
-}
+  const data::TabularEncoder& spec() const { return *model->preprocessing(); }
+};
 
-// A decimal integer that fits in 64 bits, surrounding blanks allowed.
-inline bool parse_integer(std::string_view s, long long& out) {
-  s = detail::trim(s);
-  if (!s.empty() && s.front() == '+') {
-    s.remove_prefix(1);
-    if (s.empty() || s.front() == '-' || s.front() == '+') return false;
-  }
-  if (s.empty()) return false;
-  long long v = 0;
-  const auto r = std::from_chars(s.data(), s.data() + s.size(), v, 10);
-  if (r.ec != std::errc() || r.ptr != s.data() + s.size()) return false;
-  out = v;
-  return true;
-}
-
-// ---- the CSV table -------------------------------------------------------------
-
-class CsvTable {
+class ModelHandle {
  public:
-  static constexpr std::size_t npos = static_cast<std::size_t>(-1);
-
-  // Reads and parses a file; `source` in messages is the path.
-  static CsvTable read_file(const std::string& path, char delimiter = ',') {
-    const std::vector<std::uint8_t> bytes = io::read_file_bytes(path, "read_csv");
-    return parse(std::string(bytes.begin(), bytes.end()), path, delimiter);
+  // Loads `path` (a checkpoint with a feature spec), then swaps it in.
+  // Throws, leaving the live model as it was, when the file does not load.
+  // Returns the new version. Safe to call while other threads serve.
+  // `attach` (optional) completes the new model before it goes live, e.g.
+  // loads its retrieval indexes; if it throws, nothing changes either.
+  std::uint64_t load(const std::string& path, const std::function<void(ServedModel&)>& attach = {}) {
+    auto m = std::make_shared<ServedModel>();
+    m->model = load_checkpoint<float>(path);  // validated: config, tensors, finite weights, feature spec
+    check(m->model->preprocessing() != nullptr, "ModelHandle::load", "'", path,
+          "' has no feature spec (metadata 'preprocessing'): a server needs it to encode raw values; save the model "
+          "with mtrec-train --save, or call set_preprocessing before save_checkpoint");
+    m->path = path;
+    if (attach) attach(*m);
+    std::lock_guard<std::mutex> lock(load_mutex_);  // one load swaps at a time, versions in order
+    m->version = ++versions_;
+    std::shared_ptr<const ServedModel> next = std::move(m);
+    std::atomic_store(&live_, next);
+    return next->version;
   }
-
-  // Parses text already in memory; `source` names it in messages.
-  static CsvTable parse(std::string text, std::string source = "<memory>", char delimiter = ',') {
-    check(delimiter != '"' && delimiter != '\n' && delimiter != '\r', "read_csv",
-          "expected a delimiter other than a quote or a line break but got ", int(delimiter));
-    CsvTable t;
-    t.source_ = std::move(source);
-    t.buf_ = std::move(text);
-    t.delim_ = delimiter;
-    t.parse_all();
-    return t;
-  }
-
-  const std::string& source() const { return source_; }
-  const std::vector<std::string>& header() const { return header_; }
-  std::size_t rows() const { return line_.size(); }
-  std::size_t cols() const { return cols_; }
-
-  // The unescaped text of a cell (a view into the table's buffer).
-  std::string_view cell(std::size_t row, std::size_t col) const {
-    const std::size_t i = row * cols_ + col;
-    return std::string_view(buf_.data() + begin_[i], size_[i]);
-  }
-  // The 1-based line of the file on which the row starts (the header is on
-  // line 1 unless empty lines precede it).
-  std::size_t line(std::size_t row) const { return line_[row]; }
-  std::size_t header_line() const { return header_line_; }
-
-  // Index of the column named `name`, or npos.
-  std::size_t find_column(std::string_view name) const {
-    std::size_t found = npos;
-    for (std::size_t c = 0; c < cols_; ++c)
-      if (header_[c] == name) {
-        check(found == npos, "read_csv", "'", source_, "' line ", header_line_, ": column name '", name,
-              "' appears twice in the header (columns #", found + 1, " and #", c + 1, ")");
-        found = c;
-      }
-    return found;
-  }
-  // Index of the column named `name`; `wanted_by` (a flag, say) explains
-  // why it must be there.
-  std::size_t require_column(std::string_view name, std::string_view wanted_by = {}) const {
-    const std::size_t c = find_column(name);
-    if (c != npos) return c;
-    std::string have;
-    for (const auto& h : header_) have += (have.empty() ? "'" : ", '") + h + "'";
-    fail("read_csv", "'", source_, "' line ", header_line_, " (header): no column '", name, "'",
-         wanted_by.empty() ? std::string() : " (needed by " + std::string(wanted_by) + ")",
-         "; the header has ", cols_, " columns: ", have);
-  }
-
-  // Throws Error(op, "'file' line L, column 'name' (#c): " + parts).
-  template <class... Parts>
-  [[noreturn]] void fail_cell(const char* op, std::size_t row, std::size_t col, const Parts&... parts) const {
-    fail(op, "'", source_, "' line ", line_[row], ", column '", header_[col], "' (#", col + 1, "): ", parts...);
-  }
+  // The live model (null before the first load).
+  std::shared_ptr<const ServedModel> get() const { return std::atomic_load(&live_); }
 
  private:
-  template <class... Parts>
-  [[noreturn]] void fail_line(std::size_t line, const Parts&... parts) const {
-    fail("read_csv", "'", source_, "' line ", line, ": ", parts...);
-  }
-
-  // "column #3 'click'" once the header is known, else "column #3".
-  std::string column_desc(std::size_t field_no) const {
-    std::string s = "column #" + std::to_string(field_no);
-    if (field_no <= header_.size()) s += " '" + header_[field_no - 1] + "'";
-    return s;
-  }
-
-  bool line_end_at(std::size_t p) const {
-    const std::size_t n = buf_.size();
-    return p >= n || buf_[p] == '\n' || (buf_[p] == '\r' && (p + 1 == n || buf_[p + 1] == '\n'));
-  }
-
-  void parse_all() {
-    const std::size_t n = buf_.size();
-    std::size_t pos = 0, line = 1;
-    if (n >= 3 && std::memcmp(buf_.data(), "\xEF\xBB\xBF", 3) == 0) pos = 3;
-    std::vector<std::size_t> fb;      // fields of the current record: begin
-    std::vector<std::uint32_t> fs;    // and size
-    bool have_header = false;
-    char* b = &buf_[0];
-    while (pos < n) {
-      // Empty lines are skipped.
-      if (b[pos] == '\n') {
-        ++pos;
-        ++line;
-        continue;
-      }
-      if (b[pos] == '\r' && pos + 1 < n && b[pos + 1] == '\n') {
-        pos += 2;
-        ++line;
-        continue;
-      }
-      const std::size_t record_line = line;
-      fb.clear();
-      fs.clear();
-      for (;;) {
-        const std::size_t field_no = fb.size() + 1;
-        std::size_t start = pos, end = pos;
-        if (pos < n && b[pos] == '"') {
-          // Quoted: unescape in place; `end` trails `pos` once a "" is seen.
-          const std::size_t quote_line = line;
-          start = end = ++pos;
-          for (;;) {
-            if (pos >= n)
-              fail_line(quote_line, column_desc(field_no), " opens a quote that is never closed (reached the end of the file)");
-            const char c = b[pos];
-            if (c == '"') {
-              if (pos + 1 < n && b[pos + 1] == '"') {
-                b[end++] = '"';
-                pos += 2;
-                continue;
-              }
-              ++pos;
-              break;
-            }
-            if (c == '\n') ++line;
-            b[end++] = c;
-            ++pos;
-          }
-          if (!(pos >= n || b[pos] == delim_ || line_end_at(pos))) {
-            std::size_t e = pos;
-            while (e < n && e < pos + 20 && b[e] != '\n' && b[e] != '\r') ++e;
-            fail_line(line, column_desc(field_no), " has ", detail::shown(std::string_view(b + pos, e - pos)),
-                      " after its closing quote; expected '", delim_, "' or the end of the line");
-          }
-        } else {
-          while (pos < n && b[pos] != delim_ && b[pos] != '\n') ++pos;
-          end = pos;
-          if (end > start && b[end - 1] == '\r' && (pos >= n || b[pos] == '\n')) --end;  // CRLF
-        }
-        if (end - start > 0xFFFFFFFFull) fail_line(record_line, column_desc(field_no), " is larger than 4 GiB");
-        fb.push_back(start);
-        fs.push_back(std::uint32_t(end - start));
-        if (pos < n && b[pos] == delim_) {
-          ++pos;
-          continue;
-        }
-        // End of the record: skip its line break.
-        if (pos < n && b[pos] == '\r') ++pos;
-        if (pos < n && b[pos] == '\n') {
-          ++pos;
-          ++line;
-        }
-        break;
-      }
-      if (!have_header) {
-        have_header = true;
-        header_line_ = record_line;
-        cols_ = fb.size();
-        header_.reserve(cols_);
-        for (std::size_t i = 0; i < cols_; ++i) header_.emplace_back(b + fb[i], fs[i]);
-        // A record of cols_ fields takes at least cols_ bytes (cols_ - 1
-        // delimiters and a line break, or one character and a line break
-        // when cols_ is 1, as blank lines are skipped), so the bytes left
-        // bound the records: the reservation is at most about 12 bytes per
-        // byte of the file, however many line breaks it has.
-        const std::size_t bound = (n - pos) / std::max<std::size_t>(cols_, 2) + 1;
-        line_.reserve(bound);
-        begin_.reserve(bound * cols_);
-        size_.reserve(bound * cols_);
-        continue;
-      }
-      if (fb.size() != cols_) {
-        if (fb.size() < cols_)
-          fail_line(record_line, "expected ", cols_, " fields as in the header but got ", fb.size(), " (column #",
-                    fb.size() + 1, " '", header_[fb.size()], "' is missing)");
-        fail_line(record_line, "expected ", cols_, " fields as in the header but got ", fb.size(),
-                  " (extra field at column #", cols_ + 1, ")");
-      }
-      begin_.insert(begin_.end(), fb.begin(), fb.end());
-      size_.insert(size_.end(), fs.begin(), fs.end());
-      line_.push_back(record_line);
-    }
-    if (!have_header) fail("read_csv", "'", source_, "' line 1, column 1: the file is empty; expected a header row");
-  }
-
-  std::string source_;
-  std::string buf_;
-  char delim_ = ',';
-  std::vector<std::string> header_;
-  std::size_t cols_ = 0, header_line_ = 1;
-  std::vector<std::size_t> begin_;   // (rows * cols) offsets into buf_
-  std::vector<std::uint32_t> size_;  // (rows * cols)
-  std::vector<std::size_t> line_;    // (rows)
+  std::shared_ptr<const ServedModel> live_;
+  std::mutex load_mutex_;
+  std::uint64_t versions_ = 0;
 };
 
-// Appends one field to a CSV line, quoted when it holds a delimiter, a
-// quote, a line break or surrounding blanks (which readers would trim).
-inline void append_csv_field(std::string& out, std::string_view s, char delimiter = ',') {
-  bool quote = !s.empty() && (detail::is_blank(s.front()) || detail::is_blank(s.back()));
-  for (char c : s)
-    if (c == delimiter || c == '"' || c == '\n' || c == '\r') {
-      quote = true;
-      break;
+// The score columns of a model, as Ranker reports them.
+inline std::vector<std::string> score_names(const MultiTaskModel<float>& model) {
+  const auto& cfg = model.config();
+  const data::TabularEncoder* spec = model.preprocessing();
+  std::vector<std::string> names;
+  for (std::size_t k = 0; k < cfg.tasks.size(); ++k) {
+    const TaskSpec& t = cfg.tasks[k];
+    if (t.type == TaskType::MultiClass) {
+      for (index_t c = 0; c < t.num_classes; ++c)
+        names.push_back(t.name + ":" + (spec ? spec->classes(k)[std::size_t(c)] : std::to_string(c)));
+    } else if (t.type != TaskType::Retrieval) {
+      names.push_back(t.name);
     }
-  if (!quote) {
-    out.append(s.data(), s.size());
-    return;
   }
-  out += '"';
-  for (char c : s) {
-    if (c == '"') out += '"';
-    out += c;
-  }
-  out += '"';
+  if (cfg.architecture == Architecture::ESMM) names.push_back("cvr");
+  return names;
 }
 
-// ---- tokens and item lists -------------------------------------------------------
+struct RankedItem {
+  index_t index = 0;           // the candidate's position in the request
+  std::vector<double> scores;  // by score_names()
+};
 
-namespace detail {
-inline bool is_word_byte(unsigned char c) {
-  // ASCII letters and digits, and every non-ASCII byte: only ASCII
-  // punctuation and space separate words, so UTF-8 words stay whole.
-  return (c >= '0' && c <= '9') || ((c | 0x20) >= 'a' && (c | 0x20) <= 'z') || c >= 0x80;
-}
-}  // namespace detail
-
-// Calls fn(word) for the lower-cased words of `text` — maximal runs of ASCII
-// letters, digits and non-ASCII bytes — up to `max_words` of them (0 = all).
-// `scratch` holds the lower-cased word passed to fn. Returns the count.
-template <class Fn>
-inline std::size_t for_each_word(std::string_view text, std::size_t max_words, std::string& scratch, Fn&& fn) {
-  std::size_t count = 0, i = 0;
-  const std::size_t n = text.size();
-  while (i < n && (max_words == 0 || count < max_words)) {
-    while (i < n && !detail::is_word_byte(static_cast<unsigned char>(text[i]))) ++i;
-    if (i >= n) break;
-    scratch.clear();
-    while (i < n && detail::is_word_byte(static_cast<unsigned char>(text[i]))) {
-      const char c = text[i++];
-      scratch += (c >= 'A' && c <= 'Z') ? char(c + ('a' - 'A')) : c;
-    }
-    fn(std::string_view(scratch));
-    ++count;
-  }
-  return count;
-}
-
-// The lower-cased words of `text`, at most max_words (0 = all).
-inline std::vector<std::string> tokenize_words(std::string_view text, std::size_t max_words = 0) {
-  std::vector<std::string> out;
-  std::string scratch;
-  for_each_word(text, max_words, scratch, [&](std::string_view w) { out.emplace_back(w); });
-  return out;
-}
-
-// Calls fn(item) for each item of a `sep`-separated list ("Action|Comedy"),
-// blanks around items trimmed; empty items are skipped, so an empty cell is
-// an empty list and "a||b" has two items.
-template <class Fn>
-inline void for_each_item(std::string_view cell, char sep, Fn&& fn) {
-  std::size_t start = 0;
-  while (start <= cell.size()) {
-    std::size_t end = cell.find(sep, start);
-    if (end == std::string_view::npos) end = cell.size();
-    const std::string_view item = detail::trim(cell.substr(start, end - start));
-    if (!item.empty()) fn(item);
-    start = end + 1;
-  }
-}
-
-inline std::vector<std::string> split_items(std::string_view cell, char sep) {
-  std::vector<std::string> out;
-  for_each_item(cell, sep, [&](std::string_view s) { out.emplace_back(s); });
-  return out;
-}
-
-// ---- vocabularies -------------------------------------------------------------------
-
-// 64-bit FNV-1a of the bytes: the raw ID of a string in a hashed field
-// (the model then mixes it with the table's salt into a bucket).
-inline std::uint64_t hash_string(std::string_view s) {
-  std::uint64_t h = 0xCBF29CE484222325ull;
-  for (unsigned char c : s) {
-    h ^= c;
-    h *= 0x100000001B3ull;
-  }
-  return h;
-}
-
-// Strings to embedding rows. Row 0 is reserved for values not in the
-// vocabulary (OOV); the i-th distinct token added gets row i + 1. An
-// open-addressing table of token indices: lookups by string_view allocate
-// nothing (std::unordered_map<std::string> would need a std::string per
-// lookup in C++17).
-class Vocabulary {
+class Ranker {
  public:
-  static constexpr index_t kOov = 0;
-
-  // The row of `token`, adding it if new.
-  index_t add(std::string_view token) {
-    if ((tokens_.size() + 1) * 2 > slots_.size()) grow();
-    const std::uint64_t h = hash_string(token);
-    std::size_t s = slot_of(token, h);
-    if (slots_[s] != 0) return index_t(slots_[s]);
-    tokens_.emplace_back(token);
-    hashes_.push_back(h);
-    slots_[s] = std::uint32_t(tokens_.size());
-    return index_t(tokens_.size());
-  }
-  // The row of `token`, or kOov when it is not in the vocabulary.
-  index_t find(std::string_view token) const {
-    if (slots_.empty()) return kOov;
-    return index_t(slots_[slot_of(token, hash_string(token))]);
-  }
-  bool contains(std::string_view token) const { return find(token) != kOov; }
-
-  std::size_t size() const { return tokens_.size(); }          // distinct tokens
-  index_t rows() const { return index_t(tokens_.size()) + 1; }  // embedding rows, OOV included
-  // The token of row r (1 <= r < rows()).
-  const std::string& token(index_t r) const {
-    check(r >= 1 && r < rows(), "Vocabulary::token", "expected a row in [1, ", rows(), ") but got ", r);
-    return tokens_[std::size_t(r - 1)];
-  }
-  // Tokens of rows 1, 2, ... in order.
-  const std::vector<std::string>& tokens() const { return tokens_; }
-
-  // Rebuilds a vocabulary from tokens() (the saved form); tokens must be distinct.
-  static Vocabulary from_tokens(const std::vector<std::string>& tokens) {
-    Vocabulary v;
-    for (const auto& t : tokens) {
-      const index_t before = v.rows();
-      check(v.add(t) == before, "Vocabulary::from_tokens", "expected distinct tokens but '", t, "' appears twice");
+  // The best k of the candidates (all when k >= N), best first.
+  const std::vector<RankedItem>& rank(const ServedModel& served, const data::RawRows& user,
+                                      const data::RawRows& candidates, index_t k) {
+    const char* op = "Ranker::rank";
+    const MultiTaskModel<float>& model = *served.model;
+    check(user.rows() == 1, op, "expected one user row but got ", user.rows());
+    check(candidates.rows() > 0, op, "expected at least one candidate but got none");
+    check(k > 0, op, "expected k > 0 but got ", k);
+    const auto names = score_names(model);
+    check(!names.empty(), op, "the model has no task with a per-candidate score (only retrieval tasks)");
+    const data::TabularEncoder& spec = served.spec();
+    // The user side once (MultiTaskModel::predict_ranking) unless a
+    // candidate sets a user-side field: then every row is the user's values
+    // with the candidate's on top, predicted as one batch.
+    bool candidates_user_side = false;
+    for (std::size_t i = 0; i < candidates.rows() && !candidates_user_side; ++i)
+      for (const auto& v : candidates.values(i))
+        if (spec.has_feature(v.column) && !spec.schema().features[spec.feature_index(v.column)].item_side)
+          candidates_user_side = true;
+    rows_ = data::RawRows();
+    for (std::size_t i = 0; i < candidates.rows(); ++i) {
+      const std::size_t r = rows_.add_row();
+      rows_.set_all(r, user, 0);  // the user's item-side values too, where the candidate has none
+      rows_.set_all(r, candidates, i);
     }
-    return v;
+    const Batch<float> batch = model.encode(rows_);
+    if (ws_owner_ != model.instance_id()) {
+      ws_ = typename MultiTaskModel<float>::Workspace();  // workspaces of the previous model
+      rank_ws_ = typename MultiTaskModel<float>::RankingWorkspace();
+      ws_owner_ = model.instance_id();
+    }
+    user_once_ = !candidates_user_side;
+    if (user_once_)
+      model.predict_ranking(rank_ws_, model.encode(user), batch, pred_);
+    else
+      model.predict(ws_, batch, pred_);
+    const index_t N = batch.size, C = model.output_width();
+    const auto& cfg = model.config();
+    all_.resize(std::size_t(N));
+    for (index_t i = 0; i < N; ++i) {
+      RankedItem& it = all_[std::size_t(i)];
+      it.index = i;
+      it.scores.clear();
+      const float* p = pred_.data() + i * C;
+      index_t col = 0;
+      for (std::size_t t = 0; t < cfg.tasks.size(); ++t) {
+        const TaskSpec& ts = cfg.tasks[t];
+        const index_t w = task_output_width(ts);
+        if (ts.type == TaskType::Binary) it.scores.push_back(double(p[col]));
+        else if (ts.type == TaskType::Regression) it.scores.push_back(double(float(spec.target(t).invert(p[col]))));
+        else if (ts.type == TaskType::MultiClass)
+          for (index_t c = 0; c < w; ++c) it.scores.push_back(double(p[col + c]));
+        col += w;
+      }
+      if (cfg.architecture == Architecture::ESMM) it.scores.push_back(double(p[col]));
+    }
+    std::stable_sort(all_.begin(), all_.end(), [](const RankedItem& a, const RankedItem& b) {
+      return a.scores[0] > b.scores[0] || (a.scores[0] == b.scores[0] && a.index < b.index);
+    });
+    if (index_t(all_.size()) > k) all_.resize(std::size_t(k));
+    return all_;
   }
+  // Whether the last rank() computed the user side once.
+  bool user_once() const { return user_once_; }
 
  private:
-  std::size_t slot_of(std::string_view token, std::uint64_t h) const {
-    const std::size_t mask = slots_.size() - 1;
-    for (std::size_t s = std::size_t(mix64(h)) & mask;; s = (s + 1) & mask) {
-      const std::uint32_t t = slots_[s];
-      if (t == 0 || (hashes_[t - 1] == h && tokens_[t - 1] == token)) return s;
-    }
-  }
-  void grow() {
-    check(tokens_.size() < 0x7FFFFFFFu, "Vocabulary::add", "more than 2^31 distinct tokens");
-    std::vector<std::uint32_t> old;
-    old.swap(slots_);
-    slots_.assign(std::max<std::size_t>(16, old.size() * 2), 0);
-    const std::size_t mask = slots_.size() - 1;
-    for (std::size_t t = 0; t < tokens_.size(); ++t) {
-      std::size_t s = std::size_t(mix64(hashes_[t])) & mask;
-      while (slots_[s] != 0) s = (s + 1) & mask;
-      slots_[s] = std::uint32_t(t + 1);
-    }
-  }
-
-  std::vector<std::string> tokens_;
-  std::vector<std::uint64_t> hashes_;
-  std::vector<std::uint32_t> slots_;  // 0 = empty, else token index + 1; a power of two, at most half full
+  data::RawRows rows_;
+  bool user_once_ = false;
+  typename MultiTaskModel<float>::Workspace ws_;
+  typename MultiTaskModel<float>::RankingWorkspace rank_ws_;
+  std::uint64_t ws_owner_ = 0;
+  Tensor<float> pred_;
+  std::vector<RankedItem> all_;
 };
 
-// ---- standardisation ------------------------------------------------------------------
+struct RetrievedItem {
+  std::string id;  // the item's raw value
+  index_t row = 0;
+  double score = 0;
+};
 
-// x -> (x - mean) / std with the mean and population standard deviation of
-// the training values; a constant column (std 0) keeps std 1, so it becomes
-// all zeros instead of dividing by zero.
-//
-// fit() uses Welford's one-pass update on the values divided by a power of
-// two at or above their largest magnitude, so neither the sum nor the squared deviations can
-// overflow for any finite input (1e200 included) and a large common offset
-// (timestamps, say) loses no precision to cancellation. A non-finite input is
-// an error, never a silent std of 1.
-struct Standardizer {
-  double mean = 0.0;
-  double sd = 1.0;  // never 0
-
-  static Standardizer fit(const double* x, std::size_t n) {
-    Standardizer s;
-    if (n == 0) return s;
-    double scale = 0;
-    for (std::size_t i = 0; i < n; ++i) {
-      check(std::isfinite(x[i]), "Standardizer::fit", "expected finite values but value #", i + 1, " is ", x[i]);
-      scale = std::max(scale, std::fabs(x[i]));
+class Retriever {
+ public:
+  const std::vector<RetrievedItem>& retrieve(const ServedModel& served, const data::RawRows& user,
+                                             const std::string& task, index_t k,
+                                             const std::vector<std::string>& exclude = {}) {
+    const char* op = "Retriever::retrieve";
+    const MultiTaskModel<float>& model = *served.model;
+    check(user.rows() == 1, op, "expected one user row but got ", user.rows());
+    check(k > 0, op, "expected k > 0 but got ", k);
+    std::size_t t = model.config().tasks.size();
+    for (std::size_t i = 0; i < model.config().tasks.size(); ++i)
+      if (model.config().tasks[i].name == task) t = i;
+    check(t < model.config().tasks.size(), op, "field 'task': no task named '", data::detail::escaped(task), "'");
+    check(model.config().tasks[t].type == TaskType::Retrieval, op, "field 'task': task '", task, "' is ",
+          task_type_name(model.config().tasks[t].type), ", not a retrieval task");
+    if (!retriever_ || owner_ != model.instance_id() || task_ != task) {
+      retriever_ = std::make_unique<ExactRetriever<float>>(model, task);
+      ws_ = typename MultiTaskModel<float>::Workspace();
+      owner_ = model.instance_id();
+      task_ = task;
     }
-    if (scale == 0) return Standardizer{0.0, 1.0};
-    // A power of two at or above the largest magnitude: dividing by it and
-    // multiplying back are exact.
-    int e = 0;
-    std::frexp(scale, &e);
-    scale = std::ldexp(1.0, std::min(e, 1023));  // 2^1023: the scaled values stay within [-2, 2]
-    double m = 0, m2 = 0;  // mean and sum of squared deviations of x / scale: |m| <= 2, m2 <= 4n
-    for (std::size_t i = 0; i < n; ++i) {
-      const double v = x[i] / scale;
-      const double d = v - m;
-      m += d / double(i + 1);
-      m2 += d * (v - m);
+    const data::Vocabulary& items = served.spec().item_vocabulary(t);
+    rows_.assign(1, data::Vocabulary::kOov);  // the OOV row is not an item
+    for (const auto& v : exclude) {
+      const index_t r = items.find(v);
+      if (r != data::Vocabulary::kOov) rows_.push_back(r);
     }
-    s.mean = m * scale;
-    const double sd = std::sqrt(std::max(0.0, m2) / double(n)) * scale;
-    s.sd = sd > 0 ? sd : 1.0;
-    check(std::isfinite(s.mean) && std::isfinite(s.sd), "Standardizer::fit", "expected a finite mean and std but got ",
-          s.mean, " and ", s.sd);
-    return s;
+    const Batch<float> batch = model.encode(user);
+    out_.clear();
+    const auto idx = served.indexes.find(task);
+    if (idx != served.indexes.end() && !exact_) {
+      // The query (the task's output columns), then the index; scores as
+      // the exact search gives them: <q, row> / temperature.
+      const TaskSpec& ts = model.config().tasks[t];
+      index_t col = 0;
+      for (std::size_t i = 0; i < t; ++i) col += task_output_width(model.config().tasks[i]);
+      model.predict(ws_, batch, pred_);
+      idx->second->search(hits_, ConstView<float>(pred_.data() + col, {ts.target_dim}), k, rows_);
+      for (const auto& s : hits_) out_.push_back({items.token(s.row), s.row, s.score / ts.temperature});
+      return out_;
+    }
+    const auto& top = retriever_->retrieve(batch, k, rows_);
+    for (const auto& s : top) out_.push_back({items.token(s.row), s.row, s.score});
+    return out_;
   }
-  static Standardizer fit(const std::vector<double>& x) { return fit(x.data(), x.size()); }
-  double apply(double x) const { return (x - mean) / sd; }
-  double invert(double z) const { return z * sd + mean; }
+  // Always the exact search, even where the model has an index.
+  void set_exact(bool exact) { exact_ = exact; }
+
+ private:
+  std::unique_ptr<ExactRetriever<float>> retriever_;
+  std::uint64_t owner_ = 0;
+  std::string task_;
+  std::vector<index_t> rows_;
+  std::vector<RetrievedItem> out_;
+  std::vector<ScoredItem> hits_;
+  typename MultiTaskModel<float>::Workspace ws_;
+  Tensor<float> pred_;
+  bool exact_ = false;
 };
 
-// ---- splits -----------------------------------------------------------------------------
-
-struct SplitFractions {
-  double train = 1.0, valid = 0.0, test = 0.0;
-};
-
-// "0.8,0.1,0.1": three fractions in [0, 1], train > 0, summing to 1 within 1e-6.
-inline SplitFractions parse_split(std::string_view text) {
-  const char* op = "parse_split";
-  double v[3];
-  std::size_t k = 0, start = 0;
-  while (start <= text.size()) {
-    std::size_t end = text.find(',', start);
-    if (end == std::string_view::npos) end = text.size();
-    check(k < 3, op, "expected 3 comma-separated fractions (train,valid,test) but got more in '", text, "'");
-    check(parse_number(text.substr(start, end - start), v[k]), op, "fraction #", k + 1, " of '", text,
-          "' expected a number but got '", text.substr(start, end - start), "'");
-    check(v[k] >= 0 && v[k] <= 1, op, "fraction #", k + 1, " of '", text, "' expected in [0, 1] but got ", v[k]);
-    ++k;
-    start = end + 1;
-  }
-  check(k == 3, op, "expected 3 comma-separated fractions (train,valid,test) but got ", k, " in '", text, "'");
-  check(v[0] > 0, op, "expected a training fraction > 0 in '", text, "'");
-  const double sum = v[0] + v[1] + v[2];
-  check(std::fabs(sum - 1.0) <= 1e-6, op, "expected fractions summing to 1 (within 1e-6) but '", text, "' sums to ",
-        sum);
-  return {v[0], v[1], v[2]};
-}
-
-struct RowSplit {
-  std::vector<std::size_t> train, valid, test;  // each ascending (file order)
-};
-
-// A seeded random split of rows [0, n): a permutation (shuffle_indices,
-// so the same for a seed on every machine and thread count) cut at
-// round(train * n) and round((train + valid) * n). Cutting the cumulative
-// fractions keeps the three parts disjoint and complete whatever the
-// rounding; a fraction of 0 gives an empty part. Each part is then sorted so
-// that rows keep their file order.
-inline RowSplit split_rows(std::size_t n, const SplitFractions& f, std::uint64_t seed) {
-  const char* op = "split_rows";
-  check(f.train > 0 && f.valid >= 0 && f.test >= 0 && std::fabs(f.train + f.valid + f.test - 1.0) <= 1e-6, op,
-        "expected fractions >= 0 (train > 0) summing to 1 but got ", f.train, ",", f.valid, ",", f.test);
-  std::vector<std::size_t> perm(n);
-  for (std::size_t i = 0; i < n; ++i) perm[i] = i;
-  shuffle_indices(perm.data(), std::uint64_t(n), seed, 0x5B1D);
-  const auto cut = [&](double frac) {
-    return std::min<std::size_t>(n, std::size_t(std::llround(std::min(frac, 1.0) * double(n))));
-  };
-  const std::size_t b1 = cut(f.train);
-  std::size_t b2 = f.test == 0 ? n : std::max(b1, cut(f.train + f.valid));
-  if (f.valid == 0) b2 = b1;
-  RowSplit s;
-  s.train.assign(perm.begin(), perm.begin() + std::ptrdiff_t(b1));
-  s.valid.assign(perm.begin() + std::ptrdiff_t(b1), perm.begin() + std::ptrdiff_t(b2));
-  s.test.assign(perm.begin() + std::ptrdiff_t(b2), perm.end());
-  std::sort(s.train.begin(), s.train.end());
-  std::sort(s.valid.begin(), s.valid.end());
-  std::sort(s.test.begin(), s.test.end());
-  return s;
-}
-
-}  // namespace data
+}  // namespace serve
 }  // namespace mtrec
-// ==== end mtrec/data/csv.hpp ==================================================
+// ==== end mtrec/serve/serving.hpp =============================================
 
 // ==== begin mtrec/data/synthetic.hpp ==========================================
 // mtrec: the synthetic two-task regression data of the MMoE paper
@@ -17275,880 +19091,4 @@ inline FeatureSpec mmoe_synthetic_features(index_t dim) {
 
 }  // namespace mtrec
 // ==== end mtrec/data/synthetic.hpp ============================================
-
-// ==== begin mtrec/data/tabular.hpp ============================================
-// mtrec: from CSV columns to a model — declared columns, preprocessing
-// learned from the training rows, and batches for any file with the same
-// columns.
-//
-//   data::TabularSchema s;
-//   s.features = {data::parse_feature_flag(data::ColumnKind::Id, "user", "--id"),
-//                 data::parse_feature_flag(data::ColumnKind::Bag, "genres:|", "--bag")};
-//   s.tasks = {data::parse_task_flag("click:binary", "--task")};
-//   data::TabularEncoder enc(s);
-//   enc.fit(train_table);                      // vocabularies, mean/std, classes
-//   Batch<float> train = enc.transform<float>(train_table, nullptr, true);
-//   ModelConfig c;
-//   c.features = enc.feature_spec(16, encoder_config);
-//   c.tasks = enc.task_specs({32});
-//
-// What is learned from the training rows only, so that validation and test
-// rows are encoded exactly as unseen data would be at serving time:
-//   id (vocabulary), bag, seq, text   token -> row; row 0 is the OOV row for
-//                                     tokens never seen (or seen fewer than
-//                                     min_count times) in training
-//   id with buckets                   nothing: FNV-1a of the text, then the
-//                                     model's own salted hash into the buckets
-//   dense                             mean and std: x -> (x - mean) / std
-//   regression task                   mean and std of the labels: the model
-//                                     learns standardised targets (one scale
-//                                     for every task and a well-placed output
-//                                     bias at initialisation); target(k)
-//                                     maps predictions and errors back
-//   multiclass task                   the class names, sorted (numerically
-//                                     when all are numbers); unknown classes
-//                                     outside training are an error
-// Missing values: a cell that is empty or, after trimming blanks, equal to
-// one of the schema's na_values (by default NA, N/A, NaN, nan, null, NULL,
-// as pandas and R write them) is missing:
-//   task                              no label: the row is masked for that
-//                                     task (not treated as 0)
-//   id                                the OOV row 0 (a hashed id hashes ""
-//                                     for every missing marker, so "NA" and
-//                                     "" are the same missing value)
-//   bag, seq, text                    an empty list
-//   dense                             an error naming the file, line and
-//                                     column, unless the column is declared
-//                                     with impute (--dense COL:impute): then
-//                                     the training mean (0 once standardised)
-//                                     and a second input column is_missing
-//                                     (1 for a missing cell, else 0), at
-//                                     training and at prediction time alike
-// Dense values and regression labels must be finite and within float range
-// (|x| <= 3.4e38): the model computes in float.
-
-namespace mtrec {
-namespace data {
-
-enum class ColumnKind { Id, Bag, Sequence, Text, Dense };
-
-// The flag that declares the kind ("id" for --id).
-inline const char* column_kind_name(ColumnKind k) {
-  switch (k) {
-    case ColumnKind::Id: return "id";
-    case ColumnKind::Bag: return "bag";
-    case ColumnKind::Sequence: return "seq";
-    case ColumnKind::Text: return "text";
-    case ColumnKind::Dense: return "dense";
-  }
-  return "?";
-}
-
-struct FeatureColumn {
-  ColumnKind kind = ColumnKind::Id;
-  std::string column;
-  index_t buckets = 0;  // Id: > 0 hashes the values into this many rows; 0 = a vocabulary
-  char sep = '|';       // Bag, Sequence: the item separator
-  index_t max_len = 0;  // Sequence (keeps the last max_len items), Text (the first max_len words)
-  bool impute = false;  // Dense: a missing cell takes the training mean, plus an is_missing input column
-
-  // How it was declared, for messages: "--seq history:|:50".
-  std::string flag() const {
-    std::string s = std::string("--") + column_kind_name(kind) + " " + column;
-    if (kind == ColumnKind::Id && buckets > 0) s += ":" + std::to_string(buckets);
-    if (kind == ColumnKind::Bag || kind == ColumnKind::Sequence) s += std::string(":") + sep;
-    if (kind == ColumnKind::Sequence || kind == ColumnKind::Text) s += ":" + std::to_string(max_len);
-    if (kind == ColumnKind::Dense && impute) s += ":impute";
-    return s;
-  }
-};
-
-struct TaskColumn {
-  std::string column;
-  TaskType type = TaskType::Binary;
-  double weight = 1.0;
-  std::string flag() const { return "--task " + column + ":" + task_type_name(type); }
-};
-
-// The cell texts that mean "missing" besides the empty cell (which always
-// does): what pandas' read_csv and R's read.csv/write.csv use for NA.
-inline std::vector<std::string> default_na_values() { return {"NA", "N/A", "NaN", "nan", "null", "NULL"}; }
-
-struct TabularSchema {
-  std::vector<FeatureColumn> features;
-  std::vector<TaskColumn> tasks;
-  index_t min_count = 1;  // tokens seen fewer times in training go to the OOV row
-  // Cells that mean "missing" (compared after trimming blanks, case
-  // sensitive); the empty cell is missing whatever this holds.
-  std::vector<std::string> na_values = default_na_values();
-};
-
-// Parses the argument of --na-values: a comma-separated list that replaces
-// the default set ("" = only the empty cell is missing). Items are trimmed of
-// blanks; empty items are skipped.
-inline std::vector<std::string> parse_na_values(std::string_view text) {
-  std::vector<std::string> out;
-  for_each_item(text, ',', [&](std::string_view s) {
-    if (std::find(out.begin(), out.end(), s) == out.end()) out.emplace_back(s);
-  });
-  return out;
-}
-
-constexpr index_t kDefaultSequenceLength = 50;
-constexpr index_t kDefaultTextLength = 20;
-// Upper bounds of the counts in flags, checked when the flag is parsed (a
-// larger value is an error, never truncated): far beyond what fits a machine.
-constexpr index_t kMaxHashBuckets = index_t(1) << 40;
-constexpr index_t kMaxLength = index_t(1) << 20;
-
-// ---- flag syntax -----------------------------------------------------------------------
-//
-// Column names end at the first ':' (so they cannot contain one):
-//   --id COL[:buckets]   --bag COL:SEP   --seq COL:SEP[:maxlen]   --text COL[:maxlen]
-//   --dense COL          --task COL:binary|regression|multiclass[:weight]
-// SEP is one character, or one of the words tab, space, comma, pipe,
-// semicolon, colon (for characters a shell makes awkward).
-
-namespace detail {
-[[noreturn]] inline void bad_flag(const char* flag, std::string_view text, const std::string& why) {
-  fail("parse_flag", flag, " '", text, "': ", why);
-}
-inline index_t positive_count(const char* flag, std::string_view text, std::string_view v, const char* what,
-                              index_t hi) {
-  long long x = 0;
-  if (!parse_integer(v, x) || x < 1 || x > hi)
-    bad_flag(flag, text, std::string("expected ") + what + " to be an integer >= 1 and <= " + std::to_string(hi) +
-                             " but got '" + std::string(v) + "'");
-  return index_t(x);
-}
-// A string for a message, with bytes that are not printable ASCII written as
-// \xHH (so a message about bad UTF-8 is itself valid text).
-inline std::string escaped(std::string_view s) {
-  static const char* hex = "0123456789ABCDEF";
-  std::string o;
-  for (unsigned char c : s) {
-    if (c >= 0x20 && c < 0x7F && c != '\\') {
-      o += char(c);
-    } else {
-      o += "\\x";
-      o += hex[c >> 4];
-      o += hex[c & 15];
-    }
-  }
-  return o;
-}
-// The byte offset of the first invalid UTF-8 sequence of s, or npos.
-inline std::size_t invalid_utf8_at(std::string_view s) {
-  for (std::size_t i = 0; i < s.size();) {
-    const std::size_t n = json::detail::utf8_sequence_length(s, i);
-    if (n == 0) return i;
-    i += n;
-  }
-  return std::string_view::npos;
-}
-// Splits "COL:rest" at the first ':'.
-inline std::pair<std::string_view, std::string_view> split_column(const char* flag, std::string_view text,
-                                                                  bool rest_required) {
-  const std::size_t c = text.find(':');
-  const std::string_view col = text.substr(0, c);
-  if (col.empty()) bad_flag(flag, text, "expected a column name before ':'");
-  if (c == std::string_view::npos) {
-    if (rest_required) bad_flag(flag, text, "expected COL:SEP (a column name, ':' and a separator)");
-    return {col, {}};
-  }
-  return {col, text.substr(c + 1)};
-}
-// Reads SEP at the front of `rest` and returns what follows it.
-inline std::string_view take_separator(const char* flag, std::string_view text, std::string_view rest, char& sep) {
-  static const std::pair<const char*, char> names[] = {{"tab", '\t'},   {"space", ' '},     {"comma", ','},
-                                                        {"pipe", '|'},   {"semicolon", ';'}, {"colon", ':'}};
-  for (const auto& n : names) {
-    const std::string_view w(n.first);
-    if (rest.substr(0, w.size()) == w && (rest.size() == w.size() || rest[w.size()] == ':')) {
-      sep = n.second;
-      return rest.substr(w.size());
-    }
-  }
-  if (rest.empty() || (rest.size() > 1 && rest[1] != ':'))
-    bad_flag(flag, text, "expected one separator character (or tab, space, comma, pipe, semicolon, colon) after '" +
-                             std::string(text.substr(0, text.size() - rest.size())) + "'");
-  if (rest[0] == '"' || rest[0] == '\n' || rest[0] == '\r') bad_flag(flag, text, "a quote or line break cannot separate items");
-  sep = rest[0];
-  return rest.substr(1);
-}
-}  // namespace detail
-
-// Parses the argument of --id, --bag, --seq, --text or --dense; `flag` names
-// it in messages.
-inline FeatureColumn parse_feature_flag(ColumnKind kind, std::string_view text, const char* flag) {
-  FeatureColumn f;
-  f.kind = kind;
-  const bool needs_sep = kind == ColumnKind::Bag || kind == ColumnKind::Sequence;
-  const auto parts = detail::split_column(flag, text, needs_sep);
-  f.column = std::string(parts.first);
-  std::string_view rest = parts.second;
-  switch (kind) {
-    case ColumnKind::Id:
-      if (!rest.empty() || text.find(':') != std::string_view::npos)
-        f.buckets = detail::positive_count(flag, text, rest, "the hash bucket count", kMaxHashBuckets);
-      break;
-    case ColumnKind::Bag:
-      rest = detail::take_separator(flag, text, rest, f.sep);
-      if (!rest.empty()) detail::bad_flag(flag, text, "expected COL:SEP with nothing after the separator");
-      break;
-    case ColumnKind::Sequence:
-      rest = detail::take_separator(flag, text, rest, f.sep);
-      f.max_len = kDefaultSequenceLength;
-      if (!rest.empty()) f.max_len = detail::positive_count(flag, text, rest.substr(1), "maxlen", kMaxLength);
-      break;
-    case ColumnKind::Text:
-      f.max_len = kDefaultTextLength;
-      if (text.find(':') != std::string_view::npos)
-        f.max_len = detail::positive_count(flag, text, rest, "maxlen", kMaxLength);
-      break;
-    case ColumnKind::Dense:
-      if (text.find(':') != std::string_view::npos) {
-        if (rest != "impute")
-          detail::bad_flag(flag, text, "expected COL or COL:impute (column names cannot contain ':') but got '" +
-                                           std::string(rest) + "' after the column name");
-        f.impute = true;
-      }
-      break;
-  }
-  return f;
-}
-
-// Parses the argument of --task: COL:binary|regression|multiclass[:weight].
-inline TaskColumn parse_task_flag(std::string_view text, const char* flag) {
-  TaskColumn t;
-  const auto parts = detail::split_column(flag, text, true);
-  t.column = std::string(parts.first);
-  const std::string_view rest = parts.second;
-  const std::size_t c = rest.find(':');
-  const std::string_view type = rest.substr(0, c);
-  if (type == "binary") t.type = TaskType::Binary;
-  else if (type == "regression") t.type = TaskType::Regression;
-  else if (type == "multiclass") t.type = TaskType::MultiClass;
-  else detail::bad_flag(flag, text, "expected the type binary, regression or multiclass but got '" + std::string(type) + "'");
-  if (c != std::string_view::npos) {
-    const std::string_view w = rest.substr(c + 1);
-    if (!parse_number(w, t.weight) || t.weight < 0)
-      detail::bad_flag(flag, text, "expected a weight >= 0 but got '" + std::string(w) + "'");
-  }
-  return t;
-}
-
-// ---- the encoder ---------------------------------------------------------------------------
-
-class TabularEncoder {
- public:
-  TabularEncoder() = default;
-  explicit TabularEncoder(TabularSchema schema) : schema_(std::move(schema)) {
-    const char* op = "TabularEncoder";
-    check(!schema_.features.empty(), op, "expected at least one feature column (--id, --bag, --seq, --text or --dense)");
-    check(!schema_.tasks.empty(), op, "expected at least one task column (--task)");
-    check(schema_.min_count >= 1, op, "expected min_count >= 1 but got ", schema_.min_count);
-    std::vector<std::pair<std::string, std::string>> seen;  // column, flag
-    auto claim = [&](const std::string& col, const std::string& flag) {
-      for (const auto& s : seen)
-        check(s.first != col, op, "column '", col, "' is declared twice (", s.second, " and ", flag,
-              "); each column can be one feature or one task");
-      seen.emplace_back(col, flag);
-    };
-    // Column names go into the checkpoint's JSON metadata, which must be
-    // UTF-8: a bad name fails here, before any file is read or any training.
-    auto utf8 = [&](const std::string& s, const std::string& what) {
-      const std::size_t at = detail::invalid_utf8_at(s);
-      if (at != std::string_view::npos)
-        fail(op, what, " '", detail::escaped(s), "' is not valid UTF-8 (byte #", at + 1, " is 0x",
-             detail::escaped(std::string_view(s).substr(at, 1)).substr(2),
-             "); names and missing-value markers are stored in the checkpoint's JSON metadata, which must be UTF-8");
-    };
-    for (const auto& f : schema_.features) {
-      check(!f.column.empty(), op, "a feature has an empty column name");
-      utf8(f.column, detail::escaped(f.flag()) + ": column name");
-      check(!f.impute || f.kind == ColumnKind::Dense, op, f.flag(), ": only --dense columns can be imputed");
-      check(f.buckets >= 0, op, f.flag(), ": expected buckets >= 0 but got ", f.buckets);
-      if (f.kind == ColumnKind::Sequence || f.kind == ColumnKind::Text)
-        check(f.max_len >= 1, op, f.flag(), ": expected maxlen >= 1 but got ", f.max_len);
-      check(f.buckets == 0 || f.kind == ColumnKind::Id, op, f.flag(), ": only --id columns can be hashed");
-      claim(f.column, f.flag());
-    }
-    for (const auto& t : schema_.tasks) {
-      check(!t.column.empty(), op, "a task has an empty column name");
-      utf8(t.column, detail::escaped(t.flag()) + ": column name");
-      check(t.weight >= 0 && std::isfinite(t.weight), op, t.flag(), ": expected a finite weight >= 0 but got ",
-            t.weight);
-      claim(t.column, t.flag());
-    }
-    for (const auto& v : schema_.na_values) utf8(v, "missing-value marker");
-    features_.resize(schema_.features.size());
-    tasks_.resize(schema_.tasks.size());
-  }
-
-  // Whether a cell means "missing": empty or one of the na_values, after
-  // trimming blanks.
-  bool is_missing(std::string_view cell) const {
-    cell = detail::trim(cell);
-    if (cell.empty()) return true;
-    for (const auto& v : schema_.na_values)
-      if (cell == v) return true;
-    return false;
-  }
-
-  const TabularSchema& schema() const { return schema_; }
-  bool fitted() const { return fitted_; }
-
-  // Learns the preprocessing from `rows` of `train` (every row when null):
-  // vocabularies, dense mean/std, regression label mean/std, class names.
-  // Also checks every value it reads, so a bad cell fails here, before any
-  // training, with its file, line and column.
-  void fit(const CsvTable& train, const std::vector<std::size_t>* rows = nullptr) {
-    const char* op = "TabularEncoder::fit";
-    check(!schema_.features.empty(), op, "the encoder has no schema");
-    const std::size_t n = rows ? rows->size() : train.rows();
-    check(n > 0, op, "'", train.source(), "' has no training rows (only a header?)");
-    auto row_at = [&](std::size_t i) { return rows ? (*rows)[i] : i; };
-    std::string scratch;
-    std::vector<std::string_view> items;
-    for (std::size_t f = 0; f < schema_.features.size(); ++f) {
-      const FeatureColumn& fc = schema_.features[f];
-      FeatureState& st = features_[f];
-      const std::size_t col = train.require_column(fc.column, fc.flag());
-      st = FeatureState{};
-      if (fc.kind == ColumnKind::Dense) {
-        std::vector<double> x;
-        x.reserve(n);
-        for (std::size_t i = 0; i < n; ++i) {
-          const std::size_t r = row_at(i);
-          if (fc.impute && is_missing(train.cell(r, col))) continue;
-          x.push_back(dense_value(train, r, col, fc, op));
-        }
-        check(!x.empty(), op, "'", train.source(), "': dense column '", fc.column, "' (", fc.flag(),
-              ") has no value in any of the ", n, " training rows, so there is no mean to impute");
-        st.stats = Standardizer::fit(x);
-        continue;
-      }
-      if (fc.kind == ColumnKind::Id && fc.buckets > 0) continue;
-      // Count every token, then keep those seen min_count times (in
-      // first-seen order, so the result does not depend on hashing).
-      Vocabulary all;
-      std::vector<std::size_t> counts(1, 0);
-      auto count = [&](std::string_view tok) {
-        const index_t r = all.add(tok);
-        if (std::size_t(r) >= counts.size()) counts.push_back(0);
-        ++counts[std::size_t(r)];
-      };
-      for (std::size_t i = 0; i < n; ++i) {
-        const std::string_view cell = train.cell(row_at(i), col);
-        if (is_missing(cell)) continue;  // the OOV row, or an empty list
-        switch (fc.kind) {
-          case ColumnKind::Id: count(cell); break;
-          case ColumnKind::Bag: for_each_item(cell, fc.sep, count); break;
-          case ColumnKind::Sequence:
-            // Only the items the model will see (the last max_len).
-            last_items(cell, fc.sep, fc.max_len, items);
-            for (const auto& it : items) count(it);
-            break;
-          case ColumnKind::Text: for_each_word(cell, std::size_t(fc.max_len), scratch, count); break;
-          case ColumnKind::Dense: break;
-        }
-      }
-      if (schema_.min_count <= 1) {
-        st.vocab = std::move(all);
-      } else {
-        for (index_t r = 1; r < all.rows(); ++r)
-          if (counts[std::size_t(r)] >= std::size_t(schema_.min_count)) st.vocab.add(all.token(r));
-      }
-    }
-    for (std::size_t k = 0; k < schema_.tasks.size(); ++k) {
-      const TaskColumn& tc = schema_.tasks[k];
-      TaskState& st = tasks_[k];
-      st = TaskState{};
-      const std::size_t col = train.require_column(tc.column, tc.flag());
-      std::vector<double> y;
-      Vocabulary classes;
-      for (std::size_t i = 0; i < n; ++i) {
-        const std::size_t r = row_at(i);
-        const std::string_view cell = csv_trim(train.cell(r, col));
-        if (is_missing(cell)) continue;
-        if (tc.type == TaskType::MultiClass) {
-          classes.add(cell);
-          y.push_back(0);
-        } else {
-          y.push_back(tc.type == TaskType::Binary ? binary_label(train, r, col, op) : number_label(train, r, col, op));
-        }
-      }
-      check(!y.empty(), op, "'", train.source(), "': task column '", tc.column, "' (", tc.flag(),
-            ") has no label in any of the ", n, " training rows");
-      if (tc.type == TaskType::Regression) st.target = Standardizer::fit(y);
-      if (tc.type == TaskType::MultiClass) {
-        st.classes = sorted_classes(classes.tokens());
-        check(st.classes.size() >= 2, op, "'", train.source(), "': multiclass task '", tc.column,
-              "' expected at least 2 classes in the training rows but found ", st.classes.size(),
-              st.classes.empty() ? std::string() : " ('" + st.classes[0] + "')");
-        st.class_index = Vocabulary::from_tokens(st.classes);
-      }
-    }
-    fitted_ = true;
-  }
-
-  // Encodes `rows` of `t` (every row when null) in that order. With
-  // `labels`, the task columns must exist and their cells are checked; for
-  // prediction (labels = false) they are not read and may be absent.
-  template <class T>
-  Batch<T> transform(const CsvTable& t, const std::vector<std::size_t>* rows, bool labels) const {
-    const char* op = "TabularEncoder::transform";
-    check(fitted_, op, "the encoder was not fitted (call fit() or load it from JSON)");
-    const std::size_t n = rows ? rows->size() : t.rows();
-    auto row_at = [&](std::size_t i) { return rows ? (*rows)[i] : i; };
-    Batch<T> b;
-    b.size = index_t(n);
-    std::size_t n_ids = 0, n_bags = 0, n_seqs = 0, n_dense = 0;
-    for (const auto& f : schema_.features) {
-      n_ids += f.kind == ColumnKind::Id;
-      n_bags += f.kind == ColumnKind::Bag;
-      n_seqs += f.kind == ColumnKind::Sequence || f.kind == ColumnKind::Text;
-      n_dense += f.kind == ColumnKind::Dense;
-    }
-    b.ids.resize(n_ids);
-    b.bags.resize(n_bags);
-    b.sequences.resize(n_seqs);
-    b.dense.resize(n_dense);
-    std::size_t gi = 0, gb = 0, gs = 0, gd = 0;
-    std::string scratch;
-    std::vector<std::string_view> items;
-    for (std::size_t f = 0; f < schema_.features.size(); ++f) {
-      const FeatureColumn& fc = schema_.features[f];
-      const FeatureState& st = features_[f];
-      const std::size_t col = t.require_column(fc.column, fc.flag());
-      switch (fc.kind) {
-        case ColumnKind::Id: {
-          auto& out = b.ids[gi++];
-          out.resize(n);
-          for (std::size_t i = 0; i < n; ++i) {
-            const std::string_view cell = t.cell(row_at(i), col);
-            const bool missing = is_missing(cell);
-            out[i] = fc.buckets > 0 ? index_t(hash_string(missing ? std::string_view() : cell))
-                     : missing      ? Vocabulary::kOov
-                                    : st.vocab.find(cell);
-          }
-          break;
-        }
-        case ColumnKind::Bag: {
-          auto& bag = b.bags[gb++];
-          bag.offsets.resize(n + 1);
-          bag.offsets[0] = 0;
-          bag.ids.reserve(n * 2);
-          for (std::size_t i = 0; i < n; ++i) {
-            const std::string_view cell = t.cell(row_at(i), col);
-            if (!is_missing(cell))
-              for_each_item(cell, fc.sep, [&](std::string_view s) { bag.ids.push_back(st.vocab.find(s)); });
-            bag.offsets[i + 1] = index_t(bag.ids.size());
-          }
-          break;
-        }
-        case ColumnKind::Sequence:
-        case ColumnKind::Text: {
-          auto& seq = b.sequences[gs++];
-          const std::size_t L = std::size_t(fc.max_len);
-          seq.ids.assign(n * L, 0);
-          seq.lengths.resize(n);
-          for (std::size_t i = 0; i < n; ++i) {
-            index_t* dst = seq.ids.data() + i * L;
-            const std::string_view cell = t.cell(row_at(i), col);
-            index_t len = 0;
-            if (is_missing(cell)) {
-              // an empty list
-            } else if (fc.kind == ColumnKind::Sequence) {
-              last_items(cell, fc.sep, fc.max_len, items);
-              for (const auto& it : items) dst[len++] = st.vocab.find(it);
-            } else {
-              for_each_word(cell, L, scratch, [&](std::string_view w) { dst[len++] = st.vocab.find(w); });
-            }
-            seq.lengths[i] = len;
-          }
-          break;
-        }
-        case ColumnKind::Dense: {
-          auto& out = b.dense[gd++];
-          if (!fc.impute) {
-            out.resize(n);
-            for (std::size_t i = 0; i < n; ++i) out[i] = T(st.stats.apply(dense_value(t, row_at(i), col, fc, op)));
-            break;
-          }
-          // Two columns per row: the standardised value (the training mean,
-          // 0, when missing) and is_missing.
-          out.resize(2 * n);
-          for (std::size_t i = 0; i < n; ++i) {
-            const std::size_t r = row_at(i);
-            const bool missing = is_missing(t.cell(r, col));
-            out[2 * i] = missing ? T(0) : T(st.stats.apply(dense_value(t, r, col, fc, op)));
-            out[2 * i + 1] = missing ? T(1) : T(0);
-          }
-          break;
-        }
-      }
-    }
-    const std::size_t K = schema_.tasks.size();
-    b.labels.resize(K);
-    b.label_mask.resize(K);
-    if (!labels) {
-      // Predictions only: no labels, every row "labelled" with 0 so that a
-      // batch built here is still well formed for evaluate()/compute_losses().
-      for (std::size_t k = 0; k < K; ++k) b.labels[k].assign(n, T(0));
-      return b;
-    }
-    for (std::size_t k = 0; k < K; ++k) {
-      const TaskColumn& tc = schema_.tasks[k];
-      const TaskState& st = tasks_[k];
-      const std::size_t col = t.require_column(tc.column, tc.flag());
-      auto& y = b.labels[k];
-      auto& m = b.label_mask[k];
-      y.assign(n, T(0));
-      m.assign(n, 0);
-      for (std::size_t i = 0; i < n; ++i) {
-        const std::size_t r = row_at(i);
-        const std::string_view cell = csv_trim(t.cell(r, col));
-        if (is_missing(cell)) continue;
-        m[i] = 1;
-        switch (tc.type) {
-          case TaskType::Binary: y[i] = T(binary_label(t, r, col, op)); break;
-          case TaskType::Regression: y[i] = T(st.target.apply(number_label(t, r, col, op))); break;
-          case TaskType::MultiClass: {
-            const index_t c = st.class_index.find(cell);
-            if (c == Vocabulary::kOov)
-              t.fail_cell(op, r, col, "class ", detail::shown(cell), " of task '", tc.column,
-                          "' was not seen in the training data (known classes: ", class_list(st.classes), ")");
-            y[i] = T(c - 1);
-            break;
-          }
-          case TaskType::Retrieval:  // never parsed from flags: the CLI offers binary|regression|multiclass
-            fail(op, "task '", tc.column, "': retrieval tasks are not supported by the CSV encoder");
-        }
-      }
-    }
-    return b;
-  }
-
-  // The model's features: ids and bags embed in `dim` columns, sequences
-  // and texts use `encoder` (its d_model is the embedding width).
-  FeatureSpec feature_spec(index_t dim, const TransformerConfig& encoder, int encoder_layers = 1) const {
-    check(fitted_, "TabularEncoder::feature_spec", "the encoder was not fitted");
-    FeatureSpec s;
-    for (std::size_t f = 0; f < schema_.features.size(); ++f) {
-      const FeatureColumn& fc = schema_.features[f];
-      const index_t rows = features_[f].vocab.rows();
-      switch (fc.kind) {
-        case ColumnKind::Id:
-          s.ids.push_back({fc.column, fc.buckets > 0 ? 0 : rows, fc.buckets, dim, ""});
-          break;
-        case ColumnKind::Bag: s.bags.push_back({fc.column, rows, 0, dim, "", BagPooling::Mean, false}); break;
-        case ColumnKind::Sequence:
-        case ColumnKind::Text: {
-          SequenceFeature q;
-          q.name = fc.column;
-          q.vocab = rows;
-          q.max_len = fc.max_len;
-          q.encoder = encoder;
-          q.layers = encoder_layers;
-          q.pooling = SequencePoolMode::Mean;
-          s.sequences.push_back(q);
-          break;
-        }
-        case ColumnKind::Dense: s.dense.push_back({fc.column, fc.impute ? 2 : 1}); break;
-      }
-    }
-    return s;
-  }
-
-  // The model's tasks, named after their columns, each with `tower`.
-  std::vector<TaskSpec> task_specs(const std::vector<index_t>& tower) const {
-    check(fitted_, "TabularEncoder::task_specs", "the encoder was not fitted");
-    std::vector<TaskSpec> out;
-    for (std::size_t k = 0; k < schema_.tasks.size(); ++k) {
-      TaskSpec t;
-      t.name = schema_.tasks[k].column;
-      t.type = schema_.tasks[k].type;
-      t.num_classes = t.type == TaskType::MultiClass ? index_t(tasks_[k].classes.size()) : 0;
-      t.tower = tower;
-      t.weight = schema_.tasks[k].weight;
-      out.push_back(t);
-    }
-    return out;
-  }
-
-  // Learned state, by the schema's feature / task index.
-  const Vocabulary& vocabulary(std::size_t feature) const { return features_.at(feature).vocab; }
-  const Standardizer& dense_stats(std::size_t feature) const { return features_.at(feature).stats; }
-  // Regression: the label standardisation (invert() maps a prediction back).
-  const Standardizer& target(std::size_t task) const { return tasks_.at(task).target; }
-  // Multiclass: class names; class id c (the model's output column) is classes[c].
-  const std::vector<std::string>& classes(std::size_t task) const { return tasks_.at(task).classes; }
-
-  // ---- persistence ---------------------------------------------------------------------------
-
-  // Everything needed to encode new files: the schema and the learned state.
-  json::Value to_json() const {
-    using json::Value;
-    check(fitted_, "TabularEncoder::to_json", "the encoder was not fitted");
-    Value j = Value::object();
-    j.set("format", "mtrec.tabular");
-    j.set("version", 2);
-    j.set("min_count", schema_.min_count);
-    j.set("na_values", strings_json(schema_.na_values));
-    Value feats = Value::array();
-    for (std::size_t f = 0; f < schema_.features.size(); ++f) {
-      const FeatureColumn& fc = schema_.features[f];
-      Value o = Value::object();
-      o.set("kind", column_kind_name(fc.kind));
-      o.set("column", fc.column);
-      if (fc.kind == ColumnKind::Id) o.set("buckets", fc.buckets);
-      if (fc.kind == ColumnKind::Bag || fc.kind == ColumnKind::Sequence) o.set("sep", std::string(1, fc.sep));
-      if (fc.kind == ColumnKind::Sequence || fc.kind == ColumnKind::Text) o.set("max_len", fc.max_len);
-      if (fc.kind == ColumnKind::Dense) {
-        o.set("mean", features_[f].stats.mean);
-        o.set("std", features_[f].stats.sd);
-        o.set("impute", fc.impute);
-      } else if (!(fc.kind == ColumnKind::Id && fc.buckets > 0)) {
-        o.set("vocab", strings_json(features_[f].vocab.tokens()));
-      }
-      feats.push_back(std::move(o));
-    }
-    j.set("features", std::move(feats));
-    Value tasks = Value::array();
-    for (std::size_t k = 0; k < schema_.tasks.size(); ++k) {
-      const TaskColumn& tc = schema_.tasks[k];
-      Value o = Value::object();
-      o.set("column", tc.column);
-      o.set("type", task_type_name(tc.type));
-      o.set("weight", tc.weight);
-      if (tc.type == TaskType::Regression) {
-        o.set("mean", tasks_[k].target.mean);
-        o.set("std", tasks_[k].target.sd);
-      }
-      if (tc.type == TaskType::MultiClass) o.set("classes", strings_json(tasks_[k].classes));
-      tasks.push_back(std::move(o));
-    }
-    j.set("tasks", std::move(tasks));
-    return j;
-  }
-
-  static TabularEncoder from_json(const json::Value& j) {
-    const char* op = "TabularEncoder::from_json";
-    check(j.is_object() && j.contains("format") && j.at("format").is_string() &&
-              j.at("format").as_string() == "mtrec.tabular",
-          op, "expected an object with format = mtrec.tabular");
-    // Version 1 (before missing values): only the empty cell was missing.
-    const std::int64_t version = j.at("version").as_int();
-    check(version == 1 || version == 2, op, "expected version 1 or 2 but got ", version);
-    TabularSchema s;
-    s.min_count = index_t(j.at("min_count").as_int());
-    s.na_values = version >= 2 ? strings_from(j.at("na_values")) : std::vector<std::string>{};
-    for (const auto& o : j.at("features").as_array()) {
-      FeatureColumn fc;
-      const std::string& kind = o.at("kind").as_string();
-      bool known = false;
-      for (ColumnKind k : {ColumnKind::Id, ColumnKind::Bag, ColumnKind::Sequence, ColumnKind::Text, ColumnKind::Dense})
-        if (kind == column_kind_name(k)) {
-          fc.kind = k;
-          known = true;
-        }
-      check(known, op, "unknown feature kind '", kind, "'");
-      fc.column = o.at("column").as_string();
-      if (fc.kind == ColumnKind::Id) fc.buckets = index_t(o.at("buckets").as_int());
-      if (fc.kind == ColumnKind::Bag || fc.kind == ColumnKind::Sequence) {
-        const std::string& sep = o.at("sep").as_string();
-        check(sep.size() == 1, op, "feature '", fc.column, "' expected a one-character separator but got '", sep, "'");
-        fc.sep = sep[0];
-      }
-      if (fc.kind == ColumnKind::Sequence || fc.kind == ColumnKind::Text) fc.max_len = index_t(o.at("max_len").as_int());
-      if (fc.kind == ColumnKind::Dense && version >= 2) fc.impute = o.at("impute").as_bool();
-      s.features.push_back(fc);
-    }
-    for (const auto& o : j.at("tasks").as_array()) {
-      TaskColumn tc;
-      tc.column = o.at("column").as_string();
-      const std::string& type = o.at("type").as_string();
-      if (type == "binary") tc.type = TaskType::Binary;
-      else if (type == "regression") tc.type = TaskType::Regression;
-      else if (type == "multiclass") tc.type = TaskType::MultiClass;
-      else fail(op, "task '", tc.column, "' has unknown type '", type, "'");
-      tc.weight = o.at("weight").as_double();
-      s.tasks.push_back(tc);
-    }
-    TabularEncoder e(s);
-    const auto& feats = j.at("features").as_array();
-    for (std::size_t f = 0; f < s.features.size(); ++f) {
-      const FeatureColumn& fc = s.features[f];
-      if (fc.kind == ColumnKind::Dense) {
-        e.features_[f].stats.mean = feats[f].at("mean").as_double();
-        e.features_[f].stats.sd = feats[f].at("std").as_double();
-        check(std::isfinite(e.features_[f].stats.mean) && e.features_[f].stats.sd > 0 &&
-                  std::isfinite(e.features_[f].stats.sd),
-              op, "feature '", fc.column, "' expected a finite mean and a finite std > 0");
-      } else if (!(fc.kind == ColumnKind::Id && fc.buckets > 0)) {
-        e.features_[f].vocab = Vocabulary::from_tokens(strings_from(feats[f].at("vocab")));
-      }
-    }
-    const auto& tasks = j.at("tasks").as_array();
-    for (std::size_t k = 0; k < s.tasks.size(); ++k) {
-      if (s.tasks[k].type == TaskType::Regression) {
-        e.tasks_[k].target.mean = tasks[k].at("mean").as_double();
-        e.tasks_[k].target.sd = tasks[k].at("std").as_double();
-        check(e.tasks_[k].target.sd > 0, op, "task '", s.tasks[k].column, "' expected std > 0");
-      }
-      if (s.tasks[k].type == TaskType::MultiClass) {
-        e.tasks_[k].classes = strings_from(tasks[k].at("classes"));
-        e.tasks_[k].class_index = Vocabulary::from_tokens(e.tasks_[k].classes);
-      }
-    }
-    e.fitted_ = true;
-    return e;
-  }
-
- private:
-  struct FeatureState {
-    Vocabulary vocab;    // id (unhashed), bag, seq, text
-    Standardizer stats;  // dense
-  };
-  struct TaskState {
-    Standardizer target;               // regression
-    std::vector<std::string> classes;  // multiclass, sorted
-    Vocabulary class_index;            // class name -> index + 1
-  };
-
-  static std::string_view csv_trim(std::string_view s) { return detail::trim(s); }
-
-  // The last `max_len` items of a list, in order (a user's most recent).
-  static void last_items(std::string_view cell, char sep, index_t max_len, std::vector<std::string_view>& out) {
-    out.clear();
-    for_each_item(cell, sep, [&](std::string_view s) { out.push_back(s); });
-    if (out.size() > std::size_t(max_len)) out.erase(out.begin(), out.end() - std::ptrdiff_t(max_len));
-  }
-
-  // A number the model can take: finite and within float range (the model
-  // computes in float; 1e200 would become inf there).
-  static bool float_range(double v) { return std::fabs(v) <= double(std::numeric_limits<float>::max()); }
-
-  double dense_value(const CsvTable& t, std::size_t r, std::size_t col, const FeatureColumn& fc, const char* op) const {
-    const std::string_view cell = t.cell(r, col);
-    double v = 0;
-    if (is_missing(cell))
-      t.fail_cell(op, r, col, "missing value ",
-                  detail::trim(cell).empty() ? std::string("(an empty cell)") : detail::shown(detail::trim(cell)),
-                  " in dense column; dense columns need a value in every row (declare --dense ", fc.column,
-                  ":impute to use the training mean and an is_missing indicator)");
-    if (!parse_number(cell, v) || !float_range(v))
-      t.fail_cell(op, r, col, "expected a finite number within float range (|x| <= ",
-                  std::numeric_limits<float>::max(), ") but got ", detail::shown(detail::trim(cell)));
-    return v;
-  }
-  static double number_label(const CsvTable& t, std::size_t r, std::size_t col, const char* op) {
-    double v = 0;
-    if (!parse_number(t.cell(r, col), v) || !float_range(v))
-      t.fail_cell(op, r, col, "expected a finite number within float range (|x| <= ", std::numeric_limits<float>::max(),
-                  ") as the regression label but got ", detail::shown(detail::trim(t.cell(r, col))));
-    return v;
-  }
-  // 0/1 (any number equal to 0 or 1, so "1.0" too) or true/false in any case.
-  static double binary_label(const CsvTable& t, std::size_t r, std::size_t col, const char* op) {
-    const std::string_view s = detail::trim(t.cell(r, col));
-    double v = -1;
-    if (parse_number(s, v) && (v == 0 || v == 1)) return v;
-    std::string lower(s);
-    for (char& c : lower) c = (c >= 'A' && c <= 'Z') ? char(c + 32) : c;
-    if (lower == "true") return 1;
-    if (lower == "false") return 0;
-    t.fail_cell(op, r, col, "expected a binary label 0, 1, true or false but got ", detail::shown(s));
-  }
-
-  // Numeric order when every class is a number ("2" < "10"), else byte order.
-  static std::vector<std::string> sorted_classes(std::vector<std::string> c) {
-    bool numeric = true;
-    std::vector<std::pair<double, std::string>> keyed;
-    for (const auto& s : c) {
-      double v = 0;
-      if (!parse_number(s, v)) {
-        numeric = false;
-        break;
-      }
-      keyed.emplace_back(v, s);
-    }
-    if (numeric) {
-      std::stable_sort(keyed.begin(), keyed.end(),
-                       [](const auto& a, const auto& b) { return a.first < b.first || (a.first == b.first && a.second < b.second); });
-      for (std::size_t i = 0; i < c.size(); ++i) c[i] = keyed[i].second;
-    } else {
-      std::sort(c.begin(), c.end());
-    }
-    return c;
-  }
-  static std::string class_list(const std::vector<std::string>& c) {
-    std::string s;
-    for (std::size_t i = 0; i < c.size() && i < 10; ++i) s += (i ? ", '" : "'") + c[i] + "'";
-    if (c.size() > 10) s += ", ... (" + std::to_string(c.size()) + " in all)";
-    return s;
-  }
-
-  // JSON strings must be UTF-8; a token that is not (a Latin-1 file, say)
-  // is stored as {"hex": "..."} so that any byte string round-trips.
-  static bool valid_utf8(std::string_view s) {
-    for (std::size_t i = 0; i < s.size();) {
-      const std::size_t n = json::detail::utf8_sequence_length(s, i);
-      if (n == 0) return false;
-      i += n;
-    }
-    return true;
-  }
-  static json::Value strings_json(const std::vector<std::string>& v) {
-    static const char* hex = "0123456789abcdef";
-    json::Value a = json::Value::array();
-    for (const auto& s : v) {
-      if (valid_utf8(s)) {
-        a.push_back(s);
-        continue;
-      }
-      std::string h;
-      for (unsigned char c : s) {
-        h += hex[c >> 4];
-        h += hex[c & 15];
-      }
-      json::Value o = json::Value::object();
-      o.set("hex", h);
-      a.push_back(std::move(o));
-    }
-    return a;
-  }
-  static std::vector<std::string> strings_from(const json::Value& v) {
-    std::vector<std::string> out;
-    out.reserve(v.size());
-    for (const auto& x : v.as_array()) {
-      if (x.is_string()) {
-        out.push_back(x.as_string());
-        continue;
-      }
-      const std::string& h = x.at("hex").as_string();
-      check(h.size() % 2 == 0, "TabularEncoder::from_json", "expected an even number of hex digits but got '", h, "'");
-      std::string s;
-      auto nib = [&](char c) -> int {
-        if (c >= '0' && c <= '9') return c - '0';
-        if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-        fail("TabularEncoder::from_json", "expected hex digits but got '", h, "'");
-      };
-      for (std::size_t i = 0; i < h.size(); i += 2) s += char(nib(h[i]) * 16 + nib(h[i + 1]));
-      out.push_back(std::move(s));
-    }
-    return out;
-  }
-
-  TabularSchema schema_;
-  std::vector<FeatureState> features_;
-  std::vector<TaskState> tasks_;
-  bool fitted_ = false;
-};
-
-}  // namespace data
-}  // namespace mtrec
-// ==== end mtrec/data/tabular.hpp ==============================================
 // ==== end mtrec/mtrec.hpp =====================================================

@@ -204,7 +204,7 @@ import csv, json, math, os, struct, sys
 d = sys.argv[1]
 b = open(os.path.join(d, "out_missing_values.safetensors"), "rb").read()
 n = struct.unpack("<Q", b[:8])[0]
-p = json.loads(json.loads(b[8:8 + n])["__metadata__"]["mtrec_train.preprocessing"])
+p = json.loads(json.loads(b[8:8 + n])["__metadata__"]["preprocessing"])
 age = [f for f in p["features"] if f["column"] == "age"][0]
 ok = age["impute"] is True and math.isfinite(age["mean"]) and "NA" in p["na_values"] and "null" in p["na_values"]
 rows = list(csv.reader(open(os.path.join(d, "out_predict_imputes_na.csv"), newline="")))

@@ -57,8 +57,8 @@ for i in range(300):
     s = 1.2 * (u % 3 == 0) + 1.0 * ("Action" in g) - 0.8 * ("Drama" in g) + (age - 44) / 15 + 0.6 * (it % 2)
     click = 1 if s + rng.gauss(0, 0.4) > 0.6 else 0
     rating = "" if i % 10 == 3 else "%.1f" % (3 + s + rng.gauss(0, 0.3))  # some rows unlabelled
-    rows.append(["u%d" % u, it, "|".join(g), title, age, click, rating])
-header = ["user", "item", "genres", "title", "age", "click", "rating"]
+    rows.append(["u%d" % u, it, "|".join(g), title, age, click, rating, "m%d" % ((it + u) % 12), (it * 7) % 40])
+header = ["user", "item", "genres", "title", "age", "click", "rating", "item2", "item3"]
 with open(os.path.join(d, "data.csv"), "w", newline="") as f:
     w = csv.writer(f, lineterminator="\r\n")  # CRLF, as spreadsheets write
     w.writerow(header)
@@ -75,7 +75,7 @@ cells[4] = "forty"  # age on line 5
 bad_num[4] = ",".join('"%s"' % c.replace('"', '""') if ("," in c or '"' in c) else c for c in cells)
 write("bad_number.csv", "\r\n".join(bad_num))
 ragged = list(lines)
-ragged[6] = "u1,3,Action"  # line 7: 3 fields instead of 7
+ragged[6] = "u1,3,Action"  # line 7: 3 fields instead of 9
 write("ragged.csv", "\r\n".join(ragged))
 write("empty.csv", "")
 EOF
@@ -133,7 +133,7 @@ b = open(sys.argv[1], "rb").read()
 n = struct.unpack("<Q", b[:8])[0]
 h = json.loads(b[8:8 + n])
 m = h["__metadata__"]
-p = json.loads(m["mtrec_train.preprocessing"])
+p = json.loads(m["preprocessing"])
 kinds = [(f["kind"], f["column"]) for f in p["features"]]
 ok = (m["format"] == "mtrec.checkpoint" and "config" in m
       and kinds == [("id", "user"), ("id", "item"), ("bag", "genres"), ("text", "title"), ("dense", "age")]
@@ -207,6 +207,38 @@ expect "--predict prints a JSON summary" python3 -c \
   'import json,sys; j=json.loads(open(sys.argv[1]).read().strip().splitlines()[-1]); sys.exit(0 if j["predicted"]==300 else 1)' \
   "$DIR/pred.out"
 
+# ---- --task COL:bpr, COL:retrieval (own vocabulary and shared), --item-fields ----
+
+"$BIN" --train "$DIR/data.csv" --id user --id item --bag 'genres:|' --dense age --task click:bpr \
+  --task item2:retrieval --task item3:retrieval:item --item-fields item,genres --dim 4 --epochs 2 --batch 32 \
+  --threads 1 --quiet --model shared_bottom --save "$DIR/rank.safetensors" --predict "$DIR/data.csv" \
+  --out "$DIR/rank_pred.csv" > "$DIR/rank.out" 2> "$DIR/rank.err" || sed 's/^/  stderr: /' "$DIR/rank.err" | tail -5
+expect "bpr and retrieval tasks train, report their metrics and save the item sides" \
+  python3 - "$DIR/rank.out" "$DIR/rank.safetensors" "$DIR/rank_pred.csv" "$DIR/data.csv" <<'EOF'
+import csv, json, struct, sys
+j = json.loads(open(sys.argv[1]).read().strip().splitlines()[-1])
+t = j["test"]
+ok = set(t["click"]) == {"auc", "logloss"} and set(t["item2"]) == {"hit_rate@10", "ndcg@10"}
+ok = ok and set(t["item3"]) == {"hit_rate@10", "ndcg@10"}
+b = open(sys.argv[2], "rb").read()
+n = struct.unpack("<Q", b[:8])[0]
+m = json.loads(b[8:8 + n])["__metadata__"]
+cfg = json.loads(m["config"])
+sides = {f["name"]: f["item_side"] for kind in ("ids", "bags", "dense") for f in cfg["features"][kind]}
+ok = ok and sides == {"user": False, "item": True, "genres": True, "age": False}
+p = json.loads(m["preprocessing"])
+tasks = {x["column"]: x for x in p["tasks"]}
+ok = ok and tasks["click"].get("loss") == "bpr" and tasks["item3"]["target_feature"] == "item"
+ok = ok and "items" in tasks["item2"] and "items" not in tasks["item3"]
+rows = list(csv.reader(open(sys.argv[3], newline="")))
+ok = ok and rows[0] == ["click", "item2", "item2:score", "item3", "item3:score"] and len(rows) == 301
+items = {r["item"] for r in csv.DictReader(open(sys.argv[4], newline=""))}
+ok = ok and all(r[3] in items for r in rows[1:])  # the shared table's best item is a raw item value
+if not ok:
+    print("  metrics:", t, "\n  sides:", sides, "\n  header:", rows[0])
+sys.exit(0 if ok else 1)
+EOF
+
 # ---- malformed inputs: non-zero exit, a precise message, no output files ----
 
 # no_outputs NAME: no output file out_NAME.* and no temporary file anywhere in $DIR.
@@ -236,7 +268,7 @@ expect_error() {
 TRAIN_ARGS=("${FEATURES[@]}" "${TASKS[@]}" --split 0.8,0.1,0.1 --threads 1 --epochs 1 --quiet)
 expect_error missing_column "missing_col.csv|line 1|'age'|--dense age" --train "$DIR/missing_col.csv" "${TRAIN_ARGS[@]}"
 expect_error bad_number "bad_number.csv|line 5|column 'age'|'forty'" --train "$DIR/bad_number.csv" "${TRAIN_ARGS[@]}"
-expect_error ragged_row "ragged.csv|line 7|expected 7 fields|got 3|column #4" --train "$DIR/ragged.csv" "${TRAIN_ARGS[@]}"
+expect_error ragged_row "ragged.csv|line 7|expected 9 fields|got 3|column #4" --train "$DIR/ragged.csv" "${TRAIN_ARGS[@]}"
 expect_error empty_file "empty.csv|line 1|column 1|empty" --train "$DIR/empty.csv" "${TRAIN_ARGS[@]}"
 expect_error unknown_flag "--bogus" --train "$DIR/data.csv" "${TRAIN_ARGS[@]}" --bogus 3
 # A bad validation or test file fails before training, with its own name.

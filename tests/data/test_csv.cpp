@@ -7,9 +7,9 @@
 
 // From include/; a build against single_include/ has them only if the
 // umbrella header includes them.
-#if __has_include(<mtrec/data/tabular.hpp>)
-#include <mtrec/data/csv.hpp>
-#include <mtrec/data/tabular.hpp>
+#if __has_include(<mtrec/model/tabular.hpp>)
+#include <mtrec/io/csv.hpp>
+#include <mtrec/model/tabular.hpp>
 #endif
 
 #include <chrono>
@@ -302,7 +302,7 @@ TEST_CASE("flags: feature and task declarations", "[csv][flags]") {
   CHECK((t.type == TaskType::Regression && t.weight == 0.5));
   CHECK(data::parse_task_flag("genre:multiclass", "--task").type == TaskType::MultiClass);
   testing::require_error([] { data::parse_task_flag("click", "--task"); }, {"--task 'click'"});
-  testing::require_error([] { data::parse_task_flag("click:bin", "--task"); }, {"binary, regression or multiclass"});
+  testing::require_error([] { data::parse_task_flag("click:bin", "--task"); }, {"binary, regression, multiclass, bpr or retrieval"});
   testing::require_error([] { data::parse_task_flag("click:binary:-1", "--task"); }, {"weight >= 0"});
 }
 
@@ -662,8 +662,8 @@ TEST_CASE("encoder: version 1 preprocessing (before missing values) keeps its me
   const Batch<float> b = v1.transform<float>(CsvTable::parse("u,x,y\nNA,3,\n", "v1.csv"), nullptr, true);
   CHECK(b.ids[0][0] == 1);  // "NA" was a token then
   CHECK(b.label_mask[0][0] == 0);
-  testing::require_error([&] { data::TabularEncoder::from_json(json::parse(R"({"format":"mtrec.tabular","version":3})")); },
-                         {"version 1 or 2", "got 3"});
+  testing::require_error([&] { data::TabularEncoder::from_json(json::parse(R"({"format":"mtrec.tabular","version":4})")); },
+                         {"version 1, 2 or 3", "got 4", "newer mtrec"});
 }
 
 TEST_CASE("encoder: column names and missing-value markers must be valid UTF-8, checked when declared", "[csv][encoder]") {

@@ -1,7 +1,7 @@
 // libFuzzer harness: the CSV reader (data/csv.hpp) and the cell helpers
 // mtrec-train uses on its cells. The first byte picks the delimiter: itself
 // when it is one of , ; TAB |, else one of them by its value.
-#include <mtrec/data/csv.hpp>
+#include <mtrec/io/csv.hpp>
 
 #include <cstddef>
 #include <cstdint>

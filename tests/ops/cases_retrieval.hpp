@@ -8,6 +8,11 @@
 // -1 and score -1e6 so that the comparison stays finite.
 #pragma once
 
+#include <limits>
+#include <type_traits>
+
+#include <mtrec/kernels/mips.hpp>
+
 #include "ops/op_table.hpp"
 
 namespace optable {
@@ -52,6 +57,56 @@ inline std::vector<OpCase> retrieval_cases() {
           }
         },
         nullptr));
+  }
+  // mips_augment and first_nonfinite (kernels/mips.hpp): host-only kernels
+  // of serve/hnsw.hpp, so the Fake and Cuda columns run the reference code;
+  // cpu must match the reference exactly (norms in double, row by row).
+  for (const index_t N : {0, 1, 7, 3000})
+    for (const index_t dim : {1, 5, 64}) {
+      OpCase c;
+      c.op = "mips_augment";
+      c.shape = "N=" + std::to_string(N) + " dim=" + std::to_string(dim);
+      c.in = {{N * dim, false}};
+      c.out = {N * (dim + 1), 1};  // augmented rows, R^2
+      c.nmse_tol = 1e-12;          // float against the double run: rounding only
+      v.push_back(make_case(
+          c,
+          [=](auto dev, auto& b) {
+            OPT_T;
+            using D = std::decay_t<decltype(dev)>;
+            const double r2 = std::is_same<D, mtrec::Cpu>::value
+                                  ? k::mips_augment(mtrec::kernels::cpu, b.out[0].data(), b.in[0].data(), N, dim)
+                                  : k::mips_augment(mtrec::kernels::reference, b.out[0].data(), b.in[0].data(), N, dim);
+            b.out[1][0] = T(r2);
+          },
+          nullptr));
+    }
+  for (const index_t n : {0, 1, 100, 50000}) {
+    std::vector<index_t> bads = {-1};
+    for (const index_t b : {index_t(0), n / 2, n - 1, index_t(40000)})
+      if (b < n && std::find(bads.begin(), bads.end(), b) == bads.end()) bads.push_back(b);
+    for (const index_t bad : bads) {
+      OpCase c;
+      c.op = "first_nonfinite";
+      c.shape = "n=" + std::to_string(n) + " bad=" + std::to_string(bad);
+      c.in = {{n, false}};
+      c.out = {1};
+      c.nmse_tol = 0;
+      v.push_back(make_case(
+          c,
+          [=](auto dev, auto& b) {
+            OPT_T;
+            using D = std::decay_t<decltype(dev)>;
+            std::vector<T> x(b.in[0]);
+            if (bad >= 0) x[std::size_t(bad)] = std::numeric_limits<T>::quiet_NaN();
+            if (bad >= 0 && bad + 3 < n) x[std::size_t(bad + 3)] = std::numeric_limits<T>::infinity();  // a later one
+            const index_t got = std::is_same<D, mtrec::Cpu>::value
+                                    ? k::first_nonfinite(mtrec::kernels::cpu, x.data(), n)
+                                    : k::first_nonfinite(mtrec::kernels::reference, x.data(), n);
+            b.out[0][0] = T(got);
+          },
+          nullptr));
+    }
   }
   return v;
 }

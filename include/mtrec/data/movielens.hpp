@@ -39,7 +39,7 @@
 #include <vector>
 
 #include "mtrec/core/error.hpp"
-#include "mtrec/data/csv.hpp"
+#include "mtrec/io/csv.hpp"
 #include "mtrec/train/checkpoint.hpp"
 #include "mtrec/io/json.hpp"
 #include "mtrec/io/safetensors.hpp"

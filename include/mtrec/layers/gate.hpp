@@ -58,6 +58,22 @@ class MixtureGate {
     kernels::gate_mix_forward(dev_, out.data, ctx.experts.data(), ctx.probs.data(), B, m_, de_);
   }
 
+  // The same for a split input (inference only): the gate's projection
+  // computes the shared row's part once (Linear::forward_split).
+  void forward(Context& ctx, const SplitInput<T, Device>& x, const CPtr* experts, View out) const {
+    const char* op = "MixtureGate::forward";
+    check(x.F == proj_.in_features(), op, "expected a split input of ", proj_.in_features(), " columns but got ", x.F);
+    const index_t B = x.N;
+    check_matrix(op, "out", out, B, de_);
+    check(experts != nullptr || m_ == 0, op, "expected ", m_, " expert outputs but got a null array");
+    ctx.B = B;
+    ctx.probs.resize({B, m_});
+    proj_.forward_split(x, ctx.probs.data());
+    kernels::softmax_forward(dev_, ctx.probs.data(), ctx.probs.data(), B, m_);
+    ctx.experts.assign(experts, experts + m_);
+    kernels::gate_mix_forward(dev_, out.data, ctx.experts.data(), ctx.probs.data(), B, m_, de_);
+  }
+
   // d_experts[m] (B,De) += p_m * d_out;  dx (B,in) += W^T-path of softmax'(<d_out, E_m>);
   // W, b gradients accumulated. dx may be empty (not needed).
   void backward(Context& ctx, CView d_out, const Ptr* d_experts, View dx) const {

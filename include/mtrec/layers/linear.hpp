@@ -3,9 +3,57 @@
 
 #include <string>
 
+#include "mtrec/kernels/mixture.hpp"
 #include "mtrec/layers/common.hpp"
 
 namespace mtrec {
+
+// N rows that share one part: row n of the (virtual) input X (N,F) is the
+// shared row's columns in `shared_blocks` and row n of `rows` in
+// `row_blocks` (every column is in exactly one block list). Ranking N
+// candidates for one user: the user's fields are shared, the items' vary.
+// A first layer then computes
+//   y (N,H) = X W^T + b = rows_i W_i^T + (shared_u W_u^T + b)
+// with the shared product once (Linear::forward_split), never X itself.
+// gather() packs the two parts once; every first layer reuses them.
+template <class T, class Device = Cpu>
+struct SplitInput {
+  using CView = DeviceView<const T, Device>;
+  struct Block {
+    index_t col = 0, width = 0;
+  };
+  std::vector<Block> shared_blocks, row_blocks;
+  index_t F = 0, N = 0, Fs = 0, Fr = 0;
+  Tensor<T, Device> shared, rows;  // (1,Fs), (N,Fr): the blocks, packed in order
+  // Scratch of forward_split (the gathered weight columns and the shared
+  // product); one SplitInput is used by one thread at a time.
+  mutable Tensor<T, Device> w_shared, w_rows, y_shared;
+
+  // shared_row (1,F) and all_rows (N,F): only the shared blocks of the first
+  // and the row blocks of the second are read.
+  void gather(const Device& dev, CView shared_row, CView all_rows) {
+    const char* op = "SplitInput::gather";
+    check_matrix(op, "shared_row", shared_row, 1, F);
+    check_matrix(op, "all_rows", all_rows, -1, F);
+    N = all_rows.rows();
+    Fs = Fr = 0;
+    for (const Block& b : shared_blocks) Fs += b.width;
+    for (const Block& b : row_blocks) Fr += b.width;
+    check(Fs + Fr == F, op, "the blocks cover ", Fs + Fr, " of the ", F, " columns");
+    shared.resize({1, std::max<index_t>(Fs, 1)});
+    rows.resize({std::max<index_t>(N, 1), std::max<index_t>(Fr, 1)});
+    index_t c = 0;
+    for (const Block& b : shared_blocks) {
+      kernels::copy_columns(dev, shared.data(), Fs, c, shared_row.data, F, b.col, 1, b.width);
+      c += b.width;
+    }
+    c = 0;
+    for (const Block& b : row_blocks) {
+      kernels::copy_columns(dev, rows.data(), Fr, c, all_rows.data, F, b.col, N, b.width);
+      c += b.width;
+    }
+  }
+};
 
 template <class T, class Device = Cpu>
 class Linear {
@@ -47,6 +95,42 @@ class Linear {
     kernels::gemm(dev(), kernels::Trans::N, kernels::Trans::T, n, out_, in_, T(1), x, in_, w, in_, T(0),
                   y, out_);
     if (bias_ >= 0) kernels::bias_add(dev(), y, store_->value(bias_), n, out_);
+  }
+  // y (N,out) = X W^T + b for the split input X (see SplitInput): the
+  // weight's columns gathered into the shared and the per-row parts, the
+  // shared row's product (plus b) computed once and added to every row.
+  void forward_split(const SplitInput<T, Device>& x, Ptr y) const {
+    check(x.F == in_, "Linear::forward_split", "expected a split input of ", in_, " columns but got ", x.F);
+    const Device& d = dev();
+    CPtr w = store_->value(weight_);
+    const index_t n = x.N;
+    x.y_shared.resize({1, out_});
+    if (x.Fs > 0) {
+      x.w_shared.resize({out_, x.Fs});
+      index_t c = 0;
+      for (const auto& b : x.shared_blocks) {
+        kernels::copy_columns(d, x.w_shared.data(), x.Fs, c, w, in_, b.col, out_, b.width);
+        c += b.width;
+      }
+      kernels::gemm(d, kernels::Trans::N, kernels::Trans::T, 1, out_, x.Fs, T(1), x.shared.data(), x.Fs,
+                    x.w_shared.data(), x.Fs, T(0), x.y_shared.data(), out_);
+    } else {
+      x.y_shared.zero();
+    }
+    if (bias_ >= 0) kernels::bias_add(d, x.y_shared.data(), store_->value(bias_), 1, out_);
+    if (x.Fr > 0) {
+      x.w_rows.resize({out_, x.Fr});
+      index_t c = 0;
+      for (const auto& b : x.row_blocks) {
+        kernels::copy_columns(d, x.w_rows.data(), x.Fr, c, w, in_, b.col, out_, b.width);
+        c += b.width;
+      }
+      kernels::gemm(d, kernels::Trans::N, kernels::Trans::T, n, out_, x.Fr, T(1), x.rows.data(), x.Fr,
+                    x.w_rows.data(), x.Fr, T(0), y, out_);
+    } else {
+      kernels::fill(d, y, n * out_, T(0));
+    }
+    kernels::bias_add(d, y, x.y_shared.data(), n, out_);  // + (shared W_s^T + b), broadcast
   }
   void backward_impl(CPtr x, CPtr dy, Ptr dx, index_t n) const {
     CPtr w = store_->value(weight_);

@@ -49,7 +49,20 @@ class MLP {
   void forward(Context& ctx, CView x, View y, const Mode& mode) const {
     check_matrix("MLP::forward", "x", x, -1, in_);
     check_matrix("MLP::forward", "y", y, x.rows(), out_features());
-    const index_t n = x.rows();
+    forward_impl(ctx, x, nullptr, y, mode);
+  }
+  // y (N,out) = MLP(X) for a split input (one shared row + N row parts):
+  // the first layer computes the shared part once (Linear::forward_split).
+  // Inference only: there is no backward for it.
+  void forward(Context& ctx, const SplitInput<T, Device>& x, View y, const Mode& mode) const {
+    check(x.F == in_, "MLP::forward", "expected a split input of ", in_, " columns but got ", x.F);
+    check_matrix("MLP::forward", "y", y, x.N, out_features());
+    forward_impl(ctx, CView(), &x, y, mode);
+  }
+
+ private:
+  void forward_impl(Context& ctx, CView x, const SplitInput<T, Device>* split, View y, const Mode& mode) const {
+    const index_t n = split ? split->N : x.rows();
     const std::size_t L = linear_.size();
     ctx.x = x;
     ctx.y = y;
@@ -70,8 +83,13 @@ class MLP {
       Ptr zp = (last && !act && !drop) ? y.data : buffer(ctx.z[i], n, w);
       Ptr ap = !act ? zp : (last && !drop) ? y.data : buffer(ctx.a[i], n, w);
       Ptr op = !drop ? ap : last ? y.data : buffer(ctx.o[i], n, w);
-      linear_[i].forward_impl(in, zp, n);
-      ctx.linear[i].x = CView(in, {n, linear_[i].in_features()});
+      if (i == 0 && split) {
+        linear_[i].forward_split(*split, zp);
+        ctx.linear[i].x = CView();
+      } else {
+        linear_[i].forward_impl(in, zp, n);
+        ctx.linear[i].x = CView(in, {n, linear_[i].in_features()});
+      }
       if (act) activation_forward(this->dev(), config_.activation, ap, zp, n * w);
       if (drop) dropout_[i].forward_impl(ctx.dropout[i], ap, op, n * w, mode);
       ctx.zp[i] = zp;
@@ -81,6 +99,8 @@ class MLP {
     }
   }
 
+
+ public:
   // dx (N,in) written (skipped if empty); parameter gradients accumulated
   void backward(Context& ctx, CView dy, View dx) const {
     const index_t n = ctx.x.rows();

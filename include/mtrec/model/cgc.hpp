@@ -115,22 +115,41 @@ class CgcLevels {
     const char* op = "CgcLevels::forward";
     check(!levels_.empty(), op, "the trunk has no levels");
     check_matrix(op, "x", x, -1, in_features());
-    const index_t B = x.rows();
+    forward_impl(ws, x, nullptr, x.rows(), mode);
+  }
+  // The same for a split input (one shared row + N row parts; inference
+  // only): the first level's experts and gates compute the shared part once.
+  void forward(Workspace& ws, const SplitInput<T, Device>& x, const Mode& mode) const {
+    const char* op = "CgcLevels::forward";
+    check(!levels_.empty(), op, "the trunk has no levels");
+    check(x.F == in_features(), op, "expected a split input of ", in_features(), " columns but got ", x.F);
+    forward_impl(ws, CView(), &x, x.N, mode);
+  }
+
+ private:
+  void forward_impl(Workspace& ws, CView x, const SplitInput<T, Device>* split, index_t B, const Mode& mode) const {
     prepare(ws, B);
     for (std::size_t l = 0; l < levels_.size(); ++l) {
       const Level& lv = levels_[l];
       auto& lw = ws.levels[l];
+      const bool first_split = l == 0 && split != nullptr;
       auto task_in = [&](std::size_t k) -> CView { return l == 0 ? x : CView(ws.levels[l - 1].task_gate[k].out.view()); };
       const CView shared_in = l == 0 ? x : CView(ws.levels[l - 1].shared_gate.out.view());
       for (std::size_t e = 0; e < lv.experts.size(); ++e) {
         const int src = lv.expert_input[e];
-        lv.experts[e].forward(lw.expert[e], src < 0 ? shared_in : task_in(std::size_t(src)), lw.expert_out[e].view(),
-                              mode);
+        if (first_split)
+          lv.experts[e].forward(lw.expert[e], *split, lw.expert_out[e].view(), mode);
+        else
+          lv.experts[e].forward(lw.expert[e], src < 0 ? shared_in : task_in(std::size_t(src)), lw.expert_out[e].view(),
+                                mode);
       }
-      for (std::size_t k = 0; k < lv.task_gates.size(); ++k) gate_forward(lv.task_gates[k], lw.task_gate[k], task_in(k), lw);
-      if (lv.has_shared_gate) gate_forward(lv.shared_gate, lw.shared_gate, shared_in, lw);
+      for (std::size_t k = 0; k < lv.task_gates.size(); ++k)
+        gate_forward(lv.task_gates[k], lw.task_gate[k], task_in(k), lw, first_split ? split : nullptr, B);
+      if (lv.has_shared_gate) gate_forward(lv.shared_gate, lw.shared_gate, shared_in, lw, first_split ? split : nullptr, B);
     }
   }
+
+ public:
   CView output(const Workspace& ws, std::size_t k) const { return ws.levels.back().task_gate[k].out.view(); }
 
   // d_out[k] (B,De): the gradient of task k's output, or null for a task
@@ -220,13 +239,17 @@ class CgcLevels {
     }
   }
 
-  void gate_forward(const Gate& g, typename Workspace::GateWs& gw, CView x, typename Workspace::LevelWs& lw) const {
-    const index_t B = x.rows(), M = index_t(g.experts.size());
+  void gate_forward(const Gate& g, typename Workspace::GateWs& gw, CView x, typename Workspace::LevelWs& lw,
+                    const SplitInput<T, Device>* split, index_t B) const {
+    const index_t M = index_t(g.experts.size());
     gw.out.resize({B, de_});
     gw.experts.resize(std::size_t(M));
     for (index_t m = 0; m < M; ++m)
       gw.experts[std::size_t(m)] = lw.expert_out[std::size_t(g.experts[std::size_t(m)])].data();
-    g.mix.forward(gw.ctx, x, gw.experts.data(), gw.out.view());
+    if (split)
+      g.mix.forward(gw.ctx, *split, gw.experts.data(), gw.out.view());
+    else
+      g.mix.forward(gw.ctx, x, gw.experts.data(), gw.out.view());
   }
 
   // d experts += p_m * d_out; d_in = the gate's input gradient

@@ -231,8 +231,37 @@ class FeatureEncoder {
 
   // ---- forward / backward (device) -----------------------------------------------
 
+  // Which fields forward() encodes: all, or only the user-side or only the
+  // item-side ones (the FeatureSpec's item_side flags); the columns of the
+  // others are left as they are (ranking reads the user's once and the
+  // candidates' item columns only).
+  enum class Side { All, User, Item };
+
+  // X's column blocks of the user-side (item = false) or item-side fields,
+  // in column order.
+  std::vector<typename SplitInput<T, Device>::Block> column_blocks(bool item) const {
+    std::vector<typename SplitInput<T, Device>::Block> out;
+    const FeatureSpec& f = spec_;
+    index_t col = 0;
+    auto add = [&](bool is_item, index_t w) {
+      if (is_item == item) {
+        if (!out.empty() && out.back().col + out.back().width == col) out.back().width += w;
+        else out.push_back({col, w});
+      }
+      col += w;
+    };
+    for (const auto& x : f.ids) add(x.item_side, x.dim);
+    for (const auto& x : f.bags) add(x.item_side, x.dim);
+    for (const auto& x : f.sequences) add(x.item_side, x.encoder.d_model);
+    for (const auto& x : f.dense) add(x.item_side, x.dim);
+    return out;
+  }
+
   // X (B,F) = the encoded fields of the prepared batch
-  void forward(Workspace& ws, View X, const Mode& mode) const {
+  void forward(Workspace& ws, View X, const Mode& mode, Side side = Side::All) const {
+    auto skip = [side](bool item_side) {
+      return side != Side::All && item_side != (side == Side::Item);
+    };
     const char* op = "FeatureEncoder::forward";
     check(ws.batch != nullptr, op, "expected prepare() before forward()");
     const Batch<T>& b = *ws.batch;
@@ -243,6 +272,10 @@ class FeatureEncoder {
     index_t col = 0;
     for (std::size_t i = 0; i < f.ids.size(); ++i) {
       const index_t d = f.ids[i].dim;
+      if (skip(f.ids[i].item_side)) {
+        col += d;
+        continue;
+      }
       ws.id_emb[i].resize({B, d});
       ids_[i].forward(ws.id_ctx[i], ws.id_view[i], ws.id_emb[i].view(), st);
       put_columns(X, col, ws.id_emb[i].data(), B, d);
@@ -250,6 +283,10 @@ class FeatureEncoder {
     }
     for (std::size_t i = 0; i < f.bags.size(); ++i) {
       const index_t d = f.bags[i].dim;
+      if (skip(f.bags[i].item_side)) {
+        col += d;
+        continue;
+      }
       const auto& bag = b.bags[i];
       ws.bag_emb[i].resize({B, d});
       const index_t nw = index_t(bag.weights.size());
@@ -264,6 +301,10 @@ class FeatureEncoder {
       const SequenceEncoder& enc = seqs_[i];
       auto& sw = ws.seq[i];
       const index_t L = sf.max_len, D = sf.encoder.d_model;
+      if (skip(sf.item_side)) {
+        col += D;
+        continue;
+      }
       const index_t n_valid = sw.valid_ids.numel();
       sw.compact.resize({n_valid, D});
       sw.emb.resize({B, L, D});
@@ -281,6 +322,10 @@ class FeatureEncoder {
     }
     for (std::size_t i = 0; i < f.dense.size(); ++i) {
       const index_t d = f.dense[i].dim;
+      if (skip(f.dense[i].item_side)) {
+        col += d;
+        continue;
+      }
       put_columns(X, col, ws.staged.view(ConstView<T>(b.dense[i].data(), {B * d})).data, B, d);
       col += d;
     }

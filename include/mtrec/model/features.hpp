@@ -30,6 +30,7 @@ struct IdFeature {
   index_t hash_buckets = 0;  // any 64-bit ID, hashed into this many rows (for unseen IDs)
   index_t dim = 16;
   std::string table;         // table name; empty = the field's own name. Fields naming one table share it.
+  bool item_side = false;    // describes the candidate item, not the user (ranking encodes the user side once)
 };
 
 // A multi-hot field: a variable-length bag of IDs per row, pooled.
@@ -41,6 +42,7 @@ struct BagFeature {
   std::string table;
   BagPooling pooling = BagPooling::Mean;
   bool weighted = false;  // rows carry one weight per ID
+  bool item_side = false;    // describes the candidate item, not the user (ranking encodes the user side once)
 };
 
 // An ordered ID sequence (a user's recent items) or the tokens of a text
@@ -55,12 +57,14 @@ struct SequenceFeature {
   TransformerConfig encoder;  // encoder.d_model is the embedding dim
   int layers = 1;
   SequencePoolMode pooling = SequencePoolMode::Mean;
+  bool item_side = false;    // describes the candidate item, not the user (ranking encodes the user side once)
 };
 
 // Numeric values, `dim` per row, used as given (standardise them upstream).
 struct DenseFeature {
   std::string name;
   index_t dim = 1;
+  bool item_side = false;    // describes the candidate item, not the user (ranking encodes the user side once)
 };
 
 struct FeatureSpec {

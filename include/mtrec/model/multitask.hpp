@@ -44,6 +44,7 @@
 #include "mtrec/model/cgc.hpp"
 #include "mtrec/model/config.hpp"
 #include "mtrec/model/feature_encoder.hpp"
+#include "mtrec/model/tabular.hpp"
 #include "mtrec/layers/losses.hpp"
 
 namespace mtrec {
@@ -54,6 +55,83 @@ struct TaskLosses {
   std::vector<double> value;
   std::vector<index_t> count;  // labelled rows per task
 };
+
+namespace detail {
+// A feature spec fits a model when it declares the model's fields, kind by
+// kind in the model's order, with the same vocabulary sizes, hashing, dense
+// widths and item sides, and the model's tasks in order.
+inline void check_preprocessing(const ModelConfig& c, const data::TabularEncoder& enc, const char* op) {
+  using data::ColumnKind;
+  check(enc.fitted(), op, "the feature spec was not fitted");
+  const auto& sf = enc.schema().features;
+  std::size_t gi = 0, gb = 0, gs = 0, gd = 0;
+  auto mismatch = [&](const std::string& col, const std::string& what) {
+    fail(op, "the feature spec's column '", col, "' does not fit the model: ", what);
+  };
+  for (std::size_t f = 0; f < sf.size(); ++f) {
+    const auto& fc = sf[f];
+    const index_t rows = fc.kind == ColumnKind::Dense || (fc.kind == ColumnKind::Id && fc.buckets > 0)
+                             ? 0
+                             : enc.vocabulary(f).rows();
+    auto same = [&](const std::string& name, index_t vocab, index_t buckets, bool item_side) {
+      if (name != fc.column) mismatch(fc.column, "the model's field in its place is '" + name + "'");
+      if (vocab != rows || buckets != fc.buckets)
+        mismatch(fc.column, "the model expects vocab " + std::to_string(vocab) + " and hash_buckets " +
+                                std::to_string(buckets) + " but the spec has " + std::to_string(rows) + " and " +
+                                std::to_string(fc.buckets));
+      if (item_side != fc.item_side)
+        mismatch(fc.column, std::string("item_side is ") + (item_side ? "true" : "false") + " in the model");
+    };
+    switch (fc.kind) {
+      case ColumnKind::Id:
+        if (gi >= c.features.ids.size()) mismatch(fc.column, "the model has no ID field for it");
+        same(c.features.ids[gi].name, c.features.ids[gi].vocab, c.features.ids[gi].hash_buckets,
+             c.features.ids[gi].item_side);
+        ++gi;
+        break;
+      case ColumnKind::Bag:
+        if (gb >= c.features.bags.size()) mismatch(fc.column, "the model has no bag field for it");
+        same(c.features.bags[gb].name, c.features.bags[gb].vocab, c.features.bags[gb].hash_buckets,
+             c.features.bags[gb].item_side);
+        ++gb;
+        break;
+      case ColumnKind::Sequence:
+      case ColumnKind::Text:
+        if (gs >= c.features.sequences.size()) mismatch(fc.column, "the model has no sequence field for it");
+        same(c.features.sequences[gs].name, c.features.sequences[gs].vocab, c.features.sequences[gs].hash_buckets,
+             c.features.sequences[gs].item_side);
+        if (c.features.sequences[gs].max_len != fc.max_len)
+          mismatch(fc.column, "max_len is " + std::to_string(c.features.sequences[gs].max_len) + " in the model but " +
+                                  std::to_string(fc.max_len) + " in the spec");
+        ++gs;
+        break;
+      case ColumnKind::Dense:
+        if (gd >= c.features.dense.size()) mismatch(fc.column, "the model has no dense field for it");
+        same(c.features.dense[gd].name, 0, 0, c.features.dense[gd].item_side);
+        if (c.features.dense[gd].dim != (fc.impute ? 2 : 1))
+          mismatch(fc.column, "the model's dense width is " + std::to_string(c.features.dense[gd].dim) +
+                                  " but the spec gives " + (fc.impute ? "2 (imputed)" : "1"));
+        ++gd;
+        break;
+    }
+  }
+  check(gi == c.features.ids.size() && gb == c.features.bags.size() && gs == c.features.sequences.size() &&
+            gd == c.features.dense.size(),
+        op, "the feature spec declares ", gi, " ID, ", gb, " bag, ", gs, " sequence and ", gd,
+        " dense fields but the model has ", c.features.ids.size(), ", ", c.features.bags.size(), ", ",
+        c.features.sequences.size(), " and ", c.features.dense.size());
+  const auto& st = enc.schema().tasks;
+  check(st.size() == c.tasks.size(), op, "the feature spec has ", st.size(), " tasks but the model ", c.tasks.size());
+  for (std::size_t k = 0; k < st.size(); ++k) {
+    check(st[k].column == c.tasks[k].name && st[k].type == c.tasks[k].type, op, "task ", k + 1, " is '",
+          c.tasks[k].name, "' (", task_type_name(c.tasks[k].type), ") in the model but '", st[k].column, "' (",
+          task_type_name(st[k].type), ") in the feature spec");
+    if (st[k].type == TaskType::MultiClass)
+      check(index_t(enc.classes(k).size()) == c.tasks[k].num_classes, op, "task '", st[k].column, "' has ",
+            c.tasks[k].num_classes, " classes in the model but ", enc.classes(k).size(), " in the feature spec");
+  }
+}
+}  // namespace detail
 
 template <class T, class Device = Cpu>
 class MultiTaskModel {
@@ -127,6 +205,32 @@ class MultiTaskModel {
   MultiTaskModel& operator=(const MultiTaskModel&) = delete;
 
   const ModelConfig& config() const { return config_; }
+
+  // ---- the feature spec: raw values -> the model's rows ---------------------------------
+  // The preprocessing that turns raw values (CSV cells, the fields of a
+  // request) into this model's inputs: each vocabulary with its OOV row, the
+  // hashing of hashed IDs, the dense standardisation, the text tokenizer,
+  // and the classes and item vocabularies of the tasks. save_checkpoint
+  // stores it and load_checkpoint restores it, so a loaded model encodes raw
+  // values by itself. A model built from a ModelConfig alone has none.
+  void set_preprocessing(data::TabularEncoder enc) {
+    detail::check_preprocessing(config_, enc, "MultiTaskModel::set_preprocessing");
+    preprocessing_ = std::make_shared<const data::TabularEncoder>(std::move(enc));
+  }
+  // Null when the model has no feature spec.
+  const data::TabularEncoder* preprocessing() const { return preprocessing_.get(); }
+  // Raw rows -> a batch for predict(): unseen values map to the OOV row, an
+  // absent feature takes its missing value; a malformed value, or a field
+  // that is not one of the model's features, is an error naming the row and
+  // the field.
+  Batch<T> encode(const data::RawRows& rows) const {
+    check(preprocessing_ != nullptr, "MultiTaskModel::encode",
+          "the model has no feature spec: it was built from a ModelConfig, or loaded from a checkpoint saved "
+          "from a model without one (save_checkpoint stores it once set_preprocessing has been called); "
+          "call set_preprocessing(), or retrain with mtrec-train --save");
+    return preprocessing_->encode<T>(rows);
+  }
+
   ParameterStore<T, Device>& parameters() { return *store_; }
   const ParameterStore<T, Device>& parameters() const { return *store_; }
   index_t feature_width() const { return features_.width(); }
@@ -308,6 +412,64 @@ class MultiTaskModel {
   // device, e.g. rows of a larger buffer that evaluate() copies back once.
   void predict_into(Workspace& ws, const Batch<T>& batch, Ptr out) const {
     forward(ws, batch, Mode::eval());
+    write_outputs(ws, out);
+  }
+
+  // ---- ranking: one user, N candidates, the user side once --------------------------
+  struct RankingWorkspace {
+    Workspace user, items;         // the user's row; the candidates' rows
+    SplitInput<T, Device> split;   // X as the user's part + the candidates' parts
+  };
+  // out (N, output_width()) host: predict() over the N rows that hold the
+  // user's user-side fields and candidate n's item-side fields (the
+  // FeatureSpec's item_side flags), computed with the user side once: the
+  // user's fields (its sequence encoder included) are encoded for one row,
+  // and the first layer of every expert, gate, bottom and (ESMM) tower is
+  // split as W [u; i] + b = W_i i + (W_u u + b), the bracket computed once.
+  // Only the user-side fields of `user` (1 row) and the item-side fields of
+  // `candidates` are read. Equal to the plain predict within float rounding.
+  void predict_ranking(RankingWorkspace& rw, const Batch<T>& user, const Batch<T>& candidates,
+                       Tensor<T>& host_out) const {
+    const char* op = "MultiTaskModel::predict_ranking";
+    check(user.size == 1, op, "expected a one-row user batch but got ", user.size, " rows");
+    features_.prepare(rw.user.features, user, op);
+    features_.prepare(rw.items.features, candidates, op);
+    const Mode mode = Mode::eval();
+    const index_t N = candidates.size, C = output_width();
+    rw.user.B = 1;
+    rw.user.mode = mode;
+    rw.user.X.resize({1, features_.width()});
+    using Side = typename FeatureEncoder<T, Device>::Side;
+    features_.forward(rw.user.features, rw.user.X.view(), mode, Side::User);
+    Workspace& ws = rw.items;
+    ws.owner = 0;  // not a workspace backward may use
+    ws.batch = nullptr;
+    ws.B = N;
+    ws.mode = mode;
+    prepare(ws, N);
+    features_.forward(ws.features, ws.X.view(), mode, Side::Item);
+    rw.split.shared_blocks = features_.column_blocks(false);
+    rw.split.row_blocks = features_.column_blocks(true);
+    rw.split.F = features_.width();
+    rw.split.gather(dev(), rw.user.X.cview(), ws.X.cview());
+    if (!bottom_.layers().empty()) bottom_.forward(ws.bottom, rw.split, ws.H.view(), mode);
+    if (!cgc_.empty()) cgc_.forward(ws.cgc, rw.split, mode);
+    for (std::size_t k = 0; k < towers_.size(); ++k) {
+      if (config_.architecture == Architecture::ESMM)
+        towers_[k].forward(ws.tower[k], rw.split, ws.out[k].view(), mode);
+      else
+        towers_[k].forward(ws.tower[k], tower_input(ws, k), ws.out[k].view(), mode);
+    }
+    host_out.resize({N, C});
+    Tensor<T, Device>& out = predict_buffer(ws, host_out);
+    out.resize({N, C});
+    write_outputs(ws, out.data());
+    if (static_cast<void*>(&out) != static_cast<void*>(&host_out)) to_host(dev(), host_out.data(), out.cview());
+  }
+
+ private:
+  // The task outputs of the last forward in ws -> out (B, output_width()).
+  void write_outputs(Workspace& ws, Ptr out) const {
     const index_t B = ws.B, C = output_width();
     index_t col = 0;
     for (std::size_t k = 0; k < num_tasks(); ++k) {
@@ -327,6 +489,8 @@ class MultiTaskModel {
     if (config_.architecture == Architecture::ESMM)  // pCVR
       kernels::output_transform(dev(), out, C, col, ws.out[1].data(), B, 1, kernels::OutputKind::Sigmoid);
   }
+
+ public:
 
   // Checks a whole data set once, before training or evaluating on it:
   // field shapes, ID ranges of vocabulary tables, sequence lengths, bag
@@ -825,6 +989,7 @@ class MultiTaskModel {
   }
 
   ModelConfig config_;
+  std::shared_ptr<const data::TabularEncoder> preprocessing_;  // the feature spec, or null
   std::unique_ptr<ParameterStore<T, Device>> store_;
   std::vector<TableSpec> tables_;
   FeatureEncoder<T, Device> features_;  // X = the encoded fields (model/feature_encoder.hpp)

@@ -54,6 +54,7 @@
 #include "mtrec/core/tensor.hpp"
 #include "mtrec/io/atomic_file.hpp"
 #include "mtrec/io/json.hpp"
+#include "mtrec/kernels/mips.hpp"
 #include "mtrec/serve/topk.hpp"
 
 #if defined(MTREC_WITH_HNSWLIB) && MTREC_WITH_HNSWLIB && __has_include(<hnswlib/hnswlib.h>)
@@ -83,18 +84,13 @@ class HnswIndex {
     check(p.threads >= 1, op, "expected threads >= 1 but got ", p.threads);
     rows_ = table.shape[0];
     dim_ = table.shape[1];
-    for (index_t i = 0; i < table.numel(); ++i)
-      if (!std::isfinite(table.data[i]))
-        fail(op, "table row ", i / dim_, " column ", i % dim_, " is ", table.data[i], " (expected finite values)");
-    double r2 = 0;
-    for (index_t r = 0; r < rows_; ++r) r2 = std::max(r2, norm2(table.data + r * dim_, dim_));
-    radius2_ = r2;
+    const index_t bad = kernels::first_nonfinite(Cpu{}, table.data, table.numel());
+    if (bad >= 0)
+      fail(op, "table row ", bad / dim_, " column ", bad % dim_, " is ", table.data[bad], " (expected finite values)");
+    // Inner product -> L2: [row, sqrt(R^2 - |row|^2)] (kernels/mips.hpp).
     const index_t D = dim_ + 1;
     std::vector<float> aug(std::size_t(rows_ * D));
-    for (index_t r = 0; r < rows_; ++r) {
-      std::copy(table.data + r * dim_, table.data + (r + 1) * dim_, aug.begin() + r * D);
-      aug[std::size_t(r * D + dim_)] = float(std::sqrt(std::max(0.0, r2 - norm2(table.data + r * dim_, dim_))));
-    }
+    radius2_ = kernels::mips_augment(Cpu{}, aug.data(), table.data, rows_, dim_);
     space_ = std::make_unique<hnswlib::L2Space>(std::size_t(D));
     index_ = std::make_unique<hnswlib::HierarchicalNSW<float>>(space_.get(), std::size_t(rows_), std::size_t(p.M),
                                                                 std::size_t(p.ef_construction), std::size_t(p.seed));
@@ -199,8 +195,8 @@ class HnswIndex {
                    index_t ef = 0) const {
     const char* op = "HnswIndex::search";
     check(q.numel() == dim_, op, "query expected ", dim_, " values but got ", q.numel());
-    for (index_t j = 0; j < q.numel(); ++j)
-      if (!std::isfinite(q[j])) fail(op, "query[", j, "] is ", q[j], " (expected a finite value)");
+    const index_t bad = kernels::first_nonfinite(Reference{}, q.data, q.numel());
+    if (bad >= 0) fail(op, "query[", bad, "] is ", q[bad], " (expected a finite value)");
     check(k > 0, op, "expected k > 0 but got ", k);
     for (std::size_t i = 0; i < exclude.size(); ++i)
       if (exclude[i] < 0 || exclude[i] >= rows_)
@@ -210,7 +206,7 @@ class HnswIndex {
     check(beam >= want, op, "expected ef >= k + excluded rows = ", want, " but got ", beam);
     query_.assign(q.data, q.data + dim_);
     query_.push_back(0.0f);
-    const double q2 = norm2(q.data, dim_);
+    const double q2 = kernels::detail::row_norm2(q.data, dim_);
     auto found = search_knn(query_.data(), want, beam);
     out.clear();
     while (!found.empty()) {
@@ -241,12 +237,6 @@ class HnswIndex {
     auto wide = index_->searchKnn(q, std::size_t(ef));  // the ef best, then keep the k nearest
     while (index_t(wide.size()) > k) wide.pop();
     return wide;
-  }
-
-  static double norm2(const float* x, index_t n) {
-    double s = 0;
-    for (index_t i = 0; i < n; ++i) s += double(x[i]) * double(x[i]);
-    return s;
   }
 
   static std::string checksum(const std::vector<std::uint8_t>& b) {

@@ -102,6 +102,7 @@ inline json::Value config_to_json(const ModelConfig& c) {
     o.set("hash_buckets", x.hash_buckets);
     o.set("dim", x.dim);
     o.set("table", x.table);
+    o.set("item_side", x.item_side);
     ids.push_back(o);
   }
   for (const auto& x : c.features.bags) {
@@ -113,6 +114,7 @@ inline json::Value config_to_json(const ModelConfig& c) {
     o.set("table", x.table);
     o.set("pooling", enum_name(x.pooling));
     o.set("weighted", x.weighted);
+    o.set("item_side", x.item_side);
     bags.push_back(o);
   }
   for (const auto& x : c.features.sequences) {
@@ -124,6 +126,7 @@ inline json::Value config_to_json(const ModelConfig& c) {
     o.set("max_len", x.max_len);
     o.set("layers", x.layers);
     o.set("pooling", enum_name(x.pooling));
+    o.set("item_side", x.item_side);
     Value e = Value::object();
     e.set("d_model", x.encoder.d_model);
     e.set("heads", x.encoder.heads);
@@ -138,6 +141,7 @@ inline json::Value config_to_json(const ModelConfig& c) {
     Value o = Value::object();
     o.set("name", x.name);
     o.set("dim", x.dim);
+    o.set("item_side", x.item_side);
     dense.push_back(o);
   }
   f.set("ids", ids);
@@ -263,6 +267,10 @@ inline std::uint64_t parse_u64(const std::string& s, const char* op, const std::
 // range-checked before it is narrowed (see ConfigLimits).
 inline ModelConfig config_from_json(const json::Value& j) {
   using R = detail::ConfigReader;
+  // item_side: absent in checkpoints written before it existed (user side).
+  auto item_side = [](const json::Value& o, const std::string& w) {
+    return o.is_object() && o.contains("item_side") ? R::boolean(o, "item_side", w) : false;
+  };
   using L = ConfigLimits;
   const std::int64_t rows = L::max_rows, dims = L::max_dim;
   ModelConfig c;
@@ -275,7 +283,7 @@ inline ModelConfig config_from_json(const json::Value& j) {
     const json::Value& o = ids[i];
     c.features.ids.push_back({R::str(o, "name", w), R::integer(o, "vocab", w, 0, rows),
                               R::integer(o, "hash_buckets", w, 0, rows), R::integer(o, "dim", w, 1, dims),
-                              R::str(o, "table", w)});
+                              R::str(o, "table", w), item_side(o, w)});
   }
   const auto& bags = R::array(f, "bags", "features", max_fields);
   for (std::size_t i = 0; i < bags.size(); ++i) {
@@ -284,7 +292,7 @@ inline ModelConfig config_from_json(const json::Value& j) {
     c.features.bags.push_back({R::str(o, "name", w), R::integer(o, "vocab", w, 0, rows),
                                R::integer(o, "hash_buckets", w, 0, rows), R::integer(o, "dim", w, 1, dims),
                                R::str(o, "table", w), R::enumeration<BagPooling>(o, "pooling", w),
-                               R::boolean(o, "weighted", w)});
+                               R::boolean(o, "weighted", w), item_side(o, w)});
   }
   const auto& seqs = R::array(f, "sequences", "features", max_fields);
   for (std::size_t i = 0; i < seqs.size(); ++i) {
@@ -298,6 +306,7 @@ inline ModelConfig config_from_json(const json::Value& j) {
     s.max_len = R::integer(o, "max_len", w, 1, L::max_len);
     s.layers = int(R::integer(o, "layers", w, 1, L::max_depth));
     s.pooling = R::enumeration<SequencePoolMode>(o, "pooling", w);
+    s.item_side = item_side(o, w);
     const std::string we = w + ".encoder";
     const json::Value& e = R::at(o, "encoder", w);
     s.encoder.d_model = R::integer(e, "d_model", we, 1, dims);
@@ -311,7 +320,8 @@ inline ModelConfig config_from_json(const json::Value& j) {
   const auto& dense = R::array(f, "dense", "features", max_fields);
   for (std::size_t i = 0; i < dense.size(); ++i) {
     const std::string w = R::item("features.dense", i);
-    c.features.dense.push_back({R::str(dense[i], "name", w), R::integer(dense[i], "dim", w, 1, dims)});
+    c.features.dense.push_back(
+        {R::str(dense[i], "name", w), R::integer(dense[i], "dim", w, 1, dims), item_side(dense[i], w)});
   }
   const auto& tasks = R::array(j, "tasks", "", std::size_t(L::max_tasks));
   for (std::size_t i = 0; i < tasks.size(); ++i) {
@@ -431,6 +441,12 @@ inline void check_finite_parameters(const ParameterStore<T, Device>& st, const c
 }
 }  // namespace detail
 
+// The metadata entry that holds a model's feature spec (its preprocessing:
+// vocabularies, OOV row, hashing, dense standardisation, tokenizer), and the
+// key earlier mtrec-train versions used, still read.
+constexpr const char* kPreprocessingMetadataKey = "preprocessing";
+constexpr const char* kLegacyPreprocessingMetadataKey = "mtrec_train.preprocessing";
+
 // Writes the model (and, if given, the trainer's optimizer and state) to
 // `path` atomically. Call between steps (gradients are not saved).
 // `extra_metadata` adds application entries (e.g. mtrec-train's
@@ -462,6 +478,8 @@ inline void save_checkpoint(const std::string& path, const MultiTaskModel<T, Dev
                     std::to_string(MTREC_VERSION_PATCH);
   meta["dtype"] = sizeof(T) == 4 ? "F32" : "F64";
   meta["config"] = config_to_json(model.config()).dump();
+  // The feature spec (raw values -> rows), when the model has one.
+  if (model.preprocessing()) meta[kPreprocessingMetadataKey] = model.preprocessing()->to_json().dump();
   std::vector<std::pair<std::string, ConstView<T>>> opt_state;
   std::vector<Tensor<T>> opt_host;  // host copies of the optimizer state on a non-host device
   if (trainer) {
@@ -591,6 +609,18 @@ inline std::unique_ptr<MultiTaskModel<T, Device>> load_checkpoint(const Safetens
     detail::check_finite_parameters(model->parameters(), op, where,
                                     "the checkpoint holds a diverged model (set CheckpointOptions::allow_nonfinite "
                                     "to load it anyway)");
+  // The feature spec: "preprocessing", or where earlier mtrec-train versions wrote it.
+  // A checkpoint with neither loads without one (encode() then says why).
+  for (const char* key : {kPreprocessingMetadataKey, kLegacyPreprocessingMetadataKey}) {
+    auto pre = f.metadata().find(key);
+    if (pre == f.metadata().end()) continue;
+    try {
+      model->set_preprocessing(data::TabularEncoder::from_json(json::parse(pre->second)));
+    } catch (const Error& e) {
+      fail(op, where, ": metadata '", key, "': ", e.what());
+    }
+    break;
+  }
   return model;
 }
 

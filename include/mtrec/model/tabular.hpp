@@ -58,7 +58,8 @@
 #include <utility>
 #include <vector>
 
-#include "mtrec/data/csv.hpp"
+#include "mtrec/core/parameters.hpp"
+#include "mtrec/io/csv.hpp"
 #include "mtrec/io/json.hpp"
 #include "mtrec/model/config.hpp"
 
@@ -86,6 +87,7 @@ struct FeatureColumn {
   char sep = '|';       // Bag, Sequence: the item separator
   index_t max_len = 0;  // Sequence (keeps the last max_len items), Text (the first max_len words)
   bool impute = false;  // Dense: a missing cell takes the training mean, plus an is_missing input column
+  bool item_side = false;  // describes the item (--item-fields), not the user; saved in the checkpoint
 
   // How it was declared, for messages: "--seq history:|:50".
   std::string flag() const {
@@ -102,7 +104,15 @@ struct TaskColumn {
   std::string column;
   TaskType type = TaskType::Binary;
   double weight = 1.0;
-  std::string flag() const { return "--task " + column + ":" + task_type_name(type); }
+  TaskLoss loss = TaskLoss::Default;  // BPR for --task COL:bpr (a binary task)
+  // Retrieval: the ID feature whose vocabulary and table the task shares
+  // (--task next:retrieval:item); empty = its own vocabulary of COL's values.
+  std::string target_feature;
+  std::string flag() const {
+    std::string s = "--task " + column + ":" + (loss == TaskLoss::BPR ? "bpr" : task_type_name(type));
+    if (!target_feature.empty()) s += ":" + target_feature;
+    return s;
+  }
 };
 
 // The cell texts that mean "missing" besides the empty cell (which always
@@ -253,25 +263,184 @@ inline FeatureColumn parse_feature_flag(ColumnKind kind, std::string_view text, 
   return f;
 }
 
-// Parses the argument of --task: COL:binary|regression|multiclass[:weight].
+// Parses the argument of --task:
+//   COL:binary|regression|multiclass|bpr[:weight]
+//   COL:retrieval[:FEATURE][:weight]
+// bpr is a binary task trained with the pairwise BPR loss. A retrieval
+// task's label is a raw item value; with FEATURE (an --id column) it shares
+// that feature's vocabulary and embedding table, without it builds its own
+// vocabulary from COL.
 inline TaskColumn parse_task_flag(std::string_view text, const char* flag) {
   TaskColumn t;
   const auto parts = detail::split_column(flag, text, true);
   t.column = std::string(parts.first);
-  const std::string_view rest = parts.second;
-  const std::size_t c = rest.find(':');
+  std::string_view rest = parts.second;
+  std::size_t c = rest.find(':');
   const std::string_view type = rest.substr(0, c);
   if (type == "binary") t.type = TaskType::Binary;
   else if (type == "regression") t.type = TaskType::Regression;
   else if (type == "multiclass") t.type = TaskType::MultiClass;
-  else detail::bad_flag(flag, text, "expected the type binary, regression or multiclass but got '" + std::string(type) + "'");
-  if (c != std::string_view::npos) {
-    const std::string_view w = rest.substr(c + 1);
-    if (!parse_number(w, t.weight) || t.weight < 0)
-      detail::bad_flag(flag, text, "expected a weight >= 0 but got '" + std::string(w) + "'");
+  else if (type == "bpr") t.type = TaskType::Binary, t.loss = TaskLoss::BPR;
+  else if (type == "retrieval") t.type = TaskType::Retrieval;
+  else
+    detail::bad_flag(flag, text,
+                     "expected the type binary, regression, multiclass, bpr or retrieval but got '" + std::string(type) + "'");
+  rest = c == std::string_view::npos ? std::string_view() : rest.substr(c + 1);
+  if (c != std::string_view::npos && t.type == TaskType::Retrieval) {
+    c = rest.find(':');
+    const std::string_view first = rest.substr(0, c);
+    double w = 0;
+    if (c == std::string_view::npos && parse_number(first, w)) {
+      // COL:retrieval:WEIGHT
+    } else {
+      if (first.empty()) detail::bad_flag(flag, text, "expected a feature name after 'retrieval:'");
+      t.target_feature = std::string(first);
+      rest = c == std::string_view::npos ? std::string_view() : rest.substr(c + 1);
+      if (c == std::string_view::npos) return t;
+    }
+  } else if (c == std::string_view::npos) {
+    return t;
   }
+  if (!parse_number(rest, t.weight) || t.weight < 0)
+    detail::bad_flag(flag, text, "expected a weight >= 0 but got '" + std::string(rest) + "'");
   return t;
 }
+
+// ---- raw rows ------------------------------------------------------------------------------
+
+// Rows of raw values for TabularEncoder::encode (and MultiTaskModel::encode):
+// what a request to a model server holds. A value is the text a CSV cell
+// would hold ("12", "3.5", "Action|Comedy"), or a list of items (a bag or a
+// sequence as separate values; a text's words), or absent. A feature absent
+// from a row takes its missing value (the OOV row, an empty list, or an
+// imputed dense value); an empty text or one of the na_values is missing,
+// exactly as in a CSV file.
+//
+//   data::RawRows rows;
+//   auto r = rows.add_row();
+//   rows.set(r, "user", "12");
+//   rows.set_list(r, "history", {"31", "1029"});
+//   Batch<float> b = model.encode(rows);
+class RawRows {
+ public:
+  struct Value {
+    std::string column;
+    std::string text;
+    std::vector<std::string> items;
+    bool is_list = false;
+  };
+
+  std::size_t rows() const { return rows_.size(); }
+  bool empty() const { return rows_.empty(); }
+  // Appends a row with no values and returns its index.
+  std::size_t add_row() {
+    rows_.emplace_back();
+    return rows_.size() - 1;
+  }
+  void set(std::size_t row, std::string column, std::string text) {
+    Value& v = slot(row, std::move(column));
+    v.text = std::move(text);
+    v.items.clear();
+    v.is_list = false;
+  }
+  void set_list(std::size_t row, std::string column, std::vector<std::string> items) {
+    Value& v = slot(row, std::move(column));
+    v.text.clear();
+    v.items = std::move(items);
+    v.is_list = true;
+  }
+  // Copies every value of row `src_row` of `src` into row `row` (a user's
+  // features into a candidate row, say), replacing values of the same column.
+  void set_all(std::size_t row, const RawRows& src, std::size_t src_row) {
+    for (const Value& v : src.values(src_row)) {
+      Value& d = slot(row, v.column);
+      d = v;
+    }
+  }
+  const std::vector<Value>& values(std::size_t row) const {
+    check(row < rows_.size(), "RawRows", "row ", row, " expected in [0, ", rows_.size(), ")");
+    return rows_[row];
+  }
+  // The value of `column` in `row`, or null when the row does not set it.
+  const Value* find(std::size_t row, std::string_view column) const {
+    for (const Value& v : values(row))
+      if (v.column == column) return &v;
+    return nullptr;
+  }
+
+ private:
+  Value& slot(std::size_t row, std::string column) {
+    check(row < rows_.size(), "RawRows::set", "row ", row, " expected in [0, ", rows_.size(), ")");
+    for (Value& v : rows_[row])
+      if (v.column == column) return v;
+    rows_[row].push_back(Value{std::move(column), {}, {}, false});
+    return rows_[row].back();
+  }
+  std::vector<std::vector<Value>> rows_;
+};
+
+namespace detail {
+// RawRows seen through the part of CsvTable's interface that
+// TabularEncoder::transform reads: one text cell per (row, feature column),
+// lists joined with the feature's separator (a space for a text), and errors
+// that name the row and the field instead of a file line.
+class RawTable {
+ public:
+  RawTable(const RawRows& raw, const std::vector<FeatureColumn>& features, const char* op) : n_(raw.rows()) {
+    cols_.reserve(features.size());
+    for (const auto& f : features) cols_.push_back(f.column);
+    cells_.assign(n_ * cols_.size(), std::string());
+    for (std::size_t r = 0; r < n_; ++r) {
+      for (const RawRows::Value& v : raw.values(r)) {
+        std::size_t c = 0;
+        while (c < cols_.size() && cols_[c] != v.column) ++c;
+        if (c == cols_.size())
+          fail(op, "row ", r, ": unknown feature '", escaped(v.column), "' (the model's features: ", names(), ")");
+        const FeatureColumn& fc = features[c];
+        std::string& cell = cells_[r * cols_.size() + c];
+        if (!v.is_list) {
+          cell = v.text;
+          continue;
+        }
+        const bool list_kind = fc.kind == ColumnKind::Bag || fc.kind == ColumnKind::Sequence || fc.kind == ColumnKind::Text;
+        if (!list_kind)
+          fail(op, "row ", r, ", field '", escaped(v.column), "': expected one value for ", fc.flag(),
+               " but got a list of ", v.items.size());
+        const char sep = fc.kind == ColumnKind::Text ? ' ' : fc.sep;
+        for (std::size_t i = 0; i < v.items.size(); ++i) {
+          const std::string& it = v.items[i];
+          if (fc.kind != ColumnKind::Text && it.find(sep) != std::string::npos)
+            fail(op, "row ", r, ", field '", escaped(v.column), "': item #", i + 1, " '", escaped(it),
+                 "' contains the separator '", std::string(1, sep), "' of ", fc.flag());
+          if (i) cell += sep;
+          cell += it;
+        }
+      }
+    }
+  }
+  std::size_t rows() const { return n_; }
+  std::string_view cell(std::size_t r, std::size_t c) const { return cells_[r * cols_.size() + c]; }
+  std::size_t require_column(std::string_view name, std::string_view /*wanted_by*/ = {}) const {
+    for (std::size_t c = 0; c < cols_.size(); ++c)
+      if (cols_[c] == name) return c;
+    fail("RawTable", "no column '", escaped(name), "'");
+  }
+  template <class... Parts>
+  [[noreturn]] void fail_cell(const char* op, std::size_t row, std::size_t col, const Parts&... parts) const {
+    fail(op, "row ", row, ", field '", escaped(cols_[col]), "': ", parts...);
+  }
+
+ private:
+  std::string names() const {
+    std::string s;
+    for (std::size_t c = 0; c < cols_.size(); ++c) s += (c ? ", '" : "'") + escaped(cols_[c]) + "'";
+    return s;
+  }
+  std::size_t n_ = 0;
+  std::vector<std::string> cols_;
+  std::vector<std::string> cells_;
+};
+}  // namespace detail
 
 // ---- the encoder ---------------------------------------------------------------------------
 
@@ -315,6 +484,19 @@ class TabularEncoder {
       check(t.weight >= 0 && std::isfinite(t.weight), op, t.flag(), ": expected a finite weight >= 0 but got ",
             t.weight);
       claim(t.column, t.flag());
+      check(t.loss == TaskLoss::Default || (t.loss == TaskLoss::BPR && t.type == TaskType::Binary), op, t.flag(),
+            ": only a binary task can use the BPR loss");
+      check(t.target_feature.empty() || t.type == TaskType::Retrieval, op, t.flag(),
+            ": only a retrieval task can name a target feature");
+      if (!t.target_feature.empty()) {
+        const FeatureColumn* target = nullptr;
+        for (const auto& f : schema_.features)
+          if (f.column == t.target_feature) target = &f;
+        check(target != nullptr, op, t.flag(), ": the target feature '", t.target_feature,
+              "' is not a declared feature column (declare it with --id ", t.target_feature, ")");
+        check(target->kind == ColumnKind::Id && target->buckets == 0, op, t.flag(), ": the target feature '",
+              t.target_feature, "' expected an --id column with a vocabulary (not hashed) but it is ", target->flag());
+      }
     }
     for (const auto& v : schema_.na_values) utf8(v, "missing-value marker");
     features_.resize(schema_.features.size());
@@ -407,8 +589,8 @@ class TabularEncoder {
         const std::size_t r = row_at(i);
         const std::string_view cell = csv_trim(train.cell(r, col));
         if (is_missing(cell)) continue;
-        if (tc.type == TaskType::MultiClass) {
-          classes.add(cell);
+        if (tc.type == TaskType::MultiClass || tc.type == TaskType::Retrieval) {
+          classes.add(cell);  // retrieval: the item values, in first-seen order
           y.push_back(0);
         } else {
           y.push_back(tc.type == TaskType::Binary ? binary_label(train, r, col, op) : number_label(train, r, col, op));
@@ -417,6 +599,7 @@ class TabularEncoder {
       check(!y.empty(), op, "'", train.source(), "': task column '", tc.column, "' (", tc.flag(),
             ") has no label in any of the ", n, " training rows");
       if (tc.type == TaskType::Regression) st.target = Standardizer::fit(y);
+      if (tc.type == TaskType::Retrieval && tc.target_feature.empty()) st.items = std::move(classes);
       if (tc.type == TaskType::MultiClass) {
         st.classes = sorted_classes(classes.tokens());
         check(st.classes.size() >= 2, op, "'", train.source(), "': multiclass task '", tc.column,
@@ -431,9 +614,9 @@ class TabularEncoder {
   // Encodes `rows` of `t` (every row when null) in that order. With
   // `labels`, the task columns must exist and their cells are checked; for
   // prediction (labels = false) they are not read and may be absent.
-  template <class T>
-  Batch<T> transform(const CsvTable& t, const std::vector<std::size_t>* rows, bool labels) const {
-    const char* op = "TabularEncoder::transform";
+  template <class T, class Table = CsvTable>
+  Batch<T> transform(const Table& t, const std::vector<std::size_t>* rows, bool labels,
+                     const char* op = "TabularEncoder::transform") const {
     check(fitted_, op, "the encoder was not fitted (call fit() or load it from JSON)");
     const std::size_t n = rows ? rows->size() : t.rows();
     auto row_at = [&](std::size_t i) { return rows ? (*rows)[i] : i; };
@@ -558,12 +741,32 @@ class TabularEncoder {
             y[i] = T(c - 1);
             break;
           }
-          case TaskType::Retrieval:  // never parsed from flags: the CLI offers binary|regression|multiclass
-            fail(op, "task '", tc.column, "': retrieval tasks are not supported by the CSV encoder");
+          case TaskType::Retrieval: {
+            // The item's row; an item never seen in training has no row to
+            // learn towards, so the row is left unlabelled for this task.
+            const index_t row = item_vocabulary(k).find(cell);
+            if (row == Vocabulary::kOov) m[i] = 0;
+            y[i] = T(row);
+            break;
+          }
         }
       }
     }
     return b;
+  }
+
+  // Encodes raw rows (a serving request) as transform() encodes a CSV file
+  // without labels: an unseen value is the OOV row, an absent feature its
+  // missing value; a malformed value (a non-numeric dense value, a list for
+  // an ID) or a column that is not a feature is an error naming the row and
+  // the field.
+  template <class T>
+  Batch<T> encode(const RawRows& raw) const {
+    const char* op = "TabularEncoder::encode";
+    check(fitted_, op, "the encoder was not fitted (call fit() or load it from JSON)");
+    check(!raw.empty(), op, "expected at least one row but got none");
+    const detail::RawTable table(raw, schema_.features, op);
+    return transform<T>(table, nullptr, false, op);
   }
 
   // The model's features: ids and bags embed in `dim` columns, sequences
@@ -575,10 +778,18 @@ class TabularEncoder {
       const FeatureColumn& fc = schema_.features[f];
       const index_t rows = features_[f].vocab.rows();
       switch (fc.kind) {
-        case ColumnKind::Id:
-          s.ids.push_back({fc.column, fc.buckets > 0 ? 0 : rows, fc.buckets, dim, ""});
+        case ColumnKind::Id: {
+          IdFeature x{fc.column, fc.buckets > 0 ? 0 : rows, fc.buckets, dim, ""};
+          x.item_side = fc.item_side;
+          s.ids.push_back(x);
           break;
-        case ColumnKind::Bag: s.bags.push_back({fc.column, rows, 0, dim, "", BagPooling::Mean, false}); break;
+        }
+        case ColumnKind::Bag: {
+          BagFeature x{fc.column, rows, 0, dim, "", BagPooling::Mean, false};
+          x.item_side = fc.item_side;
+          s.bags.push_back(x);
+          break;
+        }
         case ColumnKind::Sequence:
         case ColumnKind::Text: {
           SequenceFeature q;
@@ -588,17 +799,25 @@ class TabularEncoder {
           q.encoder = encoder;
           q.layers = encoder_layers;
           q.pooling = SequencePoolMode::Mean;
+          q.item_side = fc.item_side;
           s.sequences.push_back(q);
           break;
         }
-        case ColumnKind::Dense: s.dense.push_back({fc.column, fc.impute ? 2 : 1}); break;
+        case ColumnKind::Dense: {
+          DenseFeature x{fc.column, fc.impute ? 2 : 1};
+          x.item_side = fc.item_side;
+          s.dense.push_back(x);
+          break;
+        }
       }
     }
     return s;
   }
 
-  // The model's tasks, named after their columns, each with `tower`.
-  std::vector<TaskSpec> task_specs(const std::vector<index_t>& tower) const {
+  // The model's tasks, named after their columns, each with `tower`. A
+  // retrieval task with its own vocabulary gets a target table of `dim`
+  // columns; one with a target feature shares that feature's table.
+  std::vector<TaskSpec> task_specs(const std::vector<index_t>& tower, index_t dim = 16) const {
     check(fitted_, "TabularEncoder::task_specs", "the encoder was not fitted");
     std::vector<TaskSpec> out;
     for (std::size_t k = 0; k < schema_.tasks.size(); ++k) {
@@ -608,6 +827,14 @@ class TabularEncoder {
       t.num_classes = t.type == TaskType::MultiClass ? index_t(tasks_[k].classes.size()) : 0;
       t.tower = tower;
       t.weight = schema_.tasks[k].weight;
+      t.loss = schema_.tasks[k].loss;
+      if (t.type == TaskType::Retrieval) {
+        t.target_table = schema_.tasks[k].target_feature.empty() ? t.name : schema_.tasks[k].target_feature;
+        if (schema_.tasks[k].target_feature.empty()) {
+          t.target_vocab = tasks_[k].items.rows();
+          t.target_dim = dim;
+        }
+      }
       out.push_back(t);
     }
     return out;
@@ -620,6 +847,27 @@ class TabularEncoder {
   const Standardizer& target(std::size_t task) const { return tasks_.at(task).target; }
   // Multiclass: class names; class id c (the model's output column) is classes[c].
   const std::vector<std::string>& classes(std::size_t task) const { return tasks_.at(task).classes; }
+  // Retrieval: item value <-> row of the task's target table (row 0 is the
+  // OOV row, never an item): the target feature's vocabulary, or the task's own.
+  const Vocabulary& item_vocabulary(std::size_t task) const {
+    const TaskColumn& tc = schema_.tasks.at(task);
+    check(tc.type == TaskType::Retrieval, "TabularEncoder::item_vocabulary", "task '", tc.column,
+          "' is not a retrieval task");
+    if (tc.target_feature.empty()) return tasks_[task].items;
+    return features_[feature_index(tc.target_feature)].vocab;
+  }
+  // The schema's index of a feature column, or an error naming it.
+  std::size_t feature_index(std::string_view column) const {
+    for (std::size_t f = 0; f < schema_.features.size(); ++f)
+      if (schema_.features[f].column == column) return f;
+    fail("TabularEncoder", "unknown feature '", detail::escaped(column), "'");
+  }
+  // Whether `column` is a feature column (rows given to encode() may hold only these).
+  bool has_feature(std::string_view column) const {
+    for (const auto& f : schema_.features)
+      if (f.column == column) return true;
+    return false;
+  }
 
   // ---- persistence ---------------------------------------------------------------------------
 
@@ -629,8 +877,9 @@ class TabularEncoder {
     check(fitted_, "TabularEncoder::to_json", "the encoder was not fitted");
     Value j = Value::object();
     j.set("format", "mtrec.tabular");
-    j.set("version", 2);
+    j.set("version", 3);
     j.set("min_count", schema_.min_count);
+    j.set("oov_row", Vocabulary::kOov);  // an unseen or missing token's row in every vocabulary
     j.set("na_values", strings_json(schema_.na_values));
     Value feats = Value::array();
     for (std::size_t f = 0; f < schema_.features.size(); ++f) {
@@ -638,7 +887,24 @@ class TabularEncoder {
       Value o = Value::object();
       o.set("kind", column_kind_name(fc.kind));
       o.set("column", fc.column);
+      o.set("item_side", fc.item_side);
       if (fc.kind == ColumnKind::Id) o.set("buckets", fc.buckets);
+      if (fc.kind == ColumnKind::Id && fc.buckets > 0) {
+        // The row of a value: mix64(fnv1a64(text) ^ salt) % buckets, with the
+        // table's salt (layers/embedding.hpp hash_bucket); stored as decimal
+        // text, as JSON numbers cannot hold every 64-bit value.
+        json::Value h = json::Value::object();
+        h.set("function", "fnv1a64");
+        h.set("salt", std::to_string(hash_name(fc.column)));
+        o.set("hash", std::move(h));
+      }
+      if (fc.kind == ColumnKind::Text) {
+        json::Value tk = json::Value::object();
+        tk.set("kind", "words");  // runs of ASCII letters, digits and non-ASCII bytes
+        tk.set("lowercase", true);
+        tk.set("max_len", fc.max_len);
+        o.set("tokenizer", std::move(tk));
+      }
       if (fc.kind == ColumnKind::Bag || fc.kind == ColumnKind::Sequence) o.set("sep", std::string(1, fc.sep));
       if (fc.kind == ColumnKind::Sequence || fc.kind == ColumnKind::Text) o.set("max_len", fc.max_len);
       if (fc.kind == ColumnKind::Dense) {
@@ -658,6 +924,11 @@ class TabularEncoder {
       o.set("column", tc.column);
       o.set("type", task_type_name(tc.type));
       o.set("weight", tc.weight);
+      if (tc.loss == TaskLoss::BPR) o.set("loss", "bpr");
+      if (tc.type == TaskType::Retrieval) {
+        o.set("target_feature", tc.target_feature);
+        if (tc.target_feature.empty()) o.set("items", strings_json(tasks_[k].items.tokens()));
+      }
       if (tc.type == TaskType::Regression) {
         o.set("mean", tasks_[k].target.mean);
         o.set("std", tasks_[k].target.sd);
@@ -676,7 +947,8 @@ class TabularEncoder {
           op, "expected an object with format = mtrec.tabular");
     // Version 1 (before missing values): only the empty cell was missing.
     const std::int64_t version = j.at("version").as_int();
-    check(version == 1 || version == 2, op, "expected version 1 or 2 but got ", version);
+    check(version >= 1 && version <= 3, op, "expected version 1, 2 or 3 but got ", version,
+          version > 3 ? " (written by a newer mtrec)" : "");
     TabularSchema s;
     s.min_count = index_t(j.at("min_count").as_int());
     s.na_values = version >= 2 ? strings_from(j.at("na_values")) : std::vector<std::string>{};
@@ -699,6 +971,18 @@ class TabularEncoder {
       }
       if (fc.kind == ColumnKind::Sequence || fc.kind == ColumnKind::Text) fc.max_len = index_t(o.at("max_len").as_int());
       if (fc.kind == ColumnKind::Dense && version >= 2) fc.impute = o.at("impute").as_bool();
+      if (version >= 3) fc.item_side = o.at("item_side").as_bool();
+      if (version >= 3 && fc.kind == ColumnKind::Id && fc.buckets > 0) {
+        const json::Value& h = o.at("hash");
+        check(h.at("function").as_string() == "fnv1a64" && h.at("salt").as_string() == std::to_string(hash_name(fc.column)),
+              op, "feature '", fc.column, "' expected hash fnv1a64 with salt ", hash_name(fc.column), " but got ",
+              h.at("function").as_string(), " with salt ", h.at("salt").as_string());
+      }
+      if (version >= 3 && fc.kind == ColumnKind::Text) {
+        const json::Value& tk = o.at("tokenizer");
+        check(tk.at("kind").as_string() == "words" && tk.at("lowercase").as_bool(), op, "feature '", fc.column,
+              "' expected the tokenizer kind = words, lowercase = true (the only one this version has)");
+      }
       s.features.push_back(fc);
     }
     for (const auto& o : j.at("tasks").as_array()) {
@@ -708,8 +992,14 @@ class TabularEncoder {
       if (type == "binary") tc.type = TaskType::Binary;
       else if (type == "regression") tc.type = TaskType::Regression;
       else if (type == "multiclass") tc.type = TaskType::MultiClass;
+      else if (type == "retrieval" && version >= 3) tc.type = TaskType::Retrieval;
       else fail(op, "task '", tc.column, "' has unknown type '", type, "'");
       tc.weight = o.at("weight").as_double();
+      if (o.contains("loss")) {
+        check(o.at("loss").as_string() == "bpr", op, "task '", tc.column, "' has unknown loss '", o.at("loss").as_string(), "'");
+        tc.loss = TaskLoss::BPR;
+      }
+      if (tc.type == TaskType::Retrieval) tc.target_feature = o.at("target_feature").as_string();
       s.tasks.push_back(tc);
     }
     TabularEncoder e(s);
@@ -733,6 +1023,8 @@ class TabularEncoder {
         e.tasks_[k].target.sd = tasks[k].at("std").as_double();
         check(e.tasks_[k].target.sd > 0, op, "task '", s.tasks[k].column, "' expected std > 0");
       }
+      if (s.tasks[k].type == TaskType::Retrieval && s.tasks[k].target_feature.empty())
+        e.tasks_[k].items = Vocabulary::from_tokens(strings_from(tasks[k].at("items")));
       if (s.tasks[k].type == TaskType::MultiClass) {
         e.tasks_[k].classes = strings_from(tasks[k].at("classes"));
         e.tasks_[k].class_index = Vocabulary::from_tokens(e.tasks_[k].classes);
@@ -749,6 +1041,7 @@ class TabularEncoder {
   };
   struct TaskState {
     Standardizer target;               // regression
+    Vocabulary items;                  // retrieval without a target feature
     std::vector<std::string> classes;  // multiclass, sorted
     Vocabulary class_index;            // class name -> index + 1
   };
@@ -766,7 +1059,8 @@ class TabularEncoder {
   // computes in float; 1e200 would become inf there).
   static bool float_range(double v) { return std::fabs(v) <= double(std::numeric_limits<float>::max()); }
 
-  double dense_value(const CsvTable& t, std::size_t r, std::size_t col, const FeatureColumn& fc, const char* op) const {
+  template <class Table>
+  double dense_value(const Table& t, std::size_t r, std::size_t col, const FeatureColumn& fc, const char* op) const {
     const std::string_view cell = t.cell(r, col);
     double v = 0;
     if (is_missing(cell))
@@ -779,7 +1073,8 @@ class TabularEncoder {
                   std::numeric_limits<float>::max(), ") but got ", detail::shown(detail::trim(cell)));
     return v;
   }
-  static double number_label(const CsvTable& t, std::size_t r, std::size_t col, const char* op) {
+  template <class Table>
+  static double number_label(const Table& t, std::size_t r, std::size_t col, const char* op) {
     double v = 0;
     if (!parse_number(t.cell(r, col), v) || !float_range(v))
       t.fail_cell(op, r, col, "expected a finite number within float range (|x| <= ", std::numeric_limits<float>::max(),
@@ -787,7 +1082,8 @@ class TabularEncoder {
     return v;
   }
   // 0/1 (any number equal to 0 or 1, so "1.0" too) or true/false in any case.
-  static double binary_label(const CsvTable& t, std::size_t r, std::size_t col, const char* op) {
+  template <class Table>
+  static double binary_label(const Table& t, std::size_t r, std::size_t col, const char* op) {
     const std::string_view s = detail::trim(t.cell(r, col));
     double v = -1;
     if (parse_number(s, v) && (v == 0 || v == 1)) return v;
