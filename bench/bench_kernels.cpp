@@ -61,6 +61,39 @@ void BM_triad(benchmark::State& state) {
 
 // ---- GEMM --------------------------------------------------------------------
 
+// bf16 C (n,n) = bf16(A) (n,n) * Bp, B packed once (a weight: packed once per
+// optimizer step), A converted while it is packed, on every path the machine
+// has; %bf16peak is against the AMX probe where there is AMX, else the
+// VDPBF16PS probe.
+void BM_gemm_bf16(benchmark::State& state, mtrec::kernels::Bf16Path path, mtrec::kernels::Trans tb) {
+  namespace k = mtrec::kernels;
+  if (!k::bf16_path_available(path)) {
+    state.SkipWithError(("no " + std::string(k::bf16_path_name(path)) + " on this machine").c_str());
+    return;
+  }
+  const index_t n = state.range(0);
+  const std::vector<float> a = random_input(n * n, 1), b = random_input(n * n, 2);
+  std::vector<float> c(static_cast<std::size_t>(n * n));
+  k::Bf16PackedB bp;
+  k::bf16_pack_b(bp, tb, n, n, b.data(), n);
+  mtrec_bench::peak();
+  const auto t0 = mtrec_bench::now();
+  for (auto _ : state) {
+    k::bf16_gemm_packed(path, k::Trans::N, n, n, n, 1.0f, a.data(), n, bp, 0.0f, c.data(), n);
+    benchmark::DoNotOptimize(c.data());
+    benchmark::ClobberMemory();
+  }
+  mtrec_bench::report_bf16_flops(state, 2.0 * double(n) * double(n) * double(n), mtrec_bench::since(t0));
+  state.SetLabel(k::bf16_path_name(path));
+}
+
+void BM_peak_bf16(benchmark::State& state) {
+  for (auto _ : state) benchmark::DoNotOptimize(mtrec_bench::peak().bf16_flops());
+  state.counters["vdpbf16ps_GFLOP/s"] = mtrec_bench::peak().bf16_dp_flops * 1e-9;
+  state.counters["amx_GFLOP/s"] = mtrec_bench::peak().bf16_amx_flops * 1e-9;
+  state.counters["fma_GFLOP/s"] = mtrec_bench::peak().fma_flops * 1e-9;
+}
+
 // C (M,N) = op(A) (M,K) * op(B) (K,N). NN: plain products (and the Linear
 // backward dX = dY W); NT: the Linear forward Y = X W^T.
 template <class Device>
@@ -376,10 +409,15 @@ constexpr auto kRef = mtrec::kernels::reference;
 // Probes (their numbers are the denominators of %peak and %triad).
 BENCHMARK(BM_peak_fma)->UseRealTime();
 BENCHMARK(BM_triad)->UseRealTime();
+BENCHMARK(BM_peak_bf16)->Iterations(1);
 
 // GEMM.
 BENCHMARK_CAPTURE(BM_gemm, cpu, kCpu)->Arg(256)->Arg(512)->Arg(1024)->Arg(2048)->UseRealTime();
 BENCHMARK_CAPTURE(BM_gemm, reference, kRef)->Arg(64)->Arg(128)->UseRealTime();
+BENCHMARK_CAPTURE(BM_gemm_bf16, avx512_bf16, mtrec::kernels::Bf16Path::avx512_bf16, Trans::N)
+    ->Arg(256)->Arg(512)->Arg(1024)->UseRealTime();
+BENCHMARK_CAPTURE(BM_gemm_bf16, amx, mtrec::kernels::Bf16Path::amx, Trans::N)
+    ->Arg(256)->Arg(512)->Arg(1024)->UseRealTime();
 BENCHMARK_CAPTURE(BM_gemm_nt, cpu, kCpu)->Arg(256)->Arg(512)->UseRealTime();
 BENCHMARK_CAPTURE(BM_gemm_shape, cpu_nn, kCpu, Trans::N)
     ->ArgNames({"M", "K", "N"})

@@ -44,7 +44,8 @@ struct ModelSetup {
   std::map<index_t, std::unique_ptr<mtrec::MultiTaskModel<float>::Workspace>> ws;
   mtrec::Tensor<float> out;
 
-  ModelSetup(const Workload& wl, bool fused) : w(&wl), config(mtrec_bench::make_config(wl)) {
+  ModelSetup(const Workload& wl, bool fused, bool bf16 = false) : w(&wl), config(mtrec_bench::make_config(wl)) {
+    if (bf16) config.precision = mtrec::Precision::BF16;
     model = std::make_unique<mtrec::MultiTaskModel<float>>(config);
     mtrec::TrainConfig t;
     t.progress = false;
@@ -65,10 +66,10 @@ struct ModelSetup {
   }
 };
 
-ModelSetup& setup(const Workload& w, bool fused = false) {
+ModelSetup& setup(const Workload& w, bool fused = false, bool bf16 = false) {
   static std::map<std::string, std::unique_ptr<ModelSetup>> cache;
-  auto& p = cache[std::string(w.name) + (fused ? "/fused" : "")];
-  if (!p) p = std::make_unique<ModelSetup>(w, fused);
+  auto& p = cache[std::string(w.name) + (fused ? "/fused" : "") + (bf16 ? "/bf16" : "")];
+  if (!p) p = std::make_unique<ModelSetup>(w, fused, bf16);
   return *p;
 }
 
@@ -79,9 +80,10 @@ struct ThreadScope {
   ~ThreadScope() { mtrec::set_num_threads(saved); }
 };
 
-void train_steps(benchmark::State& state, const Workload* w, bool fused) {
+void train_steps(benchmark::State& state, const Workload* w, bool fused, bool bf16 = false) {
   ThreadScope threads(int(state.range(0)));
-  ModelSetup& s = setup(*w, fused);
+  ModelSetup& s = setup(*w, fused, bf16);
+  if (bf16) state.SetLabel(mtrec::kernels::bf16_path_name(s.model->matmul_path()));
   const mtrec::Batch<float>& batch = s.batch(w->batch);
   for (int i = 0; i < 3; ++i) s.trainer->train_step(batch);  // sizes every buffer, touches the Adam state
   double loss = 0;
@@ -97,11 +99,15 @@ void train_steps(benchmark::State& state, const Workload* w, bool fused) {
 }
 void BM_model_train(benchmark::State& state, const Workload* w) { train_steps(state, w, false); }
 void BM_model_train_fused(benchmark::State& state, const Workload* w) { train_steps(state, w, true); }
+// ModelConfig::precision = BF16: the Linear products on the machine's bf16
+// unit (the label names it; "fp32" where there is none).
+void BM_model_train_bf16(benchmark::State& state, const Workload* w) { train_steps(state, w, false, true); }
 
-void BM_model_predict(benchmark::State& state, const Workload* w) {
+void predict_steps(benchmark::State& state, const Workload* w, bool bf16) {
   const index_t B = state.range(0);
   ThreadScope threads(int(state.range(1)));
-  ModelSetup& s = setup(*w);
+  ModelSetup& s = setup(*w, false, bf16);
+  if (bf16) state.SetLabel(mtrec::kernels::bf16_path_name(s.model->matmul_path()));
   const mtrec::Batch<float>& batch = s.batch(B);
   auto& ws = s.workspace(B);
   for (int i = 0; i < 3; ++i) s.model->predict(ws, batch, s.out);
@@ -112,6 +118,8 @@ void BM_model_predict(benchmark::State& state, const Workload* w) {
   }
   state.SetItemsProcessed(state.iterations() * B);
 }
+void BM_model_predict(benchmark::State& state, const Workload* w) { predict_steps(state, w, false); }
+void BM_model_predict_bf16(benchmark::State& state, const Workload* w) { predict_steps(state, w, true); }
 
 // Ranking N candidates for one user (serving's second stage). The
 // workload's config with ID fields 4.. and the bag item-side, ID fields 0..3
@@ -212,6 +220,15 @@ const bool registered = [] {
                                            BM_model_train_fused, &w);
     f->ArgName("omp")->UseRealTime()->Unit(benchmark::kMillisecond);
     for (int n : threads) f->Arg(n);
+    auto* tb = benchmark::RegisterBenchmark((std::string("BM_model_train_bf16/") + w.name).c_str(),
+                                            BM_model_train_bf16, &w);
+    tb->ArgName("omp")->UseRealTime()->Unit(benchmark::kMillisecond);
+    for (int n : threads) tb->Arg(n);
+    auto* pb = benchmark::RegisterBenchmark((std::string("BM_model_predict_bf16/") + w.name).c_str(),
+                                            BM_model_predict_bf16, &w);
+    pb->ArgNames({"batch", "omp"})->UseRealTime()->Unit(benchmark::kMillisecond);
+    for (int n : threads)
+      for (index_t B : {1, 256}) pb->Args({B, n});
     auto* p = benchmark::RegisterBenchmark((std::string("BM_model_predict/") + w.name).c_str(), BM_model_predict, &w);
     p->ArgNames({"batch", "omp"})->UseRealTime()->Unit(benchmark::kMillisecond);
     for (int n : threads)

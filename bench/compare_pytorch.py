@@ -71,6 +71,9 @@ def parse_args():
     ap.add_argument("--reps", type=int, default=0, help="timed repetitions per torch measure (0: automatic)")
     ap.add_argument("--quick", action="store_true", help="fewer repetitions on both sides (a smoke run)")
     ap.add_argument("--min-time", type=float, default=0.0, help="mtrec --benchmark_min_time (0: automatic)")
+    ap.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                    help="bf16: also time mtrec with ModelConfig::precision = BF16 (BM_model_*_bf16) and torch "
+                         "under torch.autocast('cpu', dtype=torch.bfloat16), in the same sitting")
     ap.add_argument("--json", default="", help="also write the results as JSON to this path")
     ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                     help="cpu (default): mtrec_bench vs torch on the CPU; cuda: mtrec_bench_cuda vs torch on the GPU")
@@ -203,7 +206,10 @@ def timed(fn, warmup, reps):
     return statistics.median(ts) * 1e3
 
 
-def torch_measures(name, w, quick, reps_arg):
+def torch_measures(name, w, quick, reps_arg, autocast=False):
+    """Median ms per measure; autocast: forward and loss under torch.autocast("cpu", bfloat16)."""
+    import contextlib
+    ctx = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if autocast else contextlib.nullcontext
     torch.manual_seed(1)
     model = Model(w)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
@@ -212,7 +218,8 @@ def torch_measures(name, w, quick, reps_arg):
 
     def step():
         opt.zero_grad(set_to_none=True)
-        loss = loss_fn(model(train_batch), train_batch["labels"])
+        with ctx():
+            loss = loss_fn(model(train_batch), train_batch["labels"])
         loss.backward()
         opt.step()
 
@@ -224,17 +231,26 @@ def torch_measures(name, w, quick, reps_arg):
         b = make_batch(w, B, 100 + B)
 
         def infer():
-            with torch.inference_mode():
+            with torch.inference_mode(), ctx():
                 outs = model(b)
                 return torch.sigmoid(outs[0])
 
         r = reps_arg or (5 if quick else (50 if B <= 16 else 10))
-        res["infer b%d" % B] = timed(infer, 2 if quick else 5, r)
+        try:
+            res["infer b%d" % B] = timed(infer, 2 if quick else 5, r)
+        except RuntimeError as e:
+            # torch 1.13's fused TransformerEncoder inference path refuses
+            # autocast ("expected scalar type BFloat16 but found Float")
+            if not autocast:
+                raise
+            print("# torch autocast inference b%d: n/a (%s)" % (B, str(e).splitlines()[0]), flush=True)
+            break
     return res
 
 
-def mtrec_measures(bench, threads, names, quick, min_time):
-    filt = "BM_model_(train|predict)/(%s)/.*omp:%d/" % ("|".join(names), threads)
+def mtrec_measures(bench, threads, names, quick, min_time, bf16=False):
+    kinds = "train|predict|train_bf16|predict_bf16" if bf16 else "train|predict"
+    filt = "BM_model_(%s)/(%s)/.*omp:%d/" % (kinds, "|".join(names), threads)
     mt = min_time or (0.05 if quick else 0.3)
     cmd = [bench, "--benchmark_filter=" + filt, "--benchmark_format=json", "--benchmark_min_time=%g" % mt]
     if not quick:
@@ -255,11 +271,14 @@ def mtrec_measures(bench, threads, names, quick, min_time):
         ms = b["real_time"] * scale
         parts = name.split("/")
         wl = parts[1]
-        if parts[0] == "BM_model_train":
-            res[(wl, "train step")] = ms
+        suffix = " bf16" if parts[0].endswith("_bf16") else ""
+        if parts[0].startswith("BM_model_train"):
+            res[(wl, "train step" + suffix)] = ms
         else:
             B = int(parts[2].split(":")[1])
-            res[(wl, "infer b%d" % B)] = ms
+            res[(wl, "infer b%d" % B + suffix)] = ms
+        if suffix and b.get("label"):
+            res[(wl, "bf16 path")] = b["label"]
     return res, data.get("context", {})
 
 
@@ -459,7 +478,8 @@ def main():
     for l in cfg_lines:
         if "BLAS_INFO" not in l:
             print("#   " + l[:120])
-    mt, ctx = mtrec_measures(ARGS.bench, ARGS.threads, names, ARGS.quick, ARGS.min_time)
+    bf16 = ARGS.precision == "bf16"
+    mt, ctx = mtrec_measures(ARGS.bench, ARGS.threads, names, ARGS.quick, ARGS.min_time, bf16)
     if ctx:
         print("# mtrec peak probe: %s GFLOP/s FMA (%s), %s GB/s triad, %s threads" % (
             ctx.get("mtrec_peak_fma_gflops", "?"), ctx.get("mtrec_peak_isa", "?"),
@@ -480,6 +500,26 @@ def main():
     for n, label, m, t, r in rows:
         f = lambda v, d=3: ("%.*f" % (d, v)) if v is not None else "n/a"
         print("| %s | %s | %s | %s | %s |" % (n, label, f(m), f(t), (f(r, 2) + "x") if r else "n/a"))
+    if bf16:
+        rows16 = []
+        for n in names:
+            w = WORKLOADS[n]
+            print("# torch: timing %s under bf16 autocast ..." % n, flush=True)
+            ta = torch_measures(n, w, ARGS.quick, ARGS.reps, autocast=True)
+            for measure in ["train step"] + ["infer b%d" % B for B in INFER_BATCHES]:
+                rows16.append((n, measure, mt.get((n, measure)), mt.get((n, measure + " bf16")),
+                               [r[3] for r in rows if r[0] == n and r[1].startswith(measure)][0], ta.get(measure)))
+        print()
+        print("mtrec bf16 path: %s" % ", ".join(sorted(set(str(mt.get((n, "bf16 path"), "?")) for n in names))))
+        print("| workload | measure | mtrec fp32 ms | mtrec bf16 ms | torch fp32 ms | torch bf16 autocast ms "
+              "| bf16 vs autocast | bf16 vs torch fp32 |")
+        print("|---|---|---:|---:|---:|---:|---:|---:|")
+        for n, measure, m32, m16, t32, t16 in rows16:
+            f = lambda v, d=3: ("%.*f" % (d, v)) if v is not None else "n/a"
+            r1 = (t16 / m16) if (m16 and t16) else None
+            r2 = (t32 / m16) if (m16 and t32) else None
+            print("| %s | %s | %s | %s | %s | %s | %s | %s |" % (n, measure, f(m32), f(m16), f(t32), f(t16),
+                  (f(r1, 2) + "x") if r1 else "n/a", (f(r2, 2) + "x") if r2 else "n/a"))
     if ARGS.json:
         with open(ARGS.json, "w") as fh:
             json.dump(dict(threads=ARGS.threads, blas=blas, torch=torch.__version__, mtrec_context=ctx,

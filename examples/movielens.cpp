@@ -60,6 +60,7 @@ struct Options {
   std::vector<index_t> expert = {128, 64}, bottom = {128, 64}, tower = {32};
   double dropout = 0.2;
   double init_std = 0.01;
+  Precision precision = Precision::FP32;
   // training
   index_t batch = 512;
   double lr = 2e-3, weight_decay = 0.01;
@@ -86,6 +87,8 @@ void print_help() {
       "  --models LIST       mmoe and/or single (default mmoe,single)\n"
       "  --save CKPT         save the seed-0 MMoE model (safetensors, with the feature vocabularies)\n"
       "  --quiet             no per-epoch progress on stderr\n"
+      "  --precision P       fp32 or bf16: the layers' matrix products in bf16 with fp32 accumulation\n"
+      "                      on AMX or AVX512_BF16 (default fp32)\n"
       "experiment knobs (defaults = the documented configuration):\n"
       "  --history-len N --title-len N --user-dim N --genre-dim N --d-model N --heads N --ffn N\n"
       "  --layers N --attn-dropout X --experts N --expert W,W --bottom W,W --tower W,W --dropout X\n"
@@ -155,6 +158,11 @@ Options parse_args(int argc, char** argv) {
     else if (a == "--tower") o.tower = parse_list<index_t>(v, a);
     else if (a == "--dropout") o.dropout = num();
     else if (a == "--init-std") o.init_std = num();
+    else if (a == "--precision") {
+      if (v == "fp32") o.precision = Precision::FP32;
+      else if (v == "bf16") o.precision = Precision::BF16;
+      else throw std::invalid_argument("--precision expects fp32 or bf16 but got '" + v + "'");
+    }
     else if (a == "--batch") o.batch = integer();
     else if (a == "--lr") o.lr = num();
     else if (a == "--wd") o.weight_decay = num();
@@ -196,7 +204,8 @@ std::string describe(const Options& o) {
      << o.genre_dim << ", history " << o.history_len << ", title " << o.title_len << " words; experts " << o.experts
      << " x [" << widths(o.expert) << "], bottom [" << widths(o.bottom) << "], towers [" << widths(o.tower)
      << "], dropout " << o.dropout << ", embedding init std " << o.init_std << "; AdamW lr " << o.lr
-     << " wd " << o.weight_decay << ", " << o.schedule << " schedule";
+     << " wd " << o.weight_decay << ", " << o.schedule << " schedule, " << precision_name(o.precision)
+     << " matrix products";
   if (o.warmup > 0) os << " (warmup " << o.warmup << ")";
   if (o.clip > 0) os << ", clip " << o.clip;
   os << ", batch " << o.batch << ", epochs <= " << o.epochs << ", patience " << o.patience << ", loss weights "
@@ -245,6 +254,7 @@ ModelConfig model_config(const Options& o, const ml::MovieLensFeatures& f, Archi
   c.expert = o.expert;
   c.dropout = o.dropout;
   c.embedding_init_std = o.init_std;
+  c.precision = o.precision;
   c.seed = seed;
   return c;
 }

@@ -146,6 +146,11 @@ Training:
                            row-wise Adam update, as FBGEMM does: the table
                            gradient is never written (same results to
                            rounding; not with gradnorm or pcgrad)
+  --precision P            fp32 | bf16 (default fp32): bf16 runs the layers'
+                           matrix products as bf16 GEMMs with fp32
+                           accumulation on AMX or AVX512_BF16 (fp32 where the
+                           CPU has neither); weights, optimizer state and
+                           embeddings stay fp32. Saved in the checkpoint.
   --weighting W            fixed | uncertainty | gradnorm | pcgrad (default
                            fixed; gradnorm and pcgrad need 2+ tasks)
   --patience N             stop after N epochs without improvement on the
@@ -257,6 +262,7 @@ struct Options {
   index_t batch = 256;
   double lr = 1e-3, weight_decay = 0;
   bool fused_tables = false;
+  Precision precision = Precision::FP32;
   bool hnsw = false;
   int patience = 0;
   std::uint64_t seed = 0;
@@ -326,7 +332,7 @@ Options parse_args(int argc, char** argv, bool& help) {
         "--bottom", "--expert-layers", "--tower", "--dropout", "--epochs", "--batch", "--lr", "--weight-decay",
         "--weighting", "--patience", "--seed", "--threads", "--quiet", "--train", "--valid", "--test", "--split",
         "--save", "--load", "--predict", "--out", "--curve", "--keep", "--na-values", "--fused-tables",
-        "--item-fields", "--hnsw"};
+        "--item-fields", "--hnsw", "--precision"};
     if (!flags.count(arg)) usage_fail("unknown flag '", arg, "' (run mtrec-train --help for the list)");
     const bool repeatable = arg == "--id" || arg == "--bag" || arg == "--seq" || arg == "--text" || arg == "--dense" ||
                             arg == "--task" || arg == "--keep";
@@ -384,6 +390,10 @@ Options parse_args(int argc, char** argv, bool& help) {
     else if (arg == "--dropout") {
       o.dropout = number_value(arg, value, 0, false);
       if (o.dropout >= 1) usage_fail("flag --dropout expects a number in [0, 1) but got '", value, "'");
+    } else if (arg == "--precision") {
+      if (value == "fp32") o.precision = Precision::FP32;
+      else if (value == "bf16") o.precision = Precision::BF16;
+      else usage_fail("flag --precision expects fp32 or bf16 but got '", value, "'");
     } else if (arg == "--epochs") o.epochs = int(int_value(arg, value, 1, kMaxInt));
     else if (arg == "--batch") o.batch = index_t(int_value(arg, value, 1, kMaxBatch));
     else if (arg == "--lr") o.lr = number_value(arg, value, 0, true);
@@ -984,6 +994,7 @@ int run_train(const Options& o) {
   cfg.experts = o.experts;
   cfg.expert = o.expert;
   cfg.dropout = o.dropout;
+  cfg.precision = o.precision;
   cfg.seed = o.seed;
   const double param_bytes = check_model_size(o, cfg);
   std::unique_ptr<MultiTaskModel<float>> model_ptr;
@@ -1014,7 +1025,12 @@ int run_train(const Options& o) {
   }
   info("training " + std::string(architecture_name(cfg.architecture)) + " (" +
        std::to_string(model.parameters().size()) + " parameters) for up to " + std::to_string(o.epochs) +
-       " epochs, monitoring " + (valid_ptr ? "validation " + tc.monitor : std::string("the training loss")));
+       " epochs, monitoring " + (valid_ptr ? "validation " + tc.monitor : std::string("the training loss")) +
+       ", matrix products in " + precision_name(cfg.precision) + " (" + kernels::bf16_path_name(model.matmul_path()) +
+       (cfg.precision == Precision::BF16 && model.matmul_path() == kernels::Bf16Path::fp32
+            ? ": no AMX or AVX512_BF16 on this CPU"
+            : "") +
+       ")");
   Trainer<float> trainer(model, tc);
   const History h = trainer.fit(train, valid_ptr);
 
@@ -1035,6 +1051,8 @@ int run_train(const Options& o) {
   rows.set("test", test.size);
   j.set("rows", std::move(rows));
   j.set("split", eval_name);
+  j.set("precision", precision_name(cfg.precision));
+  j.set("matmul_path", kernels::bf16_path_name(model.matmul_path()));
   j.set("test", metrics_json(ev, enc));
 
   if (!o.save.empty()) {

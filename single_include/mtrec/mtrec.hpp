@@ -996,6 +996,13 @@ inline std::uint64_t hash_name(const std::string& s) {
   return mix64(h);
 }
 
+// The operands of the layers' matrix products (Linear): fp32, or bf16 with
+// fp32 accumulation (torch.autocast's bf16 on the CPU). Master weights,
+// gradients and optimizer state stay in T either way.
+enum class Precision { FP32, BF16 };
+
+inline const char* precision_name(Precision p) { return p == Precision::BF16 ? "bf16" : "fp32"; }
+
 template <class T, class D = Cpu>
 class ParameterStore {
  public:
@@ -1082,6 +1089,7 @@ class ParameterStore {
     }
     device_.upload(raw(values_.data()), host.data(), values_.bytes());
     allocated_ = true;
+    ++generation_;
   }
 
   // Re-draws one parameter from its Init (e.g. to re-seed a layer).
@@ -1090,13 +1098,33 @@ class ParameterStore {
     std::vector<T> host(static_cast<std::size_t>(p.size));
     draw(p, host.data());
     device_.upload(raw(values_.data() + p.offset), host.data(), sizeof(T) * host.size());
+    ++generation_;
   }
+
+  // ---- the values' generation ---------------------------------------------------
+  //
+  // A count that changes whenever the values may have changed: allocate(),
+  // initialise(), every call of the mutable values() (the optimizer's step,
+  // checkpoint loading) and mark_values_changed(). Copies derived from the
+  // weights (the bf16 weight packs of Linear) are rebuilt when it moves.
+  // Code that writes a parameter through value(id) calls
+  // mark_values_changed() afterwards.
+  std::uint64_t generation() const { return generation_; }
+  void mark_values_changed() { ++generation_; }
+
+  // The precision of the layers' matrix products (Precision above); set by
+  // the model from ModelConfig::precision.
+  void set_precision(Precision p) { precision_ = p; }
+  Precision precision() const { return precision_; }
 
   // Host copies of parameters and gradients: `count` elements from `offset`
   // of the flat block (the explicit copies between host and device memory).
   void read_values(T* host, index_t offset, index_t count) const { download(host, values_, offset, count); }
   void read_grads(T* host, index_t offset, index_t count) const { download(host, grads_, offset, count); }
-  void write_values(index_t offset, const T* host, index_t count) { upload(values_, offset, host, count); }
+  void write_values(index_t offset, const T* host, index_t count) {
+    upload(values_, offset, host, count);
+    ++generation_;
+  }
   void write_grads(index_t offset, const T* host, index_t count) { upload(grads_, offset, host, count); }
   std::vector<T> values_host(ParamId id) const {
     const ParamInfo& p = checked(id);
@@ -1165,7 +1193,10 @@ class ParameterStore {
   CView grad_view(ParamId id) const { return {grad(id), info(id).shape}; }
 
   // The flat block. Dense parameters occupy [0, dense_size()).
-  pointer values() { return values_.data(); }
+  pointer values() {
+    ++generation_;  // whoever takes the whole block may write it
+    return values_.data();
+  }
   const_pointer values() const { return values_.data(); }
   pointer grads() { return grads_.data(); }
   const_pointer grads() const { return grads_.data(); }
@@ -1296,6 +1327,8 @@ class ParameterStore {
 
   std::uint64_t seed_;
   D device_;
+  std::uint64_t generation_ = 0;
+  Precision precision_ = Precision::FP32;
   bool allocated_ = false;
   index_t max_count_ = std::numeric_limits<index_t>::max(), max_elements_ = std::numeric_limits<index_t>::max();
   index_t elements_ = 0;
@@ -10139,6 +10172,537 @@ class ActivationLayer {
 // ==== begin mtrec/layers/linear.hpp ===========================================
 // mtrec: Linear — y = x W^T + b, with W stored (out, in) as in PyTorch.
 
+// ==== begin mtrec/kernels/cpu_bf16.hpp ========================================
+// mtrec: bf16 GEMM on the CPU's matrix units, chosen at run time.
+//
+//   C (M,N) = alpha * bf16(op(A)) (M,K) * Bp (K,N) + beta * C      fp32 accumulation
+//
+// Bp is op(B) converted to bf16 (round to nearest even) and packed once
+// (Bf16PackedB: weights are packed once per optimizer step, not per
+// product); A is converted on the fly while it is packed. Four paths:
+//
+//   amx          Intel AMX: 16x16 fp32 tiles, TDPBF16PS on 16x32 bf16 tiles
+//                of A and 16 K-pairs x 16 columns of B, a 2x2 tile block
+//                (32 rows x 32 columns) per step. Needs the AMX-TILE and
+//                AMX-BF16 CPUID bits, the tile state enabled in XCR0, and the
+//                kernel's permission (arch_prctl ARCH_REQ_XCOMP_PERM), asked
+//                once per process; Bf16Support::amx_note says why it is off.
+//   avx512_bf16  VDPBF16PS (Zen 4/5, Cooper Lake, Sapphire Rapids): a 12 row x
+//                32 column register tile, one broadcast K-pair of A per row.
+//   emulated     the same arithmetic in scalar C++, anywhere: each pair of
+//                bf16 products added to the fp32 accumulator as VDPBF16PS
+//                does (odd element first). Tests run it on every machine;
+//                it is slow and no model selects it.
+//   fp32         no bf16 unit: callers run the fp32 GEMM instead
+//                (bf16_default_path() returns it; bf16_gemm* refuse it).
+//
+// Dispatch: CPUID and XCR0 are read once (bf16_support()); the hardware
+// kernels are compiled with __attribute__((target(...))), so one binary built
+// for a portable baseline (x86-64-v3, say) uses AMX where it is present, and
+// -march=native builds are unchanged. MTREC_BF16_PATH=fp32|emulated|
+// avx512_bf16|amx in the environment overrides the default (a path the
+// machine lacks is refused). Under nvcc, and off x86-64 GCC/Clang, only the
+// emulated path is compiled.
+//
+// The packed B layout is the same for every path: panels of 16 columns (an
+// even number of panels, the last ones zero), each Kp/2 rows of 16 K-pairs,
+// Kp = K rounded up to 32 (zeros):  element (k, j) at
+//   (j / 16) * Kp * 16 + (k / 2) * 32 + (j % 16) * 2 + (k % 2)
+// which is also the VNNI layout of an AMX B tile (16 rows of 64 bytes).
+//
+// Determinism: every C element is one fp32 chain over k in increasing pairs
+// (AMX: in increasing 32-element blocks, each reduced the same way), and the
+// split across threads is over rows or column panels only, so results do
+// not depend on the thread count.
+
+#include <cstdlib>
+
+#if (defined(__x86_64__) || defined(_M_X64)) && (defined(__GNUC__) || defined(__clang__)) && !defined(__CUDACC__) && \
+    !defined(MTREC_NO_BF16_KERNELS)
+#define MTREC_BF16_X86 1
+#include <cpuid.h>
+#include <immintrin.h>
+#if defined(__linux__)
+#include <sys/syscall.h>
+#endif
+#else
+#define MTREC_BF16_X86 0
+#endif
+
+namespace mtrec {
+namespace kernels {
+
+// ---- bf16 numbers ---------------------------------------------------------------
+
+// float -> bf16 bits, round to nearest even; NaN stays a (quiet) NaN.
+inline std::uint16_t to_bf16(float x) {
+  std::uint32_t u;
+  std::memcpy(&u, &x, 4);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return static_cast<std::uint16_t>((u >> 16) | 0x40u);
+  u += 0x7fffu + ((u >> 16) & 1u);
+  return static_cast<std::uint16_t>(u >> 16);
+}
+inline float from_bf16(std::uint16_t b) {
+  const std::uint32_t u = std::uint32_t(b) << 16;
+  float x;
+  std::memcpy(&x, &u, 4);
+  return x;
+}
+inline float round_bf16(float x) { return from_bf16(to_bf16(x)); }
+
+// ---- what the machine has -----------------------------------------------------------
+
+enum class Bf16Path { fp32, emulated, avx512_bf16, amx };
+
+inline const char* bf16_path_name(Bf16Path p) {
+  switch (p) {
+    case Bf16Path::fp32: return "fp32";
+    case Bf16Path::emulated: return "emulated";
+    case Bf16Path::avx512_bf16: return "avx512_bf16";
+    case Bf16Path::amx: return "amx";
+  }
+  return "?";
+}
+
+struct Bf16Support {
+  bool avx512_bf16 = false;  // CPUID AVX512F + AVX512_BF16, ZMM state enabled by the OS
+  bool amx = false;          // CPUID AMX-TILE + AMX-BF16, tile state in XCR0, permission granted
+  std::string amx_note;      // why amx is false ("" when true)
+  Bf16Path best = Bf16Path::fp32;
+};
+
+namespace bf16_detail {
+
+#if MTREC_BF16_X86
+inline std::uint64_t xcr0() {
+  std::uint32_t lo, hi;
+  __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+  return (std::uint64_t(hi) << 32) | lo;
+}
+#endif
+
+inline Bf16Support detect() {
+  Bf16Support s;
+#if MTREC_BF16_X86
+  unsigned a = 0, b = 0, c = 0, d = 0;
+  if (!__get_cpuid(1, &a, &b, &c, &d) || !(c & (1u << 27))) {
+    s.amx_note = "no OSXSAVE";
+    return s;
+  }
+  const std::uint64_t x = xcr0();
+  const bool zmm_os = (x & 0xe6u) == 0xe6u;  // SSE, AVX, opmask, ZMM_Hi256, Hi16_ZMM
+  unsigned a7 = 0, b7 = 0, c7 = 0, d7 = 0, a71 = 0, b71 = 0, c71 = 0, d71 = 0;
+  __get_cpuid_count(7, 0, &a7, &b7, &c7, &d7);
+  if (a7 >= 1) __get_cpuid_count(7, 1, &a71, &b71, &c71, &d71);
+  const bool avx512f = (b7 >> 16) & 1u;
+  s.avx512_bf16 = zmm_os && avx512f && ((a71 >> 5) & 1u);
+  const bool amx_bf16 = (d7 >> 22) & 1u, amx_tile = (d7 >> 24) & 1u;
+  if (!amx_tile || !amx_bf16) {
+    s.amx_note = "the CPU has no AMX-BF16 (CPUID leaf 7)";
+  } else if ((x & 0x60000u) != 0x60000u) {
+    s.amx_note = "the OS has not enabled the AMX tile state (XCR0 bits 17-18)";
+  } else if (!zmm_os || !avx512f) {
+    s.amx_note = "AMX present but AVX-512 state is not enabled";
+  } else {
+#if defined(__linux__)
+    // ARCH_REQ_XCOMP_PERM = 0x1023, XFEATURE_XTILEDATA = 18 (Linux >= 5.16)
+    if (syscall(SYS_arch_prctl, 0x1023, 18) == 0) {
+      s.amx = true;
+    } else {
+      s.amx_note = "the kernel refused the AMX tile permission (arch_prctl ARCH_REQ_XCOMP_PERM; Linux >= 5.16 needed)";
+    }
+#else
+    s.amx_note = "AMX tile permission is only requested on Linux";
+#endif
+  }
+#else
+  s.amx_note = "not an x86-64 GCC/Clang host build";
+#endif
+  s.best = s.amx ? Bf16Path::amx : s.avx512_bf16 ? Bf16Path::avx512_bf16 : Bf16Path::fp32;
+  return s;
+}
+
+}  // namespace bf16_detail
+
+// CPUID, XCR0 and the AMX permission, read once per process.
+inline const Bf16Support& bf16_support() {
+  static const Bf16Support s = bf16_detail::detect();
+  return s;
+}
+
+inline bool bf16_path_available(Bf16Path p) {
+  switch (p) {
+    case Bf16Path::fp32:
+    case Bf16Path::emulated: return true;
+    case Bf16Path::avx512_bf16: return bf16_support().avx512_bf16;
+    case Bf16Path::amx: return bf16_support().amx;
+  }
+  return false;
+}
+
+inline Bf16Path parse_bf16_path(const std::string& s) {
+  for (Bf16Path p : {Bf16Path::fp32, Bf16Path::emulated, Bf16Path::avx512_bf16, Bf16Path::amx})
+    if (s == bf16_path_name(p)) return p;
+  fail("parse_bf16_path", "expected fp32, emulated, avx512_bf16 or amx but got '", s, "'");
+}
+
+namespace bf16_detail {
+inline Bf16Path initial_path() {
+  const char* env = std::getenv("MTREC_BF16_PATH");
+  if (env == nullptr || *env == '\0') return bf16_support().best;
+  const Bf16Path q = parse_bf16_path(env);
+  check(bf16_path_available(q), "bf16_default_path", "MTREC_BF16_PATH=", env, " but this machine lacks it (",
+        q == Bf16Path::amx ? bf16_support().amx_note : std::string("no AVX512_BF16"), ")");
+  return q;
+}
+inline std::atomic<int>& current_path() {
+  static std::atomic<int> p{static_cast<int>(initial_path())};
+  return p;
+}
+}  // namespace bf16_detail
+
+// The path bf16 products take (the layers with Precision::BF16): the best
+// unit the machine has (amx, then avx512_bf16), else fp32 (no bf16 unit);
+// MTREC_BF16_PATH in the environment, or set_bf16_default_path(), overrides.
+inline Bf16Path bf16_default_path() {
+  return static_cast<Bf16Path>(bf16_detail::current_path().load(std::memory_order_relaxed));
+}
+// Process-wide; set it before work starts (tests force `emulated` with it so
+// that the bf16 layers run on any machine). A path the machine lacks is refused.
+inline void set_bf16_default_path(Bf16Path p) {
+  check(bf16_path_available(p), "set_bf16_default_path", "this machine has no ", bf16_path_name(p), " (",
+        p == Bf16Path::amx ? bf16_support().amx_note : std::string("no AVX512_BF16"), ")");
+  bf16_detail::current_path().store(static_cast<int>(p), std::memory_order_relaxed);
+}
+
+// ---- the packed B operand -----------------------------------------------------------------
+
+struct Bf16PackedB {
+  index_t K = 0, N = 0;
+  index_t Kp = 0;      // K rounded up to 32
+  index_t panels = 0;  // 16-column panels, an even number
+  std::vector<std::uint16_t> data;
+  // (k, j) -> index in data
+  index_t at(index_t k, index_t j) const { return (j / 16) * Kp * 16 + (k / 2) * 32 + (j % 16) * 2 + (k % 2); }
+};
+
+namespace bf16_detail {
+constexpr index_t kMr = 12;   // rows of the AVX-512 register tile
+constexpr index_t kNc = 256;  // columns of B per L2 slab (16 panels)
+
+inline void pack_b_rows(Bf16PackedB& p, Trans tb, const float* B, index_t ldb, index_t j0, index_t j1) {
+  const index_t K = p.K, Kp = p.Kp, jn = std::min(j1, p.N);
+  auto slot = [&](index_t k, index_t j) { return p.data.data() + (j / 16) * Kp * 16 + (k / 2) * 32 + (j % 16) * 2 + (k % 2); };
+  if (tb == Trans::N) {
+    // op(B) = B (K,N): read along the stored rows, write each K-pair's panel rows
+    for (index_t k = 0; k < K; ++k) {
+      const float* row = B + k * ldb;
+      for (index_t j = j0; j < jn; ++j) *slot(k, j) = to_bf16(row[j]);
+    }
+    for (index_t k = K; k < Kp; ++k)
+      for (index_t j = j0; j < jn; ++j) *slot(k, j) = 0;
+  } else {
+    // op(B) = B^T, B stored (N,K): column j of op(B) is stored row j
+    for (index_t j = j0; j < jn; ++j) {
+      const float* row = B + j * ldb;
+      for (index_t k = 0; k < Kp; ++k) *slot(k, j) = k < K ? to_bf16(row[k]) : std::uint16_t(0);
+    }
+  }
+  for (index_t j = std::max(j0, jn); j < j1; ++j)  // the padding columns
+    for (index_t k = 0; k < Kp; ++k) *slot(k, j) = 0;
+}
+}  // namespace bf16_detail
+
+// p <- op(B) (K,N) in bf16. Reuses p's storage when it is large enough.
+inline void bf16_pack_b(Bf16PackedB& p, Trans tb, index_t K, index_t N, const float* B, index_t ldb) {
+  check(K >= 0 && N >= 0, "bf16_pack_b", "expected K, N >= 0 but got K=", K, " N=", N);
+  p.K = K;
+  p.N = N;
+  p.Kp = (K + 31) / 32 * 32;
+  p.panels = ((N + 15) / 16 + 1) / 2 * 2;
+  const std::size_t need = static_cast<std::size_t>(p.panels * p.Kp * 16);
+  if (p.data.size() != need) p.data.assign(need, 0);
+  const index_t cols = p.panels * 16;
+  parallel_chunks(cols, 64, [&](index_t j0, index_t j1) { bf16_detail::pack_b_rows(p, tb, B, ldb, j0, j1); },
+                  worth_forking_flops(double(K) * double(N) * 8));
+}
+
+// ---- kernels ------------------------------------------------------------------------------
+
+namespace bf16_detail {
+
+// a = op(A) element (i, k), in bf16, 0 past K
+inline std::uint16_t a_at(Trans ta, const float* A, index_t lda, index_t i, index_t k, index_t K) {
+  if (k >= K) return 0;
+  return to_bf16(ta == Trans::N ? A[i * lda + k] : A[k * lda + i]);
+}
+
+inline void store_out(float* c, float v, float alpha, float beta) {
+  v *= alpha;
+  *c = beta == 0.f ? v : beta * *c + v;
+}
+
+// Scalar, any machine. Rows [i0, i1), all columns.
+inline void gemm_emulated(Trans ta, index_t i0, index_t i1, index_t j0, index_t j1, index_t K, float alpha,
+                          const float* A, index_t lda, const Bf16PackedB& Bp, float beta, float* C, index_t ldc) {
+  std::vector<float> arow(static_cast<std::size_t>(Bp.Kp));
+  for (index_t i = i0; i < i1; ++i) {
+    for (index_t k = 0; k < Bp.Kp; ++k) arow[std::size_t(k)] = from_bf16(a_at(ta, A, lda, i, k, K));
+    for (index_t j = j0; j < j1; ++j) {
+      float acc = 0.f;
+      for (index_t k = 0; k < Bp.Kp; k += 2) {
+        acc += arow[std::size_t(k + 1)] * from_bf16(Bp.data[std::size_t(Bp.at(k + 1, j))]);
+        acc += arow[std::size_t(k)] * from_bf16(Bp.data[std::size_t(Bp.at(k, j))]);
+      }
+      store_out(C + i * ldc + j, acc, alpha, beta);
+    }
+  }
+}
+
+// The thread's packed-A buffer.
+inline std::vector<std::uint16_t>& a_workspace() {
+  thread_local std::vector<std::uint16_t> ws;
+  return ws;
+}
+
+#if MTREC_BF16_X86
+
+#define MTREC_BF16_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16")))
+#define MTREC_BF16_AMX __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16,amx-tile,amx-bf16")))
+
+// 16 floats -> 16 bf16 (round to nearest even, NaN kept), as to_bf16.
+MTREC_BF16_AVX512 inline __m256i cvt16(__m512 v) {
+  const __m512i u = _mm512_castps_si512(v);
+  const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+  __m512i r = _mm512_srli_epi32(_mm512_add_epi32(u, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7fff))), 16);
+  const __m512i absu = _mm512_and_si512(u, _mm512_set1_epi32(0x7fffffff));
+  const __mmask16 nan = _mm512_cmpgt_epu32_mask(absu, _mm512_set1_epi32(0x7f800000));
+  r = _mm512_mask_or_epi32(r, nan, _mm512_srli_epi32(u, 16), _mm512_set1_epi32(0x40));
+  return _mm512_cvtepi32_epi16(r);
+}
+
+// Row i of op(A) = A (contiguous) into bf16, k in [0, Kp): dst[k]
+MTREC_BF16_AVX512 inline void convert_row(std::uint16_t* dst, const float* src, index_t K, index_t Kp) {
+  index_t k = 0;
+  for (; k + 16 <= K; k += 16) _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + k), cvt16(_mm512_loadu_ps(src + k)));
+  if (k < K) {
+    const __mmask16 m = static_cast<__mmask16>((1u << (K - k)) - 1u);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + k), cvt16(_mm512_maskz_loadu_ps(m, src + k)));
+    k += 16;
+  }
+  for (; k < Kp; k += 16) _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + k), _mm256_setzero_si256());
+}
+
+// rows [i0, i0+rows) of op(A), bf16 row-major with stride Kp (rows >= m zero).
+MTREC_BF16_AVX512 inline void pack_a_rows(std::uint16_t* dst, Trans ta, const float* A, index_t lda, index_t i0,
+                                          index_t m, index_t rows, index_t K, index_t Kp) {
+  for (index_t r = 0; r < rows; ++r) {
+    std::uint16_t* d = dst + r * Kp;
+    if (r >= m) {
+      std::memset(d, 0, std::size_t(Kp) * 2);
+    } else if (ta == Trans::N) {
+      convert_row(d, A + (i0 + r) * lda, K, Kp);
+    }
+  }
+  if (ta == Trans::T) {
+    // op(A) = A^T, A stored (K,M): read along the stored rows
+    const index_t mm = std::min(m, rows);
+    for (index_t k = 0; k < K; ++k) {
+      const float* src = A + k * lda + i0;
+      for (index_t r = 0; r < mm; ++r) dst[r * Kp + k] = to_bf16(src[r]);
+    }
+    for (index_t r = 0; r < mm; ++r)
+      for (index_t k = K; k < Kp; ++k) dst[r * Kp + k] = 0;
+  }
+}
+
+// c[0..cols) = alpha * acc + beta * c
+MTREC_BF16_AVX512 inline void store16(float* c, __m512 acc, index_t cols, float alpha, float beta) {
+  if (cols <= 0) return;
+  const __mmask16 m = cols >= 16 ? __mmask16(0xffff) : static_cast<__mmask16>((1u << cols) - 1u);
+  __m512 v = _mm512_mul_ps(acc, _mm512_set1_ps(alpha));
+  if (beta != 0.f) v = _mm512_fmadd_ps(_mm512_set1_ps(beta), _mm512_maskz_loadu_ps(m, c), v);
+  _mm512_mask_storeu_ps(c, m, v);
+}
+
+// MR rows x 2 panels (32 columns). ap: MR rows of bf16, stride Kp (read as
+// K-pairs); bp: two consecutive panels.
+template <int MR>
+MTREC_BF16_AVX512 inline void tile_avx512(index_t Kp, const std::uint16_t* ap, const std::uint16_t* bp, float* c,
+                                          index_t ldc, index_t cols, float alpha, float beta) {
+  __m512 acc0[MR], acc1[MR];
+  for (int r = 0; r < MR; ++r) acc0[r] = acc1[r] = _mm512_setzero_ps();
+  const std::uint16_t* b1 = bp + Kp * 16;
+  for (index_t kp = 0; kp < Kp / 2; ++kp) {
+    const __m512bh bv0 = (__m512bh)_mm512_loadu_si512(bp + kp * 32);
+    const __m512bh bv1 = (__m512bh)_mm512_loadu_si512(b1 + kp * 32);
+#pragma GCC unroll 12
+    for (int r = 0; r < MR; ++r) {
+      std::uint32_t pair;
+      std::memcpy(&pair, ap + r * Kp + 2 * kp, 4);
+      const __m512bh av = (__m512bh)_mm512_set1_epi32(static_cast<int>(pair));
+      acc0[r] = _mm512_dpbf16_ps(acc0[r], av, bv0);
+      acc1[r] = _mm512_dpbf16_ps(acc1[r], av, bv1);
+    }
+  }
+  for (int r = 0; r < MR; ++r) {
+    store16(c + r * ldc, acc0[r], cols, alpha, beta);
+    store16(c + r * ldc + 16, acc1[r], cols - 16, alpha, beta);
+  }
+}
+
+template <int... MRs>
+MTREC_BF16_AVX512 inline void tile_avx512_dispatch(std::integer_sequence<int, MRs...>, index_t mr, index_t Kp,
+                                                   const std::uint16_t* ap, const std::uint16_t* bp, float* c,
+                                                   index_t ldc, index_t cols, float alpha, float beta) {
+  using Fn = void (*)(index_t, const std::uint16_t*, const std::uint16_t*, float*, index_t, index_t, float, float);
+  static constexpr Fn table[] = {&tile_avx512<MRs + 1>...};
+  table[mr - 1](Kp, ap, bp, c, ldc, cols, alpha, beta);
+}
+
+// Rows [i0, i1) x panel pairs [p0, p1) (p even).
+MTREC_BF16_AVX512 inline void gemm_avx512(Trans ta, index_t i0, index_t i1, index_t p0, index_t p1, index_t K,
+                                          float alpha, const float* A, index_t lda, const Bf16PackedB& Bp,
+                                          float beta, float* C, index_t ldc) {
+  const index_t Kp = Bp.Kp, M = i1 - i0;
+  std::vector<std::uint16_t>& ws = a_workspace();
+  const index_t mrows = (M + kMr - 1) / kMr * kMr;
+  if (index_t(ws.size()) < mrows * Kp) ws.resize(std::size_t(mrows * Kp));
+  pack_a_rows(ws.data(), ta, A, lda, i0, M, mrows, K, Kp);
+  constexpr auto rows = std::make_integer_sequence<int, int(kMr)>{};
+  for (index_t s0 = p0; s0 < p1; s0 += kNc / 16) {
+    const index_t s1 = std::min(p1, s0 + kNc / 16);
+    for (index_t ii = 0; ii < M; ii += kMr) {
+      const index_t mr = std::min(kMr, M - ii);
+      for (index_t p = s0; p < s1; p += 2) {
+        const index_t cols = std::min<index_t>(32, Bp.N - p * 16);
+        tile_avx512_dispatch(rows, mr, Kp, ws.data() + ii * Kp, Bp.data.data() + p * Kp * 16,
+                             C + (i0 + ii) * ldc + p * 16, ldc, cols, alpha, beta);
+      }
+    }
+  }
+}
+
+struct alignas(64) TileConfig {
+  std::uint8_t palette = 1, start_row = 0;
+  std::uint8_t reserved[14] = {};
+  std::uint16_t colsb[16] = {};
+  std::uint8_t rows[16] = {};
+};
+
+// Rows [i0, i1) x panel pairs [p0, p1): 32 x 32 blocks of four 16x16 tiles.
+// tmm0..3: C, tmm4..5: A (16 rows x 32 bf16), tmm6..7: B (16 K-pairs x 16 columns).
+MTREC_BF16_AMX inline void gemm_amx(Trans ta, index_t i0, index_t i1, index_t p0, index_t p1, index_t K, float alpha,
+                                    const float* A, index_t lda, const Bf16PackedB& Bp, float beta, float* C,
+                                    index_t ldc) {
+  const index_t Kp = Bp.Kp, M = i1 - i0;
+  std::vector<std::uint16_t>& ws = a_workspace();
+  const index_t mrows = (M + 31) / 32 * 32;
+  if (index_t(ws.size()) < mrows * Kp) ws.resize(std::size_t(mrows * Kp));
+  pack_a_rows(ws.data(), ta, A, lda, i0, M, mrows, K, Kp);
+  TileConfig cfg;
+  for (int t = 0; t < 8; ++t) {
+    cfg.colsb[t] = 64;
+    cfg.rows[t] = 16;
+  }
+  _tile_loadconfig(&cfg);
+  alignas(64) float out[4][16 * 16];
+  const std::size_t a_stride = std::size_t(Kp) * 2;
+  for (index_t s0 = p0; s0 < p1; s0 += kNc / 16) {
+    const index_t s1 = std::min(p1, s0 + kNc / 16);
+    for (index_t ii = 0; ii < M; ii += 32) {
+      const std::uint16_t* a0 = ws.data() + ii * Kp;
+      const std::uint16_t* a1 = a0 + 16 * Kp;
+      for (index_t p = s0; p < s1; p += 2) {
+        const std::uint16_t* b0 = Bp.data.data() + p * Kp * 16;
+        const std::uint16_t* b1 = b0 + Kp * 16;
+        _tile_zero(0);
+        _tile_zero(1);
+        _tile_zero(2);
+        _tile_zero(3);
+        for (index_t kb = 0; kb < Kp; kb += 32) {
+          _tile_loadd(4, a0 + kb, a_stride);
+          _tile_loadd(5, a1 + kb, a_stride);
+          _tile_loadd(6, b0 + kb * 16, 64);
+          _tile_loadd(7, b1 + kb * 16, 64);
+          _tile_dpbf16ps(0, 4, 6);
+          _tile_dpbf16ps(1, 4, 7);
+          _tile_dpbf16ps(2, 5, 6);
+          _tile_dpbf16ps(3, 5, 7);
+        }
+        _tile_stored(0, out[0], 64);
+        _tile_stored(1, out[1], 64);
+        _tile_stored(2, out[2], 64);
+        _tile_stored(3, out[3], 64);
+        const index_t cols = std::min<index_t>(32, Bp.N - p * 16);
+        for (int t = 0; t < 4; ++t) {
+          const index_t r0 = ii + (t / 2) * 16, c0 = (t % 2) * 16;
+          for (index_t r = 0; r < 16 && r0 + r < M; ++r)
+            store16(C + (i0 + r0 + r) * ldc + p * 16 + c0, _mm512_load_ps(out[t] + r * 16), cols - c0, alpha, beta);
+        }
+      }
+    }
+  }
+  _tile_release();
+}
+
+#undef MTREC_BF16_AVX512
+#undef MTREC_BF16_AMX
+#endif  // MTREC_BF16_X86
+
+}  // namespace bf16_detail
+
+// C (M,N) = alpha * bf16(op(A)) * Bp + beta * C on `path` (not fp32).
+// A is op(A) (M,K) as stored: row-major (M,K) for Trans::N, (K,M) for Trans::T.
+inline void bf16_gemm_packed(Bf16Path path, Trans ta, index_t M, index_t N, index_t K, float alpha, const float* A,
+                             index_t lda, const Bf16PackedB& Bp, float beta, float* C, index_t ldc) {
+  check(path != Bf16Path::fp32, "bf16_gemm", "path fp32 has no bf16 kernel: call the fp32 gemm");
+  check(bf16_path_available(path), "bf16_gemm", "path ", bf16_path_name(path), " is not available on this machine (",
+        path == Bf16Path::amx ? bf16_support().amx_note : std::string("no AVX512_BF16"), ")");
+  check(Bp.K == K && Bp.N == N, "bf16_gemm", "expected packed B of (K,N)=(", K, ",", N, ") but got (", Bp.K, ",",
+        Bp.N, ")");
+  if (M <= 0 || N <= 0) return;
+  const double flops = 2.0 * double(M) * double(N) * double(K);
+  // Split over rows when there are enough of them, else over panel pairs:
+  // either way each C element is computed by one kernel call.
+  const index_t unit = path == Bf16Path::amx ? 32 : bf16_detail::kMr;
+  const int threads = worth_forking_flops(flops) ? num_threads() : 1;
+  const bool split_rows = M >= index_t(threads) * unit || Bp.panels < 4;
+  const index_t pairs = Bp.panels / 2;
+  const index_t extent = split_rows ? M : pairs;
+  const index_t step = split_rows ? unit : 1;
+  const index_t per = (extent + threads - 1) / threads;
+  const index_t chunk = threads > 1 ? std::max(step, (per + step - 1) / step * step) : extent;
+  parallel_chunks(extent, chunk, [&](index_t b, index_t e) {
+    const index_t i0 = split_rows ? b : 0, i1 = split_rows ? e : M;
+    const index_t q0 = split_rows ? 0 : 2 * b, q1 = split_rows ? Bp.panels : 2 * e;
+    switch (path) {
+#if MTREC_BF16_X86
+      case Bf16Path::amx: bf16_detail::gemm_amx(ta, i0, i1, q0, q1, K, alpha, A, lda, Bp, beta, C, ldc); return;
+      case Bf16Path::avx512_bf16:
+        bf16_detail::gemm_avx512(ta, i0, i1, q0, q1, K, alpha, A, lda, Bp, beta, C, ldc);
+        return;
+#endif
+      default:
+        bf16_detail::gemm_emulated(ta, i0, i1, q0 * 16, std::min(N, q1 * 16), K, alpha, A, lda, Bp, beta, C, ldc);
+        return;
+    }
+  });
+}
+
+// The same, packing op(B) into a thread-local buffer first (a product whose B
+// changes every call: activations, gradients).
+inline void bf16_gemm(Bf16Path path, Trans ta, Trans tb, index_t M, index_t N, index_t K, float alpha, const float* A,
+                      index_t lda, const float* B, index_t ldb, float beta, float* C, index_t ldc) {
+  thread_local Bf16PackedB scratch;
+  bf16_pack_b(scratch, tb, K, N, B, ldb);
+  bf16_gemm_packed(path, ta, M, N, K, alpha, A, lda, scratch, beta, C, ldc);
+}
+
+}  // namespace kernels
+}  // namespace mtrec
+// ==== end mtrec/kernels/cpu_bf16.hpp ==========================================
+
 namespace mtrec {
 
 // N rows that share one part: row n of the (virtual) input X (N,F) is the
@@ -10188,6 +10752,44 @@ struct SplitInput {
   }
 };
 
+namespace detail {
+// A Linear's weight in bf16, packed for the forward (W^T) and the backward
+// (W) products, each rebuilt when the store's generation moves (after an
+// optimizer step, a checkpoint load). Shared by the threads that predict
+// concurrently: the first to see a new generation packs under the lock.
+struct Bf16WeightCache {
+  struct Slot {
+    kernels::Bf16PackedB packed;
+    std::uint64_t generation = ~std::uint64_t(0);
+    const void* source = nullptr;
+  };
+  std::mutex mu;
+  Slot slots[2];  // 0: W^T (in,out) for y = x W^T; 1: W (out,in) for dx = dy W
+
+  template <class Pack>
+  const kernels::Bf16PackedB& get(int slot, std::uint64_t generation, const void* source, Pack pack) {
+    std::lock_guard<std::mutex> lock(mu);
+    Slot& s = slots[slot];
+    if (s.generation != generation || s.source != source) {
+      pack(s.packed);
+      s.generation = generation;
+      s.source = source;
+    }
+    return s.packed;
+  }
+};
+}  // namespace detail
+
+// With the store's precision BF16 (ModelConfig::precision), y = x W^T and
+// dx = dy W run as bf16 GEMMs with fp32 accumulation (kernels/cpu_bf16.hpp),
+// as torch.autocast does on the CPU: the weight is packed to bf16 once per
+// store generation (once per optimizer step, in both layouts), and x and dy
+// are converted as they are packed. The weight gradient dW += dy^T x stays
+// an fp32 product: both of its operands change every step, and packing them
+// cost more than the bf16 product saved (ref training step, AMD EPYC Zen 5,
+// 2 threads: 153 ms with a bf16 dW, 108 ms with an fp32 one, fp32 overall
+// 119 ms). Only on the host device in float, and only where the CPU has a
+// bf16 unit; otherwise every product stays fp32.
 template <class T, class Device = Cpu>
 class Linear {
  public:
@@ -10222,9 +10824,28 @@ class Linear {
     backward_impl(ctx.x.data, dy.data, dx.empty() ? nullptr : dx.data, ctx.x.rows());
   }
 
+  // The path this layer's products take now: fp32, or a bf16 unit.
+  kernels::Bf16Path matmul_path() const {
+    if constexpr (std::is_same<T, float>::value && std::is_same<Device, Cpu>::value) {
+      if (store_ != nullptr && store_->precision() == Precision::BF16) return kernels::bf16_default_path();
+    }
+    return kernels::Bf16Path::fp32;
+  }
+
   // Unchecked forms for composite layers that already validated shapes.
   void forward_impl(CPtr x, Ptr y, index_t n) const {
     CPtr w = store_->value(weight_);
+    if constexpr (std::is_same<T, float>::value && std::is_same<Device, Cpu>::value) {
+      const kernels::Bf16Path path = matmul_path();
+      if (path != kernels::Bf16Path::fp32 && n > 0) {
+        const kernels::Bf16PackedB& wt = cache_->get(0, store_->generation(), w, [&](kernels::Bf16PackedB& p) {
+          kernels::bf16_pack_b(p, kernels::Trans::T, in_, out_, w, in_);
+        });
+        kernels::bf16_gemm_packed(path, kernels::Trans::N, n, out_, in_, 1.f, x, in_, wt, 0.f, y, out_);
+        if (bias_ >= 0) kernels::bias_add(dev(), y, store_->value(bias_), n, out_);
+        return;
+      }
+    }
     kernels::gemm(dev(), kernels::Trans::N, kernels::Trans::T, n, out_, in_, T(1), x, in_, w, in_, T(0),
                   y, out_);
     if (bias_ >= 0) kernels::bias_add(dev(), y, store_->value(bias_), n, out_);
@@ -10245,8 +10866,7 @@ class Linear {
         kernels::copy_columns(d, x.w_shared.data(), x.Fs, c, w, in_, b.col, out_, b.width);
         c += b.width;
       }
-      kernels::gemm(d, kernels::Trans::N, kernels::Trans::T, 1, out_, x.Fs, T(1), x.shared.data(), x.Fs,
-                    x.w_shared.data(), x.Fs, T(0), x.y_shared.data(), out_);
+      matmul_nt(1, out_, x.Fs, x.shared.data(), x.w_shared.data(), x.y_shared.data());
     } else {
       x.y_shared.zero();
     }
@@ -10258,8 +10878,7 @@ class Linear {
         kernels::copy_columns(d, x.w_rows.data(), x.Fr, c, w, in_, b.col, out_, b.width);
         c += b.width;
       }
-      kernels::gemm(d, kernels::Trans::N, kernels::Trans::T, n, out_, x.Fr, T(1), x.rows.data(), x.Fr,
-                    x.w_rows.data(), x.Fr, T(0), y, out_);
+      matmul_nt(n, out_, x.Fr, x.rows.data(), x.w_rows.data(), y);
     } else {
       kernels::fill(d, y, n * out_, T(0));
     }
@@ -10267,6 +10886,21 @@ class Linear {
   }
   void backward_impl(CPtr x, CPtr dy, Ptr dx, index_t n) const {
     CPtr w = store_->value(weight_);
+    if constexpr (std::is_same<T, float>::value && std::is_same<Device, Cpu>::value) {
+      const kernels::Bf16Path path = matmul_path();
+      if (path != kernels::Bf16Path::fp32 && n > 0) {
+        if (dx) {
+          const kernels::Bf16PackedB& wp = cache_->get(1, store_->generation(), w, [&](kernels::Bf16PackedB& p) {
+            kernels::bf16_pack_b(p, kernels::Trans::N, out_, in_, w, in_);
+          });
+          kernels::bf16_gemm_packed(path, kernels::Trans::N, n, in_, out_, 1.f, dy, out_, wp, 0.f, dx, in_);
+        }
+        kernels::gemm(dev(), kernels::Trans::T, kernels::Trans::N, out_, in_, n, T(1), dy, out_, x, in_, T(1),
+                      store_->grad(weight_), in_);
+        if (bias_ >= 0) kernels::column_sum_add(dev(), store_->grad(bias_), dy, n, out_);
+        return;
+      }
+    }
     if (dx) kernels::gemm(dev(), kernels::Trans::N, kernels::Trans::N, n, in_, out_, T(1), dy, out_, w, in_, T(0), dx, in_);
     kernels::gemm(dev(), kernels::Trans::T, kernels::Trans::N, out_, in_, n, T(1), dy, out_, x, in_, T(1),
                   store_->grad(weight_), in_);
@@ -10281,7 +10915,21 @@ class Linear {
   const Device& dev() const { return store_->device(); }
 
  private:
+  // y (n,out) = a (n,k) b^T, b (out,k): a product of gathered operands, in
+  // this layer's precision (packed per call: b changes with every split).
+  void matmul_nt(index_t n, index_t out, index_t k, CPtr a, CPtr b, Ptr y) const {
+    if constexpr (std::is_same<T, float>::value && std::is_same<Device, Cpu>::value) {
+      const kernels::Bf16Path path = matmul_path();
+      if (path != kernels::Bf16Path::fp32) {
+        kernels::bf16_gemm(path, kernels::Trans::N, kernels::Trans::T, n, out, k, 1.f, a, k, b, k, 0.f, y, out);
+        return;
+      }
+    }
+    kernels::gemm(dev(), kernels::Trans::N, kernels::Trans::T, n, out, k, T(1), a, k, b, k, T(0), y, out);
+  }
+
   ParameterStore<T, Device>* store_ = nullptr;
+  std::shared_ptr<detail::Bf16WeightCache> cache_ = std::make_shared<detail::Bf16WeightCache>();
   index_t in_ = 0, out_ = 0;
   ParamId weight_ = -1, bias_ = -1;
 };
@@ -12483,6 +13131,12 @@ struct ModelConfig {
   Activation activation = Activation::ReLU;  // bottom, experts and towers
   double dropout = 0.0;                      // after every hidden activation
   double embedding_init_std = 0.01;
+  // Operands of the matrix products: fp32, or bf16 with fp32 accumulation on
+  // the CPU's bf16 units (kernels/cpu_bf16.hpp); embeddings, master weights,
+  // optimizer state, softmax, layernorm and losses stay fp32 either way. On a
+  // machine without AMX or AVX512_BF16, and on other devices, the products
+  // run in fp32 (MultiTaskModel::matmul_path() says which).
+  Precision precision = Precision::FP32;
   std::uint64_t seed = 0;
 };
 
@@ -15034,6 +15688,7 @@ class MultiTaskModel {
   explicit MultiTaskModel(const ModelConfig& config)
       : config_(config), store_(std::make_unique<ParameterStore<T, Device>>(config.seed)), id_(next_instance_id()) {
     tables_ = validate_config(config_);
+    store_->set_precision(config_.precision);
     build();
     store_->allocate();
   }
@@ -15052,6 +15707,15 @@ class MultiTaskModel {
   MultiTaskModel& operator=(const MultiTaskModel&) = delete;
 
   const ModelConfig& config() const { return config_; }
+  // Where the matrix products run: fp32, or the bf16 unit that
+  // ModelConfig::precision = BF16 uses on this machine (amx, avx512_bf16;
+  // fp32 where there is none, in double, and on devices other than Cpu).
+  kernels::Bf16Path matmul_path() const {
+    if constexpr (std::is_same<T, float>::value && std::is_same<Device, Cpu>::value) {
+      if (config_.precision == Precision::BF16) return kernels::bf16_default_path();
+    }
+    return kernels::Bf16Path::fp32;
+  }
 
   // ---- the feature spec: raw values -> the model's rows ---------------------------------
   // The preprocessing that turns raw values (CSV cells, the fields of a
@@ -15476,6 +16140,7 @@ class MultiTaskModel {
   MultiTaskModel(const ModelConfig& config, index_t max_tensors, index_t max_elements, const std::string& source)
       : config_(config), store_(std::make_unique<ParameterStore<T, Device>>(config.seed)), id_(0) {
     tables_ = validate_config(config_);
+    store_->set_precision(config_.precision);
     store_->set_limits(max_tensors, max_elements, source);
     build();
   }
@@ -17819,6 +18484,7 @@ MTREC_ENUM_NAMES(TaskLoss, {TaskLoss::Default, "default"}, {TaskLoss::BCE, "bce"
                  {TaskLoss::BPR, "bpr"}, {TaskLoss::SampledSoftmax, "sampled_softmax"})
 MTREC_ENUM_NAMES(Activation, {Activation::Identity, "identity"}, {Activation::ReLU, "relu"},
                  {Activation::GELU, "gelu"}, {Activation::GELUTanh, "gelu_tanh"}, {Activation::Sigmoid, "sigmoid"})
+MTREC_ENUM_NAMES(Precision, {Precision::FP32, "fp32"}, {Precision::BF16, "bf16"})
 MTREC_ENUM_NAMES(BagPooling, {BagPooling::Sum, "sum"}, {BagPooling::Mean, "mean"})
 MTREC_ENUM_NAMES(SequencePoolMode, {SequencePoolMode::Mean, "mean"}, {SequencePoolMode::First, "first"})
 #undef MTREC_ENUM_NAMES
@@ -17944,6 +18610,7 @@ inline json::Value config_to_json(const ModelConfig& c) {
   j.set("activation", enum_name(c.activation));
   j.set("dropout", c.dropout);
   j.set("embedding_init_std", c.embedding_init_std);
+  j.set("precision", enum_name(c.precision));
   j.set("seed", std::to_string(c.seed));  // a string: 64-bit seeds do not fit JSON numbers
   return j;
 }
@@ -18119,6 +18786,8 @@ inline ModelConfig config_from_json(const json::Value& j) {
   c.activation = R::enumeration<Activation>(j, "activation", "");
   c.dropout = R::number(j, "dropout", "");
   c.embedding_init_std = R::number(j, "embedding_init_std", "");
+  // precision: absent in checkpoints written before it existed (fp32).
+  if (j.is_object() && j.contains("precision")) c.precision = R::enumeration<Precision>(j, "precision", "");
   c.seed = detail::parse_u64(R::str(j, "seed", ""), "config_from_json", "key 'seed'");
   return c;
 }
@@ -18310,6 +18979,7 @@ inline void load_parameters(MultiTaskModel<T, Device>& model, const SafetensorsF
       st.write_values(info.offset, host.data(), info.size);
     }
   }
+  st.mark_values_changed();
 }
 
 // Rebuilds a model from an open checkpoint (`source` names it in errors).

@@ -28,14 +28,14 @@ namespace {
 using Bytes = std::vector<std::uint8_t>;
 
 // A fresh directory under the system temp dir, removed with its contents.
-struct TempDir {
+struct SafetensorsTempDir {
   fs::path path;
-  TempDir() {
+  SafetensorsTempDir() {
     std::string tmpl = (fs::temp_directory_path() / "mtrec_safetensors_XXXXXX").string();
     REQUIRE(::mkdtemp(tmpl.data()) != nullptr);
     path = tmpl;
   }
-  ~TempDir() {
+  ~SafetensorsTempDir() {
     std::error_code ec;
     fs::remove_all(path, ec);
   }
@@ -176,7 +176,7 @@ TEST_CASE("safetensors: host assumptions", "[io][safetensors]") {
 
 TEST_CASE("safetensors: round trip of every dtype, a scalar and a zero-size tensor, bit for bit",
           "[io][safetensors]") {
-  TempDir dir;
+  SafetensorsTempDir dir;
   const Sample s;
   const auto records = s.records();
   const std::string path = dir.file("model.safetensors");
@@ -283,7 +283,7 @@ TEST_CASE("safetensors: the header layout matches a file built by hand from the 
     INFO("byte " << i);
     CHECK(int(got[i]) == int(expected[i]));
   }
-  TempDir dir;
+  SafetensorsTempDir dir;
   mtrec::save_safetensors(dir.file("tiny.safetensors"), records, {{"fmt", "pt"}});
   CHECK(read_all(dir.file("tiny.safetensors")) == expected);
 
@@ -339,7 +339,7 @@ TEST_CASE("safetensors: every truncation of a valid file is rejected cleanly", "
   require_invalid(Bytes(full.begin(), full.end() - 1), {"past the end of the", "offsets out of range"});
 
   // Through load(), too: the message names the path.
-  TempDir dir;
+  SafetensorsTempDir dir;
   for (std::size_t len : {std::size_t(0), std::size_t(7), std::size_t(8), std::size_t(100), full.size() - 1}) {
     write_all(dir.file("cut.safetensors"), Bytes(full.begin(), full.begin() + std::ptrdiff_t(len)));
     testing::require_error([&] { (void)SafetensorsFile::load(dir.file("cut.safetensors")); },
@@ -532,7 +532,7 @@ TEST_CASE("safetensors: typed reads check the dtype, the count and the name", "[
 }
 
 TEST_CASE("safetensors: the writer validates its records before touching the disk", "[io][safetensors]") {
-  TempDir dir;
+  SafetensorsTempDir dir;
   const std::string path = dir.file("w.safetensors");
   const float x[4] = {1, 2, 3, 4};
   const auto rec = [&](std::string name, std::vector<std::int64_t> shape, std::size_t nbytes, const void* data) {
@@ -561,7 +561,7 @@ TEST_CASE("safetensors: the writer validates its records before touching the dis
 }
 
 TEST_CASE("safetensors: writes are atomic", "[io][safetensors]") {
-  TempDir dir;
+  SafetensorsTempDir dir;
   const std::string path = dir.file("ckpt.safetensors");
   std::vector<float> big(1000), small = {42.0f};
   for (std::size_t i = 0; i < big.size(); ++i) big[i] = float(i);

@@ -19,7 +19,7 @@ using namespace mtrec;
 
 namespace {
 
-std::string temp_path(const std::string& name) {
+std::string spec_temp_path(const std::string& name) {
   return "/tmp/mtrec_test_spec_" + std::to_string(::getpid()) + "_" + name;
 }
 
@@ -185,7 +185,7 @@ TEST_CASE("feature spec: save_checkpoint stores it, load_checkpoint restores it,
   Fitted f = fitted();
   MultiTaskModel<float> model(f.cfg);
   model.set_preprocessing(f.enc);
-  const std::string path = temp_path("with_spec.safetensors");
+  const std::string path = spec_temp_path("with_spec.safetensors");
   save_checkpoint<float>(path, model);
   auto loaded = load_checkpoint<float>(path);
   REQUIRE(loaded->preprocessing() != nullptr);
@@ -214,13 +214,13 @@ TEST_CASE("feature spec: old checkpoints load (the legacy key, or none) and a sp
   Fitted f = fitted();
   MultiTaskModel<float> bare(f.cfg);
   // As mtrec-train wrote it before: the encoder under its own key.
-  const std::string legacy = temp_path("legacy.safetensors");
+  const std::string legacy = spec_temp_path("legacy.safetensors");
   save_checkpoint<float>(legacy, bare, nullptr, {{"mtrec_train.preprocessing", f.enc.to_json().dump()}});
   auto a = load_checkpoint<float>(legacy);
   REQUIRE(a->preprocessing() != nullptr);
   require_same_inputs(a->encode(raw_of_csv()), f.enc.transform<float>(f.table, nullptr, false));
   // No spec at all: loads, and encode() says why it cannot.
-  const std::string none = temp_path("none.safetensors");
+  const std::string none = spec_temp_path("none.safetensors");
   save_checkpoint<float>(none, bare);
   auto b = load_checkpoint<float>(none);
   CHECK(b->preprocessing() == nullptr);

@@ -11,7 +11,7 @@ using namespace mtrec;
 
 namespace {
 
-std::string temp_path(const std::string& name) { return "/tmp/mtrec_untrusted_" + std::to_string(::getpid()) + "_" + name; }
+std::string untrusted_temp_path(const std::string& name) { return "/tmp/mtrec_untrusted_" + std::to_string(::getpid()) + "_" + name; }
 
 // Peak resident memory of this process so far, in MB.
 double peak_rss_mb() {
@@ -56,7 +56,7 @@ TEST_CASE("untrusted checkpoint: huge sizes in the config fail fast, naming the 
           "[checkpoint][bad-input][untrusted]") {
   const ModelConfig c = testing::tiny_config(Architecture::MMoE);
   MultiTaskModel<float> model(c);
-  const std::string good = temp_path("good.safetensors"), bad = temp_path("bad.safetensors");
+  const std::string good = untrusted_temp_path("good.safetensors"), bad = untrusted_temp_path("bad.safetensors");
   save_checkpoint(good, model);
   struct Case {
     std::vector<std::string> path;
@@ -168,7 +168,7 @@ TEST_CASE("untrusted checkpoint: training state for another task count is refuse
   MultiTaskModel<float> m2(c2);
   Trainer<float> t2(m2, tc);
   t2.fit(data);
-  const std::string path = temp_path("state2.safetensors");
+  const std::string path = untrusted_temp_path("state2.safetensors");
   save_checkpoint(path, m2, &t2);
   MultiTaskModel<float> m3(c3);
   Trainer<float> t3(m3, tc);
@@ -179,7 +179,7 @@ TEST_CASE("untrusted checkpoint: training state for another task count is refuse
   CHECK(t3.state().epoch == before.epoch);
   CHECK(t3.task_weights().size() == 3);
   // A state whose numbers are out of range, or NaN, is refused too.
-  const std::string bad = temp_path("state_bad.safetensors");
+  const std::string bad = untrusted_temp_path("state_bad.safetensors");
   rewrite_metadata(path, bad, "trainer", [](const std::string& s) {
     json::Value j = json::parse(s);
     j.set("epoch", json::Value(std::int64_t(1) << 40));
@@ -194,7 +194,7 @@ TEST_CASE("untrusted checkpoint: training state for another task count is refuse
 
 TEST_CASE("safetensors: read_vector<bool> reads BOOL tensors", "[safetensors]") {
   const bool flags[5] = {true, false, false, true, true};
-  const std::string path = temp_path("bool.safetensors");
+  const std::string path = untrusted_temp_path("bool.safetensors");
   save_safetensors(path, {TensorRecord::of("mask", flags, {5})}, {});
   const SafetensorsFile f = SafetensorsFile::load(path);
   const std::vector<bool> v = f.read_vector<bool>("mask");

@@ -35,7 +35,7 @@ std::vector<float> clustered(index_t n, index_t dim, std::uint64_t seed) {
   return v;
 }
 
-std::string temp_path(const char* tag) {
+std::string hnsw_temp_path(const char* tag) {
   return (std::filesystem::temp_directory_path() /
           (std::string("mtrec_hnsw_") + tag + "_" + std::to_string(::getpid()) + ".hnsw"))
       .string();
@@ -81,7 +81,7 @@ TEST_CASE("hnsw: one thread builds the same graph, and save then load gives the 
     CHECK(ra[i].row == rb[i].row);
     CHECK(ra[i].score == rb[i].score);
   }
-  const std::string path = temp_path("roundtrip");
+  const std::string path = hnsw_temp_path("roundtrip");
   a.save(path);
   HnswIndex c = HnswIndex::load(path, N, dim);
   const std::vector<ScoredItem> rc = c.search(qv, 20);

@@ -17,7 +17,7 @@ namespace {
 
 const double kNaN = std::numeric_limits<double>::quiet_NaN();
 
-std::vector<double> uniform(index_t n, std::uint64_t seed, double lo = -1.0, double hi = 1.0) {
+std::vector<double> loss_uniform(index_t n, std::uint64_t seed, double lo = -1.0, double hi = 1.0) {
   std::vector<double> v(static_cast<std::size_t>(n));
   testing::fill_uniform(v.data(), n, seed, lo, hi);
   return v;
@@ -87,7 +87,7 @@ TEST_CASE("bce_with_logits: hand-computed values", "[loss][bce]") {
 
 TEST_CASE("bce_with_logits: matches the textbook formula (brute force)", "[loss][bce]") {
   const index_t n = 61;
-  auto x = uniform(n, 1, -8, 8), y = uniform(n, 2, 0, 1), w = uniform(n, 3, 0, 2);
+  auto x = loss_uniform(n, 1, -8, 8), y = loss_uniform(n, 2, 0, 1), w = loss_uniform(n, 3, 0, 2);
   auto mask = every_third_off(n);
   // -(y log p + (1 - y) log(1 - p)) with p = 1 / (1 + e^-x), in long double
   long double num = 0, den = 0;
@@ -105,7 +105,7 @@ TEST_CASE("bce_with_logits: matches the textbook formula (brute force)", "[loss]
 
 TEST_CASE("gradient: bce_with_logits (mask, weights, soft labels)", "[loss][bce][gradient]") {
   const index_t n = 13;
-  auto x = uniform(n, 11, -4, 4), y = uniform(n, 12, 0, 1), w = uniform(n, 13, 0.1, 2);
+  auto x = loss_uniform(n, 11, -4, 4), y = loss_uniform(n, 12, 0, 1), w = loss_uniform(n, 13, 0.1, 2);
   auto mask = every_third_off(n);
   y[1] = kNaN;  // masked: never read
   for (bool use_mask : {false, true})
@@ -177,7 +177,7 @@ TEST_CASE("mse and huber: hand-computed values", "[loss][mse][huber]") {
 
 TEST_CASE("gradient: mse and huber (mask, weights)", "[loss][mse][huber][gradient]") {
   const index_t n = 14;
-  auto p = uniform(n, 21, -3, 3), t = uniform(n, 22, -3, 3), w = uniform(n, 23, 0.1, 2);
+  auto p = loss_uniform(n, 21, -3, 3), t = loss_uniform(n, 22, -3, 3), w = loss_uniform(n, 23, 0.1, 2);
   auto mask = every_third_off(n);
   for (int kind = 0; kind < 3; ++kind)
     for (bool use_mask : {false, true}) {
@@ -197,7 +197,7 @@ TEST_CASE("gradient: mse and huber (mask, weights)", "[loss][mse][huber][gradien
 
 TEST_CASE("huber: brute force against the piecewise definition", "[loss][huber]") {
   const index_t n = 40;
-  auto p = uniform(n, 31, -3, 3), t = uniform(n, 32, -3, 3);
+  auto p = loss_uniform(n, 31, -3, 3), t = loss_uniform(n, 32, -3, 3);
   const double delta = 1.3;
   double sum = 0;
   for (index_t i = 0; i < n; ++i) {
@@ -211,7 +211,7 @@ TEST_CASE("huber: brute force against the piecewise definition", "[loss][huber]"
 // ---- softmax cross-entropy ----------------------------------------------------------
 
 TEST_CASE("softmax_cross_entropy: hand-computed values", "[loss][ce]") {
-  // uniform logits over 3 classes: log 3
+  // loss_uniform logits over 3 classes: log 3
   const double z[] = {0, 0, 0};
   const index_t y0 = 1;
   double g[3];
@@ -241,7 +241,7 @@ TEST_CASE("softmax_cross_entropy: hand-computed values", "[loss][ce]") {
 
 TEST_CASE("softmax_cross_entropy: brute force and gradient (mask, weights)", "[loss][ce][gradient]") {
   const index_t n = 9, C = 5;
-  auto x = uniform(n * C, 41, -3, 3), w = uniform(n, 42, 0.1, 2);
+  auto x = loss_uniform(n * C, 41, -3, 3), w = loss_uniform(n, 42, 0.1, 2);
   std::vector<index_t> y = {0, 4, 2, 3, 1, 1, 0, 4, 2};
   auto mask = every_third_off(n);
   y[1] = -100;  // masked row: PyTorch's ignore_index placeholder is accepted
@@ -291,7 +291,7 @@ TEST_CASE("bpr: values, extremes and gradient", "[loss][bpr][gradient]") {
   CHECK(dn[0] == 1.0);
 
   const index_t n = 12;
-  auto ps = uniform(n, 51, -3, 3), ns = uniform(n, 52, -3, 3), w = uniform(n, 53, 0.1, 2);
+  auto ps = loss_uniform(n, 51, -3, 3), ns = loss_uniform(n, 52, -3, 3), w = loss_uniform(n, 53, 0.1, 2);
   auto mask = every_third_off(n);
   std::vector<double> gp(n, kNaN), gn(n, kNaN);
   // brute force: mean of log(1 + exp(neg - pos))
@@ -367,8 +367,8 @@ TEST_CASE("in_batch_softmax: hand-computed values", "[loss][in_batch]") {
 TEST_CASE("in_batch_softmax: brute force and gradients (logQ, mask, weights, temperature)",
           "[loss][in_batch][gradient]") {
   const index_t n = 7, d = 3;
-  auto q = uniform(n * d, 61, -1.5, 1.5), k = uniform(n * d, 62, -1.5, 1.5);
-  auto lq = uniform(n, 63, -3, 0), w = uniform(n, 64, 0.1, 2);
+  auto q = loss_uniform(n * d, 61, -1.5, 1.5), k = loss_uniform(n * d, 62, -1.5, 1.5);
+  auto lq = loss_uniform(n, 63, -3, 0), w = loss_uniform(n, 64, 0.1, 2);
   auto mask = every_third_off(n);
   for (bool use_lq : {false, true})
     for (bool use_mask : {false, true})
@@ -398,7 +398,7 @@ TEST_CASE("in_batch_softmax: item-item pairs sharing one embedding buffer", "[lo
   // q and k are the same memory (e.g. both sides of an item-item pair drawn
   // from one table): the gradient of the shared buffer is dq + dk.
   const index_t n = 6, d = 4;
-  auto e = uniform(n * d, 71, -1, 1);
+  auto e = loss_uniform(n * d, 71, -1, 1);
   std::vector<double> dq(n * d), dk(n * d), g(n * d);
   in_batch_softmax(dq.data(), dk.data(), e.data(), e.data(), n, d, 0.5, (const double*)nullptr, nullptr,
                    (const double*)nullptr);
@@ -412,7 +412,7 @@ TEST_CASE("in_batch_softmax: item-item pairs sharing one embedding buffer", "[lo
 
 TEST_CASE("in_batch_softmax: float matches double, workspace reuse", "[loss][in_batch]") {
   const index_t n = 40, d = 8;
-  auto q = uniform(n * d, 81), k = uniform(n * d, 82), lq = uniform(n, 83, -4, 0);
+  auto q = loss_uniform(n * d, 81), k = loss_uniform(n * d, 82), lq = loss_uniform(n, 83, -4, 0);
   std::vector<float> qf(q.begin(), q.end()), kf(k.begin(), k.end()), lqf(lq.begin(), lq.end());
   std::vector<double> dq(n * d), dk(n * d);
   std::vector<float> dqf(n * d), dkf(n * d), dqf2(n * d), dkf2(n * d);
@@ -439,7 +439,7 @@ TEST_CASE("in_batch_softmax: float matches double, workspace reuse", "[loss][in_
 
 TEST_CASE("losses: no labelled row (or zero total weight) gives 0, not NaN", "[loss][empty]") {
   const index_t n = 5, C = 3, d = 2;
-  auto x = uniform(n * C, 91, -2, 2);
+  auto x = loss_uniform(n * C, 91, -2, 2);
   std::vector<double> labels(n, kNaN);  // missing labels may hold anything
   std::vector<index_t> classes(n, -100);
   std::vector<std::uint8_t> none(n, 0);
@@ -490,11 +490,11 @@ TEST_CASE("losses: no labelled row (or zero total weight) gives 0, not NaN", "[l
 
 TEST_CASE("losses are bitwise identical for 1 and 2 threads", "[loss][determinism]") {
   const index_t n = 200003, C = 7, nb = 300, d = 16;
-  auto x = uniform(n, 101, -5, 5), y = uniform(n, 102, 0, 1), w = uniform(n, 103, 0, 2);
-  auto xc = uniform(n * C, 104, -5, 5);
+  auto x = loss_uniform(n, 101, -5, 5), y = loss_uniform(n, 102, 0, 1), w = loss_uniform(n, 103, 0, 2);
+  auto xc = loss_uniform(n * C, 104, -5, 5);
   std::vector<index_t> cls(n);
   for (index_t i = 0; i < n; ++i) cls[i] = (i * 7919) % C;
-  auto q = uniform(nb * d, 105), k = uniform(nb * d, 106);
+  auto q = loss_uniform(nb * d, 105), k = loss_uniform(nb * d, 106);
   auto run = [&](std::vector<double>& g, std::vector<double>& gc, std::vector<double>& gq, std::vector<double>& gk) {
     std::vector<double> v;
     v.push_back(bce_with_logits(g.data(), x.data(), y.data(), nullptr, w.data(), n).value);
@@ -572,7 +572,7 @@ TEST_CASE("losses reject bad labels, weights and options", "[loss][errors]") {
 
 TEST_CASE("losses: float agrees with double, bare nullptr for optional arguments", "[loss][float]") {
   const index_t n = 24, C = 4, d = 3;
-  auto x = uniform(n * C, 111, -3, 3), y = uniform(n, 112, 0, 1), w = uniform(n, 113, 0, 2);
+  auto x = loss_uniform(n * C, 111, -3, 3), y = loss_uniform(n, 112, 0, 1), w = loss_uniform(n, 113, 0, 2);
   std::vector<index_t> cls(n);
   for (index_t i = 0; i < n; ++i) cls[i] = i % C;
   auto mask = every_third_off(n);

@@ -10,7 +10,7 @@ using namespace mtrec;
 
 namespace {
 
-const double kNaN = std::numeric_limits<double>::quiet_NaN();
+const double kMetricNaN = std::numeric_limits<double>::quiet_NaN();
 
 // n scores on a grid of `levels` values (so many ties) and 0/1 labels with
 // P(positive) = p_pos.
@@ -40,7 +40,7 @@ double pairwise_auc(const std::vector<double>& s, const std::vector<double>& y, 
         wins += s[i] > s[j] ? 1.0 : s[i] == s[j] ? 0.5 : 0.0;
       }
     }
-  return pairs > 0 ? wins / pairs : kNaN;
+  return pairs > 0 ? wins / pairs : kMetricNaN;
 }
 
 }  // namespace
@@ -309,11 +309,11 @@ TEST_CASE("metrics reject bad input", "[metric][errors]") {
   const double one_class[] = {1, 1, 1, 1};
   testing::require_error([&] { auc(s, one_class, 4); },
                          {"auc: needs both positive and negative labels", "4 positive", "0 negative"});
-  const double nan_label[] = {0, 1, kNaN, 1};
+  const double nan_label[] = {0, 1, kMetricNaN, 1};
   testing::require_error([&] { auc(s, nan_label, 4); }, {"auc", "labels[2]", "nan"});
   const double minus_one[] = {0, 1, -1, 1};
   testing::require_error([&] { auc(s, minus_one, 4); }, {"auc", "labels[2]", "[0, 1]", "-1"});
-  const double nan_score[] = {0.1, kNaN, 0.3, 0.2};
+  const double nan_score[] = {0.1, kMetricNaN, 0.3, 0.2};
   const double y[] = {0, 1, 0, 1};
   testing::require_error([&] { auc(nan_score, y, 4); }, {"auc", "scores[1]", "nan"});
   const std::uint8_t none[] = {0, 0, 0, 0};

@@ -214,7 +214,7 @@ std::vector<T> uniform_vec(index_t n, std::uint64_t seed, double lo = -1, double
 }
 
 template <class T>
-double max_rel_diff(const std::vector<T>& x, const std::vector<T>& y) {
+double opt_max_rel_diff(const std::vector<T>& x, const std::vector<T>& y) {
   double m = 0;
   for (std::size_t i = 0; i < x.size(); ++i)
     m = std::max(m, std::fabs(double(x[i]) - double(y[i])) / (1.0 + std::fabs(double(y[i]))));
@@ -242,8 +242,8 @@ void sgd_kernel_cases() {
       testing::with_threads(1, [&] { run(kernels::cpu, w1, b1); });
       testing::with_threads(2, [&] { run(kernels::cpu, w2, b2); });
       CAPTURE(n, c.momentum, c.wd, c.nesterov, sizeof(T));
-      CHECK(max_rel_diff(w1, wr) <= tol);
-      CHECK(max_rel_diff(b1, br) <= tol);
+      CHECK(opt_max_rel_diff(w1, wr) <= tol);
+      CHECK(opt_max_rel_diff(b1, br) <= tol);
       CHECK(testing::bitwise_equal(w1.data(), w2.data(), n));
       CHECK(testing::bitwise_equal(b1.data(), b2.data(), n));
       if (!mom) CHECK(testing::bitwise_equal(b1.data(), b0.data(), n));

@@ -11,7 +11,7 @@ using namespace mtrec;
 
 namespace {
 
-TrainConfig quiet(int epochs, OptimizerConfig opt = OptimizerConfig::adam(1e-2)) {
+TrainConfig rel_quiet(int epochs, OptimizerConfig opt = OptimizerConfig::adam(1e-2)) {
   TrainConfig t;
   t.epochs = epochs;
   t.batch_size = 16;
@@ -54,7 +54,7 @@ Batch<float> poison_gradient(const ModelConfig& c) {
   return b;
 }
 
-std::string temp_path(const std::string& name) { return "/tmp/mtrec_rel_" + std::to_string(::getpid()) + "_" + name; }
+std::string rel_temp_path(const std::string& name) { return "/tmp/mtrec_rel_" + std::to_string(::getpid()) + "_" + name; }
 
 }  // namespace
 
@@ -65,7 +65,7 @@ TEST_CASE("non-finite step: Stop throws before the update and leaves the model a
   for (const bool gradient_only : {false, true}) {
     CAPTURE(gradient_only);
     MultiTaskModel<float> model(c);
-    Trainer<float> trainer(model, quiet(1));
+    Trainer<float> trainer(model, rel_quiet(1));
     const Batch<float> good = testing::tiny_batch<float>(c, 16, 7);
     trainer.train_step(good);
     const std::vector<float> before = values_of(model);
@@ -85,7 +85,7 @@ TEST_CASE("non-finite step: Skip drops the step, counts it and goes on", "[train
   ModelConfig c = testing::tiny_config(Architecture::SharedBottom, false);
   c.tasks[1].loss = TaskLoss::MSE;
   MultiTaskModel<float> model(c);
-  TrainConfig tc = quiet(1);
+  TrainConfig tc = rel_quiet(1);
   tc.on_nonfinite = OnNonFinite::Skip;
   tc.weighting = Weighting::Uncertainty;  // its learned log-variances must not see the NaN loss either
   Trainer<float> trainer(model, tc);
@@ -110,7 +110,7 @@ TEST_CASE("a diverging fit() stops with an error and no non-finite weight, and t
   c.dropout = 0;
   const Batch<float> data = testing::tiny_batch<float>(c, 96, 3);
   MultiTaskModel<float> model(c);
-  Trainer<float> trainer(model, quiet(5, OptimizerConfig::adam(1e10)));
+  Trainer<float> trainer(model, rel_quiet(5, OptimizerConfig::adam(1e10)));
   bool threw = false;
   try {
     trainer.fit(data);
@@ -130,7 +130,7 @@ TEST_CASE("a diverging fit() stops with an error and no non-finite weight, and t
   const ParamId id = broken.parameters().find("tower.ctr.0.weight");
   broken.parameters().value(id)[2] = std::nanf("");
   broken.parameters().value(id)[3] = INFINITY;
-  const std::string path = temp_path("nan.safetensors");
+  const std::string path = rel_temp_path("nan.safetensors");
   std::remove(path.c_str());
   testing::require_error([&] { save_checkpoint(path, broken); },
                          {"save_checkpoint", "2 of the model's weights are not finite", "tower.ctr.0.weight",
@@ -152,7 +152,7 @@ TEST_CASE("fit() validates the whole data set first and names the bad row", "[tr
   MultiTaskModel<float> model(c);
   Batch<float> data = testing::tiny_batch<float>(c, 80, 9);
   data.dense[1][2 * 37 + 1] = std::nanf("");  // 'stats' has dim 2: row 37, column 1
-  Trainer<float> trainer(model, quiet(1));
+  Trainer<float> trainer(model, rel_quiet(1));
   const std::vector<float> before = values_of(model);
   testing::require_error([&] { trainer.fit(data); },
                          {"training data", "dense field 'stats' row 37 column 1", "finite"});
@@ -177,7 +177,7 @@ TEST_CASE("train_step follows the configured learning rate and schedule from the
   const Batch<float> b = testing::tiny_batch<float>(c, 16, 11);
   // Plain SGD at lr 0.1: one step is p - 0.1 g, g from an independent backward.
   MultiTaskModel<float> model(c), ref(c);
-  Trainer<float> trainer(model, quiet(1, OptimizerConfig::sgd(0.1)));
+  Trainer<float> trainer(model, rel_quiet(1, OptimizerConfig::sgd(0.1)));
   trainer.train_step(b);
   MultiTaskModel<float>::Workspace ws;
   ref.forward(ws, b, Mode::train(0, 5));
@@ -193,7 +193,7 @@ TEST_CASE("train_step follows the configured learning rate and schedule from the
   CHECK(worst < 1e-6);
 
   // A decaying schedule needs its length without fit() ...
-  TrainConfig tc = quiet(1);
+  TrainConfig tc = rel_quiet(1);
   tc.schedule = ScheduleKind::WarmupLinear;
   tc.warmup_fraction = 0.3;
   MultiTaskModel<float> m2(c);
@@ -214,7 +214,7 @@ TEST_CASE("a second fit() trains again, restarting the schedule", "[training][re
   const ModelConfig c = testing::tiny_config(Architecture::SharedBottom, false);
   const Batch<float> data = testing::tiny_batch<float>(c, 64, 12);
   MultiTaskModel<float> model(c);
-  TrainConfig tc = quiet(2);
+  TrainConfig tc = rel_quiet(2);
   tc.schedule = ScheduleKind::WarmupCosine;
   tc.warmup_fraction = 0.25;
   tc.min_lr = 1e-4;
@@ -239,7 +239,7 @@ TEST_CASE("monitors: f1, precision and recall are reported, unknown ones are ref
   for (const char* m : {"f1:ctr", "precision:ctr", "recall:ctr"}) {
     CAPTURE(m);
     MultiTaskModel<float> model(c);
-    TrainConfig tc = quiet(3);
+    TrainConfig tc = rel_quiet(3);
     tc.patience = 1;
     tc.monitor = m;
     Trainer<float> trainer(model, tc);
@@ -248,7 +248,7 @@ TEST_CASE("monitors: f1, precision and recall are reported, unknown ones are ref
     CHECK(h.epochs[0].monitored == h.epochs[0].valid.metric(m));
   }
   MultiTaskModel<float> model(c);
-  TrainConfig tc = quiet(1);
+  TrainConfig tc = rel_quiet(1);
   tc.monitor = "rmse:ctr";
   testing::require_error([&] { Trainer<float>(model, tc); }, {"monitor 'rmse:ctr'", "binary", "f1"});
   tc.monitor = "auc:clicks";

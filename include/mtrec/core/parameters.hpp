@@ -90,6 +90,13 @@ inline std::uint64_t hash_name(const std::string& s) {
   return mix64(h);
 }
 
+// The operands of the layers' matrix products (Linear): fp32, or bf16 with
+// fp32 accumulation (torch.autocast's bf16 on the CPU). Master weights,
+// gradients and optimizer state stay in T either way.
+enum class Precision { FP32, BF16 };
+
+inline const char* precision_name(Precision p) { return p == Precision::BF16 ? "bf16" : "fp32"; }
+
 template <class T, class D = Cpu>
 class ParameterStore {
  public:
@@ -176,6 +183,7 @@ class ParameterStore {
     }
     device_.upload(raw(values_.data()), host.data(), values_.bytes());
     allocated_ = true;
+    ++generation_;
   }
 
   // Re-draws one parameter from its Init (e.g. to re-seed a layer).
@@ -184,13 +192,33 @@ class ParameterStore {
     std::vector<T> host(static_cast<std::size_t>(p.size));
     draw(p, host.data());
     device_.upload(raw(values_.data() + p.offset), host.data(), sizeof(T) * host.size());
+    ++generation_;
   }
+
+  // ---- the values' generation ---------------------------------------------------
+  //
+  // A count that changes whenever the values may have changed: allocate(),
+  // initialise(), every call of the mutable values() (the optimizer's step,
+  // checkpoint loading) and mark_values_changed(). Copies derived from the
+  // weights (the bf16 weight packs of Linear) are rebuilt when it moves.
+  // Code that writes a parameter through value(id) calls
+  // mark_values_changed() afterwards.
+  std::uint64_t generation() const { return generation_; }
+  void mark_values_changed() { ++generation_; }
+
+  // The precision of the layers' matrix products (Precision above); set by
+  // the model from ModelConfig::precision.
+  void set_precision(Precision p) { precision_ = p; }
+  Precision precision() const { return precision_; }
 
   // Host copies of parameters and gradients: `count` elements from `offset`
   // of the flat block (the explicit copies between host and device memory).
   void read_values(T* host, index_t offset, index_t count) const { download(host, values_, offset, count); }
   void read_grads(T* host, index_t offset, index_t count) const { download(host, grads_, offset, count); }
-  void write_values(index_t offset, const T* host, index_t count) { upload(values_, offset, host, count); }
+  void write_values(index_t offset, const T* host, index_t count) {
+    upload(values_, offset, host, count);
+    ++generation_;
+  }
   void write_grads(index_t offset, const T* host, index_t count) { upload(grads_, offset, host, count); }
   std::vector<T> values_host(ParamId id) const {
     const ParamInfo& p = checked(id);
@@ -259,7 +287,10 @@ class ParameterStore {
   CView grad_view(ParamId id) const { return {grad(id), info(id).shape}; }
 
   // The flat block. Dense parameters occupy [0, dense_size()).
-  pointer values() { return values_.data(); }
+  pointer values() {
+    ++generation_;  // whoever takes the whole block may write it
+    return values_.data();
+  }
   const_pointer values() const { return values_.data(); }
   pointer grads() { return grads_.data(); }
   const_pointer grads() const { return grads_.data(); }
@@ -390,6 +421,8 @@ class ParameterStore {
 
   std::uint64_t seed_;
   D device_;
+  std::uint64_t generation_ = 0;
+  Precision precision_ = Precision::FP32;
   bool allocated_ = false;
   index_t max_count_ = std::numeric_limits<index_t>::max(), max_elements_ = std::numeric_limits<index_t>::max();
   index_t elements_ = 0;

@@ -66,6 +66,12 @@ struct ModelConfig {
   Activation activation = Activation::ReLU;  // bottom, experts and towers
   double dropout = 0.0;                      // after every hidden activation
   double embedding_init_std = 0.01;
+  // Operands of the matrix products: fp32, or bf16 with fp32 accumulation on
+  // the CPU's bf16 units (kernels/cpu_bf16.hpp); embeddings, master weights,
+  // optimizer state, softmax, layernorm and losses stay fp32 either way. On a
+  // machine without AMX or AVX512_BF16, and on other devices, the products
+  // run in fp32 (MultiTaskModel::matmul_path() says which).
+  Precision precision = Precision::FP32;
   std::uint64_t seed = 0;
 };
 

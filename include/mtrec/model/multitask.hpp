@@ -187,6 +187,7 @@ class MultiTaskModel {
   explicit MultiTaskModel(const ModelConfig& config)
       : config_(config), store_(std::make_unique<ParameterStore<T, Device>>(config.seed)), id_(next_instance_id()) {
     tables_ = validate_config(config_);
+    store_->set_precision(config_.precision);
     build();
     store_->allocate();
   }
@@ -205,6 +206,15 @@ class MultiTaskModel {
   MultiTaskModel& operator=(const MultiTaskModel&) = delete;
 
   const ModelConfig& config() const { return config_; }
+  // Where the matrix products run: fp32, or the bf16 unit that
+  // ModelConfig::precision = BF16 uses on this machine (amx, avx512_bf16;
+  // fp32 where there is none, in double, and on devices other than Cpu).
+  kernels::Bf16Path matmul_path() const {
+    if constexpr (std::is_same<T, float>::value && std::is_same<Device, Cpu>::value) {
+      if (config_.precision == Precision::BF16) return kernels::bf16_default_path();
+    }
+    return kernels::Bf16Path::fp32;
+  }
 
   // ---- the feature spec: raw values -> the model's rows ---------------------------------
   // The preprocessing that turns raw values (CSV cells, the fields of a
@@ -629,6 +639,7 @@ class MultiTaskModel {
   MultiTaskModel(const ModelConfig& config, index_t max_tensors, index_t max_elements, const std::string& source)
       : config_(config), store_(std::make_unique<ParameterStore<T, Device>>(config.seed)), id_(0) {
     tables_ = validate_config(config_);
+    store_->set_precision(config_.precision);
     store_->set_limits(max_tensors, max_elements, source);
     build();
   }

@@ -52,6 +52,7 @@ MTREC_ENUM_NAMES(TaskLoss, {TaskLoss::Default, "default"}, {TaskLoss::BCE, "bce"
                  {TaskLoss::BPR, "bpr"}, {TaskLoss::SampledSoftmax, "sampled_softmax"})
 MTREC_ENUM_NAMES(Activation, {Activation::Identity, "identity"}, {Activation::ReLU, "relu"},
                  {Activation::GELU, "gelu"}, {Activation::GELUTanh, "gelu_tanh"}, {Activation::Sigmoid, "sigmoid"})
+MTREC_ENUM_NAMES(Precision, {Precision::FP32, "fp32"}, {Precision::BF16, "bf16"})
 MTREC_ENUM_NAMES(BagPooling, {BagPooling::Sum, "sum"}, {BagPooling::Mean, "mean"})
 MTREC_ENUM_NAMES(SequencePoolMode, {SequencePoolMode::Mean, "mean"}, {SequencePoolMode::First, "first"})
 #undef MTREC_ENUM_NAMES
@@ -177,6 +178,7 @@ inline json::Value config_to_json(const ModelConfig& c) {
   j.set("activation", enum_name(c.activation));
   j.set("dropout", c.dropout);
   j.set("embedding_init_std", c.embedding_init_std);
+  j.set("precision", enum_name(c.precision));
   j.set("seed", std::to_string(c.seed));  // a string: 64-bit seeds do not fit JSON numbers
   return j;
 }
@@ -352,6 +354,8 @@ inline ModelConfig config_from_json(const json::Value& j) {
   c.activation = R::enumeration<Activation>(j, "activation", "");
   c.dropout = R::number(j, "dropout", "");
   c.embedding_init_std = R::number(j, "embedding_init_std", "");
+  // precision: absent in checkpoints written before it existed (fp32).
+  if (j.is_object() && j.contains("precision")) c.precision = R::enumeration<Precision>(j, "precision", "");
   c.seed = detail::parse_u64(R::str(j, "seed", ""), "config_from_json", "key 'seed'");
   return c;
 }
@@ -543,6 +547,7 @@ inline void load_parameters(MultiTaskModel<T, Device>& model, const SafetensorsF
       st.write_values(info.offset, host.data(), info.size);
     }
   }
+  st.mark_values_changed();
 }
 
 // Rebuilds a model from an open checkpoint (`source` names it in errors).
