@@ -63,8 +63,10 @@ void run_bf16(Bf16Path path, const Bf16Shape& s, std::vector<float>& C, std::vec
       const std::size_t e = std::size_t(i * s.N + j);
       const double c0 = s.beta != 0.f ? double(s.beta) * C0[e] : 0.0;
       exact[e] = double(s.alpha) * sum + c0;
-      // K+1 fp32 additions, the alpha scale and the beta fma
-      bound[e] = double(s.K + 3) * u * (std::fabs(double(s.alpha)) * mag + std::fabs(c0)) + 1e-30;
+      // K+1 fp32 additions, the alpha scale and the beta fma, plus a scale
+      // and an addition per further K block of bf16_gemm (512)
+      const double blocks = double((s.K + 511) / 512);
+      bound[e] = (double(s.K + 3) + 2 * blocks) * u * (std::fabs(double(s.alpha)) * mag + std::fabs(c0)) + 1e-30;
     }
 }
 
@@ -73,6 +75,8 @@ const Bf16Shape kBf16Shapes[] = {
     {13, 17, 31, Trans::N, Trans::N, 1.f, 0.f},     {37, 70, 33, Trans::N, Trans::T, 0.5f, 1.f},
     {40, 33, 64, Trans::T, Trans::N, 1.f, 0.f},     {25, 100, 95, Trans::T, Trans::T, 2.f, -0.5f},
     {70, 300, 129, Trans::N, Trans::N, 1.f, 0.25f}, {3, 600, 40, Trans::N, Trans::T, 1.f, 0.f},
+    // K past one block of bf16_gemm (512): a weight gradient's shape (dy^T x)
+    {70, 45, 1100, Trans::T, Trans::N, 0.5f, 1.f},  {33, 40, 600, Trans::N, Trans::N, 1.f, 0.f},
 };
 
 }  // namespace

@@ -33,6 +33,8 @@ inline std::vector<OpCase> bf16_cases() {
       {37, 70, 33, Trans::N, Trans::T, 0.5f, 1.f},  {40, 33, 64, Trans::T, Trans::N, 1.f, 0.f},
       {25, 100, 95, Trans::T, Trans::T, 2.f, -0.5f}, {256, 64, 352, Trans::N, Trans::N, 1.f, 0.f},
       {64, 512, 256, Trans::N, Trans::T, 1.f, 1.f},
+      // a weight gradient dW += dy^T x: K (the batch rows) in several blocks
+      {128, 352, 1500, Trans::T, Trans::N, 1.f, 1.f},
   };
   for (k::Bf16Path path : bf16_paths_here()) {
     for (const Row& r : rows) {

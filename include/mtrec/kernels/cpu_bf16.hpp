@@ -43,6 +43,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cmath>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -227,8 +228,67 @@ struct Bf16PackedB {
 namespace bf16_detail {
 constexpr index_t kMr = 12;   // rows of the AVX-512 register tile
 constexpr index_t kNc = 256;  // columns of B per L2 slab (16 panels)
+constexpr index_t kMb = 4 * kMr;  // rows of op(A) converted at a time (AVX-512 path; a multiple of 16)
+constexpr index_t kMbAmx = 64;    // the same for AMX: two 32-row tile blocks
+constexpr index_t kKb = 512;      // K block of bf16_gemm (a multiple of 32)
+
+#if MTREC_BF16_X86
+#define MTREC_BF16_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16")))
+#define MTREC_BF16_AMX __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16,amx-tile,amx-bf16")))
+
+// 16 floats -> 16 bf16 (round to nearest even, NaN kept), as to_bf16.
+MTREC_BF16_AVX512 inline __m256i cvt16(__m512 v) {
+  const __m512i u = _mm512_castps_si512(v);
+  const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+  __m512i r = _mm512_srli_epi32(_mm512_add_epi32(u, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7fff))), 16);
+  const __m512i absu = _mm512_and_si512(u, _mm512_set1_epi32(0x7fffffff));
+  const __mmask16 nan = _mm512_cmpgt_epu32_mask(absu, _mm512_set1_epi32(0x7f800000));
+  r = _mm512_mask_or_epi32(r, nan, _mm512_srli_epi32(u, 16), _mm512_set1_epi32(0x40));
+  return _mm512_cvtepi32_epi16(r);
+}
+
+// Two rows of 16 floats (k and k+1; either null: zeros) -> 16 K-pairs, the
+// VNNI order: out[2c] = bf16(r0[c]), out[2c+1] = bf16(r1[c]).
+MTREC_BF16_AVX512 inline __m512i pair16(const float* r0, const float* r1, __mmask16 m) {
+  const __m256i lo = r0 != nullptr ? cvt16(_mm512_maskz_loadu_ps(m, r0)) : _mm256_setzero_si256();
+  const __m256i hi = r1 != nullptr ? cvt16(_mm512_maskz_loadu_ps(m, r1)) : _mm256_setzero_si256();
+  const __m512i both = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
+  const __m512i idx = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22, 6,
+                                       21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+  return _mm512_permutexvar_epi16(idx, both);
+}
+
+// pack_b_rows for op(B) = B (K,N), whole panels [j0, j1) (multiples of 16):
+// each K-pair of rows is read along the rows, 16 columns at a time, and
+// written as one 64-byte panel row. Bitwise the same as the scalar loop.
+MTREC_BF16_AVX512 inline void pack_b_rows_n_avx512(Bf16PackedB& p, const float* B, index_t ldb, index_t j0,
+                                                   index_t j1) {
+  const index_t K = p.K, Kp = p.Kp;
+  for (index_t kp = 0; kp < Kp / 2; ++kp) {
+    const index_t k = 2 * kp;
+    const float* r0 = k < K ? B + k * ldb : nullptr;
+    const float* r1 = k + 1 < K ? B + (k + 1) * ldb : nullptr;
+    for (index_t j = j0; j < j1; j += 16) {
+      const index_t cols = std::max<index_t>(0, std::min<index_t>(16, p.N - j));
+      std::uint16_t* d = p.data.data() + (j / 16) * Kp * 16 + kp * 32;
+      if (cols == 0) {
+        _mm512_storeu_si512(d, _mm512_setzero_si512());
+        continue;
+      }
+      const __mmask16 m = cols >= 16 ? __mmask16(0xffff) : static_cast<__mmask16>((1u << cols) - 1u);
+      _mm512_storeu_si512(d, pair16(r0 != nullptr ? r0 + j : nullptr, r1 != nullptr ? r1 + j : nullptr, m));
+    }
+  }
+}
+#endif  // MTREC_BF16_X86
 
 inline void pack_b_rows(Bf16PackedB& p, Trans tb, const float* B, index_t ldb, index_t j0, index_t j1) {
+#if MTREC_BF16_X86
+  if (tb == Trans::N && bf16_support().avx512_bf16) {
+    pack_b_rows_n_avx512(p, B, ldb, j0, j1);
+    return;
+  }
+#endif
   const index_t K = p.K, Kp = p.Kp, jn = std::min(j1, p.N);
   auto slot = [&](index_t k, index_t j) { return p.data.data() + (j / 16) * Kp * 16 + (k / 2) * 32 + (j % 16) * 2 + (k % 2); };
   if (tb == Trans::N) {
@@ -251,15 +311,23 @@ inline void pack_b_rows(Bf16PackedB& p, Trans tb, const float* B, index_t ldb, i
 }
 }  // namespace bf16_detail
 
-// p <- op(B) (K,N) in bf16. Reuses p's storage when it is large enough.
-inline void bf16_pack_b(Bf16PackedB& p, Trans tb, index_t K, index_t N, const float* B, index_t ldb) {
-  check(K >= 0 && N >= 0, "bf16_pack_b", "expected K, N >= 0 but got K=", K, " N=", N);
+// p <- op(B) (K,N) in bf16. Reuses p's storage when it is large enough
+// (every element of the layout is written, padding included).
+namespace bf16_detail {
+// p's sizes for op(B) (K,N); its storage grows to fit and is never shrunk.
+inline void shape_packed(Bf16PackedB& p, index_t K, index_t N) {
   p.K = K;
   p.N = N;
   p.Kp = (K + 31) / 32 * 32;
   p.panels = ((N + 15) / 16 + 1) / 2 * 2;
   const std::size_t need = static_cast<std::size_t>(p.panels * p.Kp * 16);
-  if (p.data.size() != need) p.data.assign(need, 0);
+  if (p.data.size() < need) p.data.resize(need);
+}
+}  // namespace bf16_detail
+
+inline void bf16_pack_b(Bf16PackedB& p, Trans tb, index_t K, index_t N, const float* B, index_t ldb) {
+  check(K >= 0 && N >= 0, "bf16_pack_b", "expected K, N >= 0 but got K=", K, " N=", N);
+  bf16_detail::shape_packed(p, K, N);
   const index_t cols = p.panels * 16;
   parallel_chunks(cols, 64, [&](index_t j0, index_t j1) { bf16_detail::pack_b_rows(p, tb, B, ldb, j0, j1); },
                   worth_forking_flops(double(K) * double(N) * 8));
@@ -275,14 +343,17 @@ inline std::uint16_t a_at(Trans ta, const float* A, index_t lda, index_t i, inde
   return to_bf16(ta == Trans::N ? A[i * lda + k] : A[k * lda + i]);
 }
 
-inline void store_out(float* c, float v, float alpha, float beta) {
+// c = alpha * v + beta * c (+ bias)
+inline void store_out(float* c, float v, float alpha, float beta, const float* bias) {
   v *= alpha;
-  *c = beta == 0.f ? v : beta * *c + v;
+  v = beta == 0.f ? v : std::fma(beta, *c, v);  // one rounding, as _mm512_fmadd_ps
+  *c = bias != nullptr ? v + *bias : v;
 }
 
 // Scalar, any machine. Rows [i0, i1), all columns.
 inline void gemm_emulated(Trans ta, index_t i0, index_t i1, index_t j0, index_t j1, index_t K, float alpha,
-                          const float* A, index_t lda, const Bf16PackedB& Bp, float beta, float* C, index_t ldc) {
+                          const float* A, index_t lda, const Bf16PackedB& Bp, float beta, float* C, index_t ldc,
+                          const float* bias) {
   std::vector<float> arow(static_cast<std::size_t>(Bp.Kp));
   for (index_t i = i0; i < i1; ++i) {
     for (index_t k = 0; k < Bp.Kp; ++k) arow[std::size_t(k)] = from_bf16(a_at(ta, A, lda, i, k, K));
@@ -292,7 +363,7 @@ inline void gemm_emulated(Trans ta, index_t i0, index_t i1, index_t j0, index_t 
         acc += arow[std::size_t(k + 1)] * from_bf16(Bp.data[std::size_t(Bp.at(k + 1, j))]);
         acc += arow[std::size_t(k)] * from_bf16(Bp.data[std::size_t(Bp.at(k, j))]);
       }
-      store_out(C + i * ldc + j, acc, alpha, beta);
+      store_out(C + i * ldc + j, acc, alpha, beta, bias != nullptr ? bias + j : nullptr);
     }
   }
 }
@@ -305,19 +376,6 @@ inline std::vector<std::uint16_t>& a_workspace() {
 
 #if MTREC_BF16_X86
 
-#define MTREC_BF16_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16")))
-#define MTREC_BF16_AMX __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16,amx-tile,amx-bf16")))
-
-// 16 floats -> 16 bf16 (round to nearest even, NaN kept), as to_bf16.
-MTREC_BF16_AVX512 inline __m256i cvt16(__m512 v) {
-  const __m512i u = _mm512_castps_si512(v);
-  const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
-  __m512i r = _mm512_srli_epi32(_mm512_add_epi32(u, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7fff))), 16);
-  const __m512i absu = _mm512_and_si512(u, _mm512_set1_epi32(0x7fffffff));
-  const __mmask16 nan = _mm512_cmpgt_epu32_mask(absu, _mm512_set1_epi32(0x7f800000));
-  r = _mm512_mask_or_epi32(r, nan, _mm512_srli_epi32(u, 16), _mm512_set1_epi32(0x40));
-  return _mm512_cvtepi32_epi16(r);
-}
 
 // Row i of op(A) = A (contiguous) into bf16, k in [0, Kp): dst[k]
 MTREC_BF16_AVX512 inline void convert_row(std::uint16_t* dst, const float* src, index_t K, index_t Kp) {
@@ -343,79 +401,143 @@ MTREC_BF16_AVX512 inline void pack_a_rows(std::uint16_t* dst, Trans ta, const fl
     }
   }
   if (ta == Trans::T) {
-    // op(A) = A^T, A stored (K,M): read along the stored rows
+    // op(A) = A^T, A stored (K,M): two stored rows (k, k+1) at a time, 16
+    // columns each, become 16 K-pairs scattered to their rows of dst
     const index_t mm = std::min(m, rows);
-    for (index_t k = 0; k < K; ++k) {
-      const float* src = A + k * lda + i0;
-      for (index_t r = 0; r < mm; ++r) dst[r * Kp + k] = to_bf16(src[r]);
+    const __m512i lane = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
+    const __m512i stride = _mm512_mullo_epi32(lane, _mm512_set1_epi32(static_cast<int>(Kp / 2)));
+    auto* d32 = reinterpret_cast<int*>(dst);
+    for (index_t kp = 0; kp < Kp / 2; ++kp) {
+      const index_t k = 2 * kp;
+      const float* r0 = k < K ? A + k * lda + i0 : nullptr;
+      const float* r1 = k + 1 < K ? A + (k + 1) * lda + i0 : nullptr;
+      for (index_t r = 0; r < mm; r += 16) {
+        const index_t n = std::min<index_t>(16, mm - r);
+        const __mmask16 msk = n >= 16 ? __mmask16(0xffff) : static_cast<__mmask16>((1u << n) - 1u);
+        const __m512i v = pair16(r0 != nullptr ? r0 + r : nullptr, r1 != nullptr ? r1 + r : nullptr, msk);
+        const __m512i at = _mm512_add_epi32(stride, _mm512_set1_epi32(static_cast<int>(r * (Kp / 2) + kp)));
+        _mm512_mask_i32scatter_epi32(d32, msk, at, v, 4);
+      }
     }
-    for (index_t r = 0; r < mm; ++r)
-      for (index_t k = K; k < Kp; ++k) dst[r * Kp + k] = 0;
   }
 }
 
-// c[0..cols) = alpha * acc + beta * c
-MTREC_BF16_AVX512 inline void store16(float* c, __m512 acc, index_t cols, float alpha, float beta) {
+// op(A) = A^T, A stored (K,M): rows [i0, i0+m) of op(A) as K-pairs in
+// k-major order, pair (r, kp) at dst32[kp * rows + r] (rows a multiple of 16,
+// those >= m zero). Two stored rows of A (k, k+1), 16 columns at a time, are
+// one 64-byte store: no transpose (the AVX-512 tile reads this layout for
+// Trans::T, a weight gradient's dy^T).
+MTREC_BF16_AVX512 inline void pack_a_kmajor(std::uint32_t* dst32, const float* A, index_t lda, index_t i0, index_t m,
+                                            index_t rows, index_t K, index_t Kp) {
+  for (index_t kp = 0; kp < Kp / 2; ++kp) {
+    const index_t k = 2 * kp;
+    const float* r0 = k < K ? A + k * lda + i0 : nullptr;
+    const float* r1 = k + 1 < K ? A + (k + 1) * lda + i0 : nullptr;
+    std::uint32_t* d = dst32 + kp * rows;
+    for (index_t r = 0; r < rows; r += 16) {
+      const index_t n = std::max<index_t>(0, std::min<index_t>(16, m - r));
+      if (n == 0) {
+        _mm512_storeu_si512(d + r, _mm512_setzero_si512());
+        continue;
+      }
+      const __mmask16 msk = n >= 16 ? __mmask16(0xffff) : static_cast<__mmask16>((1u << n) - 1u);
+      _mm512_storeu_si512(d + r, pair16(r0 != nullptr ? r0 + r : nullptr, r1 != nullptr ? r1 + r : nullptr, msk));
+    }
+  }
+}
+
+// c[0..cols) = alpha * acc + beta * c (+ bias[0..cols)), as store_out
+MTREC_BF16_AVX512 inline void store16(float* c, __m512 acc, index_t cols, float alpha, float beta,
+                                      const float* bias) {
   if (cols <= 0) return;
   const __mmask16 m = cols >= 16 ? __mmask16(0xffff) : static_cast<__mmask16>((1u << cols) - 1u);
-  __m512 v = _mm512_mul_ps(acc, _mm512_set1_ps(alpha));
+  __m512 v = alpha == 1.f ? acc : _mm512_mul_ps(acc, _mm512_set1_ps(alpha));
   if (beta != 0.f) v = _mm512_fmadd_ps(_mm512_set1_ps(beta), _mm512_maskz_loadu_ps(m, c), v);
+  if (bias != nullptr) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, bias));
   _mm512_mask_storeu_ps(c, m, v);
 }
 
-// MR rows x 2 panels (32 columns). ap: MR rows of bf16, stride Kp (read as
-// K-pairs); bp: two consecutive panels.
-template <int MR>
-MTREC_BF16_AVX512 inline void tile_avx512(index_t Kp, const std::uint16_t* ap, const std::uint16_t* bp, float* c,
-                                          index_t ldc, index_t cols, float alpha, float beta) {
+// MR rows x 2 panels (32 columns). ap: MR rows of bf16 K-pairs, row-major
+// with stride Kp (KMAJOR false) or k-major with stride aks pairs (KMAJOR
+// true, pack_a_kmajor); bp: two consecutive panels; bias: the tile's 32
+// columns or null.
+template <int MR, bool KMAJOR>
+MTREC_BF16_AVX512 inline void tile_avx512(index_t Kp, const std::uint16_t* ap, index_t aks, const std::uint16_t* bp,
+                                          float* c, index_t ldc, index_t cols, float alpha, float beta,
+                                          const float* bias) {
   __m512 acc0[MR], acc1[MR];
-  for (int r = 0; r < MR; ++r) acc0[r] = acc1[r] = _mm512_setzero_ps();
+#pragma GCC unroll 12
+  for (int r = 0; r < MR; ++r) acc0[r] = _mm512_setzero_ps();
+#pragma GCC unroll 12
+  for (int r = 0; r < MR; ++r) acc1[r] = _mm512_setzero_ps();
   const std::uint16_t* b1 = bp + Kp * 16;
   for (index_t kp = 0; kp < Kp / 2; ++kp) {
     const __m512bh bv0 = (__m512bh)_mm512_loadu_si512(bp + kp * 32);
     const __m512bh bv1 = (__m512bh)_mm512_loadu_si512(b1 + kp * 32);
+    const std::uint16_t* a = KMAJOR ? ap + kp * aks * 2 : ap + 2 * kp;
 #pragma GCC unroll 12
     for (int r = 0; r < MR; ++r) {
       std::uint32_t pair;
-      std::memcpy(&pair, ap + r * Kp + 2 * kp, 4);
+      std::memcpy(&pair, a + (KMAJOR ? 2 * r : r * Kp), 4);
       const __m512bh av = (__m512bh)_mm512_set1_epi32(static_cast<int>(pair));
       acc0[r] = _mm512_dpbf16_ps(acc0[r], av, bv0);
       acc1[r] = _mm512_dpbf16_ps(acc1[r], av, bv1);
     }
   }
+  const float* bias1 = bias != nullptr ? bias + 16 : nullptr;
+#pragma GCC unroll 12
   for (int r = 0; r < MR; ++r) {
-    store16(c + r * ldc, acc0[r], cols, alpha, beta);
-    store16(c + r * ldc + 16, acc1[r], cols - 16, alpha, beta);
+    store16(c + r * ldc, acc0[r], cols, alpha, beta, bias);
+    store16(c + r * ldc + 16, acc1[r], cols - 16, alpha, beta, bias1);
   }
 }
 
-template <int... MRs>
+template <bool KMAJOR, int... MRs>
 MTREC_BF16_AVX512 inline void tile_avx512_dispatch(std::integer_sequence<int, MRs...>, index_t mr, index_t Kp,
-                                                   const std::uint16_t* ap, const std::uint16_t* bp, float* c,
-                                                   index_t ldc, index_t cols, float alpha, float beta) {
-  using Fn = void (*)(index_t, const std::uint16_t*, const std::uint16_t*, float*, index_t, index_t, float, float);
-  static constexpr Fn table[] = {&tile_avx512<MRs + 1>...};
-  table[mr - 1](Kp, ap, bp, c, ldc, cols, alpha, beta);
+                                                   const std::uint16_t* ap, index_t aks, const std::uint16_t* bp,
+                                                   float* c, index_t ldc, index_t cols, float alpha, float beta,
+                                                   const float* bias) {
+  using Fn = void (*)(index_t, const std::uint16_t*, index_t, const std::uint16_t*, float*, index_t, index_t, float,
+                      float, const float*);
+  static constexpr Fn table[] = {&tile_avx512<MRs + 1, KMAJOR>...};
+  table[mr - 1](Kp, ap, aks, bp, c, ldc, cols, alpha, beta, bias);
 }
 
-// Rows [i0, i1) x panel pairs [p0, p1) (p even).
+// Rows [i0, i1) x panel pairs [p0, p1) (p even). op(A) is converted kMb rows
+// at a time, just before those rows are used, so the packed rows stay in L1/L2
+// while they meet every panel of B (packing all the rows first sent them to
+// memory and back on the ref workload's 25,600-row products).
 MTREC_BF16_AVX512 inline void gemm_avx512(Trans ta, index_t i0, index_t i1, index_t p0, index_t p1, index_t K,
                                           float alpha, const float* A, index_t lda, const Bf16PackedB& Bp,
-                                          float beta, float* C, index_t ldc) {
+                                          float beta, float* C, index_t ldc, const float* bias) {
   const index_t Kp = Bp.Kp, M = i1 - i0;
   std::vector<std::uint16_t>& ws = a_workspace();
-  const index_t mrows = (M + kMr - 1) / kMr * kMr;
-  if (index_t(ws.size()) < mrows * Kp) ws.resize(std::size_t(mrows * Kp));
-  pack_a_rows(ws.data(), ta, A, lda, i0, M, mrows, K, Kp);
+  if (index_t(ws.size()) < kMb * Kp) ws.resize(std::size_t(kMb * Kp));
   constexpr auto rows = std::make_integer_sequence<int, int(kMr)>{};
-  for (index_t s0 = p0; s0 < p1; s0 += kNc / 16) {
-    const index_t s1 = std::min(p1, s0 + kNc / 16);
-    for (index_t ii = 0; ii < M; ii += kMr) {
-      const index_t mr = std::min(kMr, M - ii);
-      for (index_t p = s0; p < s1; p += 2) {
-        const index_t cols = std::min<index_t>(32, Bp.N - p * 16);
-        tile_avx512_dispatch(rows, mr, Kp, ws.data() + ii * Kp, Bp.data.data() + p * Kp * 16,
-                             C + (i0 + ii) * ldc + p * 16, ldc, cols, alpha, beta);
+  const bool kmajor = ta == Trans::T;
+  for (index_t ib = 0; ib < M; ib += kMb) {
+    const index_t mb = std::min(kMb, M - ib);
+    // k-major: rows rounded to 16 (kMb is a multiple of 16); row-major: to kMr
+    const index_t mbp = kmajor ? (mb + 15) / 16 * 16 : (mb + kMr - 1) / kMr * kMr;
+    if (kmajor)
+      pack_a_kmajor(reinterpret_cast<std::uint32_t*>(ws.data()), A, lda, i0 + ib, mb, mbp, K, Kp);
+    else
+      pack_a_rows(ws.data(), ta, A, lda, i0 + ib, mb, mbp, K, Kp);
+    for (index_t s0 = p0; s0 < p1; s0 += kNc / 16) {
+      const index_t s1 = std::min(p1, s0 + kNc / 16);
+      for (index_t ii = 0; ii < mb; ii += kMr) {
+        const index_t mr = std::min(kMr, mb - ii);
+        const std::uint16_t* ap = kmajor ? ws.data() + 2 * ii : ws.data() + ii * Kp;
+        for (index_t p = s0; p < s1; p += 2) {
+          const index_t cols = std::min<index_t>(32, Bp.N - p * 16);
+          float* c = C + (i0 + ib + ii) * ldc + p * 16;
+          const std::uint16_t* bp = Bp.data.data() + p * Kp * 16;
+          const float* bb = bias != nullptr ? bias + p * 16 : nullptr;
+          if (kmajor)
+            tile_avx512_dispatch<true>(rows, mr, Kp, ap, mbp, bp, c, ldc, cols, alpha, beta, bb);
+          else
+            tile_avx512_dispatch<false>(rows, mr, Kp, ap, 0, bp, c, ldc, cols, alpha, beta, bb);
+        }
       }
     }
   }
@@ -430,14 +552,13 @@ struct alignas(64) TileConfig {
 
 // Rows [i0, i1) x panel pairs [p0, p1): 32 x 32 blocks of four 16x16 tiles.
 // tmm0..3: C, tmm4..5: A (16 rows x 32 bf16), tmm6..7: B (16 K-pairs x 16 columns).
+// op(A) is converted kMbAmx rows at a time, as in gemm_avx512.
 MTREC_BF16_AMX inline void gemm_amx(Trans ta, index_t i0, index_t i1, index_t p0, index_t p1, index_t K, float alpha,
                                     const float* A, index_t lda, const Bf16PackedB& Bp, float beta, float* C,
-                                    index_t ldc) {
+                                    index_t ldc, const float* bias) {
   const index_t Kp = Bp.Kp, M = i1 - i0;
   std::vector<std::uint16_t>& ws = a_workspace();
-  const index_t mrows = (M + 31) / 32 * 32;
-  if (index_t(ws.size()) < mrows * Kp) ws.resize(std::size_t(mrows * Kp));
-  pack_a_rows(ws.data(), ta, A, lda, i0, M, mrows, K, Kp);
+  if (index_t(ws.size()) < kMbAmx * Kp) ws.resize(std::size_t(kMbAmx * Kp));
   TileConfig cfg;
   for (int t = 0; t < 8; ++t) {
     cfg.colsb[t] = 64;
@@ -446,37 +567,43 @@ MTREC_BF16_AMX inline void gemm_amx(Trans ta, index_t i0, index_t i1, index_t p0
   _tile_loadconfig(&cfg);
   alignas(64) float out[4][16 * 16];
   const std::size_t a_stride = std::size_t(Kp) * 2;
-  for (index_t s0 = p0; s0 < p1; s0 += kNc / 16) {
-    const index_t s1 = std::min(p1, s0 + kNc / 16);
-    for (index_t ii = 0; ii < M; ii += 32) {
-      const std::uint16_t* a0 = ws.data() + ii * Kp;
-      const std::uint16_t* a1 = a0 + 16 * Kp;
-      for (index_t p = s0; p < s1; p += 2) {
-        const std::uint16_t* b0 = Bp.data.data() + p * Kp * 16;
-        const std::uint16_t* b1 = b0 + Kp * 16;
-        _tile_zero(0);
-        _tile_zero(1);
-        _tile_zero(2);
-        _tile_zero(3);
-        for (index_t kb = 0; kb < Kp; kb += 32) {
-          _tile_loadd(4, a0 + kb, a_stride);
-          _tile_loadd(5, a1 + kb, a_stride);
-          _tile_loadd(6, b0 + kb * 16, 64);
-          _tile_loadd(7, b1 + kb * 16, 64);
-          _tile_dpbf16ps(0, 4, 6);
-          _tile_dpbf16ps(1, 4, 7);
-          _tile_dpbf16ps(2, 5, 6);
-          _tile_dpbf16ps(3, 5, 7);
-        }
-        _tile_stored(0, out[0], 64);
-        _tile_stored(1, out[1], 64);
-        _tile_stored(2, out[2], 64);
-        _tile_stored(3, out[3], 64);
-        const index_t cols = std::min<index_t>(32, Bp.N - p * 16);
-        for (int t = 0; t < 4; ++t) {
-          const index_t r0 = ii + (t / 2) * 16, c0 = (t % 2) * 16;
-          for (index_t r = 0; r < 16 && r0 + r < M; ++r)
-            store16(C + (i0 + r0 + r) * ldc + p * 16 + c0, _mm512_load_ps(out[t] + r * 16), cols - c0, alpha, beta);
+  for (index_t ib = 0; ib < M; ib += kMbAmx) {
+    const index_t mb = std::min(kMbAmx, M - ib);
+    pack_a_rows(ws.data(), ta, A, lda, i0 + ib, mb, (mb + 31) / 32 * 32, K, Kp);
+    for (index_t s0 = p0; s0 < p1; s0 += kNc / 16) {
+      const index_t s1 = std::min(p1, s0 + kNc / 16);
+      for (index_t ii = 0; ii < mb; ii += 32) {
+        const std::uint16_t* a0 = ws.data() + ii * Kp;
+        const std::uint16_t* a1 = a0 + 16 * Kp;
+        for (index_t p = s0; p < s1; p += 2) {
+          const std::uint16_t* b0 = Bp.data.data() + p * Kp * 16;
+          const std::uint16_t* b1 = b0 + Kp * 16;
+          _tile_zero(0);
+          _tile_zero(1);
+          _tile_zero(2);
+          _tile_zero(3);
+          for (index_t kb = 0; kb < Kp; kb += 32) {
+            _tile_loadd(4, a0 + kb, a_stride);
+            _tile_loadd(5, a1 + kb, a_stride);
+            _tile_loadd(6, b0 + kb * 16, 64);
+            _tile_loadd(7, b1 + kb * 16, 64);
+            _tile_dpbf16ps(0, 4, 6);
+            _tile_dpbf16ps(1, 4, 7);
+            _tile_dpbf16ps(2, 5, 6);
+            _tile_dpbf16ps(3, 5, 7);
+          }
+          _tile_stored(0, out[0], 64);
+          _tile_stored(1, out[1], 64);
+          _tile_stored(2, out[2], 64);
+          _tile_stored(3, out[3], 64);
+          const index_t cols = std::min<index_t>(32, Bp.N - p * 16);
+          for (int t = 0; t < 4; ++t) {
+            const index_t r0 = ib + ii + (t / 2) * 16, c0 = (t % 2) * 16;
+            const float* bt = bias != nullptr ? bias + p * 16 + c0 : nullptr;
+            for (index_t r = 0; r < 16 && r0 + r < M; ++r)
+              store16(C + (i0 + r0 + r) * ldc + p * 16 + c0, _mm512_load_ps(out[t] + r * 16), cols - c0, alpha, beta,
+                      bt);
+          }
         }
       }
     }
@@ -490,51 +617,99 @@ MTREC_BF16_AMX inline void gemm_amx(Trans ta, index_t i0, index_t i1, index_t p0
 
 }  // namespace bf16_detail
 
-// C (M,N) = alpha * bf16(op(A)) * Bp + beta * C on `path` (not fp32).
-// A is op(A) (M,K) as stored: row-major (M,K) for Trans::N, (K,M) for Trans::T.
-inline void bf16_gemm_packed(Bf16Path path, Trans ta, index_t M, index_t N, index_t K, float alpha, const float* A,
-                             index_t lda, const Bf16PackedB& Bp, float beta, float* C, index_t ldc) {
-  check(path != Bf16Path::fp32, "bf16_gemm", "path fp32 has no bf16 kernel: call the fp32 gemm");
-  check(bf16_path_available(path), "bf16_gemm", "path ", bf16_path_name(path), " is not available on this machine (",
-        path == Bf16Path::amx ? bf16_support().amx_note : std::string("no AVX512_BF16"), ")");
-  check(Bp.K == K && Bp.N == N, "bf16_gemm", "expected packed B of (K,N)=(", K, ",", N, ") but got (", Bp.K, ",",
-        Bp.N, ")");
-  if (M <= 0 || N <= 0) return;
-  const double flops = 2.0 * double(M) * double(N) * double(K);
-  // Split over rows when there are enough of them, else over panel pairs:
-  // either way each C element is computed by one kernel call.
-  const index_t unit = path == Bf16Path::amx ? 32 : bf16_detail::kMr;
+namespace bf16_detail {
+
+inline void check_path(Bf16Path path) {
+  if (path == Bf16Path::fp32) fail("bf16_gemm", "path fp32 has no bf16 kernel: call the fp32 gemm");
+  if (!bf16_path_available(path))
+    fail("bf16_gemm", "path ", bf16_path_name(path), " is not available on this machine (",
+         path == Bf16Path::amx ? bf16_support().amx_note : std::string("no AVX512_BF16"), ")");
+}
+
+// fn(i0, i1, q0, q1) over the threads: rows [i0, i1) x panels [q0, q1) of C.
+// Split over rows when there are enough of them, else over panel pairs:
+// either way each C element is computed by one thread, in one order.
+template <class Fn>
+inline void split_product(Bf16Path path, index_t M, index_t panels, double flops, Fn&& fn) {
+  const index_t unit = path == Bf16Path::amx ? 32 : kMr;
   const int threads = worth_forking_flops(flops) ? num_threads() : 1;
-  const bool split_rows = M >= index_t(threads) * unit || Bp.panels < 4;
-  const index_t pairs = Bp.panels / 2;
-  const index_t extent = split_rows ? M : pairs;
+  const bool split_rows = M >= index_t(threads) * unit || panels < 4;
+  const index_t extent = split_rows ? M : panels / 2;
   const index_t step = split_rows ? unit : 1;
   const index_t per = (extent + threads - 1) / threads;
   const index_t chunk = threads > 1 ? std::max(step, (per + step - 1) / step * step) : extent;
   parallel_chunks(extent, chunk, [&](index_t b, index_t e) {
-    const index_t i0 = split_rows ? b : 0, i1 = split_rows ? e : M;
-    const index_t q0 = split_rows ? 0 : 2 * b, q1 = split_rows ? Bp.panels : 2 * e;
-    switch (path) {
-#if MTREC_BF16_X86
-      case Bf16Path::amx: bf16_detail::gemm_amx(ta, i0, i1, q0, q1, K, alpha, A, lda, Bp, beta, C, ldc); return;
-      case Bf16Path::avx512_bf16:
-        bf16_detail::gemm_avx512(ta, i0, i1, q0, q1, K, alpha, A, lda, Bp, beta, C, ldc);
-        return;
-#endif
-      default:
-        bf16_detail::gemm_emulated(ta, i0, i1, q0 * 16, std::min(N, q1 * 16), K, alpha, A, lda, Bp, beta, C, ldc);
-        return;
-    }
+    if (split_rows)
+      fn(b, e, index_t(0), panels);
+    else
+      fn(index_t(0), M, 2 * b, 2 * e);
   });
 }
 
-// The same, packing op(B) into a thread-local buffer first (a product whose B
-// changes every call: activations, gradients).
+inline void run_kernel(Bf16Path path, Trans ta, index_t i0, index_t i1, index_t q0, index_t q1, index_t K,
+                       float alpha, const float* A, index_t lda, const Bf16PackedB& Bp, float beta, float* C,
+                       index_t ldc, const float* bias) {
+  switch (path) {
+#if MTREC_BF16_X86
+    case Bf16Path::amx: gemm_amx(ta, i0, i1, q0, q1, K, alpha, A, lda, Bp, beta, C, ldc, bias); return;
+    case Bf16Path::avx512_bf16: gemm_avx512(ta, i0, i1, q0, q1, K, alpha, A, lda, Bp, beta, C, ldc, bias); return;
+#endif
+    default:
+      gemm_emulated(ta, i0, i1, q0 * 16, std::min(Bp.N, q1 * 16), K, alpha, A, lda, Bp, beta, C, ldc, bias);
+      return;
+  }
+}
+
+}  // namespace bf16_detail
+
+// C (M,N) = alpha * bf16(op(A)) * Bp + beta * C (+ bias, a row of N added to
+// every row of C, when not null) on `path` (not fp32). A is op(A) (M,K) as
+// stored: row-major (M,K) for Trans::N, (K,M) for Trans::T.
+inline void bf16_gemm_packed(Bf16Path path, Trans ta, index_t M, index_t N, index_t K, float alpha, const float* A,
+                             index_t lda, const Bf16PackedB& Bp, float beta, float* C, index_t ldc,
+                             const float* bias = nullptr) {
+  bf16_detail::check_path(path);
+  if (Bp.K != K || Bp.N != N)
+    fail("bf16_gemm", "expected packed B of (K,N)=(", K, ",", N, ") but got (", Bp.K, ",", Bp.N, ")");
+  if (M <= 0 || N <= 0) return;
+  bf16_detail::split_product(path, M, Bp.panels, 2.0 * double(M) * double(N) * double(K),
+                             [&](index_t i0, index_t i1, index_t q0, index_t q1) {
+                               bf16_detail::run_kernel(path, ta, i0, i1, q0, q1, K, alpha, A, lda, Bp, beta, C, ldc,
+                                                       bias);
+                             });
+}
+
+// The same, packing op(B) first (a product whose B changes every call:
+// activations, gradients). A long K (a weight gradient dW += dy^T x sums
+// over the batch's rows) runs in blocks of kKb inside one parallel region:
+// each thread packs the panels of each K block of op(B) it needs, uses them
+// while they are in L2, and accumulates the blocks into its part of C in
+// order (beta on the first, then 1). The blocks depend on K only, so results
+// stay the same at any thread count and on every path.
 inline void bf16_gemm(Bf16Path path, Trans ta, Trans tb, index_t M, index_t N, index_t K, float alpha, const float* A,
                       index_t lda, const float* B, index_t ldb, float beta, float* C, index_t ldc) {
-  thread_local Bf16PackedB scratch;
-  bf16_pack_b(scratch, tb, K, N, B, ldb);
-  bf16_gemm_packed(path, ta, M, N, K, alpha, A, lda, scratch, beta, C, ldc);
+  constexpr index_t kKb = bf16_detail::kKb;
+  if (K <= kKb) {
+    thread_local Bf16PackedB scratch;
+    bf16_pack_b(scratch, tb, K, N, B, ldb);
+    bf16_gemm_packed(path, ta, M, N, K, alpha, A, lda, scratch, beta, C, ldc);
+    return;
+  }
+  bf16_detail::check_path(path);
+  check(M >= 0 && N >= 0, "bf16_gemm", "expected M, N >= 0 but got M=", M, " N=", N);
+  if (M == 0 || N == 0) return;
+  const index_t panels = ((N + 15) / 16 + 1) / 2 * 2;
+  bf16_detail::split_product(
+      path, M, panels, 2.0 * double(M) * double(N) * double(K), [&](index_t i0, index_t i1, index_t q0, index_t q1) {
+        thread_local Bf16PackedB block;
+        for (index_t k0 = 0; k0 < K; k0 += kKb) {
+          const index_t kb = std::min(kKb, K - k0);
+          bf16_detail::shape_packed(block, kb, N);
+          bf16_detail::pack_b_rows(block, tb, tb == Trans::N ? B + k0 * ldb : B + k0, ldb, q0 * 16, q1 * 16);
+          bf16_detail::run_kernel(path, ta, i0, i1, q0, q1, kb, alpha, ta == Trans::N ? A + k0 : A + k0 * lda, lda,
+                                  block, k0 == 0 ? beta : 1.f, C, ldc, nullptr);
+        }
+      });
 }
 
 }  // namespace kernels

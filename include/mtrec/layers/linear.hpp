@@ -91,12 +91,12 @@ struct Bf16WeightCache {
 // dx = dy W run as bf16 GEMMs with fp32 accumulation (kernels/cpu_bf16.hpp),
 // as torch.autocast does on the CPU: the weight is packed to bf16 once per
 // store generation (once per optimizer step, in both layouts), and x and dy
-// are converted as they are packed. The weight gradient dW += dy^T x stays
-// an fp32 product: both of its operands change every step, and packing them
-// cost more than the bf16 product saved (ref training step, AMD EPYC Zen 5,
-// 2 threads: 153 ms with a bf16 dW, 108 ms with an fp32 one, fp32 overall
-// 119 ms). Only on the host device in float, and only where the CPU has a
-// bf16 unit; otherwise every product stays fp32.
+// are converted as they are packed; the bias is added in the kernel's store.
+// The weight gradient dW += dy^T x is a bf16 product too, both operands
+// converted per call, its K (the batch's rows) in blocks. Only on the host
+// device in float, only where the CPU has a bf16 unit, and only for layers
+// of at least 16 in and out (bf16_products()); otherwise every product
+// stays fp32.
 template <class T, class Device = Cpu>
 class Linear {
  public:
@@ -144,12 +144,13 @@ class Linear {
     CPtr w = store_->value(weight_);
     if constexpr (std::is_same<T, float>::value && std::is_same<Device, Cpu>::value) {
       const kernels::Bf16Path path = matmul_path();
-      if (path != kernels::Bf16Path::fp32 && n > 0) {
+      if (bf16_products() && n > 0) {
         const kernels::Bf16PackedB& wt = cache_->get(0, store_->generation(), w, [&](kernels::Bf16PackedB& p) {
           kernels::bf16_pack_b(p, kernels::Trans::T, in_, out_, w, in_);
         });
-        kernels::bf16_gemm_packed(path, kernels::Trans::N, n, out_, in_, 1.f, x, in_, wt, 0.f, y, out_);
-        if (bias_ >= 0) kernels::bias_add(dev(), y, store_->value(bias_), n, out_);
+        // the bias is added in the kernel's store: no second pass over y
+        kernels::bf16_gemm_packed(path, kernels::Trans::N, n, out_, in_, 1.f, x, in_, wt, 0.f, y, out_,
+                                  bias_ >= 0 ? store_->value(bias_) : nullptr);
         return;
       }
     }
@@ -195,15 +196,17 @@ class Linear {
     CPtr w = store_->value(weight_);
     if constexpr (std::is_same<T, float>::value && std::is_same<Device, Cpu>::value) {
       const kernels::Bf16Path path = matmul_path();
-      if (path != kernels::Bf16Path::fp32 && n > 0) {
+      if (bf16_products() && n > 0) {
         if (dx) {
           const kernels::Bf16PackedB& wp = cache_->get(1, store_->generation(), w, [&](kernels::Bf16PackedB& p) {
             kernels::bf16_pack_b(p, kernels::Trans::N, out_, in_, w, in_);
           });
           kernels::bf16_gemm_packed(path, kernels::Trans::N, n, in_, out_, 1.f, dy, out_, wp, 0.f, dx, in_);
         }
-        kernels::gemm(dev(), kernels::Trans::T, kernels::Trans::N, out_, in_, n, T(1), dy, out_, x, in_, T(1),
-                      store_->grad(weight_), in_);
+        // dW += dy^T x: both operands converted per call; over the batch's
+        // rows in K blocks (kernels::bf16_gemm)
+        kernels::bf16_gemm(path, kernels::Trans::T, kernels::Trans::N, out_, in_, n, 1.f, dy, out_, x, in_, 1.f,
+                           store_->grad(weight_), in_);
         if (bias_ >= 0) kernels::column_sum_add(dev(), store_->grad(bias_), dy, n, out_);
         return;
       }
@@ -213,6 +216,16 @@ class Linear {
                   store_->grad(weight_), in_);
     if (bias_ >= 0) kernels::column_sum_add(dev(), store_->grad(bias_), dy, n, out_);
   }
+
+  // Whether this layer's products run in bf16 now: matmul_path() is a bf16
+  // unit and both sizes are at least 16. A narrower product fills the
+  // kernels' 16-column panels or 32-long K blocks mostly with zeros (AMD EPYC
+  // Zen 5, 2 threads: the 64->1 tower output's dW took 7 us in bf16 against
+  // 1 us in fp32), so gates and output layers stay fp32.
+  bool bf16_products() const {
+    return matmul_path() != kernels::Bf16Path::fp32 && in_ >= kBf16MinSize && out_ >= kBf16MinSize;
+  }
+  static constexpr index_t kBf16MinSize = 16;
 
   index_t in_features() const { return in_; }
   index_t out_features() const { return out_; }
@@ -227,7 +240,7 @@ class Linear {
   void matmul_nt(index_t n, index_t out, index_t k, CPtr a, CPtr b, Ptr y) const {
     if constexpr (std::is_same<T, float>::value && std::is_same<Device, Cpu>::value) {
       const kernels::Bf16Path path = matmul_path();
-      if (path != kernels::Bf16Path::fp32) {
+      if (bf16_products()) {
         kernels::bf16_gemm(path, kernels::Trans::N, kernels::Trans::T, n, out, k, 1.f, a, k, b, k, 0.f, y, out);
         return;
       }
